@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="allocation",
+    version="0.1.0",
+    description="Flash-sale inventory: a Redis fast path over a PostgreSQL ledger",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    package_data={"allocation": ["py.typed", "adapters/lua/*.lua", "migrations/*.ini",
+                                 "migrations/*.py", "migrations/versions/*.py"]},
+    include_package_data=True,
+    python_requires=">=3.11",
+    install_requires=[
+        "sqlalchemy>=2.0.25,<2.1",
+        "alembic>=1.13,<2",
+        "redis>=5.0,<6",
+        "flask>=3.0,<4",
+        "psycopg2-binary>=2.9.9,<3",
+        "pydantic>=2.6,<3",
+        "prometheus-client>=0.20,<1",
+        "gunicorn>=22,<24",
+        "click>=8.1,<9",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8,<9",
+            "pytest-timeout>=2.2,<3",
+            "hypothesis>=6.100,<7",
+            "fakeredis>=2.23,<3",
+            "requests>=2.31,<3",
+            "ruff>=0.5,<1",
+            "mypy>=1.10,<2",
+            "types-requests",
+        ],
+    },
+    entry_points={"console_scripts": ["allocation=allocation.entrypoints.cli:main"]},
+)

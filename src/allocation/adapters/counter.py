@@ -1,0 +1,55 @@
+"""The fast-path counter port: per-item figures and idempotent movements, atomic per item."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+
+from allocation.domain.outcome import Outcome
+from allocation.domain.rules import Kind
+
+
+def fingerprint(kind: Kind, qty: int) -> str:
+    """What makes two requests under one idempotency key "the same request"."""
+    return f"{kind}:{qty}"
+
+
+class Counter(abc.ABC):
+    @abc.abstractmethod
+    def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
+              idempotency_key: str | None, *, probe: bool = False) -> Outcome:
+        """Apply a movement atomically, or refuse it by the domain rules.
+
+        A key seen before returns its stored outcome (``replayed``), or ``idempotency_key_reused``
+        when the request differs. Refusals are remembered under the key like successes.
+        With ``probe`` an allowed movement is not applied: the answer is ``pending``.
+        An unknown item answers ``not_found`` and nothing is remembered.
+        """
+
+    @abc.abstractmethod
+    def revert(self, namespace: str, sku: str, kind: Kind, qty: int,
+               idempotency_key: str | None) -> None:
+        """Undo a movement this counter applied and forget its key (its commit failed)."""
+
+    @abc.abstractmethod
+    def load(self, namespace: str, sku: str, total: int, consumed: int) -> None:
+        """Set an item's figures (initialisation and rebuild from the database)."""
+
+    @abc.abstractmethod
+    def load_many(self, figures: Iterable[tuple[str, str, int, int]]) -> None:
+        """Set many items' figures at once: (namespace, sku, total, consumed)."""
+
+    @abc.abstractmethod
+    def forget(self, namespace: str, sku: str) -> None:
+        """Drop an item's figures (an initialisation that did not commit)."""
+
+    @abc.abstractmethod
+    def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
+        """Current figures of each item, ``None`` where the counter does not hold it."""
+
+    def read(self, namespace: str, sku: str) -> Outcome | None:
+        return self.read_many(namespace, [sku])[0]
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise ``Unavailable`` when the counter cannot serve."""

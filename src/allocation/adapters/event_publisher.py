@@ -1,0 +1,36 @@
+"""Domain events as JSON messages on the events channel (API.md, "Redis pub/sub")."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any
+
+import redis
+
+from allocation.domain import events
+
+logger = logging.getLogger(__name__)
+
+
+def event_message(event: events.Event) -> dict[str, Any]:
+    return {"event": type(event).__name__, **dataclasses.asdict(event),
+            "available": event.available}
+
+
+class RedisEventPublisher:
+    def __init__(self, client: redis.Redis, channel: str) -> None:
+        self.client = client
+        self.channel = channel
+
+    def __call__(self, event: events.Event) -> None:
+        self.publish_message(event_message(event))
+
+    def publish_message(self, message: dict[str, Any]) -> None:
+        self.client.publish(self.channel, json.dumps(message))
+
+
+def log_event(event: events.Event) -> None:
+    """The embedded mode's publisher: there is no channel to publish on."""
+    logger.info("event %s", json.dumps(event_message(event)))

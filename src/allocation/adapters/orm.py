@@ -1,0 +1,83 @@
+"""Imperative SQLAlchemy 2.x mapping of the domain: the items table and the append-only ledger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    event,
+    func,
+    inspect,
+)
+from sqlalchemy.orm import registry
+
+from allocation.domain.model import InventoryItem, LedgerEntry
+
+metadata = MetaData()
+mapper_registry = registry(metadata=metadata)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+items = Table(
+    "inventory_items",
+    metadata,
+    Column("namespace", String(64), primary_key=True),
+    Column("sku", String(64), primary_key=True),
+    Column("total", BigInteger, nullable=False),
+    Column("consumed", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now(),
+           onupdate=func.now()),
+    CheckConstraint("consumed >= 0 AND consumed <= total", name="ck_items_consumed_in_range"),
+)
+
+ledger = Table(
+    "inventory_ledger",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("namespace", String(64), nullable=False),
+    Column("sku", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("qty", BigInteger, nullable=False),
+    Column("total_after", BigInteger, nullable=False),
+    Column("available_after", BigInteger, nullable=False),
+    Column("idempotency_key", String(128), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("namespace", "sku", "seq", name="uq_ledger_item_seq"),
+    UniqueConstraint("namespace", "sku", "idempotency_key", name="uq_ledger_item_key"),
+    ForeignKeyConstraint(["namespace", "sku"], ["inventory_items.namespace", "inventory_items.sku"],
+                         name="fk_ledger_item"),
+    CheckConstraint("kind IN ('init', 'adjust', 'decrement', 'refund')", name="ck_ledger_kind"),
+)
+
+
+def start_mappers() -> None:
+    """Map the domain classes once per process; safe to call again."""
+    if inspect(InventoryItem, raiseerr=False) is not None:
+        return
+    mapper_registry.map_imperatively(
+        InventoryItem, items, version_id_col=items.c.version,
+        exclude_properties=["created_at", "updated_at"],
+    )
+    mapper_registry.map_imperatively(LedgerEntry, ledger)
+    event.listen(InventoryItem, "load", _fresh_collections)
+
+
+def _fresh_collections(item: InventoryItem, _context: Any) -> None:
+    # Loaded aggregates skip __init__; give them the lists the domain appends to.
+    item.events = []
+    item.new_entries = []

@@ -1,0 +1,86 @@
+"""Where aggregates are kept: the repository port and its SQLAlchemy adapter."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from allocation.adapters import orm
+from allocation.domain.model import InventoryItem, LedgerEntry
+
+
+class AbstractRepository(abc.ABC):
+    def __init__(self) -> None:
+        self.seen: set[InventoryItem] = set()
+
+    def add(self, item: InventoryItem) -> None:
+        self._add(item)
+        self.seen.add(item)
+
+    def get(self, namespace: str, sku: str, *, lock: bool = False) -> InventoryItem | None:
+        """The item, or None. ``lock`` holds it against other writers until the unit of work
+        ends: every movement of one item is applied in one order."""
+        item = self._get(namespace, sku, lock)
+        if item is not None:
+            self.seen.add(item)
+        return item
+
+    @abc.abstractmethod
+    def _add(self, item: InventoryItem) -> None: ...
+
+    @abc.abstractmethod
+    def _get(self, namespace: str, sku: str, lock: bool) -> InventoryItem | None: ...
+
+    @abc.abstractmethod
+    def list(self, namespace: str, after: str | None, limit: int,
+             *, lock: bool = False) -> Sequence[InventoryItem]:
+        """Items of a namespace in SKU order, after ``after``."""
+
+    @abc.abstractmethod
+    def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None: ...
+
+    @abc.abstractmethod
+    def ledger(self, namespace: str, sku: str, after_seq: int,
+               limit: int) -> Sequence[LedgerEntry]: ...
+
+
+class SqlAlchemyRepository(AbstractRepository):
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self.session = session
+
+    def _add(self, item: InventoryItem) -> None:
+        self.session.add(item)
+
+    def _get(self, namespace: str, sku: str, lock: bool) -> InventoryItem | None:
+        query = select(InventoryItem).filter_by(namespace=namespace, sku=sku)
+        if lock:
+            query = query.with_for_update()
+        return self.session.scalars(query).one_or_none()
+
+    def list(self, namespace: str, after: str | None, limit: int,
+             *, lock: bool = False) -> Sequence[InventoryItem]:
+        query = select(InventoryItem).where(orm.items.c.namespace == namespace)
+        if after is not None:
+            query = query.where(orm.items.c.sku > after)
+        query = query.order_by(orm.items.c.sku).limit(limit)
+        if lock:
+            query = query.with_for_update()
+        return self.session.scalars(query).all()
+
+    def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None:
+        return self.session.scalars(
+            select(LedgerEntry).filter_by(namespace=namespace, sku=sku, idempotency_key=key)
+        ).one_or_none()
+
+    def ledger(self, namespace: str, sku: str, after_seq: int,
+               limit: int) -> Sequence[LedgerEntry]:
+        return self.session.scalars(
+            select(LedgerEntry)
+            .where(orm.ledger.c.namespace == namespace, orm.ledger.c.sku == sku,
+                   orm.ledger.c.seq > after_seq)
+            .order_by(orm.ledger.c.seq).limit(limit)
+        ).all()

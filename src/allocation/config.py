@@ -1,0 +1,40 @@
+"""Settings from the environment. Reading them connects to nothing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    # Embedded defaults: an SQLite file and the in-process counter, one process, no services.
+    database_url: str = "sqlite:///allocation.db"
+    redis_url: str | None = None
+    commands_channel: str = "inventory:commands"
+    events_channel: str = "inventory:events"
+    redis_key_prefix: str = "inv"
+    partitions: int = 16
+    idempotency_ttl_seconds: int = 48 * 3600
+    db_pool_size: int = 20
+
+    @property
+    def embedded(self) -> bool:
+        return self.redis_url is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        defaults = cls()
+        return cls(
+            database_url=env.get("DATABASE_URL") or defaults.database_url,
+            redis_url=env.get("REDIS_URL") or None,
+            commands_channel=env.get("COMMANDS_CHANNEL") or defaults.commands_channel,
+            events_channel=env.get("EVENTS_CHANNEL") or defaults.events_channel,
+            redis_key_prefix=env.get("REDIS_KEY_PREFIX") or defaults.redis_key_prefix,
+            partitions=int(env.get("REDIS_PARTITIONS") or defaults.partitions),
+            idempotency_ttl_seconds=int(
+                env.get("IDEMPOTENCY_TTL_SECONDS") or defaults.idempotency_ttl_seconds),
+            db_pool_size=int(env.get("DB_POOL_SIZE") or defaults.db_pool_size),
+        )

@@ -1,0 +1,1 @@
+"""The pure domain: inventory rules, commands and events. Standard library only."""

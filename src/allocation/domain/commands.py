@@ -1,0 +1,55 @@
+"""Intentions sent to the message bus; one handler each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    pass
+
+
+@dataclass(frozen=True)
+class InitInventory(Command):
+    namespace: str
+    sku: str
+    total: int
+
+
+@dataclass(frozen=True)
+class AdjustTotal(Command):
+    namespace: str
+    sku: str
+    delta: int
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Decrement(Command):
+    namespace: str
+    sku: str
+    qty: int
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Refund(Command):
+    namespace: str
+    sku: str
+    qty: int
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Refresh(Command):
+    namespace: str
+    sku: str
+
+
+@dataclass(frozen=True)
+class RefreshAll(Command):
+    namespace: str
+    after: str | None = None
+    batch_size: int = 1000
+    batches: int | None = None  # None: to the end of the namespace

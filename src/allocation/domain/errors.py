@@ -1,0 +1,60 @@
+"""Domain refusals. Each class's ``code`` is the error code clients see (API.md)."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A business rule refused the operation; nothing changed."""
+
+    code = "domain_error"
+
+    def __init__(self, message: str, **details: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class AlreadyExists(DomainError):
+    code = "already_exists"
+
+
+class InsufficientStock(DomainError):
+    code = "insufficient_stock"
+
+
+class BelowConsumed(DomainError):
+    code = "below_consumed"
+
+
+class RefundExceedsConsumed(DomainError):
+    code = "refund_exceeds_consumed"
+
+
+class InvalidQuantity(DomainError):
+    code = "invalid_quantity"
+
+
+class IdempotencyKeyReused(DomainError):
+    code = "idempotency_key_reused"
+
+
+class Unavailable(Exception):
+    """A dependency (Redis, the database) cannot serve now; the caller may retry."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+REFUSALS: dict[str, type[DomainError]] = {
+    cls.code: cls
+    for cls in (NotFound, AlreadyExists, InsufficientStock, BelowConsumed,
+                RefundExceedsConsumed, InvalidQuantity, IdempotencyKeyReused)
+}

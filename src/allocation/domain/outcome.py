@@ -1,0 +1,46 @@
+"""What a movement came to: applied (``ok``) or refused by a named rule, and the figures then."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from allocation.domain import errors
+
+OK = "ok"
+PENDING = "pending"  # a probe found the movement allowed; it has not been applied
+NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    total: int
+    consumed: int
+    replayed: bool = False
+    created: bool = False
+
+    @property
+    def available(self) -> int:
+        return self.total - self.consumed
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def error(self) -> errors.DomainError:
+        cls = errors.REFUSALS.get(self.status, errors.DomainError)
+        if self.status == "insufficient_stock":
+            return cls(f"only {self.available} available", available=self.available)
+        if self.status == "refund_exceeds_consumed":
+            return cls(f"refund exceeds the {self.consumed} consumed", consumed=self.consumed)
+        if self.status == "below_consumed":
+            return cls(f"total would drop below the {self.consumed} consumed",
+                       consumed=self.consumed)
+        if self.status == "idempotency_key_reused":
+            return cls("this idempotency key was used with a different request")
+        return cls(self.status)
+
+    def raise_for_status(self) -> Outcome:
+        if not self.ok:
+            raise self.error()
+        return self

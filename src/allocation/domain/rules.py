@@ -1,0 +1,63 @@
+"""The inventory rules as small named checks, shared by the aggregate and the in-process counter.
+
+The Redis Lua scripts implement the same checks; the counter contract tests hold them together.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from allocation.domain import errors
+
+Kind = Literal["init", "adjust", "decrement", "refund"]
+KINDS: tuple[Kind, ...] = ("init", "adjust", "decrement", "refund")
+
+
+def quantity_must_be_positive(qty: int) -> None:
+    if qty <= 0:
+        raise errors.InvalidQuantity(f"quantity must be positive, got {qty}")
+
+
+def decrement_needs_available(total: int, consumed: int, qty: int) -> None:
+    available = total - consumed
+    if qty > available:
+        raise errors.InsufficientStock(
+            f"asked for {qty}, only {available} available", available=available
+        )
+
+
+def refund_must_not_exceed_consumed(consumed: int, qty: int) -> None:
+    if qty > consumed:
+        raise errors.RefundExceedsConsumed(
+            f"refund of {qty} exceeds the {consumed} consumed", consumed=consumed
+        )
+
+
+def total_must_not_drop_below_consumed(total: int, consumed: int, delta: int) -> None:
+    if total + delta < consumed:
+        raise errors.BelowConsumed(
+            f"total {total}{delta:+d} would drop below the {consumed} consumed",
+            consumed=consumed,
+        )
+
+
+def apply(kind: Kind, total: int, consumed: int, qty: int) -> tuple[int, int]:
+    """Return (total, consumed) after a movement, or raise the rule that refuses it.
+
+    ``qty`` is the signed delta for ``adjust`` and the new total for ``init``.
+    """
+    if kind == "init":
+        if qty < 0:
+            raise errors.InvalidQuantity(f"total must not be negative, got {qty}")
+        return qty, 0
+    if kind == "adjust":
+        total_must_not_drop_below_consumed(total, consumed, qty)
+        return total + qty, consumed
+    quantity_must_be_positive(qty)
+    if kind == "decrement":
+        decrement_needs_available(total, consumed, qty)
+        return total, consumed + qty
+    if kind == "refund":
+        refund_must_not_exceed_consumed(consumed, qty)
+        return total, consumed - qty
+    raise ValueError(f"unknown movement kind {kind!r}")

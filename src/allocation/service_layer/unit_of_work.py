@@ -1,0 +1,82 @@
+"""One unit of work per message: a transaction, the repository over it, and the events it raised."""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Callable, Iterator
+from types import TracebackType
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from allocation.adapters.repository import AbstractRepository, SqlAlchemyRepository
+from allocation.domain import errors, events
+
+
+DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError)
+
+
+class AbstractUnitOfWork(abc.ABC):
+    items: AbstractRepository
+
+    def __enter__(self) -> AbstractUnitOfWork:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.rollback()
+
+    def commit(self) -> None:
+        self._commit()
+
+    def collect_new_events(self) -> Iterator[events.Event]:
+        items: AbstractRepository | None = getattr(self, "items", None)  # None: never entered
+        for item in items.seen if items is not None else ():
+            while item.events:
+                yield item.events.pop(0)
+
+    @abc.abstractmethod
+    def _commit(self) -> None: ...
+
+    @abc.abstractmethod
+    def rollback(self) -> None: ...
+
+
+class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
+    """A fresh session per unit of work. ``write_lock`` serialises units of work in-process,
+    for SQLite, which has no row locks."""
+
+    def __init__(self, session_factory: Callable[[], Session],
+                 write_lock: threading.Lock | None = None) -> None:
+        self.session_factory = session_factory
+        self.write_lock = write_lock
+
+    def __enter__(self) -> AbstractUnitOfWork:
+        if self.write_lock is not None:
+            self.write_lock.acquire()
+        self.session = self.session_factory()
+        self.items = SqlAlchemyRepository(self.session)
+        return super().__enter__()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            super().__exit__(exc_type, exc, tb)
+            self.session.close()
+        except DATABASE_DOWN:
+            pass  # the connection is gone; the pool discards it
+        finally:
+            if self.write_lock is not None:
+                self.write_lock.release()
+        if isinstance(exc, DATABASE_DOWN):
+            raise errors.Unavailable(f"database unavailable: {exc}") from exc
+
+    def _commit(self) -> None:
+        for item in self.items.seen:
+            self.session.add_all(item.new_entries)
+            item.new_entries = []
+        self.session.commit()
+
+    def rollback(self) -> None:
+        self.session.rollback()
