@@ -1,0 +1,83 @@
+"""Fixtures for the real services. Each test run makes its own PostgreSQL database and Redis key
+space, and removes them afterwards. A missing service fails the run with a clear message."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from allocation.adapters import migrate
+from allocation.adapters.redis_keys import KeySpace
+from allocation.config import Config
+
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+def test_database_admin_url() -> str:
+    return os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def test_redis_url() -> str:
+    return os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    admin_url = make_url(test_database_admin_url())
+    name = f"allocation_test_{RUN_ID}"
+    try:
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - any failure here means "no usable PostgreSQL"
+        pytest.fail(f"PostgreSQL is not reachable at {admin_url.render_as_string()} "
+                    f"(set TEST_DATABASE_URL; `make services` starts a local one): {exc}",
+                    pytrace=False)
+    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = test_redis_url()
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is not reachable at {url} (set TEST_REDIS_URL; `make services` "
+                    f"starts a local one): {exc}", pytrace=False)
+    return url
+
+
+@pytest.fixture(scope="session")
+def key_space(redis_url: str) -> Iterator[KeySpace]:
+    """This run's own key prefix; every key under it is deleted at the end."""
+    keys = KeySpace(prefix=f"test-{RUN_ID}", partitions=8)
+    yield keys
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=keys.pattern(), count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def service_config(database_url: str, redis_url: str, key_space: KeySpace) -> Config:
+    return Config(database_url=database_url, redis_url=redis_url,
+                  redis_key_prefix=key_space.prefix, partitions=key_space.partitions,
+                  commands_channel=f"test-{RUN_ID}:commands",
+                  events_channel=f"test-{RUN_ID}:events")
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A fresh namespace per test keeps tests apart inside the run's database."""
+    return "t" + uuid.uuid4().hex[:12]

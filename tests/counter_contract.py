@@ -1,0 +1,154 @@
+"""The counter port's contract, run against every adapter (in-process here, Redis in integration).
+
+Subclasses provide ``make_counter``. The Hypothesis machine checks any adapter against the domain
+rules on random sequences of movements.
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from allocation.adapters.counter import Counter
+from allocation.domain import errors, rules
+from allocation.domain.outcome import Outcome
+
+
+class CounterContract(abc.ABC):
+    @abc.abstractmethod
+    def make_counter(self) -> Counter: ...
+
+    def setup_method(self) -> None:
+        self.counter = self.make_counter()
+        self.ns = "ns-" + uuid.uuid4().hex[:8]
+        self.counter.load(self.ns, "sku", 10, 0)
+
+    def test_unknown_item_is_not_found_and_nothing_is_remembered(self) -> None:
+        assert self.counter.apply(self.ns, "nope", "decrement", 1, "k").status == "not_found"
+        self.counter.load(self.ns, "nope", 5, 0)
+        assert self.counter.apply(self.ns, "nope", "decrement", 1, "k").ok
+
+    def test_decrement_applies_and_reports_the_figures_after(self) -> None:
+        assert self.counter.apply(self.ns, "sku", "decrement", 3, "k") == Outcome("ok", 10, 3)
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 3)
+
+    def test_decrement_beyond_available_is_refused_with_the_figures(self) -> None:
+        self.counter.apply(self.ns, "sku", "decrement", 8, "k1")
+        refused = self.counter.apply(self.ns, "sku", "decrement", 3, "k2")
+        assert (refused.status, refused.available) == ("insufficient_stock", 2)
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 8)
+
+    def test_refund_and_adjust_follow_the_rules(self) -> None:
+        c = self.counter
+        assert c.apply(self.ns, "sku", "refund", 1, "r1").status == "refund_exceeds_consumed"
+        c.apply(self.ns, "sku", "decrement", 4, "k1")
+        assert c.apply(self.ns, "sku", "refund", 3, "r2") == Outcome("ok", 10, 1)
+        assert c.apply(self.ns, "sku", "adjust", -10, "a1").status == "below_consumed"
+        assert c.apply(self.ns, "sku", "adjust", -9, "a2") == Outcome("ok", 1, 1)
+        assert c.apply(self.ns, "sku", "adjust", 5, None) == Outcome("ok", 6, 1)
+
+    def test_non_positive_quantities_are_refused(self) -> None:
+        for qty in (0, -2):
+            assert self.counter.apply(self.ns, "sku", "decrement", qty, None).status == (
+                "invalid_quantity")
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 0)
+
+    def test_a_repeated_key_replays_the_stored_outcome(self) -> None:
+        first = self.counter.apply(self.ns, "sku", "decrement", 3, "k")
+        self.counter.apply(self.ns, "sku", "decrement", 2, "other")
+        again = self.counter.apply(self.ns, "sku", "decrement", 3, "k")
+        assert again == Outcome("ok", first.total, first.consumed, replayed=True)
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 5)
+
+    def test_a_refusal_is_remembered_too(self) -> None:
+        self.counter.apply(self.ns, "sku", "decrement", 11, "k")
+        self.counter.apply(self.ns, "sku", "adjust", 5, None)
+        again = self.counter.apply(self.ns, "sku", "decrement", 11, "k")
+        assert (again.status, again.replayed, again.available) == ("insufficient_stock", True, 10)
+
+    def test_the_same_key_with_another_request_is_reused(self) -> None:
+        self.counter.apply(self.ns, "sku", "decrement", 3, "k")
+        assert self.counter.apply(self.ns, "sku", "decrement", 4, "k").status == (
+            "idempotency_key_reused")
+        assert self.counter.apply(self.ns, "sku", "refund", 3, "k").status == (
+            "idempotency_key_reused")
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 3)
+
+    def test_keys_are_scoped_to_the_item(self) -> None:
+        self.counter.load(self.ns, "other", 10, 0)
+        self.counter.apply(self.ns, "sku", "decrement", 3, "k")
+        assert self.counter.apply(self.ns, "other", "decrement", 3, "k") == Outcome("ok", 10, 3)
+
+    def test_a_probe_answers_pending_and_changes_nothing(self) -> None:
+        probe = self.counter.apply(self.ns, "sku", "decrement", 3, "k", probe=True)
+        assert probe.status == "pending"
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 0)
+        assert not self.counter.apply(self.ns, "sku", "decrement", 3, "k").replayed
+
+    def test_a_probe_of_a_refusal_is_final_and_remembered(self) -> None:
+        refused = self.counter.apply(self.ns, "sku", "decrement", 30, "k", probe=True)
+        assert refused.status == "insufficient_stock"
+        assert self.counter.apply(self.ns, "sku", "decrement", 30, "k").replayed
+
+    def test_revert_undoes_a_movement_and_forgets_its_key(self) -> None:
+        self.counter.apply(self.ns, "sku", "decrement", 3, "k")
+        self.counter.revert(self.ns, "sku", "decrement", 3, "k")
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 0)
+        assert not self.counter.apply(self.ns, "sku", "decrement", 3, "k").replayed
+        self.counter.apply(self.ns, "sku", "adjust", 4, "a")
+        self.counter.revert(self.ns, "sku", "adjust", 4, "a")
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 3)
+
+    def test_load_many_read_many_and_forget(self) -> None:
+        self.counter.load_many([(self.ns, "a", 1, 0), (self.ns, "b", 2, 1)])
+        assert self.counter.read_many(self.ns, ["a", "b", "c"]) == [
+            Outcome("ok", 1, 0), Outcome("ok", 2, 1), None]
+        self.counter.forget(self.ns, "a")
+        assert self.counter.read(self.ns, "a") is None
+
+
+def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedStateMachine]:
+    """A state machine comparing the counter made by ``make_counter()`` with the domain rules."""
+
+    class CounterMatchesTheDomain(RuleBasedStateMachine):
+        @initialize(total=st.integers(0, 20))
+        def start(self, total: int) -> None:
+            self.counter: Counter = make_counter()  # type: ignore[operator]
+            self.ns = "m-" + uuid.uuid4().hex[:8]
+            self.model = (total, 0)
+            self.seen: dict[str, tuple[str, Outcome]] = {}
+            self.counter.load(self.ns, "sku", total, 0)
+
+        @rule(kind=st.sampled_from(["decrement", "refund", "adjust"]),
+              qty=st.integers(-5, 8), key=st.sampled_from(["a", "b", "c", "d", "e", None]))
+        def move(self, kind: rules.Kind, qty: int, key: str | None) -> None:
+            got = self.counter.apply(self.ns, "sku", kind, qty, key)
+            request = f"{kind}:{qty}"
+            if key is not None and key in self.seen:
+                seen_request, seen = self.seen[key]
+                expected_status = seen.status if seen_request == request else (
+                    "idempotency_key_reused")
+                assert (got.status, got.total, got.consumed, got.replayed) == (
+                    expected_status, seen.total, seen.consumed, True)
+                return
+            try:
+                self.model = rules.apply(kind, *self.model, qty)
+                expected = Outcome("ok", *self.model)
+            except errors.DomainError as refusal:
+                expected = Outcome(refusal.code, *self.model)
+            assert got == expected
+            if key is not None:
+                self.seen[key] = (request, got)
+
+        @invariant()
+        def figures_agree(self) -> None:
+            if hasattr(self, "counter"):
+                assert self.counter.read(self.ns, "sku") == Outcome("ok", *self.model)
+
+    CounterMatchesTheDomain.TestCase.settings = settings(max_examples=60, deadline=None,
+                                                          stateful_step_count=25)
+    return CounterMatchesTheDomain

@@ -1,0 +1,81 @@
+"""In-memory stand-ins for the database side, for unit tests."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from allocation.adapters.repository import AbstractRepository
+from allocation.domain.model import InventoryItem, LedgerEntry
+from allocation.service_layer.unit_of_work import AbstractUnitOfWork
+
+
+class FakeStore:
+    """What a fake database holds: committed items and ledger entries."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str], InventoryItem] = {}
+        self.ledger: list[LedgerEntry] = []
+        self.commits = 0
+        self.fail_next_commit = False
+
+
+class FakeRepository(AbstractRepository):
+    def __init__(self, store: FakeStore) -> None:
+        super().__init__()
+        self.store = store
+        self.staged: dict[tuple[str, str], InventoryItem] = {}
+
+    def _add(self, item: InventoryItem) -> None:
+        self.staged[(item.namespace, item.sku)] = item
+
+    def _get(self, namespace: str, sku: str, lock: bool) -> InventoryItem | None:
+        stored = self.store.items.get((namespace, sku))
+        if stored is None:
+            return None
+        # A copy, like a fresh load: changes count only once committed.
+        copy = InventoryItem(stored.namespace, stored.sku, stored.total, stored.consumed,
+                             stored.last_seq)
+        self.staged[(namespace, sku)] = copy
+        return copy
+
+    def list(self, namespace: str, after: str | None, limit: int,
+             *, lock: bool = False) -> Sequence[InventoryItem]:
+        skus = sorted(s for (ns, s) in self.store.items if ns == namespace
+                      and (after is None or s > after))
+        return [item for s in skus[:limit] if (item := self.get(namespace, s)) is not None]
+
+    def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None:
+        return next((e for e in self.store.ledger if (e.namespace, e.sku, e.idempotency_key)
+                     == (namespace, sku, key)), None)
+
+    def ledger(self, namespace: str, sku: str, after_seq: int,
+               limit: int) -> Sequence[LedgerEntry]:
+        return [e for e in self.store.ledger
+                if (e.namespace, e.sku) == (namespace, sku) and e.seq > after_seq][:limit]
+
+
+class FakeUnitOfWork(AbstractUnitOfWork):
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> AbstractUnitOfWork:
+        self.items = FakeRepository(self.store)
+        return super().__enter__()
+
+    def _commit(self) -> None:
+        if self.store.fail_next_commit:
+            self.store.fail_next_commit = False
+            raise ConnectionError("the fake database went away")
+        assert isinstance(self.items, FakeRepository)
+        for key, item in self.items.staged.items():
+            self.store.ledger.extend(dataclasses.replace(e) for e in item.new_entries)
+            item.new_entries = []
+            self.store.items[key] = InventoryItem(item.namespace, item.sku, item.total,
+                                                  item.consumed, item.last_seq)
+        self.store.commits += 1
+
+    def rollback(self) -> None:
+        if hasattr(self, "items"):
+            assert isinstance(self.items, FakeRepository)
+            self.items.staged.clear()

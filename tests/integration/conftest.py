@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+
+from allocation.bootstrap import bootstrap
+from allocation.config import Config
+from allocation.service_layer.messagebus import MessageBus
+
+
+@pytest.fixture
+def bus(service_config: Config) -> Iterator[MessageBus]:
+    bus = bootstrap(service_config)
+    yield bus
+    bus.dependencies["engine"].dispose()
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def stored(engine: Engine, namespace: str, sku: str) -> tuple[int, int, int]:
+    """(total, consumed, last_seq) as the items table holds them."""
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT total, consumed, last_seq FROM inventory_items "
+                                "WHERE namespace = :ns AND sku = :sku"),
+                           {"ns": namespace, "sku": sku}).one()
+    return row.total, row.consumed, row.last_seq
+
+
+def ledger_rows(engine: Engine, namespace: str, sku: str) -> list[tuple[int, str, int, str]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(
+            "SELECT seq, kind, qty, idempotency_key FROM inventory_ledger "
+            "WHERE namespace = :ns AND sku = :sku ORDER BY seq"),
+            {"ns": namespace, "sku": sku})]

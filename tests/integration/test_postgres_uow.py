@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from allocation import views
+from allocation.adapters import migrate
+from allocation.domain import commands, errors
+from allocation.domain.model import InventoryItem
+from allocation.service_layer.messagebus import MessageBus
+from tests.integration.conftest import ledger_rows, stored
+
+
+def test_migrations_build_the_schema_and_downgrade_cleanly(database_url: str) -> None:
+    scratch = database_url.rsplit("/", 1)[0] + "/" + database_url.rsplit("/", 1)[1] + "_mig"
+    admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    name = scratch.rsplit("/", 1)[1]
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        migrate.upgrade(scratch)
+        probe = create_engine(scratch)
+        assert {"inventory_items", "inventory_ledger", "alembic_version"} <= set(
+            inspect(probe).get_table_names())
+        migrate.downgrade(scratch, "base")
+        assert "inventory_items" not in inspect(probe).get_table_names()
+        probe.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_a_movement_commits_the_item_and_its_ledger_row(
+        bus: MessageBus, engine: Engine, namespace: str) -> None:
+    bus.handle(commands.InitInventory(namespace, "sku", 10))
+    bus.handle(commands.Decrement(namespace, "sku", 3, "k1"))
+    bus.handle(commands.Refund(namespace, "sku", 1, "r1"))
+    bus.handle(commands.AdjustTotal(namespace, "sku", 5, None))
+    assert stored(engine, namespace, "sku") == (15, 2, 4)
+    assert ledger_rows(engine, namespace, "sku") == [
+        (1, "init", 10, None), (2, "decrement", 3, "k1"), (3, "refund", 1, "r1"),
+        (4, "adjust", 5, None)]
+    entries = views.ledger(bus, namespace, "sku", 1, 2)
+    assert [(e.seq, e.total_after, e.available_after) for e in entries] == [(2, 10, 7),
+                                                                            (3, 10, 8)]
+
+
+def test_uncommitted_work_is_rolled_back(bus: MessageBus, engine: Engine,
+                                         namespace: str) -> None:
+    bus.handle(commands.InitInventory(namespace, "sku", 10))
+    with bus.uow_factory() as uow:
+        item = uow.items.get(namespace, "sku", lock=True)
+        assert item is not None
+        item.decrement(5, "k")
+    assert stored(engine, namespace, "sku") == (10, 0, 1)
+
+
+def test_the_ledger_refuses_a_second_row_for_one_key(engine: Engine, bus: MessageBus,
+                                                     namespace: str) -> None:
+    bus.handle(commands.InitInventory(namespace, "sku", 10))
+    bus.handle(commands.Decrement(namespace, "sku", 1, "dup"))
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO inventory_ledger (namespace, sku, seq, kind, qty, total_after, "
+            "available_after, idempotency_key, created_at) VALUES "
+            "(:ns, 'sku', 99, 'decrement', 1, 10, 8, 'dup', now())"), {"ns": namespace})
+
+
+def test_the_database_refuses_consumed_above_total(engine: Engine, bus: MessageBus,
+                                                   namespace: str) -> None:
+    bus.handle(commands.InitInventory(namespace, "sku", 1))
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text("UPDATE inventory_items SET consumed = 2 WHERE namespace = :ns"),
+                     {"ns": namespace})
+
+
+def test_optimistic_version_guards_concurrent_unlocked_writes(
+        bus: MessageBus, namespace: str) -> None:
+    bus.handle(commands.InitInventory(namespace, "sku", 10))
+    with bus.uow_factory() as first, bus.uow_factory() as second:
+        a = first.items.get(namespace, "sku")
+        b = second.items.get(namespace, "sku")
+        assert isinstance(a, InventoryItem) and isinstance(b, InventoryItem)
+        a.decrement(1, "a")
+        b.decrement(1, "b")
+        first.commit()
+        with pytest.raises(Exception, match="(?i)stale|expected to update"):
+            second.commit()
+
+
+def test_refresh_rebuilds_redis_from_the_database(bus: MessageBus, namespace: str) -> None:
+    bus.handle(commands.InitInventory(namespace, "sku", 10))
+    bus.handle(commands.Decrement(namespace, "sku", 4, "k"))
+    counter = bus.dependencies["counter"]
+    counter.forget(namespace, "sku")
+    assert views.item(bus, namespace, "sku").consumed == 4  # the read rebuilds it
+    counter.load(namespace, "sku", 50, 0)
+    assert bus.handle(commands.Refresh(namespace, "sku")).available == 6
+    assert counter.read(namespace, "sku").available == 6
+
+
+def test_refresh_all_rebuilds_a_namespace(bus: MessageBus, namespace: str) -> None:
+    for n in range(25):
+        bus.handle(commands.InitInventory(namespace, f"s{n:02}", n))
+    counter = bus.dependencies["counter"]
+    for n in range(25):
+        counter.forget(namespace, f"s{n:02}")
+    assert bus.handle(commands.RefreshAll(namespace, batch_size=10)).refreshed == 25
+    assert [o.total for o in counter.read_many(namespace, [f"s{n:02}" for n in range(25)])] == (
+        list(range(25)))
+    with pytest.raises(errors.NotFound):
+        bus.handle(commands.Refresh(namespace, "missing"))
+
+
+def test_namespaces_stay_apart_in_rows_and_keys(bus: MessageBus, engine: Engine,
+                                                namespace: str) -> None:
+    other = namespace + "x"
+    bus.handle(commands.InitInventory(namespace, "sku", 1))
+    bus.handle(commands.InitInventory(other, "sku", 5))
+    bus.handle(commands.Decrement(namespace, "sku", 1, "k"))
+    assert stored(engine, other, "sku") == (5, 0, 1)
+    assert views.item(bus, other, "sku").available == 5

@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import pytest
+
+from allocation import views
+from allocation.adapters.memory_counter import InProcessCounter
+from allocation.bootstrap import bootstrap
+from allocation.config import Config
+from allocation.domain import commands, errors, events
+from allocation.service_layer.messagebus import MessageBus
+from tests.fakes import FakeStore, FakeUnitOfWork
+
+
+class App:
+    def __init__(self) -> None:
+        self.store = FakeStore()
+        self.counter = InProcessCounter()
+        self.published: list[events.Event] = []
+        self.bus: MessageBus = bootstrap(
+            Config(), uow_factory=lambda: FakeUnitOfWork(self.store), counter=self.counter,
+            publish=self.published.append)
+
+    def figures(self, sku: str = "sku") -> tuple[int, int]:
+        stored = self.store.items[("ns", sku)]
+        return stored.total, stored.consumed
+
+    def kinds(self, sku: str = "sku") -> list[tuple[int, str, int]]:
+        return [(e.seq, e.kind, e.qty) for e in self.store.ledger if e.sku == sku]
+
+
+@pytest.fixture
+def app() -> App:
+    return App()
+
+
+class TestInitInventory:
+    def test_creates_the_item_its_counter_and_an_init_entry(self, app: App) -> None:
+        outcome = app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        assert (outcome.created, outcome.total, outcome.available) == (True, 10, 10)
+        assert app.figures() == (10, 0)
+        assert app.kinds() == [(1, "init", 10)]
+        assert app.counter.read("ns", "sku") is not None
+        assert app.published == [events.InventoryInitialized("ns", "sku", 10, 0)]
+
+    def test_again_with_the_same_total_changes_nothing(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        again = app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        assert not again.created
+        assert app.kinds() == [(1, "init", 10)]
+
+    def test_again_with_another_total_is_refused(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        with pytest.raises(errors.AlreadyExists):
+            app.bus.handle(commands.InitInventory("ns", "sku", 11))
+        assert app.figures() == (10, 0)
+
+
+class TestDecrement:
+    def test_records_the_sale_everywhere(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        outcome = app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
+        assert (outcome.ok, outcome.available, outcome.replayed) == (True, 6, False)
+        assert app.figures() == (10, 4)
+        assert app.kinds() == [(1, "init", 10), (2, "decrement", 4)]
+        assert app.bus.dependencies["counter"].read("ns", "sku").consumed == 4
+
+    def test_a_retry_replays_the_first_outcome_and_changes_nothing(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        first = app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
+        again = app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
+        assert again.replayed and (again.total, again.consumed) == (first.total, first.consumed)
+        assert app.figures() == (10, 4) and len(app.kinds()) == 2
+
+    def test_a_key_reused_for_another_request_is_refused(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
+        outcome = app.bus.handle(commands.Decrement("ns", "sku", 5, "k1"))
+        assert outcome.status == "idempotency_key_reused"
+        assert app.figures() == (10, 4)
+
+    def test_insufficient_stock_is_refused_without_a_database_commit(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 2))
+        commits = app.store.commits
+        outcome = app.bus.handle(commands.Decrement("ns", "sku", 3, "k1"))
+        assert (outcome.status, outcome.available) == ("insufficient_stock", 2)
+        assert app.store.commits == commits and app.figures() == (2, 0)
+        with pytest.raises(errors.InsufficientStock):
+            outcome.raise_for_status()
+
+    def test_selling_the_last_unit_announces_sold_out(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 1))
+        app.bus.handle(commands.Decrement("ns", "sku", 1, "k1"))
+        assert app.published[-1] == events.SoldOut("ns", "sku", 1, 1)
+
+    def test_unknown_item_is_not_found(self, app: App) -> None:
+        with pytest.raises(errors.NotFound):
+            app.bus.handle(commands.Decrement("ns", "nope", 1, "k1"))
+
+    def test_a_failed_commit_undoes_the_counter_and_forgets_the_key(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        app.store.fail_next_commit = True
+        with pytest.raises(ConnectionError):
+            app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
+        assert app.counter.read("ns", "sku").consumed == 0
+        assert app.figures() == (10, 0)
+        retried = app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
+        assert retried.ok and not retried.replayed and app.figures() == (10, 4)
+
+    def test_a_counter_that_lost_the_item_is_rebuilt_from_the_record(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
+        app.counter.forget("ns", "sku")
+        outcome = app.bus.handle(commands.Decrement("ns", "sku", 1, "k2"))
+        assert (outcome.ok, outcome.consumed) == (True, 5)
+        assert app.counter.read("ns", "sku").consumed == 5
+
+    def test_a_retry_after_the_counter_lost_its_keys_is_answered_from_the_ledger(
+            self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
+        app.counter = fresh = InProcessCounter()  # Redis restarted without persistence
+        app.bus.dependencies["counter"] = fresh
+        app.bus = bootstrap(Config(), uow_factory=lambda: FakeUnitOfWork(app.store),
+                            counter=fresh, publish=app.published.append)
+        again = app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
+        assert again.replayed and again.consumed == 4
+        assert app.figures() == (10, 4) and len(app.kinds()) == 2
+
+    def test_a_counter_that_drifted_is_corrected_by_the_record(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        app.counter.load("ns", "sku", 10, 0)
+        app.store.items[("ns", "sku")].consumed = 9  # the record says 9 were sold
+        with pytest.raises(errors.InsufficientStock):
+            app.bus.handle(commands.Decrement("ns", "sku", 5, "k1"))
+        assert app.counter.read("ns", "sku").consumed == 9
+
+
+class TestRefundAndAdjust:
+    def test_refund_returns_stock(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
+        outcome = app.bus.handle(commands.Refund("ns", "sku", 3, "r1"))
+        assert (outcome.ok, outcome.available) == (True, 9)
+        assert app.kinds()[-1] == (3, "refund", 3)
+
+    def test_refund_beyond_consumed_is_refused(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        outcome = app.bus.handle(commands.Refund("ns", "sku", 1, "r1"))
+        assert outcome.status == "refund_exceeds_consumed"
+        assert app.figures() == (10, 0)
+
+    def test_adjust_moves_the_total(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        outcome = app.bus.handle(commands.AdjustTotal("ns", "sku", 5))
+        assert (outcome.total, app.figures()) == (15, (15, 0))
+
+    def test_adjust_below_consumed_is_refused(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        app.bus.handle(commands.Decrement("ns", "sku", 6, "k"))
+        outcome = app.bus.handle(commands.AdjustTotal("ns", "sku", -5, "a1"))
+        assert outcome.status == "below_consumed" and app.figures() == (10, 6)
+
+
+class TestRefresh:
+    def test_rebuilds_a_drifted_counter(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
+        app.counter.load("ns", "sku", 999, 0)
+        outcome = app.bus.handle(commands.Refresh("ns", "sku"))
+        assert (outcome.total, outcome.consumed) == (10, 4)
+        assert app.counter.read("ns", "sku").total == 10
+
+    def test_refresh_all_walks_the_namespace_in_batches(self, app: App) -> None:
+        for n in range(7):
+            app.bus.handle(commands.InitInventory("ns", f"s{n}", n))
+        app.bus.handle(commands.InitInventory("other", "s0", 5))
+        app.bus.dependencies["counter"].forget("ns", "s3")
+        progress = app.bus.handle(commands.RefreshAll("ns", batch_size=3, batches=1))
+        assert (progress.refreshed, progress.after) == (3, "s2")
+        rest = app.bus.handle(commands.RefreshAll("ns", after=progress.after, batch_size=3))
+        assert (rest.refreshed, rest.after) == (4, None)
+        assert app.bus.dependencies["counter"].read("ns", "s3").total == 3
+
+    def test_get_rebuilds_an_item_the_counter_lost(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        app.bus.dependencies["counter"].forget("ns", "sku")
+        assert views.item(app.bus, "ns", "sku").total == 10
+        with pytest.raises(errors.NotFound):
+            views.item(app.bus, "ns", "missing")
+
+
+def test_namespaces_are_kept_apart(app: App) -> None:
+    app.bus.handle(commands.InitInventory("a", "sku", 1))
+    app.bus.handle(commands.InitInventory("b", "sku", 1))
+    app.bus.handle(commands.Decrement("a", "sku", 1, "k"))
+    assert app.bus.handle(commands.Decrement("b", "sku", 1, "k")).ok
+    page, after = views.items(app.bus, "a", None, 10)
+    assert [(sku, o.available) for sku, o in page] == [("sku", 0)] and after is None
