@@ -31,6 +31,7 @@ setup(
             "ruff>=0.5,<1",
             "mypy>=1.10,<2",
             "types-requests",
+            "types-psycopg2",
         ],
     },
     entry_points={"console_scripts": ["allocation=allocation.entrypoints.cli:main"]},

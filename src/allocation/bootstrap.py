@@ -39,7 +39,7 @@ def bootstrap(
     uow_factory: Callable[[], AbstractUnitOfWork] | None = None,
     counter: Counter | None = None,
     publish: Callable[[events.Event], None] | None = None,
-    redis_client: redis.Redis | None = None,
+    redis_client: redis.Redis[bytes] | None = None,
 ) -> MessageBus:
     config = config or Config.from_env()
     engine: Engine | None = None

@@ -1,4 +1,4 @@
-"""Many buyers, one item: exactly the stock is sold, and Redis, the items row and the ledger agree."""
+"""Many buyers, one item: exactly the stock is sold; Redis, the items row and the ledger agree."""
 
 from __future__ import annotations
 

@@ -87,7 +87,7 @@ def test_optimistic_version_guards_concurrent_unlocked_writes(
         a.decrement(1, "a")
         b.decrement(1, "b")
         first.commit()
-        with pytest.raises(Exception, match="(?i)stale|expected to update"):
+        with pytest.raises(Exception, match=r"(?i)stale|expected to update"):
             second.commit()
 
 

@@ -20,7 +20,7 @@ def event_message(event: events.Event) -> dict[str, Any]:
 
 
 class RedisEventPublisher:
-    def __init__(self, client: redis.Redis, channel: str) -> None:
+    def __init__(self, client: redis.Redis[bytes], channel: str) -> None:
         self.client = client
         self.channel = channel
 

@@ -29,7 +29,7 @@ def unavailable_on_connection_error() -> Iterator[None]:
 
 
 class RedisCounter(Counter):
-    def __init__(self, client: redis.Redis, keys: KeySpace,
+    def __init__(self, client: redis.Redis[bytes], keys: KeySpace,
                  idempotency_ttl: int = 48 * 3600) -> None:
         self.client = client
         self.keys = keys

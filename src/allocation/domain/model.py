@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from allocation.domain import events, rules
 
@@ -21,7 +21,7 @@ class LedgerEntry:
     total_after: int
     available_after: int
     idempotency_key: str | None = None
-    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class InventoryItem:

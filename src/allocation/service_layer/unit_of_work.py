@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 from allocation.adapters.repository import AbstractRepository, SqlAlchemyRepository
 from allocation.domain import errors, events
 
-
 DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError)
 
 

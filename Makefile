@@ -1,0 +1,52 @@
+# The two commands a new machine needs: `make run` and `make test`. Both install what they need.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: install run migrate serve consume services test unit integration e2e lint bench clean
+
+$(STAMP): setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(BIN)/allocation migrate
+
+# Embedded by default (SQLite file + in-process counter); set DATABASE_URL and REDIS_URL for
+# PostgreSQL and Redis.
+run: migrate
+	$(BIN)/allocation serve --host $(HOST) --port $(PORT)
+
+consume: install
+	$(BIN)/allocation consume
+
+# Makes sure PostgreSQL and Redis answer, starting local ones that are installed but stopped.
+services: install
+	$(PY) scripts/ensure_services.py
+
+test: install services
+	$(BIN)/pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+integration: install services
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+e2e: install services
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,196 @@
+"""The ``allocation`` command. Exit codes: 0 success, 1 domain refusal, 2 usage or input error,
+3 a dependency is unavailable."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from allocation import views
+from allocation.adapters import migrate as migrations
+from allocation.bootstrap import bootstrap
+from allocation.config import Config
+from allocation.domain import commands, errors
+from allocation.domain.outcome import Outcome
+from allocation.entrypoints import schemas
+from allocation.service_layer.messagebus import MessageBus
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _bus() -> MessageBus:
+    return bootstrap(Config.from_env())
+
+
+def _show(outcome: Outcome, namespace: str, sku: str) -> None:
+    click.echo(json.dumps({"namespace": namespace, "sku": sku, "total": outcome.total,
+                           "consumed": outcome.consumed, "available": outcome.available}))
+
+
+def _checked(namespace: str, sku: str | None = None) -> None:
+    try:
+        schemas.ItemPath(namespace=namespace, sku=sku or "x")
+    except ValidationError as exc:
+        raise click.UsageError(f"invalid {exc.errors()[0]['loc'][0]}: "
+                               f"{exc.errors()[0]['msg']}") from None
+
+
+def domain_exit(fn: F) -> F:
+    """Turn refusals and outages into messages and exit codes instead of tracebacks."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except errors.DomainError as exc:
+            click.echo(f"refused: {exc.code}: {exc.message}", err=True)
+            sys.exit(1)
+        except errors.Unavailable as exc:
+            click.echo(f"unavailable: {exc.message}", err=True)
+            sys.exit(3)
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+def main() -> None:
+    """Flash-sale inventory: a Redis fast path over a PostgreSQL ledger."""
+
+
+@main.command()
+def migrate() -> None:
+    """Bring the database schema to the latest revision (Alembic)."""
+    config = Config.from_env()
+    migrations.upgrade(config.database_url)
+    click.echo(f"migrated {config.database_url.split('@')[-1]}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", type=int, default=None,
+              help="gunicorn workers (default: the cores; 1 in the embedded mode)")
+@click.option("--threads", type=int, default=8, show_default=True)
+def serve(host: str, port: int, workers: int | None, threads: int) -> None:
+    """Serve the HTTP API with gunicorn."""
+    config = Config.from_env()
+    if config.embedded:
+        workers = 1  # the in-process counter lives in one process
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="allocation-metrics-")
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:allocation.entrypoints.gunicorn_conf",
+            "--bind", f"{host}:{port}", "--workers", str(workers), "--threads", str(threads),
+            "--worker-class", "gthread", "allocation.entrypoints.flask_app:create_app()"]
+    os.execv(sys.executable, argv)
+
+
+@main.command()
+def consume() -> None:
+    """Read commands from the pub/sub channel and answer on the events channel."""
+    from allocation.entrypoints import redis_consumer
+
+    redis_consumer.run(_bus())
+
+
+@main.command()
+@click.argument("namespace")
+@click.argument("sku")
+@click.argument("total", type=click.IntRange(0, 1_000_000_000))
+@domain_exit
+def init(namespace: str, sku: str, total: int) -> None:
+    """Set an item's stock."""
+    _checked(namespace, sku)
+    _show(_bus().handle(commands.InitInventory(namespace, sku, total)), namespace, sku)
+
+
+def _movement(kind: str) -> Callable[..., None]:
+    @click.argument("namespace")
+    @click.argument("sku")
+    @click.argument("qty", type=click.IntRange(-1_000_000_000, 1_000_000_000)
+                    if kind == "adjust" else click.IntRange(1, 1_000_000))
+    @click.option("--key", help="idempotency key (a fresh one when omitted)")
+    @domain_exit
+    def move(namespace: str, sku: str, qty: int, key: str | None) -> None:
+        _checked(namespace, sku)
+        command: commands.Command
+        if kind == "adjust":
+            command = commands.AdjustTotal(namespace, sku, qty, key)
+        else:
+            cls = commands.Decrement if kind == "decrement" else commands.Refund
+            command = cls(namespace, sku, qty, key or uuid.uuid4().hex)
+        _show(_bus().handle(command).raise_for_status(), namespace, sku)
+    return move
+
+
+main.command("adjust", help="Change an item's total by DELTA (QTY).")(_movement("adjust"))
+main.command("decrement", help="Sell QTY units.")(_movement("decrement"))
+main.command("refund", help="Return QTY sold units.")(_movement("refund"))
+
+
+@main.command()
+@click.argument("namespace")
+@click.argument("sku")
+@domain_exit
+def get(namespace: str, sku: str) -> None:
+    """Show an item's stock."""
+    _checked(namespace, sku)
+    _show(views.item(_bus(), namespace, sku), namespace, sku)
+
+
+@main.command()
+@click.argument("namespace")
+@click.argument("sku")
+@click.option("--after-seq", type=click.IntRange(0), default=0)
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100)
+@domain_exit
+def ledger(namespace: str, sku: str, after_seq: int, limit: int) -> None:
+    """Print an item's ledger, one JSON entry a line."""
+    _checked(namespace, sku)
+    for e in views.ledger(_bus(), namespace, sku, after_seq, limit):
+        click.echo(json.dumps({"seq": e.seq, "kind": e.kind, "qty": e.qty,
+                               "total_after": e.total_after,
+                               "available_after": e.available_after,
+                               "idempotency_key": e.idempotency_key,
+                               "created_at": e.created_at.isoformat()}))
+
+
+@main.command()
+@click.argument("namespace")
+@click.argument("sku", required=False)
+@click.option("--all", "everything", is_flag=True, help="every item of NAMESPACE")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000)
+@domain_exit
+def refresh(namespace: str, sku: str | None, everything: bool, batch_size: int) -> None:
+    """Rebuild counters from the database: one item, or --all of a namespace."""
+    _checked(namespace, sku)
+    bus = _bus()
+    if sku and not everything:
+        _show(bus.handle(commands.Refresh(namespace, sku)), namespace, sku)
+        return
+    if not everything:
+        raise click.UsageError("name a SKU, or pass --all")
+    done, after = 0, None
+    with click.progressbar(length=0, label=f"refreshing {namespace}",
+                           show_pos=True) as bar:
+        while True:
+            step = bus.handle(commands.RefreshAll(namespace, after, batch_size, batches=1))
+            done += step.refreshed
+            bar.length = done
+            bar.update(step.refreshed)
+            if step.after is None:
+                break
+            after = step.after
+    click.echo(f"refreshed {done} items")
+
+
+if __name__ == "__main__":
+    main()

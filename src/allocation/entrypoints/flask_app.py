@@ -1,0 +1,226 @@
+"""The HTTP API (API.md). Routes parse and validate, build a command, and hand it to the bus."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from flask import Flask, Response, g, jsonify, request
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import text
+
+from allocation import views
+from allocation.bootstrap import bootstrap
+from allocation.config import Config
+from allocation.domain import commands, errors
+from allocation.domain.model import LedgerEntry
+from allocation.domain.outcome import Outcome
+from allocation.entrypoints import http_errors, metrics, openapi, schemas
+from allocation.entrypoints.http_errors import BadRequest
+from allocation.service_layer.messagebus import MessageBus
+
+M = TypeVar("M", bound=BaseModel)
+MAX_BODY = 64 * 1024
+
+
+def create_app(config: Config | None = None, bus: MessageBus | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    bus = bus or bootstrap(config)
+    app.extensions["bus"] = bus
+    http_errors.register(app)
+    _observe(app)
+
+    def item_path(namespace: str, sku: str) -> schemas.ItemPath:
+        return _validate(schemas.ItemPath, {"namespace": namespace, "sku": sku})
+
+    @app.put("/v1/<namespace>/items/<sku>")
+    def init_item(namespace: str, sku: str) -> Response:
+        path = item_path(namespace, sku)
+        body = _body(schemas.InitBody)
+        outcome = bus.handle(commands.InitInventory(path.namespace, path.sku, body.total))
+        return _item(path, outcome, 201 if outcome.created else 200)
+
+    @app.get("/v1/<namespace>/items/<sku>")
+    def get_item(namespace: str, sku: str) -> Response:
+        path = item_path(namespace, sku)
+        return _item(path, views.item(bus, path.namespace, path.sku))
+
+    @app.get("/v1/<namespace>/items")
+    def list_items(namespace: str) -> Response:
+        ns = _validate(schemas.ItemPath, {"namespace": namespace, "sku": "x"}).namespace
+        query = _validate(schemas.ListQuery, request.args.to_dict())
+        page, after = views.items(bus, ns, query.after, query.limit)
+        return jsonify({"items": [_item_body(ns, sku, o) for sku, o in page], "next": after})
+
+    @app.post("/v1/<namespace>/items/<sku>/adjustments")
+    def adjust(namespace: str, sku: str) -> Response:
+        path = item_path(namespace, sku)
+        key = _idempotency_key(required=False)
+        body = _body(schemas.AdjustBody)
+        outcome = bus.handle(commands.AdjustTotal(path.namespace, path.sku, body.delta, key))
+        return _movement(path, "adjust", outcome)
+
+    @app.post("/v1/<namespace>/items/<sku>/decrements")
+    def decrement(namespace: str, sku: str) -> Response:
+        path = item_path(namespace, sku)
+        key = _idempotency_key(required=True)
+        body = _body(schemas.QtyBody)
+        assert key is not None
+        outcome = bus.handle(commands.Decrement(path.namespace, path.sku, body.qty, key))
+        return _movement(path, "decrement", outcome)
+
+    @app.post("/v1/<namespace>/items/<sku>/refunds")
+    def refund(namespace: str, sku: str) -> Response:
+        path = item_path(namespace, sku)
+        key = _idempotency_key(required=True)
+        body = _body(schemas.QtyBody)
+        assert key is not None
+        outcome = bus.handle(commands.Refund(path.namespace, path.sku, body.qty, key))
+        return _movement(path, "refund", outcome)
+
+    @app.get("/v1/<namespace>/items/<sku>/ledger")
+    def ledger(namespace: str, sku: str) -> Response:
+        path = item_path(namespace, sku)
+        query = _validate(schemas.LedgerQuery, request.args.to_dict())
+        entries = views.ledger(bus, path.namespace, path.sku, query.after_seq, query.limit)
+        return jsonify({"entries": [_entry_body(e) for e in entries]})
+
+    @app.post("/v1/<namespace>/items/<sku>/refresh")
+    def refresh_item(namespace: str, sku: str) -> Response:
+        path = item_path(namespace, sku)
+        return _item(path, bus.handle(commands.Refresh(path.namespace, path.sku)))
+
+    @app.post("/v1/<namespace>/refresh")
+    def refresh_namespace(namespace: str) -> Response:
+        ns = _validate(schemas.ItemPath, {"namespace": namespace, "sku": "x"}).namespace
+        return jsonify({"items": bus.handle(commands.RefreshAll(ns)).refreshed})
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        parts = {"database": _check(lambda: _ping_database(bus)),
+                 "redis": _check(bus.dependencies["counter"].ping)}
+        response = jsonify(parts)
+        if any(state != "ok" for state in parts.values()):
+            response.status_code = 503
+            response.headers["Retry-After"] = "1"
+        return response
+
+    @app.get("/metrics")
+    def metrics_text() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, content_type=content_type)
+
+    @app.get("/openapi.json")
+    def openapi_json() -> Response:
+        return jsonify(openapi.document())
+
+    @app.get("/docs")
+    def docs() -> Response:
+        return Response(openapi.DOCS_PAGE, content_type="text/html")
+
+    return app
+
+
+def _validate(model: type[M], data: Any, fields: dict[str, str] | None = None) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest.from_validation(exc, fields) from None
+
+
+def _body(model: type[M]) -> M:
+    if not request.is_json:
+        raise BadRequest("unsupported_media_type", "the body must be JSON "
+                         "(Content-Type: application/json)", status=415)
+    try:
+        data = json.loads(request.get_data(cache=True))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("malformed_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("invalid_field", "the body must be a JSON object")
+    return _validate(model, data)
+
+
+def _idempotency_key(required: bool) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        if required:
+            raise BadRequest("idempotency_key_required", "this request needs an "
+                             "Idempotency-Key header", field="Idempotency-Key")
+        return None
+    if not 1 <= len(key) <= 128 or not all(" " <= ch <= "~" for ch in key):
+        raise BadRequest("invalid_field", "Idempotency-Key must be 1 to 128 printable ASCII "
+                         "characters", field="Idempotency-Key")
+    return key
+
+
+def _item_body(namespace: str, sku: str, outcome: Outcome) -> dict[str, Any]:
+    return {"namespace": namespace, "sku": sku, "total": outcome.total,
+            "consumed": outcome.consumed, "available": outcome.available}
+
+
+def _item(path: schemas.ItemPath, outcome: Outcome, status: int = 200) -> Response:
+    response = jsonify(_item_body(path.namespace, path.sku, outcome))
+    response.status_code = status
+    return response
+
+
+def _movement(path: schemas.ItemPath, kind: str, outcome: Outcome) -> Response:
+    """The response is a function of the stored outcome, so a replay is the same response."""
+    metrics.MOVEMENTS.labels(kind, outcome.status).inc()
+    response = (_item(path, outcome) if outcome.ok
+                else http_errors.domain_error_response(outcome.error()))
+    if outcome.replayed and outcome.status != "idempotency_key_reused":
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _entry_body(entry: LedgerEntry) -> dict[str, Any]:
+    return {"seq": entry.seq, "kind": entry.kind, "qty": entry.qty,
+            "total_after": entry.total_after, "available_after": entry.available_after,
+            "idempotency_key": entry.idempotency_key,
+            "created_at": _utc(entry.created_at).isoformat()}
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands timestamps back without their zone; they were written in UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _ping_database(bus: MessageBus) -> None:
+    engine = bus.dependencies.get("engine")
+    if engine is not None:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+
+def _check(probe: Callable[[], None]) -> str:
+    try:
+        probe()
+    except errors.Unavailable as exc:
+        return f"unavailable: {exc.message}"
+    except Exception as exc:  # noqa: BLE001 - readiness reports any failure by name
+        return f"unavailable: {type(exc).__name__}"
+    return "ok"
+
+
+def _observe(app: Flask) -> None:
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _record(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.REQUESTS.labels(request.method, route, response.status_code).inc()
+        metrics.LATENCY.labels(route).observe(time.perf_counter() - g.get("started", 0.0))
+        return response

@@ -1,0 +1,141 @@
+"""The OpenAPI 3 document, built from the pydantic models the routes validate with."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from allocation.entrypoints import schemas
+
+REF = "#/components/schemas/{model}"
+_MODELS: list[type[BaseModel]] = [
+    schemas.InitBody, schemas.AdjustBody, schemas.QtyBody, schemas.Item, schemas.ItemPage,
+    schemas.LedgerPage, schemas.RefreshedCount, schemas.Error]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _name(name: str, where: str = "path") -> dict[str, Any]:
+    return {"name": name, "in": where, "required": where == "path",
+            "schema": {"type": "string", "pattern": schemas.NAME_PATTERN}}
+
+
+def _int_query(name: str, minimum: int, maximum: int | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": minimum}
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def _key(required: bool) -> dict[str, Any]:
+    return {"name": "Idempotency-Key", "in": "header", "required": required,
+            "schema": {"type": "string", "pattern": schemas.KEY_PATTERN,
+                       "minLength": 1, "maxLength": 128}}
+
+
+ERRORS = {
+    "400": _json(schemas.Error, "invalid input; `field` names it"),
+    "503": _json(schemas.Error, "Redis or the database is unavailable; see Retry-After"),
+}
+
+
+def _op(summary: str, responses: dict[str, Any], parameters: list[dict[str, Any]] | None = None,
+        body: type[BaseModel] | None = None) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "parameters": parameters or [],
+                                 "responses": {**responses, **ERRORS}}
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": _ref(body)}}}
+        operation["responses"]["413"] = _json(schemas.Error, "body over 64 KiB")
+        operation["responses"]["415"] = _json(schemas.Error, "body is not JSON")
+    return operation
+
+
+def _movement(summary: str, body: type[BaseModel], key_required: bool,
+              refusal: str) -> dict[str, Any]:
+    return _op(summary, {
+        "200": _json(schemas.Item, "the item after the movement (or the replayed first "
+                                   "response, with `Idempotent-Replayed: true`)"),
+        "404": _json(schemas.Error, "unknown item"),
+        "409": _json(schemas.Error, refusal),
+        "422": _json(schemas.Error, "idempotency key reused with another body"),
+    }, [_name("namespace"), _name("sku"), _key(key_required)], body)
+
+
+@lru_cache(maxsize=1)
+def document() -> dict[str, Any]:
+    _, definitions = models_json_schema([(m, "validation") for m in _MODELS],
+                                        ref_template=REF)
+    item = [_name("namespace"), _name("sku")]
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "allocation: flash-sale inventory", "version": "1"},
+        "paths": {
+            "/v1/{namespace}/items/{sku}": {
+                "put": _op("Initialise an item's stock", {
+                    "201": _json(schemas.Item, "created"),
+                    "200": _json(schemas.Item, "exists with the same total"),
+                    "409": _json(schemas.Error, "already_exists with another total")},
+                    item, schemas.InitBody),
+                "get": _op("Read an item's stock", {
+                    "200": _json(schemas.Item, "the item"),
+                    "404": _json(schemas.Error, "unknown item")}, item),
+            },
+            "/v1/{namespace}/items": {
+                "get": _op("List a namespace's items in SKU order", {
+                    "200": _json(schemas.ItemPage, "a page; `next` continues it")},
+                    [_name("namespace"), _name("after", "query"),
+                     _int_query("limit", 1, 1000)]),
+            },
+            "/v1/{namespace}/items/{sku}/adjustments": {
+                "post": _movement("Adjust the total", schemas.AdjustBody, False,
+                                  "below_consumed")},
+            "/v1/{namespace}/items/{sku}/decrements": {
+                "post": _movement("Sell (decrement available)", schemas.QtyBody, True,
+                                  "insufficient_stock, with `available`")},
+            "/v1/{namespace}/items/{sku}/refunds": {
+                "post": _movement("Refund (return consumed stock)", schemas.QtyBody, True,
+                                  "refund_exceeds_consumed")},
+            "/v1/{namespace}/items/{sku}/ledger": {
+                "get": _op("An item's ledger in seq order", {
+                    "200": _json(schemas.LedgerPage, "entries after `after_seq`"),
+                    "404": _json(schemas.Error, "unknown item")},
+                    [*item, _int_query("after_seq", 0), _int_query("limit", 1, 1000)]),
+            },
+            "/v1/{namespace}/items/{sku}/refresh": {
+                "post": _op("Rebuild an item's counter from the database", {
+                    "200": _json(schemas.Item, "the rebuilt item"),
+                    "404": _json(schemas.Error, "unknown item")}, item)},
+            "/v1/{namespace}/refresh": {
+                "post": _op("Rebuild every counter of a namespace", {
+                    "200": _json(schemas.RefreshedCount, "how many items were rebuilt")},
+                    [_name("namespace")])},
+            "/healthz": {"get": {"summary": "The process is up", "responses": {
+                "200": {"description": "`{\"status\": \"ok\"}`"}}}},
+            "/readyz": {"get": {"summary": "The database and Redis answer", "responses": {
+                "200": {"description": "`{\"database\": \"ok\", \"redis\": \"ok\"}`"},
+                "503": {"description": "the failing part is named"}}}},
+            "/metrics": {"get": {"summary": "Prometheus text format", "responses": {
+                "200": {"description": "metrics", "content": {"text/plain": {}}}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {
+                "200": {"description": "OpenAPI 3"}}}},
+        },
+        "components": {"schemas": definitions.get("$defs", {})},
+    }
+
+
+DOCS_PAGE = """<!doctype html>
+<html><head><title>allocation API</title><meta charset="utf-8"></head>
+<body><redoc spec-url="/openapi.json"></redoc>
+<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script>
+</body></html>
+"""

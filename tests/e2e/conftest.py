@@ -1,0 +1,102 @@
+"""Real processes: gunicorn serving the API and the pub/sub consumer, against real services."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import requests
+
+from allocation.config import Config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``check`` until it holds, failing with ``what`` at the deadline."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+
+
+def service_env(config: Config) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(DATABASE_URL=config.database_url, REDIS_URL=config.redis_url or "",
+               REDIS_KEY_PREFIX=config.redis_key_prefix, REDIS_PARTITIONS=str(config.partitions),
+               COMMANDS_CHANNEL=config.commands_channel, EVENTS_CHANNEL=config.events_channel)
+    return env
+
+
+@dataclass
+class Process:
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.kill() if kill else self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stderr_tail(self) -> str:
+        if self.proc is None or self.proc.stderr is None or self.alive():
+            return ""
+        return self.proc.stderr.read().decode(errors="replace")[-3000:]
+
+
+def allocation_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "allocation.entrypoints.cli", *args]
+
+
+@pytest.fixture(scope="session")
+def api(service_config: Config) -> Iterator[str]:
+    port = free_port()
+    server = Process(allocation_command("serve", "--port", str(port), "--workers", "2"),
+                     service_env(service_config))
+    server.start()
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if not server.alive():
+            raise AssertionError(f"the server exited: {server.stderr_tail()}")
+        try:
+            return requests.get(f"{base}/healthz", timeout=1).ok
+        except requests.ConnectionError:
+            return False
+
+    wait_until(up, 30, "the API server to answer /healthz")
+    yield base
+    server.stop()
+
+
+@pytest.fixture
+def consumer(service_config: Config) -> Iterator[Process]:
+    process = Process(allocation_command("consume"), service_env(service_config))
+    process.start()
+    yield process
+    process.stop()

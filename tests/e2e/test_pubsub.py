@@ -1,0 +1,123 @@
+"""Commands over Redis pub/sub, answered on the events channel, with a real consumer process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from allocation.config import Config
+from tests.e2e.conftest import Process, wait_until
+
+
+class Channels:
+    def __init__(self, config: Config) -> None:
+        assert config.redis_url is not None
+        self.client = redis.Redis.from_url(config.redis_url)
+        self.config = config
+        self.events = self.client.pubsub(ignore_subscribe_messages=True)
+        self.events.subscribe(config.events_channel)
+        self.received: list[dict[str, Any]] = []
+
+    def send(self, **message: Any) -> None:
+        self.client.publish(self.config.commands_channel, json.dumps(message))
+
+    def send_raw(self, raw: str) -> None:
+        self.client.publish(self.config.commands_channel, raw)
+
+    def listeners(self) -> int:
+        [(_, count)] = self.client.pubsub_numsub(self.config.commands_channel)
+        return int(count)
+
+    def wait_for(self, seconds: float = 10, **match: Any) -> dict[str, Any]:
+        found: list[dict[str, Any]] = []
+
+        def arrived() -> bool:
+            message = self.events.get_message(timeout=0.1)
+            if message is not None:
+                self.received.append(json.loads(message["data"]))
+            found.extend(e for e in self.received
+                         if all(e.get(k) == v for k, v in match.items()))
+            return bool(found)
+
+        wait_until(arrived, seconds, f"an event matching {match}")
+        return found[0]
+
+
+@pytest.fixture
+def channels(service_config: Config) -> Iterator[Channels]:
+    ch = Channels(service_config)
+    yield ch
+    ch.events.close()
+    ch.client.close()
+
+
+def test_commands_become_events(consumer: Process, channels: Channels, namespace: str) -> None:
+    wait_until(lambda: channels.listeners() > 0, 15, "the consumer to subscribe")
+    channels.send(command="InitInventory", namespace=namespace, sku="s", total=2)
+    init = channels.wait_for(event="InventoryInitialized", namespace=namespace)
+    assert (init["sku"], init["total"], init["available"]) == ("s", 2, 2)
+
+    channels.send(command="Decrement", namespace=namespace, sku="s", qty=2,
+                  idempotency_key="k1")
+    sold = channels.wait_for(event="Decremented", namespace=namespace)
+    assert (sold["qty"], sold["available"], sold["idempotency_key"]) == (2, 0, "k1")
+    assert channels.wait_for(event="SoldOut", namespace=namespace)["consumed"] == 2
+
+    channels.send(command="Decrement", namespace=namespace, sku="s", qty=1,
+                  idempotency_key="k2")
+    refused = channels.wait_for(event="CommandRejected", idempotency_key="k2")
+    assert (refused["reason"], refused["command"], refused["available"]) == (
+        "insufficient_stock", "Decrement", 0)
+
+    channels.send(command="Refund", namespace=namespace, sku="s", qty=1, idempotency_key="r1")
+    assert channels.wait_for(event="Refunded", namespace=namespace)["available"] == 1
+    channels.send(command="AdjustTotal", namespace=namespace, sku="s", delta=3)
+    assert channels.wait_for(event="TotalAdjusted", namespace=namespace)["total"] == 5
+
+
+def test_malformed_messages_are_answered_and_the_consumer_keeps_running(
+        consumer: Process, channels: Channels, namespace: str) -> None:
+    wait_until(lambda: channels.listeners() > 0, 15, "the consumer to subscribe")
+    channels.send_raw("{not json")
+    assert channels.wait_for(event="CommandRejected")["reason"] == "invalid_message"
+    channels.send(command="Decrement", namespace=namespace, sku="s", qty=True,
+                  idempotency_key="bad-qty")
+    bad = channels.wait_for(event="CommandRejected", idempotency_key="bad-qty")
+    assert bad["reason"] == "invalid_message" and "qty" in bad["message"]
+    channels.send(command="Decrement", namespace=namespace, sku="s", qty=1)
+    assert "idempotency_key" in channels.wait_for(
+        event="CommandRejected", command="Decrement", idempotency_key=None)["message"]
+    channels.send(command="Explode", namespace=namespace, sku="s")
+    assert channels.wait_for(event="CommandRejected", command="Explode")["reason"] == (
+        "invalid_message")
+    channels.send(command="Decrement", namespace=namespace, sku="nope", qty=1,
+                  idempotency_key="unknown")
+    assert channels.wait_for(event="CommandRejected", idempotency_key="unknown")["reason"] == (
+        "not_found")
+    channels.send(command="InitInventory", namespace=namespace, sku="after", total=1)
+    assert channels.wait_for(event="InventoryInitialized", sku="after")["total"] == 1
+    assert consumer.alive()
+
+
+def test_a_killed_consumer_restarts_and_resumes(consumer: Process, channels: Channels,
+                                                namespace: str) -> None:
+    wait_until(lambda: channels.listeners() > 0, 15, "the consumer to subscribe")
+    channels.send(command="InitInventory", namespace=namespace, sku="s", total=5)
+    channels.wait_for(event="InventoryInitialized", namespace=namespace)
+    consumer.stop(kill=True)
+    wait_until(lambda: channels.listeners() == 0, 15, "the killed consumer to unsubscribe")
+    consumer.start()
+    wait_until(lambda: channels.listeners() > 0, 15, "the new consumer to subscribe")
+    channels.send(command="Decrement", namespace=namespace, sku="s", qty=1,
+                  idempotency_key="after-restart")
+    assert channels.wait_for(event="Decremented", idempotency_key="after-restart")[
+        "available"] == 4
+    # A retried command (same key) is applied once.
+    channels.send(command="Decrement", namespace=namespace, sku="s", qty=1,
+                  idempotency_key="after-restart")
+    channels.send(command="Refund", namespace=namespace, sku="s", qty=1, idempotency_key="r")
+    assert channels.wait_for(event="Refunded", namespace=namespace)["available"] == 5
