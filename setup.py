@@ -32,6 +32,7 @@ setup(
             "mypy>=1.10,<2",
             "types-requests",
             "types-psycopg2",
+            "types-redis>=4.6,<5",
         ],
     },
     entry_points={"console_scripts": ["allocation=allocation.entrypoints.cli:main"]},

@@ -63,6 +63,9 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         self.items = FakeRepository(self.store)
         return super().__enter__()
 
+    def flush(self) -> None:
+        return None
+
     def _commit(self) -> None:
         if self.store.fail_next_commit:
             self.store.fail_next_commit = False

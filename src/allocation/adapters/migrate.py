@@ -22,3 +22,9 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+def upgrade_on(connection: Connection, revision: str = "head") -> None:
+    """Upgrade through a connection the caller holds (and commits)."""
+    command.upgrade(alembic_config(connection.engine.url.render_as_string(hide_password=False),
+                                   connection), revision)

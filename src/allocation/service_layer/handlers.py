@@ -19,24 +19,35 @@ from allocation.domain import commands, errors, events
 from allocation.domain.model import InventoryItem
 from allocation.domain.outcome import NOT_FOUND, OK, PENDING, Outcome
 from allocation.domain.rules import Kind
-from allocation.service_layer.unit_of_work import AbstractUnitOfWork
+from allocation.service_layer.unit_of_work import AbstractUnitOfWork, Conflict
 
 logger = logging.getLogger(__name__)
 
 
 def init_inventory(cmd: commands.InitInventory, uow: AbstractUnitOfWork,
                    counter: Counter) -> Outcome:
+    try:
+        return _init(cmd, uow, counter)
+    except Conflict:
+        return _init(cmd, uow, counter)  # a concurrent init won; now it is an existing item
+
+
+def _init(cmd: commands.InitInventory, uow: AbstractUnitOfWork, counter: Counter) -> Outcome:
     with uow:
         item = uow.items.get(cmd.namespace, cmd.sku, lock=True)
         if item is not None:
             if item.total != cmd.total:
                 raise errors.AlreadyExists(
                     f"{cmd.namespace}/{cmd.sku} exists with total {item.total}")
+            if counter.read(cmd.namespace, cmd.sku) is None:
+                counter.load(cmd.namespace, cmd.sku, item.total, item.consumed)
             return Outcome(OK, item.total, item.consumed)
         item = InventoryItem.initialise(cmd.namespace, cmd.sku, cmd.total)
         uow.items.add(item)
-        # Load the counter before the commit makes the row visible, so no movement can run on
-        # the new item before its counter exists.
+        # The insert waits here for any concurrent one; once it succeeds the row is ours and
+        # invisible to others until the commit, so loading the counter now cannot overwrite
+        # figures that sales have moved.
+        uow.flush()
         counter.load(cmd.namespace, cmd.sku, item.total, item.consumed)
         try:
             uow.commit()

@@ -13,7 +13,20 @@ from sqlalchemy.orm import Session
 from allocation.adapters.repository import AbstractRepository, SqlAlchemyRepository
 from allocation.domain import errors, events
 
-DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError)
+
+class Conflict(Exception):
+    """Another transaction wrote the same row first (a unique key); retrying reads its result."""
+
+
+def database_down(exc: BaseException | None) -> bool:
+    """Is this the database being unreachable, rather than a statement failing?"""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return True
+    # psycopg2 gives server-side errors a SQLSTATE; connection failures have none. SQLite's
+    # OperationalError ("no such table") is a failing statement.
+    return isinstance(exc, sa_exc.OperationalError) and getattr(exc.orig, "pgcode", "-") is None
 
 
 class AbstractUnitOfWork(abc.ABC):
@@ -28,6 +41,10 @@ class AbstractUnitOfWork(abc.ABC):
 
     def commit(self) -> None:
         self._commit()
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Send pending writes now, so a unique-key clash shows as ``Conflict`` here."""
 
     def collect_new_events(self) -> Iterator[events.Event]:
         items: AbstractRepository | None = getattr(self, "items", None)  # None: never entered
@@ -63,19 +80,29 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         try:
             super().__exit__(exc_type, exc, tb)
             self.session.close()
-        except DATABASE_DOWN:
-            pass  # the connection is gone; the pool discards it
+        except sa_exc.SQLAlchemyError as cleanup_failure:
+            if not database_down(cleanup_failure):
+                raise  # the connection is gone otherwise; the pool discards it
         finally:
             if self.write_lock is not None:
                 self.write_lock.release()
-        if isinstance(exc, DATABASE_DOWN):
+        if database_down(exc):
             raise errors.Unavailable(f"database unavailable: {exc}") from exc
+
+    def flush(self) -> None:
+        try:
+            self.session.flush()
+        except sa_exc.IntegrityError as exc:
+            raise Conflict(str(exc.orig)) from exc
 
     def _commit(self) -> None:
         for item in self.items.seen:
             self.session.add_all(item.new_entries)
             item.new_entries = []
-        self.session.commit()
+        try:
+            self.session.commit()
+        except sa_exc.IntegrityError as exc:
+            raise Conflict(str(exc.orig)) from exc
 
     def rollback(self) -> None:
         self.session.rollback()
