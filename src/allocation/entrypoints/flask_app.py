@@ -29,6 +29,7 @@ MAX_BODY = 64 * 1024
 def create_app(config: Config | None = None, bus: MessageBus | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.url_map.merge_slashes = False  # an empty SKU is a 404, not a redirect
     app.json.sort_keys = False  # type: ignore[attr-defined]
     bus = bus or bootstrap(config)
     app.extensions["bus"] = bus

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from allocation.domain import commands
+from allocation.entrypoints.redis_consumer import handle_message, parse
+from tests.unit.conftest import FakeApp
+
+
+def test_each_command_message_becomes_its_command() -> None:
+    base = {"namespace": "ns", "sku": "s"}
+    assert parse(json.dumps({"command": "InitInventory", **base, "total": 3})) == (
+        commands.InitInventory("ns", "s", 3))
+    assert parse(json.dumps({"command": "AdjustTotal", **base, "delta": -2})) == (
+        commands.AdjustTotal("ns", "s", -2, None))
+    assert parse(json.dumps({"command": "Decrement", **base, "qty": 1,
+                             "idempotency_key": "k"})) == commands.Decrement("ns", "s", 1, "k")
+    assert parse(json.dumps({"command": "Refund", **base, "qty": 2,
+                             "idempotency_key": "r"})) == commands.Refund("ns", "s", 2, "r")
+
+
+@pytest.mark.parametrize("raw, complaint", [
+    (b"{oops", "not JSON"),
+    (b"[1, 2]", "object|dict|valid"),
+    (json.dumps({"command": "Decrement", "namespace": "ns", "sku": "s", "qty": 1}), "idempotency"),
+    (json.dumps({"command": "Decrement", "namespace": "ns", "sku": "s", "qty": True,
+                 "idempotency_key": "k"}), "qty"),
+    (json.dumps({"command": "InitInventory", "namespace": "n s", "sku": "s", "total": 1}),
+     "namespace"),
+    (json.dumps({"command": "Sell", "namespace": "ns", "sku": "s"}), "command|tag"),
+    (b"\xff\xfe", "not JSON"),
+])
+def test_malformed_messages_are_refused_with_a_reason(raw: Any, complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        parse(raw)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    def publish_message(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+
+def test_a_bad_message_is_answered_and_changes_nothing(fake_app: FakeApp) -> None:
+    recorder = Recorder()
+    before = fake_app.snapshot()
+    handle_message(b'{"command": "Decrement", "sku": 1}', fake_app.bus, recorder)  # type: ignore[arg-type]
+    assert recorder.messages[0]["event"] == "CommandRejected"
+    assert recorder.messages[0]["reason"] == "invalid_message"
+    assert fake_app.snapshot() == before
+
+
+def test_a_refusal_is_answered_with_the_figures(fake_app: FakeApp) -> None:
+    recorder = Recorder()
+    fake_app.client.put("/v1/ns/items/s", json={"total": 1})
+    message = {"command": "Decrement", "namespace": "ns", "sku": "s", "qty": 2,
+               "idempotency_key": "k"}
+    handle_message(json.dumps(message), fake_app.bus, recorder)  # type: ignore[arg-type]
+    assert recorder.messages == [{
+        "event": "CommandRejected", "reason": "insufficient_stock",
+        "message": "only 1 available", "command": "Decrement", "idempotency_key": "k",
+        "namespace": "ns", "sku": "s", "total": 1, "consumed": 0, "available": 1}]

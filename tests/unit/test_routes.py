@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from tests.unit.conftest import FakeApp
+
+
+def test_a_sale_through_the_routes(fake_app: FakeApp) -> None:
+    c = fake_app.client
+    assert c.put("/v1/ns/items/a", json={"total": 3}).status_code == 201
+    sold = c.post("/v1/ns/items/a/decrements", json={"qty": 3}, headers={"Idempotency-Key": "1"})
+    assert sold.json == {"namespace": "ns", "sku": "a", "total": 3, "consumed": 3,
+                         "available": 0}
+    assert fake_app.store.items[("ns", "a")].consumed == 3
+    assert [type(e).__name__ for e in fake_app.published][-2:] == ["Decremented", "SoldOut"]
+    refused = c.post("/v1/ns/items/a/decrements", json={"qty": 1},
+                     headers={"Idempotency-Key": "2"})
+    assert (refused.status_code, refused.json["available"]) == (409, 0)
+
+
+def test_replay_returns_the_first_response(fake_app: FakeApp) -> None:
+    c = fake_app.client
+    c.put("/v1/ns/items/a", json={"total": 3})
+    first = c.post("/v1/ns/items/a/refunds", json={"qty": 1}, headers={"Idempotency-Key": "r"})
+    again = c.post("/v1/ns/items/a/refunds", json={"qty": 1}, headers={"Idempotency-Key": "r"})
+    assert (first.status_code, again.status_code) == (409, 409)
+    assert first.data == again.data and again.headers["Idempotent-Replayed"] == "true"
+
+
+def test_an_unreachable_dependency_is_503_with_retry_after(fake_app: FakeApp) -> None:
+    from allocation.domain import errors
+
+    def down(*_: object, **__: object) -> None:
+        raise errors.Unavailable("redis unavailable: connection refused", retry_after=2)
+
+    fake_app.client.put("/v1/ns/items/a", json={"total": 3})
+    fake_app.counter.apply = down  # type: ignore[method-assign]
+    fake_app.counter.ping = down  # type: ignore[method-assign]
+    r = fake_app.client.post("/v1/ns/items/a/decrements", json={"qty": 1},
+                             headers={"Idempotency-Key": "k"})
+    assert (r.status_code, r.headers["Retry-After"], r.json["error"]) == (503, "2",
+                                                                         "unavailable")
+    ready = fake_app.client.get("/readyz")
+    assert ready.status_code == 503 and ready.json["redis"].startswith("unavailable")
+    assert fake_app.store.items[("ns", "a")].consumed == 0
+
+
+def test_unknown_routes_and_methods_answer_json(fake_app: FakeApp) -> None:
+    assert fake_app.client.get("/nowhere").json["error"] == "not_found"
+    r = fake_app.client.patch("/v1/ns/items/a")
+    assert (r.status_code, r.json["error"]) == (405, "method_not_allowed")
