@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -34,3 +36,9 @@ class FakeApp:
 @pytest.fixture
 def fake_app() -> FakeApp:
     return FakeApp()
+
+
+def body(response: Any) -> dict[str, Any]:
+    data = response.get_json()
+    assert isinstance(data, dict), response.data
+    return data

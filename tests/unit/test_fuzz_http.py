@@ -36,12 +36,12 @@ queries = st.dictionaries(st.sampled_from(["after", "limit", "after_seq"]),
 def test_no_500_and_refusals_change_nothing(requests: list[tuple[Any, ...]]) -> None:
     app = FakeApp()
     app.client.put("/v1/a/items/b", json={"total": 5})
-    for (method, template), ns, sku, body, key, query, raw in requests:
+    for (method, template), ns, sku, payload, key, query, raw in requests:
         path = template.format(ns=quote(ns, safe=""), sku=quote(sku, safe=""))
         headers = {"Content-Type": "application/json"}
         if key is not None and all(ord(ch) < 256 for ch in key):
             headers["Idempotency-Key"] = key
-        data = (json.dumps(body) if not raw else json.dumps(body)[:-1] + "garbage")
+        data = json.dumps(payload) if not raw else json.dumps(payload)[:-1] + "garbage"
         before = app.snapshot()
         response = app.client.open(path, method=method, data=data, headers=headers,
                                    query_string=query)
@@ -50,4 +50,4 @@ def test_no_500_and_refusals_change_nothing(requests: list[tuple[Any, ...]]) -> 
         if response.status_code >= 400 and response.headers.get("Idempotent-Replayed") is None:
             assert app.snapshot() == before, (method, path, data, response.json)
         if response.status_code >= 400:
-            assert {"error", "message"} <= set(response.json)
+            assert {"error", "message"} <= set(body(response))

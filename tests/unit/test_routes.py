@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from tests.unit.conftest import FakeApp
+import pytest
+
+from tests.unit.conftest import FakeApp, body
 
 
 def test_a_sale_through_the_routes(fake_app: FakeApp) -> None:
@@ -13,7 +15,7 @@ def test_a_sale_through_the_routes(fake_app: FakeApp) -> None:
     assert [type(e).__name__ for e in fake_app.published][-2:] == ["Decremented", "SoldOut"]
     refused = c.post("/v1/ns/items/a/decrements", json={"qty": 1},
                      headers={"Idempotency-Key": "2"})
-    assert (refused.status_code, refused.json["available"]) == (409, 0)
+    assert (refused.status_code, body(refused)["available"]) == (409, 0)
 
 
 def test_replay_returns_the_first_response(fake_app: FakeApp) -> None:
@@ -25,25 +27,26 @@ def test_replay_returns_the_first_response(fake_app: FakeApp) -> None:
     assert first.data == again.data and again.headers["Idempotent-Replayed"] == "true"
 
 
-def test_an_unreachable_dependency_is_503_with_retry_after(fake_app: FakeApp) -> None:
+def test_an_unreachable_dependency_is_503_with_retry_after(
+        fake_app: FakeApp, monkeypatch: pytest.MonkeyPatch) -> None:
     from allocation.domain import errors
 
     def down(*_: object, **__: object) -> None:
         raise errors.Unavailable("redis unavailable: connection refused", retry_after=2)
 
     fake_app.client.put("/v1/ns/items/a", json={"total": 3})
-    fake_app.counter.apply = down  # type: ignore[method-assign]
-    fake_app.counter.ping = down  # type: ignore[method-assign]
+    monkeypatch.setattr(fake_app.counter, "apply", down)
+    monkeypatch.setattr(fake_app.counter, "ping", down)
     r = fake_app.client.post("/v1/ns/items/a/decrements", json={"qty": 1},
                              headers={"Idempotency-Key": "k"})
-    assert (r.status_code, r.headers["Retry-After"], r.json["error"]) == (503, "2",
+    assert (r.status_code, r.headers["Retry-After"], body(r)["error"]) == (503, "2",
                                                                          "unavailable")
     ready = fake_app.client.get("/readyz")
-    assert ready.status_code == 503 and ready.json["redis"].startswith("unavailable")
+    assert ready.status_code == 503 and body(ready)["redis"].startswith("unavailable")
     assert fake_app.store.items[("ns", "a")].consumed == 0
 
 
 def test_unknown_routes_and_methods_answer_json(fake_app: FakeApp) -> None:
-    assert fake_app.client.get("/nowhere").json["error"] == "not_found"
+    assert body(fake_app.client.get("/nowhere"))["error"] == "not_found"
     r = fake_app.client.patch("/v1/ns/items/a")
-    assert (r.status_code, r.json["error"]) == (405, "method_not_allowed")
+    assert (r.status_code, body(r)["error"]) == (405, "method_not_allowed")
