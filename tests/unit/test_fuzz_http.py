@@ -9,7 +9,7 @@ from urllib.parse import quote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.conftest import FakeApp
+from tests.unit.conftest import FakeApp, body
 
 names = st.one_of(st.sampled_from(["a", "b", "ns"]),
                   st.text(min_size=0, max_size=70).filter(lambda s: "/" not in s and s != "."))
