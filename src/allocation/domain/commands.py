@@ -18,6 +18,14 @@ class InitInventory(Command):
 
 
 @dataclass(frozen=True)
+class InitMany(Command):
+    """Initialise many items at once: all of them or none."""
+
+    namespace: str
+    items: tuple[tuple[str, int], ...]  # (sku, total)
+
+
+@dataclass(frozen=True)
 class AdjustTotal(Command):
     namespace: str
     sku: str

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
 import tempfile
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -190,6 +191,54 @@ def refresh(namespace: str, sku: str | None, everything: bool, batch_size: int) 
                 break
             after = step.after
     click.echo(f"refreshed {done} items")
+
+
+@main.command("import")
+@click.argument("namespace")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@domain_exit
+def import_items(namespace: str, file: TextIO) -> None:
+    """Initialise many items from a CSV of `sku,total` rows (a header row is allowed).
+    Every row is checked first; one bad row or clash and nothing is imported."""
+    _checked(namespace)
+    rows = list(csv.reader(file))
+    if rows and rows[0] and rows[0][0].strip().lower() == "sku":
+        rows = [["sku", "total"], *rows[1:]]
+        start = 2
+    else:
+        rows = [["sku", "total"], *rows]
+        start = 1
+    items: dict[str, int] = {}
+    problems: list[str] = []
+    with click.progressbar(rows[1:], label="checking rows") as bar:
+        for line, row in enumerate(bar, start=start):
+            problem = _row_problem(row, items)
+            if problem:
+                problems.append(f"line {line}: {problem}")
+            else:
+                items[row[0].strip()] = int(row[1])
+    if problems:
+        click.echo(f"{len(problems)} bad rows, nothing imported:", err=True)
+        for problem in problems[:50]:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+    created = _bus().handle(commands.InitMany(namespace, tuple(items.items())))
+    click.echo(f"imported {len(items)} items into {namespace} ({created} new)")
+
+
+def _row_problem(row: list[str], seen: dict[str, int]) -> str | None:
+    if len(row) != 2:
+        return f"expected 2 fields (sku,total), got {len(row)}"
+    sku, total = row[0].strip(), row[1].strip()
+    try:
+        schemas.ItemPath(namespace="x", sku=sku)
+    except ValidationError:
+        return f"invalid sku {sku!r}"
+    if not total.lstrip("-").isdigit() or not 0 <= int(total) <= 1_000_000_000:
+        return f"total must be an integer from 0 to 1000000000, got {total!r}"
+    if sku in seen:
+        return f"sku {sku!r} appears twice"
+    return None
 
 
 if __name__ == "__main__":

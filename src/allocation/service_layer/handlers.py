@@ -57,6 +57,32 @@ def _init(cmd: commands.InitInventory, uow: AbstractUnitOfWork, counter: Counter
         return Outcome(OK, item.total, item.consumed, created=True)
 
 
+def init_many(cmd: commands.InitMany, uow: AbstractUnitOfWork, counter: Counter) -> int:
+    """Initialise every item in one transaction; any clash refuses the whole batch.
+    Returns how many items were created (the rest already existed with the same total)."""
+    with uow:
+        fresh: list[InventoryItem] = []
+        clashes: list[str] = []
+        for sku, total in cmd.items:
+            item = uow.items.get(cmd.namespace, sku, lock=True)
+            if item is None:
+                fresh.append(InventoryItem.initialise(cmd.namespace, sku, total))
+                uow.items.add(fresh[-1])
+            elif item.total != total:
+                clashes.append(f"{sku} (exists with total {item.total})")
+        if clashes:
+            raise errors.AlreadyExists("refused, nothing imported: " + ", ".join(clashes[:20]))
+        uow.flush()
+        counter.load_many((i.namespace, i.sku, i.total, i.consumed) for i in fresh)
+        try:
+            uow.commit()
+        except Exception:
+            for i in fresh:
+                counter.forget(i.namespace, i.sku)
+            raise
+        return len(fresh)
+
+
 def adjust_total(cmd: commands.AdjustTotal, uow: AbstractUnitOfWork, counter: Counter) -> Outcome:
     return _move(uow, counter, cmd.namespace, cmd.sku, "adjust", cmd.delta, cmd.idempotency_key)
 
@@ -157,6 +183,7 @@ def publish_event(event: events.Event, publish: Callable[[events.Event], None]) 
 
 COMMAND_HANDLERS: dict[type[commands.Command], Callable[..., Any]] = {
     commands.InitInventory: init_inventory,
+    commands.InitMany: init_many,
     commands.AdjustTotal: adjust_total,
     commands.Decrement: decrement,
     commands.Refund: refund,

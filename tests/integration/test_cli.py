@@ -1,0 +1,55 @@
+"""The ``allocation`` command against real PostgreSQL and Redis, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from allocation.config import Config
+from tests.e2e.conftest import service_env
+
+
+def cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "allocation.entrypoints.cli", *args],
+                          env=service_env(config), capture_output=True, text=True, timeout=60)
+
+
+def test_operations_and_exit_codes(service_config: Config, namespace: str) -> None:
+    assert cli(service_config, "init", namespace, "tee", "5").returncode == 0
+    sold = cli(service_config, "decrement", namespace, "tee", "2", "--key", "o1")
+    assert (sold.returncode, json.loads(sold.stdout)["available"]) == (0, 3)
+    refused = cli(service_config, "decrement", namespace, "tee", "9")
+    assert refused.returncode == 1 and "insufficient_stock" in refused.stderr
+    assert cli(service_config, "decrement", namespace, "tee", "0").returncode == 2
+    assert cli(service_config, "get", namespace, "bad sku").returncode == 2
+    assert cli(service_config, "get", namespace, "nope").returncode == 1
+    ledger = cli(service_config, "ledger", namespace, "tee").stdout.splitlines()
+    assert [json.loads(line)["kind"] for line in ledger] == ["init", "decrement"]
+    everything = cli(service_config, "refresh", namespace, "--all")
+    assert everything.returncode == 0 and "refreshed 1 items" in everything.stdout
+
+
+def test_import_is_all_or_nothing_and_reports_bad_rows(service_config: Config, namespace: str,
+                                                        tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sku,total\na,1\nb c,2\nd,-1\ne\na,3\n")
+    result = cli(service_config, "import", namespace, str(bad))
+    assert result.returncode == 2
+    for line in ("line 3: invalid sku", "line 4: total must be", "line 5: expected 2 fields",
+                 "line 6: sku 'a' appears twice"):
+        assert line in result.stderr
+    assert cli(service_config, "get", namespace, "a").returncode == 1  # nothing imported
+
+    good = tmp_path / "good.csv"
+    good.write_text("".join(f"s{n},{n}\n" for n in range(300)))
+    result = cli(service_config, "import", namespace, str(good))
+    assert result.returncode == 0 and "imported 300 items" in result.stdout
+    assert json.loads(cli(service_config, "get", namespace, "s299").stdout)["total"] == 299
+
+    clash = tmp_path / "clash.csv"
+    clash.write_text("new,1\ns1,7\n")
+    result = cli(service_config, "import", namespace, str(clash))
+    assert result.returncode == 1 and "s1" in result.stderr
+    assert cli(service_config, "get", namespace, "new").returncode == 1
