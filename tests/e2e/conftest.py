@@ -75,9 +75,14 @@ def allocation_command(*args: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def api(service_config: Config) -> Iterator[str]:
+    yield from serve(service_config)
+
+
+def serve(config: Config) -> Iterator[str]:
+    """Start gunicorn with two workers on a free port; yield its base URL; stop it."""
     port = free_port()
     server = Process(allocation_command("serve", "--port", str(port), "--workers", "2"),
-                     service_env(service_config))
+                     service_env(config))
     server.start()
     base = f"http://127.0.0.1:{port}"
 
