@@ -90,11 +90,11 @@ def serve(config: Config) -> Iterator[str]:
         if not server.alive():
             raise AssertionError(f"the server exited: {server.stderr_tail()}")
         try:
-            return requests.get(f"{base}/healthz", timeout=1).ok
-        except requests.ConnectionError:
+            return requests.get(f"{base}/healthz", timeout=2).ok
+        except requests.RequestException:  # refused, or accepted but still booting
             return False
 
-    wait_until(up, 30, "the API server to answer /healthz")
+    wait_until(up, 60, "the API server to answer /healthz")
     yield base
     server.stop()
 

@@ -66,23 +66,22 @@ def create_app(config: Config | None = None, bus: MessageBus | None = None) -> F
         outcome = bus.handle(commands.AdjustTotal(path.namespace, path.sku, body.delta, key))
         return _movement(path, "adjust", outcome)
 
-    @app.post("/v1/<namespace>/items/<sku>/decrements")
-    def decrement(namespace: str, sku: str) -> Response:
+    def keyed_movement(namespace: str, sku: str, kind: str,
+                       command: type[commands.Decrement] | type[commands.Refund]) -> Response:
         path = item_path(namespace, sku)
         key = _idempotency_key(required=True)
         body = _body(schemas.QtyBody)
         assert key is not None
-        outcome = bus.handle(commands.Decrement(path.namespace, path.sku, body.qty, key))
-        return _movement(path, "decrement", outcome)
+        outcome = bus.handle(command(path.namespace, path.sku, body.qty, key))
+        return _movement(path, kind, outcome)
+
+    @app.post("/v1/<namespace>/items/<sku>/decrements")
+    def decrement(namespace: str, sku: str) -> Response:
+        return keyed_movement(namespace, sku, "decrement", commands.Decrement)
 
     @app.post("/v1/<namespace>/items/<sku>/refunds")
     def refund(namespace: str, sku: str) -> Response:
-        path = item_path(namespace, sku)
-        key = _idempotency_key(required=True)
-        body = _body(schemas.QtyBody)
-        assert key is not None
-        outcome = bus.handle(commands.Refund(path.namespace, path.sku, body.qty, key))
-        return _movement(path, "refund", outcome)
+        return keyed_movement(namespace, sku, "refund", commands.Refund)
 
     @app.get("/v1/<namespace>/items/<sku>/ledger")
     def ledger(namespace: str, sku: str) -> Response:
