@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from allocation.adapters.counter import Counter
+from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.domain import errors, rules
 from allocation.domain.outcome import Outcome
 
@@ -25,44 +26,45 @@ class CounterContract(abc.ABC):
     def setup_method(self) -> None:
         self.counter = self.make_counter()
         self.ns = "ns-" + uuid.uuid4().hex[:8]
-        self.counter.load(self.ns, "sku", 10, 0)
+        self.counter.load(self.ns, "sku", 10, 0, 1)
 
     def test_unknown_item_is_not_found_and_nothing_is_remembered(self) -> None:
         assert self.counter.apply(self.ns, "nope", "decrement", 1, "k").status == "not_found"
-        self.counter.load(self.ns, "nope", 5, 0)
+        self.counter.load(self.ns, "nope", 5, 0, 1)
         assert self.counter.apply(self.ns, "nope", "decrement", 1, "k").ok
 
     def test_decrement_applies_and_reports_the_figures_after(self) -> None:
-        assert self.counter.apply(self.ns, "sku", "decrement", 3, "k") == Outcome("ok", 10, 3)
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 3)
+        assert self.counter.apply(self.ns, "sku", "decrement", 3, "k") == Outcome(
+            "ok", 10, 3, seq=2)
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 3, seq=2)
 
     def test_decrement_beyond_available_is_refused_with_the_figures(self) -> None:
         self.counter.apply(self.ns, "sku", "decrement", 8, "k1")
         refused = self.counter.apply(self.ns, "sku", "decrement", 3, "k2")
         assert (refused.status, refused.available) == ("insufficient_stock", 2)
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 8)
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 8, seq=2)
 
     def test_refund_and_adjust_follow_the_rules(self) -> None:
         c = self.counter
         assert c.apply(self.ns, "sku", "refund", 1, "r1").status == "refund_exceeds_consumed"
         c.apply(self.ns, "sku", "decrement", 4, "k1")
-        assert c.apply(self.ns, "sku", "refund", 3, "r2") == Outcome("ok", 10, 1)
+        assert c.apply(self.ns, "sku", "refund", 3, "r2") == Outcome("ok", 10, 1, seq=3)
         assert c.apply(self.ns, "sku", "adjust", -10, "a1").status == "below_consumed"
-        assert c.apply(self.ns, "sku", "adjust", -9, "a2") == Outcome("ok", 1, 1)
-        assert c.apply(self.ns, "sku", "adjust", 5, None) == Outcome("ok", 6, 1)
+        assert c.apply(self.ns, "sku", "adjust", -9, "a2") == Outcome("ok", 1, 1, seq=4)
+        assert c.apply(self.ns, "sku", "adjust", 5, None) == Outcome("ok", 6, 1, seq=5)
 
     def test_non_positive_quantities_are_refused(self) -> None:
         for qty in (0, -2):
             assert self.counter.apply(self.ns, "sku", "decrement", qty, None).status == (
                 "invalid_quantity")
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 0)
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 0, seq=1)
 
     def test_a_repeated_key_replays_the_stored_outcome(self) -> None:
         first = self.counter.apply(self.ns, "sku", "decrement", 3, "k")
         self.counter.apply(self.ns, "sku", "decrement", 2, "other")
         again = self.counter.apply(self.ns, "sku", "decrement", 3, "k")
         assert again == Outcome("ok", first.total, first.consumed, replayed=True)
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 5)
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 5, seq=3)
 
     def test_a_refusal_is_remembered_too(self) -> None:
         self.counter.apply(self.ns, "sku", "decrement", 11, "k")
@@ -76,17 +78,18 @@ class CounterContract(abc.ABC):
             "idempotency_key_reused")
         assert self.counter.apply(self.ns, "sku", "refund", 3, "k").status == (
             "idempotency_key_reused")
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 3)
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 3, seq=2)
 
     def test_keys_are_scoped_to_the_item(self) -> None:
-        self.counter.load(self.ns, "other", 10, 0)
+        self.counter.load(self.ns, "other", 10, 0, 1)
         self.counter.apply(self.ns, "sku", "decrement", 3, "k")
-        assert self.counter.apply(self.ns, "other", "decrement", 3, "k") == Outcome("ok", 10, 3)
+        assert self.counter.apply(self.ns, "other", "decrement", 3, "k") == Outcome(
+            "ok", 10, 3, seq=2)
 
     def test_a_probe_answers_pending_and_changes_nothing(self) -> None:
         probe = self.counter.apply(self.ns, "sku", "decrement", 3, "k", probe=True)
         assert probe.status == "pending"
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 0)
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 0, seq=1)
         assert not self.counter.apply(self.ns, "sku", "decrement", 3, "k").replayed
 
     def test_a_probe_of_a_refusal_is_final_and_remembered(self) -> None:
@@ -97,16 +100,29 @@ class CounterContract(abc.ABC):
     def test_revert_undoes_a_movement_and_forgets_its_key(self) -> None:
         self.counter.apply(self.ns, "sku", "decrement", 3, "k")
         self.counter.revert(self.ns, "sku", "decrement", 3, "k")
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 0)
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 0, seq=1)
         assert not self.counter.apply(self.ns, "sku", "decrement", 3, "k").replayed
         self.counter.apply(self.ns, "sku", "adjust", 4, "a")
         self.counter.revert(self.ns, "sku", "adjust", 4, "a")
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 3)
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 3, seq=2)
 
     def test_load_many_read_many_and_forget(self) -> None:
-        self.counter.load_many([(self.ns, "a", 1, 0), (self.ns, "b", 2, 1)])
+        self.counter.load_many([(self.ns, "a", 1, 0, 1), (self.ns, "b", 2, 1, 2)])
         assert self.counter.read_many(self.ns, ["a", "b", "c"]) == [
-            Outcome("ok", 1, 0), Outcome("ok", 2, 1), None]
+            Outcome("ok", 1, 0, seq=1), Outcome("ok", 2, 1, seq=2), None]
+
+    def test_a_fenced_item_answers_fenced_until_loaded(self) -> None:
+        self.counter.apply(self.ns, "sku", "decrement", 2, "k1")
+        assert self.counter.fence_many(self.ns, ["sku", "absent"]) == [2, None]
+        fenced = self.counter.apply(self.ns, "sku", "decrement", 1, "k2")
+        assert fenced.status == "fenced"
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 2, seq=2)
+        self.counter.load(self.ns, "sku", 10, 2, 2)
+        assert self.counter.apply(self.ns, "sku", "decrement", 1, "k2") == Outcome(
+            "ok", 10, 3, seq=3)
+        self.counter.fence_many(self.ns, ["sku"])
+        self.counter.unfence(self.ns, "sku")
+        assert self.counter.apply(self.ns, "sku", "decrement", 1, "k3").ok
         self.counter.forget(self.ns, "a")
         assert self.counter.read(self.ns, "a") is None
 
@@ -121,7 +137,8 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
             self.ns = "m-" + uuid.uuid4().hex[:8]
             self.model = (total, 0)
             self.seen: dict[str, tuple[str, Outcome]] = {}
-            self.counter.load(self.ns, "sku", total, 0)
+            self.counter.load(self.ns, "sku", total, 0, 1)
+            self.seq = 1
 
         @rule(kind=st.sampled_from(["decrement", "refund", "adjust"]),
               qty=st.integers(-5, 8), key=st.sampled_from(["a", "b", "c", "d", "e", None]))
@@ -137,9 +154,10 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
                 return
             try:
                 self.model = rules.apply(kind, *self.model, qty)
-                expected = Outcome("ok", *self.model)
+                self.seq += 1
+                expected = Outcome("ok", *self.model, seq=self.seq)
             except errors.DomainError as refusal:
-                expected = Outcome(refusal.code, *self.model)
+                expected = Outcome(refusal.code, *self.model, seq=self.seq)
             assert got == expected
             if key is not None:
                 self.seen[key] = (request, got)
@@ -147,8 +165,48 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
         @invariant()
         def figures_agree(self) -> None:
             if hasattr(self, "counter"):
-                assert self.counter.read(self.ns, "sku") == Outcome("ok", *self.model)
+                assert self.counter.read(self.ns, "sku") == Outcome("ok", *self.model,
+                                                                    seq=self.seq)
 
     CounterMatchesTheDomain.TestCase.settings = settings(max_examples=60, deadline=None,
                                                           stateful_step_count=25)
     return CounterMatchesTheDomain
+
+
+class OutboxContract(abc.ABC):
+    """A counter that records movements, and the outbox that hands them to the ledger."""
+
+    @abc.abstractmethod
+    def make_pair(self) -> tuple[Counter, Outbox]: ...
+
+    def setup_method(self) -> None:
+        self.counter, self.outbox = self.make_pair()
+        self.ns = "o-" + uuid.uuid4().hex[:8]
+        self.counter.load(self.ns, "sku", 10, 0, 1)
+
+    def _mine(self, consumer: str = "w1") -> list[OutboxEntry]:
+        return [e for p in range(self.outbox.partitions)
+                for e in self.outbox.read(p, consumer, 1000) if e.namespace == self.ns]
+
+    def test_recorded_movements_reach_the_outbox_in_order(self) -> None:
+        self.counter.apply(self.ns, "sku", "decrement", 3, "k1", record=True)
+        self.counter.apply(self.ns, "sku", "decrement", 30, "k2", record=True)  # refused
+        self.counter.apply(self.ns, "sku", "refund", 1, "r1", record=True)
+        self.counter.apply(self.ns, "sku", "adjust", 5, None, record=True)
+        self.counter.apply(self.ns, "sku", "decrement", 1, "k3")  # not recorded
+        entries = self._mine()
+        assert [(e.seq, e.kind, e.qty, e.idempotency_key, e.total, e.consumed)
+                for e in entries] == [(2, "decrement", 3, "k1", 10, 3),
+                                      (3, "refund", 1, "r1", 10, 2),
+                                      (4, "adjust", 5, None, 15, 2)]
+        assert self.outbox.pending(self.ns)["sku"].seq == 4
+
+    def test_acknowledged_entries_leave_the_outbox(self) -> None:
+        self.counter.apply(self.ns, "sku", "decrement", 1, "k1", record=True)
+        self.counter.apply(self.ns, "sku", "decrement", 1, "k2", record=True)
+        first = self._mine()
+        assert len(first) == 2
+        self.outbox.ack(first[0].partition, [first[0].id])
+        assert [e.seq for e in self._mine()] == [3]  # unacknowledged ones come back
+        self.outbox.ack(first[1].partition, [first[1].id])
+        assert self._mine() == [] and "sku" not in self.outbox.pending(self.ns)

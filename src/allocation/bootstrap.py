@@ -16,9 +16,12 @@ from sqlalchemy.orm import sessionmaker
 from allocation.adapters import orm
 from allocation.adapters.counter import Counter
 from allocation.adapters.event_publisher import RedisEventPublisher, log_event
-from allocation.adapters.memory_counter import InProcessCounter
+from allocation.adapters.locks import InProcessItemLocks, ItemLocks, PostgresItemLocks
+from allocation.adapters.memory_counter import InProcessCounter, InProcessOutbox
+from allocation.adapters.outbox import Outbox
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
+from allocation.adapters.redis_outbox import RedisOutbox
 from allocation.config import Config
 from allocation.domain import events
 from allocation.service_layer import handlers
@@ -62,11 +65,19 @@ def bootstrap(
         publish = (log_event if redis_client is None
                    else RedisEventPublisher(redis_client, config.events_channel))
 
-    dependencies: dict[str, Any] = {"counter": counter, "publish": publish}
+    outbox: Outbox = (InProcessOutbox(counter) if isinstance(counter, InProcessCounter)
+                      else RedisOutbox(counter.client, counter.keys)
+                      if isinstance(counter, RedisCounter) else InProcessOutbox(InProcessCounter()))
+    item_locks: ItemLocks = (PostgresItemLocks(engine) if engine is not None
+                             and engine.dialect.name == "postgresql" else InProcessItemLocks())
+    dependencies: dict[str, Any] = {"counter": counter, "publish": publish, "outbox": outbox,
+                                    "item_locks": item_locks,
+                                    "ledger_wait_seconds": config.ledger_wait_seconds}
+    durability: handlers.Durability = "sync" if config.durability == "sync" else "async"
     return MessageBus(
         uow_factory=uow_factory,
         command_handlers={kind: inject(handler, dependencies)
-                          for kind, handler in handlers.COMMAND_HANDLERS.items()},
+                          for kind, handler in handlers.command_handlers(durability).items()},
         event_handlers={kind: [inject(h, dependencies) for h in hs]
                         for kind, hs in handlers.EVENT_HANDLERS.items()},
         dependencies={**dependencies, "config": config, "engine": engine,

@@ -18,6 +18,12 @@ class Config:
     partitions: int = 16
     idempotency_ttl_seconds: int = 48 * 3600
     db_pool_size: int = 20
+    # async: acknowledge after the Redis step (the ledger is written behind by the worker);
+    # sync: acknowledge after the ledger row is committed. One setting for the whole deployment.
+    durability: str = "async"
+    ledger_wait_seconds: float = 10.0  # how long a refresh waits for the worker to catch up
+    ledger_lag_threshold_seconds: float = 30.0  # /readyz says "degraded" past this
+    ledger_claim_idle_ms: int = 30_000  # entries held this long by a silent worker are taken
 
     @property
     def embedded(self) -> bool:
@@ -37,4 +43,17 @@ class Config:
             idempotency_ttl_seconds=int(
                 env.get("IDEMPOTENCY_TTL_SECONDS") or defaults.idempotency_ttl_seconds),
             db_pool_size=int(env.get("DB_POOL_SIZE") or defaults.db_pool_size),
+            durability=durability(env.get("DURABILITY") or defaults.durability),
+            ledger_wait_seconds=float(env.get("LEDGER_WAIT_SECONDS")
+                                      or defaults.ledger_wait_seconds),
+            ledger_lag_threshold_seconds=float(env.get("LEDGER_LAG_THRESHOLD_SECONDS")
+                                               or defaults.ledger_lag_threshold_seconds),
+            ledger_claim_idle_ms=int(env.get("LEDGER_CLAIM_IDLE_MS")
+                                     or defaults.ledger_claim_idle_ms),
         )
+
+
+def durability(value: str) -> str:
+    if value not in ("async", "sync"):
+        raise ValueError(f"DURABILITY must be 'async' or 'sync', not {value!r}")
+    return value

@@ -37,7 +37,8 @@ class InventoryManager:
 
     def __init__(self, prefix: str, db_session: Session | scoped_session[Session] | None = None,
                  Base: Any = None, redis_client: Any = None, *,
-                 database_url: str | None = None, key_prefix: str = "inv") -> None:
+                 database_url: str | None = None, key_prefix: str = "inv",
+                 durability: str = "sync") -> None:
         self.prefix = prefix
         self.engine = self._engine(db_session, database_url)
         orm.start_mappers()
@@ -45,7 +46,10 @@ class InventoryManager:
         counter = (RedisCounter(redis_client, KeySpace(key_prefix)) if redis_client is not None
                    else InProcessCounter())
         self.bus = bootstrap(
-            Config(database_url=self.engine.url.render_as_string(hide_password=False)),
+            # sync by default: like the seed library, a call returns once the ledger has it, and
+            # no ledger worker needs to run beside the caller.
+            Config(database_url=self.engine.url.render_as_string(hide_password=False),
+                   durability=durability),
             uow_factory=lambda: SqlAlchemyUnitOfWork(session_factory), counter=counter,
             publish=lambda event: None)
         self.counter = counter

@@ -36,7 +36,9 @@ def service_env(config: Config) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     env.update(DATABASE_URL=config.database_url, REDIS_URL=config.redis_url or "",
                REDIS_KEY_PREFIX=config.redis_key_prefix, REDIS_PARTITIONS=str(config.partitions),
-               COMMANDS_CHANNEL=config.commands_channel, EVENTS_CHANNEL=config.events_channel)
+               COMMANDS_CHANNEL=config.commands_channel, EVENTS_CHANNEL=config.events_channel,
+               DURABILITY=config.durability,
+               LEDGER_CLAIM_IDLE_MS=str(config.ledger_claim_idle_ms))
     return env
 
 
@@ -74,7 +76,16 @@ def allocation_command(*args: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def api(service_config: Config) -> Iterator[str]:
+def ledger_workers(service_config: Config) -> Iterator[Process]:
+    """One ledger worker process for the session, writing the outbox to PostgreSQL."""
+    worker = Process(allocation_command("ledger-worker"), service_env(service_config))
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="session")
+def api(service_config: Config, ledger_workers: Process) -> Iterator[str]:
     yield from serve(service_config)
 
 

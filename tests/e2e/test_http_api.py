@@ -8,6 +8,8 @@ from typing import Any
 
 import requests
 
+from tests.e2e.conftest import wait_until
+
 
 class Client:
     def __init__(self, base: str, namespace: str) -> None:
@@ -27,6 +29,18 @@ class Client:
 
     def get(self, sku: str) -> requests.Response:
         return self.http.get(self.url(f"/items/{sku}"), timeout=10)
+
+    def ledger(self, sku: str, entries: int, query: str = "") -> list[dict[str, Any]]:
+        """The ledger once it holds ``entries`` rows (it is written behind, with a short lag)."""
+        found: list[dict[str, Any]] = []
+
+        def written() -> bool:
+            found[:] = self.http.get(self.url(f"/items/{sku}/ledger{query}"),
+                                     timeout=10).json()["entries"]
+            return len(found) >= entries
+
+        wait_until(written, 30, f"{entries} ledger entries of {sku}")
+        return found
 
 
 def item(ns: str, sku: str, total: int, consumed: int) -> dict[str, Any]:
@@ -72,7 +86,7 @@ def test_init_get_and_the_item_lifecycle(api: str, namespace: str) -> None:
     assert (below.status_code, below.json()["error"]) == (409, "below_consumed")
     assert c.move("nope", "decrements", {"qty": 1}, "k9").status_code == 404
 
-    ledger = c.http.get(c.url("/items/sku/ledger"), timeout=10).json()["entries"]
+    ledger = c.ledger("sku", 4)
     assert [(e["seq"], e["kind"], e["qty"], e["total_after"], e["available_after"],
              e["idempotency_key"]) for e in ledger] == [
         (1, "init", 10, 10, 10, None), (2, "decrement", 4, 10, 6, "k1"),
@@ -141,8 +155,7 @@ def test_bad_input_is_a_4xx_naming_the_field_and_changes_nothing(api: str,
     bad_limit = c.http.get(c.url("/items?limit=0"), timeout=5)
     assert (bad_limit.status_code, bad_limit.json()["field"]) == (400, "limit")
     assert c.get("sku").json() == item(namespace, "sku", 5, 0)
-    ledger = c.http.get(c.url("/items/sku/ledger"), timeout=5).json()["entries"]
-    assert len(ledger) == 1
+    assert len(c.ledger("sku", 1)) == 1
     assert c.get("fresh").status_code == 404
 
 
@@ -186,5 +199,5 @@ def test_eight_concurrent_buyers_sell_out_without_overselling(api: str, namespac
         sold = sum(pool.map(buyer, range(8)))
     assert sold == 200
     assert c.get("hot").json() == item(namespace, "hot", 200, 200)
-    ledger = c.http.get(c.url("/items/hot/ledger?limit=1000"), timeout=10).json()["entries"]
+    ledger = c.ledger("hot", 201, "?limit=1000")
     assert [e["seq"] for e in ledger] == list(range(1, 202))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -8,14 +9,22 @@ from sqlalchemy.engine import Engine
 
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
+from allocation.entrypoints.ledger_worker import LedgerWorker
 from allocation.service_layer.messagebus import MessageBus
 
 
-@pytest.fixture
-def bus(service_config: Config) -> Iterator[MessageBus]:
-    bus = bootstrap(service_config)
+@pytest.fixture(params=["sync", "async"])
+def bus(request: pytest.FixtureRequest, service_config: Config) -> Iterator[MessageBus]:
+    bus = bootstrap(dataclasses.replace(service_config, durability=request.param))
     yield bus
     bus.dependencies["engine"].dispose()
+
+
+def settle(bus: MessageBus) -> None:
+    """Write everything the outbox holds (async durability); a no-op in sync mode."""
+    worker = LedgerWorker(bus.dependencies["outbox"], bus.uow_factory)
+    while worker.run_once():
+        pass
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,8 +13,10 @@ from tests.e2e.conftest import service_env
 
 
 def cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
+    # Synchronous durability: each command's ledger row is written before it returns.
+    env = service_env(dataclasses.replace(config, durability="sync"))
     return subprocess.run([sys.executable, "-m", "allocation.entrypoints.cli", *args],
-                          env=service_env(config), capture_output=True, text=True, timeout=60)
+                          env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_operations_and_exit_codes(service_config: Config, namespace: str) -> None:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from sqlalchemy.engine import Engine
 
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
+from allocation.entrypoints import ledger_worker
 from allocation.service_layer.messagebus import MessageBus
+from tests.e2e.conftest import wait_until
 from tests.integration.conftest import ledger_rows, stored
 
 STOCK, ATTEMPTS = 1000, 3000
@@ -27,6 +32,8 @@ def buy(bus: MessageBus, namespace: str, keys: range) -> int:
 
 def assert_agrees(bus: MessageBus, engine: Engine, namespace: str, sold: int) -> None:
     assert sold == STOCK
+    wait_until(lambda: stored(engine, namespace, "hot")[2] == STOCK + 1, 60,
+               "the ledger worker to write every sale")
     assert bus.dependencies["counter"].read(namespace, "hot").consumed == STOCK
     assert stored(engine, namespace, "hot") == (STOCK, STOCK, STOCK + 1)
     rows = ledger_rows(engine, namespace, "hot")
@@ -35,9 +42,22 @@ def assert_agrees(bus: MessageBus, engine: Engine, namespace: str, sold: int) ->
     assert len({key for *_, key in rows if key}) == STOCK
 
 
-def test_32_threads_sell_exactly_the_stock(service_config: Config, engine: Engine,
+@pytest.fixture(params=["sync", "async"])
+def durable(request: pytest.FixtureRequest, service_config: Config) -> Iterator[Config]:
+    """The configuration in each durability mode; in async mode a ledger worker runs."""
+    config = dataclasses.replace(service_config, durability=request.param)
+    worker = None
+    if request.param == "async":
+        worker = ledger_worker.from_bus(bootstrap(config))
+        worker.start_thread()
+    yield config
+    if worker is not None:
+        worker.stop()
+
+
+def test_32_threads_sell_exactly_the_stock(durable: Config, engine: Engine,
                                            namespace: str) -> None:
-    bus = bootstrap(service_config)
+    bus = bootstrap(durable)
     bus.handle(commands.InitInventory(namespace, "hot", STOCK))
     per_thread = ATTEMPTS // 32 + 1
     with ThreadPoolExecutor(32) as pool:
@@ -70,9 +90,10 @@ def _buyer_process(config: Config, namespace: str, start: int, stop: int,
     results.put(sold[0])
 
 
-def test_4_processes_sell_exactly_the_stock(service_config: Config, engine: Engine,
+def test_4_processes_sell_exactly_the_stock(durable: Config, engine: Engine,
                                             namespace: str) -> None:
-    bus = bootstrap(service_config)
+    service_config = durable
+    bus = bootstrap(durable)
     bus.handle(commands.InitInventory(namespace, "hot", STOCK))
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()

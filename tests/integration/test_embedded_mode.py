@@ -5,18 +5,25 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from allocation import views
 from allocation.adapters import migrate
 from allocation.adapters.memory_counter import InProcessCounter
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
+from allocation.entrypoints import ledger_worker
+from tests.e2e.conftest import wait_until
 
 
-def test_threads_sell_exactly_the_stock_on_sqlite(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durability", ["sync", "async"])
+def test_threads_sell_exactly_the_stock_on_sqlite(tmp_path: Path, durability: str) -> None:
     url = f"sqlite:///{tmp_path / 'embedded.db'}"
     migrate.upgrade(url)
-    bus = bootstrap(Config(database_url=url))
+    bus = bootstrap(Config(database_url=url, durability=durability))
+    worker = ledger_worker.from_bus(bus)  # as `make run` starts it, in a thread
+    worker.start_thread()
     assert isinstance(bus.dependencies["counter"], InProcessCounter)
     bus.handle(commands.InitInventory("shop", "hot", 100))
 
@@ -27,6 +34,9 @@ def test_threads_sell_exactly_the_stock_on_sqlite(tmp_path: Path) -> None:
         sold = sum(pool.map(buy, range(300)))
     assert sold == 100
     assert views.item(bus, "shop", "hot").available == 0
+    wait_until(lambda: len(views.ledger(bus, "shop", "hot", 0, 1000)) == 101, 30,
+               "the ledger worker thread to write every sale")
+    worker.stop()
     entries = views.ledger(bus, "shop", "hot", 0, 1000)
     assert [e.seq for e in entries] == list(range(1, 102))
     # A new process (a fresh in-process counter) rebuilds from the file.

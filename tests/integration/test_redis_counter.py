@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import redis
 
 from allocation.adapters.counter import Counter
+from allocation.adapters.outbox import Outbox
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
+from allocation.adapters.redis_outbox import RedisOutbox
 from allocation.domain import errors
-from tests.counter_contract import CounterContract, counter_machine
+from tests.counter_contract import CounterContract, OutboxContract, counter_machine
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,7 +37,8 @@ class TestRedisCounter(CounterContract):
         keys = counter.keys
         for sku in ("a", "b", "sku-99"):
             tags = {k[k.index("{"):k.index("}") + 1]
-                    for k in (keys.item("ns", sku), keys.idempotency("ns", sku, "k{x}"))}
+                    for k in (keys.item("ns", sku), keys.idempotency("ns", sku, "k{x}"),
+                              keys.outbox_of("ns", sku))}
             assert len(tags) == 1
 
     def test_scripts_are_reloaded_after_script_flush(self) -> None:
@@ -45,6 +50,16 @@ class TestRedisCounter(CounterContract):
         down = RedisCounter(redis.Redis(port=1, socket_connect_timeout=0.5), KeySpace())
         with pytest.raises(errors.Unavailable):
             down.apply("ns", "sku", "decrement", 1, "k")
+
+
+class TestRedisOutbox(OutboxContract):
+    def make_pair(self) -> tuple[Counter, Outbox]:
+        url, keys = REDIS
+        # Streams of its own, so other tests' entries are not in the way (still under the run's
+        # prefix, so the run's clean-up removes them).
+        own = KeySpace(f"{keys.prefix}:o{uuid.uuid4().hex[:8]}", keys.partitions)
+        counter = RedisCounter(redis.Redis.from_url(url), own)
+        return counter, RedisOutbox(counter.client, own)
 
 
 TestRedisCounterMatchesTheDomain = counter_machine(make_redis_counter).TestCase

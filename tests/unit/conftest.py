@@ -11,6 +11,7 @@ from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import events
 from allocation.entrypoints.flask_app import create_app
+from allocation.entrypoints.ledger_worker import LedgerWorker
 from tests.fakes import FakeStore, FakeUnitOfWork
 
 
@@ -26,10 +27,16 @@ class FakeApp:
         self.app: Flask = create_app(bus=self.bus)
         self.client: FlaskClient = self.app.test_client()
 
+    def drain(self) -> None:
+        worker = LedgerWorker(self.bus.dependencies["outbox"], self.bus.uow_factory)
+        while worker.run_once():
+            pass
+
     def snapshot(self) -> tuple[object, ...]:
         """Everything a request could change."""
         items = sorted((k, v.total, v.consumed, v.last_seq) for k, v in self.store.items.items())
-        figures = sorted(self.counter._figures.items())
+        figures = sorted((k, (i.total, i.consumed, i.seq, i.fenced))
+                         for k, i in self.counter._items.items())
         return tuple(items), len(self.store.ledger), tuple(figures), len(self.published)
 
 

@@ -39,7 +39,7 @@ def test_no_500_and_refusals_change_nothing(requests: list[tuple[Any, ...]]) -> 
     for (method, template), ns, sku, payload, key, query, raw in requests:
         path = template.format(ns=quote(ns, safe=""), sku=quote(sku, safe=""))
         headers = {"Content-Type": "application/json"}
-        if key is not None and all(ord(ch) < 256 for ch in key):
+        if key is not None and all(ord(ch) < 256 and ch not in "\r\n" for ch in key):
             headers["Idempotency-Key"] = key
         data = json.dumps(payload) if not raw else json.dumps(payload)[:-1] + "garbage"
         before = app.snapshot()

@@ -9,20 +9,29 @@ from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors, events
 from allocation.domain.outcome import Outcome
+from allocation.entrypoints.ledger_worker import LedgerWorker
 from allocation.service_layer.messagebus import MessageBus
 from tests.fakes import FakeStore, FakeUnitOfWork
 
 
 class App:
-    def __init__(self) -> None:
+    def __init__(self, durability: str = "async") -> None:
         self.store = FakeStore()
         self.counter = InProcessCounter()
         self.published: list[events.Event] = []
+        self.durability = durability
         self.bus: MessageBus = bootstrap(
-            Config(), uow_factory=lambda: FakeUnitOfWork(self.store), counter=self.counter,
-            publish=self.published.append)
+            Config(durability=durability), uow_factory=lambda: FakeUnitOfWork(self.store),
+            counter=self.counter, publish=self.published.append)
+
+    def drain(self) -> None:
+        """Let the ledger worker catch up (async durability)."""
+        worker = LedgerWorker(self.bus.dependencies["outbox"], self.bus.uow_factory)
+        while worker.run_once():
+            pass
 
     def figures(self, sku: str = "sku") -> tuple[int, int]:
+        self.drain()
         stored = self.store.items[("ns", sku)]
         return stored.total, stored.consumed
 
@@ -33,12 +42,17 @@ class App:
         return figures
 
     def kinds(self, sku: str = "sku") -> list[tuple[int, str, int]]:
+        self.drain()
         return [(e.seq, e.kind, e.qty) for e in self.store.ledger if e.sku == sku]
 
 
-@pytest.fixture
-def app() -> App:
-    return App()
+@pytest.fixture(params=["sync", "async"])
+def app(request: pytest.FixtureRequest) -> App:
+    return App(request.param)
+
+
+sync_only = pytest.mark.parametrize("app", ["sync"], indirect=True)
+async_only = pytest.mark.parametrize("app", ["async"], indirect=True)
 
 
 class TestInitInventory:
@@ -104,6 +118,7 @@ class TestDecrement:
         with pytest.raises(errors.NotFound):
             app.bus.handle(commands.Decrement("ns", "nope", 1, "k1"))
 
+    @sync_only
     def test_a_failed_commit_undoes_the_counter_and_forgets_the_key(self, app: App) -> None:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
         app.store.fail_next_commit = True
@@ -126,17 +141,19 @@ class TestDecrement:
             self, app: App) -> None:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
         app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
+        app.drain()
         app.counter = fresh = InProcessCounter()  # Redis restarted without persistence
-        app.bus.dependencies["counter"] = fresh
-        app.bus = bootstrap(Config(), uow_factory=lambda: FakeUnitOfWork(app.store),
+        app.bus = bootstrap(Config(durability=app.durability),
+                            uow_factory=lambda: FakeUnitOfWork(app.store),
                             counter=fresh, publish=app.published.append)
         again = app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
         assert again.replayed and again.consumed == 4
         assert app.figures() == (10, 4) and len(app.kinds()) == 2
 
+    @sync_only
     def test_a_counter_that_drifted_is_corrected_by_the_record(self, app: App) -> None:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
-        app.counter.load("ns", "sku", 10, 0)
+        app.counter.load("ns", "sku", 10, 0, 1)
         app.store.items[("ns", "sku")].consumed = 9  # the record says 9 were sold
         with pytest.raises(errors.InsufficientStock):
             app.bus.handle(commands.Decrement("ns", "sku", 5, "k1"))
@@ -173,7 +190,8 @@ class TestRefresh:
     def test_rebuilds_a_drifted_counter(self, app: App) -> None:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
         app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
-        app.counter.load("ns", "sku", 999, 0)
+        app.drain()
+        app.counter.load("ns", "sku", 999, 0, 2)
         outcome = app.bus.handle(commands.Refresh("ns", "sku"))
         assert (outcome.total, outcome.consumed) == (10, 4)
         assert app.live().total == 10
@@ -204,3 +222,53 @@ def test_namespaces_are_kept_apart(app: App) -> None:
     assert app.bus.handle(commands.Decrement("b", "sku", 1, "k")).ok
     page, after = views.items(app.bus, "a", None, 10)
     assert [(sku, o.available) for sku, o in page] == [("sku", 0)] and after is None
+
+
+@async_only
+class TestWriteBehind:
+    def test_a_sale_is_acknowledged_before_the_ledger_has_it(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        outcome = app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
+        assert outcome.ok and outcome.seq == 2
+        assert app.store.items[("ns", "sku")].consumed == 0  # not written yet
+        assert app.published[-1] == events.Decremented("ns", "sku", 10, 4, 4, "k1")
+        assert app.figures() == (10, 4) and app.kinds()[-1] == (2, "decrement", 4)
+
+    def test_the_worker_writes_each_entry_once(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        app.bus.handle(commands.Decrement("ns", "sku", 1, "k1"))
+        outbox = app.bus.dependencies["outbox"]
+        entries = outbox.read(0, "w", 100)
+        from allocation.service_layer.ledger_writer import write_batch
+        assert write_batch(entries, app.bus.uow_factory()).written == 1
+        again = write_batch(entries, app.bus.uow_factory())  # a crash before the ack
+        assert (again.written, len(again.done)) == (0, 1)
+        assert app.kinds() == [(1, "init", 10), (2, "decrement", 1)]
+
+    def test_an_entry_waits_for_the_ones_before_it(self, app: App) -> None:
+        from allocation.service_layer.ledger_writer import write_batch
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        app.bus.handle(commands.Decrement("ns", "sku", 1, "k1"))
+        app.bus.handle(commands.Decrement("ns", "sku", 1, "k2"))
+        first, second = app.bus.dependencies["outbox"].read(0, "w", 100)
+        early = write_batch([second], app.bus.uow_factory())
+        assert (early.written, early.waiting, early.done) == (0, 1, [])
+        assert write_batch([first, second], app.bus.uow_factory()).written == 2
+
+    def test_a_fenced_item_is_unavailable(self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        app.counter.fence_many("ns", ["sku"])
+        with pytest.raises(errors.Unavailable):
+            app.bus.handle(commands.Decrement("ns", "sku", 1, "k1"))
+        app.bus.handle(commands.Refresh("ns", "sku"))
+        assert app.bus.handle(commands.Decrement("ns", "sku", 1, "k1")).ok
+
+    def test_refresh_gives_up_when_the_ledger_does_not_catch_up(self, app: App) -> None:
+        app.bus = bootstrap(Config(ledger_wait_seconds=0.05),
+                            uow_factory=lambda: FakeUnitOfWork(app.store),
+                            counter=app.counter, publish=app.published.append)
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        app.bus.handle(commands.Decrement("ns", "sku", 1, "k1"))  # nobody drains it
+        with pytest.raises(errors.Unavailable, match="ledger is behind"):
+            app.bus.handle(commands.Refresh("ns", "sku"))
+        assert app.bus.handle(commands.Decrement("ns", "sku", 1, "k2")).ok  # unfenced

@@ -1,6 +1,7 @@
 from allocation.adapters.counter import Counter
-from allocation.adapters.memory_counter import InProcessCounter
-from tests.counter_contract import CounterContract, counter_machine
+from allocation.adapters.memory_counter import InProcessCounter, InProcessOutbox
+from allocation.adapters.outbox import Outbox
+from tests.counter_contract import CounterContract, OutboxContract, counter_machine
 
 
 class TestInProcessCounter(CounterContract):
@@ -9,3 +10,9 @@ class TestInProcessCounter(CounterContract):
 
 
 TestInProcessCounterMatchesTheDomain = counter_machine(InProcessCounter).TestCase
+
+
+class TestInProcessOutbox(OutboxContract):
+    def make_pair(self) -> tuple[Counter, Outbox]:
+        counter = InProcessCounter()
+        return counter, InProcessOutbox(counter)

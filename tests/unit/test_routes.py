@@ -11,6 +11,7 @@ def test_a_sale_through_the_routes(fake_app: FakeApp) -> None:
     sold = c.post("/v1/ns/items/a/decrements", json={"qty": 3}, headers={"Idempotency-Key": "1"})
     assert sold.json == {"namespace": "ns", "sku": "a", "total": 3, "consumed": 3,
                          "available": 0}
+    fake_app.drain()
     assert fake_app.store.items[("ns", "a")].consumed == 3
     assert [type(e).__name__ for e in fake_app.published][-2:] == ["Decremented", "SoldOut"]
     refused = c.post("/v1/ns/items/a/decrements", json={"qty": 1},

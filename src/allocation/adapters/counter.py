@@ -8,6 +8,9 @@ from collections.abc import Iterable, Sequence
 from allocation.domain.outcome import Outcome
 from allocation.domain.rules import Kind
 
+# (namespace, sku, total, consumed, seq)
+Figures = tuple[str, str, int, int, int]
+
 
 def fingerprint(kind: Kind, qty: int) -> str:
     """What makes two requests under one idempotency key "the same request"."""
@@ -17,27 +20,37 @@ def fingerprint(kind: Kind, qty: int) -> str:
 class Counter(abc.ABC):
     @abc.abstractmethod
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
-              idempotency_key: str | None, *, probe: bool = False) -> Outcome:
+              idempotency_key: str | None, *, probe: bool = False,
+              record: bool = False) -> Outcome:
         """Apply a movement atomically, or refuse it by the domain rules.
 
         A key seen before returns its stored outcome (``replayed``), or ``idempotency_key_reused``
         when the request differs. Refusals are remembered under the key like successes.
+        An applied movement takes the item's next ``seq``; with ``record`` it is appended to the
+        outbox in the same atomic step (the write-behind ledger).
         With ``probe`` an allowed movement is not applied: the answer is ``pending``.
-        An unknown item answers ``not_found`` and nothing is remembered.
+        An unknown item answers ``not_found``, a fenced one ``fenced``; neither is remembered.
         """
 
     @abc.abstractmethod
     def revert(self, namespace: str, sku: str, kind: Kind, qty: int,
                idempotency_key: str | None) -> None:
-        """Undo a movement this counter applied and forget its key (its commit failed)."""
+        """Undo an unrecorded movement and forget its key (its database commit failed)."""
+
+    def load(self, namespace: str, sku: str, total: int, consumed: int, seq: int) -> None:
+        """Set an item's figures and lift any fence (initialisation, rebuild)."""
+        self.load_many([(namespace, sku, total, consumed, seq)])
 
     @abc.abstractmethod
-    def load(self, namespace: str, sku: str, total: int, consumed: int) -> None:
-        """Set an item's figures (initialisation and rebuild from the database)."""
+    def load_many(self, figures: Iterable[Figures]) -> None: ...
 
     @abc.abstractmethod
-    def load_many(self, figures: Iterable[tuple[str, str, int, int]]) -> None:
-        """Set many items' figures at once: (namespace, sku, total, consumed)."""
+    def fence_many(self, namespace: str, skus: Sequence[str]) -> list[int | None]:
+        """Fence items for a rebuild; each item's seq then, or None where it is not held."""
+
+    @abc.abstractmethod
+    def unfence(self, namespace: str, sku: str) -> None:
+        """Lift a fence without changing the figures (a rebuild that gave up)."""
 
     @abc.abstractmethod
     def forget(self, namespace: str, sku: str) -> None:

@@ -1,90 +1,169 @@
-"""The in-process counter for the embedded single-process mode: the domain rules under a lock."""
+"""The in-process counter and outbox for the embedded single-process mode: the domain rules under
+a lock, and recorded movements in a list that the ledger worker thread drains."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-from allocation.adapters.counter import Counter, fingerprint
+from allocation.adapters.counter import Counter, Figures, fingerprint
+from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.domain import errors, rules
-from allocation.domain.outcome import NOT_FOUND, OK, PENDING, Outcome
+from allocation.domain.outcome import FENCED, NOT_FOUND, OK, PENDING, Outcome
+
+
+@dataclass
+class _Item:
+    total: int
+    consumed: int
+    seq: int
+    fenced: bool = False
 
 
 class InProcessCounter(Counter):
     def __init__(self, idempotency_ttl: float = 48 * 3600) -> None:
-        self._figures: dict[tuple[str, str], tuple[int, int]] = {}
+        self._items: dict[tuple[str, str], _Item] = {}
         self._outcomes: dict[tuple[str, str, str], tuple[float, str, Outcome]] = {}
         self._ttl = idempotency_ttl
         self._lock = threading.Lock()
         self._now = time.monotonic
+        self.recorded: list[OutboxEntry] = []  # the outbox, drained by InProcessOutbox
+        self._ids = itertools.count(1)
 
     def apply(self, namespace: str, sku: str, kind: rules.Kind, qty: int,
-              idempotency_key: str | None, *, probe: bool = False) -> Outcome:
-        item = (namespace, sku)
-        print_ = fingerprint(kind, qty)
+              idempotency_key: str | None, *, probe: bool = False,
+              record: bool = False) -> Outcome:
+        request = fingerprint(kind, qty)
         with self._lock:
             if idempotency_key is not None:
                 remembered = self._outcomes.get((namespace, sku, idempotency_key))
                 if remembered and remembered[0] > self._now():
-                    _, seen_print, seen = remembered
-                    status = seen.status if seen_print == print_ else "idempotency_key_reused"
+                    _, seen_request, seen = remembered
+                    status = seen.status if seen_request == request else "idempotency_key_reused"
                     return Outcome(status, seen.total, seen.consumed, replayed=True)
-            if item not in self._figures:
+            item = self._items.get((namespace, sku))
+            if item is None:
                 return Outcome(NOT_FOUND, 0, 0)
-            total, consumed = self._figures[item]
+            if item.fenced:
+                return Outcome(FENCED, item.total, item.consumed, seq=item.seq)
             try:
-                after = rules.apply(kind, total, consumed, qty)
+                after = rules.apply(kind, item.total, item.consumed, qty)
             except errors.DomainError as refusal:
-                outcome = Outcome(refusal.code, total, consumed)
+                outcome = Outcome(refusal.code, item.total, item.consumed, seq=item.seq)
             else:
                 if probe:
-                    return Outcome(PENDING, total, consumed)
-                self._figures[item] = after
-                outcome = Outcome(OK, *after)
+                    return Outcome(PENDING, item.total, item.consumed, seq=item.seq)
+                item.total, item.consumed = after
+                item.seq += 1
+                outcome = Outcome(OK, item.total, item.consumed, seq=item.seq)
+                if record:
+                    self.recorded.append(OutboxEntry(
+                        str(next(self._ids)), 0, namespace, sku, item.seq, kind, qty,
+                        idempotency_key, item.total, item.consumed))
             if idempotency_key is not None:
-                self._remember((namespace, sku, idempotency_key), print_, outcome)
+                self._remember((namespace, sku, idempotency_key), request, outcome)
             return outcome
 
-    def _remember(self, key: tuple[str, str, str], print_: str, outcome: Outcome) -> None:
+    def _remember(self, key: tuple[str, str, str], request: str, outcome: Outcome) -> None:
         now = self._now()
         if len(self._outcomes) % 4096 == 4095:  # bound memory: drop what has expired
             self._outcomes = {k: v for k, v in self._outcomes.items() if v[0] > now}
-        self._outcomes[key] = (now + self._ttl, print_, outcome)
+        self._outcomes[key] = (now + self._ttl, request, outcome)
 
     def revert(self, namespace: str, sku: str, kind: rules.Kind, qty: int,
                idempotency_key: str | None) -> None:
         with self._lock:
             if idempotency_key is not None:
                 self._outcomes.pop((namespace, sku, idempotency_key), None)
-            if (namespace, sku) not in self._figures:
+            item = self._items.get((namespace, sku))
+            if item is None:
                 return
-            total, consumed = self._figures[(namespace, sku)]
             if kind == "decrement":
-                consumed -= qty
+                item.consumed -= qty
             elif kind == "refund":
-                consumed += qty
+                item.consumed += qty
             elif kind == "adjust":
-                total -= qty
-            self._figures[(namespace, sku)] = (total, consumed)
+                item.total -= qty
+            item.seq -= 1
 
-    def load(self, namespace: str, sku: str, total: int, consumed: int) -> None:
+    def load_many(self, figures: Iterable[Figures]) -> None:
         with self._lock:
-            self._figures[(namespace, sku)] = (total, consumed)
+            for namespace, sku, total, consumed, seq in figures:
+                self._items[(namespace, sku)] = _Item(total, consumed, seq)
 
-    def load_many(self, figures: Iterable[tuple[str, str, int, int]]) -> None:
+    def fence_many(self, namespace: str, skus: Sequence[str]) -> list[int | None]:
         with self._lock:
-            for namespace, sku, total, consumed in figures:
-                self._figures[(namespace, sku)] = (total, consumed)
+            seqs: list[int | None] = []
+            for sku in skus:
+                item = self._items.get((namespace, sku))
+                if item is not None:
+                    item.fenced = True
+                seqs.append(None if item is None else item.seq)
+            return seqs
+
+    def unfence(self, namespace: str, sku: str) -> None:
+        with self._lock:
+            if (item := self._items.get((namespace, sku))) is not None:
+                item.fenced = False
 
     def forget(self, namespace: str, sku: str) -> None:
         with self._lock:
-            self._figures.pop((namespace, sku), None)
+            self._items.pop((namespace, sku), None)
 
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
         with self._lock:
-            found = [self._figures.get((namespace, sku)) for sku in skus]
-        return [None if f is None else Outcome(OK, *f) for f in found]
+            found = [self._items.get((namespace, sku)) for sku in skus]
+            return [None if i is None else Outcome(OK, i.total, i.consumed, seq=i.seq)
+                    for i in found]
 
     def ping(self) -> None:
         return None
+
+
+class InProcessOutbox(Outbox):
+    """Reads what an ``InProcessCounter`` recorded. One partition; one process."""
+
+    partitions = 1
+
+    def __init__(self, counter: InProcessCounter) -> None:
+        self.counter = counter
+        self._delivered: dict[str, str] = {}  # entry id -> consumer
+        self._dead: list[tuple[OutboxEntry, str]] = []
+
+    def read(self, partition: int, consumer: str, count: int) -> list[OutboxEntry]:
+        with self.counter._lock:
+            mine = [e for e in self.counter.recorded if self._delivered.get(e.id) == consumer]
+            if mine:
+                return mine[:count]
+            new = [e for e in self.counter.recorded if e.id not in self._delivered][:count]
+            for e in new:
+                self._delivered[e.id] = consumer
+            return new
+
+    def claim_stale(self, partition: int, consumer: str, min_idle_ms: int,
+                    count: int) -> list[OutboxEntry]:
+        return []  # one process: no other consumer can have died holding entries
+
+    def ack(self, partition: int, ids: list[str]) -> None:
+        done = set(ids)
+        with self.counter._lock:
+            self.counter.recorded = [e for e in self.counter.recorded if e.id not in done]
+            for i in done:
+                self._delivered.pop(i, None)
+
+    def dead_letter(self, entry: OutboxEntry, reason: str) -> None:
+        self._dead.append((entry, reason))
+
+    def backlog(self) -> tuple[int, float]:
+        with self.counter._lock:
+            return len(self.counter.recorded), 0.0
+
+    def pending(self, namespace: str) -> dict[str, OutboxEntry]:
+        with self.counter._lock:
+            return {e.sku: e for e in self.counter.recorded if e.namespace == namespace}
+
+    def latest(self, namespace: str, sku: str) -> OutboxEntry | None:
+        return self.pending(namespace).get(sku)

@@ -1,4 +1,4 @@
-"""The Redis counter: one Lua script per movement, atomic per item, loaded once (EVALSHA)."""
+"""The Redis counter: one Lua script per operation, atomic per item, loaded once (EVALSHA)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from typing import Any
 
 import redis
 
-from allocation.adapters.counter import Counter, fingerprint
+from allocation.adapters.counter import Counter, Figures, fingerprint
 from allocation.adapters.redis_keys import KeySpace
 from allocation.domain import errors
 from allocation.domain.outcome import OK, Outcome
 from allocation.domain.rules import Kind
 
 
-def _script(name: str) -> str:
+def lua(name: str) -> str:
     return resources.files("allocation.adapters").joinpath(f"lua/{name}.lua").read_text()
 
 
@@ -28,6 +28,10 @@ def unavailable_on_connection_error() -> Iterator[None]:
         raise errors.Unavailable(f"redis unavailable: {exc}") from exc
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class RedisCounter(Counter):
     def __init__(self, client: redis.Redis[bytes], keys: KeySpace,
                  idempotency_ttl: int = 48 * 3600) -> None:
@@ -35,42 +39,52 @@ class RedisCounter(Counter):
         self.keys = keys
         self._ttl = idempotency_ttl
         # register_script runs EVALSHA and reloads the script on NOSCRIPT.
-        self._move = client.register_script(_script("move"))
-        self._revert = client.register_script(_script("revert"))
-
-    def _item_keys(self, namespace: str, sku: str, idempotency_key: str | None) -> list[str]:
-        keys = [self.keys.item(namespace, sku)]
-        if idempotency_key is not None:
-            keys.append(self.keys.idempotency(namespace, sku, idempotency_key))
-        return keys
+        self._move = client.register_script(lua("move"))
+        self._revert = client.register_script(lua("revert"))
+        self._fence = client.register_script(lua("fence"))
 
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
-              idempotency_key: str | None, *, probe: bool = False) -> Outcome:
+              idempotency_key: str | None, *, probe: bool = False,
+              record: bool = False) -> Outcome:
+        keys = [self.keys.item(namespace, sku), self.keys.outbox_of(namespace, sku)]
+        if idempotency_key is not None:
+            keys.append(self.keys.idempotency(namespace, sku, idempotency_key))
         with unavailable_on_connection_error():
-            reply: Any = self._move(
-                keys=self._item_keys(namespace, sku, idempotency_key),
-                args=[kind, qty, fingerprint(kind, qty), self._ttl, "1" if probe else "0"],
-            )
-        status, total, consumed, replayed = reply
-        if isinstance(status, bytes):
-            status = status.decode()
-        return Outcome(status, int(total), int(consumed), replayed=bool(replayed))
+            reply: Any = self._move(keys=keys, args=[
+                kind, qty, fingerprint(kind, qty), self._ttl, "1" if probe else "0",
+                "1" if record else "0", namespace, sku, idempotency_key or ""])
+        status, total, consumed, replayed, seq = reply
+        return Outcome(_text(status), int(total), int(consumed), replayed=bool(replayed),
+                       seq=int(seq))
 
     def revert(self, namespace: str, sku: str, kind: Kind, qty: int,
                idempotency_key: str | None) -> None:
+        keys = [self.keys.item(namespace, sku)]
+        if idempotency_key is not None:
+            keys.append(self.keys.idempotency(namespace, sku, idempotency_key))
         with unavailable_on_connection_error():
-            self._revert(keys=self._item_keys(namespace, sku, idempotency_key), args=[kind, qty])
+            self._revert(keys=keys, args=[kind, qty])
 
-    def load(self, namespace: str, sku: str, total: int, consumed: int) -> None:
-        self.load_many([(namespace, sku, total, consumed)])
-
-    def load_many(self, figures: Iterable[tuple[str, str, int, int]]) -> None:
+    def load_many(self, figures: Iterable[Figures]) -> None:
         with unavailable_on_connection_error():
             pipe = self.client.pipeline(transaction=False)
-            for namespace, sku, total, consumed in figures:
-                pipe.hset(self.keys.item(namespace, sku),
-                          mapping={"total": total, "consumed": consumed})
+            for namespace, sku, total, consumed, seq in figures:
+                key = self.keys.item(namespace, sku)
+                pipe.hset(key, mapping={"total": total, "consumed": consumed, "seq": seq})
+                pipe.hdel(key, "fenced")
             pipe.execute()
+
+    def fence_many(self, namespace: str, skus: Sequence[str]) -> list[int | None]:
+        with unavailable_on_connection_error():
+            pipe = self.client.pipeline(transaction=False)
+            for sku in skus:
+                self._fence(keys=[self.keys.item(namespace, sku)], client=pipe)
+            replies = pipe.execute()
+        return [None if int(seq) < 0 else int(seq) for seq in replies]
+
+    def unfence(self, namespace: str, sku: str) -> None:
+        with unavailable_on_connection_error():
+            self.client.hdel(self.keys.item(namespace, sku), "fenced")
 
     def forget(self, namespace: str, sku: str) -> None:
         with unavailable_on_connection_error():
@@ -80,10 +94,11 @@ class RedisCounter(Counter):
         with unavailable_on_connection_error():
             pipe = self.client.pipeline(transaction=False)
             for sku in skus:
-                pipe.hmget(self.keys.item(namespace, sku), "total", "consumed")
+                pipe.hmget(self.keys.item(namespace, sku), ["total", "consumed", "seq"])
             replies = pipe.execute()
-        return [None if total is None else Outcome(OK, int(total), int(consumed))
-                for total, consumed in replies]
+        return [None if total is None else Outcome(OK, int(total), int(consumed),
+                                                   seq=int(seq or 0))
+                for total, consumed, seq in replies]
 
     def ping(self) -> None:
         with unavailable_on_connection_error():

@@ -1,5 +1,7 @@
-"""Redis key names. Every key of one item shares the hash tag ``{namespace:partition}``, so each
-script touches one cluster slot, and a namespace spreads over ``partitions`` slots."""
+"""Redis key names. An item's keys share the hash tag ``{partition}``, where the partition is a
+stable hash of (namespace, sku): each script touches one cluster slot, a namespace spreads over
+all partitions, and the outbox streams are a fixed set the ledger workers know without searching.
+Namespaces stay apart in every key name."""
 
 from __future__ import annotations
 
@@ -12,18 +14,30 @@ class KeySpace:
     prefix: str = "inv"
     partitions: int = 16
 
-    def partition(self, sku: str) -> int:
-        return zlib.crc32(sku.encode()) % self.partitions
+    def partition(self, namespace: str, sku: str) -> int:
+        return zlib.crc32(f"{namespace}/{sku}".encode()) % self.partitions
 
-    def tag(self, namespace: str, sku: str) -> str:
-        return f"{self.prefix}:{{{namespace}:{self.partition(sku)}}}"
+    def _tag(self, partition: int) -> str:
+        return f"{self.prefix}:{{{partition}}}"
 
     def item(self, namespace: str, sku: str) -> str:
-        return f"{self.tag(namespace, sku)}:item:{sku}"
+        return f"{self._tag(self.partition(namespace, sku))}:item:{namespace}:{sku}"
 
     def idempotency(self, namespace: str, sku: str, key: str) -> str:
-        return f"{self.tag(namespace, sku)}:idem:{sku}:{key}"
+        return f"{self._tag(self.partition(namespace, sku))}:idem:{namespace}:{sku}:{key}"
+
+    def outbox(self, partition: int) -> str:
+        return f"{self._tag(partition)}:outbox"
+
+    def outbox_of(self, namespace: str, sku: str) -> str:
+        return self.outbox(self.partition(namespace, sku))
+
+    def dead_letters(self, partition: int) -> str:
+        return f"{self._tag(partition)}:outbox:dead"
+
+    def drift(self) -> str:
+        return f"{self.prefix}:drift"
 
     def pattern(self) -> str:
         """Matches every key of this key space (for test clean-up and tooling)."""
-        return f"{self.prefix}:{{*"
+        return f"{self.prefix}:*"

@@ -34,6 +34,12 @@ class AbstractRepository(abc.ABC):
     @abc.abstractmethod
     def _get(self, namespace: str, sku: str, lock: bool) -> InventoryItem | None: ...
 
+    def many(self, namespace: str, skus: Sequence[str]) -> dict[str, InventoryItem]:
+        """The items of ``skus`` that exist, unlocked, by SKU."""
+        found = {sku: item for sku in skus if (item := self._get(namespace, sku, False))}
+        self.seen.update(found.values())
+        return found
+
     @abc.abstractmethod
     def list(self, namespace: str, after: str | None, limit: int,
              *, lock: bool = False) -> Sequence[InventoryItem]:
@@ -60,6 +66,12 @@ class SqlAlchemyRepository(AbstractRepository):
         if lock:
             query = query.with_for_update()
         return self.session.scalars(query).one_or_none()
+
+    def many(self, namespace: str, skus: Sequence[str]) -> dict[str, InventoryItem]:
+        rows = self.session.scalars(select(InventoryItem).where(
+            orm.items.c.namespace == namespace, orm.items.c.sku.in_(list(skus)))).all()
+        self.seen.update(rows)
+        return {row.sku: row for row in rows}
 
     def list(self, namespace: str, after: str | None, limit: int,
              *, lock: bool = False) -> Sequence[InventoryItem]:

@@ -43,3 +43,18 @@ class Refunded(Event):
 @dataclass(frozen=True)
 class SoldOut(Event):
     pass
+
+
+def of_movement(kind: str, namespace: str, sku: str, qty: int, idempotency_key: str | None,
+                total: int, consumed: int) -> list[Event]:
+    """The events an applied movement raises, from its figures after it."""
+    raised: list[Event] = []
+    if kind == "adjust":
+        raised.append(TotalAdjusted(namespace, sku, total, consumed, qty, idempotency_key))
+    elif kind == "decrement" and idempotency_key is not None:
+        raised.append(Decremented(namespace, sku, total, consumed, qty, idempotency_key))
+        if total == consumed:
+            raised.append(SoldOut(namespace, sku, total, consumed))
+    elif kind == "refund" and idempotency_key is not None:
+        raised.append(Refunded(namespace, sku, total, consumed, qty, idempotency_key))
+    return raised

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from allocation.domain import events, rules
+from allocation.domain import errors, events, rules
 
 
 @dataclass
@@ -66,6 +66,26 @@ class InventoryItem:
         self.events.append(events.Refunded(
             self.namespace, self.sku, self.total, self.consumed, qty, idempotency_key))
         return entry
+
+    def record(self, kind: rules.Kind, qty: int, idempotency_key: str | None,
+               total_after: int, consumed_after: int) -> bool:
+        """Write down a movement the fast path already decided and acknowledged.
+
+        The figures after it are the fast path's: what a client was told succeeded is never
+        lost. Returns whether the rules, applied here, agree; False means the two had drifted.
+        """
+        try:
+            agrees = rules.apply(kind, self.total, self.consumed, qty) == (total_after,
+                                                                          consumed_after)
+        except errors.DomainError:
+            agrees = False
+        self.total, self.consumed = total_after, consumed_after
+        self.last_seq += 1
+        self.new_entries.append(LedgerEntry(
+            namespace=self.namespace, sku=self.sku, seq=self.last_seq, kind=kind, qty=qty,
+            total_after=total_after, available_after=total_after - consumed_after,
+            idempotency_key=idempotency_key))
+        return agrees
 
     def _move(self, kind: rules.Kind, qty: int, idempotency_key: str | None) -> LedgerEntry:
         self.total, self.consumed = rules.apply(kind, self.total, self.consumed, qty)

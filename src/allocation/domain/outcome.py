@@ -9,6 +9,7 @@ from allocation.domain import errors
 OK = "ok"
 PENDING = "pending"  # a probe found the movement allowed; it has not been applied
 NOT_FOUND = "not_found"
+FENCED = "fenced"  # the item is being rebuilt; retry shortly
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class Outcome:
     consumed: int
     replayed: bool = False
     created: bool = False
+    seq: int = 0  # the item's ledger seq after the movement (0 where it does not apply)
 
     @property
     def available(self) -> int:

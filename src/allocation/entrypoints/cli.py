@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -28,7 +30,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _bus() -> MessageBus:
-    return bootstrap(Config.from_env())
+    config = Config.from_env()
+    if config.embedded:
+        # A short-lived process with an in-process outbox would exit before writing it.
+        config = dataclasses.replace(config, durability="sync")
+    return bootstrap(config)
 
 
 def _show(outcome: Outcome, namespace: str, sku: str) -> None:
@@ -100,6 +106,43 @@ def consume() -> None:
     from allocation.entrypoints import redis_consumer
 
     redis_consumer.run(_bus())
+
+
+@main.command("ledger-worker")
+def ledger_worker() -> None:
+    """Write the outbox to the ledger in PostgreSQL (run one or more)."""
+    from allocation.entrypoints import ledger_worker as worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    worker.run(bootstrap(Config.from_env()))
+
+
+@main.command()
+@click.argument("namespace")
+@click.option("--repair", is_flag=True, help="rebuild the items that differ")
+@domain_exit
+def drift(namespace: str, repair: bool) -> None:
+    """Compare Redis with the database plus the unwritten outbox; exit 1 if any item differs."""
+    from allocation.service_layer import drift as drift_check
+
+    _checked(namespace)
+    bus = _bus()
+    deps = bus.dependencies
+    found = drift_check.find(namespace, bus.uow_factory(), deps["counter"], deps["outbox"])
+    if deps.get("redis") is not None:
+        deps["redis"].hset(f"{deps['config'].redis_key_prefix}:drift", namespace, len(found))
+    if not found:
+        click.echo(f"{namespace}: no drift")
+        return
+    click.echo(f"{'sku':<30} {'expected (total, consumed)':<28} redis (total, consumed)")
+    for d in found:
+        click.echo(f"{d.sku:<30} {d.expected!s:<28} {d.redis!s}")
+    if repair:
+        for d in found:
+            bus.handle(commands.Refresh(namespace, d.sku))
+        click.echo(f"repaired {len(found)} items")
+        return
+    sys.exit(1)
 
 
 @main.command()

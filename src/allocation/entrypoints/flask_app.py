@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import redis
 from flask import Flask, Response, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import text
@@ -18,7 +20,7 @@ from allocation.config import Config
 from allocation.domain import commands, errors
 from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import Outcome
-from allocation.entrypoints import http_errors, metrics, openapi, schemas
+from allocation.entrypoints import http_errors, ledger_worker, metrics, openapi, schemas
 from allocation.entrypoints.http_errors import BadRequest
 from allocation.service_layer.messagebus import MessageBus
 
@@ -33,6 +35,11 @@ def create_app(config: Config | None = None, bus: MessageBus | None = None) -> F
     app.json.sort_keys = False  # type: ignore[attr-defined]
     bus = bus or bootstrap(config)
     app.extensions["bus"] = bus
+    settings: Config = bus.dependencies["config"]
+    if settings.embedded and settings.durability == "async" and bus.dependencies.get("engine"):
+        # The in-process outbox lives here, so its worker does too.
+        app.extensions["ledger_worker"] = ledger_worker.from_bus(bus)
+        app.extensions["ledger_worker"].start_thread()
     http_errors.register(app)
     _observe(app)
 
@@ -108,15 +115,28 @@ def create_app(config: Config | None = None, bus: MessageBus | None = None) -> F
     def readyz() -> Response:
         parts = {"database": _check(lambda: _ping_database(bus)),
                  "redis": _check(bus.dependencies["counter"].ping)}
+        failing = any(state != "ok" for state in parts.values())
+        if settings.durability == "async" and parts["redis"] == "ok":
+            # Named only when it lags: the healthy body stays as API.md gives it.
+            ledger = _ledger_state(bus, settings.ledger_lag_threshold_seconds)
+            if ledger != "ok":
+                parts["ledger"] = ledger
         response = jsonify(parts)
-        if any(state != "ok" for state in parts.values()):
+        if failing:
             response.status_code = 503
             response.headers["Retry-After"] = "1"
         return response
 
     @app.get("/metrics")
     def metrics_text() -> Response:
-        body, content_type = metrics.exposition()
+        backlog = drift = None
+        with contextlib.suppress(errors.Unavailable):
+            backlog = bus.dependencies["outbox"].backlog()
+        if bus.dependencies.get("redis") is not None:
+            with contextlib.suppress(redis.RedisError):
+                stored = bus.dependencies["redis"].hgetall(f"{settings.redis_key_prefix}:drift")
+                drift = {k.decode(): int(v) for k, v in stored.items()}
+        body, content_type = metrics.exposition(backlog, drift)
         return Response(body, content_type=content_type)
 
     @app.get("/openapi.json")
@@ -201,6 +221,17 @@ def _ping_database(bus: MessageBus) -> None:
     if engine is not None:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+
+
+def _ledger_state(bus: MessageBus, threshold_seconds: float) -> str:
+    """"ok", or "degraded: ..." when the write-behind ledger lags (the service still serves)."""
+    try:
+        entries, age = bus.dependencies["outbox"].backlog()
+    except errors.Unavailable as exc:
+        return f"unavailable: {exc.message}"
+    if age > threshold_seconds:
+        return f"degraded: {entries} movements not yet in the ledger, oldest {age:.0f}s"
+    return "ok"
 
 
 def _check(probe: Callable[[], None]) -> str:

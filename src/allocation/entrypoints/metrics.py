@@ -21,10 +21,28 @@ MOVEMENTS = Counter("allocation_movements_total", "Movements by kind and outcome
                     ["kind", "outcome"])
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics text; across all workers when gunicorn runs several (multiprocess mode)."""
+def exposition(backlog: tuple[int, float] | None = None,
+               drift: dict[str, int] | None = None) -> tuple[bytes, str]:
+    """The metrics text; across all workers when gunicorn runs several (multiprocess mode).
+    The ledger backlog and drift counts are read at scrape time, from the outbox and from
+    what the last ``allocation drift`` run stored."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+        text = generate_latest(registry)
+    else:
+        text = generate_latest()
+    lines: list[str] = []
+    if backlog is not None:
+        lines += ["# HELP allocation_ledger_lag_entries Movements acknowledged, not yet in the "
+                  "ledger", "# TYPE allocation_ledger_lag_entries gauge",
+                  f"allocation_ledger_lag_entries {backlog[0]}",
+                  "# HELP allocation_ledger_lag_seconds Age of the oldest unwritten movement",
+                  "# TYPE allocation_ledger_lag_seconds gauge",
+                  f"allocation_ledger_lag_seconds {backlog[1]:.3f}"]
+    if drift:
+        lines += ["# HELP allocation_drift_items Items whose Redis figures differ, at the last "
+                  "drift check", "# TYPE allocation_drift_items gauge"]
+        lines += [f'allocation_drift_items{{namespace="{ns}"}} {count}'
+                  for ns, count in sorted(drift.items())]
+    return text + "".join(f"{line}\n" for line in lines).encode(), CONTENT_TYPE_LATEST

@@ -1,24 +1,30 @@
 -- Apply one movement to one item, atomically, with idempotency.
--- KEYS[1] item hash {total, consumed}; KEYS[2] (optional) the idempotency record.
--- ARGV: kind, qty, fingerprint, ttl seconds, probe ("1": do not apply an allowed movement).
--- Returns {status, total, consumed, replayed}. The rules mirror allocation.domain.rules.
-local kind, qty, fp, ttl, probe = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-local keyed = #KEYS > 1
+-- KEYS[1] item hash {total, consumed, seq, fenced}; KEYS[2] the partition's outbox stream;
+-- KEYS[3] (optional) the idempotency record.
+-- ARGV: kind, qty, fingerprint, ttl seconds, probe ("1": do not apply an allowed movement),
+--       record ("1": append the movement to the outbox), namespace, sku, idempotency key.
+-- Returns {status, total, consumed, replayed, seq}. The rules mirror allocation.domain.rules.
+local kind, qty, fp, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local probe, record = ARGV[5] == '1', ARGV[6] == '1'
+local keyed = #KEYS > 2
 
 if keyed then
-  local prior = redis.call('GET', KEYS[2])
+  local prior = redis.call('GET', KEYS[3])
   if prior then
-    local seen_print, status, total, consumed = string.match(prior, '^(.-)|(.-)|(.-)|(.-)$')
-    if seen_print ~= fp then status = 'idempotency_key_reused' end
-    return {status, tonumber(total), tonumber(consumed), 1}
+    local seen_fp, status, total, consumed = string.match(prior, '^(.-)|(.-)|(.-)|(.-)$')
+    if seen_fp ~= fp then status = 'idempotency_key_reused' end
+    return {status, tonumber(total), tonumber(consumed), 1, 0}
   end
 end
 
-local figures = redis.call('HMGET', KEYS[1], 'total', 'consumed')
+local figures = redis.call('HMGET', KEYS[1], 'total', 'consumed', 'seq', 'fenced')
 if not figures[1] then
-  return {'not_found', 0, 0, 0}
+  return {'not_found', 0, 0, 0, 0}
 end
-local total, consumed = tonumber(figures[1]), tonumber(figures[2])
+local total, consumed, seq = tonumber(figures[1]), tonumber(figures[2]), tonumber(figures[3] or 0)
+if figures[4] == '1' then
+  return {'fenced', total, consumed, 0, seq}  -- being rebuilt: the caller retries
+end
 local status = 'ok'
 local new_total, new_consumed = total, consumed
 
@@ -35,13 +41,18 @@ else
 end
 
 if status == 'ok' then
-  if probe == '1' then
-    return {'pending', total, consumed, 0}
+  if probe then
+    return {'pending', total, consumed, 0, seq}
   end
-  redis.call('HSET', KEYS[1], 'total', new_total, 'consumed', new_consumed)
+  seq = seq + 1
+  redis.call('HSET', KEYS[1], 'total', new_total, 'consumed', new_consumed, 'seq', seq)
+  if record then
+    redis.call('XADD', KEYS[2], '*', 'ns', ARGV[7], 'sku', ARGV[8], 'seq', seq, 'kind', kind,
+               'qty', qty, 'key', ARGV[9] or '', 'total', new_total, 'consumed', new_consumed)
+  end
 end
 if keyed then
-  redis.call('SET', KEYS[2], fp .. '|' .. status .. '|' .. new_total .. '|' .. new_consumed,
+  redis.call('SET', KEYS[3], fp .. '|' .. status .. '|' .. new_total .. '|' .. new_consumed,
              'EX', ttl)
 end
-return {status, new_total, new_consumed, 0}
+return {status, new_total, new_consumed, 0, seq}

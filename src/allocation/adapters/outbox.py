@@ -1,0 +1,53 @@
+"""The outbox port: movements the counter recorded, waiting to be written to the ledger."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: str
+    partition: int
+    namespace: str
+    sku: str
+    seq: int
+    kind: str
+    qty: int
+    idempotency_key: str | None
+    total: int
+    consumed: int
+
+
+class Outbox(abc.ABC):
+    partitions: int
+
+    @abc.abstractmethod
+    def read(self, partition: int, consumer: str, count: int) -> list[OutboxEntry]:
+        """This consumer's unacknowledged entries first, then new ones, in recorded order."""
+
+    @abc.abstractmethod
+    def claim_stale(self, partition: int, consumer: str, min_idle_ms: int,
+                    count: int) -> list[OutboxEntry]:
+        """Take over entries another consumer was given and left unacknowledged (it died)."""
+
+    @abc.abstractmethod
+    def ack(self, partition: int, ids: list[str]) -> None:
+        """Written to the ledger: drop them."""
+
+    @abc.abstractmethod
+    def dead_letter(self, entry: OutboxEntry, reason: str) -> None:
+        """Set aside an entry that cannot be written, for an operator; then ``ack`` it."""
+
+    @abc.abstractmethod
+    def backlog(self) -> tuple[int, float]:
+        """(entries not yet written, age in seconds of the oldest)."""
+
+    @abc.abstractmethod
+    def pending(self, namespace: str) -> dict[str, OutboxEntry]:
+        """The latest unwritten entry of each item of a namespace."""
+
+    @abc.abstractmethod
+    def latest(self, namespace: str, sku: str) -> OutboxEntry | None:
+        """The latest unwritten entry of one item (reads that item's partition)."""

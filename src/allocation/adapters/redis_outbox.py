@@ -1,0 +1,112 @@
+"""The outbox on Redis Streams: one stream per partition, read by the ``ledger`` consumer group."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+
+from allocation.adapters.outbox import Outbox, OutboxEntry
+from allocation.adapters.redis_counter import unavailable_on_connection_error
+from allocation.adapters.redis_keys import KeySpace
+
+GROUP = "ledger"
+
+
+def _entry(partition: int, entry_id: Any, fields: dict[bytes, bytes]) -> OutboxEntry:
+    f = {k.decode(): v.decode() for k, v in fields.items()}
+    return OutboxEntry(
+        id=entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
+        partition=partition, namespace=f["ns"], sku=f["sku"], seq=int(f["seq"]),
+        kind=f["kind"], qty=int(f["qty"]), idempotency_key=f["key"] or None,
+        total=int(f["total"]), consumed=int(f["consumed"]))
+
+
+class RedisOutbox(Outbox):
+    def __init__(self, client: redis.Redis[bytes], keys: KeySpace) -> None:
+        self.client = client
+        self.keys = keys
+        self.partitions = keys.partitions
+        self._groups_ready: set[int] = set()
+
+    def _ensure_group(self, partition: int) -> None:
+        if partition in self._groups_ready:
+            return
+        try:
+            self.client.xgroup_create(self.keys.outbox(partition), GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups_ready.add(partition)
+
+    def read(self, partition: int, consumer: str, count: int) -> list[OutboxEntry]:
+        stream = self.keys.outbox(partition)
+        with unavailable_on_connection_error():
+            self._ensure_group(partition)
+            for start in ("0", ">"):  # what this consumer holds unacknowledged, then new
+                reply = self.client.xreadgroup(GROUP, consumer, {stream: start}, count=count)
+                entries = [_entry(partition, i, f) for _, items in reply for i, f in items if f]
+                if entries:
+                    return entries
+        return []
+
+    def claim_stale(self, partition: int, consumer: str, min_idle_ms: int,
+                    count: int) -> list[OutboxEntry]:
+        with unavailable_on_connection_error():
+            self._ensure_group(partition)
+            reply = self.client.xautoclaim(self.keys.outbox(partition), GROUP, consumer,
+                                           min_idle_time=min_idle_ms, start_id="0-0",
+                                           count=count)
+        return [_entry(partition, i, f) for i, f in reply[1] if f]
+
+    def ack(self, partition: int, ids: list[str]) -> None:
+        if not ids:
+            return
+        stream = self.keys.outbox(partition)
+        with unavailable_on_connection_error():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xack(stream, GROUP, *ids)
+            pipe.xdel(stream, *ids)  # the ledger has them; keep the stream to the backlog
+            pipe.execute()
+
+    def dead_letter(self, entry: OutboxEntry, reason: str) -> None:
+        with unavailable_on_connection_error():
+            self.client.xadd(self.keys.dead_letters(entry.partition), {
+                "entry": entry.id, "ns": entry.namespace, "sku": entry.sku,
+                "seq": entry.seq, "kind": entry.kind, "qty": entry.qty,
+                "key": entry.idempotency_key or "", "total": entry.total,
+                "consumed": entry.consumed, "reason": reason})
+
+    def backlog(self) -> tuple[int, float]:
+        with unavailable_on_connection_error():
+            pipe = self.client.pipeline(transaction=False)
+            for p in range(self.partitions):
+                pipe.xlen(self.keys.outbox(p))
+                pipe.xrange(self.keys.outbox(p), count=1)
+            replies = pipe.execute()
+        lengths, firsts = replies[0::2], replies[1::2]
+        oldest_ms = min((int(first[0][0].split(b"-")[0]) for first in firsts if first),
+                        default=None)
+        age = 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
+        return sum(lengths), age
+
+    def pending(self, namespace: str) -> dict[str, OutboxEntry]:
+        latest: dict[str, OutboxEntry] = {}
+        with unavailable_on_connection_error():
+            for p in range(self.partitions):
+                for entry_id, fields in self.client.xrange(self.keys.outbox(p)):
+                    entry = _entry(p, entry_id, fields)
+                    if entry.namespace == namespace:
+                        latest[entry.sku] = entry
+        return latest
+
+    def latest(self, namespace: str, sku: str) -> OutboxEntry | None:
+        partition = self.keys.partition(namespace, sku)
+        found = None
+        with unavailable_on_connection_error():
+            for entry_id, fields in self.client.xrange(self.keys.outbox(partition)):
+                entry = _entry(partition, entry_id, fields)
+                if (entry.namespace, entry.sku) == (namespace, sku):
+                    found = entry
+        return found

@@ -1,0 +1,112 @@
+"""The ledger worker: drains the outbox into PostgreSQL, a batch per transaction, then
+acknowledges. Entries a dead worker left unacknowledged are claimed after a while."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+
+from allocation.adapters.outbox import Outbox, OutboxEntry
+from allocation.domain import errors
+from allocation.service_layer.ledger_writer import BatchResult, write_batch
+from allocation.service_layer.messagebus import MessageBus
+from allocation.service_layer.unit_of_work import AbstractUnitOfWork, Conflict
+
+logger = logging.getLogger(__name__)
+
+
+class LedgerWorker:
+    def __init__(self, outbox: Outbox, uow_factory: Callable[[], AbstractUnitOfWork], *,
+                 batch_size: int = 1000, claim_idle_ms: int = 30_000,
+                 name: str | None = None) -> None:
+        self.outbox = outbox
+        self.uow_factory = uow_factory
+        self.batch_size = batch_size
+        self.claim_idle_ms = claim_idle_ms
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stopping = threading.Event()
+        self.written = 0
+
+    def run_once(self) -> int:
+        """One pass over every partition; returns how many entries were written."""
+        written = 0
+        for partition in range(self.outbox.partitions):
+            entries = self.outbox.read(partition, self.name, self.batch_size)
+            if not entries:
+                entries = self.outbox.claim_stale(partition, self.name, self.claim_idle_ms,
+                                                  self.batch_size)
+            if not entries:
+                continue
+            result = self._write(entries)
+            for orphan in result.orphans:
+                logger.error("ledger: %s/%s seq %d has no item in the database; set aside",
+                             orphan.namespace, orphan.sku, orphan.seq)
+                self.outbox.dead_letter(orphan, "no such item in the database")
+            self.outbox.ack(partition, result.done + [o.id for o in result.orphans])
+            written += result.written
+        self.written += written
+        return written
+
+    def _write(self, entries: list[OutboxEntry]) -> BatchResult:
+        try:
+            return write_batch(entries, self.uow_factory())
+        except Conflict:
+            pass
+        # A unique key refused the batch: an idempotency key used again after Redis forgot it.
+        # Write entry by entry; the one that clashes keeps its movement and loses its key.
+        total = BatchResult()
+        for entry in entries:
+            try:
+                one = write_batch([entry], self.uow_factory())
+            except Conflict:
+                logger.warning("ledger: key %r of %s/%s was used before; seq %d written "
+                               "without it", entry.idempotency_key, entry.namespace, entry.sku,
+                               entry.seq)
+                one = write_batch([entry], self.uow_factory(), drop_keys=True)
+            total.written += one.written
+            total.done += one.done
+            total.waiting += one.waiting
+            total.orphans += one.orphans
+        return total
+
+    def run(self) -> None:
+        backoff = 0.05
+        logger.info("ledger worker %s started", self.name)
+        while not self.stopping.is_set():
+            try:
+                if self.run_once():
+                    backoff = 0.05
+                    continue
+                self.stopping.wait(0.02)  # nothing to write: look again shortly
+            except errors.Unavailable as exc:
+                logger.warning("ledger worker waiting for a dependency: %s", exc.message)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def start_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name="ledger-worker", daemon=True)
+        thread.start()
+        return thread
+
+
+def from_bus(bus: MessageBus, batch_size: int = 1000) -> LedgerWorker:
+    config = bus.dependencies["config"]
+    return LedgerWorker(bus.dependencies["outbox"], bus.uow_factory, batch_size=batch_size,
+                        claim_idle_ms=config.ledger_claim_idle_ms)
+
+
+def run(bus: MessageBus) -> None:
+    worker = from_bus(bus)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    try:
+        worker.run()
+    except KeyboardInterrupt:
+        worker.stop()

@@ -1,0 +1,39 @@
+"""Drift: where Redis disagrees with the database plus what the outbox has yet to write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from allocation.adapters.counter import Counter
+from allocation.adapters.outbox import Outbox
+from allocation.service_layer.unit_of_work import AbstractUnitOfWork
+
+
+@dataclass(frozen=True)
+class Drift:
+    sku: str
+    expected: tuple[int, int] | None  # (total, consumed) per database + unwritten entries
+    redis: tuple[int, int] | None
+
+
+def find(namespace: str, uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox,
+         batch_size: int = 1000) -> list[Drift]:
+    """Compare every item of a namespace; report, change nothing."""
+    pending = outbox.pending(namespace)
+    drifted: list[Drift] = []
+    after: str | None = None
+    while True:
+        with uow:
+            batch = [(i.sku, i.total, i.consumed, i.last_seq)
+                     for i in uow.items.list(namespace, after, batch_size)]
+        if not batch:
+            return drifted
+        live = counter.read_many(namespace, [sku for sku, *_ in batch])
+        for (sku, total, consumed, seq), held in zip(batch, live, strict=True):
+            unwritten = pending.get(sku)
+            expected = ((unwritten.total, unwritten.consumed)
+                        if unwritten is not None and unwritten.seq > seq else (total, consumed))
+            actual = None if held is None else (held.total, held.consumed)
+            if actual is not None and actual != expected:
+                drifted.append(Drift(sku, expected, actual))
+        after = batch[-1][0]

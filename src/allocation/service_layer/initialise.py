@@ -1,0 +1,70 @@
+"""Initialising items: the same in both durability modes. The row is inserted first and the
+counter loaded once the row is ours, so concurrent inits can neither double the stock nor
+overwrite figures that sales have moved."""
+
+from __future__ import annotations
+
+from allocation.adapters.counter import Counter
+from allocation.domain import commands, errors
+from allocation.domain.model import InventoryItem
+from allocation.domain.outcome import OK, Outcome
+from allocation.service_layer.unit_of_work import AbstractUnitOfWork, Conflict
+
+
+def init_inventory(cmd: commands.InitInventory, uow: AbstractUnitOfWork,
+                   counter: Counter) -> Outcome:
+    try:
+        return _init(cmd, uow, counter)
+    except Conflict:
+        return _init(cmd, uow, counter)  # a concurrent init won; now it is an existing item
+
+
+def _init(cmd: commands.InitInventory, uow: AbstractUnitOfWork, counter: Counter) -> Outcome:
+    with uow:
+        item = uow.items.get(cmd.namespace, cmd.sku, lock=True)
+        if item is not None:
+            if item.total != cmd.total:
+                raise errors.AlreadyExists(
+                    f"{cmd.namespace}/{cmd.sku} exists with total {item.total}")
+            if counter.read(cmd.namespace, cmd.sku) is None:
+                counter.load(cmd.namespace, cmd.sku, item.total, item.consumed, item.last_seq)
+            return Outcome(OK, item.total, item.consumed)
+        item = InventoryItem.initialise(cmd.namespace, cmd.sku, cmd.total)
+        uow.items.add(item)
+        # The insert waits here for any concurrent one; once it succeeds the row is ours and
+        # invisible to others until the commit, so loading the counter now cannot overwrite
+        # figures that sales have moved.
+        uow.flush()
+        counter.load(cmd.namespace, cmd.sku, item.total, item.consumed, item.last_seq)
+        try:
+            uow.commit()
+        except Exception:
+            counter.forget(cmd.namespace, cmd.sku)
+            raise
+        return Outcome(OK, item.total, item.consumed, created=True)
+
+
+def init_many(cmd: commands.InitMany, uow: AbstractUnitOfWork, counter: Counter) -> int:
+    """Initialise every item in one transaction; any clash refuses the whole batch.
+    Returns how many items were created (the rest already existed with the same total)."""
+    with uow:
+        fresh: list[InventoryItem] = []
+        clashes: list[str] = []
+        for sku, total in cmd.items:
+            item = uow.items.get(cmd.namespace, sku, lock=True)
+            if item is None:
+                fresh.append(InventoryItem.initialise(cmd.namespace, sku, total))
+                uow.items.add(fresh[-1])
+            elif item.total != total:
+                clashes.append(f"{sku} (exists with total {item.total})")
+        if clashes:
+            raise errors.AlreadyExists("refused, nothing imported: " + ", ".join(clashes[:20]))
+        uow.flush()
+        counter.load_many((i.namespace, i.sku, i.total, i.consumed, i.last_seq) for i in fresh)
+        try:
+            uow.commit()
+        except Exception:
+            for i in fresh:
+                counter.forget(i.namespace, i.sku)
+            raise
+        return len(fresh)
