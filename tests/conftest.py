@@ -74,7 +74,8 @@ def service_config(database_url: str, redis_url: str, key_space: KeySpace) -> Co
     return Config(database_url=database_url, redis_url=redis_url,
                   redis_key_prefix=key_space.prefix, partitions=key_space.partitions,
                   commands_channel=f"test-{RUN_ID}:commands",
-                  events_channel=f"test-{RUN_ID}:events")
+                  events_channel=f"test-{RUN_ID}:events",
+                  commands_stream=f"{key_space.prefix}:commands:stream")
 
 
 @pytest.fixture

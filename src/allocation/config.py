@@ -14,6 +14,7 @@ class Config:
     redis_url: str | None = None
     commands_channel: str = "inventory:commands"
     events_channel: str = "inventory:events"
+    commands_stream: str = "inventory:commands:stream"  # the reliable command channel
     redis_key_prefix: str = "inv"
     partitions: int = 16
     idempotency_ttl_seconds: int = 48 * 3600
@@ -38,6 +39,7 @@ class Config:
             redis_url=env.get("REDIS_URL") or None,
             commands_channel=env.get("COMMANDS_CHANNEL") or defaults.commands_channel,
             events_channel=env.get("EVENTS_CHANNEL") or defaults.events_channel,
+            commands_stream=env.get("COMMANDS_STREAM") or defaults.commands_stream,
             redis_key_prefix=env.get("REDIS_KEY_PREFIX") or defaults.redis_key_prefix,
             partitions=int(env.get("REDIS_PARTITIONS") or defaults.partitions),
             idempotency_ttl_seconds=int(

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from allocation.config import Config
@@ -37,7 +40,7 @@ def service_env(config: Config) -> dict[str, str]:
     env.update(DATABASE_URL=config.database_url, REDIS_URL=config.redis_url or "",
                REDIS_KEY_PREFIX=config.redis_key_prefix, REDIS_PARTITIONS=str(config.partitions),
                COMMANDS_CHANNEL=config.commands_channel, EVENTS_CHANNEL=config.events_channel,
-               DURABILITY=config.durability,
+               DURABILITY=config.durability, COMMANDS_STREAM=config.commands_stream,
                LEDGER_CLAIM_IDLE_MS=str(config.ledger_claim_idle_ms))
     return env
 
@@ -116,3 +119,46 @@ def consumer(service_config: Config) -> Iterator[Process]:
     process.start()
     yield process
     process.stop()
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, on a free port, so it can be stopped and restarted."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        server = shutil.which("redis-server")
+        if server is None:
+            pytest.fail("redis-server is not installed; the reconnect test starts its own")
+        self.proc = subprocess.Popen([server, "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no",
+                                      "--dir", str(self.workdir)], stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(answers, 15, "the private redis-server to start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def client(self) -> redis.Redis[bytes]:
+        return redis.Redis.from_url(self.url)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -4,56 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import redis
 
 from allocation.config import Config
-from tests.e2e.conftest import Process, allocation_command, free_port, service_env, wait_until
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, on a free port, so it can be stopped and restarted."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        server = shutil.which("redis-server")
-        if server is None:
-            pytest.fail("redis-server is not installed; the reconnect test starts its own")
-        self.proc = subprocess.Popen([server, "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no",
-                                      "--dir", str(self.workdir)], stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-
-        def answers() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_until(answers, 15, "the private redis-server to start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+from tests.e2e.conftest import PrivateRedis, Process, allocation_command, service_env, wait_until
 
 
 def test_the_consumer_resubscribes_after_redis_restarts(

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from allocation.config import Config
-from tests.e2e.conftest import Process, wait_until
+from tests.e2e.conftest import Process, allocation_command, service_env, wait_until
 
 
 class Channels:
@@ -121,3 +121,35 @@ def test_a_killed_consumer_restarts_and_resumes(consumer: Process, channels: Cha
                   idempotency_key="after-restart")
     channels.send(command="Refund", namespace=namespace, sku="s", qty=1, idempotency_key="r")
     assert channels.wait_for(event="Refunded", namespace=namespace)["available"] == 5
+
+
+def test_the_command_stream_keeps_commands_while_no_consumer_runs(
+        service_config: Config, channels: Channels, namespace: str) -> None:
+    client = channels.client
+    stream = service_config.commands_stream
+
+    def add(**message: Any) -> None:
+        client.xadd(stream, {"message": json.dumps(message)})
+
+    add(command="InitInventory", namespace=namespace, sku="s", total=5)
+    add(command="Decrement", namespace=namespace, sku="s", qty=2, idempotency_key="o1")
+    add(command="Decrement", namespace=namespace, sku="s", qty=2, idempotency_key="o1")  # resent
+    add(command="Decrement", namespace=namespace, sku="s", qty=1)  # no key: rejected
+    consumer = Process(allocation_command("consume", "--name", "stream-test"),
+                       service_env(service_config))
+    consumer.start()  # only now: the commands waited in the stream
+    try:
+        sold = channels.wait_for(event="Decremented", namespace=namespace)
+        assert (sold["qty"], sold["available"]) == (2, 3)
+        channels.wait_for(event="CommandRejected", namespace=namespace, reason="invalid_message")
+        add(command="Refund", namespace=namespace, sku="s", qty=1, idempotency_key="r1")
+        assert channels.wait_for(event="Refunded", namespace=namespace)["available"] == 4
+        assert [e["event"] for e in channels.received if e.get("namespace") == namespace
+                and e["event"] == "Decremented"] == ["Decremented"]  # the resend had no effect
+        def all_acknowledged() -> bool:
+            summary: dict[str, int] = client.xpending(stream, "allocation")  # type: ignore[no-untyped-call]
+            return summary["pending"] == 0
+
+        wait_until(all_acknowledged, 15, "every stream entry to be acknowledged")
+    finally:
+        consumer.stop()

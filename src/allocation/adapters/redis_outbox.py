@@ -44,20 +44,33 @@ class RedisOutbox(Outbox):
         stream = self.keys.outbox(partition)
         with unavailable_on_connection_error():
             self._ensure_group(partition)
-            for start in ("0", ">"):  # what this consumer holds unacknowledged, then new
-                reply = self.client.xreadgroup(GROUP, consumer, {stream: start}, count=count)
-                entries = [_entry(partition, i, f) for _, items in reply for i, f in items if f]
-                if entries:
-                    return entries
+            try:
+                for start in ("0", ">"):  # what this consumer holds unacknowledged, then new
+                    reply = self.client.xreadgroup(GROUP, consumer, {stream: start},
+                                                   count=count)
+                    entries = [_entry(partition, i, f) for _, items in reply
+                               for i, f in items if f]
+                    if entries:
+                        return entries
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._groups_ready.discard(partition)  # Redis lost its data; make it again
         return []
 
     def claim_stale(self, partition: int, consumer: str, min_idle_ms: int,
                     count: int) -> list[OutboxEntry]:
         with unavailable_on_connection_error():
             self._ensure_group(partition)
-            reply = self.client.xautoclaim(self.keys.outbox(partition), GROUP, consumer,
-                                           min_idle_time=min_idle_ms, start_id="0-0",
-                                           count=count)
+            try:
+                reply = self.client.xautoclaim(self.keys.outbox(partition), GROUP, consumer,
+                                               min_idle_time=min_idle_ms, start_id="0-0",
+                                               count=count)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._groups_ready.discard(partition)
+                return []
         return [_entry(partition, i, f) for i, f in reply[1] if f]
 
     def ack(self, partition: int, ids: list[str]) -> None:

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 import uuid
@@ -101,11 +102,15 @@ def serve(host: str, port: int, workers: int | None, threads: int) -> None:
 
 
 @main.command()
-def consume() -> None:
-    """Read commands from the pub/sub channel and answer on the events channel."""
+@click.option("--name", default=None, help="this consumer's name in the stream's group "
+              "(default: host and pid; keep it stable across restarts to resume its entries)")
+def consume(name: str | None) -> None:
+    """Apply commands from the pub/sub channel and from the command stream; answer on the
+    events channel."""
     from allocation.entrypoints import redis_consumer
 
-    redis_consumer.run(_bus())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    redis_consumer.run(_bus(), name or f"{socket.gethostname()}-{os.getpid()}")
 
 
 @main.command("ledger-worker")

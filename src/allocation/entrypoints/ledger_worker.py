@@ -49,6 +49,11 @@ class LedgerWorker:
                 self.outbox.dead_letter(orphan, "no such item in the database")
             self.outbox.ack(partition, result.done + [o.id for o in result.orphans])
             written += result.written
+            if result.waiting:
+                # Their predecessors are held by another consumer; if it went silent, take
+                # them over, and the next read has the whole chain.
+                self.outbox.claim_stale(partition, self.name, self.claim_idle_ms,
+                                        self.batch_size)
         self.written += written
         return written
 

@@ -127,16 +127,80 @@ class Consumer:
         self.stopping.set()
 
 
-def run(bus: MessageBus) -> None:
+STREAM_GROUP = "allocation"
+
+
+class StreamConsumer:
+    """The reliable channel: commands added to a stream wait there while no consumer runs, and
+    one that died holding some is relieved of them by another. Each entry is acknowledged after
+    its unit of work; idempotency keys make a redelivered command take effect once."""
+
+    def __init__(self, bus: MessageBus, client: redis.Redis[bytes], stream: str,
+                 publisher: RedisEventPublisher, name: str, claim_idle_ms: int = 30_000) -> None:
+        self.bus, self.client, self.stream, self.publisher = bus, client, stream, publisher
+        self.name, self.claim_idle_ms = name, claim_idle_ms
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        backoff = 0.1
+        while not self.stopping.is_set():
+            try:
+                self._ensure_group()
+                while not self.stopping.is_set():
+                    self.client.xautoclaim(self.stream, STREAM_GROUP, self.name,
+                                           min_idle_time=self.claim_idle_ms, count=100)
+                    self._drain("0")  # this consumer's unacknowledged entries first
+                    self._drain(">", block_ms=1000)
+                backoff = 0.1
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                logger.warning("stream consumer lost redis (%s); retrying in %.1fs", exc,
+                               backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                logger.warning("the command stream's group is gone (Redis lost it); making it")
+
+    def _ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.stream, STREAM_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _drain(self, start: str, block_ms: int | None = None) -> None:
+        reply = self.client.xreadgroup(STREAM_GROUP, self.name, {self.stream: start},
+                                       count=100, block=block_ms)
+        for _, entries in reply:
+            for entry_id, fields in entries:
+                if fields:
+                    handle_message(fields.get(b"message", b""), self.bus, self.publisher)
+                self.client.xack(self.stream, STREAM_GROUP, entry_id)  # type: ignore[no-untyped-call]
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def run(bus: MessageBus, consumer_name: str) -> None:
+    """Listen on the pub/sub channel and read the command stream, until SIGTERM."""
     config = bus.dependencies["config"]
     client: redis.Redis[bytes] | None = bus.dependencies.get("redis")
     if client is None:
         raise SystemExit("the consumer needs REDIS_URL: pub/sub lives in Redis")
     publisher = bus.dependencies["publish"]
     assert isinstance(publisher, RedisEventPublisher)
-    consumer = Consumer(bus, client, config.commands_channel, publisher)
-    signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
+    listeners: list[Consumer | StreamConsumer] = [
+        Consumer(bus, client, config.commands_channel, publisher),
+        StreamConsumer(bus, client, config.commands_stream, publisher, consumer_name)]
+    signal.signal(signal.SIGTERM, lambda *_: [c.stop() for c in listeners])
+    threads = [threading.Thread(target=c.run, name=type(c).__name__) for c in listeners]
+    for thread in threads:
+        thread.start()
     try:
-        consumer.run()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.5)
     except KeyboardInterrupt:
-        consumer.stop()
+        for c in listeners:
+            c.stop()
