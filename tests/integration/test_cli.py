@@ -13,8 +13,10 @@ from tests.e2e.conftest import service_env
 
 
 def cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
-    # Synchronous durability: each command's ledger row is written before it returns.
-    env = service_env(dataclasses.replace(config, durability="sync"))
+    # Synchronous durability unless the test says otherwise: each command's ledger row is
+    # written before it returns.
+    env = service_env(config if args[0] == "drift" else
+                      dataclasses.replace(config, durability="sync"))
     return subprocess.run([sys.executable, "-m", "allocation.entrypoints.cli", *args],
                           env=env, capture_output=True, text=True, timeout=60)
 
@@ -56,3 +58,27 @@ def test_import_is_all_or_nothing_and_reports_bad_rows(service_config: Config, n
     result = cli(service_config, "import", namespace, str(clash))
     assert result.returncode == 1 and "s1" in result.stderr
     assert cli(service_config, "get", namespace, "new").returncode == 1
+
+
+def test_drift_reports_and_repairs(service_config: Config, namespace: str) -> None:
+    from allocation.bootstrap import bootstrap
+    from allocation.domain import commands
+
+    async_config = dataclasses.replace(service_config, durability="async")
+    bus = bootstrap(async_config)
+    for sku in ("a", "b", "c"):
+        bus.handle(commands.InitInventory(namespace, sku, 10))
+    bus.handle(commands.Decrement(namespace, "a", 2, "k"))  # unwritten: not drift
+    assert cli(async_config, "drift", namespace).returncode == 0
+    bus.dependencies["counter"].load(namespace, "b", 10, 7, 1)  # Redis says 7 were sold
+    found = cli(async_config, "drift", namespace)
+    assert found.returncode == 1
+    assert "b" in found.stdout and "(10, 0)" in found.stdout and "(10, 7)" in found.stdout
+    assert " a " not in found.stdout and "\na " not in found.stdout
+    settle = dataclasses.replace(async_config, durability="async")
+    from tests.integration.conftest import settle as drain
+    drain(bootstrap(settle))
+    repaired = cli(async_config, "drift", namespace, "--repair")
+    assert repaired.returncode == 0 and "repaired 1 items" in repaired.stdout
+    assert cli(async_config, "drift", namespace).returncode == 0
+    assert bus.dependencies["counter"].read(namespace, "b").consumed == 0

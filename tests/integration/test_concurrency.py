@@ -44,14 +44,15 @@ def assert_agrees(bus: MessageBus, engine: Engine, namespace: str, sold: int) ->
 
 @pytest.fixture(params=["sync", "async"])
 def durable(request: pytest.FixtureRequest, service_config: Config) -> Iterator[Config]:
-    """The configuration in each durability mode; in async mode a ledger worker runs."""
+    """The configuration in each durability mode; in async mode two ledger workers run."""
     config = dataclasses.replace(service_config, durability=request.param)
-    worker = None
-    if request.param == "async":
-        worker = ledger_worker.from_bus(bootstrap(config))
-        worker.start_thread()
+    workers = []
+    if request.param == "async":  # two workers share the outbox
+        workers = [ledger_worker.from_bus(bootstrap(config)) for _ in range(2)]
+        for worker in workers:
+            worker.start_thread()
     yield config
-    if worker is not None:
+    for worker in workers:
         worker.stop()
 
 

@@ -18,11 +18,11 @@ from tests.fakes import FakeStore, FakeUnitOfWork
 class FakeApp:
     """The Flask app over the fake unit of work and the in-process counter."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: Config | None = None) -> None:
         self.store = FakeStore()
         self.counter = InProcessCounter()
         self.published: list[events.Event] = []
-        self.bus = bootstrap(Config(), uow_factory=lambda: FakeUnitOfWork(self.store),
+        self.bus = bootstrap(config or Config(), uow_factory=lambda: FakeUnitOfWork(self.store),
                              counter=self.counter, publish=self.published.append)
         self.app: Flask = create_app(bus=self.bus)
         self.client: FlaskClient = self.app.test_client()

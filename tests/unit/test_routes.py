@@ -51,3 +51,18 @@ def test_unknown_routes_and_methods_answer_json(fake_app: FakeApp) -> None:
     assert body(fake_app.client.get("/nowhere"))["error"] == "not_found"
     r = fake_app.client.patch("/v1/ns/items/a")
     assert (r.status_code, body(r)["error"]) == (405, "method_not_allowed")
+
+
+def test_readyz_names_a_lagging_ledger_and_metrics_show_the_lag() -> None:
+    from allocation.config import Config
+    from tests.unit.conftest import FakeApp
+
+    lagging = FakeApp(Config(ledger_lag_threshold_seconds=-1))
+    lagging.client.put("/v1/ns/items/a", json={"total": 3})
+    lagging.client.post("/v1/ns/items/a/decrements", json={"qty": 1},
+                        headers={"Idempotency-Key": "k"})
+    ready = lagging.client.get("/readyz")
+    assert ready.status_code == 200 and body(ready)["ledger"].startswith("degraded: 1 ")
+    assert "allocation_ledger_lag_entries 1" in lagging.client.get("/metrics").text
+    lagging.drain()
+    assert body(lagging.client.get("/readyz")) == {"database": "ok", "redis": "ok"}

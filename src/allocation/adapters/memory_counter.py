@@ -31,6 +31,7 @@ class InProcessCounter(Counter):
         self._lock = threading.Lock()
         self._now = time.monotonic
         self.recorded: list[OutboxEntry] = []  # the outbox, drained by InProcessOutbox
+        self.recorded_at: dict[str, float] = {}
         self._ids = itertools.count(1)
 
     def apply(self, namespace: str, sku: str, kind: rules.Kind, qty: int,
@@ -60,9 +61,11 @@ class InProcessCounter(Counter):
                 item.seq += 1
                 outcome = Outcome(OK, item.total, item.consumed, seq=item.seq)
                 if record:
+                    entry_id = str(next(self._ids))
                     self.recorded.append(OutboxEntry(
-                        str(next(self._ids)), 0, namespace, sku, item.seq, kind, qty,
+                        entry_id, 0, namespace, sku, item.seq, kind, qty,
                         idempotency_key, item.total, item.consumed))
+                    self.recorded_at[entry_id] = time.time()
             if idempotency_key is not None:
                 self._remember((namespace, sku, idempotency_key), request, outcome)
             return outcome
@@ -153,13 +156,16 @@ class InProcessOutbox(Outbox):
             self.counter.recorded = [e for e in self.counter.recorded if e.id not in done]
             for i in done:
                 self._delivered.pop(i, None)
+                self.counter.recorded_at.pop(i, None)
 
     def dead_letter(self, entry: OutboxEntry, reason: str) -> None:
         self._dead.append((entry, reason))
 
     def backlog(self) -> tuple[int, float]:
         with self.counter._lock:
-            return len(self.counter.recorded), 0.0
+            oldest = min(self.counter.recorded_at.values(), default=None)
+            return (len(self.counter.recorded),
+                    0.0 if oldest is None else max(0.0, time.time() - oldest))
 
     def pending(self, namespace: str) -> dict[str, OutboxEntry]:
         with self.counter._lock:

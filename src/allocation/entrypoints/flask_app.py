@@ -229,7 +229,7 @@ def _ledger_state(bus: MessageBus, threshold_seconds: float) -> str:
         entries, age = bus.dependencies["outbox"].backlog()
     except errors.Unavailable as exc:
         return f"unavailable: {exc.message}"
-    if age > threshold_seconds:
+    if entries and age > threshold_seconds:
         return f"degraded: {entries} movements not yet in the ledger, oldest {age:.0f}s"
     return "ok"
 
