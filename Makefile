@@ -45,8 +45,14 @@ e2e: install services
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/mypy
+
+# Every contender in one run on this machine: a table, bench/results.json, bench/results.png.
+# BENCH=full for the long sizes; BENCH_ONLY=hot,http,many,refunds,refresh,drain for a subset.
+bench: install services
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ setup(
     install_requires=[
         "sqlalchemy>=2.0.25,<2.1",
         "alembic>=1.13,<2",
-        "redis>=5.0,<6",
+        "redis[hiredis]>=5.0,<6",
         "flask>=3.0,<4",
         "psycopg2-binary>=2.9.9,<3",
         "pydantic>=2.6,<3",
@@ -34,6 +34,7 @@ setup(
             "types-psycopg2",
             "types-redis>=4.6,<5",
         ],
+        "bench": ["matplotlib>=3.8,<4"],
     },
     entry_points={"console_scripts": ["allocation=allocation.entrypoints.cli:main"]},
 )

@@ -60,7 +60,8 @@ def bootstrap(
         counter = (InProcessCounter(config.idempotency_ttl_seconds) if redis_client is None
                    else RedisCounter(redis_client,
                                      KeySpace(config.redis_key_prefix, config.partitions),
-                                     config.idempotency_ttl_seconds))
+                                     config.idempotency_ttl_seconds,
+                                     events_channel=None if publish else config.events_channel))
     if publish is None:
         publish = (log_event if redis_client is None
                    else RedisEventPublisher(redis_client, config.events_channel))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -11,7 +12,9 @@ from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_outbox import RedisOutbox
 from allocation.domain import errors
+from allocation.domain.rules import Kind
 from tests.counter_contract import CounterContract, OutboxContract, counter_machine
+from tests.e2e.conftest import wait_until
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -63,3 +66,40 @@ class TestRedisOutbox(OutboxContract):
 
 
 TestRedisCounterMatchesTheDomain = counter_machine(make_redis_counter).TestCase
+
+
+def test_recorded_movements_publish_the_domain_events(redis_url: str, key_space: KeySpace
+                                                      ) -> None:
+    """The script publishes what domain.events.of_movement says, as the publisher would."""
+    from allocation.adapters.event_publisher import event_message
+    from allocation.domain import events
+
+    client = redis.Redis.from_url(redis_url)
+    channel = f"{key_space.prefix}:events:{uuid.uuid4().hex[:6]}"
+    listener = client.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(channel)
+    counter = RedisCounter(client, key_space, events_channel=channel)
+    ns = "ev-" + uuid.uuid4().hex[:6]
+    counter.load(ns, "s", 3, 0, 1)
+    moves: list[tuple[Kind, int, str | None]] = [
+        ("decrement", 2, "k1"), ("refund", 1, "r1"), ("adjust", -1, None),
+        ("decrement", 1, "k2"), ("decrement", 5, "k3")]  # the last is refused: no event
+    expected = []
+    for kind, qty, key in moves:
+        outcome = counter.apply(ns, "s", kind, qty, key, record=True)
+        if outcome.ok:
+            expected += [event_message(e) for e in events.of_movement(
+                kind, ns, "s", qty, key, outcome.total, outcome.consumed)]
+    got: list[dict[str, object]] = []
+
+    def arrived() -> bool:
+        message = listener.get_message(timeout=0.1)
+        if message is not None:
+            got.append(json.loads(message["data"]))
+        return len(got) >= len(expected)
+
+    wait_until(arrived, 10, "the published events")
+    assert got == expected
+    assert [e["event"] for e in got] == ["Decremented", "Refunded", "TotalAdjusted",
+                                        "Decremented", "SoldOut"]
+    listener.close()

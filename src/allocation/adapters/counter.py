@@ -18,6 +18,8 @@ def fingerprint(kind: Kind, qty: int) -> str:
 
 
 class Counter(abc.ABC):
+    # True when recording a movement also publishes its events (in the same atomic step).
+    publishes_events: bool = False
     @abc.abstractmethod
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
               idempotency_key: str | None, *, probe: bool = False,

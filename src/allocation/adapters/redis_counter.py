@@ -34,10 +34,13 @@ def _text(value: Any) -> str:
 
 class RedisCounter(Counter):
     def __init__(self, client: redis.Redis[bytes], keys: KeySpace,
-                 idempotency_ttl: int = 48 * 3600) -> None:
+                 idempotency_ttl: int = 48 * 3600, events_channel: str | None = None) -> None:
         self.client = client
         self.keys = keys
         self._ttl = idempotency_ttl
+        # Publishing from the script saves a round trip per movement.
+        self.events_channel = events_channel or ""
+        self.publishes_events = bool(events_channel)
         # register_script runs EVALSHA and reloads the script on NOSCRIPT.
         self._move = client.register_script(lua("move"))
         self._revert = client.register_script(lua("revert"))
@@ -52,7 +55,8 @@ class RedisCounter(Counter):
         with unavailable_on_connection_error():
             reply: Any = self._move(keys=keys, args=[
                 kind, qty, fingerprint(kind, qty), self._ttl, "1" if probe else "0",
-                "1" if record else "0", namespace, sku, idempotency_key or ""])
+                "1" if record else "0", namespace, sku, idempotency_key or "",
+                self.events_channel])
         status, total, consumed, replayed, seq = reply
         return Outcome(_text(status), int(total), int(consumed), replayed=bool(replayed),
                        seq=int(seq))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import multiprocess
 
-accesslog = "-"
+accesslog = os.environ.get("ACCESS_LOG") or None  # "-" for stdout; off by default: a write per request
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 graceful_timeout = 10
 

@@ -76,7 +76,7 @@ def _move(deps: Deps, namespace: str, sku: str, kind: Kind, qty: int,
         outcome = counter.apply(namespace, sku, kind, qty, key, record=True)
     if outcome.status in (FENCED, NOT_FOUND):
         raise errors.Unavailable(f"{namespace}/{sku} is being rebuilt; retry", retry_after=1)
-    if outcome.ok and not outcome.replayed:
+    if outcome.ok and not outcome.replayed and not counter.publishes_events:
         for event in events.of_movement(kind, namespace, sku, qty, key, outcome.total,
                                         outcome.consumed):
             try:

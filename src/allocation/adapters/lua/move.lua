@@ -2,7 +2,9 @@
 -- KEYS[1] item hash {total, consumed, seq, fenced}; KEYS[2] the partition's outbox stream;
 -- KEYS[3] (optional) the idempotency record.
 -- ARGV: kind, qty, fingerprint, ttl seconds, probe ("1": do not apply an allowed movement),
---       record ("1": append the movement to the outbox), namespace, sku, idempotency key.
+--       record ("1": append the movement to the outbox), namespace, sku, idempotency key,
+--       events channel (recorded movements publish their events there; "" for none).
+-- The events mirror allocation.domain.events.of_movement; a contract test holds them together.
 -- Returns {status, total, consumed, replayed, seq}. The rules mirror allocation.domain.rules.
 local kind, qty, fp, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local probe, record = ARGV[5] == '1', ARGV[6] == '1'
@@ -49,6 +51,26 @@ if status == 'ok' then
   if record then
     redis.call('XADD', KEYS[2], '*', 'ns', ARGV[7], 'sku', ARGV[8], 'seq', seq, 'kind', kind,
                'qty', qty, 'key', ARGV[9] or '', 'total', new_total, 'consumed', new_consumed)
+    local channel = ARGV[10] or ''
+    if channel ~= '' then
+      local key = cjson.null
+      if ARGV[9] ~= nil and ARGV[9] ~= '' then key = ARGV[9] end
+      local event = {namespace = ARGV[7], sku = ARGV[8], total = new_total,
+                     consumed = new_consumed, available = new_total - new_consumed,
+                     idempotency_key = key}
+      if kind == 'adjust' then
+        event.event = 'TotalAdjusted'
+        event.delta = qty
+      else
+        event.event = (kind == 'decrement') and 'Decremented' or 'Refunded'
+        event.qty = qty
+      end
+      redis.call('PUBLISH', channel, cjson.encode(event))
+      if kind == 'decrement' and new_total == new_consumed then
+        redis.call('PUBLISH', channel, cjson.encode({event = 'SoldOut', namespace = ARGV[7],
+          sku = ARGV[8], total = new_total, consumed = new_consumed, available = 0}))
+      end
+    end
   end
 end
 if keyed then

@@ -1,0 +1,384 @@
+"""The contenders, each running a scenario and checking its own correctness."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import requests
+from sqlalchemy import text
+
+from allocation.adapters import migrate
+from allocation.bootstrap import bootstrap
+from allocation.config import Config
+from allocation.domain import commands
+from bench.common import Result, Services, percentiles, run_threads, wait_for
+
+HERE = Path(__file__).parent
+SEED_VENV = HERE / ".seed-venv"
+
+
+def config(services: Services, durability: str) -> Config:
+    return Config(database_url=services.database_url, redis_url=services.redis_url,
+                  redis_key_prefix=services.prefix, durability=durability,
+                  db_pool_size=80, events_channel=f"{services.prefix}:events")
+
+
+def env(cfg: Config) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": cfg.database_url, "REDIS_URL": cfg.redis_url or "",
+            "REDIS_KEY_PREFIX": cfg.redis_key_prefix, "DURABILITY": cfg.durability,
+            "EVENTS_CHANNEL": cfg.events_channel, "DB_POOL_SIZE": "40"}
+
+
+def ledger_worker(cfg: Config) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "allocation.entrypoints.cli",
+                             "ledger-worker"], env=env(cfg), stderr=subprocess.DEVNULL)
+
+
+def _written(cfg: Config, namespace: str) -> tuple[int, int, int]:
+    bus = bootstrap(cfg)
+    engine = bus.dependencies["engine"]
+    with engine.connect() as conn:
+        consumed, rows, bad = conn.execute(text(
+            "SELECT (SELECT coalesce(sum(consumed), 0) FROM inventory_items "
+            "        WHERE namespace = :ns), "
+            "       (SELECT count(*) FROM inventory_ledger WHERE namespace = :ns "
+            "        AND kind IN ('decrement', 'refund')), "
+            "       (SELECT count(*) FROM inventory_items i WHERE namespace = :ns AND "
+            "        last_seq <> (SELECT count(*) FROM inventory_ledger l "
+            "        WHERE l.namespace = i.namespace AND l.sku = i.sku))"),
+            {"ns": namespace}).one()
+    engine.dispose()
+    return int(consumed), int(rows), int(bad)
+
+
+def ours(services: Services, durability: str, scenario: str, items: int, stock: int,
+         buyers: int, refunds: float = 0.0) -> Result:
+    """This project in-process through the bus; in async mode a ledger worker process writes."""
+    cfg = config(services, durability)
+    bus = bootstrap(cfg)
+    ns = f"{scenario}-{durability}"
+    skus = [f"i{n}" for n in range(items)]
+    bus.handle(commands.InitMany(ns, tuple((s, stock) for s in skus)))
+    worker = ledger_worker(cfg) if durability == "async" else None
+
+    def buyer(i: int) -> tuple[int, list[float]]:
+        rng = random.Random(i)
+        mine: list[str] = []
+        latencies: list[float] = []
+        sold_out: set[str] = set()
+        n = 0
+        while len(sold_out) < len(skus):
+            sku = skus[0] if len(skus) == 1 else rng.choice(skus)
+            if sku in sold_out:
+                continue
+            n += 1
+            t0 = time.perf_counter()
+            if mine and rng.random() < refunds:
+                bus.handle(commands.Refund(ns, mine.pop(), 1, f"r{i}-{n}"))
+            else:
+                outcome = bus.handle(commands.Decrement(ns, sku, 1, f"b{i}-{n}"))
+                if outcome.ok:
+                    mine.append(sku)
+                else:
+                    sold_out.add(sku)
+            latencies.append(time.perf_counter() - t0)
+        return n, latencies
+
+    ops, latencies, seconds = run_threads(buyers, buyer)
+    p50, p99 = percentiles(latencies)
+    result = Result(scenario, f"allocation in-process ({durability})", ops, seconds, p50, p99)
+    live = bus.dependencies["counter"].read_many(ns, skus)
+    if any(o is None or o.consumed != o.total for o in live):
+        result.checks.append("not every unit sold")
+    drained = wait_for(lambda: _written(cfg, ns)[0] == items * stock, 120)
+    if worker is not None:
+        worker.terminate()
+        worker.wait(timeout=30)
+    consumed, rows, gaps = _written(cfg, ns)
+    if not drained or consumed != items * stock:
+        result.checks.append(f"ledger holds {consumed} of {items * stock} sold")
+    if gaps:
+        result.checks.append(f"{gaps} items' seq has gaps")
+    result.note = f"{rows} ledger rows"
+    bus.dependencies["engine"].dispose()
+    return result
+
+
+def plain_postgres(services: Services, scenario: str, items: int, stock: int,
+                   buyers: int, refunds: float = 0.0) -> Result:
+    """A conditional UPDATE plus a ledger INSERT, one transaction per purchase."""
+    dsn = services.database_url
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS plain_items (sku text PRIMARY KEY, "
+                    "total bigint, consumed bigint)")
+        cur.execute("CREATE TABLE IF NOT EXISTS plain_ledger (id bigserial PRIMARY KEY, "
+                    "sku text, qty bigint, created_at timestamptz DEFAULT now())")
+        cur.execute("TRUNCATE plain_items, plain_ledger")
+        cur.executemany("INSERT INTO plain_items VALUES (%s, %s, 0)",
+                        [(f"i{n}", stock) for n in range(items)])
+    skus = [f"i{n}" for n in range(items)]
+
+    def buyer(i: int) -> tuple[int, list[float]]:
+        rng = random.Random(i)
+        conn = psycopg2.connect(dsn)
+        cur = conn.cursor()
+        mine: list[str] = []
+        latencies: list[float] = []
+        sold_out: set[str] = set()
+        n = 0
+        while len(sold_out) < len(skus):
+            sku = skus[0] if len(skus) == 1 else rng.choice(skus)
+            if sku in sold_out:
+                continue
+            n += 1
+            t0 = time.perf_counter()
+            if mine and rng.random() < refunds:
+                back = mine.pop()
+                cur.execute("UPDATE plain_items SET consumed = consumed - 1 WHERE sku = %s "
+                            "AND consumed >= 1", (back,))
+                cur.execute("INSERT INTO plain_ledger (sku, qty) VALUES (%s, 1)", (back,))
+            else:
+                cur.execute("UPDATE plain_items SET consumed = consumed + 1 WHERE sku = %s "
+                            "AND total - consumed >= 1 RETURNING consumed", (sku,))
+                if cur.fetchone() is None:
+                    sold_out.add(sku)
+                else:
+                    cur.execute("INSERT INTO plain_ledger (sku, qty) VALUES (%s, -1)", (sku,))
+                    mine.append(sku)
+            conn.commit()
+            latencies.append(time.perf_counter() - t0)
+        conn.close()
+        return n, latencies
+
+    ops, latencies, seconds = run_threads(buyers, buyer)
+    p50, p99 = percentiles(latencies)
+    result = Result(scenario, "plain PostgreSQL", ops, seconds, p50, p99)
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT sum(consumed), sum(total), count(*) FILTER (WHERE consumed > total)"
+                    " FROM plain_items")
+        consumed, total, over = cur.fetchone() or (0, 0, 0)
+        cur.execute("SELECT coalesce(-sum(qty), 0) FROM plain_ledger")
+        (net,) = cur.fetchone() or (0,)
+    if over or consumed != total:
+        result.checks.append("oversold or unsold stock")
+    if net != consumed:
+        result.checks.append(f"ledger net {net} != consumed {consumed}")
+    return result
+
+
+def ensure_seed_venv() -> Path:
+    python = SEED_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(SEED_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q",
+                        "inventory-manager==0.0.9.dev0", "sqlalchemy>=1.4,<2", "redis<6",
+                        "psycopg2-binary", "flask<4", "gunicorn<24"], check=True)
+    return python
+
+
+def seed(services: Services, scenario: str, items: int, stock: int, buyers: int,
+         refunds: float = 0.0) -> Result:
+    """The seed library's usage_decr / usage_incr, in its own virtualenv."""
+    prefix = f"{services.prefix}_{scenario}".replace("-", "_").replace(" ", "_") \
+        .replace(",", "").replace("%", "pc")
+    args = {"database_url": services.database_url, "redis_url": services.redis_url,
+            "prefix": prefix, "threads": buyers, "items": items, "stock": stock,
+            "refunds": refunds, "scenario": scenario}
+    out = subprocess.run([str(ensure_seed_venv()), str(HERE / "seed_driver.py"),
+                          json.dumps(args)], capture_output=True, text=True, timeout=1800,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if out.returncode != 0:
+        return Result(scenario, "seed inventory-manager", 0, 0.0,
+                      checks=[f"crashed: {out.stderr.strip().splitlines()[-1:]}"])
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    result = Result(scenario, "seed inventory-manager", data["ops"], data["seconds"],
+                    data.get("p50_ms"), data.get("p99_ms"))
+    if scenario != "refresh_all":
+        sold_net = data["sold"] - data["refunded"]
+        if sold_net != items * stock:
+            result.checks.append(f"sold {sold_net} of {items * stock}")
+        if data["ledger_net"] != sold_net:
+            result.checks.append(f"ledger net {data['ledger_net']} != sold {sold_net}")
+        if any(left is None or left < 0 for left in data["left"]):
+            result.checks.append("counter left negative")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(argv: list[str], environment: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(argv, env=environment, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+
+    def up() -> bool:
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    if not wait_for(up, 60):
+        server.kill()
+        raise RuntimeError(f"server {argv} did not start")
+    return server
+
+
+def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
+    """Over HTTP with gunicorn (workers = cores), driven by wrk from another process for a fixed
+    time on one item whose stock does not run out. Checked on the server's side afterwards."""
+    port = free_port()
+    workers = str(os.cpu_count() or 2)
+    stock = 10_000_000
+    cfg = config(services, "async")
+    worker = None
+    if who == "allocation":
+        bus = bootstrap(cfg)
+        bus.handle(commands.InitInventory("http", "hot", stock))
+        bus.dependencies["engine"].dispose()
+        worker = ledger_worker(cfg)
+        server = _serve([sys.executable, "-m", "allocation.entrypoints.cli", "serve",
+                         "--port", str(port), "--workers", workers, "--threads", "16"],
+                        env(cfg), port)
+        path, name = "/v1/http/items/hot/decrements", "allocation over HTTP (async)"
+    else:
+        prefix = f"{services.prefix.replace('-', '_')}_http"
+        args = {"database_url": services.database_url, "redis_url": services.redis_url,
+                "prefix": prefix, "threads": 16, "items": 1, "stock": stock,
+                "scenario": "init", "refunds": 0}
+        python = ensure_seed_venv()
+        subprocess.run([str(python), str(HERE / "seed_driver.py"), json.dumps(args)],
+                       check=True, capture_output=True)
+        server = _serve([str(python), "-m", "gunicorn", "--chdir", str(HERE), "--bind",
+                         f"127.0.0.1:{port}", "--workers", workers, "--threads", "16",
+                         "--worker-class", "gthread", "seed_app:app"],
+                        {**os.environ, "SEED_ARGS": json.dumps(args),
+                         "PYTHONWARNINGS": "ignore"}, port)
+        path, name = "/buy/hot", "seed inventory-manager over HTTP"
+    try:
+        load = _wrk(port, path, buyers, seconds)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    result = Result("hot item over HTTP", name, sum(load["counts"].values()), load["seconds"],
+                    load["p50_ms"], load["p99_ms"])
+    if load["counts"]["other"] or load["counts"]["sold_out"]:
+        result.checks.append(f"unexpected answers: {load['counts']}")
+    if who == "allocation":
+        live = bootstrap(cfg).dependencies["counter"].read("http", "hot")
+        sold = 0 if live is None else live.consumed
+        if not wait_for(lambda: _written(cfg, "http")[1] == sold, 120):
+            result.checks.append(f"ledger rows != {sold} sold")
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+    else:
+        sold, rows = _seed_http_figures(services, prefix, stock)
+        if rows != sold:
+            result.checks.append(f"seed ledger rows {rows} != {sold} sold")
+    if sold < load["counts"]["ok"] or sold > stock:
+        result.checks.append(f"{sold} sold on the server, {load['counts']['ok']} answered ok")
+    result.note = f"{sold} sold"
+    return result
+
+
+def _seed_http_figures(services: Services, prefix: str, stock: int) -> tuple[int, int]:
+    import redis
+
+    left = redis.Redis.from_url(services.redis_url).get(f"InventoryManager.{prefix}.hot")
+    with psycopg2.connect(services.database_url) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {prefix}_inventory_usage_record")
+        (rows,) = cur.fetchone() or (0,)
+    return stock - int(left or 0), int(rows)
+
+
+def _wrk(port: int, path: str, connections: int, seconds: int) -> dict[str, Any]:
+    """wrk from another process: 2 threads, ``connections`` buyers, for ``seconds``."""
+    if not shutil.which("wrk"):
+        raise RuntimeError("the HTTP scenario needs wrk (apt-get install wrk)")
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+                          "-s", str(HERE / "wrk_sale.lua"), f"http://127.0.0.1:{port}", "--",
+                          path], capture_output=True, text=True, timeout=300)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("WRK "))
+    data = json.loads(line[4:])
+    return {"counts": {"ok": data["ok"], "sold_out": data["sold_out"],
+                       "other": data["other"] + data["errors"]},
+            "seconds": data["seconds"], "p50_ms": round(data["p50_ms"], 3),
+            "p99_ms": round(data["p99_ms"], 3)}
+
+
+def refresh_all(services: Services, items: int) -> Result:
+    """Rebuild a namespace's counters from the database (async mode: fenced, batched)."""
+    cfg = config(services, "async")
+    bus = bootstrap(cfg)
+    engine = bus.dependencies["engine"]
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO inventory_items (namespace, sku, total, consumed, last_seq, version) "
+            "SELECT 'refresh', 's' || lpad(g::text, 7, '0'), 10, 0, 0, 1 "
+            "FROM generate_series(1, :n) g"), {"n": items})
+    began = time.perf_counter()
+    progress = bus.handle(commands.RefreshAll("refresh", batch_size=2000))
+    seconds = time.perf_counter() - began
+    result = Result("refresh_all", "allocation", progress.refreshed, seconds)
+    held = bus.dependencies["counter"].read_many("refresh", ["s0000001", f"s{items:07}"])
+    if progress.refreshed != items or any(h is None or h.total != 10 for h in held):
+        result.checks.append("not every item rebuilt")
+    engine.dispose()
+    return result
+
+
+def ledger_drain(services: Services, entries: int) -> Result:
+    """Time the worker writing a backlog of recorded movements to PostgreSQL."""
+    from allocation.entrypoints.ledger_worker import LedgerWorker
+
+    cfg = config(services, "async")
+    bus = bootstrap(cfg)
+    items = 100
+    bus.handle(commands.InitMany("drain", tuple((f"d{n}", entries) for n in range(items))))
+    counter = bus.dependencies["counter"]
+    pipe_counter = counter  # record the backlog quickly: many clients' worth of sales
+    run_threads(8, lambda i: (sum(pipe_counter.apply("drain", f"d{(i * 7919 + n) % items}",
+                                                     "decrement", 1, f"k{i}-{n}",
+                                                     record=True).ok
+                                  for n in range(entries // 8)), []))
+    backlog = bus.dependencies["outbox"].backlog()[0]
+    worker = LedgerWorker(bus.dependencies["outbox"], bus.uow_factory, batch_size=2000)
+    began = time.perf_counter()
+    while worker.run_once():
+        pass
+    seconds = time.perf_counter() - began
+    result = Result("ledger drain", "allocation ledger worker", worker.written, seconds)
+    if worker.written != backlog or backlog != entries // 8 * 8:
+        result.checks.append(f"wrote {worker.written} of a {backlog} backlog")
+    consumed, _, gaps = _written(cfg, "drain")
+    if consumed != backlog or gaps:
+        result.checks.append("ledger and items disagree")
+    bus.dependencies["engine"].dispose()
+    return result
+
+
+def migrate_schema(services: Services) -> None:
+    migrate.upgrade(services.database_url)
+
+
+def scenarios_for(mode: str) -> dict[str, Any]:
+    full = mode == "full"
+    return {"hot_stock": 10_000 if full else 3_000, "buyers": 64,
+            "many_items": 1_000, "many_stock": 10 if full else 3,
+            "refund_stock": 10_000 if full else 3_000,
+            "refresh_items": 100_000 if full else 20_000,
+            "seed_refresh_items": 10_000 if full else 2_000,
+            "drain_entries": 100_000 if full else 20_000}

@@ -1,0 +1,42 @@
+-- wrk: buy one unit per request, each with its own Idempotency-Key, for the whole duration
+-- (the stock is set so it does not run out). Prints a JSON summary line for contenders.py.
+local threads = {}
+local counter = 0
+
+function setup(thread)
+  counter = counter + 1
+  thread:set("id", counter)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  n, ok, sold_out, other = 0, 0, 0, 0
+  path = args[1]
+end
+
+function request()
+  n = n + 1
+  return wrk.format("POST", path, {["Content-Type"] = "application/json",
+                                   ["Idempotency-Key"] = "w" .. id .. "-" .. n},
+                    '{"qty": 1}')
+end
+
+function response(status, headers, body)
+  if status == 200 then ok = ok + 1
+  elseif status == 409 then sold_out = sold_out + 1
+  else other = other + 1 end
+end
+
+function done(summary, latency, requests)
+  local o, s, x = 0, 0, 0
+  for _, t in ipairs(threads) do
+    o = o + t:get("ok"); s = s + t:get("sold_out"); x = x + t:get("other")
+  end
+  io.write(string.format(
+    'WRK {"ok": %d, "sold_out": %d, "other": %d, "requests": %d, "seconds": %f, ' ..
+    '"p50_ms": %f, "p99_ms": %f, "errors": %d}\n',
+    o, s, x, summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e3,
+    latency:percentile(99) / 1e3,
+    summary.errors.connect + summary.errors.read + summary.errors.write +
+    summary.errors.timeout))
+end
