@@ -51,7 +51,6 @@ lint: install
 # Every contender in one run on this machine: a table, bench/results.json, bench/results.png.
 # BENCH=full for the long sizes; BENCH_ONLY=hot,http,many,refunds,refresh,drain for a subset.
 bench: install services
-	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m bench.run
 
 clean:

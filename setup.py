@@ -33,8 +33,8 @@ setup(
             "types-requests",
             "types-psycopg2",
             "types-redis>=4.6,<5",
+            "matplotlib>=3.8,<4",  # bench charts; here so lint sees the same packages everywhere
         ],
-        "bench": ["matplotlib>=3.8,<4"],
     },
     entry_points={"console_scripts": ["allocation=allocation.entrypoints.cli:main"]},
 )
