@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from allocation.adapters.counter import Counter, Figures, fingerprint
+from allocation.adapters.redis_batch import ScriptBatcher
 from allocation.adapters.redis_keys import KeySpace
 from allocation.domain import errors
 from allocation.domain.outcome import OK, Outcome
@@ -41,8 +42,8 @@ class RedisCounter(Counter):
         # Publishing from the script saves a round trip per movement.
         self.events_channel = events_channel or ""
         self.publishes_events = bool(events_channel)
-        # register_script runs EVALSHA and reloads the script on NOSCRIPT.
-        self._move = client.register_script(lua("move"))
+        # EVALSHA, reloading the script on NOSCRIPT; concurrent movements share round trips.
+        self._move = ScriptBatcher(client, lua("move"))
         self._revert = client.register_script(lua("revert"))
         self._fence = client.register_script(lua("fence"))
 
