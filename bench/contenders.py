@@ -189,8 +189,8 @@ def ensure_seed_venv() -> Path:
 def seed(services: Services, scenario: str, items: int, stock: int, buyers: int,
          refunds: float = 0.0) -> Result:
     """The seed library's usage_decr / usage_incr, in its own virtualenv."""
-    prefix = f"{services.prefix}_{scenario}".replace("-", "_").replace(" ", "_") \
-        .replace(",", "").replace("%", "pc")
+    # Short: the seed names tables after it, and PostgreSQL stops at 63 characters.
+    prefix = f"s{services.prefix[-8:]}_{abs(hash(scenario)) % 10_000}"
     args = {"database_url": services.database_url, "redis_url": services.redis_url,
             "prefix": prefix, "threads": buyers, "items": items, "stock": stock,
             "refunds": refunds, "scenario": scenario}

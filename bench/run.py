@@ -119,8 +119,10 @@ def chart(rows: list[dict[str, object]], path: Path) -> None:
     left.set_xscale("log")
     left.set_xlabel("operations/s (log; red = failed its checks)")
     left.invert_yaxis()
-    right.barh(labels, [float(r["p99_ms"] or 0) for r in rows], color=colours)  # type: ignore[arg-type]
-    right.set_xscale("log")
+    p99 = [float(r["p99_ms"] or 0) for r in rows]  # type: ignore[arg-type]
+    right.barh(labels, p99, color=colours)
+    if any(p99):
+        right.set_xscale("log")
     right.set_xlabel("p99 latency, ms (log)")
     right.invert_yaxis()
     right.set_yticklabels([])

@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import registry
 
-from allocation.domain.model import InventoryItem, LedgerEntry
+from allocation.domain.model import InventoryItem
 
 metadata = MetaData()
 mapper_registry = registry(metadata=metadata)
@@ -73,7 +73,8 @@ def start_mappers() -> None:
         InventoryItem, items, version_id_col=items.c.version,
         exclude_properties=["created_at", "updated_at"],
     )
-    mapper_registry.map_imperatively(LedgerEntry, ledger)
+    # LedgerEntry stays a plain dataclass: the ledger is written with multi-row INSERT / COPY and
+    # read with Core selects; mapping it would only add per-object bookkeeping.
     event.listen(InventoryItem, "load", _fresh_collections)
 
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import Session
 
 from allocation.adapters import orm
 from allocation.domain.model import InventoryItem, LedgerEntry
+
+ENTRY_COLUMNS = [orm.ledger.c[name] for name in (
+    "namespace", "sku", "seq", "kind", "qty", "total_after", "available_after", "idempotency_key",
+    "created_at")]
 
 
 class AbstractRepository(abc.ABC):
@@ -40,6 +45,13 @@ class AbstractRepository(abc.ABC):
         self.seen.update(found.values())
         return found
 
+    def lock_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], InventoryItem]:
+        """Lock and load many items at once, in one order (namespace, sku): the existing ones."""
+        found = {key: item for key in sorted(set(keys))
+                 if (item := self._get(key[0], key[1], True)) is not None}
+        self.seen.update(found.values())
+        return found
+
     @abc.abstractmethod
     def list(self, namespace: str, after: str | None, limit: int,
              *, lock: bool = False) -> Sequence[InventoryItem]:
@@ -67,6 +79,16 @@ class SqlAlchemyRepository(AbstractRepository):
             query = query.with_for_update()
         return self.session.scalars(query).one_or_none()
 
+    def lock_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], InventoryItem]:
+        wanted = sorted(set(keys))
+        rows = self.session.scalars(
+            select(InventoryItem)
+            .where(tuple_(orm.items.c.namespace, orm.items.c.sku).in_(wanted))
+            .order_by(orm.items.c.namespace, orm.items.c.sku)
+            .with_for_update()).all()
+        self.seen.update(rows)
+        return {(row.namespace, row.sku): row for row in rows}
+
     def many(self, namespace: str, skus: Sequence[str]) -> dict[str, InventoryItem]:
         rows = self.session.scalars(select(InventoryItem).where(
             orm.items.c.namespace == namespace, orm.items.c.sku.in_(list(skus)))).all()
@@ -84,15 +106,18 @@ class SqlAlchemyRepository(AbstractRepository):
         return self.session.scalars(query).all()
 
     def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None:
-        return self.session.scalars(
-            select(LedgerEntry).filter_by(namespace=namespace, sku=sku, idempotency_key=key)
-        ).one_or_none()
+        found = self._entries(select(*ENTRY_COLUMNS).where(
+            orm.ledger.c.namespace == namespace, orm.ledger.c.sku == sku,
+            orm.ledger.c.idempotency_key == key))
+        return found[0] if found else None
 
     def ledger(self, namespace: str, sku: str, after_seq: int,
                limit: int) -> Sequence[LedgerEntry]:
-        return self.session.scalars(
-            select(LedgerEntry)
+        return self._entries(
+            select(*ENTRY_COLUMNS)
             .where(orm.ledger.c.namespace == namespace, orm.ledger.c.sku == sku,
                    orm.ledger.c.seq > after_seq)
-            .order_by(orm.ledger.c.seq).limit(limit)
-        ).all()
+            .order_by(orm.ledger.c.seq).limit(limit))
+
+    def _entries(self, query: Select[Any]) -> Sequence[LedgerEntry]:
+        return [LedgerEntry(**row) for row in self.session.execute(query).mappings()]

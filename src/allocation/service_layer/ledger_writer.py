@@ -36,9 +36,10 @@ def write_batch(entries: list[OutboxEntry], uow: AbstractUnitOfWork,
     for entry in entries:
         by_item[(entry.namespace, entry.sku)].append(entry)
     with uow:
-        # Rows are locked in one order by every worker: no deadlocks between them.
+        # One statement locks the batch's rows, in one order for every worker: no deadlocks.
+        locked = uow.items.lock_many(list(by_item))
         for (namespace, sku) in sorted(by_item):
-            item = uow.items.get(namespace, sku, lock=True)
+            item = locked.get((namespace, sku))
             if item is None:
                 result.orphans.extend(by_item[(namespace, sku)])
                 continue

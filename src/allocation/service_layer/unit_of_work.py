@@ -10,6 +10,7 @@ from types import TracebackType
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
+from allocation.adapters import ledger_rows as ledger_writer
 from allocation.adapters.repository import AbstractRepository, SqlAlchemyRepository
 from allocation.domain import errors, events
 
@@ -96,13 +97,17 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             raise Conflict(str(exc.orig)) from exc
 
     def _commit(self) -> None:
+        entries = [e for item in self.items.seen for e in item.new_entries]
         for item in self.items.seen:
-            self.session.add_all(item.new_entries)
             item.new_entries = []
         try:
+            self.session.flush()  # the items first: the ledger's foreign key wants them
+            if entries:
+                ledger_writer.append(self.session.connection(), entries)
             self.session.commit()
         except sa_exc.IntegrityError as exc:
             raise Conflict(str(exc.orig)) from exc
 
     def rollback(self) -> None:
         self.session.rollback()
+

@@ -1,0 +1,41 @@
+"""Appending ledger rows: COPY on PostgreSQL (several times cheaper per row than INSERT), one
+multi-row INSERT elsewhere. The ledger is append-only and never read back by the writer."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, insert
+
+from allocation.adapters import orm
+from allocation.domain.model import LedgerEntry
+
+COLUMNS = ("namespace", "sku", "seq", "kind", "qty", "total_after", "available_after",
+           "idempotency_key", "created_at")
+
+
+def append(connection: Connection, entries: Sequence[LedgerEntry]) -> None:
+    if connection.dialect.name == "postgresql" and len(entries) > 8:
+        _copy(connection, entries)
+    else:
+        connection.execute(insert(orm.ledger), [
+            {name: getattr(e, name) for name in COLUMNS} for e in entries])
+
+
+def _copy(connection: Connection, entries: Sequence[LedgerEntry]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for e in entries:
+        # A key is never empty (1..128 characters), so "" can stand for NULL.
+        writer.writerow((e.namespace, e.sku, e.seq, e.kind, e.qty, e.total_after,
+                         e.available_after, e.idempotency_key or "", e.created_at.isoformat()))
+    buffer.seek(0)
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.copy_expert(
+            f"COPY inventory_ledger ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv, "
+            "NULL '')", buffer)
+    finally:
+        cursor.close()
