@@ -70,12 +70,12 @@ def ours(services: Services, durability: str, scenario: str, items: int, stock: 
     skus = [f"i{n}" for n in range(items)]
     bus.handle(commands.InitMany(ns, tuple((s, stock) for s in skus)))
     worker = ledger_worker(cfg) if durability == "async" else None
+    sold_out: set[str] = set()  # what buyers learn is sold out, they all know (a storefront)
 
     def buyer(i: int) -> tuple[int, list[float]]:
         rng = random.Random(i)
         mine: list[str] = []
         latencies: list[float] = []
-        sold_out: set[str] = set()
         n = 0
         while len(sold_out) < len(skus):
             sku = skus[0] if len(skus) == 1 else rng.choice(skus)
@@ -127,6 +127,7 @@ def plain_postgres(services: Services, scenario: str, items: int, stock: int,
         cur.executemany("INSERT INTO plain_items VALUES (%s, %s, 0)",
                         [(f"i{n}", stock) for n in range(items)])
     skus = [f"i{n}" for n in range(items)]
+    sold_out: set[str] = set()
 
     def buyer(i: int) -> tuple[int, list[float]]:
         rng = random.Random(i)
@@ -134,7 +135,6 @@ def plain_postgres(services: Services, scenario: str, items: int, stock: int,
         cur = conn.cursor()
         mine: list[str] = []
         latencies: list[float] = []
-        sold_out: set[str] = set()
         n = 0
         while len(sold_out) < len(skus):
             sku = skus[0] if len(skus) == 1 else rng.choice(skus)

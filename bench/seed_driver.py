@@ -29,12 +29,12 @@ def manager(args):
 def buyers(mgr, args, items, refund_share):
     latencies, done, lock = [], [0, 0, 0], threading.Lock()  # sold, refunded, ops
     barrier = threading.Barrier(args["threads"] + 1)
+    sold_out = set()  # shared by the buyers, as in bench/contenders.py
 
     def run(i):
         rng = random.Random(i)
         mine, local = [], []
         barrier.wait()
-        sold_out = set()
         while len(sold_out) < len(items):
             item = items[0] if len(items) == 1 else rng.choice(items)
             if item in sold_out:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from allocation.adapters.repository import AbstractRepository
 from allocation.domain.model import InventoryItem, LedgerEntry
-from allocation.service_layer.unit_of_work import AbstractUnitOfWork
+from allocation.service_layer.unit_of_work import AbstractUnitOfWork, Conflict
 
 
 class FakeStore:
@@ -71,6 +71,12 @@ class FakeUnitOfWork(AbstractUnitOfWork):
             self.store.fail_next_commit = False
             raise ConnectionError("the fake database went away")
         assert isinstance(self.items, FakeRepository)
+        written = {(e.namespace, e.sku, e.idempotency_key) for e in self.store.ledger
+                   if e.idempotency_key is not None}
+        fresh = [(e.namespace, e.sku, e.idempotency_key) for item in self.items.staged.values()
+                 for e in item.new_entries if e.idempotency_key is not None]
+        if written & set(fresh) or len(set(fresh)) != len(fresh):
+            raise Conflict("the ledger has this idempotency key already")
         for key, item in self.items.staged.items():
             self.store.ledger.extend(dataclasses.replace(e) for e in item.new_entries)
             item.new_entries = []

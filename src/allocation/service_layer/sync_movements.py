@@ -17,7 +17,7 @@ from allocation.domain.model import InventoryItem
 from allocation.domain.outcome import NOT_FOUND, OK, PENDING, Outcome
 from allocation.domain.rules import Kind
 from allocation.service_layer.results import RefreshProgress
-from allocation.service_layer.unit_of_work import AbstractUnitOfWork
+from allocation.service_layer.unit_of_work import AbstractUnitOfWork, Conflict
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,23 @@ def refund(cmd: commands.Refund, uow: AbstractUnitOfWork, counter: Counter) -> O
 
 def _move(uow: AbstractUnitOfWork, counter: Counter, namespace: str, sku: str, kind: Kind,
           qty: int, key: str | None) -> Outcome:
+    try:
+        return _move_locked(uow, counter, namespace, sku, kind, qty, key)
+    except Conflict:
+        # The ledger's unique key has this one: Redis forgot it (it lost its data) and the
+        # request is a retry. Answer it as the replay it is.
+        if key is None:
+            raise
+        with uow:
+            entry = uow.items.entry_for_key(namespace, sku, key)
+        if entry is None:
+            raise
+        return Outcome(OK, entry.total_after, entry.total_after - entry.available_after,
+                       replayed=True)
+
+
+def _move_locked(uow: AbstractUnitOfWork, counter: Counter, namespace: str, sku: str,
+                 kind: Kind, qty: int, key: str | None) -> Outcome:
     probe = counter.apply(namespace, sku, kind, qty, key, probe=True)
     if probe.status not in (PENDING, NOT_FOUND):
         return probe  # a replay or a refusal: final, nothing to record
@@ -43,10 +60,6 @@ def _move(uow: AbstractUnitOfWork, counter: Counter, namespace: str, sku: str, k
         item = uow.items.get(namespace, sku, lock=True)
         if item is None:
             raise errors.NotFound(f"no item {namespace}/{sku}")
-        if key is not None and (entry := uow.items.entry_for_key(namespace, sku, key)):
-            # The counter forgot this key (it lost its data) but the ledger has it.
-            return Outcome(OK, entry.total_after, entry.total_after - entry.available_after,
-                           replayed=True)
         outcome = counter.apply(namespace, sku, kind, qty, key)
         if outcome.status == NOT_FOUND:
             counter.load(namespace, sku, item.total, item.consumed, item.last_seq)
@@ -70,6 +83,7 @@ def _move(uow: AbstractUnitOfWork, counter: Counter, namespace: str, sku: str, k
             counter.revert(namespace, sku, kind, qty, key)  # the client hears an error
             raise
         return Outcome(OK, item.total, item.consumed)
+
 
 
 def _apply(item: InventoryItem, kind: Kind, qty: int, key: str | None) -> None:
