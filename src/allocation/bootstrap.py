@@ -8,7 +8,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
@@ -19,6 +18,7 @@ from allocation.adapters.event_publisher import RedisEventPublisher, log_event
 from allocation.adapters.locks import InProcessItemLocks, ItemLocks, PostgresItemLocks
 from allocation.adapters.memory_counter import InProcessCounter, InProcessOutbox
 from allocation.adapters.outbox import Outbox
+from allocation.adapters.redis_client import RedisClient, connect
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_outbox import RedisOutbox
@@ -42,7 +42,7 @@ def bootstrap(
     uow_factory: Callable[[], AbstractUnitOfWork] | None = None,
     counter: Counter | None = None,
     publish: Callable[[events.Event], None] | None = None,
-    redis_client: redis.Redis[bytes] | None = None,
+    redis_client: RedisClient | None = None,
 ) -> MessageBus:
     config = config or Config.from_env()
     engine: Engine | None = None
@@ -54,8 +54,7 @@ def bootstrap(
         write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
         uow_factory = functools.partial(SqlAlchemyUnitOfWork, session_factory, write_lock)
     if redis_client is None and config.redis_url is not None:
-        redis_client = redis.Redis.from_url(config.redis_url, socket_timeout=5,
-                                            socket_connect_timeout=2, health_check_interval=30)
+        redis_client = connect(config.redis_url)
     if counter is None:
         counter = (InProcessCounter(config.idempotency_ttl_seconds) if redis_client is None
                    else RedisCounter(redis_client,

@@ -150,6 +150,18 @@ class TestDecrement:
         assert again.replayed and again.consumed == 4
         assert app.figures() == (10, 4) and len(app.kinds()) == 2
 
+    def test_a_movement_redis_applied_but_whose_reply_was_lost_is_recorded_on_retry(
+            self, app: App) -> None:
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        # The first attempt reached Redis; its reply (and, in sync mode, the commit) did not.
+        app.counter.apply("ns", "sku", "decrement", 3, "k1",
+                          record=app.durability == "async")
+        retry = app.bus.handle(commands.Decrement("ns", "sku", 3, "k1"))
+        assert retry.ok and retry.consumed == 3
+        assert app.figures() == (10, 3)  # the acknowledged sale is in the record, once
+        assert [k for k in app.kinds() if k[1] == "decrement"] == [(2, "decrement", 3)]
+        assert app.live().consumed == 3
+
     @sync_only
     def test_a_counter_that_drifted_is_corrected_by_the_record(self, app: App) -> None:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))

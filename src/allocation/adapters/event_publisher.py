@@ -7,8 +7,7 @@ import json
 import logging
 from typing import Any
 
-import redis
-
+from allocation.adapters.redis_client import RedisClient
 from allocation.domain import events
 
 logger = logging.getLogger(__name__)
@@ -20,7 +19,7 @@ def event_message(event: events.Event) -> dict[str, Any]:
 
 
 class RedisEventPublisher:
-    def __init__(self, client: redis.Redis[bytes], channel: str) -> None:
+    def __init__(self, client: RedisClient, channel: str) -> None:
         self.client = client
         self.channel = channel
 

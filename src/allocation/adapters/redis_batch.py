@@ -16,6 +16,8 @@ from typing import Any
 
 import redis
 
+from allocation.adapters.redis_client import RedisClient
+
 
 @dataclass
 class _Call:
@@ -28,7 +30,7 @@ class _Call:
 
 
 class ScriptBatcher:
-    def __init__(self, client: redis.Redis[bytes], script: str, max_batch: int = 256) -> None:
+    def __init__(self, client: RedisClient, script: str, max_batch: int = 256) -> None:
         self.client = client
         self.script = script
         self.sha = hashlib.sha1(script.encode()).hexdigest()
@@ -78,14 +80,23 @@ class ScriptBatcher:
             successor.done.set()
 
     def _execute(self, batch: list[_Call]) -> list[Any]:
-        for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            for call in batch:
-                pipe.evalsha(self.sha, len(call.keys), *call.keys, *call.args)
-            replies: list[Any] = pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError)
-                                    for r in replies):
-                self.client.script_load(self.script)  # type: ignore[no-untyped-call]
-                continue
-            return replies
+        return evalsha_many(self.client, self.script, self.sha,
+                            [(call.keys, call.args) for call in batch])
+
+
+def evalsha_many(client: RedisClient, script: str, sha: str,
+                 calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    """Run a script once per call in one pipeline; load it where a node lacks it (a restart,
+    a failover) and try again. Replies are in call order; an error is returned, not raised."""
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError)
+                                or "NOSCRIPT" in str(r) for r in replies
+                                if isinstance(r, Exception)):
+            client.script_load(script)  # type: ignore[no-untyped-call]
+            continue
         return replies
+    return replies

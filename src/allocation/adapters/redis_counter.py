@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from typing import Any
@@ -10,7 +11,8 @@ from typing import Any
 import redis
 
 from allocation.adapters.counter import Counter, Figures, fingerprint
-from allocation.adapters.redis_batch import ScriptBatcher
+from allocation.adapters.redis_batch import ScriptBatcher, evalsha_many
+from allocation.adapters.redis_client import RedisClient
 from allocation.adapters.redis_keys import KeySpace
 from allocation.domain import errors
 from allocation.domain.outcome import OK, Outcome
@@ -34,7 +36,7 @@ def _text(value: Any) -> str:
 
 
 class RedisCounter(Counter):
-    def __init__(self, client: redis.Redis[bytes], keys: KeySpace,
+    def __init__(self, client: RedisClient, keys: KeySpace,
                  idempotency_ttl: int = 48 * 3600, events_channel: str | None = None) -> None:
         self.client = client
         self.keys = keys
@@ -45,7 +47,8 @@ class RedisCounter(Counter):
         # EVALSHA, reloading the script on NOSCRIPT; concurrent movements share round trips.
         self._move = ScriptBatcher(client, lua("move"))
         self._revert = client.register_script(lua("revert"))
-        self._fence = client.register_script(lua("fence"))
+        self._fence_script = lua("fence")
+        self._fence_sha = hashlib.sha1(self._fence_script.encode()).hexdigest()
 
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
               idempotency_key: str | None, *, probe: bool = False,
@@ -81,10 +84,11 @@ class RedisCounter(Counter):
 
     def fence_many(self, namespace: str, skus: Sequence[str]) -> list[int | None]:
         with unavailable_on_connection_error():
-            pipe = self.client.pipeline(transaction=False)
-            for sku in skus:
-                self._fence(keys=[self.keys.item(namespace, sku)], client=pipe)
-            replies = pipe.execute()
+            replies = evalsha_many(self.client, self._fence_script, self._fence_sha,
+                                   [([self.keys.item(namespace, sku)], []) for sku in skus])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         return [None if int(seq) < 0 else int(seq) for seq in replies]
 
     def unfence(self, namespace: str, sku: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import redis
 
 from allocation.adapters.outbox import Outbox, OutboxEntry
+from allocation.adapters.redis_client import RedisClient
 from allocation.adapters.redis_counter import unavailable_on_connection_error
 from allocation.adapters.redis_keys import KeySpace
 
@@ -24,7 +25,7 @@ def _entry(partition: int, entry_id: Any, fields: dict[bytes, bytes]) -> OutboxE
 
 
 class RedisOutbox(Outbox):
-    def __init__(self, client: redis.Redis[bytes], keys: KeySpace) -> None:
+    def __init__(self, client: RedisClient, keys: KeySpace) -> None:
         self.client = client
         self.keys = keys
         self.partitions = keys.partitions

@@ -14,6 +14,7 @@ import redis
 from pydantic import ValidationError
 
 from allocation.adapters.event_publisher import RedisEventPublisher
+from allocation.adapters.redis_client import RedisClient
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
 from allocation.entrypoints import schemas
@@ -90,7 +91,7 @@ def handle_message(raw: bytes | str, bus: MessageBus, publisher: RedisEventPubli
 
 
 class Consumer:
-    def __init__(self, bus: MessageBus, client: redis.Redis[bytes], commands_channel: str,
+    def __init__(self, bus: MessageBus, client: RedisClient, commands_channel: str,
                  publisher: RedisEventPublisher) -> None:
         self.bus, self.client, self.channel, self.publisher = bus, client, commands_channel, \
             publisher
@@ -135,7 +136,7 @@ class StreamConsumer:
     one that died holding some is relieved of them by another. Each entry is acknowledged after
     its unit of work; idempotency keys make a redelivered command take effect once."""
 
-    def __init__(self, bus: MessageBus, client: redis.Redis[bytes], stream: str,
+    def __init__(self, bus: MessageBus, client: RedisClient, stream: str,
                  publisher: RedisEventPublisher, name: str, claim_idle_ms: int = 30_000) -> None:
         self.bus, self.client, self.stream, self.publisher = bus, client, stream, publisher
         self.name, self.claim_idle_ms = name, claim_idle_ms
@@ -185,7 +186,7 @@ class StreamConsumer:
 def run(bus: MessageBus, consumer_name: str) -> None:
     """Listen on the pub/sub channel and read the command stream, until SIGTERM."""
     config = bus.dependencies["config"]
-    client: redis.Redis[bytes] | None = bus.dependencies.get("redis")
+    client: RedisClient | None = bus.dependencies.get("redis")
     if client is None:
         raise SystemExit("the consumer needs REDIS_URL: pub/sub lives in Redis")
     publisher = bus.dependencies["publish"]

@@ -13,7 +13,7 @@ import logging
 
 from allocation.adapters.counter import Counter
 from allocation.domain import commands, errors
-from allocation.domain.model import InventoryItem
+from allocation.domain.model import InventoryItem, LedgerEntry
 from allocation.domain.outcome import NOT_FOUND, OK, PENDING, Outcome
 from allocation.domain.rules import Kind
 from allocation.service_layer.results import RefreshProgress
@@ -47,19 +47,37 @@ def _move(uow: AbstractUnitOfWork, counter: Counter, namespace: str, sku: str, k
             entry = uow.items.entry_for_key(namespace, sku, key)
         if entry is None:
             raise
-        return Outcome(OK, entry.total_after, entry.total_after - entry.available_after,
-                       replayed=True)
+        return _replay(entry)
+
+
+def _replay(entry: LedgerEntry) -> Outcome:
+    return Outcome(OK, entry.total_after, entry.total_after - entry.available_after,
+                   replayed=True)
 
 
 def _move_locked(uow: AbstractUnitOfWork, counter: Counter, namespace: str, sku: str,
                  kind: Kind, qty: int, key: str | None) -> Outcome:
     probe = counter.apply(namespace, sku, kind, qty, key, probe=True)
-    if probe.status not in (PENDING, NOT_FOUND):
+    unconfirmed = probe.ok and probe.replayed
+    if unconfirmed and key is not None:
+        # Redis remembers this success; make sure the ledger does too. (Redis can apply a
+        # movement whose reply never arrived, and the commit after it never happened.)
+        with uow:
+            if uow.items.entry_for_key(namespace, sku, key) is not None:
+                return probe
+    elif probe.status not in (PENDING, NOT_FOUND):
         return probe  # a replay or a refusal: final, nothing to record
     with uow:
         item = uow.items.get(namespace, sku, lock=True)
         if item is None:
             raise errors.NotFound(f"no item {namespace}/{sku}")
+        if unconfirmed and key is not None:
+            if (entry := uow.items.entry_for_key(namespace, sku, key)) is not None:
+                return _replay(entry)  # committed meanwhile by the first attempt
+            logger.warning("%s/%s: Redis had applied %s %r without its ledger row; "
+                           "rebuilding it from the record", namespace, sku, kind, key)
+            counter.revert(namespace, sku, kind, qty, key)
+            counter.load(namespace, sku, item.total, item.consumed, item.last_seq)
         outcome = counter.apply(namespace, sku, kind, qty, key)
         if outcome.status == NOT_FOUND:
             counter.load(namespace, sku, item.total, item.consumed, item.last_seq)
