@@ -60,7 +60,9 @@ class LocalCluster:
             [shutil.which("redis-server") or "redis-server", "--port", str(port),
              "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1500",
-             "--save", "", "--appendonly", "no", "--dir", str(node_dir)],
+             "--save", "", "--appendonly", "no", "--dir", str(node_dir),
+             "--repl-diskless-sync-delay", "0",
+             "--logfile", str(node_dir / "redis.log")],
             stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -80,12 +82,24 @@ class LocalCluster:
         raise RuntimeError("the cluster did not reach cluster_state:ok")
 
     def _node_ok(self, port: int) -> bool:
+        """Serving every slot, and a replica only once it has synced (else it cannot fail
+        over)."""
         try:
-            info = redis.Redis(port=port).cluster("info")
+            replication = redis.Redis(port=port).info("replication")
         except redis.RedisError:
             return False
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        return "cluster_state:ok" in text and "cluster_slots_assigned:16384" in text
+        if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
+            return False
+        return self._cluster_ok(port)
+
+    def _cluster_ok(self, port: int) -> bool:
+        try:
+            info = redis.Redis(port=port, decode_responses=True).execute_command("CLUSTER INFO")
+        except redis.RedisError:
+            return False
+        if isinstance(info, dict):  # redis-py parses the reply
+            info = "\n".join(f"{k}:{v}" for k, v in info.items())
+        return "cluster_state:ok" in info and "cluster_slots_assigned:16384" in info
 
     def live_ports(self) -> list[int]:
         return [p for p, proc in self.procs.items() if proc.poll() is None]

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -96,3 +100,62 @@ def test_processes_sell_exactly_the_stock_on_the_cluster(on_cluster: Config, eng
     assert stored(engine, namespace, "hot") == (1000, 1000, 1001)
     assert [seq for seq, *_ in ledger_rows(engine, namespace, "hot")] == list(range(1, 1002))
     assert bus.dependencies["counter"].read(namespace, "hot").consumed == 1000
+
+
+@pytest.fixture
+def cluster_with_replicas(tmp_path: Path) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path, masters=3, replicas=1)
+    try:
+        cluster.start()
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        cluster.stop()
+        pytest.fail(f"could not start a Redis Cluster with replicas: {exc}", pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+def test_selling_goes_on_through_a_failover(cluster_with_replicas: LocalCluster,
+                                            service_config: Config, engine: Engine,
+                                            namespace: str) -> None:
+    """Synchronous durability: PostgreSQL decides, so writes the promoted replica never got
+    cannot turn into overselling."""
+    cluster = cluster_with_replicas
+    config = dataclasses.replace(service_config, redis_url=cluster.url, durability="sync",
+                                 redis_key_prefix=f"f{uuid.uuid4().hex[:6]}")
+    bus = bootstrap(config)
+    bus.handle(commands.InitInventory(namespace, "hot", 400))
+    doomed = cluster.owner(KeySpace(config.redis_key_prefix, config.partitions)
+                           .item(namespace, "hot"))
+    sold: set[str] = set()
+    lock = threading.Lock()
+    errors_seen = [0]
+
+    def buyer(n: int) -> None:
+        deadline = time.monotonic() + 90
+        for attempt in range(80):
+            key = f"{n}-{attempt}"
+            while time.monotonic() < deadline:  # a failed attempt is retried, same key
+                try:
+                    outcome = bus.handle(commands.Decrement(namespace, "hot", 1, key))
+                except Exception:  # noqa: BLE001 - the failover window: retry
+                    with lock:
+                        errors_seen[0] += 1
+                    continue
+                if outcome.ok:
+                    with lock:
+                        sold.add(key)
+                break
+
+    threads = [threading.Thread(target=buyer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(sold) >= 100, 30, "the sale to be under way")
+    cluster.kill(doomed)
+    for t in threads:
+        t.join(timeout=120)
+    assert doomed not in cluster.masters()  # its replica took over
+    assert len(sold) == 400  # 640 attempts for 400 units: all sold, none twice
+    assert stored(engine, namespace, "hot") == (400, 400, 401)
+    rows = ledger_rows(engine, namespace, "hot")
+    assert sorted(key for *_, key in rows if key) == sorted(sold)
+    assert bus.dependencies["counter"].read(namespace, "hot").consumed == 400

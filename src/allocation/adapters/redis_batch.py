@@ -91,7 +91,9 @@ def evalsha_many(client: RedisClient, script: str, sha: str,
     for attempt in (1, 2):
         pipe = client.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.evalsha(sha, len(keys), *keys, *args)
+            # The raw command: redis-py blocks its evalsha method on cluster pipelines (for
+            # the NOSCRIPT handling done here); the command still routes by its keys.
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
         replies: list[Any] = pipe.execute(raise_on_error=False)
         if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError)
                                 or "NOSCRIPT" in str(r) for r in replies
