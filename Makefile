@@ -49,7 +49,7 @@ lint: install
 	$(BIN)/mypy
 
 # Every contender in one run on this machine: a table, bench/results.json, bench/results.png.
-# BENCH=full for the long sizes; BENCH_ONLY=hot,http,many,refunds,refresh,drain for a subset.
+# BENCH=full for the long sizes; BENCH_ONLY=hot,http,many,refunds,refresh,drain,cluster: a subset.
 bench: install services
 	$(PY) -m bench.run
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -33,6 +34,11 @@ def config(services: Services, durability: str) -> Config:
                   db_pool_size=80, events_channel=f"{services.prefix}:events")
 
 
+def on_cluster(services: Services, cluster_url: str) -> Services:
+    """The same database, Redis Cluster instead of a single Redis."""
+    return dataclasses.replace(services, redis_url=cluster_url, prefix=f"{services.prefix}c")
+
+
 def env(cfg: Config) -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": cfg.database_url, "REDIS_URL": cfg.redis_url or "",
             "REDIS_KEY_PREFIX": cfg.redis_key_prefix, "DURABILITY": cfg.durability,
@@ -62,11 +68,11 @@ def _written(cfg: Config, namespace: str) -> tuple[int, int, int]:
 
 
 def ours(services: Services, durability: str, scenario: str, items: int, stock: int,
-         buyers: int, refunds: float = 0.0) -> Result:
+         buyers: int, refunds: float = 0.0, label: str = "") -> Result:
     """This project in-process through the bus; in async mode a ledger worker process writes."""
     cfg = config(services, durability)
     bus = bootstrap(cfg)
-    ns = f"{scenario}-{durability}"
+    ns = f"{scenario}-{durability}{label}".replace(" ", "-").replace(",", "")
     skus = [f"i{n}" for n in range(items)]
     bus.handle(commands.InitMany(ns, tuple((s, stock) for s in skus)))
     worker = ledger_worker(cfg) if durability == "async" else None
@@ -96,7 +102,8 @@ def ours(services: Services, durability: str, scenario: str, items: int, stock: 
 
     ops, latencies, seconds = run_threads(buyers, buyer)
     p50, p99 = percentiles(latencies)
-    result = Result(scenario, f"allocation in-process ({durability})", ops, seconds, p50, p99)
+    result = Result(scenario, f"allocation in-process ({durability}){label}", ops, seconds,
+                    p50, p99)
     live = bus.dependencies["counter"].read_many(ns, skus)
     if any(o is None or o.consumed != o.total for o in live):
         result.checks.append("not every unit sold")

@@ -1,5 +1,6 @@
-"""`make bench`: every contender on the same machine, in one run; one table, bench/results.json
-and bench/results.png. BENCH=full for the issue's sizes; quick by default."""
+"""`make bench`: every contender on the same machine, in one run; one table,
+bench/results.json and bench/results.png. Quick by default, BENCH=full for the issue's sizes;
+BENCH_ONLY=hot,http,many,refunds,refresh,drain,cluster runs a subset."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 from bench import contenders as c
 from bench.common import Result, scratch_services
+from tests.redis_cluster import LocalCluster
 
 HERE = Path(__file__).parent
 
@@ -63,6 +66,21 @@ def main() -> int:
             record(seeded)
         if wanted("drain"):
             record(c.ledger_drain(services, size["drain_entries"]))
+        if wanted("cluster"):
+            # The same sales on a three-master Redis Cluster on this machine.
+            cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")))
+            cluster.start()
+            try:
+                clustered = c.on_cluster(services, cluster.url)
+                for scenario, items, stock in (("cluster: hot item", 1, hot),
+                                               ("cluster: 1,000 items", size["many_items"],
+                                                size["many_stock"])):
+                    record(c.ours(services, "async", scenario, items, stock, buyers,
+                                  label=" single Redis"))
+                    record(c.ours(clustered, "async", scenario, items, stock, buyers,
+                                  label=" 3-master cluster"))
+            finally:
+                cluster.stop()
 
     report(results, mode)
     return 0 if all(r.ok for r in results) else 1
