@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,16 @@ def env(cfg: Config) -> dict[str, str]:
 
 
 def ledger_worker(cfg: Config) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "allocation.entrypoints.cli",
-                             "ledger-worker"], env=env(cfg), stderr=subprocess.DEVNULL)
+    """A ledger worker process, returned once it is up: in production it is already running, so
+    its start-up is no part of a sale."""
+    log = Path(tempfile.mkdtemp(prefix="bench-worker-")) / "stderr.log"
+    with log.open("wb") as stderr:  # the child keeps its own handle
+        worker = subprocess.Popen([sys.executable, "-m", "allocation.entrypoints.cli",
+                                   "ledger-worker"], env=env(cfg), stderr=stderr)
+    if not wait_for(lambda: "started" in log.read_text(), 60):
+        worker.kill()
+        raise RuntimeError("the ledger worker did not start")
+    return worker
 
 
 def _written(cfg: Config, namespace: str) -> tuple[int, int, int]:

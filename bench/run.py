@@ -83,7 +83,8 @@ def main() -> int:
                 cluster.stop()
 
     report(results, mode)
-    return 0 if all(r.ok for r in results) else 1
+    # A contender of ours that fails its checks fails the run; the others are reported.
+    return 0 if all(r.ok for r in results if r.contender.startswith("allocation")) else 1
 
 
 def report(results: list[Result], mode: str) -> None:

@@ -4,7 +4,6 @@ space, and removes them afterwards. A missing service fails the run with a clear
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -16,7 +15,7 @@ from sqlalchemy.engine import make_url
 from allocation.adapters import migrate
 from allocation.adapters.redis_keys import KeySpace
 from allocation.config import Config
-from tests.redis_cluster import LocalCluster
+from tests.redis_cluster import LocalCluster, started_cluster
 
 RUN_ID = uuid.uuid4().hex[:10]
 
@@ -89,11 +88,5 @@ def namespace() -> str:
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Three masters on loopback for the whole run."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        cluster.start()
-    except (RuntimeError, subprocess.SubprocessError) as exc:
-        cluster.stop()
-        pytest.fail(f"could not start a Redis Cluster on loopback: {exc}", pytrace=False)
-    yield cluster
-    cluster.stop()
+    with started_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster

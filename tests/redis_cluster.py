@@ -3,12 +3,15 @@ by `redis-cli --cluster create`, torn down afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
@@ -129,3 +132,18 @@ class LocalCluster:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def started_cluster(workdir: Path, replicas: int = 0) -> Iterator[LocalCluster]:
+    """A running cluster for the block; a failure to start fails the test, naming why."""
+    cluster = LocalCluster(workdir, masters=3, replicas=replicas)
+    try:
+        cluster.start()
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        cluster.stop()
+        pytest.fail(f"could not start a Redis Cluster on loopback: {exc}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -8,7 +8,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -28,6 +27,7 @@ from tests.e2e.conftest import (
     service_env,
     wait_until,
 )
+from tests.integration.conftest import stored
 
 
 @pytest.fixture
@@ -51,19 +51,11 @@ def worker(config: Config) -> Process:
     return process
 
 
-def written(engine: Engine, namespace: str, sku: str) -> tuple[int, int, int]:
-    with engine.connect() as conn:
-        row = conn.execute(text("SELECT total, consumed, last_seq FROM inventory_items "
-                                "WHERE namespace = :ns AND sku = :sku"),
-                           {"ns": namespace, "sku": sku}).one()
-    return row.total, row.consumed, row.last_seq
-
-
 def assert_exact(bus: MessageBus, engine: Engine, namespace: str, sku: str, total: int,
                  sold: set[str]) -> None:
     """The record holds exactly the acknowledged sales (``sold``: their keys)."""
     assert len(sold) <= total
-    wait_until(lambda: written(engine, namespace, sku)[1] == len(sold), 60,
+    wait_until(lambda: stored(engine, namespace, sku)[1] == len(sold), 60,
                f"the ledger to hold all {len(sold)} acknowledged sales")
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT seq, kind, idempotency_key FROM inventory_ledger "
@@ -74,7 +66,7 @@ def assert_exact(bus: MessageBus, engine: Engine, namespace: str, sku: str, tota
     assert sorted(keys) == sorted(sold)
     live = bus.dependencies["counter"].read(namespace, sku)
     assert live is not None
-    assert (live.total, live.consumed) == written(engine, namespace, sku)[:2]
+    assert (live.total, live.consumed) == stored(engine, namespace, sku)[:2]
 
 
 def sell(bus: MessageBus, namespace: str, sku: str, attempts: int, threads: int = 8,
@@ -106,7 +98,7 @@ def test_a_worker_killed_mid_batch_is_replaced(own_keys: Config, engine: Engine,
     sold: set[str] = set()
     sale = threading.Thread(target=lambda: sold.update(sell(bus, namespace, "hot", 4000)))
     sale.start()
-    wait_until(lambda: written(engine, namespace, "hot")[2] > 300, 60,
+    wait_until(lambda: stored(engine, namespace, "hot")[2] > 300, 60,
                "the first worker to be writing")
     first.stop(kill=True)  # SIGKILL, in the middle of whatever it was doing
     sale.join(timeout=120)
@@ -129,7 +121,7 @@ def test_the_database_away_lag_grows_then_drains(own_keys: Config, engine: Engin
         assert len(sold) == 400  # decrements do not need the database in async mode
         entries, age = bus.dependencies["outbox"].backlog()
         assert entries == 400 and age >= 0
-        assert written(engine, namespace, "hot")[1] == 0
+        assert stored(engine, namespace, "hot")[1] == 0
         assert cut_off.alive()  # waiting for its database, not dead
     finally:
         cut_off.stop()
@@ -140,14 +132,6 @@ def test_the_database_away_lag_grows_then_drains(own_keys: Config, engine: Engin
                    "the backlog to drain")
     finally:
         back.stop()
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_redis_away_is_503_and_recovers_by_itself(service_config: Config, engine: Engine,
@@ -164,7 +148,7 @@ def test_redis_away_is_503_and_recovers_by_itself(service_config: Config, engine
         for n in range(3):
             assert requests.post(f"{url}/decrements", json={"qty": 1},
                                  headers={"Idempotency-Key": f"k{n}"}, timeout=10).ok
-        wait_until(lambda: written(engine, namespace, "hot")[1] == 3, 30, "the ledger")
+        wait_until(lambda: stored(engine, namespace, "hot")[1] == 3, 30, "the ledger")
         private_redis.stop()
         down = requests.post(f"{url}/decrements", json={"qty": 1},
                              headers={"Idempotency-Key": "while-down"}, timeout=30)
@@ -180,7 +164,7 @@ def test_redis_away_is_503_and_recovers_by_itself(service_config: Config, engine
 
         wait_until(sells, 30, "the service to sell again once Redis is back")
         assert requests.get(url, timeout=10).json()["consumed"] == 4  # rebuilt, exact
-        wait_until(lambda: written(engine, namespace, "hot")[1] == 4, 30, "the ledger")
+        wait_until(lambda: stored(engine, namespace, "hot")[1] == 4, 30, "the ledger")
     finally:
         next(api, None)
         ledger.stop()

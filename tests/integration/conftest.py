@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 
@@ -9,6 +10,7 @@ from sqlalchemy.engine import Engine
 
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
+from allocation.entrypoints import ledger_worker
 from allocation.entrypoints.ledger_worker import LedgerWorker
 from allocation.service_layer.messagebus import MessageBus
 
@@ -49,3 +51,17 @@ def ledger_rows(engine: Engine, namespace: str, sku: str) -> list[tuple[int, str
             "SELECT seq, kind, qty, idempotency_key FROM inventory_ledger "
             "WHERE namespace = :ns AND sku = :sku ORDER BY seq"),
             {"ns": namespace, "sku": sku})]
+
+
+@contextlib.contextmanager
+def ledger_threads(config: Config, count: int = 2) -> Iterator[None]:
+    """Ledger workers as threads, as many as asked, while the block runs (async durability)."""
+    workers = ([ledger_worker.from_bus(bootstrap(config)) for _ in range(count)]
+               if config.durability == "async" else [])
+    for worker in workers:
+        worker.start_thread()
+    try:
+        yield
+    finally:
+        for worker in workers:
+            worker.stop()

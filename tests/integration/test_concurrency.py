@@ -14,10 +14,9 @@ from sqlalchemy.engine import Engine
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
-from allocation.entrypoints import ledger_worker
 from allocation.service_layer.messagebus import MessageBus
 from tests.e2e.conftest import wait_until
-from tests.integration.conftest import ledger_rows, stored
+from tests.integration.conftest import ledger_rows, ledger_threads, stored
 
 STOCK, ATTEMPTS = 1000, 3000
 
@@ -46,14 +45,8 @@ def assert_agrees(bus: MessageBus, engine: Engine, namespace: str, sold: int) ->
 def durable(request: pytest.FixtureRequest, service_config: Config) -> Iterator[Config]:
     """The configuration in each durability mode; in async mode two ledger workers run."""
     config = dataclasses.replace(service_config, durability=request.param)
-    workers = []
-    if request.param == "async":  # two workers share the outbox
-        workers = [ledger_worker.from_bus(bootstrap(config)) for _ in range(2)]
-        for worker in workers:
-            worker.start_thread()
-    yield config
-    for worker in workers:
-        worker.stop()
+    with ledger_threads(config, 2):  # two workers share the outbox
+        yield config
 
 
 def test_32_threads_sell_exactly_the_stock(durable: Config, engine: Engine,
@@ -91,22 +84,26 @@ def _buyer_process(config: Config, namespace: str, start: int, stop: int,
     results.put(sold[0])
 
 
-def test_4_processes_sell_exactly_the_stock(durable: Config, engine: Engine,
-                                            namespace: str) -> None:
-    service_config = durable
-    bus = bootstrap(durable)
-    bus.handle(commands.InitInventory(namespace, "hot", STOCK))
+def sell_from_processes(config: Config, namespace: str, processes: int = 4) -> int:
+    """ATTEMPTS purchases of the hot item from ``processes`` processes of 8 threads each."""
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    share = ATTEMPTS // 4
+    share = ATTEMPTS // processes
     procs = [ctx.Process(target=_buyer_process,
-                         args=(service_config, namespace, p * share, (p + 1) * share, results))
-             for p in range(4)]
+                         args=(config, namespace, p * share, (p + 1) * share, results))
+             for p in range(processes)]
     for p in procs:
         p.start()
     sold = sum(results.get(timeout=180) for _ in procs)
     for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
-    assert_agrees(bus, engine, namespace, sold)
+    return int(sold)
+
+
+def test_4_processes_sell_exactly_the_stock(durable: Config, engine: Engine,
+                                            namespace: str) -> None:
+    bus = bootstrap(durable)
+    bus.handle(commands.InitInventory(namespace, "hot", STOCK))
+    assert_agrees(bus, engine, namespace, sell_from_processes(durable, namespace))
     bus.dependencies["engine"].dispose()

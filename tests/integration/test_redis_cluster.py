@@ -4,8 +4,6 @@ outbox, the domain machine, items spread over masters, and a sale with exactly t
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-import subprocess
 import threading
 import time
 import uuid
@@ -24,12 +22,11 @@ from allocation.adapters.redis_outbox import RedisOutbox
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
-from allocation.entrypoints import ledger_worker
 from tests.counter_contract import CounterContract, OutboxContract, counter_machine
 from tests.e2e.conftest import wait_until
-from tests.integration.conftest import ledger_rows, stored
-from tests.integration.test_concurrency import _buyer_process
-from tests.redis_cluster import LocalCluster
+from tests.integration.conftest import ledger_rows, ledger_threads, stored
+from tests.integration.test_concurrency import sell_from_processes
+from tests.redis_cluster import LocalCluster, started_cluster
 
 CLUSTER: list[str] = []  # the URL, for classes built without fixtures
 
@@ -71,30 +68,15 @@ def on_cluster(request: pytest.FixtureRequest, service_config: Config,
     config = dataclasses.replace(service_config, redis_url=redis_cluster.url,
                                  durability=request.param,
                                  redis_key_prefix=f"k{uuid.uuid4().hex[:6]}")
-    workers = []
-    if request.param == "async":
-        workers = [ledger_worker.from_bus(bootstrap(config)) for _ in range(2)]
-        for worker in workers:
-            worker.start_thread()
-    yield config
-    for worker in workers:
-        worker.stop()
+    with ledger_threads(config, 2):
+        yield config
 
 
 def test_processes_sell_exactly_the_stock_on_the_cluster(on_cluster: Config, engine: Engine,
                                                          namespace: str) -> None:
     bus = bootstrap(on_cluster)
     bus.handle(commands.InitInventory(namespace, "hot", 1000))
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_buyer_process,
-                         args=(on_cluster, namespace, p * 750, (p + 1) * 750, results))
-             for p in range(4)]
-    for p in procs:
-        p.start()
-    sold = sum(results.get(timeout=180) for _ in procs)
-    for p in procs:
-        p.join(timeout=30)
+    sold = sell_from_processes(on_cluster, namespace)
     assert sold == 1000
     wait_until(lambda: stored(engine, namespace, "hot")[2] == 1001, 60, "the ledger")
     assert stored(engine, namespace, "hot") == (1000, 1000, 1001)
@@ -104,14 +86,8 @@ def test_processes_sell_exactly_the_stock_on_the_cluster(on_cluster: Config, eng
 
 @pytest.fixture
 def cluster_with_replicas(tmp_path: Path) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(tmp_path, masters=3, replicas=1)
-    try:
-        cluster.start()
-    except (RuntimeError, subprocess.SubprocessError) as exc:
-        cluster.stop()
-        pytest.fail(f"could not start a Redis Cluster with replicas: {exc}", pytrace=False)
-    yield cluster
-    cluster.stop()
+    with started_cluster(tmp_path, replicas=1) as cluster:
+        yield cluster
 
 
 def test_selling_goes_on_through_a_failover(cluster_with_replicas: LocalCluster,
