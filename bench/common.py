@@ -88,12 +88,23 @@ def scratch_services(admin_url: str, redis_url: str) -> Iterator[Services]:
         yield Services(url, redis_url, prefix)
     finally:
         client = redis.Redis.from_url(redis_url)
-        for pattern in (f"{prefix}*", f"InventoryManager.{prefix.replace('-', '_')}*"):
-            for key in client.scan_iter(match=pattern, count=1000):
-                client.delete(key)
+        for pattern in (f"{prefix}*", f"s{prefix[-8:]}*", f"InventoryManager.s{prefix[-8:]}*"):
+            delete_matching(client, pattern)
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def delete_matching(client: redis.Redis[bytes], pattern: str) -> None:
+    """Delete the keys matching ``pattern``, a thousand per round trip."""
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) == 1000:
+            client.unlink(*batch)
+            batch.clear()
+    if batch:
+        client.unlink(*batch)
 
 
 def wait_for(check: Callable[[], bool], seconds: float) -> bool:

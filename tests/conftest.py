@@ -65,8 +65,14 @@ def key_space(redis_url: str) -> Iterator[KeySpace]:
     keys = KeySpace(prefix=f"test-{RUN_ID}", partitions=8)
     yield keys
     client = redis.Redis.from_url(redis_url)
+    batch: list[bytes] = []
     for key in client.scan_iter(match=keys.pattern(), count=1000):
-        client.delete(key)
+        batch.append(key)
+        if len(batch) == 1000:  # a thousand per round trip
+            client.unlink(*batch)
+            batch.clear()
+    if batch:
+        client.unlink(*batch)
     client.close()
 
 
