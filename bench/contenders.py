@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,14 @@ def _written(cfg: Config, namespace: str) -> tuple[int, int, int]:
     return int(consumed), int(rows), int(bad)
 
 
+def shopping(rng: random.Random, skus: list[str], sold_out: set[str]) -> Iterator[str]:
+    """The items a buyer tries, at random, until every one is known to be sold out."""
+    while len(sold_out) < len(skus):
+        sku = skus[0] if len(skus) == 1 else rng.choice(skus)
+        if sku not in sold_out:
+            yield sku
+
+
 def ours(services: Services, durability: str, scenario: str, items: int, stock: int,
          buyers: int, refunds: float = 0.0, label: str = "") -> Result:
     """This project in-process through the bus; in async mode a ledger worker process writes."""
@@ -92,10 +101,7 @@ def ours(services: Services, durability: str, scenario: str, items: int, stock: 
         mine: list[str] = []
         latencies: list[float] = []
         n = 0
-        while len(sold_out) < len(skus):
-            sku = skus[0] if len(skus) == 1 else rng.choice(skus)
-            if sku in sold_out:
-                continue
+        for sku in shopping(rng, skus, sold_out):
             n += 1
             t0 = time.perf_counter()
             if mine and rng.random() < refunds:
@@ -156,10 +162,7 @@ def plain_postgres(services: Services, scenario: str, items: int, stock: int,
         mine: list[str] = []
         latencies: list[float] = []
         n = 0
-        while len(sold_out) < len(skus):
-            sku = skus[0] if len(skus) == 1 else rng.choice(skus)
-            if sku in sold_out:
-                continue
+        for sku in shopping(rng, skus, sold_out):
             n += 1
             t0 = time.perf_counter()
             if mine and rng.random() < refunds:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 import psycopg2
@@ -51,21 +52,22 @@ def start_redis() -> None:
                         "--logfile", os.path.join(logdir, "allocation-tests.log")], check=False)
 
 
-def wait(check: object, seconds: float) -> bool:
+def wait(check: Callable[[], bool], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if check():
             return True
         time.sleep(0.2)
     return False
 
 
-def ensure(name: str, url: str, check: object, start: object, how: str) -> str | None:
-    if check():  # type: ignore[operator]
+def ensure(name: str, url: str, check: Callable[[], bool], start: Callable[[], None],
+           how: str) -> str | None:
+    if check():
         return None
     if urlparse(url).hostname in LOCAL:
         print(f"{name} is not answering at {url}; starting the local one", file=sys.stderr)
-        start()  # type: ignore[operator]
+        start()
         if wait(check, 20):
             return None
     return f"{name} is not reachable at {url}. {how}"

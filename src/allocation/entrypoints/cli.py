@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from allocation import views
 from allocation.adapters import migrate as migrations
+from allocation.adapters.redis_keys import KeySpace
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
@@ -135,7 +136,8 @@ def drift(namespace: str, repair: bool) -> None:
     deps = bus.dependencies
     found = drift_check.find(namespace, bus.uow_factory(), deps["counter"], deps["outbox"])
     if deps.get("redis") is not None:
-        deps["redis"].hset(f"{deps['config'].redis_key_prefix}:drift", namespace, len(found))
+        drift_key = KeySpace(deps["config"].redis_key_prefix).drift()
+        deps["redis"].hset(drift_key, namespace, len(found))
     if not found:
         click.echo(f"{namespace}: no drift")
         return

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import text
 
 from allocation import views
+from allocation.adapters.redis_keys import KeySpace
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
@@ -134,7 +135,8 @@ def create_app(config: Config | None = None, bus: MessageBus | None = None) -> F
             backlog = bus.dependencies["outbox"].backlog()
         if bus.dependencies.get("redis") is not None:
             with contextlib.suppress(redis.RedisError):
-                stored = bus.dependencies["redis"].hgetall(f"{settings.redis_key_prefix}:drift")
+                stored = bus.dependencies["redis"].hgetall(
+                    KeySpace(settings.redis_key_prefix).drift())
                 drift = {k.decode(): int(v) for k, v in stored.items()}
         body, content_type = metrics.exposition(backlog, drift)
         return Response(body, content_type=content_type)

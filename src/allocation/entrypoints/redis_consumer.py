@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -90,6 +91,21 @@ def handle_message(raw: bytes | str, bus: MessageBus, publisher: RedisEventPubli
         publisher.publish_message(_rejection(raw, result.status, result.error().message, result))
 
 
+def run_reconnecting(stopping: threading.Event, session: Callable[[], None],
+                     on_lost: Callable[[], None] = lambda: None) -> None:
+    """Run ``session`` until ``stopping``; when Redis goes away, wait (backing off) and again."""
+    backoff = 0.1
+    while not stopping.is_set():
+        try:
+            session()
+            backoff = 0.1
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            on_lost()
+            logger.warning("redis connection lost (%s); reconnecting in %.1fs", exc, backoff)
+            stopping.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
 class Consumer:
     def __init__(self, bus: MessageBus, client: RedisClient, commands_channel: str,
                  publisher: RedisEventPublisher) -> None:
@@ -100,16 +116,7 @@ class Consumer:
 
     def run(self) -> None:
         """Listen until ``stop``; reconnect with backoff when Redis goes away."""
-        backoff = 0.1
-        while not self.stopping.is_set():
-            try:
-                self._listen()
-                backoff = 0.1
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self.subscribed.clear()
-                logger.warning("redis connection lost (%s); reconnecting in %.1fs", exc, backoff)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+        run_reconnecting(self.stopping, self._listen, on_lost=self.subscribed.clear)
 
     def _listen(self) -> None:
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
@@ -143,25 +150,20 @@ class StreamConsumer:
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        backoff = 0.1
-        while not self.stopping.is_set():
-            try:
-                self._ensure_group()
-                while not self.stopping.is_set():
-                    self.client.xautoclaim(self.stream, STREAM_GROUP, self.name,
-                                           min_idle_time=self.claim_idle_ms, count=100)
-                    self._drain("0")  # this consumer's unacknowledged entries first
-                    self._drain(">", block_ms=1000)
-                backoff = 0.1
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                logger.warning("stream consumer lost redis (%s); retrying in %.1fs", exc,
-                               backoff)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                logger.warning("the command stream's group is gone (Redis lost it); making it")
+        run_reconnecting(self.stopping, self._consume)
+
+    def _consume(self) -> None:
+        try:
+            self._ensure_group()
+            while not self.stopping.is_set():
+                self.client.xautoclaim(self.stream, STREAM_GROUP, self.name,
+                                       min_idle_time=self.claim_idle_ms, count=100)
+                self._drain("0")  # this consumer's unacknowledged entries first
+                self._drain(">", block_ms=1000)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            logger.warning("the command stream's group is gone (Redis lost it); making it")
 
     def _ensure_group(self) -> None:
         try:
