@@ -108,9 +108,11 @@ def serve(config: Config) -> Iterator[str]:
         except requests.RequestException:  # refused, or accepted but still booting
             return False
 
-    wait_until(up, 60, "the API server to answer /healthz")
-    yield base
-    server.stop()
+    try:
+        wait_until(up, 60, "the API server to answer /healthz")
+        yield base
+    finally:  # also when it never came up: no server outlives its test
+        server.stop()
 
 
 @pytest.fixture
