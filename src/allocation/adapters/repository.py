@@ -10,11 +10,17 @@ from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import Session
 
 from allocation.adapters import orm
-from allocation.domain.model import InventoryItem, LedgerEntry
+from allocation.domain.model import InventoryItem, LedgerEntry, Stock
 
 ENTRY_COLUMNS = [orm.ledger.c[name] for name in (
     "namespace", "sku", "seq", "kind", "qty", "total_after", "available_after", "idempotency_key",
     "created_at")]
+
+STOCK_COLUMNS = [orm.items.c[name] for name in ("sku", "total", "consumed", "last_seq")]
+
+
+def _stock(item: InventoryItem) -> Stock:
+    return Stock(item.sku, item.total, item.consumed, item.last_seq)
 
 
 class AbstractRepository(abc.ABC):
@@ -56,6 +62,14 @@ class AbstractRepository(abc.ABC):
     def list(self, namespace: str, after: str | None, limit: int,
              *, lock: bool = False) -> Sequence[InventoryItem]:
         """Items of a namespace in SKU order, after ``after``."""
+
+    def stock(self, namespace: str, skus: Sequence[str]) -> dict[str, Stock]:
+        """The figures of the items of ``skus`` that exist, unlocked, by SKU."""
+        return {sku: _stock(item) for sku, item in self.many(namespace, skus).items()}
+
+    def stock_page(self, namespace: str, after: str | None, limit: int) -> Sequence[Stock]:
+        """The figures of a namespace's items in SKU order, after ``after``."""
+        return [_stock(item) for item in self.list(namespace, after, limit)]
 
     @abc.abstractmethod
     def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None: ...
@@ -104,6 +118,19 @@ class SqlAlchemyRepository(AbstractRepository):
         if lock:
             query = query.with_for_update()
         return self.session.scalars(query).all()
+
+    # Bulk reads skip the ORM: building aggregates cost more than the queries themselves.
+    def stock(self, namespace: str, skus: Sequence[str]) -> dict[str, Stock]:
+        rows = self.session.execute(select(*STOCK_COLUMNS).where(
+            orm.items.c.namespace == namespace, orm.items.c.sku.in_(list(skus))))
+        return {row[0]: Stock(*row) for row in rows}
+
+    def stock_page(self, namespace: str, after: str | None, limit: int) -> Sequence[Stock]:
+        query = select(*STOCK_COLUMNS).where(orm.items.c.namespace == namespace)
+        if after is not None:
+            query = query.where(orm.items.c.sku > after)
+        return [Stock(*row) for row in
+                self.session.execute(query.order_by(orm.items.c.sku).limit(limit))]
 
     def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None:
         found = self._entries(select(*ENTRY_COLUMNS).where(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from allocation.domain import errors, events, rules
 
@@ -22,6 +23,16 @@ class LedgerEntry:
     available_after: int
     idempotency_key: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class Stock(NamedTuple):
+    """An item's figures as the record holds them, for reading in bulk: no aggregate, no
+    behaviour, cheap to build by the hundred thousand."""
+
+    sku: str
+    total: int
+    consumed: int
+    last_seq: int
 
 
 class InventoryItem:

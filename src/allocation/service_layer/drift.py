@@ -24,8 +24,7 @@ def find(namespace: str, uow: AbstractUnitOfWork, counter: Counter, outbox: Outb
     after: str | None = None
     while True:
         with uow:
-            batch = [(i.sku, i.total, i.consumed, i.last_seq)
-                     for i in uow.items.list(namespace, after, batch_size)]
+            batch = uow.items.stock_page(namespace, after, batch_size)
         if not batch:
             return drifted
         live = counter.read_many(namespace, [sku for sku, *_ in batch])

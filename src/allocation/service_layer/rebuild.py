@@ -14,7 +14,7 @@ from allocation.adapters.counter import Counter
 from allocation.adapters.locks import ItemLocks
 from allocation.adapters.outbox import Outbox
 from allocation.domain import commands, errors
-from allocation.domain.model import InventoryItem
+from allocation.domain.model import Stock
 from allocation.domain.outcome import OK, Outcome
 from allocation.service_layer.results import RefreshProgress
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
@@ -36,7 +36,7 @@ def refresh_all(cmd: commands.RefreshAll, uow: AbstractUnitOfWork, counter: Coun
     done, after, batches = 0, cmd.after, 0
     while cmd.batches is None or batches < cmd.batches:
         with uow:
-            skus = [i.sku for i in uow.items.list(cmd.namespace, after, cmd.batch_size)]
+            skus = [s.sku for s in uow.items.stock_page(cmd.namespace, after, cmd.batch_size)]
         if not skus:
             return RefreshProgress(done, None)
         _rebuild(uow, counter, outbox, item_locks, ledger_wait_seconds, cmd.namespace, skus)
@@ -46,7 +46,7 @@ def refresh_all(cmd: commands.RefreshAll, uow: AbstractUnitOfWork, counter: Coun
 
 def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_locks: ItemLocks,
              wait_seconds: float, namespace: str, skus: Sequence[str]
-             ) -> dict[str, InventoryItem]:
+             ) -> dict[str, Stock]:
     with item_locks.hold(namespace, skus):
         fenced = dict(zip(skus, counter.fence_many(namespace, skus), strict=True))
         if len(skus) == 1 and fenced[skus[0]] is None:
@@ -56,8 +56,8 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
             if unwritten is not None:
                 counter.load(namespace, unwritten.sku, unwritten.total, unwritten.consumed,
                              unwritten.seq)
-                return {unwritten.sku: InventoryItem(namespace, unwritten.sku, unwritten.total,
-                                                     unwritten.consumed, unwritten.seq)}
+                return {unwritten.sku: Stock(unwritten.sku, unwritten.total,
+                                             unwritten.consumed, unwritten.seq)}
         try:
             found = _written_up_to(uow, namespace, fenced, wait_seconds)
         except BaseException:
@@ -74,18 +74,16 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
 
 
 def _written_up_to(uow: AbstractUnitOfWork, namespace: str, seqs: dict[str, int | None],
-                   wait_seconds: float) -> dict[str, InventoryItem]:
+                   wait_seconds: float) -> dict[str, Stock]:
     """The items once the database holds every movement Redis recorded for them."""
     deadline = time.monotonic() + wait_seconds
     while True:
         with uow:
-            found = uow.items.many(namespace, list(seqs))
-            behind = [sku for sku, seq in seqs.items()
-                      if seq is not None and sku in found and found[sku].last_seq < seq]
-            snapshot = {sku: InventoryItem(i.namespace, i.sku, i.total, i.consumed, i.last_seq)
-                        for sku, i in found.items()}
+            found = uow.items.stock(namespace, list(seqs))
+        behind = [sku for sku, seq in seqs.items()
+                  if seq is not None and sku in found and found[sku].last_seq < seq]
         if not behind:
-            return snapshot
+            return found
         if time.monotonic() > deadline:
             raise errors.Unavailable(
                 f"the ledger is behind on {len(behind)} items (e.g. {behind[0]}); is a ledger "
