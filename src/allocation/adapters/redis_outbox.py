@@ -15,13 +15,15 @@ from allocation.adapters.redis_keys import KeySpace
 GROUP = "ledger"
 
 
-def _entry(partition: int, entry_id: Any, fields: dict[bytes, bytes]) -> OutboxEntry:
-    f = {k.decode(): v.decode() for k, v in fields.items()}
+def _entry(partition: int, entry_id: Any, f: dict[bytes, bytes]) -> OutboxEntry:
+    # Field by field rather than decoding the whole mapping: this runs for every entry written.
+    key = f[b"key"]
     return OutboxEntry(
         id=entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
-        partition=partition, namespace=f["ns"], sku=f["sku"], seq=int(f["seq"]),
-        kind=f["kind"], qty=int(f["qty"]), idempotency_key=f["key"] or None,
-        total=int(f["total"]), consumed=int(f["consumed"]))
+        partition=partition, namespace=f[b"ns"].decode(), sku=f[b"sku"].decode(),
+        seq=int(f[b"seq"]), kind=f[b"kind"].decode(), qty=int(f[b"qty"]),
+        idempotency_key=key.decode() if key else None, total=int(f[b"total"]),
+        consumed=int(f[b"consumed"]))
 
 
 class RedisOutbox(Outbox):

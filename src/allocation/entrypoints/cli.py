@@ -115,12 +115,14 @@ def consume(name: str | None) -> None:
 
 
 @main.command("ledger-worker")
-def ledger_worker() -> None:
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="writers in this process, each taking its share of the partitions")
+def ledger_worker(threads: int) -> None:
     """Write the outbox to the ledger in PostgreSQL (run one or more)."""
     from allocation.entrypoints import ledger_worker as worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    worker.run(bootstrap(Config.from_env()))
+    worker.run(bootstrap(Config.from_env()), threads=threads)
 
 
 @main.command()

@@ -9,7 +9,7 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.domain import errors
@@ -23,8 +23,11 @@ logger = logging.getLogger(__name__)
 class LedgerWorker:
     def __init__(self, outbox: Outbox, uow_factory: Callable[[], AbstractUnitOfWork], *,
                  batch_size: int = 1000, claim_idle_ms: int = 30_000,
-                 name: str | None = None) -> None:
+                 name: str | None = None, partitions: Sequence[int] | None = None) -> None:
         self.outbox = outbox
+        # Workers of one process take disjoint partitions; workers of other processes may
+        # share them all (an entry that arrives before its predecessor waits, see write_batch).
+        self.partitions = list(range(outbox.partitions) if partitions is None else partitions)
         self.uow_factory = uow_factory
         self.batch_size = batch_size
         self.claim_idle_ms = claim_idle_ms
@@ -35,7 +38,7 @@ class LedgerWorker:
     def run_once(self) -> int:
         """One pass over every partition; returns how many entries were written."""
         written = 0
-        for partition in range(self.outbox.partitions):
+        for partition in self.partitions:
             entries = self.outbox.read(partition, self.name, self.batch_size)
             if not entries:
                 entries = self.outbox.claim_stale(partition, self.name, self.claim_idle_ms,
@@ -102,16 +105,51 @@ class LedgerWorker:
         return thread
 
 
-def from_bus(bus: MessageBus, batch_size: int = 1000) -> LedgerWorker:
-    config = bus.dependencies["config"]
+def from_bus(bus: MessageBus, batch_size: int = 1000, *, name: str | None = None,
+             partitions: Sequence[int] | None = None) -> LedgerWorker:
     return LedgerWorker(bus.dependencies["outbox"], bus.uow_factory, batch_size=batch_size,
-                        claim_idle_ms=config.ledger_claim_idle_ms)
+                        claim_idle_ms=bus.dependencies["config"].ledger_claim_idle_ms,
+                        name=name, partitions=partitions)
 
 
-def run(bus: MessageBus) -> None:
-    worker = from_bus(bus)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+def split(bus: MessageBus, threads: int, batch_size: int = 1000) -> list[LedgerWorker]:
+    """``threads`` workers sharing out the partitions: one writes to PostgreSQL while another
+    reads Redis, which the GIL allows because both wait on sockets."""
+    count = bus.dependencies["outbox"].partitions
+    name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    return [from_bus(bus, batch_size, name=f"{name}-{i}", partitions=range(i, count, threads))
+            for i in range(max(1, min(threads, count)))]
+
+
+def run(bus: MessageBus, threads: int = 1) -> None:
+    """Run the workers until SIGTERM; if one of them fails, stop them all and raise, so the
+    process exits and its supervisor restarts it rather than leaving partitions unwritten."""
+    workers = split(bus, threads)
+    failed: list[BaseException] = []
+
+    def stop(*_: object) -> None:
+        for w in workers:
+            w.stop()
+
+    def guarded(worker: LedgerWorker) -> None:
+        try:
+            worker.run()
+        except BaseException as exc:
+            logger.exception("ledger worker %s failed; stopping the others", worker.name)
+            failed.append(exc)
+            stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    running = [threading.Thread(target=guarded, args=(w,), name=f"ledger-worker-{i}")
+               for i, w in enumerate(workers)]
+    for thread in running:
+        thread.start()
     try:
-        worker.run()
+        for thread in running:
+            thread.join()
     except KeyboardInterrupt:
-        worker.stop()
+        stop()
+        for thread in running:
+            thread.join()
+    if failed:
+        raise failed[0]
