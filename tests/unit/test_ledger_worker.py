@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
 
 import pytest
 
-from allocation.adapters.memory_counter import InProcessCounter
+from allocation.adapters.memory_counter import InProcessCounter, InProcessOutbox
+from allocation.adapters.outbox import OutboxEntry
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
 from allocation.entrypoints import ledger_worker
+from allocation.entrypoints.ledger_worker import LedgerWorker
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 from tests.fakes import FakeStore, FakeUnitOfWork
 
@@ -43,3 +46,41 @@ def test_a_worker_that_fails_stops_the_process_instead_of_leaving_its_share() ->
     finally:
         signal.signal(signal.SIGTERM, before)
     assert store.items[("ns", "sku")].consumed == 0
+
+
+class CountingOutbox(InProcessOutbox):
+    def __init__(self, counter: InProcessCounter) -> None:
+        super().__init__(counter)
+        self.calls: list[str] = []
+
+    def read_new(self, partitions: Sequence[int], consumer: str,
+                 count: int) -> list[list[OutboxEntry]]:
+        self.calls.append("read_new")  # one round trip, whatever it does underneath
+        return [InProcessOutbox.read(self, p, consumer, count) for p in partitions]
+
+    def read(self, partition: int, consumer: str, count: int) -> list[OutboxEntry]:
+        self.calls.append("read")
+        return super().read(partition, consumer, count)
+
+    def claim_stale(self, partition: int, consumer: str, min_idle_ms: int,
+                    count: int) -> list[OutboxEntry]:
+        self.calls.append("claim_stale")
+        return super().claim_stale(partition, consumer, min_idle_ms, count)
+
+
+def test_an_idle_pass_costs_one_read_and_claims_wait_their_interval() -> None:
+    store = FakeStore()
+    counter = InProcessCounter()
+    bus = bootstrap(Config(), uow_factory=lambda: FakeUnitOfWork(store), counter=counter)
+    bus.handle(commands.InitInventory("ns", "sku", 10))
+    bus.handle(commands.Decrement("ns", "sku", 1, "k1"))
+    outbox = CountingOutbox(counter)
+    worker = LedgerWorker(outbox, bus.uow_factory, claim_idle_ms=60_000)
+    assert worker.run_once() == 1  # the first pass also looks for its own and for stale ones
+    assert set(outbox.calls) == {"read_new", "read", "claim_stale"}
+    outbox.calls.clear()
+    for _ in range(3):
+        assert worker.run_once() == 0
+    assert outbox.calls == ["read_new"] * 3
+    bus.handle(commands.Decrement("ns", "sku", 1, "k2"))
+    assert worker.run_once() == 1 and store.items[("ns", "sku")].consumed == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -26,6 +27,11 @@ class Outbox(abc.ABC):
     @abc.abstractmethod
     def read(self, partition: int, consumer: str, count: int) -> list[OutboxEntry]:
         """This consumer's unacknowledged entries first, then new ones, in recorded order."""
+
+    def read_new(self, partitions: Sequence[int], consumer: str,
+                 count: int) -> list[list[OutboxEntry]]:
+        """Entries no consumer was given yet, of each partition (at once where the store can)."""
+        return [self.read(partition, consumer, count) for partition in partitions]
 
     @abc.abstractmethod
     def claim_stale(self, partition: int, consumer: str, min_idle_ms: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -60,6 +61,29 @@ class RedisOutbox(Outbox):
                     raise
                 self._groups_ready.discard(partition)  # Redis lost its data; make it again
         return []
+
+    def read_new(self, partitions: Sequence[int], consumer: str,
+                 count: int) -> list[list[OutboxEntry]]:
+        # One pipeline, not one XREADGROUP of many streams: a cluster keeps partitions on
+        # different nodes, and its pipeline routes each read to its own.
+        with unavailable_on_connection_error():
+            for partition in partitions:
+                self._ensure_group(partition)
+            pipe = self.client.pipeline(transaction=False)
+            for partition in partitions:
+                pipe.xreadgroup(GROUP, consumer, {self.keys.outbox(partition): ">"},
+                                count=count)
+            replies = pipe.execute(raise_on_error=False)
+        found: list[list[OutboxEntry]] = []
+        for partition, reply in zip(partitions, replies, strict=True):
+            if isinstance(reply, Exception):
+                if "NOGROUP" not in str(reply):
+                    raise reply
+                self._groups_ready.discard(partition)  # Redis lost its data; make it again
+                reply = None
+            found.append([_entry(partition, i, f) for _, items in reply or [] for i, f in items
+                          if f])
+        return found
 
     def claim_stale(self, partition: int, consumer: str, min_idle_ms: int,
                     count: int) -> list[OutboxEntry]:
