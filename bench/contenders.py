@@ -49,13 +49,30 @@ def env(cfg: Config) -> dict[str, str]:
             "EVENTS_CHANNEL": cfg.events_channel, "DB_POOL_SIZE": "40"}
 
 
+# Every process the harness starts, so that a run that fails half-way leaves none behind.
+CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+def stop_children() -> None:
+    for child in CHILDREN:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    CHILDREN.clear()
+
+
 def ledger_worker(cfg: Config) -> subprocess.Popen[bytes]:
     """A ledger worker process, returned once it is up: in production it is already running, so
     its start-up is no part of a sale."""
     log = Path(tempfile.mkdtemp(prefix="bench-worker-")) / "stderr.log"
     with log.open("wb") as stderr:  # the child keeps its own handle
         worker = subprocess.Popen([sys.executable, "-m", "allocation.entrypoints.cli",
-                                   "ledger-worker"], env=env(cfg), stderr=stderr)
+                                   "ledger-worker"], env=env(cfg), stderr=stderr,
+                                  stdout=subprocess.DEVNULL)
+    CHILDREN.append(worker)
     if not wait_for(lambda: "started" in log.read_text(), 60):
         worker.kill()
         raise RuntimeError("the ledger worker did not start")
@@ -252,6 +269,7 @@ def free_port() -> int:
 def _serve(argv: list[str], environment: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     server = subprocess.Popen(argv, env=environment, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
+    CHILDREN.append(server)
 
     def up() -> bool:
         try:
@@ -268,6 +286,11 @@ def _serve(argv: list[str], environment: dict[str, str], port: int) -> subproces
 def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
     """Over HTTP with gunicorn (workers = cores), driven by wrk from another process for a fixed
     time on one item whose stock does not run out. Checked on the server's side afterwards."""
+    name = ("allocation over HTTP (async)" if who == "allocation"
+            else "seed inventory-manager over HTTP")
+    if not shutil.which("wrk"):
+        return Result("hot item over HTTP", name, 0, 0.0,
+                      checks=["wrk is not installed (apt-get install wrk)"])
     port = free_port()
     workers = str(os.cpu_count() or 2)
     stock = 10_000_000
@@ -281,7 +304,7 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
         server = _serve([sys.executable, "-m", "allocation.entrypoints.cli", "serve",
                          "--port", str(port), "--workers", workers, "--threads", "16"],
                         env(cfg), port)
-        path, name = "/v1/http/items/hot/decrements", "allocation over HTTP (async)"
+        path = "/v1/http/items/hot/decrements"
     else:
         prefix = f"{services.prefix.replace('-', '_')}_http"
         args = {"database_url": services.database_url, "redis_url": services.redis_url,
@@ -295,7 +318,7 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
                          "--worker-class", "gthread", "seed_app:app"],
                         {**os.environ, "SEED_ARGS": json.dumps(args),
                          "PYTHONWARNINGS": "ignore"}, port)
-        path, name = "/buy/hot", "seed inventory-manager over HTTP"
+        path = "/buy/hot"
     try:
         load = _wrk(port, path, buyers, seconds)
     finally:
@@ -335,8 +358,6 @@ def _seed_http_figures(services: Services, prefix: str, stock: int) -> tuple[int
 
 def _wrk(port: int, path: str, connections: int, seconds: int) -> dict[str, Any]:
     """wrk from another process: 2 threads, ``connections`` buyers, for ``seconds``."""
-    if not shutil.which("wrk"):
-        raise RuntimeError("the HTTP scenario needs wrk (apt-get install wrk)")
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
                           "-s", str(HERE / "wrk_sale.lua"), f"http://127.0.0.1:{port}", "--",
                           path], capture_output=True, text=True, timeout=300)

@@ -4,12 +4,14 @@ BENCH_ONLY=hot,http,many,refunds,refresh,drain,cluster runs a subset."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench import contenders as c
@@ -36,7 +38,7 @@ def main() -> int:
     def wanted(name: str) -> bool:
         return not only or name in only
 
-    with scratch_services(admin, redis_url) as services:
+    with scratch_services(admin, redis_url) as services, closing_children():
         c.migrate_schema(services)
         hot, buyers = size["hot_stock"], size["buyers"]
         if wanted("hot"):
@@ -85,6 +87,14 @@ def main() -> int:
     report(results, mode)
     # A contender of ours that fails its checks fails the run; the others are reported.
     return 0 if all(r.ok for r in results if r.contender.startswith("allocation")) else 1
+
+
+@contextlib.contextmanager
+def closing_children() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        c.stop_children()
 
 
 def report(results: list[Result], mode: str) -> None:
