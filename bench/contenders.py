@@ -25,7 +25,7 @@ from allocation.adapters import migrate
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
-from allocation.entrypoints.ledger_worker import LedgerWorker, split
+from allocation.entrypoints.ledger_worker import DEFAULT_THREADS, LedgerWorker, split
 from bench.common import Result, Services, percentiles, run_threads, wait_for
 
 HERE = Path(__file__).parent
@@ -403,8 +403,8 @@ def ledger_drain(services: Services, entries: int) -> Result:
                                                      record=True).ok
                                   for n in range(entries // 8)), []))
     backlog = bus.dependencies["outbox"].backlog()[0]
-    # As `allocation ledger-worker` runs it (its default --threads 2), timed in this process.
-    workers = split(bus, 2, batch_size=2000)
+    # As `allocation ledger-worker` runs it (its default --threads), timed in this process.
+    workers = split(bus, DEFAULT_THREADS, batch_size=2000)
     threads = [threading.Thread(target=_drain, args=(w,)) for w in workers]
     began = time.perf_counter()
     for t in threads:

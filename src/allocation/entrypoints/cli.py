@@ -26,6 +26,7 @@ from allocation.config import Config
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
 from allocation.entrypoints import schemas
+from allocation.entrypoints.ledger_worker import DEFAULT_THREADS
 from allocation.service_layer.messagebus import MessageBus
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -115,7 +116,7 @@ def consume(name: str | None) -> None:
 
 
 @main.command("ledger-worker")
-@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64),
+@click.option("--threads", default=DEFAULT_THREADS, show_default=True, type=click.IntRange(1, 64),
               help="writers in this process, each taking its share of the partitions")
 def ledger_worker(threads: int) -> None:
     """Write the outbox to the ledger in PostgreSQL (run one or more)."""
