@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 
 import pytest
@@ -12,6 +13,7 @@ from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_outbox import RedisOutbox
 from allocation.domain import errors
+from allocation.domain.outcome import Outcome
 from allocation.domain.rules import Kind
 from tests.counter_contract import CounterContract, OutboxContract, counter_machine
 from tests.e2e.conftest import wait_until
@@ -24,6 +26,11 @@ def _redis(request: pytest.FixtureRequest, redis_url: str, key_space: KeySpace) 
 
 
 REDIS: tuple[str, KeySpace] = ("", KeySpace())
+
+
+def _evalsha_calls(counter: RedisCounter) -> int:
+    stats = counter.client.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0))
 
 
 def make_redis_counter() -> RedisCounter:
@@ -48,6 +55,33 @@ class TestRedisCounter(CounterContract):
         counter = make_redis_counter()
         counter.client.script_flush()
         assert counter.apply(self.ns, "sku", "decrement", 1, "k").ok
+
+    def test_callers_sharing_a_round_trip_each_get_their_own_reply(self) -> None:
+        counter = make_redis_counter()
+        skus = [f"b{i}" for i in range(4)]
+        counter.load_many((self.ns, sku, 100, 0, 1) for sku in skus)
+        replies: dict[tuple[str, str], Outcome] = {}
+        before = _evalsha_calls(counter)
+
+        def buyer(t: int) -> None:
+            for n in range(50):
+                sku, key = skus[(t + n) % 4], f"t{t}-{n}"
+                replies[(sku, key)] = counter.apply(self.ns, sku, "decrement", 1, key)
+
+        threads = [threading.Thread(target=buyer, args=(t,)) for t in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert _evalsha_calls(counter) - before < 800  # calls did share commands
+        for sku in skus:
+            sold = [o for (s, _), o in replies.items() if s == sku and o.ok]
+            assert sorted(o.seq for o in sold) == list(range(2, 102))
+        for (sku, key), got in replies.items():
+            # Redis remembers each key's outcome: the caller was handed that one, not a
+            # neighbour's.
+            again = counter.apply(self.ns, sku, "decrement", 1, key)
+            assert again.replayed and (again.status, again.consumed) == (got.status, got.consumed)
 
     def test_an_unreachable_redis_is_unavailable(self) -> None:
         down = RedisCounter(redis.Redis(port=1, socket_connect_timeout=0.5), KeySpace())

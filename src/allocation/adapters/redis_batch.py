@@ -1,10 +1,11 @@
-"""Group commit for scripts: concurrent callers in one process share one pipeline.
+"""Group commit for scripts: concurrent callers in one process share one round trip.
 
-Each call waits in a queue; whoever finds no batch in flight leads: it sends everything queued in
-one round trip, hands each caller its reply, and passes the lead to the first caller that queued
-meanwhile. Under load a round trip carries dozens of movements (about 8 times less client CPU per
-movement, measured); alone, a call goes out at once. Scripts stay atomic one by one and run in
-queue order.
+Each call waits in a queue; whoever finds no batch in flight leads: it sends everything queued,
+hands each caller its reply, and passes the lead to the first caller that queued meanwhile.
+The calls of a batch that share a hash tag (a slot, in a cluster) go as one EVALSHA of the
+script wrapped to run them in turn: under load one command carries dozens of movements, which
+saves client and Redis CPU per movement; alone, a call goes out at once. Each call's effects
+are atomic as before (the whole group's are, in fact), and calls run in queue order.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class _Call:
 class ScriptBatcher:
     def __init__(self, client: RedisClient, script: str, max_batch: int = 256) -> None:
         self.client = client
-        self.script = script
-        self.sha = hashlib.sha1(script.encode()).hexdigest()
+        self.script = _run_many(script)
+        self.sha = hashlib.sha1(self.script.encode()).hexdigest()
         self.max_batch = max_batch
         self._lock = threading.Lock()
         self._queue: list[_Call] = []
@@ -85,8 +86,52 @@ class ScriptBatcher:
             successor.done.release()
 
     def _execute(self, batch: list[_Call]) -> list[Any]:
-        return evalsha_many(self.client, self.script, self.sha,
-                            [(call.keys, call.args) for call in batch])
+        groups: dict[str, list[_Call]] = {}
+        for call in batch:
+            groups.setdefault(_hash_tag(call.keys[0] if call.keys else ""), []).append(call)
+        commands = []
+        for calls in groups.values():
+            keys: list[str] = []
+            shapes: list[int] = []
+            args: list[Any] = []
+            for call in calls:
+                keys += call.keys
+                shapes += (len(call.keys), len(call.args))
+                args += call.args
+            commands.append((keys, [len(calls), *shapes, *args]))
+        replies = evalsha_many(self.client, self.script, self.sha, commands)
+        found: dict[int, Any] = {}
+        for calls, reply in zip(groups.values(), replies, strict=True):
+            for i, call in enumerate(calls):
+                found[id(call)] = reply if isinstance(reply, Exception) else reply[i]
+        return [found[id(call)] for call in batch]
+
+
+def _hash_tag(key: str) -> str:
+    """What a cluster hashes a key by: the text between its first braces, if any."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1:end] if start >= 0 and end > start + 1 else key
+
+
+def _run_many(script: str) -> str:
+    """``script`` as a function run once per call. ARGV: the number of calls, then each call's
+    key and argument counts, then all their arguments; KEYS: all their keys, in call order."""
+    return f"""local function one(KEYS, ARGV)
+{script}
+end
+local calls = tonumber(ARGV[1])
+local key_at, arg_at, replies = 0, 1 + 2 * calls, {{}}
+for i = 1, calls do
+  local key_count, arg_count = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local keys, args = {{}}, {{}}
+  for j = 1, key_count do keys[j] = KEYS[key_at + j] end
+  for j = 1, arg_count do args[j] = ARGV[arg_at + j] end
+  key_at, arg_at = key_at + key_count, arg_at + arg_count
+  replies[i] = one(keys, args)
+end
+return replies
+"""
 
 
 def evalsha_many(client: RedisClient, script: str, sha: str,
