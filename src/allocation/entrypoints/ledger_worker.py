@@ -109,10 +109,12 @@ class LedgerWorker:
         logger.info("ledger worker %s started", self.name)
         while not self.stopping.is_set():
             try:
-                if self.run_once():
-                    backoff = 0.05
-                    continue
-                self.stopping.wait(0.02)  # nothing to write: look again shortly
+                written = self.run_once()
+                backoff = 0.05
+                if written < self.batch_size // 10:
+                    # Nothing, or a trickle: let entries gather so that a transaction carries
+                    # many of them (the ledger's CPU competes with the sale's).
+                    self.stopping.wait(0.02)
             except errors.Unavailable as exc:
                 logger.warning("ledger worker waiting for a dependency: %s", exc.message)
                 self.stopping.wait(backoff)
