@@ -88,7 +88,9 @@ def scratch_services(admin_url: str, redis_url: str) -> Iterator[Services]:
         yield Services(url, redis_url, prefix)
     finally:
         client = redis.Redis.from_url(redis_url)
-        for pattern in (f"{prefix}*", f"s{prefix[-8:]}*", f"InventoryManager.s{prefix[-8:]}*"):
+        seeds = (f"s{run}", f"bench_{run}")  # the seed's prefixes (see contenders.py)
+        for pattern in (f"{prefix}*", *(f"{seed}*" for seed in seeds),
+                        *(f"InventoryManager.{seed}*" for seed in seeds)):
             delete_matching(client, pattern)
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
