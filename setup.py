@@ -18,7 +18,7 @@ setup(
         "psycopg2-binary>=2.9.9,<3",
         "pydantic>=2.6,<3",
         "prometheus-client>=0.20,<1",
-        "gunicorn>=22,<24",
+        "granian>=2.5,<3",
         "click>=8.1,<9",
     ],
     extras_require={

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -222,13 +222,21 @@ def plain_postgres(services: Services, scenario: str, items: int, stock: int,
     return result
 
 
+SEED_REQUIREMENTS = ["inventory-manager==0.0.9.dev0", "sqlalchemy>=1.4,<2", "redis<6",
+                     "psycopg2-binary", "flask<4", "granian>=2.5,<3"]
+
+
 def ensure_seed_venv() -> Path:
+    """The seed's own virtualenv, (re)installed when its requirements change."""
     python = SEED_VENV / "bin" / "python"
+    stamp = SEED_VENV / "requirements.txt"
+    wanted = "\n".join(SEED_REQUIREMENTS)
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(SEED_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q",
-                        "inventory-manager==0.0.9.dev0", "sqlalchemy>=1.4,<2", "redis<6",
-                        "psycopg2-binary", "flask<4", "gunicorn<24"], check=True)
+    if not stamp.exists() or stamp.read_text() != wanted:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *SEED_REQUIREMENTS],
+                       check=True)
+        stamp.write_text(wanted)
     return python
 
 
@@ -284,7 +292,7 @@ def _serve(argv: list[str], environment: dict[str, str], port: int) -> subproces
 
 
 def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
-    """Over HTTP with gunicorn (workers = cores), driven by wrk from another process for a fixed
+    """Over HTTP with granian (workers = cores), driven by wrk from another process for a fixed
     time on one item whose stock does not run out. Checked on the server's side afterwards."""
     name = ("allocation over HTTP (async)" if who == "allocation"
             else "seed inventory-manager over HTTP")
@@ -313,14 +321,28 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
         python = ensure_seed_venv()
         subprocess.run([str(python), str(HERE / "seed_driver.py"), json.dumps(args)],
                        check=True, capture_output=True)
-        server = _serve([str(python), "-m", "gunicorn", "--chdir", str(HERE), "--bind",
-                         f"127.0.0.1:{port}", "--workers", workers, "--threads", "16",
-                         "--worker-class", "gthread", "seed_app:app"],
+        # The same server and settings as `allocation serve` above.
+        server = _serve([str(python), "-m", "granian", "--interface", "wsgi", "--working-dir",
+                         str(HERE), "--host", "127.0.0.1", "--port", str(port), "--workers",
+                         workers, "--blocking-threads", "16", "--no-access-log",
+                         "seed_app:app"],
                         {**os.environ, "SEED_ARGS": json.dumps(args),
                          "PYTHONWARNINGS": "ignore"}, port)
         path = "/buy/hot"
+    if who == "allocation":
+        counter = bootstrap(cfg).dependencies["counter"]
+
+        def sold_now() -> int:
+            live = counter.read("http", "hot")
+            return 0 if live is None else live.consumed
+    else:
+        def sold_now() -> int:
+            return _seed_http_figures(services, prefix, stock)[0]
     try:
         load = _wrk(port, path, buyers, seconds)
+        # wrk hangs up on the requests it has in flight; let the server finish them before it
+        # is stopped (a stop abandons requests whose client is gone).
+        _until_steady(sold_now)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -329,8 +351,7 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
     if load["counts"]["other"] or load["counts"]["sold_out"]:
         result.checks.append(f"unexpected answers: {load['counts']}")
     if who == "allocation":
-        live = bootstrap(cfg).dependencies["counter"].read("http", "hot")
-        sold = 0 if live is None else live.consumed
+        sold = sold_now()
         if not wait_for(lambda: _written(cfg, "http")[1] == sold, 120):
             result.checks.append(f"ledger rows != {sold} sold")
         if worker is not None:
@@ -344,6 +365,20 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
         result.checks.append(f"{sold} sold on the server, {load['counts']['ok']} answered ok")
     result.note = f"{sold} sold"
     return result
+
+
+def _until_steady(read: Callable[[], int], quiet: float = 0.5, seconds: float = 30) -> None:
+    """Wait until ``read()`` has not changed for ``quiet`` seconds."""
+    last, since = read(), time.monotonic()
+
+    def steady() -> bool:
+        nonlocal last, since
+        now = read()
+        if now != last:
+            last, since = now, time.monotonic()
+        return time.monotonic() - since >= quiet
+
+    wait_for(steady, seconds)
 
 
 def _seed_http_figures(services: Services, prefix: str, stock: int) -> tuple[int, int]:

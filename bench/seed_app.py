@@ -1,5 +1,5 @@
 """The seed library behind Flask, for the HTTP comparison: POST /buy/<item> is usage_decr.
-Served by gunicorn from the seed's virtualenv; configured by SEED_ARGS (JSON)."""
+Served by granian from the seed's virtualenv; configured by SEED_ARGS (JSON)."""
 
 import json
 import os

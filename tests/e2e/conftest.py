@@ -1,4 +1,4 @@
-"""Real processes: gunicorn serving the API and the pub/sub consumer, against real services."""
+"""Real processes: the API server (`allocation serve`) and the consumer, against real services."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def api(service_config: Config, ledger_workers: Process) -> Iterator[str]:
 
 
 def serve(config: Config) -> Iterator[str]:
-    """Start gunicorn with two workers on a free port; yield its base URL; stop it."""
+    """Start `allocation serve` with two workers on a free port; yield its base URL; stop it."""
     port = free_port()
     server = Process(allocation_command("serve", "--port", str(port), "--workers", "2"),
                      service_env(config))

@@ -1,4 +1,4 @@
-"""The HTTP contract of API.md, over real HTTP against gunicorn, PostgreSQL and Redis."""
+"""The HTTP contract of API.md, over real HTTP against `allocation serve`, PostgreSQL and Redis."""
 
 from __future__ import annotations
 

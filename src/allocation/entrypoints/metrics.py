@@ -23,7 +23,7 @@ MOVEMENTS = Counter("allocation_movements_total", "Movements by kind and outcome
 
 def exposition(backlog: tuple[int, float] | None = None,
                drift: dict[str, int] | None = None) -> tuple[bytes, str]:
-    """The metrics text; across all workers when gunicorn runs several (multiprocess mode).
+    """The metrics text; across all worker processes when there are several (multiprocess mode).
     The ledger backlog and drift counts are read at scrape time, from the outbox and from
     what the last ``allocation drift`` run stored."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
