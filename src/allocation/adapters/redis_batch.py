@@ -2,7 +2,7 @@
 
 Each call waits in a queue; whoever finds no batch in flight leads: it sends everything queued,
 hands each caller its reply, and passes the lead to the first caller that queued meanwhile.
-The calls of a batch that share a hash tag (a slot, in a cluster) go as one EVALSHA of the
+The calls of a batch that share a hash slot go as one EVALSHA of the
 script wrapped to run them in turn: under load one command carries dozens of movements, which
 saves client and Redis CPU per movement; alone, a call goes out at once. Each call's effects
 are atomic as before (the whole group's are, in fact), and calls run in queue order.
@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from allocation.adapters.redis_client import RedisClient
 
@@ -86,9 +87,9 @@ class ScriptBatcher:
             successor.done.release()
 
     def _execute(self, batch: list[_Call]) -> list[Any]:
-        groups: dict[str, list[_Call]] = {}
+        groups: dict[int, list[_Call]] = {}
         for call in batch:
-            groups.setdefault(_hash_tag(call.keys[0] if call.keys else ""), []).append(call)
+            groups.setdefault(key_slot(call.keys[0].encode()), []).append(call)
         commands = []
         for calls in groups.values():
             keys: list[str] = []
@@ -105,13 +106,6 @@ class ScriptBatcher:
             for i, call in enumerate(calls):
                 found[id(call)] = reply if isinstance(reply, Exception) else reply[i]
         return [found[id(call)] for call in batch]
-
-
-def _hash_tag(key: str) -> str:
-    """What a cluster hashes a key by: the text between its first braces, if any."""
-    start = key.find("{")
-    end = key.find("}", start + 1)
-    return key[start + 1:end] if start >= 0 and end > start + 1 else key
 
 
 def _run_many(script: str) -> str:

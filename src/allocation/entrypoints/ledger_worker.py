@@ -35,7 +35,7 @@ class LedgerWorker:
         self.uow_factory = uow_factory
         self.batch_size = batch_size
         self.claim_idle_ms = claim_idle_ms
-        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.name = name or _process_name()
         self.stopping = threading.Event()
         self.written = 0
         self._unsettled = set(self.partitions)  # a restart under the same name finds its own
@@ -50,15 +50,17 @@ class LedgerWorker:
         consumer left are claimed every quarter of ``claim_idle_ms``. Polling an idle outbox
         thus costs one round trip, not three per partition.
         """
-        fresh = dict(zip(self.partitions, self.outbox.read_new(
-            self.partitions, self.name, self.batch_size), strict=True))
+        settled = [p for p in self.partitions if p not in self._unsettled]
+        fresh = dict(zip(settled, self.outbox.read_new(settled, self.name, self.batch_size),
+                         strict=True))
         claiming = time.monotonic() >= self._next_claim
         if claiming:
             self._next_claim = time.monotonic() + max(self.claim_idle_ms / 4000, 0.05)
         written = 0
         for partition in self.partitions:
-            entries = fresh[partition]
-            if partition in self._unsettled:  # its own pending ones first, then the new
+            if partition in fresh:
+                entries = fresh[partition]
+            else:  # its own pending ones first, then the new
                 entries = self.outbox.read(partition, self.name, self.batch_size)
                 if not entries:
                     self._unsettled.discard(partition)
@@ -129,6 +131,10 @@ class LedgerWorker:
         return thread
 
 
+def _process_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 def from_bus(bus: MessageBus, batch_size: int = 1000, *, name: str | None = None,
              partitions: Sequence[int] | None = None) -> LedgerWorker:
     return LedgerWorker(bus.dependencies["outbox"], bus.uow_factory, batch_size=batch_size,
@@ -140,7 +146,7 @@ def split(bus: MessageBus, threads: int, batch_size: int = 1000) -> list[LedgerW
     """``threads`` workers sharing out the partitions: one writes to PostgreSQL while another
     reads Redis, which the GIL allows because both wait on sockets."""
     count = bus.dependencies["outbox"].partitions
-    name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    name = _process_name()
     return [from_bus(bus, batch_size, name=f"{name}-{i}", partitions=range(i, count, threads))
             for i in range(max(1, min(threads, count)))]
 
