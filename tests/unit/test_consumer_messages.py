@@ -32,6 +32,7 @@ def test_each_command_message_becomes_its_command() -> None:
      "namespace"),
     (json.dumps({"command": "Sell", "namespace": "ns", "sku": "s"}), "command|tag"),
     (b"\xff\xfe", "not JSON"),
+    (b"[" * 50_000, "nested too deeply"),
 ])
 def test_malformed_messages_are_refused_with_a_reason(raw: Any, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
@@ -50,8 +51,9 @@ def test_a_bad_message_is_answered_and_changes_nothing(fake_app: FakeApp) -> Non
     recorder = Recorder()
     before = fake_app.snapshot()
     handle_message(b'{"command": "Decrement", "sku": 1}', fake_app.bus, recorder)  # type: ignore[arg-type]
-    assert recorder.messages[0]["event"] == "CommandRejected"
-    assert recorder.messages[0]["reason"] == "invalid_message"
+    handle_message(b"[" * 50_000, fake_app.bus, recorder)  # type: ignore[arg-type]
+    assert [m["event"] for m in recorder.messages] == ["CommandRejected"] * 2
+    assert [m["reason"] for m in recorder.messages] == ["invalid_message"] * 2
     assert fake_app.snapshot() == before
 
 

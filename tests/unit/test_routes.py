@@ -66,3 +66,10 @@ def test_readyz_names_a_lagging_ledger_and_metrics_show_the_lag() -> None:
     assert "allocation_ledger_lag_entries 1" in lagging.client.get("/metrics").text
     lagging.drain()
     assert body(lagging.client.get("/readyz")) == {"database": "ok", "redis": "ok"}
+
+
+def test_json_nested_too_deeply_is_a_400(fake_app: FakeApp) -> None:
+    fake_app.client.put("/v1/ns/items/a", json={"total": 3})
+    r = fake_app.client.post("/v1/ns/items/a/decrements", data="[" * 50_000, headers={
+        "Content-Type": "application/json", "Idempotency-Key": "k"})
+    assert (r.status_code, body(r)["error"]) == (400, "malformed_json")

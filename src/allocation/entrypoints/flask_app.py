@@ -167,6 +167,8 @@ def _body(model: type[M]) -> M:
         data = json.loads(request.get_data(cache=True))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("malformed_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("malformed_json", "the body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("invalid_field", "the body must be a JSON object")
     return _validate(model, data)

@@ -30,6 +30,8 @@ def parse(raw: bytes | str) -> commands.Command:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("not JSON: nested too deeply") from None
     try:
         message = schemas.CommandEnvelope.model_validate(data).root
     except ValidationError as exc:
@@ -63,7 +65,7 @@ def _loose(raw: Any) -> dict[str, Any]:
     """Whatever fields of a rejected message can be echoed back."""
     try:
         data = json.loads(raw)
-    except (ValueError, TypeError, UnicodeDecodeError):
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
         return {}
     if not isinstance(data, dict):
         return {}
