@@ -18,13 +18,13 @@ from tests.fakes import FakeStore, FakeUnitOfWork
 class FakeApp:
     """The Flask app over the fake unit of work and the in-process counter."""
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, fast: bool = True) -> None:
         self.store = FakeStore()
         self.counter = InProcessCounter()
         self.published: list[events.Event] = []
         self.bus = bootstrap(config or Config(), uow_factory=lambda: FakeUnitOfWork(self.store),
                              counter=self.counter, publish=self.published.append)
-        self.app: Flask = create_app(bus=self.bus)
+        self.app: Flask = create_app(bus=self.bus, fast=fast)
         self.client: FlaskClient = self.app.test_client()
 
     def drain(self) -> None:

@@ -21,15 +21,26 @@ from allocation.config import Config
 from allocation.domain import commands, errors
 from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import Outcome
-from allocation.entrypoints import http_errors, ledger_worker, metrics, openapi, schemas
-from allocation.entrypoints.http_errors import BadRequest
+from allocation.entrypoints import (
+    fast_lane,
+    http_errors,
+    ledger_worker,
+    metrics,
+    openapi,
+    replies,
+    schemas,
+)
+from allocation.entrypoints.fast_lane import DECREMENTS, ITEM, REFUNDS
+from allocation.entrypoints.replies import BadRequest
 from allocation.service_layer.messagebus import MessageBus
 
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY = 64 * 1024
 
 
-def create_app(config: Config | None = None, bus: MessageBus | None = None) -> Flask:
+def create_app(config: Config | None = None, bus: MessageBus | None = None,
+               fast: bool = True) -> Flask:
+    """The API; ``fast=False`` leaves every route to Flask (to compare the two: tests, bench)."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.url_map.merge_slashes = False  # an empty SKU is a 404, not a redirect
@@ -43,18 +54,20 @@ def create_app(config: Config | None = None, bus: MessageBus | None = None) -> F
         app.extensions["ledger_worker"].start_thread()
     http_errors.register(app)
     _observe(app)
+    if fast:
+        fast_lane.install(app, bus)
 
     def item_path(namespace: str, sku: str) -> schemas.ItemPath:
         return _validate(schemas.ItemPath, {"namespace": namespace, "sku": sku})
 
-    @app.put("/v1/<namespace>/items/<sku>")
+    @app.put(ITEM)
     def init_item(namespace: str, sku: str) -> Response:
         path = item_path(namespace, sku)
         body = _body(schemas.InitBody)
         outcome = bus.handle(commands.InitInventory(path.namespace, path.sku, body.total))
         return _item(path, outcome, 201 if outcome.created else 200)
 
-    @app.get("/v1/<namespace>/items/<sku>")
+    @app.get(ITEM)
     def get_item(namespace: str, sku: str) -> Response:
         path = item_path(namespace, sku)
         return _item(path, views.item(bus, path.namespace, path.sku))
@@ -64,7 +77,8 @@ def create_app(config: Config | None = None, bus: MessageBus | None = None) -> F
         ns = _validate(schemas.ItemPath, {"namespace": namespace, "sku": "x"}).namespace
         query = _validate(schemas.ListQuery, request.args.to_dict())
         page, after = views.items(bus, ns, query.after, query.limit)
-        return jsonify({"items": [_item_body(ns, sku, o) for sku, o in page], "next": after})
+        return jsonify({"items": [replies.item_body(ns, sku, o) for sku, o in page],
+                        "next": after})
 
     @app.post("/v1/<namespace>/items/<sku>/adjustments")
     def adjust(namespace: str, sku: str) -> Response:
@@ -72,7 +86,8 @@ def create_app(config: Config | None = None, bus: MessageBus | None = None) -> F
         key = _idempotency_key(required=False)
         body = _body(schemas.AdjustBody)
         outcome = bus.handle(commands.AdjustTotal(path.namespace, path.sku, body.delta, key))
-        return _movement(path, "adjust", outcome)
+        metrics.count_movement("adjust", outcome.status)
+        return _movement(path, outcome)
 
     def keyed_movement(namespace: str, sku: str, kind: str,
                        command: type[commands.Decrement] | type[commands.Refund]) -> Response:
@@ -81,13 +96,14 @@ def create_app(config: Config | None = None, bus: MessageBus | None = None) -> F
         body = _body(schemas.QtyBody)
         assert key is not None
         outcome = bus.handle(command(path.namespace, path.sku, body.qty, key))
-        return _movement(path, kind, outcome)
+        metrics.count_movement(kind, outcome.status)
+        return _movement(path, outcome)
 
-    @app.post("/v1/<namespace>/items/<sku>/decrements")
+    @app.post(DECREMENTS)
     def decrement(namespace: str, sku: str) -> Response:
         return keyed_movement(namespace, sku, "decrement", commands.Decrement)
 
-    @app.post("/v1/<namespace>/items/<sku>/refunds")
+    @app.post(REFUNDS)
     def refund(namespace: str, sku: str) -> Response:
         return keyed_movement(namespace, sku, "refund", commands.Refund)
 
@@ -181,31 +197,18 @@ def _idempotency_key(required: bool) -> str | None:
             raise BadRequest("idempotency_key_required", "this request needs an "
                              "Idempotency-Key header", field="Idempotency-Key")
         return None
-    if not 1 <= len(key) <= 128 or not all(" " <= ch <= "~" for ch in key):
+    if not schemas.is_idempotency_key(key):
         raise BadRequest("invalid_field", "Idempotency-Key must be 1 to 128 printable ASCII "
                          "characters", field="Idempotency-Key")
     return key
 
 
-def _item_body(namespace: str, sku: str, outcome: Outcome) -> dict[str, Any]:
-    return {"namespace": namespace, "sku": sku, "total": outcome.total,
-            "consumed": outcome.consumed, "available": outcome.available}
-
-
 def _item(path: schemas.ItemPath, outcome: Outcome, status: int = 200) -> Response:
-    response = jsonify(_item_body(path.namespace, path.sku, outcome))
-    response.status_code = status
-    return response
+    return http_errors.to_response(replies.item(path.namespace, path.sku, outcome, status))
 
 
-def _movement(path: schemas.ItemPath, kind: str, outcome: Outcome) -> Response:
-    """The response is a function of the stored outcome, so a replay is the same response."""
-    metrics.MOVEMENTS.labels(kind, outcome.status).inc()
-    response = (_item(path, outcome) if outcome.ok
-                else http_errors.domain_error_response(outcome.error()))
-    if outcome.replayed and outcome.status != "idempotency_key_reused":
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+def _movement(path: schemas.ItemPath, outcome: Outcome) -> Response:
+    return http_errors.to_response(replies.movement(path.namespace, path.sku, outcome))
 
 
 def _entry_body(entry: LedgerEntry) -> dict[str, Any]:
@@ -256,6 +259,6 @@ def _observe(app: Flask) -> None:
     @app.after_request
     def _record(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        metrics.REQUESTS.labels(request.method, route, response.status_code).inc()
-        metrics.LATENCY.labels(route).observe(time.perf_counter() - g.get("started", 0.0))
+        metrics.count_request(request.method, route, response.status_code,
+                              time.perf_counter() - g.get("started", 0.0))
         return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 from prometheus_client import (
@@ -19,6 +20,34 @@ LATENCY = Histogram("allocation_http_request_duration_seconds", "HTTP request la
                     ["route"], buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 MOVEMENTS = Counter("allocation_movements_total", "Movements by kind and outcome",
                     ["kind", "outcome"])
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def count_request(method: str, route: str, status: int, seconds: float) -> None:
+    # Any other method is "other": a client must not be able to add label values at will.
+    _requests(method if method in METHODS else "other", route, status).inc()
+    _latency(route).observe(seconds)
+
+
+def count_movement(kind: str, outcome: str) -> None:
+    _movements(kind, outcome).inc()
+
+
+# A labelled child looked up once: ``labels()`` costs a lock and a dict build per call, a
+# noticeable share of a decrement's CPU at thousands per second.
+@functools.lru_cache(maxsize=1024)
+def _requests(method: str, route: str, status: int) -> Counter:
+    return REQUESTS.labels(method, route, status)
+
+
+@functools.lru_cache(maxsize=256)
+def _latency(route: str) -> Histogram:
+    return LATENCY.labels(route)
+
+
+@functools.lru_cache(maxsize=256)
+def _movements(kind: str, outcome: str) -> Counter:
+    return MOVEMENTS.labels(kind, outcome)
 
 
 def exposition(backlog: tuple[int, float] | None = None,

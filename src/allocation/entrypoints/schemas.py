@@ -3,6 +3,7 @@ these same models."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
@@ -12,6 +13,12 @@ KEY_PATTERN = r"^[\x20-\x7e]{1,128}$"
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 IdempotencyKey = Annotated[str, StringConstraints(pattern=KEY_PATTERN)]
+NAME = re.compile(NAME_PATTERN.removeprefix("^").removesuffix("$"))
+KEY = re.compile(KEY_PATTERN.removeprefix("^").removesuffix("$"))
+
+
+def is_idempotency_key(value: str) -> bool:
+    return KEY.fullmatch(value) is not None
 # strict: booleans, floats and numeric strings are not integers here.
 Total = Annotated[int, Field(strict=True, ge=0, le=1_000_000_000)]
 Delta = Annotated[int, Field(strict=True, ge=-1_000_000_000, le=1_000_000_000)]

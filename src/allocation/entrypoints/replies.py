@@ -1,0 +1,134 @@
+"""HTTP answers as data: status, JSON body and headers (shapes in API.md). Flask's routes and the
+fast lane both build their answers here, so the two cannot answer the same request differently."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
+
+from allocation.domain import errors
+from allocation.domain.outcome import Outcome
+
+logger = logging.getLogger(__name__)
+
+STATUS_OF_CODE = {
+    "not_found": 404,
+    "already_exists": 409,
+    "insufficient_stock": 409,
+    "below_consumed": 409,
+    "refund_exceeds_consumed": 409,
+    "invalid_quantity": 400,
+    "idempotency_key_reused": 422,
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: dict[str, Any]
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class BadRequest(Exception):
+    """Invalid input: 400 (or ``status``), naming the field when there is one."""
+
+    def __init__(self, code: str, message: str, field: str | None = None,
+                 status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.message, self.field, self.status = code, message, field, status
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, fields: dict[str, str] | None = None
+                        ) -> BadRequest:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        if field and fields:
+            field = fields.get(field, field)
+        message = first["msg"]
+        if first["type"] == "missing":
+            message = "is required"
+        return cls("invalid_field", f"{field}: {message}" if field else message, field)
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> Reply:
+    return Reply(status, {"error": code, "message": message,
+                          **{k: v for k, v in extra.items() if v is not None}})
+
+
+def item_body(namespace: str, sku: str, outcome: Outcome) -> dict[str, Any]:
+    return {"namespace": namespace, "sku": sku, "total": outcome.total,
+            "consumed": outcome.consumed, "available": outcome.available}
+
+
+def item(namespace: str, sku: str, outcome: Outcome, status: int = 200) -> Reply:
+    return Reply(status, item_body(namespace, sku, outcome))
+
+
+def movement(namespace: str, sku: str, outcome: Outcome) -> Reply:
+    """A function of the stored outcome, so a replay is the same answer."""
+    reply = item(namespace, sku, outcome) if outcome.ok else domain_error(outcome.error())
+    if outcome.replayed and outcome.status != "idempotency_key_reused":
+        return Reply(reply.status, reply.body, (("Idempotent-Replayed", "true"),))
+    return reply
+
+
+def domain_error(exc: errors.DomainError) -> Reply:
+    return error(STATUS_OF_CODE.get(exc.code, 409), exc.code, exc.message, **exc.details)
+
+
+def unavailable(message: str, retry_after: int = 1) -> Reply:
+    reply = error(503, "unavailable", message)
+    return Reply(reply.status, reply.body, (("Retry-After", str(retry_after)),))
+
+
+def _bad_request(exc: Exception) -> Reply:
+    assert isinstance(exc, BadRequest)
+    return error(exc.status, exc.code, exc.message, field=exc.field)
+
+
+def _domain(exc: Exception) -> Reply:
+    assert isinstance(exc, errors.DomainError)
+    return domain_error(exc)
+
+
+def _unavailable(exc: Exception) -> Reply:
+    assert isinstance(exc, errors.Unavailable)
+    logger.warning("unavailable: %s", exc.message)
+    return unavailable(exc.message, exc.retry_after)
+
+
+def _dependency_down(exc: Exception) -> Reply:
+    logger.warning("dependency unavailable: %s", exc)
+    return unavailable(f"a dependency is unavailable: {type(exc).__name__}")
+
+
+def _unexpected(exc: Exception) -> Reply:
+    logger.error("unexpected error", exc_info=exc)
+    return error(500, "internal_error", "unexpected error; it has been logged")
+
+
+HANDLERS: dict[type[Exception], Callable[[Exception], Reply]] = {
+    BadRequest: _bad_request,
+    errors.DomainError: _domain,
+    errors.Unavailable: _unavailable,
+    redis.RedisError: _dependency_down,
+    sa_exc.OperationalError: _dependency_down,
+    sa_exc.InterfaceError: _dependency_down,
+    sa_exc.TimeoutError: _dependency_down,
+    Exception: _unexpected,
+}
+
+
+def for_exception(exc: Exception) -> Reply:
+    """The answer to a raised exception: the handler of its nearest class, as Flask picks one."""
+    for cls in type(exc).__mro__:
+        handler = HANDLERS.get(cls)
+        if handler is not None:
+            return handler(exc)
+    return _unexpected(exc)
