@@ -291,28 +291,48 @@ def _serve(argv: list[str], environment: dict[str, str], port: int) -> subproces
     return server
 
 
+HTTP_NAMES = {"allocation": "allocation over HTTP (async)",
+              "allocation-flask": "allocation over HTTP, no fast lane",
+              "seed": "seed inventory-manager over HTTP"}
+
+
 def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
     """Over HTTP with granian (workers = cores), driven by wrk from another process for a fixed
-    time on one item whose stock does not run out. Checked on the server's side afterwards."""
-    name = ("allocation over HTTP (async)" if who == "allocation"
-            else "seed inventory-manager over HTTP")
+    time on one item whose stock does not run out. Checked on the server's side afterwards.
+    ``who``: allocation (as `allocation serve` runs it), allocation-flask (the same app with
+    every route left to Flask), or seed."""
+    name = HTTP_NAMES[who]
     if not shutil.which("wrk"):
         return Result("hot item over HTTP", name, 0, 0.0,
                       checks=["wrk is not installed (apt-get install wrk)"])
     port = free_port()
     workers = str(os.cpu_count() or 2)
     stock = 10_000_000
+    namespace = who.replace("-", "_")
     cfg = config(services, "async")
-    worker = None
-    if who == "allocation":
+    worker = metrics_dir = None
+    # Every contender is served by granian with `allocation serve`'s settings.
+    granian = ["-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", workers, "--blocking-threads", "16", "--no-access-log"]
+    if who.startswith("allocation"):
         bus = bootstrap(cfg)
-        bus.handle(commands.InitInventory("http", "hot", stock))
+        bus.handle(commands.InitInventory(namespace, "hot", stock))
         bus.dependencies["engine"].dispose()
         worker = ledger_worker(cfg)
-        server = _serve([sys.executable, "-m", "allocation.entrypoints.cli", "serve",
-                         "--port", str(port), "--workers", workers, "--threads", "16"],
-                        env(cfg), port)
-        path = "/v1/http/items/hot/decrements"
+        if who == "allocation":
+            argv = [sys.executable, "-m", "allocation.entrypoints.cli", "serve", "--port",
+                    str(port), "--workers", workers, "--threads", "16"]
+        else:
+            argv = [sys.executable, *granian, "--factory", "--working-dir", str(HERE.parent),
+                    "bench.flask_only:create_app"]
+        metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
+        server = _serve(argv, {**env(cfg), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}, port)
+        path = f"/v1/{namespace}/items/hot/decrements"
+        counter = bootstrap(cfg).dependencies["counter"]
+
+        def sold_now() -> int:
+            live = counter.read(namespace, "hot")
+            return 0 if live is None else live.consumed
     else:
         prefix = f"{services.prefix.replace('-', '_')}_http"
         args = {"database_url": services.database_url, "redis_url": services.redis_url,
@@ -321,21 +341,11 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
         python = ensure_seed_venv()
         subprocess.run([str(python), str(HERE / "seed_driver.py"), json.dumps(args)],
                        check=True, capture_output=True)
-        # The same server and settings as `allocation serve` above.
-        server = _serve([str(python), "-m", "granian", "--interface", "wsgi", "--working-dir",
-                         str(HERE), "--host", "127.0.0.1", "--port", str(port), "--workers",
-                         workers, "--blocking-threads", "16", "--no-access-log",
-                         "seed_app:app"],
+        server = _serve([str(python), *granian, "--working-dir", str(HERE), "seed_app:app"],
                         {**os.environ, "SEED_ARGS": json.dumps(args),
                          "PYTHONWARNINGS": "ignore"}, port)
         path = "/buy/hot"
-    if who == "allocation":
-        counter = bootstrap(cfg).dependencies["counter"]
 
-        def sold_now() -> int:
-            live = counter.read("http", "hot")
-            return 0 if live is None else live.consumed
-    else:
         def sold_now() -> int:
             return _seed_http_figures(services, prefix, stock)[0]
     try:
@@ -346,13 +356,15 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
     finally:
         server.terminate()
         server.wait(timeout=30)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     result = Result("hot item over HTTP", name, sum(load["counts"].values()), load["seconds"],
                     load["p50_ms"], load["p99_ms"])
     if load["counts"]["other"] or load["counts"]["sold_out"]:
         result.checks.append(f"unexpected answers: {load['counts']}")
-    if who == "allocation":
+    if who.startswith("allocation"):
         sold = sold_now()
-        if not wait_for(lambda: _written(cfg, "http")[1] == sold, 120):
+        if not wait_for(lambda: _written(cfg, namespace)[1] == sold, 120):
             result.checks.append(f"ledger rows != {sold} sold")
         if worker is not None:
             worker.terminate()
