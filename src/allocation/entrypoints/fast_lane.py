@@ -85,7 +85,7 @@ class FastLane:
         """The bytes read (None if none were) and the body, if it is a valid one."""
         mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
         length = environ.get("CONTENT_LENGTH", "")
-        if mimetype != "application/json" or not length.isdigit() or (
+        if mimetype != "application/json" or not (length.isascii() and length.isdecimal()) or (
                 int(length) > self._max_body):
             return None, None
         read: bytes = environ["wsgi.input"].read(int(length))
