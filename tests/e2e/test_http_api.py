@@ -60,6 +60,36 @@ def test_health_readiness_metrics_and_openapi(api: str) -> None:
     assert "QtyBody" in spec["components"]["schemas"]
 
 
+def scrape(api: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{api}/metrics", timeout=5).text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_metrics_count_the_sale_across_workers(api: str, namespace: str) -> None:
+    c = Client(api, namespace)
+    c.init("m", 3)
+    route = "/v1/<namespace>/items/<sku>/decrements"
+    wanted = {
+        ("allocation_http_requests_total", (("method", "POST"), ("route", route),
+                                            ("status", "200"))): 3,
+        ("allocation_http_requests_total", (("method", "POST"), ("route", route),
+                                            ("status", "409"))): 1,
+        ("allocation_movements_total", (("kind", "decrement"), ("outcome", "ok"))): 3,
+        ("allocation_movements_total", (("kind", "decrement"),
+                                        ("outcome", "insufficient_stock"))): 1,
+    }
+    before = scrape(api)
+    for n in range(3):  # over new connections: they may land on any worker process
+        assert requests.post(c.url("/items/m/decrements"), json={"qty": 1},
+                             headers={"Idempotency-Key": f"m{n}"}, timeout=10).ok
+    assert c.move("m", "decrements", {"qty": 1}, "m3").status_code == 409
+    after = scrape(api)
+    assert {k: after.get(k, 0) - before.get(k, 0) for k in wanted} == wanted
+
+
 def test_init_get_and_the_item_lifecycle(api: str, namespace: str) -> None:
     c = Client(api, namespace)
     created = c.init("sku", 10)
