@@ -2,7 +2,7 @@
 
 A sale is decrements, refunds and stock reads of one item, thousands a second. Flask's request
 context, routing, hooks and response object cost about as much CPU as the rest of a decrement
-together (``make bench``: the same server does about twice the decrements with the lane), so this
+together (``make bench``: the same server does 2-3 times the decrements with the lane), so this
 WSGI middleware, in front of Flask, serves a well-formed call itself: the same validation models,
 the same bus command, the same ``replies`` and the same metrics as the Flask route, so the answer
 is the route's answer byte for byte (tests/unit/test_fast_lane.py compares them). Anything else,
