@@ -73,3 +73,15 @@ def test_json_nested_too_deeply_is_a_400(fake_app: FakeApp) -> None:
     r = fake_app.client.post("/v1/ns/items/a/decrements", data="[" * 50_000, headers={
         "Content-Type": "application/json", "Idempotency-Key": "k"})
     assert (r.status_code, body(r)["error"]) == (400, "malformed_json")
+
+
+def test_a_made_up_method_is_counted_as_other(fake_app: FakeApp) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(method: str) -> float:
+        return REGISTRY.get_sample_value("allocation_http_requests_total", {
+            "method": method, "route": "unmatched", "status": "405"}) or 0.0
+
+    before = count("other")
+    assert fake_app.client.open("/v1/ns/items/a", method="BREW").status_code == 405
+    assert (count("other") - before, count("BREW")) == (1, 0)
