@@ -49,6 +49,8 @@ def env(cfg: Config) -> dict[str, str]:
             "EVENTS_CHANNEL": cfg.events_channel, "DB_POOL_SIZE": "40"}
 
 
+# Where the HTTP servers' logs go: read it when a contender fails its checks.
+SERVER_LOG = Path(tempfile.gettempdir()) / "allocation-bench-servers.log"
 # Every process the harness starts, so that a run that fails half-way leaves none behind.
 CHILDREN: list[subprocess.Popen[bytes]] = []
 
@@ -275,8 +277,10 @@ def free_port() -> int:
 
 
 def _serve(argv: list[str], environment: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    server = subprocess.Popen(argv, env=environment, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    """A server process, returned once it answers; its stderr goes to SERVER_LOG."""
+    with SERVER_LOG.open("ab") as stderr:  # the child keeps its own handle
+        server = subprocess.Popen(argv, env=environment, stdout=subprocess.DEVNULL,
+                                  stderr=stderr)
     CHILDREN.append(server)
 
     def up() -> bool:
@@ -358,10 +362,12 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
         server.wait(timeout=30)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-    result = Result("hot item over HTTP", name, sum(load["counts"].values()), load["seconds"],
+    answered = load["counts"]["ok"] + load["counts"]["sold_out"] + load["counts"]["other"]
+    result = Result("hot item over HTTP", name, answered, load["seconds"],
                     load["p50_ms"], load["p99_ms"])
-    if load["counts"]["other"] or load["counts"]["sold_out"]:
-        result.checks.append(f"unexpected answers: {load['counts']}")
+    if any(load["counts"][k] for k in ("other", "sold_out", "socket_errors")):
+        result.checks.append(f"unexpected answers: {load['counts']} (statuses: "
+                             f"{load['statuses'] or 'none'}; server log: {SERVER_LOG})")
     if who.startswith("allocation"):
         sold = sold_now()
         if not wait_for(lambda: _written(cfg, namespace)[1] == sold, 120):
@@ -411,8 +417,9 @@ def _wrk(port: int, path: str, connections: int, seconds: int) -> dict[str, Any]
     line = next(x for x in out.stdout.splitlines() if x.startswith("WRK "))
     data = json.loads(line[4:])
     return {"counts": {"ok": data["ok"], "sold_out": data["sold_out"],
-                       "other": data["other"] + data["errors"]},
-            "seconds": data["seconds"], "p50_ms": round(data["p50_ms"], 3),
+                       "other": data["other"], "socket_errors": data["errors"]},
+            "statuses": data["statuses"].strip(), "seconds": data["seconds"],
+            "p50_ms": round(data["p50_ms"], 3),
             "p99_ms": round(data["p99_ms"], 3)}
 
 

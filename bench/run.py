@@ -38,6 +38,7 @@ def main() -> int:
     def wanted(name: str) -> bool:
         return not only or name in only
 
+    c.SERVER_LOG.write_bytes(b"")  # this run's server logs only
     with scratch_services(admin, redis_url) as services, closing_children():
         c.migrate_schema(services)
         hot, buyers = size["hot_stock"], size["buyers"]

@@ -11,6 +11,7 @@ end
 
 function init(args)
   n, ok, sold_out, other = 0, 0, 0, 0
+  statuses = ""  -- the first few answers that were neither, to say what went wrong
   path = args[1]
 end
 
@@ -24,19 +25,23 @@ end
 function response(status, headers, body)
   if status == 200 then ok = ok + 1
   elseif status == 409 then sold_out = sold_out + 1
-  else other = other + 1 end
+  else
+    other = other + 1
+    if other <= 5 then statuses = statuses .. status .. " " end
+  end
 end
 
 function done(summary, latency, requests)
-  local o, s, x = 0, 0, 0
+  local o, s, x, st = 0, 0, 0, ""
   for _, t in ipairs(threads) do
     o = o + t:get("ok"); s = s + t:get("sold_out"); x = x + t:get("other")
+    st = st .. t:get("statuses")
   end
   io.write(string.format(
     'WRK {"ok": %d, "sold_out": %d, "other": %d, "requests": %d, "seconds": %f, ' ..
-    '"p50_ms": %f, "p99_ms": %f, "errors": %d}\n',
+    '"p50_ms": %f, "p99_ms": %f, "errors": %d, "statuses": "%s"}\n',
     o, s, x, summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e3,
     latency:percentile(99) / 1e3,
     summary.errors.connect + summary.errors.read + summary.errors.write +
-    summary.errors.timeout))
+    summary.errors.timeout, st))
 end
