@@ -97,25 +97,26 @@ class ScriptBatcher:
         batch[0].done.release()
 
     def _execute(self, batch: list[_Call]) -> list[Any]:
-        groups: dict[int, list[_Call]] = {}
-        for call in batch:
-            groups.setdefault(key_slot(call.keys[0].encode()), []).append(call)
+        groups: dict[int, list[int]] = {}  # hash slot -> positions of its calls in the batch
+        for at, call in enumerate(batch):
+            groups.setdefault(key_slot(call.keys[0].encode()), []).append(at)
         commands = []
-        for calls in groups.values():
+        for positions in groups.values():
             keys: list[str] = []
             shapes: list[int] = []
             args: list[Any] = []
-            for call in calls:
-                keys += call.keys
-                shapes += (len(call.keys), len(call.args))
-                args += call.args
-            commands.append((keys, [len(calls), *shapes, *args]))
-        replies = evalsha_many(self.client, self.script, self.sha, commands)
-        found: dict[int, Any] = {}
-        for calls, reply in zip(groups.values(), replies, strict=True):
-            for i, call in enumerate(calls):
-                found[id(call)] = reply if isinstance(reply, Exception) else reply[i]
-        return [found[id(call)] for call in batch]
+            for at in positions:
+                keys += batch[at].keys
+                shapes += (len(batch[at].keys), len(batch[at].args))
+                args += batch[at].args
+            commands.append((keys, [len(positions), *shapes, *args]))
+        replies: list[Any] = [None] * len(batch)
+        for positions, reply in zip(groups.values(),
+                                    evalsha_many(self.client, self.script, self.sha, commands),
+                                    strict=True):
+            for i, at in enumerate(positions):
+                replies[at] = reply if isinstance(reply, Exception) else reply[i]
+        return replies
 
 
 def _run_many(script: str) -> str:

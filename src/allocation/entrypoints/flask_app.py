@@ -86,8 +86,7 @@ def create_app(config: Config | None = None, bus: MessageBus | None = None,
         key = _idempotency_key(required=False)
         body = _body(schemas.AdjustBody)
         outcome = bus.handle(commands.AdjustTotal(path.namespace, path.sku, body.delta, key))
-        metrics.count_movement("adjust", outcome.status)
-        return _movement(path, outcome)
+        return _movement(path, "adjust", outcome)
 
     def keyed_movement(namespace: str, sku: str, kind: str,
                        command: type[commands.Decrement] | type[commands.Refund]) -> Response:
@@ -96,8 +95,7 @@ def create_app(config: Config | None = None, bus: MessageBus | None = None,
         body = _body(schemas.QtyBody)
         assert key is not None
         outcome = bus.handle(command(path.namespace, path.sku, body.qty, key))
-        metrics.count_movement(kind, outcome.status)
-        return _movement(path, outcome)
+        return _movement(path, kind, outcome)
 
     @app.post(DECREMENTS)
     def decrement(namespace: str, sku: str) -> Response:
@@ -207,7 +205,8 @@ def _item(path: schemas.ItemPath, outcome: Outcome, status: int = 200) -> Respon
     return http_errors.to_response(replies.item(path.namespace, path.sku, outcome, status))
 
 
-def _movement(path: schemas.ItemPath, outcome: Outcome) -> Response:
+def _movement(path: schemas.ItemPath, kind: str, outcome: Outcome) -> Response:
+    metrics.count_movement(kind, outcome.status)
     return http_errors.to_response(replies.movement(path.namespace, path.sku, outcome))
 
 
