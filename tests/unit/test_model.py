@@ -1,3 +1,5 @@
+from typing import NamedTuple
+
 import pytest
 
 from allocation.domain import errors, events
@@ -90,3 +92,48 @@ def test_error_codes_are_the_api_codes() -> None:
     assert {cls.code for cls in errors.REFUSALS.values()} >= {
         "not_found", "already_exists", "insufficient_stock", "below_consumed",
         "refund_exceeds_consumed", "idempotency_key_reused"}
+
+
+class Decided(NamedTuple):
+    kind: str
+    qty: int
+    idempotency_key: str | None
+    total: int
+    consumed: int
+
+
+class TestRecordMany:
+    """Movements the fast path decided, written down by the ledger worker."""
+
+    def test_appends_gapless_entries_with_the_fast_paths_figures(self) -> None:
+        it = item(10, consumed=2)
+        drifted = it.record_many([Decided("decrement", 3, "a", 10, 5),
+                                  Decided("refund", 1, "b", 10, 4),
+                                  Decided("adjust", 5, None, 15, 4)])
+        assert drifted == []
+        assert (it.total, it.consumed, it.last_seq) == (15, 4, 5)
+        written = it.new_entries[-3:]
+        assert [(e.seq, e.kind, e.qty, e.total_after, e.available_after, e.idempotency_key)
+                for e in written] == [(3, "decrement", 3, 10, 5, "a"),
+                                      (4, "refund", 1, 10, 6, "b"),
+                                      (5, "adjust", 5, 15, 11, None)]
+        assert len({e.created_at for e in written}) == 1
+
+    def test_keeps_what_was_acknowledged_and_names_the_seqs_that_drifted(self) -> None:
+        it = item(10, consumed=9)
+        # The fast path held a total of 20 (it had drifted) and sold 3 where the record had 1.
+        drifted = it.record_many([Decided("decrement", 3, "a", 20, 12),
+                                  Decided("refund", 2, "b", 20, 10),
+                                  Decided("adjust", -15, None, 5, 10)])
+        assert drifted == [3, 5]  # the refund agrees with the figures before it
+        assert (it.total, it.consumed, it.last_seq) == (5, 10, 5)
+
+    def test_can_leave_the_keys_out(self) -> None:
+        it = item(10)
+        it.record_many([Decided("decrement", 1, "a", 10, 1)], keep_keys=False)
+        assert it.new_entries[-1].idempotency_key is None
+
+    def test_nothing_to_record_changes_nothing(self) -> None:
+        it = item(10, consumed=2)
+        assert it.record_many([]) == []
+        assert (it.total, it.consumed, it.last_seq, len(it.new_entries)) == (10, 2, 2, 2)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from allocation.domain import errors, events, rules
 
 
-@dataclass
+@dataclass(slots=True)
 class LedgerEntry:
     """One applied movement. ``seq`` is gap-less per item: it is the item's ``last_seq`` + 1,
     taken in the same transaction that writes the row."""
@@ -23,6 +24,21 @@ class LedgerEntry:
     available_after: int
     idempotency_key: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class Decided(Protocol):
+    """A movement the fast path decided: what it did and the item's figures after it."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def qty(self) -> int: ...
+    @property
+    def idempotency_key(self) -> str | None: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def consumed(self) -> int: ...
 
 
 class Stock(NamedTuple):
@@ -78,25 +94,34 @@ class InventoryItem:
             self.namespace, self.sku, self.total, self.consumed, qty, idempotency_key))
         return entry
 
-    def record(self, kind: rules.Kind, qty: int, idempotency_key: str | None,
-               total_after: int, consumed_after: int) -> bool:
-        """Write down a movement the fast path already decided and acknowledged.
+    def record_many(self, movements: Iterable[Decided], *, keep_keys: bool = True) -> list[int]:
+        """Write down movements the fast path already decided and acknowledged, in seq order.
 
-        The figures after it are the fast path's: what a client was told succeeded is never
-        lost. Returns whether the rules, applied here, agree; False means the two had drifted.
+        The figures after each are the fast path's: what a client was told succeeded is never
+        lost. Returns the seqs where the rules, applied here, disagree (the two had drifted).
+        ``keep_keys=False`` writes them without their idempotency keys.
         """
-        try:
-            agrees = rules.apply(kind, self.total, self.consumed, qty) == (total_after,
-                                                                          consumed_after)
-        except errors.DomainError:
-            agrees = False
-        self.total, self.consumed = total_after, consumed_after
-        self.last_seq += 1
-        self.new_entries.append(LedgerEntry(
-            namespace=self.namespace, sku=self.sku, seq=self.last_seq, kind=kind, qty=qty,
-            total_after=total_after, available_after=total_after - consumed_after,
-            idempotency_key=idempotency_key))
-        return agrees
+        # Runs for every movement the ledger writes: locals, not the mapped attributes, and
+        # one timestamp for the lot.
+        namespace, sku, now = self.namespace, self.sku, datetime.now(UTC)
+        total, consumed, seq = self.total, self.consumed, self.last_seq
+        entries, drifted = self.new_entries, []
+        for m in movements:
+            total_after, consumed_after = m.total, m.consumed
+            try:
+                agrees = rules.apply(m.kind, total, consumed, m.qty) == (total_after,
+                                                                         consumed_after)
+            except errors.DomainError:
+                agrees = False
+            seq += 1
+            if not agrees:
+                drifted.append(seq)
+            total, consumed = total_after, consumed_after
+            entries.append(LedgerEntry(namespace, sku, seq, m.kind, m.qty, total_after,
+                                       total_after - consumed_after,
+                                       m.idempotency_key if keep_keys else None, now))
+        self.total, self.consumed, self.last_seq = total, consumed, seq
+        return drifted
 
     def _move(self, kind: rules.Kind, qty: int, idempotency_key: str | None) -> LedgerEntry:
         self.total, self.consumed = rules.apply(kind, self.total, self.consumed, qty)

@@ -41,10 +41,11 @@ def total_must_not_drop_below_consumed(total: int, consumed: int, delta: int) ->
         )
 
 
-def apply(kind: Kind, total: int, consumed: int, qty: int) -> tuple[int, int]:
+def apply(kind: str, total: int, consumed: int, qty: int) -> tuple[int, int]:
     """Return (total, consumed) after a movement, or raise the rule that refuses it.
 
-    ``qty`` is the signed delta for ``adjust`` and the new total for ``init``.
+    ``qty`` is the signed delta for ``adjust`` and the new total for ``init``; a kind not in
+    ``KINDS`` is a bug and raises ValueError.
     """
     if kind == "init":
         if qty < 0:

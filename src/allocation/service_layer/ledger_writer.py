@@ -43,19 +43,20 @@ def write_batch(entries: list[OutboxEntry], uow: AbstractUnitOfWork,
             if item is None:
                 result.orphans.extend(by_item[(namespace, sku)])
                 continue
+            applied, expected = [], item.last_seq + 1
             for entry in sorted(by_item[(namespace, sku)], key=lambda e: e.seq):
-                if entry.seq <= item.last_seq:
+                if entry.seq < expected:
                     result.done.append(entry.id)  # written before: a replay
-                elif entry.seq == item.last_seq + 1 and entry.kind in KINDS:
-                    key = None if drop_keys else entry.idempotency_key
-                    if not item.record(entry.kind, entry.qty, key,
-                                       entry.total, entry.consumed):
-                        result.drifted += 1
-                        logger.error("ledger: %s/%s seq %d disagrees with the rules; recorded "
-                                     "as acknowledged", namespace, sku, entry.seq)
-                    result.done.append(entry.id)
-                    result.written += 1
+                elif entry.seq == expected and entry.kind in KINDS:
+                    applied.append(entry)
+                    expected += 1
                 else:
                     result.waiting += 1
+            for seq in item.record_many(applied, keep_keys=not drop_keys):
+                result.drifted += 1
+                logger.error("ledger: %s/%s seq %d disagrees with the rules; recorded as "
+                             "acknowledged", namespace, sku, seq)
+            result.done.extend(entry.id for entry in applied)
+            result.written += len(applied)
         uow.commit()
     return result
