@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine
@@ -7,8 +9,9 @@ from sqlalchemy.exc import IntegrityError
 
 from allocation import views
 from allocation.adapters import migrate
+from allocation.adapters.ledger_rows import append
 from allocation.domain import commands, errors
-from allocation.domain.model import InventoryItem
+from allocation.domain.model import InventoryItem, LedgerEntry
 from allocation.service_layer.messagebus import MessageBus
 from tests.integration.conftest import ledger_rows, settle, stored
 
@@ -128,3 +131,22 @@ def test_namespaces_stay_apart_in_rows_and_keys(bus: MessageBus, engine: Engine,
     settle(bus)
     assert stored(engine, other, "sku") == (5, 0, 1)
     assert views.item(bus, other, "sku").available == 5
+
+
+def test_copy_writes_every_field_as_given(bus: MessageBus, engine: Engine,
+                                          namespace: str) -> None:
+    """COPY (more than 8 rows) with keys that CSV must quote and two moments interleaved."""
+    bus.handle(commands.InitInventory(namespace, "sku", 100))
+    settle(bus)
+    moments = [datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 0, 0, 1, 5, tzinfo=UTC)]
+    keys = ['a,b', 'say "hi"', "two\nlines", " edge ", None, "k\\", "x" * 128, "é", None, "z"]
+    entries = [LedgerEntry(namespace, "sku", 2 + n, "decrement", 1, 100, 99 - n, key,
+                           moments[n % 2]) for n, key in enumerate(keys)]
+    with engine.begin() as conn:
+        append(conn, entries)
+        rows = conn.execute(text(
+            "SELECT namespace, sku, seq, kind, qty, total_after, available_after, "
+            "idempotency_key, created_at FROM inventory_ledger WHERE namespace = :ns AND seq > 1 "
+            "ORDER BY seq"), {"ns": namespace}).all()
+        conn.rollback()  # the items row still says seq 1: leave the ledger as it was
+    assert [LedgerEntry(*row) for row in rows] == entries

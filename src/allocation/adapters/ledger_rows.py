@@ -27,10 +27,13 @@ def append(connection: Connection, entries: Sequence[LedgerEntry]) -> None:
 def _copy(connection: Connection, entries: Sequence[LedgerEntry]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
+    moment, stamp = None, ""
     for e in entries:
+        if e.created_at is not moment:  # an item's entries of one batch share their moment
+            moment, stamp = e.created_at, e.created_at.isoformat()
         # A key is never empty (1..128 characters), so "" can stand for NULL.
         writer.writerow((e.namespace, e.sku, e.seq, e.kind, e.qty, e.total_after,
-                         e.available_after, e.idempotency_key or "", e.created_at.isoformat()))
+                         e.available_after, e.idempotency_key or "", stamp))
     buffer.seek(0)
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
