@@ -201,6 +201,16 @@ class OutboxContract(abc.ABC):
                                       (4, "adjust", 5, None, 15, 2)]
         assert self.outbox.pending(self.ns)["sku"].seq == 4
 
+    def test_entries_keep_names_and_keys_whatever_they_hold(self) -> None:
+        sku = "2 3|4é"  # digits, a space, the separator and non-ASCII: read back as written
+        self.counter.load(self.ns, sku, 10, 0, 1)
+        self.counter.apply(self.ns, sku, "decrement", 3, "| 7 é|", record=True)
+        self.counter.apply(self.ns, sku, "adjust", -4, None, record=True)
+        assert [(e.namespace, e.sku, e.seq, e.kind, e.qty, e.idempotency_key, e.total,
+                 e.consumed) for e in self._mine()] == [
+            (self.ns, sku, 2, "decrement", 3, "| 7 é|", 10, 3),
+            (self.ns, sku, 3, "adjust", -4, None, 6, 3)]
+
     def test_acknowledged_entries_leave_the_outbox(self) -> None:
         self.counter.apply(self.ns, "sku", "decrement", 1, "k1", record=True)
         self.counter.apply(self.ns, "sku", "decrement", 1, "k2", record=True)

@@ -17,7 +17,23 @@ GROUP = "ledger"
 
 
 def _entry(partition: int, entry_id: Any, f: dict[bytes, bytes]) -> OutboxEntry:
-    # Field by field rather than decoding the whole mapping: this runs for every entry written.
+    """An entry as move.lua writes it: one field ``m``, "seq qty total consumed kind ns_len
+    sku_len|" then the namespace, SKU and key, unseparated (names may hold any character)."""
+    packed = f.get(b"m")
+    if packed is None:
+        return _fields_entry(partition, entry_id, f)
+    head, _, names = packed.partition(b"|")
+    seq, qty, total, consumed, kind, ns_len, sku_len = head.split(b" ")
+    ns_end = int(ns_len)
+    sku_end = ns_end + int(sku_len)
+    return OutboxEntry(
+        entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id), partition,
+        names[:ns_end].decode(), names[ns_end:sku_end].decode(), int(seq), kind.decode(),
+        int(qty), names[sku_end:].decode() or None, int(total), int(consumed))
+
+
+def _fields_entry(partition: int, entry_id: Any, f: dict[bytes, bytes]) -> OutboxEntry:
+    # A field per value: what versions before 0.6 wrote; a backlog they left is still read.
     key = f[b"key"]
     return OutboxEntry(
         id=entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
