@@ -297,6 +297,7 @@ def _serve(argv: list[str], environment: dict[str, str], port: int) -> subproces
 
 HTTP_NAMES = {"allocation": "allocation over HTTP (async)",
               "allocation-flask": "allocation over HTTP, no fast lane",
+              "allocation-apart": "allocation over HTTP, ledger after",
               "seed": "seed inventory-manager over HTTP"}
 
 
@@ -304,7 +305,9 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
     """Over HTTP with granian (workers = cores), driven by wrk from another process for a fixed
     time on one item whose stock does not run out. Checked on the server's side afterwards.
     ``who``: allocation (as `allocation serve` runs it), allocation-flask (the same app with
-    every route left to Flask), or seed."""
+    every route left to Flask), allocation-apart (as allocation, with the ledger worker started
+    once the load stops: what the API does when the worker and its database work run on other
+    cores, as in production; here they share two cores with everything else), or seed."""
     name = HTTP_NAMES[who]
     if not shutil.which("wrk"):
         return Result("hot item over HTTP", name, 0, 0.0,
@@ -322,8 +325,8 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
         bus = bootstrap(cfg)
         bus.handle(commands.InitInventory(namespace, "hot", stock))
         bus.dependencies["engine"].dispose()
-        worker = ledger_worker(cfg)
-        if who == "allocation":
+        worker = None if who == "allocation-apart" else ledger_worker(cfg)
+        if who != "allocation-flask":
             argv = [sys.executable, "-m", "allocation.entrypoints.cli", "serve", "--port",
                     str(port), "--workers", workers, "--threads", "16"]
         else:
@@ -370,11 +373,11 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
                              f"{load['statuses'] or 'none'}; server log: {SERVER_LOG})")
     if who.startswith("allocation"):
         sold = sold_now()
+        worker = worker or ledger_worker(cfg)
         if not wait_for(lambda: _written(cfg, namespace)[1] == sold, 120):
             result.checks.append(f"ledger rows != {sold} sold")
-        if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=30)
+        worker.terminate()
+        worker.wait(timeout=30)
     else:
         sold, rows = _seed_http_figures(services, prefix, stock)
         if rows != sold:

@@ -51,6 +51,7 @@ def main() -> int:
             seconds = 30 if mode == "full" else 10
             record(c.http(services, "allocation", seconds, buyers))
             record(c.http(services, "allocation-flask", seconds, buyers))
+            record(c.http(services, "allocation-apart", seconds, buyers))
             record(c.http(services, "seed", seconds, buyers))
         if wanted("many"):
             items, stock = size["many_items"], size["many_stock"]
