@@ -19,25 +19,24 @@ GROUP = "ledger"
 def _entry(partition: int, entry_id: Any, f: dict[bytes, bytes]) -> OutboxEntry:
     """An entry as move.lua writes it: one field ``m``, "seq qty total consumed kind ns_len
     sku_len|" then the namespace, SKU and key, unseparated (names may hold any character)."""
+    id_ = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     packed = f.get(b"m")
     if packed is None:
-        return _fields_entry(partition, entry_id, f)
+        return _fields_entry(partition, id_, f)
     head, _, names = packed.partition(b"|")
     seq, qty, total, consumed, kind, ns_len, sku_len = head.split(b" ")
     ns_end = int(ns_len)
     sku_end = ns_end + int(sku_len)
     return OutboxEntry(
-        entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id), partition,
-        names[:ns_end].decode(), names[ns_end:sku_end].decode(), int(seq), kind.decode(),
-        int(qty), names[sku_end:].decode() or None, int(total), int(consumed))
+        id_, partition, names[:ns_end].decode(), names[ns_end:sku_end].decode(), int(seq),
+        kind.decode(), int(qty), names[sku_end:].decode() or None, int(total), int(consumed))
 
 
-def _fields_entry(partition: int, entry_id: Any, f: dict[bytes, bytes]) -> OutboxEntry:
+def _fields_entry(partition: int, id_: str, f: dict[bytes, bytes]) -> OutboxEntry:
     # A field per value: what versions before 0.6 wrote; a backlog they left is still read.
     key = f[b"key"]
     return OutboxEntry(
-        id=entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
-        partition=partition, namespace=f[b"ns"].decode(), sku=f[b"sku"].decode(),
+        id=id_, partition=partition, namespace=f[b"ns"].decode(), sku=f[b"sku"].decode(),
         seq=int(f[b"seq"]), kind=f[b"kind"].decode(), qty=int(f[b"qty"]),
         idempotency_key=key.decode() if key else None, total=int(f[b"total"]),
         consumed=int(f[b"consumed"]))
