@@ -46,10 +46,10 @@ def test_each_caller_of_a_batch_wakes_with_its_own_answer(fail: bool) -> None:
         except ConnectionError as exc:
             answers[n] = exc
 
-    first = threading.Thread(target=caller, args=(0,))
+    first = threading.Thread(target=caller, args=(0,), daemon=True)
     first.start()
     until(lambda: batcher._in_flight)
-    rest = [threading.Thread(target=caller, args=(n,)) for n in range(1, 32)]
+    rest = [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(1, 32)]
     for thread in rest:
         thread.start()
     until(lambda: len(batcher._queue) == 31)
@@ -62,3 +62,57 @@ def test_each_caller_of_a_batch_wakes_with_its_own_answer(fail: bool) -> None:
         assert all(isinstance(a, ConnectionError) for a in answers.values())
     else:
         assert answers == {n: 2 * n for n in range(32)}
+
+
+class PausingLock:
+    """The batcher's lock, which holds ``target`` just after the first time it lets go of it."""
+
+    def __init__(self) -> None:
+        self.inner = threading.Lock()
+        self.target: threading.Thread | None = None
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+
+    def __enter__(self) -> None:
+        self.inner.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.release()
+        if threading.current_thread() is self.target and not self.paused.is_set():
+            self.paused.set()
+            assert self.resume.wait(10)
+
+
+def test_a_caller_handed_the_lead_before_it_waits_still_leads_its_batch() -> None:
+    """A caller queues behind a batch in flight; that batch ends and hands it the lead before
+    the caller got to wait. It must still lead its batch once, and wake the caller after it."""
+    batcher = HeldBatcher(fail=False)
+    lock = PausingLock()
+    batcher._lock = cast(Any, lock)
+    answers: dict[int, Any] = {}
+
+    def caller(n: int) -> None:
+        try:
+            answers[n] = batcher(["k"], [n])
+        except Exception as exc:  # noqa: BLE001 - the answer under test
+            answers[n] = exc
+
+    first = threading.Thread(target=caller, args=(0,), daemon=True)
+    first.start()
+    until(lambda: batcher._in_flight)
+    handed = threading.Thread(target=caller, args=(1,), daemon=True)
+    lock.target = handed
+    handed.start()
+    assert lock.paused.wait(10)  # queued, not yet waiting
+    after = threading.Thread(target=caller, args=(2,), daemon=True)
+    after.start()
+    until(lambda: len(batcher._queue) == 2)
+    batcher.gate.set()
+    first.join(10)  # its batch ended and handed the lead on
+    assert answers == {0: 0}
+    lock.resume.set()
+    for thread in (handed, after):
+        thread.join(10)
+        assert not thread.is_alive(), "a caller was never woken"
+    assert answers == {0: 0, 1: 2, 2: 4}
+    assert batcher.sizes == [1, 2]

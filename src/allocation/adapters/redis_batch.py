@@ -57,9 +57,12 @@ class ScriptBatcher:
         call = _Call(keys, args)
         with self._lock:
             self._queue.append(call)
-            if not self._in_flight:
+            first = not self._in_flight
+            if first:
                 self._in_flight = call.lead = True
-        if not call.lead:
+        # Decided under the lock, not by reading ``call.lead`` again: a batch that ends now may
+        # hand this call the lead and release ``done``, which must then be taken before leading.
+        if not first:
             call.done.acquire()  # released once: with its reply, or to hand it the lead
         if call.lead:  # first in, or handed the lead by the batch before
             self._send_one_batch()  # the batch holds this call: it releases ``done`` again
