@@ -71,9 +71,10 @@ def ledger_worker(cfg: Config) -> subprocess.Popen[bytes]:
     its start-up is no part of a sale."""
     log = Path(tempfile.mkdtemp(prefix="bench-worker-")) / "stderr.log"
     with log.open("wb") as stderr:  # the child keeps its own handle
+        # At idle priority, as README advises where the worker shares cores with the API.
         worker = subprocess.Popen([sys.executable, "-m", "allocation.entrypoints.cli",
-                                   "ledger-worker"], env=env(cfg), stderr=stderr,
-                                  stdout=subprocess.DEVNULL)
+                                   "ledger-worker", "--idle-priority"], env=env(cfg),
+                                  stderr=stderr, stdout=subprocess.DEVNULL)
     CHILDREN.append(worker)
     if not wait_for(lambda: "started" in log.read_text(), 60):
         worker.kill()

@@ -126,11 +126,19 @@ def consume(name: str | None) -> None:
 @main.command("ledger-worker")
 @click.option("--threads", default=DEFAULT_THREADS, show_default=True, type=click.IntRange(1, 64),
               help="writers in this process, each taking its share of the partitions")
-def ledger_worker(threads: int) -> None:
+@click.option("--idle-priority", is_flag=True,
+              help="run only on CPU time nothing else wants (Linux SCHED_IDLE): for a worker "
+              "that shares cores with API servers")
+def ledger_worker(threads: int, idle_priority: bool) -> None:
     """Write the outbox to the ledger in PostgreSQL (run one or more)."""
     from allocation.entrypoints import ledger_worker as worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if idle_priority:
+        try:
+            worker.yield_cpu()  # before the writer threads start: they inherit it
+        except (RuntimeError, OSError) as exc:
+            raise click.UsageError(f"--idle-priority: {exc}") from exc
     worker.run(bootstrap(Config.from_env()), threads=threads)
 
 

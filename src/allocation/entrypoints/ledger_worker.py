@@ -131,6 +131,22 @@ class LedgerWorker:
         return thread
 
 
+def yield_cpu() -> None:
+    """Run this thread, and the threads it starts from now on, only on CPU time that nothing
+    else wants (Linux's SCHED_IDLE; lowering one's own priority needs no privilege).
+
+    Where the worker shares cores with API servers: the ledger is written behind, so a sale's
+    requests should not wait for a core the worker holds. Measured side by side on 2 cores
+    (`make bench`'s HTTP sale, the worker at normal priority vs idle): 4.4-4.9k -> 4.8-5.9k
+    decrements/s, p99 26-29 -> 24-25 ms. The price: under a load that leaves no core idle the
+    worker writes next to nothing until the load eases, and entries wait in the outbox
+    (`/readyz` names the ledger "degraded" past LEDGER_LAG_THRESHOLD_SECONDS).
+    """
+    if not hasattr(os, "SCHED_IDLE"):
+        raise RuntimeError("idle priority needs Linux (SCHED_IDLE)")
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def _process_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 

@@ -1,0 +1,70 @@
+"""`allocation ledger-worker --idle-priority`: every thread of the process runs at SCHED_IDLE,
+and the worker still writes the ledger when the machine has time to spare."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+
+from allocation.bootstrap import bootstrap
+from allocation.config import Config
+from allocation.domain import commands
+from allocation.entrypoints.ledger_worker import DEFAULT_THREADS
+from tests.e2e.conftest import Process, allocation_command, service_env, wait_until
+from tests.integration.conftest import stored
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def test_an_idle_priority_worker_runs_every_thread_idle_and_writes(
+        service_config: Config, engine: Engine) -> None:
+    # Streams of this test's own: the session's ledger worker keeps out of them.
+    config = dataclasses.replace(service_config, durability="async",
+                                 redis_key_prefix=f"{service_config.redis_key_prefix}:"
+                                                  f"p{uuid.uuid4().hex[:8]}")
+    worker = Process(allocation_command("ledger-worker", "--idle-priority"),
+                     service_env(config))
+    worker.start()
+    try:
+        assert worker.proc is not None
+        tasks = Path(f"/proc/{worker.proc.pid}/task")
+        # the main thread and its writers
+        wait_until(lambda: len(list(tasks.iterdir())) >= 1 + DEFAULT_THREADS, 30,
+                   "the worker's writer threads to start")
+        policies = {int(t.name): os.sched_getscheduler(int(t.name)) for t in tasks.iterdir()}
+        assert set(policies.values()) == {os.SCHED_IDLE}, policies
+
+        bus = bootstrap(config)
+        bus.handle(commands.InitInventory("prio", "a", 10))
+        for n in range(7):
+            bus.handle(commands.Decrement("prio", "a", 1, f"k{n}"))
+        wait_until(lambda: stored(engine, "prio", "a") == (10, 7, 8), 30,
+                   "the idle-priority worker to write the 7 sales")
+        bus.dependencies["engine"].dispose()
+    finally:
+        worker.stop()
+
+
+def test_idle_priority_is_refused_where_the_platform_lacks_it(
+        service_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from allocation.entrypoints import cli
+
+    monkeypatch.delattr(os, "SCHED_IDLE")
+    result = CliRunner().invoke(cli.main, ["ledger-worker", "--idle-priority"],
+                                env=service_env(service_config))
+    assert result.exit_code == 2
+    assert "--idle-priority: idle priority needs Linux" in result.output
