@@ -56,15 +56,3 @@ def test_an_idle_priority_worker_runs_every_thread_idle_and_writes(
     finally:
         worker.stop()
 
-
-def test_idle_priority_is_refused_where_the_platform_lacks_it(
-        service_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
-    from click.testing import CliRunner
-
-    from allocation.entrypoints import cli
-
-    monkeypatch.delattr(os, "SCHED_IDLE")
-    result = CliRunner().invoke(cli.main, ["ledger-worker", "--idle-priority"],
-                                env=service_env(service_config))
-    assert result.exit_code == 2
-    assert "--idle-priority: idle priority needs Linux" in result.output

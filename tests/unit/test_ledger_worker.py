@@ -1,16 +1,18 @@
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Sequence
 
 import pytest
+from click.testing import CliRunner
 
 from allocation.adapters.memory_counter import InProcessCounter, InProcessOutbox
 from allocation.adapters.outbox import OutboxEntry
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
-from allocation.entrypoints import ledger_worker
+from allocation.entrypoints import cli, ledger_worker
 from allocation.entrypoints.ledger_worker import LedgerWorker
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 from tests.fakes import FakeStore, FakeUnitOfWork
@@ -84,3 +86,12 @@ def test_an_idle_pass_costs_one_read_and_claims_wait_their_interval() -> None:
     assert outbox.calls == ["read_new"] * 3
     bus.handle(commands.Decrement("ns", "sku", 1, "k2"))
     assert worker.run_once() == 1 and store.items[("ns", "sku")].consumed == 2
+
+
+def test_idle_priority_is_refused_where_the_platform_lacks_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Refused before the worker touches any service.
+    monkeypatch.delattr(os, "SCHED_IDLE")
+    result = CliRunner().invoke(cli.main, ["ledger-worker", "--idle-priority"])
+    assert result.exit_code == 2
+    assert "--idle-priority: idle priority needs Linux" in result.output
