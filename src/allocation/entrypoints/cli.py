@@ -25,7 +25,7 @@ from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
-from allocation.entrypoints import schemas
+from allocation.entrypoints import cpu_pinning, schemas
 from allocation.entrypoints.ledger_worker import DEFAULT_THREADS
 from allocation.service_layer.messagebus import MessageBus
 
@@ -90,14 +90,21 @@ def migrate() -> None:
               help="worker processes (default: the cores; 1 in the embedded mode)")
 @click.option("--threads", type=int, default=8, show_default=True,
               help="threads per worker running requests")
-def serve(host: str, port: int, workers: int | None, threads: int) -> None:
+@click.option("--pin-workers", is_flag=True,
+              help="hold each worker process to a core of its own (Linux); off where the "
+                   "server's cores are shared with other busy services (README, Scaling out)")
+def serve(host: str, port: int, workers: int | None, threads: int, pin_workers: bool) -> None:
     """Serve the HTTP API with granian (its WSGI interface)."""
+    if pin_workers and not cpu_pinning.supported():
+        raise click.UsageError("--pin-workers needs Linux (sched_setaffinity, /proc)")
     config = Config.from_env()
     if config.embedded:
         workers = 1  # the in-process counter lives in one process
     workers = workers or os.cpu_count() or 1
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="allocation-metrics-")
+    if pin_workers:
+        os.environ[cpu_pinning.ENV] = tempfile.mkdtemp(prefix="allocation-cpus-")
     # granian rather than gunicorn's gthread worker: on 2 cores, the same app served ~1.6x the
     # decrements at half the p99 (`make bench`; README, Benchmarks).
     argv = [sys.executable, "-m", "granian", "--interface", "wsgi", "--factory",
@@ -107,7 +114,7 @@ def serve(host: str, port: int, workers: int | None, threads: int) -> None:
             # ACCESS_LOG (any value) logs each request; off, a write per request costs much of
             # the throughput of a busy small machine.
             "--access-log" if os.environ.get("ACCESS_LOG") else "--no-access-log",
-            "allocation.entrypoints.flask_app:create_app"]
+            "allocation.entrypoints.flask_app:create_server_app"]
     os.execv(sys.executable, argv)
 
 

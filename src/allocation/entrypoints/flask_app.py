@@ -22,6 +22,7 @@ from allocation.domain import commands, errors
 from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import Outcome
 from allocation.entrypoints import (
+    cpu_pinning,
     fast_lane,
     http_errors,
     ledger_worker,
@@ -36,6 +37,13 @@ from allocation.service_layer.messagebus import MessageBus
 
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY = 64 * 1024
+
+
+def create_server_app() -> Flask:
+    """The factory `allocation serve` hands granian: called once in each worker process, before
+    granian starts the threads that serve requests (they inherit the worker's core)."""
+    cpu_pinning.pin_from_env()
+    return create_app()
 
 
 def create_app(config: Config | None = None, bus: MessageBus | None = None,
