@@ -329,7 +329,7 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
         worker = None if who == "allocation-apart" else ledger_worker(cfg)
         if who != "allocation-flask":
             argv = [sys.executable, "-m", "allocation.entrypoints.cli", "serve", "--port",
-                    str(port), "--workers", workers, "--threads", "16"]
+                    str(port), "--workers", workers, "--threads", "16", "--pin-workers"]
         else:
             argv = [sys.executable, *granian, "--factory", "--working-dir", str(HERE.parent),
                     "bench.flask_only:create_app"]
@@ -356,6 +356,8 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
 
         def sold_now() -> int:
             return _seed_http_figures(services, prefix, stock)[0]
+    if who in ("allocation-flask", "seed"):
+        pin_workers(server, int(workers))
     try:
         load = _wrk(port, path, buyers, seconds)
         # wrk hangs up on the requests it has in flight; let the server finish them before it
@@ -387,6 +389,23 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
         result.checks.append(f"{sold} sold on the server, {load['counts']['ok']} answered ok")
     result.note = f"{sold} sold"
     return result
+
+
+def pin_workers(server: subprocess.Popen[bytes], workers: int) -> None:
+    """Hold each worker process of a granian server to a core of its own, as `allocation serve
+    --pin-workers` holds its own, so that every HTTP contender is served the same way."""
+    listing = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+
+    def children() -> list[int]:
+        return sorted(int(pid) for pid in listing.read_text().split())
+
+    if not wait_for(lambda: len(children()) >= workers, 60):
+        raise RuntimeError(f"the server has {len(children())} of its {workers} workers")
+    cpus = sorted(os.sched_getaffinity(0))
+    for n, pid in enumerate(children()[:workers]):
+        # Every thread it has; those it starts later inherit the mask.
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), {cpus[n % len(cpus)]})
 
 
 def _until_steady(read: Callable[[], int], quiet: float = 0.5, seconds: float = 30) -> None:
