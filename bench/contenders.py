@@ -25,6 +25,7 @@ from allocation.adapters import migrate
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
+from allocation.entrypoints import cpu_pinning
 from allocation.entrypoints.ledger_worker import DEFAULT_THREADS, LedgerWorker, split
 from bench.common import Result, Services, percentiles, run_threads, wait_for
 
@@ -401,11 +402,8 @@ def pin_workers(server: subprocess.Popen[bytes], workers: int) -> None:
 
     if not wait_for(lambda: len(children()) >= workers, 60):
         raise RuntimeError(f"the server has {len(children())} of its {workers} workers")
-    cpus = sorted(os.sched_getaffinity(0))
-    for n, pid in enumerate(children()[:workers]):
-        # Every thread it has; those it starts later inherit the mask.
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            os.sched_setaffinity(int(task.name), {cpus[n % len(cpus)]})
+    for slot, pid in enumerate(children()[:workers]):
+        cpu_pinning.hold(pid, cpu_pinning.cpu_of(slot))
 
 
 def _until_steady(read: Callable[[], int], quiet: float = 0.5, seconds: float = 30) -> None:
