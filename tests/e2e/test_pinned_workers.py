@@ -49,6 +49,13 @@ def test_each_worker_runs_on_a_cpu_of_its_own(service_config: Config) -> None:
             assert sold.status_code == 200, sold.text
         assert requests.get(f"{base}/v1/pins/items/{sku}", timeout=5).json()["available"] == 0
 
+        # A worker is a child before its factory has run (and pinned it); /healthz answers
+        # once the first one serves.
+        def all_pinned() -> bool:
+            return all(len(masks) == 1 and len(next(iter(masks))) == 1
+                       for masks in (masks_of(pid) for pid in workers()))
+
+        wait_until(all_pinned, 30, "each worker to hold its threads to one CPU")
         cpus = sorted(os.sched_getaffinity(0))
         per_worker = [masks_of(pid) for pid in workers()]
         for masks in per_worker:  # every thread of a worker on the same single CPU
