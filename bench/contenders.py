@@ -278,22 +278,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(argv: list[str], environment: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    """A server process, returned once it answers; its stderr goes to SERVER_LOG."""
-    with SERVER_LOG.open("ab") as stderr:  # the child keeps its own handle
-        server = subprocess.Popen(argv, env=environment, stdout=subprocess.DEVNULL,
-                                  stderr=stderr)
+def _serve(argv: list[str], environment: dict[str, str], port: int,
+           workers: int) -> subprocess.Popen[bytes]:
+    """A granian server, returned once every one of its ``workers`` accepts connections; its
+    output goes to SERVER_LOG.
+
+    Not merely once it answers: the first worker answers while the others still load the app,
+    and wrk's 64 connections, opened at once and kept alive, would all stay on that one worker
+    for the whole sale (5 of 9 runs here did so: ~0.65x the decrements)."""
+    SERVER_LOG.touch()
+    start = SERVER_LOG.stat().st_size
+    with SERVER_LOG.open("ab") as log:  # the child keeps its own handle
+        server = subprocess.Popen(argv, env=environment, stdout=log, stderr=log)
     CHILDREN.append(server)
+
+    def started() -> int:  # granian says so as each worker enters its accept loop
+        with SERVER_LOG.open("rb") as log:
+            log.seek(start)
+            return log.read().count(b"Started worker-")
 
     def up() -> bool:
         try:
-            return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
+            return started() >= workers and requests.get(
+                f"http://127.0.0.1:{port}/healthz", timeout=1).ok
         except requests.RequestException:
             return False
 
     if not wait_for(up, 60):
         server.kill()
-        raise RuntimeError(f"server {argv} did not start")
+        raise RuntimeError(f"server {argv} did not start ({started()} of {workers} workers)")
     return server
 
 
@@ -315,14 +328,14 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
         return Result("hot item over HTTP", name, 0, 0.0,
                       checks=["wrk is not installed (apt-get install wrk)"])
     port = free_port()
-    workers = str(os.cpu_count() or 2)
+    workers = os.cpu_count() or 2
     stock = 10_000_000
     namespace = who.replace("-", "_")
     cfg = config(services, "async")
     worker = metrics_dir = None
     # Every contender is served by granian with `allocation serve`'s settings.
     granian = ["-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", workers, "--blocking-threads", "16", "--no-access-log"]
+               "--workers", str(workers), "--blocking-threads", "16", "--no-access-log"]
     if who.startswith("allocation"):
         bus = bootstrap(cfg)
         bus.handle(commands.InitInventory(namespace, "hot", stock))
@@ -330,12 +343,13 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
         worker = None if who == "allocation-apart" else ledger_worker(cfg)
         if who != "allocation-flask":
             argv = [sys.executable, "-m", "allocation.entrypoints.cli", "serve", "--port",
-                    str(port), "--workers", workers, "--threads", "16", "--pin-workers"]
+                    str(port), "--workers", str(workers), "--threads", "16", "--pin-workers"]
         else:
             argv = [sys.executable, *granian, "--factory", "--working-dir", str(HERE.parent),
                     "bench.flask_only:create_app"]
         metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
-        server = _serve(argv, {**env(cfg), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}, port)
+        server = _serve(argv, {**env(cfg), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}, port,
+                        workers)
         path = f"/v1/{namespace}/items/hot/decrements"
         counter = bootstrap(cfg).dependencies["counter"]
 
@@ -352,13 +366,13 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
                        check=True, capture_output=True)
         server = _serve([str(python), *granian, "--working-dir", str(HERE), "seed_app:app"],
                         {**os.environ, "SEED_ARGS": json.dumps(args),
-                         "PYTHONWARNINGS": "ignore"}, port)
+                         "PYTHONWARNINGS": "ignore"}, port, workers)
         path = "/buy/hot"
 
         def sold_now() -> int:
             return _seed_http_figures(services, prefix, stock)[0]
     if who in ("allocation-flask", "seed"):
-        pin_workers(server, int(workers))
+        pin_workers(server, workers)
     try:
         load = _wrk(port, path, buyers, seconds)
         # wrk hangs up on the requests it has in flight; let the server finish them before it
