@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -310,6 +311,7 @@ def _serve(argv: list[str], environment: dict[str, str], port: int,
     return server
 
 
+WARM_UP_SECONDS = 3
 HTTP_NAMES = {"allocation": "allocation over HTTP (async)",
               "allocation-flask": "allocation over HTTP, no fast lane",
               "allocation-apart": "allocation over HTTP, ledger after",
@@ -374,6 +376,9 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
     if who in ("allocation-flask", "seed"):
         pin_workers(server, workers)
     try:
+        # Unmeasured: the servers' threads and their Redis and database connections are made
+        # on first use, and the first contender of a run measured ~0.8x without it.
+        warm_up = _wrk(port, path, buyers, WARM_UP_SECONDS)
         load = _wrk(port, path, buyers, seconds)
         # wrk hangs up on the requests it has in flight; let the server finish them before it
         # is stopped (a stop abandons requests whose client is gone).
@@ -400,8 +405,9 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
         sold, rows = _seed_http_figures(services, prefix, stock)
         if rows != sold:
             result.checks.append(f"seed ledger rows {rows} != {sold} sold")
-    if sold < load["counts"]["ok"] or sold > stock:
-        result.checks.append(f"{sold} sold on the server, {load['counts']['ok']} answered ok")
+    answered_ok = warm_up["counts"]["ok"] + load["counts"]["ok"]  # each its own sale
+    if sold < answered_ok or sold > stock:
+        result.checks.append(f"{sold} sold on the server, {answered_ok} answered ok")
     result.note = f"{sold} sold"
     return result
 
@@ -448,7 +454,8 @@ def _wrk(port: int, path: str, connections: int, seconds: int) -> dict[str, Any]
     """wrk from another process: 2 threads, ``connections`` buyers, for ``seconds``."""
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
                           "-s", str(HERE / "wrk_sale.lua"), f"http://127.0.0.1:{port}", "--",
-                          path], capture_output=True, text=True, timeout=300)
+                          path, uuid.uuid4().hex[:8]], capture_output=True, text=True,
+                         timeout=300)
     line = next(x for x in out.stdout.splitlines() if x.startswith("WRK "))
     data = json.loads(line[4:])
     return {"counts": {"ok": data["ok"], "sold_out": data["sold_out"],

@@ -13,12 +13,13 @@ function init(args)
   n, ok, sold_out, other = 0, 0, 0, 0
   statuses = ""  -- the first few answers that were neither, to say what went wrong
   path = args[1]
+  run = args[2]  -- keys of their own for each wrk run: a warm-up's keys would replay
 end
 
 function request()
   n = n + 1
   return wrk.format("POST", path, {["Content-Type"] = "application/json",
-                                   ["Idempotency-Key"] = "w" .. id .. "-" .. n},
+                                   ["Idempotency-Key"] = run .. "-" .. id .. "-" .. n},
                     '{"qty": 1}')
 end
 
