@@ -25,7 +25,7 @@ from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
-from allocation.entrypoints import cpu_pinning, schemas
+from allocation.entrypoints import cpu_pinning, schemas, worker_start
 from allocation.entrypoints.ledger_worker import DEFAULT_THREADS
 from allocation.service_layer.messagebus import MessageBus
 
@@ -105,6 +105,9 @@ def serve(host: str, port: int, workers: int | None, threads: int, pin_workers: 
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="allocation-metrics-")
     if pin_workers:
         os.environ[cpu_pinning.ENV] = tempfile.mkdtemp(prefix="allocation-cpus-")
+    if workers > 1:  # /readyz waits for all of them (worker_start)
+        os.environ[worker_start.DIR_ENV] = tempfile.mkdtemp(prefix="allocation-workers-")
+        os.environ[worker_start.COUNT_ENV] = str(workers)
     # granian rather than gunicorn's gthread worker: on 2 cores, the same app served ~1.6x the
     # decrements at half the p99 (`make bench`; README, Benchmarks).
     argv = [sys.executable, "-m", "granian", "--interface", "wsgi", "--factory",

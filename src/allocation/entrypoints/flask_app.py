@@ -30,6 +30,7 @@ from allocation.entrypoints import (
     openapi,
     replies,
     schemas,
+    worker_start,
 )
 from allocation.entrypoints.fast_lane import DECREMENTS, ITEM, REFUNDS
 from allocation.entrypoints.replies import BadRequest
@@ -43,7 +44,9 @@ def create_server_app() -> Flask:
     """The factory `allocation serve` hands granian: called once in each worker process, before
     granian starts the threads that serve requests (they inherit the worker's core)."""
     cpu_pinning.pin_from_env()
-    return create_app()
+    app = create_app()
+    worker_start.announce()
+    return app
 
 
 def create_app(config: Config | None = None, bus: MessageBus | None = None,
@@ -134,10 +137,14 @@ def create_app(config: Config | None = None, bus: MessageBus | None = None,
     def healthz() -> Response:
         return jsonify({"status": "ok"})
 
+    startup = worker_start.Startup()
+
     @app.get("/readyz")
     def readyz() -> Response:
         parts = {"database": _check(lambda: _ping_database(bus)),
                  "redis": _check(bus.dependencies["counter"].ping)}
+        if (pending := startup.pending()) is not None:
+            parts["workers"] = pending  # named only while some are loading, as "ledger" below
         failing = any(state != "ok" for state in parts.values())
         if settings.durability == "async" and parts["redis"] == "ok":
             # Named only when it lags: the healthy body stays as API.md gives it.

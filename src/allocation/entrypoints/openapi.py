@@ -121,7 +121,8 @@ def document() -> dict[str, Any]:
                     [_name("namespace")])},
             "/healthz": {"get": {"summary": "The process is up", "responses": {
                 "200": {"description": "`{\"status\": \"ok\"}`"}}}},
-            "/readyz": {"get": {"summary": "The database and Redis answer", "responses": {
+            "/readyz": {"get": {"summary": "The database and Redis answer, and every worker of "
+                                        "the server has started", "responses": {
                 "200": {"description": "`{\"database\": \"ok\", \"redis\": \"ok\"}`"},
                 "503": {"description": "the failing part is named"}}}},
             "/metrics": {"get": {"summary": "Prometheus text format", "responses": {
