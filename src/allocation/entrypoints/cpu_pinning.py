@@ -1,11 +1,10 @@
 """One core per API worker process (``allocation serve --pin-workers``, Linux).
 
 A worker's request threads take turns on one GIL: a batch's callers wake one another, a batch
-leader comes back from Redis. Left to the scheduler, those threads spread over every core, so
-each turn is a wake-up on another core, and two workers' threads pile onto one core while the
-other runs Redis. Held to a core of its own, a worker's threads hand the GIL over where they
-already run. Measured side by side on 2 cores (`make bench`'s HTTP sale, 7 pairs, everything on
-the same machine): 1.15-1.7x the decrements per second, p99 lower in every pair.
+leader comes back from Redis. Held to a core of its own, a worker's threads hand the GIL over
+on the core they already run on, rather than by a wake-up on another. Measured side by side on
+2 cores (`make bench`'s HTTP sale, 8 pairs, everything on the same machine): ~1.1x the
+decrements per second (0.93-1.40x), p99 lower in five pairs of eight. A small gain.
 
 Worker processes are told apart by the first free slot they can lock in a directory the server
 made for them; the kernel drops a dead worker's lock, so its replacement takes the same slot,

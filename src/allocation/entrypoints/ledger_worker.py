@@ -137,10 +137,10 @@ def yield_cpu() -> None:
 
     Where the worker shares cores with API servers: the ledger is written behind, so a sale's
     requests should not wait for a core the worker holds. Measured side by side on 2 cores
-    (`make bench`'s HTTP sale, the worker at normal priority vs idle): 4.4-4.9k -> 4.8-5.9k
-    decrements/s, p99 26-29 -> 24-25 ms. The price: under a load that leaves no core idle the
-    worker writes next to nothing until the load eases, and entries wait in the outbox
-    (`/readyz` names the ledger "degraded" past LEDGER_LAG_THRESHOLD_SECONDS).
+    (`make bench`'s HTTP sale, normal priority vs idle, 8 pairs): ~1.03x the decrements, p99
+    lower in half the pairs; no difference one can see there. The price: under a load that
+    leaves no core idle the worker writes next to nothing until the load eases, and entries
+    wait in the outbox (`/readyz` names the ledger "degraded" past LEDGER_LAG_THRESHOLD_SECONDS).
     """
     if not hasattr(os, "SCHED_IDLE"):
         raise RuntimeError("idle priority needs Linux (SCHED_IDLE)")
