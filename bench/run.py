@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ def main() -> int:
         return not only or name in only
 
     c.SERVER_LOG.write_bytes(b"")  # this run's server logs only
-    with scratch_services(admin, redis_url) as services, closing_children():
+    with own_tmpdir(), scratch_services(admin, redis_url) as services, closing_children():
         c.migrate_schema(services)
         hot, buyers = size["hot_stock"], size["buyers"]
         if wanted("hot"):
@@ -90,6 +91,24 @@ def main() -> int:
     report(results, mode)
     # A contender of ours that fails its checks fails the run; the others are reported.
     return 0 if all(r.ok for r in results if r.contender.startswith("allocation")) else 1
+
+
+@contextlib.contextmanager
+def own_tmpdir() -> Iterator[None]:
+    """The run's temporary files (worker logs, the servers' per-start directories, which
+    `allocation serve` cannot remove: it becomes granian) in one directory, removed after."""
+    scratch = tempfile.mkdtemp(prefix="allocation-bench-run-")
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"], tempfile.tempdir = scratch, None  # children and this process alike
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = before
+        tempfile.tempdir = None
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager

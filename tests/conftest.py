@@ -4,8 +4,10 @@ space, and removes them afterwards. A missing service fails the run with a clear
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -26,6 +28,22 @@ def test_database_admin_url() -> str:
 
 def test_redis_url() -> str:
     return os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Temporary files of this run, the servers' it starts included (`allocation serve`
+    makes directories for its workers and cannot remove them: it becomes granian), in pytest's
+    own temporary directory for the run, which pytest prunes."""
+    scratch = tmp_path_factory.mktemp("tmp")
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"], tempfile.tempdir = str(scratch), None
+    yield scratch
+    if before is None:
+        del os.environ["TMPDIR"]
+    else:
+        os.environ["TMPDIR"] = before
+    tempfile.tempdir = None
 
 
 @pytest.fixture(scope="session")
