@@ -18,6 +18,7 @@ from pathlib import Path
 from bench import contenders as c
 from bench.common import Result, scratch_services
 from tests.redis_cluster import LocalCluster
+from tests.tmpdir import tmpdir_at
 
 HERE = Path(__file__).parent
 
@@ -95,19 +96,13 @@ def main() -> int:
 
 @contextlib.contextmanager
 def own_tmpdir() -> Iterator[None]:
-    """The run's temporary files (worker logs, the servers' per-start directories, which
-    `allocation serve` cannot remove: it becomes granian) in one directory, removed after."""
-    scratch = tempfile.mkdtemp(prefix="allocation-bench-run-")
-    before = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"], tempfile.tempdir = scratch, None  # children and this process alike
+    """The run's temporary files (worker logs, the servers' per-start directories) in one
+    directory, removed after."""
+    scratch = Path(tempfile.mkdtemp(prefix="allocation-bench-run-"))
     try:
-        yield
+        with tmpdir_at(scratch):
+            yield
     finally:
-        if before is None:
-            del os.environ["TMPDIR"]
-        else:
-            os.environ["TMPDIR"] = before
-        tempfile.tempdir = None
         shutil.rmtree(scratch, ignore_errors=True)
 
 

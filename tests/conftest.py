@@ -4,7 +4,6 @@ space, and removes them afterwards. A missing service fails the run with a clear
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from allocation.adapters import migrate
 from allocation.adapters.redis_keys import KeySpace
 from allocation.config import Config
 from tests.redis_cluster import LocalCluster, started_cluster
+from tests.tmpdir import tmpdir_at
 
 RUN_ID = uuid.uuid4().hex[:10]
 
@@ -32,18 +32,11 @@ def test_redis_url() -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def own_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Temporary files of this run, the servers' it starts included (`allocation serve`
-    makes directories for its workers and cannot remove them: it becomes granian), in pytest's
-    own temporary directory for the run, which pytest prunes."""
+    """This run's temporary files, its servers' included, in pytest's own directory for the
+    run, which pytest prunes."""
     scratch = tmp_path_factory.mktemp("tmp")
-    before = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"], tempfile.tempdir = str(scratch), None
-    yield scratch
-    if before is None:
-        del os.environ["TMPDIR"]
-    else:
-        os.environ["TMPDIR"] = before
-    tempfile.tempdir = None
+    with tmpdir_at(scratch):
+        yield scratch
 
 
 @pytest.fixture(scope="session")

@@ -37,16 +37,16 @@ class Startup:
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
         directory, count = env.get(DIR_ENV), env.get(COUNT_ENV)
+        # None once every worker has started, or when there is nothing to wait for.
         self._dir = Path(directory) if directory and count else None
-        self._expected = int(count) if directory and count else 0
-        self._all_started = self._dir is None
+        self._expected = int(count or 0)
 
     def pending(self) -> str | None:
         """None once every worker has started (and from then on); else how many have."""
-        if self._all_started or self._dir is None:
+        if self._dir is None:
             return None
         started = sum(1 for _ in self._dir.glob("worker-*"))
         if started >= self._expected:
-            self._all_started = True
+            self._dir = None
             return None
         return f"{started} of {self._expected} workers started"
