@@ -20,6 +20,7 @@ setup(
         "prometheus-client>=0.20,<1",
         "granian>=2.5,<3",
         "click>=8.1,<9",
+        "swagger-ui-bundle>=1.1,<2",  # /docs's viewer, served from the package
     ],
     extras_require={
         "dev": [

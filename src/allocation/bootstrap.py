@@ -1,4 +1,5 @@
-"""The composition root: builds the adapters from configuration and injects them into handlers."""
+"""The composition root: builds the adapters from configuration, injects them into handlers, and
+hands entry points one typed ``Application``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import create_engine
@@ -15,18 +17,45 @@ from sqlalchemy.orm import sessionmaker
 from allocation.adapters import orm
 from allocation.adapters.counter import Counter
 from allocation.adapters.event_publisher import RedisEventPublisher, log_event
+from allocation.adapters.health import HealthChecks
+from allocation.adapters.ledger_progress import InProcessLedgerProgress, LedgerProgress
 from allocation.adapters.locks import InProcessItemLocks, ItemLocks, PostgresItemLocks
 from allocation.adapters.memory_counter import InProcessCounter, InProcessOutbox
 from allocation.adapters.outbox import Outbox
 from allocation.adapters.redis_client import RedisClient, connect
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
+from allocation.adapters.redis_ledger_progress import RedisLedgerProgress
 from allocation.adapters.redis_outbox import RedisOutbox
+from allocation.adapters.token_store import TokenStore
 from allocation.config import Config
 from allocation.domain import events
 from allocation.service_layer import handlers
+from allocation.service_layer.durability import Durability
 from allocation.service_layer.messagebus import MessageBus
+from allocation.service_layer.shared_rebuilds import SharedRebuilds
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork, SqlAlchemyUnitOfWork
+
+Publish = Callable[[events.Event], None]
+
+
+@dataclass(frozen=True)
+class Application:
+    """Everything an entry point may use, built once per process."""
+
+    config: Config
+    bus: MessageBus
+    uow_factory: Callable[[], AbstractUnitOfWork]
+    counter: Counter
+    outbox: Outbox
+    ledger_progress: LedgerProgress
+    durability: Durability
+    publish: Publish
+    item_locks: ItemLocks
+    health: HealthChecks
+    engine: Engine | None  # None where a test brings its own unit of work
+    redis: RedisClient | None  # None in the embedded mode
+    tokens: TokenStore | None  # None without an engine
 
 
 def build_engine(config: Config) -> Engine:
@@ -41,9 +70,9 @@ def bootstrap(
     *,
     uow_factory: Callable[[], AbstractUnitOfWork] | None = None,
     counter: Counter | None = None,
-    publish: Callable[[events.Event], None] | None = None,
+    publish: Publish | None = None,
     redis_client: RedisClient | None = None,
-) -> MessageBus:
+) -> Application:
     config = config or Config.from_env()
     engine: Engine | None = None
     if uow_factory is None:
@@ -55,34 +84,53 @@ def bootstrap(
         uow_factory = functools.partial(SqlAlchemyUnitOfWork, session_factory, write_lock)
     if redis_client is None and config.redis_url is not None:
         redis_client = connect(config.redis_url)
+    keys = KeySpace(config.redis_key_prefix, config.partitions)
     if counter is None:
-        counter = (InProcessCounter(config.idempotency_ttl_seconds) if redis_client is None
-                   else RedisCounter(redis_client,
-                                     KeySpace(config.redis_key_prefix, config.partitions),
-                                     config.idempotency_ttl_seconds,
-                                     events_channel=None if publish else config.events_channel))
+        counter = (InProcessCounter(config.idempotency_ttl_seconds, config.refusal_ttl_seconds)
+                   if redis_client is None
+                   else RedisCounter(redis_client, keys, config.idempotency_ttl_seconds,
+                                     events_channel=None if publish else config.events_channel,
+                                     refusal_ttl=config.refusal_ttl_seconds))
     if publish is None:
         publish = (log_event if redis_client is None
                    else RedisEventPublisher(redis_client, config.events_channel))
-
-    outbox: Outbox = (InProcessOutbox(counter) if isinstance(counter, InProcessCounter)
-                      else RedisOutbox(counter.client, counter.keys)
-                      if isinstance(counter, RedisCounter) else InProcessOutbox(InProcessCounter()))
+    outbox: Outbox
+    progress: LedgerProgress
+    if isinstance(counter, RedisCounter):
+        outbox = RedisOutbox(counter.client, counter.keys)
+        progress = RedisLedgerProgress(counter.client, counter.keys)
+    else:
+        outbox = InProcessOutbox(counter if isinstance(counter, InProcessCounter)
+                                 else InProcessCounter())
+        progress = InProcessLedgerProgress(_generation_of(counter))
     item_locks: ItemLocks = (PostgresItemLocks(engine) if engine is not None
                              and engine.dialect.name == "postgresql" else InProcessItemLocks())
-    dependencies: dict[str, Any] = {"counter": counter, "publish": publish, "outbox": outbox,
-                                    "item_locks": item_locks,
-                                    "ledger_wait_seconds": config.ledger_wait_seconds}
-    durability: handlers.Durability = "sync" if config.durability == "sync" else "async"
-    return MessageBus(
+    durability = Durability("sync" if config.durability == "sync" else "async", progress,
+                            config.sync_wait_seconds)
+    dependencies: dict[str, Any] = {
+        "counter": counter, "publish": publish, "outbox": outbox, "item_locks": item_locks,
+        "durability": durability, "ledger_progress": progress, "rebuilds": SharedRebuilds(),
+        "ledger_wait_seconds": config.ledger_wait_seconds}
+    bus = MessageBus(
         uow_factory=uow_factory,
         command_handlers={kind: inject(handler, dependencies)
-                          for kind, handler in handlers.command_handlers(durability).items()},
+                          for kind, handler in handlers.COMMAND_HANDLERS.items()},
         event_handlers={kind: [inject(h, dependencies) for h in hs]
                         for kind, hs in handlers.EVENT_HANDLERS.items()},
-        dependencies={**dependencies, "config": config, "engine": engine,
-                      "redis": redis_client},
     )
+    return Application(
+        config=config, bus=bus, uow_factory=uow_factory, counter=counter, outbox=outbox,
+        ledger_progress=progress, durability=durability, publish=publish,
+        item_locks=item_locks, health=HealthChecks(engine, counter, outbox, redis_client, keys),
+        engine=engine, redis=redis_client,
+        tokens=None if engine is None else TokenStore(engine))
+
+
+def _generation_of(counter: Counter) -> Callable[[str, str], str | None]:
+    def generation(namespace: str, sku: str) -> str | None:
+        figures = counter.read(namespace, sku)
+        return None if figures is None else figures.gen
+    return generation
 
 
 def inject(handler: Callable[..., Any], dependencies: dict[str, Any]) -> Callable[..., Any]:

@@ -18,13 +18,21 @@ class Config:
     redis_key_prefix: str = "inv"
     partitions: int = 16
     idempotency_ttl_seconds: int = 48 * 3600
+    # A refusal is remembered briefly: a sold-out item turned away thousands a second, and a
+    # refusal's answer is cheap to give again.
+    refusal_ttl_seconds: int = 300
     db_pool_size: int = 20
     # async: acknowledge after the Redis step (the ledger is written behind by the worker);
-    # sync: acknowledge after the ledger row is committed. One setting for the whole deployment.
+    # sync: acknowledge once the worker has committed the movement. One setting per deployment.
     durability: str = "async"
+    sync_wait_seconds: float = 5.0  # past this a sync movement answers 503, outcome unknown
     ledger_wait_seconds: float = 10.0  # how long a refresh waits for the worker to catch up
     ledger_lag_threshold_seconds: float = 30.0  # /readyz says "degraded" past this
     ledger_claim_idle_ms: int = 30_000  # entries held this long by a silent worker are taken
+    # A request's body must arrive whole within this; waiting for it takes no request thread.
+    body_timeout_seconds: float = 10.0
+    # "required": /v1/ needs a bearer token; "off" only suits the embedded mode on one machine.
+    auth: str = "off"
 
     @property
     def embedded(self) -> bool:
@@ -34,6 +42,7 @@ class Config:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         env = os.environ if env is None else env
         defaults = cls()
+        with_services = bool(env.get("DATABASE_URL") or env.get("REDIS_URL"))
         return cls(
             database_url=env.get("DATABASE_URL") or defaults.database_url,
             redis_url=env.get("REDIS_URL") or None,
@@ -44,18 +53,30 @@ class Config:
             partitions=int(env.get("REDIS_PARTITIONS") or defaults.partitions),
             idempotency_ttl_seconds=int(
                 env.get("IDEMPOTENCY_TTL_SECONDS") or defaults.idempotency_ttl_seconds),
+            refusal_ttl_seconds=int(
+                env.get("REFUSAL_TTL_SECONDS") or defaults.refusal_ttl_seconds),
             db_pool_size=int(env.get("DB_POOL_SIZE") or defaults.db_pool_size),
             durability=durability(env.get("DURABILITY") or defaults.durability),
+            sync_wait_seconds=float(env.get("SYNC_WAIT_SECONDS")
+                                    or defaults.sync_wait_seconds),
             ledger_wait_seconds=float(env.get("LEDGER_WAIT_SECONDS")
                                       or defaults.ledger_wait_seconds),
             ledger_lag_threshold_seconds=float(env.get("LEDGER_LAG_THRESHOLD_SECONDS")
                                                or defaults.ledger_lag_threshold_seconds),
             ledger_claim_idle_ms=int(env.get("LEDGER_CLAIM_IDLE_MS")
                                      or defaults.ledger_claim_idle_ms),
+            body_timeout_seconds=float(env.get("BODY_TIMEOUT_SECONDS")
+                                       or defaults.body_timeout_seconds),
+            auth=choice("AUTH", env.get("AUTH") or ("required" if with_services else "off"),
+                        ("required", "off")),
         )
 
 
 def durability(value: str) -> str:
-    if value not in ("async", "sync"):
-        raise ValueError(f"DURABILITY must be 'async' or 'sync', not {value!r}")
+    return choice("DURABILITY", value, ("async", "sync"))
+
+
+def choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
     return value

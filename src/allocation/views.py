@@ -4,42 +4,39 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from allocation.adapters.counter import Counter
 from allocation.domain import commands, errors
 from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import OK, Outcome
-from allocation.service_layer.messagebus import MessageBus
+
+if TYPE_CHECKING:
+    from allocation.bootstrap import Application
 
 
-def _counter(bus: MessageBus) -> Counter:
-    counter: Counter = bus.dependencies["counter"]
-    return counter
-
-
-def item(bus: MessageBus, namespace: str, sku: str) -> Outcome:
-    figures = _counter(bus).read(namespace, sku)
+def item(app: Application, namespace: str, sku: str) -> Outcome:
+    figures = app.counter.read(namespace, sku)
     if figures is not None:
         return figures
     # The counter does not hold it (never loaded, or Redis lost it): rebuild from the record.
-    outcome: Outcome = bus.handle(commands.Refresh(namespace, sku))
+    outcome: Outcome = app.bus.handle(commands.Refresh(namespace, sku))
     return outcome
 
 
-def items(bus: MessageBus, namespace: str, after: str | None,
+def items(app: Application, namespace: str, after: str | None,
           limit: int) -> tuple[list[tuple[str, Outcome]], str | None]:
     """A page of a namespace's items in SKU order, and the SKU to continue after (or None)."""
-    with bus.uow_factory() as uow:
+    with app.uow_factory() as uow:
         rows = uow.items.list(namespace, after, limit + 1)
         page = [(row.sku, Outcome(OK, row.total, row.consumed)) for row in rows[:limit]]
-    live = _counter(bus).read_many(namespace, [sku for sku, _ in page])
+    live = app.counter.read_many(namespace, [sku for sku, _ in page])
     merged = [(sku, fresh or stored) for (sku, stored), fresh in zip(page, live, strict=True)]
     return merged, (page[-1][0] if len(rows) > limit else None)
 
 
-def ledger(bus: MessageBus, namespace: str, sku: str, after_seq: int,
+def ledger(app: Application, namespace: str, sku: str, after_seq: int,
            limit: int) -> Sequence[LedgerEntry]:
-    with bus.uow_factory() as uow:
+    with app.uow_factory() as uow:
         if uow.items.get(namespace, sku) is None:
             raise errors.NotFound(f"no item {namespace}/{sku}")
         # Copies, so they outlive the session.

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import abc
+import secrets
 from collections.abc import Iterable, Sequence
 
+from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import Outcome
 from allocation.domain.rules import Kind
 
-# (namespace, sku, total, consumed, seq)
-Figures = tuple[str, str, int, int, int]
+# (namespace, sku, total, consumed, seq[, generation]): without one, the item keeps its own.
+Figures = tuple[str, str, int, int, int] | tuple[str, str, int, int, int, str]
+
+
+def new_generation() -> str:
+    """A generation for a counter loaded from the record (see ``Outcome.gen``)."""
+    return secrets.token_hex(6)
+
+
+def unpack(figures: Figures) -> tuple[str, str, int, int, int, str]:
+    namespace, sku, total, consumed, seq, *gen = figures
+    return namespace, sku, total, consumed, seq, gen[0] if gen else ""
 
 
 def fingerprint(kind: Kind, qty: int) -> str:
@@ -20,31 +32,35 @@ def fingerprint(kind: Kind, qty: int) -> str:
 class Counter(abc.ABC):
     # True when recording a movement also publishes its events (in the same atomic step).
     publishes_events: bool = False
+    idempotency_ttl: float = 48 * 3600  # how long a success is remembered under its key
+
     @abc.abstractmethod
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
-              idempotency_key: str | None, *, probe: bool = False,
-              record: bool = False) -> Outcome:
+              idempotency_key: str | None, *, record: bool = False) -> Outcome:
         """Apply a movement atomically, or refuse it by the domain rules.
 
-        A key seen before returns its stored outcome (``replayed``), or ``idempotency_key_reused``
-        when the request differs. Refusals are remembered under the key like successes.
+        A key seen before returns its stored outcome (``replayed``, with the movement's
+        ``seq``), or ``idempotency_key_reused`` when the request differs. Refusals are
+        remembered under the key too, for a shorter while.
         An applied movement takes the item's next ``seq``; with ``record`` it is appended to the
-        outbox in the same atomic step (the write-behind ledger).
-        With ``probe`` an allowed movement is not applied: the answer is ``pending``.
+        outbox in the same atomic step (the ledger is written from there).
         An unknown item answers ``not_found``, a fenced one ``fenced``; neither is remembered.
         """
 
-    @abc.abstractmethod
-    def revert(self, namespace: str, sku: str, kind: Kind, qty: int,
-               idempotency_key: str | None) -> None:
-        """Undo an unrecorded movement and forget its key (its database commit failed)."""
-
-    def load(self, namespace: str, sku: str, total: int, consumed: int, seq: int) -> None:
-        """Set an item's figures and lift any fence (initialisation, rebuild)."""
-        self.load_many([(namespace, sku, total, consumed, seq)])
+    def load(self, namespace: str, sku: str, total: int, consumed: int, seq: int,
+             gen: str = "") -> None:
+        """Set an item's figures (and generation) and lift any fence (initialisation,
+        rebuild)."""
+        self.load_many([(namespace, sku, total, consumed, seq, gen)])
 
     @abc.abstractmethod
     def load_many(self, figures: Iterable[Figures]) -> None: ...
+
+    @abc.abstractmethod
+    def remember(self, entries: Sequence[LedgerEntry]) -> None:
+        """Remember the keys of movements the ledger holds, as successes (keeping any record
+        the counter has): after Redis lost its data, a retry of one of them is then a replay,
+        not a second sale. Each is kept for what is left of its idempotency window."""
 
     @abc.abstractmethod
     def fence_many(self, namespace: str, skus: Sequence[str]) -> list[int | None]:

@@ -3,13 +3,17 @@ multi-row INSERT elsewhere. The ledger is append-only and never read back by the
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from collections.abc import Sequence
 
+import psycopg2
 from sqlalchemy import Connection, insert
 
 from allocation.adapters import orm
+from allocation.adapters.outages import database_down
+from allocation.domain import errors
 from allocation.domain.model import LedgerEntry
 
 COLUMNS = ("namespace", "sku", "seq", "kind", "qty", "total_after", "available_after",
@@ -40,5 +44,13 @@ def _copy(connection: Connection, entries: Sequence[LedgerEntry]) -> None:
         cursor.copy_expert(
             f"COPY inventory_ledger ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv, "
             "NULL '')", buffer)
+    except psycopg2.Error as exc:
+        # A raw cursor's error passes SQLAlchemy by: tell it the connection is gone, so the
+        # pool drops it, and say it was an outage, so the writer waits and retries.
+        if database_down(exc):
+            connection.invalidate(exc)
+            raise errors.Unavailable("database unavailable") from exc
+        raise
     finally:
-        cursor.close()
+        with contextlib.suppress(psycopg2.Error):
+            cursor.close()

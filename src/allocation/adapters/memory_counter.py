@@ -8,11 +8,13 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from allocation.adapters.counter import Counter, Figures, fingerprint
+from allocation.adapters.counter import Counter, Figures, fingerprint, unpack
 from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.domain import errors, rules
-from allocation.domain.outcome import FENCED, NOT_FOUND, OK, PENDING, Outcome
+from allocation.domain.model import LedgerEntry
+from allocation.domain.outcome import FENCED, NOT_FOUND, OK, Outcome
 
 
 @dataclass
@@ -20,14 +22,21 @@ class _Item:
     total: int
     consumed: int
     seq: int
+    gen: str = ""
     fenced: bool = False
 
 
+def _epoch(moment: datetime) -> float:
+    # SQLite hands timestamps back without their zone; they were written in UTC.
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
 class InProcessCounter(Counter):
-    def __init__(self, idempotency_ttl: float = 48 * 3600) -> None:
+    def __init__(self, idempotency_ttl: float = 48 * 3600, refusal_ttl: float = 300) -> None:
         self._items: dict[tuple[str, str], _Item] = {}
         self._outcomes: dict[tuple[str, str, str], tuple[float, str, Outcome]] = {}
-        self._ttl = idempotency_ttl
+        self._ttl = self.idempotency_ttl = idempotency_ttl
+        self._refusal_ttl = min(refusal_ttl, idempotency_ttl)
         self._lock = threading.Lock()
         self._now = time.monotonic
         self.recorded: list[OutboxEntry] = []  # the outbox, drained by InProcessOutbox
@@ -35,8 +44,7 @@ class InProcessCounter(Counter):
         self._ids = itertools.count(1)
 
     def apply(self, namespace: str, sku: str, kind: rules.Kind, qty: int,
-              idempotency_key: str | None, *, probe: bool = False,
-              record: bool = False) -> Outcome:
+              idempotency_key: str | None, *, record: bool = False) -> Outcome:
         request = fingerprint(kind, qty)
         with self._lock:
             if idempotency_key is not None:
@@ -44,7 +52,9 @@ class InProcessCounter(Counter):
                 if remembered and remembered[0] > self._now():
                     _, seen_request, seen = remembered
                     status = seen.status if seen_request == request else "idempotency_key_reused"
-                    return Outcome(status, seen.total, seen.consumed, replayed=True)
+                    return Outcome(status, seen.total, seen.consumed, replayed=True,
+                                   seq=seen.seq if seen.ok else 0,
+                                   gen=seen.gen if seen.ok else "")
             item = self._items.get((namespace, sku))
             if item is None:
                 return Outcome(NOT_FOUND, 0, 0)
@@ -55,16 +65,14 @@ class InProcessCounter(Counter):
             except errors.DomainError as refusal:
                 outcome = Outcome(refusal.code, item.total, item.consumed, seq=item.seq)
             else:
-                if probe:
-                    return Outcome(PENDING, item.total, item.consumed, seq=item.seq)
                 item.total, item.consumed = after
                 item.seq += 1
-                outcome = Outcome(OK, item.total, item.consumed, seq=item.seq)
+                outcome = Outcome(OK, item.total, item.consumed, seq=item.seq, gen=item.gen)
                 if record:
                     entry_id = str(next(self._ids))
                     self.recorded.append(OutboxEntry(
                         entry_id, 0, namespace, sku, item.seq, kind, qty,
-                        idempotency_key, item.total, item.consumed))
+                        idempotency_key, item.total, item.consumed, item.gen or None))
                     self.recorded_at[entry_id] = time.time()
             if idempotency_key is not None:
                 self._remember((namespace, sku, idempotency_key), request, outcome)
@@ -74,28 +82,28 @@ class InProcessCounter(Counter):
         now = self._now()
         if len(self._outcomes) % 4096 == 4095:  # bound memory: drop what has expired
             self._outcomes = {k: v for k, v in self._outcomes.items() if v[0] > now}
-        self._outcomes[key] = (now + self._ttl, request, outcome)
-
-    def revert(self, namespace: str, sku: str, kind: rules.Kind, qty: int,
-               idempotency_key: str | None) -> None:
-        with self._lock:
-            if idempotency_key is not None:
-                self._outcomes.pop((namespace, sku, idempotency_key), None)
-            item = self._items.get((namespace, sku))
-            if item is None:
-                return
-            if kind == "decrement":
-                item.consumed -= qty
-            elif kind == "refund":
-                item.consumed += qty
-            elif kind == "adjust":
-                item.total -= qty
-            item.seq -= 1
+        keep = self._ttl if outcome.ok else self._refusal_ttl
+        self._outcomes[key] = (now + keep, request, outcome)
 
     def load_many(self, figures: Iterable[Figures]) -> None:
         with self._lock:
-            for namespace, sku, total, consumed, seq in figures:
-                self._items[(namespace, sku)] = _Item(total, consumed, seq)
+            for one in figures:
+                namespace, sku, total, consumed, seq, gen = unpack(one)
+                held = self._items.get((namespace, sku))
+                self._items[(namespace, sku)] = _Item(
+                    total, consumed, seq, gen or (held.gen if held is not None else ""))
+
+    def remember(self, entries: Sequence[LedgerEntry]) -> None:
+        with self._lock:
+            for e in entries:
+                if e.idempotency_key is None or e.kind not in ("adjust", "decrement", "refund"):
+                    continue
+                key = (e.namespace, e.sku, e.idempotency_key)
+                left = self._ttl - (time.time() - _epoch(e.created_at))
+                if left > 0 and key not in self._outcomes:
+                    self._outcomes[key] = (self._now() + left, fingerprint(e.kind, e.qty),  # type: ignore[arg-type]
+                                           Outcome(OK, e.total_after,
+                                                   e.total_after - e.available_after))
 
     def fence_many(self, namespace: str, skus: Sequence[str]) -> list[int | None]:
         with self._lock:
@@ -119,7 +127,7 @@ class InProcessCounter(Counter):
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
         with self._lock:
             found = [self._items.get((namespace, sku)) for sku in skus]
-            return [None if i is None else Outcome(OK, i.total, i.consumed, seq=i.seq)
+            return [None if i is None else Outcome(OK, i.total, i.consumed, seq=i.seq, gen=i.gen)
                     for i in found]
 
     def ping(self) -> None:

@@ -29,6 +29,21 @@ mapper_registry = registry(metadata=metadata)
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer, "sqlite")
 
+# Access tokens: only a hash of each token is kept (the token is shown once, when made).
+access_tokens = Table(
+    "access_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("namespace", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("role IN ('read', 'sell', 'admin')", name="access_token_role"),
+)
+
 items = Table(
     "inventory_items",
     metadata,
@@ -38,6 +53,7 @@ items = Table(
     Column("consumed", BigInteger, nullable=False),
     Column("last_seq", BigInteger, nullable=False),
     Column("version", Integer, nullable=False),
+    Column("counter_gen", String(32), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now(),
            onupdate=func.now()),

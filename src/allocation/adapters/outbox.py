@@ -19,6 +19,7 @@ class OutboxEntry(NamedTuple):
     idempotency_key: str | None
     total: int
     consumed: int
+    gen: str | None = None  # the counter's generation when recorded (None: before 0.8)
 
 
 class Outbox(abc.ABC):

@@ -3,8 +3,8 @@
 Each call waits in a queue; whoever finds no batch in flight leads: it sends everything queued,
 sets each caller's reply, and passes the lead to the first caller that queued meanwhile. The
 callers of a batch then wake one another in turn rather than all at once: woken together, dozens
-of threads fight over the GIL, which cost a hot item in one process ~20% of its sales here
-(paired runs of `make bench`'s in-process sale). Only a caller interrupted while it waits (the
+of threads fight over the GIL, which cost a hot item in one process a noticeable share of its
+sales (`make bench`'s in-process sale). Only a caller interrupted while it waits (the
 main thread, by a signal) could hold up those after it, as an interrupted successor would hold
 up the next batch.
 The calls of a batch that share a hash slot go as one EVALSHA of the
@@ -29,7 +29,7 @@ from allocation.adapters.redis_client import RedisClient
 class _Call:
     """One queued call. ``done`` is a lock taken at birth and released to wake its caller: a
     bare lock rather than an Event, whose Python-level Condition cost the leader more than the
-    round trip when it wakes dozens of callers per batch (py-spy)."""
+    round trip when it wakes dozens of callers per batch."""
 
     __slots__ = ("args", "done", "error", "keys", "lead", "next", "reply")
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Sequence
+from datetime import UTC
 from importlib import resources
 from types import TracebackType
 from typing import Any
 
 import redis
 
-from allocation.adapters.counter import Counter, Figures, fingerprint
+from allocation.adapters.counter import Counter, Figures, fingerprint, unpack
 from allocation.adapters.redis_batch import ScriptBatcher, evalsha_many
 from allocation.adapters.redis_client import RedisClient
 from allocation.adapters.redis_keys import KeySpace
 from allocation.domain import errors
+from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import OK, Outcome
 from allocation.domain.rules import Kind
 
@@ -33,7 +36,7 @@ class _Unavailable:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-            raise errors.Unavailable(f"redis unavailable: {exc}") from exc
+            raise errors.Unavailable("redis unavailable") from exc
 
 
 _UNAVAILABLE = _Unavailable()
@@ -49,50 +52,62 @@ def _text(value: Any) -> str:
 
 class RedisCounter(Counter):
     def __init__(self, client: RedisClient, keys: KeySpace,
-                 idempotency_ttl: int = 48 * 3600, events_channel: str | None = None) -> None:
+                 idempotency_ttl: int = 48 * 3600, events_channel: str | None = None,
+                 refusal_ttl: int = 300) -> None:
         self.client = client
         self.keys = keys
-        self._ttl = idempotency_ttl
+        self._ttl = self.idempotency_ttl = idempotency_ttl
+        self._refusal_ttl = min(refusal_ttl, idempotency_ttl)
         # Publishing from the script saves a round trip per movement.
         self.events_channel = events_channel or ""
         self.publishes_events = bool(events_channel)
         # EVALSHA, reloading the script on NOSCRIPT; concurrent movements share round trips.
         self._move = ScriptBatcher(client, lua("move"))
-        self._revert = client.register_script(lua("revert"))
         self._fence_script = lua("fence")
         self._fence_sha = hashlib.sha1(self._fence_script.encode()).hexdigest()
 
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
-              idempotency_key: str | None, *, probe: bool = False,
-              record: bool = False) -> Outcome:
+              idempotency_key: str | None, *, record: bool = False) -> Outcome:
         keys = [self.keys.item(namespace, sku), self.keys.outbox_of(namespace, sku)]
         if idempotency_key is not None:
             keys.append(self.keys.idempotency(namespace, sku, idempotency_key))
         with unavailable_on_connection_error():
             reply: Any = self._move(keys=keys, args=[
-                kind, qty, fingerprint(kind, qty), self._ttl, "1" if probe else "0",
-                "1" if record else "0", namespace, sku, idempotency_key or "",
-                self.events_channel])
-        status, total, consumed, replayed, seq = reply
+                kind, qty, fingerprint(kind, qty), self._ttl, "1" if record else "0",
+                namespace, sku, idempotency_key or "", self.events_channel,
+                self._refusal_ttl])
+        status, total, consumed, replayed, seq, gen = reply
         return Outcome(_text(status), int(total), int(consumed), replayed=bool(replayed),
-                       seq=int(seq))
-
-    def revert(self, namespace: str, sku: str, kind: Kind, qty: int,
-               idempotency_key: str | None) -> None:
-        keys = [self.keys.item(namespace, sku)]
-        if idempotency_key is not None:
-            keys.append(self.keys.idempotency(namespace, sku, idempotency_key))
-        with unavailable_on_connection_error():
-            self._revert(keys=keys, args=[kind, qty])
+                       seq=int(seq), gen=_text(gen))
 
     def load_many(self, figures: Iterable[Figures]) -> None:
         with unavailable_on_connection_error():
             pipe = self.client.pipeline(transaction=False)
-            for namespace, sku, total, consumed, seq in figures:
+            for one in figures:
+                namespace, sku, total, consumed, seq, gen = unpack(one)
                 # "fenced" 0 rather than a second command to delete it: one command per item.
+                # The figures come from the ledger, so it is written up to their seq.
+                generation = ("gen", gen) if gen else ()
                 pipe.execute_command(  # type: ignore[no-untyped-call]
                     "HSET", self.keys.item(namespace, sku), "total", total, "consumed",
-                    consumed, "seq", seq, "fenced", 0)
+                    consumed, "seq", seq, "fenced", 0, "written", seq, *generation)
+            pipe.execute()
+
+    def remember(self, entries: Sequence[LedgerEntry]) -> None:
+        now = time.time()
+        with unavailable_on_connection_error():
+            pipe = self.client.pipeline(transaction=False)
+            for e in entries:
+                if e.idempotency_key is None or e.kind not in ("adjust", "decrement", "refund"):
+                    continue
+                moment = e.created_at if e.created_at.tzinfo else e.created_at.replace(tzinfo=UTC)
+                left = int(self._ttl - (now - moment.timestamp()))
+                if left > 0:
+                    # seq 0: a movement the ledger holds, nothing to wait for.
+                    record = (f"{fingerprint(e.kind, e.qty)}|ok|{e.total_after}|"  # type: ignore[arg-type]
+                              f"{e.total_after - e.available_after}|0|")
+                    pipe.set(self.keys.idempotency(e.namespace, e.sku, e.idempotency_key),
+                             record, ex=left, nx=True)
             pipe.execute()
 
     def fence_many(self, namespace: str, skus: Sequence[str]) -> list[int | None]:
@@ -116,11 +131,11 @@ class RedisCounter(Counter):
         with unavailable_on_connection_error():
             pipe = self.client.pipeline(transaction=False)
             for sku in skus:
-                pipe.hmget(self.keys.item(namespace, sku), ["total", "consumed", "seq"])
+                pipe.hmget(self.keys.item(namespace, sku), ["total", "consumed", "seq", "gen"])
             replies = pipe.execute()
         return [None if total is None else Outcome(OK, int(total), int(consumed),
-                                                   seq=int(seq or 0))
-                for total, consumed, seq in replies]
+                                                   seq=int(seq or 0), gen=_text(gen or b""))
+                for total, consumed, seq, gen in replies]
 
     def ping(self) -> None:
         with unavailable_on_connection_error():

@@ -35,6 +35,10 @@ class KeySpace:
     def dead_letters(self, partition: int) -> str:
         return f"{self._tag(partition)}:outbox:dead"
 
+    def ledger_written(self) -> str:
+        """The channel on which ledger writers announce how far they have written."""
+        return f"{self.prefix}:ledger-written"
+
     def drift(self) -> str:
         return f"{self.prefix}:drift"
 

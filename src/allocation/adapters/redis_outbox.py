@@ -18,18 +18,22 @@ GROUP = "ledger"
 
 def _entry(partition: int, entry_id: Any, f: dict[bytes, bytes]) -> OutboxEntry:
     """An entry as move.lua writes it: one field ``m``, "seq qty total consumed kind ns_len
-    sku_len|" then the namespace, SKU and key, unseparated (names may hold any character)."""
+    sku_len gen|" then the namespace, SKU and key, unseparated (names may hold any character).
+    Before 0.8 the head had no generation."""
     id_ = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    if f and isinstance(next(iter(f)), str):  # a client made with decode_responses=True
+        f = {k.encode(): v.encode() for k, v in f.items()}  # type: ignore[attr-defined]
     packed = f.get(b"m")
     if packed is None:
         return _fields_entry(partition, id_, f)
     head, _, names = packed.partition(b"|")
-    seq, qty, total, consumed, kind, ns_len, sku_len = head.split(b" ")
+    seq, qty, total, consumed, kind, ns_len, sku_len, *gen = head.split(b" ")
     ns_end = int(ns_len)
     sku_end = ns_end + int(sku_len)
     return OutboxEntry(
         id_, partition, names[:ns_end].decode(), names[ns_end:sku_end].decode(), int(seq),
-        kind.decode(), int(qty), names[sku_end:].decode() or None, int(total), int(consumed))
+        kind.decode(), int(qty), names[sku_end:].decode() or None, int(total), int(consumed),
+        gen[0].decode() or None if gen else None)
 
 
 def _fields_entry(partition: int, id_: str, f: dict[bytes, bytes]) -> OutboxEntry:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, select, tuple_
@@ -17,6 +18,11 @@ ENTRY_COLUMNS = [orm.ledger.c[name] for name in (
     "created_at")]
 
 STOCK_COLUMNS = [orm.items.c[name] for name in ("sku", "total", "consumed", "last_seq")]
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands timestamps back without their zone; they were written in UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _stock(item: InventoryItem) -> Stock:
@@ -50,6 +56,20 @@ class AbstractRepository(abc.ABC):
         found = {sku: item for sku in skus if (item := self._get(namespace, sku, False))}
         self.seen.update(found.values())
         return found
+
+    def keyed_entries(self, namespace: str, sku: str, since: datetime,
+                      limit: int = 1_000_000) -> Sequence[LedgerEntry]:
+        """The item's movements with an idempotency key, made since ``since``, in seq order."""
+        return [e for e in self.ledger(namespace, sku, 0, limit)
+                if e.idempotency_key is not None and _aware(e.created_at) >= since]
+
+    def rebase(self, namespace: str, skus: Sequence[str], gen: str) -> dict[str, Stock]:
+        """Lock the items, give them the counter generation ``gen`` (committed with the unit of
+        work) and return their figures: the ledger follows the counter loaded from these."""
+        found = self.lock_many([(namespace, sku) for sku in skus])
+        for item in found.values():
+            item.counter_gen = gen
+        return {sku: _stock(item) for (_, sku), item in found.items()}
 
     def lock_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], InventoryItem]:
         """Lock and load many items at once, in one order (namespace, sku): the existing ones."""
@@ -131,6 +151,17 @@ class SqlAlchemyRepository(AbstractRepository):
             query = query.where(orm.items.c.sku > after)
         return [Stock(*row) for row in
                 self.session.execute(query.order_by(orm.items.c.sku).limit(limit))]
+
+    def keyed_entries(self, namespace: str, sku: str, since: datetime,
+                      limit: int = 1_000_000) -> Sequence[LedgerEntry]:
+        return self._entries(
+            select(*ENTRY_COLUMNS)
+            .where(orm.ledger.c.namespace == namespace, orm.ledger.c.sku == sku,
+                   orm.ledger.c.idempotency_key.is_not(None),
+                   orm.ledger.c.created_at >= (
+                       since if self.session.get_bind().dialect.name == "postgresql"
+                       else since.astimezone(UTC).replace(tzinfo=None)))
+            .order_by(orm.ledger.c.seq).limit(limit))
 
     def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None:
         found = self._entries(select(*ENTRY_COLUMNS).where(

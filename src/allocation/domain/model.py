@@ -60,6 +60,9 @@ class InventoryItem:
         self.total = total
         self.consumed = consumed
         self.last_seq = last_seq
+        # The generation of the fast path's counter whose movements the ledger now follows: a
+        # movement recorded under another (a history Redis lost) is never written.
+        self.counter_gen: str | None = None
         self.events: list[events.Event] = []
         self.new_entries: list[LedgerEntry] = []
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from allocation.domain import errors
 
 OK = "ok"
-PENDING = "pending"  # a probe found the movement allowed; it has not been applied
 NOT_FOUND = "not_found"
 FENCED = "fenced"  # the item is being rebuilt; retry shortly
 
@@ -20,6 +19,9 @@ class Outcome:
     replayed: bool = False
     created: bool = False
     seq: int = 0  # the item's ledger seq after the movement (0 where it does not apply)
+    # The counter's generation: a new one each time the counter is loaded from the record, so
+    # that seqs a lost history handed out are never taken for the record's own.
+    gen: str = ""
 
     @property
     def available(self) -> int:

@@ -2,9 +2,8 @@
 
 A worker's request threads take turns on one GIL: a batch's callers wake one another, a batch
 leader comes back from Redis. Held to a core of its own, a worker's threads hand the GIL over
-on the core they already run on, rather than by a wake-up on another. Measured side by side on
-2 cores (`make bench`'s HTTP sale, 8 pairs, everything on the same machine): ~1.1x the
-decrements per second (0.93-1.40x), p99 lower in five pairs of eight. A small gain.
+on the core they already run on, rather than by a wake-up on another: a small gain
+(docs/benchmarks.md).
 
 Worker processes are told apart by the first free slot they can lock in a directory the server
 made for them; the kernel drops a dead worker's lock, so its replacement takes the same slot,

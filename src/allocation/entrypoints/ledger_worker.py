@@ -12,23 +12,30 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
+from allocation.adapters.ledger_progress import LedgerProgress
+from allocation.adapters.outages import is_outage
 from allocation.adapters.outbox import Outbox, OutboxEntry
-from allocation.domain import errors
+from allocation.bootstrap import Application
 from allocation.service_layer.ledger_writer import BatchResult, write_batch
-from allocation.service_layer.messagebus import MessageBus
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork, Conflict
 
 logger = logging.getLogger(__name__)
-# Writers per process: measured on 2 cores, 4 drain a backlog ~1.4x faster than 2 (each waits
-# on PostgreSQL or Redis most of the time).
+# Writers per process: each waits on PostgreSQL or Redis most of the time, so a few share a
+# core well (docs/benchmarks.md, ledger drain).
 DEFAULT_THREADS = 4
 
 
 class LedgerWorker:
-    def __init__(self, outbox: Outbox, uow_factory: Callable[[], AbstractUnitOfWork], *,
-                 batch_size: int = 1000, claim_idle_ms: int = 30_000,
+    def __init__(self, outbox: Outbox, uow_factory: Callable[[], AbstractUnitOfWork],
+                 progress: LedgerProgress, *, batch_size: int = 1000,
+                 claim_idle_ms: int = 30_000, gather_seconds: float = 0.02,
                  name: str | None = None, partitions: Sequence[int] | None = None) -> None:
         self.outbox = outbox
+        self.progress = progress
+        # A pass that wrote only a trickle waits this long, so that a transaction carries many
+        # movements (the ledger's CPU competes with the sale's); 0 where callers wait on the
+        # ledger (sync durability).
+        self.gather_seconds = gather_seconds
         # Workers of one process take disjoint partitions; workers of other processes may
         # share them all (an entry that arrives before its predecessor waits, see write_batch).
         self.partitions = list(range(outbox.partitions) if partitions is None else partitions)
@@ -75,11 +82,17 @@ class LedgerWorker:
     def _settle(self, partition: int, entries: list[OutboxEntry]) -> int:
         self._unsettled.add(partition)  # until acknowledged: a failed write leaves them pending
         result = self._write(entries)
+        self.progress.mark(result.marks)  # committed: wake whoever waits on these seqs
         for orphan in result.orphans:
             logger.error("ledger: %s/%s seq %d has no item in the database; set aside",
                          orphan.namespace, orphan.sku, orphan.seq)
             self.outbox.dead_letter(orphan, "no such item in the database")
-        self.outbox.ack(partition, result.done + [o.id for o in result.orphans])
+        for stale in result.stale:
+            logger.error("ledger: %s/%s seq %d was recorded by a counter the database has "
+                         "since replaced (Redis lost it); set aside, not written",
+                         stale.namespace, stale.sku, stale.seq)
+            self.outbox.dead_letter(stale, f"counter generation {stale.gen} was replaced")
+        self.outbox.ack(partition, result.done + [o.id for o in result.orphans + result.stale])
         if not result.waiting:
             self._unsettled.discard(partition)
         return result.written
@@ -104,23 +117,35 @@ class LedgerWorker:
             total.done += one.done
             total.waiting += one.waiting
             total.orphans += one.orphans
+            total.stale += one.stale
+            total.marks.update(one.marks)
         return total
 
     def run(self) -> None:
-        backoff = 0.05
+        """Write until stopped. Losing the database or Redis, wherever in a write, is waited
+        out: the entries stay pending and are written again (a replay is a no-op). Anything
+        else is a bug a retry would repeat, and is raised."""
+        backoff, idle = 0.05, 0.001
         logger.info("ledger worker %s started", self.name)
         while not self.stopping.is_set():
             try:
                 written = self.run_once()
-                backoff = 0.05
-                if written < self.batch_size // 10:
-                    # Nothing, or a trickle: let entries gather so that a transaction carries
-                    # many of them (the ledger's CPU competes with the sale's).
-                    self.stopping.wait(0.02)
-            except errors.Unavailable as exc:
-                logger.warning("ledger worker waiting for a dependency: %s", exc.message)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                logger.warning("ledger worker waiting for a dependency: %s",
+                               type(exc).__name__)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            if written == 0:
+                self.stopping.wait(idle)  # idle: poll less and less often, up to 50 a second
+                idle = min(idle * 2, 0.02)
+            else:
+                idle = 0.001
+                if written < self.batch_size // 10 and self.gather_seconds:
+                    self.stopping.wait(self.gather_seconds)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -136,11 +161,10 @@ def yield_cpu() -> None:
     else wants (Linux's SCHED_IDLE; lowering one's own priority needs no privilege).
 
     Where the worker shares cores with API servers: the ledger is written behind, so a sale's
-    requests should not wait for a core the worker holds. Measured side by side on 2 cores
-    (`make bench`'s HTTP sale, normal priority vs idle, 8 pairs): ~1.03x the decrements, p99
-    lower in half the pairs; no difference one can see there. The price: under a load that
-    leaves no core idle the worker writes next to nothing until the load eases, and entries
-    wait in the outbox (`/readyz` names the ledger "degraded" past LEDGER_LAG_THRESHOLD_SECONDS).
+    requests should not wait for a core the worker holds. The price: under a load that leaves
+    no core idle the worker writes next to nothing until the load eases, and entries wait in
+    the outbox (`/readyz` names the ledger "degraded" past LEDGER_LAG_THRESHOLD_SECONDS).
+    Not for sync durability, whose requests wait on the writer.
     """
     if not hasattr(os, "SCHED_IDLE"):
         raise RuntimeError("idle priority needs Linux (SCHED_IDLE)")
@@ -151,26 +175,27 @@ def _process_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def from_bus(bus: MessageBus, batch_size: int = 1000, *, name: str | None = None,
-             partitions: Sequence[int] | None = None) -> LedgerWorker:
-    return LedgerWorker(bus.dependencies["outbox"], bus.uow_factory, batch_size=batch_size,
-                        claim_idle_ms=bus.dependencies["config"].ledger_claim_idle_ms,
+def for_app(app: Application, batch_size: int = 1000, *, name: str | None = None,
+            partitions: Sequence[int] | None = None) -> LedgerWorker:
+    return LedgerWorker(app.outbox, app.uow_factory, app.ledger_progress, batch_size=batch_size,
+                        claim_idle_ms=app.config.ledger_claim_idle_ms,
+                        gather_seconds=0.0 if app.config.durability == "sync" else 0.02,
                         name=name, partitions=partitions)
 
 
-def split(bus: MessageBus, threads: int, batch_size: int = 1000) -> list[LedgerWorker]:
+def split(app: Application, threads: int, batch_size: int = 1000) -> list[LedgerWorker]:
     """``threads`` workers sharing out the partitions: one writes to PostgreSQL while another
     reads Redis, which the GIL allows because both wait on sockets."""
-    count = bus.dependencies["outbox"].partitions
+    count = app.outbox.partitions
     name = _process_name()
-    return [from_bus(bus, batch_size, name=f"{name}-{i}", partitions=range(i, count, threads))
+    return [for_app(app, batch_size, name=f"{name}-{i}", partitions=range(i, count, threads))
             for i in range(max(1, min(threads, count)))]
 
 
-def run(bus: MessageBus, threads: int = 1) -> None:
+def run(app: Application, threads: int = 1) -> None:
     """Run the workers until SIGTERM; if one of them fails, stop them all and raise, so the
     process exits and its supervisor restarts it rather than leaving partitions unwritten."""
-    workers = split(bus, threads)
+    workers = split(app, threads)
     failed: list[BaseException] = []
 
     def stop(*_: object) -> None:

@@ -51,7 +51,8 @@ def _movements(kind: str, outcome: str) -> Counter:
 
 
 def exposition(backlog: tuple[int, float] | None = None,
-               drift: dict[str, int] | None = None) -> tuple[bytes, str]:
+               drift: dict[str, int] | None = None,
+               redis_memory: dict[str, int] | None = None) -> tuple[bytes, str]:
     """The metrics text; across all worker processes when there are several (multiprocess mode).
     The ledger backlog and drift counts are read at scrape time, from the outbox and from
     what the last ``allocation drift`` run stored."""
@@ -74,4 +75,11 @@ def exposition(backlog: tuple[int, float] | None = None,
                   "drift check", "# TYPE allocation_drift_items gauge"]
         lines += [f'allocation_drift_items{{namespace="{ns}"}} {count}'
                   for ns, count in sorted(drift.items())]
+    if redis_memory is not None:
+        lines += ["# HELP allocation_redis_memory_used_bytes Memory Redis uses (INFO memory)",
+                  "# TYPE allocation_redis_memory_used_bytes gauge",
+                  f"allocation_redis_memory_used_bytes {redis_memory['used']}",
+                  "# HELP allocation_redis_memory_max_bytes Redis's maxmemory (0: no limit)",
+                  "# TYPE allocation_redis_memory_max_bytes gauge",
+                  f"allocation_redis_memory_max_bytes {redis_memory['max']}"]
     return text + "".join(f"{line}\n" for line in lines).encode(), CONTENT_TYPE_LATEST

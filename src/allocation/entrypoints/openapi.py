@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+import swagger_ui_bundle
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -44,19 +45,26 @@ def _key(required: bool) -> dict[str, Any]:
 
 ERRORS = {
     "400": _json(schemas.Error, "invalid input; `field` names it"),
-    "503": _json(schemas.Error, "Redis or the database is unavailable; see Retry-After"),
+    "401": _json(schemas.Error, "no token, or an unknown or revoked one (`WWW-Authenticate: "
+                                "Bearer`)"),
+    "403": _json(schemas.Error, "the token's namespace or role does not allow this"),
+    "503": _json(schemas.Error, "Redis or the database is unavailable, or the item is being "
+                                "rebuilt; see Retry-After. For a mutation: outcome unknown, "
+                                "repeat it with the same Idempotency-Key"),
 }
 
 
 def _op(summary: str, responses: dict[str, Any], parameters: list[dict[str, Any]] | None = None,
         body: type[BaseModel] | None = None) -> dict[str, Any]:
     operation: dict[str, Any] = {"summary": summary, "parameters": parameters or [],
-                                 "responses": {**responses, **ERRORS}}
+                                 "responses": {**responses, **ERRORS},
+                                 "security": [{"bearer": []}]}
     if body is not None:
         operation["requestBody"] = {"required": True, "content": {
             "application/json": {"schema": _ref(body)}}}
         operation["responses"]["413"] = _json(schemas.Error, "body over 64 KiB")
         operation["responses"]["415"] = _json(schemas.Error, "body is not JSON")
+        operation["responses"]["408"] = _json(schemas.Error, "the body did not arrive in time")
     return operation
 
 
@@ -109,7 +117,8 @@ def document() -> dict[str, Any]:
                 "get": _op("An item's ledger in seq order", {
                     "200": _json(schemas.LedgerPage, "entries after `after_seq`"),
                     "404": _json(schemas.Error, "unknown item")},
-                    [*item, _int_query("after_seq", 0), _int_query("limit", 1, 1000)]),
+                    [*item, _int_query("after_seq", 0, 2**63 - 1),
+                     _int_query("limit", 1, 1000)]),
             },
             "/v1/{namespace}/items/{sku}/refresh": {
                 "post": _op("Rebuild an item's counter from the database", {
@@ -129,14 +138,40 @@ def document() -> dict[str, Any]:
                 "200": {"description": "metrics", "content": {"text/plain": {}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {
                 "200": {"description": "OpenAPI 3"}}}},
+            "/docs": {"get": {"summary": "This document in a viewer (Swagger UI, served from "
+                                         "the package: no CDN)", "responses": {
+                "200": {"description": "HTML", "content": {"text/html": {}}}}}},
         },
-        "components": {"schemas": definitions.get("$defs", {})},
+        "components": {"schemas": definitions.get("$defs", {}),
+                       "securitySchemes": {"bearer": {
+                           "type": "http", "scheme": "bearer",
+                           "description": "`allocation token create NAMESPACE --role "
+                                          "read|sell|admin` makes one"}}},
     }
 
 
+# Swagger UI's files come from the swagger-ui-bundle package, served by /docs/<file>: the
+# page works offline and runs no third party's latest code.
+DOCS_ASSETS = {"swagger-ui.css": "text/css",
+               "swagger-ui-bundle.js": "application/javascript",
+               "favicon-32x32.png": "image/png"}
 DOCS_PAGE = """<!doctype html>
-<html><head><title>allocation API</title><meta charset="utf-8"></head>
-<body><redoc spec-url="/openapi.json"></redoc>
-<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script>
+<html lang="en"><head><meta charset="utf-8"><title>allocation API</title>
+<link rel="stylesheet" href="/docs/swagger-ui.css">
+<link rel="icon" type="image/png" href="/docs/favicon-32x32.png"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/swagger-ui-bundle.js"></script>
+<script>
+window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui",
+                             persistAuthorization: false});
+</script>
 </body></html>
 """
+
+
+def docs_asset(name: str) -> tuple[bytes, str] | None:
+    """A file of the viewer, and its media type; None for any other name."""
+    media_type = DOCS_ASSETS.get(name)
+    if media_type is None:
+        return None
+    return (swagger_ui_bundle.swagger_ui_path / name).read_bytes(), media_type

@@ -3,17 +3,22 @@ fast lane both build their answers here, so the two cannot answer the same reque
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
+from werkzeug.http import HTTP_STATUS_CODES
 
 from allocation.domain import errors
 from allocation.domain.outcome import Outcome
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse
 
 logger = logging.getLogger(__name__)
 
@@ -132,3 +137,21 @@ def for_exception(exc: Exception) -> Reply:
         if handler is not None:
             return handler(exc)
     return _unexpected(exc)
+
+
+# As Flask's jsonify writes a body outside debug mode (compact, keys in order, ASCII), then a
+# newline; one encoder for every answer rather than one built per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def encode(reply: Reply) -> bytes:
+    return f"{_ENCODER.encode(reply.body)}\n".encode()
+
+
+def send_wsgi(reply: Reply, start_response: StartResponse) -> list[bytes]:
+    """Answer a bare WSGI call with ``reply``, byte for byte as Flask would."""
+    data = encode(reply)
+    start_response(f"{reply.status} {HTTP_STATUS_CODES[reply.status].upper()}",
+                   [("Content-Type", "application/json"),
+                    ("Content-Length", str(len(data))), *reply.headers])
+    return [data]

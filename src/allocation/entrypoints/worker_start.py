@@ -3,9 +3,8 @@ app, not as soon as the first one answers.
 
 Clients that connect while the other workers still load (a load balancer's keep-alive pool, a
 sale's first buyers) are all accepted by the one worker that is up, and a kept-alive connection
-stays where it was accepted: the server then runs on one core until those connections close.
-`make bench` saw exactly this: 64 connections opened at start-up all on one worker in 5 of 9
-runs, at ~0.65x the decrements per second.
+stays where it was accepted: the server then runs on one core until those connections close
+(docs/adr on worker readiness has the measurement).
 
 `allocation serve` names a directory and the number of workers; each worker leaves a marker
 there once its app is built (granian starts accepting right after), and ``/readyz`` counts

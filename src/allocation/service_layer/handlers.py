@@ -1,36 +1,22 @@
-"""The handler of each command, by durability mode, and the handlers of events."""
+"""The handler of each command, and the handlers of events."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from allocation.domain import commands, events
-from allocation.service_layer import initialise, rebuild, recorded_movements, sync_movements
+from allocation.service_layer import initialise, movements, rebuild
 
-Durability = Literal["async", "sync"]
-
-
-def command_handlers(durability: Durability) -> dict[type[commands.Command], Callable[..., Any]]:
-    """``async``: acknowledge after the Redis step, the ledger is written behind.
-    ``sync``: acknowledge after the ledger row is committed."""
-    shared: dict[type[commands.Command], Callable[..., Any]] = {
-        commands.InitInventory: initialise.init_inventory,
-        commands.InitMany: initialise.init_many,
-    }
-    if durability == "sync":
-        return {**shared,
-                commands.AdjustTotal: sync_movements.adjust_total,
-                commands.Decrement: sync_movements.decrement,
-                commands.Refund: sync_movements.refund,
-                commands.Refresh: sync_movements.refresh,
-                commands.RefreshAll: sync_movements.refresh_all}
-    return {**shared,
-            commands.AdjustTotal: recorded_movements.adjust_total,
-            commands.Decrement: recorded_movements.decrement,
-            commands.Refund: recorded_movements.refund,
-            commands.Refresh: rebuild.refresh,
-            commands.RefreshAll: rebuild.refresh_all}
+COMMAND_HANDLERS: dict[type[commands.Command], Callable[..., Any]] = {
+    commands.InitInventory: initialise.init_inventory,
+    commands.InitMany: initialise.init_many,
+    commands.AdjustTotal: movements.adjust_total,
+    commands.Decrement: movements.decrement,
+    commands.Refund: movements.refund,
+    commands.Refresh: rebuild.refresh,
+    commands.RefreshAll: rebuild.refresh_all,
+}
 
 
 def publish_event(event: events.Event, publish: Callable[[events.Event], None]) -> None:

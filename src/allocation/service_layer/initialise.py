@@ -4,7 +4,7 @@ overwrite figures that sales have moved."""
 
 from __future__ import annotations
 
-from allocation.adapters.counter import Counter
+from allocation.adapters.counter import Counter, new_generation
 from allocation.domain import commands, errors
 from allocation.domain.model import InventoryItem
 from allocation.domain.outcome import OK, Outcome
@@ -26,16 +26,18 @@ def _init(cmd: commands.InitInventory, uow: AbstractUnitOfWork, counter: Counter
             if item.total != cmd.total:
                 raise errors.AlreadyExists(
                     f"{cmd.namespace}/{cmd.sku} exists with total {item.total}")
-            if counter.read(cmd.namespace, cmd.sku) is None:
-                counter.load(cmd.namespace, cmd.sku, item.total, item.consumed, item.last_seq)
+            # Where the counter lacks it, the next movement or read rebuilds it (the outbox may
+            # hold movements the database has yet to get).
             return Outcome(OK, item.total, item.consumed)
         item = InventoryItem.initialise(cmd.namespace, cmd.sku, cmd.total)
+        item.counter_gen = new_generation()
         uow.items.add(item)
         # The insert waits here for any concurrent one; once it succeeds the row is ours and
         # invisible to others until the commit, so loading the counter now cannot overwrite
         # figures that sales have moved.
         uow.flush()
-        counter.load(cmd.namespace, cmd.sku, item.total, item.consumed, item.last_seq)
+        counter.load(cmd.namespace, cmd.sku, item.total, item.consumed, item.last_seq,
+                     item.counter_gen)
         try:
             uow.commit()
         except Exception:
@@ -50,17 +52,20 @@ def init_many(cmd: commands.InitMany, uow: AbstractUnitOfWork, counter: Counter)
     with uow:
         fresh: list[InventoryItem] = []
         clashes: list[str] = []
+        gen = new_generation()
         for sku, total in cmd.items:
             item = uow.items.get(cmd.namespace, sku, lock=True)
             if item is None:
                 fresh.append(InventoryItem.initialise(cmd.namespace, sku, total))
+                fresh[-1].counter_gen = gen
                 uow.items.add(fresh[-1])
             elif item.total != total:
                 clashes.append(f"{sku} (exists with total {item.total})")
         if clashes:
             raise errors.AlreadyExists("refused, nothing imported: " + ", ".join(clashes[:20]))
         uow.flush()
-        counter.load_many((i.namespace, i.sku, i.total, i.consumed, i.last_seq) for i in fresh)
+        counter.load_many((i.namespace, i.sku, i.total, i.consumed, i.last_seq, gen)
+                          for i in fresh)
         try:
             uow.commit()
         except Exception:

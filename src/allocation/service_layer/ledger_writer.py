@@ -2,7 +2,9 @@
 
 An entry is applied when its seq is the item's next one: a replay (seq already written) is a
 no-op, and an entry that arrives early (another worker holds the ones before it) waits. So any
-number of workers may share the outbox, and a crash anywhere only replays entries.
+number of workers may share the outbox, and a crash anywhere only replays entries. An entry
+recorded under a counter generation the item no longer follows (Redis lost that history and the
+counter was rebuilt from the database) is never written: its seq now belongs to another.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class BatchResult:
     waiting: int = 0  # entries whose predecessors are not written yet
     drifted: int = 0  # written, but the rules disagreed with the fast path
     orphans: list[OutboxEntry] = field(default_factory=list)  # no such item in the database
+    stale: list[OutboxEntry] = field(default_factory=list)  # of a history Redis lost
+    # Each item's (generation, last seq in the ledger) once the batch is committed.
+    marks: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
 
 
 def write_batch(entries: list[OutboxEntry], uow: AbstractUnitOfWork,
@@ -43,10 +48,12 @@ def write_batch(entries: list[OutboxEntry], uow: AbstractUnitOfWork,
             if item is None:
                 result.orphans.extend(by_item[(namespace, sku)])
                 continue
-            applied, expected = [], item.last_seq + 1
+            applied, expected, gen = [], item.last_seq + 1, item.counter_gen
             for entry in sorted(by_item[(namespace, sku)], key=lambda e: e.seq):
                 if entry.seq < expected:
                     result.done.append(entry.id)  # written before: a replay
+                elif gen and entry.gen and entry.gen != gen:
+                    result.stale.append(entry)
                 elif entry.seq == expected and entry.kind in KINDS:
                     applied.append(entry)
                     expected += 1
@@ -58,5 +65,6 @@ def write_batch(entries: list[OutboxEntry], uow: AbstractUnitOfWork,
                              "acknowledged", namespace, sku, seq)
             result.done.extend(entry.id for entry in applied)
             result.written += len(applied)
+            result.marks[(namespace, sku)] = (gen or "", item.last_seq)
         uow.commit()
     return result

@@ -23,12 +23,10 @@ class MessageBus:
         uow_factory: Callable[[], AbstractUnitOfWork],
         command_handlers: Mapping[type[commands.Command], CommandHandler],
         event_handlers: Mapping[type[events.Event], list[EventHandler]],
-        dependencies: Mapping[str, Any] | None = None,
     ) -> None:
         self.uow_factory = uow_factory
         self.command_handlers = command_handlers
         self.event_handlers = event_handlers
-        self.dependencies = dict(dependencies or {})
 
     def handle(self, message: Message) -> Any:
         """Handle a message and the events it leads to; return the command handler's result."""

@@ -1,37 +1,57 @@
-"""Rebuilding counters from the database while movements go on (asynchronous durability).
+"""Rebuilding counters from the database while movements go on.
 
-Under the item's lock (two rebuilds serialise): fence the item so movements answer "retry" rather
-than act on a half-built counter, wait until the ledger worker has written everything Redis
-recorded for it (the database's seq reaches Redis's), load the database's figures, unfence.
+First, unfenced, wait until the ledger holds what the counter had applied when the refresh came
+(the writers' progress marks say so; nothing polls the database). Then, under the item's lock
+(two rebuilds serialise), fence the item so movements answer "retry" rather than act on a
+half-built counter, wait for the few movements applied meanwhile, load the database's figures
+and unfence. The fence is so held for about one ledger write, not for the whole ledger lag.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
-from allocation.adapters.counter import Counter
+from allocation.adapters.counter import Counter, new_generation
+from allocation.adapters.ledger_progress import WRITTEN, LedgerProgress
 from allocation.adapters.locks import ItemLocks
 from allocation.adapters.outbox import Outbox
 from allocation.domain import commands, errors
 from allocation.domain.model import Stock
 from allocation.domain.outcome import OK, Outcome
 from allocation.service_layer.results import RefreshProgress
+from allocation.service_layer.shared_rebuilds import SharedRebuilds
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
 
 def refresh(cmd: commands.Refresh, uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox,
-            item_locks: ItemLocks, ledger_wait_seconds: float) -> Outcome:
-    found = _rebuild(uow, counter, outbox, item_locks, ledger_wait_seconds, cmd.namespace,
-                     [cmd.sku])
-    item = found.get(cmd.sku)
-    if item is None:
-        raise errors.NotFound(f"no item {cmd.namespace}/{cmd.sku}")
-    return Outcome(OK, item.total, item.consumed, seq=item.last_seq)
+            item_locks: ItemLocks, ledger_progress: LedgerProgress,
+            ledger_wait_seconds: float, rebuilds: SharedRebuilds | None = None) -> Outcome:
+    """Rebuild one item. Where Redis holds it, a rebuild of it that is running or has just
+    finished (``rebuilds``) stands for this one; where Redis lost it, it is always rebuilt."""
+    def rebuild() -> Outcome:
+        found = _rebuild(uow, counter, outbox, item_locks, ledger_progress,
+                         ledger_wait_seconds, cmd.namespace, [cmd.sku])
+        item = found.get(cmd.sku)
+        if item is None:
+            raise errors.NotFound(f"no item {cmd.namespace}/{cmd.sku}")
+        return Outcome(OK, item.total, item.consumed, seq=item.last_seq)
+
+    if rebuilds is None or counter.read(cmd.namespace, cmd.sku) is None:
+        return rebuild()
+    outcome = rebuilds.run((cmd.namespace, cmd.sku), rebuild, ledger_wait_seconds)
+    if outcome is None:
+        outcome = counter.read(cmd.namespace, cmd.sku)
+        if outcome is None:  # lost since: rebuild after all
+            return rebuild()
+    return outcome
 
 
 def refresh_all(cmd: commands.RefreshAll, uow: AbstractUnitOfWork, counter: Counter,
-                outbox: Outbox, item_locks: ItemLocks,
+                outbox: Outbox, item_locks: ItemLocks, ledger_progress: LedgerProgress,
                 ledger_wait_seconds: float) -> RefreshProgress:
     done, after, batches = 0, cmd.after, 0
     while cmd.batches is None or batches < cmd.batches:
@@ -39,53 +59,94 @@ def refresh_all(cmd: commands.RefreshAll, uow: AbstractUnitOfWork, counter: Coun
             skus = [s.sku for s in uow.items.stock_page(cmd.namespace, after, cmd.batch_size)]
         if not skus:
             return RefreshProgress(done, None)
-        _rebuild(uow, counter, outbox, item_locks, ledger_wait_seconds, cmd.namespace, skus)
+        _rebuild(uow, counter, outbox, item_locks, ledger_progress, ledger_wait_seconds,
+                 cmd.namespace, skus)
         done, after, batches = done + len(skus), skus[-1], batches + 1
     return RefreshProgress(done, after)
 
 
+Seqs = dict[str, tuple[str, int] | None]  # sku -> (generation, seq) Redis holds, or None
+
+
 def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_locks: ItemLocks,
-             wait_seconds: float, namespace: str, skus: Sequence[str]
+             progress: LedgerProgress, wait_seconds: float, namespace: str, skus: Sequence[str]
              ) -> dict[str, Stock]:
+    deadline = time.monotonic() + wait_seconds
+    live: Seqs = {sku: None if o is None else (o.gen, o.seq)
+                  for sku, o in zip(skus, counter.read_many(namespace, skus), strict=True)}
+    with contextlib.suppress(errors.Unavailable):  # the fenced wait below decides
+        _wait_written(uow, progress, namespace, live, deadline)
     with item_locks.hold(namespace, skus):
-        fenced = dict(zip(skus, counter.fence_many(namespace, skus), strict=True))
+        fenced: Seqs = {
+            sku: None if seq is None else ((live.get(sku) or ("", 0))[0], seq)
+            for sku, seq in zip(skus, counter.fence_many(namespace, skus), strict=True)}
         if len(skus) == 1 and fenced[skus[0]] is None:
             # Redis lost the item; movements it recorded may still wait in the outbox, and
-            # then the latest of them is newer than the database.
+            # then the latest of them is newer than the database: that history goes on.
             unwritten = outbox.latest(namespace, skus[0])
             if unwritten is not None:
                 counter.load(namespace, unwritten.sku, unwritten.total, unwritten.consumed,
-                             unwritten.seq)
+                             unwritten.seq, unwritten.gen or "")
                 return {unwritten.sku: Stock(unwritten.sku, unwritten.total,
                                              unwritten.consumed, unwritten.seq)}
+        gen = new_generation()
         try:
-            found = _written_up_to(uow, namespace, fenced, wait_seconds)
+            _wait_written(uow, progress, namespace, fenced, deadline)
+            found = _rebase(uow, namespace, fenced, gen)
         except BaseException:
-            for sku, seq in fenced.items():
-                if seq is not None:
+            for sku, held in fenced.items():
+                if held is not None:
                     counter.unfence(namespace, sku)
             raise
-        for sku, seq in fenced.items():
-            if sku not in found and seq is not None:
+        for sku, held in fenced.items():
+            if sku not in found and held is not None:
                 counter.forget(namespace, sku)  # Redis holds an item the record does not
-        counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq)
+        for sku in found:
+            if fenced.get(sku) is None:  # Redis lost it, and with it the keys it had seen
+                _remember_keys(uow, counter, namespace, sku)  # before any can be used again
+        counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gen)
                           for sku, i in found.items())
         return found
 
 
-def _written_up_to(uow: AbstractUnitOfWork, namespace: str, seqs: dict[str, int | None],
-                   wait_seconds: float) -> dict[str, Stock]:
-    """The items once the database holds every movement Redis recorded for them."""
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        with uow:
-            found = uow.items.stock(namespace, list(seqs))
-        behind = [sku for sku, seq in seqs.items()
-                  if seq is not None and sku in found and found[sku].last_seq < seq]
-        if not behind:
-            return found
-        if time.monotonic() > deadline:
+def _remember_keys(uow: AbstractUnitOfWork, counter: Counter, namespace: str,
+                   sku: str) -> None:
+    """Give the counter back the keys of the movements the ledger holds, so that a retry of
+    one (its answer lost with Redis) is a replay rather than a second sale."""
+    since = datetime.now(UTC) - timedelta(seconds=counter.idempotency_ttl)
+    with uow:
+        entries = [dataclasses.replace(e) for e in uow.items.keyed_entries(namespace, sku, since)]
+    counter.remember(entries)
+
+
+def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: str,
+                  seqs: Seqs, deadline: float) -> None:
+    """Wait (until ``deadline``) for the writers' marks on the items the database is behind
+    on: one read of the database, then no polling of it."""
+    with uow:
+        found = uow.items.stock(namespace, list(seqs))
+    for sku in _behind(found, seqs):
+        held = seqs[sku]
+        left = deadline - time.monotonic()
+        if held is None or left <= 0 or (
+                progress.wait(namespace, sku, *held, left) != WRITTEN):
+            return
+
+
+def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str) -> dict[str, Stock]:
+    """The items' figures, once the database holds every movement Redis recorded for them,
+    under the new counter generation ``gen``: from its commit on, the ledger writers refuse
+    anything recorded under an older one. Raises ``Unavailable`` if the ledger is behind."""
+    with uow:
+        found = uow.items.rebase(namespace, list(seqs), gen)
+        if behind := _behind(found, seqs):
             raise errors.Unavailable(
                 f"the ledger is behind on {len(behind)} items (e.g. {behind[0]}); is a ledger "
                 "worker running? Retry the refresh later", retry_after=5)
-        time.sleep(0.01)  # the worker writes in batches; poll until it has caught up
+        uow.commit()
+        return found
+
+
+def _behind(found: dict[str, Stock], seqs: Seqs) -> list[str]:
+    return [sku for sku, held in seqs.items()
+            if held is not None and sku in found and found[sku].last_seq < held[1]]

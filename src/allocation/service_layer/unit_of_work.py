@@ -11,23 +11,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from allocation.adapters import ledger_rows as ledger_writer
+from allocation.adapters.outages import database_down
 from allocation.adapters.repository import AbstractRepository, SqlAlchemyRepository
 from allocation.domain import errors, events
 
 
 class Conflict(Exception):
     """Another transaction wrote the same row first (a unique key); retrying reads its result."""
-
-
-def database_down(exc: BaseException | None) -> bool:
-    """Is this the database being unreachable, rather than a statement failing?"""
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, sa_exc.InterfaceError | sa_exc.TimeoutError):
-        return True
-    # psycopg2 gives server-side errors a SQLSTATE; connection failures have none. SQLite's
-    # OperationalError ("no such table") is a failing statement.
-    return isinstance(exc, sa_exc.OperationalError) and getattr(exc.orig, "pgcode", "-") is None
 
 
 class AbstractUnitOfWork(abc.ABC):
@@ -88,7 +78,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             if self.write_lock is not None:
                 self.write_lock.release()
         if database_down(exc):
-            raise errors.Unavailable(f"database unavailable: {exc}") from exc
+            raise errors.Unavailable("database unavailable") from exc
 
     def flush(self) -> None:
         try:

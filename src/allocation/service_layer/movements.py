@@ -1,8 +1,9 @@
-"""Movements with asynchronous durability (write-behind): acknowledged after the Redis step.
+"""Movements (adjust, decrement, refund): one pipeline for both durability modes.
 
-One Lua script checks the rule, applies the movement, takes the item's next seq and appends the
-movement to the partition's outbox, atomically. The ledger worker writes the outbox to
-PostgreSQL in the order Redis applied it, so the two cannot disagree about an item's history.
+One atomic step on the counter checks the rule, applies the movement, takes the item's next seq
+and appends the movement to the outbox; the ledger writers commit the outbox to PostgreSQL in
+the order the counter applied it, so the two cannot disagree about an item's history. The
+durability mode only decides when the caller is answered (``durability.Durability``).
 """
 
 from __future__ import annotations
@@ -19,39 +20,44 @@ from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import FENCED, NOT_FOUND, OK, Outcome
 from allocation.domain.rules import Kind
 from allocation.service_layer import rebuild
+from allocation.service_layer.durability import Durability
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
 logger = logging.getLogger(__name__)
 Publish = Callable[[events.Event], None]
 
 
+@dataclasses.dataclass(frozen=True)
 class Deps:
-    """What a recorded movement needs besides its command."""
+    """What a movement needs besides its command."""
 
-    def __init__(self, uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox,
-                 publish: Publish, item_locks: ItemLocks, ledger_wait_seconds: float) -> None:
-        self.uow, self.counter, self.outbox, self.publish = uow, counter, outbox, publish
-        self.item_locks, self.ledger_wait_seconds = item_locks, ledger_wait_seconds
+    uow: AbstractUnitOfWork
+    counter: Counter
+    outbox: Outbox
+    publish: Publish
+    item_locks: ItemLocks
+    durability: Durability
+    ledger_wait_seconds: float
 
 
 def adjust_total(cmd: commands.AdjustTotal, uow: AbstractUnitOfWork, counter: Counter,
                  outbox: Outbox, publish: Publish, item_locks: ItemLocks,
-                 ledger_wait_seconds: float) -> Outcome:
-    deps = Deps(uow, counter, outbox, publish, item_locks, ledger_wait_seconds)
+                 durability: Durability, ledger_wait_seconds: float) -> Outcome:
+    deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
     return _move(deps, cmd.namespace, cmd.sku, "adjust", cmd.delta, cmd.idempotency_key)
 
 
 def decrement(cmd: commands.Decrement, uow: AbstractUnitOfWork, counter: Counter,
               outbox: Outbox, publish: Publish, item_locks: ItemLocks,
-              ledger_wait_seconds: float) -> Outcome:
-    deps = Deps(uow, counter, outbox, publish, item_locks, ledger_wait_seconds)
+              durability: Durability, ledger_wait_seconds: float) -> Outcome:
+    deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
     return _move(deps, cmd.namespace, cmd.sku, "decrement", cmd.qty, cmd.idempotency_key)
 
 
 def refund(cmd: commands.Refund, uow: AbstractUnitOfWork, counter: Counter,
            outbox: Outbox, publish: Publish, item_locks: ItemLocks,
-           ledger_wait_seconds: float) -> Outcome:
-    deps = Deps(uow, counter, outbox, publish, item_locks, ledger_wait_seconds)
+           durability: Durability, ledger_wait_seconds: float) -> Outcome:
+    deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
     return _move(deps, cmd.namespace, cmd.sku, "refund", cmd.qty, cmd.idempotency_key)
 
 
@@ -68,7 +74,7 @@ def _move(deps: Deps, namespace: str, sku: str, kind: Kind, qty: int,
     if outcome.status == NOT_FOUND:
         # Redis lost it (or never had it): rebuild it from the database, under its lock.
         rebuild.refresh(commands.Refresh(namespace, sku), deps.uow, counter, deps.outbox,
-                        deps.item_locks, deps.ledger_wait_seconds)
+                        deps.item_locks, deps.durability.progress, deps.ledger_wait_seconds)
         if key is not None and (entry := _written(deps.uow, namespace, sku, key)):
             # Redis forgot this key with the rest of its data, but the ledger has it.
             return Outcome(OK, entry.total_after, entry.total_after - entry.available_after,
@@ -76,6 +82,8 @@ def _move(deps: Deps, namespace: str, sku: str, kind: Kind, qty: int,
         outcome = counter.apply(namespace, sku, kind, qty, key, record=True)
     if outcome.status in (FENCED, NOT_FOUND):
         raise errors.Unavailable(f"{namespace}/{sku} is being rebuilt; retry", retry_after=1)
+    deps.durability.settle(namespace, sku, outcome, lambda: key is not None and _written(
+        deps.uow, namespace, sku, key) is not None)
     if outcome.ok and not outcome.replayed and not counter.publishes_events:
         for event in events.of_movement(kind, namespace, sku, qty, key, outcome.total,
                                         outcome.consumed):

@@ -1,0 +1,120 @@
+"""The ledger's progress on Redis: each item's mark is a field of its hash (one slot, so it
+works on a cluster), and every batch's marks are also published on one channel. Each process
+subscribes once and wakes its waiters from the messages; a waiter that hears nothing for a while
+reads the mark itself, so a lost message (pub/sub is at-most-once) costs latency, not a wrong
+answer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+
+import redis
+
+from allocation.adapters.ledger_progress import (
+    REPLACED,
+    TIMEOUT,
+    WRITTEN,
+    ItemKey,
+    LedgerProgress,
+    Mark,
+    Marks,
+    Waited,
+)
+from allocation.adapters.redis_batch import evalsha_many
+from allocation.adapters.redis_client import RedisClient
+from allocation.adapters.redis_counter import lua, unavailable_on_connection_error
+from allocation.adapters.redis_keys import KeySpace
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+logger = logging.getLogger(__name__)
+# How long a waiter trusts the channel before it reads the mark itself.
+RECHECK_SECONDS = 0.1
+
+
+class RedisLedgerProgress(LedgerProgress):
+    def __init__(self, client: RedisClient, keys: KeySpace) -> None:
+        self.client = client
+        self.keys = keys
+        self.channel = keys.ledger_written()
+        self.marks = Marks()
+        self._script = lua("mark")
+        self._sha = hashlib.sha1(self._script.encode()).hexdigest()
+        self._listener: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def mark(self, written: Mapping[ItemKey, Mark]) -> None:
+        if not written:
+            return
+        with unavailable_on_connection_error():
+            replies = evalsha_many(self.client, self._script, self._sha, [
+                ([self.keys.item(ns, sku)], [gen, seq])
+                for (ns, sku), (gen, seq) in written.items()])
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            self.client.publish(self.channel, json.dumps(
+                [[ns, sku, seq, gen] for (ns, sku), (gen, seq) in written.items()]))
+        self.marks.raise_to(written)
+
+    def wait(self, namespace: str, sku: str, gen: str, seq: int, timeout: float) -> Waited:
+        item = (namespace, sku)
+        self._listen()
+        deadline = time.monotonic() + timeout
+        while True:
+            until = min(deadline, time.monotonic() + RECHECK_SECONDS)
+            if self.marks.wait(item, gen, seq, until):
+                return WRITTEN
+            stored = self.read(namespace, sku)
+            if stored is not None:
+                if stored[0] != gen:
+                    return REPLACED  # reloaded under another generation since
+                if stored[1] >= seq:
+                    self.marks.raise_to({item: stored})
+                    return WRITTEN
+            if time.monotonic() >= deadline:
+                return TIMEOUT
+
+    def read(self, namespace: str, sku: str) -> Mark | None:
+        """The item's mark as Redis holds it; None where Redis holds no such item."""
+        with unavailable_on_connection_error():
+            written, gen = self.client.hmget(self.keys.item(namespace, sku), ["written", "gen"])
+        if written is None and gen is None:
+            return None
+        return _text(gen or b""), int(written or 0)
+
+    def _listen(self) -> None:
+        if self._listener is not None:
+            return
+        with self._start_lock:
+            if self._listener is None:
+                self._listener = threading.Thread(target=self._follow, daemon=True,
+                                                  name="ledger-progress")
+                self._listener.start()
+
+    def _follow(self) -> None:
+        """Apply the channel's marks for as long as the process lives, reconnecting."""
+        backoff = 0.05
+        while True:
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.channel)
+                backoff = 0.05
+                while True:
+                    # A bounded read: an idle channel must not run into the client's socket
+                    # timeout and drop the subscription.
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self.marks.raise_to({(ns, sku): (gen, int(seq)) for ns, sku, seq, gen
+                                             in json.loads(message["data"])})
+            except (redis.RedisError, ValueError, TypeError) as exc:
+                logger.warning("ledger progress channel: %s; resubscribing", exc)
+                time.sleep(backoff)  # backoff between reconnections, not a synchronisation
+                backoff = min(backoff * 2, 2.0)

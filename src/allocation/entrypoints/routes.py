@@ -1,0 +1,141 @@
+"""The HTTP API's routes (API.md): each decodes its request, hands a command or a query to the
+application, and answers. Movements are decoded and answered by ``movement_requests``, which the
+fast lane shares."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flask import Response, abort, jsonify, request
+from pydantic import BaseModel
+from werkzeug.exceptions import ClientDisconnected
+
+from allocation import views
+from allocation.domain import commands
+from allocation.domain.model import LedgerEntry
+from allocation.entrypoints import metrics, openapi, replies, schemas, worker_start
+from allocation.entrypoints.http_errors import to_response
+from allocation.entrypoints.movement_requests import (
+    KINDS,
+    MovementRequest,
+    answer_item,
+    answer_movement,
+    json_object,
+    validate,
+)
+
+if TYPE_CHECKING:
+    from allocation.bootstrap import Application
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Routes:
+    def __init__(self, app: Application) -> None:
+        self.app = app
+        self.startup = worker_start.Startup()
+
+    def init_item(self, namespace: str, sku: str) -> Response:
+        path = _path(namespace, sku)
+        total = _body(schemas.InitBody).total
+        outcome = self.app.bus.handle(commands.InitInventory(path.namespace, path.sku, total))
+        status = 201 if outcome.created else 200
+        return to_response(replies.item(path.namespace, path.sku, outcome, status))
+
+    def get_item(self, namespace: str, sku: str) -> Response:
+        return to_response(answer_item(self.app, namespace, sku))
+
+    def list_items(self, namespace: str) -> Response:
+        ns = _path(namespace, "x").namespace
+        query = validate(schemas.ListQuery, request.args.to_dict())
+        page, after = views.items(self.app, ns, query.after, query.limit)
+        return jsonify({"items": [replies.item_body(ns, sku, o) for sku, o in page],
+                        "next": after})
+
+    def move(self, namespace: str, sku: str) -> Response:
+        kind = KINDS[request.path.rsplit("/", 1)[-1]]
+        try:
+            body = request.get_data()
+        except ClientDisconnected:
+            body = b""  # shorter than its Content-Length: refused as such below
+        return to_response(answer_movement(self.app, MovementRequest(
+            kind, namespace, sku, request.headers.get("Idempotency-Key"),
+            request.content_type or "", request.content_length, body)))
+
+    def ledger(self, namespace: str, sku: str) -> Response:
+        path = _path(namespace, sku)
+        query = validate(schemas.LedgerQuery, request.args.to_dict())
+        entries = views.ledger(self.app, path.namespace, path.sku, query.after_seq, query.limit)
+        return jsonify({"entries": [_entry_body(e) for e in entries]})
+
+    def refresh_item(self, namespace: str, sku: str) -> Response:
+        path = _path(namespace, sku)
+        outcome = self.app.bus.handle(commands.Refresh(path.namespace, path.sku))
+        return to_response(replies.item(path.namespace, path.sku, outcome))
+
+    def refresh_namespace(self, namespace: str) -> Response:
+        ns = _path(namespace, "x").namespace
+        return jsonify({"items": self.app.bus.handle(commands.RefreshAll(ns)).refreshed})
+
+    def healthz(self) -> Response:
+        return jsonify({"status": "ok"})
+
+    def readyz(self) -> Response:
+        health, config = self.app.health, self.app.config
+        parts = {"database": health.database(), "redis": health.redis_state()}
+        if (pending := self.startup.pending()) is not None:
+            parts["workers"] = pending  # named only while some are loading, as "ledger" below
+        failing = any(state != "ok" for state in parts.values())
+        if parts["redis"] == "ok":
+            # Named only when it lags: the healthy body stays as API.md gives it.
+            ledger = health.ledger(config.ledger_lag_threshold_seconds)
+            if ledger != "ok":
+                parts["ledger"] = ledger
+        response = jsonify(parts)
+        if failing:
+            response.status_code = 503
+            response.headers["Retry-After"] = "1"
+        return response
+
+    def metrics(self) -> Response:
+        health = self.app.health
+        body, content_type = metrics.exposition(health.backlog(), health.drift(),
+                                                health.redis_memory())
+        return Response(body, content_type=content_type)
+
+    def openapi_json(self) -> Response:
+        return jsonify(openapi.document())
+
+    def docs(self) -> Response:
+        return Response(openapi.DOCS_PAGE, content_type="text/html")
+
+    def docs_asset(self, name: str) -> Response:
+        found = openapi.docs_asset(name)
+        if found is None:
+            abort(404)
+        data, media_type = found
+        response = Response(data, content_type=media_type)
+        response.cache_control.max_age = 86400
+        return response
+
+
+def _path(namespace: str, sku: str) -> schemas.ItemPath:
+    return validate(schemas.ItemPath, {"namespace": namespace, "sku": sku})
+
+
+def _body(model: type[M]) -> M:
+    return validate(model, json_object(request.content_type or "", request.content_length,
+                                       request.get_data(cache=True)))
+
+
+def _entry_body(entry: LedgerEntry) -> dict[str, Any]:
+    return {"seq": entry.seq, "kind": entry.kind, "qty": entry.qty,
+            "total_after": entry.total_after, "available_after": entry.available_after,
+            "idempotency_key": entry.idempotency_key,
+            "created_at": _utc(entry.created_at).isoformat()}
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands timestamps back without their zone; they were written in UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,135 @@
+"""The WSGI app served through granian's RSGI interface, so that waiting on a client never takes
+a request thread.
+
+Under plain WSGI a request thread reads the body itself: a client that sends its headers and
+then a body slowly (or never) holds that thread, and a few dozen such clients hold them all.
+Here the event loop reads each body whole first, within ``body_timeout`` seconds and up to
+``max_body`` bytes, and only then hands the complete request to the WSGI app on a thread of a
+fixed pool. A body that does not come in time is answered 408; one that stops short of its
+Content-Length reaches the app short, and the app refuses it (it is never applied).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+from allocation.entrypoints import replies
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
+    from granian._granian import RSGIHTTPProtocol as HTTPProtocol
+    from granian.rsgi import Scope
+
+Headers = list[tuple[str, str]]
+_NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+class RsgiBridge:
+    def __init__(self, wsgi_app: WSGIApplication, threads: int, body_timeout: float,
+                 max_body: int) -> None:
+        self.wsgi_app = wsgi_app
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="request")
+        self.body_timeout = body_timeout
+        self.max_body = max_body
+
+    async def __rsgi__(self, scope: Scope, protocol: HTTPProtocol) -> None:
+        if scope.proto != "http":
+            return  # no websockets here
+        headers = scope.headers.items()
+        length = _content_length(headers)
+        if length is not None and length > self.max_body:
+            return _reply(protocol, replies.error(413, "payload_too_large",
+                                                  "the body is over 64 KiB"))
+        body = b""
+        if length or (length is None and scope.method not in _NO_BODY):
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await self._body(protocol, length)
+            except TimeoutError:
+                return _reply(protocol, replies.error(
+                    408, "request_timeout", "the body did not arrive in time"))
+            except _TooLarge:
+                return _reply(protocol, replies.error(413, "payload_too_large",
+                                                      "the body is over 64 KiB"))
+        environ = _environ(scope, headers, body)
+        loop = asyncio.get_running_loop()
+        status, response_headers, data = await loop.run_in_executor(self.pool, self._call,
+                                                                    environ)
+        protocol.response_bytes(status, response_headers, data)
+
+    async def _body(self, protocol: HTTPProtocol, length: int | None) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            if length is not None:  # within max_body: read in one go
+                return await protocol()
+            async for chunk in protocol:
+                size += len(chunk)
+                if size > self.max_body:
+                    raise _TooLarge
+                chunks.append(chunk)
+        except (RuntimeError, OSError):
+            pass  # the client went: what came is all there is (the app refuses it short)
+        return b"".join(chunks)
+
+    def _call(self, environ: WSGIEnvironment) -> tuple[int, Headers, bytes]:
+        started: list[Any] = []
+        written: list[bytes] = []
+
+        def start_response(status: str, headers: Headers, exc_info: Any = None) -> Any:
+            started[:] = [status, headers]
+            return written.append
+
+        result = self.wsgi_app(environ, start_response)
+        try:
+            written.extend(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        status, response_headers = started
+        return int(status.split(" ", 1)[0]), list(response_headers), b"".join(written)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _content_length(headers: Headers) -> int | None:
+    for name, value in headers:
+        if name.lower() == "content-length":
+            return int(value) if value.isascii() and value.isdecimal() else None
+    return None
+
+
+def _environ(scope: Scope, headers: Headers, body: bytes) -> WSGIEnvironment:
+    """As PEP 3333 has it; a header sent twice is joined with a comma, as WSGI servers do."""
+    host, _, port = scope.server.rpartition(":")
+    client, _, client_port = scope.client.rpartition(":")
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope.method, "SCRIPT_NAME": "",
+        "PATH_INFO": unquote_to_bytes(scope.path).decode("latin-1"),
+        "QUERY_STRING": scope.query_string, "SERVER_NAME": host, "SERVER_PORT": port,
+        "SERVER_PROTOCOL": f"HTTP/{scope.http_version}", "REMOTE_ADDR": client,
+        "REMOTE_PORT": client_port, "wsgi.version": (1, 0), "wsgi.url_scheme": scope.scheme,
+        "wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True,
+        "wsgi.errors": sys.stderr, "wsgi.multithread": True,
+        "wsgi.multiprocess": True, "wsgi.run_once": False,
+    }
+    for name, value in headers:
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = f"HTTP_{key}"
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
+def _reply(protocol: HTTPProtocol, reply: replies.Reply) -> None:
+    data = replies.encode(reply)
+    protocol.response_bytes(reply.status, [("content-type", "application/json"),
+                                           *reply.headers], data)
