@@ -16,8 +16,8 @@ from sqlalchemy.engine import make_url
 from allocation.adapters import migrate
 from allocation.adapters.redis_keys import KeySpace
 from allocation.config import Config
-from tests.redis_cluster import LocalCluster, started_cluster
-from tests.tmpdir import tmpdir_at
+from tests.helpers.redis_cluster import LocalCluster, started_cluster
+from tests.helpers.tmpdir import tmpdir_at
 
 RUN_ID = uuid.uuid4().hex[:10]
 

@@ -8,7 +8,13 @@ import json
 import redis
 
 from allocation.config import Config
-from tests.e2e.conftest import PrivateRedis, Process, allocation_command, service_env, wait_until
+from tests.helpers.processes import (
+    PrivateRedis,
+    Process,
+    allocation_command,
+    service_env,
+    wait_until,
+)
 
 
 def test_the_consumer_resubscribes_after_redis_restarts(

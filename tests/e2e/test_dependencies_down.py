@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from allocation.config import Config
-from tests.e2e.conftest import free_port, serve
+from tests.helpers.processes import free_port, serve
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def api_without_database(service_config: Config) -> Iterator[str]:
 
 def test_redis_unreachable(api_without_redis: str) -> None:
     ready = requests.get(f"{api_without_redis}/readyz", timeout=10)
-    assert ready.status_code == 503 and ready.json()["redis"].startswith("unavailable")
+    assert ready.status_code == 503 and ready.json()["redis"] == "unavailable"
     sale = requests.post(f"{api_without_redis}/v1/ns/items/sku/decrements", json={"qty": 1},
                          headers={"Idempotency-Key": "k"}, timeout=10)
     assert sale.status_code == 503 and sale.headers["Retry-After"].isdigit()
@@ -37,7 +37,7 @@ def test_redis_unreachable(api_without_redis: str) -> None:
 
 def test_database_unreachable(api_without_database: str) -> None:
     ready = requests.get(f"{api_without_database}/readyz", timeout=10)
-    assert ready.status_code == 503 and ready.json()["database"].startswith("unavailable")
+    assert ready.status_code == 503 and ready.json()["database"] == "unavailable"
     assert ready.json()["redis"] == "ok"
     created = requests.put(f"{api_without_database}/v1/ns/items/sku", json={"total": 1},
                            timeout=15)

@@ -8,7 +8,7 @@ from typing import Any
 
 import requests
 
-from tests.e2e.conftest import wait_until
+from tests.helpers.processes import wait_until
 
 
 class Client:

@@ -17,8 +17,8 @@ from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
 from allocation.entrypoints.ledger_worker import DEFAULT_THREADS
-from tests.e2e.conftest import Process, allocation_command, service_env, wait_until
-from tests.integration.conftest import stored
+from tests.helpers.ledger import stored
+from tests.helpers.processes import Process, allocation_command, service_env, wait_until
 
 
 @pytest.fixture
@@ -46,13 +46,14 @@ def test_an_idle_priority_worker_runs_every_thread_idle_and_writes(
         policies = {int(t.name): os.sched_getscheduler(int(t.name)) for t in tasks.iterdir()}
         assert set(policies.values()) == {os.SCHED_IDLE}, policies
 
-        bus = bootstrap(config)
-        bus.handle(commands.InitInventory("prio", "a", 10))
+        app = bootstrap(config)
+        app.bus.handle(commands.InitInventory("prio", "a", 10))
         for n in range(7):
-            bus.handle(commands.Decrement("prio", "a", 1, f"k{n}"))
+            app.bus.handle(commands.Decrement("prio", "a", 1, f"k{n}"))
         wait_until(lambda: stored(engine, "prio", "a") == (10, 7, 8), 30,
                    "the idle-priority worker to write the 7 sales")
-        bus.dependencies["engine"].dispose()
+        assert app.engine is not None
+        app.engine.dispose()
     finally:
         worker.stop()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import requests
 
 from allocation.config import Config
-from tests.e2e.conftest import Process, allocation_command, free_port, service_env, wait_until
+from tests.helpers.processes import Process, allocation_command, free_port, service_env, wait_until
 
 
 def masks_of(pid: int) -> set[tuple[int, ...]]:

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from allocation.config import Config
-from tests.e2e.conftest import Process, allocation_command, service_env, wait_until
+from tests.helpers.processes import Process, allocation_command, service_env, wait_until
 
 
 class Channels:

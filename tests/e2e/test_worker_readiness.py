@@ -8,7 +8,7 @@ from pathlib import Path
 import requests
 
 from allocation.config import Config
-from tests.e2e.conftest import Process, allocation_command, free_port, service_env, wait_until
+from tests.helpers.processes import Process, allocation_command, free_port, service_env, wait_until
 
 
 def test_ready_once_every_worker_has_started(service_config: Config, tmp_path: Path) -> None:

@@ -1,13 +1,16 @@
-"""The counter port's contract, run against every adapter (in-process here, Redis in integration).
+"""The counter port's contract, run against every adapter (in-process in the unit tests, Redis
+and Redis Cluster in the integration tests).
 
-Subclasses provide ``make_counter``. The Hypothesis machine checks any adapter against the domain
-rules on random sequences of movements.
+Subclasses provide ``make_counter``, ``make_counter_with_ttls`` and ``assert_remembered_for``.
+The Hypothesis machine checks any adapter against the domain rules on random sequences of
+movements.
 """
 
 from __future__ import annotations
 
 import abc
 import uuid
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -15,13 +18,28 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from allocation.adapters.counter import Counter
 from allocation.adapters.outbox import Outbox, OutboxEntry
+from allocation.adapters.redis_counter import RedisCounter
 from allocation.domain import errors, rules
+from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import Outcome
+from allocation.domain.rules import Kind
 
 
 class CounterContract(abc.ABC):
     @abc.abstractmethod
     def make_counter(self) -> Counter: ...
+
+    @abc.abstractmethod
+    def make_counter_with_ttls(self, ttl: int, refusal_ttl: int) -> Counter:
+        """A counter that keeps a success's idempotency record ``ttl`` seconds and a
+        refusal's ``refusal_ttl``."""
+
+    @abc.abstractmethod
+    def assert_remembered_for(self, counter: Counter, namespace: str, sku: str, key: str,
+                              move: tuple[Kind, int], seconds: int) -> None:
+        """Check that the record of ``key`` (a movement ``move`` made just now, under the
+        counter of ``make_counter_with_ttls``) lasts ``seconds``, not much less nor more.
+        Called with increasing ``seconds`` within a test (an adapter may move a clock)."""
 
     def setup_method(self) -> None:
         self.counter = self.make_counter()
@@ -63,7 +81,9 @@ class CounterContract(abc.ABC):
         first = self.counter.apply(self.ns, "sku", "decrement", 3, "k")
         self.counter.apply(self.ns, "sku", "decrement", 2, "other")
         again = self.counter.apply(self.ns, "sku", "decrement", 3, "k")
-        assert again == Outcome("ok", first.total, first.consumed, replayed=True)
+        # With the seq the movement took: the ledger entry it names.
+        assert again == Outcome("ok", first.total, first.consumed, replayed=True, seq=2)
+        assert first.seq == 2
         assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 5, seq=3)
 
     def test_a_refusal_is_remembered_too(self) -> None:
@@ -86,25 +106,52 @@ class CounterContract(abc.ABC):
         assert self.counter.apply(self.ns, "other", "decrement", 3, "k") == Outcome(
             "ok", 10, 3, seq=2)
 
-    def test_a_probe_answers_pending_and_changes_nothing(self) -> None:
-        probe = self.counter.apply(self.ns, "sku", "decrement", 3, "k", probe=True)
-        assert probe.status == "pending"
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 0, seq=1)
-        assert not self.counter.apply(self.ns, "sku", "decrement", 3, "k").replayed
+    def test_a_refusal_is_forgotten_sooner_than_a_success(self) -> None:
+        counter = self.make_counter_with_ttls(ttl=1000, refusal_ttl=10)
+        counter.load(self.ns, "sku", 10, 0, 1)
+        assert counter.apply(self.ns, "sku", "decrement", 30, "no").status == (
+            "insufficient_stock")
+        assert counter.apply(self.ns, "sku", "decrement", 3, "yes").ok
+        self.assert_remembered_for(counter, self.ns, "sku", "no", ("decrement", 30), 10)
+        self.assert_remembered_for(counter, self.ns, "sku", "yes", ("decrement", 3), 1000)
 
-    def test_a_probe_of_a_refusal_is_final_and_remembered(self) -> None:
-        refused = self.counter.apply(self.ns, "sku", "decrement", 30, "k", probe=True)
-        assert refused.status == "insufficient_stock"
-        assert self.counter.apply(self.ns, "sku", "decrement", 30, "k").replayed
+    def test_the_refusal_ttl_is_at_most_the_ttl(self) -> None:
+        counter = self.make_counter_with_ttls(ttl=20, refusal_ttl=100)
+        counter.load(self.ns, "sku", 10, 0, 1)
+        counter.apply(self.ns, "sku", "decrement", 30, "no")
+        self.assert_remembered_for(counter, self.ns, "sku", "no", ("decrement", 30), 20)
 
-    def test_revert_undoes_a_movement_and_forgets_its_key(self) -> None:
-        self.counter.apply(self.ns, "sku", "decrement", 3, "k")
-        self.counter.revert(self.ns, "sku", "decrement", 3, "k")
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 0, seq=1)
-        assert not self.counter.apply(self.ns, "sku", "decrement", 3, "k").replayed
-        self.counter.apply(self.ns, "sku", "adjust", 4, "a")
-        self.counter.revert(self.ns, "sku", "adjust", 4, "a")
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 3, seq=2)
+    def test_a_load_sets_the_generation_and_a_load_without_one_keeps_it(self) -> None:
+        self.counter.load(self.ns, "g", 10, 0, 1, "gen-a")
+        applied = self.counter.apply(self.ns, "g", "decrement", 1, "k", record=True)
+        assert (applied.gen, applied.seq) == ("gen-a", 2)
+        replay = self.counter.apply(self.ns, "g", "decrement", 1, "k", record=True)
+        assert (replay.replayed, replay.gen, replay.seq) == (True, "gen-a", 2)
+        self.counter.load(self.ns, "g", 10, 1, 2)  # figures only: the history goes on
+        assert self.counter.read(self.ns, "g") == Outcome("ok", 10, 1, seq=2, gen="gen-a")
+        self.counter.load(self.ns, "g", 10, 1, 2, "gen-b")  # rebuilt from the record
+        assert self.counter.apply(self.ns, "g", "decrement", 1, "k2").gen == "gen-b"
+        # A key seen under the old generation still replays, naming the old one.
+        assert self.counter.apply(self.ns, "g", "decrement", 1, "k").gen == "gen-a"
+
+    def test_keys_the_ledger_holds_replay_once_remembered(self) -> None:
+        now = datetime.now(UTC)
+        self.counter.remember([
+            LedgerEntry(self.ns, "sku", 2, "decrement", 3, 10, 7, "from-ledger", now),
+            LedgerEntry(self.ns, "sku", 3, "refund", 1, 10, 8, "old", now - timedelta(days=9)),
+            LedgerEntry(self.ns, "sku", 1, "init", 10, 10, 10, None, now)])
+        replay = self.counter.apply(self.ns, "sku", "decrement", 3, "from-ledger")
+        assert (replay.status, replay.replayed, replay.seq) == ("ok", True, 0)
+        assert (replay.total, replay.consumed) == (10, 3)
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 0, seq=1)  # untouched
+        # Past its window a key is not brought back: the movement applies as new.
+        assert self.counter.apply(self.ns, "sku", "refund", 1, "old").status == \
+            "refund_exceeds_consumed"
+        # A record the counter holds is kept.
+        self.counter.apply(self.ns, "sku", "decrement", 2, "live")
+        self.counter.remember([LedgerEntry(self.ns, "sku", 4, "decrement", 5, 10, 5, "live",
+                                           now)])
+        assert self.counter.apply(self.ns, "sku", "decrement", 2, "live").consumed == 2
 
     def test_load_many_read_many_and_forget(self) -> None:
         self.counter.load_many([(self.ns, "a", 1, 0, 1), (self.ns, "b", 2, 1, 2)])
@@ -149,8 +196,10 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
                 seen_request, seen = self.seen[key]
                 expected_status = seen.status if seen_request == request else (
                     "idempotency_key_reused")
-                assert (got.status, got.total, got.consumed, got.replayed) == (
-                    expected_status, seen.total, seen.consumed, True)
+                # A success's seq comes back with it; a refusal took none.
+                assert (got.status, got.total, got.consumed, got.replayed, got.seq) == (
+                    expected_status, seen.total, seen.consumed, True,
+                    seen.seq if seen.ok else 0)
                 return
             try:
                 self.model = rules.apply(kind, *self.model, qty)
@@ -199,6 +248,10 @@ class OutboxContract(abc.ABC):
                 for e in entries] == [(2, "decrement", 3, "k1", 10, 3),
                                       (3, "refund", 1, "r1", 10, 2),
                                       (4, "adjust", 5, None, 15, 2)]
+        assert {e.gen for e in entries} == {None}  # loaded without a generation
+        self.counter.load(self.ns, "g", 10, 0, 1, "gen-x")
+        self.counter.apply(self.ns, "g", "decrement", 1, "k", record=True)
+        assert [e.gen for e in self._mine("w2") if e.sku == "g"] == ["gen-x"]
         assert self.outbox.pending(self.ns)["sku"].seq == 4
 
     def test_entries_keep_names_and_keys_whatever_they_hold(self) -> None:
@@ -220,3 +273,13 @@ class OutboxContract(abc.ABC):
         assert [e.seq for e in self._mine()] == [3]  # unacknowledged ones come back
         self.outbox.ack(first[1].partition, [first[1].id])
         assert self._mine() == [] and "sku" not in self.outbox.pending(self.ns)
+
+
+class RedisRecordTtls:
+    """``assert_remembered_for`` for the Redis counters: the record's TTL, as Redis keeps it."""
+
+    def assert_remembered_for(self, counter: Counter, namespace: str, sku: str, key: str,
+                              move: tuple[Kind, int], seconds: int) -> None:
+        assert isinstance(counter, RedisCounter)
+        left = counter.client.pttl(counter.keys.idempotency(namespace, sku, key))
+        assert (seconds - 5) * 1000 < left <= seconds * 1000, (key, left)

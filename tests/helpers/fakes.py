@@ -36,6 +36,7 @@ class FakeRepository(AbstractRepository):
         # A copy, like a fresh load: changes count only once committed.
         copy = InventoryItem(stored.namespace, stored.sku, stored.total, stored.consumed,
                              stored.last_seq)
+        copy.counter_gen = stored.counter_gen
         self.staged[(namespace, sku)] = copy
         return copy
 
@@ -80,8 +81,10 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         for key, item in self.items.staged.items():
             self.store.ledger.extend(dataclasses.replace(e) for e in item.new_entries)
             item.new_entries = []
-            self.store.items[key] = InventoryItem(item.namespace, item.sku, item.total,
-                                                  item.consumed, item.last_seq)
+            stored = InventoryItem(item.namespace, item.sku, item.total, item.consumed,
+                                   item.last_seq)
+            stored.counter_gen = item.counter_gen
+            self.store.items[key] = stored
         self.store.commits += 1
 
     def rollback(self) -> None:

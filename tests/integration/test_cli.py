@@ -6,10 +6,14 @@ import dataclasses
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from allocation.config import Config
-from tests.e2e.conftest import service_env
+from tests.helpers.ledger import drain, ledger_threads
+from tests.helpers.processes import service_env
 
 
 def cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
@@ -21,6 +25,14 @@ def cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
                           env=env, capture_output=True, text=True, timeout=60)
 
 
+@pytest.fixture
+def ledger_worker(service_config: Config) -> Iterator[None]:
+    """A ledger writer beside the commands: a sync movement answers once it is written."""
+    with ledger_threads(dataclasses.replace(service_config, durability="sync"), 1):
+        yield
+
+
+@pytest.mark.usefixtures("ledger_worker")
 def test_operations_and_exit_codes(service_config: Config, namespace: str) -> None:
     assert cli(service_config, "init", namespace, "tee", "5").returncode == 0
     sold = cli(service_config, "decrement", namespace, "tee", "2", "--key", "o1")
@@ -65,20 +77,19 @@ def test_drift_reports_and_repairs(service_config: Config, namespace: str) -> No
     from allocation.domain import commands
 
     async_config = dataclasses.replace(service_config, durability="async")
-    bus = bootstrap(async_config)
+    app = bootstrap(async_config)
     for sku in ("a", "b", "c"):
-        bus.handle(commands.InitInventory(namespace, sku, 10))
-    bus.handle(commands.Decrement(namespace, "a", 2, "k"))  # unwritten: not drift
+        app.bus.handle(commands.InitInventory(namespace, sku, 10))
+    app.bus.handle(commands.Decrement(namespace, "a", 2, "k"))  # unwritten: not drift
     assert cli(async_config, "drift", namespace).returncode == 0
-    bus.dependencies["counter"].load(namespace, "b", 10, 7, 1)  # Redis says 7 were sold
+    app.counter.load(namespace, "b", 10, 7, 1)  # Redis says 7 were sold
     found = cli(async_config, "drift", namespace)
     assert found.returncode == 1
     assert "b" in found.stdout and "(10, 0)" in found.stdout and "(10, 7)" in found.stdout
     assert " a " not in found.stdout and "\na " not in found.stdout
-    settle = dataclasses.replace(async_config, durability="async")
-    from tests.integration.conftest import settle as drain
-    drain(bootstrap(settle))
+    drain(app)
     repaired = cli(async_config, "drift", namespace, "--repair")
     assert repaired.returncode == 0 and "repaired 1 items" in repaired.stdout
     assert cli(async_config, "drift", namespace).returncode == 0
-    assert bus.dependencies["counter"].read(namespace, "b").consumed == 0
+    live = app.counter.read(namespace, "b")
+    assert live is not None and live.consumed == 0

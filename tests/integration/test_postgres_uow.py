@@ -10,10 +10,10 @@ from sqlalchemy.exc import IntegrityError
 from allocation import views
 from allocation.adapters import migrate
 from allocation.adapters.ledger_rows import append
+from allocation.bootstrap import Application
 from allocation.domain import commands, errors
 from allocation.domain.model import InventoryItem, LedgerEntry
-from allocation.service_layer.messagebus import MessageBus
-from tests.integration.conftest import ledger_rows, settle, stored
+from tests.helpers.ledger import ledger_rows, settle, stored
 
 
 def test_migrations_build_the_schema_and_downgrade_cleanly(database_url: str) -> None:
@@ -37,36 +37,51 @@ def test_migrations_build_the_schema_and_downgrade_cleanly(database_url: str) ->
 
 
 def test_a_movement_commits_the_item_and_its_ledger_row(
-        bus: MessageBus, engine: Engine, namespace: str) -> None:
-    bus.handle(commands.InitInventory(namespace, "sku", 10))
-    bus.handle(commands.Decrement(namespace, "sku", 3, "k1"))
-    bus.handle(commands.Refund(namespace, "sku", 1, "r1"))
-    bus.handle(commands.AdjustTotal(namespace, "sku", 5, None))
-    settle(bus)
+        app: Application, engine: Engine, namespace: str) -> None:
+    app.bus.handle(commands.InitInventory(namespace, "sku", 10))
+    app.bus.handle(commands.Decrement(namespace, "sku", 3, "k1"))
+    app.bus.handle(commands.Refund(namespace, "sku", 1, "r1"))
+    app.bus.handle(commands.AdjustTotal(namespace, "sku", 5, None))
+    settle(app, namespace)
     assert stored(engine, namespace, "sku") == (15, 2, 4)
     assert ledger_rows(engine, namespace, "sku") == [
         (1, "init", 10, None), (2, "decrement", 3, "k1"), (3, "refund", 1, "r1"),
         (4, "adjust", 5, None)]
-    entries = views.ledger(bus, namespace, "sku", 1, 2)
+    entries = views.ledger(app, namespace, "sku", 1, 2)
     assert [(e.seq, e.total_after, e.available_after) for e in entries] == [(2, 10, 7),
                                                                             (3, 10, 8)]
 
 
-def test_uncommitted_work_is_rolled_back(bus: MessageBus, engine: Engine,
+@pytest.mark.parametrize("app", ["sync"], indirect=True)
+def test_a_sync_movement_is_in_the_ledger_when_it_answers(
+        app: Application, engine: Engine, namespace: str) -> None:
+    app.bus.handle(commands.InitInventory(namespace, "sku", 10))
+    for n in range(5):
+        outcome = app.bus.handle(commands.Decrement(namespace, "sku", 1, f"k{n}"))
+        assert outcome.ok and outcome.seq == n + 2
+        # No waiting: the answer came once the worker had committed it.
+        assert ledger_rows(engine, namespace, "sku")[-1] == (outcome.seq, "decrement", 1,
+                                                             f"k{n}")
+        assert stored(engine, namespace, "sku") == (10, n + 1, outcome.seq)
+    again = app.bus.handle(commands.Decrement(namespace, "sku", 1, "k0"))
+    assert again.replayed and again.seq == 2
+
+
+def test_uncommitted_work_is_rolled_back(app: Application, engine: Engine,
                                          namespace: str) -> None:
-    bus.handle(commands.InitInventory(namespace, "sku", 10))
-    with bus.uow_factory() as uow:
+    app.bus.handle(commands.InitInventory(namespace, "sku", 10))
+    with app.uow_factory() as uow:
         item = uow.items.get(namespace, "sku", lock=True)
         assert item is not None
         item.decrement(5, "k")
     assert stored(engine, namespace, "sku") == (10, 0, 1)
 
 
-def test_the_ledger_refuses_a_second_row_for_one_key(engine: Engine, bus: MessageBus,
+def test_the_ledger_refuses_a_second_row_for_one_key(engine: Engine, app: Application,
                                                      namespace: str) -> None:
-    bus.handle(commands.InitInventory(namespace, "sku", 10))
-    bus.handle(commands.Decrement(namespace, "sku", 1, "dup"))
-    settle(bus)
+    app.bus.handle(commands.InitInventory(namespace, "sku", 10))
+    app.bus.handle(commands.Decrement(namespace, "sku", 1, "dup"))
+    settle(app, namespace)
     with pytest.raises(IntegrityError), engine.begin() as conn:
         conn.execute(text(
             "INSERT INTO inventory_ledger (namespace, sku, seq, kind, qty, total_after, "
@@ -74,18 +89,18 @@ def test_the_ledger_refuses_a_second_row_for_one_key(engine: Engine, bus: Messag
             "(:ns, 'sku', 99, 'decrement', 1, 10, 8, 'dup', now())"), {"ns": namespace})
 
 
-def test_the_database_refuses_consumed_above_total(engine: Engine, bus: MessageBus,
+def test_the_database_refuses_consumed_above_total(engine: Engine, app: Application,
                                                    namespace: str) -> None:
-    bus.handle(commands.InitInventory(namespace, "sku", 1))
+    app.bus.handle(commands.InitInventory(namespace, "sku", 1))
     with pytest.raises(IntegrityError), engine.begin() as conn:
         conn.execute(text("UPDATE inventory_items SET consumed = 2 WHERE namespace = :ns"),
                      {"ns": namespace})
 
 
 def test_optimistic_version_guards_concurrent_unlocked_writes(
-        bus: MessageBus, namespace: str) -> None:
-    bus.handle(commands.InitInventory(namespace, "sku", 10))
-    with bus.uow_factory() as first, bus.uow_factory() as second:
+        app: Application, namespace: str) -> None:
+    app.bus.handle(commands.InitInventory(namespace, "sku", 10))
+    with app.uow_factory() as first, app.uow_factory() as second:
         a = first.items.get(namespace, "sku")
         b = second.items.get(namespace, "sku")
         assert isinstance(a, InventoryItem) and isinstance(b, InventoryItem)
@@ -96,48 +111,49 @@ def test_optimistic_version_guards_concurrent_unlocked_writes(
             second.commit()
 
 
-def test_refresh_rebuilds_redis_from_the_database(bus: MessageBus, namespace: str) -> None:
-    bus.handle(commands.InitInventory(namespace, "sku", 10))
-    bus.handle(commands.Decrement(namespace, "sku", 4, "k"))
-    counter = bus.dependencies["counter"]
+def test_refresh_rebuilds_redis_from_the_database(app: Application, namespace: str) -> None:
+    app.bus.handle(commands.InitInventory(namespace, "sku", 10))
+    app.bus.handle(commands.Decrement(namespace, "sku", 4, "k"))
+    counter = app.counter
     counter.forget(namespace, "sku")
-    # The read rebuilds it: from the unwritten outbox (async) or the database (sync).
-    assert views.item(bus, namespace, "sku").consumed == 4
-    settle(bus)
+    # The read rebuilds it: from the outbox if its entry is not written yet, else the database.
+    assert views.item(app, namespace, "sku").consumed == 4
+    settle(app, namespace)
     counter.load(namespace, "sku", 50, 0, 2)
-    assert bus.handle(commands.Refresh(namespace, "sku")).available == 6
-    assert counter.read(namespace, "sku").available == 6
+    assert app.bus.handle(commands.Refresh(namespace, "sku")).available == 6
+    live = counter.read(namespace, "sku")
+    assert live is not None and live.available == 6
 
 
-def test_refresh_all_rebuilds_a_namespace(bus: MessageBus, namespace: str) -> None:
+def test_refresh_all_rebuilds_a_namespace(app: Application, namespace: str) -> None:
     for n in range(25):
-        bus.handle(commands.InitInventory(namespace, f"s{n:02}", n))
-    counter = bus.dependencies["counter"]
+        app.bus.handle(commands.InitInventory(namespace, f"s{n:02}", n))
+    counter = app.counter
     for n in range(25):
         counter.forget(namespace, f"s{n:02}")
-    assert bus.handle(commands.RefreshAll(namespace, batch_size=10)).refreshed == 25
-    assert [o.total for o in counter.read_many(namespace, [f"s{n:02}" for n in range(25)])] == (
-        list(range(25)))
+    assert app.bus.handle(commands.RefreshAll(namespace, batch_size=10)).refreshed == 25
+    live = counter.read_many(namespace, [f"s{n:02}" for n in range(25)])
+    assert [None if o is None else o.total for o in live] == list(range(25))
     with pytest.raises(errors.NotFound):
-        bus.handle(commands.Refresh(namespace, "missing"))
+        app.bus.handle(commands.Refresh(namespace, "missing"))
 
 
-def test_namespaces_stay_apart_in_rows_and_keys(bus: MessageBus, engine: Engine,
+def test_namespaces_stay_apart_in_rows_and_keys(app: Application, engine: Engine,
                                                 namespace: str) -> None:
     other = namespace + "x"
-    bus.handle(commands.InitInventory(namespace, "sku", 1))
-    bus.handle(commands.InitInventory(other, "sku", 5))
-    bus.handle(commands.Decrement(namespace, "sku", 1, "k"))
-    settle(bus)
+    app.bus.handle(commands.InitInventory(namespace, "sku", 1))
+    app.bus.handle(commands.InitInventory(other, "sku", 5))
+    app.bus.handle(commands.Decrement(namespace, "sku", 1, "k"))
+    settle(app, namespace)
     assert stored(engine, other, "sku") == (5, 0, 1)
-    assert views.item(bus, other, "sku").available == 5
+    assert views.item(app, other, "sku").available == 5
 
 
-def test_copy_writes_every_field_as_given(bus: MessageBus, engine: Engine,
+def test_copy_writes_every_field_as_given(app: Application, engine: Engine,
                                           namespace: str) -> None:
     """COPY (more than 8 rows) with keys that CSV must quote and two moments interleaved."""
-    bus.handle(commands.InitInventory(namespace, "sku", 100))
-    settle(bus)
+    app.bus.handle(commands.InitInventory(namespace, "sku", 100))
+    settle(app, namespace)
     moments = [datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 0, 0, 1, 5, tzinfo=UTC)]
     keys = ['a,b', 'say "hi"', "two\nlines", " edge ", None, "k\\", "x" * 128, "é", None, "z"]
     entries = [LedgerEntry(namespace, "sku", 2 + n, "decrement", 1, 100, 99 - n, key,

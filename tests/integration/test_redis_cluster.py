@@ -22,11 +22,16 @@ from allocation.adapters.redis_outbox import RedisOutbox
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
-from tests.counter_contract import CounterContract, OutboxContract, counter_machine
-from tests.e2e.conftest import wait_until
-from tests.integration.conftest import ledger_rows, ledger_threads, stored
-from tests.integration.test_concurrency import sell_from_processes
-from tests.redis_cluster import LocalCluster, started_cluster
+from tests.helpers.counter_contract import (
+    CounterContract,
+    OutboxContract,
+    RedisRecordTtls,
+    counter_machine,
+)
+from tests.helpers.ledger import ledger_rows, ledger_threads, stored
+from tests.helpers.processes import wait_until
+from tests.helpers.redis_cluster import LocalCluster, started_cluster
+from tests.helpers.sales import sell_from_processes
 
 CLUSTER: list[str] = []  # the URL, for classes built without fixtures
 
@@ -40,9 +45,13 @@ def cluster_counter() -> RedisCounter:
     return RedisCounter(connect(CLUSTER[0]), KeySpace(f"c{uuid.uuid4().hex[:6]}", 16))
 
 
-class TestClusterCounter(CounterContract):
+class TestClusterCounter(RedisRecordTtls, CounterContract):
     def make_counter(self) -> Counter:
         return cluster_counter()
+
+    def make_counter_with_ttls(self, ttl: int, refusal_ttl: int) -> Counter:
+        return RedisCounter(connect(CLUSTER[0]), KeySpace(f"c{uuid.uuid4().hex[:6]}", 16), ttl,
+                            refusal_ttl=refusal_ttl)
 
 
 class TestClusterOutbox(OutboxContract):
@@ -74,14 +83,15 @@ def on_cluster(request: pytest.FixtureRequest, service_config: Config,
 
 def test_processes_sell_exactly_the_stock_on_the_cluster(on_cluster: Config, engine: Engine,
                                                          namespace: str) -> None:
-    bus = bootstrap(on_cluster)
-    bus.handle(commands.InitInventory(namespace, "hot", 1000))
+    app = bootstrap(on_cluster)
+    app.bus.handle(commands.InitInventory(namespace, "hot", 1000))
     sold = sell_from_processes(on_cluster, namespace)
     assert sold == 1000
     wait_until(lambda: stored(engine, namespace, "hot")[2] == 1001, 60, "the ledger")
     assert stored(engine, namespace, "hot") == (1000, 1000, 1001)
     assert [seq for seq, *_ in ledger_rows(engine, namespace, "hot")] == list(range(1, 1002))
-    assert bus.dependencies["counter"].read(namespace, "hot").consumed == 1000
+    live = app.counter.read(namespace, "hot")
+    assert live is not None and live.consumed == 1000
 
 
 @pytest.fixture
@@ -93,13 +103,13 @@ def cluster_with_replicas(tmp_path: Path) -> Iterator[LocalCluster]:
 def test_selling_goes_on_through_a_failover(cluster_with_replicas: LocalCluster,
                                             service_config: Config, engine: Engine,
                                             namespace: str) -> None:
-    """Synchronous durability: PostgreSQL decides, so writes the promoted replica never got
-    cannot turn into overselling."""
+    """Synchronous durability: a sale is answered only once the ledger has it, so every
+    acknowledged sale is in PostgreSQL however the failover goes."""
     cluster = cluster_with_replicas
     config = dataclasses.replace(service_config, redis_url=cluster.url, durability="sync",
                                  redis_key_prefix=f"f{uuid.uuid4().hex[:6]}")
-    bus = bootstrap(config)
-    bus.handle(commands.InitInventory(namespace, "hot", 400))
+    app = bootstrap(config)
+    app.bus.handle(commands.InitInventory(namespace, "hot", 400))
     doomed = cluster.owner(KeySpace(config.redis_key_prefix, config.partitions)
                            .item(namespace, "hot"))
     sold: set[str] = set()
@@ -112,7 +122,7 @@ def test_selling_goes_on_through_a_failover(cluster_with_replicas: LocalCluster,
             key = f"{n}-{attempt}"
             while time.monotonic() < deadline:  # a failed attempt is retried, same key
                 try:
-                    outcome = bus.handle(commands.Decrement(namespace, "hot", 1, key))
+                    outcome = app.bus.handle(commands.Decrement(namespace, "hot", 1, key))
                 except Exception:  # noqa: BLE001 - the failover window: retry
                     with lock:
                         errors_seen[0] += 1
@@ -123,15 +133,17 @@ def test_selling_goes_on_through_a_failover(cluster_with_replicas: LocalCluster,
                 break
 
     threads = [threading.Thread(target=buyer, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    wait_until(lambda: len(sold) >= 100, 30, "the sale to be under way")
-    cluster.kill(doomed)
-    for t in threads:
-        t.join(timeout=120)
+    with ledger_threads(config, 2):
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(sold) >= 100, 30, "the sale to be under way")
+        cluster.kill(doomed)
+        for t in threads:
+            t.join(timeout=120)
     assert doomed not in cluster.masters()  # its replica took over
     assert len(sold) == 400  # 640 attempts for 400 units: all sold, none twice
     assert stored(engine, namespace, "hot") == (400, 400, 401)
     rows = ledger_rows(engine, namespace, "hot")
     assert sorted(key for *_, key in rows if key) == sorted(sold)
-    assert bus.dependencies["counter"].read(namespace, "hot").consumed == 400
+    live = app.counter.read(namespace, "hot")
+    assert live is not None and live.consumed == 400

@@ -15,8 +15,13 @@ from allocation.adapters.redis_outbox import RedisOutbox
 from allocation.domain import errors
 from allocation.domain.outcome import Outcome
 from allocation.domain.rules import Kind
-from tests.counter_contract import CounterContract, OutboxContract, counter_machine
-from tests.e2e.conftest import wait_until
+from tests.helpers.counter_contract import (
+    CounterContract,
+    OutboxContract,
+    RedisRecordTtls,
+    counter_machine,
+)
+from tests.helpers.processes import wait_until
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,9 +43,34 @@ def make_redis_counter() -> RedisCounter:
     return RedisCounter(redis.Redis.from_url(url), keys)
 
 
-class TestRedisCounter(CounterContract):
+class TestRedisCounter(RedisRecordTtls, CounterContract):
     def make_counter(self) -> Counter:
         return make_redis_counter()
+
+    def make_counter_with_ttls(self, ttl: int, refusal_ttl: int) -> Counter:
+        url, keys = REDIS
+        return RedisCounter(redis.Redis.from_url(url), keys, ttl, refusal_ttl=refusal_ttl)
+
+    def test_a_record_an_older_version_wrote_still_replays(self) -> None:
+        """Before 0.8 an idempotency record had no seq: "fingerprint|status|total|consumed"."""
+        counter = make_redis_counter()
+        counter.client.set(counter.keys.idempotency(self.ns, "sku", "old"), "decrement:3|ok|10|3",
+                           ex=60)
+        assert counter.apply(self.ns, "sku", "decrement", 3, "old") == Outcome(
+            "ok", 10, 3, replayed=True, seq=0)
+        assert counter.apply(self.ns, "sku", "decrement", 4, "old") == Outcome(
+            "idempotency_key_reused", 10, 3, replayed=True, seq=0)
+        counter.client.set(counter.keys.idempotency(self.ns, "sku", "old-refusal"),
+                           "decrement:30|insufficient_stock|10|0", ex=60)
+        assert counter.apply(self.ns, "sku", "decrement", 30, "old-refusal") == Outcome(
+            "insufficient_stock", 10, 0, replayed=True, seq=0)
+        assert counter.read(self.ns, "sku") == Outcome("ok", 10, 0, seq=1)  # nothing applied
+
+    def test_loading_an_item_marks_its_ledger_written_up_to_its_seq(self) -> None:
+        counter = make_redis_counter()
+        counter.load_many([(self.ns, "a", 5, 1, 7), (self.ns, "b", 3, 0, 1)])
+        assert counter.client.hget(counter.keys.item(self.ns, "a"), "written") == b"7"
+        assert counter.client.hget(counter.keys.item(self.ns, "b"), "written") == b"1"
 
     def test_every_key_of_a_movement_shares_one_hash_slot(self) -> None:
         counter = make_redis_counter()
@@ -113,7 +143,8 @@ def test_entries_an_older_version_wrote_are_still_read(redis_url: str,
         "ns": "ns", "sku": "s", "seq": 8, "kind": "adjust", "qty": -1, "key": "", "total": 9,
         "consumed": 3})
     assert [e[2:] for e in outbox.read(partition, "w", 1000)] == [
-        ("ns", "s", 7, "refund", 2, "r1", 10, 3), ("ns", "s", 8, "adjust", -1, None, 9, 3)]
+        ("ns", "s", 7, "refund", 2, "r1", 10, 3, None),
+        ("ns", "s", 8, "adjust", -1, None, 9, 3, None)]  # no generation before 0.8
 
 
 TestRedisCounterMatchesTheDomain = counter_machine(make_redis_counter).TestCase

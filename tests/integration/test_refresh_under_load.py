@@ -13,8 +13,8 @@ from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
 from allocation.entrypoints import ledger_worker
-from tests.e2e.conftest import wait_until
-from tests.integration.conftest import ledger_rows, stored
+from tests.helpers.ledger import ledger_rows, stored
+from tests.helpers.processes import wait_until
 
 STOCK = 600
 
@@ -23,10 +23,10 @@ STOCK = 600
 def test_refresh_during_a_sale(service_config: Config, engine: Engine, namespace: str,
                                durability: str) -> None:
     config = dataclasses.replace(service_config, durability=durability)
-    bus = bootstrap(config)
-    worker = ledger_worker.from_bus(bootstrap(config))
+    app = bootstrap(config)
+    worker = ledger_worker.for_app(bootstrap(config))  # a worker of its own, as a process
     worker.start_thread()
-    bus.handle(commands.InitInventory(namespace, "hot", STOCK))
+    app.bus.handle(commands.InitInventory(namespace, "hot", STOCK))
     selling = threading.Event()
     selling.set()
     refreshes = [0]
@@ -34,7 +34,7 @@ def test_refresh_during_a_sale(service_config: Config, engine: Engine, namespace
     def refresher() -> None:
         while selling.is_set():
             try:
-                bus.handle(commands.Refresh(namespace, "hot"))
+                app.bus.handle(commands.Refresh(namespace, "hot"))
                 refreshes[0] += 1
             except errors.Unavailable:
                 pass
@@ -45,7 +45,7 @@ def test_refresh_during_a_sale(service_config: Config, engine: Engine, namespace
             key = f"b{n}-{attempt}"
             while True:  # a fenced item says "retry": the client retries with the same key
                 try:
-                    sold += bus.handle(commands.Decrement(namespace, "hot", 1, key)).ok
+                    sold += app.bus.handle(commands.Decrement(namespace, "hot", 1, key)).ok
                     break
                 except errors.Unavailable:
                     continue
@@ -68,4 +68,5 @@ def test_refresh_during_a_sale(service_config: Config, engine: Engine, namespace
     rows = ledger_rows(engine, namespace, "hot")
     assert [seq for seq, *_ in rows] == list(range(1, STOCK + 2))
     assert len({key for *_, key in rows if key}) == STOCK  # no sale twice
-    assert bus.dependencies["counter"].read(namespace, "hot").consumed == STOCK
+    live = app.counter.read(namespace, "hot")
+    assert live is not None and live.consumed == STOCK

@@ -7,7 +7,7 @@ import pytest
 
 from allocation.domain import commands
 from allocation.entrypoints.redis_consumer import handle_message, parse
-from tests.unit.conftest import FakeApp
+from tests.helpers.apps import FakeApp
 
 
 def test_each_command_message_becomes_its_command() -> None:

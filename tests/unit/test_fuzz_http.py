@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.conftest import FakeApp, body
-from tests.unit.http_requests import requests, send
+from tests.helpers.apps import FakeApp, body
+from tests.helpers.http_requests import requests, send
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pytest
 from click.testing import CliRunner
 
+from allocation.adapters.ledger_progress import InProcessLedgerProgress
 from allocation.adapters.memory_counter import InProcessCounter, InProcessOutbox
 from allocation.adapters.outbox import OutboxEntry
 from allocation.bootstrap import bootstrap
@@ -15,17 +16,18 @@ from allocation.domain import commands
 from allocation.entrypoints import cli, ledger_worker
 from allocation.entrypoints.ledger_worker import LedgerWorker
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
-from tests.fakes import FakeStore, FakeUnitOfWork
+from tests.helpers.fakes import FakeStore, FakeUnitOfWork
 
 
 def test_the_threads_of_one_worker_share_out_the_partitions() -> None:
-    bus = bootstrap(Config(), uow_factory=lambda: FakeUnitOfWork(FakeStore()),
+    app = bootstrap(Config(), uow_factory=lambda: FakeUnitOfWork(FakeStore()),
                     counter=InProcessCounter())
-    bus.dependencies["outbox"].partitions = 5
-    workers = ledger_worker.split(bus, 2)
+    app.outbox.partitions = 5
+    workers = ledger_worker.split(app, 2)
     assert [w.partitions for w in workers] == [[0, 2, 4], [1, 3]]
     assert len({w.name for w in workers}) == 2
-    assert [w.partitions for w in ledger_worker.split(bus, 8)] == [[0], [1], [2], [3], [4]]
+    assert all(w.progress is app.ledger_progress for w in workers)
+    assert [w.partitions for w in ledger_worker.split(app, 8)] == [[0], [1], [2], [3], [4]]
 
 
 def test_a_worker_that_fails_stops_the_process_instead_of_leaving_its_share() -> None:
@@ -37,14 +39,14 @@ def test_a_worker_that_fails_stops_the_process_instead_of_leaving_its_share() ->
             raise RuntimeError("the database driver broke")
         return FakeUnitOfWork(store)
 
-    bus = bootstrap(Config(), uow_factory=uow, counter=InProcessCounter())
-    bus.handle(commands.InitInventory("ns", "sku", 10))
-    bus.handle(commands.Decrement("ns", "sku", 1, "k1"))
+    app = bootstrap(Config(), uow_factory=uow, counter=InProcessCounter())
+    app.bus.handle(commands.InitInventory("ns", "sku", 10))
+    app.bus.handle(commands.Decrement("ns", "sku", 1, "k1"))
     broken = True
     before = signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(RuntimeError, match="driver broke"):
-            ledger_worker.run(bus, threads=2)
+            ledger_worker.run(app, threads=2)
     finally:
         signal.signal(signal.SIGTERM, before)
     assert store.items[("ns", "sku")].consumed == 0
@@ -73,18 +75,22 @@ class CountingOutbox(InProcessOutbox):
 def test_an_idle_pass_costs_one_read_and_claims_wait_their_interval() -> None:
     store = FakeStore()
     counter = InProcessCounter()
-    bus = bootstrap(Config(), uow_factory=lambda: FakeUnitOfWork(store), counter=counter)
-    bus.handle(commands.InitInventory("ns", "sku", 10))
-    bus.handle(commands.Decrement("ns", "sku", 1, "k1"))
+    app = bootstrap(Config(), uow_factory=lambda: FakeUnitOfWork(store), counter=counter)
+    app.bus.handle(commands.InitInventory("ns", "sku", 10))
+    app.bus.handle(commands.Decrement("ns", "sku", 1, "k1"))
     outbox = CountingOutbox(counter)
-    worker = LedgerWorker(outbox, bus.uow_factory, claim_idle_ms=60_000)
+    progress = InProcessLedgerProgress()
+    worker = LedgerWorker(outbox, app.uow_factory, progress, claim_idle_ms=60_000)
     assert worker.run_once() == 1  # the first pass also looks for its own and for stale ones
+    gen = counter.read("ns", "sku").gen  # type: ignore[union-attr]
+    assert gen and progress.marks.holds(("ns", "sku"), gen, 2)  # committed up to seq 2
+    assert not progress.marks.holds(("ns", "sku"), gen, 3)
     assert set(outbox.calls) == {"read_new", "read", "claim_stale"}
     outbox.calls.clear()
     for _ in range(3):
         assert worker.run_once() == 0
     assert outbox.calls == ["read_new"] * 3
-    bus.handle(commands.Decrement("ns", "sku", 1, "k2"))
+    app.bus.handle(commands.Decrement("ns", "sku", 1, "k2"))
     assert worker.run_once() == 1 and store.items[("ns", "sku")].consumed == 2
 
 

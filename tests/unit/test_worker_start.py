@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from allocation.entrypoints import worker_start
-from tests.unit.conftest import FakeApp, body
+from tests.helpers.apps import FakeApp, body
 
 
 def env_for(directory: Path, workers: int) -> dict[str, str]:

@@ -1,0 +1,143 @@
+"""Real processes for tests: the API server (`allocation serve`), the ledger worker and the
+consumer, and a redis-server of a test's own, against real services."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from allocation.config import Config
+
+__all__ = ["PrivateRedis", "Process", "allocation_command", "free_port", "serve",
+           "service_env", "wait_until"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``check`` until it holds, failing with ``what`` at the deadline."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+
+
+def service_env(config: Config) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(DATABASE_URL=config.database_url, REDIS_URL=config.redis_url or "",
+               REDIS_KEY_PREFIX=config.redis_key_prefix, REDIS_PARTITIONS=str(config.partitions),
+               COMMANDS_CHANNEL=config.commands_channel, EVENTS_CHANNEL=config.events_channel,
+               DURABILITY=config.durability, COMMANDS_STREAM=config.commands_stream,
+               LEDGER_CLAIM_IDLE_MS=str(config.ledger_claim_idle_ms),
+               SYNC_WAIT_SECONDS=str(config.sync_wait_seconds))
+    env.pop("AUTH", None)  # as deployed: required, since the services are set
+    return env
+
+
+@dataclass
+class Process:
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.kill() if kill else self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stderr_tail(self) -> str:
+        if self.proc is None or self.proc.stderr is None or self.alive():
+            return ""
+        return self.proc.stderr.read().decode(errors="replace")[-3000:]
+
+
+def allocation_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "allocation.entrypoints.cli", *args]
+
+
+def serve(config: Config, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start `allocation serve` with two workers on a free port; yield its base URL; stop it."""
+    port = free_port()
+    server = Process(allocation_command("serve", "--port", str(port), "--workers", "2"),
+                     {**service_env(config), **(extra_env or {})})
+    server.start()
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if not server.alive():
+            raise AssertionError(f"the server exited: {server.stderr_tail()}")
+        try:
+            # Every worker up, whether or not the dependencies are (some tests take one away).
+            return "workers" not in requests.get(f"{base}/readyz", timeout=5).json()
+        except requests.RequestException:  # refused, or accepted but still booting
+            return False
+
+    try:
+        wait_until(up, 60, "both API workers to start (/readyz)")
+        yield base
+    finally:  # also when it never came up: no server outlives its test
+        server.stop()
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, on a free port, so it can be stopped and restarted."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        server = shutil.which("redis-server")
+        if server is None:
+            pytest.fail("redis-server is not installed; the reconnect test starts its own")
+        self.proc = subprocess.Popen([server, "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no",
+                                      "--dir", str(self.workdir)], stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(answers, 15, "the private redis-server to start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def client(self) -> redis.Redis[bytes]:
+        return redis.Redis.from_url(self.url)
