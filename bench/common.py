@@ -26,6 +26,13 @@ class Result:
     p99_ms: float | None = None
     checks: list[str] = field(default_factory=list)  # failed checks; empty means correct
     note: str = ""
+    # "in-process" or "http": the rows of a group are a share of the group's reference ceiling,
+    # measured in the same run (report's "of ceiling"): redis-benchmark's EVALSHA in process,
+    # the bare one-EVALSHA WSGI app over HTTP.
+    group: str = "in-process"
+    ceiling: bool = False  # a ceiling row, not a contender: no "ours x" for it
+    reference: bool = False  # the ceiling its group's rows are a share of
+    sales: bool = True  # its operations are sales (else no "of ceiling": rebuilds, ledger rows)
 
     @property
     def throughput(self) -> float:
@@ -48,13 +55,19 @@ def percentiles(latencies: list[float]) -> tuple[float | None, float | None]:
 
 def run_threads(count: int, body: Callable[[int], tuple[int, list[float]]]
                 ) -> tuple[int, list[float], float]:
-    """Run ``body(i)`` in ``count`` threads started together; (ops, latencies, seconds)."""
+    """Run ``body(i)`` in ``count`` threads started together; (ops, latencies, seconds).
+    A body that raises makes this raise once every thread is done (rather than count as a
+    buyer who bought nothing)."""
     results: list[tuple[int, list[float]]] = [(0, [])] * count
+    failures: list[Exception] = []
     start = threading.Barrier(count + 1)
 
     def run(i: int) -> None:
         start.wait()
-        results[i] = body(i)
+        try:
+            results[i] = body(i)
+        except Exception as exc:  # noqa: BLE001 - raised again once every thread is done
+            failures.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
     for t in threads:
@@ -64,6 +77,9 @@ def run_threads(count: int, body: Callable[[int], tuple[int, list[float]]]
     for t in threads:
         t.join()
     seconds = time.perf_counter() - began
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {count} threads failed, the first with "
+                           f"{failures[0]!r}") from failures[0]
     return (sum(r[0] for r in results), [x for r in results for x in r[1]], seconds)
 
 

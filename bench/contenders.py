@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -19,25 +21,34 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+import redis
 import requests
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
 
 from allocation.adapters import migrate
-from allocation.bootstrap import bootstrap
+from allocation.adapters.token_store import TokenStore
+from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
-from allocation.domain import commands
+from allocation.domain import commands, errors
+from allocation.domain.outcome import Outcome
 from allocation.entrypoints import cpu_pinning
 from allocation.entrypoints.ledger_worker import DEFAULT_THREADS, LedgerWorker, split
+from bench.ceiling_apps import CHECK_AND_DECREMENT, CHECK_AND_DECREMENT_SHA
 from bench.common import Result, Services, percentiles, run_threads, wait_for
+from bench.serving import serve_command, serving
 
 HERE = Path(__file__).parent
 SEED_VENV = HERE / ".seed-venv"
 
 
 def config(services: Services, durability: str) -> Config:
-    return Config(database_url=services.database_url, redis_url=services.redis_url,
-                  redis_key_prefix=services.prefix, durability=durability,
-                  db_pool_size=80, events_channel=f"{services.prefix}:events")
+    """The run's settings over the environment's (e.g. SYNC_WAIT_SECONDS), which the processes
+    the bench starts see too (``env``)."""
+    return dataclasses.replace(
+        Config.from_env(), database_url=services.database_url, redis_url=services.redis_url,
+        redis_key_prefix=services.prefix, durability=durability, db_pool_size=80,
+        events_channel=f"{services.prefix}:events")
 
 
 def on_cluster(services: Services, cluster_url: str) -> Services:
@@ -69,13 +80,17 @@ def stop_children() -> None:
 
 
 def ledger_worker(cfg: Config) -> subprocess.Popen[bytes]:
-    """A ledger worker process, returned once it is up: in production it is already running, so
-    its start-up is no part of a sale."""
+    """A ledger worker process (`allocation ledger-worker`, its default threads), returned once
+    it is up: in production it is already running, so its start-up is no part of a sale.
+
+    Async: at idle priority, as README advises where the worker shares cores with the API (it
+    writes behind). Sync: at normal priority, since every answer waits for its commit (at idle
+    priority a load that leaves no core idle would starve it, and sync answers 503)."""
     log = Path(tempfile.mkdtemp(prefix="bench-worker-")) / "stderr.log"
+    idle = ["--idle-priority"] if cfg.durability == "async" else []
     with log.open("wb") as stderr:  # the child keeps its own handle
-        # At idle priority, as README advises where the worker shares cores with the API.
         worker = subprocess.Popen([sys.executable, "-m", "allocation.entrypoints.cli",
-                                   "ledger-worker", "--idle-priority"], env=env(cfg),
+                                   "ledger-worker", *idle], env=env(cfg),
                                   stderr=stderr, stdout=subprocess.DEVNULL)
     CHILDREN.append(worker)
     if not wait_for(lambda: "started" in log.read_text(), 60):
@@ -84,10 +99,28 @@ def ledger_worker(cfg: Config) -> subprocess.Popen[bytes]:
     return worker
 
 
+def worker_note(cfg: Config) -> str:
+    priority = "idle" if cfg.durability == "async" else "normal"
+    return f"ledger worker: a separate process, {priority} priority"
+
+
+def engine_of(app: Application) -> Engine:
+    if app.engine is None:
+        raise RuntimeError("the application has no database engine")
+    return app.engine
+
+
+@functools.cache
+def _checking_engine(database_url: str) -> Engine:
+    """One small engine per database for the checks, which poll (a bootstrap per poll would
+    open a pool and a Redis client each time)."""
+    return create_engine(database_url, pool_size=2, max_overflow=2)
+
+
 def _written(cfg: Config, namespace: str) -> tuple[int, int, int]:
-    bus = bootstrap(cfg)
-    engine = bus.dependencies["engine"]
-    with engine.connect() as conn:
+    """The database's side of a namespace: (units consumed, ledger rows of sales and refunds,
+    items whose last seq is not their count of ledger rows)."""
+    with _checking_engine(cfg.database_url).connect() as conn:
         consumed, rows, bad = conn.execute(text(
             "SELECT (SELECT coalesce(sum(consumed), 0) FROM inventory_items "
             "        WHERE namespace = :ns), "
@@ -97,7 +130,6 @@ def _written(cfg: Config, namespace: str) -> tuple[int, int, int]:
             "        last_seq <> (SELECT count(*) FROM inventory_ledger l "
             "        WHERE l.namespace = i.namespace AND l.sku = i.sku))"),
             {"ns": namespace}).one()
-    engine.dispose()
     return int(consumed), int(rows), int(bad)
 
 
@@ -109,16 +141,34 @@ def shopping(rng: random.Random, skus: list[str], sold_out: set[str]) -> Iterato
             yield sku
 
 
+# A sync movement not in the ledger within SYNC_WAIT_SECONDS answers "unavailable, outcome
+# unknown"; the buyer asks again with the same key, as README tells clients to, this many times.
+SYNC_TRIES = 3
+
+
 def ours(services: Services, durability: str, scenario: str, items: int, stock: int,
          buyers: int, refunds: float = 0.0, label: str = "") -> Result:
-    """This project in-process through the bus; in async mode a ledger worker process writes."""
+    """This project in-process through the bus, a ledger worker process writing the ledger in
+    both modes (async: behind; sync: each movement is answered once the worker committed it)."""
     cfg = config(services, durability)
-    bus = bootstrap(cfg)
+    app = bootstrap(cfg)
     ns = f"{scenario}-{durability}{label}".replace(" ", "-").replace(",", "")
     skus = [f"i{n}" for n in range(items)]
-    bus.handle(commands.InitMany(ns, tuple((s, stock) for s in skus)))
-    worker = ledger_worker(cfg) if durability == "async" else None
+    app.bus.handle(commands.InitMany(ns, tuple((s, stock) for s in skus)))
+    worker = ledger_worker(cfg)
     sold_out: set[str] = set()  # what buyers learn is sold out, they all know (a storefront)
+    unknown: list[str] = []  # movements answered "unavailable" (then asked again)
+    net = [0] * buyers  # units each buyer was answered sold, less those refunded
+
+    def handle(command: commands.Decrement | commands.Refund) -> Outcome:
+        for _ in range(SYNC_TRIES):
+            try:
+                outcome: Outcome = app.bus.handle(command)
+                return outcome
+            except errors.Unavailable as exc:
+                unknown.append(exc.message)
+        raise RuntimeError(f"{command} answered unavailable {SYNC_TRIES} times: "
+                           f"{unknown[-1]}")
 
     def buyer(i: int) -> tuple[int, list[float]]:
         rng = random.Random(i)
@@ -129,38 +179,53 @@ def ours(services: Services, durability: str, scenario: str, items: int, stock: 
             n += 1
             t0 = time.perf_counter()
             if mine and rng.random() < refunds:
-                bus.handle(commands.Refund(ns, mine.pop(), 1, f"r{i}-{n}"))
+                back = mine.pop()
+                if handle(commands.Refund(ns, back, 1, f"r{i}-{n}")).ok:
+                    net[i] -= 1
+                else:
+                    mine.append(back)
             else:
-                outcome = bus.handle(commands.Decrement(ns, sku, 1, f"b{i}-{n}"))
+                outcome = handle(commands.Decrement(ns, sku, 1, f"b{i}-{n}"))
                 if outcome.ok:
                     mine.append(sku)
+                    net[i] += 1
                 else:
                     sold_out.add(sku)
             latencies.append(time.perf_counter() - t0)
         return n, latencies
 
     ops, latencies, seconds = run_threads(buyers, buyer)
+    in_ledger_then = _written(cfg, ns)[0]  # as the buyers left
     p50, p99 = percentiles(latencies)
     result = Result(scenario, f"allocation in-process ({durability}){label}", ops, seconds,
                     p50, p99)
+    if durability == "sync" and in_ledger_then != sum(net):
+        # Every movement has been answered by then, and each only once committed.
+        result.checks.append(f"sync: the ledger held {in_ledger_then} units sold when the "
+                             f"buyers left, {sum(net)} acknowledged")
+    if unknown:
+        result.checks.append(f"{len(unknown)} movements answered unavailable (asked again "
+                             f"with their key): {unknown[0]}")
     for sku in skus:  # untimed: sell what refunds put back after the buyers left
         n = 0
-        while bus.handle(commands.Decrement(ns, sku, 1, f"sweep-{sku}-{n}")).ok:
+        while handle(commands.Decrement(ns, sku, 1, f"sweep-{sku}-{n}")).ok:
             n += 1
-    live = bus.dependencies["counter"].read_many(ns, skus)
+            net[0] += 1
+    live = app.counter.read_many(ns, skus)
     if any(o is None or o.consumed != o.total for o in live):
         result.checks.append("not every unit sold")
+    if sum(net) != items * stock:
+        result.checks.append(f"{sum(net)} units acknowledged sold of {items * stock}")
     drained = wait_for(lambda: _written(cfg, ns)[0] == items * stock, 120)
-    if worker is not None:
-        worker.terminate()
-        worker.wait(timeout=30)
+    worker.terminate()
+    worker.wait(timeout=30)
     consumed, rows, gaps = _written(cfg, ns)
     if not drained or consumed != items * stock:
         result.checks.append(f"ledger holds {consumed} of {items * stock} sold")
     if gaps:
         result.checks.append(f"{gaps} items' seq has gaps")
-    result.note = f"{rows} ledger rows"
-    bus.dependencies["engine"].dispose()
+    result.note = f"{rows} ledger rows; {worker_note(cfg)}"
+    engine_of(app).dispose()
     return result
 
 
@@ -261,7 +326,7 @@ def seed(services: Services, scenario: str, items: int, stock: int, buyers: int,
                       checks=[f"crashed: {out.stderr.strip().splitlines()[-1:]}"])
     data = json.loads(out.stdout.strip().splitlines()[-1])
     result = Result(scenario, "seed inventory-manager", data["ops"], data["seconds"],
-                    data.get("p50_ms"), data.get("p99_ms"))
+                    data.get("p50_ms"), data.get("p99_ms"), sales=scenario != "refresh_all")
     if scenario != "refresh_all":
         sold_net = data["sold"] - data["refunded"]
         if sold_net != items * stock:
@@ -312,48 +377,113 @@ def _serve(argv: list[str], environment: dict[str, str], port: int,
 
 
 WARM_UP_SECONDS = 3
-HTTP_NAMES = {"allocation": "allocation over HTTP (async)",
+HTTP_SCENARIO = "hot item over HTTP"
+HTTP_NAMES = {"ceiling-empty": "ceiling: empty WSGI app",
+              "ceiling-evalsha": "ceiling: WSGI app, one EVALSHA",
+              "allocation": "allocation over HTTP (async)",
+              "allocation-sync": "allocation over HTTP (sync)",
               "allocation-flask": "allocation over HTTP, no fast lane",
               "allocation-apart": "allocation over HTTP, ledger after",
               "seed": "seed inventory-manager over HTTP"}
+HTTP_THREADS = 16  # request threads per worker process, for every HTTP contender
+
+
+def seed_granian_argv(python: str, port: int, workers: int) -> list[str]:
+    """The seed's server: granian's WSGI interface (the seed's virtualenv has no RSGI bridge),
+    as many workers, as many request threads."""
+    return [python, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port",
+            str(port), "--workers", str(workers), "--blocking-threads", str(HTTP_THREADS),
+            "--workers-kill-timeout", "10", "--respawn-failed-workers", "--no-access-log",
+            "--working-dir", str(HERE), "seed_app:app"]
+
+
+def _ran_otherwise(server: subprocess.Popen[bytes], argv: list[str]) -> str | None:
+    """Where the granian command `allocation serve` ran (it execs in place) differs from
+    ``argv``, the one captured for the apps served beside it."""
+    ran = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    return None if ran == argv else f"`allocation serve` ran {ran}, the bench captured {argv}"
+
+
+def sell_token(cfg: Config, namespace: str) -> str:
+    """A bearer token that may sell in ``namespace`` (the servers require one, AUTH=required)."""
+    engine = create_engine(cfg.database_url)
+    try:
+        return TokenStore(engine).create(namespace, "sell", "bench")[1]
+    finally:
+        engine.dispose()
 
 
 def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
-    """Over HTTP with granian (workers = cores), driven by wrk from another process for a fixed
-    time on one item whose stock does not run out. Checked on the server's side afterwards.
-    ``who``: allocation (as `allocation serve` runs it), allocation-flask (the same app with
-    every route left to Flask), allocation-apart (as allocation, with the ledger worker started
-    once the load stops: what the API does when the worker and its database work run on other
-    cores, as in production; here they share two cores with everything else), or seed."""
+    """Over HTTP, driven by wrk from another process for a fixed time on one item whose stock
+    does not run out, every request with a bearer token; checked on the server's side
+    afterwards. Served as `allocation serve --workers <cores> --threads 16 --pin-workers` serves
+    the API: its granian command and environment, captured (bench/serving.py), with AUTH on.
+    ``who``:
+
+    - ceiling-empty, ceiling-evalsha: bench/ceiling_apps.py, the most this server and this
+      Redis allow (an app that answers a constant; one that runs one EVALSHA per request);
+    - allocation: `allocation serve`, DURABILITY=async, a ledger worker process at idle priority;
+    - allocation-sync: the same with DURABILITY=sync, its ledger worker at normal priority
+      (each answer waits for the worker's commit);
+    - allocation-flask: the same app as allocation with every route left to Flask;
+    - allocation-apart: as allocation, with the ledger worker started once the load stops: what
+      the API does when the worker and its database work run on other cores, as in production
+      (here they share two cores with everything else);
+    - seed: the seed library behind Flask (bench/seed_app.py), on granian's WSGI interface with
+      as many workers (pinned) and request threads."""
     name = HTTP_NAMES[who]
+    ceiling = who.startswith("ceiling")
+
+    def tagged(result: Result) -> Result:
+        result.group, result.ceiling = "http", ceiling
+        result.reference = who == "ceiling-evalsha"
+        return result
+
     if not shutil.which("wrk"):
-        return Result("hot item over HTTP", name, 0, 0.0,
-                      checks=["wrk is not installed (apt-get install wrk)"])
+        return tagged(Result(HTTP_SCENARIO, name, 0, 0.0,
+                             checks=["wrk is not installed (apt-get install wrk)"]))
     port = free_port()
     workers = os.cpu_count() or 2
     stock = 10_000_000
     namespace = who.replace("-", "_")
-    cfg = config(services, "async")
+    cfg = config(services, "sync" if who == "allocation-sync" else "async")
     worker = metrics_dir = None
-    # Every contender is served by granian with `allocation serve`'s settings.
-    granian = ["-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers), "--blocking-threads", "16", "--no-access-log"]
-    if who.startswith("allocation"):
-        bus = bootstrap(cfg)
-        bus.handle(commands.InitInventory(namespace, "hot", stock))
-        bus.dependencies["engine"].dispose()
+    served_otherwise: str | None = None
+    # The servers that do not check it get a token as long: every contender the same requests.
+    token = "alloc_" + "x" * 43
+    path = f"/v1/{namespace}/items/hot/decrements"
+    sold_now: Callable[[], int]
+    argv, served_env = serve_command({**env(cfg), "AUTH": "required",
+                                      "PYTHONPATH": str(HERE.parent)}, port, workers,
+                                     HTTP_THREADS)
+    if ceiling:
+        key = f"{services.prefix}:ceiling:http"
+        client = redis.Redis.from_url(services.redis_url)
+        client.set(key, stock)
+        server = _serve(serving(argv, f"bench.ceiling_apps:{who.removeprefix('ceiling-')}_app"),
+                        {**served_env, "CEILING_REDIS_URL": services.redis_url,
+                         "CEILING_KEY": key}, port, workers)
+
+        def sold_now() -> int:
+            return stock - int(client.get(key) or 0)
+    elif who.startswith("allocation"):
+        app = bootstrap(cfg)
+        app.bus.handle(commands.InitInventory(namespace, "hot", stock))
+        engine_of(app).dispose()
+        token = sell_token(cfg, namespace)
         worker = None if who == "allocation-apart" else ledger_worker(cfg)
-        if who != "allocation-flask":
-            argv = [sys.executable, "-m", "allocation.entrypoints.cli", "serve", "--port",
-                    str(port), "--workers", str(workers), "--threads", "16", "--pin-workers"]
+        if who == "allocation-flask":
+            server = _serve(serving(argv, "bench.flask_only:create_app"), served_env, port,
+                            workers)
         else:
-            argv = [sys.executable, *granian, "--factory", "--working-dir", str(HERE.parent),
-                    "bench.flask_only:create_app"]
-        metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
-        server = _serve(argv, {**env(cfg), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}, port,
-                        workers)
-        path = f"/v1/{namespace}/items/hot/decrements"
-        counter = bootstrap(cfg).dependencies["counter"]
+            metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
+            server = _serve([sys.executable, "-m", "allocation.entrypoints.cli", "serve",
+                             "--port", str(port), "--workers", str(workers), "--threads",
+                             str(HTTP_THREADS), "--pin-workers"],
+                            {**env(cfg), "AUTH": "required",
+                             "PROMETHEUS_MULTIPROC_DIR": metrics_dir}, port, workers)
+            served_otherwise = _ran_otherwise(server, argv)
+        counter = app.counter
 
         def sold_now() -> int:
             live = counter.read(namespace, "hot")
@@ -366,49 +496,63 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
         python = ensure_seed_venv()
         subprocess.run([str(python), str(HERE / "seed_driver.py"), json.dumps(args)],
                        check=True, capture_output=True)
-        server = _serve([str(python), *granian, "--working-dir", str(HERE), "seed_app:app"],
+        server = _serve(seed_granian_argv(str(python), port, workers),
                         {**os.environ, "SEED_ARGS": json.dumps(args),
                          "PYTHONWARNINGS": "ignore"}, port, workers)
+        pin_workers(server, workers)
         path = "/buy/hot"
 
         def sold_now() -> int:
             return _seed_http_figures(services, prefix, stock)[0]
-    if who in ("allocation-flask", "seed"):
-        pin_workers(server, workers)
     try:
         # Unmeasured: the servers' threads and their Redis and database connections are made
         # on first use, and the first contender of a run measured ~0.8x without it.
-        warm_up = _wrk(port, path, buyers, WARM_UP_SECONDS)
-        load = _wrk(port, path, buyers, seconds)
+        warm_up = _wrk(port, path, buyers, WARM_UP_SECONDS, token)
+        load = _wrk(port, path, buyers, seconds, token)
+        in_ledger_then = _written(cfg, namespace)[1] if who == "allocation-sync" else 0
         # wrk hangs up on the requests it has in flight; let the server finish them before it
         # is stopped (a stop abandons requests whose client is gone).
         _until_steady(sold_now)
     finally:
         server.terminate()
         server.wait(timeout=30)
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        for directory in (metrics_dir, served_env.get("PROMETHEUS_MULTIPROC_DIR")):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
     answered = load["counts"]["ok"] + load["counts"]["sold_out"] + load["counts"]["other"]
-    result = Result("hot item over HTTP", name, answered, load["seconds"],
-                    load["p50_ms"], load["p99_ms"])
-    if any(load["counts"][k] for k in ("other", "sold_out", "socket_errors")):
-        result.checks.append(f"unexpected answers: {load['counts']} (statuses: "
-                             f"{load['statuses'] or 'none'}; server log: {SERVER_LOG})")
+    result = tagged(Result(HTTP_SCENARIO, name, answered, load["seconds"], load["p50_ms"],
+                           load["p99_ms"]))
+    if served_otherwise:
+        result.checks.append(served_otherwise)
+    for run in (warm_up, load):
+        if any(run["counts"][k] for k in ("other", "sold_out", "socket_errors")):
+            result.checks.append(f"unexpected answers: {run['counts']} (statuses: "
+                                 f"{run['statuses'] or 'none'}; server log: {SERVER_LOG})")
+    answered_ok = warm_up["counts"]["ok"] + load["counts"]["ok"]  # each its own sale
+    if who == "ceiling-empty":
+        result.note = "answers a constant"
+        return result
+    if who == "allocation-sync" and in_ledger_then < answered_ok:
+        # each 200 was sent once the worker had committed its movement
+        result.checks.append(f"sync: the ledger held {in_ledger_then} rows as the load "
+                             f"stopped, {answered_ok} sales answered 200")
+    sold = sold_now()
     if who.startswith("allocation"):
-        sold = sold_now()
         worker = worker or ledger_worker(cfg)
         if not wait_for(lambda: _written(cfg, namespace)[1] == sold, 120):
-            result.checks.append(f"ledger rows != {sold} sold")
+            result.checks.append(f"ledger rows {_written(cfg, namespace)[1]} != {sold} sold")
         worker.terminate()
         worker.wait(timeout=30)
-    else:
+    elif not ceiling:
         sold, rows = _seed_http_figures(services, prefix, stock)
         if rows != sold:
             result.checks.append(f"seed ledger rows {rows} != {sold} sold")
-    answered_ok = warm_up["counts"]["ok"] + load["counts"]["ok"]  # each its own sale
     if sold < answered_ok or sold > stock:
         result.checks.append(f"{sold} sold on the server, {answered_ok} answered ok")
     result.note = f"{sold} sold"
+    if who.startswith("allocation"):
+        result.note += f"; {worker_note(cfg)}" + (
+            ", started after the load" if who == "allocation-apart" else "")
     return result
 
 
@@ -450,11 +594,12 @@ def _seed_http_figures(services: Services, prefix: str, stock: int) -> tuple[int
     return stock - int(left or 0), int(rows)
 
 
-def _wrk(port: int, path: str, connections: int, seconds: int) -> dict[str, Any]:
-    """wrk from another process: 2 threads, ``connections`` buyers, for ``seconds``."""
+def _wrk(port: int, path: str, connections: int, seconds: int, token: str) -> dict[str, Any]:
+    """wrk from another process: 2 threads, ``connections`` buyers, for ``seconds``, each
+    request with ``token`` as its bearer token."""
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
                           "-s", str(HERE / "wrk_sale.lua"), f"http://127.0.0.1:{port}", "--",
-                          path, uuid.uuid4().hex[:8]], capture_output=True, text=True,
+                          path, uuid.uuid4().hex[:8], token], capture_output=True, text=True,
                          timeout=300)
     line = next(x for x in out.stdout.splitlines() if x.startswith("WRK "))
     data = json.loads(line[4:])
@@ -468,18 +613,18 @@ def _wrk(port: int, path: str, connections: int, seconds: int) -> dict[str, Any]
 def refresh_all(services: Services, items: int) -> Result:
     """Rebuild a namespace's counters from the database (async mode: fenced, batched)."""
     cfg = config(services, "async")
-    bus = bootstrap(cfg)
-    engine = bus.dependencies["engine"]
+    app = bootstrap(cfg)
+    engine = engine_of(app)
     with engine.begin() as conn:
         conn.execute(text(
             "INSERT INTO inventory_items (namespace, sku, total, consumed, last_seq, version) "
             "SELECT 'refresh', 's' || lpad(g::text, 7, '0'), 10, 0, 0, 1 "
             "FROM generate_series(1, :n) g"), {"n": items})
     began = time.perf_counter()
-    progress = bus.handle(commands.RefreshAll("refresh", batch_size=2000))
+    progress = app.bus.handle(commands.RefreshAll("refresh", batch_size=2000))
     seconds = time.perf_counter() - began
-    result = Result("refresh_all", "allocation", progress.refreshed, seconds)
-    held = bus.dependencies["counter"].read_many("refresh", ["s0000001", f"s{items:07}"])
+    result = Result("refresh_all", "allocation", progress.refreshed, seconds, sales=False)
+    held = app.counter.read_many("refresh", ["s0000001", f"s{items:07}"])
     if progress.refreshed != items or any(h is None or h.total != 10 for h in held):
         result.checks.append("not every item rebuilt")
     engine.dispose()
@@ -489,18 +634,17 @@ def refresh_all(services: Services, items: int) -> Result:
 def ledger_drain(services: Services, entries: int) -> Result:
     """Time the worker writing a backlog of recorded movements to PostgreSQL."""
     cfg = config(services, "async")
-    bus = bootstrap(cfg)
+    app = bootstrap(cfg)
     items = 100
-    bus.handle(commands.InitMany("drain", tuple((f"d{n}", entries) for n in range(items))))
-    counter = bus.dependencies["counter"]
-    pipe_counter = counter  # record the backlog quickly: many clients' worth of sales
-    run_threads(8, lambda i: (sum(pipe_counter.apply("drain", f"d{(i * 7919 + n) % items}",
+    app.bus.handle(commands.InitMany("drain", tuple((f"d{n}", entries) for n in range(items))))
+    counter = app.counter  # record the backlog quickly: many clients' worth of sales
+    run_threads(8, lambda i: (sum(counter.apply("drain", f"d{(i * 7919 + n) % items}",
                                                      "decrement", 1, f"k{i}-{n}",
                                                      record=True).ok
                                   for n in range(entries // 8)), []))
-    backlog = bus.dependencies["outbox"].backlog()[0]
+    backlog = app.outbox.backlog()[0]
     # As `allocation ledger-worker` runs it (its default --threads), timed in this process.
-    workers = split(bus, DEFAULT_THREADS, batch_size=2000)
+    workers = split(app, DEFAULT_THREADS, batch_size=2000)
     threads = [threading.Thread(target=_drain, args=(w,)) for w in workers]
     began = time.perf_counter()
     for t in threads:
@@ -509,19 +653,55 @@ def ledger_drain(services: Services, entries: int) -> Result:
         t.join()
     seconds = time.perf_counter() - began
     written = sum(w.written for w in workers)
-    result = Result("ledger drain", "allocation ledger worker", written, seconds)
+    result = Result("ledger drain", "allocation ledger worker", written, seconds, sales=False)
     if written != backlog or backlog != entries // 8 * 8:
         result.checks.append(f"wrote {written} of a {backlog} backlog")
     consumed, _, gaps = _written(cfg, "drain")
     if consumed != backlog or gaps:
         result.checks.append("ledger and items disagree")
-    bus.dependencies["engine"].dispose()
+    engine_of(app).dispose()
     return result
 
 
 def _drain(worker: LedgerWorker) -> None:
     while worker.run_once():
         pass
+
+
+def redis_benchmark_ceiling(services: Services, requests_: int, clients: int = 50) -> Result:
+    """The in-process ceiling: redis-benchmark running ``CHECK_AND_DECREMENT`` (one EVALSHA,
+    unpipelined) from ``clients`` connections on one key, against the run's Redis. Checked:
+    every request decremented once."""
+    name = f"ceiling: redis-benchmark EVALSHA, {clients} clients"
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        return Result("hot item", name, 0, 0.0, ceiling=True, reference=True,
+                      checks=["redis-benchmark is not installed (apt-get install redis-tools)"])
+    client = redis.Redis.from_url(services.redis_url)
+    key = f"{services.prefix}:ceiling:evalsha"
+    stock = 2 * requests_  # never runs out
+    client.set(key, stock)
+    loaded = client.script_load(CHECK_AND_DECREMENT)  # type: ignore[no-untyped-call]
+    if loaded != CHECK_AND_DECREMENT_SHA:
+        raise RuntimeError("SCRIPT LOAD answered another SHA1")
+    out = subprocess.run([exe, "-u", services.redis_url, "-c", str(clients), "-n",
+                          str(requests_), "--csv", "EVALSHA", CHECK_AND_DECREMENT_SHA, "1", key,
+                          "1"], capture_output=True, text=True, timeout=900)
+    rows = list(csv.DictReader(line for line in out.stdout.splitlines() if line.startswith('"')))
+    if out.returncode != 0 or len(rows) != 1:
+        return Result("hot item", name, 0, 0.0, ceiling=True, reference=True,
+                      checks=[f"redis-benchmark failed ({out.returncode}): "
+                              f"{(out.stderr or out.stdout).strip()[-300:]}"])
+    rps = float(rows[0]["rps"])
+    result = Result("hot item", name, requests_, requests_ / rps if rps else 0.0,
+                    float(rows[0]["p50_latency_ms"]), float(rows[0]["p99_latency_ms"]),
+                    ceiling=True, reference=True)
+    decremented = stock - int(client.get(key) or 0)
+    if decremented != requests_:
+        result.checks.append(f"{decremented} of {requests_} EVALSHAs decremented "
+                             f"({out.stdout.strip()[-200:]})")
+    result.note = f"{requests_} requests, unpipelined"
+    return result
 
 
 def migrate_schema(services: Services) -> None:
@@ -535,4 +715,5 @@ def scenarios_for(mode: str) -> dict[str, Any]:
             "refund_stock": 10_000 if full else 3_000,
             "refresh_items": 100_000 if full else 20_000,
             "seed_refresh_items": 10_000 if full else 2_000,
-            "drain_entries": 100_000 if full else 20_000}
+            "drain_entries": 100_000 if full else 20_000,
+            "redis_benchmark_requests": 1_000_000 if full else 200_000}

@@ -1,5 +1,6 @@
 -- wrk: buy one unit per request, each with its own Idempotency-Key, for the whole duration
 -- (the stock is set so it does not run out). Prints a JSON summary line for contenders.py.
+-- Arguments: the path, a run id (for the keys), a bearer token.
 local threads = {}
 local counter = 0
 
@@ -14,11 +15,13 @@ function init(args)
   statuses = ""  -- the first few answers that were neither, to say what went wrong
   path = args[1]
   run = args[2]  -- keys of their own for each wrk run: a warm-up's keys would replay
+  authorization = "Bearer " .. args[3]
 end
 
 function request()
   n = n + 1
   return wrk.format("POST", path, {["Content-Type"] = "application/json",
+                                   ["Authorization"] = authorization,
                                    ["Idempotency-Key"] = run .. "-" .. id .. "-" .. n},
                     '{"qty": 1}')
 end
