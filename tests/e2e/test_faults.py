@@ -208,6 +208,7 @@ def test_flushdb_mid_sale_never_oversells(service_config: Config, engine: Engine
             private_redis.client().flushdb()
             for f in futures:
                 f.result(timeout=120)
+        assert ledger.alive(), ledger.stderr_tail()  # it rode out the loss of its streams
         assert len(sold) == 300  # 480 attempts for 300 units, none oversold
         assert requests.post(f"{url}/refresh", timeout=10).json()["consumed"] == 300
         app = bootstrap(config)

@@ -24,14 +24,17 @@ class OutboxEntry(NamedTuple):
 
 class Outbox(abc.ABC):
     partitions: int
+    blocking_reads: bool = False  # read_new can wait for the first new entry itself
 
     @abc.abstractmethod
     def read(self, partition: int, consumer: str, count: int) -> list[OutboxEntry]:
         """This consumer's unacknowledged entries first, then new ones, in recorded order."""
 
-    def read_new(self, partitions: Sequence[int], consumer: str,
-                 count: int) -> list[list[OutboxEntry]]:
-        """Entries no consumer was given yet, of each partition (at once where the store can)."""
+    def read_new(self, partitions: Sequence[int], consumer: str, count: int,
+                 block_ms: int = 0) -> list[list[OutboxEntry]]:
+        """Entries no consumer was given yet, of each partition (at once where the store can).
+        ``block_ms``: where none has any, wait up to that long for the first (where the store
+        can; elsewhere the caller's pause does)."""
         return [self.read(partition, consumer, count) for partition in partitions]
 
     @abc.abstractmethod

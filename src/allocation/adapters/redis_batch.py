@@ -143,16 +143,23 @@ return replies
 
 
 def evalsha_many(client: RedisClient, script: str, sha: str,
-                 calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+                 calls: list[tuple[list[str], list[Any]]],
+                 then: tuple[Any, ...] | None = None) -> list[Any]:
     """Run a script once per call in one pipeline; load it where a node lacks it (a restart,
-    a failover) and try again. Replies are in call order; an error is returned, not raised."""
+    a failover) and try again. Replies are in call order; an error is returned, not raised.
+    ``then``: one more command for the same pipeline, sent after the calls (its reply is not
+    returned)."""
     for attempt in (1, 2):
         pipe = client.pipeline(transaction=False)
         for keys, args in calls:
             # The raw command: redis-py blocks its evalsha method on cluster pipelines (for
             # the NOSCRIPT handling done here); the command still routes by its keys.
             pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+        if then is not None:
+            pipe.execute_command(*then)  # type: ignore[no-untyped-call]
         replies: list[Any] = pipe.execute(raise_on_error=False)
+        if then is not None:
+            replies = replies[:-1]
         if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError)
                                 or "NOSCRIPT" in str(r) for r in replies
                                 if isinstance(r, Exception)):

@@ -54,14 +54,14 @@ class RedisLedgerProgress(LedgerProgress):
         if not written:
             return
         with unavailable_on_connection_error():
+            # The marks and their announcement in one round trip.
             replies = evalsha_many(self.client, self._script, self._sha, [
                 ([self.keys.item(ns, sku)], [gen, seq])
-                for (ns, sku), (gen, seq) in written.items()])
+                for (ns, sku), (gen, seq) in written.items()], then=("PUBLISH", self.channel,
+                json.dumps([[ns, sku, seq, gen] for (ns, sku), (gen, seq) in written.items()])))
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
-            self.client.publish(self.channel, json.dumps(
-                [[ns, sku, seq, gen] for (ns, sku), (gen, seq) in written.items()]))
         self.marks.raise_to(written)
 
     def wait(self, namespace: str, sku: str, gen: str, seq: int, timeout: float) -> Waited:

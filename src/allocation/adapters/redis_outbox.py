@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.adapters.redis_client import RedisClient
@@ -51,6 +52,7 @@ class RedisOutbox(Outbox):
         self.client = client
         self.keys = keys
         self.partitions = keys.partitions
+        self.blocking_reads = not isinstance(client, RedisCluster)
         self._groups_ready: set[int] = set()
 
     def _ensure_group(self, partition: int) -> None:
@@ -81,8 +83,10 @@ class RedisOutbox(Outbox):
                 self._groups_ready.discard(partition)  # Redis lost its data; make it again
         return []
 
-    def read_new(self, partitions: Sequence[int], consumer: str,
-                 count: int) -> list[list[OutboxEntry]]:
+    def read_new(self, partitions: Sequence[int], consumer: str, count: int,
+                 block_ms: int = 0) -> list[list[OutboxEntry]]:
+        if block_ms and partitions and not isinstance(self.client, RedisCluster):
+            return self._read_new_blocking(partitions, consumer, count, block_ms)
         # One pipeline, not one XREADGROUP of many streams: a cluster keeps partitions on
         # different nodes, and its pipeline routes each read to its own.
         with unavailable_on_connection_error():
@@ -103,6 +107,28 @@ class RedisOutbox(Outbox):
             found.append([_entry(partition, i, f) for _, items in reply or [] for i, f in items
                           if f])
         return found
+
+    def _read_new_blocking(self, partitions: Sequence[int], consumer: str, count: int,
+                           block_ms: int) -> list[list[OutboxEntry]]:
+        """One XREADGROUP of every stream (one Redis holds them all), returning as soon as any
+        has an entry: an idle writer wakes at once when a movement is recorded."""
+        streams = {self.keys.outbox(p): ">" for p in partitions}
+        with unavailable_on_connection_error():
+            for partition in partitions:
+                self._ensure_group(partition)
+            try:
+                reply = self.client.xreadgroup(GROUP, consumer, streams, count=count,
+                                               block=block_ms)
+            except redis.ResponseError as exc:
+                # NOGROUP, or UNBLOCKED: a stream went while the read waited on it
+                if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                    raise
+                self._groups_ready.clear()  # Redis lost its data; make them again
+                return [[] for _ in partitions]
+        by_stream = {(name.decode() if isinstance(name, bytes) else name): items
+                     for name, items in reply or []}
+        return [[_entry(p, i, f) for i, f in by_stream.get(self.keys.outbox(p), []) if f]
+                for p in partitions]
 
     def claim_stale(self, partition: int, consumer: str, min_idle_ms: int,
                     count: int) -> list[OutboxEntry]:

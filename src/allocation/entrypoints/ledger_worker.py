@@ -48,7 +48,7 @@ class LedgerWorker:
         self._unsettled = set(self.partitions)  # a restart under the same name finds its own
         self._next_claim = 0.0
 
-    def run_once(self) -> int:
+    def run_once(self, block_ms: int = 0) -> int:
         """One pass over this worker's partitions; returns how many entries were written.
 
         New entries of every partition come in one round trip. A partition is read again from
@@ -58,7 +58,10 @@ class LedgerWorker:
         thus costs one round trip, not three per partition.
         """
         settled = [p for p in self.partitions if p not in self._unsettled]
-        fresh = dict(zip(settled, self.outbox.read_new(settled, self.name, self.batch_size),
+        # Block only when every partition is settled: otherwise some have entries to go over.
+        block = block_ms if len(settled) == len(self.partitions) else 0
+        fresh = dict(zip(settled, self.outbox.read_new(settled, self.name, self.batch_size,
+                                                       block),
                          strict=True))
         claiming = time.monotonic() >= self._next_claim
         if claiming:
@@ -129,7 +132,10 @@ class LedgerWorker:
         logger.info("ledger worker %s started", self.name)
         while not self.stopping.is_set():
             try:
-                written = self.run_once()
+                # Where callers wait on the ledger, an idle pass waits in Redis for the next
+                # movement rather than sleeping (one Redis only; a cluster polls).
+                block_ms = 0 if self.gather_seconds or not self.outbox.blocking_reads else 50
+                written = self.run_once(block_ms)
             except Exception as exc:
                 if not is_outage(exc):
                     raise
@@ -139,7 +145,7 @@ class LedgerWorker:
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
-            if written == 0:
+            if written == 0 and not block_ms:
                 self.stopping.wait(idle)  # idle: poll less and less often, up to 50 a second
                 idle = min(idle * 2, 0.02)
             else:

@@ -77,6 +77,14 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
     with contextlib.suppress(errors.Unavailable):  # the fenced wait below decides
         _wait_written(uow, progress, namespace, live, deadline)
     with item_locks.hold(namespace, skus):
+        lost = [sku for sku in skus if live[sku] is None]
+        if lost and len(lost) == len(skus):
+            # Redis lacked them all; if another rebuild loaded them while this one waited for
+            # the lock, that one stands (a second would fence them again, for nothing).
+            now = counter.read_many(namespace, skus)
+            if all(o is not None for o in now):
+                return {sku: Stock(sku, o.total, o.consumed, o.seq)
+                        for sku, o in zip(skus, now, strict=True) if o is not None}
         fenced: Seqs = {
             sku: None if seq is None else ((live.get(sku) or ("", 0))[0], seq)
             for sku, seq in zip(skus, counter.fence_many(namespace, skus), strict=True)}
