@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import functools
@@ -381,6 +382,8 @@ HTTP_SCENARIO = "hot item over HTTP"
 HTTP_NAMES = {"ceiling-empty": "ceiling: empty WSGI app",
               "ceiling-evalsha": "ceiling: WSGI app, one EVALSHA",
               "allocation": "allocation over HTTP (async)",
+              "allocation-noauth": "allocation over HTTP (async), AUTH=off",
+              "allocation-storm": "allocation over HTTP (async), refresh storm",
               "allocation-sync": "allocation over HTTP (sync)",
               "allocation-flask": "allocation over HTTP, no fast lane",
               "allocation-apart": "allocation over HTTP, ledger after",
@@ -472,6 +475,7 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
         engine_of(app).dispose()
         token = sell_token(cfg, namespace)
         worker = None if who == "allocation-apart" else ledger_worker(cfg)
+        auth = "off" if who == "allocation-noauth" else "required"
         if who == "allocation-flask":
             server = _serve(serving(argv, "bench.flask_only:create_app"), served_env, port,
                             workers)
@@ -480,7 +484,7 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
             server = _serve([sys.executable, "-m", "allocation.entrypoints.cli", "serve",
                              "--port", str(port), "--workers", str(workers), "--threads",
                              str(HTTP_THREADS), "--pin-workers"],
-                            {**env(cfg), "AUTH": "required",
+                            {**env(cfg), "AUTH": auth,
                              "PROMETHEUS_MULTIPROC_DIR": metrics_dir}, port, workers)
             served_otherwise = _ran_otherwise(server, argv)
         counter = app.counter
@@ -508,7 +512,11 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
         # Unmeasured: the servers' threads and their Redis and database connections are made
         # on first use, and the first contender of a run measured ~0.8x without it.
         warm_up = _wrk(port, path, buyers, WARM_UP_SECONDS, token)
-        load = _wrk(port, path, buyers, seconds, token)
+        storm = (RefreshStorm(port, namespace, cfg) if who == "allocation-storm" else None)
+        try:
+            load = _wrk(port, path, buyers, seconds, token)
+        finally:
+            refreshes = storm.stop() if storm is not None else {}
         in_ledger_then = _written(cfg, namespace)[1] if who == "allocation-sync" else 0
         # wrk hangs up on the requests it has in flight; let the server finish them before it
         # is stopped (a stop abandons requests whose client is gone).
@@ -524,6 +532,16 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
                            load["p99_ms"]))
     if served_otherwise:
         result.checks.append(served_otherwise)
+    if who == "allocation-storm":
+        # 503 ("being rebuilt; retry") is an expected answer under a refresh storm.
+        # wrk's script names only the first few other statuses: all 503 means all were 503s.
+        only_busy = set(load["statuses"].split()) <= {"503"}
+        busy = load["counts"]["other"] if only_busy else 0
+        load["counts"]["other"] -= busy
+        answered -= busy
+        result.ops = answered
+        storm_note = (f"{sum(refreshes.values())} refreshes by 2 admin clients "
+                      f"{dict(refreshes)}; {busy} sales answered 503")
     for run in (warm_up, load):
         if any(run["counts"][k] for k in ("other", "sold_out", "socket_errors")):
             result.checks.append(f"unexpected answers: {run['counts']} (statuses: "
@@ -553,7 +571,43 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
     if who.startswith("allocation"):
         result.note += f"; {worker_note(cfg)}" + (
             ", started after the load" if who == "allocation-apart" else "")
+    if who == "allocation-storm":
+        result.note += f"; {storm_note}"
     return result
+
+
+class RefreshStorm:
+    """Two admin clients looping POST .../refresh on the hot item (issue 17's denial of
+    service), for as long as the load runs."""
+
+    def __init__(self, port: int, namespace: str, cfg: Config) -> None:
+        engine = create_engine(cfg.database_url)
+        try:
+            self.token = TokenStore(engine).create(namespace, "admin", "bench storm")[1]
+        finally:
+            engine.dispose()
+        self.url = f"http://127.0.0.1:{port}/v1/{namespace}/items/hot/refresh"
+        self.stopping = threading.Event()
+        self.statuses: collections.Counter[int] = collections.Counter()
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(2)]
+        for thread in self.threads:
+            thread.start()
+
+    def _loop(self) -> None:
+        session = requests.Session()
+        headers = {"Authorization": f"Bearer {self.token}"}
+        while not self.stopping.is_set():
+            try:
+                status = session.post(self.url, headers=headers, timeout=30).status_code
+            except requests.RequestException:
+                status = 0
+            self.statuses[status] += 1
+
+    def stop(self) -> dict[int, int]:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+        return dict(self.statuses)
 
 
 def pin_workers(server: subprocess.Popen[bytes], workers: int) -> None:
