@@ -383,6 +383,7 @@ HTTP_NAMES = {"ceiling-empty": "ceiling: empty WSGI app",
               "ceiling-evalsha": "ceiling: WSGI app, one EVALSHA",
               "allocation": "allocation over HTTP (async)",
               "allocation-noauth": "allocation over HTTP (async), AUTH=off",
+              "allocation-wsgi": "allocation over HTTP (async), WSGI interface",
               "allocation-storm": "allocation over HTTP (async), refresh storm",
               "allocation-sync": "allocation over HTTP (sync)",
               "allocation-flask": "allocation over HTTP, no fast lane",
@@ -481,12 +482,14 @@ def http(services: Services, who: str, seconds: int, buyers: int) -> Result:
                             workers)
         else:
             metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
+            wsgi = ["--behind-buffering-proxy"] if who == "allocation-wsgi" else []
             server = _serve([sys.executable, "-m", "allocation.entrypoints.cli", "serve",
                              "--port", str(port), "--workers", str(workers), "--threads",
-                             str(HTTP_THREADS), "--pin-workers"],
+                             str(HTTP_THREADS), "--pin-workers", *wsgi],
                             {**env(cfg), "AUTH": auth,
                              "PROMETHEUS_MULTIPROC_DIR": metrics_dir}, port, workers)
-            served_otherwise = _ran_otherwise(server, argv)
+            if not wsgi:
+                served_otherwise = _ran_otherwise(server, argv)
         counter = app.counter
 
         def sold_now() -> int:

@@ -19,6 +19,7 @@ from allocation.config import Config
 from tests.helpers.processes import (
     Process,
     allocation_command,
+    free_port,
     serve,
     service_env,
     wait_until,
@@ -233,3 +234,32 @@ def test_a_refresh_storm_leaves_the_sale_selling(server: str, config: Config, ad
     assert statuses.count(503) < len(statuses) // 4
     final = requests.get(item, headers=bearer(admin), timeout=10).json()
     assert (final["consumed"], final["available"]) == (600, 0)  # sold out, not over
+
+
+def test_behind_a_buffering_proxy_the_same_app_is_served_over_wsgi(
+        config: Config, admin: str, namespace: str) -> None:
+    """`serve --behind-buffering-proxy`: granian's WSGI interface, the same app and checks."""
+    port = free_port()
+    server = Process(allocation_command("serve", "--port", str(port), "--workers", "1",
+                                        "--behind-buffering-proxy"), service_env(config))
+    server.start()
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert server.alive(), server.stderr_tail()
+        try:
+            return requests.get(f"{base}/readyz", timeout=5).ok
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_until(up, 60, "the WSGI server to start")
+        item = f"{base}/v1/{namespace}/items/w"
+        assert requests.put(item, json={"total": 3}, headers=bearer(admin), timeout=10).ok
+        assert requests.post(f"{item}/decrements", json={"qty": 1}, headers=NO_TOKEN,
+                             timeout=10).status_code == 401
+        sold = requests.post(f"{item}/decrements", json={"qty": 1}, timeout=10,
+                             headers={**bearer(admin), "Idempotency-Key": "w1"})
+        assert sold.status_code == 200 and sold.json()["available"] == 2
+    finally:
+        server.stop()

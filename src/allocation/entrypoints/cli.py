@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -16,28 +17,36 @@ from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
 import click
-from pydantic import ValidationError
 
 from allocation import views
 from allocation.adapters import migrate as migrations
-from allocation.adapters.redis_keys import KeySpace
-from allocation.bootstrap import bootstrap
+from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
-from allocation.entrypoints import cpu_pinning, schemas, worker_start
-from allocation.entrypoints.ledger_worker import DEFAULT_THREADS
-from allocation.service_layer.messagebus import MessageBus
+from allocation.entrypoints import (
+    cpu_pinning,
+    flask_app,
+    ledger_worker,
+    schemas,
+    token_cli,
+    worker_start,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
+V = TypeVar("V")
 
 
-def _bus() -> MessageBus:
+def _app() -> Application:
     config = Config.from_env()
     if config.embedded:
-        # A short-lived process with an in-process outbox would exit before writing it.
+        # A short-lived process with an in-process outbox: each command returns once its own
+        # writer has committed it, so nothing is left unwritten at exit.
         config = dataclasses.replace(config, durability="sync")
-    return bootstrap(config)
+    app = bootstrap(config)
+    if config.embedded:
+        ledger_worker.for_app(app).start_thread()
+    return app
 
 
 def _show(outcome: Outcome, namespace: str, sku: str) -> None:
@@ -46,11 +55,46 @@ def _show(outcome: Outcome, namespace: str, sku: str) -> None:
 
 
 def _checked(namespace: str, sku: str | None = None) -> None:
+    """Names by the rules every entry point shares; a bad one is a usage error (exit 2)."""
     try:
-        schemas.ItemPath(namespace=namespace, sku=sku or "x")
-    except ValidationError as exc:
-        raise click.UsageError(f"invalid {exc.errors()[0]['loc'][0]}: "
-                               f"{exc.errors()[0]['msg']}") from None
+        schemas.check_name(namespace, "namespace")
+        if sku is not None:
+            schemas.check_name(sku, "sku")
+    except errors.InvalidInput as exc:
+        raise click.UsageError(f"invalid {exc.message}") from None
+
+
+# A decimal integer as typed: ASCII digits with an optional sign (no "1.5", "1_000", "0x10",
+# " 5" or "²"); then the shared rule's range.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
+
+
+def _integer(text: str) -> int | None:
+    return int(text) if _INTEGER.fullmatch(text) else None
+
+
+class _Checked(click.ParamType[V]):
+    """An argument checked by one of the shared rules (``schemas.check_*``)."""
+
+    def __init__(self, field: str, check: Callable[[object, str], V], integer: bool) -> None:
+        self.name = field
+        self.field, self.check, self.integer = field, check, integer
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> V:
+        parsed = _integer(value) if self.integer and isinstance(value, str) else value
+        if parsed is None:
+            self.fail(f"{self.field}: must be a whole number, got {value!r}", param, ctx)
+        try:
+            return self.check(parsed, self.field)
+        except errors.InvalidInput as exc:
+            self.fail(exc.message, param, ctx)
+
+
+TOTAL = _Checked("total", schemas.check_total, integer=True)
+DELTA = _Checked("delta", schemas.check_delta, integer=True)
+QTY = _Checked("qty", schemas.check_qty, integer=True)
+KEY = _Checked("idempotency_key", schemas.check_idempotency_key, integer=False)
 
 
 def domain_exit(fn: F) -> F:
@@ -61,6 +105,9 @@ def domain_exit(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except errors.InvalidInput as exc:  # input, not a refusal: a usage error's exit code
+            click.echo(f"invalid {exc.message}", err=True)
+            sys.exit(2)
         except errors.DomainError as exc:
             click.echo(f"refused: {exc.code}: {exc.message}", err=True)
             sys.exit(1)
@@ -93,7 +140,12 @@ def migrate() -> None:
 @click.option("--pin-workers", is_flag=True,
               help="hold each worker process to a core of its own (Linux); off where the "
                    "server's cores are shared with other busy services (README, Scaling out)")
-def serve(host: str, port: int, workers: int | None, threads: int, pin_workers: bool) -> None:
+@click.option("--behind-buffering-proxy", is_flag=True,
+              help="serve granian's WSGI interface: more sales a second, but a client that "
+                   "sends its body slowly holds a request thread; only behind a proxy that "
+                   "reads bodies whole before passing them on (nginx does by default)")
+def serve(host: str, port: int, workers: int | None, threads: int, pin_workers: bool,
+          behind_buffering_proxy: bool) -> None:
     """Serve the HTTP API with granian (its WSGI interface)."""
     if pin_workers and not cpu_pinning.supported():
         raise click.UsageError("--pin-workers needs Linux (sched_setaffinity, /proc)")
@@ -108,48 +160,67 @@ def serve(host: str, port: int, workers: int | None, threads: int, pin_workers: 
     if workers > 1:  # /readyz waits for all of them (worker_start)
         os.environ[worker_start.DIR_ENV] = tempfile.mkdtemp(prefix="allocation-workers-")
         os.environ[worker_start.COUNT_ENV] = str(workers)
-    # granian rather than gunicorn's gthread worker: on 2 cores, the same app served ~1.6x the
-    # decrements at half the p99 (`make bench`; README, Benchmarks).
-    argv = [sys.executable, "-m", "granian", "--interface", "wsgi", "--factory",
+    # granian rather than gunicorn's gthread worker: more decrements at a lower p99 on the same
+    # cores (docs/adr/0004-granian-and-the-fast-lane.md).
+    os.environ[flask_app.THREADS_ENV] = str(threads)
+    # RSGI by default: the event loop reads bodies, so a slow client holds no request thread
+    # (entrypoints/rsgi_bridge.py); the app itself is WSGI either way (docs/adr/0013).
+    interface, factory = (("wsgi", "create_wsgi_server_app") if behind_buffering_proxy
+                          else ("rsgi", "create_server_app"))
+    argv = [sys.executable, "-m", "granian", "--interface", interface, "--factory",
             "--host", host, "--port", str(port), "--workers", str(workers),
-            "--blocking-threads", str(threads), "--workers-kill-timeout", "10",
+            *(["--blocking-threads", str(threads)] if behind_buffering_proxy else []),
+            "--http1-header-read-timeout", "10000", "--workers-kill-timeout", "10",
             "--respawn-failed-workers",
             # ACCESS_LOG (any value) logs each request; off, a write per request costs much of
             # the throughput of a busy small machine.
             "--access-log" if os.environ.get("ACCESS_LOG") else "--no-access-log",
-            "allocation.entrypoints.flask_app:create_server_app"]
+            f"allocation.entrypoints.flask_app:{factory}"]
     os.execv(sys.executable, argv)
 
 
 @main.command()
 @click.option("--name", default=None, help="this consumer's name in the stream's group "
               "(default: host and pid; keep it stable across restarts to resume its entries)")
-def consume(name: str | None) -> None:
+@click.option("--health-port", type=click.IntRange(1, 65535), default=None,
+              envvar="CONSUMER_HEALTH_PORT",
+              help="serve GET /healthz, /readyz and /metrics on this port (default: none)")
+@click.option("--health-host", default="127.0.0.1", show_default=True,
+              help="the address the health port is bound to")
+@click.option("--max-deliveries", type=click.IntRange(1, 1000), default=5, show_default=True,
+              envvar="COMMAND_MAX_DELIVERIES",
+              help="a stream entry that failed this many times goes to <stream>:dead")
+@click.option("--claim-idle-ms", type=click.IntRange(1), default=30_000, show_default=True,
+              envvar="COMMAND_CLAIM_IDLE_MS",
+              help="another consumer's entries pending this long are taken over")
+def consume(name: str | None, health_port: int | None, health_host: str, max_deliveries: int,
+            claim_idle_ms: int) -> None:
     """Apply commands from the pub/sub channel and from the command stream; answer on the
     events channel."""
     from allocation.entrypoints import redis_consumer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    redis_consumer.run(_bus(), name or f"{socket.gethostname()}-{os.getpid()}")
+    redis_consumer.run(_app(), name or f"{socket.gethostname()}-{os.getpid()}",
+                       max_deliveries=max_deliveries, claim_idle_ms=claim_idle_ms,
+                       health_host=health_host, health_port=health_port)
 
 
 @main.command("ledger-worker")
-@click.option("--threads", default=DEFAULT_THREADS, show_default=True, type=click.IntRange(1, 64),
+@click.option("--threads", default=ledger_worker.DEFAULT_THREADS, show_default=True,
+              type=click.IntRange(1, 64),
               help="writers in this process, each taking its share of the partitions")
 @click.option("--idle-priority", is_flag=True,
               help="run only on CPU time nothing else wants (Linux SCHED_IDLE): for a worker "
               "that shares cores with API servers")
-def ledger_worker(threads: int, idle_priority: bool) -> None:
+def run_ledger_worker(threads: int, idle_priority: bool) -> None:
     """Write the outbox to the ledger in PostgreSQL (run one or more)."""
-    from allocation.entrypoints import ledger_worker as worker
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if idle_priority:
         try:
-            worker.yield_cpu()  # before the writer threads start: they inherit it
+            ledger_worker.yield_cpu()  # before the writer threads start: they inherit it
         except (RuntimeError, OSError) as exc:
             raise click.UsageError(f"--idle-priority: {exc}") from exc
-    worker.run(bootstrap(Config.from_env()), threads=threads)
+    ledger_worker.run(bootstrap(Config.from_env()), threads=threads)
 
 
 @main.command()
@@ -161,12 +232,10 @@ def drift(namespace: str, repair: bool) -> None:
     from allocation.service_layer import drift as drift_check
 
     _checked(namespace)
-    bus = _bus()
-    deps = bus.dependencies
-    found = drift_check.find(namespace, bus.uow_factory(), deps["counter"], deps["outbox"])
-    if deps.get("redis") is not None:
-        drift_key = KeySpace(deps["config"].redis_key_prefix).drift()
-        deps["redis"].hset(drift_key, namespace, len(found))
+    app = _app()
+    found = drift_check.find(namespace, app.uow_factory(), app.counter, app.outbox)
+    if app.redis is not None:
+        app.redis.hset(app.health.keys.drift(), namespace, len(found))
     if not found:
         click.echo(f"{namespace}: no drift")
         return
@@ -175,7 +244,7 @@ def drift(namespace: str, repair: bool) -> None:
         click.echo(f"{d.sku:<30} {d.expected!s:<28} {d.redis!s}")
     if repair:
         for d in found:
-            bus.handle(commands.Refresh(namespace, d.sku))
+            app.bus.handle(commands.Refresh(namespace, d.sku))
         click.echo(f"repaired {len(found)} items")
         return
     sys.exit(1)
@@ -184,20 +253,19 @@ def drift(namespace: str, repair: bool) -> None:
 @main.command()
 @click.argument("namespace")
 @click.argument("sku")
-@click.argument("total", type=click.IntRange(0, 1_000_000_000))
+@click.argument("total", type=TOTAL)
 @domain_exit
 def init(namespace: str, sku: str, total: int) -> None:
     """Set an item's stock."""
     _checked(namespace, sku)
-    _show(_bus().handle(commands.InitInventory(namespace, sku, total)), namespace, sku)
+    _show(_app().bus.handle(commands.InitInventory(namespace, sku, total)), namespace, sku)
 
 
 def _movement(kind: str) -> Callable[..., None]:
     @click.argument("namespace")
     @click.argument("sku")
-    @click.argument("qty", type=click.IntRange(-1_000_000_000, 1_000_000_000)
-                    if kind == "adjust" else click.IntRange(1, 1_000_000))
-    @click.option("--key", help="idempotency key (a fresh one when omitted)")
+    @click.argument("qty", type=DELTA if kind == "adjust" else QTY)
+    @click.option("--key", type=KEY, help="idempotency key (a fresh one when omitted)")
     @domain_exit
     def move(namespace: str, sku: str, qty: int, key: str | None) -> None:
         _checked(namespace, sku)
@@ -207,7 +275,7 @@ def _movement(kind: str) -> Callable[..., None]:
         else:
             cls = commands.Decrement if kind == "decrement" else commands.Refund
             command = cls(namespace, sku, qty, key or uuid.uuid4().hex)
-        _show(_bus().handle(command).raise_for_status(), namespace, sku)
+        _show(_app().bus.handle(command).raise_for_status(), namespace, sku)
     return move
 
 
@@ -223,7 +291,7 @@ main.command("refund", help="Return QTY sold units.")(_movement("refund"))
 def get(namespace: str, sku: str) -> None:
     """Show an item's stock."""
     _checked(namespace, sku)
-    _show(views.item(_bus(), namespace, sku), namespace, sku)
+    _show(views.item(_app(), namespace, sku), namespace, sku)
 
 
 @main.command()
@@ -235,7 +303,7 @@ def get(namespace: str, sku: str) -> None:
 def ledger(namespace: str, sku: str, after_seq: int, limit: int) -> None:
     """Print an item's ledger, one JSON entry a line."""
     _checked(namespace, sku)
-    for e in views.ledger(_bus(), namespace, sku, after_seq, limit):
+    for e in views.ledger(_app(), namespace, sku, after_seq, limit):
         click.echo(json.dumps({"seq": e.seq, "kind": e.kind, "qty": e.qty,
                                "total_after": e.total_after,
                                "available_after": e.available_after,
@@ -252,7 +320,7 @@ def ledger(namespace: str, sku: str, after_seq: int, limit: int) -> None:
 def refresh(namespace: str, sku: str | None, everything: bool, batch_size: int) -> None:
     """Rebuild counters from the database: one item, or --all of a namespace."""
     _checked(namespace, sku)
-    bus = _bus()
+    bus = _app().bus
     if sku and not everything:
         _show(bus.handle(commands.Refresh(namespace, sku)), namespace, sku)
         return
@@ -295,13 +363,13 @@ def import_items(namespace: str, file: TextIO) -> None:
             if problem:
                 problems.append(f"line {line}: {problem}")
             else:
-                items[row[0].strip()] = int(row[1])
+                items[row[0].strip()] = int(row[1].strip())
     if problems:
         click.echo(f"{len(problems)} bad rows, nothing imported:", err=True)
         for problem in problems[:50]:
             click.echo(f"  {problem}", err=True)
         sys.exit(2)
-    created = _bus().handle(commands.InitMany(namespace, tuple(items.items())))
+    created = _app().bus.handle(commands.InitMany(namespace, tuple(items.items())))
     click.echo(f"imported {len(items)} items into {namespace} ({created} new)")
 
 
@@ -310,15 +378,19 @@ def _row_problem(row: list[str], seen: dict[str, int]) -> str | None:
         return f"expected 2 fields (sku,total), got {len(row)}"
     sku, total = row[0].strip(), row[1].strip()
     try:
-        schemas.ItemPath(namespace="x", sku=sku)
-    except ValidationError:
+        schemas.check_name(sku, "sku")
+    except errors.InvalidInput:
         return f"invalid sku {sku!r}"
-    if not total.lstrip("-").isdigit() or not 0 <= int(total) <= 1_000_000_000:
+    try:
+        schemas.check_total(_integer(total))
+    except errors.InvalidInput:
         return f"total must be an integer from 0 to 1000000000, got {total!r}"
     if sku in seen:
         return f"sku {sku!r} appears twice"
     return None
 
+
+main.add_command(token_cli.token)
 
 if __name__ == "__main__":
     main()

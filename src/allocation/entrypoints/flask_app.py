@@ -41,6 +41,14 @@ def create_server_app() -> RsgiBridge:
                       body_timeout=app.config.body_timeout_seconds, max_body=MAX_BODY)
 
 
+def create_wsgi_server_app() -> Flask:
+    """The same for granian's WSGI interface (`allocation serve --behind-buffering-proxy`)."""
+    cpu_pinning.pin_from_env()
+    flask = create_app()
+    worker_start.announce()
+    return flask
+
+
 def create_app(config: Config | None = None, application: Application | None = None,
                fast: bool = True) -> Flask:
     """The API; ``fast=False`` leaves every route to Flask (to compare the two: tests, bench)."""

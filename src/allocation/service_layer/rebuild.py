@@ -3,8 +3,9 @@
 First, unfenced, wait until the ledger holds what the counter had applied when the refresh came
 (the writers' progress marks say so; nothing polls the database). Then, under the item's lock
 (two rebuilds serialise), fence the item so movements answer "retry" rather than act on a
-half-built counter, wait for the few movements applied meanwhile, load the database's figures
-and unfence. The fence is so held for about one ledger write, not for the whole ledger lag.
+half-built counter, wait a moment at most for the few movements applied meanwhile, load the
+database's figures and unfence. The fence is so held for about one ledger write, never for the
+ledger's lag: where the ledger is further behind, the refresh answers "unavailable" instead.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def refresh_all(cmd: commands.RefreshAll, uow: AbstractUnitOfWork, counter: Coun
     return RefreshProgress(done, after)
 
 
+FENCED_WAIT_SECONDS = 0.05
 Seqs = dict[str, tuple[str, int] | None]  # sku -> (generation, seq) Redis holds, or None
 
 
@@ -99,7 +101,11 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
                                              unwritten.consumed, unwritten.seq)}
         gen = new_generation()
         try:
-            _wait_written(uow, progress, namespace, fenced, deadline)
+            # Fenced, sales are refused: wait only a moment for the movements applied since the
+            # unfenced wait. A ledger further behind than that (a worker at idle priority under
+            # full load, say) fails the refresh, not the sale.
+            _wait_written(uow, progress, namespace, fenced,
+                          min(deadline, time.monotonic() + FENCED_WAIT_SECONDS))
             found = _rebase(uow, namespace, fenced, gen)
         except BaseException:
             for sku, held in fenced.items():
