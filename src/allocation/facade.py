@@ -1,9 +1,15 @@
 """``InventoryManager``: the seed library's methods, with the same meaning, on this service's bus.
 
-What it keeps: the method names and what they do. What it fixes: an unknown item reads as
-``None``, never as 0 stock; a refund cannot exceed what was sold; a refused decrement leaves the
-counter untouched; concurrent inits cannot double the stock; refresh locks and commits; and it
-works in its own sessions, so a database error never poisons the caller's session.
+What it keeps: every public method of the seed (``ping``, ``ping_redis``, ``ping_db``,
+``create_table``, ``table_initialized``, ``inventory_init``, ``modification_adjust``, ``get``,
+``usage_decr``, ``usage_incr``, ``refresh``, ``refresh_all``) and what it does; an item id may be
+an ``int``, used as its decimal string, as the seed's keys did. What it fixes: every argument is
+checked by the rules every entry point shares (``schemas.check_*``, API.md) before anything
+reaches the counter, and a bad one raises ``errors.InvalidInput`` naming the field (the seed let
+``usage_decr("x", 1.5)`` into Redis); an unknown item reads as ``None``, never as 0 stock; a
+refund cannot exceed what was sold; a refused decrement leaves the counter untouched; concurrent
+inits cannot double the stock; refresh locks and commits; and it works in its own sessions, so a
+database error never poisons the caller's session.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import redis
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
@@ -24,35 +31,42 @@ from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
-from allocation.entrypoints import schemas
+from allocation.entrypoints import ledger_worker, schemas
 from allocation.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 
 Figures = dict[str, int]
+ItemId = str | int  # the seed formatted either into its keys
 
 
 class InventoryManager:
-    """``InventoryManager(prefix, db_session, Base, redis_client)`` as in the seed library;
-    ``prefix`` is the namespace. ``Base`` is accepted and ignored: the schema is this package's.
+    """``InventoryManager(prefix, db_session, db_Base, redis_client)`` as in the seed library;
+    ``prefix`` is the namespace. ``db_Base`` is accepted and ignored: the schema is this
+    package's.
     Pass ``database_url`` instead of a session if you have no SQLAlchemy session."""
 
     def __init__(self, prefix: str, db_session: Session | scoped_session[Session] | None = None,
-                 Base: Any = None, redis_client: Any = None, *,
+                 db_Base: Any = None, redis_client: Any = None, *,
                  database_url: str | None = None, key_prefix: str = "inv",
                  durability: str = "sync") -> None:
-        self.prefix = prefix
+        self.prefix = schemas.check_name(prefix, "namespace")
         self.engine = self._engine(db_session, database_url)
         orm.start_mappers()
         session_factory = sessionmaker(self.engine, expire_on_commit=False)
         counter = (RedisCounter(redis_client, KeySpace(key_prefix)) if redis_client is not None
                    else InProcessCounter())
-        self.bus = bootstrap(
-            # sync by default: like the seed library, a call returns once the ledger has it, and
-            # no ledger worker needs to run beside the caller.
+        self.app = bootstrap(
+            # sync by default: like the seed library, a call returns once the ledger has it.
             Config(database_url=self.engine.url.render_as_string(hide_password=False),
                    durability=durability),
             uow_factory=lambda: SqlAlchemyUnitOfWork(session_factory), counter=counter,
             publish=lambda event: None)
+        self.bus = self.app.bus
         self.counter = counter
+        # A ledger writer of the caller's own (it may share the outbox with other writers), so
+        # that a sync call returns without a worker process having to run beside it.
+        self._ledger = ledger_worker.for_app(self.app)
+        self._ledger_thread = self._ledger.start_thread()
+        self._own_engine = database_url is not None
 
     @staticmethod
     def _engine(db_session: Any, database_url: str | None) -> Engine:
@@ -63,14 +77,35 @@ class InventoryManager:
         bind = db_session.get_bind()
         return bind if isinstance(bind, Engine) else bind.engine
 
+    def close(self) -> None:
+        """Stop this manager's ledger writer and release the connections it made (not the
+        caller's engine). Not in the seed, which ran no thread of its own."""
+        self._ledger.stop()
+        self._ledger_thread.join(timeout=10)
+        if self._own_engine:
+            self.engine.dispose()
+
     def ping(self) -> bool:
-        """True when the database and the counter answer; raises ``Unavailable`` otherwise."""
+        """True when Redis (the counter) and the database answer; raises ``Unavailable``
+        otherwise (the seed raised its ``InventoryManagerPingError``)."""
+        return self.ping_redis() and self.ping_db()
+
+    def ping_redis(self) -> bool:
+        """True when the counter answers (always, for the in-process one); raises
+        ``Unavailable`` otherwise."""
+        try:
+            self.counter.ping()
+        except redis.RedisError as exc:
+            raise errors.Unavailable("redis unavailable") from exc
+        return True
+
+    def ping_db(self) -> bool:
+        """True when the database answers ``SELECT 1``; raises ``Unavailable`` otherwise."""
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:
-            raise errors.Unavailable(f"database unavailable: {exc}") from exc
-        self.counter.ping()
+            raise errors.Unavailable("database unavailable") from exc
         return True
 
     def create_table(self) -> None:
@@ -82,56 +117,92 @@ class InventoryManager:
         tables = set(inspect(self.engine).get_table_names())
         return {orm.items.name, orm.ledger.name} <= tables
 
-    def _checked(self, item_id: str) -> str:
-        schemas.ItemPath(namespace=self.prefix, sku=item_id)  # ValueError naming the field
-        return item_id
-
-    def inventory_init(self, item_id: str, num: int) -> Figures:
-        """Set an item's stock. Again with the same number is a no-op; with another it raises
-        ``AlreadyExists`` (use ``modification_adjust`` to change stock)."""
-        command = commands.InitInventory(self.prefix, self._checked(item_id), num)
+    def inventory_init(self, item_id: ItemId, num: int) -> Figures:
+        """Set an item's stock (``num``: the total, 0..1_000_000_000). Again with the same number
+        is a no-op; with another it raises ``AlreadyExists`` (use ``modification_adjust`` to
+        change stock)."""
+        command = commands.InitInventory(self.prefix, _sku(item_id), schemas.check_total(num))
         return _figures(self.bus.handle(command))
 
-    def modification_adjust(self, item_id: str, delta: int,
+    def modification_adjust(self, item_id: ItemId, delta: int,
                             idempotency_key: str | None = None) -> Figures:
-        """Change the total by ``delta``; raises ``BelowConsumed`` or ``NotFound``."""
-        outcome = self.bus.handle(commands.AdjustTotal(self.prefix, self._checked(item_id), delta,
-                                                       idempotency_key))
+        """Change the total by ``delta`` (|delta| <= 1_000_000_000); raises ``BelowConsumed``
+        or ``NotFound``."""
+        outcome = self.bus.handle(commands.AdjustTotal(
+            self.prefix, _sku(item_id), schemas.check_delta(delta), _key(idempotency_key)))
         return _figures(outcome.raise_for_status())
 
-    def get(self, item_id: str) -> Figures | None:
+    def get(self, item_id: ItemId) -> Figures | None:
         """``{"total", "consumed", "available"}``, or ``None`` for an unknown item."""
         try:
-            return _figures(views.item(self.bus, self.prefix, self._checked(item_id)))
+            return _figures(views.item(self.app, self.prefix, _sku(item_id)))
         except errors.NotFound:
             return None
 
-    def usage_decr(self, item_id: str, num: int = 1, idempotency_key: str | None = None) -> bool:
-        """Sell ``num``: True if sold, False if not enough stock. Raises ``NotFound``."""
-        outcome = self.bus.handle(commands.Decrement(
-            self.prefix, self._checked(item_id), num, idempotency_key or uuid.uuid4().hex))
+    def usage_decr(self, item_id: ItemId, num: int = 1,
+                   idempotency_key: str | None = None) -> bool:
+        """Sell ``num`` (1..1_000_000): True if sold, False if not enough stock. Raises
+        ``NotFound``; ``InvalidInput`` for a ``num`` that is not such a number, except one over
+        1_000_000 and over what is available, which is False as in the seed."""
+        sku, key = _sku(item_id), _key(idempotency_key)
+        qty = self._qty(sku, num, "available")
+        if qty is None:
+            return False
+        outcome = self.bus.handle(commands.Decrement(self.prefix, sku, qty,
+                                                     key or uuid.uuid4().hex))
         if outcome.status == "insufficient_stock":
             return False
         outcome.raise_for_status()
         return True
 
-    def usage_incr(self, item_id: str, num: int = 1, idempotency_key: str | None = None) -> bool:
-        """Give back ``num`` sold units: True if returned, False if more than was sold."""
-        outcome = self.bus.handle(commands.Refund(
-            self.prefix, self._checked(item_id), num, idempotency_key or uuid.uuid4().hex))
+    def usage_incr(self, item_id: ItemId, num: int = 1,
+                   idempotency_key: str | None = None) -> bool:
+        """Give back ``num`` (1..1_000_000) sold units: True if returned, False if more than was
+        sold (also for a ``num`` over 1_000_000). Raises ``NotFound`` or ``InvalidInput``."""
+        sku, key = _sku(item_id), _key(idempotency_key)
+        qty = self._qty(sku, num, "consumed")
+        if qty is None:
+            return False
+        outcome = self.bus.handle(commands.Refund(self.prefix, sku, qty,
+                                                  key or uuid.uuid4().hex))
         if outcome.status == "refund_exceeds_consumed":
             return False
         outcome.raise_for_status()
         return True
 
-    def refresh(self, item_id: str) -> Figures:
+    def _qty(self, sku: str, num: object, bound: str) -> int | None:
+        """``num`` by the shared rule, or None for a whole number over its maximum that is also
+        over the item's ``bound`` figure: the seed answered that with False (its demo sells
+        999999999 of 110), and so does this, touching nothing. Over the maximum and within the
+        figure, the rule's error stands: one movement moves at most 1_000_000."""
+        try:
+            return schemas.check_qty(num)
+        except errors.InvalidInput:
+            if not (isinstance(num, int) and not isinstance(num, bool) and num > 0):
+                raise
+            if num > _figures(views.item(self.app, self.prefix, sku))[bound]:  # or NotFound
+                return None
+            raise
+
+    def refresh(self, item_id: ItemId) -> Figures:
         """Rebuild the item's counter from the database, under its lock."""
-        return _figures(self.bus.handle(commands.Refresh(self.prefix, self._checked(item_id))))
+        return _figures(self.bus.handle(commands.Refresh(self.prefix, _sku(item_id))))
 
     def refresh_all(self) -> int:
         """Rebuild every counter of this prefix; returns how many items."""
         progress = self.bus.handle(commands.RefreshAll(self.prefix))
         return int(progress.refreshed)
+
+
+def _sku(item_id: object) -> str:
+    """The seed's item id as a sku: a string, or an int as its decimal string (not a bool)."""
+    if isinstance(item_id, int) and not isinstance(item_id, bool):
+        item_id = str(item_id)
+    return schemas.check_name(item_id, "sku")
+
+
+def _key(idempotency_key: object) -> str | None:
+    return None if idempotency_key is None else schemas.check_idempotency_key(idempotency_key)
 
 
 def _figures(outcome: Outcome) -> Figures:

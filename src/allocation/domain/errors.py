@@ -42,6 +42,18 @@ class IdempotencyKeyReused(DomainError):
     code = "idempotency_key_reused"
 
 
+class InvalidInput(DomainError, ValueError):
+    """A value outside the contract (API.md, Identity): a float, bool or string for a number, a
+    number out of range, a bad name or key. ``field`` names it; nothing was done. A ValueError
+    too, as the pydantic errors it replaces were."""
+
+    code = "invalid_field"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class Unavailable(Exception):
     """A dependency (Redis, the database) cannot serve now; the caller may retry."""
 

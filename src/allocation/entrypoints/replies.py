@@ -29,6 +29,7 @@ STATUS_OF_CODE = {
     "below_consumed": 409,
     "refund_exceeds_consumed": 409,
     "invalid_quantity": 400,
+    "invalid_field": 400,
     "idempotency_key_reused": 422,
 }
 
@@ -84,7 +85,9 @@ def movement(namespace: str, sku: str, outcome: Outcome) -> Reply:
 
 
 def domain_error(exc: errors.DomainError) -> Reply:
-    return error(STATUS_OF_CODE.get(exc.code, 409), exc.code, exc.message, **exc.details)
+    field = exc.field if isinstance(exc, errors.InvalidInput) else None
+    return error(STATUS_OF_CODE.get(exc.code, 409), exc.code, exc.message, field=field,
+                 **exc.details)
 
 
 def unavailable(message: str, retry_after: int = 1) -> Reply:

@@ -4,12 +4,23 @@ these same models."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
+
+from allocation.domain import errors
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-KEY_PATTERN = r"^[\x20-\x7e]{1,128}$"
+# Printable ASCII but the comma: a server joins two headers of one name with a comma.
+KEY_PATTERN = r"^[\x20-\x2b\x2d-\x7e]{1,128}$"
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 IdempotencyKey = Annotated[str, StringConstraints(pattern=KEY_PATTERN)]
@@ -23,6 +34,55 @@ def is_idempotency_key(value: str) -> bool:
 Total = Annotated[int, Field(strict=True, ge=0, le=1_000_000_000)]
 Delta = Annotated[int, Field(strict=True, ge=-1_000_000_000, le=1_000_000_000)]
 Qty = Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
+
+
+# The same rules as plain checks, for entry points that get values rather than JSON bodies (the
+# Python facade, the command line). Each returns the value or raises ``errors.InvalidInput``
+# naming the field: never pydantic's ValidationError.
+_T = TypeVar("_T")
+_QTY: TypeAdapter[int] = TypeAdapter(Qty)
+_TOTAL: TypeAdapter[int] = TypeAdapter(Total)
+_DELTA: TypeAdapter[int] = TypeAdapter(Delta)
+_NAME: TypeAdapter[str] = TypeAdapter(Name)
+_KEY: TypeAdapter[str] = TypeAdapter(IdempotencyKey)
+
+
+def check_qty(value: object, field: str = "qty") -> int:
+    """An integer 1..1_000_000 (not a bool, float or string)."""
+    return _check(_QTY, value, field)
+
+
+def check_total(value: object, field: str = "total") -> int:
+    """An integer 0..1_000_000_000 (not a bool, float or string)."""
+    return _check(_TOTAL, value, field)
+
+
+def check_delta(value: object, field: str = "delta") -> int:
+    """An integer with |delta| <= 1_000_000_000 (not a bool, float or string)."""
+    return _check(_DELTA, value, field)
+
+
+def check_name(value: object, field: str) -> str:
+    """A namespace or sku: a string matching ``NAME_PATTERN``."""
+    return _check(_NAME, value, field, "1 to 64 letters, digits, '.', '_' or '-', the first a "
+                  "letter or digit")
+
+
+def check_idempotency_key(value: object, field: str = "idempotency_key") -> str:
+    """A string matching ``KEY_PATTERN``."""
+    return _check(_KEY, value, field, "1 to 128 printable ASCII characters other than the comma")
+
+
+def _check(rule: TypeAdapter[_T], value: object, field: str, pattern: str = "") -> _T:
+    try:
+        return rule.validate_python(value, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = (f"must be {pattern}" if pattern and first["type"] == "string_pattern_mismatch"
+                   else first["msg"])
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else f"{shown[:37]}..."
+        raise errors.InvalidInput(field, f"{field}: {message}, got {shown}") from None
 
 
 class Model(BaseModel):
@@ -52,7 +112,7 @@ class ListQuery(Model):
 
 
 class LedgerQuery(Model):
-    after_seq: Annotated[int, Field(ge=0)] = 0
+    after_seq: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0  # a seq is a BIGINT
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
