@@ -57,8 +57,8 @@ class CountingOutbox(InProcessOutbox):
         super().__init__(counter)
         self.calls: list[str] = []
 
-    def read_new(self, partitions: Sequence[int], consumer: str,
-                 count: int) -> list[list[OutboxEntry]]:
+    def read_new(self, partitions: Sequence[int], consumer: str, count: int,
+                 block_ms: int = 0) -> list[list[OutboxEntry]]:
         self.calls.append("read_new")  # one round trip, whatever it does underneath
         return [InProcessOutbox.read(self, p, consumer, count) for p in partitions]
 
