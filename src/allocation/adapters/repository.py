@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import Select, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from allocation.adapters import orm
@@ -57,11 +57,15 @@ class AbstractRepository(abc.ABC):
         self.seen.update(found.values())
         return found
 
-    def keyed_entries(self, namespace: str, sku: str, since: datetime,
+    def keyed_entries(self, namespace: str, skus: Sequence[str], since: datetime,
                       limit: int = 1_000_000) -> Sequence[LedgerEntry]:
-        """The item's movements with an idempotency key, made since ``since``, in seq order."""
-        return [e for e in self.ledger(namespace, sku, 0, limit)
+        """The items' movements with an idempotency key, made since ``since``."""
+        return [e for sku in skus for e in self.ledger(namespace, sku, 0, limit)
                 if e.idempotency_key is not None and _aware(e.created_at) >= since]
+
+    def generations(self, namespace: str, skus: Sequence[str]) -> dict[str, str | None]:
+        """The counter generation each item's ledger follows."""
+        return {sku: item.counter_gen for sku, item in self.many(namespace, skus).items()}
 
     def rebase(self, namespace: str, skus: Sequence[str], gen: str) -> dict[str, Stock]:
         """Lock the items, give them the counter generation ``gen`` (committed with the unit of
@@ -152,16 +156,31 @@ class SqlAlchemyRepository(AbstractRepository):
         return [Stock(*row) for row in
                 self.session.execute(query.order_by(orm.items.c.sku).limit(limit))]
 
-    def keyed_entries(self, namespace: str, sku: str, since: datetime,
+    def generations(self, namespace: str, skus: Sequence[str]) -> dict[str, str | None]:
+        rows = self.session.execute(select(orm.items.c.sku, orm.items.c.counter_gen).where(
+            orm.items.c.namespace == namespace, orm.items.c.sku.in_(list(skus))))
+        return {row[0]: row[1] for row in rows}
+
+    def rebase(self, namespace: str, skus: Sequence[str], gen: str) -> dict[str, Stock]:
+        # One statement for a whole batch (it locks the rows as the writers' do); the ORM
+        # would send an UPDATE per item.
+        rows = self.session.execute(
+            update(orm.items)
+            .where(orm.items.c.namespace == namespace, orm.items.c.sku.in_(list(skus)))
+            .values(counter_gen=gen, version=orm.items.c.version + 1)
+            .returning(*STOCK_COLUMNS))
+        return {row[0]: Stock(*row) for row in rows}
+
+    def keyed_entries(self, namespace: str, skus: Sequence[str], since: datetime,
                       limit: int = 1_000_000) -> Sequence[LedgerEntry]:
         return self._entries(
             select(*ENTRY_COLUMNS)
-            .where(orm.ledger.c.namespace == namespace, orm.ledger.c.sku == sku,
+            .where(orm.ledger.c.namespace == namespace, orm.ledger.c.sku.in_(list(skus)),
                    orm.ledger.c.idempotency_key.is_not(None),
                    orm.ledger.c.created_at >= (
                        since if self.session.get_bind().dialect.name == "postgresql"
                        else since.astimezone(UTC).replace(tzinfo=None)))
-            .order_by(orm.ledger.c.seq).limit(limit))
+            .limit(limit))
 
     def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None:
         found = self._entries(select(*ENTRY_COLUMNS).where(

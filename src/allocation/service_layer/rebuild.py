@@ -106,7 +106,7 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
             # full load, say) fails the refresh, not the sale.
             _wait_written(uow, progress, namespace, fenced,
                           min(deadline, time.monotonic() + FENCED_WAIT_SECONDS))
-            found = _rebase(uow, namespace, fenced, gen)
+            found, gens = _rebase(uow, namespace, fenced, gen)
         except BaseException:
             for sku, held in fenced.items():
                 if held is not None:
@@ -115,21 +115,24 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
         for sku, held in fenced.items():
             if sku not in found and held is not None:
                 counter.forget(namespace, sku)  # Redis holds an item the record does not
-        for sku in found:
-            if fenced.get(sku) is None:  # Redis lost it, and with it the keys it had seen
-                _remember_keys(uow, counter, namespace, sku)  # before any can be used again
-        counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gen)
+        # Where Redis lost an item it lost the keys it had seen too: give them back before
+        # any can be used again.
+        _remember_keys(uow, counter, namespace, [sku for sku in found if fenced.get(sku) is None])
+        counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gens[sku])
                           for sku, i in found.items())
         return found
 
 
 def _remember_keys(uow: AbstractUnitOfWork, counter: Counter, namespace: str,
-                   sku: str) -> None:
+                   skus: Sequence[str]) -> None:
     """Give the counter back the keys of the movements the ledger holds, so that a retry of
     one (its answer lost with Redis) is a replay rather than a second sale."""
+    if not skus:
+        return
     since = datetime.now(UTC) - timedelta(seconds=counter.idempotency_ttl)
     with uow:
-        entries = [dataclasses.replace(e) for e in uow.items.keyed_entries(namespace, sku, since)]
+        entries = [dataclasses.replace(e)
+                   for e in uow.items.keyed_entries(namespace, skus, since)]
     counter.remember(entries)
 
 
@@ -147,18 +150,28 @@ def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: 
             return
 
 
-def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str) -> dict[str, Stock]:
-    """The items' figures, once the database holds every movement Redis recorded for them,
-    under the new counter generation ``gen``: from its commit on, the ledger writers refuse
-    anything recorded under an older one. Raises ``Unavailable`` if the ledger is behind."""
+def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs,
+            gen: str) -> tuple[dict[str, Stock], dict[str, str]]:
+    """The items' figures, once the database holds every movement Redis recorded for them, and
+    the generation to load each under. An item Redis holds, whose history the ledger follows,
+    keeps its generation: nothing of it is unwritten (it is fenced and caught up). One Redis
+    lost (or whose generation the ledger no longer follows) takes the new ``gen``, committed
+    first: from then on the writers refuse anything recorded under the old one. Raises
+    ``Unavailable`` if the ledger is behind."""
     with uow:
-        found = uow.items.rebase(namespace, list(seqs), gen)
+        found = uow.items.stock(namespace, list(seqs))
         if behind := _behind(found, seqs):
             raise errors.Unavailable(
                 f"the ledger is behind on {len(behind)} items (e.g. {behind[0]}); is a ledger "
                 "worker running? Retry the refresh later", retry_after=5)
-        uow.commit()
-        return found
+        followed = uow.items.generations(namespace, list(found))
+        gens = {sku: held[0] for sku, held in seqs.items() if held is not None}
+        renew = [sku for sku in found if seqs[sku] is None or (
+            gens[sku] and followed.get(sku) and followed[sku] != gens[sku])]
+        if renew:
+            found.update(uow.items.rebase(namespace, renew, gen))
+            uow.commit()
+        return found, {sku: gen if sku in renew else gens[sku] for sku in found}
 
 
 def _behind(found: dict[str, Stock], seqs: Seqs) -> list[str]:
