@@ -11,6 +11,7 @@ from unittest import mock
 import pytest
 import requests
 from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
 
 from allocation.adapters.token_store import TokenStore
 from allocation.config import Config
@@ -42,6 +43,14 @@ def admin_token(database_url: str) -> Iterator[str]:
 
     with mock.patch.object(requests.Session, "request", request):
         yield token
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on the run's database, for reading what the services wrote."""
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

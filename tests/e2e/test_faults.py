@@ -6,12 +6,11 @@ from __future__ import annotations
 import dataclasses
 import threading
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from allocation.bootstrap import Application, bootstrap
@@ -20,11 +19,9 @@ from allocation.domain import commands, errors
 from tests.helpers.ledger import stored
 from tests.helpers.processes import (
     PrivateRedis,
-    Process,
-    allocation_command,
     free_port,
+    ledger_worker,
     serve,
-    service_env,
     wait_until,
 )
 
@@ -35,19 +32,6 @@ def own_keys(service_config: Config) -> Config:
     return dataclasses.replace(service_config, durability="async", ledger_claim_idle_ms=300,
                                redis_key_prefix=f"{service_config.redis_key_prefix}:"
                                                 f"f{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-def worker(config: Config) -> Process:
-    process = Process(allocation_command("ledger-worker"), service_env(config))
-    process.start()
-    return process
 
 
 def assert_exact(app: Application, engine: Engine, namespace: str, sku: str, total: int,
@@ -93,7 +77,7 @@ def test_a_worker_killed_mid_batch_is_replaced(own_keys: Config, engine: Engine,
                                                namespace: str) -> None:
     app = bootstrap(own_keys)
     app.bus.handle(commands.InitInventory(namespace, "hot", 3000))
-    first = worker(own_keys)
+    first = ledger_worker(own_keys)
     sold: set[str] = set()
     sale = threading.Thread(target=lambda: sold.update(sell(app, namespace, "hot", 4000)))
     sale.start()
@@ -101,7 +85,7 @@ def test_a_worker_killed_mid_batch_is_replaced(own_keys: Config, engine: Engine,
                "the first worker to be writing")
     first.stop(kill=True)  # SIGKILL, in the middle of whatever it was doing
     sale.join(timeout=120)
-    second = worker(own_keys)
+    second = ledger_worker(own_keys)
     try:
         assert_exact(app, engine, namespace, "hot", 3000, sold)
         assert len(sold) == 3000
@@ -113,7 +97,7 @@ def test_the_database_away_lag_grows_then_drains(own_keys: Config, engine: Engin
                                                  namespace: str) -> None:
     app = bootstrap(own_keys)
     app.bus.handle(commands.InitInventory(namespace, "hot", 500))
-    cut_off = worker(dataclasses.replace(
+    cut_off = ledger_worker(dataclasses.replace(
         own_keys, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"))
     try:
         sold = sell(app, namespace, "hot", 400)
@@ -124,7 +108,7 @@ def test_the_database_away_lag_grows_then_drains(own_keys: Config, engine: Engin
         assert cut_off.alive()  # waiting for its database, not dead
     finally:
         cut_off.stop()
-    back = worker(own_keys)
+    back = ledger_worker(own_keys)
     try:
         assert_exact(app, engine, namespace, "hot", 500, sold)
         wait_until(lambda: app.outbox.backlog()[0] == 0, 30,
@@ -138,7 +122,7 @@ def test_redis_away_is_503_and_recovers_by_itself(service_config: Config, engine
                                                   namespace: str) -> None:
     config = dataclasses.replace(service_config, redis_url=private_redis.url,
                                  durability="async")
-    ledger = worker(config)
+    ledger = ledger_worker(config)
     api = serve(config)
     base = next(api)
     url = f"{base}/v1/{namespace}/items/hot"
@@ -176,7 +160,7 @@ def test_flushdb_mid_sale_never_oversells(service_config: Config, engine: Engine
     see the README on what Redis must keep for that.)"""
     config = dataclasses.replace(service_config, redis_url=private_redis.url,
                                  durability="sync")
-    ledger = worker(config)  # a sync sale is answered once this has written it
+    ledger = ledger_worker(config)  # a sync sale is answered once this has written it
     api = serve(config)
     base = next(api)
     url = f"{base}/v1/{namespace}/items/hot"

@@ -8,10 +8,9 @@ from __future__ import annotations
 import dataclasses
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 from allocation.bootstrap import Application, bootstrap
@@ -19,13 +18,6 @@ from allocation.config import Config
 from allocation.domain import commands
 from tests.helpers.processes import Process, allocation_command, service_env, wait_until
 from tests.helpers.tcp_proxy import proxy_to
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def ledger_keys(engine: Engine, namespace: str, sku: str) -> list[tuple[int, str | None]]:

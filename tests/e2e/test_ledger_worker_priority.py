@@ -6,11 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
 from allocation.bootstrap import bootstrap
@@ -19,13 +16,6 @@ from allocation.domain import commands
 from allocation.entrypoints.ledger_worker import DEFAULT_THREADS
 from tests.helpers.ledger import stored
 from tests.helpers.processes import Process, allocation_command, service_env, wait_until
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def test_an_idle_priority_worker_runs_every_thread_idle_and_writes(

@@ -10,12 +10,11 @@ import functools
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from allocation.bootstrap import bootstrap
@@ -23,10 +22,9 @@ from allocation.config import Config
 from allocation.domain import commands, errors
 from tests.helpers.processes import (
     Process,
-    allocation_command,
     free_port,
+    ledger_worker,
     serve,
-    service_env,
     wait_until,
 )
 
@@ -42,23 +40,6 @@ def sync_config(service_config: Config) -> Config:
                                                 f"s{uuid.uuid4().hex[:8]}")
 
 
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-def env(config: Config) -> dict[str, str]:
-    return {**service_env(config), "SYNC_WAIT_SECONDS": str(config.sync_wait_seconds)}
-
-
-def worker(config: Config) -> Process:
-    process = Process(allocation_command("ledger-worker"), env(config))
-    process.start()
-    return process
-
-
 def ledger_keys(engine: Engine, namespace: str, sku: str) -> list[str]:
     with engine.connect() as conn:
         return [r.idempotency_key for r in conn.execute(text(
@@ -68,7 +49,7 @@ def ledger_keys(engine: Engine, namespace: str, sku: str) -> list[str]:
 
 def test_a_sync_sale_is_in_the_ledger_when_answered(sync_config: Config, engine: Engine,
                                                    namespace: str) -> None:
-    ledger = worker(sync_config)
+    ledger = ledger_worker(sync_config)
     api = serve(dataclasses.replace(sync_config))
     base = next(api)
     url = f"{base}/v1/{namespace}/items/hot"
@@ -88,7 +69,7 @@ def test_a_sync_sale_is_in_the_ledger_when_answered(sync_config: Config, engine:
 @pytest.mark.parametrize("outage", ["worker-stopped", "database-away"])
 def test_without_a_writer_sales_answer_503_then_the_same_keys_succeed_once(
         sync_config: Config, engine: Engine, namespace: str, outage: str) -> None:
-    cut_off = (worker(dataclasses.replace(
+    cut_off = (ledger_worker(dataclasses.replace(
         sync_config, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"))
         if outage == "database-away" else None)
     api = serve(sync_config)
@@ -110,7 +91,7 @@ def test_without_a_writer_sales_answer_503_then_the_same_keys_succeed_once(
         if cut_off is not None:
             assert cut_off.alive(), cut_off.stderr_tail()
             cut_off.stop()
-        back = worker(sync_config)
+        back = ledger_worker(sync_config)
         answers: dict[str, requests.Response] = {}
 
         def answered(key: str) -> bool:
@@ -138,7 +119,7 @@ def test_a_worker_killed_mid_sale_loses_nothing_in_sync_mode(sync_config: Config
     """Buyers ask again with the same key after a 503, as API.md tells them to."""
     app = bootstrap(sync_config)
     app.bus.handle(commands.InitInventory(namespace, "hot", 400))
-    first = worker(sync_config)
+    first = ledger_worker(sync_config)
     sold: set[str] = set()
     lock = threading.Lock()
     replacement: list[Process] = []
@@ -162,7 +143,7 @@ def test_a_worker_killed_mid_sale_loses_nothing_in_sync_mode(sync_config: Config
             futures = [pool.submit(buyer, n) for n in range(8)]
             wait_until(lambda: len(sold) > 100, 60, "the sale to be under way")
             first.stop(kill=True)  # SIGKILL, in the middle of whatever it was doing
-            replacement.append(worker(sync_config))
+            replacement.append(ledger_worker(sync_config))
             for future in futures:
                 future.result(timeout=180)
         assert len(sold) == 400  # 480 buyers' attempts for 400 units: sold out, not over

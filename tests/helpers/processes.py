@@ -19,8 +19,8 @@ import requests
 
 from allocation.config import Config
 
-__all__ = ["PrivateRedis", "Process", "allocation_command", "free_port", "serve",
-           "service_env", "wait_until"]
+__all__ = ["PrivateRedis", "Process", "allocation_command", "free_port", "ledger_worker",
+           "serve", "service_env", "wait_until"]
 
 
 def free_port() -> int:
@@ -82,6 +82,14 @@ class Process:
 
 def allocation_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "allocation.entrypoints.cli", *args]
+
+
+def ledger_worker(config: Config, extra_env: dict[str, str] | None = None) -> Process:
+    """A started `allocation ledger-worker` process."""
+    process = Process(allocation_command("ledger-worker"),
+                      {**service_env(config), **(extra_env or {})})
+    process.start()
+    return process
 
 
 def serve(config: Config, extra_env: dict[str, str] | None = None) -> Iterator[str]:
