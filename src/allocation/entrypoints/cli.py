@@ -146,7 +146,7 @@ def migrate() -> None:
                    "reads bodies whole before passing them on (nginx does by default)")
 def serve(host: str, port: int, workers: int | None, threads: int, pin_workers: bool,
           behind_buffering_proxy: bool) -> None:
-    """Serve the HTTP API with granian (its WSGI interface)."""
+    """Serve the HTTP API with granian (its RSGI interface; WSGI behind a buffering proxy)."""
     if pin_workers and not cpu_pinning.supported():
         raise click.UsageError("--pin-workers needs Linux (sched_setaffinity, /proc)")
     config = Config.from_env()
