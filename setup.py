@@ -27,6 +27,7 @@ setup(
             "pytest>=8,<9",
             "pytest-timeout>=2.2,<3",
             "hypothesis>=6.100,<7",
+            "schemathesis>=4.32,<5",  # tests/e2e/test_openapi_fuzz.py
             "fakeredis>=2.23,<3",
             "requests>=2.31,<3",
             "ruff>=0.5,<1",

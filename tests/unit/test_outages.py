@@ -25,7 +25,7 @@ class ServerError(psycopg2.OperationalError):
     redis.ConnectionError("reset"), redis.TimeoutError("slow"),
     redis_errors.BusyLoadingError("LOADING"), redis_errors.ReadOnlyError("READONLY"),
     redis_errors.ClusterDownError("CLUSTERDOWN"), redis_errors.TryAgainError("TRYAGAIN"),
-    redis_errors.OutOfMemoryError("OOM command not allowed"),
+    redis_errors.OutOfMemoryError("OOM command not allowed"),  # type: ignore[attr-defined]
     psycopg2.OperationalError("server closed the connection unexpectedly"),
     psycopg2.InterfaceError("connection already closed"),
     wrapped(psycopg2.OperationalError("could not connect")),

@@ -16,7 +16,7 @@ from allocation.domain import errors
 _REDIS_PASSING = (redis.ConnectionError, redis.TimeoutError, redis_errors.BusyLoadingError,
                   redis_errors.ReadOnlyError, redis_errors.ClusterDownError,
                   redis_errors.TryAgainError, redis_errors.MasterDownError,
-                  redis_errors.OutOfMemoryError)
+                  redis_errors.OutOfMemoryError)  # type: ignore[attr-defined]
 
 
 def database_down(exc: BaseException | None) -> bool:
