@@ -11,6 +11,7 @@ from allocation.adapters.counter import Counter
 from allocation.adapters.outbox import Outbox
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
+from allocation.adapters.redis_ledger_progress import RedisLedgerProgress
 from allocation.adapters.redis_outbox import RedisOutbox
 from allocation.domain import errors
 from allocation.domain.outcome import Outcome
@@ -71,6 +72,17 @@ class TestRedisCounter(RedisRecordTtls, CounterContract):
         counter.load_many([(self.ns, "a", 5, 1, 7), (self.ns, "b", 3, 0, 1)])
         assert counter.client.hget(counter.keys.item(self.ns, "a"), "written") == b"7"
         assert counter.client.hget(counter.keys.item(self.ns, "b"), "written") == b"1"
+
+    def test_a_mark_on_a_key_that_is_not_an_item_is_skipped_not_raised(self) -> None:
+        """A writer marks after its commit; a corrupt key must not stop it (it used to kill
+        the worker with WRONGTYPE, and every later sale waited on a ledger nobody wrote)."""
+        counter = make_redis_counter()
+        progress = RedisLedgerProgress(counter.client, counter.keys)
+        counter.load_many([(self.ns, "fine", 5, 0, 1, "g")])
+        counter.client.set(counter.keys.item(self.ns, "corrupt"), "not a hash")
+        progress.mark({(self.ns, "corrupt"): ("g", 2), (self.ns, "fine"): ("g", 2)})
+        assert progress.read(self.ns, "fine") == ("g", 2)
+        assert counter.client.get(counter.keys.item(self.ns, "corrupt")) == b"not a hash"
 
     def test_every_key_of_a_movement_shares_one_hash_slot(self) -> None:
         counter = make_redis_counter()
