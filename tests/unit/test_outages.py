@@ -25,6 +25,8 @@ class ServerError(psycopg2.OperationalError):
     redis.ConnectionError("reset"), redis.TimeoutError("slow"),
     redis_errors.BusyLoadingError("LOADING"), redis_errors.ReadOnlyError("READONLY"),
     redis_errors.ClusterDownError("CLUSTERDOWN"), redis_errors.TryAgainError("TRYAGAIN"),
+    redis_errors.ClusterError("TTL exhausted."),  # redirections ran out mid-failover
+    redis_errors.SlotNotCoveredError("no node serves slot 866"),  # until the client relearns
     redis_errors.OutOfMemoryError("OOM command not allowed"),  # type: ignore[attr-defined]
     psycopg2.OperationalError("server closed the connection unexpectedly"),
     psycopg2.InterfaceError("connection already closed"),

@@ -11,10 +11,12 @@ from sqlalchemy import exc as sa_exc
 from allocation.domain import errors
 
 # Redis answers these while it cannot serve for now: loading its data, a replica after a
-# failover, a cluster moving slots or without a majority, full (maxmemory with noeviction:
-# refusals' keys expire, an operator adds memory).
+# failover, a cluster moving slots or without a majority (or, to the client, a slot no node
+# serves until it learns the new master, and redirections that ran out), full (maxmemory with
+# noeviction: refusals' keys expire, an operator adds memory).
 _REDIS_PASSING = (redis.ConnectionError, redis.TimeoutError, redis_errors.BusyLoadingError,
-                  redis_errors.ReadOnlyError, redis_errors.ClusterDownError,
+                  redis_errors.ReadOnlyError, redis_errors.ClusterError,
+                  redis_errors.SlotNotCoveredError,
                   redis_errors.TryAgainError, redis_errors.MasterDownError,
                   redis_errors.OutOfMemoryError)  # type: ignore[attr-defined]
 

@@ -6,14 +6,13 @@ answer."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Mapping
-
-import redis
 
 from allocation.adapters.ledger_progress import (
     REPLACED,
@@ -103,6 +102,7 @@ class RedisLedgerProgress(LedgerProgress):
         """Apply the channel's marks for as long as the process lives, reconnecting."""
         backoff = 0.05
         while True:
+            pubsub = None
             try:
                 pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self.channel)
@@ -114,7 +114,13 @@ class RedisLedgerProgress(LedgerProgress):
                     if message is not None and message.get("type") == "message":
                         self.marks.raise_to({(ns, sku): (gen, int(seq)) for ns, sku, seq, gen
                                              in json.loads(message["data"])})
-            except (redis.RedisError, ValueError, TypeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - this thread must outlive any failure
+                # (redis-py's parser can fail with AttributeError on a connection a failover
+                # closed under it): waiters read marks themselves meanwhile.
                 logger.warning("ledger progress channel: %s; resubscribing", exc)
                 time.sleep(backoff)  # backoff between reconnections, not a synchronisation
                 backoff = min(backoff * 2, 2.0)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
