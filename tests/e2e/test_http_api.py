@@ -43,9 +43,10 @@ class Client:
         return found
 
 
-def item(ns: str, sku: str, total: int, consumed: int) -> dict[str, Any]:
-    return {"namespace": ns, "sku": sku, "total": total, "consumed": consumed,
-            "available": total - consumed}
+def item(ns: str, sku: str, total: int, consumed: int,
+         limit: int | None = None) -> dict[str, Any]:
+    return {"namespace": ns, "sku": sku, "total": total, "consumed": consumed, "held": 0,
+            "available": total - consumed, "limit_per_buyer": limit}
 
 
 def test_health_readiness_metrics_and_openapi(api: str) -> None:

@@ -174,24 +174,86 @@ class CounterContract(abc.ABC):
         assert self.counter.read(self.ns, "a") is None
 
 
+class LimitContract(abc.ABC):
+    """Limits per buyer, checked in the counter's atomic step (run with ``CounterContract``)."""
+
+    counter: Counter
+    ns: str
+
+    def test_a_limit_caps_each_buyer_and_a_refusal_changes_nothing(self) -> None:
+        self.counter.load_allowances(self.ns, {"sku": (2, {})})
+        assert self.counter.apply(self.ns, "sku", "decrement", 1, "a1", buyer="ann").ok
+        refused = self.counter.apply(self.ns, "sku", "decrement", 2, "a2", buyer="ann")
+        assert (refused.status, refused.remaining, refused.consumed) == ("limit_exceeded", 1, 1)
+        again = self.counter.apply(self.ns, "sku", "decrement", 2, "a2", buyer="ann")
+        assert (again.status, again.remaining, again.replayed) == ("limit_exceeded", 1, True)
+        assert self.counter.apply(self.ns, "sku", "decrement", 2, "b1", buyer="bob").ok
+        assert self.counter.apply(self.ns, "sku", "decrement", 1, "n1").status == (
+            "buyer_required")
+        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 3, seq=3, limit=2)
+
+    def test_a_refund_naming_the_buyer_gives_the_allowance_back(self) -> None:
+        self.counter.load_allowances(self.ns, {"sku": (2, {})})
+        assert self.counter.apply(self.ns, "sku", "decrement", 2, "a1", buyer="ann").ok
+        assert self.counter.apply(self.ns, "sku", "refund", 1, "r1", buyer="ann").ok
+        assert self.counter.apply(self.ns, "sku", "decrement", 1, "a2", buyer="ann").ok
+        assert self.counter.apply(self.ns, "sku", "decrement", 1, "a3",
+                                  buyer="ann").remaining == 0
+        # a refund beyond what the buyer took gives back what they took, no more
+        assert self.counter.apply(self.ns, "sku", "decrement", 2, "c1", buyer="cy").ok
+        assert self.counter.apply(self.ns, "sku", "refund", 3, "r2", buyer="ann").ok
+        assert self.counter.apply(self.ns, "sku", "decrement", 2, "a4", buyer="ann").ok
+        assert self.counter.apply(self.ns, "sku", "decrement", 1, "a5",
+                                  buyer="ann").status == "limit_exceeded"
+
+    def test_the_buyer_is_part_of_the_request_a_key_stands_for(self) -> None:
+        assert self.counter.apply(self.ns, "sku", "decrement", 1, "k", buyer="ann").ok
+        assert self.counter.apply(self.ns, "sku", "decrement", 1, "k",
+                                  buyer="bob").status == "idempotency_key_reused"
+        assert self.counter.apply(self.ns, "sku", "decrement", 1, "k", buyer="ann").replayed
+
+    def test_units_bought_without_a_limit_count_once_one_is_set(self) -> None:
+        assert self.counter.apply(self.ns, "sku", "decrement", 2, "a1", buyer="ann").ok
+        self.counter.set_limit(self.ns, "sku", 3)
+        assert self.counter.apply(self.ns, "sku", "decrement", 2, "a2",
+                                  buyer="ann").remaining == 1
+        self.counter.set_limit(self.ns, "sku", None)
+        assert self.counter.apply(self.ns, "sku", "decrement", 2, "n1").ok  # no buyer needed
+
+    def test_a_limit_is_not_set_on_an_item_the_counter_lacks(self) -> None:
+        self.counter.set_limit(self.ns, "absent", 1)
+        assert self.counter.read(self.ns, "absent") is None
+        assert self.counter.fence_many(self.ns, ["absent"]) == [None]
+
+    def test_loaded_allowances_replace_what_the_counter_held(self) -> None:
+        assert self.counter.apply(self.ns, "sku", "decrement", 1, "a1", buyer="ann").ok
+        self.counter.load_allowances(self.ns, {"sku": (4, {"bob": 3})})
+        assert self.counter.apply(self.ns, "sku", "decrement", 4, "a2", buyer="ann").ok
+        assert self.counter.apply(self.ns, "sku", "decrement", 2, "b1",
+                                  buyer="bob").remaining == 1
+
+
 def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedStateMachine]:
     """A state machine comparing the counter made by ``make_counter()`` with the domain rules."""
 
     class CounterMatchesTheDomain(RuleBasedStateMachine):
-        @initialize(total=st.integers(0, 20))
-        def start(self, total: int) -> None:
+        @initialize(total=st.integers(0, 20), limit=st.none() | st.integers(1, 6))
+        def start(self, total: int, limit: int | None) -> None:
             self.counter: Counter = make_counter()  # type: ignore[operator]
             self.ns = "m-" + uuid.uuid4().hex[:8]
             self.model = (total, 0)
+            self.limit, self.used = limit, dict[str, int]()
             self.seen: dict[str, tuple[str, Outcome]] = {}
+            self.counter.load_allowances(self.ns, {"sku": (limit, {})})
             self.counter.load(self.ns, "sku", total, 0, 1)
             self.seq = 1
 
         @rule(kind=st.sampled_from(["decrement", "refund", "adjust"]),
-              qty=st.integers(-5, 8), key=st.sampled_from(["a", "b", "c", "d", "e", None]))
-        def move(self, kind: rules.Kind, qty: int, key: str | None) -> None:
-            got = self.counter.apply(self.ns, "sku", kind, qty, key)
-            request = f"{kind}:{qty}"
+              qty=st.integers(-5, 8), key=st.sampled_from(["a", "b", "c", "d", "e", None]),
+              buyer=st.sampled_from([None, "x", "y"]))
+        def move(self, kind: rules.Kind, qty: int, key: str | None, buyer: str | None) -> None:
+            got = self.counter.apply(self.ns, "sku", kind, qty, key, buyer=buyer)
+            request = f"{kind}:{qty}:{buyer}" if buyer else f"{kind}:{qty}"
             if key is not None and key in self.seen:
                 seen_request, seen = self.seen[key]
                 expected_status = seen.status if seen_request == request else (
@@ -201,12 +263,20 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
                     expected_status, seen.total, seen.consumed, True,
                     seen.seq if seen.ok else 0)
                 return
+            used = self.used.get(buyer, 0) if buyer else 0
             try:
+                if kind == "decrement":
+                    rules.quantity_must_be_positive(qty)
+                    rules.buyer_within_limit(self.limit, buyer, used, qty)
                 self.model = rules.apply(kind, *self.model, qty)
                 self.seq += 1
-                expected = Outcome("ok", *self.model, seq=self.seq)
+                if buyer:
+                    self.used[buyer] = max(0, used + (qty if kind == "decrement" else
+                                                      -qty if kind == "refund" else 0))
+                expected = Outcome("ok", *self.model, seq=self.seq, limit=self.limit)
             except errors.DomainError as refusal:
-                expected = Outcome(refusal.code, *self.model, seq=self.seq)
+                expected = Outcome(refusal.code, *self.model, seq=self.seq,
+                                   remaining=refusal.details.get("remaining"), limit=self.limit)
             assert got == expected
             if key is not None:
                 self.seen[key] = (request, got)
@@ -214,8 +284,8 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
         @invariant()
         def figures_agree(self) -> None:
             if hasattr(self, "counter"):
-                assert self.counter.read(self.ns, "sku") == Outcome("ok", *self.model,
-                                                                    seq=self.seq)
+                assert self.counter.read(self.ns, "sku") == Outcome(
+                    "ok", *self.model, seq=self.seq, limit=self.limit)
 
     CounterMatchesTheDomain.TestCase.settings = settings(max_examples=60, deadline=None,
                                                           stateful_step_count=25)
@@ -259,10 +329,12 @@ class OutboxContract(abc.ABC):
         self.counter.load(self.ns, sku, 10, 0, 1)
         self.counter.apply(self.ns, sku, "decrement", 3, "| 7 é|", record=True)
         self.counter.apply(self.ns, sku, "adjust", -4, None, record=True)
+        self.counter.apply(self.ns, sku, "decrement", 1, "k 2", record=True, buyer="b:1@x.y-z")
         assert [(e.namespace, e.sku, e.seq, e.kind, e.qty, e.idempotency_key, e.total,
-                 e.consumed) for e in self._mine()] == [
-            (self.ns, sku, 2, "decrement", 3, "| 7 é|", 10, 3),
-            (self.ns, sku, 3, "adjust", -4, None, 6, 3)]
+                 e.consumed, e.buyer) for e in self._mine()] == [
+            (self.ns, sku, 2, "decrement", 3, "| 7 é|", 10, 3, None),
+            (self.ns, sku, 3, "adjust", -4, None, 6, 3, None),
+            (self.ns, sku, 4, "decrement", 1, "k 2", 6, 4, "b:1@x.y-z")]
 
     def test_acknowledged_entries_leave_the_outbox(self) -> None:
         self.counter.apply(self.ns, "sku", "decrement", 1, "k1", record=True)

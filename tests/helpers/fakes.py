@@ -37,6 +37,7 @@ class FakeRepository(AbstractRepository):
         copy = InventoryItem(stored.namespace, stored.sku, stored.total, stored.consumed,
                              stored.last_seq)
         copy.counter_gen = stored.counter_gen
+        copy.limit_per_buyer = stored.limit_per_buyer
         self.staged[(namespace, sku)] = copy
         return copy
 
@@ -84,6 +85,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
             stored = InventoryItem(item.namespace, item.sku, item.total, item.consumed,
                                    item.last_seq)
             stored.counter_gen = item.counter_gen
+            stored.limit_per_buyer = item.limit_per_buyer
             self.store.items[key] = stored
         self.store.commits += 1
 

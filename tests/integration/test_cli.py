@@ -48,6 +48,27 @@ def test_operations_and_exit_codes(service_config: Config, namespace: str) -> No
     assert everything.returncode == 0 and "refreshed 1 items" in everything.stdout
 
 
+@pytest.mark.usefixtures("ledger_worker")
+def test_a_limit_per_buyer_from_the_command_line(service_config: Config, namespace: str) -> None:
+    made = cli(service_config, "init", namespace, "cap", "9", "--limit-per-buyer", "2")
+    assert (made.returncode, json.loads(made.stdout)["limit_per_buyer"]) == (0, 2)
+    unnamed = cli(service_config, "decrement", namespace, "cap", "1")
+    assert unnamed.returncode == 1 and "buyer_required" in unnamed.stderr
+    assert cli(service_config, "decrement", namespace, "cap", "2", "--buyer", "ann").returncode == 0
+    over = cli(service_config, "decrement", namespace, "cap", "1", "--buyer", "ann")
+    assert over.returncode == 1 and "limit_exceeded" in over.stderr
+    assert cli(service_config, "decrement", namespace, "cap", "1", "--buyer", "a b").returncode == 2
+    assert cli(service_config, "limit", namespace, "cap", "0").returncode == 2
+    raised = cli(service_config, "limit", namespace, "cap", "3")
+    assert (raised.returncode, json.loads(raised.stdout)["limit_per_buyer"]) == (0, 3)
+    assert cli(service_config, "decrement", namespace, "cap", "1", "--buyer", "ann").returncode == 0
+    lifted = cli(service_config, "limit", namespace, "cap", "none")
+    assert json.loads(lifted.stdout) == {
+        "namespace": namespace, "sku": "cap", "total": 9, "consumed": 3, "held": 0,
+        "available": 6, "limit_per_buyer": None}
+    assert cli(service_config, "decrement", namespace, "cap", "1").returncode == 0
+
+
 def test_import_is_all_or_nothing_and_reports_bad_rows(service_config: Config, namespace: str,
                                                         tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"

@@ -24,6 +24,7 @@ from allocation.config import Config
 from allocation.domain import commands
 from tests.helpers.counter_contract import (
     CounterContract,
+    LimitContract,
     OutboxContract,
     RedisRecordTtls,
     counter_machine,
@@ -45,7 +46,7 @@ def cluster_counter() -> RedisCounter:
     return RedisCounter(connect(CLUSTER[0]), KeySpace(f"c{uuid.uuid4().hex[:6]}", 16))
 
 
-class TestClusterCounter(RedisRecordTtls, CounterContract):
+class TestClusterCounter(RedisRecordTtls, LimitContract, CounterContract):
     def make_counter(self) -> Counter:
         return cluster_counter()
 

@@ -18,6 +18,7 @@ from allocation.domain.outcome import Outcome
 from allocation.domain.rules import Kind
 from tests.helpers.counter_contract import (
     CounterContract,
+    LimitContract,
     OutboxContract,
     RedisRecordTtls,
     counter_machine,
@@ -44,7 +45,7 @@ def make_redis_counter() -> RedisCounter:
     return RedisCounter(redis.Redis.from_url(url), keys)
 
 
-class TestRedisCounter(RedisRecordTtls, CounterContract):
+class TestRedisCounter(RedisRecordTtls, LimitContract, CounterContract):
     def make_counter(self) -> Counter:
         return make_redis_counter()
 
@@ -143,7 +144,8 @@ class TestRedisOutbox(OutboxContract):
 
 def test_entries_an_older_version_wrote_are_still_read(redis_url: str,
                                                        key_space: KeySpace) -> None:
-    """Before 0.6 an outbox entry had a field per value; a backlog left then is written."""
+    """Before 0.6 an outbox entry had a field per value, before 0.9 its packed head had no
+    buyer; a backlog left then is written."""
     client = redis.Redis.from_url(redis_url)
     own = KeySpace(f"{key_space.prefix}:old{uuid.uuid4().hex[:8]}", key_space.partitions)
     outbox = RedisOutbox(client, own)
@@ -154,9 +156,11 @@ def test_entries_an_older_version_wrote_are_still_read(redis_url: str,
     client.xadd(own.outbox(partition), {
         "ns": "ns", "sku": "s", "seq": 8, "kind": "adjust", "qty": -1, "key": "", "total": 9,
         "consumed": 3})
+    client.xadd(own.outbox(partition), {"m": "9 1 9 4 decrement 2 1 gx|nsskey"})
     assert [e[2:] for e in outbox.read(partition, "w", 1000)] == [
-        ("ns", "s", 7, "refund", 2, "r1", 10, 3, None),
-        ("ns", "s", 8, "adjust", -1, None, 9, 3, None)]  # no generation before 0.8
+        ("ns", "s", 7, "refund", 2, "r1", 10, 3, None, None),
+        ("ns", "s", 8, "adjust", -1, None, 9, 3, None, None),  # no generation before 0.8
+        ("ns", "s", 9, "decrement", 1, "key", 9, 4, "gx", None)]  # no buyer before 0.9
 
 
 TestRedisCounterMatchesTheDomain = counter_machine(make_redis_counter).TestCase

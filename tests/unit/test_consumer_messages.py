@@ -20,10 +20,14 @@ def test_each_command_message_becomes_its_command() -> None:
                              "idempotency_key": "k"})) == commands.Decrement("ns", "s", 1, "k")
     assert parse(json.dumps({"command": "Refund", **base, "qty": 2,
                              "idempotency_key": "r"})) == commands.Refund("ns", "s", 2, "r")
+    assert parse(json.dumps({"command": "Decrement", **base, "qty": 1, "idempotency_key": "k",
+                             "buyer": "u:7"})) == commands.Decrement("ns", "s", 1, "k", "u:7")
 
 
 @pytest.mark.parametrize("raw, complaint", [
     (b"{oops", "not JSON"),
+    (json.dumps({"command": "Decrement", "namespace": "ns", "sku": "s", "qty": 1,
+                 "idempotency_key": "k", "buyer": "a b"}), "buyer"),
     (b"[1, 2]", "object|dict|valid"),
     (json.dumps({"command": "Decrement", "namespace": "ns", "sku": "s", "qty": 1}), "idempotency"),
     (json.dumps({"command": "Decrement", "namespace": "ns", "sku": "s", "qty": True,
@@ -67,3 +71,15 @@ def test_a_refusal_is_answered_with_the_figures(fake_app: FakeApp) -> None:
         "event": "CommandRejected", "reason": "insufficient_stock",
         "message": "only 1 available", "command": "Decrement", "idempotency_key": "k",
         "namespace": "ns", "sku": "s", "total": 1, "consumed": 0, "available": 1}]
+
+
+def test_a_buyer_over_the_limit_is_answered_with_what_remains(fake_app: FakeApp) -> None:
+    recorder = Recorder()
+    fake_app.client.put("/v1/ns/items/l", json={"total": 5, "limit_per_buyer": 1})
+    for key in ("k1", "k2"):
+        handle_message(json.dumps({"command": "Decrement", "namespace": "ns", "sku": "l",
+                                   "qty": 1, "idempotency_key": key, "buyer": "ann"}),
+                       fake_app.bus, recorder)  # type: ignore[arg-type]
+    [refused] = [m for m in recorder.messages if m["event"] == "CommandRejected"]
+    assert (refused["reason"], refused["remaining"], refused["available"]) == (
+        "limit_exceeded", 0, 4)

@@ -2,10 +2,15 @@ from allocation.adapters.counter import Counter
 from allocation.adapters.memory_counter import InProcessCounter, InProcessOutbox
 from allocation.adapters.outbox import Outbox
 from allocation.domain.rules import Kind
-from tests.helpers.counter_contract import CounterContract, OutboxContract, counter_machine
+from tests.helpers.counter_contract import (
+    CounterContract,
+    LimitContract,
+    OutboxContract,
+    counter_machine,
+)
 
 
-class TestInProcessCounter(CounterContract):
+class TestInProcessCounter(LimitContract, CounterContract):
     def make_counter(self) -> Counter:
         return InProcessCounter()
 

@@ -100,6 +100,7 @@ class Decided(NamedTuple):
     idempotency_key: str | None
     total: int
     consumed: int
+    buyer: str | None = None
 
 
 class TestRecordMany:

@@ -9,8 +9,8 @@ def test_a_sale_through_the_routes(fake_app: FakeApp) -> None:
     c = fake_app.client
     assert c.put("/v1/ns/items/a", json={"total": 3}).status_code == 201
     sold = c.post("/v1/ns/items/a/decrements", json={"qty": 3}, headers={"Idempotency-Key": "1"})
-    assert sold.json == {"namespace": "ns", "sku": "a", "total": 3, "consumed": 3,
-                         "available": 0}
+    assert sold.json == {"namespace": "ns", "sku": "a", "total": 3, "consumed": 3, "held": 0,
+                         "available": 0, "limit_per_buyer": None}
     fake_app.drain()
     assert fake_app.store.items[("ns", "a")].consumed == 3
     assert [type(e).__name__ for e in fake_app.published][-2:] == ["Decremented", "SoldOut"]
@@ -49,7 +49,7 @@ def test_an_unreachable_dependency_is_503_with_retry_after(
 
 def test_unknown_routes_and_methods_answer_json(fake_app: FakeApp) -> None:
     assert body(fake_app.client.get("/nowhere"))["error"] == "not_found"
-    r = fake_app.client.patch("/v1/ns/items/a")
+    r = fake_app.client.delete("/v1/ns/items/a")
     assert (r.status_code, body(r)["error"]) == (405, "method_not_allowed")
 
 
@@ -122,3 +122,31 @@ def test_after_seq_is_bounded_to_a_bigint(fake_app: FakeApp) -> None:
     assert ok.status_code == 200 and body(ok)["entries"] == []
     r = fake_app.client.get("/v1/ns/items/a/ledger", query_string={"after_seq": 2**63})
     assert (r.status_code, body(r)["field"]) == (400, "after_seq")
+
+
+def test_a_limit_per_buyer_through_the_routes(fake_app: FakeApp) -> None:
+    c = fake_app.client
+    made = c.put("/v1/ns/items/l", json={"total": 10, "limit_per_buyer": 2})
+    assert (made.status_code, body(made)["limit_per_buyer"]) == (201, 2)
+    assert c.put("/v1/ns/items/l", json={"total": 10}).status_code == 409  # another limit
+    assert c.put("/v1/ns/items/l", json={"total": 10, "limit_per_buyer": 2}).status_code == 200
+
+    def buy(qty: int, key: str, **extra: object) -> tuple[int, dict[str, object]]:
+        r = c.post("/v1/ns/items/l/decrements", json={"qty": qty, **extra},
+                   headers={"Idempotency-Key": key})
+        return r.status_code, body(r)
+
+    assert buy(1, "n")[0] == 400 and buy(1, "n")[1]["field"] == "buyer"
+    assert buy(1, "n")[1]["error"] == "buyer_required"
+    assert buy(2, "a1", buyer="ann@x")[0] == 200
+    status, refused = buy(1, "a2", buyer="ann@x")
+    assert (status, refused["error"], refused["remaining"]) == (409, "limit_exceeded", 0)
+    assert buy(1, "b", buyer="bad buyer!")[1]["field"] == "buyer"
+    lifted = c.patch("/v1/ns/items/l", json={"limit_per_buyer": None})
+    assert (lifted.status_code, body(lifted)["limit_per_buyer"]) == (200, None)
+    assert buy(1, "a3", buyer="ann@x")[0] == 200
+    assert c.patch("/v1/ns/items/l", json={}).status_code == 400  # the field is required
+    assert c.patch("/v1/ns/items/zz", json={"limit_per_buyer": 1}).status_code == 404
+    assert body(c.get("/v1/ns/items/l")) == {
+        "namespace": "ns", "sku": "l", "total": 10, "consumed": 3, "held": 0, "available": 7,
+        "limit_per_buyer": None}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import Outcome
@@ -12,6 +12,8 @@ from allocation.domain.rules import Kind
 
 # (namespace, sku, total, consumed, seq[, generation]): without one, the item keeps its own.
 Figures = tuple[str, str, int, int, int] | tuple[str, str, int, int, int, str]
+# An item's limit per buyer (None: none) and each buyer's units bought and held.
+Allowances = tuple[int | None, Mapping[str, int]]
 
 
 def new_generation() -> str:
@@ -24,9 +26,9 @@ def unpack(figures: Figures) -> tuple[str, str, int, int, int, str]:
     return namespace, sku, total, consumed, seq, gen[0] if gen else ""
 
 
-def fingerprint(kind: Kind, qty: int) -> str:
+def fingerprint(kind: Kind, qty: int, buyer: str | None = None) -> str:
     """What makes two requests under one idempotency key "the same request"."""
-    return f"{kind}:{qty}"
+    return f"{kind}:{qty}:{buyer}" if buyer else f"{kind}:{qty}"
 
 
 class Counter(abc.ABC):
@@ -36,8 +38,13 @@ class Counter(abc.ABC):
 
     @abc.abstractmethod
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
-              idempotency_key: str | None, *, record: bool = False) -> Outcome:
+              idempotency_key: str | None, *, record: bool = False,
+              buyer: str | None = None) -> Outcome:
         """Apply a movement atomically, or refuse it by the domain rules.
+
+        A decrement naming a ``buyer`` counts against their limit on the item (checked in the
+        same step: ``limit_exceeded``, with ``remaining``; ``buyer_required`` where the item
+        has a limit and no buyer is named); a refund naming them gives their allowance back.
 
         A key seen before returns its stored outcome (``replayed``, with the movement's
         ``seq``), or ``idempotency_key_reused`` when the request differs. Refusals are
@@ -55,6 +62,17 @@ class Counter(abc.ABC):
 
     @abc.abstractmethod
     def load_many(self, figures: Iterable[Figures]) -> None: ...
+
+    @abc.abstractmethod
+    def load_allowances(self, namespace: str, allowances: Mapping[str, Allowances]) -> None:
+        """Set items' limits and buyers' units (sku -> allowances), replacing what the counter
+        held: a rebuild does so before it loads the figures, so no sale sees one without the
+        other."""
+
+    @abc.abstractmethod
+    def set_limit(self, namespace: str, sku: str, limit: int | None) -> None:
+        """Set (None: lift) the limit per buyer of an item the counter holds; nothing where it
+        does not (a rebuild loads it from the record)."""
 
     @abc.abstractmethod
     def remember(self, entries: Sequence[LedgerEntry]) -> None:

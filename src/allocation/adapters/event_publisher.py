@@ -14,8 +14,10 @@ logger = logging.getLogger(__name__)
 
 
 def event_message(event: events.Event) -> dict[str, Any]:
-    return {"event": type(event).__name__, **dataclasses.asdict(event),
-            "available": event.available}
+    fields = dataclasses.asdict(event)
+    if fields.get("buyer", "") is None:
+        del fields["buyer"]  # named only where the request named one (as move.lua does)
+    return {"event": type(event).__name__, **fields, "available": event.available}
 
 
 class RedisEventPublisher:

@@ -17,7 +17,7 @@ from allocation.domain import errors
 from allocation.domain.model import LedgerEntry
 
 COLUMNS = ("namespace", "sku", "seq", "kind", "qty", "total_after", "available_after",
-           "idempotency_key", "created_at")
+           "idempotency_key", "created_at", "buyer")
 
 
 def append(connection: Connection, entries: Sequence[LedgerEntry]) -> None:
@@ -35,9 +35,9 @@ def _copy(connection: Connection, entries: Sequence[LedgerEntry]) -> None:
     for e in entries:
         if e.created_at is not moment:  # an item's entries of one batch share their moment
             moment, stamp = e.created_at, e.created_at.isoformat()
-        # A key is never empty (1..128 characters), so "" can stand for NULL.
+        # A key or buyer is never empty (1..128 characters), so "" can stand for NULL.
         writer.writerow((e.namespace, e.sku, e.seq, e.kind, e.qty, e.total_after,
-                         e.available_after, e.idempotency_key or "", stamp))
+                         e.available_after, e.idempotency_key or "", stamp, e.buyer or ""))
     buffer.seek(0)
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:

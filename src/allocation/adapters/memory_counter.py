@@ -6,11 +6,11 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from allocation.adapters.counter import Counter, Figures, fingerprint, unpack
+from allocation.adapters.counter import Allowances, Counter, Figures, fingerprint, unpack
 from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.domain import errors, rules
 from allocation.domain.model import LedgerEntry
@@ -34,6 +34,9 @@ def _epoch(moment: datetime) -> float:
 class InProcessCounter(Counter):
     def __init__(self, idempotency_ttl: float = 48 * 3600, refusal_ttl: float = 300) -> None:
         self._items: dict[tuple[str, str], _Item] = {}
+        # Kept apart from the figures, as Redis keeps them: a rebuild sets them first.
+        self._limits: dict[tuple[str, str], int] = {}
+        self._buyers: dict[tuple[str, str], dict[str, int]] = {}
         self._outcomes: dict[tuple[str, str, str], tuple[float, str, Outcome]] = {}
         self._ttl = self.idempotency_ttl = idempotency_ttl
         self._refusal_ttl = min(refusal_ttl, idempotency_ttl)
@@ -44,8 +47,9 @@ class InProcessCounter(Counter):
         self._ids = itertools.count(1)
 
     def apply(self, namespace: str, sku: str, kind: rules.Kind, qty: int,
-              idempotency_key: str | None, *, record: bool = False) -> Outcome:
-        request = fingerprint(kind, qty)
+              idempotency_key: str | None, *, record: bool = False,
+              buyer: str | None = None) -> Outcome:
+        request = fingerprint(kind, qty, buyer)
         with self._lock:
             if idempotency_key is not None:
                 remembered = self._outcomes.get((namespace, sku, idempotency_key))
@@ -54,25 +58,42 @@ class InProcessCounter(Counter):
                     status = seen.status if seen_request == request else "idempotency_key_reused"
                     return Outcome(status, seen.total, seen.consumed, replayed=True,
                                    seq=seen.seq if seen.ok else 0,
-                                   gen=seen.gen if seen.ok else "")
+                                   gen=seen.gen if seen.ok else "", remaining=seen.remaining,
+                                   limit=seen.limit)
             item = self._items.get((namespace, sku))
             if item is None:
                 return Outcome(NOT_FOUND, 0, 0)
             if item.fenced:
                 return Outcome(FENCED, item.total, item.consumed, seq=item.seq)
+            buyers = self._buyers.setdefault((namespace, sku), {})
+            limit = self._limits.get((namespace, sku))
             try:
+                if kind == "decrement":
+                    rules.quantity_must_be_positive(qty)
+                    rules.buyer_within_limit(limit, buyer,
+                                             buyers.get(buyer, 0) if buyer else 0, qty)
                 after = rules.apply(kind, item.total, item.consumed, qty)
             except errors.DomainError as refusal:
-                outcome = Outcome(refusal.code, item.total, item.consumed, seq=item.seq)
+                outcome = Outcome(refusal.code, item.total, item.consumed, seq=item.seq,
+                                  remaining=refusal.details.get("remaining"), limit=limit)
             else:
                 item.total, item.consumed = after
                 item.seq += 1
-                outcome = Outcome(OK, item.total, item.consumed, seq=item.seq, gen=item.gen)
+                if buyer and kind == "decrement":
+                    buyers[buyer] = buyers.get(buyer, 0) + qty
+                elif buyer and kind == "refund":  # their allowance back, as far as they used it
+                    left = buyers.get(buyer, 0) - qty
+                    if left > 0:
+                        buyers[buyer] = left
+                    else:
+                        buyers.pop(buyer, None)
+                outcome = Outcome(OK, item.total, item.consumed, seq=item.seq, gen=item.gen,
+                                  limit=limit)
                 if record:
                     entry_id = str(next(self._ids))
                     self.recorded.append(OutboxEntry(
                         entry_id, 0, namespace, sku, item.seq, kind, qty,
-                        idempotency_key, item.total, item.consumed, item.gen or None))
+                        idempotency_key, item.total, item.consumed, item.gen or None, buyer))
                     self.recorded_at[entry_id] = time.time()
             if idempotency_key is not None:
                 self._remember((namespace, sku, idempotency_key), request, outcome)
@@ -93,6 +114,24 @@ class InProcessCounter(Counter):
                 self._items[(namespace, sku)] = _Item(
                     total, consumed, seq, gen or (held.gen if held is not None else ""))
 
+    def load_allowances(self, namespace: str, allowances: Mapping[str, Allowances]) -> None:
+        with self._lock:
+            for sku, (limit, buyers) in allowances.items():
+                if limit is None:
+                    self._limits.pop((namespace, sku), None)
+                else:
+                    self._limits[(namespace, sku)] = limit
+                self._buyers[(namespace, sku)] = dict(buyers)
+
+    def set_limit(self, namespace: str, sku: str, limit: int | None) -> None:
+        with self._lock:
+            if (namespace, sku) not in self._items:
+                return
+            if limit is None:
+                self._limits.pop((namespace, sku), None)
+            else:
+                self._limits[(namespace, sku)] = limit
+
     def remember(self, entries: Sequence[LedgerEntry]) -> None:
         with self._lock:
             for e in entries:
@@ -101,7 +140,7 @@ class InProcessCounter(Counter):
                 key = (e.namespace, e.sku, e.idempotency_key)
                 left = self._ttl - (time.time() - _epoch(e.created_at))
                 if left > 0 and key not in self._outcomes:
-                    self._outcomes[key] = (self._now() + left, fingerprint(e.kind, e.qty),  # type: ignore[arg-type]
+                    self._outcomes[key] = (self._now() + left, fingerprint(e.kind, e.qty, e.buyer),  # type: ignore[arg-type]
                                            Outcome(OK, e.total_after,
                                                    e.total_after - e.available_after))
 
@@ -123,12 +162,15 @@ class InProcessCounter(Counter):
     def forget(self, namespace: str, sku: str) -> None:
         with self._lock:
             self._items.pop((namespace, sku), None)
+            self._buyers.pop((namespace, sku), None)
+            self._limits.pop((namespace, sku), None)
 
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
         with self._lock:
-            found = [self._items.get((namespace, sku)) for sku in skus]
-            return [None if i is None else Outcome(OK, i.total, i.consumed, seq=i.seq, gen=i.gen)
-                    for i in found]
+            return [None if (i := self._items.get((namespace, sku))) is None else
+                    Outcome(OK, i.total, i.consumed, seq=i.seq, gen=i.gen,
+                            limit=self._limits.get((namespace, sku)))
+                    for sku in skus]
 
     def ping(self) -> None:
         return None

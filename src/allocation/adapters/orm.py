@@ -10,6 +10,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKeyConstraint,
+    Index,
     Integer,
     MetaData,
     String,
@@ -54,6 +55,7 @@ items = Table(
     Column("last_seq", BigInteger, nullable=False),
     Column("version", Integer, nullable=False),
     Column("counter_gen", String(32), nullable=True),
+    Column("limit_per_buyer", BigInteger, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now(),
            onupdate=func.now()),
@@ -73,12 +75,15 @@ ledger = Table(
     Column("available_after", BigInteger, nullable=False),
     Column("idempotency_key", String(128), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("buyer", String(128), nullable=True),
     UniqueConstraint("namespace", "sku", "seq", name="uq_ledger_item_seq"),
     UniqueConstraint("namespace", "sku", "idempotency_key", name="uq_ledger_item_key"),
     ForeignKeyConstraint(["namespace", "sku"], ["inventory_items.namespace", "inventory_items.sku"],
                          name="fk_ledger_item"),
     CheckConstraint("kind IN ('init', 'adjust', 'decrement', 'refund')", name="ck_ledger_kind"),
 )
+Index("ix_ledger_item_buyer", ledger.c.namespace, ledger.c.sku, ledger.c.buyer,
+      postgresql_where=ledger.c.buyer.is_not(None), sqlite_where=ledger.c.buyer.is_not(None))
 
 
 def start_mappers() -> None:

@@ -20,6 +20,7 @@ class OutboxEntry(NamedTuple):
     total: int
     consumed: int
     gen: str | None = None  # the counter's generation when recorded (None: before 0.8)
+    buyer: str | None = None  # the buyer the movement named (None: none, or before 0.9)
 
 
 class Outbox(abc.ABC):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC
 from importlib import resources
 from types import TracebackType
@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from allocation.adapters.counter import Counter, Figures, fingerprint, unpack
+from allocation.adapters.counter import Allowances, Counter, Figures, fingerprint, unpack
 from allocation.adapters.redis_batch import ScriptBatcher, evalsha_many
 from allocation.adapters.redis_client import RedisClient
 from allocation.adapters.redis_keys import KeySpace
@@ -65,20 +65,25 @@ class RedisCounter(Counter):
         self._move = ScriptBatcher(client, lua("move"))
         self._fence_script = lua("fence")
         self._fence_sha = hashlib.sha1(self._fence_script.encode()).hexdigest()
+        self._limit = self.client.register_script(lua("limit"))
 
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
-              idempotency_key: str | None, *, record: bool = False) -> Outcome:
-        keys = [self.keys.item(namespace, sku), self.keys.outbox_of(namespace, sku)]
+              idempotency_key: str | None, *, record: bool = False,
+              buyer: str | None = None) -> Outcome:
+        keys = [self.keys.item(namespace, sku), self.keys.outbox_of(namespace, sku),
+                self.keys.buyers(namespace, sku)]
         if idempotency_key is not None:
             keys.append(self.keys.idempotency(namespace, sku, idempotency_key))
         with unavailable_on_connection_error():
             reply: Any = self._move(keys=keys, args=[
-                kind, qty, fingerprint(kind, qty), self._ttl, "1" if record else "0",
+                kind, qty, fingerprint(kind, qty, buyer), self._ttl, "1" if record else "0",
                 namespace, sku, idempotency_key or "", self.events_channel,
-                self._refusal_ttl])
-        status, total, consumed, replayed, seq, gen = reply
+                self._refusal_ttl, buyer or ""])
+        status, total, consumed, replayed, seq, gen, remaining, limit = reply
         return Outcome(_text(status), int(total), int(consumed), replayed=bool(replayed),
-                       seq=int(seq), gen=_text(gen))
+                       seq=int(seq), gen=_text(gen),
+                       remaining=None if int(remaining) < 0 else int(remaining),
+                       limit=int(limit) if limit else None)
 
     def load_many(self, figures: Iterable[Figures]) -> None:
         with unavailable_on_connection_error():
@@ -93,6 +98,27 @@ class RedisCounter(Counter):
                     consumed, "seq", seq, "fenced", 0, "written", seq, *generation)
             pipe.execute()
 
+    def load_allowances(self, namespace: str, allowances: Mapping[str, Allowances]) -> None:
+        with unavailable_on_connection_error():
+            pipe = self.client.pipeline(transaction=False)
+            for sku, (limit, buyers) in allowances.items():
+                item, bought = self.keys.item(namespace, sku), self.keys.buyers(namespace, sku)
+                if limit is None:
+                    pipe.hdel(item, "limit")
+                else:
+                    pipe.hset(item, "limit", limit)
+                pipe.delete(bought)
+                if buyers:
+                    units: dict[str | bytes, bytes | float | int | str] = {
+                        b: n for b, n in buyers.items()}
+                    pipe.hset(bought, mapping=units)
+            pipe.execute()
+
+    def set_limit(self, namespace: str, sku: str, limit: int | None) -> None:
+        with unavailable_on_connection_error():
+            self._limit(keys=[self.keys.item(namespace, sku)],
+                        args=["" if limit is None else limit])
+
     def remember(self, entries: Sequence[LedgerEntry]) -> None:
         now = time.time()
         with unavailable_on_connection_error():
@@ -104,7 +130,7 @@ class RedisCounter(Counter):
                 left = int(self._ttl - (now - moment.timestamp()))
                 if left > 0:
                     # seq 0: a movement the ledger holds, nothing to wait for.
-                    record = (f"{fingerprint(e.kind, e.qty)}|ok|{e.total_after}|"  # type: ignore[arg-type]
+                    record = (f"{fingerprint(e.kind, e.qty, e.buyer)}|ok|{e.total_after}|"  # type: ignore[arg-type]
                               f"{e.total_after - e.available_after}|0|")
                     pipe.set(self.keys.idempotency(e.namespace, e.sku, e.idempotency_key),
                              record, ex=left, nx=True)
@@ -125,17 +151,19 @@ class RedisCounter(Counter):
 
     def forget(self, namespace: str, sku: str) -> None:
         with unavailable_on_connection_error():
-            self.client.delete(self.keys.item(namespace, sku))
+            self.client.delete(self.keys.item(namespace, sku), self.keys.buyers(namespace, sku))
 
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
         with unavailable_on_connection_error():
             pipe = self.client.pipeline(transaction=False)
             for sku in skus:
-                pipe.hmget(self.keys.item(namespace, sku), ["total", "consumed", "seq", "gen"])
+                pipe.hmget(self.keys.item(namespace, sku),
+                           ["total", "consumed", "seq", "gen", "limit"])
             replies = pipe.execute()
         return [None if total is None else Outcome(OK, int(total), int(consumed),
-                                                   seq=int(seq or 0), gen=_text(gen or b""))
-                for total, consumed, seq, gen in replies]
+                                                   seq=int(seq or 0), gen=_text(gen or b""),
+                                                   limit=int(limit) if limit else None)
+                for total, consumed, seq, gen, limit in replies]
 
     def ping(self) -> None:
         with unavailable_on_connection_error():

@@ -23,6 +23,10 @@ class KeySpace:
     def item(self, namespace: str, sku: str) -> str:
         return f"{self._tag(self.partition(namespace, sku))}:item:{namespace}:{sku}"
 
+    def buyers(self, namespace: str, sku: str) -> str:
+        """The item's buyers: buyer -> units bought and held (for its limit per buyer)."""
+        return f"{self._tag(self.partition(namespace, sku))}:buyers:{namespace}:{sku}"
+
     def idempotency(self, namespace: str, sku: str, key: str) -> str:
         return f"{self._tag(self.partition(namespace, sku))}:idem:{namespace}:{sku}:{key}"
 

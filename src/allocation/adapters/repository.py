@@ -7,17 +7,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, select, tuple_, update
+from sqlalchemy import Select, case, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from allocation.adapters import orm
+from allocation.adapters.counter import Allowances
 from allocation.domain.model import InventoryItem, LedgerEntry, Stock
 
 ENTRY_COLUMNS = [orm.ledger.c[name] for name in (
     "namespace", "sku", "seq", "kind", "qty", "total_after", "available_after", "idempotency_key",
-    "created_at")]
+    "created_at", "buyer")]
 
-STOCK_COLUMNS = [orm.items.c[name] for name in ("sku", "total", "consumed", "last_seq")]
+STOCK_COLUMNS = [orm.items.c[name]
+                 for name in ("sku", "total", "consumed", "last_seq", "limit_per_buyer")]
 
 
 def _aware(moment: datetime) -> datetime:
@@ -26,7 +28,7 @@ def _aware(moment: datetime) -> datetime:
 
 
 def _stock(item: InventoryItem) -> Stock:
-    return Stock(item.sku, item.total, item.consumed, item.last_seq)
+    return Stock(item.sku, item.total, item.consumed, item.last_seq, item.limit_per_buyer)
 
 
 class AbstractRepository(abc.ABC):
@@ -62,6 +64,19 @@ class AbstractRepository(abc.ABC):
         """The items' movements with an idempotency key, made since ``since``."""
         return [e for sku in skus for e in self.ledger(namespace, sku, 0, limit)
                 if e.idempotency_key is not None and _aware(e.created_at) >= since]
+
+    def allowances(self, namespace: str, skus: Sequence[str]) -> dict[str, Allowances]:
+        """Each item's limit per buyer and its buyers' units (what their decrements took less
+        what their refunds gave back), from the ledger."""
+        found: dict[str, Allowances] = {}
+        for sku, item in self.many(namespace, skus).items():
+            units: dict[str, int] = {}
+            for e in self.ledger(namespace, sku, 0, 1 << 62):
+                if e.buyer is not None and e.kind in ("decrement", "refund"):
+                    units[e.buyer] = units.get(e.buyer, 0) + (
+                        e.qty if e.kind == "decrement" else -e.qty)
+            found[sku] = (item.limit_per_buyer, {b: n for b, n in units.items() if n > 0})
+        return found
 
     def generations(self, namespace: str, skus: Sequence[str]) -> dict[str, str | None]:
         """The counter generation each item's ledger follows."""
@@ -155,6 +170,22 @@ class SqlAlchemyRepository(AbstractRepository):
             query = query.where(orm.items.c.sku > after)
         return [Stock(*row) for row in
                 self.session.execute(query.order_by(orm.items.c.sku).limit(limit))]
+
+    def allowances(self, namespace: str, skus: Sequence[str]) -> dict[str, Allowances]:
+        wanted = list(skus)
+        limits = self.session.execute(select(orm.items.c.sku, orm.items.c.limit_per_buyer).where(
+            orm.items.c.namespace == namespace, orm.items.c.sku.in_(wanted))).all()
+        buyers: dict[str, dict[str, int]] = {}
+        ledger = orm.ledger.c
+        units = func.sum(case((ledger.kind == "decrement", ledger.qty),
+                              (ledger.kind == "refund", -ledger.qty), else_=0))
+        for sku, buyer, n in self.session.execute(
+                select(ledger.sku, ledger.buyer, units)
+                .where(ledger.namespace == namespace, ledger.sku.in_(wanted),
+                       ledger.buyer.is_not(None))
+                .group_by(ledger.sku, ledger.buyer).having(units > 0)):
+            buyers.setdefault(sku, {})[buyer] = int(n)
+        return {sku: (limit, buyers.get(sku, {})) for sku, limit in limits}
 
     def generations(self, namespace: str, skus: Sequence[str]) -> dict[str, str | None]:
         rows = self.session.execute(select(orm.items.c.sku, orm.items.c.counter_gen).where(

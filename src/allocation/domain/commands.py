@@ -15,6 +15,7 @@ class InitInventory(Command):
     namespace: str
     sku: str
     total: int
+    limit_per_buyer: int | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Decrement(Command):
     sku: str
     qty: int
     idempotency_key: str
+    buyer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,16 @@ class Refund(Command):
     sku: str
     qty: int
     idempotency_key: str
+    buyer: str | None = None
+
+
+@dataclass(frozen=True)
+class SetLimit(Command):
+    """Set (or, with None, lift) an item's limit per buyer."""
+
+    namespace: str
+    sku: str
+    limit_per_buyer: int | None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,19 @@ class IdempotencyKeyReused(DomainError):
     code = "idempotency_key_reused"
 
 
+class LimitExceeded(DomainError):
+    """The buyer would take more of the item than its ``limit_per_buyer``; ``remaining`` says
+    how many units they may still take."""
+
+    code = "limit_exceeded"
+
+
+class BuyerRequired(DomainError):
+    """The item has a limit per buyer, and the request names no buyer (a 400: bad input)."""
+
+    code = "buyer_required"
+
+
 class InvalidInput(DomainError, ValueError):
     """A value outside the contract (API.md, Identity): a float, bool or string for a number, a
     number out of range, a bad name or key. ``field`` names it; nothing was done. A ValueError
@@ -68,5 +81,6 @@ class Unavailable(Exception):
 REFUSALS: dict[str, type[DomainError]] = {
     cls.code: cls
     for cls in (NotFound, AlreadyExists, InsufficientStock, BelowConsumed,
-                RefundExceedsConsumed, InvalidQuantity, IdempotencyKeyReused)
+                RefundExceedsConsumed, InvalidQuantity, IdempotencyKeyReused, LimitExceeded,
+                BuyerRequired)
 }

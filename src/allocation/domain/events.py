@@ -32,12 +32,14 @@ class TotalAdjusted(Event):
 class Decremented(Event):
     qty: int
     idempotency_key: str
+    buyer: str | None = None
 
 
 @dataclass(frozen=True)
 class Refunded(Event):
     qty: int
     idempotency_key: str
+    buyer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,15 +48,15 @@ class SoldOut(Event):
 
 
 def of_movement(kind: str, namespace: str, sku: str, qty: int, idempotency_key: str | None,
-                total: int, consumed: int) -> list[Event]:
+                total: int, consumed: int, buyer: str | None = None) -> list[Event]:
     """The events an applied movement raises, from its figures after it."""
     raised: list[Event] = []
     if kind == "adjust":
         raised.append(TotalAdjusted(namespace, sku, total, consumed, qty, idempotency_key))
     elif kind == "decrement" and idempotency_key is not None:
-        raised.append(Decremented(namespace, sku, total, consumed, qty, idempotency_key))
+        raised.append(Decremented(namespace, sku, total, consumed, qty, idempotency_key, buyer))
         if total == consumed:
             raised.append(SoldOut(namespace, sku, total, consumed))
     elif kind == "refund" and idempotency_key is not None:
-        raised.append(Refunded(namespace, sku, total, consumed, qty, idempotency_key))
+        raised.append(Refunded(namespace, sku, total, consumed, qty, idempotency_key, buyer))
     return raised

@@ -24,6 +24,7 @@ class LedgerEntry:
     available_after: int
     idempotency_key: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    buyer: str | None = None  # who bought or was refunded, where the request named them
 
 
 class Decided(Protocol):
@@ -35,6 +36,8 @@ class Decided(Protocol):
     def qty(self) -> int: ...
     @property
     def idempotency_key(self) -> str | None: ...
+    @property
+    def buyer(self) -> str | None: ...
     @property
     def total(self) -> int: ...
     @property
@@ -49,6 +52,7 @@ class Stock(NamedTuple):
     total: int
     consumed: int
     last_seq: int
+    limit_per_buyer: int | None = None
 
 
 class InventoryItem:
@@ -60,6 +64,8 @@ class InventoryItem:
         self.total = total
         self.consumed = consumed
         self.last_seq = last_seq
+        # Each buyer's units (bought and held) may not exceed it; None: no limit.
+        self.limit_per_buyer: int | None = None
         # The generation of the fast path's counter whose movements the ledger now follows: a
         # movement recorded under another (a history Redis lost) is never written.
         self.counter_gen: str | None = None
@@ -67,8 +73,10 @@ class InventoryItem:
         self.new_entries: list[LedgerEntry] = []
 
     @classmethod
-    def initialise(cls, namespace: str, sku: str, total: int) -> InventoryItem:
+    def initialise(cls, namespace: str, sku: str, total: int,
+                   limit_per_buyer: int | None = None) -> InventoryItem:
         item = cls(namespace, sku)
+        item.limit_per_buyer = limit_per_buyer
         item._move("init", total, None)
         item.events.append(events.InventoryInitialized(namespace, sku, item.total, item.consumed))
         return item
@@ -122,7 +130,8 @@ class InventoryItem:
             total, consumed = total_after, consumed_after
             entries.append(LedgerEntry(namespace, sku, seq, m.kind, m.qty, total_after,
                                        total_after - consumed_after,
-                                       m.idempotency_key if keep_keys else None, now))
+                                       m.idempotency_key if keep_keys else None, now,
+                                       m.buyer))
         self.total, self.consumed, self.last_seq = total, consumed, seq
         return drifted
 

@@ -22,6 +22,8 @@ class Outcome:
     # The counter's generation: a new one each time the counter is loaded from the record, so
     # that seqs a lost history handed out are never taken for the record's own.
     gen: str = ""
+    remaining: int | None = None  # a refusal by the limit per buyer: what they may still take
+    limit: int | None = None  # the item's limit per buyer (None: none)
 
     @property
     def available(self) -> int:
@@ -40,6 +42,12 @@ class Outcome:
         if self.status == "below_consumed":
             return cls(f"total would drop below the {self.consumed} consumed",
                        consumed=self.consumed)
+        if self.status == "limit_exceeded":
+            remaining = self.remaining or 0
+            return cls(f"over the limit per buyer; {remaining} more may be taken",
+                       remaining=remaining)
+        if self.status == "buyer_required":
+            return cls("this item has a limit per buyer: name the buyer")
         if self.status == "idempotency_key_reused":
             return cls("this idempotency key was used with a different request")
         return cls(self.status)

@@ -41,6 +41,20 @@ def total_must_not_drop_below_consumed(total: int, consumed: int, delta: int) ->
         )
 
 
+def buyer_within_limit(limit: int | None, buyer: str | None, used: int, qty: int) -> None:
+    """A sale (or hold) on an item with a limit names its buyer, and takes them no further
+    than the limit counting what they already hold and bought (``used``)."""
+    if limit is None:
+        return
+    if buyer is None:
+        raise errors.BuyerRequired("this item has a limit per buyer: name the buyer")
+    if used + qty > limit:
+        remaining = max(limit - used, 0)
+        raise errors.LimitExceeded(
+            f"the limit is {limit} per buyer; this buyer may take {remaining} more",
+            remaining=remaining)
+
+
 def apply(kind: str, total: int, consumed: int, qty: int) -> tuple[int, int]:
     """Return (total, consumed) after a movement, or raise the rule that refuses it.
 

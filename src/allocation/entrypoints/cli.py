@@ -28,6 +28,7 @@ from allocation.entrypoints import (
     cpu_pinning,
     flask_app,
     ledger_worker,
+    replies,
     schemas,
     token_cli,
     worker_start,
@@ -50,8 +51,7 @@ def _app() -> Application:
 
 
 def _show(outcome: Outcome, namespace: str, sku: str) -> None:
-    click.echo(json.dumps({"namespace": namespace, "sku": sku, "total": outcome.total,
-                           "consumed": outcome.consumed, "available": outcome.available}))
+    click.echo(json.dumps(replies.item_body(namespace, sku, outcome)))
 
 
 def _checked(namespace: str, sku: str | None = None) -> None:
@@ -95,6 +95,8 @@ TOTAL = _Checked("total", schemas.check_total, integer=True)
 DELTA = _Checked("delta", schemas.check_delta, integer=True)
 QTY = _Checked("qty", schemas.check_qty, integer=True)
 KEY = _Checked("idempotency_key", schemas.check_idempotency_key, integer=False)
+BUYER = _Checked("buyer", schemas.check_buyer, integer=False)
+LIMIT = _Checked("limit_per_buyer", schemas.check_limit, integer=True)
 
 
 def domain_exit(fn: F) -> F:
@@ -254,11 +256,25 @@ def drift(namespace: str, repair: bool) -> None:
 @click.argument("namespace")
 @click.argument("sku")
 @click.argument("total", type=TOTAL)
+@click.option("--limit-per-buyer", type=LIMIT, help="units each buyer may take at most")
 @domain_exit
-def init(namespace: str, sku: str, total: int) -> None:
+def init(namespace: str, sku: str, total: int, limit_per_buyer: int | None) -> None:
     """Set an item's stock."""
     _checked(namespace, sku)
-    _show(_app().bus.handle(commands.InitInventory(namespace, sku, total)), namespace, sku)
+    _show(_app().bus.handle(commands.InitInventory(namespace, sku, total, limit_per_buyer)),
+          namespace, sku)
+
+
+@main.command()
+@click.argument("namespace")
+@click.argument("sku")
+@click.argument("limit")
+@domain_exit
+def limit(namespace: str, sku: str, limit: str) -> None:
+    """Set the units each buyer may take of an item (LIMIT), or lift the limit ("none")."""
+    _checked(namespace, sku)
+    per_buyer = None if limit == "none" else LIMIT.convert(limit, None, None)
+    _show(_app().bus.handle(commands.SetLimit(namespace, sku, per_buyer)), namespace, sku)
 
 
 def _movement(kind: str) -> Callable[..., None]:
@@ -266,15 +282,19 @@ def _movement(kind: str) -> Callable[..., None]:
     @click.argument("sku")
     @click.argument("qty", type=DELTA if kind == "adjust" else QTY)
     @click.option("--key", type=KEY, help="idempotency key (a fresh one when omitted)")
+    @click.option("--buyer", type=BUYER, hidden=kind == "adjust",
+                  help="the buyer (required where the item has a limit per buyer)")
     @domain_exit
-    def move(namespace: str, sku: str, qty: int, key: str | None) -> None:
+    def move(namespace: str, sku: str, qty: int, key: str | None, buyer: str | None) -> None:
         _checked(namespace, sku)
         command: commands.Command
         if kind == "adjust":
+            if buyer is not None:
+                raise click.UsageError("an adjustment names no buyer")
             command = commands.AdjustTotal(namespace, sku, qty, key)
         else:
             cls = commands.Decrement if kind == "decrement" else commands.Refund
-            command = cls(namespace, sku, qty, key or uuid.uuid4().hex)
+            command = cls(namespace, sku, qty, key or uuid.uuid4().hex, buyer)
         _show(_app().bus.handle(command).raise_for_status(), namespace, sku)
     return move
 

@@ -65,6 +65,7 @@ def create_app(config: Config | None = None, application: Application | None = N
     for method, rule, view in (
         ("PUT", ITEM, r.init_item),
         ("GET", ITEM, r.get_item),
+        ("PATCH", ITEM, r.set_limit),
         ("GET", "/v1/<namespace>/items", r.list_items),
         ("POST", f"{ITEM}/adjustments", r.move),
         ("POST", DECREMENTS, r.move),

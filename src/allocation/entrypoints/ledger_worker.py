@@ -139,8 +139,10 @@ class LedgerWorker:
             except Exception as exc:
                 if not is_outage(exc):
                     raise
-                logger.warning("ledger worker waiting for a dependency: %s",
-                               type(exc).__name__)
+                cause = exc.__cause__ or exc
+                # The first failure of a run of them with its traceback: where it failed.
+                logger.warning("ledger worker waiting for a dependency: %s (%s)",
+                               type(cause).__name__, cause, exc_info=backoff == 0.05)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue

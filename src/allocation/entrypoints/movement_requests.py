@@ -64,11 +64,11 @@ def decode(request: MovementRequest) -> commands.Command:
     if request.kind == "adjust":
         return commands.AdjustTotal(namespace, sku, validate(schemas.AdjustBody, data).delta,
                                     key)
-    qty = validate(schemas.QtyBody, data).qty
+    body = validate(schemas.QtyBody, data)
     assert key is not None
     if request.kind == "decrement":
-        return commands.Decrement(namespace, sku, qty, key)
-    return commands.Refund(namespace, sku, qty, key)
+        return commands.Decrement(namespace, sku, body.qty, key, body.buyer)
+    return commands.Refund(namespace, sku, body.qty, key, body.buyer)
 
 
 def _path(namespace: str, sku: str) -> tuple[str, str]:

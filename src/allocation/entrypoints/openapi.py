@@ -13,7 +13,8 @@ from allocation.entrypoints import schemas
 
 REF = "#/components/schemas/{model}"
 _MODELS: list[type[BaseModel]] = [
-    schemas.InitBody, schemas.AdjustBody, schemas.QtyBody, schemas.Item, schemas.ItemPage,
+    schemas.InitBody, schemas.LimitBody, schemas.AdjustBody, schemas.QtyBody, schemas.Item,
+    schemas.ItemPage,
     schemas.LedgerPage, schemas.RefreshedCount, schemas.Error]
 
 
@@ -91,9 +92,12 @@ def document() -> dict[str, Any]:
             "/v1/{namespace}/items/{sku}": {
                 "put": _op("Initialise an item's stock", {
                     "201": _json(schemas.Item, "created"),
-                    "200": _json(schemas.Item, "exists with the same total"),
-                    "409": _json(schemas.Error, "already_exists with another total")},
+                    "200": _json(schemas.Item, "exists with the same total and limit"),
+                    "409": _json(schemas.Error, "already_exists with another total or limit")},
                     item, schemas.InitBody),
+                "patch": _op("Set or lift (null) the limit per buyer", {
+                    "200": _json(schemas.Item, "the item with its new limit"),
+                    "404": _json(schemas.Error, "unknown item")}, item, schemas.LimitBody),
                 "get": _op("Read an item's stock", {
                     "200": _json(schemas.Item, "the item"),
                     "404": _json(schemas.Error, "unknown item")}, item),
@@ -108,10 +112,14 @@ def document() -> dict[str, Any]:
                 "post": _movement("Adjust the total", schemas.AdjustBody, False,
                                   "below_consumed")},
             "/v1/{namespace}/items/{sku}/decrements": {
-                "post": _movement("Sell (decrement available)", schemas.QtyBody, True,
-                                  "insufficient_stock, with `available`")},
+                "post": _movement("Sell (decrement available); 400 `buyer_required` where the "
+                                  "item has a limit per buyer and no `buyer` is named",
+                                  schemas.QtyBody, True,
+                                  "insufficient_stock, with `available`; limit_exceeded, with "
+                                  "`remaining`")},
             "/v1/{namespace}/items/{sku}/refunds": {
-                "post": _movement("Refund (return consumed stock)", schemas.QtyBody, True,
+                "post": _movement("Refund (return consumed stock; naming the buyer gives their "
+                                  "allowance back)", schemas.QtyBody, True,
                                   "refund_exceeds_consumed")},
             "/v1/{namespace}/items/{sku}/ledger": {
                 "get": _op("An item's ledger in seq order", {

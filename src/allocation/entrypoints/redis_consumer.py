@@ -92,8 +92,9 @@ def parse(raw: bytes | str) -> commands.Command:
                                     message.idempotency_key)
     if isinstance(message, schemas.DecrementMessage):
         return commands.Decrement(message.namespace, message.sku, message.qty,
-                                  message.idempotency_key)
-    return commands.Refund(message.namespace, message.sku, message.qty, message.idempotency_key)
+                                  message.idempotency_key, message.buyer)
+    return commands.Refund(message.namespace, message.sku, message.qty, message.idempotency_key,
+                           message.buyer)
 
 
 def _rejection(raw: Any, reason: str, message: str,
@@ -105,6 +106,8 @@ def _rejection(raw: Any, reason: str, message: str,
         "namespace": data.get("namespace"), "sku": data.get("sku")}
     if figures is not None:
         body.update(total=figures.total, consumed=figures.consumed, available=figures.available)
+        if figures.remaining is not None:
+            body["remaining"] = figures.remaining
     return body
 
 

@@ -31,6 +31,8 @@ STATUS_OF_CODE = {
     "invalid_quantity": 400,
     "invalid_field": 400,
     "idempotency_key_reused": 422,
+    "limit_exceeded": 409,
+    "buyer_required": 400,
 }
 
 
@@ -69,7 +71,8 @@ def error(status: int, code: str, message: str, **extra: Any) -> Reply:
 
 def item_body(namespace: str, sku: str, outcome: Outcome) -> dict[str, Any]:
     return {"namespace": namespace, "sku": sku, "total": outcome.total,
-            "consumed": outcome.consumed, "available": outcome.available}
+            "consumed": outcome.consumed, "held": 0, "available": outcome.available,
+            "limit_per_buyer": outcome.limit}
 
 
 def item(namespace: str, sku: str, outcome: Outcome, status: int = 200) -> Reply:
@@ -85,7 +88,8 @@ def movement(namespace: str, sku: str, outcome: Outcome) -> Reply:
 
 
 def domain_error(exc: errors.DomainError) -> Reply:
-    field = exc.field if isinstance(exc, errors.InvalidInput) else None
+    field = exc.field if isinstance(exc, errors.InvalidInput) else (
+        "buyer" if isinstance(exc, errors.BuyerRequired) else None)
     return error(STATUS_OF_CODE.get(exc.code, 409), exc.code, exc.message, field=field,
                  **exc.details)
 

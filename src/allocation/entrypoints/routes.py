@@ -38,10 +38,17 @@ class Routes:
 
     def init_item(self, namespace: str, sku: str) -> Response:
         path = _path(namespace, sku)
-        total = _body(schemas.InitBody).total
-        outcome = self.app.bus.handle(commands.InitInventory(path.namespace, path.sku, total))
+        body = _body(schemas.InitBody)
+        outcome = self.app.bus.handle(commands.InitInventory(path.namespace, path.sku,
+                                                             body.total, body.limit_per_buyer))
         status = 201 if outcome.created else 200
         return to_response(replies.item(path.namespace, path.sku, outcome, status))
+
+    def set_limit(self, namespace: str, sku: str) -> Response:
+        path = _path(namespace, sku)
+        limit = _body(schemas.LimitBody).limit_per_buyer
+        outcome = self.app.bus.handle(commands.SetLimit(path.namespace, path.sku, limit))
+        return to_response(replies.item(path.namespace, path.sku, outcome))
 
     def get_item(self, namespace: str, sku: str) -> Response:
         return to_response(answer_item(self.app, namespace, sku))
@@ -133,7 +140,8 @@ def _entry_body(entry: LedgerEntry) -> dict[str, Any]:
     return {"seq": entry.seq, "kind": entry.kind, "qty": entry.qty,
             "total_after": entry.total_after, "available_after": entry.available_after,
             "idempotency_key": entry.idempotency_key,
-            "created_at": _utc(entry.created_at).isoformat()}
+            "created_at": _utc(entry.created_at).isoformat(), "reservation_id": None,
+            "held_after": 0}
 
 
 def _utc(moment: datetime) -> datetime:

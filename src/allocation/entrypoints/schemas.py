@@ -19,11 +19,13 @@ from pydantic import (
 from allocation.domain import errors
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+BUYER_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
 # Printable ASCII but the comma: a server joins two headers of one name with a comma.
 KEY_PATTERN = r"^[\x20-\x2b\x2d-\x7e]{1,128}$"
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 IdempotencyKey = Annotated[str, StringConstraints(pattern=KEY_PATTERN)]
+Buyer = Annotated[str, StringConstraints(pattern=BUYER_PATTERN)]
 NAME = re.compile(NAME_PATTERN.removeprefix("^").removesuffix("$"))
 KEY = re.compile(KEY_PATTERN.removeprefix("^").removesuffix("$"))
 
@@ -34,6 +36,7 @@ def is_idempotency_key(value: str) -> bool:
 Total = Annotated[int, Field(strict=True, ge=0, le=1_000_000_000)]
 Delta = Annotated[int, Field(strict=True, ge=-1_000_000_000, le=1_000_000_000)]
 Qty = Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
+LimitPerBuyer = Annotated[int, Field(strict=True, ge=1, le=1_000_000_000)]
 
 
 # The same rules as plain checks, for entry points that get values rather than JSON bodies (the
@@ -45,6 +48,8 @@ _TOTAL: TypeAdapter[int] = TypeAdapter(Total)
 _DELTA: TypeAdapter[int] = TypeAdapter(Delta)
 _NAME: TypeAdapter[str] = TypeAdapter(Name)
 _KEY: TypeAdapter[str] = TypeAdapter(IdempotencyKey)
+_BUYER: TypeAdapter[str] = TypeAdapter(Buyer)
+_LIMIT: TypeAdapter[int] = TypeAdapter(LimitPerBuyer)
 
 
 def check_qty(value: object, field: str = "qty") -> int:
@@ -73,6 +78,16 @@ def check_idempotency_key(value: object, field: str = "idempotency_key") -> str:
     return _check(_KEY, value, field, "1 to 128 printable ASCII characters other than the comma")
 
 
+def check_buyer(value: object, field: str = "buyer") -> str:
+    """A string matching ``BUYER_PATTERN``."""
+    return _check(_BUYER, value, field, "1 to 128 letters, digits, '.', '_', ':', '@' or '-'")
+
+
+def check_limit(value: object, field: str = "limit_per_buyer") -> int:
+    """An integer 1..1_000_000_000 (not a bool, float or string)."""
+    return _check(_LIMIT, value, field)
+
+
 def _check(rule: TypeAdapter[_T], value: object, field: str, pattern: str = "") -> _T:
     try:
         return rule.validate_python(value, strict=True)
@@ -96,6 +111,11 @@ class ItemPath(Model):
 
 class InitBody(Model):
     total: Total
+    limit_per_buyer: LimitPerBuyer | None = None
+
+
+class LimitBody(Model):
+    limit_per_buyer: LimitPerBuyer | None  # required; null lifts the limit
 
 
 class AdjustBody(Model):
@@ -104,6 +124,7 @@ class AdjustBody(Model):
 
 class QtyBody(Model):
     qty: Qty
+    buyer: Buyer | None = None
 
 
 class ListQuery(Model):
@@ -121,7 +142,9 @@ class Item(Model):
     sku: str
     total: int
     consumed: int
+    held: int
     available: int
+    limit_per_buyer: int | None
 
 
 class ItemPage(Model):
@@ -137,6 +160,8 @@ class LedgerEntryOut(Model):
     available_after: int
     idempotency_key: str | None
     created_at: str
+    reservation_id: str | None
+    held_after: int
 
 
 class LedgerPage(Model):
@@ -152,6 +177,7 @@ class Error(Model):
     message: str
     field: str | None = None
     available: int | None = None
+    remaining: int | None = None
 
 
 # Pub/sub command messages: one model per command, told apart by "command".
@@ -177,6 +203,7 @@ class DecrementMessage(Model):
     sku: Name
     qty: Qty
     idempotency_key: IdempotencyKey
+    buyer: Buyer | None = None
 
 
 class RefundMessage(Model):
@@ -185,6 +212,7 @@ class RefundMessage(Model):
     sku: Name
     qty: Qty
     idempotency_key: IdempotencyKey
+    buyer: Buyer | None = None
 
 
 CommandMessage = Annotated[InitMessage | AdjustMessage | DecrementMessage | RefundMessage,

@@ -11,6 +11,7 @@ from allocation.service_layer import initialise, movements, rebuild
 COMMAND_HANDLERS: dict[type[commands.Command], Callable[..., Any]] = {
     commands.InitInventory: initialise.init_inventory,
     commands.InitMany: initialise.init_many,
+    commands.SetLimit: initialise.set_limit,
     commands.AdjustTotal: movements.adjust_total,
     commands.Decrement: movements.decrement,
     commands.Refund: movements.refund,

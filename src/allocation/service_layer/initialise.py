@@ -23,19 +23,22 @@ def _init(cmd: commands.InitInventory, uow: AbstractUnitOfWork, counter: Counter
     with uow:
         item = uow.items.get(cmd.namespace, cmd.sku, lock=True)
         if item is not None:
-            if item.total != cmd.total:
+            if (item.total, item.limit_per_buyer) != (cmd.total, cmd.limit_per_buyer):
                 raise errors.AlreadyExists(
-                    f"{cmd.namespace}/{cmd.sku} exists with total {item.total}")
+                    f"{cmd.namespace}/{cmd.sku} exists with total {item.total} and limit per "
+                    f"buyer {item.limit_per_buyer}")
             # Where the counter lacks it, the next movement or read rebuilds it (the outbox may
             # hold movements the database has yet to get).
-            return Outcome(OK, item.total, item.consumed)
-        item = InventoryItem.initialise(cmd.namespace, cmd.sku, cmd.total)
+            return Outcome(OK, item.total, item.consumed, limit=item.limit_per_buyer)
+        item = InventoryItem.initialise(cmd.namespace, cmd.sku, cmd.total, cmd.limit_per_buyer)
         item.counter_gen = new_generation()
         uow.items.add(item)
         # The insert waits here for any concurrent one; once it succeeds the row is ours and
         # invisible to others until the commit, so loading the counter now cannot overwrite
         # figures that sales have moved.
         uow.flush()
+        if cmd.limit_per_buyer is not None:  # before the figures: no sale without the limit
+            counter.load_allowances(cmd.namespace, {cmd.sku: (cmd.limit_per_buyer, {})})
         counter.load(cmd.namespace, cmd.sku, item.total, item.consumed, item.last_seq,
                      item.counter_gen)
         try:
@@ -43,7 +46,7 @@ def _init(cmd: commands.InitInventory, uow: AbstractUnitOfWork, counter: Counter
         except Exception:
             counter.forget(cmd.namespace, cmd.sku)
             raise
-        return Outcome(OK, item.total, item.consumed, created=True)
+        return Outcome(OK, item.total, item.consumed, created=True, limit=item.limit_per_buyer)
 
 
 def init_many(cmd: commands.InitMany, uow: AbstractUnitOfWork, counter: Counter) -> int:
@@ -73,3 +76,27 @@ def init_many(cmd: commands.InitMany, uow: AbstractUnitOfWork, counter: Counter)
                 counter.forget(i.namespace, i.sku)
             raise
         return len(fresh)
+
+
+def set_limit(cmd: commands.SetLimit, uow: AbstractUnitOfWork, counter: Counter) -> Outcome:
+    """The record first, under the row's lock, then the counter (where it holds the item; a
+    rebuild loads the limit from the record): two changes of one item land in one order."""
+    with uow:
+        item = uow.items.get(cmd.namespace, cmd.sku, lock=True)
+        if item is None:
+            raise errors.NotFound(f"no item {cmd.namespace}/{cmd.sku}")
+        before, item.limit_per_buyer = item.limit_per_buyer, cmd.limit_per_buyer
+        uow.flush()
+        counter.set_limit(cmd.namespace, cmd.sku, cmd.limit_per_buyer)
+        try:
+            uow.commit()
+        except Exception:
+            counter.set_limit(cmd.namespace, cmd.sku, before)
+            raise
+    figures = counter.read(cmd.namespace, cmd.sku)
+    if figures is None:  # Redis lost it meanwhile: the record's figures
+        with uow:
+            stock = uow.items.stock(cmd.namespace, [cmd.sku])[cmd.sku]
+        return Outcome(OK, stock.total, stock.consumed, seq=stock.last_seq,
+                       limit=cmd.limit_per_buyer)
+    return figures

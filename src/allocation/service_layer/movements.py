@@ -51,14 +51,16 @@ def decrement(cmd: commands.Decrement, uow: AbstractUnitOfWork, counter: Counter
               outbox: Outbox, publish: Publish, item_locks: ItemLocks,
               durability: Durability, ledger_wait_seconds: float) -> Outcome:
     deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
-    return _move(deps, cmd.namespace, cmd.sku, "decrement", cmd.qty, cmd.idempotency_key)
+    return _move(deps, cmd.namespace, cmd.sku, "decrement", cmd.qty, cmd.idempotency_key,
+                 cmd.buyer)
 
 
 def refund(cmd: commands.Refund, uow: AbstractUnitOfWork, counter: Counter,
            outbox: Outbox, publish: Publish, item_locks: ItemLocks,
            durability: Durability, ledger_wait_seconds: float) -> Outcome:
     deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
-    return _move(deps, cmd.namespace, cmd.sku, "refund", cmd.qty, cmd.idempotency_key)
+    return _move(deps, cmd.namespace, cmd.sku, "refund", cmd.qty, cmd.idempotency_key,
+                 cmd.buyer)
 
 
 def _written(uow: AbstractUnitOfWork, namespace: str, sku: str, key: str) -> LedgerEntry | None:
@@ -68,25 +70,26 @@ def _written(uow: AbstractUnitOfWork, namespace: str, sku: str, key: str) -> Led
 
 
 def _move(deps: Deps, namespace: str, sku: str, kind: Kind, qty: int,
-          key: str | None) -> Outcome:
+          key: str | None, buyer: str | None = None) -> Outcome:
     counter, publish = deps.counter, deps.publish
-    outcome = counter.apply(namespace, sku, kind, qty, key, record=True)
+    outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer)
     if outcome.status == NOT_FOUND:
         # Redis lost it (or never had it): rebuild it from the database, under its lock.
         rebuild.refresh(commands.Refresh(namespace, sku), deps.uow, counter, deps.outbox,
                         deps.item_locks, deps.durability.progress, deps.ledger_wait_seconds)
         if key is not None and (entry := _written(deps.uow, namespace, sku, key)):
             # Redis forgot this key with the rest of its data, but the ledger has it.
+            now = counter.read(namespace, sku)
             return Outcome(OK, entry.total_after, entry.total_after - entry.available_after,
-                           replayed=True, seq=entry.seq)
-        outcome = counter.apply(namespace, sku, kind, qty, key, record=True)
+                           replayed=True, seq=entry.seq, limit=now.limit if now else None)
+        outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer)
     if outcome.status in (FENCED, NOT_FOUND):
         raise errors.Unavailable(f"{namespace}/{sku} is being rebuilt; retry", retry_after=1)
     deps.durability.settle(namespace, sku, outcome, lambda: key is not None and _written(
         deps.uow, namespace, sku, key) is not None)
     if outcome.ok and not outcome.replayed and not counter.publishes_events:
         for event in events.of_movement(kind, namespace, sku, qty, key, outcome.total,
-                                        outcome.consumed):
+                                        outcome.consumed, buyer):
             try:
                 publish(event)
             except Exception:

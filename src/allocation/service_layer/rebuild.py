@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from allocation.adapters.counter import Counter, new_generation
+from allocation.adapters.counter import Allowances, Counter, new_generation
 from allocation.adapters.ledger_progress import WRITTEN, LedgerProgress
 from allocation.adapters.locks import ItemLocks
 from allocation.adapters.outbox import Outbox
@@ -39,7 +39,8 @@ def refresh(cmd: commands.Refresh, uow: AbstractUnitOfWork, counter: Counter, ou
         item = found.get(cmd.sku)
         if item is None:
             raise errors.NotFound(f"no item {cmd.namespace}/{cmd.sku}")
-        return Outcome(OK, item.total, item.consumed, seq=item.last_seq)
+        return Outcome(OK, item.total, item.consumed, seq=item.last_seq,
+                       limit=item.limit_per_buyer)
 
     if rebuilds is None or counter.read(cmd.namespace, cmd.sku) is None:
         return rebuild()
@@ -85,7 +86,7 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
             # the lock, that one stands (a second would fence them again, for nothing).
             now = counter.read_many(namespace, skus)
             if all(o is not None for o in now):
-                return {sku: Stock(sku, o.total, o.consumed, o.seq)
+                return {sku: Stock(sku, o.total, o.consumed, o.seq, o.limit)
                         for sku, o in zip(skus, now, strict=True) if o is not None}
         fenced: Seqs = {
             sku: None if seq is None else ((live.get(sku) or ("", 0))[0], seq)
@@ -95,10 +96,16 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
             # then the latest of them is newer than the database: that history goes on.
             unwritten = outbox.latest(namespace, skus[0])
             if unwritten is not None:
+                # The limit, and buyers' units as far as the ledger has them (async mode's
+                # lag may miss some: see the README on what Redis must keep).
+                with uow:
+                    allowances = uow.items.allowances(namespace, skus)
+                counter.load_allowances(namespace, allowances)
                 counter.load(namespace, unwritten.sku, unwritten.total, unwritten.consumed,
                              unwritten.seq, unwritten.gen or "")
+                limit = allowances[skus[0]][0] if skus[0] in allowances else None
                 return {unwritten.sku: Stock(unwritten.sku, unwritten.total,
-                                             unwritten.consumed, unwritten.seq)}
+                                             unwritten.consumed, unwritten.seq, limit)}
         gen = new_generation()
         try:
             # Fenced, sales are refused: wait only a moment for the movements applied since the
@@ -106,7 +113,7 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
             # full load, say) fails the refresh, not the sale.
             _wait_written(uow, progress, namespace, fenced,
                           min(deadline, time.monotonic() + FENCED_WAIT_SECONDS))
-            found, gens = _rebase(uow, namespace, fenced, gen)
+            found, gens, allowances = _rebase(uow, namespace, fenced, gen)
         except BaseException:
             for sku, held in fenced.items():
                 if held is not None:
@@ -118,6 +125,8 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
         # Where Redis lost an item it lost the keys it had seen too: give them back before
         # any can be used again.
         _remember_keys(uow, counter, namespace, [sku for sku in found if fenced.get(sku) is None])
+        # Limits and buyers' units before the figures that unfence the items.
+        counter.load_allowances(namespace, allowances)
         counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gens[sku])
                           for sku, i in found.items())
         return found
@@ -150,14 +159,14 @@ def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: 
             return
 
 
-def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs,
-            gen: str) -> tuple[dict[str, Stock], dict[str, str]]:
+def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str
+            ) -> tuple[dict[str, Stock], dict[str, str], dict[str, Allowances]]:
     """The items' figures, once the database holds every movement Redis recorded for them, and
     the generation to load each under. An item Redis holds, whose history the ledger follows,
     keeps its generation: nothing of it is unwritten (it is fenced and caught up). One Redis
     lost (or whose generation the ledger no longer follows) takes the new ``gen``, committed
-    first: from then on the writers refuse anything recorded under the old one. Raises
-    ``Unavailable`` if the ledger is behind."""
+    first: from then on the writers refuse anything recorded under the old one. With them, each
+    item's limit per buyer and buyers' units. Raises ``Unavailable`` if the ledger is behind."""
     with uow:
         found = uow.items.stock(namespace, list(seqs))
         if behind := _behind(found, seqs):
@@ -168,10 +177,11 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs,
         gens = {sku: held[0] for sku, held in seqs.items() if held is not None}
         renew = [sku for sku in found if seqs[sku] is None or (
             gens[sku] and followed.get(sku) and followed[sku] != gens[sku])]
+        allowances = uow.items.allowances(namespace, list(found))
         if renew:
             found.update(uow.items.rebase(namespace, renew, gen))
             uow.commit()
-        return found, {sku: gen if sku in renew else gens[sku] for sku in found}
+        return found, {sku: gen if sku in renew else gens[sku] for sku in found}, allowances
 
 
 def _behind(found: dict[str, Stock], seqs: Seqs) -> list[str]:
