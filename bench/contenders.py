@@ -148,14 +148,18 @@ SYNC_TRIES = 3
 
 
 def ours(services: Services, durability: str, scenario: str, items: int, stock: int,
-         buyers: int, refunds: float = 0.0, label: str = "") -> Result:
+         buyers: int, refunds: float = 0.0, label: str = "", limit: int | None = None) -> Result:
     """This project in-process through the bus, a ledger worker process writing the ledger in
-    both modes (async: behind; sync: each movement is answered once the worker committed it)."""
+    both modes (async: behind; sync: each movement is answered once the worker committed it).
+    ``limit``: each item has that limit per buyer, and every sale names a buyer of its own (the
+    check and the buyer's count cost what they cost; no sale is refused by them)."""
     cfg = config(services, durability)
     app = bootstrap(cfg)
     ns = f"{scenario}-{durability}{label}".replace(" ", "-").replace(",", "")
     skus = [f"i{n}" for n in range(items)]
     app.bus.handle(commands.InitMany(ns, tuple((s, stock) for s in skus)))
+    for sku in skus if limit is not None else ():
+        app.bus.handle(commands.SetLimit(ns, sku, limit))
     worker = ledger_worker(cfg)
     sold_out: set[str] = set()  # what buyers learn is sold out, they all know (a storefront)
     unknown: list[str] = []  # movements answered "unavailable" (then asked again)
@@ -186,7 +190,8 @@ def ours(services: Services, durability: str, scenario: str, items: int, stock: 
                 else:
                     mine.append(back)
             else:
-                outcome = handle(commands.Decrement(ns, sku, 1, f"b{i}-{n}"))
+                outcome = handle(commands.Decrement(ns, sku, 1, f"b{i}-{n}",
+                                                    None if limit is None else f"u{i}-{n}"))
                 if outcome.ok:
                     mine.append(sku)
                     net[i] += 1
@@ -209,7 +214,8 @@ def ours(services: Services, durability: str, scenario: str, items: int, stock: 
                              f"with their key): {unknown[0]}")
     for sku in skus:  # untimed: sell what refunds put back after the buyers left
         n = 0
-        while handle(commands.Decrement(ns, sku, 1, f"sweep-{sku}-{n}")).ok:
+        while handle(commands.Decrement(ns, sku, 1, f"sweep-{sku}-{n}",
+                                        None if limit is None else f"sweep-{n}")).ok:
             n += 1
             net[0] += 1
     live = app.counter.read_many(ns, skus)

@@ -1,7 +1,7 @@
 """`make bench`: every contender on the same machine, in one run; one table (printed, and in
 Markdown in bench/results.md), bench/results.json and bench/results.png. Quick by default,
-BENCH=full for the issue's sizes; BENCH_ONLY=hot,http,many,refunds,refresh,drain,cluster runs a
-subset; BENCH_HTTP=ceiling-empty,ceiling-evalsha,allocation,... some of the HTTP contenders
+BENCH=full for the issue's sizes; BENCH_ONLY=hot,http,limits,many,refunds,refresh,drain,cluster
+runs a subset; BENCH_HTTP=ceiling-empty,ceiling-evalsha,allocation,... some of the HTTP contenders
 (contenders.HTTP_NAMES); BENCH_HTTP_SECONDS the length of each HTTP load (10, 30 with full).
 
 Each group of rows has its ceiling, measured in the same run: the in-process rows are a share
@@ -32,7 +32,7 @@ from tests.helpers.tmpdir import tmpdir_at
 HERE = Path(__file__).parent
 CRASHED = "(raised)"
 # The groups whose rows are sales in process, a share of redis-benchmark's ceiling.
-IN_PROCESS_SALES = ("hot", "many", "refunds", "cluster")
+IN_PROCESS_SALES = ("hot", "limits", "many", "refunds", "cluster")
 
 
 def main() -> int:
@@ -84,6 +84,11 @@ def main() -> int:
             for who in c.HTTP_NAMES:  # the ceilings first
                 if not chosen or who in chosen:
                     record(c.http, services, who, seconds, buyers)
+        if wanted("limits"):
+            # The limit per buyer's price: the same sale with and without one.
+            for label, limit in ((" no limit", None), (" limit 1 per buyer", 1)):
+                record(c.ours, services, "async", "hot item, buyers named", 1, hot, buyers,
+                       label=label, limit=limit)
         if wanted("many"):
             items, stock = size["many_items"], size["many_stock"]
             record(c.ours, services, "async", "1,000 items", items, stock, buyers)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy.engine import Engine
 
 from allocation.adapters.counter import Counter
@@ -21,7 +22,7 @@ from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_outbox import RedisOutbox
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
-from allocation.domain import commands
+from allocation.domain import commands, errors
 from tests.helpers.counter_contract import (
     CounterContract,
     LimitContract,
@@ -99,6 +100,29 @@ def test_processes_sell_exactly_the_stock_on_the_cluster(on_cluster: Config, eng
 def cluster_with_replicas(tmp_path: Path) -> Iterator[LocalCluster]:
     with started_cluster(tmp_path, replicas=1) as cluster:
         yield cluster
+
+
+def test_stream_reads_survive_the_death_of_the_clients_default_node(
+        cluster_with_replicas: LocalCluster, service_config: Config) -> None:
+    """redis-py asks its default node for XREADGROUP's keys; when that node died, every read of
+    the outbox failed until the process restarted (a worker stuck while sales waited on it)."""
+    cluster = cluster_with_replicas
+    client = connect(cluster.url)
+    outbox = RedisOutbox(client, KeySpace(f"d{uuid.uuid4().hex[:6]}", 16))
+    everything = list(range(16))
+    outbox.read_new(everything, "w", 10)
+    default = client.get_default_node()  # type: ignore[attr-defined]
+    assert default is not None
+    cluster.kill(default.port)
+
+    def reads() -> bool:
+        try:
+            outbox.read_new(everything, "w", 10)
+            return all(outbox.read(p, "w", 10) == [] for p in everything)
+        except (errors.Unavailable, redis.RedisError):
+            return False
+
+    wait_until(reads, 30, "the outbox to be read again after the failover")
 
 
 def test_selling_goes_on_through_a_failover(cluster_with_replicas: LocalCluster,

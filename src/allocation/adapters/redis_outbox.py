@@ -10,7 +10,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from allocation.adapters.outbox import Outbox, OutboxEntry
-from allocation.adapters.redis_client import RedisClient
+from allocation.adapters.redis_client import RedisClient, read_group
 from allocation.adapters.redis_counter import unavailable_on_connection_error
 from allocation.adapters.redis_keys import KeySpace
 
@@ -73,8 +73,7 @@ class RedisOutbox(Outbox):
             self._ensure_group(partition)
             try:
                 for start in ("0", ">"):  # what this consumer holds unacknowledged, then new
-                    reply = self.client.xreadgroup(GROUP, consumer, {stream: start},
-                                                   count=count)
+                    reply = read_group(self.client, GROUP, consumer, stream, start, count)
                     entries = [_entry(partition, i, f) for _, items in reply
                                for i, f in items if f]
                     if entries:
@@ -96,8 +95,8 @@ class RedisOutbox(Outbox):
                 self._ensure_group(partition)
             pipe = self.client.pipeline(transaction=False)
             for partition in partitions:
-                pipe.xreadgroup(GROUP, consumer, {self.keys.outbox(partition): ">"},
-                                count=count)
+                read_group(self.client, GROUP, consumer, self.keys.outbox(partition), ">",
+                           count, via=pipe)
             replies = pipe.execute(raise_on_error=False)
         found: list[list[OutboxEntry]] = []
         for partition, reply in zip(partitions, replies, strict=True):

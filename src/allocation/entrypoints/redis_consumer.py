@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from allocation.adapters.event_publisher import RedisEventPublisher
 from allocation.adapters.outages import is_outage
-from allocation.adapters.redis_client import RedisClient
+from allocation.adapters.redis_client import RedisClient, read_group
 from allocation.bootstrap import Application
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
@@ -357,8 +357,8 @@ class StreamConsumer:
 
     def _read_new(self, block_ms: int | None) -> bool:
         """Handle new entries; whether any met a passing failure."""
-        reply = self.client.xreadgroup(STREAM_GROUP, self.name, {self.stream: ">"},
-                                       count=100, block=block_ms)
+        reply = read_group(self.client, STREAM_GROUP, self.name, self.stream, ">", 100,
+                           block_ms)
         entries = [(i, f) for _, items in reply or [] for i, f in items]
         return self._handle_batch(entries, {_id(i): 1 for i, _ in entries})
 
@@ -367,8 +367,7 @@ class StreamConsumer:
         whether any met a passing failure again."""
         retry, start = False, "0"
         for _ in range(100):  # at most 10 000 entries a round; the rest in the next
-            reply = self.client.xreadgroup(STREAM_GROUP, self.name, {self.stream: start},
-                                           count=100)
+            reply = read_group(self.client, STREAM_GROUP, self.name, self.stream, start, 100)
             entries = [(i, f) for _, items in reply or [] for i, f in items]
             if not entries:
                 break
