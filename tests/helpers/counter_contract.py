@@ -16,13 +16,14 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from allocation.adapters.counter import Counter
+from allocation.adapters.counter import Counter, Reserved, Step
 from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.domain import errors, rules
 from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import Outcome
 from allocation.domain.rules import Kind
+from tests.helpers.processes import wait_until
 
 
 class CounterContract(abc.ABC):
@@ -233,6 +234,147 @@ class LimitContract(abc.ABC):
                                   buyer="bob").remaining == 1
 
 
+class ReservationContract(abc.ABC):
+    """Reservations: holds taken all or none, ended exactly once, expiring by the counter's
+    clock (run with ``CounterContract``). ``pass_time`` moves that clock past a moment (an
+    adapter whose clock it cannot move waits for it, polling)."""
+
+    counter: Counter
+    ns: str
+
+    @abc.abstractmethod
+    def pass_time(self, ms: int) -> None: ...
+
+    def skus(self, n: int) -> list[str]:
+        """``n`` SKUs a cart may hold together (an adapter may need them in one slot)."""
+        return [f"c{i}" for i in range(n)]
+
+    def hold(self, rid: str, lines: list[tuple[str, int]], ttl_ms: int = 60_000,
+             buyer: str | None = None) -> Reserved:
+        return self.counter.reservation_step("hold", self.ns, rid, lines, ttl_ms=ttl_ms,
+                                             buyer=buyer, fingerprint=repr((lines, buyer)))
+
+    def step(self, step: Step, rid: str, ttl_ms: int = 0) -> Reserved:
+        found = self.counter.reservation_lines(self.ns, rid)
+        lines = found[0] if found else ()
+        return self.counter.reservation_step(step, self.ns, rid, lines, ttl_ms=ttl_ms)
+
+    def available(self, sku: str) -> tuple[int, int, int]:
+        figures = self.counter.read(self.ns, sku)
+        assert figures is not None
+        return figures.consumed, figures.held, figures.available
+
+    def rid(self, seed: str) -> str:
+        return self.counter.reservation_id(self.ns, "x", seed)
+
+    def test_a_cart_is_held_whole_or_not_at_all(self) -> None:
+        a, b = self.skus(2)
+        self.counter.load(self.ns, a, 10, 0, 1)
+        self.counter.load(self.ns, b, 1, 0, 1)
+        refused = self.hold(self.rid("r1"), [(a, 2), (b, 2)])
+        assert (refused.status, refused.sku, refused.detail) == ("insufficient_stock", b, 1)
+        assert (self.available(a), self.available(b)) == ((0, 0, 10), (0, 0, 1))
+        held = self.hold(self.rid("r2"), [(a, 2), (b, 1)])
+        assert (held.status, held.state) == ("ok", "held")
+        assert held.expires_ms - held.created_ms == 60_000
+        assert [(f.held, f.available) for f in held.figures] == [(2, 8), (1, 0)]
+        assert (self.available(a), self.available(b)) == ((0, 2, 8), (0, 1, 0))
+        assert self.counter.apply(self.ns, b, "decrement", 1, "k").status == "insufficient_stock"
+
+    def test_a_hold_again_is_a_replay_and_another_request_is_refused(self) -> None:
+        a, = self.skus(1)
+        self.counter.load(self.ns, a, 10, 0, 1)
+        first = self.hold(self.rid("r"), [(a, 2)])
+        again = self.hold(self.rid("r"), [(a, 2)])
+        assert (again.status, again.replayed, again.created_ms, again.expires_ms) == (
+            "ok", True, first.created_ms, first.expires_ms)
+        assert self.hold(self.rid("r"), [(a, 3)]).status == "idempotency_key_reused"
+        assert self.available(a) == (0, 2, 8)
+
+    def test_confirm_sells_and_ends_it_once(self) -> None:
+        a, b = self.skus(2)
+        self.counter.load(self.ns, a, 10, 0, 1)
+        self.counter.load(self.ns, b, 5, 0, 1)
+        rid = self.rid("r")
+        self.hold(rid, [(a, 2), (b, 1)])
+        confirmed = self.step("confirm", rid)
+        assert (confirmed.status, confirmed.state, confirmed.replayed) == ("ok", "confirmed",
+                                                                          False)
+        assert (self.available(a), self.available(b)) == ((2, 0, 8), (1, 0, 4))
+        assert self.step("confirm", rid).replayed
+        assert self.step("release", rid).status == "reservation_confirmed"
+        assert self.step("extend", rid, 1000).status == "reservation_confirmed"
+        assert (self.available(a), self.available(b)) == ((2, 0, 8), (1, 0, 4))
+
+    def test_release_puts_the_units_back_and_ends_it_once(self) -> None:
+        a, = self.skus(1)
+        self.counter.load(self.ns, a, 3, 0, 1)
+        rid = self.rid("r")
+        self.hold(rid, [(a, 3)])
+        assert self.step("release", rid).state == "released"
+        assert self.step("release", rid).replayed
+        assert self.step("confirm", rid).status == "reservation_released"
+        assert self.available(a) == (0, 0, 3)
+
+    def test_at_its_expiry_its_units_go_back_on_sale_without_help(self) -> None:
+        a, = self.skus(1)
+        self.counter.load(self.ns, a, 2, 0, 1)
+        rid = self.rid("r")
+        self.hold(rid, [(a, 2)], ttl_ms=300)
+        assert self.counter.apply(self.ns, a, "decrement", 1, "k1", record=True).status == (
+            "insufficient_stock")
+        self.pass_time(300)
+        # the sale itself ends the due hold first
+        assert self.counter.apply(self.ns, a, "decrement", 2, "k2", record=True).ok
+        assert self.step("get", rid).state == "expired"
+        assert self.step("confirm", rid).status == "reservation_expired"
+        released = self.step("release", rid)
+        assert (released.status, released.state) == ("ok", "expired")
+        assert self.available(a) == (2, 0, 0)
+
+    def test_an_extended_hold_outlives_its_first_expiry(self) -> None:
+        a, = self.skus(1)
+        self.counter.load(self.ns, a, 2, 0, 1)
+        rid = self.rid("r")
+        first = self.hold(rid, [(a, 1)], ttl_ms=300)
+        extended = self.step("extend", rid, 60_000)
+        assert extended.expires_ms >= first.expires_ms + 59_000
+        self.pass_time(300)
+        assert self.counter.apply(self.ns, a, "decrement", 2, "k", record=True).status == (
+            "insufficient_stock")
+        assert self.step("confirm", rid).state == "confirmed"
+
+    def test_a_hold_counts_against_the_buyers_limit_until_it_ends(self) -> None:
+        a, = self.skus(1)
+        self.counter.load(self.ns, a, 10, 0, 1)
+        self.counter.load_allowances(self.ns, {a: (2, {})})
+        assert self.hold(self.rid("n"), [(a, 1)]).status == "buyer_required"
+        rid = self.rid("r")
+        assert self.hold(rid, [(a, 2)], buyer="ann").ok
+        over = self.counter.apply(self.ns, a, "decrement", 1, "k", buyer="ann")
+        assert (over.status, over.remaining) == ("limit_exceeded", 0)
+        refused = self.hold(self.rid("r2"), [(a, 1)], buyer="ann")
+        assert (refused.status, refused.detail) == ("limit_exceeded", 0)
+        self.step("release", rid)
+        assert self.counter.apply(self.ns, a, "decrement", 2, "k2", buyer="ann").ok
+
+    def test_unknown_reservations_and_items(self) -> None:
+        a, = self.skus(1)
+        assert self.hold(self.rid("r"), [(a, 1)]).status == "not_found"
+        assert self.step("confirm", self.rid("nope")).status == "not_found"
+        assert self.counter.reservation_lines(self.ns, "no-such-id") is None
+
+    def test_every_transition_is_one_recorded_movement_per_line(self) -> None:
+        a, b = self.skus(2)
+        self.counter.load(self.ns, a, 10, 0, 1)
+        self.counter.load(self.ns, b, 10, 0, 1)
+        rid = self.rid("r")
+        self.hold(rid, [(a, 2), (b, 3)], buyer="ann")
+        self.step("confirm", rid)
+        assert self.counter.read(self.ns, a) == Outcome("ok", 10, 2, seq=3, held=0)
+        assert self.counter.read(self.ns, b) == Outcome("ok", 10, 3, seq=3, held=0)
+
+
 def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedStateMachine]:
     """A state machine comparing the counter made by ``make_counter()`` with the domain rules."""
 
@@ -268,7 +410,7 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
                 if kind == "decrement":
                     rules.quantity_must_be_positive(qty)
                     rules.buyer_within_limit(self.limit, buyer, used, qty)
-                self.model = rules.apply(kind, *self.model, qty)
+                self.model = rules.apply(kind, *self.model, qty)[:2]
                 self.seq += 1
                 if buyer:
                     self.used[buyer] = max(0, used + (qty if kind == "decrement" else
@@ -355,3 +497,15 @@ class RedisRecordTtls:
         assert isinstance(counter, RedisCounter)
         left = counter.client.pttl(counter.keys.idempotency(namespace, sku, key))
         assert (seconds - 5) * 1000 < left <= seconds * 1000, (key, left)
+
+
+def pass_redis_time(counter: Counter, ms: int) -> None:
+    """Wait until Redis's clock (the one scripts read) is ``ms`` past now, polling it."""
+    assert isinstance(counter, RedisCounter)
+
+    def now() -> int:
+        seconds, micros = counter.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    until = now() + ms
+    wait_until(lambda: now() >= until, 10, f"Redis's clock to pass {ms} ms")

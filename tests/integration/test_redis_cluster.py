@@ -28,7 +28,9 @@ from tests.helpers.counter_contract import (
     LimitContract,
     OutboxContract,
     RedisRecordTtls,
+    ReservationContract,
     counter_machine,
+    pass_redis_time,
 )
 from tests.helpers.ledger import ledger_rows, ledger_threads, stored
 from tests.helpers.processes import wait_until
@@ -47,9 +49,19 @@ def cluster_counter() -> RedisCounter:
     return RedisCounter(connect(CLUSTER[0]), KeySpace(f"c{uuid.uuid4().hex[:6]}", 16))
 
 
-class TestClusterCounter(RedisRecordTtls, LimitContract, CounterContract):
+class TestClusterCounter(RedisRecordTtls, ReservationContract, LimitContract, CounterContract):
     def make_counter(self) -> Counter:
         return cluster_counter()
+
+    def pass_time(self, ms: int) -> None:
+        pass_redis_time(self.counter, ms)
+
+    def skus(self, n: int) -> list[str]:
+        # A cart is one script: its items in one slot (carts across slots: not yet).
+        assert isinstance(self.counter, RedisCounter)
+        keys = self.counter.keys
+        return [sku for sku in (f"c{i}" for i in range(1000))
+                if keys.partition(self.ns, sku) == keys.partition(self.ns, "x")][:n]
 
     def make_counter_with_ttls(self, ttl: int, refusal_ttl: int) -> Counter:
         return RedisCounter(connect(CLUSTER[0]), KeySpace(f"c{uuid.uuid4().hex[:6]}", 16), ttl,

@@ -21,7 +21,9 @@ from tests.helpers.counter_contract import (
     LimitContract,
     OutboxContract,
     RedisRecordTtls,
+    ReservationContract,
     counter_machine,
+    pass_redis_time,
 )
 from tests.helpers.processes import wait_until
 
@@ -45,9 +47,12 @@ def make_redis_counter() -> RedisCounter:
     return RedisCounter(redis.Redis.from_url(url), keys)
 
 
-class TestRedisCounter(RedisRecordTtls, LimitContract, CounterContract):
+class TestRedisCounter(RedisRecordTtls, ReservationContract, LimitContract, CounterContract):
     def make_counter(self) -> Counter:
         return make_redis_counter()
+
+    def pass_time(self, ms: int) -> None:
+        pass_redis_time(self.counter, ms)
 
     def make_counter_with_ttls(self, ttl: int, refusal_ttl: int) -> Counter:
         url, keys = REDIS
@@ -157,10 +162,12 @@ def test_entries_an_older_version_wrote_are_still_read(redis_url: str,
         "ns": "ns", "sku": "s", "seq": 8, "kind": "adjust", "qty": -1, "key": "", "total": 9,
         "consumed": 3})
     client.xadd(own.outbox(partition), {"m": "9 1 9 4 decrement 2 1 gx|nsskey"})
-    assert [e[2:] for e in outbox.read(partition, "w", 1000)] == [
+    client.xadd(own.outbox(partition), {"m": "10 1 9 5 decrement 2 1 gx 3|nssannkey"})
+    assert [e[2:12] for e in outbox.read(partition, "w", 1000)] == [
         ("ns", "s", 7, "refund", 2, "r1", 10, 3, None, None),
         ("ns", "s", 8, "adjust", -1, None, 9, 3, None, None),  # no generation before 0.8
-        ("ns", "s", 9, "decrement", 1, "key", 9, 4, "gx", None)]  # no buyer before 0.9
+        ("ns", "s", 9, "decrement", 1, "key", 9, 4, "gx", None),  # no buyer before 0.9
+        ("ns", "s", 10, "decrement", 1, "key", 9, 5, "gx", "ann")]  # nor holds
 
 
 TestRedisCounterMatchesTheDomain = counter_machine(make_redis_counter).TestCase

@@ -6,13 +6,18 @@ from tests.helpers.counter_contract import (
     CounterContract,
     LimitContract,
     OutboxContract,
+    ReservationContract,
     counter_machine,
 )
 
 
-class TestInProcessCounter(LimitContract, CounterContract):
+class TestInProcessCounter(ReservationContract, LimitContract, CounterContract):
     def make_counter(self) -> Counter:
-        return InProcessCounter()
+        self.clock = 1_000_000
+        return InProcessCounter(clock_ms=lambda: self.clock)  # a clock the test moves
+
+    def pass_time(self, ms: int) -> None:
+        self.clock += ms
 
     def make_counter_with_ttls(self, ttl: int, refusal_ttl: int) -> Counter:
         counter = InProcessCounter(ttl, refusal_ttl)

@@ -101,6 +101,9 @@ class Decided(NamedTuple):
     total: int
     consumed: int
     buyer: str | None = None
+    held: int = 0
+    reservation_id: str | None = None
+    expires_ms: int = 0
 
 
 class TestRecordMany:

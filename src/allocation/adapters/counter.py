@@ -3,17 +3,48 @@
 from __future__ import annotations
 
 import abc
+import base64
+import dataclasses
+import hashlib
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
 
 from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import Outcome
 from allocation.domain.rules import Kind
 
-# (namespace, sku, total, consumed, seq[, generation]): without one, the item keeps its own.
-Figures = tuple[str, str, int, int, int] | tuple[str, str, int, int, int, str]
+# (namespace, sku, total, consumed, seq[, generation[, held]]): without a generation, the item
+# keeps its own.
+Figures = (tuple[str, str, int, int, int] | tuple[str, str, int, int, int, str]
+           | tuple[str, str, int, int, int, str, int])
 # An item's limit per buyer (None: none) and each buyer's units bought and held.
 Allowances = tuple[int | None, Mapping[str, int]]
+Line = tuple[str, int]  # (sku, qty) of a reservation
+# An open hold of an item: (reservation id, qty, buyer or "", expires_ms).
+Hold = tuple[str, int, str, int]
+Step = Literal["hold", "confirm", "release", "extend", "get"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Reserved:
+    """What a reservation step came to. ``status``: ``ok``, a refusal's code (the line's
+    ``sku`` with it, and ``detail``: what is available or what the buyer may still take),
+    ``not_found``, ``fenced`` or ``idempotency_key_reused``. ``figures``: each line's item after
+    the step, where the step read them."""
+
+    status: str
+    state: str = ""
+    created_ms: int = 0
+    expires_ms: int = 0
+    sku: str | None = None
+    detail: int | None = None
+    replayed: bool = False
+    figures: tuple[Outcome, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
 
 
 def new_generation() -> str:
@@ -21,9 +52,11 @@ def new_generation() -> str:
     return secrets.token_hex(6)
 
 
-def unpack(figures: Figures) -> tuple[str, str, int, int, int, str]:
-    namespace, sku, total, consumed, seq, *gen = figures
-    return namespace, sku, total, consumed, seq, gen[0] if gen else ""
+def unpack(figures: Figures) -> tuple[str, str, int, int, int, str, int]:
+    namespace, sku, total, consumed, seq, *rest = figures
+    gen = str(rest[0]) if rest else ""
+    held = rest[1] if len(rest) > 1 else 0
+    return namespace, sku, total, consumed, seq, gen, held if isinstance(held, int) else 0
 
 
 def fingerprint(kind: Kind, qty: int, buyer: str | None = None) -> str:
@@ -62,6 +95,44 @@ class Counter(abc.ABC):
 
     @abc.abstractmethod
     def load_many(self, figures: Iterable[Figures]) -> None: ...
+
+    @abc.abstractmethod
+    def reservation_step(self, step: Step, namespace: str, reservation_id: str,
+                         lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
+                         fingerprint: str = "") -> Reserved:
+        """One step of a reservation, atomic over it and all its lines' items.
+
+        ``hold`` takes every line (lines of one sku added together by the caller) or none, as
+        a reservation that expires ``ttl_ms`` later by the counter's clock; again with the same
+        ``fingerprint`` it answers the same (``replayed``), with another
+        ``idempotency_key_reused``. ``confirm`` sells the held units, ``release`` puts them back
+        on sale, ``extend`` moves the expiry to ``ttl_ms`` from now; each checks and changes
+        the reservation's state in the same step, so when they race with each other and with
+        expiry exactly one ends it. ``get`` reads it. Every ended line is one movement of its
+        item (``hold``, ``confirm``, ``release``, ``expire``), recorded in the outbox.
+        """
+
+    def reservation_id(self, namespace: str, first_sku: str, seed: str) -> str:
+        """The id of the reservation an idempotency key (``seed``) makes: the same for the same
+        key, opaque and URL-safe. An adapter may put where the reservation lives into it."""
+        digest = hashlib.blake2b(f"{namespace}\n{seed}".encode(), digest_size=15).digest()
+        return base64.urlsafe_b64encode(digest).decode()
+
+    @abc.abstractmethod
+    def reservation_lines(self, namespace: str, reservation_id: str
+                          ) -> tuple[tuple[Line, ...], str | None] | None:
+        """A reservation's lines and buyer, None where the counter holds no such reservation."""
+
+    @abc.abstractmethod
+    def load_holds(self, namespace: str, holds: Mapping[str, Sequence[Hold]]) -> None:
+        """Set items' open holds (sku -> holds), replacing what the counter held: a rebuild
+        does so, with allowances, before it loads the figures."""
+
+    @abc.abstractmethod
+    def sweep(self, most: int = 1000) -> int:
+        """End holds that are due on items nobody touches (at most ``most`` items); returns
+        how many items it visited. Correctness never waits on it: every step that touches an
+        item ends that item's due holds first."""
 
     @abc.abstractmethod
     def load_allowances(self, namespace: str, allowances: Mapping[str, Allowances]) -> None:

@@ -6,11 +6,21 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from allocation.adapters.counter import Allowances, Counter, Figures, fingerprint, unpack
+from allocation.adapters.counter import (
+    Allowances,
+    Counter,
+    Figures,
+    Hold,
+    Line,
+    Reserved,
+    Step,
+    fingerprint,
+    unpack,
+)
 from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.domain import errors, rules
 from allocation.domain.model import LedgerEntry
@@ -24,6 +34,21 @@ class _Item:
     seq: int
     gen: str = ""
     fenced: bool = False
+    held: int = 0
+
+
+@dataclass
+class _Reservation:
+    state: str
+    fingerprint: str
+    lines: tuple[Line, ...] = ()
+    buyer: str = ""
+    created_ms: int = 0
+    expires_ms: int = 0
+    reason: str = "ok"
+    sku: str | None = None
+    detail: int | None = None
+    kept_until_ms: int = 0
 
 
 def _epoch(moment: datetime) -> float:
@@ -32,8 +57,13 @@ def _epoch(moment: datetime) -> float:
 
 
 class InProcessCounter(Counter):
-    def __init__(self, idempotency_ttl: float = 48 * 3600, refusal_ttl: float = 300) -> None:
+    def __init__(self, idempotency_ttl: float = 48 * 3600, refusal_ttl: float = 300,
+                 clock_ms: Callable[[], int] | None = None) -> None:
         self._items: dict[tuple[str, str], _Item] = {}
+        # Open holds per item: reservation id -> (qty, expires_ms, buyer or "").
+        self._holds: dict[tuple[str, str], dict[str, tuple[int, int, str]]] = {}
+        self._reservations: dict[tuple[str, str], _Reservation] = {}
+        self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         # Kept apart from the figures, as Redis keeps them: a rebuild sets them first.
         self._limits: dict[tuple[str, str], int] = {}
         self._buyers: dict[tuple[str, str], dict[str, int]] = {}
@@ -59,12 +89,14 @@ class InProcessCounter(Counter):
                     return Outcome(status, seen.total, seen.consumed, replayed=True,
                                    seq=seen.seq if seen.ok else 0,
                                    gen=seen.gen if seen.ok else "", remaining=seen.remaining,
-                                   limit=seen.limit)
+                                   limit=seen.limit, held=seen.held)
             item = self._items.get((namespace, sku))
             if item is None:
                 return Outcome(NOT_FOUND, 0, 0)
             if item.fenced:
-                return Outcome(FENCED, item.total, item.consumed, seq=item.seq)
+                return Outcome(FENCED, item.total, item.consumed, seq=item.seq, held=item.held)
+            if record:
+                self._expire_due(namespace, sku, item)
             buyers = self._buyers.setdefault((namespace, sku), {})
             limit = self._limits.get((namespace, sku))
             try:
@@ -72,32 +104,190 @@ class InProcessCounter(Counter):
                     rules.quantity_must_be_positive(qty)
                     rules.buyer_within_limit(limit, buyer,
                                              buyers.get(buyer, 0) if buyer else 0, qty)
-                after = rules.apply(kind, item.total, item.consumed, qty)
+                after = rules.apply(kind, item.total, item.consumed, qty, item.held)
             except errors.DomainError as refusal:
                 outcome = Outcome(refusal.code, item.total, item.consumed, seq=item.seq,
-                                  remaining=refusal.details.get("remaining"), limit=limit)
+                                  remaining=refusal.details.get("remaining"), limit=limit,
+                                  held=item.held)
             else:
-                item.total, item.consumed = after
+                item.total, item.consumed, item.held = after
                 item.seq += 1
                 if buyer and kind == "decrement":
                     buyers[buyer] = buyers.get(buyer, 0) + qty
                 elif buyer and kind == "refund":  # their allowance back, as far as they used it
-                    left = buyers.get(buyer, 0) - qty
-                    if left > 0:
-                        buyers[buyer] = left
-                    else:
-                        buyers.pop(buyer, None)
+                    self._give_back(namespace, sku, buyer, qty)
                 outcome = Outcome(OK, item.total, item.consumed, seq=item.seq, gen=item.gen,
-                                  limit=limit)
+                                  limit=limit, held=item.held)
                 if record:
-                    entry_id = str(next(self._ids))
-                    self.recorded.append(OutboxEntry(
-                        entry_id, 0, namespace, sku, item.seq, kind, qty,
-                        idempotency_key, item.total, item.consumed, item.gen or None, buyer))
-                    self.recorded_at[entry_id] = time.time()
+                    self._record(namespace, sku, item, kind, qty, idempotency_key, buyer)
             if idempotency_key is not None:
                 self._remember((namespace, sku, idempotency_key), request, outcome)
             return outcome
+
+    def _record(self, namespace: str, sku: str, item: _Item, kind: rules.Kind, qty: int,
+                key: str | None, buyer: str | None, reservation_id: str | None = None,
+                expires_ms: int = 0) -> None:
+        entry_id = str(next(self._ids))
+        self.recorded.append(OutboxEntry(
+            entry_id, 0, namespace, sku, item.seq, kind, qty, key, item.total, item.consumed,
+            item.gen or None, buyer or None, item.held, reservation_id, expires_ms))
+        self.recorded_at[entry_id] = time.time()
+
+    def _end_hold(self, namespace: str, sku: str, item: _Item, reservation_id: str,
+                  kind: rules.Kind) -> bool:
+        """End one hold (confirm, release, expire) as one movement; False where it ended
+        before. Called under the lock."""
+        held = self._holds.get((namespace, sku), {}).pop(reservation_id, None)
+        if held is None:
+            return False
+        qty, _, buyer = held
+        item.total, item.consumed, item.held = rules.apply(kind, item.total, item.consumed, qty,
+                                                           item.held)
+        if kind != "confirm" and buyer:
+            self._give_back(namespace, sku, buyer, qty)
+        item.seq += 1
+        self._record(namespace, sku, item, kind, qty, None, buyer, reservation_id)
+        return True
+
+    def _give_back(self, namespace: str, sku: str, buyer: str, qty: int) -> None:
+        buyers = self._buyers.setdefault((namespace, sku), {})
+        left = buyers.get(buyer, 0) - qty
+        if left > 0:
+            buyers[buyer] = left
+        else:
+            buyers.pop(buyer, None)
+
+    def _expire_due(self, namespace: str, sku: str, item: _Item) -> None:
+        now = self.clock_ms()
+        holds = self._holds.get((namespace, sku), {})
+        for reservation_id in [r for r, (_, expires, _) in holds.items() if expires <= now]:
+            self._end_hold(namespace, sku, item, reservation_id, "expire")
+
+    def reservation_step(self, step: Step, namespace: str, reservation_id: str,
+                         lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
+                         fingerprint: str = "") -> Reserved:
+        with self._lock:
+            now = self.clock_ms()
+            r = self._reservations.get((namespace, reservation_id))
+            if r is not None and r.kept_until_ms <= now:
+                r = self._reservations.pop((namespace, reservation_id))  # forgotten
+                r = None
+            if step == "hold":
+                return self._hold(namespace, reservation_id, lines, ttl_ms, buyer or "",
+                                  fingerprint, r, now)
+            if r is None or r.state == "refused":
+                return Reserved("not_found")
+            items = [self._items.get((namespace, sku)) for sku, _ in r.lines]
+            if any(i is None for i in items):
+                return Reserved("not_found", sku=r.lines[items.index(None)][0])
+            live = [i for i in items if i is not None]
+            if any(i.fenced for i in live):
+                return Reserved("fenced")
+            if r.state == "held" and now >= r.expires_ms and step != "get":
+                for (sku, _), item in zip(r.lines, live, strict=True):
+                    self._end_hold(namespace, sku, item, reservation_id, "expire")
+                r.state = "expired"
+            state = "expired" if r.state == "held" and now >= r.expires_ms else r.state
+            if step == "get":
+                return self._answer("ok", r, state, live)
+            if step == "extend":
+                if state != "held":
+                    return self._answer(f"reservation_{state}", r, state, ())
+                r.expires_ms = now + ttl_ms
+                r.kept_until_ms = r.expires_ms + int(self._ttl * 1000)
+                for sku, _ in r.lines:
+                    qty, _, who = self._holds[(namespace, sku)][reservation_id]
+                    self._holds[(namespace, sku)][reservation_id] = (qty, r.expires_ms, who)
+                return self._answer("ok", r, state, live)
+            if (step, state) in (("confirm", "confirmed"), ("release", "released"),
+                                 ("release", "expired")):
+                return self._answer("ok", r, state, live, replayed=True)
+            if state != "held":
+                return self._answer(f"reservation_{state}", r, state, ())
+            kind: rules.Kind = "confirm" if step == "confirm" else "release"
+            for (sku, _), item in zip(r.lines, live, strict=True):
+                self._end_hold(namespace, sku, item, reservation_id, kind)
+            r.state = "confirmed" if step == "confirm" else "released"
+            r.kept_until_ms = now + int(self._ttl * 1000)
+            return self._answer("ok", r, r.state, live)
+
+    def _hold(self, namespace: str, reservation_id: str, lines: Sequence[Line], ttl_ms: int,
+              buyer: str, request: str, r: _Reservation | None, now: int) -> Reserved:
+        if r is not None:
+            if r.fingerprint != request:
+                return Reserved("idempotency_key_reused")
+            live = [i for sku, _ in r.lines if (i := self._items.get((namespace, sku)))]
+            return self._answer(r.reason, r, r.state, live, replayed=True)
+        items = [self._items.get((namespace, sku)) for sku, _ in lines]
+        for (sku, _), item in zip(lines, items, strict=True):
+            if item is None:
+                return self._refuse(namespace, reservation_id, request, "not_found", sku, None,
+                                    now)
+            if item.fenced:
+                return Reserved("fenced", sku=sku)
+        live = [i for i in items if i is not None]
+        for (sku, _), item in zip(lines, live, strict=True):
+            self._expire_due(namespace, sku, item)
+        for (sku, qty), item in zip(lines, live, strict=True):
+            bought = self._buyers.get((namespace, sku), {})
+            try:
+                rules.buyer_within_limit(self._limits.get((namespace, sku)), buyer or None,
+                                         bought.get(buyer, 0) if buyer else 0, qty)
+                rules.apply("hold", item.total, item.consumed, qty, item.held)
+            except errors.DomainError as refusal:
+                detail = refusal.details.get("remaining", refusal.details.get("available"))
+                return self._refuse(namespace, reservation_id, request, refusal.code, sku,
+                                    detail, now, live)
+        expires = now + ttl_ms
+        for (sku, qty), item in zip(lines, live, strict=True):
+            item.held += qty
+            item.seq += 1
+            self._holds.setdefault((namespace, sku), {})[reservation_id] = (qty, expires, buyer)
+            if buyer:
+                bought = self._buyers.setdefault((namespace, sku), {})
+                bought[buyer] = bought.get(buyer, 0) + qty
+            self._record(namespace, sku, item, "hold", qty, None, buyer, reservation_id, expires)
+        r = _Reservation("held", request, tuple(lines), buyer, now, expires,
+                         kept_until_ms=expires + int(self._ttl * 1000))
+        self._reservations[(namespace, reservation_id)] = r
+        return self._answer("ok", r, "held", live)
+
+    def _refuse(self, namespace: str, reservation_id: str, request: str, reason: str, sku: str,
+                detail: int | None, now: int, live: Sequence[_Item] = ()) -> Reserved:
+        r = _Reservation("refused", request, reason=reason, sku=sku, detail=detail,
+                         kept_until_ms=now + int(self._refusal_ttl * 1000))
+        self._reservations[(namespace, reservation_id)] = r
+        return self._answer(reason, r, "", live)
+
+    def _answer(self, status: str, r: _Reservation, state: str, live: Sequence[_Item],
+                replayed: bool = False) -> Reserved:
+        return Reserved(status, state, r.created_ms, r.expires_ms, r.sku, r.detail, replayed,
+                        tuple(Outcome(OK, i.total, i.consumed, seq=i.seq, gen=i.gen,
+                                      held=i.held) for i in live))
+
+    def reservation_lines(self, namespace: str, reservation_id: str
+                          ) -> tuple[tuple[Line, ...], str | None] | None:
+        with self._lock:
+            r = self._reservations.get((namespace, reservation_id))
+            if r is None or r.state == "refused":
+                return None
+            return r.lines, r.buyer or None
+
+    def load_holds(self, namespace: str, holds: Mapping[str, Sequence[Hold]]) -> None:
+        with self._lock:
+            for sku, open_holds in holds.items():
+                self._holds[(namespace, sku)] = {rid: (qty, expires, buyer)
+                                                 for rid, qty, buyer, expires in open_holds}
+
+    def sweep(self, most: int = 1000) -> int:
+        with self._lock:
+            due = [key for key, holds in self._holds.items()
+                   if any(expires <= self.clock_ms() for _, expires, _ in holds.values())]
+            for namespace, sku in due[:most]:
+                item = self._items.get((namespace, sku))
+                if item is not None and not item.fenced:
+                    self._expire_due(namespace, sku, item)
+            return len(due[:most])
 
     def _remember(self, key: tuple[str, str, str], request: str, outcome: Outcome) -> None:
         now = self._now()
@@ -109,10 +299,11 @@ class InProcessCounter(Counter):
     def load_many(self, figures: Iterable[Figures]) -> None:
         with self._lock:
             for one in figures:
-                namespace, sku, total, consumed, seq, gen = unpack(one)
-                held = self._items.get((namespace, sku))
+                namespace, sku, total, consumed, seq, gen, held = unpack(one)
+                before = self._items.get((namespace, sku))
                 self._items[(namespace, sku)] = _Item(
-                    total, consumed, seq, gen or (held.gen if held is not None else ""))
+                    total, consumed, seq, gen or (before.gen if before is not None else ""),
+                    held=held)
 
     def load_allowances(self, namespace: str, allowances: Mapping[str, Allowances]) -> None:
         with self._lock:
@@ -164,12 +355,13 @@ class InProcessCounter(Counter):
             self._items.pop((namespace, sku), None)
             self._buyers.pop((namespace, sku), None)
             self._limits.pop((namespace, sku), None)
+            self._holds.pop((namespace, sku), None)
 
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
         with self._lock:
             return [None if (i := self._items.get((namespace, sku))) is None else
                     Outcome(OK, i.total, i.consumed, seq=i.seq, gen=i.gen,
-                            limit=self._limits.get((namespace, sku)))
+                            limit=self._limits.get((namespace, sku)), held=i.held)
                     for sku in skus]
 
     def ping(self) -> None:

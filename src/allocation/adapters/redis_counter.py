@@ -12,7 +12,17 @@ from typing import Any
 
 import redis
 
-from allocation.adapters.counter import Allowances, Counter, Figures, fingerprint, unpack
+from allocation.adapters.counter import (
+    Allowances,
+    Counter,
+    Figures,
+    Hold,
+    Line,
+    Reserved,
+    Step,
+    fingerprint,
+    unpack,
+)
 from allocation.adapters.redis_batch import ScriptBatcher, evalsha_many
 from allocation.adapters.redis_client import RedisClient
 from allocation.adapters.redis_keys import KeySpace
@@ -23,7 +33,10 @@ from allocation.domain.rules import Kind
 
 
 def lua(name: str) -> str:
-    return resources.files("allocation.adapters").joinpath(f"lua/{name}.lua").read_text()
+    """A script's text; those that change items start with the functions of lib.lua."""
+    def text(of: str) -> str:
+        return resources.files("allocation.adapters").joinpath(f"lua/{of}.lua").read_text()
+    return text("lib") + text(name) if name in ("move", "reserve", "sweep") else text(name)
 
 
 class _Unavailable:
@@ -66,12 +79,13 @@ class RedisCounter(Counter):
         self._fence_script = lua("fence")
         self._fence_sha = hashlib.sha1(self._fence_script.encode()).hexdigest()
         self._limit = self.client.register_script(lua("limit"))
+        self._reserve = self.client.register_script(lua("reserve"))
+        self._sweep = self.client.register_script(lua("sweep"))
 
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
               idempotency_key: str | None, *, record: bool = False,
               buyer: str | None = None) -> Outcome:
-        keys = [self.keys.item(namespace, sku), self.keys.outbox_of(namespace, sku),
-                self.keys.buyers(namespace, sku)]
+        keys = self._item_keys(namespace, sku)
         if idempotency_key is not None:
             keys.append(self.keys.idempotency(namespace, sku, idempotency_key))
         with unavailable_on_connection_error():
@@ -79,23 +93,106 @@ class RedisCounter(Counter):
                 kind, qty, fingerprint(kind, qty, buyer), self._ttl, "1" if record else "0",
                 namespace, sku, idempotency_key or "", self.events_channel,
                 self._refusal_ttl, buyer or ""])
-        status, total, consumed, replayed, seq, gen, remaining, limit = reply
+        status, total, consumed, replayed, seq, gen, remaining, limit, held = reply
         return Outcome(_text(status), int(total), int(consumed), replayed=bool(replayed),
                        seq=int(seq), gen=_text(gen),
                        remaining=None if int(remaining) < 0 else int(remaining),
-                       limit=int(limit) if limit else None)
+                       limit=int(limit) if limit else None, held=int(held))
+
+    def _item_keys(self, namespace: str, sku: str) -> list[str]:
+        keys = self.keys
+        return [keys.item(namespace, sku), keys.outbox_of(namespace, sku),
+                keys.buyers(namespace, sku), keys.holds(namespace, sku),
+                keys.expiries(namespace, sku)]
+
+    def reservation_id(self, namespace: str, first_sku: str, seed: str) -> str:
+        # The reservation lives in its first line's slot: its id says which.
+        opaque = super().reservation_id(namespace, first_sku, seed)
+        return f"{self.keys.partition(namespace, first_sku)}.{opaque}"
+
+    def _reservation_key(self, namespace: str, reservation_id: str) -> str | None:
+        partition, dot, _ = reservation_id.partition(".")
+        if not dot or not partition.isdigit() or int(partition) >= self.keys.partitions:
+            return None
+        return self.keys.reservation(namespace, int(partition), reservation_id)
+
+    def reservation_step(self, step: Step, namespace: str, reservation_id: str,
+                         lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
+                         fingerprint: str = "") -> Reserved:
+        home = self._reservation_key(namespace, reservation_id)
+        if home is None:
+            return Reserved("not_found")
+        partition = int(reservation_id.partition(".")[0])
+        keys = [home, self.keys.due(partition)]
+        args: list[Any] = [step, reservation_id, namespace, self.events_channel, ttl_ms,
+                           buyer or "", fingerprint, self._ttl * 1000, self._refusal_ttl * 1000]
+        for sku, qty in lines:
+            keys += self._item_keys(namespace, sku)
+            args += [sku, qty]
+        with unavailable_on_connection_error():
+            reply: Any = self._reserve(keys=keys, args=args)
+        status, state, created, expires, sku, detail, replayed, *flat = reply
+        figures = tuple(
+            Outcome(OK, int(flat[i]), int(flat[i + 1]), held=int(flat[i + 2]),
+                    seq=int(flat[i + 3]), gen=_text(flat[i + 4]),
+                    limit=int(flat[i + 5]) if flat[i + 5] else None)
+            for i in range(0, len(flat), 6))
+        return Reserved(_text(status), _text(state), int(created), int(expires),
+                        _text(sku) or None, None if int(detail) < 0 else int(detail),
+                        bool(replayed), figures)
+
+    def reservation_lines(self, namespace: str, reservation_id: str
+                          ) -> tuple[tuple[Line, ...], str | None] | None:
+        home = self._reservation_key(namespace, reservation_id)
+        if home is None:
+            return None
+        with unavailable_on_connection_error():
+            state, listed, buyer = self.client.hmget(home, ["state", "lines", "buyer"])
+        if state is None or listed is None:
+            return None
+        words = _text(listed).split(" ")
+        return (tuple((words[i], int(words[i + 1])) for i in range(0, len(words), 2)),
+                _text(buyer) or None if buyer is not None else None)
+
+    def load_holds(self, namespace: str, holds: Mapping[str, Sequence[Hold]]) -> None:
+        with unavailable_on_connection_error():
+            pipe = self.client.pipeline(transaction=False)
+            for sku, open_holds in holds.items():
+                listed, by_expiry = self.keys.holds(namespace, sku), self.keys.expiries(
+                    namespace, sku)
+                pipe.delete(listed, by_expiry)
+                for rid, qty, buyer, expires_ms in open_holds:
+                    pipe.hset(listed, rid, f"{qty}|{expires_ms}|{buyer}")
+                    pipe.zadd(by_expiry, {rid: expires_ms})
+                    pipe.zadd(self.keys.due(self.keys.partition(namespace, sku)),
+                              {f"{namespace}\n{sku}": expires_ms}, lt=True)
+            pipe.execute()
+
+    def sweep(self, most: int = 1000) -> int:
+        visited = 0
+        for partition in range(self.keys.partitions):
+            with unavailable_on_connection_error():
+                due = self.client.zrangebyscore(self.keys.due(partition), "-inf",
+                                                int(time.time() * 1000), start=0, num=most)
+                for member in due:
+                    namespace, _, sku = _text(member).partition("\n")
+                    self._sweep(keys=[*self._item_keys(namespace, sku),
+                                      self.keys.due(partition)],
+                                args=[namespace, sku, self.events_channel, _text(member)])
+                    visited += 1
+        return visited
 
     def load_many(self, figures: Iterable[Figures]) -> None:
         with unavailable_on_connection_error():
             pipe = self.client.pipeline(transaction=False)
             for one in figures:
-                namespace, sku, total, consumed, seq, gen = unpack(one)
+                namespace, sku, total, consumed, seq, gen, held = unpack(one)
                 # "fenced" 0 rather than a second command to delete it: one command per item.
                 # The figures come from the ledger, so it is written up to their seq.
                 generation = ("gen", gen) if gen else ()
                 pipe.execute_command(  # type: ignore[no-untyped-call]
                     "HSET", self.keys.item(namespace, sku), "total", total, "consumed",
-                    consumed, "seq", seq, "fenced", 0, "written", seq, *generation)
+                    consumed, "held", held, "seq", seq, "fenced", 0, "written", seq, *generation)
             pipe.execute()
 
     def load_allowances(self, namespace: str, allowances: Mapping[str, Allowances]) -> None:
@@ -151,19 +248,21 @@ class RedisCounter(Counter):
 
     def forget(self, namespace: str, sku: str) -> None:
         with unavailable_on_connection_error():
-            self.client.delete(self.keys.item(namespace, sku), self.keys.buyers(namespace, sku))
+            item, _, *rest = self._item_keys(namespace, sku)  # all but the outbox
+            self.client.delete(item, *rest)
 
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
         with unavailable_on_connection_error():
             pipe = self.client.pipeline(transaction=False)
             for sku in skus:
                 pipe.hmget(self.keys.item(namespace, sku),
-                           ["total", "consumed", "seq", "gen", "limit"])
+                           ["total", "consumed", "seq", "gen", "limit", "held"])
             replies = pipe.execute()
         return [None if total is None else Outcome(OK, int(total), int(consumed),
                                                    seq=int(seq or 0), gen=_text(gen or b""),
-                                                   limit=int(limit) if limit else None)
-                for total, consumed, seq, gen, limit in replies]
+                                                   limit=int(limit) if limit else None,
+                                                   held=int(held or 0))
+                for total, consumed, seq, gen, limit, held in replies]
 
     def ping(self) -> None:
         with unavailable_on_connection_error():

@@ -27,6 +27,22 @@ class KeySpace:
         """The item's buyers: buyer -> units bought and held (for its limit per buyer)."""
         return f"{self._tag(self.partition(namespace, sku))}:buyers:{namespace}:{sku}"
 
+    def holds(self, namespace: str, sku: str) -> str:
+        """The item's open holds: reservation id -> "qty|expires_ms|buyer"."""
+        return f"{self._tag(self.partition(namespace, sku))}:holds:{namespace}:{sku}"
+
+    def expiries(self, namespace: str, sku: str) -> str:
+        """The item's open holds by expiry (a sorted set)."""
+        return f"{self._tag(self.partition(namespace, sku))}:expiries:{namespace}:{sku}"
+
+    def reservation(self, namespace: str, partition: int, reservation_id: str) -> str:
+        """A reservation, kept in the slot of its first line's item."""
+        return f"{self._tag(partition)}:res:{namespace}:{reservation_id}"
+
+    def due(self, partition: int) -> str:
+        """A partition's items with open holds, by their next expiry (the sweeper's list)."""
+        return f"{self._tag(partition)}:due"
+
     def idempotency(self, namespace: str, sku: str, key: str) -> str:
         return f"{self._tag(self.partition(namespace, sku))}:idem:{namespace}:{sku}:{key}"
 

@@ -18,9 +18,10 @@ GROUP = "ledger"
 
 
 def _entry(partition: int, entry_id: Any, f: dict[bytes, bytes]) -> OutboxEntry:
-    """An entry as move.lua writes it: one field ``m``, "seq qty total consumed kind ns_len
-    sku_len gen buyer_len|" then the namespace, SKU, buyer and key, unseparated (names may hold
-    any character). Before 0.8 the head had no generation, before 0.9 no buyer."""
+    """An entry as lib.lua's ``record`` writes it: one field ``m``, "seq qty total consumed kind
+    ns_len sku_len gen buyer_len held rid_len expires_ms|" then the namespace, SKU, buyer,
+    reservation id and key, unseparated (names may hold any character). Before 0.8 the head had
+    no generation; a 0.9 development build wrote gen and buyer_len only."""
     id_ = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     if f and isinstance(next(iter(f)), str):  # a client made with decode_responses=True
         f = {k.encode(): v.encode() for k, v in f.items()}  # type: ignore[attr-defined]
@@ -29,14 +30,25 @@ def _entry(partition: int, entry_id: Any, f: dict[bytes, bytes]) -> OutboxEntry:
         return _fields_entry(partition, id_, f)
     head, _, names = packed.partition(b"|")
     seq, qty, total, consumed, kind, ns_len, sku_len, *rest = head.split(b" ")
-    # rest: the generation (from 0.8), the buyer's length (from 0.9)
+    # rest: the generation (from 0.8); the buyer's length, held, the reservation id's length
+    # and a hold's expiry (from 0.9)
     ns_end = int(ns_len)
     sku_end = ns_end + int(sku_len)
-    buyer_end = sku_end + (int(rest[1]) if len(rest) > 1 else 0)
+    if len(rest) < 5:
+        buyer_end = sku_end + (int(rest[1]) if len(rest) > 1 else 0)
+        return OutboxEntry(
+            id_, partition, names[:ns_end].decode(), names[ns_end:sku_end].decode(), int(seq),
+            kind.decode(), int(qty), names[buyer_end:].decode() or None, int(total),
+            int(consumed), rest[0].decode() or None if rest else None,
+            names[sku_end:buyer_end].decode() or None)
+    gen, buyer_len, held, rid_len, expires = rest[:5]
+    buyer_end = sku_end + int(buyer_len)
+    rid_end = buyer_end + int(rid_len)
     return OutboxEntry(
         id_, partition, names[:ns_end].decode(), names[ns_end:sku_end].decode(), int(seq),
-        kind.decode(), int(qty), names[buyer_end:].decode() or None, int(total), int(consumed),
-        rest[0].decode() or None if rest else None, names[sku_end:buyer_end].decode() or None)
+        kind.decode(), int(qty), names[rid_end:].decode() or None, int(total), int(consumed),
+        gen.decode() or None, names[sku_end:buyer_end].decode() or None, int(held),
+        names[buyer_end:rid_end].decode() or None, int(expires))
 
 
 def _fields_entry(partition: int, id_: str, f: dict[bytes, bytes]) -> OutboxEntry:

@@ -55,6 +55,18 @@ class BuyerRequired(DomainError):
     code = "buyer_required"
 
 
+class ReservationExpired(DomainError):
+    code = "reservation_expired"
+
+
+class ReservationReleased(DomainError):
+    code = "reservation_released"
+
+
+class ReservationConfirmed(DomainError):
+    code = "reservation_confirmed"
+
+
 class InvalidInput(DomainError, ValueError):
     """A value outside the contract (API.md, Identity): a float, bool or string for a number, a
     number out of range, a bad name or key. ``field`` names it; nothing was done. A ValueError
@@ -82,5 +94,5 @@ REFUSALS: dict[str, type[DomainError]] = {
     cls.code: cls
     for cls in (NotFound, AlreadyExists, InsufficientStock, BelowConsumed,
                 RefundExceedsConsumed, InvalidQuantity, IdempotencyKeyReused, LimitExceeded,
-                BuyerRequired)
+                BuyerRequired, ReservationExpired, ReservationReleased, ReservationConfirmed)
 }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -11,10 +11,11 @@ class Event:
     sku: str
     total: int
     consumed: int
+    held: int = field(default=0, kw_only=True)
 
     @property
     def available(self) -> int:
-        return self.total - self.consumed
+        return self.total - self.consumed - self.held
 
 
 @dataclass(frozen=True)
@@ -47,16 +48,50 @@ class SoldOut(Event):
     pass
 
 
+@dataclass(frozen=True)
+class Reserved(Event):
+    reservation_id: str
+    qty: int
+
+
+@dataclass(frozen=True)
+class ReservationConfirmed(Event):
+    reservation_id: str
+    qty: int
+
+
+@dataclass(frozen=True)
+class ReservationReleased(Event):
+    reservation_id: str
+    qty: int
+
+
+@dataclass(frozen=True)
+class ReservationExpired(Event):
+    reservation_id: str
+    qty: int
+
+
+HOLD_EVENTS: dict[str, type[Reserved | ReservationConfirmed | ReservationReleased
+                            | ReservationExpired]] = {
+    "hold": Reserved, "confirm": ReservationConfirmed, "release": ReservationReleased,
+    "expire": ReservationExpired}
+
+
 def of_movement(kind: str, namespace: str, sku: str, qty: int, idempotency_key: str | None,
-                total: int, consumed: int, buyer: str | None = None) -> list[Event]:
+                total: int, consumed: int, buyer: str | None = None,
+                held: int = 0) -> list[Event]:
     """The events an applied movement raises, from its figures after it."""
     raised: list[Event] = []
     if kind == "adjust":
-        raised.append(TotalAdjusted(namespace, sku, total, consumed, qty, idempotency_key))
+        raised.append(TotalAdjusted(namespace, sku, total, consumed, qty, idempotency_key,
+                                    held=held))
     elif kind == "decrement" and idempotency_key is not None:
-        raised.append(Decremented(namespace, sku, total, consumed, qty, idempotency_key, buyer))
-        if total == consumed:
-            raised.append(SoldOut(namespace, sku, total, consumed))
+        raised.append(Decremented(namespace, sku, total, consumed, qty, idempotency_key, buyer,
+                                  held=held))
+        if total == consumed + held:
+            raised.append(SoldOut(namespace, sku, total, consumed, held=held))
     elif kind == "refund" and idempotency_key is not None:
-        raised.append(Refunded(namespace, sku, total, consumed, qty, idempotency_key, buyer))
+        raised.append(Refunded(namespace, sku, total, consumed, qty, idempotency_key, buyer,
+                               held=held))
     return raised

@@ -25,6 +25,9 @@ class LedgerEntry:
     idempotency_key: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     buyer: str | None = None  # who bought or was refunded, where the request named them
+    reservation_id: str | None = None  # the reservation a hold's movement belongs to
+    held_after: int = 0
+    expires_at: datetime | None = None  # a hold's expiry (a rebuild restores open holds)
 
 
 class Decided(Protocol):
@@ -42,6 +45,12 @@ class Decided(Protocol):
     def total(self) -> int: ...
     @property
     def consumed(self) -> int: ...
+    @property
+    def held(self) -> int: ...
+    @property
+    def reservation_id(self) -> str | None: ...
+    @property
+    def expires_ms(self) -> int: ...
 
 
 class Stock(NamedTuple):
@@ -53,6 +62,7 @@ class Stock(NamedTuple):
     consumed: int
     last_seq: int
     limit_per_buyer: int | None = None
+    held: int = 0
 
 
 class InventoryItem:
@@ -63,6 +73,7 @@ class InventoryItem:
         self.sku = sku
         self.total = total
         self.consumed = consumed
+        self.held = 0
         self.last_seq = last_seq
         # Each buyer's units (bought and held) may not exceed it; None: no limit.
         self.limit_per_buyer: int | None = None
@@ -83,7 +94,7 @@ class InventoryItem:
 
     @property
     def available(self) -> int:
-        return self.total - self.consumed
+        return self.total - self.consumed - self.held
 
     def adjust(self, delta: int, idempotency_key: str | None = None) -> LedgerEntry:
         entry = self._move("adjust", delta, idempotency_key)
@@ -115,28 +126,28 @@ class InventoryItem:
         # Runs for every movement the ledger writes: locals, not the mapped attributes, and
         # one timestamp for the lot.
         namespace, sku, now = self.namespace, self.sku, datetime.now(UTC)
-        total, consumed, seq = self.total, self.consumed, self.last_seq
+        total, consumed, held, seq = self.total, self.consumed, self.held, self.last_seq
         entries, drifted = self.new_entries, []
         for m in movements:
-            total_after, consumed_after = m.total, m.consumed
+            after = m.total, m.consumed, m.held
             try:
-                agrees = rules.apply(m.kind, total, consumed, m.qty) == (total_after,
-                                                                         consumed_after)
-            except errors.DomainError:
+                agrees = rules.apply(m.kind, total, consumed, m.qty, held) == after
+            except (errors.DomainError, ValueError):
                 agrees = False
             seq += 1
             if not agrees:
                 drifted.append(seq)
-            total, consumed = total_after, consumed_after
-            entries.append(LedgerEntry(namespace, sku, seq, m.kind, m.qty, total_after,
-                                       total_after - consumed_after,
-                                       m.idempotency_key if keep_keys else None, now,
-                                       m.buyer))
-        self.total, self.consumed, self.last_seq = total, consumed, seq
+            total, consumed, held = after
+            entries.append(LedgerEntry(
+                namespace, sku, seq, m.kind, m.qty, total, total - consumed - held,
+                m.idempotency_key if keep_keys else None, now, m.buyer, m.reservation_id, held,
+                datetime.fromtimestamp(m.expires_ms / 1000, UTC) if m.expires_ms else None))
+        self.total, self.consumed, self.held, self.last_seq = total, consumed, held, seq
         return drifted
 
     def _move(self, kind: rules.Kind, qty: int, idempotency_key: str | None) -> LedgerEntry:
-        self.total, self.consumed = rules.apply(kind, self.total, self.consumed, qty)
+        self.total, self.consumed, self.held = rules.apply(kind, self.total, self.consumed, qty,
+                                                           self.held)
         self.last_seq += 1
         entry = LedgerEntry(
             namespace=self.namespace, sku=self.sku, seq=self.last_seq, kind=kind, qty=qty,

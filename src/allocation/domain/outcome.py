@@ -9,6 +9,7 @@ from allocation.domain import errors
 OK = "ok"
 NOT_FOUND = "not_found"
 FENCED = "fenced"  # the item is being rebuilt; retry shortly
+REFUSED_RESERVATIONS = ("reservation_expired", "reservation_released", "reservation_confirmed")
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,11 @@ class Outcome:
     gen: str = ""
     remaining: int | None = None  # a refusal by the limit per buyer: what they may still take
     limit: int | None = None  # the item's limit per buyer (None: none)
+    held: int = 0  # units held by reservations (neither available nor sold)
 
     @property
     def available(self) -> int:
-        return self.total - self.consumed
+        return self.total - self.consumed - self.held
 
     @property
     def ok(self) -> bool:
@@ -35,6 +37,8 @@ class Outcome:
 
     def error(self) -> errors.DomainError:
         cls = errors.REFUSALS.get(self.status, errors.DomainError)
+        if self.status in REFUSED_RESERVATIONS:
+            return cls(f"the reservation is {self.status.removeprefix('reservation_')}")
         if self.status == "insufficient_stock":
             return cls(f"only {self.available} available", available=self.available)
         if self.status == "refund_exceeds_consumed":

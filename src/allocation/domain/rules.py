@@ -9,8 +9,12 @@ from typing import Literal
 
 from allocation.domain import errors
 
-Kind = Literal["init", "adjust", "decrement", "refund"]
-KINDS: tuple[Kind, ...] = ("init", "adjust", "decrement", "refund")
+Kind = Literal["init", "adjust", "decrement", "refund", "hold", "confirm", "release", "expire"]
+KINDS: tuple[Kind, ...] = ("init", "adjust", "decrement", "refund", "hold", "confirm", "release",
+                          "expire")
+# A reservation's movements: ``hold`` takes units from available into held; ``confirm`` sells
+# them (held to consumed); ``release`` and ``expire`` put them back on sale.
+HOLD_KINDS: tuple[Kind, ...] = ("hold", "confirm", "release", "expire")
 
 
 def quantity_must_be_positive(qty: int) -> None:
@@ -18,8 +22,8 @@ def quantity_must_be_positive(qty: int) -> None:
         raise errors.InvalidQuantity(f"quantity must be positive, got {qty}")
 
 
-def decrement_needs_available(total: int, consumed: int, qty: int) -> None:
-    available = total - consumed
+def decrement_needs_available(total: int, consumed: int, qty: int, held: int = 0) -> None:
+    available = total - consumed - held
     if qty > available:
         raise errors.InsufficientStock(
             f"asked for {qty}, only {available} available", available=available
@@ -33,10 +37,11 @@ def refund_must_not_exceed_consumed(consumed: int, qty: int) -> None:
         )
 
 
-def total_must_not_drop_below_consumed(total: int, consumed: int, delta: int) -> None:
-    if total + delta < consumed:
+def total_must_not_drop_below_consumed(total: int, consumed: int, delta: int,
+                                       held: int = 0) -> None:
+    if total + delta < consumed + held:
         raise errors.BelowConsumed(
-            f"total {total}{delta:+d} would drop below the {consumed} consumed",
+            f"total {total}{delta:+d} would drop below the {consumed + held} consumed and held",
             consumed=consumed,
         )
 
@@ -55,8 +60,9 @@ def buyer_within_limit(limit: int | None, buyer: str | None, used: int, qty: int
             remaining=remaining)
 
 
-def apply(kind: str, total: int, consumed: int, qty: int) -> tuple[int, int]:
-    """Return (total, consumed) after a movement, or raise the rule that refuses it.
+def apply(kind: str, total: int, consumed: int, qty: int,
+          held: int = 0) -> tuple[int, int, int]:
+    """Return (total, consumed, held) after a movement, or raise the rule that refuses it.
 
     ``qty`` is the signed delta for ``adjust`` and the new total for ``init``; a kind not in
     ``KINDS`` is a bug and raises ValueError.
@@ -64,15 +70,20 @@ def apply(kind: str, total: int, consumed: int, qty: int) -> tuple[int, int]:
     if kind == "init":
         if qty < 0:
             raise errors.InvalidQuantity(f"total must not be negative, got {qty}")
-        return qty, 0
+        return qty, 0, 0
     if kind == "adjust":
-        total_must_not_drop_below_consumed(total, consumed, qty)
-        return total + qty, consumed
+        total_must_not_drop_below_consumed(total, consumed, qty, held)
+        return total + qty, consumed, held
     quantity_must_be_positive(qty)
-    if kind == "decrement":
-        decrement_needs_available(total, consumed, qty)
-        return total, consumed + qty
+    if kind in ("decrement", "hold"):
+        decrement_needs_available(total, consumed, qty, held)
+        return (total, consumed + qty, held) if kind == "decrement" else (
+            total, consumed, held + qty)
     if kind == "refund":
         refund_must_not_exceed_consumed(consumed, qty)
-        return total, consumed - qty
+        return total, consumed - qty, held
+    if kind in ("confirm", "release", "expire"):
+        if qty > held:
+            raise ValueError(f"{kind} of {qty} exceeds the {held} held")  # a bug, not a rule
+        return total, consumed + qty if kind == "confirm" else consumed, held - qty
     raise ValueError(f"unknown movement kind {kind!r}")

@@ -28,7 +28,7 @@ def find(namespace: str, uow: AbstractUnitOfWork, counter: Counter, outbox: Outb
         if not batch:
             return drifted
         live = counter.read_many(namespace, [sku for sku, *_ in batch])
-        for (sku, total, consumed, seq, _), held in zip(batch, live, strict=True):
+        for (sku, total, consumed, seq, *_), held in zip(batch, live, strict=True):
             unwritten = pending.get(sku)
             expected = ((unwritten.total, unwritten.consumed)
                         if unwritten is not None and unwritten.seq > seq else (total, consumed))

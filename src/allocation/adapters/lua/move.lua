@@ -1,110 +1,110 @@
--- Apply one movement to one item, atomically, with idempotency.
--- KEYS[1] item hash {total, consumed, seq, fenced, gen, limit}; KEYS[2] the partition's outbox
--- stream; KEYS[3] the item's buyers hash (buyer -> units bought and held); KEYS[4] (optional)
--- the idempotency record.
+-- Apply one movement (adjust, decrement, refund) to one item, atomically, with idempotency.
+-- KEYS[1] item hash {total, consumed, held, seq, fenced, gen, limit}; KEYS[2] the partition's
+-- outbox stream; KEYS[3] the item's buyers hash (buyer -> units bought and held); KEYS[4] its
+-- holds (reservation id -> "qty|expires_ms|buyer"); KEYS[5] their expiries (a sorted set);
+-- KEYS[6] (optional) the idempotency record.
 -- ARGV: kind, qty, fingerprint, ttl seconds, record ("1": append the movement to the outbox),
 --       namespace, sku, idempotency key, events channel (recorded movements publish their
 --       events there; "" for none), refusal ttl seconds (a refusal is remembered this long,
 --       a success for the ttl), buyer ("" for none).
--- The idempotency record is "fingerprint|status|total|consumed|seq|gen|remaining|limit" (before
--- 0.8 without the last four, before 0.9 without the last two); gen is the item's generation (a
--- new one each time it is loaded from the record); remaining is what a buyer refused by the
--- limit may still take; limit is the item's limit per buyer then ("": none).
--- The events mirror allocation.domain.events.of_movement; a contract test holds them together.
--- Returns {status, total, consumed, replayed, seq, gen, remaining (-1: none), limit ("")}. The rules mirror
--- allocation.domain.rules.
+-- The item's due holds end first (lib.lua), so what a sale sees available is never held by a
+-- reservation that has expired.
+-- The idempotency record is "fingerprint|status|total|consumed|seq|gen|remaining|limit|held"
+-- (before 0.8 without the last five, before 0.9 without the last three); gen is the item's
+-- generation (a new one each time it is loaded from the record); remaining is what a buyer
+-- refused by the limit may still take; limit the item's limit per buyer then ("": none).
+-- Returns {status, total, consumed, replayed, seq, gen, remaining (-1: none), limit, held}.
+-- The rules mirror allocation.domain.rules; the events allocation.domain.events.of_movement (a
+-- contract test holds them together).
 local kind, qty, fp, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local record = ARGV[5] == '1'
-local keyed = #KEYS > 3
+local recorded = ARGV[5] == '1'
+local keyed = #KEYS > 5
 local buyer = ARGV[11] or ''
+local k = {item = KEYS[1], outbox = KEYS[2], buyers = KEYS[3], holds = KEYS[4],
+           expiries = KEYS[5], ns = ARGV[6], sku = ARGV[7]}
 
 if keyed then
-  local prior = redis.call('GET', KEYS[4])
+  local prior = redis.call('GET', KEYS[6])
   if prior then
     local f = {}
     for field in string.gmatch(prior .. '|', '([^|]*)|') do f[#f + 1] = field end
     local status = f[2]
     if f[1] ~= fp then status = 'idempotency_key_reused' end
     return {status, tonumber(f[3]), tonumber(f[4]), 1, tonumber(f[5] or '') or 0, f[6] or '',
-            tonumber(f[7] or '') or -1, f[8] or ''}
+            tonumber(f[7] or '') or -1, f[8] or '', tonumber(f[9] or '') or 0}
   end
 end
 
-local figures = redis.call('HMGET', KEYS[1], 'total', 'consumed', 'seq', 'fenced', 'gen',
-                           'limit')
+local figures = redis.call('HMGET', k.item, 'total', 'consumed', 'seq', 'fenced', 'gen',
+                           'limit', 'held')
 if not figures[1] then
-  return {'not_found', 0, 0, 0, 0, '', -1, ''}
+  return {'not_found', 0, 0, 0, 0, '', -1, '', 0}
 end
-local total, consumed, seq = tonumber(figures[1]), tonumber(figures[2]), tonumber(figures[3] or 0)
-local gen = figures[5] or ''
-if figures[4] == '1' then
-  return {'fenced', total, consumed, 0, seq, gen, -1, ''}  -- being rebuilt: the caller retries
+local fig = {total = tonumber(figures[1]), consumed = tonumber(figures[2]),
+             seq = tonumber(figures[3] or 0), gen = figures[5] or '',
+             held = tonumber(figures[7] or 0)}
+if figures[4] == '1' then  -- being rebuilt: the caller retries
+  return {'fenced', fig.total, fig.consumed, 0, fig.seq, fig.gen, -1, '', fig.held}
 end
+local channel = ARGV[9] or ''
+if recorded then expire_due(k, fig, now_ms(), 16, channel) end
 local limit = tonumber(figures[6] or '')
+local total, consumed, held = fig.total, fig.consumed, fig.held
 local status, remaining = 'ok', -1
 local new_total, new_consumed = total, consumed
 
 if kind == 'adjust' then
-  if total + qty < consumed then status = 'below_consumed' else new_total = total + qty end
+  if total + qty < consumed + held then status = 'below_consumed' else new_total = total + qty end
 elseif qty <= 0 then
   status = 'invalid_quantity'
 elseif kind == 'decrement' then
   local used = 0
-  if buyer ~= '' then used = tonumber(redis.call('HGET', KEYS[3], buyer) or '0') end
+  if buyer ~= '' then used = tonumber(redis.call('HGET', k.buyers, buyer) or '0') end
   if limit and buyer == '' then
     status = 'buyer_required'
   elseif limit and used + qty > limit then
     status, remaining = 'limit_exceeded', math.max(limit - used, 0)
-  elseif qty > total - consumed then
+  elseif qty > total - consumed - held then
     status = 'insufficient_stock'
   else
     new_consumed = consumed + qty
-    if buyer ~= '' then redis.call('HSET', KEYS[3], buyer, used + qty) end
+    if buyer ~= '' then redis.call('HSET', k.buyers, buyer, used + qty) end
   end
 elseif kind == 'refund' then
   if qty > consumed then
     status = 'refund_exceeds_consumed'
   else
     new_consumed = consumed - qty
-    if buyer ~= '' then  -- the buyer's allowance back, as far as they used it
-      local used = tonumber(redis.call('HGET', KEYS[3], buyer) or '0')
-      if used > qty then redis.call('HSET', KEYS[3], buyer, used - qty)
-      elseif used > 0 then redis.call('HDEL', KEYS[3], buyer) end
-    end
+    give_back(k.buyers, buyer, qty)  -- the buyer's allowance back, as far as they used it
   end
 else
   return redis.error_reply('unknown movement kind ' .. kind)
 end
 
+local seq = fig.seq
 if status == 'ok' then
   seq = seq + 1
-  redis.call('HSET', KEYS[1], 'total', new_total, 'consumed', new_consumed, 'seq', seq)
-  if record then
-    -- One field, numbers first, then the names by length: allocation.adapters.redis_outbox
-    -- reads it (one field costs the ledger worker far less to parse than ten).
-    redis.call('XADD', KEYS[2], '*', 'm',
-               string.format('%d %d %d %d %s %d %d %s %d|', seq, qty, new_total, new_consumed,
-                             kind, #ARGV[6], #ARGV[7], gen, #buyer) .. ARGV[6] .. ARGV[7] ..
-                             buyer .. (ARGV[8] or ''))
-    local channel = ARGV[9] or ''
+  redis.call('HSET', k.item, 'total', new_total, 'consumed', new_consumed, 'seq', seq)
+  if recorded then
+    record(k.outbox, {seq = seq, qty = qty, total = new_total, consumed = new_consumed,
+                      kind = kind, ns = k.ns, sku = k.sku, gen = fig.gen, buyer = buyer,
+                      held = held, rid = '', key = ARGV[8]})
     if channel ~= '' then
       local key = cjson.null
       if ARGV[8] ~= nil and ARGV[8] ~= '' then key = ARGV[8] end
-      local event = {namespace = ARGV[6], sku = ARGV[7], total = new_total,
-                     consumed = new_consumed, available = new_total - new_consumed,
-                     idempotency_key = key}
-      if buyer ~= '' then event.buyer = buyer end
+      local after = {total = new_total, consumed = new_consumed, held = held, seq = seq}
+      local extra = {idempotency_key = key}
+      if buyer ~= '' then extra.buyer = buyer end
       if kind == 'adjust' then
-        event.event = 'TotalAdjusted'
-        event.delta = qty
+        extra.delta = qty
+        redis.call('PUBLISH', channel, figures_event('TotalAdjusted', k, after, extra))
       else
-        event.event = (kind == 'decrement') and 'Decremented' or 'Refunded'
-        event.qty = qty
+        extra.qty = qty
+        redis.call('PUBLISH', channel, figures_event(
+          (kind == 'decrement') and 'Decremented' or 'Refunded', k, after, extra))
       end
-      redis.call('PUBLISH', channel, cjson.encode(event))
-      if kind == 'decrement' and new_total == new_consumed then
-        redis.call('PUBLISH', channel, cjson.encode({event = 'SoldOut', namespace = ARGV[6],
-          sku = ARGV[7], total = new_total, consumed = new_consumed, available = 0}))
+      if kind == 'decrement' and new_total == new_consumed + held then
+        redis.call('PUBLISH', channel, figures_event('SoldOut', k, after, {}))
       end
     end
   end
@@ -112,8 +112,8 @@ end
 if keyed then
   local keep, kept_seq = ttl, 0
   if status == 'ok' then kept_seq = seq elseif ARGV[10] then keep = ARGV[10] end
-  redis.call('SET', KEYS[4], fp .. '|' .. status .. '|' .. new_total .. '|' .. new_consumed ..
-             '|' .. kept_seq .. '|' .. gen .. '|' .. remaining .. '|' .. (figures[6] or ''),
-             'EX', keep)
+  redis.call('SET', KEYS[6], fp .. '|' .. status .. '|' .. new_total .. '|' .. new_consumed ..
+             '|' .. kept_seq .. '|' .. fig.gen .. '|' .. remaining .. '|' .. (figures[6] or '') ..
+             '|' .. held, 'EX', keep)
 end
-return {status, new_total, new_consumed, 0, seq, gen, remaining, figures[6] or ''}
+return {status, new_total, new_consumed, 0, seq, fig.gen, remaining, figures[6] or '', held}
