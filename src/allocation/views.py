@@ -28,7 +28,8 @@ def items(app: Application, namespace: str, after: str | None,
     """A page of a namespace's items in SKU order, and the SKU to continue after (or None)."""
     with app.uow_factory() as uow:
         rows = uow.items.list(namespace, after, limit + 1)
-        page = [(row.sku, Outcome(OK, row.total, row.consumed, limit=row.limit_per_buyer))
+        page = [(row.sku, Outcome(OK, row.total, row.consumed, limit=row.limit_per_buyer,
+                                  held=row.held))
                 for row in rows[:limit]]
     live = app.counter.read_many(namespace, [sku for sku, _ in page])
     merged = [(sku, fresh or stored) for (sku, stored), fresh in zip(page, live, strict=True)]

@@ -417,8 +417,10 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
                                                       -qty if kind == "refund" else 0))
                 expected = Outcome("ok", *self.model, seq=self.seq, limit=self.limit)
             except errors.DomainError as refusal:
+                remaining = refusal.details.get("remaining")
                 expected = Outcome(refusal.code, *self.model, seq=self.seq,
-                                   remaining=refusal.details.get("remaining"), limit=self.limit)
+                                   remaining=remaining if isinstance(remaining, int) else None,
+                                   limit=self.limit)
             assert got == expected
             if key is not None:
                 self.seen[key] = (request, got)

@@ -88,10 +88,10 @@ class Counter(abc.ABC):
         """
 
     def load(self, namespace: str, sku: str, total: int, consumed: int, seq: int,
-             gen: str = "") -> None:
+             gen: str = "", held: int = 0) -> None:
         """Set an item's figures (and generation) and lift any fence (initialisation,
         rebuild)."""
-        self.load_many([(namespace, sku, total, consumed, seq, gen)])
+        self.load_many([(namespace, sku, total, consumed, seq, gen, held)])
 
     @abc.abstractmethod
     def load_many(self, figures: Iterable[Figures]) -> None: ...

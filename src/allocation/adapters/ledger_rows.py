@@ -17,7 +17,7 @@ from allocation.domain import errors
 from allocation.domain.model import LedgerEntry
 
 COLUMNS = ("namespace", "sku", "seq", "kind", "qty", "total_after", "available_after",
-           "idempotency_key", "created_at", "buyer")
+           "idempotency_key", "created_at", "buyer", "reservation_id", "held_after", "expires_at")
 
 
 def append(connection: Connection, entries: Sequence[LedgerEntry]) -> None:
@@ -37,7 +37,9 @@ def _copy(connection: Connection, entries: Sequence[LedgerEntry]) -> None:
             moment, stamp = e.created_at, e.created_at.isoformat()
         # A key or buyer is never empty (1..128 characters), so "" can stand for NULL.
         writer.writerow((e.namespace, e.sku, e.seq, e.kind, e.qty, e.total_after,
-                         e.available_after, e.idempotency_key or "", stamp, e.buyer or ""))
+                         e.available_after, e.idempotency_key or "", stamp, e.buyer or "",
+                         e.reservation_id or "", e.held_after,
+                         e.expires_at.isoformat() if e.expires_at else ""))
     buffer.seek(0)
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:

@@ -51,6 +51,10 @@ class _Reservation:
     kept_until_ms: int = 0
 
 
+def _number(detail: int | str | None) -> int | None:
+    return detail if isinstance(detail, int) else None
+
+
 def _epoch(moment: datetime) -> float:
     # SQLite hands timestamps back without their zone; they were written in UTC.
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
@@ -107,8 +111,8 @@ class InProcessCounter(Counter):
                 after = rules.apply(kind, item.total, item.consumed, qty, item.held)
             except errors.DomainError as refusal:
                 outcome = Outcome(refusal.code, item.total, item.consumed, seq=item.seq,
-                                  remaining=refusal.details.get("remaining"), limit=limit,
-                                  held=item.held)
+                                  remaining=_number(refusal.details.get("remaining")),
+                                  limit=limit, held=item.held)
             else:
                 item.total, item.consumed, item.held = after
                 item.seq += 1
@@ -220,9 +224,8 @@ class InProcessCounter(Counter):
             return self._answer(r.reason, r, r.state, live, replayed=True)
         items = [self._items.get((namespace, sku)) for sku, _ in lines]
         for (sku, _), item in zip(lines, items, strict=True):
-            if item is None:
-                return self._refuse(namespace, reservation_id, request, "not_found", sku, None,
-                                    now)
+            if item is None:  # not remembered: a rebuild may bring it back
+                return Reserved("not_found", sku=sku)
             if item.fenced:
                 return Reserved("fenced", sku=sku)
         live = [i for i in items if i is not None]
@@ -235,7 +238,8 @@ class InProcessCounter(Counter):
                                          bought.get(buyer, 0) if buyer else 0, qty)
                 rules.apply("hold", item.total, item.consumed, qty, item.held)
             except errors.DomainError as refusal:
-                detail = refusal.details.get("remaining", refusal.details.get("available"))
+                detail = _number(refusal.details.get("remaining",
+                                                     refusal.details.get("available")))
                 return self._refuse(namespace, reservation_id, request, refusal.code, sku,
                                     detail, now, live)
         expires = now + ttl_ms

@@ -52,6 +52,7 @@ items = Table(
     Column("sku", String(64), primary_key=True),
     Column("total", BigInteger, nullable=False),
     Column("consumed", BigInteger, nullable=False),
+    Column("held", BigInteger, nullable=False, server_default="0"),
     Column("last_seq", BigInteger, nullable=False),
     Column("version", Integer, nullable=False),
     Column("counter_gen", String(32), nullable=True),
@@ -59,7 +60,8 @@ items = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now(),
            onupdate=func.now()),
-    CheckConstraint("consumed >= 0 AND consumed <= total", name="ck_items_consumed_in_range"),
+    CheckConstraint("consumed >= 0 AND held >= 0 AND consumed + held <= total",
+                    name="ck_items_consumed_in_range"),
 )
 
 ledger = Table(
@@ -76,14 +78,21 @@ ledger = Table(
     Column("idempotency_key", String(128), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("buyer", String(128), nullable=True),
+    Column("reservation_id", String(64), nullable=True),
+    Column("held_after", BigInteger, nullable=False, server_default="0"),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("namespace", "sku", "seq", name="uq_ledger_item_seq"),
     UniqueConstraint("namespace", "sku", "idempotency_key", name="uq_ledger_item_key"),
     ForeignKeyConstraint(["namespace", "sku"], ["inventory_items.namespace", "inventory_items.sku"],
                          name="fk_ledger_item"),
-    CheckConstraint("kind IN ('init', 'adjust', 'decrement', 'refund')", name="ck_ledger_kind"),
+    CheckConstraint("kind IN ('init', 'adjust', 'decrement', 'refund', 'hold', 'confirm', "
+                    "'release', 'expire')", name="ck_ledger_kind"),
 )
 Index("ix_ledger_item_buyer", ledger.c.namespace, ledger.c.sku, ledger.c.buyer,
       postgresql_where=ledger.c.buyer.is_not(None), sqlite_where=ledger.c.buyer.is_not(None))
+Index("ix_ledger_reservation", ledger.c.namespace, ledger.c.reservation_id,
+      postgresql_where=ledger.c.reservation_id.is_not(None),
+      sqlite_where=ledger.c.reservation_id.is_not(None))
 
 
 def start_mappers() -> None:

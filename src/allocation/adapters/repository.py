@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, case, func, select, tuple_, update
+from sqlalchemy import Select, case, exists, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from allocation.adapters import orm
-from allocation.adapters.counter import Allowances
+from allocation.adapters.counter import Allowances, Hold
 from allocation.domain.model import InventoryItem, LedgerEntry, Stock
 
 ENTRY_COLUMNS = [orm.ledger.c[name] for name in (
     "namespace", "sku", "seq", "kind", "qty", "total_after", "available_after", "idempotency_key",
-    "created_at", "buyer")]
+    "created_at", "buyer", "reservation_id", "held_after", "expires_at")]
 
 STOCK_COLUMNS = [orm.items.c[name]
-                 for name in ("sku", "total", "consumed", "last_seq", "limit_per_buyer")]
+                 for name in ("sku", "total", "consumed", "last_seq", "limit_per_buyer", "held")]
 
 
 def _aware(moment: datetime) -> datetime:
@@ -27,8 +28,19 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+# How each kind of movement naming a buyer changes their units (bought and held).
+UNITS_SIGN = {"decrement": 1, "refund": -1, "hold": 1, "release": -1, "expire": -1}
+
+
+def _hold(entry: LedgerEntry) -> Hold:
+    expires = _aware(entry.expires_at) if entry.expires_at else entry.created_at
+    return (entry.reservation_id or "", entry.qty, entry.buyer or "",
+            int(_aware(expires).timestamp() * 1000))
+
+
 def _stock(item: InventoryItem) -> Stock:
-    return Stock(item.sku, item.total, item.consumed, item.last_seq, item.limit_per_buyer)
+    return Stock(item.sku, item.total, item.consumed, item.last_seq, item.limit_per_buyer,
+                 item.held)
 
 
 class AbstractRepository(abc.ABC):
@@ -72,10 +84,20 @@ class AbstractRepository(abc.ABC):
         for sku, item in self.many(namespace, skus).items():
             units: dict[str, int] = {}
             for e in self.ledger(namespace, sku, 0, 1 << 62):
-                if e.buyer is not None and e.kind in ("decrement", "refund"):
-                    units[e.buyer] = units.get(e.buyer, 0) + (
-                        e.qty if e.kind == "decrement" else -e.qty)
+                if e.buyer is not None and e.kind in UNITS_SIGN:
+                    units[e.buyer] = units.get(e.buyer, 0) + UNITS_SIGN[e.kind] * e.qty
             found[sku] = (item.limit_per_buyer, {b: n for b, n in units.items() if n > 0})
+        return found
+
+    def open_holds(self, namespace: str, skus: Sequence[str]) -> dict[str, list[Hold]]:
+        """Each item's holds that no later movement ended, from the ledger."""
+        found: dict[str, list[Hold]] = {}
+        for sku in skus:
+            entries = self.ledger(namespace, sku, 0, 1 << 62)
+            ended = {e.reservation_id for e in entries if e.kind in ("confirm", "release",
+                                                                     "expire")}
+            found[sku] = [_hold(e) for e in entries
+                          if e.kind == "hold" and e.reservation_id not in ended]
         return found
 
     def generations(self, namespace: str, skus: Sequence[str]) -> dict[str, str | None]:
@@ -112,6 +134,12 @@ class AbstractRepository(abc.ABC):
 
     @abc.abstractmethod
     def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None: ...
+
+    def reservation_entry(self, namespace: str, sku: str, reservation_id: str,
+                          kind: str) -> LedgerEntry | None:
+        """The item's ledger entry of that kind for the reservation, if it is written."""
+        return next((e for e in self.ledger(namespace, sku, 0, 1 << 62)
+                     if (e.reservation_id, e.kind) == (reservation_id, kind)), None)
 
     @abc.abstractmethod
     def ledger(self, namespace: str, sku: str, after_seq: int,
@@ -177,8 +205,8 @@ class SqlAlchemyRepository(AbstractRepository):
             orm.items.c.namespace == namespace, orm.items.c.sku.in_(wanted))).all()
         buyers: dict[str, dict[str, int]] = {}
         ledger = orm.ledger.c
-        units = func.sum(case((ledger.kind == "decrement", ledger.qty),
-                              (ledger.kind == "refund", -ledger.qty), else_=0))
+        units = func.sum(case(*((ledger.kind == kind, sign * ledger.qty)
+                                for kind, sign in UNITS_SIGN.items()), else_=0))
         for sku, buyer, n in self.session.execute(
                 select(ledger.sku, ledger.buyer, units)
                 .where(ledger.namespace == namespace, ledger.sku.in_(wanted),
@@ -186,6 +214,22 @@ class SqlAlchemyRepository(AbstractRepository):
                 .group_by(ledger.sku, ledger.buyer).having(units > 0)):
             buyers.setdefault(sku, {})[buyer] = int(n)
         return {sku: (limit, buyers.get(sku, {})) for sku, limit in limits}
+
+    def open_holds(self, namespace: str, skus: Sequence[str]
+                   ) -> dict[str, builtins.list[Hold]]:
+        ledger, ended = orm.ledger.c, orm.ledger.alias("ended").c
+        rows = self.session.execute(
+            select(*ENTRY_COLUMNS)
+            .where(ledger.namespace == namespace, ledger.sku.in_(list(skus)),
+                   ledger.kind == "hold",
+                   ~exists().where(ended.namespace == ledger.namespace,
+                                   ended.reservation_id == ledger.reservation_id,
+                                   ended.sku == ledger.sku,
+                                   ended.kind.in_(("confirm", "release", "expire")))))
+        found: dict[str, builtins.list[Hold]] = {sku: [] for sku in skus}
+        for row in rows.mappings():
+            found[row["sku"]].append(_hold(LedgerEntry(**row)))
+        return found
 
     def generations(self, namespace: str, skus: Sequence[str]) -> dict[str, str | None]:
         rows = self.session.execute(select(orm.items.c.sku, orm.items.c.counter_gen).where(
@@ -212,6 +256,13 @@ class SqlAlchemyRepository(AbstractRepository):
                        since if self.session.get_bind().dialect.name == "postgresql"
                        else since.astimezone(UTC).replace(tzinfo=None)))
             .limit(limit))
+
+    def reservation_entry(self, namespace: str, sku: str, reservation_id: str,
+                          kind: str) -> LedgerEntry | None:
+        found = self._entries(select(*ENTRY_COLUMNS).where(
+            orm.ledger.c.namespace == namespace, orm.ledger.c.reservation_id == reservation_id,
+            orm.ledger.c.sku == sku, orm.ledger.c.kind == kind))
+        return found[0] if found else None
 
     def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None:
         found = self._entries(select(*ENTRY_COLUMNS).where(

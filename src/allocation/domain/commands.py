@@ -62,6 +62,36 @@ class SetLimit(Command):
 
 
 @dataclass(frozen=True)
+class Reserve(Command):
+    """Hold every line (sku, qty) for a buyer while they pay, or none."""
+
+    namespace: str
+    lines: tuple[tuple[str, int], ...]
+    idempotency_key: str
+    ttl_seconds: int = 600
+    buyer: str | None = None
+
+
+@dataclass(frozen=True)
+class ConfirmReservation(Command):
+    namespace: str
+    reservation_id: str
+
+
+@dataclass(frozen=True)
+class ReleaseReservation(Command):
+    namespace: str
+    reservation_id: str
+
+
+@dataclass(frozen=True)
+class ExtendReservation(Command):
+    namespace: str
+    reservation_id: str
+    ttl_seconds: int
+
+
+@dataclass(frozen=True)
 class Refresh(Command):
     namespace: str
     sku: str

@@ -8,7 +8,7 @@ class DomainError(Exception):
 
     code = "domain_error"
 
-    def __init__(self, message: str, **details: int) -> None:
+    def __init__(self, message: str, **details: int | str) -> None:
         super().__init__(message)
         self.message = message
         self.details = details

@@ -25,7 +25,7 @@ from allocation.entrypoints.routes import Routes
 from allocation.entrypoints.rsgi_bridge import RsgiBridge
 
 logger = logging.getLogger(__name__)
-
+RESERVATION = "/v1/<namespace>/reservations/<reservation_id>"
 
 THREADS_ENV = "ALLOCATION_REQUEST_THREADS"
 
@@ -73,6 +73,11 @@ def create_app(config: Config | None = None, application: Application | None = N
         ("GET", f"{ITEM}/ledger", r.ledger),
         ("POST", f"{ITEM}/refresh", r.refresh_item),
         ("POST", "/v1/<namespace>/refresh", r.refresh_namespace),
+        ("POST", "/v1/<namespace>/reservations", r.reserve),
+        ("GET", RESERVATION, r.get_reservation),
+        ("POST", f"{RESERVATION}/confirm", r.end_reservation),
+        ("POST", f"{RESERVATION}/release", r.end_reservation),
+        ("POST", f"{RESERVATION}/extend", r.end_reservation),
         ("GET", "/healthz", r.healthz),
         ("GET", "/readyz", r.readyz),
         ("GET", "/metrics", r.metrics),

@@ -16,6 +16,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from allocation.domain import errors
 from allocation.domain.outcome import Outcome
+from allocation.service_layer.results import Reservation
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse
@@ -33,6 +34,9 @@ STATUS_OF_CODE = {
     "idempotency_key_reused": 422,
     "limit_exceeded": 409,
     "buyer_required": 400,
+    "reservation_expired": 409,
+    "reservation_released": 409,
+    "reservation_confirmed": 409,
 }
 
 
@@ -71,12 +75,23 @@ def error(status: int, code: str, message: str, **extra: Any) -> Reply:
 
 def item_body(namespace: str, sku: str, outcome: Outcome) -> dict[str, Any]:
     return {"namespace": namespace, "sku": sku, "total": outcome.total,
-            "consumed": outcome.consumed, "held": 0, "available": outcome.available,
+            "consumed": outcome.consumed, "held": outcome.held, "available": outcome.available,
             "limit_per_buyer": outcome.limit}
 
 
 def item(namespace: str, sku: str, outcome: Outcome, status: int = 200) -> Reply:
     return Reply(status, item_body(namespace, sku, outcome))
+
+
+def reservation_body(r: Reservation) -> dict[str, Any]:
+    return {"id": r.id, "namespace": r.namespace, "state": r.state,
+            "lines": [{"sku": sku, "qty": qty} for sku, qty in r.lines], "buyer": r.buyer,
+            "created_at": r.created_at.isoformat(), "expires_at": r.expires_at.isoformat()}
+
+
+def reservation(r: Reservation, status: int = 200) -> Reply:
+    headers = (("Idempotent-Replayed", "true"),) if r.replayed and status == 201 else ()
+    return Reply(status, reservation_body(r), headers)
 
 
 def movement(namespace: str, sku: str, outcome: Outcome) -> Reply:

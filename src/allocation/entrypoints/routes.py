@@ -21,9 +21,11 @@ from allocation.entrypoints.movement_requests import (
     MovementRequest,
     answer_item,
     answer_movement,
+    idempotency_key,
     json_object,
     validate,
 )
+from allocation.service_layer import reservations
 
 if TYPE_CHECKING:
     from allocation.bootstrap import Application
@@ -49,6 +51,34 @@ class Routes:
         limit = _body(schemas.LimitBody).limit_per_buyer
         outcome = self.app.bus.handle(commands.SetLimit(path.namespace, path.sku, limit))
         return to_response(replies.item(path.namespace, path.sku, outcome))
+
+    def reserve(self, namespace: str) -> Response:
+        ns = _path(namespace, "x").namespace
+        key = idempotency_key(request.headers.get("Idempotency-Key"), required=True)
+        assert key is not None
+        body = _body(schemas.ReserveBody)
+        made = self.app.bus.handle(commands.Reserve(
+            ns, tuple((line.sku, line.qty) for line in body.lines), key, body.ttl_seconds,
+            body.buyer))
+        return to_response(replies.reservation(made, 201))
+
+    def get_reservation(self, namespace: str, reservation_id: str) -> Response:
+        path = _reservation_path(namespace, reservation_id)
+        return to_response(replies.reservation(reservations.reservation(
+            self.app.counter, path.namespace, path.reservation_id)))
+
+    def end_reservation(self, namespace: str, reservation_id: str) -> Response:
+        path = _reservation_path(namespace, reservation_id)
+        step = request.path.rsplit("/", 1)[-1]
+        command: commands.Command
+        if step == "extend":
+            ttl = _body(schemas.ExtendBody).ttl_seconds
+            command = commands.ExtendReservation(path.namespace, path.reservation_id, ttl)
+        elif step == "confirm":
+            command = commands.ConfirmReservation(path.namespace, path.reservation_id)
+        else:
+            command = commands.ReleaseReservation(path.namespace, path.reservation_id)
+        return to_response(replies.reservation(self.app.bus.handle(command)))
 
     def get_item(self, namespace: str, sku: str) -> Response:
         return to_response(answer_item(self.app, namespace, sku))
@@ -131,6 +161,11 @@ def _path(namespace: str, sku: str) -> schemas.ItemPath:
     return validate(schemas.ItemPath, {"namespace": namespace, "sku": sku})
 
 
+def _reservation_path(namespace: str, reservation_id: str) -> schemas.ReservationPath:
+    return validate(schemas.ReservationPath, {"namespace": namespace,
+                                              "reservation_id": reservation_id})
+
+
 def _body(model: type[M]) -> M:
     return validate(model, json_object(request.content_type or "", request.content_length,
                                        request.get_data(cache=True)))
@@ -140,8 +175,8 @@ def _entry_body(entry: LedgerEntry) -> dict[str, Any]:
     return {"seq": entry.seq, "kind": entry.kind, "qty": entry.qty,
             "total_after": entry.total_after, "available_after": entry.available_after,
             "idempotency_key": entry.idempotency_key,
-            "created_at": _utc(entry.created_at).isoformat(), "reservation_id": None,
-            "held_after": 0}
+            "created_at": _utc(entry.created_at).isoformat(),
+            "reservation_id": entry.reservation_id, "held_after": entry.held_after}
 
 
 def _utc(moment: datetime) -> datetime:

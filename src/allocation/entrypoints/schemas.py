@@ -127,6 +127,39 @@ class QtyBody(Model):
     buyer: Buyer | None = None
 
 
+class Line(Model):
+    sku: Name
+    qty: Qty
+
+
+class ReserveBody(Model):
+    lines: Annotated[list[Line], Field(min_length=1, max_length=100)]
+    ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=86_400)] = 600
+    buyer: Buyer | None = None
+
+
+class ExtendBody(Model):
+    ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=86_400)]
+
+
+RESERVATION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+class ReservationPath(Model):
+    namespace: Name
+    reservation_id: Annotated[str, StringConstraints(pattern=RESERVATION_ID_PATTERN)]
+
+
+class ReservationOut(Model):
+    id: str
+    namespace: str
+    state: Literal["held", "confirmed", "released", "expired"]
+    lines: list[Line]
+    buyer: str | None
+    created_at: str
+    expires_at: str
+
+
 class ListQuery(Model):
     after: Name | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
@@ -154,7 +187,8 @@ class ItemPage(Model):
 
 class LedgerEntryOut(Model):
     seq: int
-    kind: Literal["init", "adjust", "decrement", "refund"]
+    kind: Literal["init", "adjust", "decrement", "refund", "hold", "confirm", "release",
+                  "expire"]
     qty: int
     total_after: int
     available_after: int
@@ -178,6 +212,7 @@ class Error(Model):
     field: str | None = None
     available: int | None = None
     remaining: int | None = None
+    sku: str | None = None
 
 
 # Pub/sub command messages: one model per command, told apart by "command".

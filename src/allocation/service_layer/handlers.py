@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from allocation.domain import commands, events
-from allocation.service_layer import initialise, movements, rebuild
+from allocation.service_layer import initialise, movements, rebuild, reservations
 
 COMMAND_HANDLERS: dict[type[commands.Command], Callable[..., Any]] = {
     commands.InitInventory: initialise.init_inventory,
@@ -15,6 +15,10 @@ COMMAND_HANDLERS: dict[type[commands.Command], Callable[..., Any]] = {
     commands.AdjustTotal: movements.adjust_total,
     commands.Decrement: movements.decrement,
     commands.Refund: movements.refund,
+    commands.Reserve: reservations.reserve,
+    commands.ConfirmReservation: reservations.confirm,
+    commands.ReleaseReservation: reservations.release,
+    commands.ExtendReservation: reservations.extend,
     commands.Refresh: rebuild.refresh,
     commands.RefreshAll: rebuild.refresh_all,
 }
@@ -27,5 +31,7 @@ def publish_event(event: events.Event, publish: Callable[[events.Event], None]) 
 EVENT_HANDLERS: dict[type[events.Event], list[Callable[..., None]]] = {
     event_type: [publish_event]
     for event_type in (events.InventoryInitialized, events.TotalAdjusted, events.Decremented,
-                       events.Refunded, events.SoldOut)
+                       events.Refunded, events.SoldOut, events.Reserved,
+                       events.ReservationConfirmed, events.ReservationReleased,
+                       events.ReservationExpired)
 }

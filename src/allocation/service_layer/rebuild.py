@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from allocation.adapters.counter import Allowances, Counter, new_generation
+from allocation.adapters.counter import Allowances, Counter, Hold, new_generation
 from allocation.adapters.ledger_progress import WRITTEN, LedgerProgress
 from allocation.adapters.locks import ItemLocks
 from allocation.adapters.outbox import Outbox
@@ -40,7 +40,7 @@ def refresh(cmd: commands.Refresh, uow: AbstractUnitOfWork, counter: Counter, ou
         if item is None:
             raise errors.NotFound(f"no item {cmd.namespace}/{cmd.sku}")
         return Outcome(OK, item.total, item.consumed, seq=item.last_seq,
-                       limit=item.limit_per_buyer)
+                       limit=item.limit_per_buyer, held=item.held)
 
     if rebuilds is None or counter.read(cmd.namespace, cmd.sku) is None:
         return rebuild()
@@ -86,7 +86,7 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
             # the lock, that one stands (a second would fence them again, for nothing).
             now = counter.read_many(namespace, skus)
             if all(o is not None for o in now):
-                return {sku: Stock(sku, o.total, o.consumed, o.seq, o.limit)
+                return {sku: Stock(sku, o.total, o.consumed, o.seq, o.limit, o.held)
                         for sku, o in zip(skus, now, strict=True) if o is not None}
         fenced: Seqs = {
             sku: None if seq is None else ((live.get(sku) or ("", 0))[0], seq)
@@ -100,12 +100,15 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
                 # lag may miss some: see the README on what Redis must keep).
                 with uow:
                     allowances = uow.items.allowances(namespace, skus)
+                    holds = uow.items.open_holds(namespace, skus)
                 counter.load_allowances(namespace, allowances)
+                counter.load_holds(namespace, holds)
                 counter.load(namespace, unwritten.sku, unwritten.total, unwritten.consumed,
-                             unwritten.seq, unwritten.gen or "")
+                             unwritten.seq, unwritten.gen or "", unwritten.held)
                 limit = allowances[skus[0]][0] if skus[0] in allowances else None
                 return {unwritten.sku: Stock(unwritten.sku, unwritten.total,
-                                             unwritten.consumed, unwritten.seq, limit)}
+                                             unwritten.consumed, unwritten.seq, limit,
+                                             unwritten.held)}
         gen = new_generation()
         try:
             # Fenced, sales are refused: wait only a moment for the movements applied since the
@@ -113,7 +116,7 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
             # full load, say) fails the refresh, not the sale.
             _wait_written(uow, progress, namespace, fenced,
                           min(deadline, time.monotonic() + FENCED_WAIT_SECONDS))
-            found, gens, allowances = _rebase(uow, namespace, fenced, gen)
+            found, gens, allowances, holds = _rebase(uow, namespace, fenced, gen)
         except BaseException:
             for sku, held in fenced.items():
                 if held is not None:
@@ -125,9 +128,10 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
         # Where Redis lost an item it lost the keys it had seen too: give them back before
         # any can be used again.
         _remember_keys(uow, counter, namespace, [sku for sku in found if fenced.get(sku) is None])
-        # Limits and buyers' units before the figures that unfence the items.
+        # Limits, buyers' units and open holds before the figures that unfence the items.
         counter.load_allowances(namespace, allowances)
-        counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gens[sku])
+        counter.load_holds(namespace, holds)
+        counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gens[sku], i.held)
                           for sku, i in found.items())
         return found
 
@@ -160,7 +164,8 @@ def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: 
 
 
 def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str
-            ) -> tuple[dict[str, Stock], dict[str, str], dict[str, Allowances]]:
+            ) -> tuple[dict[str, Stock], dict[str, str], dict[str, Allowances],
+                       dict[str, list[Hold]]]:
     """The items' figures, once the database holds every movement Redis recorded for them, and
     the generation to load each under. An item Redis holds, whose history the ledger follows,
     keeps its generation: nothing of it is unwritten (it is fenced and caught up). One Redis
@@ -178,10 +183,12 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str
         renew = [sku for sku in found if seqs[sku] is None or (
             gens[sku] and followed.get(sku) and followed[sku] != gens[sku])]
         allowances = uow.items.allowances(namespace, list(found))
+        holds = uow.items.open_holds(namespace, list(found))
         if renew:
             found.update(uow.items.rebase(namespace, renew, gen))
             uow.commit()
-        return found, {sku: gen if sku in renew else gens[sku] for sku in found}, allowances
+        return (found, {sku: gen if sku in renew else gens[sku] for sku in found}, allowances,
+                holds)
 
 
 def _behind(found: dict[str, Stock], seqs: Seqs) -> list[str]:

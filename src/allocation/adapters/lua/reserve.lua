@@ -82,10 +82,7 @@ if op == 'hold' then
     return answer(r.reason or 'ok', r, r.sku, tonumber(r.detail or -1), true, figs)
   end
   local figs, status, sku = all_figures()
-  if not figs then
-    if status == 'fenced' then return answer('fenced', {}, sku) end
-    redis.call('HSET', res, 'state', 'refused', 'fp', fp, 'reason', status, 'sku', sku)
-    redis.call('PEXPIRE', res, refusal_keep)
+  if not figs then  -- not remembered: being rebuilt, or a rebuild may bring the item back
     return answer(status, {}, sku)
   end
   for i, k in ipairs(lines) do expire_due(k, figs[i], now, 16, channel) end

@@ -1,0 +1,183 @@
+"""Reservations: stock held while a buyer pays, then sold (confirm) or put back on sale (release,
+expiry). Each step is one atomic step of the counter over the reservation and all its lines;
+every line it ends is a movement of its item, recorded in the outbox like any other and
+answered, as any movement, when the durability mode says (``durability.Durability``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from collections.abc import Callable, Sequence
+
+from allocation.adapters.counter import Counter, Line, Reserved, Step
+from allocation.adapters.locks import ItemLocks
+from allocation.adapters.outbox import Outbox
+from allocation.domain import commands, errors, events
+from allocation.domain.outcome import Outcome
+from allocation.service_layer import rebuild
+from allocation.service_layer.durability import Durability
+from allocation.service_layer.results import Reservation
+from allocation.service_layer.unit_of_work import AbstractUnitOfWork
+
+logger = logging.getLogger(__name__)
+Publish = Callable[[events.Event], None]
+# The kind of movement each step writes for its lines.
+KIND_OF_STEP = {"hold": "hold", "confirm": "confirm", "release": "release"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Deps:
+    uow: AbstractUnitOfWork
+    counter: Counter
+    outbox: Outbox
+    publish: Publish
+    item_locks: ItemLocks
+    durability: Durability
+    ledger_wait_seconds: float
+
+
+def merged(lines: Sequence[Line]) -> tuple[Line, ...]:
+    """Lines of one sku added together, in the order each sku first came."""
+    total: dict[str, int] = {}
+    for sku, qty in lines:
+        total[sku] = total.get(sku, 0) + qty
+    return tuple(total.items())
+
+
+def reserve(cmd: commands.Reserve, uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox,
+            publish: Publish, item_locks: ItemLocks, durability: Durability,
+            ledger_wait_seconds: float) -> Reservation:
+    deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
+    lines = merged(cmd.lines)
+    rid = counter.reservation_id(cmd.namespace, lines[0][0], cmd.idempotency_key)
+    # What the key stands for: the same request again is a replay, another one is refused.
+    request = json.dumps([sorted(lines), cmd.ttl_seconds, cmd.buyer])
+    result = _step(deps, "hold", cmd.namespace, rid, lines, ttl_ms=cmd.ttl_seconds * 1000,
+                   buyer=cmd.buyer, fingerprint=request)
+    return _view(rid, cmd.namespace, lines, cmd.buyer, result)
+
+
+def confirm(cmd: commands.ConfirmReservation, uow: AbstractUnitOfWork, counter: Counter,
+            outbox: Outbox, publish: Publish, item_locks: ItemLocks, durability: Durability,
+            ledger_wait_seconds: float) -> Reservation:
+    deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
+    return _end(deps, "confirm", cmd.namespace, cmd.reservation_id)
+
+
+def release(cmd: commands.ReleaseReservation, uow: AbstractUnitOfWork, counter: Counter,
+            outbox: Outbox, publish: Publish, item_locks: ItemLocks, durability: Durability,
+            ledger_wait_seconds: float) -> Reservation:
+    deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
+    return _end(deps, "release", cmd.namespace, cmd.reservation_id)
+
+
+def extend(cmd: commands.ExtendReservation, uow: AbstractUnitOfWork, counter: Counter,
+           outbox: Outbox, publish: Publish, item_locks: ItemLocks, durability: Durability,
+           ledger_wait_seconds: float) -> Reservation:
+    deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
+    return _end(deps, "extend", cmd.namespace, cmd.reservation_id, cmd.ttl_seconds * 1000)
+
+
+def reservation(counter: Counter, namespace: str, reservation_id: str) -> Reservation:
+    """The reservation as it stands (a held one past its expiry reads ``expired``)."""
+    found = counter.reservation_lines(namespace, reservation_id)
+    if found is None:
+        raise errors.NotFound(f"no reservation {reservation_id}")
+    lines, buyer = found
+    result = counter.reservation_step("get", namespace, reservation_id, lines)
+    if result.status != "ok":
+        raise errors.NotFound(f"no reservation {reservation_id}")
+    return _view(reservation_id, namespace, lines, buyer, result)
+
+
+def _end(deps: Deps, step: Step, namespace: str, reservation_id: str,
+         ttl_ms: int = 0) -> Reservation:
+    found = deps.counter.reservation_lines(namespace, reservation_id)
+    if found is None:
+        raise errors.NotFound(f"no reservation {reservation_id}")
+    lines, buyer = found
+    result = _step(deps, step, namespace, reservation_id, lines, ttl_ms=ttl_ms)
+    return _view(reservation_id, namespace, lines, buyer, result)
+
+
+def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, ...],
+          ttl_ms: int = 0, buyer: str | None = None, fingerprint: str = "") -> Reserved:
+    counter = deps.counter
+    result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms, buyer=buyer,
+                                      fingerprint=fingerprint)
+    if result.status == "not_found" and result.sku is not None:
+        # Redis lost the item (or never had it): rebuild it from the database, under its
+        # lock (NotFound where the database has no such item either), and try again.
+        try:
+            rebuild.refresh(commands.Refresh(namespace, result.sku), deps.uow, counter,
+                            deps.outbox, deps.item_locks, deps.durability.progress,
+                            deps.ledger_wait_seconds)
+        except errors.NotFound:
+            raise errors.NotFound(f"no item {namespace}/{result.sku}", sku=result.sku) from None
+        result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
+                                          buyer=buyer, fingerprint=fingerprint)
+    if result.status == "fenced":
+        raise errors.Unavailable(f"an item of reservation {rid} is being rebuilt; retry",
+                                 retry_after=1)
+    if result.status != "ok":
+        raise _refusal(result, rid)
+    if step in KIND_OF_STEP:
+        if not result.replayed:
+            _settle(deps, namespace, rid, lines, result, KIND_OF_STEP[step])
+        elif deps.durability.mode == "sync" and not all(
+                _in_ledger(deps.uow, namespace, sku, rid, KIND_OF_STEP[step]) for sku, _ in lines):
+            # The first answer may have been "unknown": a replay is acknowledged once written.
+            raise errors.Unavailable(f"reservation {rid} is not in the ledger yet; repeat the "
+                                     "request", retry_after=1)
+    return result
+
+
+def _settle(deps: Deps, namespace: str, rid: str, lines: tuple[Line, ...], result: Reserved,
+            kind: str) -> None:
+    """Answer when the durability mode says, and publish the lines' events where the counter
+    does not publish them itself."""
+    for (sku, qty), figures in zip(lines, result.figures, strict=True):
+        deps.durability.settle(namespace, sku, figures,
+                               functools.partial(_in_ledger, deps.uow, namespace, sku, rid, kind))
+        if not deps.counter.publishes_events:
+            _publish(deps.publish, events.HOLD_EVENTS[kind](
+                namespace, sku, figures.total, figures.consumed, rid, qty, held=figures.held))
+
+
+def _in_ledger(uow: AbstractUnitOfWork, namespace: str, sku: str, rid: str, kind: str) -> bool:
+    with uow:
+        return uow.items.reservation_entry(namespace, sku, rid, kind) is not None
+
+
+def _publish(publish: Publish, event: events.Event) -> None:
+    try:
+        publish(event)
+    except Exception:
+        logger.exception("could not publish %r", event)
+
+
+def _refusal(result: Reserved, rid: str) -> errors.DomainError:
+    sku = {"sku": result.sku} if result.sku else {}
+    if result.status == "not_found":
+        return errors.NotFound(f"no item {result.sku}" if result.sku else
+                               f"no reservation {rid}", **sku)
+    if result.status == "insufficient_stock":
+        return errors.InsufficientStock(f"{result.sku}: only {result.detail} available",
+                                        available=result.detail or 0, **sku)
+    if result.status == "limit_exceeded":
+        return errors.LimitExceeded(f"{result.sku}: over the limit per buyer; "
+                                    f"{result.detail} more may be taken",
+                                    remaining=result.detail or 0, **sku)
+    if result.status == "buyer_required":
+        return errors.BuyerRequired(f"{result.sku} has a limit per buyer: name the buyer",
+                                    **sku)
+    return Outcome(result.status, 0, 0).error()
+
+
+def _view(rid: str, namespace: str, lines: tuple[Line, ...], buyer: str | None,
+          result: Reserved) -> Reservation:
+    return Reservation(rid, namespace, result.state, lines, buyer, result.created_ms,
+                       result.expires_ms, result.replayed)
