@@ -265,7 +265,7 @@ class ReservationContract(abc.ABC):
         return figures.consumed, figures.held, figures.available
 
     def rid(self, seed: str) -> str:
-        return self.counter.reservation_id(self.ns, "x", seed)
+        return self.counter.reservation_id(self.ns, self.skus(1)[0], seed)
 
     def test_a_cart_is_held_whole_or_not_at_all(self) -> None:
         a, b = self.skus(2)

@@ -4,9 +4,11 @@ outbox, the domain machine, items spread over masters, and a sale with exactly t
 from __future__ import annotations
 
 import dataclasses
+import random
 import threading
 import time
 import uuid
+from collections import Counter as Tally
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +22,10 @@ from allocation.adapters.redis_client import connect
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_outbox import RedisOutbox
-from allocation.bootstrap import bootstrap
+from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
+from allocation.service_layer.results import Reservation
 from tests.helpers.counter_contract import (
     CounterContract,
     LimitContract,
@@ -57,7 +60,7 @@ class TestClusterCounter(RedisRecordTtls, ReservationContract, LimitContract, Co
         pass_redis_time(self.counter, ms)
 
     def skus(self, n: int) -> list[str]:
-        # A cart is one script: its items in one slot (carts across slots: not yet).
+        # Carts in one slot: one script does a step.
         assert isinstance(self.counter, RedisCounter)
         keys = self.counter.keys
         return [sku for sku in (f"c{i}" for i in range(1000))
@@ -66,6 +69,27 @@ class TestClusterCounter(RedisRecordTtls, ReservationContract, LimitContract, Co
     def make_counter_with_ttls(self, ttl: int, refusal_ttl: int) -> Counter:
         return RedisCounter(connect(CLUSTER[0]), KeySpace(f"c{uuid.uuid4().hex[:6]}", 16), ttl,
                             refusal_ttl=refusal_ttl)
+
+
+class TestClusterCartsAcrossSlots(ReservationContract):
+    """The same contract with every line of a cart in a slot of its own: the coordinator of
+    redis_carts steps through them."""
+
+    def setup_method(self) -> None:
+        self.counter = cluster_counter()
+        self.ns = "ns-" + uuid.uuid4().hex[:8]
+
+    def pass_time(self, ms: int) -> None:
+        pass_redis_time(self.counter, ms)
+
+    def skus(self, n: int) -> list[str]:
+        assert isinstance(self.counter, RedisCounter)
+        keys, chosen, slots = self.counter.keys, [], set()
+        for sku in (f"c{i}" for i in range(1000)):
+            if keys.partition(self.ns, sku) not in slots:
+                chosen.append(sku)
+                slots.add(keys.partition(self.ns, sku))
+        return chosen[:n]
 
 
 class TestClusterOutbox(OutboxContract):
@@ -106,6 +130,96 @@ def test_processes_sell_exactly_the_stock_on_the_cluster(on_cluster: Config, eng
     assert [seq for seq, *_ in ledger_rows(engine, namespace, "hot")] == list(range(1, 1002))
     live = app.counter.read(namespace, "hot")
     assert live is not None and live.consumed == 1000
+
+
+def carts_under_contention(app: Application, namespace: str) -> dict[str, int]:
+    """32 buyers reserving carts of 3 of 20 items (5 units each), then confirming or releasing
+    them; every cart holds all its lines or none, and no item goes below zero. Returns the
+    units sold per item."""
+    skus = [f"s{n}" for n in range(20)]
+    for sku in skus:
+        app.bus.handle(commands.InitInventory(namespace, sku, 5))
+    held: list[tuple[Reservation, int]] = []
+    lock = threading.Lock()
+
+    def buyer(n: int) -> None:
+        rng = random.Random(n)
+        for attempt in range(5):
+            lines = tuple((sku, rng.randint(1, 2)) for sku in rng.sample(skus, 3))
+            try:
+                made = app.bus.handle(commands.Reserve(namespace, lines, f"{n}-{attempt}"))
+            except errors.InsufficientStock as refused:
+                assert refused.details["sku"] in {sku for sku, _ in lines}
+                continue
+            with lock:
+                held.append((made, n))
+
+    threads = [threading.Thread(target=buyer, args=(n,)) for n in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    holding: Tally[str] = Tally()
+    for made, _ in held:
+        assert made.state == "held"
+        holding.update(dict(made.lines))
+    figures = dict(zip(skus, app.counter.read_many(namespace, skus), strict=True))
+    assert {sku: f.held for sku, f in figures.items() if f} == {s: holding[s] for s in skus}
+    assert all(f is not None and f.available >= 0 for f in figures.values())
+    assert 0 < len(held) < 160  # contention: some carts were refused
+    sold: Tally[str] = Tally()
+    for made, n in held:
+        if n % 2:
+            app.bus.handle(commands.ConfirmReservation(namespace, made.id))
+            sold.update(dict(made.lines))
+        else:
+            app.bus.handle(commands.ReleaseReservation(namespace, made.id))
+    after = dict(zip(skus, app.counter.read_many(namespace, skus), strict=True))
+    assert {sku: (f.consumed, f.held) for sku, f in after.items() if f} == {
+        s: (sold[s], 0) for s in skus}
+    return dict(sold)
+
+
+@pytest.mark.parametrize("where", ["one Redis", "cluster"])
+def test_carts_across_slots_hold_all_or_nothing_under_contention(
+        where: str, service_config: Config, redis_cluster: LocalCluster, engine: Engine,
+        namespace: str) -> None:
+    config = dataclasses.replace(service_config, durability="async",
+                                 redis_key_prefix=f"k{uuid.uuid4().hex[:6]}")
+    if where == "cluster":
+        config = dataclasses.replace(config, redis_url=redis_cluster.url)
+    app = bootstrap(config)
+    with ledger_threads(config, 1):
+        sold = carts_under_contention(app, namespace)
+        wait_until(lambda: all(stored(engine, namespace, sku)[1] == n
+                               for sku, n in sold.items()), 60, "the ledger")
+
+
+def test_a_coordinator_killed_mid_cart_leaves_nothing_held_past_the_expiry(
+        redis_cluster: LocalCluster) -> None:
+    counter = cluster_counter()
+    ns = "ns-" + uuid.uuid4().hex[:8]
+    spread = TestClusterCartsAcrossSlots()
+    spread.counter, spread.ns = counter, ns
+    a, b, c = spread.skus(3)
+    for sku in (a, b, c):
+        counter.load(ns, sku, 4, 0, 1)
+    rid = counter.reservation_id(ns, a, "k")
+    lines = [(a, 1), (b, 2), (c, 3)]
+    # The coordinator's first two steps, then it dies: the home holds "pending", one slot held.
+    first = counter.home_step("hold", ns, rid, [(a, 1)], ttl_ms=500, whole=False,
+                              every_line=lines)
+    assert first.state == "pending"
+    assert counter.part_step("hold", ns, rid, [(b, 2)], first.expires_ms).ok
+    assert [f.held for f in counter.read_many(ns, [a, b, c]) if f] == [1, 2, 0]
+
+    def nothing_held() -> bool:
+        counter.sweep()  # the sweeper ends holds on items nobody touches
+        return [f.held for f in counter.read_many(ns, [a, b, c]) if f] == [0, 0, 0]
+
+    wait_until(nothing_held, 10, "the dead coordinator's holds to end at their expiry")
+    assert counter.reservation_step("get", ns, rid, lines).state == "expired"
+    assert [f.available for f in counter.read_many(ns, [a, b, c]) if f] == [4, 4, 4]
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ from types import TracebackType
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
+from allocation.adapters import redis_carts
 from allocation.adapters.counter import (
     Allowances,
     Counter,
@@ -36,7 +38,7 @@ def lua(name: str) -> str:
     """A script's text; those that change items start with the functions of lib.lua."""
     def text(of: str) -> str:
         return resources.files("allocation.adapters").joinpath(f"lua/{of}.lua").read_text()
-    return text("lib") + text(name) if name in ("move", "reserve", "sweep") else text(name)
+    return text("lib") + text(name) if name in ("move", "reserve", "part", "sweep") else text(name)
 
 
 class _Unavailable:
@@ -63,6 +65,14 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _figures(flat: Sequence[Any]) -> tuple[Outcome, ...]:
+    """Items' figures as the reservation scripts answer them, six values an item."""
+    return tuple(Outcome(OK, int(flat[i]), int(flat[i + 1]), held=int(flat[i + 2]),
+                         seq=int(flat[i + 3]), gen=_text(flat[i + 4]),
+                         limit=int(flat[i + 5]) if flat[i + 5] else None)
+                 for i in range(0, len(flat), 6))
+
+
 class RedisCounter(Counter):
     def __init__(self, client: RedisClient, keys: KeySpace,
                  idempotency_ttl: int = 48 * 3600, events_channel: str | None = None,
@@ -80,6 +90,7 @@ class RedisCounter(Counter):
         self._fence_sha = hashlib.sha1(self._fence_script.encode()).hexdigest()
         self._limit = self.client.register_script(lua("limit"))
         self._reserve = self.client.register_script(lua("reserve"))
+        self._part = self.client.register_script(lua("part"))
         self._sweep = self.client.register_script(lua("sweep"))
 
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
@@ -119,27 +130,55 @@ class RedisCounter(Counter):
     def reservation_step(self, step: Step, namespace: str, reservation_id: str,
                          lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
                          fingerprint: str = "") -> Reserved:
-        home = self._reservation_key(namespace, reservation_id)
-        if home is None:
+        if self._reservation_key(namespace, reservation_id) is None:
             return Reserved("not_found")
+        if isinstance(self.client, RedisCluster):
+            home = int(reservation_id.partition(".")[0])
+            if any(self.keys.partition(namespace, sku) != home for sku, _ in lines):
+                return redis_carts.step(self, step, namespace, reservation_id, lines,
+                                        ttl_ms=ttl_ms, buyer=buyer, fingerprint=fingerprint)
+        return self.home_step(step, namespace, reservation_id, lines, ttl_ms=ttl_ms,
+                              buyer=buyer, fingerprint=fingerprint)
+
+    def home_step(self, op: str, namespace: str, reservation_id: str, lines: Sequence[Line],
+                  *, ttl_ms: int = 0, buyer: str | None = None, fingerprint: str = "",
+                  whole: bool = True, every_line: Sequence[Line] = (),
+                  refusal: tuple[str, str, int] = ("", "", -1)) -> Reserved:
+        """One reserve.lua step: the reservation and its ``lines`` in its slot (on one Redis,
+        all of them)."""
+        home = self._reservation_key(namespace, reservation_id)
+        assert home is not None
         partition = int(reservation_id.partition(".")[0])
         keys = [home, self.keys.due(partition)]
-        args: list[Any] = [step, reservation_id, namespace, self.events_channel, ttl_ms,
-                           buyer or "", fingerprint, self._ttl * 1000, self._refusal_ttl * 1000]
+        listed = " ".join(f"{sku} {qty}" for sku, qty in (every_line or lines))
+        args: list[Any] = [op, reservation_id, namespace, self.events_channel, ttl_ms,
+                           buyer or "", fingerprint, self._ttl * 1000, self._refusal_ttl * 1000,
+                           "1" if whole else "0", listed, *refusal]
         for sku, qty in lines:
             keys += self._item_keys(namespace, sku)
             args += [sku, qty]
         with unavailable_on_connection_error():
             reply: Any = self._reserve(keys=keys, args=args)
         status, state, created, expires, sku, detail, replayed, *flat = reply
-        figures = tuple(
-            Outcome(OK, int(flat[i]), int(flat[i + 1]), held=int(flat[i + 2]),
-                    seq=int(flat[i + 3]), gen=_text(flat[i + 4]),
-                    limit=int(flat[i + 5]) if flat[i + 5] else None)
-            for i in range(0, len(flat), 6))
         return Reserved(_text(status), _text(state), int(created), int(expires),
                         _text(sku) or None, None if int(detail) < 0 else int(detail),
-                        bool(replayed), figures)
+                        bool(replayed), _figures(flat))
+
+    def part_step(self, op: str, namespace: str, reservation_id: str, lines: Sequence[Line],
+                  expires_ms: int, buyer: str | None = None) -> Reserved:
+        """One part.lua step: a cart's lines in one slot other than its reservation's."""
+        partition = self.keys.partition(namespace, lines[0][0])
+        keys = [self.keys.due(partition)]
+        args: list[Any] = [op, reservation_id, namespace, self.events_channel, expires_ms,
+                           buyer or ""]
+        for sku, qty in lines:
+            keys += self._item_keys(namespace, sku)
+            args += [sku, qty]
+        with unavailable_on_connection_error():
+            reply: Any = self._part(keys=keys, args=args)
+        status, sku, detail, *flat = reply
+        return Reserved(_text(status), sku=_text(sku) or None,
+                        detail=None if int(detail) < 0 else int(detail), figures=_figures(flat))
 
     def reservation_lines(self, namespace: str, reservation_id: str
                           ) -> tuple[tuple[Line, ...], str | None] | None:

@@ -76,3 +76,85 @@ local function expire_due(k, fig, now, most, channel)
   end
   return #due
 end
+
+-- An item's figures, or nil where Redis holds no such item.
+local function figures_of(k)
+  local f = redis.call('HMGET', k.item, 'total', 'consumed', 'seq', 'fenced', 'gen', 'limit',
+                       'held')
+  if not f[1] then return nil end
+  return {total = tonumber(f[1]), consumed = tonumber(f[2]), seq = tonumber(f[3] or 0),
+          fenced = f[4] == '1', gen = f[5] or '', limit = tonumber(f[6] or ''),
+          held = tonumber(f[7] or 0)}
+end
+
+-- Every line's figures (nil, and why, with the first line that is missing or fenced).
+local function all_figures(lines)
+  local figs = {}
+  for i, k in ipairs(lines) do
+    local fig = figures_of(k)
+    if not fig then return nil, 'not_found', k.sku end
+    if fig.fenced then return nil, 'fenced', k.sku end
+    figs[i] = fig
+  end
+  return figs
+end
+
+-- The first line a hold of every line would break a rule on: nil, or its refusal, sku and
+-- detail (what is available, or what the buyer may still take).
+local function refusal_of(lines, figs, buyer)
+  for i, k in ipairs(lines) do
+    local fig, used = figs[i], 0
+    if buyer ~= '' then used = tonumber(redis.call('HGET', k.buyers, buyer) or '0') end
+    if fig.limit and buyer == '' then return 'buyer_required', k.sku, -1 end
+    if fig.limit and used + k.qty > fig.limit then
+      return 'limit_exceeded', k.sku, math.max(fig.limit - used, 0)
+    end
+    if k.qty > fig.total - fig.consumed - fig.held then
+      return 'insufficient_stock', k.sku, fig.total - fig.consumed - fig.held
+    end
+  end
+  return nil
+end
+
+-- Hold every line until `expires`: one 'hold' movement per line.
+local function take(lines, figs, rid, buyer, expires, due, channel)
+  for i, k in ipairs(lines) do
+    local fig = figs[i]
+    fig.held = fig.held + k.qty
+    fig.seq = fig.seq + 1
+    redis.call('HSET', k.item, 'held', fig.held, 'seq', fig.seq)
+    redis.call('HSET', k.holds, rid, k.qty .. '|' .. expires .. '|' .. buyer)
+    redis.call('ZADD', k.expiries, expires, rid)
+    redis.call('ZADD', due, 'LT', expires, k.ns .. '\n' .. k.sku)
+    if buyer ~= '' then redis.call('HINCRBY', k.buyers, buyer, k.qty) end
+    record(k.outbox, {seq = fig.seq, qty = k.qty, total = fig.total, consumed = fig.consumed,
+                      kind = 'hold', ns = k.ns, sku = k.sku, gen = fig.gen, buyer = buyer,
+                      held = fig.held, rid = rid, expires = expires})
+    if channel ~= '' then
+      redis.call('PUBLISH', channel, figures_event('Reserved', k, fig,
+                                                   {reservation_id = rid, qty = k.qty}))
+    end
+  end
+end
+
+-- Lines from KEYS (five per line, from `first`) and ARGV (sku and qty per line, from `at`).
+local function lines_of(first, at, ns)
+  local lines = {}
+  for i = 0, (#KEYS - first + 1) / 5 - 1 do
+    local key = first + 5 * i
+    lines[#lines + 1] = {item = KEYS[key], outbox = KEYS[key + 1], buyers = KEYS[key + 2],
+                         holds = KEYS[key + 3], expiries = KEYS[key + 4], ns = ns,
+                         sku = ARGV[at + 2 * i], qty = tonumber(ARGV[at + 1 + 2 * i])}
+  end
+  return lines
+end
+
+-- Each line's figures, flat, for the caller: total, consumed, held, seq, gen, limit.
+local function flat_figures(out, figs)
+  for _, fig in ipairs(figs or {}) do
+    for _, v in ipairs({fig.total, fig.consumed, fig.held, fig.seq, fig.gen, fig.limit or ''}) do
+      out[#out + 1] = v
+    end
+  end
+  return out
+end

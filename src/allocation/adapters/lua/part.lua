@@ -1,0 +1,60 @@
+-- A cart's lines in a slot other than its reservation's (a Redis Cluster): one step over them,
+-- all or none, idempotent by reservation id. reserve.lua's steps at the home decide; these
+-- follow.
+-- KEYS: the slot's due index, then five keys per line (item hash, outbox, buyers, holds,
+-- expiries). ARGV: op, reservation id, namespace, events channel, expiry ms (hold: when the
+-- holds end; pin: hold them at least this long; unpin, extend: their expiry now), buyer ("" for
+-- none), then each line's sku and qty.
+-- Ops: "hold" (every line or none; again: a replay), "pin" (every hold still in time, so expiry
+-- cannot take it while the confirm goes on; else "expired"), "unpin" and "extend" (set the
+-- holds' expiry), "confirm", "release", "expire" (end the holds still there).
+-- Returns {status, sku, detail, figures...} (figures as reserve.lua's).
+local op, rid, ns, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local expires, buyer = tonumber(ARGV[5]), ARGV[6]
+local due = KEYS[1]
+local lines = lines_of(2, 7, ns)
+local now = now_ms()
+
+local figs, status, sku = all_figures(lines)
+if not figs then return {status, sku, -1} end
+
+if op == 'hold' then
+  if redis.call('HEXISTS', lines[1].holds, rid) == 1 then
+    return flat_figures({'ok', '', -1}, figs)  -- held before: a replay
+  end
+  for i, k in ipairs(lines) do expire_due(k, figs[i], now, 16, channel) end
+  local reason, at, detail = refusal_of(lines, figs, buyer)
+  if reason then return flat_figures({reason, at, detail}, figs) end
+  take(lines, figs, rid, buyer, expires, due, channel)
+  return flat_figures({'ok', '', -1}, figs)
+end
+
+if op == 'pin' then
+  for _, k in ipairs(lines) do
+    local value = redis.call('HGET', k.holds, rid)
+    if not value then return {'expired', k.sku, -1} end
+    local _, until_ms = parse_hold(value)
+    if now >= until_ms then return {'expired', k.sku, -1} end
+  end
+  op = 'extend'  -- every hold in time: hold them all until the confirm is done
+end
+
+if op == 'extend' then
+  for _, k in ipairs(lines) do
+    local value = redis.call('HGET', k.holds, rid)
+    if value then
+      local qty, _, who = parse_hold(value)
+      redis.call('HSET', k.holds, rid, qty .. '|' .. expires .. '|' .. who)
+      redis.call('ZADD', k.expiries, expires, rid)
+      redis.call('ZADD', due, 'LT', expires, ns .. '\n' .. k.sku)
+    end
+  end
+  return flat_figures({'ok', '', -1}, figs)
+end
+
+if op == 'confirm' or op == 'release' or op == 'expire' then
+  for i, k in ipairs(lines) do end_hold(k, figs[i], rid, op, channel) end
+  return flat_figures({'ok', '', -1}, figs)
+end
+
+return redis.error_reply('unknown cart step ' .. op)
