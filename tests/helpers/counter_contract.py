@@ -9,12 +9,19 @@ movements.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from allocation.adapters.counter import Counter, Reserved, Step
 from allocation.adapters.outbox import Outbox, OutboxEntry
@@ -383,12 +390,13 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
         def start(self, total: int, limit: int | None) -> None:
             self.counter: Counter = make_counter()  # type: ignore[operator]
             self.ns = "m-" + uuid.uuid4().hex[:8]
-            self.model = (total, 0)
+            self.model = (total, 0, 0)
             self.limit, self.used = limit, dict[str, int]()
             self.seen: dict[str, tuple[str, Outcome]] = {}
             self.counter.load_allowances(self.ns, {"sku": (limit, {})})
             self.counter.load(self.ns, "sku", total, 0, 1)
             self.seq = 1
+            self.holds: dict[str, tuple[int, str | None, str]] = {}  # rid -> qty, buyer, state
 
         @rule(kind=st.sampled_from(["decrement", "refund", "adjust"]),
               qty=st.integers(-5, 8), key=st.sampled_from(["a", "b", "c", "d", "e", None]),
@@ -410,26 +418,73 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
                 if kind == "decrement":
                     rules.quantity_must_be_positive(qty)
                     rules.buyer_within_limit(self.limit, buyer, used, qty)
-                self.model = rules.apply(kind, *self.model, qty)[:2]
+                self.model = self.after(kind, qty)
                 self.seq += 1
                 if buyer:
                     self.used[buyer] = max(0, used + (qty if kind == "decrement" else
                                                       -qty if kind == "refund" else 0))
-                expected = Outcome("ok", *self.model, seq=self.seq, limit=self.limit)
+                expected = self.figures()
             except errors.DomainError as refusal:
                 remaining = refusal.details.get("remaining")
-                expected = Outcome(refusal.code, *self.model, seq=self.seq,
-                                   remaining=remaining if isinstance(remaining, int) else None,
-                                   limit=self.limit)
+                expected = dataclasses.replace(
+                    self.figures(), status=refusal.code,
+                    remaining=remaining if isinstance(remaining, int) else None)
             assert got == expected
             if key is not None:
                 self.seen[key] = (request, got)
 
+        @rule(qty=st.integers(1, 6), buyer=st.sampled_from([None, "x", "y"]))
+        def hold(self, qty: int, buyer: str | None) -> None:
+            self.tries = getattr(self, "tries", 0) + 1  # a fresh key (and id) each time
+            rid = self.counter.reservation_id(self.ns, "sku", f"h{self.tries}")
+            got = self.counter.reservation_step("hold", self.ns, rid, [("sku", qty)],
+                                                ttl_ms=3_600_000, buyer=buyer,
+                                                fingerprint=str(qty))
+            used = self.used.get(buyer, 0) if buyer else 0
+            try:
+                rules.buyer_within_limit(self.limit, buyer, used, qty)
+                self.model = self.after("hold", qty)
+            except errors.DomainError as refusal:
+                assert got.status == refusal.code
+                return
+            assert (got.status, got.state) == ("ok", "held")
+            self.seq += 1
+            if buyer:
+                self.used[buyer] = used + qty
+            self.holds[rid] = (qty, buyer, "held")
+
+        @precondition(lambda self: bool(getattr(self, "holds", None)))
+        @rule(pick=st.integers(0, 1000), step=st.sampled_from(["confirm", "release"]))
+        def end(self, pick: int, step: Step) -> None:
+            rid = list(self.holds)[pick % len(self.holds)]  # in the order they were made
+            qty, buyer, state = self.holds[rid]
+            got = self.counter.reservation_step(step, self.ns, rid, [("sku", qty)])
+            ended = {"confirm": "confirmed", "release": "released"}[step]
+            if state == "held":
+                assert (got.status, got.state, got.replayed) == ("ok", ended, False)
+                kind: rules.Kind = "confirm" if step == "confirm" else "release"
+                self.model = self.after(kind, qty)
+                self.seq += 1
+                if buyer and step == "release":
+                    self.used[buyer] -= qty
+                self.holds[rid] = (qty, buyer, ended)
+            elif state == ended:
+                assert (got.status, got.replayed) == ("ok", True)
+            else:
+                assert got.status == f"reservation_{state}"
+
+        def after(self, kind: rules.Kind, qty: int) -> tuple[int, int, int]:
+            total, consumed, held = self.model
+            return rules.apply(kind, total, consumed, qty, held)
+
+        def figures(self) -> Outcome:
+            total, consumed, held = self.model
+            return Outcome("ok", total, consumed, seq=self.seq, limit=self.limit, held=held)
+
         @invariant()
         def figures_agree(self) -> None:
             if hasattr(self, "counter"):
-                assert self.counter.read(self.ns, "sku") == Outcome(
-                    "ok", *self.model, seq=self.seq, limit=self.limit)
+                assert self.counter.read(self.ns, "sku") == self.figures()
 
     CounterMatchesTheDomain.TestCase.settings = settings(max_examples=60, deadline=None,
                                                           stateful_step_count=25)
