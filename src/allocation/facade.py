@@ -133,7 +133,7 @@ class InventoryManager:
         return _figures(outcome.raise_for_status())
 
     def get(self, item_id: ItemId) -> Figures | None:
-        """``{"total", "consumed", "available"}``, or ``None`` for an unknown item."""
+        """``{"total", "consumed", "held", "available"}``, or ``None`` for an unknown item."""
         try:
             return _figures(views.item(self.app, self.prefix, _sku(item_id)))
         except errors.NotFound:
@@ -206,4 +206,5 @@ def _key(idempotency_key: object) -> str | None:
 
 
 def _figures(outcome: Outcome) -> Figures:
-    return {"total": outcome.total, "consumed": outcome.consumed, "available": outcome.available}
+    return {"total": outcome.total, "consumed": outcome.consumed, "held": outcome.held,
+            "available": outcome.available}

@@ -37,15 +37,16 @@ def test_the_seed_demo_runs_with_its_meaning(manager: InventoryManager) -> None:
     for item_id, num in {"1": 10, "2": 20, "3": 30}.items():
         manager.inventory_init(item_id, num)
     manager.modification_adjust(item_id="1", delta=100)
-    assert manager.get(item_id="1") == {"total": 110, "consumed": 0, "available": 110}
+    assert manager.get(item_id="1") == {"total": 110, "consumed": 0, "held": 0, "available": 110}
     assert manager.usage_decr(item_id="1", num=1)
     assert manager.usage_decr(item_id="1", num=3)
     assert not manager.usage_decr(item_id="1", num=999999999)
-    assert manager.get(item_id="1") == {"total": 110, "consumed": 4, "available": 106}
+    assert manager.get(item_id="1") == {"total": 110, "consumed": 4, "held": 0, "available": 106}
     # The seed let this refund 1000 of 4 sold; here it is refused and nothing changes.
     assert not manager.usage_incr(item_id="1", num=1000)
     assert manager.usage_incr(item_id="1", num=4)
-    assert manager.refresh(item_id="1") == {"total": 110, "consumed": 0, "available": 110}
+    assert manager.refresh(item_id="1") == {"total": 110, "consumed": 0, "held": 0,
+                                            "available": 110}
     assert manager.refresh_all() == 3
 
 
@@ -61,7 +62,7 @@ def test_a_refused_single_unit_decrement_leaves_the_counter_alone(
     assert manager.usage_decr("one", 1)
     for _ in range(3):
         assert not manager.usage_decr("one", 1)
-    assert manager.get("one") == {"total": 1, "consumed": 1, "available": 0}
+    assert manager.get("one") == {"total": 1, "consumed": 1, "held": 0, "available": 0}
 
 
 def test_concurrent_inits_do_not_double_the_stock(manager: InventoryManager) -> None:
@@ -81,7 +82,7 @@ def test_concurrent_inits_do_not_double_the_stock(manager: InventoryManager) -> 
     for t in threads:
         t.join()
     assert failures == []
-    assert manager.get("race") == {"total": 10, "consumed": 0, "available": 10}
+    assert manager.get("race") == {"total": 10, "consumed": 0, "held": 0, "available": 10}
     assert manager.refresh("race")["total"] == 10
 
 

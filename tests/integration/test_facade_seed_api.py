@@ -114,8 +114,8 @@ def test_bad_input_is_refused_before_it_reaches_redis(
     assert not isinstance(caught.value, ValidationError)
     assert caught.value.field == field and caught.value.code == "invalid_field"
     State(manager, red, "x").assert_unchanged_since(before)
-    assert manager.get("x") == {"total": 10, "consumed": 1, "available": 9}
-    assert manager.refresh("x") == {"total": 10, "consumed": 1, "available": 9}
+    assert manager.get("x") == {"total": 10, "consumed": 1, "held": 0, "available": 9}
+    assert manager.refresh("x") == {"total": 10, "consumed": 1, "held": 0, "available": 9}
 
 
 def test_the_issue_17_call_leaves_redis_and_the_ledger_alone(
@@ -126,9 +126,9 @@ def test_the_issue_17_call_leaves_redis_and_the_ledger_alone(
         manager.usage_decr("x", 1.5)  # type: ignore[arg-type]  # as a seed script did
     State(manager, red, "x").assert_unchanged_since(before)
     assert [kind for _, kind, *_ in before.ledger] == ["init"]
-    assert manager.get("x") == {"total": 10, "consumed": 0, "available": 10}
+    assert manager.get("x") == {"total": 10, "consumed": 0, "held": 0, "available": 10}
     assert manager.usage_decr("x", 2)
-    assert manager.get("x") == {"total": 10, "consumed": 2, "available": 8}
+    assert manager.get("x") == {"total": 10, "consumed": 2, "held": 0, "available": 8}
 
 
 def test_a_sale_over_the_most_one_movement_moves_keeps_the_seeds_answer(
@@ -151,16 +151,17 @@ def test_a_sale_over_the_most_one_movement_moves_keeps_the_seeds_answer(
         manager.usage_decr("never-made", 10**7)
     with pytest.raises(errors.InvalidInput):
         manager.usage_decr("x", 10**7, idempotency_key="a,b")
-    assert manager.get("x") == {"total": 110, "consumed": 4, "available": 106}
+    assert manager.get("x") == {"total": 110, "consumed": 4, "held": 0, "available": 106}
 
 
 def test_an_int_item_id_is_its_decimal_string(manager: InventoryManager) -> None:
-    assert manager.inventory_init(7, 5) == {"total": 5, "consumed": 0, "available": 5}
-    assert manager.get(7) == manager.get("7") == {"total": 5, "consumed": 0, "available": 5}
+    assert manager.inventory_init(7, 5) == {"total": 5, "consumed": 0, "held": 0, "available": 5}
+    assert manager.get(7) == manager.get("7") == {"total": 5, "consumed": 0, "held": 0,
+                                                  "available": 5}
     assert manager.usage_decr(7, 2)
     assert manager.usage_incr(item_id=7, num=1)
     assert manager.modification_adjust(7, 3)["total"] == 8
-    assert manager.refresh(7) == {"total": 8, "consumed": 1, "available": 7}
+    assert manager.refresh(7) == {"total": 8, "consumed": 1, "held": 0, "available": 7}
     with pytest.raises(errors.InvalidInput, match="sku"):
         manager.get(-7)  # "-7" is no name
 
@@ -172,7 +173,7 @@ def test_the_seed_keyword_calls_work(manager: InventoryManager) -> None:
     assert not manager.usage_decr(item_id="k", num=1)
     assert manager.usage_incr(item_id="k", num=3)
     assert manager.get(item_id="k") == manager.refresh(item_id="k") == {
-        "total": 3, "consumed": 0, "available": 3}
+        "total": 3, "consumed": 0, "held": 0, "available": 3}
     assert manager.refresh_all() == 1
 
 

@@ -115,3 +115,12 @@ def test_refusals_name_the_line(shop: FakeApp) -> None:
     assert shop.client.get("/v1/ns/reservations/nope").status_code == 404
     assert shop.client.get("/v1/ns/reservations/bad%20id").status_code in (400, 404)
     assert item(shop, "a") == (0, 0, 10)
+
+
+def test_a_cart_of_items_the_counter_lost_rebuilds_each_of_them(shop: FakeApp) -> None:
+    shop.drain()
+    for sku in ("a", "b"):
+        shop.counter.forget("ns", sku)  # as if Redis lost both
+    made = reserve(shop)
+    assert (made.status_code, body(made)["state"]) == (201, "held")
+    assert (item(shop, "a"), item(shop, "b")) == ((0, 2, 8), (0, 1, 1))

@@ -12,8 +12,9 @@ from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 @dataclass(frozen=True)
 class Drift:
     sku: str
-    expected: tuple[int, int] | None  # (total, consumed) per database + unwritten entries
-    redis: tuple[int, int] | None
+    # (total, consumed, held) per database + unwritten entries, and as Redis has them
+    expected: tuple[int, int, int] | None
+    redis: tuple[int, int, int] | None
 
 
 def find(namespace: str, uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox,
@@ -28,11 +29,13 @@ def find(namespace: str, uow: AbstractUnitOfWork, counter: Counter, outbox: Outb
         if not batch:
             return drifted
         live = counter.read_many(namespace, [sku for sku, *_ in batch])
-        for (sku, total, consumed, seq, *_), held in zip(batch, live, strict=True):
-            unwritten = pending.get(sku)
-            expected = ((unwritten.total, unwritten.consumed)
-                        if unwritten is not None and unwritten.seq > seq else (total, consumed))
-            actual = None if held is None else (held.total, held.consumed)
+        for stock, figures in zip(batch, live, strict=True):
+            unwritten = pending.get(stock.sku)
+            expected = ((unwritten.total, unwritten.consumed, unwritten.held)
+                        if unwritten is not None and unwritten.seq > stock.last_seq
+                        else (stock.total, stock.consumed, stock.held))
+            actual = None if figures is None else (figures.total, figures.consumed,
+                                                   figures.held)
             if actual is not None and actual != expected:
-                drifted.append(Drift(sku, expected, actual))
+                drifted.append(Drift(stock.sku, expected, actual))
         after = batch[-1][0]

@@ -24,8 +24,11 @@ from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
 logger = logging.getLogger(__name__)
 Publish = Callable[[events.Event], None]
-# The kind of movement each step writes for its lines.
+# The kind of movement each step writes for its lines, and the kinds a replay of it may find
+# in the ledger (a reservation released after its expiry, or a line ended by its item's expiry,
+# has "expire" rows).
 KIND_OF_STEP = {"hold": "hold", "confirm": "confirm", "release": "release"}
+WRITTEN_BY = {"hold": ("hold",), "confirm": ("confirm",), "release": ("release", "expire")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,15 +111,18 @@ def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, .
     counter = deps.counter
     result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms, buyer=buyer,
                                       fingerprint=fingerprint)
-    if result.status == "not_found" and result.sku is not None:
+    rebuilt: set[str] = set()
+    while result.status == "not_found" and result.sku is not None and result.sku not in rebuilt:
         # Redis lost the item (or never had it): rebuild it from the database, under its
-        # lock (NotFound where the database has no such item either), and try again.
+        # lock (NotFound where the database has no such item either), and try again; a cart
+        # may meet several such items, one at a time.
         try:
             rebuild.refresh(commands.Refresh(namespace, result.sku), deps.uow, counter,
                             deps.outbox, deps.item_locks, deps.durability.progress,
                             deps.ledger_wait_seconds)
         except errors.NotFound:
             raise errors.NotFound(f"no item {namespace}/{result.sku}", sku=result.sku) from None
+        rebuilt.add(result.sku)
         result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
                                           buyer=buyer, fingerprint=fingerprint)
     if result.status == "fenced":
@@ -128,7 +134,7 @@ def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, .
         if not result.replayed:
             _settle(deps, namespace, rid, lines, result, KIND_OF_STEP[step])
         elif deps.durability.mode == "sync" and not all(
-                _in_ledger(deps.uow, namespace, sku, rid, KIND_OF_STEP[step]) for sku, _ in lines):
+                _in_ledger(deps.uow, namespace, sku, rid, WRITTEN_BY[step]) for sku, _ in lines):
             # The first answer may have been "unknown": a replay is acknowledged once written.
             raise errors.Unavailable(f"reservation {rid} is not in the ledger yet; repeat the "
                                      "request", retry_after=1)
@@ -140,16 +146,18 @@ def _settle(deps: Deps, namespace: str, rid: str, lines: tuple[Line, ...], resul
     """Answer when the durability mode says, and publish the lines' events where the counter
     does not publish them itself."""
     for (sku, qty), figures in zip(lines, result.figures, strict=True):
-        deps.durability.settle(namespace, sku, figures,
-                               functools.partial(_in_ledger, deps.uow, namespace, sku, rid, kind))
+        deps.durability.settle(namespace, sku, figures, functools.partial(
+            _in_ledger, deps.uow, namespace, sku, rid, (kind,)))
         if not deps.counter.publishes_events:
             _publish(deps.publish, events.HOLD_EVENTS[kind](
                 namespace, sku, figures.total, figures.consumed, rid, qty, held=figures.held))
 
 
-def _in_ledger(uow: AbstractUnitOfWork, namespace: str, sku: str, rid: str, kind: str) -> bool:
+def _in_ledger(uow: AbstractUnitOfWork, namespace: str, sku: str, rid: str,
+               kinds: tuple[str, ...]) -> bool:
     with uow:
-        return uow.items.reservation_entry(namespace, sku, rid, kind) is not None
+        return any(uow.items.reservation_entry(namespace, sku, rid, kind) is not None
+                   for kind in kinds)
 
 
 def _publish(publish: Publish, event: events.Event) -> None:
