@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install run migrate serve consume services test unit integration e2e lint bench clean
+.PHONY: install run migrate serve consume sweep services test unit integration e2e lint bench clean
 
 $(STAMP): setup.py
 	python3 -m venv $(VENV)
@@ -27,6 +27,10 @@ run: migrate
 
 consume: install
 	$(BIN)/allocation consume
+
+# Ends due holds on items nobody touches, every second (needs REDIS_URL).
+sweep: install
+	$(BIN)/allocation sweep
 
 # Makes sure PostgreSQL and Redis answer, starting local ones that are installed but stopped.
 services: install

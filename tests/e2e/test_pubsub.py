@@ -79,6 +79,44 @@ def test_commands_become_events(consumer: Process, channels: Channels, namespace
     assert channels.wait_for(event="TotalAdjusted", namespace=namespace)["total"] == 5
 
 
+def test_a_reservation_over_pubsub_is_held_then_confirmed(consumer: Process, channels: Channels,
+                                                          namespace: str) -> None:
+    wait_until(lambda: channels.listeners() > 0, 15, "the consumer to subscribe")
+    for sku, total in (("a", 5), ("b", 1)):
+        channels.send(command="InitInventory", namespace=namespace, sku=sku, total=total)
+        channels.wait_for(event="InventoryInitialized", namespace=namespace, sku=sku)
+
+    channels.send(command="Reserve", namespace=namespace, idempotency_key="cart-1",
+                  lines=[{"sku": "a", "qty": 2}, {"sku": "b", "qty": 1}], ttl_seconds=60,
+                  buyer="ann")
+    held = [channels.wait_for(event="Reserved", namespace=namespace, sku=sku)
+            for sku in ("a", "b")]  # one per line
+    rid = held[0]["reservation_id"]
+    assert rid and held[1]["reservation_id"] == rid
+    assert [(e["qty"], e["held"], e["available"]) for e in held] == [(2, 2, 3), (1, 1, 0)]
+
+    channels.send(command="Reserve", namespace=namespace, idempotency_key="cart-2",
+                  lines=[{"sku": "a", "qty": 1}, {"sku": "b", "qty": 1}])
+    refused = channels.wait_for(event="CommandRejected", idempotency_key="cart-2")
+    assert (refused["reason"], refused["command"], refused["namespace"], refused["sku"],
+            refused["available"]) == ("insufficient_stock", "Reserve", namespace, "b", 0)
+
+    channels.send(command="ConfirmReservation", namespace=namespace, reservation_id=rid)
+    confirmed = [channels.wait_for(event="ReservationConfirmed", namespace=namespace, sku=sku)
+                 for sku in ("a", "b")]
+    assert [(e["reservation_id"], e["qty"], e["consumed"], e["held"], e["available"])
+            for e in confirmed] == [(rid, 2, 2, 0, 3), (rid, 1, 1, 0, 0)]
+
+    channels.send(command="ReleaseReservation", namespace=namespace, reservation_id=rid)
+    late = channels.wait_for(event="CommandRejected", command="ReleaseReservation",
+                             reservation_id=rid)
+    assert (late["reason"], late["namespace"]) == ("reservation_confirmed", namespace)
+    assert [e["event"] for e in channels.received if e.get("reservation_id") == rid] == [
+        "Reserved", "Reserved", "ReservationConfirmed", "ReservationConfirmed",
+        "CommandRejected"]  # the rejected release changed nothing
+    assert consumer.alive()
+
+
 def test_malformed_messages_are_answered_and_the_consumer_keeps_running(
         consumer: Process, channels: Channels, namespace: str) -> None:
     wait_until(lambda: channels.listeners() > 0, 15, "the consumer to subscribe")

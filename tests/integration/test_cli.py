@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from allocation.bootstrap import bootstrap
 from allocation.config import Config
+from allocation.domain import commands
 from tests.helpers.ledger import drain, ledger_threads
-from tests.helpers.processes import service_env
+from tests.helpers.processes import PrivateRedis, allocation_command, service_env, wait_until
 
 
 def cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
@@ -106,7 +110,7 @@ def test_drift_reports_and_repairs(service_config: Config, namespace: str) -> No
     app.counter.load(namespace, "b", 10, 7, 1)  # Redis says 7 were sold
     found = cli(async_config, "drift", namespace)
     assert found.returncode == 1
-    assert "b" in found.stdout and "(10, 0)" in found.stdout and "(10, 7)" in found.stdout
+    assert "b" in found.stdout and "(10, 0, 0)" in found.stdout and "(10, 7, 0)" in found.stdout
     assert " a " not in found.stdout and "\na " not in found.stdout
     drain(app)
     repaired = cli(async_config, "drift", namespace, "--repair")
@@ -114,3 +118,168 @@ def test_drift_reports_and_repairs(service_config: Config, namespace: str) -> No
     assert cli(async_config, "drift", namespace).returncode == 0
     live = app.counter.read(namespace, "b")
     assert live is not None and live.consumed == 0
+
+
+def shown(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert isinstance(found, dict)
+    return found
+
+
+def figures(config: Config, namespace: str, sku: str) -> tuple[int, int, int]:
+    item = shown(cli(config, "get", namespace, sku))
+    return item["consumed"], item["held"], item["available"]
+
+
+@pytest.mark.usefixtures("ledger_worker")
+def test_reservations_from_the_command_line(service_config: Config, namespace: str) -> None:
+    config = service_config
+    shown(cli(config, "init", namespace, "a", "5"))
+    shown(cli(config, "init", namespace, "b", "1"))
+    made = shown(cli(config, "reserve", namespace, "a:1", "b:1", "a:1", "--ttl", "60",
+                     "--buyer", "ann", "--key", "cart-1"))
+    assert (made["namespace"], made["state"], made["lines"], made["buyer"]) == (
+        namespace, "held", [{"sku": "a", "qty": 2}, {"sku": "b", "qty": 1}], "ann")
+    assert made["created_at"].endswith("+00:00") and made["expires_at"] > made["created_at"]
+    again = cli(config, "reserve", namespace, "a:1", "b:1", "a:1", "--ttl", "60", "--buyer",
+                "ann", "--key", "cart-1")
+    assert shown(again) == made  # the same key and request: the same reservation
+    assert (figures(config, namespace, "a"), figures(config, namespace, "b")) == (
+        (0, 2, 3), (0, 1, 0))
+
+    short = cli(config, "reserve", namespace, "a:1", "b:1")
+    assert short.returncode == 1 and short.stderr.startswith("refused: insufficient_stock: b")
+    unknown = cli(config, "reserve", namespace, "nope:1")
+    assert unknown.returncode == 1 and "refused: not_found:" in unknown.stderr
+    reused = cli(config, "reserve", namespace, "a:1", "--key", "cart-1")
+    assert reused.returncode == 1 and "refused: idempotency_key_reused:" in reused.stderr
+
+    rid = made["id"]
+    confirmed = shown(cli(config, "confirm", namespace, rid))
+    assert (confirmed["id"], confirmed["state"]) == (rid, "confirmed")
+    assert shown(cli(config, "confirm", namespace, rid)) == confirmed  # repeats safely
+    late = cli(config, "release", namespace, rid)
+    assert late.returncode == 1 and "refused: reservation_confirmed:" in late.stderr
+
+    other = shown(cli(config, "reserve", namespace, "a:3"))
+    released = shown(cli(config, "release", namespace, other["id"]))
+    assert (released["id"], released["state"]) == (other["id"], "released")
+    refused = cli(config, "confirm", namespace, other["id"])
+    assert refused.returncode == 1 and "refused: reservation_released:" in refused.stderr
+    assert (figures(config, namespace, "a"), figures(config, namespace, "b")) == (
+        (2, 0, 3), (1, 0, 0))
+    assert cli(config, "confirm", namespace, "0.nope").returncode == 1
+    ledger = cli(config, "ledger", namespace, "a").stdout.splitlines()
+    assert [json.loads(line)["kind"] for line in ledger] == [
+        "init", "hold", "confirm", "hold", "release"]
+
+
+@pytest.mark.parametrize("args", [
+    ("reserve", "{ns}"),  # no lines
+    ("reserve", "{ns}", "a"),
+    ("reserve", "{ns}", "a:0"),
+    ("reserve", "{ns}", "a:1.5"),
+    ("reserve", "{ns}", "a b:1"),
+    ("reserve", "{ns}", "a:1", "--ttl", "0"),
+    ("reserve", "{ns}", "a:1", "--ttl", "86401"),
+    ("reserve", "{ns}", "a:1", "--buyer", "a b"),
+    ("reserve", "{ns}", "a:1", "--key", "a,b"),
+    ("reserve", "{ns}", *["a:1"] * 101),
+    ("reserve", "bad ns", "a:1"),
+    ("confirm", "{ns}", "a/b"),
+    ("release", "{ns}", "x" * 65),
+    ("sweep", "--interval", "0"),
+])
+def test_bad_reservation_input_is_a_usage_error(service_config: Config, namespace: str,
+                                                args: tuple[str, ...]) -> None:
+    result = cli(service_config, *(a.format(ns=namespace) for a in args))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+
+
+@pytest.mark.usefixtures("ledger_worker")
+def test_sweep_once_ends_a_due_hold_nobody_touches(service_config: Config,
+                                                   namespace: str) -> None:
+    shown(cli(service_config, "init", namespace, "s", "3"))
+    made = shown(cli(service_config, "reserve", namespace, "s:2", "--ttl", "1"))
+    assert figures(service_config, namespace, "s") == (0, 2, 1)
+    passes: list[str] = []
+
+    def swept() -> bool:
+        result = cli(service_config, "sweep", "--once")
+        assert result.returncode == 0, result.stderr
+        passes.append(result.stdout.strip())
+        return figures(service_config, namespace, "s") == (0, 0, 3)
+
+    # A read does not end a due hold: only a step on the item or the sweeper does.
+    wait_until(swept, 30, "a sweep to end the due hold")
+    assert all(p.startswith("visited ") and p.endswith(" items") for p in passes)
+    assert int(passes[-1].split()[1]) >= 1
+    late = cli(service_config, "confirm", namespace, made["id"])
+    assert late.returncode == 1 and "refused: reservation_expired:" in late.stderr
+
+    def in_ledger() -> bool:
+        lines = cli(service_config, "ledger", namespace, "s").stdout.splitlines()
+        return [json.loads(line)["kind"] for line in lines] == ["init", "hold", "expire"]
+
+    wait_until(in_ledger, 30, "the expiry in the ledger")
+
+
+def sweeper(config: Config, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(allocation_command("sweep", "--interval", "0.1"),
+                                env=service_env(config), stdout=subprocess.DEVNULL,
+                                stderr=out)
+
+
+@pytest.mark.usefixtures("ledger_worker")
+@pytest.mark.parametrize("stop_with", [signal.SIGTERM, signal.SIGINT])
+def test_the_sweeper_ends_due_holds_until_told_to_stop(
+        service_config: Config, namespace: str, tmp_path: Path, stop_with: signal.Signals
+) -> None:
+    process = sweeper(service_config, tmp_path / "sweeper.log")
+    try:
+        shown(cli(service_config, "init", namespace, "s", "3"))
+        shown(cli(service_config, "reserve", namespace, "s:1", "--ttl", "1"))
+        wait_until(lambda: figures(service_config, namespace, "s") == (0, 0, 3), 30,
+                   "the sweeper to end the due hold")
+        process.send_signal(stop_with)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = (tmp_path / "sweeper.log").read_text()
+    assert "sweeper stopped" in log and "Traceback" not in log
+
+
+def test_the_sweeper_rides_out_a_redis_outage(service_config: Config, namespace: str,
+                                              tmp_path: Path) -> None:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    config = dataclasses.replace(service_config, redis_url=server.url)
+    log = tmp_path / "sweeper.log"
+    process = sweeper(config, log)
+    try:
+        wait_until(lambda: "sweeping due holds" in log.read_text(), 30, "the sweeper to start")
+        server.stop()
+        wait_until(lambda: "sweeper waiting for redis" in log.read_text(), 30,
+                   "the sweeper to notice the outage")
+        assert process.poll() is None
+        server.start()  # empty: the item is made after it
+        app = bootstrap(config)
+        app.bus.handle(commands.InitInventory(namespace, "s", 3))
+        app.bus.handle(commands.Reserve(namespace, (("s", 2),), "k", ttl_seconds=1))
+
+        def ended() -> bool:
+            item = app.counter.read(namespace, "s")
+            return item is not None and item.held == 0
+
+        wait_until(ended, 30, "the sweeper, back, to end the due hold")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        server.stop()

@@ -83,3 +83,165 @@ def test_a_buyer_over_the_limit_is_answered_with_what_remains(fake_app: FakeApp)
     [refused] = [m for m in recorder.messages if m["event"] == "CommandRejected"]
     assert (refused["reason"], refused["remaining"], refused["available"]) == (
         "limit_exceeded", 0, 4)
+
+
+# Reservations over pub/sub (API.md, "Redis pub/sub").
+def test_each_reservation_message_becomes_its_command() -> None:
+    lines = [{"sku": "a", "qty": 2}, {"sku": "b", "qty": 1}]
+    assert parse(json.dumps({"command": "Reserve", "namespace": "ns", "lines": lines,
+                             "ttl_seconds": 30, "buyer": "u:7", "idempotency_key": "k"})) == (
+        commands.Reserve("ns", (("a", 2), ("b", 1)), "k", 30, "u:7"))
+    assert parse(json.dumps({"command": "Reserve", "namespace": "ns", "lines": lines[:1],
+                             "idempotency_key": "k"})) == (
+        commands.Reserve("ns", (("a", 2),), "k", 600, None))
+    assert parse(json.dumps({"command": "ConfirmReservation", "namespace": "ns",
+                             "reservation_id": "3.AbC-_x"})) == (
+        commands.ConfirmReservation("ns", "3.AbC-_x"))
+    assert parse(json.dumps({"command": "ReleaseReservation", "namespace": "ns",
+                             "reservation_id": "r1"})) == commands.ReleaseReservation("ns", "r1")
+
+
+def _reserve(**changes: Any) -> str:
+    message = {"command": "Reserve", "namespace": "ns", "lines": [{"sku": "a", "qty": 1}],
+               "idempotency_key": "k", **changes}
+    return json.dumps({k: v for k, v in message.items() if v is not None})
+
+
+@pytest.mark.parametrize("raw, field", [
+    (_reserve(lines=[]), "lines"),
+    (_reserve(lines=[{"sku": "a", "qty": 1}] * 101), "lines"),
+    (_reserve(lines={"sku": "a", "qty": 1}), "lines"),
+    (_reserve(lines=[{"sku": "a", "qty": 0}]), r"lines\.0\.qty"),
+    (_reserve(lines=[{"sku": "a", "qty": 1}, {"sku": "a", "qty": 1_000_001}]),
+     r"lines\.1\.qty"),
+    (_reserve(lines=[{"sku": "a", "qty": True}]), r"lines\.0\.qty"),
+    (_reserve(lines=[{"sku": "a", "qty": 1.0}]), r"lines\.0\.qty"),
+    (_reserve(lines=[{"sku": "a b", "qty": 1}]), r"lines\.0\.sku"),
+    (_reserve(lines=[{"qty": 1}]), r"lines\.0\.sku"),
+    (_reserve(ttl_seconds=0), "ttl_seconds"),
+    (_reserve(ttl_seconds=86_401), "ttl_seconds"),
+    (_reserve(ttl_seconds="60"), "ttl_seconds"),
+    (_reserve(buyer="a b"), "buyer"),
+    (_reserve(buyer="x" * 129), "buyer"),
+    (_reserve(idempotency_key=None), "idempotency_key"),
+    (_reserve(idempotency_key="a,b"), "idempotency_key"),
+    (_reserve(namespace="n s"), "namespace"),
+    (json.dumps({"command": "ConfirmReservation", "namespace": "ns"}), "reservation_id"),
+    (json.dumps({"command": "ConfirmReservation", "namespace": "ns",
+                 "reservation_id": "a/b"}), "reservation_id"),
+    (json.dumps({"command": "ReleaseReservation", "namespace": "ns",
+                 "reservation_id": "x" * 65}), "reservation_id"),
+    (json.dumps({"command": "ReleaseReservation", "namespace": "ns",
+                 "reservation_id": ""}), "reservation_id"),
+    (json.dumps({"command": "ReleaseReservation", "namespace": "ns",
+                 "reservation_id": 7}), "reservation_id"),
+    (json.dumps({"command": "ConfirmReservation", "reservation_id": "r"}), "namespace"),
+    (json.dumps({"command": "ExtendReservation", "namespace": "ns", "reservation_id": "r",
+                 "ttl_seconds": 5}), "command|tag"),
+])
+def test_malformed_reservation_messages_name_the_field(raw: str, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        parse(raw)
+
+
+@pytest.fixture
+def shop(fake_app: FakeApp) -> FakeApp:
+    for sku, total, limit in (("a", 10, None), ("b", 2, None), ("capped", 5, 1)):
+        made = fake_app.client.put(f"/v1/ns/items/{sku}",
+                                   json={"total": total, "limit_per_buyer": limit})
+        assert made.status_code == 201
+    return fake_app
+
+
+def send(app: FakeApp, recorder: Recorder, **message: Any) -> None:
+    handle_message(json.dumps(message), app.bus, recorder)  # type: ignore[arg-type]
+
+
+def figures(app: FakeApp, sku: str) -> tuple[int, int, int]:
+    found = app.counter.read("ns", sku)
+    assert found is not None
+    return found.consumed, found.held, found.available
+
+
+def test_a_reservation_is_held_and_confirmed_over_pubsub(shop: FakeApp) -> None:
+    recorder = Recorder()
+    send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="cart-1",
+         lines=[{"sku": "a", "qty": 2}, {"sku": "b", "qty": 1}], ttl_seconds=60)
+    assert recorder.messages == []  # applied: only the events speak
+    held = [e for e in shop.published if type(e).__name__ == "Reserved"]
+    assert [(e.sku, e.qty) for e in held] == [("a", 2), ("b", 1)]  # type: ignore[attr-defined]
+    rid = held[0].reservation_id  # type: ignore[attr-defined]
+    assert {e.reservation_id for e in held} == {rid}  # type: ignore[attr-defined]
+    assert (figures(shop, "a"), figures(shop, "b")) == ((0, 2, 8), (0, 1, 1))
+
+    send(shop, recorder, command="ConfirmReservation", namespace="ns", reservation_id=rid)
+    send(shop, recorder, command="ConfirmReservation", namespace="ns", reservation_id=rid)
+    assert recorder.messages == []  # a confirm repeats safely
+    confirmed = [e for e in shop.published if type(e).__name__ == "ReservationConfirmed"]
+    assert [(e.sku, e.qty, e.reservation_id) for e in confirmed] == [  # type: ignore[attr-defined]
+        ("a", 2, rid), ("b", 1, rid)]
+    assert (figures(shop, "a"), figures(shop, "b")) == ((2, 0, 8), (1, 0, 1))
+
+    send(shop, recorder, command="ReleaseReservation", namespace="ns", reservation_id=rid)
+    [refused] = recorder.messages
+    assert refused == {
+        "event": "CommandRejected", "reason": "reservation_confirmed",
+        "message": refused["message"], "command": "ReleaseReservation",
+        "idempotency_key": None, "namespace": "ns", "sku": None, "reservation_id": rid}
+
+
+def test_a_released_reservation_puts_the_units_back(shop: FakeApp) -> None:
+    recorder = Recorder()
+    send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="cart-2",
+         lines=[{"sku": "b", "qty": 2}])
+    [rid] = [e.reservation_id for e in shop.published  # type: ignore[attr-defined]
+             if type(e).__name__ == "Reserved"]
+    assert figures(shop, "b") == (0, 2, 0)
+    send(shop, recorder, command="ReleaseReservation", namespace="ns", reservation_id=rid)
+    assert recorder.messages == []
+    assert [type(e).__name__ for e in shop.published][-1] == "ReservationReleased"
+    assert figures(shop, "b") == (0, 0, 2)
+    send(shop, recorder, command="ConfirmReservation", namespace="ns", reservation_id=rid)
+    assert [(m["reason"], m["reservation_id"]) for m in recorder.messages] == [
+        ("reservation_released", rid)]
+
+
+def test_reservation_refusals_name_the_line_that_failed(shop: FakeApp) -> None:
+    recorder = Recorder()
+    before = figures(shop, "a"), figures(shop, "b")
+    send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="short",
+         lines=[{"sku": "a", "qty": 1}, {"sku": "b", "qty": 3}])
+    send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="unknown",
+         lines=[{"sku": "a", "qty": 1}, {"sku": "nope", "qty": 1}])
+    send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="anonymous",
+         lines=[{"sku": "capped", "qty": 1}])
+    send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="greedy",
+         lines=[{"sku": "capped", "qty": 2}], buyer="ann")
+    send(shop, recorder, command="ConfirmReservation", namespace="ns", reservation_id="0.nope")
+    assert [(m["reason"], m["idempotency_key"], m["sku"], m.get("available"),
+             m.get("remaining")) for m in recorder.messages] == [
+        ("insufficient_stock", "short", "b", 2, None),
+        ("not_found", "unknown", "nope", None, None),
+        ("buyer_required", "anonymous", "capped", None, None),
+        ("limit_exceeded", "greedy", "capped", None, 1),
+        ("not_found", None, None, None, None)]
+    assert all(m["event"] == "CommandRejected" and m["namespace"] == "ns"
+               for m in recorder.messages)
+    assert recorder.messages[-1]["reservation_id"] == "0.nope"
+    assert (figures(shop, "a"), figures(shop, "b")) == before  # all or nothing
+    assert not [e for e in shop.published if hasattr(e, "reservation_id")]
+
+
+def test_a_reserve_key_used_again_for_another_cart_is_refused(shop: FakeApp) -> None:
+    recorder = Recorder()
+    send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="k",
+         lines=[{"sku": "a", "qty": 1}])
+    send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="k",
+         lines=[{"sku": "a", "qty": 1}])  # resent: the same reservation, nothing more
+    assert recorder.messages == [] and figures(shop, "a") == (0, 1, 9)
+    send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="k",
+         lines=[{"sku": "a", "qty": 3}])
+    assert [(m["reason"], m["idempotency_key"]) for m in recorder.messages] == [
+        ("idempotency_key_reused", "k")]
+    assert figures(shop, "a") == (0, 1, 9)
+    assert len([e for e in shop.published if type(e).__name__ == "Reserved"]) == 1

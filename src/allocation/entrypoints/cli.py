@@ -9,14 +9,18 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
 import click
+import redis
+from pydantic import TypeAdapter, ValidationError
 
 from allocation import views
 from allocation.adapters import migrate as migrations
@@ -30,12 +34,15 @@ from allocation.entrypoints import (
     ledger_worker,
     replies,
     schemas,
+    sweeper,
     token_cli,
     worker_start,
 )
+from allocation.service_layer.results import Reservation
 
 F = TypeVar("F", bound=Callable[..., Any])
 V = TypeVar("V")
+logger = logging.getLogger(__name__)
 
 
 def _app() -> Application:
@@ -91,12 +98,55 @@ class _Checked(click.ParamType[V]):
             self.fail(exc.message, param, ctx)
 
 
+def _check_ttl(value: object, field: str = "ttl_seconds") -> int:
+    """1..86400 seconds, by the HTTP body's own rule (``ExtendBody``)."""
+    try:
+        return schemas.ExtendBody.model_validate({"ttl_seconds": value}).ttl_seconds
+    except ValidationError as exc:
+        raise errors.InvalidInput(field, f"{field}: {exc.errors()[0]['msg']}, got {value!r}"
+                                  ) from None
+
+
+_RESERVATION_ID: TypeAdapter[str] = TypeAdapter(schemas.ReservationId)
+
+
+def _check_reservation_id(value: object, field: str = "reservation_id") -> str:
+    try:
+        return _RESERVATION_ID.validate_python(value, strict=True)
+    except ValidationError:
+        raise errors.InvalidInput(field, f"{field}: must be 1 to 64 letters, digits, '.', '_' "
+                                  f"or '-', got {value!r}") from None
+
+
+class _LineParam(click.ParamType[tuple[str, int]]):
+    """A reservation line as typed, ``SKU:QTY``, checked by the shared rules."""
+
+    name = "SKU:QTY"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, int]:
+        if isinstance(value, tuple):
+            return value
+        sku, colon, qty = str(value).rpartition(":")
+        parsed = _integer(qty)
+        if not colon or parsed is None:
+            self.fail(f"a line is SKU:QTY with a whole number QTY, got {value!r}", param, ctx)
+        try:
+            return schemas.check_name(sku, "sku"), schemas.check_qty(parsed)
+        except errors.InvalidInput as exc:
+            self.fail(f"{value!r}: {exc.message}", param, ctx)
+
+
 TOTAL = _Checked("total", schemas.check_total, integer=True)
 DELTA = _Checked("delta", schemas.check_delta, integer=True)
 QTY = _Checked("qty", schemas.check_qty, integer=True)
 KEY = _Checked("idempotency_key", schemas.check_idempotency_key, integer=False)
 BUYER = _Checked("buyer", schemas.check_buyer, integer=False)
 LIMIT = _Checked("limit_per_buyer", schemas.check_limit, integer=True)
+TTL = _Checked("ttl_seconds", _check_ttl, integer=True)
+RESERVATION_ID = _Checked("reservation_id", _check_reservation_id, integer=False)
+LINE = _LineParam()
+MAX_LINES = 100  # as ReserveBody allows
 
 
 def domain_exit(fn: F) -> F:
@@ -241,9 +291,10 @@ def drift(namespace: str, repair: bool) -> None:
     if not found:
         click.echo(f"{namespace}: no drift")
         return
-    click.echo(f"{'sku':<30} {'expected (total, consumed)':<28} redis (total, consumed)")
+    click.echo(f"{'sku':<30} {'expected (total, consumed, held)':<34} "
+               "redis (total, consumed, held)")
     for d in found:
-        click.echo(f"{d.sku:<30} {d.expected!s:<28} {d.redis!s}")
+        click.echo(f"{d.sku:<30} {d.expected!s:<34} {d.redis!s}")
     if repair:
         for d in found:
             app.bus.handle(commands.Refresh(namespace, d.sku))
@@ -302,6 +353,81 @@ def _movement(kind: str) -> Callable[..., None]:
 main.command("adjust", help="Change an item's total by DELTA (QTY).")(_movement("adjust"))
 main.command("decrement", help="Sell QTY units.")(_movement("decrement"))
 main.command("refund", help="Return QTY sold units.")(_movement("refund"))
+
+
+def _show_reservation(made: Reservation) -> None:
+    click.echo(json.dumps(replies.reservation_body(made)))
+
+
+@main.command()
+@click.argument("namespace")
+@click.argument("lines", nargs=-1, required=True, type=LINE)
+@click.option("--ttl", type=TTL, default=600, show_default=True,
+              help="seconds the units are held (1..86400)")
+@click.option("--buyer", type=BUYER,
+              help="the buyer (required where an item has a limit per buyer)")
+@click.option("--key", type=KEY, help="idempotency key (a fresh one when omitted); the same "
+              "key and lines again answer the same reservation")
+@domain_exit
+def reserve(namespace: str, lines: tuple[tuple[str, int], ...], ttl: int, buyer: str | None,
+            key: str | None) -> None:
+    """Hold every line (SKU:QTY ...) while a buyer pays, or none; print the reservation."""
+    _checked(namespace)
+    if len(lines) > MAX_LINES:
+        raise click.UsageError(f"at most {MAX_LINES} lines, got {len(lines)}")
+    _show_reservation(_app().bus.handle(commands.Reserve(
+        namespace, lines, key or uuid.uuid4().hex, ttl, buyer)))
+
+
+@main.command()
+@click.argument("namespace")
+@click.argument("reservation_id", metavar="ID", type=RESERVATION_ID)
+@domain_exit
+def confirm(namespace: str, reservation_id: str) -> None:
+    """Sell a reservation's held units (again: the same answer)."""
+    _checked(namespace)
+    _show_reservation(_app().bus.handle(commands.ConfirmReservation(namespace, reservation_id)))
+
+
+@main.command()
+@click.argument("namespace")
+@click.argument("reservation_id", metavar="ID", type=RESERVATION_ID)
+@domain_exit
+def release(namespace: str, reservation_id: str) -> None:
+    """Put a reservation's held units back on sale (again: the same answer)."""
+    _checked(namespace)
+    _show_reservation(_app().bus.handle(commands.ReleaseReservation(namespace, reservation_id)))
+
+
+@main.command()
+@click.option("--interval", type=click.FloatRange(0.01, 3600), default=1.0, show_default=True,
+              help="seconds between passes")
+@click.option("--once", is_flag=True, help="one pass; print how many items it visited")
+@domain_exit
+def sweep(interval: float, once: bool) -> None:
+    """End holds that are due on items nobody touches (their ReservationExpired events are
+    published as they end). Every step that touches an item ends its due holds itself; this
+    keeps the figures of the others, as read, within about an interval of the truth."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = Config.from_env()
+    if config.embedded:
+        raise SystemExit("the sweeper needs REDIS_URL: in the embedded mode the holds live in "
+                         "the serving process's own counter")
+    counter = bootstrap(config).counter
+    if once:
+        try:
+            visited = counter.sweep()
+        except redis.RedisError as exc:  # not wrapped as Unavailable: exit 3 all the same
+            raise errors.Unavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        click.echo(f"visited {visited} items")
+        return
+    stopping = threading.Event()
+    # Either signal ends the wait between passes; a pass under way finishes first.
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    logger.info("sweeping due holds every %.2fs", interval)
+    sweeper.sweep_loop(counter, interval, stopping)
+    logger.info("sweeper stopped")
 
 
 @main.command()

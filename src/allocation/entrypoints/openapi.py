@@ -15,7 +15,8 @@ REF = "#/components/schemas/{model}"
 _MODELS: list[type[BaseModel]] = [
     schemas.InitBody, schemas.LimitBody, schemas.AdjustBody, schemas.QtyBody, schemas.Item,
     schemas.ItemPage,
-    schemas.LedgerPage, schemas.RefreshedCount, schemas.Error]
+    schemas.LedgerPage, schemas.RefreshedCount, schemas.Error,
+    schemas.ReserveBody, schemas.ExtendBody, schemas.ReservationOut]
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -29,6 +30,11 @@ def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
 def _name(name: str, where: str = "path") -> dict[str, Any]:
     return {"name": name, "in": where, "required": where == "path",
             "schema": {"type": "string", "pattern": schemas.NAME_PATTERN}}
+
+
+def _reservation_id() -> dict[str, Any]:
+    return {"name": "reservation_id", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": schemas.RESERVATION_ID_PATTERN}}
 
 
 def _int_query(name: str, minimum: int, maximum: int | None = None) -> dict[str, Any]:
@@ -57,8 +63,10 @@ ERRORS = {
 
 def _op(summary: str, responses: dict[str, Any], parameters: list[dict[str, Any]] | None = None,
         body: type[BaseModel] | None = None) -> dict[str, Any]:
+    # An operation's own description of a shared status (a 400 it names) stands.
     operation: dict[str, Any] = {"summary": summary, "parameters": parameters or [],
-                                 "responses": {**responses, **ERRORS},
+                                 "responses": {**responses, **{
+                                     k: v for k, v in ERRORS.items() if k not in responses}},
                                  "security": [{"bearer": []}]}
     if body is not None:
         operation["requestBody"] = {"required": True, "content": {
@@ -78,6 +86,15 @@ def _movement(summary: str, body: type[BaseModel], key_required: bool,
         "409": _json(schemas.Error, refusal),
         "422": _json(schemas.Error, "idempotency key reused with another body"),
     }, [_name("namespace"), _name("sku"), _key(key_required)], body)
+
+
+def _reservation_step(summary: str, refusals: str,
+                      body: type[BaseModel] | None = None) -> dict[str, Any]:
+    return _op(summary, {
+        "200": _json(schemas.ReservationOut, "the reservation after the step"),
+        "404": _json(schemas.Error, "unknown reservation"),
+        "409": _json(schemas.Error, refusals)},
+        [_name("namespace"), _reservation_id()], body)
 
 
 @lru_cache(maxsize=1)
@@ -121,6 +138,38 @@ def document() -> dict[str, Any]:
                 "post": _movement("Refund (return consumed stock; naming the buyer gives their "
                                   "allowance back)", schemas.QtyBody, True,
                                   "refund_exceeds_consumed")},
+            "/v1/{namespace}/reservations": {
+                "post": _op("Hold stock for a buyer while they pay: every line or none "
+                            "(lines of one sku are added together)", {
+                    "201": _json(schemas.ReservationOut, "held (or the first answer replayed, "
+                                                         "with `Idempotent-Replayed: true`)"),
+                    "400": _json(schemas.Error, "invalid input, `field` naming it; or "
+                                                "`buyer_required`, with the `sku` of a line "
+                                                "whose item has a limit per buyer"),
+                    "404": _json(schemas.Error, "unknown item; `sku` names it"),
+                    "409": _json(schemas.Error, "insufficient_stock, with `available`; "
+                                                "limit_exceeded, with `remaining`; each with "
+                                                "the `sku` of a line that failed"),
+                    "422": _json(schemas.Error, "idempotency key reused with another body"),
+                }, [_name("namespace"), _key(True)], schemas.ReserveBody)},
+            "/v1/{namespace}/reservations/{reservation_id}": {
+                "get": _op("Read a reservation (a held one past its expiry reads `expired`)", {
+                    "200": _json(schemas.ReservationOut, "the reservation"),
+                    "404": _json(schemas.Error, "unknown reservation")},
+                    [_name("namespace"), _reservation_id()])},
+            "/v1/{namespace}/reservations/{reservation_id}/confirm": {
+                "post": _reservation_step("Sell a reservation's held units (again: the same "
+                                          "answer)",
+                                          "reservation_expired, reservation_released")},
+            "/v1/{namespace}/reservations/{reservation_id}/release": {
+                "post": _reservation_step("Put a reservation's held units back on sale "
+                                          "(again: the same answer; state `expired` if it "
+                                          "had)", "reservation_confirmed")},
+            "/v1/{namespace}/reservations/{reservation_id}/extend": {
+                "post": _reservation_step("Move a held reservation's expiry to `ttl_seconds` "
+                                          "from now",
+                                          "reservation_expired, reservation_released, "
+                                          "reservation_confirmed", schemas.ExtendBody)},
             "/v1/{namespace}/items/{sku}/ledger": {
                 "get": _op("An item's ledger in seq order", {
                     "200": _json(schemas.LedgerPage, "entries after `after_seq`"),

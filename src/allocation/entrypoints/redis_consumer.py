@@ -93,17 +93,35 @@ def parse(raw: bytes | str) -> commands.Command:
     if isinstance(message, schemas.DecrementMessage):
         return commands.Decrement(message.namespace, message.sku, message.qty,
                                   message.idempotency_key, message.buyer)
+    if isinstance(message, schemas.ReserveMessage):
+        return commands.Reserve(message.namespace,
+                                tuple((line.sku, line.qty) for line in message.lines),
+                                message.idempotency_key, message.ttl_seconds, message.buyer)
+    if isinstance(message, schemas.ConfirmReservationMessage):
+        return commands.ConfirmReservation(message.namespace, message.reservation_id)
+    if isinstance(message, schemas.ReleaseReservationMessage):
+        return commands.ReleaseReservation(message.namespace, message.reservation_id)
     return commands.Refund(message.namespace, message.sku, message.qty, message.idempotency_key,
                            message.buyer)
 
 
-def _rejection(raw: Any, reason: str, message: str,
-               figures: Outcome | None = None) -> dict[str, Any]:
+# What a refusal's details may add to its CommandRejected: a reservation's refusal names the
+# line that failed (``sku``), as its HTTP answer does, with what is available or remains.
+_ECHOED_DETAILS = ("sku", "available", "remaining")
+
+
+def _rejection(raw: Any, reason: str, message: str, figures: Outcome | None = None,
+               details: Mapping[str, int | str] | None = None) -> dict[str, Any]:
     data = _loose(raw)
     body: dict[str, Any] = {
         "event": "CommandRejected", "reason": reason, "message": message,
         "command": data.get("command"), "idempotency_key": data.get("idempotency_key"),
         "namespace": data.get("namespace"), "sku": data.get("sku")}
+    if "reservation_id" in data:  # confirm and release carry no key: this tells them apart
+        body["reservation_id"] = data["reservation_id"]
+    for name in _ECHOED_DETAILS:
+        if details and name in details and body.get(name) is None:
+            body[name] = details[name]
     if figures is not None:
         body.update(total=figures.total, consumed=figures.consumed, available=figures.available)
         if figures.remaining is not None:
@@ -149,8 +167,9 @@ def judge(raw: bytes | str, bus: Bus) -> Verdict:
         return Verdict(INVALID, "invalid_message", _rejection(raw, "invalid_message", str(exc)))
     try:
         result = bus.handle(command)
-    except errors.DomainError as exc:
-        return Verdict(REFUSED, exc.code, _rejection(raw, exc.code, exc.message))
+    except errors.DomainError as exc:  # a reservation's refusals, among others, are raised
+        return Verdict(REFUSED, exc.code,
+                       _rejection(raw, exc.code, exc.message, details=exc.details))
     except errors.Unavailable as exc:
         logger.warning("could not apply %r: %s", command, exc.message)
         return Verdict(UNAVAILABLE, f"unavailable: {exc.message}",
@@ -164,6 +183,9 @@ def judge(raw: bytes | str, bus: Bus) -> Verdict:
         logger.exception("failed applying %r", command)
         return Verdict(FAILED, f"error: {type(exc).__name__}: {exc}",
                        _rejection(raw, "unavailable", "the command could not be applied"))
+    # Movements answer a refusal as a non-ok Outcome; other handlers (a reservation's return a
+    # Reservation) raise theirs, above. Their events are out already, from the counter's
+    # script or the service layer.
     if isinstance(result, Outcome) and not result.ok:
         return Verdict(REFUSED, result.status,
                        _rejection(raw, result.status, result.error().message, result))

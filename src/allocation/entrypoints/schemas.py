@@ -250,7 +250,35 @@ class RefundMessage(Model):
     buyer: Buyer | None = None
 
 
-CommandMessage = Annotated[InitMessage | AdjustMessage | DecrementMessage | RefundMessage,
+# Reservation messages: the same rules as the HTTP bodies and paths (ReserveBody,
+# ReservationPath).
+ReservationId = Annotated[str, StringConstraints(pattern=RESERVATION_ID_PATTERN)]
+
+
+class ReserveMessage(Model):
+    command: Literal["Reserve"]
+    namespace: Name
+    lines: Annotated[list[Line], Field(min_length=1, max_length=100)]
+    ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=86_400)] = 600
+    buyer: Buyer | None = None
+    idempotency_key: IdempotencyKey
+
+
+class ConfirmReservationMessage(Model):
+    command: Literal["ConfirmReservation"]
+    namespace: Name
+    reservation_id: ReservationId
+
+
+class ReleaseReservationMessage(Model):
+    command: Literal["ReleaseReservation"]
+    namespace: Name
+    reservation_id: ReservationId
+
+
+CommandMessage = Annotated[InitMessage | AdjustMessage | DecrementMessage | RefundMessage
+                           | ReserveMessage | ConfirmReservationMessage
+                           | ReleaseReservationMessage,
                            Field(discriminator="command")]
 
 
