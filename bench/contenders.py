@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg2
 import redis
@@ -28,6 +28,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from allocation.adapters import migrate
+from allocation.adapters.counter import Line, Step
 from allocation.adapters.token_store import TokenStore
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
@@ -35,6 +36,7 @@ from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
 from allocation.entrypoints import cpu_pinning
 from allocation.entrypoints.ledger_worker import DEFAULT_THREADS, LedgerWorker, split
+from allocation.service_layer.results import Reservation
 from bench.ceiling_apps import CHECK_AND_DECREMENT, CHECK_AND_DECREMENT_SHA
 from bench.common import Result, Services, percentiles, run_threads, wait_for
 from bench.serving import serve_command, serving
@@ -134,6 +136,18 @@ def _written(cfg: Config, namespace: str) -> tuple[int, int, int]:
     return int(consumed), int(rows), int(bad)
 
 
+def _kinds(cfg: Config, namespace: str) -> tuple[collections.Counter[str], int]:
+    """A namespace's ledger rows by kind, and the units its items hold (reservations open)."""
+    with _checking_engine(cfg.database_url).connect() as conn:
+        rows = conn.execute(text(
+            "SELECT kind, count(*) FROM inventory_ledger WHERE namespace = :ns GROUP BY kind"),
+            {"ns": namespace}).all()
+        held = conn.execute(text(
+            "SELECT coalesce(sum(held), 0) FROM inventory_items WHERE namespace = :ns"),
+            {"ns": namespace}).scalar_one()
+    return collections.Counter({str(kind): int(n) for kind, n in rows}), int(held)
+
+
 def shopping(rng: random.Random, skus: list[str], sold_out: set[str]) -> Iterator[str]:
     """The items a buyer tries, at random, until every one is known to be sold out."""
     while len(sold_out) < len(skus):
@@ -145,17 +159,37 @@ def shopping(rng: random.Random, skus: list[str], sold_out: set[str]) -> Iterato
 # A sync movement not in the ledger within SYNC_WAIT_SECONDS answers "unavailable, outcome
 # unknown"; the buyer asks again with the same key, as README tells clients to, this many times.
 SYNC_TRIES = 3
+# How a buyer buys a unit: one decrement, or a reservation of it then its confirmation.
+Sale = Literal["decrement", "reserve"]
+
+
+def _asked(app: Application, command: commands.Command, unknown: list[str]) -> Any:
+    """``command`` through the bus, asked again with its key while it answers "unavailable"
+    (each such answer noted in ``unknown``)."""
+    for _ in range(SYNC_TRIES):
+        try:
+            return app.bus.handle(command)
+        except errors.Unavailable as exc:
+            unknown.append(exc.message)
+    raise RuntimeError(f"{command} answered unavailable {SYNC_TRIES} times: {unknown[-1]}")
+
+
+def _namespace(*parts: str) -> str:
+    return "-".join(parts).replace(" ", "-").replace(",", "").replace("+", "-")
 
 
 def ours(services: Services, durability: str, scenario: str, items: int, stock: int,
-         buyers: int, refunds: float = 0.0, label: str = "", limit: int | None = None) -> Result:
+         buyers: int, refunds: float = 0.0, label: str = "", limit: int | None = None,
+         sale: Sale = "decrement") -> Result:
     """This project in-process through the bus, a ledger worker process writing the ledger in
     both modes (async: behind; sync: each movement is answered once the worker committed it).
     ``limit``: each item has that limit per buyer, and every sale names a buyer of its own (the
-    check and the buyer's count cost what they cost; no sale is refused by them)."""
+    check and the buyer's count cost what they cost; no sale is refused by them). ``sale``:
+    "reserve" sells each unit in two calls, a reservation of it and its confirmation (the ledger
+    then holds a hold and a confirm row a unit)."""
     cfg = config(services, durability)
     app = bootstrap(cfg)
-    ns = f"{scenario}-{durability}{label}".replace(" ", "-").replace(",", "")
+    ns = _namespace(scenario, f"{durability}{label}")
     skus = [f"i{n}" for n in range(items)]
     app.bus.handle(commands.InitMany(ns, tuple((s, stock) for s in skus)))
     for sku in skus if limit is not None else ():
@@ -166,14 +200,22 @@ def ours(services: Services, durability: str, scenario: str, items: int, stock: 
     net = [0] * buyers  # units each buyer was answered sold, less those refunded
 
     def handle(command: commands.Decrement | commands.Refund) -> Outcome:
-        for _ in range(SYNC_TRIES):
-            try:
-                outcome: Outcome = app.bus.handle(command)
-                return outcome
-            except errors.Unavailable as exc:
-                unknown.append(exc.message)
-        raise RuntimeError(f"{command} answered unavailable {SYNC_TRIES} times: "
-                           f"{unknown[-1]}")
+        outcome: Outcome = _asked(app, command, unknown)
+        return outcome
+
+    def sell(sku: str, key: str, who: str | None) -> bool:
+        """One unit of ``sku`` sold, as ``sale`` says; False: none left."""
+        if sale == "decrement":
+            return handle(commands.Decrement(ns, sku, 1, key, who)).ok
+        try:
+            held: Reservation = _asked(app, commands.Reserve(ns, ((sku, 1),), key, buyer=who),
+                                       unknown)
+        except errors.InsufficientStock:
+            return False
+        done: Reservation = _asked(app, commands.ConfirmReservation(ns, held.id), unknown)
+        if done.state != "confirmed":
+            raise RuntimeError(f"reservation {held.id} ended {done.state}, not confirmed")
+        return True
 
     def buyer(i: int) -> tuple[int, list[float]]:
         rng = random.Random(i)
@@ -190,9 +232,7 @@ def ours(services: Services, durability: str, scenario: str, items: int, stock: 
                 else:
                     mine.append(back)
             else:
-                outcome = handle(commands.Decrement(ns, sku, 1, f"b{i}-{n}",
-                                                    None if limit is None else f"u{i}-{n}"))
-                if outcome.ok:
+                if sell(sku, f"b{i}-{n}", None if limit is None else f"u{i}-{n}"):
                     mine.append(sku)
                     net[i] += 1
                 else:
@@ -214,8 +254,7 @@ def ours(services: Services, durability: str, scenario: str, items: int, stock: 
                              f"with their key): {unknown[0]}")
     for sku in skus:  # untimed: sell what refunds put back after the buyers left
         n = 0
-        while handle(commands.Decrement(ns, sku, 1, f"sweep-{sku}-{n}",
-                                        None if limit is None else f"sweep-{n}")).ok:
+        while sell(sku, f"sweep-{sku}-{n}", None if limit is None else f"sweep-{n}"):
             n += 1
             net[0] += 1
     live = app.counter.read_many(ns, skus)
@@ -232,8 +271,126 @@ def ours(services: Services, durability: str, scenario: str, items: int, stock: 
     if gaps:
         result.checks.append(f"{gaps} items' seq has gaps")
     result.note = f"{rows} ledger rows; {worker_note(cfg)}"
+    if sale == "reserve":
+        kinds, held = _kinds(cfg, ns)
+        # Each unit sold was held then confirmed; refunds gave some back afterwards.
+        if not kinds["hold"] == kinds["confirm"] == items * stock + kinds["refund"] or held:
+            result.checks.append(f"ledger: {dict(kinds)}, {held} units still held, for "
+                                 f"{items * stock} sold")
+        result.note = (f"{kinds['hold']} hold and {kinds['confirm']} confirm ledger rows; "
+                       f"{worker_note(cfg)}")
     engine_of(app).dispose()
     return result
+
+
+CART_LINES = 3  # distinct items in a cart, a unit of each
+
+
+def carts(services: Services, scenario: str, items: int, stock: int, buyers: int,
+          label: str = "") -> Result:
+    """Buyers reserve carts of CART_LINES distinct items picked at random (a unit of each) out
+    of ``items`` items of ``stock`` units, and confirm them, until fewer than CART_LINES items
+    have stock; a ledger worker process as in ``ours``. ops: carts sold. A refusal is counted
+    false where its item still had the unit available when read right after: no cart here is
+    released, so such a unit was only ever held for a cart that was undone (or the check raced).
+    On a cluster, a cart the service cannot take across slots fails the row, named so."""
+    cfg = config(services, "async")
+    app = bootstrap(cfg)
+    clustered = services.redis_url.startswith("redis+cluster")
+    ns = _namespace(scenario, f"async{label}")
+    skus = [f"c{n}" for n in range(items)]
+    app.bus.handle(commands.InitMany(ns, tuple((s, stock) for s in skus)))
+    worker = ledger_worker(cfg)
+    sold_out: set[str] = set()
+    unknown: list[str] = []
+    refusals: list[bool] = []  # each refusal: was it false
+    unsupported: list[str] = []  # why the service would not take a cart (on a cluster)
+    bought = [collections.Counter[str]() for _ in range(buyers)]
+
+    def refused(sku: str) -> None:
+        live = app.counter.read(ns, sku)
+        refusals.append(live is not None and live.available >= 1)
+        if live is None or live.available + live.held == 0:
+            sold_out.add(sku)  # nothing held either, which could come back: gone for good
+
+    def buyer(i: int) -> tuple[int, list[float]]:
+        rng = random.Random(i)
+        latencies: list[float] = []
+        n = 0
+        while not unsupported:
+            left = [sku for sku in skus if sku not in sold_out]
+            if len(left) < CART_LINES:
+                break
+            n += 1
+            lines = tuple((sku, 1) for sku in rng.sample(left, CART_LINES))
+            t0 = time.perf_counter()
+            try:
+                held: Reservation = _asked(app, commands.Reserve(ns, lines, f"cart{i}-{n}"),
+                                           unknown)
+                done: Reservation = _asked(app, commands.ConfirmReservation(ns, held.id),
+                                           unknown)
+            except errors.InsufficientStock as exc:
+                refused(str(exc.details["sku"]))
+            except (errors.DomainError, redis.RedisError, redis.exceptions.RedisClusterException,
+                    RuntimeError) as exc:
+                if not clustered:
+                    raise
+                unsupported.append(f"{type(exc).__name__}: {exc}")
+                break
+            else:
+                if done.state != "confirmed":
+                    raise RuntimeError(f"cart {held.id} ended {done.state}, not confirmed")
+                bought[i].update(sku for sku, _ in lines)
+            latencies.append(time.perf_counter() - t0)
+        return sum(bought[i].values()) // CART_LINES, latencies
+
+    try:
+        sold, latencies, seconds = run_threads(buyers, buyer)
+        result = Result(scenario, f"allocation in-process (async){label}", sold,
+                        seconds, *percentiles(latencies))
+        if unsupported:
+            result.checks.append(f"carts across cluster slots: not supported yet: "
+                                 f"{unsupported[0]}")
+            return result
+        _check_carts(result, app, cfg, ns, skus, stock, sum(bought, collections.Counter()))
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        engine_of(app).dispose()
+    false = sum(refusals)
+    tried = sold + len(refusals)
+    result.note = (f"false refusals: {false} of {len(refusals)} refusals, "
+                   f"{false / tried if tried else 0:.2%} of {tried} carts tried; "
+                   f"{worker_note(cfg)}")
+    if unknown:
+        result.checks.append(f"{len(unknown)} steps answered unavailable (asked again with "
+                             f"their key): {unknown[0]}")
+    return result
+
+
+def _check_carts(result: Result, app: Application, cfg: Config, ns: str, skus: list[str],
+                 stock: int, bought: collections.Counter[str]) -> None:
+    """Every unit answered sold is sold, none held, the sale ran until fewer than CART_LINES
+    items had stock, and the ledger holds each line's hold and its end."""
+    live = app.counter.read_many(ns, skus)
+    wrong = [sku for sku, o in zip(skus, live, strict=True)
+             if o is None or o.consumed != bought[sku] or o.held or o.total != stock]
+    if wrong:
+        result.checks.append(f"{len(wrong)} items' figures differ from the carts sold "
+                             f"(first {wrong[0]})")
+    if sum(1 for o in live if o is not None and o.available) >= CART_LINES:
+        result.checks.append("buyers stopped while carts could still be sold")
+    units = sum(bought.values())
+    # Sold units can all be written while an undone cart's releases, later in their items'
+    # seq, are still on their way: wait for both.
+    if not wait_for(lambda: _written(cfg, ns)[0] == units and not _kinds(cfg, ns)[1], 120):
+        result.checks.append(f"ledger holds {_written(cfg, ns)[0]} of {units} units sold")
+    kinds, held = _kinds(cfg, ns)
+    if kinds["confirm"] != units or kinds["hold"] != units + kinds["release"] + kinds["expire"]:
+        result.checks.append(f"ledger: {dict(kinds)} for {units} units sold")
+    if held or _written(cfg, ns)[2]:
+        result.checks.append(f"ledger: {held} units held, {_written(cfg, ns)[2]} items' seq "
+                             f"has gaps")
 
 
 def plain_postgres(services: Services, scenario: str, items: int, stock: int,
@@ -706,16 +863,7 @@ def ledger_drain(services: Services, entries: int) -> Result:
                                                      record=True).ok
                                   for n in range(entries // 8)), []))
     backlog = app.outbox.backlog()[0]
-    # As `allocation ledger-worker` runs it (its default --threads), timed in this process.
-    workers = split(app, DEFAULT_THREADS, batch_size=2000)
-    threads = [threading.Thread(target=_drain, args=(w,)) for w in workers]
-    began = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - began
-    written = sum(w.written for w in workers)
+    written, seconds = _timed_drain(app)
     result = Result("ledger drain", "allocation ledger worker", written, seconds, sales=False)
     if written != backlog or backlog != entries // 8 * 8:
         result.checks.append(f"wrote {written} of a {backlog} backlog")
@@ -724,6 +872,69 @@ def ledger_drain(services: Services, entries: int) -> Result:
         result.checks.append("ledger and items disagree")
     engine_of(app).dispose()
     return result
+
+
+# A round of the shop ledger_drain_holds records: a decrement, then two carts of two items
+# held, one confirmed and the other released; each line of each step one entry.
+ROUND_ENTRIES = 1 + 2 * (2 + 2)
+
+
+def ledger_drain_holds(services: Services, entries: int) -> Result:
+    """``ledger_drain`` with a backlog as a shop with reservations leaves it: decrements, holds,
+    confirms and releases (ROUND_ENTRIES a round), recorded with no worker running."""
+    cfg = config(services, "async")
+    app = bootstrap(cfg)
+    ns, items = "drain-holds", 100
+    app.bus.handle(commands.InitMany(ns, tuple((f"d{n}", entries) for n in range(items))))
+    counter = app.counter
+    rounds = entries // 8 // ROUND_ENTRIES
+
+    def shop(i: int) -> tuple[int, list[float]]:
+        done = 0
+        for n in range(rounds):
+            sku = [f"d{(i * 7919 + n * 5 + k) % items}" for k in range(5)]
+            done += counter.apply(ns, sku[0], "decrement", 1, f"k{i}-{n}", record=True).ok
+            ends: tuple[tuple[Step, tuple[Line, ...]], ...] = (
+                ("confirm", ((sku[1], 1), (sku[2], 1))), ("release", ((sku[3], 1), (sku[4], 1))))
+            for end, lines in ends:
+                rid = counter.reservation_id(ns, lines[0][0], f"{end}{i}-{n}")
+                done += counter.reservation_step("hold", ns, rid, lines, ttl_ms=600_000,
+                                                 fingerprint=rid).ok
+                done += counter.reservation_step(end, ns, rid, lines).ok
+        return done, []
+
+    steps = run_threads(8, shop)[0]
+    backlog = app.outbox.backlog()[0]
+    written, seconds = _timed_drain(app)
+    result = Result("ledger drain, holds", "allocation ledger worker", written, seconds,
+                    sales=False)
+    expected = 8 * rounds * ROUND_ENTRIES
+    if steps != 8 * rounds * 5 or written != backlog or backlog != expected:
+        result.checks.append(f"wrote {written} of a {backlog} backlog; {expected} recorded")
+    consumed, _, gaps = _written(cfg, ns)
+    kinds, held = _kinds(cfg, ns)
+    movements = {"decrement": 8 * rounds, "hold": 32 * rounds, "confirm": 16 * rounds,
+                 "release": 16 * rounds}
+    if consumed != 24 * rounds or held or gaps or any(
+            kinds[kind] != n for kind, n in movements.items()):
+        result.checks.append(f"ledger and items disagree: {dict(kinds)}, {consumed} consumed, "
+                             f"{held} held, {gaps} items' seq with gaps")
+    result.note = ", ".join(f"{n} {kind}" for kind, n in movements.items()) + " entries"
+    engine_of(app).dispose()
+    return result
+
+
+def _timed_drain(app: Application) -> tuple[int, float]:
+    """The outbox's backlog written by workers as `allocation ledger-worker` runs them (its
+    default --threads), timed in this process: (entries written, seconds)."""
+    workers = split(app, DEFAULT_THREADS, batch_size=2000)
+    threads = [threading.Thread(target=_drain, args=(w,)) for w in workers]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(w.written for w in workers), time.perf_counter() - began
 
 
 def _drain(worker: LedgerWorker) -> None:
@@ -779,4 +990,5 @@ def scenarios_for(mode: str) -> dict[str, Any]:
             "refresh_items": 100_000 if full else 20_000,
             "seed_refresh_items": 10_000 if full else 2_000,
             "drain_entries": 100_000 if full else 20_000,
+            "cart_items": 20, "cart_stock": 1_500 if full else 300,
             "redis_benchmark_requests": 1_000_000 if full else 200_000}

@@ -1,8 +1,10 @@
 """`make bench`: every contender on the same machine, in one run; one table (printed, and in
 Markdown in bench/results.md), bench/results.json and bench/results.png. Quick by default,
-BENCH=full for the issue's sizes; BENCH_ONLY=hot,http,limits,many,refunds,refresh,drain,cluster
-runs a subset; BENCH_HTTP=ceiling-empty,ceiling-evalsha,allocation,... some of the HTTP contenders
-(contenders.HTTP_NAMES); BENCH_HTTP_SECONDS the length of each HTTP load (10, 30 with full).
+BENCH=full for the issue's sizes; BENCH_ONLY=hot,http,limits,many,refunds,refresh,drain,cluster,
+reservations runs a subset; BENCH_HTTP=ceiling-empty,ceiling-evalsha,allocation,... some of the
+HTTP contenders (contenders.HTTP_NAMES); BENCH_HTTP_SECONDS the length of each HTTP load (10, 30
+with full); BENCH_SIZE_<NAME>=N one of contenders.scenarios_for's sizes (BENCH_SIZE_HOT_STOCK=300:
+a smoke run's).
 
 Each group of rows has its ceiling, measured in the same run: the in-process rows are a share
 of redis-benchmark's one-EVALSHA check-and-decrement (50 clients, unpipelined), the HTTP rows a
@@ -32,12 +34,12 @@ from tests.helpers.tmpdir import tmpdir_at
 HERE = Path(__file__).parent
 CRASHED = "(raised)"
 # The groups whose rows are sales in process, a share of redis-benchmark's ceiling.
-IN_PROCESS_SALES = ("hot", "limits", "many", "refunds", "cluster")
+IN_PROCESS_SALES = ("hot", "limits", "many", "refunds", "cluster", "reservations")
 
 
 def main() -> int:
     mode = os.environ.get("BENCH", "quick")
-    size = c.scenarios_for(mode)
+    size = sized(c.scenarios_for(mode))
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
     admin = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     redis_url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -106,10 +108,8 @@ def main() -> int:
             record(c.ledger_drain, services, size["drain_entries"])
         if wanted("cluster"):
             # The same sales on a three-master Redis Cluster on this machine.
-            cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")))
-            cluster.start()
-            try:
-                clustered = c.on_cluster(services, cluster.url)
+            with three_masters() as cluster_url:
+                clustered = c.on_cluster(services, cluster_url)
                 for scenario, items, stock in (("cluster: hot item", 1, hot),
                                                ("cluster: 1,000 items", size["many_items"],
                                                 size["many_stock"])):
@@ -117,14 +117,53 @@ def main() -> int:
                            label=" single Redis")
                     record(c.ours, clustered, "async", scenario, items, stock, buyers,
                            label=" 3-master cluster")
-            finally:
-                cluster.stop()
+        if wanted("reservations"):
+            # A sale in two calls (reserve, then confirm) beside the same sale in one.
+            for label, sale in ((" decrements", "decrement"), (" reserve+confirm", "reserve")):
+                record(c.ours, services, "async", "hot item, reservations", 1, hot, buyers,
+                       label=label, sale=sale)
+            per_sale(*results[-2:])
+            items, stock = size["cart_items"], size["cart_stock"]
+            scenario = f"carts of 3 of {items} items"
+            record(c.carts, services, scenario, items, stock, buyers, label=" single Redis")
+            with three_masters() as cluster_url:  # a cart's items in several slots
+                record(c.carts, c.on_cluster(services, cluster_url), scenario, items, stock,
+                       buyers, label=" 3-master cluster")
+            record(c.ledger_drain_holds, services, size["drain_entries"])
 
     report(results, mode)
     # A contender of ours or a ceiling that fails its checks, or any contender that raised,
     # fails the run; the others are reported.
     return 0 if all(r.ok for r in results if r.contender.startswith("allocation")
                     or r.ceiling or r.scenario == CRASHED) else 1
+
+
+def sized(sizes: dict[str, Any]) -> dict[str, Any]:
+    """``sizes`` with those BENCH_SIZE_<NAME> sets (e.g. a smoke run's small ones)."""
+    chosen = {name.removeprefix("BENCH_SIZE_").lower(): value
+              for name, value in os.environ.items() if name.startswith("BENCH_SIZE_")}
+    unknown = sorted(set(chosen) - set(sizes))
+    if unknown:
+        raise SystemExit(f"BENCH_SIZE_: no size {unknown}; {sorted(sizes)}")
+    return {**sizes, **{name: int(value) for name, value in chosen.items()}}
+
+
+def per_sale(plain: Result, reserved: Result) -> None:
+    """The issue's measure of a two-call sale: its sales a second over plain decrements'."""
+    if plain.ok and reserved.ok and plain.throughput:
+        reserved.note = (f"{reserved.throughput / plain.throughput:.2f}x the decrements' sales "
+                         f"a second; {reserved.note}")
+
+
+@contextlib.contextmanager
+def three_masters() -> Iterator[str]:
+    """A three-master Redis Cluster on this machine, for as long as the block runs: its URL."""
+    cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")))
+    cluster.start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
 
 
 def seed_refresh(services: Services, items: int) -> Result:

@@ -89,8 +89,12 @@ class RedisCounter(Counter):
         self._fence_script = lua("fence")
         self._fence_sha = hashlib.sha1(self._fence_script.encode()).hexdigest()
         self._limit = self.client.register_script(lua("limit"))
-        self._reserve = self.client.register_script(lua("reserve"))
-        self._part = self.client.register_script(lua("part"))
+        # A reservation's lines and buyer never change once held: the steps after the hold
+        # (confirm, release...) in this process skip reading them back.
+        self._lines: dict[tuple[str, str], tuple[tuple[Line, ...], str | None]] = {}
+        # Concurrent reservation steps share round trips too.
+        self._reserve = ScriptBatcher(client, lua("reserve"))
+        self._part = ScriptBatcher(client, lua("part"))
         self._sweep = self.client.register_script(lua("sweep"))
 
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
@@ -132,6 +136,15 @@ class RedisCounter(Counter):
                          fingerprint: str = "") -> Reserved:
         if self._reservation_key(namespace, reservation_id) is None:
             return Reserved("not_found")
+        result = self._step(step, namespace, reservation_id, lines, ttl_ms, buyer, fingerprint)
+        if step == "hold" and result.ok and result.state == "held":
+            if len(self._lines) >= 100_000:
+                self._lines.clear()
+            self._lines[(namespace, reservation_id)] = (tuple(lines), buyer or None)
+        return result
+
+    def _step(self, step: Step, namespace: str, reservation_id: str, lines: Sequence[Line],
+              ttl_ms: int, buyer: str | None, fingerprint: str) -> Reserved:
         if isinstance(self.client, RedisCluster):
             home = int(reservation_id.partition(".")[0])
             if any(self.keys.partition(namespace, sku) != home for sku, _ in lines):
@@ -185,6 +198,9 @@ class RedisCounter(Counter):
         home = self._reservation_key(namespace, reservation_id)
         if home is None:
             return None
+        known = self._lines.get((namespace, reservation_id))
+        if known is not None:
+            return known
         with unavailable_on_connection_error():
             state, listed, buyer = self.client.hmget(home, ["state", "lines", "buyer"])
         if state is None or listed is None:
