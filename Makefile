@@ -59,6 +59,7 @@ lint: install
 # BENCH_HTTP_SECONDS: each HTTP load's length. Needs wrk and redis-benchmark (apt-get install -y
 # wrk redis-tools).
 bench: install services
+	bash scripts/ensure_bench_tools.sh
 	$(PY) -m bench.run
 
 clean:
