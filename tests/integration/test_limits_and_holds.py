@@ -114,3 +114,29 @@ def test_a_rebuild_restores_open_holds_and_they_end_as_before(service_config: Co
 
     # Another test's writer may share this key space's outbox: wait for the row, not the drain.
     wait_until(lambda: recorded() == (10, 3, 0), 30, "the confirm in the items table")
+
+
+def test_a_reservation_redis_lost_comes_back_from_the_ledger(service_config: Config,
+                                                             namespace: str) -> None:
+    app = bootstrap(dataclasses.replace(service_config, durability="async"))
+    app.bus.handle(commands.InitInventory(namespace, "cap", 10))
+    first = app.bus.handle(commands.Reserve(namespace, (("cap", 3),), "r1", 600, "ann"))
+    second = app.bus.handle(commands.Reserve(namespace, (("cap", 2),), "r2", 600))
+    drain(app)
+    keys = app.health.keys
+    partition = keys.partition(namespace, "cap")
+    assert app.redis is not None
+    app.redis.delete(keys.item(namespace, "cap"), keys.buyers(namespace, "cap"),
+                     keys.holds(namespace, "cap"), keys.expiries(namespace, "cap"),
+                     keys.reservation(namespace, partition, first.id),
+                     keys.reservation(namespace, partition, second.id))  # Redis lost them
+
+    again = app.bus.handle(commands.Reserve(namespace, (("cap", 3),), "r1", 600, "ann"))
+    assert (again.id, again.state, again.replayed) == (first.id, "held", True)
+    assert app.bus.handle(commands.ConfirmReservation(namespace, second.id)).state == (
+        "confirmed")
+    figures = app.counter.read(namespace, "cap")
+    assert figures is not None and (figures.consumed, figures.held) == (2, 3)  # nothing twice
+    released = app.bus.handle(commands.ReleaseReservation(namespace, first.id))
+    assert (released.state, released.lines, released.buyer) == ("released", (("cap", 3),),
+                                                                 "ann")

@@ -30,8 +30,9 @@ Step = Literal["hold", "confirm", "release", "extend", "get"]
 class Reserved:
     """What a reservation step came to. ``status``: ``ok``, a refusal's code (the line's
     ``sku`` with it, and ``detail``: what is available or what the buyer may still take),
-    ``not_found``, ``fenced`` or ``idempotency_key_reused``. ``figures``: each line's item after
-    the step, where the step read them."""
+    ``not_found``, ``fenced``, ``idempotency_key_reused``, or ``lost`` (a hold again of a
+    reservation the counter lost while its items kept, or got back, its holds). ``figures``:
+    each line's item after the step, where the step read them."""
 
     status: str
     state: str = ""
@@ -117,6 +118,13 @@ class Counter(abc.ABC):
         key, opaque and URL-safe. An adapter may put where the reservation lives into it."""
         digest = hashlib.blake2b(f"{namespace}\n{seed}".encode(), digest_size=15).digest()
         return base64.urlsafe_b64encode(digest).decode()
+
+    @abc.abstractmethod
+    def restore_reservation(self, namespace: str, reservation_id: str, lines: Sequence[Line],
+                            buyer: str | None, state: str, created_ms: int, expires_ms: int,
+                            fingerprint: str = "") -> None:
+        """Put back a reservation the counter lost (from the ledger), unless it holds one by
+        that id again. Its lines' holds come back with their items' rebuild."""
 
     @abc.abstractmethod
     def reservation_lines(self, namespace: str, reservation_id: str

@@ -229,6 +229,8 @@ class InProcessCounter(Counter):
             if item.fenced:
                 return Reserved("fenced", sku=sku)
         live = [i for i in items if i is not None]
+        if reservation_id in self._holds.get((namespace, lines[0][0]), {}):
+            return Reserved("lost")  # held before, and the reservation was lost: the ledger has it
         for (sku, _), item in zip(lines, live, strict=True):
             self._expire_due(namespace, sku, item)
         for (sku, qty), item in zip(lines, live, strict=True):
@@ -268,6 +270,14 @@ class InProcessCounter(Counter):
         return Reserved(status, state, r.created_ms, r.expires_ms, r.sku, r.detail, replayed,
                         tuple(Outcome(OK, i.total, i.consumed, seq=i.seq, gen=i.gen,
                                       held=i.held) for i in live))
+
+    def restore_reservation(self, namespace: str, reservation_id: str, lines: Sequence[Line],
+                            buyer: str | None, state: str, created_ms: int, expires_ms: int,
+                            fingerprint: str = "") -> None:
+        with self._lock:
+            self._reservations.setdefault((namespace, reservation_id), _Reservation(
+                state, fingerprint, tuple(lines), buyer or "", created_ms, expires_ms,
+                kept_until_ms=expires_ms + int(self._ttl * 1000)))
 
     def reservation_lines(self, namespace: str, reservation_id: str
                           ) -> tuple[tuple[Line, ...], str | None] | None:

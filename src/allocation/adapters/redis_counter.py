@@ -89,6 +89,7 @@ class RedisCounter(Counter):
         self._fence_script = lua("fence")
         self._fence_sha = hashlib.sha1(self._fence_script.encode()).hexdigest()
         self._limit = self.client.register_script(lua("limit"))
+        self._restore = self.client.register_script(lua("restore"))
         # A reservation's lines and buyer never change once held: the steps after the hold
         # (confirm, release...) in this process skip reading them back.
         self._lines: dict[tuple[str, str], tuple[tuple[Line, ...], str | None]] = {}
@@ -192,6 +193,16 @@ class RedisCounter(Counter):
         status, sku, detail, *flat = reply
         return Reserved(_text(status), sku=_text(sku) or None,
                         detail=None if int(detail) < 0 else int(detail), figures=_figures(flat))
+
+    def restore_reservation(self, namespace: str, reservation_id: str, lines: Sequence[Line],
+                            buyer: str | None, state: str, created_ms: int, expires_ms: int,
+                            fingerprint: str = "") -> None:
+        home = self._reservation_key(namespace, reservation_id)
+        assert home is not None
+        with unavailable_on_connection_error():
+            self._restore(keys=[home], args=[
+                state, fingerprint, " ".join(f"{sku} {qty}" for sku, qty in lines), buyer or "",
+                created_ms, expires_ms, expires_ms + self._ttl * 1000])
 
     def reservation_lines(self, namespace: str, reservation_id: str
                           ) -> tuple[tuple[Line, ...], str | None] | None:

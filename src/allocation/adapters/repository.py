@@ -135,6 +135,12 @@ class AbstractRepository(abc.ABC):
     @abc.abstractmethod
     def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None: ...
 
+    def reservation_entries(self, namespace: str, reservation_id: str) -> Sequence[LedgerEntry]:
+        """Every ledger entry of a reservation, each item's in seq order."""
+        return [e for item in self.list(namespace, None, 1 << 30)
+                for e in self.ledger(namespace, item.sku, 0, 1 << 62)
+                if e.reservation_id == reservation_id]
+
     def reservation_entry(self, namespace: str, sku: str, reservation_id: str,
                           kind: str) -> LedgerEntry | None:
         """The item's ledger entry of that kind for the reservation, if it is written."""
@@ -256,6 +262,11 @@ class SqlAlchemyRepository(AbstractRepository):
                        since if self.session.get_bind().dialect.name == "postgresql"
                        else since.astimezone(UTC).replace(tzinfo=None)))
             .limit(limit))
+
+    def reservation_entries(self, namespace: str, reservation_id: str) -> Sequence[LedgerEntry]:
+        return self._entries(select(*ENTRY_COLUMNS).where(
+            orm.ledger.c.namespace == namespace, orm.ledger.c.reservation_id == reservation_id)
+            .order_by(orm.ledger.c.sku, orm.ledger.c.seq))
 
     def reservation_entry(self, namespace: str, sku: str, reservation_id: str,
                           kind: str) -> LedgerEntry | None:

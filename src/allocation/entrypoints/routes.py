@@ -65,7 +65,7 @@ class Routes:
     def get_reservation(self, namespace: str, reservation_id: str) -> Response:
         path = _reservation_path(namespace, reservation_id)
         return to_response(replies.reservation(reservations.reservation(
-            self.app.counter, path.namespace, path.reservation_id)))
+            self.app.counter, self.app.uow_factory(), path.namespace, path.reservation_id)))
 
     def end_reservation(self, namespace: str, reservation_id: str) -> Response:
         path = _reservation_path(namespace, reservation_id)

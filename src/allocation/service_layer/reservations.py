@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 from allocation.adapters.counter import Counter, Line, Reserved, Step
 from allocation.adapters.locks import ItemLocks
@@ -29,6 +30,7 @@ Publish = Callable[[events.Event], None]
 # has "expire" rows).
 KIND_OF_STEP = {"hold": "hold", "confirm": "confirm", "release": "release"}
 WRITTEN_BY = {"hold": ("hold",), "confirm": ("confirm",), "release": ("release", "expire")}
+STATE_OF_END = {"confirm": "confirmed", "release": "released", "expire": "expired"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,12 +86,10 @@ def extend(cmd: commands.ExtendReservation, uow: AbstractUnitOfWork, counter: Co
     return _end(deps, "extend", cmd.namespace, cmd.reservation_id, cmd.ttl_seconds * 1000)
 
 
-def reservation(counter: Counter, namespace: str, reservation_id: str) -> Reservation:
+def reservation(counter: Counter, uow: AbstractUnitOfWork, namespace: str,
+                reservation_id: str) -> Reservation:
     """The reservation as it stands (a held one past its expiry reads ``expired``)."""
-    found = counter.reservation_lines(namespace, reservation_id)
-    if found is None:
-        raise errors.NotFound(f"no reservation {reservation_id}")
-    lines, buyer = found
+    lines, buyer = _known(uow, counter, namespace, reservation_id)
     result = counter.reservation_step("get", namespace, reservation_id, lines)
     if result.status != "ok":
         raise errors.NotFound(f"no reservation {reservation_id}")
@@ -98,12 +98,44 @@ def reservation(counter: Counter, namespace: str, reservation_id: str) -> Reserv
 
 def _end(deps: Deps, step: Step, namespace: str, reservation_id: str,
          ttl_ms: int = 0) -> Reservation:
-    found = deps.counter.reservation_lines(namespace, reservation_id)
-    if found is None:
-        raise errors.NotFound(f"no reservation {reservation_id}")
-    lines, buyer = found
+    lines, buyer = _known(deps.uow, deps.counter, namespace, reservation_id)
     result = _step(deps, step, namespace, reservation_id, lines, ttl_ms=ttl_ms)
     return _view(reservation_id, namespace, lines, buyer, result)
+
+
+def _known(uow: AbstractUnitOfWork, counter: Counter, namespace: str,
+           rid: str) -> tuple[tuple[Line, ...], str | None]:
+    """A reservation's lines and buyer, from the counter or, where Redis lost it, the ledger."""
+    found = counter.reservation_lines(namespace, rid)
+    if found is None:
+        found = _restore(uow, counter, namespace, rid, "")
+    return found
+
+
+def _restore(uow: AbstractUnitOfWork, counter: Counter, namespace: str, rid: str,
+             fingerprint: str) -> tuple[tuple[Line, ...], str | None]:
+    """Put a reservation the counter lost back from its ledger entries: its lines are its
+    holds, its state the end its lines met (held while any has none)."""
+    with uow:
+        entries = [dataclasses.replace(e) for e in uow.items.reservation_entries(namespace, rid)]
+    holds = [e for e in entries if e.kind == "hold"]
+    if not holds:
+        # Never held, or (async mode) not written yet: nothing to put back.
+        raise errors.NotFound(f"no reservation {rid}")
+    ended = {e.sku: e.kind for e in entries if e.kind in STATE_OF_END}
+    state = (STATE_OF_END[next(iter(ended.values()))]
+             if len(ended) == len({h.sku for h in holds}) else "held")
+    lines = merged([(h.sku, h.qty) for h in holds])
+    first = min(holds, key=lambda h: h.created_at)
+    expires = min((h.expires_at for h in holds if h.expires_at), default=first.created_at)
+    counter.restore_reservation(namespace, rid, lines, first.buyer, state,
+                                _epoch_ms(first.created_at), _epoch_ms(expires), fingerprint)
+    return lines, first.buyer
+
+
+def _epoch_ms(moment: datetime) -> int:
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite: naive UTC
+    return int(aware.timestamp() * 1000)
 
 
 def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, ...],
@@ -111,6 +143,11 @@ def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, .
     counter = deps.counter
     result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms, buyer=buyer,
                                       fingerprint=fingerprint)
+    if result.status == "not_found" and result.sku is None and step != "hold":
+        # Redis lost the reservation (this process knew its lines): the ledger has it.
+        _restore(deps.uow, counter, namespace, rid, fingerprint)
+        result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
+                                          buyer=buyer, fingerprint=fingerprint)
     rebuilt: set[str] = set()
     while result.status == "not_found" and result.sku is not None and result.sku not in rebuilt:
         # Redis lost the item (or never had it): rebuild it from the database, under its
@@ -123,6 +160,12 @@ def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, .
         except errors.NotFound:
             raise errors.NotFound(f"no item {namespace}/{result.sku}", sku=result.sku) from None
         rebuilt.add(result.sku)
+        result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
+                                          buyer=buyer, fingerprint=fingerprint)
+    if result.status == "lost":
+        # Redis lost the reservation and its items came back with their holds (a rebuild from
+        # the ledger): put it back as the ledger has it, and this request is a replay.
+        _restore(deps.uow, counter, namespace, rid, fingerprint)
         result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
                                           buyer=buyer, fingerprint=fingerprint)
     if result.status == "fenced":

@@ -66,6 +66,9 @@ if op == 'hold' then
   if not figs then  -- not remembered: being rebuilt, or a rebuild may bring the item back
     return answer(status, {}, sku)
   end
+  if redis.call('HEXISTS', lines[1].holds, rid) == 1 then
+    return answer('lost', {})  -- held before, and Redis lost the reservation: the ledger has it
+  end
   for i, k in ipairs(lines) do expire_due(k, figs[i], now, 16, channel) end
   local reason, at, detail = refusal_of(lines, figs, buyer)
   if reason then return refuse(reason, at, detail, figs) end
