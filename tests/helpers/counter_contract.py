@@ -371,6 +371,24 @@ class ReservationContract(abc.ABC):
         assert self.step("confirm", self.rid("nope")).status == "not_found"
         assert self.counter.reservation_lines(self.ns, "no-such-id") is None
 
+    def test_a_confirm_whose_hold_is_gone_expires_and_sells_nothing(self) -> None:
+        a, = self.skus(1)
+        self.counter.load(self.ns, a, 5, 0, 1)
+        rid = self.rid("r")
+        self.hold(rid, [(a, 2)])
+        self.counter.load_holds(self.ns, {a: []})  # as a rebuild from a stale ledger could
+        refused = self.step("confirm", rid)
+        assert (refused.status, refused.state) == ("reservation_expired", "expired")
+        assert self.available(a)[0] == 0  # nothing sold
+
+    def test_many_due_holds_all_end_before_a_sale_is_judged(self) -> None:
+        a, = self.skus(1)
+        self.counter.load(self.ns, a, 20, 0, 1)
+        for n in range(20):
+            assert self.hold(self.rid(f"r{n}"), [(a, 1)], ttl_ms=300).ok
+        self.pass_time(300)
+        assert self.counter.apply(self.ns, a, "decrement", 20, "k", record=True).ok
+
     def test_every_transition_is_one_recorded_movement_per_line(self) -> None:
         a, b = self.skus(2)
         self.counter.load(self.ns, a, 10, 0, 1)

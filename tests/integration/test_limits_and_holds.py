@@ -9,9 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from allocation.adapters.redis_counter import RedisCounter
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
+from tests.helpers.counter_contract import pass_redis_time
 from tests.helpers.ledger import drain
 from tests.helpers.processes import wait_until
 
@@ -140,3 +142,20 @@ def test_a_reservation_redis_lost_comes_back_from_the_ledger(service_config: Con
     released = app.bus.handle(commands.ReleaseReservation(namespace, first.id))
     assert (released.state, released.lines, released.buyer) == ("released", (("cap", 3),),
                                                                  "ann")
+
+
+def test_a_refresh_keeps_the_extension_redis_holds(service_config: Config,
+                                                   namespace: str) -> None:
+    """An extension is not in the ledger: a rebuild of an item Redis holds keeps Redis's
+    holds rather than reload them (and their first expiry) from the ledger."""
+    app = bootstrap(dataclasses.replace(service_config, durability="async"))
+    app.bus.handle(commands.InitInventory(namespace, "cap", 2))
+    made = app.bus.handle(commands.Reserve(namespace, (("cap", 2),), "r", 1))
+    app.bus.handle(commands.ExtendReservation(namespace, made.id, 600))
+    drain(app)
+    app.bus.handle(commands.Refresh(namespace, "cap"))
+    assert isinstance(app.counter, RedisCounter)
+    pass_redis_time(app.counter, 1100)  # past the first expiry
+    assert app.bus.handle(commands.Decrement(namespace, "cap", 1, "k")).status == (
+        "insufficient_stock")
+    assert app.bus.handle(commands.ConfirmReservation(namespace, made.id)).state == "confirmed"

@@ -200,8 +200,10 @@ class InProcessCounter(Counter):
                 r.expires_ms = now + ttl_ms
                 r.kept_until_ms = r.expires_ms + int(self._ttl * 1000)
                 for sku, _ in r.lines:
-                    qty, _, who = self._holds[(namespace, sku)][reservation_id]
-                    self._holds[(namespace, sku)][reservation_id] = (qty, r.expires_ms, who)
+                    holds = self._holds.get((namespace, sku), {})
+                    if reservation_id in holds:
+                        qty, _, who = holds[reservation_id]
+                        holds[reservation_id] = (qty, r.expires_ms, who)
                 return self._answer("ok", r, state, live)
             if (step, state) in (("confirm", "confirmed"), ("release", "released"),
                                  ("release", "expired")):
@@ -209,6 +211,14 @@ class InProcessCounter(Counter):
             if state != "held":
                 return self._answer(f"reservation_{state}", r, state, ())
             kind: rules.Kind = "confirm" if step == "confirm" else "release"
+            if kind == "confirm" and any(
+                    reservation_id not in self._holds.get((namespace, sku), {})
+                    for sku, _ in r.lines):
+                # A line's hold has ended (its item expired it): the reservation has expired.
+                for (sku, _), item in zip(r.lines, live, strict=True):
+                    self._end_hold(namespace, sku, item, reservation_id, "expire")
+                r.state = "expired"
+                return self._answer("reservation_expired", r, "expired", live)
             for (sku, _), item in zip(r.lines, live, strict=True):
                 self._end_hold(namespace, sku, item, reservation_id, kind)
             r.state = "confirmed" if step == "confirm" else "released"
@@ -346,8 +356,9 @@ class InProcessCounter(Counter):
                 left = self._ttl - (time.time() - _epoch(e.created_at))
                 if left > 0 and key not in self._outcomes:
                     self._outcomes[key] = (self._now() + left, fingerprint(e.kind, e.qty, e.buyer),  # type: ignore[arg-type]
-                                           Outcome(OK, e.total_after,
-                                                   e.total_after - e.available_after))
+                                           Outcome(OK, e.total_after, e.total_after
+                                                   - e.available_after - e.held_after,
+                                                   held=e.held_after))
 
     def fence_many(self, namespace: str, skus: Sequence[str]) -> list[int | None]:
         with self._lock:

@@ -45,7 +45,7 @@ def step(counter: RedisCounter, step: Step, namespace: str, rid: str, lines: Seq
         follow = "expire"  # released after its expiry: the slots' holds expire
     parts = [counter.part_step(follow, namespace, rid, group, done.expires_ms)
              for group in others]
-    return _joined(done, lines, home, others, parts)
+    return _unless_failed(parts) or _joined(done, lines, home, others, parts)
 
 
 def _hold(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Line],
@@ -75,7 +75,7 @@ def _hold(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Line]
 
 def _confirm(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Line],
              home: list[Line], others: list[list[Line]]) -> Reserved:
-    begun = counter.home_step("confirm_begin", namespace, rid, home)
+    begun = counter.home_step("confirm_begin", namespace, rid, home, ttl_ms=PIN_MS)
     if begun.status != "ok":
         return begun
     if begun.state == "confirmed":  # confirmed before: finish what a coordinator left undone
@@ -84,6 +84,8 @@ def _confirm(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Li
         return begun
     for group in others:
         pinned = counter.part_step("pin", namespace, rid, group, begun.expires_ms + PIN_MS)
+        if pinned.status in ("fenced", "not_found"):
+            return pinned  # still "confirming": the same request again carries on
         if pinned.status != "ok":
             # A line had expired, so has the reservation: every line ends as expired.
             aborted = counter.home_step("confirm_abort", namespace, rid, home)
@@ -96,7 +98,14 @@ def _confirm(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Li
         return done
     parts = [counter.part_step("confirm", namespace, rid, group, begun.expires_ms)
              for group in others]
-    return _joined(done, lines, home, others, parts)
+    return _unless_failed(parts) or _joined(done, lines, home, others, parts)
+
+
+def _unless_failed(parts: list[Reserved]) -> Reserved | None:
+    """The first slot that could not take its step (an item being rebuilt, or lost): the
+    request is answered so, and the same request again finishes the step (each is
+    idempotent)."""
+    return next((part for part in parts if part.status != "ok"), None)
 
 
 def _groups(counter: RedisCounter, namespace: str, rid: str,

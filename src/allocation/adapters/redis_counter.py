@@ -226,7 +226,8 @@ class RedisCounter(Counter):
             for sku, open_holds in holds.items():
                 listed, by_expiry = self.keys.holds(namespace, sku), self.keys.expiries(
                     namespace, sku)
-                pipe.delete(listed, by_expiry)
+                pipe.delete(listed)  # one key a DEL: a cluster's pipeline refuses more
+                pipe.delete(by_expiry)
                 for rid, qty, buyer, expires_ms in open_holds:
                     pipe.hset(listed, rid, f"{qty}|{expires_ms}|{buyer}")
                     pipe.zadd(by_expiry, {rid: expires_ms})
@@ -293,8 +294,9 @@ class RedisCounter(Counter):
                 left = int(self._ttl - (now - moment.timestamp()))
                 if left > 0:
                     # seq 0: a movement the ledger holds, nothing to wait for.
+                    consumed = e.total_after - e.available_after - e.held_after
                     record = (f"{fingerprint(e.kind, e.qty, e.buyer)}|ok|{e.total_after}|"  # type: ignore[arg-type]
-                              f"{e.total_after - e.available_after}|0|")
+                              f"{consumed}|0||-1||{e.held_after}")
                     pipe.set(self.keys.idempotency(e.namespace, e.sku, e.idempotency_key),
                              record, ex=left, nx=True)
             pipe.execute()

@@ -95,14 +95,24 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
             # Redis lost the item; movements it recorded may still wait in the outbox, and
             # then the latest of them is newer than the database: that history goes on.
             unwritten = outbox.latest(namespace, skus[0])
+            with uow:
+                holds = uow.items.open_holds(namespace, skus) if unwritten else {}
+            if unwritten is not None and (unwritten.held or holds.get(skus[0])):
+                # Holds: the outbox's figures and the ledger's open holds are of different
+                # moments, and together they would end a hold twice or never. Let the writer
+                # catch up, then rebuild from the ledger alone.
+                if progress.wait(namespace, skus[0], unwritten.gen or "", unwritten.seq,
+                                 max(0.0, deadline - time.monotonic())) != WRITTEN:
+                    raise errors.Unavailable(
+                        f"{namespace}/{skus[0]}: the ledger is behind on an item Redis lost; "
+                        "retry", retry_after=1)
+                unwritten = None
             if unwritten is not None:
                 # The limit, and buyers' units as far as the ledger has them (async mode's
                 # lag may miss some: see the README on what Redis must keep).
                 with uow:
                     allowances = uow.items.allowances(namespace, skus)
-                    holds = uow.items.open_holds(namespace, skus)
                 counter.load_allowances(namespace, allowances)
-                counter.load_holds(namespace, holds)
                 counter.load(namespace, unwritten.sku, unwritten.total, unwritten.consumed,
                              unwritten.seq, unwritten.gen or "", unwritten.held)
                 limit = allowances[skus[0]][0] if skus[0] in allowances else None
@@ -128,9 +138,12 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
         # Where Redis lost an item it lost the keys it had seen too: give them back before
         # any can be used again.
         _remember_keys(uow, counter, namespace, [sku for sku in found if fenced.get(sku) is None])
-        # Limits, buyers' units and open holds before the figures that unfence the items.
-        counter.load_allowances(namespace, allowances)
-        counter.load_holds(namespace, holds)
+        # Limits, buyers' units and open holds before the figures that unfence the items:
+        # those of items Redis lost. Where Redis holds the item (fenced, caught up), its own
+        # are the truth (a hold's extension, say, is not in the ledger).
+        gone = {sku for sku in found if fenced.get(sku) is None}
+        counter.load_allowances(namespace, {s: a for s, a in allowances.items() if s in gone})
+        counter.load_holds(namespace, {s: h for s, h in holds.items() if s in gone})
         counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gens[sku], i.held)
                           for sku, i in found.items())
         return found

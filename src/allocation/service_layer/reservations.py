@@ -171,6 +171,9 @@ def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, .
     if result.status == "fenced":
         raise errors.Unavailable(f"an item of reservation {rid} is being rebuilt; retry",
                                  retry_after=1)
+    if result.status in ("reservation_pending", "reservation_confirming"):
+        # A cart across cluster slots another request is taking through its steps.
+        raise errors.Unavailable(f"reservation {rid} is being worked on; retry", retry_after=1)
     if result.status != "ok":
         raise _refusal(result, rid)
     if step in KIND_OF_STEP:
@@ -228,7 +231,11 @@ def _refusal(result: Reserved, rid: str) -> errors.DomainError:
     return Outcome(result.status, 0, 0).error()
 
 
+# A cart across cluster slots between its steps reads as held: it is not ended.
+STATE_SHOWN = {"pending": "held", "confirming": "held"}
+
+
 def _view(rid: str, namespace: str, lines: tuple[Line, ...], buyer: str | None,
           result: Reserved) -> Reservation:
-    return Reservation(rid, namespace, result.state, lines, buyer, result.created_ms,
-                       result.expires_ms, result.replayed)
+    return Reservation(rid, namespace, STATE_SHOWN.get(result.state, result.state), lines,
+                       buyer, result.created_ms, result.expires_ms, result.replayed)

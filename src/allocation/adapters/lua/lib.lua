@@ -66,9 +66,8 @@ local function end_hold(k, fig, rid, kind, channel)
   return true
 end
 
--- End the item's holds that are due (at most `most` of them: correctness never waits on a
--- sweeper, and no call does unbounded work; a hold left due only understates what is
--- available, never overstates it).
+-- End the item's holds that are due (at most `most` of them, so that no call's work is
+-- unbounded; a hold left due only understates what is available, never overstates it).
 local function expire_due(k, fig, now, most, channel)
   local due = redis.call('ZRANGEBYSCORE', k.expiries, '-inf', now, 'LIMIT', 0, most)
   for _, rid in ipairs(due) do
@@ -133,6 +132,9 @@ local function take(lines, figs, rid, buyer, expires, due, channel)
     if channel ~= '' then
       redis.call('PUBLISH', channel, figures_event('Reserved', k, fig,
                                                    {reservation_id = rid, qty = k.qty}))
+      if fig.total == fig.consumed + fig.held then
+        redis.call('PUBLISH', channel, figures_event('SoldOut', k, fig, {}))
+      end
     end
   end
 end

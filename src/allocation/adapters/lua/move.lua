@@ -47,7 +47,7 @@ if figures[4] == '1' then  -- being rebuilt: the caller retries
   return {'fenced', fig.total, fig.consumed, 0, fig.seq, fig.gen, -1, '', fig.held}
 end
 local channel = ARGV[9] or ''
-if recorded then expire_due(k, fig, now_ms(), 16, channel) end
+if recorded then expire_due(k, fig, now_ms(), 1000, channel) end
 local limit = tonumber(figures[6] or '')
 local total, consumed, held = fig.total, fig.consumed, fig.held
 local status, remaining = 'ok', -1

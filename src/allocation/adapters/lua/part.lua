@@ -22,7 +22,7 @@ if op == 'hold' then
   if redis.call('HEXISTS', lines[1].holds, rid) == 1 then
     return flat_figures({'ok', '', -1}, figs)  -- held before: a replay
   end
-  for i, k in ipairs(lines) do expire_due(k, figs[i], now, 16, channel) end
+  for i, k in ipairs(lines) do expire_due(k, figs[i], now, 1000, channel) end
   local reason, at, detail = refusal_of(lines, figs, buyer)
   if reason then return flat_figures({reason, at, detail}, figs) end
   take(lines, figs, rid, buyer, expires, due, channel)

@@ -69,7 +69,7 @@ if op == 'hold' then
   if redis.call('HEXISTS', lines[1].holds, rid) == 1 then
     return answer('lost', {})  -- held before, and Redis lost the reservation: the ledger has it
   end
-  for i, k in ipairs(lines) do expire_due(k, figs[i], now, 16, channel) end
+  for i, k in ipairs(lines) do expire_due(k, figs[i], now, 1000, channel) end
   local reason, at, detail = refusal_of(lines, figs, buyer)
   if reason then return refuse(reason, at, detail, figs) end
   local expires = now + ttl
@@ -96,11 +96,13 @@ end
 
 -- Its time is up: held (or never settled) and past its expiry, it is expired, whoever asks.
 -- A confirm begun in time is finished or undone by the coordinator, not expired here.
+local expired_now = nil  -- the lines' figures, where this call expired the reservation
 if (r.state == 'held' or r.state == 'pending') and now >= tonumber(r.expires) then
   if op ~= 'get' then
     local figs, status, sku = end_all('expire')
     if not figs then return answer(status, r, sku) end
     redis.call('HSET', res, 'state', 'expired')
+    expired_now = figs
   end
   r.state = 'expired'
 end
@@ -111,6 +113,17 @@ if op == 'confirm' or op == 'confirm_end' then
   if r.state == 'confirmed' then return answer('ok', r, nil, -1, true, all_figures(lines) or {}) end
   if r.state ~= 'held' and not (op == 'confirm_end' and r.state == 'confirming') then
     return answer('reservation_' .. r.state, r)
+  end
+  for _, k in ipairs(lines) do
+    if redis.call('HEXISTS', k.holds, rid) == 0 then
+      -- A line's hold has ended (its item expired it): nothing is left to sell it from, so the
+      -- reservation has expired, whatever its own record says.
+      local figs, status, sku = end_all('expire')
+      if not figs then return answer(status, r, sku) end
+      r.state = 'expired'
+      redis.call('HSET', res, 'state', 'expired')
+      return answer('reservation_expired', r, nil, -1, false, figs)
+    end
   end
   local figs, status, sku = end_all('confirm')
   if not figs then return answer(status, r, sku) end
@@ -127,6 +140,16 @@ if op == 'confirm_begin' then
   if r.state ~= 'held' then return answer('reservation_' .. r.state, r) end
   r.state = 'confirming'
   redis.call('HSET', res, 'state', 'confirming')
+  -- Pinned, as the other slots' holds are: no expiry takes them while the confirm goes on.
+  local pinned = tonumber(r.expires) + tonumber(ARGV[5])
+  for _, k in ipairs(lines) do
+    local value = redis.call('HGET', k.holds, rid)
+    if value then
+      local qty, _, who = parse_hold(value)
+      redis.call('HSET', k.holds, rid, qty .. '|' .. pinned .. '|' .. who)
+      redis.call('ZADD', k.expiries, pinned, rid)
+    end
+  end
   return answer('ok', r)
 end
 
@@ -144,6 +167,7 @@ if op == 'release' then
     return answer('reservation_confirmed', r)
   end
   if r.state ~= 'held' and r.state ~= 'pending' then
+    if expired_now then return answer('ok', r, nil, -1, false, expired_now) end
     return answer('ok', r, nil, -1, true, all_figures(lines) or {})
   end
   local figs, status, sku = end_all('release')
@@ -165,6 +189,7 @@ if op == 'extend' then
       local qty, _, who = parse_hold(value)
       redis.call('HSET', k.holds, rid, qty .. '|' .. expires .. '|' .. who)
       redis.call('ZADD', k.expiries, expires, rid)
+      redis.call('ZADD', due, 'LT', expires, ns .. '\n' .. k.sku)
     end
   end
   r.expires = expires
