@@ -14,7 +14,7 @@ from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
 from tests.helpers.counter_contract import pass_redis_time
-from tests.helpers.ledger import drain
+from tests.helpers.ledger import drain, ledger_threads
 from tests.helpers.processes import wait_until
 
 
@@ -159,3 +159,21 @@ def test_a_refresh_keeps_the_extension_redis_holds(service_config: Config,
     assert app.bus.handle(commands.Decrement(namespace, "cap", 1, "k")).status == (
         "insufficient_stock")
     assert app.bus.handle(commands.ConfirmReservation(namespace, made.id)).state == "confirmed"
+
+
+def test_in_sync_mode_a_retried_hold_of_an_ended_reservation_redis_lost_is_a_replay(
+        service_config: Config, namespace: str) -> None:
+    config = dataclasses.replace(service_config, durability="sync")
+    app = bootstrap(config)
+    app.bus.handle(commands.InitInventory(namespace, "cap", 5))
+    with ledger_threads(config, 1):
+        made = app.bus.handle(commands.Reserve(namespace, (("cap", 2),), "r", 600))
+        app.bus.handle(commands.ConfirmReservation(namespace, made.id))
+        keys = app.health.keys
+        assert app.redis is not None
+        app.redis.delete(keys.reservation(namespace, keys.partition(namespace, "cap"), made.id))
+        other = bootstrap(config)  # another process: nothing of it in memory
+        again = other.bus.handle(commands.Reserve(namespace, (("cap", 2),), "r", 600))
+    assert (again.id, again.state, again.replayed) == (made.id, "confirmed", True)
+    figures = app.counter.read(namespace, "cap")
+    assert figures is not None and (figures.consumed, figures.held) == (2, 0)  # not held again

@@ -6,6 +6,7 @@ answered, as any movement, when the durability mode says (``durability.Durabilit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -60,6 +61,12 @@ def reserve(cmd: commands.Reserve, uow: AbstractUnitOfWork, counter: Counter, ou
     rid = counter.reservation_id(cmd.namespace, lines[0][0], cmd.idempotency_key)
     # What the key stands for: the same request again is a replay, another one is refused.
     request = json.dumps([sorted(lines), cmd.ttl_seconds, cmd.buyer])
+    if durability.mode == "sync" and counter.reservation_lines(cmd.namespace, rid) is None:
+        # Sync mode promises that what was acknowledged survives Redis: a retry, after Redis
+        # lost it, of a reservation the ledger has (even one since ended) is its replay, not
+        # a second hold.
+        with contextlib.suppress(errors.NotFound):
+            _restore(uow, counter, cmd.namespace, rid, request)
     result = _step(deps, "hold", cmd.namespace, rid, lines, ttl_ms=cmd.ttl_seconds * 1000,
                    buyer=cmd.buyer, fingerprint=request)
     return _view(rid, cmd.namespace, lines, cmd.buyer, result)
