@@ -12,6 +12,7 @@ import abc
 import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -414,7 +415,12 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
             self.counter.load_allowances(self.ns, {"sku": (limit, {})})
             self.counter.load(self.ns, "sku", total, 0, 1)
             self.seq = 1
-            self.holds: dict[str, tuple[int, str | None, str]] = {}  # rid -> qty, buyer, state
+            # rid -> [qty, buyer, the reservation's state, expires_ms, its hold still open]
+            self.holds: dict[str, list[Any]] = {}
+            # A counter whose clock the machine can move gets holds that expire as it runs.
+            self.now, self.moves_clock = 1_000_000, hasattr(self.counter, "clock_ms")
+            if self.moves_clock:
+                setattr(self.counter, "clock_ms", lambda: self.now)  # noqa: B010 - duck-typed
 
         @rule(kind=st.sampled_from(["decrement", "refund", "adjust"]),
               qty=st.integers(-5, 8), key=st.sampled_from(["a", "b", "c", "d", "e", None]),
@@ -451,13 +457,29 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
             if key is not None:
                 self.seen[key] = (request, got)
 
+        @precondition(lambda self: getattr(self, "moves_clock", False))
+        @rule(ms=st.integers(0, 1500))
+        def tick(self, ms: int) -> None:
+            self.now += ms
+
+        def end_hold(self, rid: str, kind: rules.Kind) -> None:
+            qty, buyer, _, _, _ = self.holds[rid]
+            self.model = self.after(kind, qty)
+            self.seq += 1
+            if buyer and kind != "confirm":
+                self.used[buyer] -= qty
+            self.holds[rid][4] = False
+
         @rule(qty=st.integers(1, 6), buyer=st.sampled_from([None, "x", "y"]))
         def hold(self, qty: int, buyer: str | None) -> None:
             self.tries = getattr(self, "tries", 0) + 1  # a fresh key (and id) each time
             rid = self.counter.reservation_id(self.ns, "sku", f"h{self.tries}")
+            ttl = 1000 if self.moves_clock else 3_600_000
             got = self.counter.reservation_step("hold", self.ns, rid, [("sku", qty)],
-                                                ttl_ms=3_600_000, buyer=buyer,
-                                                fingerprint=str(qty))
+                                                ttl_ms=ttl, buyer=buyer, fingerprint=str(qty))
+            for due, (_, _, _, expires, open_) in list(self.holds.items()):
+                if open_ and expires <= self.now:  # a hold on the item ends its due ones
+                    self.end_hold(due, "expire")
             used = self.used.get(buyer, 0) if buyer else 0
             try:
                 rules.buyer_within_limit(self.limit, buyer, used, qty)
@@ -469,25 +491,26 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
             self.seq += 1
             if buyer:
                 self.used[buyer] = used + qty
-            self.holds[rid] = (qty, buyer, "held")
+            self.holds[rid] = [qty, buyer, "held", self.now + ttl, True]
 
         @precondition(lambda self: bool(getattr(self, "holds", None)))
         @rule(pick=st.integers(0, 1000), step=st.sampled_from(["confirm", "release"]))
         def end(self, pick: int, step: Step) -> None:
             rid = list(self.holds)[pick % len(self.holds)]  # in the order they were made
-            qty, buyer, state = self.holds[rid]
+            qty, _, state, expires, open_ = self.holds[rid]
             got = self.counter.reservation_step(step, self.ns, rid, [("sku", qty)])
+            expired_now = state == "held" and self.now >= expires
+            if expired_now:  # its time is up: it expires as it is touched
+                if open_:
+                    self.end_hold(rid, "expire")
+                state = self.holds[rid][2] = "expired"
             ended = {"confirm": "confirmed", "release": "released"}[step]
             if state == "held":
                 assert (got.status, got.state, got.replayed) == ("ok", ended, False)
-                kind: rules.Kind = "confirm" if step == "confirm" else "release"
-                self.model = self.after(kind, qty)
-                self.seq += 1
-                if buyer and step == "release":
-                    self.used[buyer] -= qty
-                self.holds[rid] = (qty, buyer, ended)
-            elif state == ended:
-                assert (got.status, got.replayed) == ("ok", True)
+                self.end_hold(rid, "confirm" if step == "confirm" else "release")
+                self.holds[rid][2] = ended
+            elif state == ended or (step, state) == ("release", "expired"):
+                assert (got.status, got.state, got.replayed) == ("ok", state, not expired_now)
             else:
                 assert got.status == f"reservation_{state}"
 

@@ -187,7 +187,8 @@ class InProcessCounter(Counter):
             live = [i for i in items if i is not None]
             if any(i.fenced for i in live):
                 return Reserved("fenced")
-            if r.state == "held" and now >= r.expires_ms and step != "get":
+            expired_now = r.state == "held" and now >= r.expires_ms and step != "get"
+            if expired_now:
                 for (sku, _), item in zip(r.lines, live, strict=True):
                     self._end_hold(namespace, sku, item, reservation_id, "expire")
                 r.state = "expired"
@@ -207,7 +208,7 @@ class InProcessCounter(Counter):
                 return self._answer("ok", r, state, live)
             if (step, state) in (("confirm", "confirmed"), ("release", "released"),
                                  ("release", "expired")):
-                return self._answer("ok", r, state, live, replayed=True)
+                return self._answer("ok", r, state, live, replayed=not expired_now)
             if state != "held":
                 return self._answer(f"reservation_{state}", r, state, ())
             kind: rules.Kind = "confirm" if step == "confirm" else "release"
