@@ -156,6 +156,16 @@ def test_repeated_keys_and_headers_are_400_and_change_nothing(server: str, admin
         "Content-Type: application/json\r\nIdempotency-Key: a\r\nIdempotency-Key: b\r\n"
         "Content-Length: 9\r\nConnection: close\r\n\r\n{\"qty\":1}").encode())
     assert two_keys.startswith(b"HTTP/1.1 400") and b"Idempotency-Key" in two_keys
+    # A key that is not ASCII (the server would otherwise drop the header, and an adjustment,
+    # which may go without a key, would be applied twice when retried).
+    adjust = f"/v1/{namespace}/items/hot/adjustments"
+    for _ in range(2):
+        accented = raw(server, (
+            f"POST {adjust} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n"
+            "Content-Type: application/json\r\nIdempotency-Key: caf\u00e9\r\n"
+            "Content-Length: 11\r\nConnection: close\r\n\r\n{\"delta\":1}").encode("latin-1"))
+        assert accented.startswith(b"HTTP/1.1 400") and b"idempotency-key" in accented
+    assert requests.get(item, headers=bearer(admin), timeout=10).json()["total"] == 10
     too_far = requests.get(f"{item}/ledger", params={"after_seq": 2**63}, headers=bearer(admin),
                            timeout=10)
     assert too_far.status_code == 400 and too_far.json()["field"] == "after_seq"

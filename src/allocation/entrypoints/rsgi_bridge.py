@@ -41,6 +41,14 @@ class RsgiBridge:
         if scope.proto != "http":
             return  # no websockets here
         headers = scope.headers.items()
+        unread = set(scope.headers.keys()) - {name for name, _ in headers}
+        if unread:
+            # granian leaves out a header whose value is not visible ASCII: an Idempotency-Key
+            # of that kind would vanish, and an adjustment be applied without its key. Refuse.
+            field = sorted(unread)[0]
+            return _reply(protocol, replies.error(
+                400, "invalid_field", f"header {field}: must be printable ASCII",
+                field=field))
         length = _content_length(headers)
         if length is not None and length > self.max_body:
             return _reply(protocol, replies.error(413, "payload_too_large",
