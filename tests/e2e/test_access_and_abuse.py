@@ -271,5 +271,9 @@ def test_behind_a_buffering_proxy_the_same_app_is_served_over_wsgi(
         sold = requests.post(f"{item}/decrements", json={"qty": 1}, timeout=10,
                              headers={**bearer(admin), "Idempotency-Key": "w1"})
         assert sold.status_code == 200 and sold.json()["available"] == 2
+        # Under WSGI the stock stream answers its first event and ends; EventSource comes back.
+        once = requests.get(f"{item}/stream", headers=bearer(admin), timeout=10)
+        assert once.headers["Content-Type"].startswith("text/event-stream")
+        assert once.text.startswith("event: stock\nid: ") and '"available":2' in once.text
     finally:
         server.stop()

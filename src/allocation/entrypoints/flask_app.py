@@ -38,7 +38,8 @@ def create_server_app() -> RsgiBridge:
     flask = create_app(application=app)
     worker_start.announce()
     return RsgiBridge(flask, threads=int(os.environ.get(THREADS_ENV) or 8),
-                      body_timeout=app.config.body_timeout_seconds, max_body=MAX_BODY)
+                      body_timeout=app.config.body_timeout_seconds, max_body=MAX_BODY,
+                      application=app)
 
 
 def create_wsgi_server_app() -> Flask:
@@ -71,6 +72,7 @@ def create_app(config: Config | None = None, application: Application | None = N
         ("POST", DECREMENTS, r.move),
         ("POST", REFUNDS, r.move),
         ("GET", f"{ITEM}/ledger", r.ledger),
+        ("GET", f"{ITEM}/stream", r.stream),
         ("POST", f"{ITEM}/refresh", r.refresh_item),
         ("POST", "/v1/<namespace>/refresh", r.refresh_namespace),
         ("POST", "/v1/<namespace>/reservations", r.reserve),

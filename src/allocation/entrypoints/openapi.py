@@ -170,6 +170,14 @@ def document() -> dict[str, Any]:
                                           "from now",
                                           "reservation_expired, reservation_released, "
                                           "reservation_confirmed", schemas.ExtendBody)},
+            "/v1/{namespace}/items/{sku}/stream": {
+                "get": _op("A live stream of the item's figures (server-sent events: the first "
+                           "at once, then each change at most once a second, selling out or "
+                           "back at once; `Last-Event-ID` resumes; a comment every 15 s)", {
+                               "200": {"description": "`text/event-stream` of `event: stock`, "
+                                                      "`id:` the item's seq, `data:` the item",
+                                       "content": {"text/event-stream": {}}},
+                               "404": _json(schemas.Error, "unknown item")}, item)},
             "/v1/{namespace}/items/{sku}/ledger": {
                 "get": _op("An item's ledger in seq order", {
                     "200": _json(schemas.LedgerPage, "entries after `after_seq`"),

@@ -14,7 +14,14 @@ from werkzeug.exceptions import ClientDisconnected
 from allocation import views
 from allocation.domain import commands
 from allocation.domain.model import LedgerEntry
-from allocation.entrypoints import metrics, openapi, replies, schemas, worker_start
+from allocation.entrypoints import (
+    metrics,
+    openapi,
+    replies,
+    schemas,
+    stock_stream,
+    worker_start,
+)
 from allocation.entrypoints.http_errors import to_response
 from allocation.entrypoints.movement_requests import (
     KINDS,
@@ -99,6 +106,16 @@ class Routes:
         return to_response(answer_movement(self.app, MovementRequest(
             kind, namespace, sku, request.headers.get("Idempotency-Key"),
             request.content_type or "", request.content_length, body)))
+
+    def stream(self, namespace: str, sku: str) -> Response:
+        """The stream's first event. Served through RSGI (the default) the connection then
+        stays open for the item's changes; under plain WSGI it ends here, and a client's
+        EventSource comes back with ``Last-Event-ID``."""
+        path = _path(namespace, sku)
+        data = stock_stream.first_event(self.app, path.namespace, path.sku,
+                                        request.headers.get("Last-Event-ID"))
+        return Response(data, content_type="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def ledger(self, namespace: str, sku: str) -> Response:
         path = _path(namespace, sku)

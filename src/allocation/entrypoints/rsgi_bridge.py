@@ -18,12 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
-from allocation.entrypoints import replies
+from allocation.entrypoints import replies, stock_stream
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
     from granian._granian import RSGIHTTPProtocol as HTTPProtocol
     from granian.rsgi import Scope
+
+    from allocation.bootstrap import Application
 
 Headers = list[tuple[str, str]]
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
@@ -31,11 +33,13 @@ _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 class RsgiBridge:
     def __init__(self, wsgi_app: WSGIApplication, threads: int, body_timeout: float,
-                 max_body: int) -> None:
+                 max_body: int, application: Application | None = None) -> None:
         self.wsgi_app = wsgi_app
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="request")
         self.body_timeout = body_timeout
         self.max_body = max_body
+        self.application = application
+        self.hub: stock_stream.Hub | None = None  # made with the first stream client
 
     async def __rsgi__(self, scope: Scope, protocol: HTTPProtocol) -> None:
         if scope.proto != "http":
@@ -68,7 +72,24 @@ class RsgiBridge:
         loop = asyncio.get_running_loop()
         status, response_headers, data = await loop.run_in_executor(self.pool, self._call,
                                                                     environ)
+        key = _stream_of(scope.method, environ["PATH_INFO"])
+        if status == 200 and key is not None and self._hub(loop) is not None:
+            # Authorized and answered its first event by the app: the rest of the stream is
+            # served here, on the loop, taking no request thread.
+            assert self.hub is not None
+            streamed = [(n, v) for n, v in response_headers if n.lower() != "content-length"]
+            transport = protocol.response_stream(status, streamed)
+            await stock_stream.serve(self.hub, key, None, data, transport.send_bytes,
+                                     asyncio.ensure_future(protocol.client_disconnect()))
+            return
         protocol.response_bytes(status, response_headers, data)
+
+    def _hub(self, loop: asyncio.AbstractEventLoop) -> stock_stream.Hub | None:
+        app = self.application
+        if self.hub is None and app is not None and app.redis is not None:
+            self.hub = stock_stream.Hub(app.redis, app.counter, app.config.events_channel,
+                                        loop, self.pool)
+        return self.hub
 
     async def _body(self, protocol: HTTPProtocol, length: int | None) -> bytes:
         chunks: list[bytes] = []
@@ -106,6 +127,15 @@ class RsgiBridge:
 
 class _TooLarge(Exception):
     pass
+
+
+def _stream_of(method: str, path: str) -> tuple[str, str] | None:
+    """The item of a stock stream request (GET /v1/{ns}/items/{sku}/stream), else None."""
+    parts = path.split("/")
+    if method == "GET" and len(parts) == 6 and parts[1] == "v1" and parts[3] == "items" and (
+            parts[5] == "stream"):
+        return parts[2], parts[4]
+    return None
 
 
 def _content_length(headers: Headers) -> int | None:
