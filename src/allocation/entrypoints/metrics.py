@@ -9,6 +9,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -22,6 +23,27 @@ MOVEMENTS = Counter("allocation_movements_total", "Movements by kind and outcome
                     ["kind", "outcome"])
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
+# The sale as the API answered it, by namespace (never by sku or buyer: unbounded). Counted once
+# per answer that did something; a replayed answer counts nothing.
+SOLD = Counter("allocation_sale_units_sold_total",
+               "Units sold: decrements and confirmed holds", ["namespace"])
+REFUNDED = Counter("allocation_sale_units_refunded_total", "Units refunded", ["namespace"])
+HELD = Counter("allocation_sale_units_held_total", "Units put on hold by reservations",
+               ["namespace"])
+RELEASED = Counter("allocation_sale_units_released_total", "Held units released",
+                   ["namespace"])
+EXPIRED = Counter("allocation_sale_units_expired_total",
+                  "Held units the API saw expire (not those the sweeper or others ended)",
+                  ["namespace"])
+HOLDS_ENDED = Counter("allocation_sale_holds_ended_total",
+                      "Reservations ended, by how: confirmed, released, expired",
+                      ["namespace", "end"])
+REFUSALS = Counter("allocation_sale_refusals_total", "Sale requests refused, by reason",
+                   ["namespace", "reason"])
+# livesum: the clients of the processes alive now, added up across workers.
+STREAM_CLIENTS = Gauge("allocation_stream_clients", "Stock stream clients connected",
+                       ["namespace"], multiprocess_mode="livesum")
+
 
 def count_request(method: str, route: str, status: int, seconds: float) -> None:
     # Any other method is "other": a client must not be able to add label values at will.
@@ -31,6 +53,43 @@ def count_request(method: str, route: str, status: int, seconds: float) -> None:
 
 def count_movement(kind: str, outcome: str) -> None:
     _movements(kind, outcome).inc()
+
+
+def count_sale_movement(kind: str, namespace: str, status: str, qty: int) -> None:
+    """A movement's answer, not replayed: a decrement sells ``qty``, a refusal counts its
+    reason."""
+    if status == "ok":
+        if kind == "decrement":
+            _sold(namespace).inc(qty)
+        elif kind == "refund":
+            _refunded(namespace).inc(qty)
+    else:
+        _refusals(namespace, status).inc()
+
+
+def count_refusal(namespace: str, reason: str) -> None:
+    _refusals(namespace, reason).inc()
+
+
+def count_held(namespace: str, units: int) -> None:
+    _held(namespace).inc(units)
+
+
+def count_hold_ended(namespace: str, end: str, units: int) -> None:
+    """A reservation this answer ended: ``confirmed`` (sold), ``released`` or ``expired``."""
+    if end == "confirmed":
+        _sold(namespace).inc(units)
+    elif end == "released":
+        _released(namespace).inc(units)
+    elif end == "expired":
+        _expired(namespace).inc(units)
+    else:
+        return  # still held (an extension): nothing ended
+    _holds_ended(namespace, end).inc()
+
+
+def stream_clients(namespace: str, change: int) -> None:
+    _stream_clients(namespace).inc(change)
 
 
 # A labelled child looked up once: ``labels()`` costs a lock and a dict build per call, a
@@ -48,6 +107,46 @@ def _latency(route: str) -> Histogram:
 @functools.lru_cache(maxsize=256)
 def _movements(kind: str, outcome: str) -> Counter:
     return MOVEMENTS.labels(kind, outcome)
+
+
+@functools.lru_cache(maxsize=256)
+def _sold(namespace: str) -> Counter:
+    return SOLD.labels(namespace)
+
+
+@functools.lru_cache(maxsize=256)
+def _refunded(namespace: str) -> Counter:
+    return REFUNDED.labels(namespace)
+
+
+@functools.lru_cache(maxsize=256)
+def _held(namespace: str) -> Counter:
+    return HELD.labels(namespace)
+
+
+@functools.lru_cache(maxsize=256)
+def _released(namespace: str) -> Counter:
+    return RELEASED.labels(namespace)
+
+
+@functools.lru_cache(maxsize=256)
+def _expired(namespace: str) -> Counter:
+    return EXPIRED.labels(namespace)
+
+
+@functools.lru_cache(maxsize=1024)
+def _holds_ended(namespace: str, end: str) -> Counter:
+    return HOLDS_ENDED.labels(namespace, end)
+
+
+@functools.lru_cache(maxsize=1024)
+def _refusals(namespace: str, reason: str) -> Counter:
+    return REFUSALS.labels(namespace, reason)
+
+
+@functools.lru_cache(maxsize=256)
+def _stream_clients(namespace: str) -> Gauge:
+    return STREAM_CLIENTS.labels(namespace)
 
 
 def exposition(backlog: tuple[int, float] | None = None,

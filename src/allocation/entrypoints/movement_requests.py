@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from allocation import views
-from allocation.domain import commands
+from allocation.domain import commands, errors
 from allocation.entrypoints import metrics, replies, schemas
 from allocation.entrypoints.replies import BadRequest, Reply
 
@@ -46,8 +46,14 @@ def answer_movement(app: Application, request: MovementRequest) -> Reply:
         command = decode(request)
         outcome = app.bus.handle(command)
     except Exception as exc:  # noqa: BLE001 - every failure has its answer (replies)
+        if isinstance(exc, errors.DomainError):  # a refusal the handler raised (not_found)
+            metrics.count_refusal(request.namespace, exc.code)
         return replies.for_exception(exc)
     metrics.count_movement(request.kind, outcome.status)
+    # A replay did nothing new; a reused key is no replay (replies.movement answers it so too).
+    if not outcome.replayed or outcome.status == "idempotency_key_reused":
+        qty = command.qty if isinstance(command, commands.Decrement | commands.Refund) else 0
+        metrics.count_sale_movement(request.kind, request.namespace, outcome.status, qty)
     return replies.movement(request.namespace, request.sku, outcome)
 
 

@@ -4,6 +4,7 @@ fast lane shares."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -12,7 +13,7 @@ from pydantic import BaseModel
 from werkzeug.exceptions import ClientDisconnected
 
 from allocation import views
-from allocation.domain import commands
+from allocation.domain import commands, errors
 from allocation.domain.model import LedgerEntry
 from allocation.entrypoints import (
     metrics,
@@ -33,6 +34,7 @@ from allocation.entrypoints.movement_requests import (
     validate,
 )
 from allocation.service_layer import reservations
+from allocation.service_layer.results import Reservation
 
 if TYPE_CHECKING:
     from allocation.bootstrap import Application
@@ -64,9 +66,15 @@ class Routes:
         key = idempotency_key(request.headers.get("Idempotency-Key"), required=True)
         assert key is not None
         body = _body(schemas.ReserveBody)
-        made = self.app.bus.handle(commands.Reserve(
-            ns, tuple((line.sku, line.qty) for line in body.lines), key, body.ttl_seconds,
-            body.buyer))
+        try:
+            made: Reservation = self.app.bus.handle(commands.Reserve(
+                ns, tuple((line.sku, line.qty) for line in body.lines), key, body.ttl_seconds,
+                body.buyer))
+        except errors.DomainError as exc:
+            metrics.count_refusal(ns, exc.code)
+            raise
+        if not made.replayed:
+            metrics.count_held(ns, _units(made.lines))
         return to_response(replies.reservation(made, 201))
 
     def get_reservation(self, namespace: str, reservation_id: str) -> Response:
@@ -85,7 +93,22 @@ class Routes:
             command = commands.ConfirmReservation(path.namespace, path.reservation_id)
         else:
             command = commands.ReleaseReservation(path.namespace, path.reservation_id)
-        return to_response(replies.reservation(self.app.bus.handle(command)))
+        try:
+            ended: Reservation = self.app.bus.handle(command)
+        except errors.DomainError as exc:
+            metrics.count_refusal(path.namespace, exc.code)
+            if step == "confirm" and exc.code == "reservation_expired":
+                # This confirm saw the hold expire; the refusal does not carry its units. A
+                # failed look-up must not turn the 409 into another answer.
+                with contextlib.suppress(Exception):
+                    found = self.app.counter.reservation_lines(path.namespace,
+                                                               path.reservation_id)
+                    metrics.count_hold_ended(path.namespace, "expired",
+                                             _units(found[0]) if found else 0)
+            raise
+        if step != "extend" and not ended.replayed:
+            metrics.count_hold_ended(path.namespace, ended.state, _units(ended.lines))
+        return to_response(replies.reservation(ended))
 
     def get_item(self, namespace: str, sku: str) -> Response:
         return to_response(answer_item(self.app, namespace, sku))
@@ -172,6 +195,10 @@ class Routes:
         response = Response(data, content_type=media_type)
         response.cache_control.max_age = 86400
         return response
+
+
+def _units(lines: tuple[tuple[str, int], ...]) -> int:
+    return sum(qty for _, qty in lines)
 
 
 def _path(namespace: str, sku: str) -> schemas.ItemPath:

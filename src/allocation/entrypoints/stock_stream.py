@@ -23,7 +23,7 @@ from allocation import views
 from allocation.adapters.counter import Counter
 from allocation.adapters.redis_client import RedisClient
 from allocation.domain.outcome import Outcome
-from allocation.entrypoints import replies
+from allocation.entrypoints import metrics, replies
 
 if TYPE_CHECKING:
     from allocation.bootstrap import Application
@@ -73,12 +73,14 @@ class Hub:
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
         item = self.watched.setdefault(key, _Watched())
         item.clients.add(queue)
+        metrics.stream_clients(key[0], 1)
         if first is not None and item.seq < first.seq:
             item.seq, item.sold_out = first.seq, first.available == 0
             item.sent_at = self.loop.time()
         return queue
 
     def unwatch(self, key: Key, queue: asyncio.Queue[bytes]) -> None:
+        metrics.stream_clients(key[0], -1)  # serve() unwatches each queue it watched, once
         item = self.watched.get(key)
         if item is not None:
             item.clients.discard(queue)
