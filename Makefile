@@ -36,16 +36,21 @@ sweep: install
 services: install
 	$(PY) scripts/ensure_services.py
 
-test: install services
+# What tests need beyond Python: a browser for the dashboard, promtool for the alert rules.
+tools:
+	bash scripts/ensure_browser.sh
+	bash scripts/ensure_promtool.sh
+
+test: install services tools
 	$(BIN)/pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 
-unit: install
+unit: install tools
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 integration: install services
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-e2e: install services
+e2e: install services tools
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 lint: install

@@ -7,7 +7,9 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     package_data={"allocation": ["py.typed", "adapters/lua/*.lua", "migrations/*.ini",
-                                 "migrations/*.py", "migrations/versions/*.py"]},
+                                 "migrations/*.py", "migrations/versions/*.py",
+                                 "entrypoints/dashboard/*.html", "entrypoints/dashboard/*.js",
+                                 "entrypoints/dashboard/*.css"]},
     include_package_data=True,
     python_requires=">=3.11",
     install_requires=[
@@ -35,6 +37,8 @@ setup(
             "types-requests",
             "types-psycopg2",
             "types-redis>=4.6,<5",
+            "selenium>=4.11,<5",  # tests/e2e/test_dashboard.py drives chromium
+            "PyYAML>=6,<7",  # tests/unit/test_deploy.py reads the Prometheus and compose files
             "matplotlib>=3.8,<4",  # bench charts; here so lint sees the same packages everywhere
         ],
     },

@@ -13,6 +13,7 @@ from allocation.config import Config
 from allocation.entrypoints import (
     access,
     cpu_pinning,
+    dashboard,
     fast_lane,
     http_errors,
     ledger_worker,
@@ -86,6 +87,8 @@ def create_app(config: Config | None = None, application: Application | None = N
         ("GET", "/openapi.json", r.openapi_json),
         ("GET", "/docs", r.docs),
         ("GET", "/docs/<name>", r.docs_asset),
+        ("GET", "/dashboard", dashboard.page),
+        ("GET", "/dashboard/<name>", dashboard.asset),
     ):
         flask.add_url_rule(rule, endpoint=f"{method} {rule}", view_func=view, methods=[method])
     if fast:
