@@ -1,10 +1,10 @@
 """`make bench`: every contender on the same machine, in one run; one table (printed, and in
 Markdown in bench/results.md), bench/results.json and bench/results.png. Quick by default,
 BENCH=full for the issue's sizes; BENCH_ONLY=hot,http,limits,many,refunds,refresh,drain,cluster,
-reservations runs a subset; BENCH_HTTP=ceiling-empty,ceiling-evalsha,allocation,... some of the
-HTTP contenders (contenders.HTTP_NAMES); BENCH_HTTP_SECONDS the length of each HTTP load (10, 30
-with full); BENCH_SIZE_<NAME>=N one of contenders.scenarios_for's sizes (BENCH_SIZE_HOT_STOCK=300:
-a smoke run's).
+reservations,streams runs a subset; BENCH_HTTP=ceiling-empty,ceiling-evalsha,allocation,... some
+of the HTTP contenders (contenders.HTTP_NAMES); BENCH_HTTP_SECONDS the length of each HTTP load
+(10, 30 with full); BENCH_SIZE_<NAME>=N one of contenders.scenarios_for's sizes
+(BENCH_SIZE_HOT_STOCK=300: a smoke run's).
 
 Each group of rows has its ceiling, measured in the same run: the in-process rows are a share
 of redis-benchmark's one-EVALSHA check-and-decrement (50 clients, unpipelined), the HTTP rows a
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import contenders as c
+from bench import streams
 from bench.common import Result, Services, scratch_services
 from tests.helpers.redis_cluster import LocalCluster
 from tests.helpers.tmpdir import tmpdir_at
@@ -45,22 +46,24 @@ def main() -> int:
     redis_url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     results: list[Result] = []
 
-    def record(run: Callable[..., Result], *args: Any, **kwargs: Any) -> None:
-        """Run a contender and record its result; one that raises is recorded as failed (and
-        fails the run), and the processes it left are stopped, so that the others still run."""
+    def record(run: Callable[..., Result | list[Result]], *args: Any, **kwargs: Any) -> None:
+        """Run a contender and record its result (or results); one that raises is recorded as
+        failed (and fails the run), and the processes it left are stopped, so that the others
+        still run."""
         try:
-            result = run(*args, **kwargs)
+            produced = run(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - reported, and the run fails
             traceback.print_exc()
             c.stop_children()
             described = ", ".join([*(repr(a) for a in args if not isinstance(a, Services)),
                                    *(f"{k}={v!r}" for k, v in kwargs.items())])
-            result = Result(CRASHED, f"{run.__name__}({described})", 0, 0.0,
-                            checks=[f"raised {type(exc).__name__}: {exc}"])
-        results.append(result)
-        state = "ok" if result.ok else "FAILED: " + "; ".join(result.checks)
-        print(f"  {result.scenario:<22} {result.contender:<46} {result.throughput:>10.0f}/s "
-              f"{state}", flush=True)
+            produced = Result(CRASHED, f"{run.__name__}({described})", 0, 0.0,
+                              checks=[f"raised {type(exc).__name__}: {exc}"])
+        for result in produced if isinstance(produced, list) else [produced]:
+            results.append(result)
+            state = "ok" if result.ok else "FAILED: " + "; ".join(result.checks)
+            print(f"  {result.scenario:<22} {result.contender:<46} "
+                  f"{result.throughput:>10.0f}/s {state}", flush=True)
 
     def wanted(name: str) -> bool:
         return not only or name in only
@@ -91,6 +94,11 @@ def main() -> int:
             for label, limit in ((" no limit", None), (" limit 1 per buyer", 1)):
                 record(c.ours, services, "async", "hot item, buyers named", 1, hot, buyers,
                        label=label, limit=limit)
+        if wanted("streams"):
+            # One server, the same sale without and with many stock-stream clients.
+            record(streams.stream_sale, services, size["stream_clients"],
+                       int(os.environ.get("BENCH_HTTP_SECONDS") or (30 if mode == "full"
+                                                                    else 10)))
         if wanted("many"):
             items, stock = size["many_items"], size["many_stock"]
             record(c.ours, services, "async", "1,000 items", items, stock, buyers)

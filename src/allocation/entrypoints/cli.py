@@ -221,7 +221,11 @@ def serve(host: str, port: int, workers: int | None, threads: int, pin_workers: 
                           else ("rsgi", "create_server_app"))
     argv = [sys.executable, "-m", "granian", "--interface", interface, "--factory",
             "--host", host, "--port", str(port), "--workers", str(workers),
-            *(["--blocking-threads", str(threads)] if behind_buffering_proxy else []),
+            *(["--blocking-threads", str(threads)] if behind_buffering_proxy else
+              # Open stock streams count as requests in flight; granian's default (backlog /
+              # workers, 512 here) would queue everything else behind a thousand of them.
+              # The app's own thread pool bounds the work that needs a thread.
+              ["--backpressure", "65536"]),
             "--http1-header-read-timeout", "10000", "--workers-kill-timeout", "10",
             "--respawn-failed-workers",
             # ACCESS_LOG (any value) logs each request; off, a write per request costs much of

@@ -1,0 +1,142 @@
+"""The stock stream under a sale: the same wrk sale over HTTP without and with many stream
+clients connected to the one server, the server's memory per client, and how soon every client
+hears that the item sold out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+from sqlalchemy import create_engine
+
+from allocation.adapters.token_store import TokenStore
+from allocation.bootstrap import bootstrap
+from allocation.domain import commands
+from bench.common import Result, Services
+from bench.contenders import (
+    CHILDREN,
+    HTTP_THREADS,
+    WARM_UP_SECONDS,
+    _serve,
+    _wrk,
+    config,
+    engine_of,
+    env,
+    free_port,
+    ledger_worker,
+)
+
+SCENARIO = "stream clients"
+
+
+def stream_sale(services: Services, clients: int, seconds: int) -> list[Result]:
+    cfg = config(services, "async")
+    app = bootstrap(cfg)
+    namespace, sku = "streams", "watched"
+    app.bus.handle(commands.InitInventory(namespace, sku, 10_000_000))
+    engine = create_engine(cfg.database_url)
+    try:
+        token = TokenStore(engine).create(namespace, "admin", "bench")[1]
+    finally:
+        engine.dispose()
+    port, workers = free_port(), os.cpu_count() or 2
+    worker = ledger_worker(cfg)
+    server = _serve([sys.executable, "-m", "allocation.entrypoints.cli", "serve", "--port",
+                     str(port), "--workers", str(workers), "--threads", str(HTTP_THREADS),
+                     "--pin-workers"], {**env(cfg), "AUTH": "required"}, port, workers)
+    base, item = f"http://127.0.0.1:{port}", f"/v1/{namespace}/items/{sku}"
+    try:
+        _wrk(port, f"{item}/decrements", 64, WARM_UP_SECONDS, token)
+        alone = _wrk(port, f"{item}/decrements", 64, seconds, token)
+        before = _tree_rss(server.pid)
+        watchers = subprocess.Popen(
+            [sys.executable, "-m", "bench.stream_clients", str(port), f"{item}/stream", token,
+             str(clients)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            cwd=Path(__file__).parent.parent)
+        CHILDREN.append(watchers)  # type: ignore[arg-type]  # stopped like the others
+        assert watchers.stdin is not None and watchers.stdout is not None
+        connected = int(watchers.stdout.readline().split()[1])  # "READY n"
+        per_client = (_tree_rss(server.pid) - before) / max(connected, 1)
+        watched = _wrk(port, f"{item}/decrements", 64, seconds, token)
+        sold_at = _sell_out(base, item, token)
+        watchers.stdin.write("stop\n")
+        watchers.stdin.flush()
+        done = json.loads(watchers.stdout.readline().removeprefix("DONE "))
+        watchers.wait(timeout=30)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        server.terminate()
+        server.wait(timeout=30)
+        engine_of(app).dispose()
+    heard = sorted(t - sold_at for t in done["sold_out_at"] if t is not None)
+    rate_alone = alone["counts"]["ok"] / alone["seconds"]
+    rate_watched = watched["counts"]["ok"] / watched["seconds"]
+    first = Result(SCENARIO, "allocation over HTTP (async), no stream clients",
+                   alone["counts"]["ok"], alone["seconds"], alone["p50_ms"] / 1000,
+                   alone["p99_ms"] / 1000)
+    second = Result(SCENARIO, f"allocation over HTTP (async), {connected} stream clients",
+                    watched["counts"]["ok"], watched["seconds"], watched["p50_ms"] / 1000,
+                    watched["p99_ms"] / 1000)
+    last = heard[-1] * 1000 if heard else float("nan")
+    second.note = (f"{rate_watched / rate_alone:.2f}x the sale without them; "
+                   f"{per_client / 1024:.1f} KiB of server memory a client; the sold-out event "
+                   f"reached {len(heard)} of {connected}, the last {last:.0f} ms after the sale")
+    if connected < clients:
+        second.checks.append(f"only {connected} of {clients} streams connected")
+    if len(heard) < connected or (heard and heard[-1] > 1.0):
+        second.checks.append(f"sold-out: {len(heard)} of {connected} clients within "
+                             f"{last:.0f} ms (wanted all within 1 s)")
+    return [first, second]
+
+
+def _sell_out(base: str, item: str, token: str) -> float:
+    """Bring the item down to one unit and sell it; the moment of the sale."""
+    auth = {"Authorization": f"Bearer {token}"}
+    for attempt in range(20):  # sales wrk left in flight may still land meanwhile
+        figures = requests.get(f"{base}{item}", headers=auth, timeout=30).json()
+        down = requests.post(f"{base}{item}/adjustments",
+                             json={"delta": 1 - figures["available"]}, timeout=30,
+                             headers={**auth, "Idempotency-Key": f"bench-down-{attempt}"})
+        if down.ok:
+            break
+    else:
+        raise RuntimeError(f"bringing the item down: {down.status_code} {down.text}")
+    moment = time.time()
+    requests.post(f"{base}{item}/decrements", json={"qty": 1},
+                  headers={**auth, "Idempotency-Key": "bench-last"}, timeout=30
+                  ).raise_for_status()
+    return moment
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident memory (bytes) of a process and all its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, grew = {pid}, True
+    while grew:
+        grew = False
+        for child, parent in parents.items():
+            if parent in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    total = 0
+    for member in tree:
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
