@@ -206,10 +206,13 @@ def test_refresh_of_an_item_and_of_a_namespace(api: str, namespace: str) -> None
     c.init("a", 3)
     c.init("b", 4)
     c.move("a", "decrements", {"qty": 1}, "k")
-    one = c.http.post(c.url("/items/a/refresh"), timeout=5)
+    # A refresh waits (up to LEDGER_WAIT_SECONDS) for the session's shared ledger worker to
+    # catch up; wait for the ledger here instead, so that a busy worker cannot time it out.
+    c.ledger("a", 2)
+    one = c.http.post(c.url("/items/a/refresh"), timeout=15)
     assert (one.status_code, one.json()) == (200, item(namespace, "a", 3, 1))
-    assert c.http.post(c.url("/items/zz/refresh"), timeout=5).status_code == 404
-    everything = c.http.post(c.url("/refresh"), timeout=5)
+    assert c.http.post(c.url("/items/zz/refresh"), timeout=15).status_code == 404
+    everything = c.http.post(c.url("/refresh"), timeout=15)
     assert (everything.status_code, everything.json()) == (200, {"items": 2})
 
 
