@@ -103,7 +103,11 @@ def service_config(database_url: str, redis_url: str, key_space: KeySpace) -> Co
                   redis_key_prefix=key_space.prefix, partitions=key_space.partitions,
                   commands_channel=f"test-{RUN_ID}:commands",
                   events_channel=f"test-{RUN_ID}:events",
-                  commands_stream=f"{key_space.prefix}:commands:stream")
+                  commands_stream=f"{key_space.prefix}:commands:stream",
+                  # Tests start and stop ledger workers on this key space all the time: one
+                  # stopped with entries in hand would hold its partition up for the default
+                  # 30 s before the others take them over (a replay is harmless).
+                  ledger_claim_idle_ms=3000)
 
 
 @pytest.fixture
