@@ -340,7 +340,7 @@ async function metrics() {
     const response = await fetch("/metrics", {cache: "no-store"});
     samples = parseMetrics(await response.text());
   } catch (error) {
-    $("lag").textContent = $("refusals").textContent = "unreachable";
+    $("lag").textContent = $("refusals").textContent = $("drift").textContent = "unreachable";
     return;
   }
   const value = (name) => samples.find((s) => s.name === name)?.value;
@@ -349,6 +349,11 @@ async function metrics() {
   $("lag").textContent = entries === undefined ? "unknown"
     : `${number(entries)} movements, oldest ${seconds.toFixed(1)} s`;
   $("lag").className = entries === undefined ? "bad" : seconds > 5 ? "warn" : "ok";
+  // Items where Redis and the database disagreed, as the last `allocation drift` found.
+  const drifted = value("allocation_drift_items");
+  $("drift").textContent = drifted === undefined ? "not measured yet"
+    : drifted ? `${number(drifted)} items (run allocation drift NS --repair)` : "none";
+  $("drift").className = drifted ? "warn" : "ok";
   // Refused movements by reason, across the server (this metric has no namespace label).
   const refused = {};
   for (const s of samples) {
