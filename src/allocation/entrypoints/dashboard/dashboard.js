@@ -349,8 +349,9 @@ async function metrics() {
   $("lag").textContent = entries === undefined ? "unknown"
     : `${number(entries)} movements, oldest ${seconds.toFixed(1)} s`;
   $("lag").className = entries === undefined ? "bad" : seconds > 5 ? "warn" : "ok";
-  // Items where Redis and the database disagreed, as the last `allocation drift` found.
-  const drifted = value("allocation_drift_items");
+  // This namespace's items where Redis and the database disagreed at the last drift check.
+  const drifted = samples.find((s) => s.name === "allocation_drift_items"
+                                && session && s.labels.namespace === session.namespace)?.value;
   $("drift").textContent = drifted === undefined ? "not measured yet"
     : drifted ? `${number(drifted)} items (run allocation drift NS --repair)` : "none";
   $("drift").className = drifted ? "warn" : "ok";
