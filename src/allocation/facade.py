@@ -144,28 +144,25 @@ class InventoryManager:
         """Sell ``num`` (1..1_000_000): True if sold, False if not enough stock. Raises
         ``NotFound``; ``InvalidInput`` for a ``num`` that is not such a number, except one over
         1_000_000 and over what is available, which is False as in the seed."""
-        sku, key = _sku(item_id), _key(idempotency_key)
-        qty = self._qty(sku, num, "available")
-        if qty is None:
-            return False
-        outcome = self.bus.handle(commands.Decrement(self.prefix, sku, qty,
-                                                     key or uuid.uuid4().hex))
-        if outcome.status == "insufficient_stock":
-            return False
-        outcome.raise_for_status()
-        return True
+        return self._move(commands.Decrement, item_id, num, idempotency_key, "available",
+                          "insufficient_stock")
 
     def usage_incr(self, item_id: ItemId, num: int = 1,
                    idempotency_key: str | None = None) -> bool:
         """Give back ``num`` (1..1_000_000) sold units: True if returned, False if more than was
         sold (also for a ``num`` over 1_000_000). Raises ``NotFound`` or ``InvalidInput``."""
+        return self._move(commands.Refund, item_id, num, idempotency_key, "consumed",
+                          "refund_exceeds_consumed")
+
+    def _move(self, command: type[commands.Decrement | commands.Refund], item_id: ItemId,
+              num: object, idempotency_key: str | None, bound: str, refused: str) -> bool:
+        """True once moved; False where the seed said so: over ``bound``, refused ``refused``."""
         sku, key = _sku(item_id), _key(idempotency_key)
-        qty = self._qty(sku, num, "consumed")
+        qty = self._qty(sku, num, bound)
         if qty is None:
             return False
-        outcome = self.bus.handle(commands.Refund(self.prefix, sku, qty,
-                                                  key or uuid.uuid4().hex))
-        if outcome.status == "refund_exceeds_consumed":
+        outcome = self.bus.handle(command(self.prefix, sku, qty, key or uuid.uuid4().hex))
+        if outcome.status == refused:
             return False
         outcome.raise_for_status()
         return True

@@ -3,6 +3,10 @@ Redis Cluster (``redis+cluster://host:port[,host:port...]``, any nodes of it).""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
+from collections.abc import Callable
 from typing import Any, TypeAlias, cast
 from urllib.parse import urlsplit
 
@@ -13,6 +17,7 @@ from redis.cluster import ClusterNode, RedisCluster
 # ones (scripts route by their keys), but the type stubs do not describe all of them.
 RedisClient: TypeAlias = "redis.Redis[bytes]"
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+logger = logging.getLogger(__name__)
 
 
 def is_cluster_url(url: str) -> bool:
@@ -46,3 +51,33 @@ def read_group(client: RedisClient, group: str, consumer: str, stream: str, star
     if isinstance(client, RedisCluster):
         return sender.execute_command(*args, target_nodes=client.get_node_from_key(stream))
     return sender.execute_command(*args)
+
+
+def follow_channel(client: RedisClient, channel: str, heard: Callable[[bytes | str], None],
+                   what: str) -> None:
+    """Hand each message of ``channel`` to ``heard`` for as long as the process lives (run it on
+    a thread of its own), resubscribing with a backoff after any failure: pub/sub is
+    at-most-once, so the callers read the truth elsewhere when a message is lost. Even
+    redis-py's parser failing with AttributeError, on a connection a failover closed under it,
+    must not end the thread."""
+    backoff = 0.05
+    while True:
+        pubsub = None
+        try:
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(channel)
+            backoff = 0.05
+            while True:
+                # A bounded read: an idle channel must not run into the client's socket
+                # timeout and drop the subscription.
+                message = pubsub.get_message(timeout=1.0)
+                if message is not None and message.get("type") == "message":
+                    heard(message["data"])
+        except Exception as exc:  # noqa: BLE001 - this thread must outlive any failure
+            logger.warning("%s channel: %s; resubscribing", what, exc)
+            time.sleep(backoff)  # backoff between reconnections, not a synchronisation
+            backoff = min(backoff * 2, 2.0)
+        finally:
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    pubsub.close()

@@ -6,7 +6,6 @@ answer."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +24,7 @@ from allocation.adapters.ledger_progress import (
     Waited,
 )
 from allocation.adapters.redis_batch import evalsha_many
-from allocation.adapters.redis_client import RedisClient
+from allocation.adapters.redis_client import RedisClient, follow_channel
 from allocation.adapters.redis_counter import lua, unavailable_on_connection_error
 from allocation.adapters.redis_keys import KeySpace
 
@@ -99,28 +98,10 @@ class RedisLedgerProgress(LedgerProgress):
                 self._listener.start()
 
     def _follow(self) -> None:
-        """Apply the channel's marks for as long as the process lives, reconnecting."""
-        backoff = 0.05
-        while True:
-            pubsub = None
-            try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.channel)
-                backoff = 0.05
-                while True:
-                    # A bounded read: an idle channel must not run into the client's socket
-                    # timeout and drop the subscription.
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self.marks.raise_to({(ns, sku): (gen, int(seq)) for ns, sku, seq, gen
-                                             in json.loads(message["data"])})
-            except Exception as exc:  # noqa: BLE001 - this thread must outlive any failure
-                # (redis-py's parser can fail with AttributeError on a connection a failover
-                # closed under it): waiters read marks themselves meanwhile.
-                logger.warning("ledger progress channel: %s; resubscribing", exc)
-                time.sleep(backoff)  # backoff between reconnections, not a synchronisation
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        pubsub.close()
+        """Apply the channel's marks for as long as the process lives (waiters read marks
+        themselves while it resubscribes)."""
+        follow_channel(self.client, self.channel, self._heard, "ledger progress")
+
+    def _heard(self, data: bytes | str) -> None:
+        self.marks.raise_to({(ns, sku): (gen, int(seq)) for ns, sku, seq, gen
+                             in json.loads(data)})

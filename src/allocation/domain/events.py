@@ -49,31 +49,30 @@ class SoldOut(Event):
 
 
 @dataclass(frozen=True)
-class Reserved(Event):
+class HoldMoved(Event):
+    """One line of a reservation, held or ended: the item's figures after it."""
+
     reservation_id: str
     qty: int
 
 
-@dataclass(frozen=True)
-class ReservationConfirmed(Event):
-    reservation_id: str
-    qty: int
+class Reserved(HoldMoved):
+    pass
 
 
-@dataclass(frozen=True)
-class ReservationReleased(Event):
-    reservation_id: str
-    qty: int
+class ReservationConfirmed(HoldMoved):
+    pass
 
 
-@dataclass(frozen=True)
-class ReservationExpired(Event):
-    reservation_id: str
-    qty: int
+class ReservationReleased(HoldMoved):
+    pass
 
 
-HOLD_EVENTS: dict[str, type[Reserved | ReservationConfirmed | ReservationReleased
-                            | ReservationExpired]] = {
+class ReservationExpired(HoldMoved):
+    pass
+
+
+HOLD_EVENTS: dict[str, type[HoldMoved]] = {
     "hold": Reserved, "confirm": ReservationConfirmed, "release": ReservationReleased,
     "expire": ReservationExpired}
 

@@ -383,24 +383,21 @@ def reserve(namespace: str, lines: tuple[tuple[str, int], ...], ttl: int, buyer:
         namespace, lines, key or uuid.uuid4().hex, ttl, buyer)))
 
 
-@main.command()
-@click.argument("namespace")
-@click.argument("reservation_id", metavar="ID", type=RESERVATION_ID)
-@domain_exit
-def confirm(namespace: str, reservation_id: str) -> None:
-    """Sell a reservation's held units (again: the same answer)."""
-    _checked(namespace)
-    _show_reservation(_app().bus.handle(commands.ConfirmReservation(namespace, reservation_id)))
+def _ending(command: type[commands.ConfirmReservation | commands.ReleaseReservation]
+            ) -> Callable[..., None]:
+    @click.argument("namespace")
+    @click.argument("reservation_id", metavar="ID", type=RESERVATION_ID)
+    @domain_exit
+    def end(namespace: str, reservation_id: str) -> None:
+        _checked(namespace)
+        _show_reservation(_app().bus.handle(command(namespace, reservation_id)))
+    return end
 
 
-@main.command()
-@click.argument("namespace")
-@click.argument("reservation_id", metavar="ID", type=RESERVATION_ID)
-@domain_exit
-def release(namespace: str, reservation_id: str) -> None:
-    """Put a reservation's held units back on sale (again: the same answer)."""
-    _checked(namespace)
-    _show_reservation(_app().bus.handle(commands.ReleaseReservation(namespace, reservation_id)))
+main.command("confirm", help="Sell a reservation's held units (again: the same answer).")(
+    _ending(commands.ConfirmReservation))
+main.command("release", help="Put a reservation's held units back on sale (again: the same "
+             "answer).")(_ending(commands.ReleaseReservation))
 
 
 @main.command()

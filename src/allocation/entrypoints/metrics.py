@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -60,36 +61,36 @@ def count_sale_movement(kind: str, namespace: str, status: str, qty: int) -> Non
     reason."""
     if status == "ok":
         if kind == "decrement":
-            _sold(namespace).inc(qty)
+            _sale(SOLD, namespace).inc(qty)
         elif kind == "refund":
-            _refunded(namespace).inc(qty)
+            _sale(REFUNDED, namespace).inc(qty)
     else:
-        _refusals(namespace, status).inc()
+        _sale(REFUSALS, namespace, status).inc()
 
 
 def count_refusal(namespace: str, reason: str) -> None:
-    _refusals(namespace, reason).inc()
+    _sale(REFUSALS, namespace, reason).inc()
 
 
 def count_held(namespace: str, units: int) -> None:
-    _held(namespace).inc(units)
+    _sale(HELD, namespace).inc(units)
 
 
 def count_hold_ended(namespace: str, end: str, units: int) -> None:
     """A reservation this answer ended: ``confirmed`` (sold), ``released`` or ``expired``."""
     if end == "confirmed":
-        _sold(namespace).inc(units)
+        _sale(SOLD, namespace).inc(units)
     elif end == "released":
-        _released(namespace).inc(units)
+        _sale(RELEASED, namespace).inc(units)
     elif end == "expired":
-        _expired(namespace).inc(units)
+        _sale(EXPIRED, namespace).inc(units)
     else:
         return  # still held (an extension): nothing ended
-    _holds_ended(namespace, end).inc()
+    _sale(HOLDS_ENDED, namespace, end).inc()
 
 
 def stream_clients(namespace: str, change: int) -> None:
-    _stream_clients(namespace).inc(change)
+    _sale(STREAM_CLIENTS, namespace).inc(change)
 
 
 # A labelled child looked up once: ``labels()`` costs a lock and a dict build per call, a
@@ -109,44 +110,11 @@ def _movements(kind: str, outcome: str) -> Counter:
     return MOVEMENTS.labels(kind, outcome)
 
 
-@functools.lru_cache(maxsize=256)
-def _sold(namespace: str) -> Counter:
-    return SOLD.labels(namespace)
-
-
-@functools.lru_cache(maxsize=256)
-def _refunded(namespace: str) -> Counter:
-    return REFUNDED.labels(namespace)
-
-
-@functools.lru_cache(maxsize=256)
-def _held(namespace: str) -> Counter:
-    return HELD.labels(namespace)
-
-
-@functools.lru_cache(maxsize=256)
-def _released(namespace: str) -> Counter:
-    return RELEASED.labels(namespace)
-
-
-@functools.lru_cache(maxsize=256)
-def _expired(namespace: str) -> Counter:
-    return EXPIRED.labels(namespace)
-
-
-@functools.lru_cache(maxsize=1024)
-def _holds_ended(namespace: str, end: str) -> Counter:
-    return HOLDS_ENDED.labels(namespace, end)
-
-
-@functools.lru_cache(maxsize=1024)
-def _refusals(namespace: str, reason: str) -> Counter:
-    return REFUSALS.labels(namespace, reason)
-
-
-@functools.lru_cache(maxsize=256)
-def _stream_clients(namespace: str) -> Gauge:
-    return STREAM_CLIENTS.labels(namespace)
+@functools.lru_cache(maxsize=4096)
+def _sale(metric: Counter | Gauge, *labels: str) -> Any:
+    """A sale metric's child for these labels, looked up once (``labels`` costs a lock and a
+    dict look-up on every sale otherwise)."""
+    return metric.labels(*labels)
 
 
 def exposition(backlog: tuple[int, float] | None = None,

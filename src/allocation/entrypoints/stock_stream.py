@@ -10,7 +10,6 @@ second (at once when it sells out or comes back) and hands the event to every cl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import threading
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from allocation import views
 from allocation.adapters.counter import Counter
-from allocation.adapters.redis_client import RedisClient
+from allocation.adapters.redis_client import RedisClient, follow_channel
 from allocation.domain.outcome import Outcome
 from allocation.entrypoints import metrics, replies
 
@@ -134,26 +133,7 @@ class Hub:
             self.changed(key, None)
 
     def _listen(self) -> None:
-        """The events channel, for as long as the process lives, reconnecting."""
-        backoff = 0.05
-        while True:
-            pubsub = None
-            try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.channel)
-                backoff = 0.05
-                while True:
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._heard(message["data"])
-            except Exception as exc:  # noqa: BLE001 - this thread must outlive any failure
-                logger.warning("stock stream channel: %s; resubscribing", exc)
-                threading.Event().wait(backoff)  # backoff, not a synchronisation
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        pubsub.close()
+        follow_channel(self.client, self.channel, self._heard, "stock stream")
 
     def _heard(self, data: bytes | str) -> None:
         try:

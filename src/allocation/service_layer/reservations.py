@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from allocation.adapters.counter import Counter, Line, Reserved, Step
@@ -21,28 +21,17 @@ from allocation.domain import commands, errors, events
 from allocation.domain.outcome import Outcome
 from allocation.service_layer import rebuild
 from allocation.service_layer.durability import Durability
+from allocation.service_layer.movements import Deps, Publish
 from allocation.service_layer.results import Reservation
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
 logger = logging.getLogger(__name__)
-Publish = Callable[[events.Event], None]
 # The kind of movement each step writes for its lines, and the kinds a replay of it may find
 # in the ledger (a reservation released after its expiry, or a line ended by its item's expiry,
 # has "expire" rows).
 KIND_OF_STEP = {"hold": "hold", "confirm": "confirm", "release": "release"}
 WRITTEN_BY = {"hold": ("hold",), "confirm": ("confirm",), "release": ("release", "expire")}
 STATE_OF_END = {"confirm": "confirmed", "release": "released", "expire": "expired"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Deps:
-    uow: AbstractUnitOfWork
-    counter: Counter
-    outbox: Outbox
-    publish: Publish
-    item_locks: ItemLocks
-    durability: Durability
-    ledger_wait_seconds: float
 
 
 def merged(lines: Sequence[Line]) -> tuple[Line, ...]:

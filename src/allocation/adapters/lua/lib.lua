@@ -66,6 +66,20 @@ local function end_hold(k, fig, rid, kind, channel)
   return true
 end
 
+-- Move the expiry of every line's hold of `rid` that is still there (extend, pin) to `expires`,
+-- keeping the sweeper's index of items by next expiry right.
+local function expire_at(lines, rid, expires, due)
+  for _, k in ipairs(lines) do
+    local value = redis.call('HGET', k.holds, rid)
+    if value then
+      local qty, _, who = parse_hold(value)
+      redis.call('HSET', k.holds, rid, qty .. '|' .. expires .. '|' .. who)
+      redis.call('ZADD', k.expiries, expires, rid)
+      redis.call('ZADD', due, 'LT', expires, k.ns .. '\n' .. k.sku)
+    end
+  end
+end
+
 -- End the item's holds that are due (at most `most` of them, so that no call's work is
 -- unbounded; a hold left due only understates what is available, never overstates it).
 local function expire_due(k, fig, now, most, channel)

@@ -40,15 +40,7 @@ if op == 'pin' then
 end
 
 if op == 'extend' then
-  for _, k in ipairs(lines) do
-    local value = redis.call('HGET', k.holds, rid)
-    if value then
-      local qty, _, who = parse_hold(value)
-      redis.call('HSET', k.holds, rid, qty .. '|' .. expires .. '|' .. who)
-      redis.call('ZADD', k.expiries, expires, rid)
-      redis.call('ZADD', due, 'LT', expires, ns .. '\n' .. k.sku)
-    end
-  end
+  expire_at(lines, rid, expires, due)
   return flat_figures({'ok', '', -1}, figs)
 end
 

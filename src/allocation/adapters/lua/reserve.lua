@@ -15,7 +15,7 @@
 -- A cart across slots: hold here as "pending", then the other slots (part.lua), then "settle"
 -- it held, or refused (its home lines released). Confirm: "confirm_begin" here (held and in
 -- time: "confirming"), pin the other slots' holds, then "confirm_end" here and confirm them,
--- or "confirm_abort" (expired) and unpin them. A crashed coordinator's steps are resumed by a
+-- or "confirm_abort" (a line had expired: so has the reservation, and every line ends so). A crashed coordinator's steps are resumed by a
 -- retry of the same request; untouched, its holds end at their expiry.
 -- Returns {status, state, created, expires, sku, detail, replayed, figures...} where figures
 -- are, per home line, {total, consumed, held, seq, gen, limit}.
@@ -56,6 +56,16 @@ local function refuse(reason, sku, detail, figs)
 end
 
 local r = stored()
+
+-- End every home line with `kind`, and the reservation as `state` (kept `kept` ms more).
+local function finish(kind, state, status, kept)
+  local figs, why, sku = end_all(kind)
+  if not figs then return answer(why, r, sku) end
+  r.state = state
+  redis.call('HSET', res, 'state', state)
+  if kept then redis.call('PEXPIRE', res, kept) end
+  return answer(status, r, nil, -1, false, figs)
+end
 
 if op == 'hold' then
   if r then
@@ -118,19 +128,10 @@ if op == 'confirm' or op == 'confirm_end' then
     if redis.call('HEXISTS', k.holds, rid) == 0 then
       -- A line's hold has ended (its item expired it): nothing is left to sell it from, so the
       -- reservation has expired, whatever its own record says.
-      local figs, status, sku = end_all('expire')
-      if not figs then return answer(status, r, sku) end
-      r.state = 'expired'
-      redis.call('HSET', res, 'state', 'expired')
-      return answer('reservation_expired', r, nil, -1, false, figs)
+      return finish('expire', 'expired', 'reservation_expired')
     end
   end
-  local figs, status, sku = end_all('confirm')
-  if not figs then return answer(status, r, sku) end
-  r.state = 'confirmed'
-  redis.call('HSET', res, 'state', 'confirmed')
-  redis.call('PEXPIRE', res, keep)
-  return answer('ok', r, nil, -1, false, figs)
+  return finish('confirm', 'confirmed', 'ok', keep)
 end
 
 if op == 'confirm_begin' then
@@ -141,25 +142,13 @@ if op == 'confirm_begin' then
   r.state = 'confirming'
   redis.call('HSET', res, 'state', 'confirming')
   -- Pinned, as the other slots' holds are: no expiry takes them while the confirm goes on.
-  local pinned = tonumber(r.expires) + tonumber(ARGV[5])
-  for _, k in ipairs(lines) do
-    local value = redis.call('HGET', k.holds, rid)
-    if value then
-      local qty, _, who = parse_hold(value)
-      redis.call('HSET', k.holds, rid, qty .. '|' .. pinned .. '|' .. who)
-      redis.call('ZADD', k.expiries, pinned, rid)
-    end
-  end
+  expire_at(lines, rid, tonumber(r.expires) + tonumber(ARGV[5]), due)
   return answer('ok', r)
 end
 
 if op == 'confirm_abort' then  -- a line in another slot had expired: so has the reservation
   if r.state ~= 'confirming' then return answer('ok', r, nil, -1, true) end
-  local figs, status, sku = end_all('expire')
-  if not figs then return answer(status, r, sku) end
-  r.state = 'expired'
-  redis.call('HSET', res, 'state', 'expired')
-  return answer('reservation_expired', r, nil, -1, false, figs)
+  return finish('expire', 'expired', 'reservation_expired')
 end
 
 if op == 'release' then
@@ -170,12 +159,7 @@ if op == 'release' then
     if expired_now then return answer('ok', r, nil, -1, false, expired_now) end
     return answer('ok', r, nil, -1, true, all_figures(lines) or {})
   end
-  local figs, status, sku = end_all('release')
-  if not figs then return answer(status, r, sku) end
-  r.state = 'released'
-  redis.call('HSET', res, 'state', 'released')
-  redis.call('PEXPIRE', res, keep)
-  return answer('ok', r, nil, -1, false, figs)
+  return finish('release', 'released', 'ok', keep)
 end
 
 if op == 'extend' then
@@ -183,15 +167,7 @@ if op == 'extend' then
   local figs, status, sku = all_figures(lines)
   if not figs then return answer(status, r, sku) end
   local expires = now + ttl
-  for _, k in ipairs(lines) do
-    local value = redis.call('HGET', k.holds, rid)
-    if value then
-      local qty, _, who = parse_hold(value)
-      redis.call('HSET', k.holds, rid, qty .. '|' .. expires .. '|' .. who)
-      redis.call('ZADD', k.expiries, expires, rid)
-      redis.call('ZADD', due, 'LT', expires, ns .. '\n' .. k.sku)
-    end
-  end
+  expire_at(lines, rid, expires, due)
   r.expires = expires
   redis.call('HSET', res, 'expires', expires)
   redis.call('PEXPIREAT', res, expires + keep)
