@@ -134,6 +134,11 @@ def test_the_figures_then_a_sale_within_two_seconds(api: str, admin_token: str,
                 and (drift in ("none", "not measured yet") or "items" in drift))
 
     until(browser, 10, health_shown, "readiness, ledger lag and drift")
+    refused = requests.post(f"{api}/v1/{namespace}/items/poster/decrements", json={"qty": 1},
+                            headers={"Idempotency-Key": "dash-refused"}, timeout=10)
+    assert refused.status_code == 409, refused.text
+    until(browser, 10, lambda d: "insufficient_stock 1" in d.find_element(By.ID, "refusals").text,
+          "this namespace's refusal by its reason")
 
     # Keep selling until the page has a rate (it needs some seconds of history) and an
     # estimate; then take the README's picture.

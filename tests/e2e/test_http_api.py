@@ -91,6 +91,30 @@ def test_metrics_count_the_sale_across_workers(api: str, namespace: str) -> None
     assert {k: after.get(k, 0) - before.get(k, 0) for k in wanted} == wanted
 
 
+def test_metrics_count_a_hold_that_expired_without_an_answer_saying_so(
+        api: str, namespace: str) -> None:
+    c = Client(api, namespace)
+    c.init("h", 2)
+    held = requests.post(c.url("/reservations"), json={"lines": [{"sku": "h", "qty": 2}],
+                                                       "ttl_seconds": 1},
+                         headers={"Idempotency-Key": "h1"}, timeout=10)
+    assert held.status_code == 201, held.text
+    tries = iter(range(1000))
+    # The sale succeeds once its own step ended the due hold: no request asked about the hold.
+    wait_until(lambda: c.move("h", "decrements", {"qty": 1}, f"h{next(tries)}").ok, 10,
+               "a sale after the hold's expiry")
+
+    def expired() -> dict[str, float]:
+        labels = (("namespace", namespace),)
+        samples = scrape(api)
+        return {"held": samples.get(("allocation_sale_units_held_total", labels), 0),
+                "expired": samples.get(("allocation_sale_units_expired_total", labels), 0),
+                "holds": samples.get(("allocation_sale_holds_ended_total",
+                                      (("end", "expired"), *labels)), 0)}
+
+    assert expired() == {"held": 2, "expired": 2, "holds": 1}
+
+
 def test_init_get_and_the_item_lifecycle(api: str, namespace: str) -> None:
     c = Client(api, namespace)
     created = c.init("sku", 10)

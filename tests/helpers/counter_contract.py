@@ -390,6 +390,30 @@ class ReservationContract(abc.ABC):
         self.pass_time(300)
         assert self.counter.apply(self.ns, a, "decrement", 20, "k", record=True).ok
 
+    def test_the_tally_counts_each_hold_once_where_it_starts_and_ends(self) -> None:
+        a, b = self.skus(2)
+        self.counter.load(self.ns, a, 10, 0, 1)
+        self.counter.load(self.ns, b, 10, 0, 1)
+        confirmed, released, expired = self.rid("c"), self.rid("r"), self.rid("e")
+        self.hold(confirmed, [(a, 2), (b, 1)])
+        self.hold(confirmed, [(a, 2), (b, 1)])  # a replay counts nothing
+        self.step("confirm", confirmed)
+        self.step("confirm", confirmed)
+        self.hold(released, [(a, 3)])
+        self.step("release", released)
+        self.hold(expired, [(a, 4)], ttl_ms=300)
+        self.pass_time(300)
+        assert self.counter.apply(self.ns, a, "decrement", 1, "k", record=True).ok  # ends it
+        assert self.step("release", expired).state == "expired"  # ended before: counts nothing
+        swept = self.rid("s")
+        self.hold(swept, [(a, 1)], ttl_ms=300)
+        self.pass_time(300)
+        assert self.counter.sweep() >= 1
+        tally = {what: n for (ns, what), n in self.counter.hold_tally().items() if ns == self.ns}
+        assert tally == {"units:hold": 11, "holds:hold": 5, "units:confirm": 3,
+                         "holds:confirm": 2, "units:release": 3, "holds:release": 1,
+                         "units:expire": 5, "holds:expire": 2}
+
     def test_every_transition_is_one_recorded_movement_per_line(self) -> None:
         a, b = self.skus(2)
         self.counter.load(self.ns, a, 10, 0, 1)

@@ -119,7 +119,7 @@ def test_holds_count_once_and_a_confirm_sells_the_reservations_units(
     assert body(released)["error"] == "reservation_confirmed"
     assert reserve(fake_app, ns, "k2", lines=[{"sku": "b", "qty": 5}]).status_code == 409
     assert sale(fake_app, ns) == {
-        "sale_units_held": 3, "sale_units_sold": 3, "sale_holds_ended{confirmed}": 1,
+        "sale_units_held": 3, "sale_units_sold": 3, "sale_holds_ended{confirmed}": 2,
         "sale_refusals{reservation_confirmed}": 1, "sale_refusals{insufficient_stock}": 1}
 
 
@@ -129,10 +129,10 @@ def test_a_release_puts_its_units_back(fake_app: FakeApp) -> None:
     assert body(step(fake_app, ns, rid, "release"))["state"] == "released"
     assert step(fake_app, ns, rid, "release").status_code == 200  # a replay
     assert sale(fake_app, ns) == {
-        "sale_units_held": 3, "sale_units_released": 3, "sale_holds_ended{released}": 1}
+        "sale_units_held": 3, "sale_units_released": 3, "sale_holds_ended{released}": 2}
 
 
-def test_the_expiries_the_api_sees_are_counted(fake_app: FakeApp) -> None:
+def test_expiries_a_request_runs_into_are_counted_once(fake_app: FakeApp) -> None:
     ns = shop(fake_app)
     by_confirm = body(reserve(fake_app, ns, "k1", ttl=30))["id"]
     by_release = body(reserve(fake_app, ns, "k2", ttl=30,
@@ -144,8 +144,24 @@ def test_the_expiries_the_api_sees_are_counted(fake_app: FakeApp) -> None:
     assert (released.status_code, body(released)["state"]) == (200, "expired")
     assert body(step(fake_app, ns, by_release, "release"))["state"] == "expired"  # a replay
     assert sale(fake_app, ns) == {
-        "sale_units_held": 7, "sale_units_expired": 7, "sale_holds_ended{expired}": 2,
+        "sale_units_held": 7, "sale_units_expired": 7, "sale_holds_ended{expired}": 3,
         "sale_refusals{reservation_expired}": 1}
+
+
+def test_expiries_nobody_asks_about_are_counted_by_the_step_that_ends_them(
+        fake_app: FakeApp) -> None:
+    ns = shop(fake_app)
+    reserve(fake_app, ns, "k1", ttl=30, lines=[{"sku": "a", "qty": 4}])
+    reserve(fake_app, ns, "k2", ttl=30, lines=[{"sku": "b", "qty": 2}])
+    fake_app.now += 30_000  # type: ignore[attr-defined]
+    assert sale(fake_app, ns)["sale_units_held"] == 6
+    assert "sale_units_expired" not in sale(fake_app, ns)  # due, not yet ended by anyone
+    assert decrement(fake_app, ns, "a", 1, "d1").status_code == 200  # ends a's hold first
+    assert sale(fake_app, ns)["sale_units_expired"] == 4
+    assert fake_app.counter.sweep() == 1  # the sweeper ends b's
+    assert sale(fake_app, ns) == {
+        "sale_units_held": 6, "sale_units_sold": 1, "sale_units_expired": 6,
+        "sale_holds_ended{expired}": 2}
 
 
 def test_stream_clients_are_a_gauge_of_watched_queues() -> None:

@@ -179,5 +179,12 @@ class Counter(abc.ABC):
         return self.read_many(namespace, [sku])[0]
 
     @abc.abstractmethod
+    def hold_tally(self) -> dict[tuple[str, str], int]:
+        """Holds started and ended since the counter began counting, by (namespace, what):
+        ``units:<kind>`` and ``holds:<kind>``, kind one of hold, confirm, release, expire (a
+        reservation holds one hold per line). Counted in the step that starts or ends the hold,
+        whoever runs it, so expiries that a sale or the sweeper ran into are counted too."""
+
+    @abc.abstractmethod
     def ping(self) -> None:
         """Raise ``Unavailable`` when the counter cannot serve."""

@@ -55,6 +55,12 @@ class HealthChecks:
         except errors.Unavailable:
             return None
 
+    def hold_tally(self) -> dict[tuple[str, str], int] | None:
+        try:
+            return self.counter.hold_tally()
+        except errors.Unavailable:
+            return None
+
     def drift(self) -> dict[str, int] | None:
         """The last drift check's findings per namespace, where Redis keeps them."""
         if self.redis is None:

@@ -79,6 +79,7 @@ class InProcessCounter(Counter):
         self.recorded: list[OutboxEntry] = []  # the outbox, drained by InProcessOutbox
         self.recorded_at: dict[str, float] = {}
         self._ids = itertools.count(1)
+        self._tally: dict[tuple[str, str], int] = {}
 
     def apply(self, namespace: str, sku: str, kind: rules.Kind, qty: int,
               idempotency_key: str | None, *, record: bool = False,
@@ -150,8 +151,13 @@ class InProcessCounter(Counter):
         if kind != "confirm" and buyer:
             self._give_back(namespace, sku, buyer, qty)
         item.seq += 1
+        self._count_hold(namespace, kind, qty)
         self._record(namespace, sku, item, kind, qty, None, buyer, reservation_id)
         return True
+
+    def _count_hold(self, namespace: str, kind: rules.Kind, qty: int) -> None:
+        for what, count in ((f"units:{kind}", qty), (f"holds:{kind}", 1)):
+            self._tally[namespace, what] = self._tally.get((namespace, what), 0) + count
 
     def _give_back(self, namespace: str, sku: str, buyer: str, qty: int) -> None:
         buyers = self._buyers.setdefault((namespace, sku), {})
@@ -263,6 +269,7 @@ class InProcessCounter(Counter):
             if buyer:
                 bought = self._buyers.setdefault((namespace, sku), {})
                 bought[buyer] = bought.get(buyer, 0) + qty
+            self._count_hold(namespace, "hold", qty)
             self._record(namespace, sku, item, "hold", qty, None, buyer, reservation_id, expires)
         r = _Reservation("held", request, tuple(lines), buyer, now, expires,
                          kept_until_ms=expires + int(self._ttl * 1000))
@@ -389,6 +396,10 @@ class InProcessCounter(Counter):
                     Outcome(OK, i.total, i.consumed, seq=i.seq, gen=i.gen,
                             limit=self._limits.get((namespace, sku)), held=i.held)
                     for sku in skus]
+
+    def hold_tally(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._tally)
 
     def ping(self) -> None:
         return None

@@ -119,7 +119,7 @@ class RedisCounter(Counter):
         keys = self.keys
         return [keys.item(namespace, sku), keys.outbox_of(namespace, sku),
                 keys.buyers(namespace, sku), keys.holds(namespace, sku),
-                keys.expiries(namespace, sku)]
+                keys.expiries(namespace, sku), keys.tally_of(namespace, sku)]
 
     def reservation_id(self, namespace: str, first_sku: str, seed: str) -> str:
         # The reservation lives in its first line's slot: its id says which.
@@ -316,8 +316,9 @@ class RedisCounter(Counter):
 
     def forget(self, namespace: str, sku: str) -> None:
         with unavailable_on_connection_error():
-            item, _, *rest = self._item_keys(namespace, sku)  # all but the outbox
-            self.client.delete(item, *rest)
+            keys = self.keys  # the item's own keys, not its partition's outbox and tally
+            self.client.delete(keys.item(namespace, sku), keys.buyers(namespace, sku),
+                               keys.holds(namespace, sku), keys.expiries(namespace, sku))
 
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
         with unavailable_on_connection_error():
@@ -331,6 +332,19 @@ class RedisCounter(Counter):
                                                    limit=int(limit) if limit else None,
                                                    held=int(held or 0))
                 for total, consumed, seq, gen, limit, held in replies]
+
+    def hold_tally(self) -> dict[tuple[str, str], int]:
+        with unavailable_on_connection_error():
+            pipe = self.client.pipeline(transaction=False)
+            for partition in range(self.keys.partitions):
+                pipe.hgetall(self.keys.tally(partition))
+            replies = pipe.execute()
+        tally: dict[tuple[str, str], int] = {}
+        for reply in replies:
+            for field, count in reply.items():
+                namespace, _, what = _text(field).partition("\n")
+                tally[namespace, what] = tally.get((namespace, what), 0) + int(count)
+        return tally
 
     def ping(self) -> None:
         with unavailable_on_connection_error():

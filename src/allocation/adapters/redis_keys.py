@@ -35,6 +35,14 @@ class KeySpace:
         """The item's open holds by expiry (a sorted set)."""
         return f"{self._tag(self.partition(namespace, sku))}:expiries:{namespace}:{sku}"
 
+    def tally(self, partition: int) -> str:
+        """A partition's count of holds started and ended: "namespace\\nunits:kind" and
+        "namespace\\nholds:kind" -> how many (kind: hold, confirm, release, expire)."""
+        return f"{self._tag(partition)}:tally"
+
+    def tally_of(self, namespace: str, sku: str) -> str:
+        return self.tally(self.partition(namespace, sku))
+
     def reservation(self, namespace: str, partition: int, reservation_id: str) -> str:
         """A reservation, kept in the slot of its first line's item."""
         return f"{self._tag(partition)}:res:{namespace}:{reservation_id}"

@@ -12,9 +12,12 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 REQUESTS = Counter("allocation_http_requests_total", "HTTP requests by route and status",
                    ["method", "route", "status"])
@@ -25,20 +28,11 @@ MOVEMENTS = Counter("allocation_movements_total", "Movements by kind and outcome
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # The sale as the API answered it, by namespace (never by sku or buyer: unbounded). Counted once
-# per answer that did something; a replayed answer counts nothing.
+# per answer that did something; a replayed answer counts nothing. Holds are counted where they
+# start and end, in the counter (see ``hold_families``): an expiry needs no answer.
 SOLD = Counter("allocation_sale_units_sold_total",
                "Units sold: decrements and confirmed holds", ["namespace"])
 REFUNDED = Counter("allocation_sale_units_refunded_total", "Units refunded", ["namespace"])
-HELD = Counter("allocation_sale_units_held_total", "Units put on hold by reservations",
-               ["namespace"])
-RELEASED = Counter("allocation_sale_units_released_total", "Held units released",
-                   ["namespace"])
-EXPIRED = Counter("allocation_sale_units_expired_total",
-                  "Held units the API saw expire (not those the sweeper or others ended)",
-                  ["namespace"])
-HOLDS_ENDED = Counter("allocation_sale_holds_ended_total",
-                      "Reservations ended, by how: confirmed, released, expired",
-                      ["namespace", "end"])
 REFUSALS = Counter("allocation_sale_refusals_total", "Sale requests refused, by reason",
                    ["namespace", "reason"])
 # livesum: the clients of the processes alive now, added up across workers.
@@ -72,21 +66,9 @@ def count_refusal(namespace: str, reason: str) -> None:
     _sale(REFUSALS, namespace, reason).inc()
 
 
-def count_held(namespace: str, units: int) -> None:
-    _sale(HELD, namespace).inc(units)
-
-
-def count_hold_ended(namespace: str, end: str, units: int) -> None:
-    """A reservation this answer ended: ``confirmed`` (sold), ``released`` or ``expired``."""
-    if end == "confirmed":
-        _sale(SOLD, namespace).inc(units)
-    elif end == "released":
-        _sale(RELEASED, namespace).inc(units)
-    elif end == "expired":
-        _sale(EXPIRED, namespace).inc(units)
-    else:
-        return  # still held (an extension): nothing ended
-    _sale(HOLDS_ENDED, namespace, end).inc()
+def count_confirmed(namespace: str, units: int) -> None:
+    """A confirm that sold a reservation's units (not a replay)."""
+    _sale(SOLD, namespace).inc(units)
 
 
 def stream_clients(namespace: str, change: int) -> None:
@@ -117,18 +99,56 @@ def _sale(metric: Counter | Gauge, *labels: str) -> Any:
     return metric.labels(*labels)
 
 
+# What a hold's tally (Counter.hold_tally) shows as: units by kind, and holds ended by how.
+HOLD_UNITS = {"hold": ("allocation_sale_units_held", "Units put on hold by reservations"),
+              "release": ("allocation_sale_units_released", "Held units released"),
+              "expire": ("allocation_sale_units_expired",
+                         "Held units that expired (whoever ran into the expiry)")}
+HOLD_ENDS = {"confirm": "confirmed", "release": "released", "expire": "expired"}
+
+
+def hold_families(tally: dict[tuple[str, str], int]) -> list[Metric]:
+    """The hold metrics from the counter's tally: read at scrape time, so every process's holds
+    are in it once however many workers serve /metrics."""
+    units = {kind: CounterMetricFamily(name, doc, labels=["namespace"])
+             for kind, (name, doc) in HOLD_UNITS.items()}
+    ended = CounterMetricFamily("allocation_sale_holds_ended",
+                                "Holds of an item ended, by how (a reservation holds each of "
+                                "its lines)", labels=["namespace", "end"])
+    for (namespace, what), count in sorted(tally.items()):
+        measure, _, kind = what.partition(":")
+        if measure == "units" and kind in units:
+            units[kind].add_metric([namespace], count)
+        elif measure == "holds" and kind in HOLD_ENDS:
+            ended.add_metric([namespace, HOLD_ENDS[kind]], count)
+    return [*units.values(), ended]
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
 def exposition(backlog: tuple[int, float] | None = None,
                drift: dict[str, int] | None = None,
-               redis_memory: dict[str, int] | None = None) -> tuple[bytes, str]:
+               redis_memory: dict[str, int] | None = None,
+               hold_tally: dict[tuple[str, str], int] | None = None) -> tuple[bytes, str]:
     """The metrics text; across all worker processes when there are several (multiprocess mode).
-    The ledger backlog and drift counts are read at scrape time, from the outbox and from
-    what the last ``allocation drift`` run stored."""
+    The ledger backlog, drift counts and holds are read at scrape time, from the outbox, from
+    what the last ``allocation drift`` run stored, and from the counter's tally."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         text = generate_latest(registry)
     else:
         text = generate_latest()
+    if hold_tally is not None:
+        holds = CollectorRegistry(auto_describe=False)
+        holds.register(_Families(hold_families(hold_tally)))
+        text += generate_latest(holds)
     lines: list[str] = []
     if backlog is not None:
         lines += ["# HELP allocation_ledger_lag_entries Movements acknowledged, not yet in the "

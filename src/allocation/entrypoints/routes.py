@@ -4,7 +4,6 @@ fast lane shares."""
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -73,8 +72,6 @@ class Routes:
         except errors.DomainError as exc:
             metrics.count_refusal(ns, exc.code)
             raise
-        if not made.replayed:
-            metrics.count_held(ns, _units(made.lines))
         return to_response(replies.reservation(made, 201))
 
     def get_reservation(self, namespace: str, reservation_id: str) -> Response:
@@ -97,17 +94,9 @@ class Routes:
             ended: Reservation = self.app.bus.handle(command)
         except errors.DomainError as exc:
             metrics.count_refusal(path.namespace, exc.code)
-            if step == "confirm" and exc.code == "reservation_expired":
-                # This confirm saw the hold expire; the refusal does not carry its units. A
-                # failed look-up must not turn the 409 into another answer.
-                with contextlib.suppress(Exception):
-                    found = self.app.counter.reservation_lines(path.namespace,
-                                                               path.reservation_id)
-                    metrics.count_hold_ended(path.namespace, "expired",
-                                             _units(found[0]) if found else 0)
             raise
-        if step != "extend" and not ended.replayed:
-            metrics.count_hold_ended(path.namespace, ended.state, _units(ended.lines))
+        if ended.state == "confirmed" and not ended.replayed:
+            metrics.count_confirmed(path.namespace, _units(ended.lines))
         return to_response(replies.reservation(ended))
 
     def get_item(self, namespace: str, sku: str) -> Response:
@@ -178,7 +167,7 @@ class Routes:
     def metrics(self) -> Response:
         health = self.app.health
         body, content_type = metrics.exposition(health.backlog(), health.drift(),
-                                                health.redis_memory())
+                                                health.redis_memory(), health.hold_tally())
         return Response(body, content_type=content_type)
 
     def openapi_json(self) -> Response:

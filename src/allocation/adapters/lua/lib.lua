@@ -32,6 +32,14 @@ local function give_back(buyers, buyer, qty)
   elseif used > 0 then redis.call('HDEL', buyers, buyer) end
 end
 
+-- Count a hold's start or end in the partition's tally of the sale (read by /metrics): units
+-- and holds by namespace and kind. Counted here, where every hold starts and ends, whoever
+-- ended it: a confirm, a release, or an expiry that a sale, a hold or the sweeper ran into.
+local function tally(k, kind, qty)
+  redis.call('HINCRBY', k.stats, k.ns .. '\nunits:' .. kind, qty)
+  redis.call('HINCRBY', k.stats, k.ns .. '\nholds:' .. kind, 1)
+end
+
 local function figures_event(name, k, fig, extra)
   local event = {event = name, namespace = k.ns, sku = k.sku, total = fig.total,
                  consumed = fig.consumed, held = fig.held,
@@ -43,7 +51,7 @@ end
 -- End one hold of an item (confirm: its units are sold; release, expire: back on sale): one
 -- movement of the item, in the outbox and on the events channel. Returns false where the item
 -- holds no such hold (it ended before).
--- k: {item, outbox, buyers, holds, expiries, ns, sku}; fig: the item's figures, updated.
+-- k: {item, outbox, buyers, holds, expiries, stats, ns, sku}; fig: the item's figures, updated.
 local function end_hold(k, fig, rid, kind, channel)
   local value = redis.call('HGET', k.holds, rid)
   if not value then return false end
@@ -54,6 +62,7 @@ local function end_hold(k, fig, rid, kind, channel)
   if kind == 'confirm' then fig.consumed = fig.consumed + qty else give_back(k.buyers, buyer, qty) end
   fig.seq = fig.seq + 1
   redis.call('HSET', k.item, 'consumed', fig.consumed, 'held', fig.held, 'seq', fig.seq)
+  tally(k, kind, qty)
   record(k.outbox, {seq = fig.seq, qty = qty, total = fig.total, consumed = fig.consumed,
                     kind = kind, ns = k.ns, sku = k.sku, gen = fig.gen, buyer = buyer,
                     held = fig.held, rid = rid})
@@ -140,6 +149,7 @@ local function take(lines, figs, rid, buyer, expires, due, channel)
     redis.call('ZADD', k.expiries, expires, rid)
     redis.call('ZADD', due, 'LT', expires, k.ns .. '\n' .. k.sku)
     if buyer ~= '' then redis.call('HINCRBY', k.buyers, buyer, k.qty) end
+    tally(k, 'hold', k.qty)
     record(k.outbox, {seq = fig.seq, qty = k.qty, total = fig.total, consumed = fig.consumed,
                       kind = 'hold', ns = k.ns, sku = k.sku, gen = fig.gen, buyer = buyer,
                       held = fig.held, rid = rid, expires = expires})
@@ -153,13 +163,14 @@ local function take(lines, figs, rid, buyer, expires, due, channel)
   end
 end
 
--- Lines from KEYS (five per line, from `first`) and ARGV (sku and qty per line, from `at`).
+-- Lines from KEYS (six per line, from `first`) and ARGV (sku and qty per line, from `at`).
 local function lines_of(first, at, ns)
   local lines = {}
-  for i = 0, (#KEYS - first + 1) / 5 - 1 do
-    local key = first + 5 * i
+  for i = 0, (#KEYS - first + 1) / 6 - 1 do
+    local key = first + 6 * i
     lines[#lines + 1] = {item = KEYS[key], outbox = KEYS[key + 1], buyers = KEYS[key + 2],
-                         holds = KEYS[key + 3], expiries = KEYS[key + 4], ns = ns,
+                         holds = KEYS[key + 3], expiries = KEYS[key + 4],
+                         stats = KEYS[key + 5], ns = ns,
                          sku = ARGV[at + 2 * i], qty = tonumber(ARGV[at + 1 + 2 * i])}
   end
   return lines

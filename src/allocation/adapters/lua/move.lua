@@ -2,7 +2,8 @@
 -- KEYS[1] item hash {total, consumed, held, seq, fenced, gen, limit}; KEYS[2] the partition's
 -- outbox stream; KEYS[3] the item's buyers hash (buyer -> units bought and held); KEYS[4] its
 -- holds (reservation id -> "qty|expires_ms|buyer"); KEYS[5] their expiries (a sorted set);
--- KEYS[6] (optional) the idempotency record.
+-- KEYS[6] the partition's tally of holds (lib.lua's tally); KEYS[7] (optional) the
+-- idempotency record.
 -- ARGV: kind, qty, fingerprint, ttl seconds, record ("1": append the movement to the outbox),
 --       namespace, sku, idempotency key, events channel (recorded movements publish their
 --       events there; "" for none), refusal ttl seconds (a refusal is remembered this long,
@@ -18,13 +19,13 @@
 -- contract test holds them together).
 local kind, qty, fp, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local recorded = ARGV[5] == '1'
-local keyed = #KEYS > 5
+local keyed = #KEYS > 6
 local buyer = ARGV[11] or ''
 local k = {item = KEYS[1], outbox = KEYS[2], buyers = KEYS[3], holds = KEYS[4],
-           expiries = KEYS[5], ns = ARGV[6], sku = ARGV[7]}
+           expiries = KEYS[5], stats = KEYS[6], ns = ARGV[6], sku = ARGV[7]}
 
 if keyed then
-  local prior = redis.call('GET', KEYS[6])
+  local prior = redis.call('GET', KEYS[7])
   if prior then
     local f = {}
     for field in string.gmatch(prior .. '|', '([^|]*)|') do f[#f + 1] = field end
@@ -112,7 +113,7 @@ end
 if keyed then
   local keep, kept_seq = ttl, 0
   if status == 'ok' then kept_seq = seq elseif ARGV[10] then keep = ARGV[10] end
-  redis.call('SET', KEYS[6], fp .. '|' .. status .. '|' .. new_total .. '|' .. new_consumed ..
+  redis.call('SET', KEYS[7], fp .. '|' .. status .. '|' .. new_total .. '|' .. new_consumed ..
              '|' .. kept_seq .. '|' .. fig.gen .. '|' .. remaining .. '|' .. (figures[6] or '') ..
              '|' .. held, 'EX', keep)
 end

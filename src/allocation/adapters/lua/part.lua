@@ -1,8 +1,8 @@
 -- A cart's lines in a slot other than its reservation's (a Redis Cluster): one step over them,
 -- all or none, idempotent by reservation id. reserve.lua's steps at the home decide; these
 -- follow.
--- KEYS: the slot's due index, then five keys per line (item hash, outbox, buyers, holds,
--- expiries). ARGV: op, reservation id, namespace, events channel, expiry ms (hold: when the
+-- KEYS: the slot's due index, then six keys per line (item hash, outbox, buyers, holds,
+-- expiries, tally). ARGV: op, reservation id, namespace, events channel, expiry ms (hold: when the
 -- holds end; pin: hold them at least this long; unpin, extend: their expiry now), buyer ("" for
 -- none), then each line's sku and qty.
 -- Ops: "hold" (every line or none; again: a replay), "pin" (every hold still in time, so expiry

@@ -2,7 +2,7 @@
 -- its slot (on one Redis, all of them).
 -- KEYS[1] the reservation hash {state, fp, lines, buyer, created, expires, reason, sku,
 -- detail}; KEYS[2] the home partition's due index (items with holds, by next expiry: the
--- sweeper's list); then five keys per line: item hash, outbox, buyers, holds, expiries.
+-- sweeper's list); then six keys per line: item hash, outbox, buyers, holds, expiries, tally.
 -- ARGV: op, reservation id, namespace, events channel, ttl ms (hold, extend), buyer ("" for
 --       none), fingerprint (hold), ms to keep the reservation once ended, ms to keep a refusal,
 --       whole ("1": these lines are the whole reservation; "0": a cart across slots, whose

@@ -355,16 +355,15 @@ async function metrics() {
   $("drift").textContent = drifted === undefined ? "not measured yet"
     : drifted ? `${number(drifted)} items (run allocation drift NS --repair)` : "none";
   $("drift").className = drifted ? "warn" : "ok";
-  // Refused movements by reason, across the server (this metric has no namespace label).
-  const refused = {};
-  for (const s of samples) {
-    if (s.name === "allocation_movements_total" && s.labels.outcome !== "ok") {
-      refused[s.labels.outcome] = (refused[s.labels.outcome] || 0) + s.value;
-    }
-  }
-  const reasons = Object.entries(refused).filter(([, n]) => n > 0);
-  $("refusals").textContent = reasons.length
-    ? reasons.map(([reason, n]) => `${reason} ${number(n)}`).join(", ") : "none";
+  // This namespace's refusals by reason, and the units whose holds expired.
+  const ours = (s) => session && s.labels.namespace === session.namespace;
+  const reasons = samples.filter((s) => s.name === "allocation_sale_refusals_total" && ours(s)
+                                        && s.value > 0)
+    .map((s) => `${s.labels.reason} ${number(s.value)}`);
+  const expired = samples.find((s) => s.name === "allocation_sale_units_expired_total"
+                                      && ours(s))?.value;
+  if (expired) reasons.push(`held units expired ${number(expired)}`);
+  $("refusals").textContent = reasons.length ? reasons.join(", ") : "none";
   // Whatever series name this namespace (sales, refusals, drift), where the server has them.
   const mine = session ? samples.filter((s) => s.labels.namespace === session.namespace
                                                && !s.name.endsWith("_created")) : [];
