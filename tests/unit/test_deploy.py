@@ -4,29 +4,27 @@ Grafana from deploy/."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from allocation.entrypoints import metrics
 from tests.helpers.apps import FakeApp
+from tests.helpers.deploy import (
+    ALERTS,
+    DASHBOARD,
+    DEPLOY,
+    ROOT,
+    alert_queries,
+    as_sent,
+    dashboard_queries,
+    tool,
+    yaml,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
-DASHBOARD = DEPLOY / "grafana" / "dashboards" / "allocation.json"
-ALERTS = DEPLOY / "alerts.yml"
-# PyYAML comes with the dev tools (schemathesis) but without type stubs: imported by name so
-# that strict mypy passes whether or not types-PyYAML is installed.
-yaml: Any = importlib.import_module("yaml")
-# Grafana's variables, as a query would be sent with them.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$namespace": ".*"}
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count",
                                                              "_created"),
             "summary": ("_sum", "_count", "_created"), "gauge": ("",)}
@@ -34,11 +32,7 @@ METRIC = re.compile(r"\b(allocation_[A-Za-z0-9_]+|up)\b(?!\s*\()")
 
 
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.fail("promtool is not on PATH: run scripts/ensure_promtool.sh (as root with "
-                    "apt-get it installs Debian's `prometheus` package) or install promtool")
-    return found
+    return tool("promtool")
 
 
 def exposed_names() -> set[str]:
@@ -55,17 +49,6 @@ def exposed_names() -> set[str]:
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
         names.update(sample.name for sample in family.samples)
     return names
-
-
-def dashboard_queries() -> list[tuple[str, str]]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    return [(f"{panel['title']} {target['refId']}", target["expr"])
-            for panel in dashboard["panels"] for target in panel.get("targets", ())]
-
-
-def alert_queries() -> list[tuple[str, str]]:
-    groups = yaml.safe_load(ALERTS.read_text())["groups"]
-    return [(rule["alert"], rule["expr"]) for group in groups for rule in group["rules"]]
 
 
 def used_names(expr: str) -> set[str]:
@@ -103,8 +86,7 @@ def test_the_dashboards_queries_parse(tmp_path: Path) -> None:
     # promtool parses a rules file's expressions: the panels' queries, as recording rules.
     rules = []
     for index, (_, expr) in enumerate(dashboard_queries()):
-        for variable, value in GRAFANA_VARIABLES.items():
-            expr = expr.replace(variable, value)
+        expr = as_sent(expr)
         assert "$" not in expr, expr
         rules.append({"record": f"dashboard:query_{index}", "expr": expr})
     path = tmp_path / "dashboard_rules.yml"
@@ -172,3 +154,15 @@ def test_compose_runs_prometheus_and_grafana_from_deploy() -> None:
     assert "0.0.0.0" in services["consumer"]["command"]  # reachable from Prometheus
     for path in (DEPLOY / "grafana" / "provisioning").rglob("*.yml"):
         assert yaml.safe_load(path.read_text())["apiVersion"] == 1, path
+
+
+def test_every_panel_reads_the_provisioned_datasource() -> None:
+    provisioned = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" /
+                                  "prometheus.yml").read_text())["datasources"]
+    uids = {source["uid"] for source in provisioned}
+    dashboard = json.loads(DASHBOARD.read_text())
+    used = [target.get("datasource", panel.get("datasource"))
+            for panel in dashboard["panels"] for target in panel.get("targets", ())]
+    used += [variable["datasource"] for variable in dashboard["templating"]["list"]]
+    assert used and all(source == {"type": "prometheus", "uid": uid} for source in used
+                        for uid in uids), used
