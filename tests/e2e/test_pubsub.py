@@ -93,6 +93,7 @@ def test_a_reservation_over_pubsub_is_held_then_confirmed(consumer: Process, cha
             for sku in ("a", "b")]  # one per line
     rid = held[0]["reservation_id"]
     assert rid and held[1]["reservation_id"] == rid
+    assert [e["idempotency_key"] for e in held] == ["cart-1", "cart-1"]  # the sender's answer
     assert [(e["qty"], e["held"], e["available"]) for e in held] == [(2, 2, 3), (1, 1, 0)]
 
     channels.send(command="Reserve", namespace=namespace, idempotency_key="cart-2",

@@ -631,3 +631,37 @@ def pass_redis_time(counter: Counter, ms: int) -> None:
 
     until = now() + ms
     wait_until(lambda: now() >= until, 10, f"Redis's clock to pass {ms} ms")
+
+
+def check_reserved_events(counter: RedisCounter, namespace: str, skus: list[str]) -> None:
+    """A hold of a line per sku publishes, per line, the Reserved event the domain would, with
+    the request's idempotency key (``counter`` publishes on its events channel)."""
+    import json
+
+    from allocation.adapters.event_publisher import event_message
+    from allocation.domain import events
+
+    listener = counter.client.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(counter.events_channel)
+    try:
+        lines = [(sku, n + 1) for n, sku in enumerate(skus)]
+        for sku, _ in lines:
+            counter.load(namespace, sku, 10, 0, 1)
+        rid = counter.reservation_id(namespace, skus[0], "cart-key")
+        held = counter.reservation_step("hold", namespace, rid, lines, ttl_ms=60_000,
+                                        fingerprint="f", idempotency_key="cart-key")
+        assert held.ok, held
+        expected = [event_message(events.Reserved(namespace, sku, 10, 0, rid, qty, "cart-key",
+                                                  held=qty)) for sku, qty in lines]
+        got: list[dict[str, Any]] = []
+
+        def arrived() -> bool:
+            message = listener.get_message(timeout=0.1)
+            if message is not None:
+                got.append(json.loads(message["data"]))
+            return len(got) >= len(expected)
+
+        wait_until(arrived, 10, "the Reserved events")
+        assert sorted(got, key=lambda e: e["sku"]) == sorted(expected, key=lambda e: e["sku"])
+    finally:
+        listener.close()

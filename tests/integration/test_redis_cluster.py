@@ -32,6 +32,7 @@ from tests.helpers.counter_contract import (
     OutboxContract,
     RedisRecordTtls,
     ReservationContract,
+    check_reserved_events,
     counter_machine,
     pass_redis_time,
 )
@@ -90,6 +91,16 @@ class TestClusterCartsAcrossSlots(ReservationContract):
                 chosen.append(sku)
                 slots.add(keys.partition(self.ns, sku))
         return chosen[:n]
+
+
+def test_a_cart_across_slots_publishes_reserved_events_with_the_requests_key() -> None:
+    counter = RedisCounter(connect(CLUSTER[0]), KeySpace(f"c{uuid.uuid4().hex[:6]}", 16),
+                           events_channel=f"ev-{uuid.uuid4().hex[:6]}")
+    ns = "ns-" + uuid.uuid4().hex[:8]
+    skus: dict[int, str] = {}
+    for sku in (f"c{i}" for i in range(1000)):
+        skus.setdefault(counter.keys.partition(ns, sku), sku)
+    check_reserved_events(counter, ns, list(skus.values())[:3])
 
 
 class TestClusterOutbox(OutboxContract):

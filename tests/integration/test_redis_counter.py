@@ -22,6 +22,7 @@ from tests.helpers.counter_contract import (
     OutboxContract,
     RedisRecordTtls,
     ReservationContract,
+    check_reserved_events,
     counter_machine,
     pass_redis_time,
 )
@@ -208,3 +209,10 @@ def test_recorded_movements_publish_the_domain_events(redis_url: str, key_space:
     assert [e["event"] for e in got] == ["Decremented", "Refunded", "TotalAdjusted",
                                         "Decremented", "SoldOut"]
     listener.close()
+
+
+def test_a_hold_publishes_reserved_events_with_the_requests_key(redis_url: str,
+                                                                key_space: KeySpace) -> None:
+    channel = f"{key_space.prefix}:events:{uuid.uuid4().hex[:6]}"
+    counter = RedisCounter(redis.Redis.from_url(redis_url), key_space, events_channel=channel)
+    check_reserved_events(counter, "ev-" + uuid.uuid4().hex[:6], ["a", "b"])

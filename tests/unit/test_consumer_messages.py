@@ -169,7 +169,8 @@ def test_a_reservation_is_held_and_confirmed_over_pubsub(shop: FakeApp) -> None:
          lines=[{"sku": "a", "qty": 2}, {"sku": "b", "qty": 1}], ttl_seconds=60)
     assert recorder.messages == []  # applied: only the events speak
     held = [e for e in shop.published if type(e).__name__ == "Reserved"]
-    assert [(e.sku, e.qty) for e in held] == [("a", 2), ("b", 1)]  # type: ignore[attr-defined]
+    assert [(e.sku, e.qty, e.idempotency_key) for e in held] == [  # type: ignore[attr-defined]
+        ("a", 2, "cart-1"), ("b", 1, "cart-1")]
     rid = held[0].reservation_id  # type: ignore[attr-defined]
     assert {e.reservation_id for e in held} == {rid}  # type: ignore[attr-defined]
     assert (figures(shop, "a"), figures(shop, "b")) == ((0, 2, 8), (0, 1, 1))

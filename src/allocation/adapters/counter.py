@@ -100,7 +100,8 @@ class Counter(abc.ABC):
     @abc.abstractmethod
     def reservation_step(self, step: Step, namespace: str, reservation_id: str,
                          lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
-                         fingerprint: str = "") -> Reserved:
+                         fingerprint: str = "", idempotency_key: str | None = None
+                         ) -> Reserved:
         """One step of a reservation, atomic over it and all its lines' items.
 
         ``hold`` takes every line (lines of one sku added together by the caller) or none, as
@@ -110,7 +111,9 @@ class Counter(abc.ABC):
         on sale, ``extend`` moves the expiry to ``ttl_ms`` from now; each checks and changes
         the reservation's state in the same step, so when they race with each other and with
         expiry exactly one ends it. ``get`` reads it. Every ended line is one movement of its
-        item (``hold``, ``confirm``, ``release``, ``expire``), recorded in the outbox.
+        item (``hold``, ``confirm``, ``release``, ``expire``), recorded in the outbox. A
+        counter that publishes events itself gives a hold's ``idempotency_key`` to its
+        ``Reserved`` events.
         """
 
     def reservation_id(self, namespace: str, first_sku: str, seed: str) -> str:

@@ -175,7 +175,8 @@ class InProcessCounter(Counter):
 
     def reservation_step(self, step: Step, namespace: str, reservation_id: str,
                          lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
-                         fingerprint: str = "") -> Reserved:
+                         fingerprint: str = "", idempotency_key: str | None = None
+                         ) -> Reserved:
         with self._lock:
             now = self.clock_ms()
             r = self._reservations.get((namespace, reservation_id))

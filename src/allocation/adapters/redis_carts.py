@@ -31,10 +31,11 @@ PIN_MS = 30_000  # how long past its expiry a confirm in progress holds a slot's
 
 
 def step(counter: RedisCounter, step: Step, namespace: str, rid: str, lines: Sequence[Line],
-         *, ttl_ms: int, buyer: str | None, fingerprint: str) -> Reserved:
+         *, ttl_ms: int, buyer: str | None, fingerprint: str, key: str = "") -> Reserved:
     home, others = _groups(counter, namespace, rid, lines)
     if step == "hold":
-        return _hold(counter, namespace, rid, lines, home, others, ttl_ms, buyer, fingerprint)
+        return _hold(counter, namespace, rid, lines, home, others, ttl_ms, buyer, fingerprint,
+                     key)
     if step == "confirm":
         return _confirm(counter, namespace, rid, lines, home, others)
     done = counter.home_step(step, namespace, rid, home, ttl_ms=ttl_ms)
@@ -50,14 +51,14 @@ def step(counter: RedisCounter, step: Step, namespace: str, rid: str, lines: Seq
 
 def _hold(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Line],
           home: list[Line], others: list[list[Line]], ttl_ms: int, buyer: str | None,
-          fingerprint: str) -> Reserved:
+          fingerprint: str, key: str) -> Reserved:
     first = counter.home_step("hold", namespace, rid, home, ttl_ms=ttl_ms, buyer=buyer,
-                              fingerprint=fingerprint, whole=False, every_line=lines)
+                              fingerprint=fingerprint, whole=False, every_line=lines, key=key)
     if first.status != "ok" or (first.replayed and first.state != "pending"):
         return first
     parts: list[Reserved] = []
     for group in others:
-        part = counter.part_step("hold", namespace, rid, group, first.expires_ms, buyer)
+        part = counter.part_step("hold", namespace, rid, group, first.expires_ms, buyer, key)
         if part.status in ("not_found", "fenced"):
             return part  # the reservation stays pending: the same request again resumes it
         if part.status != "ok":

@@ -134,10 +134,11 @@ class RedisCounter(Counter):
 
     def reservation_step(self, step: Step, namespace: str, reservation_id: str,
                          lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
-                         fingerprint: str = "") -> Reserved:
+                         fingerprint: str = "", idempotency_key: str | None = None) -> Reserved:
         if self._reservation_key(namespace, reservation_id) is None:
             return Reserved("not_found")
-        result = self._step(step, namespace, reservation_id, lines, ttl_ms, buyer, fingerprint)
+        result = self._step(step, namespace, reservation_id, lines, ttl_ms, buyer, fingerprint,
+                            idempotency_key or "")
         if step == "hold" and result.ok and result.state == "held":
             if len(self._lines) >= 100_000:
                 self._lines.clear()
@@ -145,19 +146,20 @@ class RedisCounter(Counter):
         return result
 
     def _step(self, step: Step, namespace: str, reservation_id: str, lines: Sequence[Line],
-              ttl_ms: int, buyer: str | None, fingerprint: str) -> Reserved:
+              ttl_ms: int, buyer: str | None, fingerprint: str, key: str) -> Reserved:
         if isinstance(self.client, RedisCluster):
             home = int(reservation_id.partition(".")[0])
             if any(self.keys.partition(namespace, sku) != home for sku, _ in lines):
                 return redis_carts.step(self, step, namespace, reservation_id, lines,
-                                        ttl_ms=ttl_ms, buyer=buyer, fingerprint=fingerprint)
+                                        ttl_ms=ttl_ms, buyer=buyer, fingerprint=fingerprint,
+                                        key=key)
         return self.home_step(step, namespace, reservation_id, lines, ttl_ms=ttl_ms,
-                              buyer=buyer, fingerprint=fingerprint)
+                              buyer=buyer, fingerprint=fingerprint, key=key)
 
     def home_step(self, op: str, namespace: str, reservation_id: str, lines: Sequence[Line],
                   *, ttl_ms: int = 0, buyer: str | None = None, fingerprint: str = "",
                   whole: bool = True, every_line: Sequence[Line] = (),
-                  refusal: tuple[str, str, int] = ("", "", -1)) -> Reserved:
+                  refusal: tuple[str, str, int] = ("", "", -1), key: str = "") -> Reserved:
         """One reserve.lua step: the reservation and its ``lines`` in its slot (on one Redis,
         all of them)."""
         home = self._reservation_key(namespace, reservation_id)
@@ -167,7 +169,7 @@ class RedisCounter(Counter):
         listed = " ".join(f"{sku} {qty}" for sku, qty in (every_line or lines))
         args: list[Any] = [op, reservation_id, namespace, self.events_channel, ttl_ms,
                            buyer or "", fingerprint, self._ttl * 1000, self._refusal_ttl * 1000,
-                           "1" if whole else "0", listed, *refusal]
+                           "1" if whole else "0", listed, *refusal, key]
         for sku, qty in lines:
             keys += self._item_keys(namespace, sku)
             args += [sku, qty]
@@ -179,12 +181,12 @@ class RedisCounter(Counter):
                         bool(replayed), _figures(flat))
 
     def part_step(self, op: str, namespace: str, reservation_id: str, lines: Sequence[Line],
-                  expires_ms: int, buyer: str | None = None) -> Reserved:
+                  expires_ms: int, buyer: str | None = None, key: str = "") -> Reserved:
         """One part.lua step: a cart's lines in one slot other than its reservation's."""
         partition = self.keys.partition(namespace, lines[0][0])
         keys = [self.keys.due(partition)]
         args: list[Any] = [op, reservation_id, namespace, self.events_channel, expires_ms,
-                           buyer or ""]
+                           buyer or "", key]
         for sku, qty in lines:
             keys += self._item_keys(namespace, sku)
             args += [sku, qty]

@@ -56,8 +56,9 @@ class HoldMoved(Event):
     qty: int
 
 
+@dataclass(frozen=True)
 class Reserved(HoldMoved):
-    pass
+    idempotency_key: str | None = None  # the request's that made the reservation
 
 
 class ReservationConfirmed(HoldMoved):

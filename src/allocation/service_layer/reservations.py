@@ -57,7 +57,7 @@ def reserve(cmd: commands.Reserve, uow: AbstractUnitOfWork, counter: Counter, ou
         with contextlib.suppress(errors.NotFound):
             _restore(uow, counter, cmd.namespace, rid, request)
     result = _step(deps, "hold", cmd.namespace, rid, lines, ttl_ms=cmd.ttl_seconds * 1000,
-                   buyer=cmd.buyer, fingerprint=request)
+                   buyer=cmd.buyer, fingerprint=request, key=cmd.idempotency_key)
     return _view(rid, cmd.namespace, lines, cmd.buyer, result)
 
 
@@ -135,15 +135,17 @@ def _epoch_ms(moment: datetime) -> int:
 
 
 def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, ...],
-          ttl_ms: int = 0, buyer: str | None = None, fingerprint: str = "") -> Reserved:
+          ttl_ms: int = 0, buyer: str | None = None, fingerprint: str = "",
+          key: str | None = None) -> Reserved:
     counter = deps.counter
     result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms, buyer=buyer,
-                                      fingerprint=fingerprint)
+                                      fingerprint=fingerprint, idempotency_key=key)
     if result.status == "not_found" and result.sku is None and step != "hold":
         # Redis lost the reservation (this process knew its lines): the ledger has it.
         _restore(deps.uow, counter, namespace, rid, fingerprint)
         result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
-                                          buyer=buyer, fingerprint=fingerprint)
+                                          buyer=buyer, fingerprint=fingerprint,
+                                          idempotency_key=key)
     rebuilt: set[str] = set()
     while result.status == "not_found" and result.sku is not None and result.sku not in rebuilt:
         # Redis lost the item (or never had it): rebuild it from the database, under its
@@ -157,13 +159,15 @@ def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, .
             raise errors.NotFound(f"no item {namespace}/{result.sku}", sku=result.sku) from None
         rebuilt.add(result.sku)
         result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
-                                          buyer=buyer, fingerprint=fingerprint)
+                                          buyer=buyer, fingerprint=fingerprint,
+                                          idempotency_key=key)
     if result.status == "lost":
         # Redis lost the reservation and its items came back with their holds (a rebuild from
         # the ledger): put it back as the ledger has it, and this request is a replay.
         _restore(deps.uow, counter, namespace, rid, fingerprint)
         result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
-                                          buyer=buyer, fingerprint=fingerprint)
+                                          buyer=buyer, fingerprint=fingerprint,
+                                          idempotency_key=key)
     if result.status == "fenced":
         raise errors.Unavailable(f"an item of reservation {rid} is being rebuilt; retry",
                                  retry_after=1)
@@ -174,7 +178,7 @@ def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, .
         raise _refusal(result, rid)
     if step in KIND_OF_STEP:
         if not result.replayed:
-            _settle(deps, namespace, rid, lines, result, KIND_OF_STEP[step])
+            _settle(deps, namespace, rid, lines, result, KIND_OF_STEP[step], key)
         elif deps.durability.mode == "sync" and not all(
                 _in_ledger(deps.uow, namespace, sku, rid, WRITTEN_BY[step]) for sku, _ in lines):
             # The first answer may have been "unknown": a replay is acknowledged once written.
@@ -184,15 +188,18 @@ def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, .
 
 
 def _settle(deps: Deps, namespace: str, rid: str, lines: tuple[Line, ...], result: Reserved,
-            kind: str) -> None:
+            kind: str, key: str | None) -> None:
     """Answer when the durability mode says, and publish the lines' events where the counter
     does not publish them itself."""
     for (sku, qty), figures in zip(lines, result.figures, strict=True):
         deps.durability.settle(namespace, sku, figures, functools.partial(
             _in_ledger, deps.uow, namespace, sku, rid, (kind,)))
         if not deps.counter.publishes_events:
-            _publish(deps.publish, events.HOLD_EVENTS[kind](
-                namespace, sku, figures.total, figures.consumed, rid, qty, held=figures.held))
+            moved = events.HOLD_EVENTS[kind](namespace, sku, figures.total, figures.consumed,
+                                             rid, qty, held=figures.held)
+            if isinstance(moved, events.Reserved):
+                moved = dataclasses.replace(moved, idempotency_key=key)
+            _publish(deps.publish, moved)
 
 
 def _in_ledger(uow: AbstractUnitOfWork, namespace: str, sku: str, rid: str,

@@ -138,8 +138,9 @@ local function refusal_of(lines, figs, buyer)
   return nil
 end
 
--- Hold every line until `expires`: one 'hold' movement per line.
-local function take(lines, figs, rid, buyer, expires, due, channel)
+-- Hold every line until `expires`: one 'hold' movement per line. `key`: the idempotency key of
+-- the request that made the reservation, for its Reserved events ("" for none).
+local function take(lines, figs, rid, buyer, expires, due, channel, key)
   for i, k in ipairs(lines) do
     local fig = figs[i]
     fig.held = fig.held + k.qty
@@ -154,8 +155,10 @@ local function take(lines, figs, rid, buyer, expires, due, channel)
                       kind = 'hold', ns = k.ns, sku = k.sku, gen = fig.gen, buyer = buyer,
                       held = fig.held, rid = rid, expires = expires})
     if channel ~= '' then
-      redis.call('PUBLISH', channel, figures_event('Reserved', k, fig,
-                                                   {reservation_id = rid, qty = k.qty}))
+      local keyed = cjson.null
+      if key ~= '' then keyed = key end
+      redis.call('PUBLISH', channel, figures_event('Reserved', k, fig, {
+        reservation_id = rid, qty = k.qty, idempotency_key = keyed}))
       if fig.total == fig.consumed + fig.held then
         redis.call('PUBLISH', channel, figures_event('SoldOut', k, fig, {}))
       end

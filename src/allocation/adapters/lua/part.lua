@@ -4,7 +4,7 @@
 -- KEYS: the slot's due index, then six keys per line (item hash, outbox, buyers, holds,
 -- expiries, tally). ARGV: op, reservation id, namespace, events channel, expiry ms (hold: when the
 -- holds end; pin: hold them at least this long; unpin, extend: their expiry now), buyer ("" for
--- none), then each line's sku and qty.
+-- none), the idempotency key of the request (hold), then each line's sku and qty.
 -- Ops: "hold" (every line or none; again: a replay), "pin" (every hold still in time, so expiry
 -- cannot take it while the confirm goes on; else "expired"), "unpin" and "extend" (set the
 -- holds' expiry), "confirm", "release", "expire" (end the holds still there).
@@ -12,7 +12,7 @@
 local op, rid, ns, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local expires, buyer = tonumber(ARGV[5]), ARGV[6]
 local due = KEYS[1]
-local lines = lines_of(2, 7, ns)
+local lines = lines_of(2, 8, ns)
 local now = now_ms()
 
 local figs, status, sku = all_figures(lines)
@@ -25,7 +25,7 @@ if op == 'hold' then
   for i, k in ipairs(lines) do expire_due(k, figs[i], now, 1000, channel) end
   local reason, at, detail = refusal_of(lines, figs, buyer)
   if reason then return flat_figures({reason, at, detail}, figs) end
-  take(lines, figs, rid, buyer, expires, due, channel)
+  take(lines, figs, rid, buyer, expires, due, channel, ARGV[7])
   return flat_figures({'ok', '', -1}, figs)
 end
 

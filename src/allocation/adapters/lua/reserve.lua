@@ -7,8 +7,9 @@
 --       none), fingerprint (hold), ms to keep the reservation once ended, ms to keep a refusal,
 --       whole ("1": these lines are the whole reservation; "0": a cart across slots, whose
 --       other lines lib.lua's part.lua steps take), every line of the reservation as
---       "sku qty sku qty..." (hold), a refusal's reason, sku and detail (settle), then each
---       home line's sku and qty.
+--       "sku qty sku qty..." (hold), a refusal's reason, sku and detail (settle), the
+--       idempotency key of the request (hold: its Reserved events carry it), then each home
+--       line's sku and qty.
 -- The reservation's state decides who ends it: confirm, release and expiry each check and
 -- change it in one step, so exactly one wins. A held reservation whose expiry has passed is
 -- expired (its lines end as it is touched, as each item is, or by the sweeper).
@@ -23,7 +24,7 @@ local op, rid, ns, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, buyer, fp = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local keep, refusal_keep, whole = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10] == '1'
 local res, due = KEYS[1], KEYS[2]
-local lines = lines_of(3, 15, ns)
+local lines = lines_of(3, 16, ns)
 local now = now_ms()
 
 local function answer(status, r, sku, detail, replayed, figs)
@@ -83,7 +84,7 @@ if op == 'hold' then
   local reason, at, detail = refusal_of(lines, figs, buyer)
   if reason then return refuse(reason, at, detail, figs) end
   local expires = now + ttl
-  take(lines, figs, rid, buyer, expires, due, channel)
+  take(lines, figs, rid, buyer, expires, due, channel, ARGV[15])
   local state = whole and 'held' or 'pending'
   redis.call('HSET', res, 'state', state, 'fp', fp, 'lines', ARGV[11], 'buyer', buyer,
              'created', now, 'expires', expires)
