@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 from sqlalchemy import create_engine
@@ -78,11 +79,11 @@ def stream_sale(services: Services, clients: int, seconds: int) -> list[Result]:
     rate_alone = alone["counts"]["ok"] / alone["seconds"]
     rate_watched = watched["counts"]["ok"] / watched["seconds"]
     first = Result(SCENARIO, "allocation over HTTP (async), no stream clients",
-                   alone["counts"]["ok"], alone["seconds"], alone["p50_ms"] / 1000,
-                   alone["p99_ms"] / 1000)
+                   alone["counts"]["ok"], alone["seconds"], alone["p50_ms"],
+                   alone["p99_ms"])
     second = Result(SCENARIO, f"allocation over HTTP (async), {connected} stream clients",
-                    watched["counts"]["ok"], watched["seconds"], watched["p50_ms"] / 1000,
-                    watched["p99_ms"] / 1000)
+                    watched["counts"]["ok"], watched["seconds"], watched["p50_ms"],
+                    watched["p99_ms"])
     last = heard[-1] * 1000 if heard else float("nan")
     second.note = (f"{rate_watched / rate_alone:.2f}x the sale without them; "
                    f"{per_client / 1024:.1f} KiB of server memory a client; the sold-out event "
@@ -96,16 +97,32 @@ def stream_sale(services: Services, clients: int, seconds: int) -> list[Result]:
 
 
 def _sell_out(base: str, item: str, token: str) -> float:
-    """Bring the item down to one unit and sell it; the moment of the sale."""
+    """Once the sales wrk left in flight have all landed, bring the item down to one unit and
+    sell it; the moment of the sale."""
     auth = {"Authorization": f"Bearer {token}"}
-    for attempt in range(20):  # sales wrk left in flight may still land meanwhile
-        figures = requests.get(f"{base}{item}", headers=auth, timeout=30).json()
-        down = requests.post(f"{base}{item}/adjustments",
-                             json={"delta": 1 - figures["available"]}, timeout=30,
-                             headers={**auth, "Idempotency-Key": f"bench-down-{attempt}"})
-        if down.ok:
-            break
-    else:
+
+    def figures() -> dict[str, Any]:
+        found: dict[str, Any] = requests.get(f"{base}{item}", headers=auth, timeout=30).json()
+        return found
+
+    # Settled: no movement for a while (a late sale that sold the last unit first would tell
+    # the clients "sold out" before the moment measured here).
+    def moved() -> tuple[int, int, int]:
+        now = figures()
+        return now["total"], now["consumed"], now["held"]
+
+    last, still_since, deadline = moved(), time.monotonic(), time.monotonic() + 30
+    while time.monotonic() - still_since < 0.5:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the item kept moving after the load stopped")
+        time.sleep(0.05)  # the bench polls its own server; nothing to synchronise with
+        seen = moved()
+        if seen != last:
+            last, still_since = seen, time.monotonic()
+    down = requests.post(f"{base}{item}/adjustments",
+                         json={"delta": 1 - figures()["available"]}, timeout=30,
+                         headers={**auth, "Idempotency-Key": "bench-down"})
+    if not down.ok:
         raise RuntimeError(f"bringing the item down: {down.status_code} {down.text}")
     moment = time.time()
     requests.post(f"{base}{item}/decrements", json={"qty": 1},
