@@ -984,7 +984,7 @@ def migrate_schema(services: Services) -> None:
 
 def scenarios_for(mode: str) -> dict[str, Any]:
     full = mode == "full"
-    return {"hot_stock": 10_000 if full else 3_000, "buyers": 64,
+    return {"hot_stock": 30_000 if full else 10_000, "buyers": 64,
             "many_items": 1_000, "many_stock": 10 if full else 3,
             "refund_stock": 10_000 if full else 3_000,
             "refresh_items": 100_000 if full else 20_000,
