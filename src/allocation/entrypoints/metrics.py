@@ -109,7 +109,8 @@ HOLD_ENDS = {"confirm": "confirmed", "release": "released", "expire": "expired"}
 
 def hold_families(tally: dict[tuple[str, str], int]) -> list[Metric]:
     """The hold metrics from the counter's tally: read at scrape time, so every process's holds
-    are in it once however many workers serve /metrics."""
+    are in it once however many workers serve /metrics. Every API server shows the same
+    figures: a query takes their max across instances, not their sum."""
     units = {kind: CounterMetricFamily(name, doc, labels=["namespace"])
              for kind, (name, doc) in HOLD_UNITS.items()}
     ended = CounterMetricFamily("allocation_sale_holds_ended",
