@@ -166,3 +166,14 @@ def test_every_panel_reads_the_provisioned_datasource() -> None:
     used += [variable["datasource"] for variable in dashboard["templating"]["list"]]
     assert used and all(source == {"type": "prometheus", "uid": uid} for source in used
                         for uid in uids), used
+
+
+def test_hold_figures_are_not_summed_across_api_servers() -> None:
+    # Read from Redis at scrape time, they are the same on every server: summing instances
+    # would multiply them by the number of servers.
+    shared = [family.name + "_total" for family in metrics.hold_families({})]
+    for where, expr in dashboard_queries() + alert_queries():
+        for name in shared:
+            for found in re.finditer(rf"\b{name}\b", expr):
+                before = expr[:found.start()]
+                assert re.search(r"max by \([^)]*\) \((increase|rate)\($", before), (where, expr)
