@@ -51,15 +51,18 @@ def prometheus(api: str, consumer_health: str, tmp_path: Path) -> Iterator[str]:
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
-    server = subprocess.Popen(
-        [tool("prometheus"), f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "prometheus.log"
+    with log.open("wb") as stderr:  # a file, not a pipe nobody reads while it runs
+        server = subprocess.Popen(
+            [tool("prometheus"), f"--config.file={path}",
+             f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: server.poll() is not None or _answers(f"{url}/-/ready"), 30,
                    "Prometheus to start")
-        assert server.poll() is None, server.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
+        assert server.poll() is None, log.read_text()[-3000:]
         yield url
     finally:
         server.terminate()

@@ -190,3 +190,16 @@ def test_stream_clients_show_in_metrics(fake_app: FakeApp) -> None:
         assert sale(fake_app, "watching") == {"stream_clients": 1}
     finally:
         metrics.stream_clients("watching", -1)
+
+
+def test_metrics_answer_while_the_hold_tally_cannot_be_read(fake_app: FakeApp,
+                                                           monkeypatch: Any) -> None:
+    import redis
+
+    def failing() -> dict[tuple[str, str], int]:
+        raise redis.exceptions.ClusterDownError("CLUSTERDOWN The cluster is down")
+
+    monkeypatch.setattr(fake_app.counter, "hold_tally", failing)
+    answer = fake_app.client.get("/metrics")
+    assert answer.status_code == 200
+    assert "allocation_sale_units_held_total" not in answer.text

@@ -56,9 +56,12 @@ class HealthChecks:
             return None
 
     def hold_tally(self) -> dict[tuple[str, str], int] | None:
+        """The counter's hold tally, or None while it cannot be read (a cluster mid-failover
+        answers errors that are not lost connections: /metrics still answers)."""
         try:
             return self.counter.hold_tally()
-        except errors.Unavailable:
+        except (errors.Unavailable, redis.RedisError) as exc:
+            logger.warning("hold tally unavailable: %s", exc)
             return None
 
     def drift(self) -> dict[str, int] | None:
