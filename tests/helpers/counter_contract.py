@@ -633,11 +633,26 @@ def pass_redis_time(counter: Counter, ms: int) -> None:
     wait_until(lambda: now() >= until, 10, f"Redis's clock to pass {ms} ms")
 
 
+def heard(listener: Any, count: int, what: str) -> list[dict[str, Any]]:
+    """The first ``count`` JSON messages a pub/sub listener receives (``what``: for the
+    failure message)."""
+    import json
+
+    got: list[dict[str, Any]] = []
+
+    def arrived() -> bool:
+        message = listener.get_message(timeout=0.1)
+        if message is not None:
+            got.append(json.loads(message["data"]))
+        return len(got) >= count
+
+    wait_until(arrived, 10, what)
+    return got
+
+
 def check_reserved_events(counter: RedisCounter, namespace: str, skus: list[str]) -> None:
     """A hold of a line per sku publishes, per line, the Reserved event the domain would, with
     the request's idempotency key (``counter`` publishes on its events channel)."""
-    import json
-
     from allocation.adapters.event_publisher import event_message
     from allocation.domain import events
 
@@ -653,15 +668,7 @@ def check_reserved_events(counter: RedisCounter, namespace: str, skus: list[str]
         assert held.ok, held
         expected = [event_message(events.Reserved(namespace, sku, 10, 0, rid, qty, "cart-key",
                                                   held=qty)) for sku, qty in lines]
-        got: list[dict[str, Any]] = []
-
-        def arrived() -> bool:
-            message = listener.get_message(timeout=0.1)
-            if message is not None:
-                got.append(json.loads(message["data"]))
-            return len(got) >= len(expected)
-
-        wait_until(arrived, 10, "the Reserved events")
+        got = heard(listener, len(expected), "the Reserved events")
         assert sorted(got, key=lambda e: e["sku"]) == sorted(expected, key=lambda e: e["sku"])
     finally:
         listener.close()

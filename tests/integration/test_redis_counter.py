@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 
@@ -24,9 +23,9 @@ from tests.helpers.counter_contract import (
     ReservationContract,
     check_reserved_events,
     counter_machine,
+    heard,
     pass_redis_time,
 )
-from tests.helpers.processes import wait_until
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -196,15 +195,7 @@ def test_recorded_movements_publish_the_domain_events(redis_url: str, key_space:
         if outcome.ok:
             expected += [event_message(e) for e in events.of_movement(
                 kind, ns, "s", qty, key, outcome.total, outcome.consumed)]
-    got: list[dict[str, object]] = []
-
-    def arrived() -> bool:
-        message = listener.get_message(timeout=0.1)
-        if message is not None:
-            got.append(json.loads(message["data"]))
-        return len(got) >= len(expected)
-
-    wait_until(arrived, 10, "the published events")
+    got = heard(listener, len(expected), "the published events")
     assert got == expected
     assert [e["event"] for e in got] == ["Decremented", "Refunded", "TotalAdjusted",
                                         "Decremented", "SoldOut"]
