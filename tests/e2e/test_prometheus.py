@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 
 from allocation.config import Config
@@ -70,7 +71,7 @@ def prometheus(api: str, consumer_health: str, tmp_path: Path) -> Iterator[str]:
 
 
 def test_prometheus_scrapes_both_alerts_evaluate_and_every_panel_answers(
-        prometheus: str, api: str, namespace: str) -> None:
+        prometheus: str, api: str, namespace: str, service_config: Config) -> None:
     assert requests.put(f"{api}/v1/{namespace}/items/tee", json={"total": 10},
                         timeout=10).status_code == 201
     for n in range(3):
@@ -82,9 +83,17 @@ def test_prometheus_scrapes_both_alerts_evaluate_and_every_panel_answers(
 
     wait_until(lambda: up() == {"allocation-api": 1.0, "allocation-consumer": 1.0}, 30,
                "both targets scraped")
+    # A sale over pub/sub is the consumer's to count: the panels sum both jobs.
+    commands = redis.Redis.from_url(service_config.redis_url or "")
+    wait_until(lambda: sum(n for _, n in commands.pubsub_numsub(
+        service_config.commands_channel)) > 0, 30, "the consumer to subscribe")
+    commands.publish(service_config.commands_channel, json.dumps({
+        "command": "Decrement", "namespace": namespace, "sku": "tee", "qty": 1,
+        "idempotency_key": "p-pubsub"}))
+    commands.close()
     sold = f'sum(allocation_sale_units_sold_total{{namespace="{namespace}"}})'
-    wait_until(lambda: [float(s["value"][1]) for s in query(prometheus, sold)] == [6.0], 30,
-               "the units sold in Prometheus")
+    wait_until(lambda: [float(s["value"][1]) for s in query(prometheus, sold)] == [7.0], 30,
+               "the units sold over HTTP and pub/sub in Prometheus")
 
     def rules() -> list[dict[str, Any]]:
         answer = requests.get(f"{prometheus}/api/v1/rules", timeout=10).json()

@@ -246,3 +246,38 @@ def test_a_reserve_key_used_again_for_another_cart_is_refused(shop: FakeApp) -> 
         ("idempotency_key_reused", "k")]
     assert figures(shop, "a") == (0, 1, 9)
     assert len([e for e in shop.published if type(e).__name__ == "Reserved"]) == 1
+
+
+def test_the_consumers_answers_count_in_the_sale_metrics(shop: FakeApp) -> None:
+    from prometheus_client import REGISTRY
+
+    def counted() -> dict[str, float]:
+        names = {"sold": ("allocation_sale_units_sold_total", {}),
+                 "refunded": ("allocation_sale_units_refunded_total", {}),
+                 "sold out": ("allocation_sale_refusals_total",
+                              {"reason": "insufficient_stock"}),
+                 "too late": ("allocation_sale_refusals_total",
+                              {"reason": "reservation_confirmed"})}
+        return {what: REGISTRY.get_sample_value(name, {"namespace": "ns", **labels}) or 0.0
+                for what, (name, labels) in names.items()}
+
+    before = counted()
+    recorder = Recorder()
+    send(shop, recorder, command="Decrement", namespace="ns", sku="b", qty=1,
+         idempotency_key="m1")
+    send(shop, recorder, command="Decrement", namespace="ns", sku="b", qty=1,
+         idempotency_key="m1")  # a replay counts nothing
+    send(shop, recorder, command="Decrement", namespace="ns", sku="b", qty=5,
+         idempotency_key="m2")
+    send(shop, recorder, command="Refund", namespace="ns", sku="b", qty=1,
+         idempotency_key="m3")
+    send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="m4",
+         lines=[{"sku": "a", "qty": 3}])
+    rid = [e for e in shop.published
+           if type(e).__name__ == "Reserved"][-1].reservation_id  # type: ignore[attr-defined]
+    send(shop, recorder, command="ConfirmReservation", namespace="ns", reservation_id=rid)
+    send(shop, recorder, command="ConfirmReservation", namespace="ns", reservation_id=rid)
+    send(shop, recorder, command="ReleaseReservation", namespace="ns", reservation_id=rid)
+    after = counted()
+    assert {k: after[k] - before[k] for k in after} == {
+        "sold": 1 + 3, "refunded": 1, "sold out": 1, "too late": 1}

@@ -19,6 +19,10 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from allocation.domain import commands, errors
+from allocation.domain.outcome import Outcome
+from allocation.service_layer.results import Reservation
+
 REQUESTS = Counter("allocation_http_requests_total", "HTTP requests by route and status",
                    ["method", "route", "status"])
 LATENCY = Histogram("allocation_http_request_duration_seconds", "HTTP request latency by route",
@@ -27,8 +31,9 @@ MOVEMENTS = Counter("allocation_movements_total", "Movements by kind and outcome
                     ["kind", "outcome"])
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-# The sale as the API answered it, by namespace (never by sku or buyer: unbounded). Counted once
-# per answer that did something; a replayed answer counts nothing. Holds are counted where they
+# The sale as each process answered it, by namespace (never by sku or buyer: unbounded): the API
+# and the consumer each count their own answers, and a query sums them. Counted once per answer
+# that did something; a replayed answer counts nothing. Holds are counted where they
 # start and end, in the counter (see ``hold_families``): an expiry needs no answer.
 SOLD = Counter("allocation_sale_units_sold_total",
                "Units sold: decrements and confirmed holds", ["namespace"])
@@ -50,25 +55,26 @@ def count_movement(kind: str, outcome: str) -> None:
     _movements(kind, outcome).inc()
 
 
-def count_sale_movement(kind: str, namespace: str, status: str, qty: int) -> None:
-    """A movement's answer, not replayed: a decrement sells ``qty``, a refusal counts its
-    reason."""
-    if status == "ok":
-        if kind == "decrement":
-            _sale(SOLD, namespace).inc(qty)
-        elif kind == "refund":
-            _sale(REFUNDED, namespace).inc(qty)
-    else:
-        _sale(REFUSALS, namespace, status).inc()
-
-
-def count_refusal(namespace: str, reason: str) -> None:
-    _sale(REFUSALS, namespace, reason).inc()
-
-
-def count_confirmed(namespace: str, units: int) -> None:
-    """A confirm that sold a reservation's units (not a replay)."""
-    _sale(SOLD, namespace).inc(units)
+def count_answer(command: commands.Command, answer: object) -> None:
+    """The sale figures of a command's answer, whichever entry point gave it (HTTP, pub/sub,
+    the command stream): ``answer`` is what the bus returned, or the refusal it raised. A
+    decrement sells its qty, a confirm its reservation's units, a refusal counts its reason; a
+    replay did nothing new and counts nothing (a reused key is no replay)."""
+    namespace = getattr(command, "namespace", "")
+    if isinstance(answer, errors.DomainError):
+        _sale(REFUSALS, namespace, answer.code).inc()
+    elif isinstance(answer, Outcome):
+        if answer.replayed and answer.status != "idempotency_key_reused":
+            return
+        if not answer.ok:
+            _sale(REFUSALS, namespace, answer.status).inc()
+        elif isinstance(command, commands.Decrement):
+            _sale(SOLD, namespace).inc(command.qty)
+        elif isinstance(command, commands.Refund):
+            _sale(REFUNDED, namespace).inc(command.qty)
+    elif (isinstance(answer, Reservation) and isinstance(command, commands.ConfirmReservation)
+          and answer.state == "confirmed" and not answer.replayed):
+        _sale(SOLD, namespace).inc(sum(qty for _, qty in answer.lines))
 
 
 def stream_clients(namespace: str, change: int) -> None:

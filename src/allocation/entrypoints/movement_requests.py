@@ -44,16 +44,16 @@ class MovementRequest:
 def answer_movement(app: Application, request: MovementRequest) -> Reply:
     try:
         command = decode(request)
+    except Exception as exc:  # noqa: BLE001 - every failure has its answer (replies)
+        return replies.for_exception(exc)
+    try:
         outcome = app.bus.handle(command)
     except Exception as exc:  # noqa: BLE001 - every failure has its answer (replies)
         if isinstance(exc, errors.DomainError):  # a refusal the handler raised (not_found)
-            metrics.count_refusal(request.namespace, exc.code)
+            metrics.count_answer(command, exc)
         return replies.for_exception(exc)
     metrics.count_movement(request.kind, outcome.status)
-    # A replay did nothing new; a reused key is no replay (replies.movement answers it so too).
-    if not outcome.replayed or outcome.status == "idempotency_key_reused":
-        qty = command.qty if isinstance(command, commands.Decrement | commands.Refund) else 0
-        metrics.count_sale_movement(request.kind, request.namespace, outcome.status, qty)
+    metrics.count_answer(command, outcome)
     return replies.movement(request.namespace, request.sku, outcome)
 
 

@@ -33,7 +33,7 @@ from allocation.adapters.redis_client import RedisClient, read_group
 from allocation.bootstrap import Application
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
-from allocation.entrypoints import schemas
+from allocation.entrypoints import metrics, schemas
 from allocation.service_layer.messagebus import MessageBus
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ def judge(raw: bytes | str, bus: Bus) -> Verdict:
     try:
         result = bus.handle(command)
     except errors.DomainError as exc:  # a reservation's refusals, among others, are raised
+        metrics.count_answer(command, exc)
         return Verdict(REFUSED, exc.code,
                        _rejection(raw, exc.code, exc.message, details=exc.details))
     except errors.Unavailable as exc:
@@ -183,6 +184,7 @@ def judge(raw: bytes | str, bus: Bus) -> Verdict:
         logger.exception("failed applying %r", command)
         return Verdict(FAILED, f"error: {type(exc).__name__}: {exc}",
                        _rejection(raw, "unavailable", "the command could not be applied"))
+    metrics.count_answer(command, result)
     # Movements answer a refusal as a non-ok Outcome; other handlers (a reservation's return a
     # Reservation) raise theirs, above. Their events are out already, from the counter's
     # script or the service layer.

@@ -65,12 +65,12 @@ class Routes:
         key = idempotency_key(request.headers.get("Idempotency-Key"), required=True)
         assert key is not None
         body = _body(schemas.ReserveBody)
+        command = commands.Reserve(ns, tuple((line.sku, line.qty) for line in body.lines), key,
+                                   body.ttl_seconds, body.buyer)
         try:
-            made: Reservation = self.app.bus.handle(commands.Reserve(
-                ns, tuple((line.sku, line.qty) for line in body.lines), key, body.ttl_seconds,
-                body.buyer))
+            made: Reservation = self.app.bus.handle(command)
         except errors.DomainError as exc:
-            metrics.count_refusal(ns, exc.code)
+            metrics.count_answer(command, exc)
             raise
         return to_response(replies.reservation(made, 201))
 
@@ -93,10 +93,9 @@ class Routes:
         try:
             ended: Reservation = self.app.bus.handle(command)
         except errors.DomainError as exc:
-            metrics.count_refusal(path.namespace, exc.code)
+            metrics.count_answer(command, exc)
             raise
-        if ended.state == "confirmed" and not ended.replayed:
-            metrics.count_confirmed(path.namespace, _units(ended.lines))
+        metrics.count_answer(command, ended)
         return to_response(replies.reservation(ended))
 
     def get_item(self, namespace: str, sku: str) -> Response:
@@ -184,10 +183,6 @@ class Routes:
         response = Response(data, content_type=media_type)
         response.cache_control.max_age = 86400
         return response
-
-
-def _units(lines: tuple[tuple[str, int], ...]) -> int:
-    return sum(qty for _, qty in lines)
 
 
 def _path(namespace: str, sku: str) -> schemas.ItemPath:
