@@ -177,3 +177,12 @@ def test_hold_figures_are_not_summed_across_api_servers() -> None:
             for found in re.finditer(rf"\b{name}\b", expr):
                 before = expr[:found.start()]
                 assert re.search(r"max by \([^)]*\) \((increase|rate)\($", before), (where, expr)
+
+
+def test_compose_names_each_ledger_worker_after_its_container() -> None:
+    # A stable name lets a worker restarted after a crash resume its entries at once; the
+    # container's host name is its own (replicas differ) and survives a restart.
+    worker = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["ledger-worker"]
+    shell, flag, script = worker["command"]
+    assert (shell, flag) == ("sh", "-c") and script.startswith("exec allocation ledger-worker ")
+    assert '--name "ledger-$$HOSTNAME"' in script  # $$: a literal $ for the shell

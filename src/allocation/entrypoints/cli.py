@@ -268,7 +268,12 @@ def consume(name: str | None, health_port: int | None, health_host: str, max_del
 @click.option("--idle-priority", is_flag=True,
               help="run only on CPU time nothing else wants (Linux SCHED_IDLE): for a worker "
               "that shares cores with API servers")
-def run_ledger_worker(threads: int, idle_priority: bool) -> None:
+@click.option("--name", default=None,
+              help="this worker's name in the outbox's consumer group (default: host, pid and "
+              "a random tag). Kept across restarts, and given to no other worker, it lets a "
+              "worker restarted after a crash write at once the entries it had read, rather "
+              "than after LEDGER_CLAIM_IDLE_MS")
+def run_ledger_worker(threads: int, idle_priority: bool, name: str | None) -> None:
     """Write the outbox to the ledger in PostgreSQL (run one or more)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if idle_priority:
@@ -276,7 +281,7 @@ def run_ledger_worker(threads: int, idle_priority: bool) -> None:
             ledger_worker.yield_cpu()  # before the writer threads start: they inherit it
         except (RuntimeError, OSError) as exc:
             raise click.UsageError(f"--idle-priority: {exc}") from exc
-    ledger_worker.run(bootstrap(Config.from_env()), threads=threads)
+    ledger_worker.run(bootstrap(Config.from_env()), threads=threads, name=name)
 
 
 @main.command()

@@ -191,19 +191,22 @@ def for_app(app: Application, batch_size: int = 1000, *, name: str | None = None
                         name=name, partitions=partitions)
 
 
-def split(app: Application, threads: int, batch_size: int = 1000) -> list[LedgerWorker]:
+def split(app: Application, threads: int, batch_size: int = 1000,
+          name: str | None = None) -> list[LedgerWorker]:
     """``threads`` workers sharing out the partitions: one writes to PostgreSQL while another
-    reads Redis, which the GIL allows because both wait on sockets."""
+    reads Redis, which the GIL allows because both wait on sockets. Each is a consumer named
+    after ``name`` (default: this process's own) and its share."""
     count = app.outbox.partitions
-    name = _process_name()
+    name = name or _process_name()
     return [for_app(app, batch_size, name=f"{name}-{i}", partitions=range(i, count, threads))
             for i in range(max(1, min(threads, count)))]
 
 
-def run(app: Application, threads: int = 1) -> None:
+def run(app: Application, threads: int = 1, name: str | None = None) -> None:
     """Run the workers until SIGTERM; if one of them fails, stop them all and raise, so the
-    process exits and its supervisor restarts it rather than leaving partitions unwritten."""
-    workers = split(app, threads)
+    process exits and its supervisor restarts it rather than leaving partitions unwritten.
+    Under the ``name`` it had before, a worker first writes the entries it had read then."""
+    workers = split(app, threads, name=name)
     failed: list[BaseException] = []
 
     def stop(*_: object) -> None:
