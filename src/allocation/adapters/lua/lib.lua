@@ -35,9 +35,9 @@ end
 -- Count a hold's start or end in the partition's tally of the sale (read by /metrics): units
 -- and holds by namespace and kind. Counted here, where every hold starts and ends, whoever
 -- ended it: a confirm, a release, or an expiry that a sale, a hold or the sweeper ran into.
-local function tally(k, kind, qty)
-  redis.call('HINCRBY', k.stats, k.ns .. '\nunits:' .. kind, qty)
-  redis.call('HINCRBY', k.stats, k.ns .. '\nholds:' .. kind, 1)
+local function count_hold(k, kind, qty)
+  redis.call('HINCRBY', k.tally, k.ns .. '\nunits:' .. kind, qty)
+  redis.call('HINCRBY', k.tally, k.ns .. '\nholds:' .. kind, 1)
 end
 
 local function figures_event(name, k, fig, extra)
@@ -51,7 +51,7 @@ end
 -- End one hold of an item (confirm: its units are sold; release, expire: back on sale): one
 -- movement of the item, in the outbox and on the events channel. Returns false where the item
 -- holds no such hold (it ended before).
--- k: {item, outbox, buyers, holds, expiries, stats, ns, sku}; fig: the item's figures, updated.
+-- k: {item, outbox, buyers, holds, expiries, tally, ns, sku}; fig: the item's figures, updated.
 local function end_hold(k, fig, rid, kind, channel)
   local value = redis.call('HGET', k.holds, rid)
   if not value then return false end
@@ -62,7 +62,7 @@ local function end_hold(k, fig, rid, kind, channel)
   if kind == 'confirm' then fig.consumed = fig.consumed + qty else give_back(k.buyers, buyer, qty) end
   fig.seq = fig.seq + 1
   redis.call('HSET', k.item, 'consumed', fig.consumed, 'held', fig.held, 'seq', fig.seq)
-  tally(k, kind, qty)
+  count_hold(k, kind, qty)
   record(k.outbox, {seq = fig.seq, qty = qty, total = fig.total, consumed = fig.consumed,
                     kind = kind, ns = k.ns, sku = k.sku, gen = fig.gen, buyer = buyer,
                     held = fig.held, rid = rid})
@@ -150,7 +150,7 @@ local function take(lines, figs, rid, buyer, expires, due, channel, key)
     redis.call('ZADD', k.expiries, expires, rid)
     redis.call('ZADD', due, 'LT', expires, k.ns .. '\n' .. k.sku)
     if buyer ~= '' then redis.call('HINCRBY', k.buyers, buyer, k.qty) end
-    tally(k, 'hold', k.qty)
+    count_hold(k, 'hold', k.qty)
     record(k.outbox, {seq = fig.seq, qty = k.qty, total = fig.total, consumed = fig.consumed,
                       kind = 'hold', ns = k.ns, sku = k.sku, gen = fig.gen, buyer = buyer,
                       held = fig.held, rid = rid, expires = expires})
@@ -173,7 +173,7 @@ local function lines_of(first, at, ns)
     local key = first + 6 * i
     lines[#lines + 1] = {item = KEYS[key], outbox = KEYS[key + 1], buyers = KEYS[key + 2],
                          holds = KEYS[key + 3], expiries = KEYS[key + 4],
-                         stats = KEYS[key + 5], ns = ns,
+                         tally = KEYS[key + 5], ns = ns,
                          sku = ARGV[at + 2 * i], qty = tonumber(ARGV[at + 1 + 2 * i])}
   end
   return lines

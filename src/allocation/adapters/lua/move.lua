@@ -2,7 +2,7 @@
 -- KEYS[1] item hash {total, consumed, held, seq, fenced, gen, limit}; KEYS[2] the partition's
 -- outbox stream; KEYS[3] the item's buyers hash (buyer -> units bought and held); KEYS[4] its
 -- holds (reservation id -> "qty|expires_ms|buyer"); KEYS[5] their expiries (a sorted set);
--- KEYS[6] the partition's tally of holds (lib.lua's tally); KEYS[7] (optional) the
+-- KEYS[6] the partition's tally of holds (lib.lua's count_hold); KEYS[7] (optional) the
 -- idempotency record.
 -- ARGV: kind, qty, fingerprint, ttl seconds, record ("1": append the movement to the outbox),
 --       namespace, sku, idempotency key, events channel (recorded movements publish their
@@ -22,7 +22,7 @@ local recorded = ARGV[5] == '1'
 local keyed = #KEYS > 6
 local buyer = ARGV[11] or ''
 local k = {item = KEYS[1], outbox = KEYS[2], buyers = KEYS[3], holds = KEYS[4],
-           expiries = KEYS[5], stats = KEYS[6], ns = ARGV[6], sku = ARGV[7]}
+           expiries = KEYS[5], tally = KEYS[6], ns = ARGV[6], sku = ARGV[7]}
 
 if keyed then
   local prior = redis.call('GET', KEYS[7])

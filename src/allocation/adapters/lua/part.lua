@@ -2,9 +2,9 @@
 -- all or none, idempotent by reservation id. reserve.lua's steps at the home decide; these
 -- follow.
 -- KEYS: the slot's due index, then six keys per line (item hash, outbox, buyers, holds,
--- expiries, tally). ARGV: op, reservation id, namespace, events channel, expiry ms (hold: when the
--- holds end; pin: hold them at least this long; unpin, extend: their expiry now), buyer ("" for
--- none), the idempotency key of the request (hold), then each line's sku and qty.
+-- expiries, tally). ARGV: op, reservation id, namespace, events channel, expiry ms (hold: when
+-- the holds end; pin: hold them at least this long; unpin, extend: their expiry now), buyer (""
+-- for none), the idempotency key of the request (hold), then each line's sku and qty.
 -- Ops: "hold" (every line or none; again: a replay), "pin" (every hold still in time, so expiry
 -- cannot take it while the confirm goes on; else "expired"), "unpin" and "extend" (set the
 -- holds' expiry), "confirm", "release", "expire" (end the holds still there).

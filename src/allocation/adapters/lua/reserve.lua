@@ -16,8 +16,9 @@
 -- A cart across slots: hold here as "pending", then the other slots (part.lua), then "settle"
 -- it held, or refused (its home lines released). Confirm: "confirm_begin" here (held and in
 -- time: "confirming"), pin the other slots' holds, then "confirm_end" here and confirm them,
--- or "confirm_abort" (a line had expired: so has the reservation, and every line ends so). A crashed coordinator's steps are resumed by a
--- retry of the same request; untouched, its holds end at their expiry.
+-- or "confirm_abort" (a line had expired: so has the reservation, and every line ends so). A
+-- crashed coordinator's steps are resumed by a retry of the same request; untouched, its holds
+-- end at their expiry.
 -- Returns {status, state, created, expires, sku, detail, replayed, figures...} where figures
 -- are, per home line, {total, consumed, held, seq, gen, limit}.
 local op, rid, ns, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]

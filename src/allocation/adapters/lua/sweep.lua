@@ -2,7 +2,7 @@
 -- KEYS: item, outbox, buyers, holds, expiries, tally (as move.lua), the partition's due index.
 -- ARGV: namespace, sku, events channel, the item's member in the index.
 local k = {item = KEYS[1], outbox = KEYS[2], buyers = KEYS[3], holds = KEYS[4],
-           expiries = KEYS[5], stats = KEYS[6], ns = ARGV[1], sku = ARGV[2]}
+           expiries = KEYS[5], tally = KEYS[6], ns = ARGV[1], sku = ARGV[2]}
 local f = redis.call('HMGET', k.item, 'total', 'consumed', 'seq', 'fenced', 'gen', 'held')
 if f[1] and f[4] ~= '1' then
   local fig = {total = tonumber(f[1]), consumed = tonumber(f[2]), seq = tonumber(f[3] or 0),
