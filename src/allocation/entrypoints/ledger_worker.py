@@ -3,6 +3,7 @@ acknowledges. Entries a dead worker left unacknowledged are claimed after a whil
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -12,12 +13,17 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
+from allocation.adapters.ledger_connection import LedgerConnection
 from allocation.adapters.ledger_progress import LedgerProgress
 from allocation.adapters.outages import is_outage
 from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.bootstrap import Application
 from allocation.service_layer.ledger_writer import BatchResult, write_batch
-from allocation.service_layer.unit_of_work import AbstractUnitOfWork, Conflict
+from allocation.service_layer.unit_of_work import (
+    BatchUnitOfWork,
+    Conflict,
+    LedgerBatchUnitOfWork,
+)
 
 logger = logging.getLogger(__name__)
 # Writers per process: each waits on PostgreSQL or Redis most of the time, so a few share a
@@ -26,11 +32,13 @@ DEFAULT_THREADS = 4
 
 
 class LedgerWorker:
-    def __init__(self, outbox: Outbox, uow_factory: Callable[[], AbstractUnitOfWork],
+    def __init__(self, outbox: Outbox, uow_factory: Callable[[], BatchUnitOfWork],
                  progress: LedgerProgress, *, batch_size: int = 1000,
                  claim_idle_ms: int = 30_000, gather_seconds: float = 0.02,
-                 name: str | None = None, partitions: Sequence[int] | None = None) -> None:
+                 name: str | None = None, partitions: Sequence[int] | None = None,
+                 connection: LedgerConnection | None = None) -> None:
         self.outbox = outbox
+        self.connection = connection  # the units of work's, if they have one: closed by run
         self.progress = progress
         # A pass that wrote only a trickle waits this long, so that a transaction carries many
         # movements (the ledger's CPU competes with the sale's); 0 where callers wait on the
@@ -130,30 +138,34 @@ class LedgerWorker:
         else is a bug a retry would repeat, and is raised."""
         backoff, idle = 0.05, 0.001
         logger.info("ledger worker %s started", self.name)
-        while not self.stopping.is_set():
-            try:
-                # Where callers wait on the ledger, an idle pass waits in Redis for the next
-                # movement rather than sleeping (one Redis only; a cluster polls).
-                block_ms = 0 if self.gather_seconds or not self.outbox.blocking_reads else 50
-                written = self.run_once(block_ms)
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                cause = exc.__cause__ or exc
-                # The first failure of a run of them with its traceback: where it failed.
-                logger.warning("ledger worker waiting for a dependency: %s (%s)",
-                               type(cause).__name__, cause, exc_info=backoff == 0.05)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            backoff = 0.05
-            if written == 0 and not block_ms:
-                self.stopping.wait(idle)  # idle: poll less and less often, up to 50 a second
-                idle = min(idle * 2, 0.02)
-            else:
-                idle = 0.001
-                if written < self.batch_size // 10 and self.gather_seconds:
-                    self.stopping.wait(self.gather_seconds)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    # Where callers wait on the ledger, an idle pass waits in Redis for the next
+                    # movement rather than sleeping (one Redis only; a cluster polls).
+                    block_ms = 0 if self.gather_seconds or not self.outbox.blocking_reads else 50
+                    written = self.run_once(block_ms)
+                except Exception as exc:
+                    if not is_outage(exc):
+                        raise
+                    cause = exc.__cause__ or exc
+                    # The first failure of a run of them with its traceback: where it failed.
+                    logger.warning("ledger worker waiting for a dependency: %s (%s)",
+                                   type(cause).__name__, cause, exc_info=backoff == 0.05)
+                    self.stopping.wait(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.05
+                if written == 0 and not block_ms:
+                    self.stopping.wait(idle)  # idle: poll less and less often, up to 50 a second
+                    idle = min(idle * 2, 0.02)
+                else:
+                    idle = 0.001
+                    if written < self.batch_size // 10 and self.gather_seconds:
+                        self.stopping.wait(self.gather_seconds)
+        finally:
+            if self.connection is not None:
+                self.connection.close()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -185,10 +197,17 @@ def _process_name() -> str:
 
 def for_app(app: Application, batch_size: int = 1000, *, name: str | None = None,
             partitions: Sequence[int] | None = None) -> LedgerWorker:
-    return LedgerWorker(app.outbox, app.uow_factory, app.ledger_progress, batch_size=batch_size,
+    """A worker of ``app``; on PostgreSQL with a connection of its own, its batches written in
+    two round trips (ledger_connection)."""
+    connection: LedgerConnection | None = None
+    units: Callable[[], BatchUnitOfWork] = app.uow_factory
+    if app.engine is not None and app.engine.dialect.name == "postgresql":
+        connection = LedgerConnection(app.engine)
+        units = functools.partial(LedgerBatchUnitOfWork, connection)
+    return LedgerWorker(app.outbox, units, app.ledger_progress, batch_size=batch_size,
                         claim_idle_ms=app.config.ledger_claim_idle_ms,
                         gather_seconds=0.0 if app.config.durability == "sync" else 0.02,
-                        name=name, partitions=partitions)
+                        name=name, partitions=partitions, connection=connection)
 
 
 def split(app: Application, threads: int, batch_size: int = 1000,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from allocation.adapters.outbox import OutboxEntry
 from allocation.domain.rules import KINDS
-from allocation.service_layer.unit_of_work import AbstractUnitOfWork
+from allocation.service_layer.unit_of_work import BatchUnitOfWork
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class BatchResult:
     marks: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
 
 
-def write_batch(entries: list[OutboxEntry], uow: AbstractUnitOfWork,
+def write_batch(entries: list[OutboxEntry], uow: BatchUnitOfWork,
                 drop_keys: bool = False) -> BatchResult:
     """``drop_keys`` writes the rows without their idempotency keys: for a key reused after
     Redis forgot it, whose first use the ledger's unique key already holds."""

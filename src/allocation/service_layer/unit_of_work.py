@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
+from typing import Any, Protocol
 
+import psycopg2
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from allocation.adapters import ledger_rows as ledger_writer
+from allocation.adapters.ledger_connection import LedgerConnection
 from allocation.adapters.outages import database_down
 from allocation.adapters.repository import AbstractRepository, SqlAlchemyRepository
 from allocation.domain import errors, events
+from allocation.domain.model import InventoryItem
 
 
 class Conflict(Exception):
@@ -101,3 +105,54 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
     def rollback(self) -> None:
         self.session.rollback()
 
+
+
+class BatchRepository(Protocol):
+    def lock_many(self, keys: Sequence[tuple[str, str]]
+                  ) -> dict[tuple[str, str], InventoryItem]: ...
+
+
+class BatchUnitOfWork(Protocol):
+    """What the ledger writer needs of a unit of work: lock items, commit what they recorded."""
+
+    @property
+    def items(self) -> BatchRepository: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+class LedgerBatchUnitOfWork:
+    """The ledger writer's unit of work on PostgreSQL: the same aggregates as the ORM's, read
+    and written through the writer's own connection in two round trips."""
+
+    def __init__(self, connection: LedgerConnection) -> None:
+        self.connection = connection
+        self.items = self
+        self.seen: list[InventoryItem] = []
+
+    def __enter__(self) -> LedgerBatchUnitOfWork:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.connection.rollback()  # nothing, once committed
+
+    def lock_many(self, keys: Sequence[tuple[str, str]]
+                  ) -> dict[tuple[str, str], InventoryItem]:
+        found = self.connection.lock(keys)
+        self.seen.extend(found.values())
+        return found
+
+    def commit(self) -> None:
+        changed = [item for item in self.seen if item.new_entries]
+        try:
+            self.connection.commit(changed, [e for item in changed for e in item.new_entries])
+        except psycopg2.IntegrityError as exc:
+            raise Conflict(str(exc)) from exc
+        for item in changed:
+            item.new_entries = []

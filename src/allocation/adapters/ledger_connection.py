@@ -1,0 +1,113 @@
+"""A ledger writer's own PostgreSQL connection. A batch takes two round trips: lock and read its
+items, then write their figures and rows and commit. Through the ORM's session it took seven
+(a pool check-out's ping, BEGIN, the lock, each item's UPDATE, COPY's two, COMMIT), and a sync
+sale waits for every one of them (docs/adr/0020-ledger-batch-in-two-round-trips.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg2
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+
+from allocation.adapters import ledger_rows
+from allocation.adapters.outages import database_down
+from allocation.domain import errors
+from allocation.domain.model import InventoryItem, LedgerEntry
+
+ItemKey = tuple[str, str]
+
+# The connection runs in autocommit, so psycopg2 sends no BEGIN of its own: it rides with the
+# lock. One order for every writer: no deadlocks.
+LOCK_SQL = (
+    "BEGIN; SELECT namespace, sku, total, consumed, held, last_seq, counter_gen, limit_per_buyer "
+    "FROM inventory_items WHERE (namespace, sku) IN "
+    "(SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY namespace, sku FOR UPDATE")
+FIGURES_SQL = (
+    "UPDATE inventory_items AS i SET total = f.total, consumed = f.consumed, held = f.held, "
+    "last_seq = f.last_seq, version = i.version + 1, updated_at = now() "
+    "FROM json_to_recordset(%s) AS f(namespace text, sku text, total bigint, consumed bigint, "
+    "held bigint, last_seq bigint) WHERE i.namespace = f.namespace AND i.sku = f.sku")
+# Up to this many rows go in the statement that commits; more by COPY first, which costs a
+# round trip more but less per row (a drained backlog's batches).
+INLINE_ROWS = 200
+
+
+class LedgerConnection:
+    """Not thread-safe: one per writer thread. Connects on first use, and again after an
+    outage (raised as ``errors.Unavailable``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pooled: Any = None  # SQLAlchemy's pooled connection, kept between batches
+        self._in_transaction = False
+
+    def lock(self, keys: Sequence[ItemKey]) -> dict[ItemKey, InventoryItem]:
+        """Begin a transaction and lock the existing items of ``keys``."""
+        wanted = sorted(set(keys))
+        with self._cursor() as cursor:
+            self._in_transaction = True
+            cursor.execute(LOCK_SQL, ([ns for ns, _ in wanted], [sku for _, sku in wanted]))
+            rows = cursor.fetchall()
+        found = {}
+        for namespace, sku, total, consumed, held, last_seq, gen, limit in rows:
+            item = InventoryItem(namespace, sku, total, consumed, last_seq)
+            item.held, item.counter_gen, item.limit_per_buyer = held, gen, limit
+            found[(namespace, sku)] = item
+        return found
+
+    def commit(self, items: Sequence[InventoryItem], entries: Sequence[LedgerEntry]) -> None:
+        """Write the items' figures and the rows, and commit. A unique key refusing a row
+        raises psycopg2's IntegrityError, the transaction rolled back."""
+        figures = json.dumps([{"namespace": i.namespace, "sku": i.sku, "total": i.total,
+                               "consumed": i.consumed, "held": i.held, "last_seq": i.last_seq}
+                              for i in items])
+        with self._cursor() as cursor:
+            try:
+                if len(entries) > INLINE_ROWS:
+                    cursor.copy_expert(ledger_rows.COPY_SQL, ledger_rows.as_csv(entries))
+                    cursor.execute(f"{FIGURES_SQL}; COMMIT", (figures,))
+                else:
+                    cursor.execute(f"{FIGURES_SQL}; {ledger_rows.INSERT_JSON_SQL}; COMMIT",
+                                   (figures, ledger_rows.as_json(entries)))
+                self._in_transaction = False
+            except psycopg2.IntegrityError:
+                self.rollback()
+                raise
+
+    def rollback(self) -> None:
+        if self._in_transaction and self._pooled is not None:
+            with self._cursor() as cursor:
+                cursor.execute("ROLLBACK")
+        self._in_transaction = False
+
+    def close(self) -> None:
+        if self._pooled is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self.rollback()
+                self._pooled.dbapi_connection.autocommit = False  # as the pool lends them
+            self._pooled.close()
+            self._pooled = None
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        try:
+            if self._pooled is None:
+                pooled = self.engine.raw_connection()
+                pooled.dbapi_connection.autocommit = True  # type: ignore[union-attr]
+                self._pooled = pooled
+            with self._pooled.cursor() as cursor:
+                yield cursor
+        except (psycopg2.Error, sa_exc.DBAPIError) as exc:  # the latter: connecting
+            if not database_down(exc):
+                raise
+            # The server ends the transaction with the connection; the next use reconnects.
+            self._in_transaction = False
+            if self._pooled is not None:
+                self._pooled.invalidate(exc)
+                self._pooled = None
+            raise errors.Unavailable("database unavailable") from exc
