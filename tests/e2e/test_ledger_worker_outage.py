@@ -58,9 +58,15 @@ def test_the_worker_waits_out_a_cut_and_writes_everything_once(
             wait_until(lambda: len(ledger_keys(engine, namespace, "hot")) > 1, 60,
                        "the worker to write through the proxy")
             proxy.cut_on(trigger, after_forwarding=after_forwarding)
-            # Eight sellers at once: the worker then writes batches of many, with COPY.
-            sellers = [threading.Thread(target=sell, args=(app, namespace, keys[n::8]))
-                       for n in range(8) if keys[n::8]]
+            rest = keys[500:]
+            if trigger.startswith(b"COPY"):
+                # A backlog, so that the next batch is one of many rows: those go by COPY.
+                with worker.paused():
+                    sell(app, namespace, rest[:500])
+                rest = rest[500:]
+            # Eight sellers at once: the worker writes batches of many.
+            sellers = [threading.Thread(target=sell, args=(app, namespace, rest[n::8]))
+                       for n in range(8) if rest[n::8]]
             for seller in sellers[:4]:  # the first half, cut mid-write
                 seller.start()
             wait_until(proxy.triggered.is_set, 60, f"the worker to send {trigger!r}")
