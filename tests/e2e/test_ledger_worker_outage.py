@@ -1,7 +1,8 @@
 """A ledger worker rides out losing its database anywhere in a write: the connection is cut by a
-proxy at the moment the worker sends its COPY, or its COMMIT (before the server has it, or after
-it committed and before the worker heard so). The worker process stays up, waits, and once the
-database is back writes every acknowledged sale exactly once."""
+proxy at the moment the worker sends its lock, its COPY, or its COMMIT (which carries the rows of
+a small batch; cut before the server has it, or after it committed and before the worker heard
+so). The worker process stays up, waits, and once the database is back writes every acknowledged
+sale exactly once."""
 
 from __future__ import annotations
 
@@ -33,10 +34,11 @@ def sell(app: Application, namespace: str, keys: list[str]) -> None:
 
 
 @pytest.mark.parametrize(("trigger", "after_forwarding"), [
+    (b"FOR UPDATE", False),
     (b"COPY inventory_ledger", False),
     (b"COMMIT", False),
     (b"COMMIT", True),
-], ids=["during-copy", "commit-lost", "commit-unanswered"])
+], ids=["during-lock", "during-copy", "commit-lost", "commit-unanswered"])
 def test_the_worker_waits_out_a_cut_and_writes_everything_once(
         service_config: Config, engine: Engine, namespace: str, trigger: bytes,
         after_forwarding: bool) -> None:

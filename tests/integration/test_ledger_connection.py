@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg2.extensions
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -54,21 +55,55 @@ def test_a_batch_writes_the_items_figures_and_rows(
     assert rows[-1] == (count + 1, "decrement", 1, f"k{count + 1}")
     with engine.connect() as conn:  # what the ORM's writers check their reads against
         assert conn.execute(text("SELECT version FROM inventory_items WHERE namespace = :ns "
-                                 "AND sku = 'a'"), {"ns": namespace}).scalar_one() > 1
+                                 "AND sku = 'a'"), {"ns": namespace}).scalar_one() == 2
 
 
 @pytest.mark.parametrize("app", ["async"], indirect=True)
+@pytest.mark.parametrize("count", [2, ledger_connection.INLINE_ROWS + 50],
+                         ids=["inline", "copy"])
 def test_a_key_used_before_refuses_the_whole_batch(
-        app: Application, engine: Engine, namespace: str, connection: LedgerConnection) -> None:
+        app: Application, engine: Engine, namespace: str, connection: LedgerConnection,
+        count: int) -> None:
     app.bus.handle(commands.InitInventory(namespace, "a", 10_000))
     write(connection, sales(namespace, "a", 2, 1, key="same"))
-    clash = sales(namespace, "a", 3, 2, key="other")
-    clash[1] = clash[1]._replace(idempotency_key="same2")  # the key seq 2 holds
+    clash = sales(namespace, "a", 3, count, key="other")
+    clash[-1] = clash[-1]._replace(idempotency_key="same2")  # the key seq 2 holds
     with pytest.raises(Conflict):
         write(connection, clash)
     assert stored(engine, namespace, "a") == (10_000, 1, 2)  # nothing of it
     write(connection, sales(namespace, "a", 3, 2, key="new"))  # the connection serves on
     assert stored(engine, namespace, "a") == (10_000, 3, 4)
+
+
+@pytest.mark.parametrize("app", ["async"], indirect=True)
+def test_it_writes_what_the_orm_unit_of_work_writes(
+        app: Application, engine: Engine, namespace: str, connection: LedgerConnection) -> None:
+    """The same entries through both units of work: the same rows, column for column."""
+    def movements(ns: str) -> list[OutboxEntry]:
+        expires = 1_900_000_000_000
+        return [
+            OutboxEntry("0-2", 0, ns, "a", 2, "hold", 2, 'k"\\ \'é', 100, 0, None, "ann", 2,
+                        "r1", expires),
+            OutboxEntry("0-3", 0, ns, "a", 3, "confirm", 2, None, 100, 2, None, "ann", 0, "r1"),
+            OutboxEntry("0-4", 0, ns, "a", 4, "decrement", 1, "k4", 100, 3, None, "bob"),
+            OutboxEntry("0-5", 0, ns, "a", 5, "refund", 1, None, 100, 2)]
+
+    orm_ns = f"{namespace}o"
+    for ns in (namespace, orm_ns):
+        app.bus.handle(commands.InitInventory(ns, "a", 100, limit_per_buyer=5))
+    write(connection, movements(namespace))
+    write_batch(movements(orm_ns), app.uow_factory())
+    columns = ("seq, kind, qty, total_after, available_after, idempotency_key, buyer, "
+               "reservation_id, held_after, expires_at")
+    with engine.connect() as conn:
+        rows, items = [
+            [conn.execute(text(f"SELECT {what} WHERE namespace = :ns ORDER BY 1"),
+                          {"ns": ns}).all() for ns in (namespace, orm_ns)]
+            for what in (f"{columns} FROM inventory_ledger",
+                         "sku, total, consumed, held, last_seq, version, "
+                         "limit_per_buyer FROM inventory_items")]
+    assert rows[0] == rows[1] and len(rows[0]) == 5
+    assert items[0] == items[1] and items[0][0][1:5] == (100, 2, 0, 5)
 
 
 @pytest.mark.parametrize("app", ["async"], indirect=True)
@@ -82,6 +117,29 @@ def test_a_batch_that_fails_before_its_commit_releases_its_locks(
         conn.execute(text("SELECT 1 FROM inventory_items WHERE namespace = :ns FOR UPDATE "
                           "NOWAIT"), {"ns": namespace})
         conn.rollback()
+
+
+@pytest.mark.parametrize("app", ["async"], indirect=True)
+def test_closing_mid_batch_hands_the_pool_a_clean_connection(
+        app: Application, engine: Engine, namespace: str) -> None:
+    assert app.engine is not None
+    app.bus.handle(commands.InitInventory(namespace, "a", 10_000))
+    own = LedgerConnection(app.engine)
+    before = app.engine.pool.checkedout()  # type: ignore[attr-defined]
+    own.lock([(namespace, "a")])
+    own.close()  # as a worker stopped between its round trips
+    assert app.engine.pool.checkedout() == before  # type: ignore[attr-defined]
+    with engine.connect() as conn:  # its locks went with its transaction
+        conn.execute(text("SELECT 1 FROM inventory_items WHERE namespace = :ns FOR UPDATE "
+                          "NOWAIT"), {"ns": namespace})
+        conn.rollback()
+    lent = app.engine.raw_connection()  # what the pool lends next is as it lends them
+    try:
+        assert lent.dbapi_connection.autocommit is False  # type: ignore[union-attr]
+        assert lent.dbapi_connection.get_transaction_status() == (  # type: ignore[union-attr]
+            psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+    finally:
+        lent.close()
 
 
 @pytest.mark.parametrize("app", ["async"], indirect=True)

@@ -61,23 +61,22 @@ class LedgerConnection:
         return found
 
     def commit(self, items: Sequence[InventoryItem], entries: Sequence[LedgerEntry]) -> None:
-        """Write the items' figures and the rows, and commit. A unique key refusing a row
-        raises psycopg2's IntegrityError, the transaction rolled back."""
+        """Write the items' figures and the rows, and commit. On an error (a unique key refusing
+        a row raises psycopg2's IntegrityError) the transaction stays open for ``rollback``."""
         figures = json.dumps([{"namespace": i.namespace, "sku": i.sku, "total": i.total,
                                "consumed": i.consumed, "held": i.held, "last_seq": i.last_seq}
                               for i in items])
         with self._cursor() as cursor:
-            try:
-                if len(entries) > INLINE_ROWS:
-                    cursor.copy_expert(ledger_rows.COPY_SQL, ledger_rows.as_csv(entries))
-                    cursor.execute(f"{FIGURES_SQL}; COMMIT", (figures,))
-                else:
-                    cursor.execute(f"{FIGURES_SQL}; {ledger_rows.INSERT_JSON_SQL}; COMMIT",
-                                   (figures, ledger_rows.as_json(entries)))
-                self._in_transaction = False
-            except psycopg2.IntegrityError:
-                self.rollback()
-                raise
+            if len(entries) > INLINE_ROWS:
+                cursor.copy_expert(ledger_rows.COPY_SQL, ledger_rows.as_csv(entries))
+                cursor.execute(f"{FIGURES_SQL}; COMMIT", (figures,))
+            else:
+                cursor.execute(f"{FIGURES_SQL}; {ledger_rows.INSERT_JSON_SQL}; COMMIT",
+                               (figures, ledger_rows.as_json(entries)))
+            # COMMIT of a transaction that had failed answers ROLLBACK, without an error.
+            if cursor.statusmessage != "COMMIT":
+                raise RuntimeError(f"ledger batch not committed: {cursor.statusmessage}")
+            self._in_transaction = False
 
     def rollback(self) -> None:
         if self._in_transaction and self._pooled is not None:
@@ -86,12 +85,21 @@ class LedgerConnection:
         self._in_transaction = False
 
     def close(self) -> None:
-        if self._pooled is not None:
-            with contextlib.suppress(psycopg2.Error):
-                self.rollback()
-                self._pooled.dbapi_connection.autocommit = False  # as the pool lends them
-            self._pooled.close()
-            self._pooled = None
+        """Give the connection back to the pool as the pool lends them (or drop it); never
+        raises: it runs as a worker stops, whatever stopped it."""
+        if self._pooled is None:
+            return
+        pooled, self._pooled = self._pooled, None
+        try:
+            if self._in_transaction:
+                with pooled.cursor() as cursor:
+                    cursor.execute("ROLLBACK")
+            pooled.dbapi_connection.autocommit = False
+            pooled.close()
+        except Exception:  # noqa: BLE001 - an unknown state: the pool must not lend it
+            with contextlib.suppress(Exception):
+                pooled.invalidate()
+        self._in_transaction = False
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[Any]:

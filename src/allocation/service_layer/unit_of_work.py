@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import psycopg2
+import psycopg2.errors
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
@@ -101,6 +102,8 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             self.session.commit()
         except sa_exc.IntegrityError as exc:
             raise Conflict(str(exc.orig)) from exc
+        except psycopg2.errors.UniqueViolation as exc:  # COPY's raw cursor passes SQLAlchemy by
+            raise Conflict(str(exc)) from exc
 
     def rollback(self) -> None:
         self.session.rollback()
@@ -152,7 +155,7 @@ class LedgerBatchUnitOfWork:
         changed = [item for item in self.seen if item.new_entries]
         try:
             self.connection.commit(changed, [e for item in changed for e in item.new_entries])
-        except psycopg2.IntegrityError as exc:
+        except psycopg2.errors.UniqueViolation as exc:
             raise Conflict(str(exc)) from exc
         for item in changed:
             item.new_entries = []
