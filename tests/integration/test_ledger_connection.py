@@ -142,17 +142,35 @@ def test_closing_mid_batch_hands_the_pool_a_clean_connection(
         lent.close()
 
 
+def terminate(engine: Engine, connection: LedgerConnection) -> None:
+    """End the writer's session from the server's side, as a restart or an idle timeout does."""
+    pid = connection._pooled.dbapi_connection.get_backend_pid()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+        conn.commit()
+
+
 @pytest.mark.parametrize("app", ["async"], indirect=True)
-def test_a_lost_connection_is_an_outage_and_the_next_batch_reconnects(
+def test_a_connection_lost_while_idle_is_replaced_at_once(
         app: Application, engine: Engine, namespace: str, connection: LedgerConnection) -> None:
     app.bus.handle(commands.InitInventory(namespace, "a", 10_000))
     write(connection, sales(namespace, "a", 2, 1))
-    pid = connection._pooled.dbapi_connection.get_backend_pid()
-    with engine.connect() as conn:  # the server ends the writer's session, as a restart would
-        assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
-        conn.commit()
-    with pytest.raises(errors.Unavailable):
-        write(connection, sales(namespace, "a", 3, 1))
+    terminate(engine, connection)
+    write(connection, sales(namespace, "a", 3, 1))  # no outage to wait out
+    assert stored(engine, namespace, "a") == (10_000, 2, 3)
+
+
+@pytest.mark.parametrize("app", ["async"], indirect=True)
+def test_a_connection_lost_mid_batch_is_an_outage_and_the_next_batch_reconnects(
+        app: Application, engine: Engine, namespace: str, connection: LedgerConnection) -> None:
+    app.bus.handle(commands.InitInventory(namespace, "a", 10_000))
+    write(connection, sales(namespace, "a", 2, 1))
+    with pytest.raises(errors.Unavailable), LedgerBatchUnitOfWork(connection) as uow:
+        locked = uow.lock_many([(namespace, "a")])
+        locked[(namespace, "a")].record_many(sales(namespace, "a", 3, 1))
+        terminate(engine, connection)
+        uow.commit()
+    assert stored(engine, namespace, "a") == (10_000, 1, 2)  # nothing of it
     write(connection, sales(namespace, "a", 3, 1))
     assert stored(engine, namespace, "a") == (10_000, 2, 3)
     assert [r[0] for r in ledger_rows(engine, namespace, "a")] == [1, 2, 3]

@@ -49,16 +49,29 @@ class LedgerConnection:
     def lock(self, keys: Sequence[ItemKey]) -> dict[ItemKey, InventoryItem]:
         """Begin a transaction and lock the existing items of ``keys``."""
         wanted = sorted(set(keys))
-        with self._cursor() as cursor:
-            self._in_transaction = True
-            cursor.execute(LOCK_SQL, ([ns for ns, _ in wanted], [sku for _, sku in wanted]))
-            rows = cursor.fetchall()
+        params = ([ns for ns, _ in wanted], [sku for _, sku in wanted])
+        kept = self._pooled is not None
+        try:
+            rows = self._locked(params)
+        except errors.Unavailable:
+            if not kept:
+                raise
+            # The kept connection had gone while idle (a server restart, an idle timeout):
+            # nothing was begun, so a new one tries at once, as a pool's ping would have.
+            rows = self._locked(params)
         found = {}
         for namespace, sku, total, consumed, held, last_seq, gen, limit in rows:
             item = InventoryItem(namespace, sku, total, consumed, last_seq)
             item.held, item.counter_gen, item.limit_per_buyer = held, gen, limit
             found[(namespace, sku)] = item
         return found
+
+    def _locked(self, params: tuple[list[str], list[str]]) -> list[tuple[Any, ...]]:
+        with self._cursor() as cursor:
+            self._in_transaction = True
+            cursor.execute(LOCK_SQL, params)
+            rows: list[tuple[Any, ...]] = cursor.fetchall()
+        return rows
 
     def commit(self, items: Sequence[InventoryItem], entries: Sequence[LedgerEntry]) -> None:
         """Write the items' figures and the rows, and commit. On an error (a unique key refusing
