@@ -940,6 +940,7 @@ def _timed_drain(app: Application) -> tuple[int, float]:
 def _drain(worker: LedgerWorker) -> None:
     while worker.run_once():
         pass
+    worker.close()
 
 
 def redis_benchmark_ceiling(services: Services, requests_: int, clients: int = 50) -> Result:

@@ -164,8 +164,12 @@ class LedgerWorker:
                     if written < self.batch_size // 10 and self.gather_seconds:
                         self.stopping.wait(self.gather_seconds)
         finally:
-            if self.connection is not None:
-                self.connection.close()
+            self.close()
+
+    def close(self) -> None:
+        """Give back the worker's database connection (``run`` does, as it ends)."""
+        if self.connection is not None:
+            self.connection.close()
 
     def stop(self) -> None:
         self.stopping.set()

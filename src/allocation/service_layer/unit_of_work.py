@@ -109,7 +109,6 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         self.session.rollback()
 
 
-
 class BatchRepository(Protocol):
     def lock_many(self, keys: Sequence[tuple[str, str]]
                   ) -> dict[tuple[str, str], InventoryItem]: ...
