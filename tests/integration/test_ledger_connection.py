@@ -76,6 +76,19 @@ def test_a_key_used_before_refuses_the_whole_batch(
 
 
 @pytest.mark.parametrize("app", ["async"], indirect=True)
+def test_the_orm_unit_of_work_also_tells_a_key_clash_in_a_copied_batch(
+        app: Application, engine: Engine, namespace: str) -> None:
+    """Its COPY (batches of more than 8) goes by a raw cursor, past SQLAlchemy's mapping."""
+    app.bus.handle(commands.InitInventory(namespace, "a", 10_000))
+    write_batch(sales(namespace, "a", 2, 1, key="same"), app.uow_factory())
+    clash = sales(namespace, "a", 3, 12, key="other")
+    clash[-1] = clash[-1]._replace(idempotency_key="same2")
+    with pytest.raises(Conflict):
+        write_batch(clash, app.uow_factory())
+    assert stored(engine, namespace, "a") == (10_000, 1, 2)
+
+
+@pytest.mark.parametrize("app", ["async"], indirect=True)
 def test_it_writes_what_the_orm_unit_of_work_writes(
         app: Application, engine: Engine, namespace: str, connection: LedgerConnection) -> None:
     """The same entries through both units of work: the same rows, column for column."""
