@@ -19,6 +19,12 @@ from allocation.service_layer.ledger_writer import write_batch
 from allocation.service_layer.unit_of_work import Conflict, LedgerBatchUnitOfWork
 from tests.helpers.ledger import ledger_rows, stored
 
+# Every test here runs one mode's application (the writer is the same in both).
+pytestmark = pytest.mark.parametrize("app", ["async"], indirect=True)
+# A batch's rows go inline with its COMMIT, or by COPY first above INLINE_ROWS.
+BOTH_WAYS = pytest.mark.parametrize("count", [3, ledger_connection.INLINE_ROWS + 50],
+                                    ids=["inline", "copy"])
+
 
 @pytest.fixture
 def connection(app: Application) -> Iterator[LedgerConnection]:
@@ -39,9 +45,7 @@ def write(connection: LedgerConnection, entries: list[OutboxEntry]) -> None:
     write_batch(entries, LedgerBatchUnitOfWork(connection))
 
 
-@pytest.mark.parametrize("app", ["async"], indirect=True)
-@pytest.mark.parametrize("count", [3, ledger_connection.INLINE_ROWS + 50],
-                         ids=["inline", "copy"])
+@BOTH_WAYS
 def test_a_batch_writes_the_items_figures_and_rows(
         app: Application, engine: Engine, namespace: str, connection: LedgerConnection,
         count: int) -> None:
@@ -58,9 +62,7 @@ def test_a_batch_writes_the_items_figures_and_rows(
                                  "AND sku = 'a'"), {"ns": namespace}).scalar_one() == 2
 
 
-@pytest.mark.parametrize("app", ["async"], indirect=True)
-@pytest.mark.parametrize("count", [2, ledger_connection.INLINE_ROWS + 50],
-                         ids=["inline", "copy"])
+@BOTH_WAYS
 def test_a_key_used_before_refuses_the_whole_batch(
         app: Application, engine: Engine, namespace: str, connection: LedgerConnection,
         count: int) -> None:
@@ -75,7 +77,6 @@ def test_a_key_used_before_refuses_the_whole_batch(
     assert stored(engine, namespace, "a") == (10_000, 3, 4)
 
 
-@pytest.mark.parametrize("app", ["async"], indirect=True)
 def test_the_orm_unit_of_work_also_tells_a_key_clash_in_a_copied_batch(
         app: Application, engine: Engine, namespace: str) -> None:
     """Its COPY (batches of more than 8) goes by a raw cursor, past SQLAlchemy's mapping."""
@@ -88,7 +89,6 @@ def test_the_orm_unit_of_work_also_tells_a_key_clash_in_a_copied_batch(
     assert stored(engine, namespace, "a") == (10_000, 1, 2)
 
 
-@pytest.mark.parametrize("app", ["async"], indirect=True)
 def test_it_writes_what_the_orm_unit_of_work_writes(
         app: Application, engine: Engine, namespace: str, connection: LedgerConnection) -> None:
     """The same entries through both units of work: the same rows, column for column."""
@@ -119,7 +119,6 @@ def test_it_writes_what_the_orm_unit_of_work_writes(
     assert items[0] == items[1] and items[0][0][1:5] == (100, 2, 0, 5)
 
 
-@pytest.mark.parametrize("app", ["async"], indirect=True)
 def test_a_batch_that_fails_before_its_commit_releases_its_locks(
         app: Application, engine: Engine, namespace: str, connection: LedgerConnection) -> None:
     app.bus.handle(commands.InitInventory(namespace, "a", 10_000))
@@ -132,7 +131,6 @@ def test_a_batch_that_fails_before_its_commit_releases_its_locks(
         conn.rollback()
 
 
-@pytest.mark.parametrize("app", ["async"], indirect=True)
 def test_closing_mid_batch_hands_the_pool_a_clean_connection(
         app: Application, engine: Engine, namespace: str) -> None:
     assert app.engine is not None
@@ -163,7 +161,6 @@ def terminate(engine: Engine, connection: LedgerConnection) -> None:
         conn.commit()
 
 
-@pytest.mark.parametrize("app", ["async"], indirect=True)
 def test_a_connection_lost_while_idle_is_replaced_at_once(
         app: Application, engine: Engine, namespace: str, connection: LedgerConnection) -> None:
     app.bus.handle(commands.InitInventory(namespace, "a", 10_000))
@@ -173,7 +170,6 @@ def test_a_connection_lost_while_idle_is_replaced_at_once(
     assert stored(engine, namespace, "a") == (10_000, 2, 3)
 
 
-@pytest.mark.parametrize("app", ["async"], indirect=True)
 def test_a_connection_lost_mid_batch_is_an_outage_and_the_next_batch_reconnects(
         app: Application, engine: Engine, namespace: str, connection: LedgerConnection) -> None:
     app.bus.handle(commands.InitInventory(namespace, "a", 10_000))
