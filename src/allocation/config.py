@@ -28,7 +28,7 @@ class Config:
     sync_wait_seconds: float = 5.0  # past this a sync movement answers 503, outcome unknown
     ledger_wait_seconds: float = 10.0  # how long a refresh waits for the worker to catch up
     ledger_lag_threshold_seconds: float = 30.0  # /readyz says "degraded" past this
-    ledger_claim_idle_ms: int = 30_000  # entries held this long by a silent worker are taken
+    ledger_claim_idle_ms: int = 3_000  # entries held this long by a silent worker are taken
     # A request's body must arrive whole within this; waiting for it takes no request thread.
     body_timeout_seconds: float = 10.0
     # "required": /v1/ needs a bearer token; "off" only suits the embedded mode on one machine.

@@ -1,12 +1,14 @@
 """Sync durability on the one pipeline, with real processes: a sale is answered only once the
 ledger worker has committed it; without a worker (stopped, killed, or cut off from its database)
 a sale answers 503 within the wait, and the same key asked again once a worker runs answers 200,
-with each sale in the ledger once."""
+with each sale in the ledger once; beside another worker, a killed one's sales are taken over
+within the wait."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import signal
 import threading
 import time
 import uuid
@@ -17,14 +19,17 @@ import requests
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from allocation.bootstrap import bootstrap
+from allocation.adapters.redis_outbox import GROUP, RedisOutbox
+from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
 from tests.helpers.processes import (
     Process,
+    allocation_command,
     free_port,
     ledger_worker,
     serve,
+    service_env,
     wait_until,
 )
 
@@ -154,6 +159,89 @@ def test_a_worker_killed_mid_sale_loses_nothing_in_sync_mode(sync_config: Config
     finally:
         first.stop()
         for process in replacement:
+            process.stop()
+        if app.engine is not None:
+            app.engine.dispose()
+
+
+
+def _consumers(app: Application) -> dict[str, int]:
+    """Every ledger consumer of the outbox, with how many entries it holds unacknowledged."""
+    outbox = app.outbox
+    assert isinstance(outbox, RedisOutbox)
+    held: dict[str, int] = {}
+    for partition in range(outbox.partitions):
+        stream = outbox.keys.outbox(partition)
+        for consumer in outbox.client.xinfo_consumers(stream, GROUP):  # type: ignore[no-untyped-call]
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else name
+            held[name] = held.get(name, 0) + int(consumer["pending"])
+    return held
+
+
+def _held_by_doomed(app: Application) -> int:
+    return sum(n for name, n in _consumers(app).items() if name.startswith("doomed-"))
+
+
+def test_a_killed_workers_sales_are_taken_over_within_the_wait(service_config: Config,
+                                                               engine: Engine,
+                                                               namespace: str) -> None:
+    """With the default LEDGER_CLAIM_IDLE_MS and SYNC_WAIT_SECONDS, and no restart: another
+    worker takes over the entries the killed one held within the wait (ADR 0021)."""
+    defaults = Config()
+    config = dataclasses.replace(
+        service_config, durability="sync", sync_wait_seconds=defaults.sync_wait_seconds,
+        ledger_claim_idle_ms=defaults.ledger_claim_idle_ms,
+        redis_key_prefix=f"{service_config.redis_key_prefix}:t{uuid.uuid4().hex[:8]}")
+    app = bootstrap(config)
+    app.bus.handle(commands.InitInventory(namespace, "hot", 300))
+    doomed = Process(allocation_command("ledger-worker", "--name", "doomed"),
+                     service_env(config))
+    doomed.start()
+    other: list[Process] = []
+    sold: set[str] = set()
+    lock = threading.Lock()
+
+    def buyer(n: int) -> None:
+        for attempt in range(60):
+            key = f"{n}-{attempt}"
+            while True:
+                try:
+                    outcome = app.bus.handle(commands.Decrement(namespace, "hot", 1, key))
+                except errors.Unavailable:
+                    continue  # outcome unknown: the same key again
+                if outcome.ok:
+                    with lock:
+                        sold.add(key)
+                break
+
+    def caught_holding() -> bool:
+        """Stopped (SIGSTOP) while it holds entries read and not yet acknowledged."""
+        assert doomed.proc is not None
+        doomed.proc.send_signal(signal.SIGSTOP)
+        if _held_by_doomed(app):
+            return True
+        doomed.proc.send_signal(signal.SIGCONT)
+        return False
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(buyer, n) for n in range(8)]
+            wait_until(lambda: len(sold) > 20, 60, "the sale to be under way")
+            wait_until(caught_holding, 30, "the doomed worker to hold entries")
+            other.append(ledger_worker(config))
+            wait_until(lambda: any(not name.startswith("doomed-") for name in _consumers(app)),
+                       60, "the other worker to read the outbox")
+            doomed.stop(kill=True)  # SIGKILL, holding them
+            wait_until(lambda: _held_by_doomed(app) == 0, config.sync_wait_seconds,
+                       "the other worker to take the killed one's entries over")
+            for future in futures:
+                future.result(timeout=120)
+        assert len(sold) == 300  # 480 buyers' attempts for 300 units: sold out, not over
+        assert sorted(ledger_keys(engine, namespace, "hot")) == sorted(sold)
+    finally:
+        doomed.stop()
+        for process in other:
             process.stop()
         if app.engine is not None:
             app.engine.dispose()

@@ -34,7 +34,7 @@ DEFAULT_THREADS = 4
 class LedgerWorker:
     def __init__(self, outbox: Outbox, uow_factory: Callable[[], BatchUnitOfWork],
                  progress: LedgerProgress, *, batch_size: int = 1000,
-                 claim_idle_ms: int = 30_000, gather_seconds: float = 0.02,
+                 claim_idle_ms: int = 3_000, gather_seconds: float = 0.02,
                  name: str | None = None, partitions: Sequence[int] | None = None,
                  connection: LedgerConnection | None = None) -> None:
         self.outbox = outbox
