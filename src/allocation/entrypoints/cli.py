@@ -23,14 +23,12 @@ import redis
 from pydantic import TypeAdapter, ValidationError
 
 from allocation import views
-from allocation.adapters import migrate as migrations
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
 from allocation.entrypoints import (
     cpu_pinning,
-    flask_app,
     ledger_worker,
     replies,
     schemas,
@@ -177,6 +175,10 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Bring the database schema to the latest revision (Alembic)."""
+    # Imported here, as serve's app is: Alembic and Flask would double every other command's
+    # start-up, which operators and scripts wait for.
+    from allocation.adapters import migrate as migrations
+
     config = Config.from_env()
     migrations.upgrade(config.database_url)
     click.echo(f"migrated {config.database_url.split('@')[-1]}")
@@ -214,6 +216,8 @@ def serve(host: str, port: int, workers: int | None, threads: int, pin_workers: 
         os.environ[worker_start.COUNT_ENV] = str(workers)
     # granian rather than gunicorn's gthread worker: more decrements at a lower p99 on the same
     # cores (docs/adr/0004-granian-and-the-fast-lane.md).
+    from allocation.entrypoints import flask_app
+
     os.environ[flask_app.THREADS_ENV] = str(threads)
     # RSGI by default: the event loop reads bodies, so a slow client holds no request thread
     # (entrypoints/rsgi_bridge.py); the app itself is WSGI either way (docs/adr/0013).
