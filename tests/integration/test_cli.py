@@ -175,28 +175,6 @@ def test_reservations_from_the_command_line(service_config: Config, namespace: s
         "init", "hold", "confirm", "hold", "release"]
 
 
-@pytest.mark.parametrize("args", [
-    ("reserve", "{ns}"),  # no lines
-    ("reserve", "{ns}", "a"),
-    ("reserve", "{ns}", "a:0"),
-    ("reserve", "{ns}", "a:1.5"),
-    ("reserve", "{ns}", "a b:1"),
-    ("reserve", "{ns}", "a:1", "--ttl", "0"),
-    ("reserve", "{ns}", "a:1", "--ttl", "86401"),
-    ("reserve", "{ns}", "a:1", "--buyer", "a b"),
-    ("reserve", "{ns}", "a:1", "--key", "a,b"),
-    ("reserve", "{ns}", *["a:1"] * 101),
-    ("reserve", "bad ns", "a:1"),
-    ("confirm", "{ns}", "a/b"),
-    ("release", "{ns}", "x" * 65),
-    ("sweep", "--interval", "0"),
-])
-def test_bad_reservation_input_is_a_usage_error(service_config: Config, namespace: str,
-                                                args: tuple[str, ...]) -> None:
-    result = cli(service_config, *(a.format(ns=namespace) for a in args))
-    assert result.returncode == 2, (result.stdout, result.stderr)
-
-
 @pytest.mark.usefixtures("ledger_worker")
 def test_sweep_once_ends_a_due_hold_nobody_touches(service_config: Config,
                                                    namespace: str) -> None:

@@ -181,6 +181,26 @@ class TestCommandLine:
         code, output = self.run(*args)
         assert code == 2 and f"invalid {field}" in output, output
 
+    @pytest.mark.parametrize("args", [
+        ("reserve", "ns"),  # no lines
+        ("reserve", "ns", "a"),
+        ("reserve", "ns", "a:0"),
+        ("reserve", "ns", "a:1.5"),
+        ("reserve", "ns", "a b:1"),
+        ("reserve", "ns", "a:1", "--ttl", "0"),
+        ("reserve", "ns", "a:1", "--ttl", "86401"),
+        ("reserve", "ns", "a:1", "--buyer", "a b"),
+        ("reserve", "ns", "a:1", "--key", "a,b"),
+        ("reserve", "ns", *["a:1"] * 101),
+        ("reserve", "bad ns", "a:1"),
+        ("confirm", "ns", "a/b"),
+        ("release", "ns", "x" * 65),
+        ("sweep", "--interval", "0"),
+    ])
+    def test_bad_reservation_input(self, args: tuple[str, ...]) -> None:
+        code, output = self.run(*args)
+        assert code == 2, output
+
     def test_invalid_input_raised_inside_a_command_is_a_usage_error(self) -> None:
         @click.command()
         @cli.domain_exit
