@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import signal
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -118,6 +117,22 @@ def test_without_a_writer_sales_answer_503_then_the_same_keys_succeed_once(
                 process.stop()
 
 
+def buyer(app: Application, namespace: str, n: int, sold: set[str]) -> None:
+    """Buyer ``n``'s 60 tries at a unit of "hot", each key asked again after a 503 (outcome
+    unknown, as API.md says) for up to a minute; the keys answered sold go into ``sold``."""
+    for attempt in range(60):
+        key = f"{n}-{attempt}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                outcome = app.bus.handle(commands.Decrement(namespace, "hot", 1, key))
+            except errors.Unavailable:
+                continue
+            if outcome.ok:
+                sold.add(key)  # set.add is atomic under the GIL
+            break
+
+
 def test_a_worker_killed_mid_sale_loses_nothing_in_sync_mode(sync_config: Config,
                                                              engine: Engine,
                                                              namespace: str) -> None:
@@ -126,26 +141,10 @@ def test_a_worker_killed_mid_sale_loses_nothing_in_sync_mode(sync_config: Config
     app.bus.handle(commands.InitInventory(namespace, "hot", 400))
     first = ledger_worker(sync_config)
     sold: set[str] = set()
-    lock = threading.Lock()
     replacement: list[Process] = []
-
-    def buyer(n: int) -> None:
-        for attempt in range(60):
-            key = f"{n}-{attempt}"
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    outcome = app.bus.handle(commands.Decrement(namespace, "hot", 1, key))
-                except errors.Unavailable:
-                    continue  # outcome unknown: the same key again
-                if outcome.ok:
-                    with lock:
-                        sold.add(key)
-                break
-
     try:
         with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(buyer, n) for n in range(8)]
+            futures = [pool.submit(buyer, app, namespace, n, sold) for n in range(8)]
             wait_until(lambda: len(sold) > 100, 60, "the sale to be under way")
             first.stop(kill=True)  # SIGKILL, in the middle of whatever it was doing
             replacement.append(ledger_worker(sync_config))
@@ -162,7 +161,6 @@ def test_a_worker_killed_mid_sale_loses_nothing_in_sync_mode(sync_config: Config
             process.stop()
         if app.engine is not None:
             app.engine.dispose()
-
 
 
 def _consumers(app: Application) -> dict[str, int]:
@@ -200,20 +198,6 @@ def test_a_killed_workers_sales_are_taken_over_within_the_wait(service_config: C
     doomed.start()
     other: list[Process] = []
     sold: set[str] = set()
-    lock = threading.Lock()
-
-    def buyer(n: int) -> None:
-        for attempt in range(60):
-            key = f"{n}-{attempt}"
-            while True:
-                try:
-                    outcome = app.bus.handle(commands.Decrement(namespace, "hot", 1, key))
-                except errors.Unavailable:
-                    continue  # outcome unknown: the same key again
-                if outcome.ok:
-                    with lock:
-                        sold.add(key)
-                break
 
     def caught_holding() -> bool:
         """Stopped (SIGSTOP) while it holds entries read and not yet acknowledged."""
@@ -226,7 +210,7 @@ def test_a_killed_workers_sales_are_taken_over_within_the_wait(service_config: C
 
     try:
         with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(buyer, n) for n in range(8)]
+            futures = [pool.submit(buyer, app, namespace, n, sold) for n in range(8)]
             wait_until(lambda: len(sold) > 20, 60, "the sale to be under way")
             wait_until(caught_holding, 30, "the doomed worker to hold entries")
             other.append(ledger_worker(config))
