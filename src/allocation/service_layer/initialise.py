@@ -23,13 +23,19 @@ def _init(cmd: commands.InitInventory, uow: AbstractUnitOfWork, counter: Counter
     with uow:
         item = uow.items.get(cmd.namespace, cmd.sku, lock=True)
         if item is not None:
-            if (item.total, item.limit_per_buyer) != (cmd.total, cmd.limit_per_buyer):
+            # The counter's figures where it holds the item: the row lags behind movements
+            # acknowledged and not yet in the ledger, and holds are not sales.
+            live = counter.read(cmd.namespace, cmd.sku)
+            total = item.total if live is None else live.total
+            if (total, item.limit_per_buyer) != (cmd.total, cmd.limit_per_buyer):
                 raise errors.AlreadyExists(
-                    f"{cmd.namespace}/{cmd.sku} exists with total {item.total} and limit per "
+                    f"{cmd.namespace}/{cmd.sku} exists with total {total} and limit per "
                     f"buyer {item.limit_per_buyer}")
-            # Where the counter lacks it, the next movement or read rebuilds it (the outbox may
-            # hold movements the database has yet to get).
-            return Outcome(OK, item.total, item.consumed, limit=item.limit_per_buyer)
+            if live is None:  # the next movement or read rebuilds it
+                return Outcome(OK, item.total, item.consumed, limit=item.limit_per_buyer,
+                               held=item.held)
+            return Outcome(OK, live.total, live.consumed, limit=item.limit_per_buyer,
+                           held=live.held)
         item = InventoryItem.initialise(cmd.namespace, cmd.sku, cmd.total, cmd.limit_per_buyer)
         item.counter_gen = new_generation()
         uow.items.add(item)
