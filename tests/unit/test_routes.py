@@ -116,6 +116,23 @@ def test_a_body_shorter_than_its_content_length_is_incomplete(fake_app: FakeApp)
     assert live is not None and live.consumed == 0
 
 
+@pytest.mark.parametrize(("method", "path", "sent"), [
+    ("PUT", "/v1/ns/items/a", '{"total": 9}'),
+    ("PATCH", "/v1/ns/items/a", '{"limit_per_buyer": 1}'),
+    ("POST", "/v1/ns/reservations", '{"lines": [{"sku": "a", "qty": 1}]}'),
+])
+def test_every_body_shorter_than_its_content_length_is_incomplete(
+        fake_app: FakeApp, method: str, path: str, sent: str) -> None:
+    """As a movement's (Flask's routes, as a plain WSGI server runs them)."""
+    fake_app.client.put("/v1/ns/items/a", json={"total": 3})
+    r = fake_app.client.open(path, method=method, data=sent, headers={
+        "Content-Type": "application/json", "Idempotency-Key": "k"},
+        environ_overrides={"CONTENT_LENGTH": str(len(sent) + 10)})
+    assert (r.status_code, body(r)["error"]) == (400, "incomplete_body")
+    live = fake_app.counter.read("ns", "a")
+    assert live is not None and (live.total, live.held, live.limit) == (3, 0, None)
+
+
 def test_after_seq_is_bounded_to_a_bigint(fake_app: FakeApp) -> None:
     fake_app.client.put("/v1/ns/items/a", json={"total": 3})
     ok = fake_app.client.get("/v1/ns/items/a/ledger", query_string={"after_seq": 2**63 - 1})

@@ -110,13 +110,9 @@ class Routes:
 
     def move(self, namespace: str, sku: str) -> Response:
         kind = KINDS[request.path.rsplit("/", 1)[-1]]
-        try:
-            body = request.get_data()
-        except ClientDisconnected:
-            body = b""  # shorter than its Content-Length: refused as such below
         return to_response(answer_movement(self.app, MovementRequest(
             kind, namespace, sku, request.headers.get("Idempotency-Key"),
-            request.content_type or "", request.content_length, body)))
+            request.content_type or "", request.content_length, _raw_body())))
 
     def stream(self, namespace: str, sku: str) -> Response:
         """The stream's first event. Served through RSGI (the default) the connection then
@@ -196,7 +192,14 @@ def _reservation_path(namespace: str, reservation_id: str) -> schemas.Reservatio
 
 def _body(model: type[M]) -> M:
     return validate(model, json_object(request.content_type or "", request.content_length,
-                                       request.get_data(cache=True)))
+                                       _raw_body()))
+
+
+def _raw_body() -> bytes:
+    try:
+        return request.get_data(cache=True)
+    except ClientDisconnected:
+        return b""  # shorter than its Content-Length: json_object refuses it as such
 
 
 def _entry_body(entry: LedgerEntry) -> dict[str, Any]:
