@@ -172,6 +172,30 @@ def test_repeated_keys_and_headers_are_400_and_change_nothing(server: str, admin
     assert requests.get(item, headers=bearer(admin), timeout=10).json()["consumed"] == 0
 
 
+def test_access_is_decided_before_the_body_is_read(server: str, config: Config, admin: str,
+                                                   namespace: str) -> None:
+    """API.md, Access. Each request sends its headers and withholds its body: the answer comes
+    without it (else the server waits BODY_TIMEOUT_SECONDS, 10 s, then answers 408)."""
+    host, port = server.removeprefix("http://").split(":")
+    item = f"{server}/v1/{namespace}/items/hot"
+    assert requests.put(item, json={"total": 5}, headers=bearer(admin), timeout=10).ok
+    elsewhere = token(config, f"{namespace}-other", "admin")
+    for authorization, status in ((None, 401), (f"Bearer unknown-{uuid.uuid4().hex}", 401),
+                                  (f"Bearer {elsewhere}", 403)):
+        given = f"Authorization: {authorization}\r\n" if authorization else ""
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall((f"POST /v1/{namespace}/items/hot/decrements HTTP/1.1\r\nHost: x\r\n"
+                       f"{given}Content-Type: application/json\r\nIdempotency-Key: k\r\n"
+                       "Content-Length: 20\r\n\r\n").encode())
+            answered = s.recv(4096)
+        assert answered.startswith(f"HTTP/1.1 {status}".encode()), (authorization, answered)
+    too_big = requests.post(f"{item}/decrements", data=b"x" * 70_000, timeout=10, headers={
+        **NO_TOKEN, "Content-Type": "application/json", "Idempotency-Key": "k"})
+    assert too_big.status_code == 401  # not 413: whoever it is, it may not sell
+    figures = requests.get(item, headers=bearer(admin), timeout=10).json()
+    assert figures["consumed"] == 0
+
+
 def test_slow_and_truncated_bodies_take_no_thread_and_are_never_applied(
         config: Config, admin: str, namespace: str) -> None:
     worker = Process(allocation_command("ledger-worker"), service_env(config))

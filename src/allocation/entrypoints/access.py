@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 RELOAD_SECONDS = 2.0
 RANK = {"read": 0, "sell": 1, "admin": 2}
+# Set in a request's environ by a server that has already let it through (rsgi_bridge).
+CHECKED = "allocation.access_checked"
 _UNKNOWN_LIMIT = 10_000  # unknown tokens remembered between reloads, at most
 
 
@@ -53,6 +55,13 @@ class TokenCache:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+
+    def holds(self, token: str) -> bool:
+        """Whether ``grant`` can answer from memory, without a database round trip."""
+        if self._grants is None:
+            return False
+        token_hash = digest(token)
+        return token_hash in self._grants or token_hash in self._unknown
 
     def grant(self, token: str) -> Grant | None:
         """The token's grant, None if it is unknown or revoked; ``Unavailable`` if that cannot
@@ -114,22 +123,38 @@ class TokenCache:
 
 
 class AccessGuard:
+    """In front of the app. A server that reads bodies itself (the RSGI bridge) asks
+    ``refusal`` before it reads one, and marks the request ``CHECKED``."""
+
     def __init__(self, wsgi_app: WSGIApplication, tokens: TokenCache) -> None:
         self._app = wsgi_app
         self._tokens = tokens
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
                  ) -> Iterable[bytes]:
+        refusal = None if environ.get(CHECKED) else self.refusal(environ)
+        if refusal is None:
+            return self._app(environ, start_response)
+        return replies.send_wsgi(refusal, start_response)
+
+    def decides_at_once(self, environ: WSGIEnvironment) -> bool:
+        """Whether ``refusal`` needs no database round trip: no token, or one held in memory
+        (every active token is, and the unknown ones seen since the last reload)."""
+        scheme, _, token = (environ.get("HTTP_AUTHORIZATION") or "").partition(" ")
+        token = token.strip()
+        return scheme.lower() != "bearer" or not token or self._tokens.holds(token)
+
+    def refusal(self, environ: WSGIEnvironment) -> Reply | None:
         path = environ.get("PATH_INFO", "")
         if not path.startswith("/v1/"):
-            return self._app(environ, start_response)
+            return None
         started = time.perf_counter()
         method = environ.get("REQUEST_METHOD", "")
         refusal = self._refusal(method, path, environ.get("HTTP_AUTHORIZATION"))
-        if refusal is None:
-            return self._app(environ, start_response)
-        metrics.count_request(method, "access", refusal.status, time.perf_counter() - started)
-        return replies.send_wsgi(refusal, start_response)
+        if refusal is not None:
+            metrics.count_request(method, "access", refusal.status,
+                                  time.perf_counter() - started)
+        return refusal
 
     def _refusal(self, method: str, path: str, authorization: str | None) -> Reply | None:
         scheme, _, token = (authorization or "").partition(" ")

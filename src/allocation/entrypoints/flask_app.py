@@ -38,9 +38,10 @@ def create_server_app() -> RsgiBridge:
     app = bootstrap()
     flask = create_app(application=app)
     worker_start.announce()
+    guard = flask.wsgi_app if isinstance(flask.wsgi_app, access.AccessGuard) else None
     return RsgiBridge(flask, threads=int(os.environ.get(THREADS_ENV) or 8),
                       body_timeout=app.config.body_timeout_seconds, max_body=MAX_BODY,
-                      application=app)
+                      application=app, guard=guard)
 
 
 def create_wsgi_server_app() -> Flask:

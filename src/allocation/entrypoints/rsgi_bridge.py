@@ -3,10 +3,11 @@ a request thread.
 
 Under plain WSGI a request thread reads the body itself: a client that sends its headers and
 then a body slowly (or never) holds that thread, and a few dozen such clients hold them all.
-Here the event loop reads each body whole first, within ``body_timeout`` seconds and up to
-``max_body`` bytes, and only then hands the complete request to the WSGI app on a thread of a
-fixed pool. A body that does not come in time is answered 408; one that stops short of its
-Content-Length reaches the app short, and the app refuses it (it is never applied).
+Here access is decided first (API.md: before the body is read); then the event loop reads each
+body whole, within ``body_timeout`` seconds and up to ``max_body`` bytes, and only then hands
+the complete request to the WSGI app on a thread of a fixed pool. A body that does not come in
+time is answered 408; one that stops short of its Content-Length reaches the app short, and
+the app refuses it (it is never applied).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
-from allocation.entrypoints import replies, stock_stream
+from allocation.entrypoints import access, replies, stock_stream
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -33,8 +34,10 @@ _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 class RsgiBridge:
     def __init__(self, wsgi_app: WSGIApplication, threads: int, body_timeout: float,
-                 max_body: int, application: Application | None = None) -> None:
+                 max_body: int, application: Application | None = None,
+                 guard: access.AccessGuard | None = None) -> None:
         self.wsgi_app = wsgi_app
+        self.guard = guard  # asked before a body is read (API.md, Access)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="request")
         self.body_timeout = body_timeout
         self.max_body = max_body
@@ -53,6 +56,16 @@ class RsgiBridge:
             return _reply(protocol, replies.error(
                 400, "invalid_field", f"header {field}: must be printable ASCII",
                 field=field))
+        environ = _environ(scope, headers)
+        loop = asyncio.get_running_loop()
+        if self.guard is not None:
+            if self.guard.decides_at_once(environ):
+                refusal = self.guard.refusal(environ)
+            else:  # a token not seen since the last reload: looked up off the loop
+                refusal = await loop.run_in_executor(self.pool, self.guard.refusal, environ)
+            if refusal is not None:
+                return _reply(protocol, refusal)
+            environ[access.CHECKED] = True
         length = _content_length(headers)
         if length is not None and length > self.max_body:
             return _reply(protocol, replies.error(413, "payload_too_large",
@@ -68,8 +81,7 @@ class RsgiBridge:
             except _TooLarge:
                 return _reply(protocol, replies.error(413, "payload_too_large",
                                                       "the body is over 64 KiB"))
-        environ = _environ(scope, headers, body)
-        loop = asyncio.get_running_loop()
+        environ["wsgi.input"] = io.BytesIO(body)
         status, response_headers, data = await loop.run_in_executor(self.pool, self._call,
                                                                     environ)
         key = _stream_of(scope.method, environ["PATH_INFO"])
@@ -145,7 +157,7 @@ def _content_length(headers: Headers) -> int | None:
     return None
 
 
-def _environ(scope: Scope, headers: Headers, body: bytes) -> WSGIEnvironment:
+def _environ(scope: Scope, headers: Headers) -> WSGIEnvironment:
     """As PEP 3333 has it; a header sent twice is joined with a comma, as WSGI servers do."""
     host, _, port = scope.server.rpartition(":")
     client, _, client_port = scope.client.rpartition(":")
@@ -155,7 +167,7 @@ def _environ(scope: Scope, headers: Headers, body: bytes) -> WSGIEnvironment:
         "QUERY_STRING": scope.query_string, "SERVER_NAME": host, "SERVER_PORT": port,
         "SERVER_PROTOCOL": f"HTTP/{scope.http_version}", "REMOTE_ADDR": client,
         "REMOTE_PORT": client_port, "wsgi.version": (1, 0), "wsgi.url_scheme": scope.scheme,
-        "wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True,
+        "wsgi.input": io.BytesIO(), "wsgi.input_terminated": True,
         "wsgi.errors": sys.stderr, "wsgi.multithread": True,
         "wsgi.multiprocess": True, "wsgi.run_once": False,
     }
