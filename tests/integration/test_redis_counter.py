@@ -188,7 +188,8 @@ def test_recorded_movements_publish_the_domain_events(redis_url: str, key_space:
     counter.load(ns, "s", 3, 0, 1)
     moves: list[tuple[Kind, int, str | None]] = [
         ("decrement", 2, "k1"), ("refund", 1, "r1"), ("adjust", -1, None),
-        ("decrement", 1, "k2"), ("decrement", 5, "k3")]  # the last is refused: no event
+        ("decrement", 1, "k2"), ("decrement", 5, "k3"),  # the last is refused: no event
+        ("adjust", 2, "a2"), ("adjust", -2, "a3")]  # taken down to none left: sold out
     expected = []
     for kind, qty, key in moves:
         outcome = counter.apply(ns, "s", kind, qty, key, record=True)
@@ -198,7 +199,8 @@ def test_recorded_movements_publish_the_domain_events(redis_url: str, key_space:
     got = heard(listener, len(expected), "the published events")
     assert got == expected
     assert [e["event"] for e in got] == ["Decremented", "Refunded", "TotalAdjusted",
-                                        "Decremented", "SoldOut"]
+                                        "Decremented", "SoldOut", "TotalAdjusted",
+                                        "TotalAdjusted", "SoldOut"]
     listener.close()
 
 

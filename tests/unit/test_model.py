@@ -56,6 +56,15 @@ class TestRefund:
 
 
 class TestAdjust:
+    def test_taking_the_last_units_away_is_sold_out(self) -> None:
+        it = item(10, consumed=4)
+        it.adjust(-6)
+        assert [type(e) for e in it.events] == [events.TotalAdjusted, events.SoldOut]
+        assert it.events[-1] == events.SoldOut("shop", "sku-1", 4, 4)
+        assert events.of_movement("adjust", "shop", "sku-1", -6, None, 4, 4)[1:] == [
+            events.SoldOut("shop", "sku-1", 4, 4)]
+        assert events.of_movement("adjust", "shop", "sku-1", 2, None, 6, 6)[1:] == []
+
     def test_moves_total_both_ways(self) -> None:
         it = item(10, consumed=4)
         it.adjust(5)

@@ -86,6 +86,8 @@ def of_movement(kind: str, namespace: str, sku: str, qty: int, idempotency_key: 
     if kind == "adjust":
         raised.append(TotalAdjusted(namespace, sku, total, consumed, qty, idempotency_key,
                                     held=held))
+        if qty < 0 and total == consumed + held:  # taken down to nothing left
+            raised.append(SoldOut(namespace, sku, total, consumed, held=held))
     elif kind == "decrement" and idempotency_key is not None:
         raised.append(Decremented(namespace, sku, total, consumed, qty, idempotency_key, buyer,
                                   held=held))

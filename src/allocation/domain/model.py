@@ -100,6 +100,8 @@ class InventoryItem:
         entry = self._move("adjust", delta, idempotency_key)
         self.events.append(events.TotalAdjusted(
             self.namespace, self.sku, self.total, self.consumed, delta, idempotency_key))
+        if delta < 0 and self.available == 0:
+            self.events.append(events.SoldOut(self.namespace, self.sku, self.total, self.consumed))
         return entry
 
     def decrement(self, qty: int, idempotency_key: str) -> LedgerEntry:

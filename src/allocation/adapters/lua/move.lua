@@ -104,7 +104,8 @@ if status == 'ok' then
         redis.call('PUBLISH', channel, figures_event(
           (kind == 'decrement') and 'Decremented' or 'Refunded', k, after, extra))
       end
-      if kind == 'decrement' and new_total == new_consumed + held then
+      if (kind == 'decrement' or (kind == 'adjust' and qty < 0))
+          and new_total == new_consumed + held then
         redis.call('PUBLISH', channel, figures_event('SoldOut', k, after, {}))
       end
     end
