@@ -340,6 +340,17 @@ class ReservationContract(abc.ABC):
         assert (released.status, released.state) == ("ok", "expired")
         assert self.available(a) == (2, 0, 0)
 
+    def test_a_read_ends_a_hold_past_its_expiry(self) -> None:
+        """API.md: at expires_at its units are on sale again, whether or not a sweeper ran."""
+        a, = self.skus(1)
+        self.counter.load(self.ns, a, 5, 0, 1)
+        rid = self.rid("r")
+        self.hold(rid, [(a, 2)], ttl_ms=300)
+        assert self.available(a) == (0, 2, 3)
+        self.pass_time(300)
+        assert self.available(a) == (0, 0, 5)  # no sale, no sweeper: the read ended it
+        assert self.step("get", rid).state == "expired"
+
     def test_an_extended_hold_outlives_its_first_expiry(self) -> None:
         a, = self.skus(1)
         self.counter.load(self.ns, a, 2, 0, 1)
@@ -494,6 +505,11 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
                 self.used[buyer] -= qty
             self.holds[rid][4] = False
 
+        def end_due(self) -> None:
+            for due, (_, _, _, expires, open_) in list(self.holds.items()):
+                if open_ and expires <= self.now:
+                    self.end_hold(due, "expire")
+
         @rule(qty=st.integers(1, 6), buyer=st.sampled_from([None, "x", "y"]))
         def hold(self, qty: int, buyer: str | None) -> None:
             self.tries = getattr(self, "tries", 0) + 1  # a fresh key (and id) each time
@@ -501,9 +517,7 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
             ttl = 1000 if self.moves_clock else 3_600_000
             got = self.counter.reservation_step("hold", self.ns, rid, [("sku", qty)],
                                                 ttl_ms=ttl, buyer=buyer, fingerprint=str(qty))
-            for due, (_, _, _, expires, open_) in list(self.holds.items()):
-                if open_ and expires <= self.now:  # a hold on the item ends its due ones
-                    self.end_hold(due, "expire")
+            self.end_due()  # a hold on the item ends its due ones
             used = self.used.get(buyer, 0) if buyer else 0
             try:
                 rules.buyer_within_limit(self.limit, buyer, used, qty)
@@ -549,6 +563,7 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
         @invariant()
         def figures_agree(self) -> None:
             if hasattr(self, "counter"):
+                self.end_due()  # a read, as any step on the item, ends its holds past expiry
                 assert self.counter.read(self.ns, "sku") == self.figures()
 
     CounterMatchesTheDomain.TestCase.settings = settings(max_examples=60, deadline=None,

@@ -323,17 +323,42 @@ class RedisCounter(Counter):
                                keys.holds(namespace, sku), keys.expiries(namespace, sku))
 
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
+        figures, due = self._read(namespace, skus)
+        if due:
+            # A hold past its expiry is ended by whoever meets it first, a read included:
+            # its units are the buyers' again whether or not a sweeper runs (API.md).
+            with unavailable_on_connection_error():
+                for sku in due:
+                    partition = self.keys.partition(namespace, sku)
+                    self._sweep(keys=[*self._item_keys(namespace, sku),
+                                      self.keys.due(partition)],
+                                args=[namespace, sku, self.events_channel, f"{namespace}\n{sku}"])
+            again = dict(zip(due, self._read(namespace, due)[0], strict=True))
+            figures = [again.get(sku, one) for sku, one in zip(skus, figures, strict=True)]
+        return figures
+
+    def _read(self, namespace: str, skus: Sequence[str]
+              ) -> tuple[list[Outcome | None], list[str]]:
+        """The items' figures, and those of them with a hold past its expiry."""
+        now_ms = int(time.time() * 1000)
         with unavailable_on_connection_error():
             pipe = self.client.pipeline(transaction=False)
             for sku in skus:
                 pipe.hmget(self.keys.item(namespace, sku),
                            ["total", "consumed", "seq", "gen", "limit", "held"])
+                pipe.zrangebyscore(self.keys.expiries(namespace, sku), "-inf", now_ms,
+                                   start=0, num=1)
             replies = pipe.execute()
-        return [None if total is None else Outcome(OK, int(total), int(consumed),
-                                                   seq=int(seq or 0), gen=_text(gen or b""),
-                                                   limit=int(limit) if limit else None,
-                                                   held=int(held or 0))
-                for total, consumed, seq, gen, limit, held in replies]
+        figures: list[Outcome | None] = []
+        due: list[str] = []
+        for sku, (total, consumed, seq, gen, limit, held), expired in zip(
+                skus, replies[::2], replies[1::2], strict=True):
+            figures.append(None if total is None else Outcome(
+                OK, int(total), int(consumed), seq=int(seq or 0), gen=_text(gen or b""),
+                limit=int(limit) if limit else None, held=int(held or 0)))
+            if expired and total is not None:
+                due.append(sku)
+        return figures, due
 
     def hold_tally(self) -> dict[tuple[str, str], int]:
         with unavailable_on_connection_error():
