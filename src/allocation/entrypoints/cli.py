@@ -460,11 +460,7 @@ def ledger(namespace: str, sku: str, after_seq: int, limit: int) -> None:
     """Print an item's ledger, one JSON entry a line."""
     _checked(namespace, sku)
     for e in views.ledger(_app(), namespace, sku, after_seq, limit):
-        click.echo(json.dumps({"seq": e.seq, "kind": e.kind, "qty": e.qty,
-                               "total_after": e.total_after,
-                               "available_after": e.available_after,
-                               "idempotency_key": e.idempotency_key,
-                               "created_at": e.created_at.isoformat()}))
+        click.echo(json.dumps(replies.ledger_entry(e)))
 
 
 @main.command()

@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -15,6 +16,7 @@ from sqlalchemy import exc as sa_exc
 from werkzeug.http import HTTP_STATUS_CODES
 
 from allocation.domain import errors
+from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import Outcome
 from allocation.service_layer.results import Reservation
 
@@ -177,3 +179,14 @@ def send_wsgi(reply: Reply, start_response: StartResponse) -> list[bytes]:
                    [("Content-Type", "application/json"),
                     ("Content-Length", str(len(data))), *reply.headers])
     return [data]
+
+
+def ledger_entry(entry: LedgerEntry) -> dict[str, Any]:
+    """A ledger entry as the API and the command show it, its time in UTC (API.md) whatever
+    the database session's zone; SQLite hands times back without one (written in UTC)."""
+    at = entry.created_at
+    at = at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+    return {"seq": entry.seq, "kind": entry.kind, "qty": entry.qty,
+            "total_after": entry.total_after, "available_after": entry.available_after,
+            "idempotency_key": entry.idempotency_key, "created_at": at.isoformat(),
+            "reservation_id": entry.reservation_id, "held_after": entry.held_after}

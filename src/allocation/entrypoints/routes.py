@@ -4,8 +4,7 @@ fast lane shares."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from flask import Response, abort, jsonify, request
 from pydantic import BaseModel
@@ -13,7 +12,6 @@ from werkzeug.exceptions import ClientDisconnected
 
 from allocation import views
 from allocation.domain import commands, errors
-from allocation.domain.model import LedgerEntry
 from allocation.entrypoints import (
     metrics,
     openapi,
@@ -128,7 +126,7 @@ class Routes:
         path = _path(namespace, sku)
         query = validate(schemas.LedgerQuery, request.args.to_dict())
         entries = views.ledger(self.app, path.namespace, path.sku, query.after_seq, query.limit)
-        return jsonify({"entries": [_entry_body(e) for e in entries]})
+        return jsonify({"entries": [replies.ledger_entry(e) for e in entries]})
 
     def refresh_item(self, namespace: str, sku: str) -> Response:
         path = _path(namespace, sku)
@@ -201,15 +199,3 @@ def _raw_body() -> bytes:
     except ClientDisconnected:
         return b""  # shorter than its Content-Length: json_object refuses it as such
 
-
-def _entry_body(entry: LedgerEntry) -> dict[str, Any]:
-    return {"seq": entry.seq, "kind": entry.kind, "qty": entry.qty,
-            "total_after": entry.total_after, "available_after": entry.available_after,
-            "idempotency_key": entry.idempotency_key,
-            "created_at": _utc(entry.created_at).isoformat(),
-            "reservation_id": entry.reservation_id, "held_after": entry.held_after}
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands timestamps back without their zone; they were written in UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
