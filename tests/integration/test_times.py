@@ -25,8 +25,8 @@ def test_ledger_times_are_utc_when_the_session_is_not(service_config: Config, na
         assert shown[0]["created_at"].endswith("+00:00")
         with app.uow_factory() as uow:  # what the database handed back: Tokyo's offset
             entry, = uow.items.ledger(namespace, "a", 0, 10)
-            assert entry.created_at.utcoffset() is not None
-            assert entry.created_at.utcoffset().total_seconds() == 9 * 3600
+            offset = entry.created_at.utcoffset()
+            assert offset is not None and offset.total_seconds() == 9 * 3600
             assert json.loads(json.dumps(replies.ledger_entry(entry)))["created_at"] == (
                 shown[0]["created_at"])
     finally:
