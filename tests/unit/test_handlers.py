@@ -200,6 +200,20 @@ class TestDecrement:
         assert again.replayed and again.consumed == 4
         assert app.figures() == (10, 4) and len(app.kinds()) == 2
 
+    def test_the_ledger_answers_a_retry_as_the_counter_did(self, app: App) -> None:
+        """Its figures with the units held apart, and a different request refused."""
+        app.bus.handle(commands.InitInventory("ns", "sku", 10))
+        app.bus.handle(commands.Reserve("ns", (("sku", 2),), "r1"))
+        first = app.bus.handle(commands.Decrement("ns", "sku", 3, "k1"))
+        app.drain()
+        app.build(InProcessCounter())  # Redis restarted without persistence
+        again = app.bus.handle(commands.Decrement("ns", "sku", 3, "k1"))
+        assert again.replayed and (again.consumed, again.held, again.available) == (
+            first.consumed, first.held, first.available) == (3, 2, 5)
+        other = app.bus.handle(commands.Decrement("ns", "sku", 1, "k1"))
+        assert (other.ok, other.status) == (False, "idempotency_key_reused")
+        assert app.figures() == (10, 3)
+
     def test_a_movement_redis_applied_but_whose_reply_was_lost_is_recorded_on_retry(
             self, app: App) -> None:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))

@@ -78,10 +78,14 @@ def _move(deps: Deps, namespace: str, sku: str, kind: Kind, qty: int,
         rebuild.refresh(commands.Refresh(namespace, sku), deps.uow, counter, deps.outbox,
                         deps.item_locks, deps.durability.progress, deps.ledger_wait_seconds)
         if key is not None and (entry := _written(deps.uow, namespace, sku, key)):
-            # Redis forgot this key with the rest of its data, but the ledger has it.
+            # Redis forgot this key with the rest of its data, but the ledger has it: the
+            # first answer's figures, or a refusal where this request is not that one.
             now = counter.read(namespace, sku)
-            return Outcome(OK, entry.total_after, entry.total_after - entry.available_after,
-                           replayed=True, seq=entry.seq, limit=now.limit if now else None)
+            same = (entry.kind, entry.qty, entry.buyer) == (kind, qty, buyer)
+            return Outcome(OK if same else "idempotency_key_reused", entry.total_after,
+                           entry.total_after - entry.available_after - entry.held_after,
+                           replayed=True, seq=entry.seq, limit=now.limit if now else None,
+                           held=entry.held_after)
         outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer)
     if outcome.status in (FENCED, NOT_FOUND):
         raise errors.Unavailable(f"{namespace}/{sku} is being rebuilt; retry", retry_after=1)
