@@ -393,12 +393,9 @@ class InProcessCounter(Counter):
 
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
         with self._lock:
-            now = self.clock_ms()
             for sku in skus:  # a hold past its expiry ends at the first step that meets it
                 item = self._items.get((namespace, sku))
-                holds = self._holds.get((namespace, sku), {})
-                if item is not None and not item.fenced and any(
-                        expires <= now for _, expires, _ in holds.values()):
+                if item is not None and not item.fenced:
                     self._expire_due(namespace, sku, item)
             return [None if (i := self._items.get((namespace, sku))) is None else
                     Outcome(OK, i.total, i.consumed, seq=i.seq, gen=i.gen,

@@ -245,11 +245,15 @@ class RedisCounter(Counter):
                                                 int(time.time() * 1000), start=0, num=most)
                 for member in due:
                     namespace, _, sku = _text(member).partition("\n")
-                    self._sweep(keys=[*self._item_keys(namespace, sku),
-                                      self.keys.due(partition)],
-                                args=[namespace, sku, self.events_channel, _text(member)])
+                    self._sweep_item(namespace, sku)
                     visited += 1
         return visited
+
+    def _sweep_item(self, namespace: str, sku: str) -> None:
+        """End the item's due holds and keep its place in its partition's due index right."""
+        self._sweep(keys=[*self._item_keys(namespace, sku),
+                          self.keys.due(self.keys.partition(namespace, sku))],
+                    args=[namespace, sku, self.events_channel, f"{namespace}\n{sku}"])
 
     def load_many(self, figures: Iterable[Figures]) -> None:
         with unavailable_on_connection_error():
@@ -329,10 +333,7 @@ class RedisCounter(Counter):
             # its units are the buyers' again whether or not a sweeper runs (API.md).
             with unavailable_on_connection_error():
                 for sku in due:
-                    partition = self.keys.partition(namespace, sku)
-                    self._sweep(keys=[*self._item_keys(namespace, sku),
-                                      self.keys.due(partition)],
-                                args=[namespace, sku, self.events_channel, f"{namespace}\n{sku}"])
+                    self._sweep_item(namespace, sku)
             again = dict(zip(due, self._read(namespace, due)[0], strict=True))
             figures = [again.get(sku, one) for sku, one in zip(skus, figures, strict=True)]
         return figures

@@ -140,9 +140,8 @@ class AccessGuard:
     def decides_at_once(self, environ: WSGIEnvironment) -> bool:
         """Whether ``refusal`` needs no database round trip: no token, or one held in memory
         (every active token is, and the unknown ones seen since the last reload)."""
-        scheme, _, token = (environ.get("HTTP_AUTHORIZATION") or "").partition(" ")
-        token = token.strip()
-        return scheme.lower() != "bearer" or not token or self._tokens.holds(token)
+        token = _bearer(environ.get("HTTP_AUTHORIZATION"))
+        return token is None or self._tokens.holds(token)
 
     def refusal(self, environ: WSGIEnvironment) -> Reply | None:
         path = environ.get("PATH_INFO", "")
@@ -157,9 +156,8 @@ class AccessGuard:
         return refusal
 
     def _refusal(self, method: str, path: str, authorization: str | None) -> Reply | None:
-        scheme, _, token = (authorization or "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = _bearer(authorization)
+        if token is None:
             return _unauthorized("this request needs an Authorization: Bearer token")
         try:
             grant = self._tokens.grant(token)
@@ -172,6 +170,12 @@ class AccessGuard:
                 RANK[grant.role] < RANK[role_needed(method, path)]):
             return replies.error(403, "forbidden", "the token may not make this request")
         return None
+
+
+def _bearer(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def _unauthorized(message: str) -> Reply:

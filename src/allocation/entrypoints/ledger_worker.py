@@ -18,6 +18,7 @@ from allocation.adapters.ledger_progress import LedgerProgress
 from allocation.adapters.outages import is_outage
 from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.bootstrap import Application
+from allocation.config import Config
 from allocation.service_layer.ledger_writer import BatchResult, write_batch
 from allocation.service_layer.unit_of_work import (
     BatchUnitOfWork,
@@ -34,7 +35,7 @@ DEFAULT_THREADS = 4
 class LedgerWorker:
     def __init__(self, outbox: Outbox, uow_factory: Callable[[], BatchUnitOfWork],
                  progress: LedgerProgress, *, batch_size: int = 1000,
-                 claim_idle_ms: int = 3_000, gather_seconds: float = 0.02,
+                 claim_idle_ms: int = Config.ledger_claim_idle_ms, gather_seconds: float = 0.02,
                  name: str | None = None, partitions: Sequence[int] | None = None,
                  connection: LedgerConnection | None = None) -> None:
         self.outbox = outbox

@@ -24,18 +24,16 @@ def _init(cmd: commands.InitInventory, uow: AbstractUnitOfWork, counter: Counter
         item = uow.items.get(cmd.namespace, cmd.sku, lock=True)
         if item is not None:
             # The counter's figures where it holds the item: the row lags behind movements
-            # acknowledged and not yet in the ledger, and holds are not sales.
-            live = counter.read(cmd.namespace, cmd.sku)
-            total = item.total if live is None else live.total
-            if (total, item.limit_per_buyer) != (cmd.total, cmd.limit_per_buyer):
+            # acknowledged and not yet in the ledger, and holds are not sales. Where it lacks
+            # the item, the row's (the next movement or read rebuilds it).
+            now = counter.read(cmd.namespace, cmd.sku) or Outcome(
+                OK, item.total, item.consumed, held=item.held)
+            if (now.total, item.limit_per_buyer) != (cmd.total, cmd.limit_per_buyer):
                 raise errors.AlreadyExists(
-                    f"{cmd.namespace}/{cmd.sku} exists with total {total} and limit per "
+                    f"{cmd.namespace}/{cmd.sku} exists with total {now.total} and limit per "
                     f"buyer {item.limit_per_buyer}")
-            if live is None:  # the next movement or read rebuilds it
-                return Outcome(OK, item.total, item.consumed, limit=item.limit_per_buyer,
-                               held=item.held)
-            return Outcome(OK, live.total, live.consumed, limit=item.limit_per_buyer,
-                           held=live.held)
+            return Outcome(OK, now.total, now.consumed, limit=item.limit_per_buyer,
+                           held=now.held)
         item = InventoryItem.initialise(cmd.namespace, cmd.sku, cmd.total, cmd.limit_per_buyer)
         item.counter_gen = new_generation()
         uow.items.add(item)
