@@ -31,6 +31,8 @@ RELOAD_SECONDS = 2.0
 RANK = {"read": 0, "sell": 1, "admin": 2}
 # Set in a request's environ by a server that has already let it through (rsgi_bridge).
 CHECKED = "allocation.access_checked"
+# The Grant a request was let through on (set by the guard): streams count and end by its id.
+GRANT = "allocation.grant"
 _UNKNOWN_LIMIT = 10_000  # unknown tokens remembered between reloads, at most
 
 
@@ -51,6 +53,7 @@ class TokenCache:
         self.reload_seconds = reload_seconds
         self._grants: dict[str, Grant] | None = None
         self._unknown: set[str] = set()
+        self._active_ids: frozenset[str] = frozenset()
         self._used: set[str] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -77,6 +80,10 @@ class TokenCache:
             self._used.add(found.id)
         return found
 
+    def revoked(self, grant_id: str) -> bool:
+        """Whether the token with this id is no longer active (as of the last reload)."""
+        return self._grants is not None and grant_id not in self._active_ids
+
     def _look_up(self, token_hash: str) -> Grant | None:
         try:
             found = self.store.find(token_hash)
@@ -85,6 +92,7 @@ class TokenCache:
         with self._lock:
             if found is not None and self._grants is not None:
                 self._grants = {**self._grants, token_hash: found}
+                self._active_ids = self._active_ids | {found.id}
             elif len(self._unknown) < _UNKNOWN_LIMIT:
                 self._unknown.add(token_hash)
         return found
@@ -100,6 +108,7 @@ class TokenCache:
             return
         with self._lock:
             self._grants, self._unknown = grants, set()
+            self._active_ids = frozenset(g.id for g in grants.values())
         used, self._used = self._used, set()
         self._touch(used)
 
@@ -149,14 +158,14 @@ class AccessGuard:
             return None
         started = time.perf_counter()
         method = environ.get("REQUEST_METHOD", "")
-        refusal = self._refusal(method, path, environ.get("HTTP_AUTHORIZATION"))
+        refusal = self._refusal(method, path, environ)
         if refusal is not None:
             metrics.count_request(method, "access", refusal.status,
                                   time.perf_counter() - started)
         return refusal
 
-    def _refusal(self, method: str, path: str, authorization: str | None) -> Reply | None:
-        token = _bearer(authorization)
+    def _refusal(self, method: str, path: str, environ: WSGIEnvironment) -> Reply | None:
+        token = _bearer(environ.get("HTTP_AUTHORIZATION"))
         if token is None:
             return _unauthorized("this request needs an Authorization: Bearer token")
         try:
@@ -169,6 +178,7 @@ class AccessGuard:
         if grant.namespace not in (namespace, ANY_NAMESPACE) or (
                 RANK[grant.role] < RANK[role_needed(method, path)]):
             return replies.error(403, "forbidden", "the token may not make this request")
+        environ[GRANT] = grant
         return None
 
 
