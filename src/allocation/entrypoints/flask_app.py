@@ -78,6 +78,7 @@ def create_app(config: Config | None = None, application: Application | None = N
         ("GET", f"{ITEM}/stream", r.stream),
         ("POST", f"{ITEM}/refresh", r.refresh_item),
         ("POST", "/v1/<namespace>/refresh", r.refresh_namespace),
+        ("GET", "/v1/<namespace>/stats", r.stats),
         ("POST", "/v1/<namespace>/reservations", r.reserve),
         ("GET", RESERVATION, r.get_reservation),
         ("POST", f"{RESERVATION}/confirm", r.end_reservation),

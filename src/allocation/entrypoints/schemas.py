@@ -206,6 +206,25 @@ class RefreshedCount(Model):
     items: int
 
 
+class StatsUnits(Model):
+    sold: int
+    refunded: int
+    held: int
+    released: int
+    expired: int
+
+
+class Stats(Model):
+    """A namespace's sale figures (GET /v1/{ns}/stats), from the metrics /metrics shows."""
+
+    namespace: str
+    units: StatsUnits
+    holds_ended: dict[str, int]
+    refusals: dict[str, int]
+    stream_clients: int
+    drift_items: int | None
+
+
 class Error(Model):
     error: str
     message: str
