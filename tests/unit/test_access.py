@@ -234,6 +234,26 @@ def test_look_ups_are_few_at_once_and_a_request_past_them_is_503_at_once(
     assert store.finds == LOOKUPS and behind.reached == 1
 
 
+def test_look_ups_are_few_a_second_and_a_reload_brings_new_tokens_anyway(
+        store: FakeStore) -> None:
+    now = [100.0]
+    behind = Behind()
+    cache = TokenCache(store, lookups_per_second=5, clock=lambda: now[0])
+    cache._reload()
+    client = Client(AccessGuard(behind, cache))
+    statuses = [client.get("/v1/a/items/x", headers=bearer(f"guess{n}")).status_code
+                for n in range(8)]
+    assert statuses == [401] * 5 + [503] * 3 and store.finds == 5
+    store.add("made-since", "a", "read")
+    assert client.get("/v1/a/items/x", headers=bearer("made-since")).status_code == 503
+    now[0] += 0.2  # a look-up's worth of time
+    assert client.get("/v1/a/items/x", headers=bearer("made-since")).status_code == 200
+    store.add("made-later", "a", "read")
+    cache._reload()  # a made token needs no look-up after a reload
+    assert client.get("/v1/a/items/x", headers=bearer("made-later")).status_code == 200
+    assert store.finds == 6
+
+
 def test_the_event_loop_front_end_awaits_a_look_up_without_a_thread(store: FakeStore) -> None:
     behind = Behind()
     cache = TokenCache(store)

@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 RELOAD_SECONDS = 2.0
 FEED_SECONDS = 1.0
 LOOKUPS = 3  # well-formed unseen tokens looked up at once, per process
+# ... and at most this many a second (a burst of as many): a token made since the last reload
+# is the only one a look-up can find, and the next reload brings it anyway.
+LOOKUPS_PER_SECOND = 20.0
 LOOKUP_SECONDS = 0.5  # a request waits this long for its token's look-up, then answers 503
 RANK = {"read": 0, "sell": 1, "admin": 2}
 # Set in a request's environ by a server that has already let it through (rsgi_bridge).
@@ -80,7 +83,9 @@ def role_needed(method: str, path: str) -> str:
 class TokenCache:
     def __init__(self, store: Store, reload_seconds: float = RELOAD_SECONDS,
                  revocations: Callable[[], set[str]] | None = None,
-                 lookups: int = LOOKUPS, lookup_seconds: float = LOOKUP_SECONDS) -> None:
+                 lookups: int = LOOKUPS, lookup_seconds: float = LOOKUP_SECONDS,
+                 lookups_per_second: float = LOOKUPS_PER_SECOND,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.reload_seconds = reload_seconds
         self.lookup_seconds = lookup_seconds
@@ -94,6 +99,9 @@ class TokenCache:
         self._lock = threading.Lock()
         self._lookups = lookups
         self._pending: dict[str, Future[Grant | None]] = {}
+        self._rate = lookups_per_second
+        self._clock = clock
+        self._allowance, self._counted_at = lookups_per_second, clock()
         self._executor = ThreadPoolExecutor(max_workers=lookups,
                                             thread_name_prefix="token-lookup")
         self._threads: list[threading.Thread] = []
@@ -140,13 +148,19 @@ class TokenCache:
 
     def look_up(self, token_hash: str) -> Future[Grant | None]:
         """The look-up of one token, shared by every request that waits for it; Unavailable
-        when ``lookups`` are in flight already (their slots free as they finish)."""
+        when ``lookups`` are in flight already (their slots free as they finish), or this
+        second's look-ups are spent."""
         with self._lock:
             future = self._pending.get(token_hash)
             if future is not None:
                 return future
-            if len(self._pending) >= self._lookups:
+            now = self._clock()
+            self._allowance = min(self._rate,
+                                  self._allowance + (now - self._counted_at) * self._rate)
+            self._counted_at = now
+            if len(self._pending) >= self._lookups or self._allowance < 1:
                 raise errors.Unavailable("too many unknown tokens to check now")
+            self._allowance -= 1
             future = self._executor.submit(self.store.find, token_hash)
             self._pending[token_hash] = future
         future.add_done_callback(lambda done: self._looked_up(token_hash, done))
