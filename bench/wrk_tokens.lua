@@ -1,6 +1,7 @@
 -- wrk: a flood of made-up bearer tokens, a new one each request: half of the minted format
 -- ("alloc_" and 43 urlsafe base64 characters, each an unseen token to look up), half garbage.
--- Arguments: the path to GET, a seed. Prints "FLOOD {json}" with the answers by status.
+-- Arguments: the path to GET, a seed, the pause (ms) each connection makes between requests
+-- (the flood's rate). Prints "FLOOD {json}" with the answers by status.
 local threads = {}
 local counter = 0
 local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -14,7 +15,12 @@ end
 function init(args)
   path = args[1]
   math.randomseed(tonumber(args[2]) + id)
+  pause = tonumber(args[3])
   answers = {}
+end
+
+function delay()
+  return pause
 end
 
 local function made_up()
