@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from allocation.adapters.token_store import TokenStore
+from allocation.adapters.token_store import TokenStore, checking_engine
 from allocation.config import Config
 from tests.helpers.processes import (
     Process,
@@ -356,3 +356,16 @@ def test_token_create_without_a_database_url_fails_unless_embedded_is_meant(
                            capture_output=True, text=True, timeout=60, check=False)
     assert meant.returncode == 0, meant.stderr
     assert meant.stdout.startswith("alloc_") and (tmp_path / "allocation.db").exists()
+
+
+def test_token_checks_run_on_an_engine_of_their_own_with_deadlines(config: Config) -> None:
+    engine = checking_engine(config.database_url, 3)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW statement_timeout")).scalar() == "1s"
+            client_side = conn.connection.dbapi_connection.get_dsn_parameters()  # type: ignore[union-attr]
+            assert (client_side["connect_timeout"], client_side["tcp_user_timeout"]) == (
+                "2", "2000")  # a peer that stops answering mid-call is given up in 2 s
+        assert engine.pool.size() == 4  # type: ignore[attr-defined]  # look-ups and reload
+    finally:
+        engine.dispose()
