@@ -897,7 +897,7 @@ def ledger_drain_holds(services: Services, entries: int) -> Result:
             ends: tuple[tuple[Step, tuple[Line, ...]], ...] = (
                 ("confirm", ((sku[1], 1), (sku[2], 1))), ("release", ((sku[3], 1), (sku[4], 1))))
             for end, lines in ends:
-                rid = counter.reservation_id(ns, lines[0][0], f"{end}{i}-{n}")
+                rid = counter.reservation_id(ns, f"{end}{i}-{n}")
                 done += counter.reservation_step("hold", ns, rid, lines, ttl_ms=600_000,
                                                  fingerprint=rid).ok
                 done += counter.reservation_step(end, ns, rid, lines).ok

@@ -273,7 +273,7 @@ class ReservationContract(abc.ABC):
         return figures.consumed, figures.held, figures.available
 
     def rid(self, seed: str) -> str:
-        return self.counter.reservation_id(self.ns, self.skus(1)[0], seed)
+        return self.counter.reservation_id(self.ns, seed)
 
     def test_a_cart_is_held_whole_or_not_at_all(self) -> None:
         a, b = self.skus(2)
@@ -513,7 +513,7 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
         @rule(qty=st.integers(1, 6), buyer=st.sampled_from([None, "x", "y"]))
         def hold(self, qty: int, buyer: str | None) -> None:
             self.tries = getattr(self, "tries", 0) + 1  # a fresh key (and id) each time
-            rid = self.counter.reservation_id(self.ns, "sku", f"h{self.tries}")
+            rid = self.counter.reservation_id(self.ns, f"h{self.tries}")
             ttl = 1000 if self.moves_clock else 3_600_000
             got = self.counter.reservation_step("hold", self.ns, rid, [("sku", qty)],
                                                 ttl_ms=ttl, buyer=buyer, fingerprint=str(qty))
@@ -677,7 +677,7 @@ def check_reserved_events(counter: RedisCounter, namespace: str, skus: list[str]
         lines = [(sku, n + 1) for n, sku in enumerate(skus)]
         for sku, _ in lines:
             counter.load(namespace, sku, 10, 0, 1)
-        rid = counter.reservation_id(namespace, skus[0], "cart-key")
+        rid = counter.reservation_id(namespace, "cart-key")
         held = counter.reservation_step("hold", namespace, rid, lines, ttl_ms=60_000,
                                         fingerprint="f", idempotency_key="cart-key")
         assert held.ok, held

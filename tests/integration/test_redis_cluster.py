@@ -215,7 +215,10 @@ def test_a_coordinator_killed_mid_cart_leaves_nothing_held_past_the_expiry(
     a, b, c = spread.skus(3)
     for sku in (a, b, c):
         counter.load(ns, sku, 4, 0, 1)
-    rid = counter.reservation_id(ns, a, "k")
+    # A key whose reservation lives in a's slot, so that the first step holds a there.
+    rid = next(rid for n in range(10_000) if int(
+        (rid := counter.reservation_id(ns, f"k{n}")).partition(".")[0]) == counter.keys.partition(
+            ns, a))
     lines = [(a, 1), (b, 2), (c, 3)]
     # The coordinator's first two steps, then it dies: the home holds "pending", one slot held.
     first = counter.home_step("hold", ns, rid, [(a, 1)], ttl_ms=500, whole=False,

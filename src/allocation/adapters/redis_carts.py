@@ -31,14 +31,15 @@ PIN_MS = 30_000  # how long past its expiry a confirm in progress holds a slot's
 
 
 def step(counter: RedisCounter, step: Step, namespace: str, rid: str, lines: Sequence[Line],
-         *, ttl_ms: int, buyer: str | None, fingerprint: str, key: str = "") -> Reserved:
+         *, ttl_ms: int, buyer: str | None, fingerprint: str, key: str = "",
+         open_cap: int = 0) -> Reserved:
     home, others = _groups(counter, namespace, rid, lines)
     if step == "hold":
         return _hold(counter, namespace, rid, lines, home, others, ttl_ms, buyer, fingerprint,
-                     key)
+                     key, open_cap)
     if step == "confirm":
-        return _confirm(counter, namespace, rid, lines, home, others)
-    done = counter.home_step(step, namespace, rid, home, ttl_ms=ttl_ms)
+        return _confirm(counter, namespace, rid, lines, home, others, buyer)
+    done = counter.home_step(step, namespace, rid, home, ttl_ms=ttl_ms, buyer=buyer)
     if done.status != "ok" or step == "get":
         return done
     follow = {"release": "release", "extend": "extend"}[step]
@@ -51,9 +52,10 @@ def step(counter: RedisCounter, step: Step, namespace: str, rid: str, lines: Seq
 
 def _hold(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Line],
           home: list[Line], others: list[list[Line]], ttl_ms: int, buyer: str | None,
-          fingerprint: str, key: str) -> Reserved:
+          fingerprint: str, key: str, open_cap: int) -> Reserved:
     first = counter.home_step("hold", namespace, rid, home, ttl_ms=ttl_ms, buyer=buyer,
-                              fingerprint=fingerprint, whole=False, every_line=lines, key=key)
+                              fingerprint=fingerprint, whole=False, every_line=lines, key=key,
+                              open_cap=open_cap)
     if first.status != "ok" or (first.replayed and first.state != "pending"):
         return first
     parts: list[Reserved] = []
@@ -64,7 +66,7 @@ def _hold(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Line]
         if part.status != "ok":
             for taken in others[:len(parts)]:
                 counter.part_step("release", namespace, rid, taken, first.expires_ms)
-            counter.home_step("settle", namespace, rid, home,
+            counter.home_step("settle", namespace, rid, home, buyer=buyer,
                               refusal=(part.status, part.sku or "", part.detail or -1))
             return part
         parts.append(part)
@@ -75,7 +77,7 @@ def _hold(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Line]
 
 
 def _confirm(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Line],
-             home: list[Line], others: list[list[Line]]) -> Reserved:
+             home: list[Line], others: list[list[Line]], buyer: str | None) -> Reserved:
     begun = counter.home_step("confirm_begin", namespace, rid, home, ttl_ms=PIN_MS)
     if begun.status != "ok":
         return begun
@@ -89,12 +91,12 @@ def _confirm(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Li
             return pinned  # still "confirming": the same request again carries on
         if pinned.status != "ok":
             # A line had expired, so has the reservation: every line ends as expired.
-            aborted = counter.home_step("confirm_abort", namespace, rid, home)
+            aborted = counter.home_step("confirm_abort", namespace, rid, home, buyer=buyer)
             for group_left in others:
                 counter.part_step("expire", namespace, rid, group_left, begun.expires_ms)
             return Reserved("reservation_expired", aborted.state, aborted.created_ms,
                             aborted.expires_ms)
-    done = counter.home_step("confirm_end", namespace, rid, home)
+    done = counter.home_step("confirm_end", namespace, rid, home, buyer=buyer)
     if done.status != "ok":
         return done
     parts = [counter.part_step("confirm", namespace, rid, group, begun.expires_ms)

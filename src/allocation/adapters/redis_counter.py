@@ -121,10 +121,11 @@ class RedisCounter(Counter):
                 keys.buyers(namespace, sku), keys.holds(namespace, sku),
                 keys.expiries(namespace, sku), keys.tally_of(namespace, sku)]
 
-    def reservation_id(self, namespace: str, first_sku: str, seed: str) -> str:
-        # The reservation lives in its first line's slot: its id says which.
-        opaque = super().reservation_id(namespace, first_sku, seed)
-        return f"{self.keys.partition(namespace, first_sku)}.{opaque}"
+    def reservation_id(self, namespace: str, seed: str) -> str:
+        # The reservation lives in a slot its key names (never its lines: another body under
+        # the key must meet it there); its id says which.
+        opaque = super().reservation_id(namespace, seed)
+        return f"{self.keys.partition(namespace, chr(0) + seed)}.{opaque}"
 
     def _reservation_key(self, namespace: str, reservation_id: str) -> str | None:
         partition, dot, _ = reservation_id.partition(".")
@@ -134,11 +135,12 @@ class RedisCounter(Counter):
 
     def reservation_step(self, step: Step, namespace: str, reservation_id: str,
                          lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
-                         fingerprint: str = "", idempotency_key: str | None = None) -> Reserved:
+                         fingerprint: str = "", idempotency_key: str | None = None,
+                         open_cap: int = 0) -> Reserved:
         if self._reservation_key(namespace, reservation_id) is None:
             return Reserved("not_found")
         result = self._step(step, namespace, reservation_id, lines, ttl_ms, buyer, fingerprint,
-                            idempotency_key or "")
+                            idempotency_key or "", open_cap)
         if step == "hold" and result.ok and result.state == "held":
             if len(self._lines) >= 100_000:
                 self._lines.clear()
@@ -146,30 +148,35 @@ class RedisCounter(Counter):
         return result
 
     def _step(self, step: Step, namespace: str, reservation_id: str, lines: Sequence[Line],
-              ttl_ms: int, buyer: str | None, fingerprint: str, key: str) -> Reserved:
+              ttl_ms: int, buyer: str | None, fingerprint: str, key: str,
+              open_cap: int) -> Reserved:
         if isinstance(self.client, RedisCluster):
             home = int(reservation_id.partition(".")[0])
             if any(self.keys.partition(namespace, sku) != home for sku, _ in lines):
                 return redis_carts.step(self, step, namespace, reservation_id, lines,
                                         ttl_ms=ttl_ms, buyer=buyer, fingerprint=fingerprint,
-                                        key=key)
+                                        key=key, open_cap=open_cap)
         return self.home_step(step, namespace, reservation_id, lines, ttl_ms=ttl_ms,
-                              buyer=buyer, fingerprint=fingerprint, key=key)
+                              buyer=buyer, fingerprint=fingerprint, key=key, open_cap=open_cap)
 
     def home_step(self, op: str, namespace: str, reservation_id: str, lines: Sequence[Line],
                   *, ttl_ms: int = 0, buyer: str | None = None, fingerprint: str = "",
                   whole: bool = True, every_line: Sequence[Line] = (),
-                  refusal: tuple[str, str, int] = ("", "", -1), key: str = "") -> Reserved:
+                  refusal: tuple[str, str, int] = ("", "", -1), key: str = "",
+                  open_cap: int = 0) -> Reserved:
         """One reserve.lua step: the reservation and its ``lines`` in its slot (on one Redis,
         all of them)."""
         home = self._reservation_key(namespace, reservation_id)
         assert home is not None
         partition = int(reservation_id.partition(".")[0])
-        keys = [home, self.keys.due(partition)]
+        open_key = self._open_key(namespace, partition, buyer)
+        if open_key is None:
+            open_key, open_cap = home, 0  # a placeholder in the slot: no buyer's set to count
+        keys = [home, self.keys.due(partition), open_key]
         listed = " ".join(f"{sku} {qty}" for sku, qty in (every_line or lines))
         args: list[Any] = [op, reservation_id, namespace, self.events_channel, ttl_ms,
                            buyer or "", fingerprint, self._ttl * 1000, self._refusal_ttl * 1000,
-                           "1" if whole else "0", listed, *refusal, key]
+                           "1" if whole else "0", listed, *refusal, key, open_cap]
         for sku, qty in lines:
             keys += self._item_keys(namespace, sku)
             args += [sku, qty]
@@ -179,6 +186,16 @@ class RedisCounter(Counter):
         return Reserved(_text(status), _text(state), int(created), int(expires),
                         _text(sku) or None, None if int(detail) < 0 else int(detail),
                         bool(replayed), _figures(flat))
+
+    def _open_key(self, namespace: str, partition: int, buyer: str | None) -> str | None:
+        """The buyer's open reservations, where a step in ``partition`` may touch them."""
+        if not buyer:
+            return None
+        key = self.keys.open_reservations(namespace, buyer)
+        if isinstance(self.client, RedisCluster) and self.keys.partition(
+                namespace, chr(0) + buyer) != partition:
+            return None
+        return key
 
     def part_step(self, op: str, namespace: str, reservation_id: str, lines: Sequence[Line],
                   expires_ms: int, buyer: str | None = None, key: str = "") -> Reserved:
@@ -245,14 +262,17 @@ class RedisCounter(Counter):
                                                 int(time.time() * 1000), start=0, num=most)
                 for member in due:
                     namespace, _, sku = _text(member).partition("\n")
-                    self._sweep_item(namespace, sku)
+                    self._sweep_item(namespace, sku, partition)
                     visited += 1
         return visited
 
-    def _sweep_item(self, namespace: str, sku: str) -> None:
-        """End the item's due holds and keep its place in its partition's due index right."""
-        self._sweep(keys=[*self._item_keys(namespace, sku),
-                          self.keys.due(self.keys.partition(namespace, sku))],
+    def _sweep_item(self, namespace: str, sku: str, listed_in: int | None = None) -> None:
+        """End the item's due holds and keep its place right in the due index it is
+        ``listed_in`` (its own partition's by default; on one Redis a reservation in another
+        partition lists its lines in its own)."""
+        if listed_in is None:
+            listed_in = self.keys.partition(namespace, sku)
+        self._sweep(keys=[*self._item_keys(namespace, sku), self.keys.due(listed_in)],
                     args=[namespace, sku, self.events_channel, f"{namespace}\n{sku}"])
 
     def load_many(self, figures: Iterable[Figures]) -> None:
