@@ -263,9 +263,9 @@ class ReservationContract(abc.ABC):
                                              buyer=buyer, fingerprint=repr((lines, buyer)))
 
     def step(self, step: Step, rid: str, ttl_ms: int = 0) -> Reserved:
-        found = self.counter.reservation_lines(self.ns, rid)
-        lines = found[0] if found else ()
-        return self.counter.reservation_step(step, self.ns, rid, lines, ttl_ms=ttl_ms)
+        lines, buyer = self.counter.reservation_lines(self.ns, rid) or ((), None)
+        return self.counter.reservation_step(step, self.ns, rid, lines, ttl_ms=ttl_ms,
+                                             buyer=buyer)
 
     def available(self, sku: str) -> tuple[int, int, int]:
         figures = self.counter.read(self.ns, sku)
@@ -298,6 +298,55 @@ class ReservationContract(abc.ABC):
             "ok", True, first.created_ms, first.expires_ms)
         assert self.hold(self.rid("r"), [(a, 3)]).status == "idempotency_key_reused"
         assert self.available(a) == (0, 2, 8)
+
+    def test_one_key_is_one_reservation_whatever_the_lines(self) -> None:
+        a, b, c = self.skus(3)
+        for sku in (a, b, c):
+            self.counter.load(self.ns, sku, 10, 0, 1)
+        rid = self.rid("k")
+        assert self.hold(rid, [(a, 1), (b, 2)]).ok
+        for lines in ([(b, 2), (a, 1)], [(c, 1), (a, 1), (b, 2)], [(a, 1), (b, 3)], [(c, 1)],
+                      [(a, 1)]):
+            assert self.hold(rid, lines).status == "idempotency_key_reused", lines
+        assert [self.available(sku) for sku in (a, b, c)] == [(0, 1, 9), (0, 2, 8), (0, 0, 10)]
+
+    def test_a_replay_answers_as_the_hold_first_did_whatever_came_since(self) -> None:
+        a, b = self.skus(2)
+        self.counter.load(self.ns, a, 10, 0, 1)
+        self.counter.load(self.ns, b, 10, 0, 1)
+        rid = self.rid("r")
+        first = self.hold(rid, [(a, 1), (b, 1)])
+        assert self.step("extend", rid, 600_000).expires_ms > first.expires_ms
+        assert self.step("confirm", rid).state == "confirmed"
+        again = self.hold(rid, [(a, 1), (b, 1)])
+        assert (again.status, again.state, again.created_ms, again.expires_ms,
+                again.replayed) == ("ok", "held", first.created_ms, first.expires_ms, True)
+        assert [self.available(sku) for sku in (a, b)] == [(1, 0, 9), (1, 0, 9)]
+
+    def test_a_buyers_open_reservations_are_capped(self) -> None:
+        a, b = self.skus(2)
+        self.counter.load(self.ns, a, 100, 0, 1)
+        self.counter.load(self.ns, b, 100, 0, 1)
+
+        def hold(seed: str, ttl_ms: int = 60_000, buyer: str = "bo") -> Reserved:
+            return self.counter.reservation_step(
+                "hold", self.ns, self.rid(seed), [(a, 1), (b, 1)], ttl_ms=ttl_ms, buyer=buyer,
+                fingerprint=seed, open_cap=2)
+
+        assert hold("r1").ok and hold("r2", ttl_ms=500).ok
+        refused = hold("r3")
+        assert (refused.status, refused.detail) == ("too_many_open_reservations", 2)
+        assert hold("r3").replayed  # remembered as refused, like any refusal
+        assert hold("x1", buyer="other").ok  # another buyer's cap
+        assert [self.available(sku) for sku in (a, b)] == [(0, 3, 97), (0, 3, 97)]
+        assert self.step("release", self.rid("r1")).ok  # ended: it no longer counts
+        assert hold("r4").ok
+        assert hold("r5").status == "too_many_open_reservations"
+        self.pass_time(1000)  # r2 expired: it counts no more
+        assert hold("r6").ok
+        assert self.step("confirm", self.rid("r4")).ok
+        assert hold("r7").ok
+        assert [self.available(sku) for sku in (a, b)] == [(1, 3, 96), (1, 3, 96)]
 
     def test_confirm_sells_and_ends_it_once(self) -> None:
         a, b = self.skus(2)

@@ -110,7 +110,9 @@ class Counter(abc.ABC):
         ``idempotency_key_reused``. A replay answers as the hold first did (state ``held``, its
         first expiry), whatever happened to the reservation since. With ``open_cap`` (a hold
         naming a ``buyer``), the buyer's open reservations in the namespace may not exceed it
-        (``too_many_open_reservations``, ``detail`` the cap), checked in the same step.
+        (``too_many_open_reservations``, ``detail`` the cap), checked in the same step; the
+        steps after the hold take the reservation's ``buyer`` (``reservation_lines``), so that
+        one that ends it counts no more.
         ``confirm`` sells the held units, ``release`` puts them back
         on sale, ``extend`` moves the expiry to ``ttl_ms`` from now; each checks and changes
         the reservation's state in the same step, so when they race with each other and with

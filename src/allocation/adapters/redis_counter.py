@@ -97,6 +97,7 @@ class RedisCounter(Counter):
         self._reserve = ScriptBatcher(client, lua("reserve"))
         self._part = ScriptBatcher(client, lua("part"))
         self._sweep = self.client.register_script(lua("sweep"))
+        self._claim = self.client.register_script(lua("claim"))
 
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
               idempotency_key: str | None, *, record: bool = False,
@@ -139,8 +140,20 @@ class RedisCounter(Counter):
                          open_cap: int = 0) -> Reserved:
         if self._reservation_key(namespace, reservation_id) is None:
             return Reserved("not_found")
+        apart = self._open_apart(namespace, reservation_id, buyer)
+        claimed = 0
+        if apart is not None and step == "hold" and open_cap > 0:
+            with unavailable_on_connection_error():
+                claimed = int(self._claim(keys=[apart], args=[reservation_id, open_cap, ttl_ms]))
+            open_cap = open_cap if claimed else -open_cap
         result = self._step(step, namespace, reservation_id, lines, ttl_ms, buyer, fingerprint,
                             idempotency_key or "", open_cap)
+        if apart is not None and (
+                (claimed == 2 and (not result.ok or result.replayed))
+                or (step in ("confirm", "release") and result.ok)):
+            # Not a new hold after all, or one ended: no longer among the buyer's open ones.
+            with unavailable_on_connection_error():
+                self.client.zrem(apart, reservation_id)
         if step == "hold" and result.ok and result.state == "held":
             if len(self._lines) >= 100_000:
                 self._lines.clear()
@@ -170,8 +183,8 @@ class RedisCounter(Counter):
         assert home is not None
         partition = int(reservation_id.partition(".")[0])
         open_key = self._open_key(namespace, partition, buyer)
-        if open_key is None:
-            open_key, open_cap = home, 0  # a placeholder in the slot: no buyer's set to count
+        if open_key is None:  # a placeholder in the slot: the set is not counted here
+            open_key, open_cap = home, min(open_cap, 0)
         keys = [home, self.keys.due(partition), open_key]
         listed = " ".join(f"{sku} {qty}" for sku, qty in (every_line or lines))
         args: list[Any] = [op, reservation_id, namespace, self.events_channel, ttl_ms,
@@ -196,6 +209,16 @@ class RedisCounter(Counter):
                 namespace, chr(0) + buyer) != partition:
             return None
         return key
+
+    def _open_apart(self, namespace: str, reservation_id: str, buyer: str | None) -> str | None:
+        """The buyer's open reservations where they are in another cluster slot than the
+        reservation (counted by claim.lua then, not in the hold's step)."""
+        if not buyer or not isinstance(self.client, RedisCluster):
+            return None
+        partition = int(reservation_id.partition(".")[0])
+        if self.keys.partition(namespace, chr(0) + buyer) == partition:
+            return None
+        return self.keys.open_reservations(namespace, buyer)
 
     def part_step(self, op: str, namespace: str, reservation_id: str, lines: Sequence[Line],
                   expires_ms: int, buyer: str | None = None, key: str = "") -> Reserved:

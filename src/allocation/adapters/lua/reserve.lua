@@ -11,7 +11,8 @@
 --       other lines lib.lua's part.lua steps take), every line of the reservation as
 --       "sku qty sku qty..." (hold), a refusal's reason, sku and detail (settle), the
 --       idempotency key of the request (hold: its Reserved events carry it), the most open
---       reservations the buyer may have (hold; 0: no cap), then each home line's sku and qty.
+--       reservations the buyer may have (hold; 0: no cap; -cap: at the cap, as counted in
+--       another slot), then each home line's sku and qty.
 -- The reservation's state decides who ends it: confirm, release and expiry each check and
 -- change it in one step, so exactly one wins. A held reservation whose expiry has passed is
 -- expired (its lines end as it is touched, as each item is, or by the sweeper).
@@ -96,6 +97,9 @@ if op == 'hold' then
     return answer('lost', {})  -- held before, and Redis lost the reservation: the ledger has it
   end
   for i, k in ipairs(lines) do expire_due(k, figs[i], now, 1000, channel) end
+  if buyer ~= '' and open_cap < 0 then  -- counted in its own slot (claim.lua): at the cap
+    return refuse('too_many_open_reservations', '', -open_cap, figs)
+  end
   if buyer ~= '' and open_cap > 0 then
     redis.call('ZREMRANGEBYSCORE', open, '-inf', now)
     if redis.call('ZCARD', open) >= open_cap then
