@@ -11,12 +11,13 @@ import uuid
 from collections import Counter as Tally
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from sqlalchemy.engine import Engine
 
-from allocation.adapters.counter import Counter
+from allocation.adapters.counter import Counter, Reserved
 from allocation.adapters.outbox import Outbox
 from allocation.adapters.redis_client import connect
 from allocation.adapters.redis_counter import RedisCounter
@@ -101,6 +102,46 @@ def test_a_cart_across_slots_publishes_reserved_events_with_the_requests_key() -
     for sku in (f"c{i}" for i in range(1000)):
         skus.setdefault(counter.keys.partition(ns, sku), sku)
     check_reserved_events(counter, ns, list(skus.values())[:3])
+
+
+def test_a_cart_that_meets_another_carts_unfinished_step_waits_for_it() -> None:
+    """Another cart's coordinator holds the last unit of x for a moment (its step unfinished):
+    a cart that needs it tries again while it is held, and gets it once that cart is undone."""
+    counter = cluster_counter()
+    ns = "ns-" + uuid.uuid4().hex[:8]
+    spread = TestClusterCartsAcrossSlots()
+    spread.counter, spread.ns = counter, ns
+    x, y = spread.skus(2)  # two slots
+    counter.load(ns, x, 1, 0, 1)
+    counter.load(ns, y, 1, 0, 1)
+    other = counter.reservation_id(ns, "other")
+    assert counter.part_step("hold", ns, other, [(x, 1)], 2**41).ok  # its tentative hold
+    tried: list[str] = []
+    part_step = counter.part_step
+
+    def recorded(op: str, *args: Any, **kwargs: Any) -> Reserved:
+        answer = part_step(op, *args, **kwargs)
+        if op == "hold":
+            tried.append(answer.status)
+        return answer
+
+    counter.part_step = recorded  # type: ignore[method-assign]
+    mine = counter.reservation_id(ns, "mine")
+    result: list[Reserved] = []
+    cart = threading.Thread(target=lambda: result.append(counter.reservation_step(
+        "hold", ns, mine, [(x, 1), (y, 1)], ttl_ms=60_000, fingerprint="f")))
+    cart.start()
+    wait_until(lambda: "insufficient_stock" in tried or not cart.is_alive(), 10,
+               "the cart to meet the held unit")
+    part_step("release", ns, other, [(x, 1)], 2**41)  # the other cart is undone
+    cart.join(10)
+    assert [r.status for r in result] == ["ok"], tried
+    # Units sold, not held: the refusal stands at once, with no second try.
+    assert counter.reservation_step("confirm", ns, mine, [(x, 1), (y, 1)]).ok
+    tried.clear()
+    late = counter.reservation_step("hold", ns, counter.reservation_id(ns, "late"),
+                                    [(x, 1), (y, 1)], ttl_ms=60_000, fingerprint="g")
+    assert (late.status, tried) == ("insufficient_stock", ["insufficient_stock"])
 
 
 class TestClusterOutbox(OutboxContract):
