@@ -247,6 +247,37 @@ def test_carts_across_slots_hold_all_or_nothing_under_contention(
                                for sku, n in sold.items()), 60, "the ledger")
 
 
+@pytest.mark.parametrize("where", ["one Redis", "cluster"])
+def test_one_key_holds_one_reservation_whatever_the_body(
+        where: str, service_config: Config, redis_cluster: LocalCluster, engine: Engine,
+        namespace: str) -> None:
+    config = dataclasses.replace(service_config, durability="async",
+                                 redis_key_prefix=f"k{uuid.uuid4().hex[:6]}")
+    if where == "cluster":
+        config = dataclasses.replace(config, redis_url=redis_cluster.url)
+    app = bootstrap(config)
+    skus = [f"s{n}" for n in range(20)]
+    app.bus.handle(commands.InitMany(namespace, tuple((sku, 100) for sku in skus)))
+    with ledger_threads(config, 1):
+        made = app.bus.handle(commands.Reserve(namespace, (("s0", 1), ("s1", 2)), "key"))
+        for lines in ((("s1", 2), ("s0", 1)), (("s7", 1), ("s0", 1), ("s1", 2)),
+                      (("s0", 1), ("s1", 3)), *(((sku, 1),) for sku in skus)):
+            with pytest.raises(errors.IdempotencyKeyReused):
+                app.bus.handle(commands.Reserve(namespace, lines, "key"))
+        again = app.bus.handle(commands.Reserve(namespace, (("s0", 1), ("s1", 2)), "key"))
+        assert (again.id, again.replayed) == (made.id, True)
+        assert isinstance(app.counter, RedisCounter)
+        keys = app.counter.keys
+        assert [app.counter.client.hlen(keys.holds(namespace, sku)) for sku in skus] == [
+            1, 1] + [0] * 18
+        wait_until(lambda: stored(engine, namespace, "s0")[2] == 2
+                   and stored(engine, namespace, "s1")[2] == 2, 60, "the ledger")
+    held = {sku: [(kind, qty) for _, kind, qty, _ in ledger_rows(engine, namespace, sku)
+                  if kind == "hold"] for sku in skus}
+    assert {sku: rows for sku, rows in held.items() if rows} == {
+        "s0": [("hold", 1)], "s1": [("hold", 2)]}
+
+
 def test_a_coordinator_killed_mid_cart_leaves_nothing_held_past_the_expiry(
         redis_cluster: LocalCluster) -> None:
     counter = cluster_counter()
