@@ -144,6 +144,38 @@ def test_a_cart_that_meets_another_carts_unfinished_step_waits_for_it() -> None:
     assert (late.status, tried) == ("insufficient_stock", ["insufficient_stock"])
 
 
+def test_a_cart_in_one_other_slot_lives_there_and_its_key_keeps_only_a_claim() -> None:
+    counter = cluster_counter()
+    ns = "ns-" + uuid.uuid4().hex[:8]
+    rid = counter.reservation_id(ns, "k")
+    key_slot = int(rid.partition(".")[0])
+    sku = next(f"s{n}" for n in range(1000) if counter.keys.partition(ns, f"s{n}") != key_slot)
+    there = counter.keys.partition(ns, sku)
+    counter.load(ns, sku, 5, 0, 1)
+    held = counter.reservation_step("hold", ns, rid, [(sku, 2)], ttl_ms=60_000, fingerprint="f")
+    assert held.ok
+    record, claim = (counter.keys.reservation(ns, p, rid) for p in (there, key_slot))
+    assert counter.client.hget(record, "state") == b"held"
+    assert counter.client.hmget(claim, ["state", "fp"]) == [b"claimed", b"f"]
+    other = next(f"o{n}" for n in range(1000)
+                 if counter.keys.partition(ns, f"o{n}") not in (there, key_slot))
+    counter.load(ns, other, 5, 0, 1)
+    assert counter.reservation_step("hold", ns, rid, [(other, 1)], ttl_ms=60_000,
+                                    fingerprint="g").status == "idempotency_key_reused"
+    # Redis lost both: put back from the ledger, the reservation is where its lines are again.
+    counter.client.delete(record)
+    counter.client.delete(claim)
+    counter.restore_reservation(ns, rid, [(sku, 2)], None, "held", held.created_ms,
+                                held.expires_ms, "f")
+    again = counter.reservation_step("hold", ns, rid, [(sku, 2)], ttl_ms=60_000,
+                                     fingerprint="f")
+    assert (again.status, again.replayed, again.expires_ms) == ("ok", True, held.expires_ms)
+    assert counter.reservation_step("hold", ns, rid, [(other, 1)], ttl_ms=60_000,
+                                    fingerprint="g").status == "idempotency_key_reused"
+    assert counter.reservation_step("confirm", ns, rid, [(sku, 2)]).state == "confirmed"
+    assert [f.consumed for f in counter.read_many(ns, [sku, other]) if f] == [2, 0]
+
+
 class TestClusterOutbox(OutboxContract):
     def make_pair(self) -> tuple[Counter, Outbox]:
         counter = cluster_counter()

@@ -98,6 +98,7 @@ class RedisCounter(Counter):
         self._part = ScriptBatcher(client, lua("part"))
         self._sweep = self.client.register_script(lua("sweep"))
         self._claim = self.client.register_script(lua("claim"))
+        self._key_claim = ScriptBatcher(client, lua("keyclaim"))
 
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
               idempotency_key: str | None, *, record: bool = False,
@@ -140,7 +141,7 @@ class RedisCounter(Counter):
                          open_cap: int = 0) -> Reserved:
         if self._reservation_key(namespace, reservation_id) is None:
             return Reserved("not_found")
-        apart = self._open_apart(namespace, reservation_id, buyer)
+        apart = self._open_apart(namespace, self._where(namespace, reservation_id, lines), buyer)
         claimed = 0
         if apart is not None and step == "hold" and open_cap > 0:
             with unavailable_on_connection_error():
@@ -165,6 +166,14 @@ class RedisCounter(Counter):
               open_cap: int) -> Reserved:
         if isinstance(self.client, RedisCluster):
             home = int(reservation_id.partition(".")[0])
+            where = self._where(namespace, reservation_id, lines)
+            if where != home:
+                if step == "hold" and not self._claim_key(namespace, reservation_id, lines,
+                                                          buyer, fingerprint):
+                    return Reserved("idempotency_key_reused")
+                return self.home_step(step, namespace, reservation_id, lines, ttl_ms=ttl_ms,
+                                      buyer=buyer, fingerprint=fingerprint, key=key,
+                                      open_cap=open_cap, at=where)
             if any(self.keys.partition(namespace, sku) != home for sku, _ in lines):
                 return redis_carts.step(self, step, namespace, reservation_id, lines,
                                         ttl_ms=ttl_ms, buyer=buyer, fingerprint=fingerprint,
@@ -176,12 +185,12 @@ class RedisCounter(Counter):
                   *, ttl_ms: int = 0, buyer: str | None = None, fingerprint: str = "",
                   whole: bool = True, every_line: Sequence[Line] = (),
                   refusal: tuple[str, str, int] = ("", "", -1), key: str = "",
-                  open_cap: int = 0) -> Reserved:
+                  open_cap: int = 0, at: int | None = None) -> Reserved:
         """One reserve.lua step: the reservation and its ``lines`` in its slot (on one Redis,
-        all of them)."""
-        home = self._reservation_key(namespace, reservation_id)
-        assert home is not None
-        partition = int(reservation_id.partition(".")[0])
+        all of them); ``at``: the partition it lives in, where not its key's."""
+        assert self._reservation_key(namespace, reservation_id) is not None
+        partition = int(reservation_id.partition(".")[0]) if at is None else at
+        home = self.keys.reservation(namespace, partition, reservation_id)
         open_key = self._open_key(namespace, partition, buyer)
         if open_key is None:  # a placeholder in the slot: the set is not counted here
             open_key, open_cap = home, min(open_cap, 0)
@@ -210,12 +219,34 @@ class RedisCounter(Counter):
             return None
         return key
 
-    def _open_apart(self, namespace: str, reservation_id: str, buyer: str | None) -> str | None:
+    def _where(self, namespace: str, reservation_id: str, lines: Sequence[Line]) -> int:
+        """The partition a reservation lives in: its key's, but on a cluster a cart whose lines
+        share one other slot lives there, with them (one script a step), and its key's slot
+        keeps only the key's claim (keyclaim.lua)."""
+        home = int(reservation_id.partition(".")[0])
+        if isinstance(self.client, RedisCluster) and lines:
+            slots = {self.keys.partition(namespace, sku) for sku, _ in lines}
+            if len(slots) == 1:
+                return slots.pop()
+        return home
+
+    def _claim_key(self, namespace: str, reservation_id: str, lines: Sequence[Line],
+                   buyer: str | None, fingerprint: str) -> bool:
+        """Claim the key for this request in the key's slot (False: another request has it)."""
+        claim = self.keys.reservation(namespace, int(reservation_id.partition(".")[0]),
+                                      reservation_id)
+        listed = " ".join(f"{sku} {qty}" for sku, qty in lines)
+        # As long as the reservation may live, and its key be remembered after.
+        keep_ms = (86_400 + self._ttl) * 1000
+        with unavailable_on_connection_error():
+            return bool(self._key_claim(keys=[claim], args=[fingerprint, listed, buyer or "",
+                                                            keep_ms]))
+
+    def _open_apart(self, namespace: str, partition: int, buyer: str | None) -> str | None:
         """The buyer's open reservations where they are in another cluster slot than the
-        reservation (counted by claim.lua then, not in the hold's step)."""
+        reservation's ``partition`` (counted by claim.lua then, not in the hold's step)."""
         if not buyer or not isinstance(self.client, RedisCluster):
             return None
-        partition = int(reservation_id.partition(".")[0])
         if self.keys.partition(namespace, chr(0) + buyer) == partition:
             return None
         return self.keys.open_reservations(namespace, buyer)
@@ -239,8 +270,11 @@ class RedisCounter(Counter):
     def restore_reservation(self, namespace: str, reservation_id: str, lines: Sequence[Line],
                             buyer: str | None, state: str, created_ms: int, expires_ms: int,
                             fingerprint: str = "") -> None:
-        home = self._reservation_key(namespace, reservation_id)
-        assert home is not None
+        assert self._reservation_key(namespace, reservation_id) is not None
+        where = self._where(namespace, reservation_id, lines)
+        home = self.keys.reservation(namespace, where, reservation_id)
+        if where != int(reservation_id.partition(".")[0]):
+            self._claim_key(namespace, reservation_id, lines, buyer, fingerprint)
         with unavailable_on_connection_error():
             self._restore(keys=[home], args=[
                 state, fingerprint, " ".join(f"{sku} {qty}" for sku, qty in lines), buyer or "",
