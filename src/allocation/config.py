@@ -33,6 +33,11 @@ class Config:
     body_timeout_seconds: float = 10.0
     # "required": /v1/ needs a bearer token; "off" only suits the embedded mode on one machine.
     auth: str = "off"
+    # Hoarding bounds (0: none). A buyer rarely needs more than a cart or two open at once; a
+    # token is a shop's backend, holding every cart of its buyers: size it from the shop's
+    # peak reservations a second times their ttl_seconds (the per-token cap is per process).
+    max_open_reservations_per_buyer: int = 10
+    max_open_reservations_per_token: int = 10_000
 
     @property
     def embedded(self) -> bool:
@@ -67,6 +72,12 @@ class Config:
                                      or defaults.ledger_claim_idle_ms),
             body_timeout_seconds=float(env.get("BODY_TIMEOUT_SECONDS")
                                        or defaults.body_timeout_seconds),
+            max_open_reservations_per_buyer=int(
+                env.get("MAX_OPEN_RESERVATIONS_PER_BUYER")
+                or defaults.max_open_reservations_per_buyer),
+            max_open_reservations_per_token=int(
+                env.get("MAX_OPEN_RESERVATIONS_PER_TOKEN")
+                or defaults.max_open_reservations_per_token),
             auth=choice("AUTH", env.get("AUTH") or ("required" if with_services else "off"),
                         ("required", "off")),
         )

@@ -63,7 +63,8 @@ def count_answer(command: commands.Command, answer: object) -> None:
     replay did nothing new and counts nothing (a reused key is no replay)."""
     namespace = getattr(command, "namespace", "")
     if isinstance(answer, errors.DomainError):
-        _sale(REFUSALS, namespace, answer.code).inc()
+        if not answer.replayed:
+            _sale(REFUSALS, namespace, answer.code).inc()
     elif isinstance(answer, Outcome):
         if answer.replayed and answer.status != "idempotency_key_reused":
             return

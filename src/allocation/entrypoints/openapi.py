@@ -143,14 +143,18 @@ def document() -> dict[str, Any]:
                             "(lines of one sku are added together)", {
                     "201": _json(schemas.ReservationOut, "held (or the first answer replayed, "
                                                          "with `Idempotent-Replayed: true`)"),
-                    "400": _json(schemas.Error, "invalid input, `field` naming it; or "
+                    "400": _json(schemas.Error, "invalid input, `field` naming it (`lines` "
+                                                "where one sku's lines add up past 1000000); or "
                                                 "`buyer_required`, with the `sku` of a line "
                                                 "whose item has a limit per buyer"),
                     "404": _json(schemas.Error, "unknown item; `sku` names it"),
                     "409": _json(schemas.Error, "insufficient_stock, with `available`; "
                                                 "limit_exceeded, with `remaining`; each with "
                                                 "the `sku` of a line that failed"),
-                    "422": _json(schemas.Error, "idempotency key reused with another body"),
+                    "422": _json(schemas.Error, "idempotency key reused with another body "
+                                                "(any other: the key names one reservation)"),
+                    "429": _json(schemas.Error, "too_many_open_reservations, with `limit`: the "
+                                                "buyer or the token holds as many as allowed"),
                 }, [_name("namespace"), _key(True)], schemas.ReserveBody)},
             "/v1/{namespace}/reservations/{reservation_id}": {
                 "get": _op("Read a reservation (a held one past its expiry reads `expired`)", {

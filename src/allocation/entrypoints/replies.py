@@ -35,6 +35,7 @@ STATUS_OF_CODE = {
     "invalid_field": 400,
     "idempotency_key_reused": 422,
     "limit_exceeded": 409,
+    "too_many_open_reservations": 429,
     "buyer_required": 400,
     "reservation_expired": 409,
     "reservation_released": 409,

@@ -7,6 +7,7 @@ import re
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -132,8 +133,25 @@ class Line(Model):
     qty: Qty
 
 
+MAX_MERGED_QTY = 1_000_000  # a reservation's lines of one sku, added together (API.md)
+
+
+def _merged_within_cap(lines: list[Line]) -> list[Line]:
+    total: dict[str, int] = {}
+    for line in lines:
+        total[line.sku] = total.get(line.sku, 0) + line.qty
+        if total[line.sku] > MAX_MERGED_QTY:
+            raise ValueError(f"the lines of sku {line.sku} add up to more than {MAX_MERGED_QTY}")
+    return lines
+
+
+# 1..100 lines; lines of one sku are held as one, so their sum is capped as one qty is.
+Lines = Annotated[list[Line], Field(min_length=1, max_length=100),
+                  AfterValidator(_merged_within_cap)]
+
+
 class ReserveBody(Model):
-    lines: Annotated[list[Line], Field(min_length=1, max_length=100)]
+    lines: Lines
     ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=86_400)] = 600
     buyer: Buyer | None = None
 
@@ -277,7 +295,7 @@ ReservationId = Annotated[str, StringConstraints(pattern=RESERVATION_ID_PATTERN)
 class ReserveMessage(Model):
     command: Literal["Reserve"]
     namespace: Name
-    lines: Annotated[list[Line], Field(min_length=1, max_length=100)]
+    lines: Lines
     ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=86_400)] = 600
     buyer: Buyer | None = None
     idempotency_key: IdempotencyKey
