@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
+import psycopg2
 import pytest
 import redis
 import requests
 from prometheus_client import REGISTRY
+from sqlalchemy import exc as sa_exc
 
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
@@ -120,6 +122,27 @@ def test_a_refusal_is_final_and_a_passing_failure_is_not(
         assert verdict.rejection is not None
         assert verdict.rejection["event"] == "CommandRejected"
         assert verdict.rejection["idempotency_key"] == "k1"
+
+
+def database_refused() -> sa_exc.OperationalError:
+    """What a rebuild's advisory lock raises when the database refuses the connection."""
+    cause = psycopg2.OperationalError("connection to server at 127.0.0.1 failed: refused")
+    return sa_exc.OperationalError("SELECT count(pg_advisory_lock(...))", {}, cause)
+
+
+def test_a_database_outage_met_anywhere_is_an_outage_retried_without_limit() -> None:
+    verdict = judge(DECREMENT, ScriptedBus(database_refused()))
+    assert (verdict.outcome, verdict.outage) == ("unavailable", True)
+    assert stream_action(verdict, 500, max_deliveries=5) == "retry"
+    assert verdict.rejection is not None
+    assert "OperationalError" not in verdict.rejection["message"]  # internals stay in the log
+
+
+def test_a_failing_statement_is_no_outage() -> None:
+    failing = sa_exc.ProgrammingError("SELECT", {}, psycopg2.ProgrammingError("syntax error"))
+    verdict = judge(DECREMENT, ScriptedBus(failing))
+    assert (verdict.outcome, verdict.outage) == ("failed", False)
+    assert stream_action(verdict, 5, max_deliveries=5) == "dead_letter"
 
 
 def test_a_malformed_message_is_final_and_reaches_no_handler() -> None:

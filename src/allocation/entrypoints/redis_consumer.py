@@ -171,19 +171,8 @@ def judge(raw: bytes | str, bus: Bus) -> Verdict:
         metrics.count_answer(command, exc)
         return Verdict(REFUSED, exc.code,
                        _rejection(raw, exc.code, exc.message, details=exc.details))
-    except errors.Unavailable as exc:
-        logger.warning("could not apply %r: %s", command, exc.message)
-        return Verdict(UNAVAILABLE, f"unavailable: {exc.message}",
-                       _rejection(raw, "unavailable", exc.message), outage=True)
-    except redis.RedisError as exc:  # WRONGTYPE, OOM, READONLY...: Redis may get better
-        logger.warning("redis failed applying %r: %s: %s", command, type(exc).__name__, exc)
-        return Verdict(UNAVAILABLE, f"redis: {type(exc).__name__}: {exc}",
-                       _rejection(raw, "unavailable", "redis unavailable"),
-                       outage=is_outage(exc))
-    except Exception as exc:
-        logger.exception("failed applying %r", command)
-        return Verdict(FAILED, f"error: {type(exc).__name__}: {exc}",
-                       _rejection(raw, "unavailable", "the command could not be applied"))
+    except Exception as exc:  # noqa: BLE001 - every failure is a verdict
+        return _failure(raw, command, exc)
     metrics.count_answer(command, result)
     # Movements answer a refusal as a non-ok Outcome; other handlers (a reservation's return a
     # Reservation) raise theirs, above. Their events are out already, from the counter's
@@ -192,6 +181,25 @@ def judge(raw: bytes | str, bus: Bus) -> Verdict:
         return Verdict(REFUSED, result.status,
                        _rejection(raw, result.status, result.error().message, result))
     return Verdict(APPLIED, "ok")
+
+
+def _failure(raw: bytes | str, command: commands.Command, exc: Exception) -> Verdict:
+    """A command that could not be applied, classified once: an outage (a dependency away,
+    however deep in the handler it was met, as a rebuild's lock is) is retried for as long as it
+    lasts; any other Redis error (WRONGTYPE, say) may pass; anything else is a bug, logged."""
+    outage = is_outage(exc)
+    if isinstance(exc, errors.Unavailable):
+        logger.warning("could not apply %r: %s", command, exc.message)
+        return Verdict(UNAVAILABLE, f"unavailable: {exc.message}",
+                       _rejection(raw, "unavailable", exc.message), outage=True)
+    if outage or isinstance(exc, redis.RedisError):
+        logger.warning("could not apply %r: %s: %s", command, type(exc).__name__, exc)
+        return Verdict(UNAVAILABLE, f"{type(exc).__name__}: {exc}",
+                       _rejection(raw, "unavailable", "a dependency is unavailable; resend "
+                                  "it with the same key"), outage=outage)
+    logger.exception("failed applying %r", command)
+    return Verdict(FAILED, f"error: {type(exc).__name__}: {exc}",
+                   _rejection(raw, "unavailable", "the command could not be applied"))
 
 
 def handle_message(raw: bytes | str, bus: MessageBus,
@@ -470,10 +478,11 @@ class StreamConsumer:
                      _id(entry_id), self.dead_letters, deliveries, reason)
         self.client.xadd(self.dead_letters, {"entry": _id(entry_id), "message": raw,
                                              "reason": reason, "deliveries": deliveries})
+        # What failed stays with the operator (the log, the dead letter): a client is told
+        # where the command is kept, not the internals that refused it.
         self.publisher.publish_message(_rejection(
             raw, DEAD_LETTERED,
-            f"not applied after {deliveries} deliveries ({reason}); kept in "
-            f"{self.dead_letters}"))
+            f"not applied after {deliveries} deliveries; kept in {self.dead_letters}"))
         CONSUMER_COMMANDS.labels(STREAM, DEAD_LETTERED).inc()
         CONSUMER_DEAD_LETTERS.inc()
 
