@@ -84,6 +84,8 @@ def parse(raw: bytes | str) -> commands.Command:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            first["msg"] = "is not a field of this command"
         raise ValueError(f"{where}: {first['msg']}" if where else first["msg"]) from None
     if isinstance(message, schemas.InitMessage):
         return commands.InitInventory(message.namespace, message.sku, message.total)
