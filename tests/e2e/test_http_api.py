@@ -7,7 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.e2e.test_dashboard import browser  # noqa: F401 - the headless chromium fixture
 from tests.helpers.processes import wait_until
 
 
@@ -259,3 +263,17 @@ def test_eight_concurrent_buyers_sell_out_without_overselling(api: str, namespac
     assert c.get("hot").json() == item(namespace, "hot", 200, 200)
     ledger = c.ledger("hot", 201, "?limit=1000")
     assert [e["seq"] for e in ledger] == list(range(1, 202))
+
+
+def test_the_docs_page_renders_under_its_content_security_policy(
+        api: str, browser: WebDriver) -> None:  # noqa: F811
+    page = requests.get(f"{api}/docs", timeout=10)
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    browser.get(f"{api}/docs")
+    # Swagger UI drew the document: its script, the page's own and /openapi.json all ran and
+    # loaded under the policy (an inline script would have been blocked, and nothing drawn).
+    WebDriverWait(browser, 20, poll_frequency=0.1).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) > 10,
+        "Swagger UI to draw the operations")
+    title = browser.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text
+    assert title.startswith("allocation: flash-sale inventory")
