@@ -238,8 +238,11 @@ def test_a_reserve_key_used_again_for_another_cart_is_refused(shop: FakeApp) -> 
     send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="k",
          lines=[{"sku": "a", "qty": 1}])
     send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="k",
-         lines=[{"sku": "a", "qty": 1}])  # resent: the same reservation, nothing more
-    assert recorder.messages == [] and figures(shop, "a") == (0, 1, 9)
+         lines=[{"sku": "a", "qty": 1}])  # resent: the same reservation, its answer again
+    assert [(m["event"], m["replayed"], m["qty"]) for m in recorder.messages] == [
+        ("Reserved", True, 1)]
+    assert figures(shop, "a") == (0, 1, 9)
+    recorder.messages.clear()
     send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="k",
          lines=[{"sku": "a", "qty": 3}])
     assert [(m["reason"], m["idempotency_key"]) for m in recorder.messages] == [

@@ -27,14 +27,15 @@ import redis
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 from pydantic import ValidationError
 
-from allocation.adapters.event_publisher import RedisEventPublisher
+from allocation.adapters.event_publisher import RedisEventPublisher, event_message
 from allocation.adapters.outages import is_outage
 from allocation.adapters.redis_client import RedisClient, read_group
 from allocation.bootstrap import Application
-from allocation.domain import commands, errors
+from allocation.domain import commands, errors, events
 from allocation.domain.outcome import Outcome
 from allocation.entrypoints import metrics, schemas
 from allocation.service_layer.messagebus import MessageBus
+from allocation.service_layer.results import Reservation
 
 logger = logging.getLogger(__name__)
 
@@ -145,14 +146,22 @@ def _loose(raw: Any) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Verdict:
     """What applying one message came to. ``reason``: a refusal's code, or what failed (for the
-    log and the dead-letter stream); ``rejection``: the ``CommandRejected`` answering it."""
+    log and the dead-letter stream); ``rejection``: the ``CommandRejected`` answering it;
+    ``replayed``: a repeated command's first answer, published again (its events were published
+    when it was applied, and the publisher may have missed them)."""
 
     outcome: str
     reason: str
     rejection: dict[str, Any] | None = None
+    replayed: tuple[dict[str, Any], ...] = ()
     # A dependency away (not this message's fault): retried for as long as it lasts, never
     # counted towards dead-lettering.
     outage: bool = False
+
+    @property
+    def answers(self) -> tuple[dict[str, Any], ...]:
+        """What to publish for it."""
+        return self.replayed if self.rejection is None else (self.rejection,)
 
     @property
     def final(self) -> bool:
@@ -180,9 +189,38 @@ def judge(raw: bytes | str, bus: Bus) -> Verdict:
     # Reservation) raise theirs, above. Their events are out already, from the counter's
     # script or the service layer.
     if isinstance(result, Outcome) and not result.ok:
-        return Verdict(REFUSED, result.status,
-                       _rejection(raw, result.status, result.error().message, result))
-    return Verdict(APPLIED, "ok")
+        rejection = _rejection(raw, result.status, result.error().message, result)
+        if result.replayed:
+            rejection["replayed"] = True
+        return Verdict(REFUSED, result.status, rejection)
+    return Verdict(APPLIED, "ok", replayed=_first_answer(command, result))
+
+
+def _first_answer(command: commands.Command, result: Any) -> tuple[dict[str, Any], ...]:
+    """A repeated command's first answer, marked ``replayed``; nothing for a first one. A
+    movement's replay carries the figures of its first answer (the counter keeps them with the
+    key); a reservation's, its lines and where it stands now (the items' figures of the moment
+    it was held are not kept)."""
+    if isinstance(result, Outcome) and result.replayed:
+        if isinstance(command, commands.AdjustTotal):
+            kind, qty, buyer = "adjust", command.delta, None
+        elif isinstance(command, commands.Decrement | commands.Refund):
+            kind = "decrement" if isinstance(command, commands.Decrement) else "refund"
+            qty, buyer = command.qty, command.buyer
+        else:
+            return ()
+        raised = events.of_movement(kind, command.namespace, command.sku, qty,
+                                    command.idempotency_key, result.total, result.consumed,
+                                    buyer, held=result.held)
+        return tuple({**event_message(e), "replayed": True} for e in raised[:1])
+    if isinstance(result, Reservation) and result.replayed and isinstance(command,
+                                                                        commands.Reserve):
+        return tuple({"event": "Reserved", "namespace": result.namespace, "sku": sku,
+                      "reservation_id": result.id, "qty": qty,
+                      "idempotency_key": command.idempotency_key, "state": result.state,
+                      "expires_at": result.expires_at.isoformat(), "replayed": True}
+                     for sku, qty in result.lines)
+    return ()
 
 
 def _failure(raw: bytes | str, command: commands.Command, exc: Exception) -> Verdict:
@@ -214,8 +252,8 @@ def handle_message(raw: bytes | str, bus: MessageBus,
 def _answer(raw: bytes | str, bus: Bus, publisher: Publisher) -> Verdict:
     verdict = judge(raw, bus)
     CONSUMER_COMMANDS.labels(PUBSUB, verdict.outcome).inc()
-    if verdict.rejection is not None:
-        publisher.publish_message(verdict.rejection)
+    for message in verdict.answers:
+        publisher.publish_message(message)
     return verdict
 
 
@@ -465,8 +503,8 @@ class StreamConsumer:
         action = stream_action(verdict, deliveries, self.max_deliveries)
         if action == "ack":
             CONSUMER_COMMANDS.labels(STREAM, verdict.outcome).inc()
-            if verdict.rejection is not None:
-                self.publisher.publish_message(verdict.rejection)
+            for message in verdict.answers:
+                self.publisher.publish_message(message)
         elif action == "retry":
             CONSUMER_COMMANDS.labels(STREAM, verdict.outcome).inc()
             logger.warning("command stream entry %s left pending (delivery %d of %d): %s",
