@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 
+from allocation.adapters.redis_keys import KeySpace
 from allocation.config import Config
 from tests.helpers.processes import Process, allocation_command, service_env, wait_until
 
@@ -239,3 +240,80 @@ def test_the_command_stream_keeps_commands_while_no_consumer_runs(
         wait_until(all_acknowledged, 15, "every stream entry to be acknowledged")
     finally:
         consumer.stop()
+
+
+def test_two_deployments_on_one_redis_never_hear_each_others_commands(
+        service_config: Config, namespace: str) -> None:
+    """Two deployments (key prefixes) on one Redis server, each with its consumer, on the
+    default names: a command for one is applied by it alone and answered to its publisher
+    alone, over pub/sub and over the command stream."""
+    deployments: dict[str, Config] = {}
+    consumers: list[Process] = []
+    clients: list[redis.Redis[bytes]] = []
+    try:
+        for name in ("a", "b"):
+            env = service_env(service_config)
+            for own_name in ("COMMANDS_CHANNEL", "EVENTS_CHANNEL", "COMMANDS_STREAM"):
+                del env[own_name]  # the deployment's defaults
+            env["REDIS_KEY_PREFIX"] = f"{service_config.redis_key_prefix}:{name}{namespace}"
+            deployments[name] = Config.from_env(env)
+            consumer = Process(allocation_command("consume", "--name", name), env)
+            consumer.start()
+            consumers.append(consumer)
+        a, b = deployments["a"], deployments["b"]
+        assert a.redis_url is not None
+        client = redis.Redis.from_url(a.redis_url)
+        clients.append(client)
+        heard: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+        listeners = {}
+        for name, config in deployments.items():
+            listeners[name] = client.pubsub(ignore_subscribe_messages=True)
+            listeners[name].subscribe(config.events_channel)
+
+        def collect() -> None:
+            for name, listener in listeners.items():
+                while (message := listener.get_message(timeout=0.01)) is not None:
+                    heard[name].append(json.loads(message["data"]))
+
+        def answered(name: str, **match: Any) -> bool:
+            collect()
+            return any(all(e.get(k) == v for k, v in match.items()) for e in heard[name])
+
+        def subscribed() -> bool:
+            counts = [int(n) for _, n in client.pubsub_numsub(a.commands_channel,
+                                                               b.commands_channel)]
+            return all(n > 0 for n in counts)
+
+        wait_until(subscribed, 30, "both consumers to subscribe")
+        client.publish(a.commands_channel, json.dumps(
+            {"command": "InitInventory", "namespace": namespace, "sku": "s", "total": 3}))
+        wait_until(lambda: answered("a", event="InventoryInitialized"), 30,
+                   "deployment a to apply its command")
+        client.publish(a.commands_channel, json.dumps(
+            {"command": "Decrement", "namespace": namespace, "sku": "s", "qty": 1,
+             "idempotency_key": "over-pubsub"}))
+        wait_until(lambda: answered("a", event="Decremented", idempotency_key="over-pubsub"),
+                   30, "deployment a to apply its command")
+        client.xadd(a.commands_stream, {"message": json.dumps(
+            {"command": "Decrement", "namespace": namespace, "sku": "s", "qty": 1,
+             "idempotency_key": "over-the-stream"})})
+        wait_until(lambda: answered("a", event="Decremented", idempotency_key="over-the-stream"),
+                   30, "deployment a to apply the stream's command")
+        # b answers a command of its own: by then it would have applied a's, had it heard them.
+        client.publish(b.commands_channel, json.dumps(
+            {"command": "InitInventory", "namespace": namespace, "sku": "mine", "total": 1}))
+        wait_until(lambda: answered("b", event="InventoryInitialized", sku="mine"), 30,
+                   "deployment b to answer its own command")
+        assert [e["event"] for e in heard["b"]] == ["InventoryInitialized"]
+        assert [(e["event"], e.get("available")) for e in heard["a"]] == [
+            ("InventoryInitialized", 3), ("Decremented", 2), ("Decremented", 1)]
+        b_keys = KeySpace(b.redis_key_prefix, b.partitions)
+        assert client.exists(b_keys.item(namespace, "s")) == 0  # b's counter never had it
+        assert client.xlen(b.commands_stream) == 0
+        for listener in listeners.values():
+            listener.close()
+    finally:
+        for consumer in consumers:
+            consumer.stop()
+        for c in clients:
+            c.close()
