@@ -263,6 +263,38 @@ def test_an_entry_delivered_too_often_without_an_answer_is_not_tried_again(
     assert (pending(client), client.xlen(STREAM)) == (0, 0)
 
 
+def test_an_outage_of_any_length_never_dead_letters_the_entry(
+        client: redis.Redis[bytes]) -> None:
+    """Deliveries that met an outage count towards neither limit, however many they are."""
+    publisher = Recorder()
+    waits = POISON_DELIVERIES + 5
+    bus = ScriptedBus(*[errors.Unavailable("database unavailable")] * waits, APPLIED)
+    consumer = stream_consumer(client, bus, publisher, max_deliveries=1)
+    client.xadd(STREAM, {"message": DECREMENT})
+    for _ in range(waits + 1):
+        consumer.poll(block_ms=0)
+    assert len(bus.seen) == waits + 1
+    assert (client.exists(f"{STREAM}:dead"), publisher.messages) == (0, [])
+    assert (pending(client), client.xlen(STREAM)) == (0, 0)
+    assert client.exists(consumer.outages) == 0  # its count goes with the entry
+
+
+def test_deliveries_that_met_an_outage_do_not_count_towards_max_deliveries(
+        client: redis.Redis[bytes]) -> None:
+    publisher = Recorder()
+    bus = ScriptedBus(errors.Unavailable("database unavailable"),
+                      errors.Unavailable("database unavailable"),
+                      RuntimeError("a bug"), RuntimeError("a bug"))
+    consumer = stream_consumer(client, bus, publisher, max_deliveries=2)
+    client.xadd(STREAM, {"message": DECREMENT})
+    for _ in range(3):
+        consumer.poll(block_ms=0)
+    assert (client.exists(f"{STREAM}:dead"), pending(client)) == (0, 1)  # one bug: 1 of 2
+    consumer.poll(block_ms=0)
+    [(_, fields)] = client.xrange(f"{STREAM}:dead")
+    assert fields[b"deliveries"] == b"2"
+
+
 def test_a_dead_consumers_entries_are_claimed_after_they_idle(
         client: redis.Redis[bytes]) -> None:
     publisher = Recorder()

@@ -374,6 +374,9 @@ class StreamConsumer:
         self.bus, self.client, self.stream, self.publisher = bus, client, stream, publisher
         self.name, self.claim_idle_ms, self.max_deliveries = name, claim_idle_ms, max_deliveries
         self.dead_letters = f"{stream}:dead"
+        # Entry id -> its deliveries that met an outage: those count towards no limit, so an
+        # entry waits out an outage of any length (kept in Redis: a restart keeps the count).
+        self.outages = f"{stream}:outages"
         self.stopping = threading.Event()
         self.state = LoopState(STREAM)
         self._pending_due = 0.0  # monotonic time to look at pending entries again; 0: at once
@@ -458,15 +461,21 @@ class StreamConsumer:
         return retry
 
     def _deliveries(self, entries: Sequence[tuple[Any, Any]]) -> dict[str, int]:
-        """How many times each entry has been delivered (this delivery included)."""
+        """How many times each entry has been delivered (this delivery included), but for the
+        deliveries that met an outage."""
         pipe = self.client.pipeline(transaction=False)
         for entry_id, _ in entries:
             pipe.xpending_range(self.stream, STREAM_GROUP, min=entry_id, max=entry_id,
                                 count=1)
+        pipe.hmget(self.outages, [_id(entry_id) for entry_id, _ in entries])
+        *pending, outages = pipe.execute()
         found: dict[str, int] = {}
-        for rows in pipe.execute():
+        for rows in pending:
             for row in rows:
                 found[_id(row["message_id"])] = int(row["times_delivered"])
+        for (entry_id, _), waited in zip(entries, outages, strict=True):
+            if waited is not None and _id(entry_id) in found:
+                found[_id(entry_id)] = max(1, found[_id(entry_id)] - int(waited))
         return found
 
     def _handle_batch(self, entries: Iterable[tuple[Any, Any]],
@@ -495,7 +504,7 @@ class StreamConsumer:
         raw = fields.get(b"message", b"")
         if deliveries > POISON_DELIVERIES * self.max_deliveries:
             # Delivered that often and never answered: its handling kills the consumer, say.
-            # (Outages are retried without limit, hence the margin.)
+            # (Deliveries that met an outage are not counted: ``_deliveries``.)
             self._dead_letter(entry_id, raw, f"delivered {deliveries} times without an answer",
                               deliveries)
             return "dead_letter"
@@ -507,6 +516,8 @@ class StreamConsumer:
                 self.publisher.publish_message(message)
         elif action == "retry":
             CONSUMER_COMMANDS.labels(STREAM, verdict.outcome).inc()
+            if verdict.outage:
+                self.client.hincrby(self.outages, _id(entry_id), 1)
             logger.warning("command stream entry %s left pending (delivery %d of %d): %s",
                            _id(entry_id), deliveries, self.max_deliveries, verdict.reason)
         else:
@@ -532,6 +543,7 @@ class StreamConsumer:
         pipe = self.client.pipeline(transaction=False)
         pipe.xack(self.stream, STREAM_GROUP, *ids)
         pipe.xdel(self.stream, *ids)  # answered: keep the stream to what is not
+        pipe.hdel(self.outages, *[_id(i) for i in ids])
         pipe.execute()
 
 
