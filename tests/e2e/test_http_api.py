@@ -277,3 +277,21 @@ def test_the_docs_page_renders_under_its_content_security_policy(
         "Swagger UI to draw the operations")
     title = browser.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text
     assert title.startswith("allocation: flash-sale inventory")
+
+
+def test_strict_input_over_the_real_server(api: str, namespace: str) -> None:
+    """A misspelt field, a loose query integer, a repeated parameter: 400 naming it, through
+    the server's own front ends (the fast lane takes the sale), and nothing changes."""
+    c = Client(api, namespace)
+    assert c.init("s", 5).status_code == 201
+    misspelt = c.http.post(c.url("/reservations"), timeout=10,
+                           json={"lines": [{"sku": "s", "qty": 1}], "ttl_second": 5},
+                           headers={"Idempotency-Key": "typo"})
+    sale = c.move("s", "decrements", {"qty": 1, "buyr": "ann"}, "typo-sale")
+    for answer, field in ((misspelt, "ttl_second"), (sale, "buyr")):
+        assert (answer.status_code, answer.json()["field"]) == (400, field), answer.text
+    for query, field in (("limit=%2B5", "limit"), ("limit=5.0", "limit"),
+                         ("limit=1_0", "limit"), ("limit=1&limit=2", "limit")):
+        page = c.http.get(c.url(f"/items?{query}"), timeout=10)
+        assert (page.status_code, page.json()["field"]) == (400, field), query
+    assert c.get("s").json() == item(namespace, "s", 5, 0)
