@@ -176,6 +176,10 @@ def test_malformed_messages_are_answered_and_the_consumer_keeps_running(
     channels.send(command="Decrement", namespace=namespace, sku="s", qty=1)
     assert "idempotency_key" in channels.wait_for(
         event="CommandRejected", command="Decrement", idempotency_key=None)["message"]
+    channels.send(command="Decrement", namespace=namespace, sku="s", qty=1,
+                  idempotency_key="misspelt", buyr="ann")  # a field Decrement does not define
+    misspelt = channels.wait_for(event="CommandRejected", idempotency_key="misspelt")
+    assert misspelt["reason"] == "invalid_message" and "buyr" in misspelt["message"]
     channels.send(command="Explode", namespace=namespace, sku="s")
     assert channels.wait_for(event="CommandRejected", command="Explode")["reason"] == (
         "invalid_message")
