@@ -15,7 +15,7 @@ REF = "#/components/schemas/{model}"
 _MODELS: list[type[BaseModel]] = [
     schemas.InitBody, schemas.LimitBody, schemas.AdjustBody, schemas.QtyBody, schemas.Item,
     schemas.ItemPage,
-    schemas.LedgerPage, schemas.RefreshedCount, schemas.Error,
+    schemas.LedgerPage, schemas.RefreshedCount, schemas.Stats, schemas.Error,
     schemas.ReserveBody, schemas.ExtendBody, schemas.ReservationOut]
 
 
@@ -193,14 +193,24 @@ def document() -> dict[str, Any]:
                 "post": _op("Rebuild every counter of a namespace", {
                     "200": _json(schemas.RefreshedCount, "how many items were rebuilt")},
                     [_name("namespace")])},
+            "/v1/{namespace}/stats": {
+                "get": _op("The namespace's sale figures: units sold, refunded, held, released "
+                           "and expired, holds ended by how, refusals by reason, stream "
+                           "clients (the metrics /metrics has, of this namespace alone)", {
+                               "200": _json(schemas.Stats, "the figures")},
+                           [_name("namespace")])},
             "/healthz": {"get": {"summary": "The process is up", "responses": {
                 "200": {"description": "`{\"status\": \"ok\"}`"}}}},
             "/readyz": {"get": {"summary": "The database and Redis answer, and every worker of "
                                         "the server has started", "responses": {
                 "200": {"description": "`{\"database\": \"ok\", \"redis\": \"ok\"}`"},
                 "503": {"description": "the failing part is named"}}}},
-            "/metrics": {"get": {"summary": "Prometheus text format", "responses": {
-                "200": {"description": "metrics", "content": {"text/plain": {}}}}}},
+            "/metrics": {"get": {"summary": "Prometheus text format; with AUTH=required, a "
+                                            "token of namespace `*` (any role)",
+                                 "security": [{"bearer": []}], "responses": {
+                "200": {"description": "metrics", "content": {"text/plain": {}}},
+                "401": _json(schemas.Error, "no token, or an unknown or revoked one"),
+                "403": _json(schemas.Error, "a token of one namespace")}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {
                 "200": {"description": "OpenAPI 3"}}}},
             "/docs": {"get": {"summary": "This document in a viewer (Swagger UI, served from "

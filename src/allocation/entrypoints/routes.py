@@ -163,6 +163,11 @@ class Routes:
                                                 health.redis_memory(), health.hold_tally())
         return Response(body, content_type=content_type)
 
+    def stats(self, namespace: str) -> Response:
+        ns = _path(namespace, "x").namespace
+        health = self.app.health
+        return jsonify(metrics.namespace_figures(ns, health.hold_tally(), health.drift()))
+
     def openapi_json(self) -> Response:
         return jsonify(openapi.document())
 

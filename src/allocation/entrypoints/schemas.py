@@ -227,6 +227,25 @@ class RefreshedCount(Answer):
     items: int
 
 
+class StatsUnits(Answer):
+    sold: int
+    refunded: int
+    held: int
+    released: int
+    expired: int
+
+
+class Stats(Answer):
+    """A namespace's sale figures (GET /v1/{ns}/stats), from the metrics /metrics shows."""
+
+    namespace: str
+    units: StatsUnits
+    holds_ended: dict[str, int]
+    refusals: dict[str, int]
+    stream_clients: int
+    drift_items: int | None
+
+
 class Error(Answer):
     error: str
     message: str
