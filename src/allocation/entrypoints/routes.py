@@ -128,7 +128,7 @@ class Routes:
 
     def list_items(self, namespace: str) -> Response:
         ns = _path(namespace, "x").namespace
-        query = validate(schemas.ListQuery, request.args.to_dict())
+        query = _query(schemas.ListQuery)
         page, after = views.items(self.app, ns, query.after, query.limit)
         return jsonify({"items": [replies.item_body(ns, sku, o) for sku, o in page],
                         "next": after})
@@ -151,7 +151,7 @@ class Routes:
 
     def ledger(self, namespace: str, sku: str) -> Response:
         path = _path(namespace, sku)
-        query = validate(schemas.LedgerQuery, request.args.to_dict())
+        query = _query(schemas.LedgerQuery)
         entries = views.ledger(self.app, path.namespace, path.sku, query.after_seq, query.limit)
         return jsonify({"entries": [replies.ledger_entry(e) for e in entries]})
 
@@ -199,14 +199,15 @@ class Routes:
         return jsonify(openapi.document())
 
     def docs(self) -> Response:
-        return Response(openapi.DOCS_PAGE, content_type="text/html")
+        return Response(openapi.DOCS_PAGE, content_type="text/html",
+                        headers=openapi.DOCS_HEADERS)
 
     def docs_asset(self, name: str) -> Response:
         found = openapi.docs_asset(name)
         if found is None:
             abort(404)
         data, media_type = found
-        response = Response(data, content_type=media_type)
+        response = Response(data, content_type=media_type, headers=openapi.DOCS_HEADERS)
         response.cache_control.max_age = 86400
         return response
 
@@ -218,6 +219,15 @@ def _path(namespace: str, sku: str) -> schemas.ItemPath:
 def _reservation_path(namespace: str, reservation_id: str) -> schemas.ReservationPath:
     return validate(schemas.ReservationPath, {"namespace": namespace,
                                               "reservation_id": reservation_id})
+
+
+def _query(model: type[M]) -> M:
+    # Two values of one name: a cache reading the first would disagree with one reading the last.
+    for name, values in request.args.lists():
+        if len(values) > 1:
+            raise replies.BadRequest("invalid_field", f"{name}: given more than once",
+                                     field=name)
+    return validate(model, request.args.to_dict())
 
 
 def _body(model: type[M]) -> M:

@@ -9,6 +9,7 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     RootModel,
@@ -102,7 +103,27 @@ def _check(rule: TypeAdapter[_T], value: object, field: str, pattern: str = "") 
 
 
 class Model(BaseModel):
+    """A request's body, path or query, or a command message: a field it does not define is
+    refused, never ignored (a misspelt ``ttl_second`` would otherwise quietly get the default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Answer(BaseModel):
+    """What the service sends: documented, not validated, and open to fields added later."""
+
     model_config = ConfigDict(frozen=True)
+
+
+def _decimal(value: object) -> object:
+    """A query's integer as plain decimal digits: no sign, point, underscore or spaces."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit() and len(value) <= 20):
+        raise ValueError("must be plain decimal digits")
+    return value
+
+
+# A query string's integer (``limit=+5``, ``5.0`` and ``1_0`` are refused, not read as 5 or 10).
+QueryInt = Annotated[int, BeforeValidator(_decimal)]
 
 
 class ItemPath(Model):
@@ -168,7 +189,7 @@ class ReservationPath(Model):
     reservation_id: Annotated[str, StringConstraints(pattern=RESERVATION_ID_PATTERN)]
 
 
-class ReservationOut(Model):
+class ReservationOut(Answer):
     id: str
     namespace: str
     state: Literal["held", "confirmed", "released", "expired"]
@@ -180,15 +201,15 @@ class ReservationOut(Model):
 
 class ListQuery(Model):
     after: Name | None = None
-    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    limit: Annotated[QueryInt, Field(ge=1, le=1000)] = 100
 
 
 class LedgerQuery(Model):
-    after_seq: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0  # a seq is a BIGINT
-    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    after_seq: Annotated[QueryInt, Field(ge=0, le=2**63 - 1)] = 0  # a seq is a BIGINT
+    limit: Annotated[QueryInt, Field(ge=1, le=1000)] = 100
 
 
-class Item(Model):
+class Item(Answer):
     namespace: str
     sku: str
     total: int
@@ -198,12 +219,12 @@ class Item(Model):
     limit_per_buyer: int | None
 
 
-class ItemPage(Model):
+class ItemPage(Answer):
     items: list[Item]
     next: str | None
 
 
-class LedgerEntryOut(Model):
+class LedgerEntryOut(Answer):
     seq: int
     kind: Literal["init", "adjust", "decrement", "refund", "hold", "confirm", "release",
                   "expire"]
@@ -216,15 +237,15 @@ class LedgerEntryOut(Model):
     held_after: int
 
 
-class LedgerPage(Model):
+class LedgerPage(Answer):
     entries: list[LedgerEntryOut]
 
 
-class RefreshedCount(Model):
+class RefreshedCount(Answer):
     items: int
 
 
-class StatsUnits(Model):
+class StatsUnits(Answer):
     sold: int
     refunded: int
     held: int
@@ -232,7 +253,7 @@ class StatsUnits(Model):
     expired: int
 
 
-class Stats(Model):
+class Stats(Answer):
     """A namespace's sale figures (GET /v1/{ns}/stats), from the metrics /metrics shows."""
 
     namespace: str
@@ -243,7 +264,7 @@ class Stats(Model):
     drift_items: int | None
 
 
-class Error(Model):
+class Error(Answer):
     error: str
     message: str
     field: str | None = None
