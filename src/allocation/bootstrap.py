@@ -14,7 +14,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
-from allocation.adapters import orm
+from allocation.adapters import embedded_redis, orm
 from allocation.adapters.counter import Counter
 from allocation.adapters.event_publisher import RedisEventPublisher, log_event
 from allocation.adapters.health import HealthChecks
@@ -54,7 +54,7 @@ class Application:
     item_locks: ItemLocks
     health: HealthChecks
     engine: Engine | None  # None where a test brings its own unit of work
-    redis: RedisClient | None  # None in the embedded mode
+    redis: RedisClient | None  # None in the embedded mode on the Python counter
     tokens: TokenStore | None  # None without an engine
 
 
@@ -84,6 +84,8 @@ def bootstrap(
         uow_factory = functools.partial(SqlAlchemyUnitOfWork, session_factory, write_lock)
     if redis_client is None and config.redis_url is not None:
         redis_client = connect(config.redis_url)
+    elif redis_client is None and counter is None and config.embedded_counter == "lua":
+        redis_client = embedded_redis.start()  # the production scripts, in the embedded mode
     keys = KeySpace(config.redis_key_prefix, config.partitions)
     if counter is None:
         counter = (InProcessCounter(config.idempotency_ttl_seconds, config.refusal_ttl_seconds)

@@ -40,6 +40,9 @@ class Config:
     # peak reservations a second times their ttl_seconds (the per-token cap is per process).
     max_open_reservations_per_buyer: int = 10
     max_open_reservations_per_token: int = 10_000
+    # The embedded mode's counter (no REDIS_URL): "python", the in-process twin of the rules;
+    # "lua", the production scripts on a Redis this process starts for itself (ADR 0028).
+    embedded_counter: str = "python"
 
     @property
     def embedded(self) -> bool:
@@ -84,6 +87,9 @@ class Config:
                 or defaults.max_open_reservations_per_token),
             auth=choice("AUTH", env.get("AUTH") or ("required" if with_services else "off"),
                         ("required", "off")),
+            embedded_counter=choice("EMBEDDED_COUNTER",
+                                    env.get("EMBEDDED_COUNTER") or defaults.embedded_counter,
+                                    ("python", "lua")),
         )
 
 
