@@ -110,3 +110,10 @@ def test_its_redis_ends_with_a_process_killed_outright() -> None:
             return stat.read().split(") ", 1)[1].startswith("Z")
 
     wait_until(ended, 10, f"the embedded redis-server {child} to end with its parent")
+
+
+def test_a_redis_that_cannot_start_is_a_clear_error_within_the_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded_redis, "server_binary", lambda: "/bin/false")
+    with pytest.raises(embedded_redis.EmbeddedRedisError, match="did not start"):
+        embedded_redis.start(timeout=5)
