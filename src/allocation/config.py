@@ -33,6 +33,8 @@ class Config:
     body_timeout_seconds: float = 10.0
     # "required": /v1/ needs a bearer token; "off" only suits the embedded mode on one machine.
     auth: str = "off"
+    # Stock streams one token may hold open in a server process (API.md, "Stock stream").
+    streams_per_token: int = 1000
 
     @property
     def embedded(self) -> bool:
@@ -69,6 +71,8 @@ class Config:
                                        or defaults.body_timeout_seconds),
             auth=choice("AUTH", env.get("AUTH") or ("required" if with_services else "off"),
                         ("required", "off")),
+            streams_per_token=positive("STREAMS_PER_TOKEN", env.get("STREAMS_PER_TOKEN")
+                                       or str(defaults.streams_per_token)),
         )
 
 
@@ -80,3 +84,10 @@ def choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
     return value
+
+
+def positive(name: str, value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return number
