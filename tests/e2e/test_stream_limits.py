@@ -1,7 +1,8 @@
 """Stock streams cannot starve a sale (API.md, "Stock stream"), against `allocation serve` with
 one worker: one token's 1,100 streams past STREAMS_PER_TOKEN=1000, with the open-file limit
-raised and under `ulimit -n 1024`. Refused streams are 429 `too_many_streams`; the streams let in
-all hear the sell-out; sales, /readyz and new connections keep answering meanwhile.
+raised and under `ulimit -n 1024` (serve raises the soft limit to the hard one, and each worker
+inherits it). Refused streams are 429 `too_many_streams`; the streams let in all hear the
+sell-out; sales, /readyz and new connections keep answering meanwhile.
 
 The clients are asyncio streams in this process, a socket each, not a thread each."""
 
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import requests
@@ -21,7 +25,7 @@ from sqlalchemy.engine import Engine
 from allocation.adapters.token_store import TokenStore
 from allocation.config import Config
 from allocation.entrypoints import stock_stream
-from tests.helpers.processes import Process, serve
+from tests.helpers.processes import Process, allocation_command, free_port, serve, wait_until
 
 STREAMS = 1100
 PER_TOKEN = 1000
@@ -127,3 +131,34 @@ def test_one_tokens_streams_past_its_cap_are_refused_and_the_sale_goes_on(
                 o.writer.close()
 
     asyncio.run(run())
+
+
+def test_serve_raises_its_open_file_limit_to_the_hard_limit_for_every_worker(
+        tmp_path: Path) -> None:
+    """granian's native module raises the soft limit too when it loads; serve does it first,
+    whatever granian does, and says what it got (the stream cap is sized by it)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")}
+    server = subprocess.Popen(  # embedded: nothing but the process and its limits matter
+        allocation_command("serve", "--port", str(port), "--workers", "1"), env=env,
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096)))
+    try:
+        def up() -> bool:
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).ok
+            except requests.RequestException:
+                return False
+
+        wait_until(up, 60, "the embedded server to start")
+        workers = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        assert workers
+        for pid in [str(server.pid), *workers]:
+            limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+            assert next(line for line in limits if line.startswith("Max open files")
+                        ).split()[3:5] == ["4096", "4096"]
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=15)
+    assert b"open files: limit 4096" in err
