@@ -96,9 +96,12 @@ def main() -> int:
                        label=label, limit=limit)
         if wanted("streams"):
             # One server, the same sale without and with many stock-stream clients.
-            record(streams.stream_sale, services, size["stream_clients"],
-                       int(os.environ.get("BENCH_HTTP_SECONDS") or (30 if mode == "full"
-                                                                    else 10)))
+            seconds = int(os.environ.get("BENCH_HTTP_SECONDS") or (30 if mode == "full"
+                                                                   else 10))
+            record(streams.stream_sale, services, size["stream_clients"], seconds)
+            # Issue 24: 5,000 clients (over 5 tokens) keep 0.7x of the sale.
+            record(streams.stream_sale, services, size["many_stream_clients"], seconds,
+                   least=0.7)
         if wanted("many"):
             items, stock = size["many_items"], size["many_stock"]
             record(c.ours, services, "async", "1,000 items", items, stock, buyers)
