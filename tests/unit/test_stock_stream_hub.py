@@ -5,6 +5,7 @@ items in few round trips off the request threads."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -129,3 +130,36 @@ def test_the_process_cap_leaves_descriptors_for_sales() -> None:
     assert stock_stream.process_cap(1024) == 1024 - stock_stream.FD_RESERVE
     assert stock_stream.process_cap(80_000) == 70_000
     assert stock_stream.process_cap(100) == 0
+
+
+def test_what_the_listener_hears_between_two_turns_of_the_loop_is_taken_at_once() -> None:
+    counter = CountingCounter()
+    counter.load_many([("ns", "a", 10, 0, 1), ("ns", "b", 10, 0, 1)])
+
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        streams = hub(loop, counter, per_token=5, per_process=5)
+        opened = [streams.open(("ns", sku), None) for sku in ("a", "b")]
+        for stream in opened:
+            assert isinstance(stream, Stream)
+            streams.watch(stream)
+
+        def listen() -> None:  # the listener thread, while the loop is busy
+            for n in range(100):
+                streams._heard(json.dumps({"event": "Decremented", "namespace": "ns",
+                                           "sku": "ab"[n % 2], "available": 5}))
+            streams._heard(json.dumps({"event": "SoldOut", "namespace": "ns", "sku": "a",
+                                       "available": 0}))
+
+        listener = threading.Thread(target=listen)
+        listener.start()
+        listener.join()
+        assert streams._changes == {("ns", "a"): 0, ("ns", "b"): 5}  # one wake-up for both
+
+        async def both_heard() -> None:
+            while not all(isinstance(s, Stream) and s.queue.qsize() for s in opened):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(both_heard(), 5)
+        assert sum(n for n, _ in counter.reads) == 2
+
+    on_loop(test)

@@ -106,6 +106,9 @@ class Hub:
         self._due: dict[Key, None] = {}
         self._reader: asyncio.Task[None] | None = None
         self._reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stock-stream-read")
+        # Items heard changed by the listener thread, and the latest availability heard of each.
+        self._changes: dict[Key, int | None] = {}
+        self._changes_lock = threading.Lock()
 
     def start(self) -> None:
         """Listen to the events channel, and check the streams' tokens every second."""
@@ -238,8 +241,18 @@ class Hub:
         if message.get("event") == "CommandRejected" or key not in self.watched:
             return
         available = message.get("available")
-        self.loop.call_soon_threadsafe(self.changed, key,
-                                       available if isinstance(available, int) else None)
+        with self._changes_lock:
+            wake = not self._changes
+            self._changes[key] = (available if isinstance(available, int)
+                                  else self._changes.get(key))
+        if wake:  # one wake-up of the loop for all heard meanwhile, not one a sale
+            self.loop.call_soon_threadsafe(self._take_changes)
+
+    def _take_changes(self) -> None:
+        with self._changes_lock:
+            changes, self._changes = self._changes, {}
+        for key, available in changes.items():
+            self.changed(key, available)
 
 
 def _too_many(message: str) -> replies.Reply:
