@@ -87,7 +87,6 @@ def choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
 
 
 def positive(name: str, value: str) -> int:
-    number = int(value)
-    if number < 1:
+    if not (value.isascii() and value.isdecimal()) or int(value) < 1:
         raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    return number
+    return int(value)

@@ -10,8 +10,10 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 
 import fakeredis
+import pytest
 
 from allocation.adapters.memory_counter import InProcessCounter
+from allocation.config import Config
 from allocation.domain.outcome import Outcome
 from allocation.entrypoints import replies, stock_stream
 from allocation.entrypoints.stock_stream import Hub, Stream
@@ -163,3 +165,11 @@ def test_what_the_listener_hears_between_two_turns_of_the_loop_is_taken_at_once(
         assert sum(n for n, _ in counter.reads) == 2
 
     on_loop(test)
+
+
+def test_streams_per_token_is_read_from_the_environment() -> None:
+    assert Config.from_env({}).streams_per_token == 1000
+    assert Config.from_env({"STREAMS_PER_TOKEN": "50"}).streams_per_token == 50
+    for bad in ("0", "-3", "many", "1.5"):
+        with pytest.raises(ValueError, match="STREAMS_PER_TOKEN must be a positive integer"):
+            Config.from_env({"STREAMS_PER_TOKEN": bad})
