@@ -38,6 +38,15 @@ def on_loop(test: Callable[[asyncio.AbstractEventLoop], Awaitable[None]]) -> Non
     asyncio.run(run())
 
 
+async def until(check: Callable[[], bool], seconds: float = 5) -> None:
+    """Yield to the loop until ``check`` holds, failing at the deadline."""
+    async def poll() -> None:
+        while not check():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(poll(), seconds)
+
+
 def hub(loop: asyncio.AbstractEventLoop, counter: InProcessCounter | None = None,
         revoked: Callable[[str], bool] | None = None, per_token: int = 2,
         per_process: int = 3) -> Hub:
@@ -87,7 +96,7 @@ def test_the_streams_of_a_revoked_token_end_and_the_others_go_on() -> None:
         never: asyncio.Future[None] = loop.create_future()
         serving = [asyncio.ensure_future(stock_stream.serve(streams, s, b"first", send, never))
                    for s in (*mine, theirs) if isinstance(s, Stream)]
-        await asyncio.sleep(0)
+        await until(lambda: len(streams.watched) == 2)  # every serve() is watching
         streams._end_revoked()
         assert not any(task.done() for task in serving)
         gone.add("a")
@@ -116,11 +125,7 @@ def test_many_watched_items_are_read_in_few_round_trips_off_the_request_threads(
         for sku in skus:  # heard again before they were read: read once
             streams.changed(("ns", sku), 10)
 
-        async def everyone_heard() -> None:
-            while not all(isinstance(s, Stream) and s.queue.qsize() for s in opened):
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(everyone_heard(), 5)
+        await until(lambda: all(isinstance(s, Stream) and s.queue.qsize() for s in opened))
         assert sum(n for n, _ in counter.reads) == len(skus)
         assert len(counter.reads) <= len(skus) // stock_stream.READ_BATCH + 1
         assert {thread for _, thread in counter.reads} == {"stock-stream-read_0"}
@@ -157,11 +162,7 @@ def test_what_the_listener_hears_between_two_turns_of_the_loop_is_taken_at_once(
         listener.join()
         assert streams._changes == {("ns", "a"): 0, ("ns", "b"): 5}  # one wake-up for both
 
-        async def both_heard() -> None:
-            while not all(isinstance(s, Stream) and s.queue.qsize() for s in opened):
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(both_heard(), 5)
+        await until(lambda: all(isinstance(s, Stream) and s.queue.qsize() for s in opened))
         assert sum(n for n, _ in counter.reads) == 2
 
     on_loop(test)
