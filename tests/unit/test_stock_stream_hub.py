@@ -97,10 +97,10 @@ def test_the_streams_of_a_revoked_token_end_and_the_others_go_on() -> None:
         serving = [asyncio.ensure_future(stock_stream.serve(streams, s, b"first", send, never))
                    for s in (*mine, theirs) if isinstance(s, Stream)]
         await until(lambda: len(streams.watched) == 2)  # every serve() is watching
-        streams._end_revoked()
+        streams.end_revoked()
         assert not any(task.done() for task in serving)
         gone.add("a")
-        streams._end_revoked()
+        streams.end_revoked()
         await asyncio.wait_for(asyncio.gather(*serving[:2]), 1)
         assert not serving[2].done()
         assert set(streams.by_grant) == {"b"} and len(streams.streams) == 1
@@ -125,7 +125,7 @@ def test_many_watched_items_are_read_in_few_round_trips_off_the_request_threads(
         for sku in skus:  # heard again before they were read: read once
             streams.changed(("ns", sku), 10)
 
-        await until(lambda: all(isinstance(s, Stream) and s.queue.qsize() for s in opened))
+        await until(lambda: all(isinstance(s, Stream) and s.pending is not None for s in opened))
         assert sum(n for n, _ in counter.reads) == len(skus)
         assert len(counter.reads) <= len(skus) // stock_stream.READ_BATCH + 1
         assert {thread for _, thread in counter.reads} == {"stock-stream-read_0"}
@@ -162,7 +162,7 @@ def test_what_the_listener_hears_between_two_turns_of_the_loop_is_taken_at_once(
         listener.join()
         assert streams._changes == {("ns", "a"): 0, ("ns", "b"): 5}  # one wake-up for both
 
-        await until(lambda: all(isinstance(s, Stream) and s.queue.qsize() for s in opened))
+        await until(lambda: all(isinstance(s, Stream) and s.pending is not None for s in opened))
         assert sum(n for n, _ in counter.reads) == 2
 
     on_loop(test)
@@ -174,3 +174,19 @@ def test_streams_per_token_is_read_from_the_environment() -> None:
     for bad in ("0", "-3", "many", "1.5"):
         with pytest.raises(ValueError, match="STREAMS_PER_TOKEN must be a positive integer"):
             Config.from_env({"STREAMS_PER_TOKEN": bad})
+
+
+def test_a_stream_idle_for_15_s_gets_a_comment_and_a_busy_one_does_not() -> None:
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        streams = hub(loop, per_token=5, per_process=5)
+        idle, busy = streams.open(("ns", "a"), None), streams.open(("ns", "b"), None)
+        assert isinstance(idle, Stream) and isinstance(busy, Stream)
+        now = loop.time()
+        idle.sent_at, busy.sent_at = now - stock_stream.KEEPALIVE_SECONDS - 0.1, now - 1
+        streams._keep_alive()
+        assert (idle.pending, busy.pending) == (stock_stream.KEEPALIVE, None)
+        assert await idle.next(loop) == stock_stream.KEEPALIVE
+        idle.end()
+        assert await idle.next(loop) is None
+
+    on_loop(test)

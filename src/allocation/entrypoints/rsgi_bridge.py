@@ -105,8 +105,11 @@ class RsgiBridge:
             # followed by another request, and its end must reach the client as a close.
             streamed = [(n, v) for n, v in response_headers if n.lower() != "content-length"]
             transport = protocol.response_stream(status, [*streamed, ("connection", "close")])
-            await stock_stream.serve(hub, stream, data, transport.send_bytes,
-                                     asyncio.ensure_future(protocol.client_disconnect()))
+            disconnected = asyncio.ensure_future(protocol.client_disconnect())
+            try:
+                await stock_stream.serve(hub, stream, data, transport.send_bytes, disconnected)
+            finally:
+                disconnected.cancel()  # ended by the server (revoked): nothing to wait for
         finally:
             hub.close(stream)
 

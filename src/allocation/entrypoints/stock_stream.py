@@ -2,10 +2,10 @@
 
 The WSGI route authorizes the request and answers the first event (``first_event``); served
 through RSGI, the bridge then keeps the connection on the event loop, where a client costs a
-queue and no request thread. One subscriber to the events channel per server process (``Hub``)
-tells it which watched items changed; the hub reads the figures of such items at most once a
-second each (at once when one sells out or comes back), many items in one round trip on a thread
-of its own, and hands each event to every client of its item.
+slot for its next event and no request thread. One subscriber to the events channel per server
+process (``Hub``) tells it which watched items changed; the hub reads the figures of such items
+at most once a second each (at once when one sells out or comes back), many items in one round
+trip on a thread of its own, and hands each event to every client of its item.
 
 A stream holds a connection, so one file descriptor, for as long as it lasts: the hub admits at
 most ``per_token`` streams of one token and ``per_process`` in all (``process_cap``), so that
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 MIN_INTERVAL = 1.0  # seconds between two events of one item, but for selling out or back
 KEEPALIVE = b": keep-alive\n\n"
 KEEPALIVE_SECONDS = 15.0
-GRANT_CHECK_SECONDS = 1.0  # a revoked token's streams end within this plus a token reload
+TICK_SECONDS = 1.0  # revoked tokens' streams end, and idle ones get their comment, this often
 READ_BATCH = 500  # items read in one round trip
 # Descriptors kept from streams: sales' client connections, the Redis and PostgreSQL pools, the
 # listening socket, logs and files. An eighth of a large limit, and never under this.
@@ -70,13 +70,38 @@ def process_cap(open_files: int | None = None) -> int:
 
 @dataclass(eq=False)
 class Stream:
-    """One client's stream: its item, the token (grant id) it was opened with, what is to send,
-    and a future set when the server ends it."""
+    """One client's stream: its item, the token (grant id) it was opened with, and the newest
+    event not yet sent (a slow client gets the newest figures, not a backlog). A future per
+    wait, resolved by whoever puts, costs a twentieth of a queue and asyncio.wait an event."""
 
     key: Key
     grant: str | None
-    queue: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(maxsize=4))
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    pending: bytes | None = None
+    ended: bool = False
+    sent_at: float = 0.0  # loop time of the last write, for the keep-alive comment
+    _wake: asyncio.Future[None] | None = None
+
+    def put(self, data: bytes) -> None:
+        self.pending = data
+        self._ring()
+
+    def end(self) -> None:
+        self.ended = True
+        self._ring()
+
+    def _ring(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def next(self, loop: asyncio.AbstractEventLoop) -> bytes | None:
+        """What to send next, once there is something; None once the stream has ended."""
+        while self.pending is None and not self.ended:
+            self._wake = loop.create_future()
+            await self._wake
+        if self.ended:
+            return None
+        data, self.pending = self.pending, None
+        return data
 
 
 @dataclass
@@ -111,10 +136,9 @@ class Hub:
         self._changes_lock = threading.Lock()
 
     def start(self) -> None:
-        """Listen to the events channel, and check the streams' tokens every second."""
+        """Listen to the events channel, and tend the streams every second."""
         threading.Thread(target=self._listen, daemon=True, name="stock-stream").start()
-        if self.revoked is not None:
-            self.loop.call_later(GRANT_CHECK_SECONDS, self._end_revoked)
+        self.loop.call_later(TICK_SECONDS, self._tick)
         logger.info("stock streams: at most %d in this process, %d per token",
                     self.per_process, self.per_token)
 
@@ -157,16 +181,28 @@ class Hub:
         item.clients.add(stream)
         metrics.stream_clients(stream.key[0], 1)
 
-    def _end_revoked(self) -> None:
-        """End the streams of every token revoked since (one look-up per token, not per
-        stream), and look again in a second."""
-        assert self.revoked is not None
+    def _tick(self) -> None:
         try:
-            for grant in [g for g in self.by_grant if self.revoked(g)]:
-                for stream in self.by_grant.get(grant, ()):
-                    stream.ended.set()
+            self.end_revoked()
+            self._keep_alive()
         finally:
-            self.loop.call_later(GRANT_CHECK_SECONDS, self._end_revoked)
+            self.loop.call_later(TICK_SECONDS, self._tick)
+
+    def end_revoked(self) -> None:
+        """End the streams of every token revoked since they opened (one look-up per token,
+        not per stream)."""
+        if self.revoked is None:
+            return
+        for grant in [g for g in self.by_grant if self.revoked(g)]:
+            for stream in self.by_grant.get(grant, ()):
+                stream.end()
+
+    def _keep_alive(self) -> None:
+        """A comment to every stream that has sent nothing for ``KEEPALIVE_SECONDS``."""
+        idle = self.loop.time() - KEEPALIVE_SECONDS
+        for stream in self.streams:
+            if stream.sent_at <= idle and stream.pending is None:
+                stream.put(KEEPALIVE)
 
     def changed(self, key: Key, available: int | None) -> None:
         """An event about the item went out (on the loop). Send its figures now, or once a
@@ -225,9 +261,7 @@ class Hub:
         item.seq, item.sold_out, item.sent_at = (figures.seq, figures.available == 0,
                                                  self.loop.time())
         for stream in item.clients:
-            if stream.queue.full():
-                stream.queue.get_nowait()  # a slow client gets the newest figures, no backlog
-            stream.queue.put_nowait(data)
+            stream.put(data)
 
     def _listen(self) -> None:
         follow_channel(self.client, self.channel, self._heard, "stock stream")
@@ -266,23 +300,15 @@ async def serve(hub: Hub, stream: Stream, data: bytes, send: Callable[[bytes], A
     """Stream to one client until it goes or the server ends its stream: the first event, then
     its item's, and a comment every ``KEEPALIVE_SECONDS`` so that idle connections stay open."""
     hub.watch(stream)
-    ended = asyncio.ensure_future(stream.ended.wait())
+    disconnected.add_done_callback(lambda _: stream.end())
     try:
         if data:
             await send(data)
-        while not disconnected.done() and not ended.done():
-            getting = asyncio.ensure_future(stream.queue.get())
-            done, _ = await asyncio.wait({getting, disconnected, ended},
-                                         timeout=KEEPALIVE_SECONDS,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if getting in done:
-                await send(getting.result())
-            else:
-                getting.cancel()
-                if not done:
-                    await send(KEEPALIVE)
+        stream.sent_at = hub.loop.time()
+        while (out := await stream.next(hub.loop)) is not None:
+            await send(out)
+            stream.sent_at = hub.loop.time()
     except (OSError, RuntimeError, ConnectionError):
         pass  # the client went while we wrote
     finally:
-        ended.cancel()
         hub.close(stream)
