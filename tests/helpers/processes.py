@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -58,10 +59,14 @@ class Process:
     argv: list[str]
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    open_files: int | None = None  # soft and hard RLIMIT_NOFILE, as `ulimit -n` would set
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        limit = self.open_files
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=None if limit is None else (
+                lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))))
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -104,11 +109,13 @@ def ledger_worker(config: Config, extra_env: dict[str, str] | None = None) -> Pr
     return process
 
 
-def serve(config: Config, extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start `allocation serve` with two workers on a free port; yield its base URL; stop it."""
+def serve(config: Config, extra_env: dict[str, str] | None = None, workers: int = 2,
+          open_files: int | None = None) -> Iterator[str]:
+    """Start `allocation serve` (two workers unless told) on a free port; yield its base URL;
+    stop it."""
     port = free_port()
-    server = Process(allocation_command("serve", "--port", str(port), "--workers", "2"),
-                     {**service_env(config), **(extra_env or {})})
+    server = Process(allocation_command("serve", "--port", str(port), "--workers", str(workers)),
+                     {**service_env(config), **(extra_env or {})}, open_files=open_files)
     server.start()
     base = f"http://127.0.0.1:{port}"
 
@@ -122,7 +129,7 @@ def serve(config: Config, extra_env: dict[str, str] | None = None) -> Iterator[s
             return False
 
     try:
-        wait_until(up, 60, "both API workers to start (/readyz)")
+        wait_until(up, 60, "every API worker to start (/readyz)")
         yield base
     finally:  # also when it never came up: no server outlives its test
         server.stop()

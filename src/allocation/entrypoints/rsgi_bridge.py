@@ -34,13 +34,15 @@ _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 class RsgiBridge:
     def __init__(self, wsgi_app: WSGIApplication, threads: int, body_timeout: float,
                  max_body: int, application: Application | None = None,
-                 guard: access.AccessGuard | None = None) -> None:
+                 guard: access.AccessGuard | None = None,
+                 tokens: access.TokenCache | None = None) -> None:
         self.wsgi_app = wsgi_app
         self.guard = guard  # asked before a body is read (API.md, Access)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="request")
         self.body_timeout = body_timeout
         self.max_body = max_body
         self.application = application
+        self.tokens = tokens  # streams end when their token is revoked
         self.hub: stock_stream.Hub | None = None  # made with the first stream client
 
     async def __rsgi__(self, scope: Scope, protocol: HTTPProtocol) -> None:
@@ -78,25 +80,43 @@ class RsgiBridge:
                 return _reply(protocol, replies.error(413, "payload_too_large",
                                                       "the body is over 64 KiB"))
         environ["wsgi.input"] = io.BytesIO(body)
-        status, response_headers, data = await loop.run_in_executor(self.pool, self._call,
-                                                                    environ)
         key = _stream_of(scope.method, environ["PATH_INFO"])
-        if status == 200 and key is not None and self._hub(loop) is not None:
+        hub = self._hub(loop) if key is not None else None
+        if hub is None:
+            status, response_headers, data = await loop.run_in_executor(self.pool, self._call,
+                                                                        environ)
+            return protocol.response_bytes(status, response_headers, data)
+        assert key is not None
+        grant = environ.get(access.GRANT)
+        stream = hub.open(key, grant.id if grant is not None else None)
+        if isinstance(stream, replies.Reply):
+            return _reply(protocol, stream)
+        try:
+            status, response_headers, data = await loop.run_in_executor(self.pool, self._call,
+                                                                        environ)
+            if status != 200:
+                return protocol.response_bytes(status, response_headers, data)
             # Authorized and answered its first event by the app: the rest of the stream is
-            # served here, on the loop, taking no request thread.
-            assert self.hub is not None
+            # served here, on the loop, taking no request thread. An event stream is never
+            # followed by another request, and its end must reach the client as a close.
             streamed = [(n, v) for n, v in response_headers if n.lower() != "content-length"]
-            transport = protocol.response_stream(status, streamed)
-            await stock_stream.serve(self.hub, key, None, data, transport.send_bytes,
-                                     asyncio.ensure_future(protocol.client_disconnect()))
-            return
-        protocol.response_bytes(status, response_headers, data)
+            transport = protocol.response_stream(status, [*streamed, ("connection", "close")])
+            disconnected = asyncio.ensure_future(protocol.client_disconnect())
+            try:
+                await stock_stream.serve(hub, stream, data, transport.send_bytes, disconnected)
+            finally:
+                disconnected.cancel()  # ended by the server (revoked): nothing to wait for
+        finally:
+            hub.close(stream)
 
     def _hub(self, loop: asyncio.AbstractEventLoop) -> stock_stream.Hub | None:
         app = self.application
         if self.hub is None and app is not None and app.redis is not None:
-            self.hub = stock_stream.Hub(app.redis, app.counter, app.config.events_channel,
-                                        loop, self.pool)
+            self.hub = stock_stream.Hub(
+                app.redis, app.counter, app.config.events_channel, loop,
+                per_token=app.config.streams_per_token, per_process=stock_stream.process_cap(),
+                revoked=self.tokens.revoked if self.tokens is not None else None)
+            self.hub.start()
         return self.hub
 
     async def _body(self, protocol: HTTPProtocol, length: int | None) -> bytes:
