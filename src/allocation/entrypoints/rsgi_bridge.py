@@ -19,7 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
-from allocation.entrypoints import access, replies, stock_stream
+from allocation.domain import errors
+from allocation.entrypoints import access, replies, stock_stream, worker_start
+from allocation.entrypoints.routes import readiness_reply
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -27,9 +29,12 @@ if TYPE_CHECKING:
     from granian.rsgi import Scope
 
     from allocation.bootstrap import Application
+    from allocation.service_layer.durability import Pending
 
 Headers = list[tuple[str, str]]
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+_HEALTH = frozenset({"/healthz", "/readyz"})
+_ALIVE = replies.Reply(200, {"status": "ok"})
 
 
 class RsgiBridge:
@@ -43,10 +48,13 @@ class RsgiBridge:
         self.max_body = max_body
         self.application = application
         self.hub: stock_stream.Hub | None = None  # made with the first stream client
+        self.startup = worker_start.Startup()
 
     async def __rsgi__(self, scope: Scope, protocol: HTTPProtocol) -> None:
         if scope.proto != "http":
             return  # no websockets here
+        if scope.method == "GET" and scope.path in _HEALTH and self.application is not None:
+            return _reply(protocol, await self._health(scope.path, self.application))
         headers = scope.headers.items()
         unread = set(scope.headers.keys()) - {name for name, _ in headers}
         if unread:
@@ -82,8 +90,7 @@ class RsgiBridge:
                 return _reply(protocol, replies.error(413, "payload_too_large",
                                                       "the body is over 64 KiB"))
         environ["wsgi.input"] = io.BytesIO(body)
-        status, response_headers, data = await loop.run_in_executor(self.pool, self._call,
-                                                                    environ)
+        status, response_headers, data = await self._answer(loop, environ)
         key = _stream_of(scope.method, environ["PATH_INFO"])
         if status == 200 and key is not None and self._hub(loop) is not None:
             # Authorized and answered its first event by the app: the rest of the stream is
@@ -95,6 +102,38 @@ class RsgiBridge:
                                      asyncio.ensure_future(protocol.client_disconnect()))
             return
         protocol.response_bytes(status, response_headers, data)
+
+    async def _answer(self, loop: asyncio.AbstractEventLoop, environ: WSGIEnvironment
+                      ) -> tuple[int, Headers, bytes]:
+        """The app's answer. In sync durability a movement's wait for the ledger is awaited
+        here, on the loop, after the app has run: it holds no request thread."""
+        app = self.application
+        if app is None or app.durability.mode != "sync":
+            return await loop.run_in_executor(self.pool, self._call, environ)
+
+        def call() -> tuple[tuple[int, Headers, bytes], list[Pending]]:
+            assert app is not None
+            with app.durability.deferred() as pending:
+                return self._call(environ), pending
+
+        answered, pending = await loop.run_in_executor(self.pool, call)
+        if pending and answered[0] < 300:
+            try:
+                await app.durability.settled(
+                    pending, lambda blocking: loop.run_in_executor(self.pool, blocking))
+            except errors.Unavailable as exc:
+                reply = replies.for_exception(exc)
+                return reply.status, [("content-type", "application/json"),
+                                      *reply.headers], replies.encode(reply)
+        return answered
+
+    async def _health(self, path: str, app: Application) -> replies.Reply:
+        """Liveness and readiness from the loop, needing no request thread: a pool that sales
+        (or a database that does not answer) keep busy must not fail an orchestrator's probe."""
+        if path == "/healthz":
+            return _ALIVE
+        parts = await app.health.readiness_async(app.config.ledger_lag_threshold_seconds)
+        return readiness_reply(parts, self.startup.pending())
 
     def _hub(self, loop: asyncio.AbstractEventLoop) -> stock_stream.Hub | None:
         app = self.application
