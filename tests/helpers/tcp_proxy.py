@@ -1,6 +1,9 @@
 """A TCP proxy between a client process and a server, for cutting the connection at a chosen
 moment: when the client sends a given message (a COPY, a COMMIT), the proxy drops every
-connection (before or after passing that message on) and refuses new ones until restored."""
+connection (before or after passing that message on) and refuses new ones until restored.
+It also takes the server away at once: ``refuse`` (connections dropped and refused, as a server
+that is down), or ``partition`` (nothing forwarded either way and new connections accepted but
+never answered, as packets dropped: nothing fails, everything waits), until ``restore``."""
 
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ class TcpProxy:
         self.cuts = 0
         self.refused = 0  # connections refused while down
         self.triggered = threading.Event()
+        self._flowing = threading.Event()  # cleared while partitioned
+        self._flowing.set()
 
     def cut_on(self, trigger: bytes, *, after_forwarding: bool = False) -> None:
         """Cut everything the next time a client sends ``trigger``; stay down until
@@ -34,6 +39,20 @@ class TcpProxy:
             self.triggered.clear()
 
     def restore(self) -> None:
+        with self._lock:
+            self._down = False
+        self._flowing.set()
+
+    def refuse(self) -> None:
+        """Drop every connection and refuse new ones, until ``restore``."""
+        with self._lock:
+            self._down = True
+        self._cut()
+
+    def partition(self) -> None:
+        """Forward nothing, on open connections or new ones, until ``restore`` (which passes on
+        what waited, as a healed network would)."""
+        self._flowing.clear()
         with self._lock:
             self._down = False
 
@@ -57,18 +76,22 @@ class TcpProxy:
                 self.refused += 1
                 client.close()
                 continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._pairs.append((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream, True),
-                             daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False),
-                             daemon=True).start()
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        self._flowing.wait()  # partitioned: the client waits, unanswered
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        with self._lock:
+            self._pairs.append((client, upstream))
+        threading.Thread(target=self._pump, args=(client, upstream, True),
+                         daemon=True).start()
+        threading.Thread(target=self._pump, args=(upstream, client, False),
+                         daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, from_client: bool) -> None:
         try:
@@ -83,6 +106,7 @@ class TcpProxy:
                         sink.sendall(data)
                     self._cut()
                     return
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass

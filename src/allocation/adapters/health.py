@@ -29,7 +29,7 @@ OK = "ok"
 UNAVAILABLE = "unavailable"
 # A readiness poll answers within this: an orchestrator's probe (1-2 s) must never time out on
 # a dependency that does not answer (a partition drops packets: nothing fails, all waits).
-READY_DEADLINE_SECONDS = 0.5
+READY_DEADLINE_SECONDS = 0.4
 
 
 class Probe:

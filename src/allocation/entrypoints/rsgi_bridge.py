@@ -122,7 +122,8 @@ class RsgiBridge:
                 await app.durability.settled(
                     pending, lambda blocking: loop.run_in_executor(self.pool, blocking))
             except errors.Unavailable as exc:
-                reply = replies.for_exception(exc)
+                # Not logged here: a log write that blocks (a full pipe) must not stop the loop.
+                reply = replies.unavailable(exc.message, exc.retry_after)
                 return reply.status, [("content-type", "application/json"),
                                       *reply.headers], replies.encode(reply)
         return answered
