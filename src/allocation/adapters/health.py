@@ -61,10 +61,7 @@ class Probe:
 
     def state(self, deadline: float = READY_DEADLINE_SECONDS) -> str:
         """The check's answer, waiting at most ``deadline`` (from a request thread)."""
-        try:
-            return self.future().result(timeout=deadline)
-        except FutureTimeout:
-            return UNAVAILABLE
+        return _result(self.future(), deadline)
 
     async def state_async(self, deadline: float = READY_DEADLINE_SECONDS) -> str:
         """The same, awaited on an event loop (no thread waits)."""
@@ -102,8 +99,11 @@ class HealthChecks:
     def readiness(self, lag_threshold: float) -> dict[str, str]:
         """The parts /readyz reports, each within the readiness deadline (a request thread
         waits at most that)."""
-        return self._parts({name: probe.state() for name, probe
-                            in self._readiness_probes(lag_threshold).items()})
+        futures = {name: probe.future() for name, probe
+                   in self._readiness_probes(lag_threshold).items()}
+        until = time.monotonic() + READY_DEADLINE_SECONDS
+        return self._parts({name: _result(future, until - time.monotonic())
+                            for name, future in futures.items()})
 
     async def readiness_async(self, lag_threshold: float) -> dict[str, str]:
         """The same from an event loop: the parts are checked at once, within one deadline."""
@@ -174,6 +174,13 @@ class HealthChecks:
         if self.engine is not None:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+
+
+def _result(future: Future[str], timeout: float) -> str:
+    try:
+        return future.result(timeout=max(0.0, timeout))
+    except FutureTimeout:
+        return UNAVAILABLE
 
 
 def _state(part: str, probe: Callable[[], str | None]) -> str:
