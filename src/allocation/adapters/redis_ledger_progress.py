@@ -110,6 +110,10 @@ class RedisLedgerProgress(LedgerProgress):
             if time.monotonic() >= deadline:
                 return TIMEOUT
 
+    def written_here(self, namespace: str, sku: str, gen: str, seq: int) -> bool:
+        self._listen()  # a deferred waiter's marks come from the channel too
+        return super().written_here(namespace, sku, gen, seq)
+
     def read(self, namespace: str, sku: str) -> Mark | None:
         """The item's mark as Redis holds it; None where Redis holds no such item."""
         with unavailable_on_connection_error():
