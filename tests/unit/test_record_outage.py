@@ -11,14 +11,23 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg2
 import pytest
 
 from allocation.adapters import health
 from allocation.adapters.ledger_progress import InProcessLedgerProgress
-from allocation.domain import errors
+from allocation.adapters.memory_counter import InProcessCounter
+from allocation.bootstrap import bootstrap
+from allocation.config import Config
+from allocation.domain import commands, errors
 from allocation.domain.outcome import OK, Outcome
+from allocation.entrypoints import ledger_worker
+from allocation.entrypoints.ledger_worker import LedgerWorker
 from allocation.service_layer.durability import Durability
+from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 from tests.helpers.apps import FakeApp, body
+from tests.helpers.fakes import FakeStore, FakeUnitOfWork
+from tests.helpers.processes import wait_until
 
 
 @pytest.fixture
@@ -125,3 +134,63 @@ def test_a_deferred_wait_frees_the_thread_and_ends_as_the_blocking_one() -> None
     with pytest.raises(errors.Unavailable):
         asyncio.run(sync(away).settled(pending, offload))
     assert time.monotonic() - began < 1
+
+
+class Hung:
+    """A writer's connection whose round trip has hung since ``since`` seconds ago."""
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+
+    def busy_for(self) -> float:
+        return self.since
+
+    def close(self) -> None:
+        pass
+
+
+def writer(uow: Callable[[], Any], progress: InProcessLedgerProgress,
+           connection: Any = None) -> LedgerWorker:
+    counter = InProcessCounter()
+    app = bootstrap(Config(), uow_factory=uow, counter=counter)
+    app.bus.handle(commands.InitInventory("ns", "s", 10))
+    app.bus.handle(commands.Decrement("ns", "s", 1, "k"))
+    return LedgerWorker(app.outbox, uow, progress, connection=connection)
+
+
+def test_a_writer_reports_the_record_away_while_it_is_down_and_back_once_it_writes() -> None:
+    store, down = FakeStore(), [True]
+
+    def uow() -> AbstractUnitOfWork:
+        if down[0]:
+            raise errors.Unavailable("database unavailable") from psycopg2.OperationalError(
+                "connection refused")
+        return FakeUnitOfWork(store)
+
+    progress = InProcessLedgerProgress()
+    worker = writer(lambda: FakeUnitOfWork(store), progress)
+    worker.uow_factory = uow
+    thread = worker.start_thread()
+    try:
+        wait_until(progress.away, 5, "the writer to report the record away")
+        down[0] = False
+        wait_until(lambda: not progress.away(), 5, "the writer to report the record back")
+        assert store.items[("ns", "s")].consumed == 1
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
+
+
+def test_a_writer_whose_round_trip_hangs_reports_the_record_away() -> None:
+    progress = InProcessLedgerProgress()
+    connection = Hung(since=0.0)
+    worker = writer(lambda: FakeUnitOfWork(FakeStore()), progress, connection)
+    thread = worker.start_thread()
+    try:
+        time.sleep(3 * ledger_worker.WATCH_SECONDS)  # idle round trips: no report (a negative)
+        assert not progress.away()
+        connection.since = ledger_worker.STUCK_SECONDS + 0.1
+        wait_until(progress.away, 5, "the watchdog to report the record away")
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
