@@ -56,6 +56,8 @@ class Recorder:
             status, error = send().status_code, ""
         except requests.RequestException as exc:
             status, error = 0, type(exc).__name__
+        if self.phase != phase:  # across a change: of neither phase
+            phase = f"{phase}>{self.phase}"
         return Sample(phase, time.monotonic() - started, status, error)
 
 
