@@ -1,11 +1,12 @@
 """The record's outage costs only what needs the record (ADR 0025). A server and a ledger worker
 reach PostgreSQL through a proxy that first refuses it, then partitions it (forwards nothing,
-answers nothing), while 64 buyers sell: liveness, readiness, a read of the item and a refused
-sale answer within a second at p99 throughout; readiness says 503 during the partition; every
-sale acknowledged 200 is in the ledger once; afterwards the 503'd requests, repeated with their
-keys, all resolve. In async mode sales go on through it; in sync mode they answer 503 at once
-rather than after their wait. Each outage lasts OUTAGE_SECONDS (the issue's 20 s, shortened to
-keep the run short: what is measured is the first second and the steady state after it)."""
+answers nothing), while 64 buyers sell: liveness, readiness, a read of the item, its stock
+stream's first event and a refused sale answer within a second at p99 throughout; readiness
+says 503 during the partition; every sale acknowledged 200 is in the ledger once; afterwards the
+503'd requests, repeated with their keys, all resolve. In async mode sales go on through it; in
+sync mode they answer 503 at once rather than after their wait. Each outage lasts
+OUTAGE_SECONDS (the issue's 20 s, shortened to keep the run short: what is measured is the
+first second and the steady state after it)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,13 @@ def buyer(recorder: Recorder, url: str, n: int) -> None:
             recorder.stopping.wait(0.05)  # a buyer turned away backs off a moment
 
 
+def first_event(session: requests.Session, url: str) -> requests.Response:
+    """A stock stream's first event, then hang up."""
+    with session.get(url, stream=True, timeout=PROBE_TIMEOUT) as response:
+        assert b"event: stock" in next(response.iter_content(chunk_size=None))
+        return response
+
+
 def p99(samples: list[Sample]) -> float:
     ordered = sorted(s.seconds for s in samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -128,6 +136,7 @@ def test_the_records_outage_costs_only_what_needs_it(
             "healthz": lambda s: s.get(f"{base}/healthz", timeout=PROBE_TIMEOUT),
             "readyz": lambda s: s.get(f"{base}/readyz", timeout=PROBE_TIMEOUT),
             "item": lambda s: s.get(hot, timeout=PROBE_TIMEOUT),
+            "stream": lambda s: first_event(s, f"{hot}/stream"),
             "refused sale": lambda s: s.post(f"{gone}/decrements", json={"qty": 1}, headers={
                 "Idempotency-Key": f"r{uuid.uuid4().hex}"}, timeout=PROBE_TIMEOUT),
         }.items():
@@ -158,6 +167,7 @@ def test_the_records_outage_costs_only_what_needs_it(
             assert p99(samples) < 1.0, (name, sorted(samples, key=lambda s: s.seconds)[-5:])
         assert {s.status for s in recorder.probes["healthz"]} == {200}
         assert {s.status for s in recorder.probes["item"]} == {200}
+        assert {s.status for s in recorder.probes["stream"]} == {200}
         assert {s.status for s in recorder.probes["refused sale"]} == {409}
         # Readiness tells the partition within a second of it (the proxy drops nothing: it
         # holds every byte, as a network that drops them would).
