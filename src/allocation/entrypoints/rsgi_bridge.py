@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from allocation.domain import errors
-from allocation.entrypoints import access, replies, stock_stream, worker_start
+from allocation.entrypoints import access, metrics, replies, stock_stream, worker_start
 from allocation.entrypoints.routes import readiness_reply
 
 if TYPE_CHECKING:
@@ -54,7 +55,10 @@ class RsgiBridge:
         if scope.proto != "http":
             return  # no websockets here
         if scope.method == "GET" and scope.path in _HEALTH and self.application is not None:
-            return _reply(protocol, await self._health(scope.path, self.application))
+            started = time.perf_counter()
+            reply = await self._health(scope.path, self.application)
+            metrics.count_request("GET", scope.path, reply.status, time.perf_counter() - started)
+            return _reply(protocol, reply)
         headers = scope.headers.items()
         unread = set(scope.headers.keys()) - {name for name, _ in headers}
         if unread:
