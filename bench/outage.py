@@ -67,7 +67,7 @@ def partition_sale(services: Services, seconds: int, buyers: int) -> list[Result
                 during = _wrk(port, path, buyers, seconds, token)
                 partitioned_polls = ready[polled_before:]
             finally:
-                proxy.restore()
+                proxy.heal()
         finally:
             stopping.set()
             poller.join(timeout=30)

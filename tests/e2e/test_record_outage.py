@@ -151,10 +151,11 @@ def test_the_records_outage_costs_only_what_needs_it(
         recorder.stopping.wait(OUTAGE_SECONDS)
         recorder.phase = "partitioned"
         proxy.partition()
+        proxy.restore()  # no longer refused: accepted, and never answered
         partitioned_at = time.monotonic()
         recorder.stopping.wait(OUTAGE_SECONDS)
         recorder.phase = "after"
-        proxy.restore()
+        proxy.heal()
         recorder.stopping.wait(1.0)
     finally:
         recorder.stopping.set()

@@ -1,9 +1,9 @@
 """A TCP proxy between a client process and a server, for cutting the connection at a chosen
 moment: when the client sends a given message (a COPY, a COMMIT), the proxy drops every
 connection (before or after passing that message on) and refuses new ones until restored.
-It also takes the server away at once: ``refuse`` (connections dropped and refused, as a server
-that is down), or ``partition`` (nothing forwarded either way and new connections accepted but
-never answered, as packets dropped: nothing fails, everything waits), until ``restore``."""
+Or for a partition: ``partition`` stops forwarding (connections stay open and hang, new ones
+are accepted and hang too) until ``heal``. Or for a server that is down: ``refuse`` drops every
+connection and refuses new ones until ``restore``."""
 
 from __future__ import annotations
 
@@ -27,8 +27,22 @@ class TcpProxy:
         self.cuts = 0
         self.refused = 0  # connections refused while down
         self.triggered = threading.Event()
-        self._flowing = threading.Event()  # cleared while partitioned
+        self._flowing = threading.Event()
         self._flowing.set()
+        self._held: list[socket.socket] = []  # accepted while partitioned
+
+    def partition(self) -> None:
+        """Stop forwarding anything, either way, without closing a connection."""
+        self._flowing.clear()
+
+    def heal(self) -> None:
+        self._flowing.set()
+
+    def refuse(self) -> None:
+        """Drop every connection and refuse new ones, until ``restore``."""
+        with self._lock:
+            self._down = True
+        self._cut()
 
     def cut_on(self, trigger: bytes, *, after_forwarding: bool = False) -> None:
         """Cut everything the next time a client sends ``trigger``; stay down until
@@ -41,28 +55,19 @@ class TcpProxy:
     def restore(self) -> None:
         with self._lock:
             self._down = False
-        self._flowing.set()
-
-    def refuse(self) -> None:
-        """Drop every connection and refuse new ones, until ``restore``."""
-        with self._lock:
-            self._down = True
-        self._cut()
-
-    def partition(self) -> None:
-        """Forward nothing, on open connections or new ones, until ``restore`` (which passes on
-        what waited, as a healed network would)."""
-        self._flowing.clear()
-        with self._lock:
-            self._down = False
 
     def start(self) -> None:
         threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
 
     def close(self) -> None:
         self._closing = True
+        self._flowing.set()
         self._listener.close()
         self._cut()
+        with self._lock:
+            held, self._held = self._held, []
+        for client in held:
+            _close(client)
 
     def _accept(self) -> None:
         while not self._closing:
@@ -76,22 +81,22 @@ class TcpProxy:
                 self.refused += 1
                 client.close()
                 continue
-            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
-
-    def _connect(self, client: socket.socket) -> None:
-        self._flowing.wait()  # partitioned: the client waits, unanswered
-        try:
-            upstream = socket.create_connection(self.target, timeout=5)
-        except OSError:
-            client.close()
-            return
-        upstream.settimeout(None)
-        with self._lock:
-            self._pairs.append((client, upstream))
-        threading.Thread(target=self._pump, args=(client, upstream, True),
-                         daemon=True).start()
-        threading.Thread(target=self._pump, args=(upstream, client, False),
-                         daemon=True).start()
+            if not self._flowing.is_set():
+                with self._lock:
+                    self._held.append(client)  # never answered: its connect hangs
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False),
+                             daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, from_client: bool) -> None:
         try:
@@ -99,6 +104,9 @@ class TcpProxy:
                 data = source.recv(65536)
                 if not data:
                     break
+                while not self._flowing.wait(0.5):
+                    if self._closing:
+                        return
                 if from_client and self._fires(data):
                     with self._lock:
                         forward = self._forward_trigger
@@ -106,7 +114,6 @@ class TcpProxy:
                         sink.sendall(data)
                     self._cut()
                     return
-                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass
