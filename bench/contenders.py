@@ -1002,4 +1002,5 @@ def scenarios_for(mode: str) -> dict[str, Any]:
             "drain_entries": 100_000 if full else 20_000,
             "cart_items": 20, "cart_stock": 1_500 if full else 300, "stream_clients": 1_000,
             "many_stream_clients": 5_000, "streamed_items": 2_000,
+            "partition_seconds": 10,
             "redis_benchmark_requests": 1_000_000 if full else 200_000}

@@ -11,10 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -60,6 +62,8 @@ class Process:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     open_files: int | None = None  # soft and hard RLIMIT_NOFILE, as `ulimit -n` would set
+    _tail: bytearray = field(default_factory=bytearray)
+    _drainer: threading.Thread | None = None
 
     def start(self) -> None:
         limit = self.open_files
@@ -67,6 +71,18 @@ class Process:
             self.argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             preexec_fn=None if limit is None else (
                 lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))))
+        # Read as it comes: a process that logs more than a pipe holds (64 KiB) would
+        # otherwise block in its next write, wherever that is.
+        self._tail = bytearray()
+        self._drainer = threading.Thread(target=self._drain, args=(self.proc,), daemon=True)
+        self._drainer.start()
+
+    def _drain(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        stream: Any = proc.stderr  # a BufferedReader: read1 returns what has come
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            self._tail += chunk
+            del self._tail[:-3000]
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -92,9 +108,11 @@ class Process:
         return self.proc is not None and self.proc.poll() is None
 
     def stderr_tail(self) -> str:
-        if self.proc is None or self.proc.stderr is None or self.alive():
+        if self.proc is None or self.alive():
             return ""
-        return self.proc.stderr.read().decode(errors="replace")[-3000:]
+        if self._drainer is not None:
+            self._drainer.join(timeout=5)
+        return self._tail.decode(errors="replace")
 
 
 def allocation_command(*args: str) -> list[str]:

@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from allocation.entrypoints import access, replies, stock_stream
+from allocation.domain import errors
+from allocation.entrypoints import access, metrics, replies, stock_stream, worker_start
+from allocation.entrypoints.routes import readiness_reply
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -26,9 +29,12 @@ if TYPE_CHECKING:
     from granian.rsgi import Scope
 
     from allocation.bootstrap import Application
+    from allocation.service_layer.durability import Pending
 
 Headers = list[tuple[str, str]]
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+_HEALTH = frozenset({"/healthz", "/readyz"})
+_ALIVE = replies.Reply(200, {"status": "ok"})
 
 
 class RsgiBridge:
@@ -44,10 +50,16 @@ class RsgiBridge:
         self.application = application
         self.tokens = tokens  # streams end when their token is revoked
         self.hub: stock_stream.Hub | None = None  # made with the first stream client
+        self.startup = worker_start.Startup()
 
     async def __rsgi__(self, scope: Scope, protocol: HTTPProtocol) -> None:
         if scope.proto != "http":
             return  # no websockets here
+        if scope.method == "GET" and scope.path in _HEALTH and self.application is not None:
+            started = time.perf_counter()
+            reply = await self._health(scope.path, self.application)
+            metrics.count_request("GET", scope.path, reply.status, time.perf_counter() - started)
+            return _reply(protocol, reply)
         headers = scope.headers.items()
         unread = set(scope.headers.keys()) - {name for name, _ in headers}
         if unread:
@@ -83,8 +95,7 @@ class RsgiBridge:
         key = _stream_of(scope.method, environ["PATH_INFO"])
         hub = self._hub(loop) if key is not None else None
         if hub is None:
-            status, response_headers, data = await loop.run_in_executor(self.pool, self._call,
-                                                                        environ)
+            status, response_headers, data = await self._answer(loop, environ)
             return protocol.response_bytes(status, response_headers, data)
         assert key is not None
         grant = environ.get(access.GRANT)
@@ -108,6 +119,39 @@ class RsgiBridge:
                 disconnected.cancel()  # ended by the server (revoked): nothing to wait for
         finally:
             hub.close(stream)
+
+    async def _answer(self, loop: asyncio.AbstractEventLoop, environ: WSGIEnvironment
+                      ) -> tuple[int, Headers, bytes]:
+        """The app's answer. In sync durability a movement's wait for the ledger is awaited
+        here, on the loop, after the app has run: it holds no request thread."""
+        app = self.application
+        if app is None or app.durability.mode != "sync":
+            return await loop.run_in_executor(self.pool, self._call, environ)
+
+        def call() -> tuple[tuple[int, Headers, bytes], list[Pending]]:
+            assert app is not None
+            with app.durability.deferred() as pending:
+                return self._call(environ), pending
+
+        answered, pending = await loop.run_in_executor(self.pool, call)
+        if pending and answered[0] < 300:
+            try:
+                await app.durability.settled(
+                    pending, lambda blocking: loop.run_in_executor(self.pool, blocking))
+            except errors.Unavailable as exc:
+                # Not logged here: a log write that blocks (a full pipe) must not stop the loop.
+                reply = replies.unavailable(exc.message, exc.retry_after)
+                return reply.status, [("content-type", "application/json"),
+                                      *reply.headers], replies.encode(reply)
+        return answered
+
+    async def _health(self, path: str, app: Application) -> replies.Reply:
+        """Liveness and readiness from the loop, needing no request thread: a pool that sales
+        (or a database that does not answer) keep busy must not fail an orchestrator's probe."""
+        if path == "/healthz":
+            return _ALIVE
+        parts = await app.health.readiness_async(app.config.ledger_lag_threshold_seconds)
+        return readiness_reply(parts, self.startup.pending())
 
     def _hub(self, loop: asyncio.AbstractEventLoop) -> stock_stream.Hub | None:
         app = self.application
