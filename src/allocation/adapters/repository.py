@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import builtins
+import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -90,14 +91,17 @@ class AbstractRepository(abc.ABC):
         return found
 
     def open_holds(self, namespace: str, skus: Sequence[str]) -> dict[str, list[Hold]]:
-        """Each item's holds that no later movement ended, from the ledger."""
+        """Each item's holds that no later movement ended, from the ledger, each until its
+        latest extension's expiry."""
         found: dict[str, list[Hold]] = {}
         for sku in skus:
             entries = self.ledger(namespace, sku, 0, 1 << 62)
             ended = {e.reservation_id for e in entries if e.kind in ("confirm", "release",
                                                                      "expire")}
-            found[sku] = [_hold(e) for e in entries
-                          if e.kind == "hold" and e.reservation_id not in ended]
+            extended = {e.reservation_id: e.expires_at for e in entries if e.kind == "extend"}
+            found[sku] = [_hold(dataclasses.replace(
+                e, expires_at=extended.get(e.reservation_id, e.expires_at)))
+                for e in entries if e.kind == "hold" and e.reservation_id not in ended]
         return found
 
     def generations(self, namespace: str, skus: Sequence[str]) -> dict[str, str | None]:
@@ -133,7 +137,10 @@ class AbstractRepository(abc.ABC):
         return [_stock(item) for item in self.list(namespace, after, limit)]
 
     @abc.abstractmethod
-    def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None: ...
+    def entry_for_key(self, namespace: str, sku: str, key: str,
+                      since: datetime | None = None) -> LedgerEntry | None:
+        """The item's latest movement under ``key`` (made since ``since``): a key reused after
+        its window is a new movement, and its row keeps the key too."""
 
     def reservation_entries(self, namespace: str, reservation_id: str) -> Sequence[LedgerEntry]:
         """Every ledger entry of a reservation, each item's in seq order."""
@@ -232,9 +239,22 @@ class SqlAlchemyRepository(AbstractRepository):
                                    ended.reservation_id == ledger.reservation_id,
                                    ended.sku == ledger.sku,
                                    ended.kind.in_(("confirm", "release", "expire")))))
+        # Extended holds: each line's latest extension holds the expiry (seq orders them).
+        latest = select(ledger.sku, ledger.reservation_id, ledger.expires_at,
+                        func.row_number().over(
+                            partition_by=(ledger.sku, ledger.reservation_id),
+                            order_by=ledger.seq.desc()).label("n")).where(
+            ledger.namespace == namespace, ledger.sku.in_(list(skus)),
+            ledger.kind == "extend").subquery()
+        extended = {(sku, rid): expires for sku, rid, expires in self.session.execute(
+            select(latest.c.sku, latest.c.reservation_id, latest.c.expires_at)
+            .where(latest.c.n == 1))}
         found: dict[str, builtins.list[Hold]] = {sku: [] for sku in skus}
         for row in rows.mappings():
-            found[row["sku"]].append(_hold(LedgerEntry(**row)))
+            entry = LedgerEntry(**row)
+            if (moved := extended.get((entry.sku, entry.reservation_id))) is not None:
+                entry.expires_at = moved
+            found[row["sku"]].append(_hold(entry))
         return found
 
     def generations(self, namespace: str, skus: Sequence[str]) -> dict[str, str | None]:
@@ -258,9 +278,7 @@ class SqlAlchemyRepository(AbstractRepository):
             select(*ENTRY_COLUMNS)
             .where(orm.ledger.c.namespace == namespace, orm.ledger.c.sku.in_(list(skus)),
                    orm.ledger.c.idempotency_key.is_not(None),
-                   orm.ledger.c.created_at >= (
-                       since if self.session.get_bind().dialect.name == "postgresql"
-                       else since.astimezone(UTC).replace(tzinfo=None)))
+                   orm.ledger.c.created_at >= self._moment(since))
             .limit(limit))
 
     def reservation_entries(self, namespace: str, reservation_id: str) -> Sequence[LedgerEntry]:
@@ -275,11 +293,20 @@ class SqlAlchemyRepository(AbstractRepository):
             orm.ledger.c.sku == sku, orm.ledger.c.kind == kind))
         return found[0] if found else None
 
-    def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None:
-        found = self._entries(select(*ENTRY_COLUMNS).where(
+    def entry_for_key(self, namespace: str, sku: str, key: str,
+                      since: datetime | None = None) -> LedgerEntry | None:
+        query = select(*ENTRY_COLUMNS).where(
             orm.ledger.c.namespace == namespace, orm.ledger.c.sku == sku,
-            orm.ledger.c.idempotency_key == key))
+            orm.ledger.c.idempotency_key == key)
+        if since is not None:
+            query = query.where(orm.ledger.c.created_at >= self._moment(since))
+        found = self._entries(query.order_by(orm.ledger.c.seq.desc()).limit(1))
         return found[0] if found else None
+
+    def _moment(self, moment: datetime) -> datetime:
+        # SQLite compares timestamps as the naive UTC text it stored.
+        return (moment if self.session.get_bind().dialect.name == "postgresql"
+                else moment.astimezone(UTC).replace(tzinfo=None))
 
     def ledger(self, namespace: str, sku: str, after_seq: int,
                limit: int) -> Sequence[LedgerEntry]:

@@ -188,7 +188,7 @@ class ItemPage(Model):
 class LedgerEntryOut(Model):
     seq: int
     kind: Literal["init", "adjust", "decrement", "refund", "hold", "confirm", "release",
-                  "expire"]
+                  "expire", "extend"]
     qty: int
     total_after: int
     available_after: int
@@ -196,6 +196,8 @@ class LedgerEntryOut(Model):
     created_at: str
     reservation_id: str | None
     held_after: int
+    # On an ``extend`` entry only: the reservation's new expiry.
+    expires_at: str | None = None
 
 
 class LedgerPage(Model):

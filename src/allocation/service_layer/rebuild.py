@@ -140,7 +140,7 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
         _remember_keys(uow, counter, namespace, [sku for sku in found if fenced.get(sku) is None])
         # Limits, buyers' units and open holds before the figures that unfence the items:
         # those of items Redis lost. Where Redis holds the item (fenced, caught up), its own
-        # are the truth (a hold's extension, say, is not in the ledger).
+        # are the truth already.
         gone = {sku for sku in found if fenced.get(sku) is None}
         counter.load_allowances(namespace, {s: a for s, a in allowances.items() if s in gone})
         counter.load_holds(namespace, {s: h for s, h in holds.items() if s in gone})

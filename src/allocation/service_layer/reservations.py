@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 # The kind of movement each step writes for its lines, and the kinds a replay of it may find
 # in the ledger (a reservation released after its expiry, or a line ended by its item's expiry,
 # has "expire" rows).
-KIND_OF_STEP = {"hold": "hold", "confirm": "confirm", "release": "release"}
+KIND_OF_STEP = {"hold": "hold", "confirm": "confirm", "release": "release", "extend": "extend"}
 WRITTEN_BY = {"hold": ("hold",), "confirm": ("confirm",), "release": ("release", "expire")}
 STATE_OF_END = {"confirm": "confirmed", "release": "released", "expire": "expired"}
 
@@ -87,6 +87,11 @@ def reservation(counter: Counter, uow: AbstractUnitOfWork, namespace: str,
     """The reservation as it stands (a held one past its expiry reads ``expired``)."""
     lines, buyer = _known(uow, counter, namespace, reservation_id)
     result = counter.reservation_step("get", namespace, reservation_id, lines)
+    if result.status == "not_found" and result.sku is None:
+        # Redis lost it (this process knew its lines): the ledger has it.
+        with contextlib.suppress(errors.NotFound):
+            _restore(uow, counter, namespace, reservation_id, "")
+            result = counter.reservation_step("get", namespace, reservation_id, lines)
     if result.status != "ok":
         raise errors.NotFound(f"no reservation {reservation_id}")
     return _view(reservation_id, namespace, lines, buyer, result)
@@ -124,6 +129,9 @@ def _restore(uow: AbstractUnitOfWork, counter: Counter, namespace: str, rid: str
     lines = merged([(h.sku, h.qty) for h in holds])
     first = min(holds, key=lambda h: h.created_at)
     expires = min((h.expires_at for h in holds if h.expires_at), default=first.created_at)
+    # Extended: each extension moved every line's expiry; the latest holds.
+    expires = max((e.expires_at for e in entries if e.kind == "extend" and e.expires_at),
+                  default=expires)
     counter.restore_reservation(namespace, rid, lines, first.buyer, state,
                                 _epoch_ms(first.created_at), _epoch_ms(expires), fingerprint)
     return lines, first.buyer
@@ -194,7 +202,7 @@ def _settle(deps: Deps, namespace: str, rid: str, lines: tuple[Line, ...], resul
     for (sku, qty), figures in zip(lines, result.figures, strict=True):
         deps.durability.settle(namespace, sku, figures, functools.partial(
             _in_ledger, deps.uow, namespace, sku, rid, (kind,)))
-        if not deps.counter.publishes_events:
+        if not deps.counter.publishes_events and kind in events.HOLD_EVENTS:
             moved = events.HOLD_EVENTS[kind](namespace, sku, figures.total, figures.consumed,
                                              rid, qty, held=figures.held)
             if isinstance(moved, events.Reserved):
