@@ -9,7 +9,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, case, exists, func, select, tuple_, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Select,
+    String,
+    any_,
+    bindparam,
+    case,
+    exists,
+    func,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from allocation.adapters import orm
@@ -202,7 +215,7 @@ class SqlAlchemyRepository(AbstractRepository):
     # Bulk reads skip the ORM: building aggregates cost more than the queries themselves.
     def stock(self, namespace: str, skus: Sequence[str]) -> dict[str, Stock]:
         rows = self.session.execute(select(*STOCK_COLUMNS).where(
-            orm.items.c.namespace == namespace, orm.items.c.sku.in_(list(skus))))
+            orm.items.c.namespace == namespace, self._among(orm.items.c.sku, skus)))
         return {row[0]: Stock(*row) for row in rows}
 
     def stock_page(self, namespace: str, after: str | None, limit: int) -> Sequence[Stock]:
@@ -215,14 +228,14 @@ class SqlAlchemyRepository(AbstractRepository):
     def allowances(self, namespace: str, skus: Sequence[str]) -> dict[str, Allowances]:
         wanted = list(skus)
         limits = self.session.execute(select(orm.items.c.sku, orm.items.c.limit_per_buyer).where(
-            orm.items.c.namespace == namespace, orm.items.c.sku.in_(wanted))).all()
+            orm.items.c.namespace == namespace, self._among(orm.items.c.sku, wanted))).all()
         buyers: dict[str, dict[str, int]] = {}
         ledger = orm.ledger.c
         units = func.sum(case(*((ledger.kind == kind, sign * ledger.qty)
                                 for kind, sign in UNITS_SIGN.items()), else_=0))
         for sku, buyer, n in self.session.execute(
                 select(ledger.sku, ledger.buyer, units)
-                .where(ledger.namespace == namespace, ledger.sku.in_(wanted),
+                .where(ledger.namespace == namespace, self._among(ledger.sku, wanted),
                        ledger.buyer.is_not(None))
                 .group_by(ledger.sku, ledger.buyer).having(units > 0)):
             buyers.setdefault(sku, {})[buyer] = int(n)
@@ -232,8 +245,9 @@ class SqlAlchemyRepository(AbstractRepository):
                    ) -> dict[str, builtins.list[Hold]]:
         ledger, ended = orm.ledger.c, orm.ledger.alias("ended").c
         rows = self.session.execute(
-            select(*ENTRY_COLUMNS)
-            .where(ledger.namespace == namespace, ledger.sku.in_(list(skus)),
+            select(ledger.sku, ledger.reservation_id, ledger.qty, ledger.buyer,
+                   ledger.expires_at, ledger.created_at)
+            .where(ledger.namespace == namespace, self._among(ledger.sku, skus),
                    ledger.kind == "hold",
                    ~exists().where(ended.namespace == ledger.namespace,
                                    ended.reservation_id == ledger.reservation_id,
@@ -244,22 +258,20 @@ class SqlAlchemyRepository(AbstractRepository):
                         func.row_number().over(
                             partition_by=(ledger.sku, ledger.reservation_id),
                             order_by=ledger.seq.desc()).label("n")).where(
-            ledger.namespace == namespace, ledger.sku.in_(list(skus)),
+            ledger.namespace == namespace, self._among(ledger.sku, skus),
             ledger.kind == "extend").subquery()
         extended = {(sku, rid): expires for sku, rid, expires in self.session.execute(
             select(latest.c.sku, latest.c.reservation_id, latest.c.expires_at)
             .where(latest.c.n == 1))}
         found: dict[str, builtins.list[Hold]] = {sku: [] for sku in skus}
-        for row in rows.mappings():
-            entry = LedgerEntry(**row)
-            if (moved := extended.get((entry.sku, entry.reservation_id))) is not None:
-                entry.expires_at = moved
-            found[row["sku"]].append(_hold(entry))
+        for sku, rid, qty, buyer, expires, created in rows:
+            until = extended.get((sku, rid)) or expires or created
+            found[sku].append((rid or "", qty, buyer or "", int(_aware(until).timestamp() * 1000)))
         return found
 
     def generations(self, namespace: str, skus: Sequence[str]) -> dict[str, str | None]:
         rows = self.session.execute(select(orm.items.c.sku, orm.items.c.counter_gen).where(
-            orm.items.c.namespace == namespace, orm.items.c.sku.in_(list(skus))))
+            orm.items.c.namespace == namespace, self._among(orm.items.c.sku, skus)))
         return {row[0]: row[1] for row in rows}
 
     def rebase(self, namespace: str, skus: Sequence[str], gen: str) -> dict[str, Stock]:
@@ -267,7 +279,7 @@ class SqlAlchemyRepository(AbstractRepository):
         # would send an UPDATE per item.
         rows = self.session.execute(
             update(orm.items)
-            .where(orm.items.c.namespace == namespace, orm.items.c.sku.in_(list(skus)))
+            .where(orm.items.c.namespace == namespace, self._among(orm.items.c.sku, skus))
             .values(counter_gen=gen, version=orm.items.c.version + 1)
             .returning(*STOCK_COLUMNS))
         return {row[0]: Stock(*row) for row in rows}
@@ -276,7 +288,7 @@ class SqlAlchemyRepository(AbstractRepository):
                       limit: int = 1_000_000) -> Sequence[LedgerEntry]:
         return self._entries(
             select(*ENTRY_COLUMNS)
-            .where(orm.ledger.c.namespace == namespace, orm.ledger.c.sku.in_(list(skus)),
+            .where(orm.ledger.c.namespace == namespace, self._among(orm.ledger.c.sku, skus),
                    orm.ledger.c.idempotency_key.is_not(None),
                    orm.ledger.c.created_at >= self._moment(since))
             .limit(limit))
@@ -302,6 +314,13 @@ class SqlAlchemyRepository(AbstractRepository):
             query = query.where(orm.ledger.c.created_at >= self._moment(since))
         found = self._entries(query.order_by(orm.ledger.c.seq.desc()).limit(1))
         return found[0] if found else None
+
+    def _among(self, column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[bool]:
+        """``column IN values``; on PostgreSQL one array parameter rather than a parameter per
+        value (a rebuild asks about thousands of items at once)."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
+        return column.in_(list(values))
 
     def _moment(self, moment: datetime) -> datetime:
         # SQLite compares timestamps as the naive UTC text it stored.

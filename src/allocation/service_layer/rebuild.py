@@ -11,12 +11,11 @@ ledger's lag: where the ledger is further behind, the refresh answers "unavailab
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from allocation.adapters.counter import Allowances, Counter, Hold, new_generation
+from allocation.adapters.counter import Allowances, Counter, Hold, Restored, new_generation
 from allocation.adapters.ledger_progress import WRITTEN, LedgerProgress
 from allocation.adapters.locks import ItemLocks
 from allocation.adapters.outbox import Outbox
@@ -75,22 +74,27 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
              progress: LedgerProgress, wait_seconds: float, namespace: str, skus: Sequence[str]
              ) -> dict[str, Stock]:
     deadline = time.monotonic() + wait_seconds
-    live: Seqs = {sku: None if o is None else (o.gen, o.seq)
-                  for sku, o in zip(skus, counter.read_many(namespace, skus), strict=True)}
-    with contextlib.suppress(errors.Unavailable):  # the fenced wait below decides
-        _wait_written(uow, progress, namespace, live, deadline)
+    live: Seqs = dict(zip(skus, counter.seqs_many(namespace, skus), strict=True))
+    if any(held is not None for held in live.values()):  # else nothing to wait for
+        with contextlib.suppress(errors.Unavailable):  # the fenced wait below decides
+            _wait_written(uow, progress, namespace, live, deadline)
     with item_locks.hold(namespace, skus):
-        lost = [sku for sku in skus if live[sku] is None]
-        if lost and len(lost) == len(skus):
+        present = list(skus)
+        if all(held is None for held in live.values()):
             # Redis lacked them all; if another rebuild loaded them while this one waited for
             # the lock, that one stands (a second would fence them again, for nothing).
-            now = counter.read_many(namespace, skus)
-            if all(o is not None for o in now):
+            again = counter.seqs_many(namespace, skus)
+            if all(held is not None for held in again):
+                now = counter.read_many(namespace, skus)
                 return {sku: Stock(sku, o.total, o.consumed, o.seq, o.limit, o.held)
                         for sku, o in zip(skus, now, strict=True) if o is not None}
-        fenced: Seqs = {
-            sku: None if seq is None else ((live.get(sku) or ("", 0))[0], seq)
-            for sku, seq in zip(skus, counter.fence_many(namespace, skus), strict=True)}
+            # Under the items' lock a lost item stays lost: only those back are fenced.
+            present = [sku for sku, held in zip(skus, again, strict=True) if held is not None]
+        fenced: Seqs = dict.fromkeys(skus)
+        for sku, seq in zip(present, counter.fence_many(namespace, present) if present else [],
+                            strict=True):
+            if seq is not None:
+                fenced[sku] = ((live.get(sku) or ("", 0))[0], seq)
         if len(skus) == 1 and fenced[skus[0]] is None:
             # Redis lost the item; movements it recorded may still wait in the outbox, and
             # then the latest of them is newer than the database: that history goes on.
@@ -124,8 +128,9 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
             # Fenced, sales are refused: wait only a moment for the movements applied since the
             # unfenced wait. A ledger further behind than that (a worker at idle priority under
             # full load, say) fails the refresh, not the sale.
-            _wait_written(uow, progress, namespace, fenced,
-                          min(deadline, time.monotonic() + FENCED_WAIT_SECONDS))
+            if any(held is not None for held in fenced.values()):
+                _wait_written(uow, progress, namespace, fenced,
+                              min(deadline, time.monotonic() + FENCED_WAIT_SECONDS))
             found, gens, allowances, holds = _rebase(uow, namespace, fenced, gen)
         except BaseException:
             for sku, held in fenced.items():
@@ -137,15 +142,19 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
                 counter.forget(namespace, sku)  # Redis holds an item the record does not
         # Where Redis lost an item it lost the keys it had seen too: give them back before
         # any can be used again.
-        _remember_keys(uow, counter, namespace, [sku for sku in found if fenced.get(sku) is None])
-        # Limits, buyers' units and open holds before the figures that unfence the items:
-        # those of items Redis lost. Where Redis holds the item (fenced, caught up), its own
-        # are the truth already.
-        gone = {sku for sku in found if fenced.get(sku) is None}
-        counter.load_allowances(namespace, {s: a for s, a in allowances.items() if s in gone})
-        counter.load_holds(namespace, {s: h for s, h in holds.items() if s in gone})
+        gone = [sku for sku in found if fenced.get(sku) is None]
+        _remember_keys(uow, counter, namespace, gone)
+        # Those Redis lost come back whole: limits, buyers' units and open holds with the
+        # figures. Where Redis holds the item (fenced, caught up), its own are the truth.
+        restored = []
+        for sku in gone:
+            i = found[sku]
+            limit, buyers = allowances.get(sku, (i.limit_per_buyer, {}))
+            restored.append(Restored(sku, i.total, i.consumed, i.held, i.last_seq, gens[sku],
+                                     limit, buyers, holds.get(sku, [])))
+        counter.restore_many(namespace, restored)
         counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gens[sku], i.held)
-                          for sku, i in found.items())
+                          for sku, i in found.items() if fenced.get(sku) is not None)
         return found
 
 
@@ -157,8 +166,7 @@ def _remember_keys(uow: AbstractUnitOfWork, counter: Counter, namespace: str,
         return
     since = datetime.now(UTC) - timedelta(seconds=counter.idempotency_ttl)
     with uow:
-        entries = [dataclasses.replace(e)
-                   for e in uow.items.keyed_entries(namespace, skus, since)]
+        entries = list(uow.items.keyed_entries(namespace, skus, since))
     counter.remember(entries)
 
 
@@ -183,25 +191,33 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str
     the generation to load each under. An item Redis holds, whose history the ledger follows,
     keeps its generation: nothing of it is unwritten (it is fenced and caught up). One Redis
     lost (or whose generation the ledger no longer follows) takes the new ``gen``, committed
-    first: from then on the writers refuse anything recorded under the old one. With them, each
-    item's limit per buyer and buyers' units. Raises ``Unavailable`` if the ledger is behind."""
+    first: from then on the writers refuse anything recorded under the old one. With those
+    Redis lost, each one's limit per buyer, buyers' units and open holds. Raises
+    ``Unavailable`` if the ledger is behind."""
+    held_by_redis = [sku for sku, held in seqs.items() if held is not None]
     with uow:
-        found = uow.items.stock(namespace, list(seqs))
+        found = uow.items.stock(namespace, held_by_redis) if held_by_redis else {}
         if behind := _behind(found, seqs):
             raise errors.Unavailable(
                 f"the ledger is behind on {len(behind)} items (e.g. {behind[0]}); is a ledger "
                 "worker running? Retry the refresh later", retry_after=5)
-        followed = uow.items.generations(namespace, list(found))
+        followed = uow.items.generations(namespace, list(found)) if found else {}
         gens = {sku: held[0] for sku, held in seqs.items() if held is not None}
-        renew = [sku for sku in found if seqs[sku] is None or (
-            gens[sku] and followed.get(sku) and followed[sku] != gens[sku])]
-        allowances = uow.items.allowances(namespace, list(found))
-        holds = uow.items.open_holds(namespace, list(found))
+        renew = [sku for sku, held in seqs.items() if held is None] + [
+            sku for sku in found if gens[sku] and followed.get(sku)
+            and followed[sku] != gens[sku]]
         if renew:
+            # Those Redis lost come from here: the statement that gives them the new
+            # generation returns their figures.
             found.update(uow.items.rebase(namespace, renew, gen))
+        gone = [sku for sku in found if seqs[sku] is None]
+        allowances = uow.items.allowances(namespace, gone) if gone else {}
+        holds = uow.items.open_holds(namespace, gone) if gone else {}
+        if renew:
             uow.commit()
-        return (found, {sku: gen if sku in renew else gens[sku] for sku in found}, allowances,
-                holds)
+        renewed = set(renew)
+        return (found, {sku: gen if sku in renewed else gens[sku] for sku in found},
+                allowances, holds)
 
 
 def _behind(found: dict[str, Stock], seqs: Seqs) -> list[str]:
