@@ -198,10 +198,12 @@ class Counter(abc.ABC):
         rebuild asks of many items at once."""
         return [None if o is None else (o.gen, o.seq) for o in self.read_many(namespace, skus)]
 
-    def restore_many(self, namespace: str, items: Sequence[Restored]) -> None:
-        """Load items the counter lost as the record has them: limits, buyers' units and open
-        holds replaced, then the figures (which unfence them), so that no sale sees one
-        without the others."""
+    def restore_many(self, namespace: str, items: Sequence[Restored],
+                     keyed: Sequence[LedgerEntry] = ()) -> None:
+        """Load items the counter lost as the record has them: the keys of ``keyed`` (as
+        ``remember``), limits, buyers' units and open holds replaced, then the figures (which
+        unfence them), so that no sale sees one without the others."""
+        self.remember(keyed)
         self.load_allowances(namespace, {i.sku: (i.limit, i.buyers) for i in items})
         self.load_holds(namespace, {i.sku: i.holds for i in items})
         self.load_many((namespace, i.sku, i.total, i.consumed, i.seq, i.gen, i.held)

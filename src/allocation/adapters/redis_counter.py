@@ -293,22 +293,26 @@ class RedisCounter(Counter):
                         args=["" if limit is None else limit])
 
     def remember(self, entries: Sequence[LedgerEntry]) -> None:
-        now = time.time()
         with unavailable_on_connection_error():
             pipe = self.client.pipeline(transaction=False)
-            for e in entries:
-                if e.idempotency_key is None or e.kind not in ("adjust", "decrement", "refund"):
-                    continue
-                moment = e.created_at if e.created_at.tzinfo else e.created_at.replace(tzinfo=UTC)
-                left = int(self._ttl - (now - moment.timestamp()))
-                if left > 0:
-                    # seq 0: a movement the ledger holds, nothing to wait for.
-                    consumed = e.total_after - e.available_after - e.held_after
-                    record = (f"{fingerprint(e.kind, e.qty, e.buyer)}|ok|{e.total_after}|"  # type: ignore[arg-type]
-                              f"{consumed}|0||-1||{e.held_after}")
-                    pipe.set(self.keys.idempotency(e.namespace, e.sku, e.idempotency_key),
-                             record, ex=left, nx=True)
+            self._remember(pipe, entries)
             pipe.execute()
+
+    def _remember(self, pipe: Any, entries: Sequence[LedgerEntry]) -> None:
+        """Queue on ``pipe`` the records of the movements' keys still in their window."""
+        now = time.time()
+        for e in entries:
+            if e.idempotency_key is None or e.kind not in ("adjust", "decrement", "refund"):
+                continue
+            moment = e.created_at if e.created_at.tzinfo else e.created_at.replace(tzinfo=UTC)
+            left = int(self._ttl - (now - moment.timestamp()))
+            if left > 0:
+                # seq 0: a movement the ledger holds, nothing to wait for.
+                consumed = e.total_after - e.available_after - e.held_after
+                record = (f"{fingerprint(e.kind, e.qty, e.buyer)}|ok|{e.total_after}|"  # type: ignore[arg-type]
+                          f"{consumed}|0||-1||{e.held_after}")
+                pipe.set(self.keys.idempotency(e.namespace, e.sku, e.idempotency_key),
+                         record, ex=left, nx=True)
 
     # Arguments per rebuild call at most: a bigger call holds Redis up for longer at a time.
     REBUILD_CALL_ARGS = 20_000
@@ -334,7 +338,8 @@ class RedisCounter(Counter):
                     found[i] = (_text(gen), int(seq))
         return found
 
-    def restore_many(self, namespace: str, items: Sequence[Restored]) -> None:
+    def restore_many(self, namespace: str, items: Sequence[Restored],
+                     keyed: Sequence[LedgerEntry] = ()) -> None:
         # One call per partition (or per REBUILD_CALL_ARGS of it), each item's keys and
         # figures flat.
         calls: dict[int, list[tuple[list[str], list[Any]]]] = {}
@@ -351,12 +356,24 @@ class RedisCounter(Counter):
                 args.extend((buyer, units))
             for rid, qty, buyer, expires_ms in i.holds:
                 args.extend((rid, qty, buyer, expires_ms))
+        flat = [call for group in calls.values() for call in group]
         with unavailable_on_connection_error():
-            replies = evalsha_many(self.client, self._rebuild_script, self._rebuild_sha,
-                                   [call for group in calls.values() for call in group])
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+            # The keys' records first, in the same round trip.
+            pipe = self.client.pipeline(transaction=False)
+            self._remember(pipe, keyed)
+            remembered = len(pipe)
+            for keys, args in flat:
+                pipe.execute_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", self._rebuild_sha, len(keys), *keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+            failed = [r for r in replies if isinstance(r, Exception)]
+            if any("NOSCRIPT" in str(r) for r in failed):  # a restarted Redis: load it, again
+                loaded = evalsha_many(self.client, self._rebuild_script, self._rebuild_sha,
+                                      flat)
+                failed = [r for r in [*replies[:remembered], *loaded]
+                          if isinstance(r, Exception)]
+        if failed:
+            raise failed[0]
 
     def fence_many(self, namespace: str, skus: Sequence[str]) -> list[int | None]:
         with unavailable_on_connection_error():

@@ -94,13 +94,20 @@ class AbstractRepository(abc.ABC):
     def allowances(self, namespace: str, skus: Sequence[str]) -> dict[str, Allowances]:
         """Each item's limit per buyer and its buyers' units (what their decrements took less
         what their refunds gave back), from the ledger."""
-        found: dict[str, Allowances] = {}
-        for sku, item in self.many(namespace, skus).items():
+        units = self.buyers(namespace, skus)
+        return {sku: (item.limit_per_buyer, units.get(sku, {}))
+                for sku, item in self.many(namespace, skus).items()}
+
+    def buyers(self, namespace: str, skus: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Each item's buyers' units, where it has any (``allowances`` without the limits)."""
+        found: dict[str, dict[str, int]] = {}
+        for sku in skus:
             units: dict[str, int] = {}
             for e in self.ledger(namespace, sku, 0, 1 << 62):
                 if e.buyer is not None and e.kind in UNITS_SIGN:
                     units[e.buyer] = units.get(e.buyer, 0) + UNITS_SIGN[e.kind] * e.qty
-            found[sku] = (item.limit_per_buyer, {b: n for b, n in units.items() if n > 0})
+            if kept := {b: n for b, n in units.items() if n > 0}:
+                found[sku] = kept
         return found
 
     def open_holds(self, namespace: str, skus: Sequence[str]) -> dict[str, list[Hold]]:
@@ -229,44 +236,47 @@ class SqlAlchemyRepository(AbstractRepository):
         wanted = list(skus)
         limits = self.session.execute(select(orm.items.c.sku, orm.items.c.limit_per_buyer).where(
             orm.items.c.namespace == namespace, self._among(orm.items.c.sku, wanted))).all()
-        buyers: dict[str, dict[str, int]] = {}
+        buyers = self.buyers(namespace, wanted)
+        return {sku: (limit, buyers.get(sku, {})) for sku, limit in limits}
+
+    def buyers(self, namespace: str, skus: Sequence[str]) -> dict[str, dict[str, int]]:
+        found: dict[str, dict[str, int]] = {}
         ledger = orm.ledger.c
         units = func.sum(case(*((ledger.kind == kind, sign * ledger.qty)
                                 for kind, sign in UNITS_SIGN.items()), else_=0))
         for sku, buyer, n in self.session.execute(
                 select(ledger.sku, ledger.buyer, units)
-                .where(ledger.namespace == namespace, self._among(ledger.sku, wanted),
+                .where(ledger.namespace == namespace, self._among(ledger.sku, skus),
                        ledger.buyer.is_not(None))
                 .group_by(ledger.sku, ledger.buyer).having(units > 0)):
-            buyers.setdefault(sku, {})[buyer] = int(n)
-        return {sku: (limit, buyers.get(sku, {})) for sku, limit in limits}
+            found.setdefault(sku, {})[buyer] = int(n)
+        return found
 
     def open_holds(self, namespace: str, skus: Sequence[str]
                    ) -> dict[str, builtins.list[Hold]]:
-        ledger, ended = orm.ledger.c, orm.ledger.alias("ended").c
+        ledger = orm.ledger.c
+        ended, extension = orm.ledger.alias("ended").c, orm.ledger.alias("extension").c
+        # Extended holds: each line's latest extension holds the expiry (seq orders them).
+        extended = (select(extension.expires_at)
+                    .where(extension.namespace == ledger.namespace,
+                           extension.reservation_id == ledger.reservation_id,
+                           extension.sku == ledger.sku, extension.kind == "extend")
+                    .order_by(extension.seq.desc()).limit(1).scalar_subquery())
         rows = self.session.execute(
             select(ledger.sku, ledger.reservation_id, ledger.qty, ledger.buyer,
-                   ledger.expires_at, ledger.created_at)
+                   func.coalesce(extended, ledger.expires_at, ledger.created_at))
             .where(ledger.namespace == namespace, self._among(ledger.sku, skus),
                    ledger.kind == "hold",
                    ~exists().where(ended.namespace == ledger.namespace,
                                    ended.reservation_id == ledger.reservation_id,
                                    ended.sku == ledger.sku,
                                    ended.kind.in_(("confirm", "release", "expire")))))
-        # Extended holds: each line's latest extension holds the expiry (seq orders them).
-        latest = select(ledger.sku, ledger.reservation_id, ledger.expires_at,
-                        func.row_number().over(
-                            partition_by=(ledger.sku, ledger.reservation_id),
-                            order_by=ledger.seq.desc()).label("n")).where(
-            ledger.namespace == namespace, self._among(ledger.sku, skus),
-            ledger.kind == "extend").subquery()
-        extended = {(sku, rid): expires for sku, rid, expires in self.session.execute(
-            select(latest.c.sku, latest.c.reservation_id, latest.c.expires_at)
-            .where(latest.c.n == 1))}
         found: dict[str, builtins.list[Hold]] = {sku: [] for sku in skus}
-        for sku, rid, qty, buyer, expires, created in rows:
-            until = extended.get((sku, rid)) or expires or created
-            found[sku].append((rid or "", qty, buyer or "", int(_aware(until).timestamp() * 1000)))
+        for sku, rid, qty, buyer, until in rows:
+            if isinstance(until, str):  # SQLite hands back a coalesced time as text
+                until = datetime.fromisoformat(until)
+            found[sku].append((rid or "", qty, buyer or "",
+                               int(_aware(until).timestamp() * 1000)))
         return found
 
     def generations(self, namespace: str, skus: Sequence[str]) -> dict[str, str | None]:

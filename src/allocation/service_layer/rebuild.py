@@ -14,13 +14,14 @@ import contextlib
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from allocation.adapters.counter import Allowances, Counter, Hold, Restored, new_generation
 from allocation.adapters.ledger_progress import WRITTEN, LedgerProgress
 from allocation.adapters.locks import ItemLocks
 from allocation.adapters.outbox import Outbox
 from allocation.domain import commands, errors
-from allocation.domain.model import Stock
+from allocation.domain.model import LedgerEntry, Stock
 from allocation.domain.outcome import OK, Outcome
 from allocation.service_layer.results import RefreshProgress
 from allocation.service_layer.shared_rebuilds import SharedRebuilds
@@ -131,7 +132,8 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
             if any(held is not None for held in fenced.values()):
                 _wait_written(uow, progress, namespace, fenced,
                               min(deadline, time.monotonic() + FENCED_WAIT_SECONDS))
-            found, gens, allowances, holds = _rebase(uow, namespace, fenced, gen)
+            found, gens, allowances, holds, keyed = _rebase(uow, namespace, fenced, gen,
+                                                            counter.idempotency_ttl)
         except BaseException:
             for sku, held in fenced.items():
                 if held is not None:
@@ -140,34 +142,19 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
         for sku, held in fenced.items():
             if sku not in found and held is not None:
                 counter.forget(namespace, sku)  # Redis holds an item the record does not
-        # Where Redis lost an item it lost the keys it had seen too: give them back before
-        # any can be used again.
-        gone = [sku for sku in found if fenced.get(sku) is None]
-        _remember_keys(uow, counter, namespace, gone)
         # Those Redis lost come back whole: limits, buyers' units and open holds with the
-        # figures. Where Redis holds the item (fenced, caught up), its own are the truth.
+        # figures, and the keys it had seen (given back before any can be used again). Where
+        # Redis holds the item (fenced, caught up), its own are the truth.
         restored = []
-        for sku in gone:
-            i = found[sku]
-            limit, buyers = allowances.get(sku, (i.limit_per_buyer, {}))
-            restored.append(Restored(sku, i.total, i.consumed, i.held, i.last_seq, gens[sku],
-                                     limit, buyers, holds.get(sku, [])))
-        counter.restore_many(namespace, restored)
+        for sku, i in found.items():
+            if fenced.get(sku) is None:
+                limit, buyers = allowances.get(sku, (i.limit_per_buyer, {}))
+                restored.append(Restored(sku, i.total, i.consumed, i.held, i.last_seq,
+                                         gens[sku], limit, buyers, holds.get(sku, [])))
+        counter.restore_many(namespace, restored, keyed)
         counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gens[sku], i.held)
                           for sku, i in found.items() if fenced.get(sku) is not None)
         return found
-
-
-def _remember_keys(uow: AbstractUnitOfWork, counter: Counter, namespace: str,
-                   skus: Sequence[str]) -> None:
-    """Give the counter back the keys of the movements the ledger holds, so that a retry of
-    one (its answer lost with Redis) is a replay rather than a second sale."""
-    if not skus:
-        return
-    since = datetime.now(UTC) - timedelta(seconds=counter.idempotency_ttl)
-    with uow:
-        entries = list(uow.items.keyed_entries(namespace, skus, since))
-    counter.remember(entries)
 
 
 def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: str,
@@ -184,16 +171,24 @@ def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: 
             return
 
 
-def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str
-            ) -> tuple[dict[str, Stock], dict[str, str], dict[str, Allowances],
-                       dict[str, list[Hold]]]:
+class Rebased(NamedTuple):
+    found: dict[str, Stock]
+    gens: dict[str, str]
+    # Of the items Redis lost: limits and buyers' units, open holds, movements with keys
+    allowances: dict[str, Allowances]
+    holds: dict[str, list[Hold]]
+    keyed: list[LedgerEntry]
+
+
+def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
+            idempotency_ttl: float) -> Rebased:
     """The items' figures, once the database holds every movement Redis recorded for them, and
     the generation to load each under. An item Redis holds, whose history the ledger follows,
     keeps its generation: nothing of it is unwritten (it is fenced and caught up). One Redis
     lost (or whose generation the ledger no longer follows) takes the new ``gen``, committed
     first: from then on the writers refuse anything recorded under the old one. With those
-    Redis lost, each one's limit per buyer, buyers' units and open holds. Raises
-    ``Unavailable`` if the ledger is behind."""
+    Redis lost, each one's limit per buyer, buyers' units, open holds and the movements whose
+    keys are still remembered. Raises ``Unavailable`` if the ledger is behind."""
     held_by_redis = [sku for sku, held in seqs.items() if held is not None]
     with uow:
         found = uow.items.stock(namespace, held_by_redis) if held_by_redis else {}
@@ -203,21 +198,25 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str
                 "worker running? Retry the refresh later", retry_after=5)
         followed = uow.items.generations(namespace, list(found)) if found else {}
         gens = {sku: held[0] for sku, held in seqs.items() if held is not None}
-        renew = [sku for sku, held in seqs.items() if held is None] + [
-            sku for sku in found if gens[sku] and followed.get(sku)
-            and followed[sku] != gens[sku]]
+        # What Redis lost with the items: buyers' units, open holds and the keys it had seen.
+        lost = [sku for sku, held in seqs.items() if held is None]
+        buyers = uow.items.buyers(namespace, lost) if lost else {}
+        holds = uow.items.open_holds(namespace, lost) if lost else {}
+        since = datetime.now(UTC) - timedelta(seconds=idempotency_ttl)
+        keyed = list(uow.items.keyed_entries(namespace, lost, since)) if lost else []
+        renew = lost + [sku for sku in found if gens[sku] and followed.get(sku)
+                        and followed[sku] != gens[sku]]
         if renew:
             # Those Redis lost come from here: the statement that gives them the new
             # generation returns their figures.
             found.update(uow.items.rebase(namespace, renew, gen))
-        gone = [sku for sku in found if seqs[sku] is None]
-        allowances = uow.items.allowances(namespace, gone) if gone else {}
-        holds = uow.items.open_holds(namespace, gone) if gone else {}
-        if renew:
             uow.commit()
         renewed = set(renew)
-        return (found, {sku: gen if sku in renewed else gens[sku] for sku in found},
-                allowances, holds)
+        allowances: dict[str, Allowances] = {
+            sku: (found[sku].limit_per_buyer, buyers.get(sku, {})) for sku in lost
+            if sku in found}
+        return Rebased(found, {sku: gen if sku in renewed else gens[sku] for sku in found},
+                       allowances, holds, keyed)
 
 
 def _behind(found: dict[str, Stock], seqs: Seqs) -> list[str]:
