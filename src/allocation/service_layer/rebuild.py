@@ -10,9 +10,14 @@ ledger's lag: where the ledger is further behind, the refresh answers "unavailab
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import (
+    Callable,
+    Sequence,
+)
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
@@ -52,19 +57,46 @@ def refresh(cmd: commands.Refresh, uow: AbstractUnitOfWork, counter: Counter, ou
     return outcome
 
 
+# Batches of a namespace refresh in flight at once: one's database reads and writes overlap
+# another's Redis round trips (a namespace Redis lost is down until every item is back).
+REFRESH_WORKERS = 3
+
+
 def refresh_all(cmd: commands.RefreshAll, uow: AbstractUnitOfWork, counter: Counter,
                 outbox: Outbox, item_locks: ItemLocks, ledger_progress: LedgerProgress,
-                ledger_wait_seconds: float) -> RefreshProgress:
-    done, after, batches = 0, cmd.after, 0
-    while cmd.batches is None or batches < cmd.batches:
-        with uow:
-            skus = [s.sku for s in uow.items.stock_page(cmd.namespace, after, cmd.batch_size)]
-        if not skus:
-            return RefreshProgress(done, None)
-        _rebuild(uow, counter, outbox, item_locks, ledger_progress, ledger_wait_seconds,
-                 cmd.namespace, skus)
-        done, after, batches = done + len(skus), skus[-1], batches + 1
-    return RefreshProgress(done, after)
+                ledger_wait_seconds: float,
+                uow_factory: Callable[[], AbstractUnitOfWork] | None = None) -> RefreshProgress:
+    """Rebuild a namespace's items, page by page in SKU order (each page one batch, under its
+    items' locks), several batches at a time where each may have a unit of work of its own."""
+    workers = REFRESH_WORKERS if uow_factory is not None else 1
+    done, after, batches, finished = 0, cmd.after, 0, False
+    in_flight: collections.deque[tuple[Future[dict[str, Stock]], int]] = collections.deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="refresh") as pool:
+        try:
+            while cmd.batches is None or batches < cmd.batches:
+                with uow:
+                    skus = [s.sku for s in
+                            uow.items.stock_page(cmd.namespace, after, cmd.batch_size)]
+                if not skus:
+                    finished = True
+                    break
+                own = uow_factory() if uow_factory is not None else uow
+                in_flight.append((pool.submit(
+                    _rebuild, own, counter, outbox, item_locks, ledger_progress,
+                    ledger_wait_seconds, cmd.namespace, skus), len(skus)))
+                after, batches = skus[-1], batches + 1
+                if len(in_flight) >= workers:
+                    batch, count = in_flight.popleft()
+                    batch.result()
+                    done += count
+            while in_flight:
+                batch, count = in_flight.popleft()
+                batch.result()
+                done += count
+        finally:
+            for batch, _ in in_flight:  # a batch failed: let those begun end, then raise
+                batch.cancel()
+    return RefreshProgress(done, None if finished else after)
 
 
 FENCED_WAIT_SECONDS = 0.05
