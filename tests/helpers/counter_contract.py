@@ -24,7 +24,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from allocation.adapters.counter import Counter, Reserved, Step
+from allocation.adapters.counter import Counter, Reserved, Restored, Step
 from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.domain import errors, rules
@@ -377,6 +377,27 @@ class ReservationContract(abc.ABC):
         shorter = self.step("extend", rid, 60_000)
         assert (shorter.status, shorter.expires_ms - shorter.created_ms < 86_400_000) == (
             "ok", True)
+
+    def test_a_rebuild_puts_back_many_lost_items_with_their_limits_buyers_and_holds(
+            self) -> None:
+        skus = [f"lost{i}" for i in range(40)]  # over every partition
+        assert self.counter.seqs_many(self.ns, skus) == [None] * 40
+        far = 4_000_000_000_000
+        self.counter.restore_many(self.ns, [
+            Restored(sku, 10, 1, 2, 3, "g1", 5 if i % 2 else None, {"ann": 3} if i % 2 else {},
+                     [(f"r{i}", 2, "ann" if i % 2 else "", far)])
+            for i, sku in enumerate(skus)])
+        assert self.counter.seqs_many(self.ns, skus) == [("g1", 3)] * 40
+        for sku, limit in (("lost0", None), ("lost1", 5)):
+            figures = self.counter.read(self.ns, sku)
+            assert figures is not None
+            assert (figures.total, figures.consumed, figures.held, figures.limit) == (
+                10, 1, 2, limit)
+        over = self.counter.apply(self.ns, "lost1", "decrement", 3, "k", buyer="ann")
+        assert (over.status, over.remaining) == ("limit_exceeded", 2)  # 1 bought, 2 held
+        assert self.counter.apply(self.ns, "lost0", "decrement", 7, "k").ok
+        assert self.counter.apply(self.ns, "lost0", "decrement", 1, "k2").status == (
+            "insufficient_stock")  # the hold still holds its 2
 
     def test_a_hold_counts_against_the_buyers_limit_until_it_ends(self) -> None:
         a, = self.skus(1)
