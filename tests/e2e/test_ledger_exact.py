@@ -40,6 +40,7 @@ def base(sync_config: Config, namespace: str) -> Iterator[str]:
 def lose(config: Config, namespace: str, *only: str) -> None:
     """A FLUSHDB of this test's keys of the namespace (the Redis is shared): ``only`` those
     whose names contain one of these."""
+    assert config.redis_url is not None
     client = redis.Redis.from_url(config.redis_url)
     keys = [k for k in client.scan_iter(match=f"{config.redis_key_prefix}:*:{namespace}:*",
                                         count=1000)
