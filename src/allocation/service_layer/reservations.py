@@ -200,8 +200,10 @@ def _settle(deps: Deps, namespace: str, rid: str, lines: tuple[Line, ...], resul
     """Answer when the durability mode says, and publish the lines' events where the counter
     does not publish them itself."""
     for (sku, qty), figures in zip(lines, result.figures, strict=True):
-        deps.durability.settle(namespace, sku, figures, functools.partial(
-            _in_ledger, deps.uow, namespace, sku, rid, (kind,)))
+        in_ledger = (functools.partial(_extended, deps.uow, namespace, sku, rid,
+                                       result.expires_ms) if kind == "extend"
+                     else functools.partial(_in_ledger, deps.uow, namespace, sku, rid, (kind,)))
+        deps.durability.settle(namespace, sku, figures, in_ledger)
         if not deps.counter.publishes_events and kind in events.HOLD_EVENTS:
             moved = events.HOLD_EVENTS[kind](namespace, sku, figures.total, figures.consumed,
                                              rid, qty, held=figures.held)
@@ -215,6 +217,15 @@ def _in_ledger(uow: AbstractUnitOfWork, namespace: str, sku: str, rid: str,
     with uow:
         return any(uow.items.reservation_entry(namespace, sku, rid, kind) is not None
                    for kind in kinds)
+
+
+def _extended(uow: AbstractUnitOfWork, namespace: str, sku: str, rid: str,
+              expires_ms: int) -> bool:
+    """Whether the ledger has this extension (a reservation may be extended many times)."""
+    with uow:
+        return any(e.sku == sku and e.kind == "extend" and e.expires_at is not None
+                   and _epoch_ms(e.expires_at) == expires_ms
+                   for e in uow.items.reservation_entries(namespace, rid))
 
 
 def _publish(publish: Publish, event: events.Event) -> None:
