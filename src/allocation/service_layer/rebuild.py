@@ -59,7 +59,7 @@ def refresh(cmd: commands.Refresh, uow: AbstractUnitOfWork, counter: Counter, ou
 
 # Batches of a namespace refresh in flight at once: one's database reads and writes overlap
 # another's Redis round trips (a namespace Redis lost is down until every item is back).
-REFRESH_WORKERS = 3
+REFRESH_WORKERS = 4
 
 
 def refresh_all(cmd: commands.RefreshAll, uow: AbstractUnitOfWork, counter: Counter,
