@@ -1,8 +1,8 @@
 """`make bench`: every contender on the same machine, in one run; one table (printed, and in
 Markdown in bench/results.md), bench/results.json and bench/results.png. Quick by default,
 BENCH=full for the issue's sizes; BENCH_ONLY=hot,http,limits,many,refunds,refresh,drain,cluster,
-reservations,streams runs a subset; BENCH_HTTP=ceiling-empty,ceiling-evalsha,allocation,... some
-of the HTTP contenders (contenders.HTTP_NAMES); BENCH_HTTP_SECONDS the length of each HTTP load
+reservations,streams,flood runs a subset; BENCH_HTTP=ceiling-empty,ceiling-evalsha,allocation,...
+some of the HTTP contenders (contenders.HTTP_NAMES); BENCH_HTTP_SECONDS the length of each HTTP load
 (10, 30 with full); BENCH_SIZE_<NAME>=N one of contenders.scenarios_for's sizes
 (BENCH_SIZE_HOT_STOCK=300: a smoke run's).
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import contenders as c
-from bench import streams
+from bench import streams, token_flood
 from bench.common import Result, Services, scratch_services
 from tests.helpers.redis_cluster import LocalCluster
 from tests.helpers.tmpdir import tmpdir_at
@@ -99,6 +99,10 @@ def main() -> int:
             record(streams.stream_sale, services, size["stream_clients"],
                        int(os.environ.get("BENCH_HTTP_SECONDS") or (30 if mode == "full"
                                                                     else 10)))
+        if wanted("flood"):
+            # One server, the same sale without and with a flood of made-up tokens beside it.
+            record(token_flood.token_flood_sale, services,
+                   int(os.environ.get("BENCH_HTTP_SECONDS") or (30 if mode == "full" else 10)))
         if wanted("many"):
             items, stock = size["many_items"], size["many_stock"]
             record(c.ours, services, "async", "1,000 items", items, stock, buyers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 
 @dataclass(frozen=True)
@@ -12,6 +13,7 @@ class Config:
     # Embedded defaults: an SQLite file and the in-process counter, one process, no services.
     database_url: str = "sqlite:///allocation.db"
     redis_url: str | None = None
+    # A deployment's own names (``deployment_names``); these are the default deployment's.
     commands_channel: str = "inventory:commands"
     events_channel: str = "inventory:events"
     commands_stream: str = "inventory:commands:stream"  # the reliable command channel
@@ -33,6 +35,11 @@ class Config:
     body_timeout_seconds: float = 10.0
     # "required": /v1/ needs a bearer token; "off" only suits the embedded mode on one machine.
     auth: str = "off"
+    # Hoarding bounds (0: none). A buyer rarely needs more than a cart or two open at once; a
+    # token is a shop's backend, holding every cart of its buyers: size it from the shop's
+    # peak reservations a second times their ttl_seconds (the per-token cap is per process).
+    max_open_reservations_per_buyer: int = 10
+    max_open_reservations_per_token: int = 10_000
 
     @property
     def embedded(self) -> bool:
@@ -43,12 +50,14 @@ class Config:
         env = os.environ if env is None else env
         defaults = cls()
         with_services = bool(env.get("DATABASE_URL") or env.get("REDIS_URL"))
+        channel, events, stream = deployment_names(
+            env.get("REDIS_KEY_PREFIX") or defaults.redis_key_prefix, env.get("REDIS_URL"))
         return cls(
             database_url=env.get("DATABASE_URL") or defaults.database_url,
             redis_url=env.get("REDIS_URL") or None,
-            commands_channel=env.get("COMMANDS_CHANNEL") or defaults.commands_channel,
-            events_channel=env.get("EVENTS_CHANNEL") or defaults.events_channel,
-            commands_stream=env.get("COMMANDS_STREAM") or defaults.commands_stream,
+            commands_channel=env.get("COMMANDS_CHANNEL") or channel,
+            events_channel=env.get("EVENTS_CHANNEL") or events,
+            commands_stream=env.get("COMMANDS_STREAM") or stream,
             redis_key_prefix=env.get("REDIS_KEY_PREFIX") or defaults.redis_key_prefix,
             partitions=int(env.get("REDIS_PARTITIONS") or defaults.partitions),
             idempotency_ttl_seconds=int(
@@ -67,9 +76,43 @@ class Config:
                                      or defaults.ledger_claim_idle_ms),
             body_timeout_seconds=float(env.get("BODY_TIMEOUT_SECONDS")
                                        or defaults.body_timeout_seconds),
+            max_open_reservations_per_buyer=int(
+                env.get("MAX_OPEN_RESERVATIONS_PER_BUYER")
+                or defaults.max_open_reservations_per_buyer),
+            max_open_reservations_per_token=int(
+                env.get("MAX_OPEN_RESERVATIONS_PER_TOKEN")
+                or defaults.max_open_reservations_per_token),
             auth=choice("AUTH", env.get("AUTH") or ("required" if with_services else "off"),
                         ("required", "off")),
         )
+
+
+def deployment_names(prefix: str, redis_url: str | None) -> tuple[str, str, str]:
+    """The commands channel, events channel and command stream of the deployment with this key
+    prefix on this Redis database. Channels belong to the server, not to a database number,
+    so theirs carry both, joined by ``@`` (the number, all digits, comes last: no other prefix
+    and number spell the same name); the stream is a key, under the deployment's prefix. The
+    default deployment (``inv`` on db 0) keeps the names it always had, so its publishers and
+    the entries waiting in its stream carry on."""
+    db = redis_db(redis_url)
+    if (prefix, db) == (Config.redis_key_prefix, 0):
+        return Config.commands_channel, Config.events_channel, Config.commands_stream
+    own = f"inventory:{prefix}@{db}"
+    return f"{own}:commands", f"{own}:events", f"{prefix}:commands:stream"
+
+
+def redis_db(url: str | None) -> int:
+    """The database number a Redis URL selects, as redis-py reads it (``?db=`` before the
+    path); 0 for a cluster, which has only that one."""
+    if not url:
+        return 0
+    parts = urlsplit(url)
+    if parts.scheme.endswith("+cluster"):
+        return 0
+    query = parse_qs(parts.query).get("db")
+    path = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
+    number = query[0] if query else path
+    return int(number) if number.isdigit() else 0
 
 
 def durability(value: str) -> str:

@@ -26,8 +26,9 @@ from tests.helpers.processes import (
 
 @pytest.fixture(scope="session", autouse=True)
 def admin_token(database_url: str) -> Iterator[str]:
-    """Servers here require tokens, as deployed: every request to /v1/ carries this run's admin
-    token unless the test gives an Authorization header of its own (None: none at all)."""
+    """Servers here require tokens, as deployed: every request to /v1/ and /metrics carries
+    this run's admin token (of every namespace) unless the test gives an Authorization header
+    of its own (None: none at all)."""
     engine = create_engine(database_url)
     _, token = TokenStore(engine).create("*", "admin", "e2e session")
     engine.dispose()
@@ -35,7 +36,7 @@ def admin_token(database_url: str) -> Iterator[str]:
 
     def request(self: requests.Session, method: str | bytes, url: str | bytes,
                 *args: Any, **kwargs: Any) -> requests.Response:
-        if "/v1/" in str(url):
+        if "/v1/" in str(url) or str(url).endswith("/metrics"):
             headers = dict(kwargs.get("headers") or {})
             headers.setdefault("Authorization", f"Bearer {token}")
             kwargs["headers"] = headers

@@ -14,6 +14,7 @@ import pytest
 import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import make_url
 
 from allocation import views
 from allocation.bootstrap import Application, bootstrap
@@ -27,6 +28,7 @@ from tests.helpers.processes import (
     service_env,
     wait_until,
 )
+from tests.helpers.tcp_proxy import proxy_to
 
 
 @pytest.fixture
@@ -224,6 +226,45 @@ def test_a_redis_error_while_applying_is_retried_then_applied_once(
     assert views.item(app, namespace, "s").consumed == 1
 
 
+def test_a_database_outage_during_a_rebuild_leaves_the_command_pending_then_applies_it_once(
+        start_consumer: Any, stream: Stream, app: Application, config: Config,
+        namespace: str, ledger_workers: Process) -> None:
+    app.bus.handle(commands.InitInventory(namespace, "s", 5))
+    stream.client.delete(app.health.keys.item(namespace, "s"))  # Redis lost it: a rebuild
+    direct = make_url(config.database_url)
+    with proxy_to(direct.port or 5432) as proxy:
+        via_proxy = direct.set(host="127.0.0.1", port=proxy.port).render_as_string(
+            hide_password=False)
+        start_consumer(DATABASE_URL=via_proxy, COMMAND_MAX_DELIVERIES="3")
+        proxy.cut_on(b"")  # the next bytes to the database cut it off, until restored
+        entry = stream.add(command="Decrement", namespace=namespace, sku="s", qty=2,
+                           idempotency_key="outage")
+
+        # Past COMMAND_MAX_DELIVERIES while the database is away: still pending, unanswered.
+        wait_until(lambda: stream.deliveries(entry) >= 5 or bool(stream.client.exists(stream.dead)),
+                   30, "the entry to be delivered again and again")
+        assert (proxy.cuts, stream.client.exists(stream.dead)) == (1, 0)
+        assert stream.matching(idempotency_key="outage") == []
+        assert (stream.length(), stream.pending()) == (1, 1)
+
+        proxy.restore()
+        sold = stream.wait_for(event="Decremented", idempotency_key="outage")
+        assert (sold["qty"], sold["available"]) == (2, 3)
+        wait_until(lambda: (stream.length(), stream.pending()) == (0, 0), 15,
+                   "the entry to be acknowledged and trimmed")
+
+    def in_ledger() -> bool:
+        return any(e.kind == "decrement" for e in views.ledger(app, namespace, "s", 0, 100))
+
+    wait_until(in_ledger, 30, "the ledger worker to write the decrement")
+    assert [(e.kind, e.qty, e.idempotency_key)
+            for e in views.ledger(app, namespace, "s", 0, 100)] == [
+        ("init", 5, None), ("decrement", 2, "outage")]
+    assert len(stream.matching(event="Decremented", idempotency_key="outage")) == 1
+    assert stream.matching(event="CommandRejected") == []
+    assert stream.client.exists(stream.dead) == 0
+
+
 def test_a_poison_entry_goes_to_the_dead_letter_stream(
         start_consumer: Any, stream: Stream, app: Application, namespace: str) -> None:
     app.bus.handle(commands.InitInventory(namespace, "poisoned", 5))
@@ -271,7 +312,8 @@ def test_answered_entries_leave_the_stream(start_consumer: Any, stream: Stream,
     wait_until(lambda: (stream.length(), stream.pending()) == (0, 0), 15,
                "every answered entry to be acknowledged and deleted")
     assert stream.client.exists(stream.dead) == 0
-    assert len(stream.matching(event="Decremented", namespace=namespace)) == 1
+    assert [e.get("replayed", False) for e in stream.matching(
+        event="Decremented", namespace=namespace)] == [False, True]  # applied once
     assert views.item(app, namespace, "s").consumed == 2
     assert consumer.metric("allocation_consumer_commands_total", channel="stream",
                            outcome="applied") >= 3

@@ -7,7 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.e2e.test_dashboard import browser  # noqa: F401 - the headless chromium fixture
 from tests.helpers.processes import wait_until
 
 
@@ -259,3 +263,35 @@ def test_eight_concurrent_buyers_sell_out_without_overselling(api: str, namespac
     assert c.get("hot").json() == item(namespace, "hot", 200, 200)
     ledger = c.ledger("hot", 201, "?limit=1000")
     assert [e["seq"] for e in ledger] == list(range(1, 202))
+
+
+def test_the_docs_page_renders_under_its_content_security_policy(
+        api: str, browser: WebDriver) -> None:  # noqa: F811
+    page = requests.get(f"{api}/docs", timeout=10)
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    browser.get(f"{api}/docs")
+    # Swagger UI drew the document: its script, the page's own and /openapi.json all ran and
+    # loaded under the policy (an inline script would have been blocked, and nothing drawn).
+    WebDriverWait(browser, 20, poll_frequency=0.1).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) > 10,
+        "Swagger UI to draw the operations")
+    title = browser.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text
+    assert title.startswith("allocation: flash-sale inventory")
+
+
+def test_strict_input_over_the_real_server(api: str, namespace: str) -> None:
+    """A misspelt field, a loose query integer, a repeated parameter: 400 naming it, through
+    the server's own front ends (the fast lane takes the sale), and nothing changes."""
+    c = Client(api, namespace)
+    assert c.init("s", 5).status_code == 201
+    misspelt = c.http.post(c.url("/reservations"), timeout=10,
+                           json={"lines": [{"sku": "s", "qty": 1}], "ttl_second": 5},
+                           headers={"Idempotency-Key": "typo"})
+    sale = c.move("s", "decrements", {"qty": 1, "buyr": "ann"}, "typo-sale")
+    for answer, field in ((misspelt, "ttl_second"), (sale, "buyr")):
+        assert (answer.status_code, answer.json()["field"]) == (400, field), answer.text
+    for query, field in (("limit=%2B5", "limit"), ("limit=5.0", "limit"),
+                         ("limit=1_0", "limit"), ("limit=1&limit=2", "limit")):
+        page = c.http.get(c.url(f"/items?{query}"), timeout=10)
+        assert (page.status_code, page.json()["field"]) == (400, field), query
+    assert c.get("s").json() == item(namespace, "s", 5, 0)

@@ -41,14 +41,17 @@ def consumer_health(service_config: Config) -> Iterator[str]:
 
 
 @pytest.fixture
-def prometheus(api: str, consumer_health: str, tmp_path: Path) -> Iterator[str]:
-    """Prometheus from deploy/prometheus.yml, scraping every second; its base URL."""
+def prometheus(api: str, consumer_health: str, tmp_path: Path, admin_token: str
+               ) -> Iterator[str]:
+    """Prometheus from deploy/prometheus.yml, scraping every second with the token file it
+    names (this run's token of every namespace); its base URL."""
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(DEPLOY / path) for path in config["rule_files"]]
     here = {"allocation-api": api.removeprefix("http://"), "allocation-consumer": consumer_health}
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [here[job["job_name"]]]}]
+    (tmp_path / "metrics.token").write_text(admin_token)
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 
+from allocation.adapters.redis_keys import KeySpace
 from allocation.config import Config
 from tests.helpers.processes import Process, allocation_command, service_env, wait_until
 
@@ -118,6 +119,51 @@ def test_a_reservation_over_pubsub_is_held_then_confirmed(consumer: Process, cha
     assert consumer.alive()
 
 
+def test_a_command_repeated_with_its_key_publishes_its_first_answer_again(
+        consumer: Process, channels: Channels, namespace: str) -> None:
+    wait_until(lambda: channels.listeners() > 0, 15, "the consumer to subscribe")
+    channels.send(command="InitInventory", namespace=namespace, sku="s", total=4)
+    channels.wait_for(event="InventoryInitialized", namespace=namespace)
+
+    def first_then_again(event: str, **message: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        channels.send(**message)
+        first = channels.wait_for(event=event, idempotency_key=message["idempotency_key"])
+        channels.send(**message)  # no answer seen, say: the publisher sends it again
+        again = channels.wait_for(event=event, idempotency_key=message["idempotency_key"],
+                                  replayed=True)
+        return first, again
+
+    sold, sold_again = first_then_again("Decremented", command="Decrement",
+                                        namespace=namespace, sku="s", qty=2,
+                                        idempotency_key="d1", buyer="ann")
+    refunded, refunded_again = first_then_again("Refunded", command="Refund",
+                                                namespace=namespace, sku="s", qty=1,
+                                                idempotency_key="r1")
+    refused, refused_again = first_then_again("CommandRejected", command="Decrement",
+                                              namespace=namespace, sku="s", qty=9,
+                                              idempotency_key="big")
+    held, held_again = first_then_again("Reserved", command="Reserve", namespace=namespace,
+                                        lines=[{"sku": "s", "qty": 1}], ttl_seconds=60,
+                                        idempotency_key="cart")
+    # Movements: the first answer byte for byte, figures of its moment included (the item has
+    # moved on since: 4 - 2 + 1 - 1 held).
+    assert "replayed" not in sold and sold_again == {**sold, "replayed": True}
+    assert (sold["available"], sold["buyer"]) == (2, "ann")
+    assert refunded_again == {**refunded, "replayed": True}
+    assert refused["reason"] == "insufficient_stock"
+    assert refused_again == {**refused, "replayed": True}
+    # A reservation: the same reservation and line, where it stands now.
+    assert (held_again["reservation_id"], held_again["sku"], held_again["qty"],
+            held_again["state"]) == (held["reservation_id"], "s", 1, "held")
+    # Each applied once: one first answer each, and the figures say so.
+    for event, key in (("Decremented", "d1"), ("Refunded", "r1"), ("Reserved", "cart")):
+        assert len([e for e in channels.received if e["event"] == event
+                    and e.get("idempotency_key") == key and not e.get("replayed")]) == 1
+    channels.send(command="AdjustTotal", namespace=namespace, sku="s", delta=0)
+    after = channels.wait_for(event="TotalAdjusted", namespace=namespace)
+    assert (after["total"], after["consumed"], after["held"]) == (4, 1, 1)
+
+
 def test_malformed_messages_are_answered_and_the_consumer_keeps_running(
         consumer: Process, channels: Channels, namespace: str) -> None:
     wait_until(lambda: channels.listeners() > 0, 15, "the consumer to subscribe")
@@ -130,6 +176,10 @@ def test_malformed_messages_are_answered_and_the_consumer_keeps_running(
     channels.send(command="Decrement", namespace=namespace, sku="s", qty=1)
     assert "idempotency_key" in channels.wait_for(
         event="CommandRejected", command="Decrement", idempotency_key=None)["message"]
+    channels.send(command="Decrement", namespace=namespace, sku="s", qty=1,
+                  idempotency_key="misspelt", buyr="ann")  # a field Decrement does not define
+    misspelt = channels.wait_for(event="CommandRejected", idempotency_key="misspelt")
+    assert misspelt["reason"] == "invalid_message" and "buyr" in misspelt["message"]
     channels.send(command="Explode", namespace=namespace, sku="s")
     assert channels.wait_for(event="CommandRejected", command="Explode")["reason"] == (
         "invalid_message")
@@ -183,8 +233,10 @@ def test_the_command_stream_keeps_commands_while_no_consumer_runs(
         channels.wait_for(event="CommandRejected", namespace=namespace, reason="invalid_message")
         add(command="Refund", namespace=namespace, sku="s", qty=1, idempotency_key="r1")
         assert channels.wait_for(event="Refunded", namespace=namespace)["available"] == 4
-        assert [e["event"] for e in channels.received if e.get("namespace") == namespace
-                and e["event"] == "Decremented"] == ["Decremented"]  # the resend had no effect
+        # The resend had no effect: its answer is the first one again, marked so.
+        assert [e.get("replayed", False) for e in channels.received
+                if e.get("namespace") == namespace and e["event"] == "Decremented"] == [
+            False, True]
         def all_acknowledged() -> bool:
             summary: dict[str, int] = client.xpending(stream, "allocation")  # type: ignore[no-untyped-call]
             return summary["pending"] == 0
@@ -192,3 +244,80 @@ def test_the_command_stream_keeps_commands_while_no_consumer_runs(
         wait_until(all_acknowledged, 15, "every stream entry to be acknowledged")
     finally:
         consumer.stop()
+
+
+def test_two_deployments_on_one_redis_never_hear_each_others_commands(
+        service_config: Config, namespace: str) -> None:
+    """Two deployments (key prefixes) on one Redis server, each with its consumer, on the
+    default names: a command for one is applied by it alone and answered to its publisher
+    alone, over pub/sub and over the command stream."""
+    deployments: dict[str, Config] = {}
+    consumers: list[Process] = []
+    clients: list[redis.Redis[bytes]] = []
+    try:
+        for name in ("a", "b"):
+            env = service_env(service_config)
+            for own_name in ("COMMANDS_CHANNEL", "EVENTS_CHANNEL", "COMMANDS_STREAM"):
+                del env[own_name]  # the deployment's defaults
+            env["REDIS_KEY_PREFIX"] = f"{service_config.redis_key_prefix}:{name}{namespace}"
+            deployments[name] = Config.from_env(env)
+            consumer = Process(allocation_command("consume", "--name", name), env)
+            consumer.start()
+            consumers.append(consumer)
+        a, b = deployments["a"], deployments["b"]
+        assert a.redis_url is not None
+        client = redis.Redis.from_url(a.redis_url)
+        clients.append(client)
+        heard: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+        listeners = {}
+        for name, config in deployments.items():
+            listeners[name] = client.pubsub(ignore_subscribe_messages=True)
+            listeners[name].subscribe(config.events_channel)
+
+        def collect() -> None:
+            for name, listener in listeners.items():
+                while (message := listener.get_message(timeout=0.01)) is not None:
+                    heard[name].append(json.loads(message["data"]))
+
+        def answered(name: str, **match: Any) -> bool:
+            collect()
+            return any(all(e.get(k) == v for k, v in match.items()) for e in heard[name])
+
+        def subscribed() -> bool:
+            counts = [int(n) for _, n in client.pubsub_numsub(a.commands_channel,
+                                                               b.commands_channel)]
+            return all(n > 0 for n in counts)
+
+        wait_until(subscribed, 30, "both consumers to subscribe")
+        client.publish(a.commands_channel, json.dumps(
+            {"command": "InitInventory", "namespace": namespace, "sku": "s", "total": 3}))
+        wait_until(lambda: answered("a", event="InventoryInitialized"), 30,
+                   "deployment a to apply its command")
+        client.publish(a.commands_channel, json.dumps(
+            {"command": "Decrement", "namespace": namespace, "sku": "s", "qty": 1,
+             "idempotency_key": "over-pubsub"}))
+        wait_until(lambda: answered("a", event="Decremented", idempotency_key="over-pubsub"),
+                   30, "deployment a to apply its command")
+        client.xadd(a.commands_stream, {"message": json.dumps(
+            {"command": "Decrement", "namespace": namespace, "sku": "s", "qty": 1,
+             "idempotency_key": "over-the-stream"})})
+        wait_until(lambda: answered("a", event="Decremented", idempotency_key="over-the-stream"),
+                   30, "deployment a to apply the stream's command")
+        # b answers a command of its own: by then it would have applied a's, had it heard them.
+        client.publish(b.commands_channel, json.dumps(
+            {"command": "InitInventory", "namespace": namespace, "sku": "mine", "total": 1}))
+        wait_until(lambda: answered("b", event="InventoryInitialized", sku="mine"), 30,
+                   "deployment b to answer its own command")
+        assert [e["event"] for e in heard["b"]] == ["InventoryInitialized"]
+        assert [(e["event"], e.get("available")) for e in heard["a"]] == [
+            ("InventoryInitialized", 3), ("Decremented", 2), ("Decremented", 1)]
+        b_keys = KeySpace(b.redis_key_prefix, b.partitions)
+        assert client.exists(b_keys.item(namespace, "s")) == 0  # b's counter never had it
+        assert client.xlen(b.commands_stream) == 0
+        for listener in listeners.values():
+            listener.close()
+    finally:
+        for consumer in consumers:
+            consumer.stop()
+        for c in clients:
+            c.close()

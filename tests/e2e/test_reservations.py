@@ -6,15 +6,21 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
+import pytest
+import redis
 import requests
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from tests.helpers.processes import wait_until
+from allocation.adapters.redis_keys import KeySpace
+from allocation.adapters.token_store import TokenStore
+from allocation.config import Config
+from tests.helpers.processes import Process, serve, wait_until
 
 
 class Shop:
@@ -169,3 +175,125 @@ def test_a_hold_expires_and_its_stock_sells_to_others_within_a_second(
     assert shop.item("last")["consumed"] == 1
     state = shop.http.get(f"{shop.base}/reservations/{held.json()['id']}", timeout=10).json()
     assert state["state"] == "expired"
+
+
+def holds_in_redis(config: Config, namespace: str, sku: str) -> int:
+    keys = KeySpace(config.redis_key_prefix, config.partitions)
+    client = redis.Redis.from_url(config.redis_url or "")
+    try:
+        return int(client.hlen(keys.holds(namespace, sku)))
+    finally:
+        client.close()
+
+
+def holds_in_ledger(engine: Engine, namespace: str) -> list[tuple[str, str, int]]:
+    with engine.connect() as conn:
+        return [(rid, sku, qty) for rid, sku, qty in conn.execute(text(
+            "SELECT reservation_id, sku, qty FROM inventory_ledger WHERE namespace = :ns AND "
+            "kind = 'hold' ORDER BY sku"), {"ns": namespace})]
+
+
+def test_one_key_names_one_reservation_whatever_the_body(
+        api: str, namespace: str, engine: Engine, service_config: Config) -> None:
+    shop = Shop(api, namespace)
+    skus = [f"k{n}" for n in range(20)]
+    for sku in skus:
+        shop.put(sku, 100)
+    first = shop.reserve("one-key", [("k0", 1), ("k1", 2)], buyer="ann")
+    assert first.status_code == 201, first.text
+    others: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
+        ([("k1", 2), ("k0", 1)], {"buyer": "ann"}),  # the same lines in another order
+        ([("k5", 1), ("k0", 1), ("k1", 2)], {"buyer": "ann"}),  # another first line
+        ([("k0", 1), ("k1", 3)], {"buyer": "ann"}),  # another quantity
+        ([("k0", 1), ("k1", 2)], {"buyer": "bob"}),  # another buyer
+        ([("k0", 1), ("k1", 2)], {}),  # no buyer
+        *(([(sku, 1)], {"buyer": "ann"}) for sku in skus),  # 20 single-line bodies
+    ]
+    for lines, extra in others:
+        again = shop.reserve("one-key", lines, **extra)
+        assert again.status_code == 422, (lines, extra, again.text)
+        assert again.json()["error"] == "idempotency_key_reused"
+    ttl = shop.reserve("one-key", [("k0", 1), ("k1", 2)], ttl=601, buyer="ann")
+    assert ttl.status_code == 422, ttl.text
+    replay = shop.reserve("one-key", [("k0", 1), ("k1", 2)], buyer="ann")
+    assert (replay.status_code, replay.content) == (201, first.content)
+    # One reservation, held once: in Redis and in the ledger.
+    assert [holds_in_redis(service_config, namespace, sku) for sku in skus] == [1, 1] + [0] * 18
+    assert [(shop.item(sku)["held"]) for sku in ("k0", "k1", "k5")] == [1, 2, 0]
+    rid = first.json()["id"]
+    wait_until(lambda: len(holds_in_ledger(engine, namespace)) >= 2, 30, "the holds' entries")
+    assert holds_in_ledger(engine, namespace) == [(rid, "k0", 1), (rid, "k1", 2)]
+
+
+def test_a_replayed_create_answers_its_first_response_byte_for_byte(
+        api: str, namespace: str) -> None:
+    shop = Shop(api, namespace)
+    shop.put("r", 5)
+    for step in ("confirm", "extend", "release"):
+        made = shop.reserve(f"then-{step}", [("r", 1)], ttl=60)
+        assert made.status_code == 201, made.text
+        assert "Idempotent-Replayed" not in made.headers
+        rid = made.json()["id"]
+        if step == "extend":
+            ended = shop.http.post(f"{shop.base}/reservations/{rid}/extend", timeout=10,
+                                   json={"ttl_seconds": 3600})
+            assert ended.json()["expires_at"] != made.json()["expires_at"]
+        else:
+            ended = shop.step(rid, step)
+        assert ended.status_code == 200, ended.text
+        replay = shop.reserve(f"then-{step}", [("r", 1)], ttl=60)
+        assert (replay.status_code, replay.content) == (201, made.content), step
+        assert replay.headers["Idempotent-Replayed"] == "true"
+    # A refusal replays as it was first answered, though the stock is there by now.
+    refused = shop.reserve("too-many", [("r", 5)])
+    assert refused.status_code == 409 and refused.json()["error"] == "insufficient_stock"
+    assert "Idempotent-Replayed" not in refused.headers
+    shop.http.post(f"{shop.base}/items/r/adjustments", json={"delta": 10}, timeout=10,
+                   headers={"Idempotency-Key": "more"})
+    replay = shop.reserve("too-many", [("r", 5)])
+    assert (replay.status_code, replay.content) == (409, refused.content)
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert shop.item("r")["held"] == 1  # the extended one; the refusal's replay held nothing
+
+
+@pytest.fixture
+def capped_api(service_config: Config, ledger_workers: Process) -> Iterator[str]:
+    yield from serve(service_config, {"MAX_OPEN_RESERVATIONS_PER_BUYER": "3",
+                                      "MAX_OPEN_RESERVATIONS_PER_TOKEN": "12"})
+
+
+def test_hoarding_is_bounded_per_line_per_buyer_and_per_token(
+        capped_api: str, namespace: str, engine: Engine) -> None:
+    shop = Shop(capped_api, namespace)
+    shop.put("big", 500)
+    shop.put("other", 500)
+    # A cart of one sku may not add up to more than one line may hold.
+    merged = shop.reserve("merged", [("big", 1_000_000)] * 100)
+    assert merged.status_code == 400, merged.text
+    assert (merged.json()["error"], merged.json()["field"]) == ("invalid_field", "lines")
+    assert shop.reserve("merged-2", [("big", 600_000), ("other", 1), ("big", 400_001)]
+                        ).json()["field"] == "lines"
+    assert shop.item("big")["held"] == 0
+    # One buyer, ten carts at once: three held, the others refused, whichever worker took them.
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda n: shop.reserve(f"b{n}", [("big", 1)], buyer="hoarder"),
+                                range(10)))
+    assert sorted(a.status_code for a in answers) == [201] * 3 + [429] * 7
+    refusal = next(a.json() for a in answers if a.status_code == 429)
+    assert (refusal["error"], refusal["limit"]) == ("too_many_open_reservations", 3)
+    assert shop.item("big")["held"] == 3
+    # An ended reservation no longer counts: the buyer may hold another.
+    held = [a.json()["id"] for a in answers if a.status_code == 201]
+    assert shop.step(held[0], "confirm").status_code == 200
+    assert shop.reserve("b-next", [("big", 1)], buyer="hoarder").status_code == 201
+    assert shop.reserve("b-over", [("big", 1)], buyer="hoarder").status_code == 429
+    # A token of its own: at most twelve open reservations a server process.
+    _, token = TokenStore(engine).create(namespace, "sell", "hoarding test")
+    made = [shop.http.post(f"{shop.base}/reservations", timeout=10, json={
+        "lines": [{"sku": "other", "qty": 1}], "buyer": f"buyer-{n}"}, headers={
+        "Idempotency-Key": f"t{n}", "Authorization": f"Bearer {token}"}) for n in range(30)]
+    statuses = [m.status_code for m in made]
+    assert set(statuses) == {201, 429}, statuses
+    assert 12 <= statuses.count(201) <= 24  # two workers, twelve each at most
+    assert made[-1].json()["error"] == "too_many_open_reservations"
+    assert shop.item("other")["held"] == statuses.count(201)

@@ -263,9 +263,9 @@ class ReservationContract(abc.ABC):
                                              buyer=buyer, fingerprint=repr((lines, buyer)))
 
     def step(self, step: Step, rid: str, ttl_ms: int = 0) -> Reserved:
-        found = self.counter.reservation_lines(self.ns, rid)
-        lines = found[0] if found else ()
-        return self.counter.reservation_step(step, self.ns, rid, lines, ttl_ms=ttl_ms)
+        lines, buyer = self.counter.reservation_lines(self.ns, rid) or ((), None)
+        return self.counter.reservation_step(step, self.ns, rid, lines, ttl_ms=ttl_ms,
+                                             buyer=buyer)
 
     def available(self, sku: str) -> tuple[int, int, int]:
         figures = self.counter.read(self.ns, sku)
@@ -273,7 +273,7 @@ class ReservationContract(abc.ABC):
         return figures.consumed, figures.held, figures.available
 
     def rid(self, seed: str) -> str:
-        return self.counter.reservation_id(self.ns, self.skus(1)[0], seed)
+        return self.counter.reservation_id(self.ns, seed)
 
     def test_a_cart_is_held_whole_or_not_at_all(self) -> None:
         a, b = self.skus(2)
@@ -298,6 +298,55 @@ class ReservationContract(abc.ABC):
             "ok", True, first.created_ms, first.expires_ms)
         assert self.hold(self.rid("r"), [(a, 3)]).status == "idempotency_key_reused"
         assert self.available(a) == (0, 2, 8)
+
+    def test_one_key_is_one_reservation_whatever_the_lines(self) -> None:
+        a, b, c = self.skus(3)
+        for sku in (a, b, c):
+            self.counter.load(self.ns, sku, 10, 0, 1)
+        rid = self.rid("k")
+        assert self.hold(rid, [(a, 1), (b, 2)]).ok
+        for lines in ([(b, 2), (a, 1)], [(c, 1), (a, 1), (b, 2)], [(a, 1), (b, 3)], [(c, 1)],
+                      [(a, 1)]):
+            assert self.hold(rid, lines).status == "idempotency_key_reused", lines
+        assert [self.available(sku) for sku in (a, b, c)] == [(0, 1, 9), (0, 2, 8), (0, 0, 10)]
+
+    def test_a_replay_answers_as_the_hold_first_did_whatever_came_since(self) -> None:
+        a, b = self.skus(2)
+        self.counter.load(self.ns, a, 10, 0, 1)
+        self.counter.load(self.ns, b, 10, 0, 1)
+        rid = self.rid("r")
+        first = self.hold(rid, [(a, 1), (b, 1)])
+        assert self.step("extend", rid, 600_000).expires_ms > first.expires_ms
+        assert self.step("confirm", rid).state == "confirmed"
+        again = self.hold(rid, [(a, 1), (b, 1)])
+        assert (again.status, again.state, again.created_ms, again.expires_ms,
+                again.replayed) == ("ok", "held", first.created_ms, first.expires_ms, True)
+        assert [self.available(sku) for sku in (a, b)] == [(1, 0, 9), (1, 0, 9)]
+
+    def test_a_buyers_open_reservations_are_capped(self) -> None:
+        a, b = self.skus(2)
+        self.counter.load(self.ns, a, 100, 0, 1)
+        self.counter.load(self.ns, b, 100, 0, 1)
+
+        def hold(seed: str, ttl_ms: int = 60_000, buyer: str = "bo") -> Reserved:
+            return self.counter.reservation_step(
+                "hold", self.ns, self.rid(seed), [(a, 1), (b, 1)], ttl_ms=ttl_ms, buyer=buyer,
+                fingerprint=seed, open_cap=2)
+
+        assert hold("r1").ok and hold("r2", ttl_ms=500).ok
+        refused = hold("r3")
+        assert (refused.status, refused.detail) == ("too_many_open_reservations", 2)
+        assert hold("r3").replayed  # remembered as refused, like any refusal
+        assert hold("x1", buyer="other").ok  # another buyer's cap
+        assert [self.available(sku) for sku in (a, b)] == [(0, 3, 97), (0, 3, 97)]
+        assert self.step("release", self.rid("r1")).ok  # ended: it no longer counts
+        assert hold("r4").ok
+        assert hold("r5").status == "too_many_open_reservations"
+        self.pass_time(1000)  # r2 expired: it counts no more
+        assert hold("r6").ok
+        assert self.step("confirm", self.rid("r4")).ok
+        assert hold("r7").ok
+        assert [self.available(sku) for sku in (a, b)] == [(1, 3, 96), (1, 3, 96)]
 
     def test_confirm_sells_and_ends_it_once(self) -> None:
         a, b = self.skus(2)
@@ -549,7 +598,7 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
         @rule(qty=st.integers(1, 6), buyer=st.sampled_from([None, "x", "y"]))
         def hold(self, qty: int, buyer: str | None) -> None:
             self.tries = getattr(self, "tries", 0) + 1  # a fresh key (and id) each time
-            rid = self.counter.reservation_id(self.ns, "sku", f"h{self.tries}")
+            rid = self.counter.reservation_id(self.ns, f"h{self.tries}")
             ttl = 1000 if self.moves_clock else 3_600_000
             got = self.counter.reservation_step("hold", self.ns, rid, [("sku", qty)],
                                                 ttl_ms=ttl, buyer=buyer, fingerprint=str(qty))
@@ -654,7 +703,7 @@ class OutboxContract(abc.ABC):
     def test_an_extension_is_an_extend_movement_of_each_line_with_its_new_expiry(
             self) -> None:
         self.counter.load(self.ns, "b", 5, 0, 1)
-        rid = self.counter.reservation_id(self.ns, "sku", "r")
+        rid = self.counter.reservation_id(self.ns, "r")
         lines = [("sku", 2), ("b", 1)]
         self.counter.reservation_step("hold", self.ns, rid, lines, ttl_ms=60_000, buyer="ann",
                                       fingerprint="f")
@@ -730,7 +779,7 @@ def check_reserved_events(counter: RedisCounter, namespace: str, skus: list[str]
         lines = [(sku, n + 1) for n, sku in enumerate(skus)]
         for sku, _ in lines:
             counter.load(namespace, sku, 10, 0, 1)
-        rid = counter.reservation_id(namespace, skus[0], "cart-key")
+        rid = counter.reservation_id(namespace, "cart-key")
         held = counter.reservation_step("hold", namespace, rid, lines, ttl_ms=60_000,
                                         fingerprint="f", idempotency_key="cart-key")
         assert held.ok, held

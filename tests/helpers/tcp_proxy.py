@@ -1,6 +1,8 @@
 """A TCP proxy between a client process and a server, for cutting the connection at a chosen
 moment: when the client sends a given message (a COPY, a COMMIT), the proxy drops every
-connection (before or after passing that message on) and refuses new ones until restored."""
+connection (before or after passing that message on) and refuses new ones until restored.
+Or for a partition: ``partition`` stops forwarding (connections stay open and hang, new ones
+are accepted and hang too) until ``heal``."""
 
 from __future__ import annotations
 
@@ -24,6 +26,16 @@ class TcpProxy:
         self.cuts = 0
         self.refused = 0  # connections refused while down
         self.triggered = threading.Event()
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._held: list[socket.socket] = []  # accepted while partitioned
+
+    def partition(self) -> None:
+        """Stop forwarding anything, either way, without closing a connection."""
+        self._flowing.clear()
+
+    def heal(self) -> None:
+        self._flowing.set()
 
     def cut_on(self, trigger: bytes, *, after_forwarding: bool = False) -> None:
         """Cut everything the next time a client sends ``trigger``; stay down until
@@ -42,8 +54,13 @@ class TcpProxy:
 
     def close(self) -> None:
         self._closing = True
+        self._flowing.set()
         self._listener.close()
         self._cut()
+        with self._lock:
+            held, self._held = self._held, []
+        for client in held:
+            _close(client)
 
     def _accept(self) -> None:
         while not self._closing:
@@ -56,6 +73,10 @@ class TcpProxy:
             if down:
                 self.refused += 1
                 client.close()
+                continue
+            if not self._flowing.is_set():
+                with self._lock:
+                    self._held.append(client)  # never answered: its connect hangs
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
@@ -76,6 +97,9 @@ class TcpProxy:
                 data = source.recv(65536)
                 if not data:
                     break
+                while not self._flowing.wait(0.5):
+                    if self._closing:
+                        return
                 if from_client and self._fires(data):
                     with self._lock:
                         forward = self._forward_trigger

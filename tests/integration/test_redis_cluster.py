@@ -11,12 +11,13 @@ import uuid
 from collections import Counter as Tally
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from sqlalchemy.engine import Engine
 
-from allocation.adapters.counter import Counter
+from allocation.adapters.counter import Counter, Reserved
 from allocation.adapters.outbox import Outbox
 from allocation.adapters.redis_client import connect
 from allocation.adapters.redis_counter import RedisCounter
@@ -101,6 +102,78 @@ def test_a_cart_across_slots_publishes_reserved_events_with_the_requests_key() -
     for sku in (f"c{i}" for i in range(1000)):
         skus.setdefault(counter.keys.partition(ns, sku), sku)
     check_reserved_events(counter, ns, list(skus.values())[:3])
+
+
+def test_a_cart_that_meets_another_carts_unfinished_step_waits_for_it() -> None:
+    """Another cart's coordinator holds the last unit of x for a moment (its step unfinished):
+    a cart that needs it tries again while it is held, and gets it once that cart is undone."""
+    counter = cluster_counter()
+    ns = "ns-" + uuid.uuid4().hex[:8]
+    spread = TestClusterCartsAcrossSlots()
+    spread.counter, spread.ns = counter, ns
+    x, y = spread.skus(2)  # two slots
+    counter.load(ns, x, 1, 0, 1)
+    counter.load(ns, y, 1, 0, 1)
+    other = counter.reservation_id(ns, "other")
+    assert counter.part_step("hold", ns, other, [(x, 1)], 2**41).ok  # its tentative hold
+    tried: list[str] = []
+    part_step = counter.part_step
+
+    def recorded(op: str, *args: Any, **kwargs: Any) -> Reserved:
+        answer = part_step(op, *args, **kwargs)
+        if op == "hold":
+            tried.append(answer.status)
+        return answer
+
+    counter.part_step = recorded  # type: ignore[method-assign]
+    mine = counter.reservation_id(ns, "mine")
+    result: list[Reserved] = []
+    cart = threading.Thread(target=lambda: result.append(counter.reservation_step(
+        "hold", ns, mine, [(x, 1), (y, 1)], ttl_ms=60_000, fingerprint="f")))
+    cart.start()
+    wait_until(lambda: "insufficient_stock" in tried or not cart.is_alive(), 10,
+               "the cart to meet the held unit")
+    part_step("release", ns, other, [(x, 1)], 2**41)  # the other cart is undone
+    cart.join(10)
+    assert [r.status for r in result] == ["ok"], tried
+    # Units sold, not held: the refusal stands at once, with no second try.
+    assert counter.reservation_step("confirm", ns, mine, [(x, 1), (y, 1)]).ok
+    tried.clear()
+    late = counter.reservation_step("hold", ns, counter.reservation_id(ns, "late"),
+                                    [(x, 1), (y, 1)], ttl_ms=60_000, fingerprint="g")
+    assert (late.status, tried) == ("insufficient_stock", ["insufficient_stock"])
+
+
+def test_a_cart_in_one_other_slot_lives_there_and_its_key_keeps_only_a_claim() -> None:
+    counter = cluster_counter()
+    ns = "ns-" + uuid.uuid4().hex[:8]
+    rid = counter.reservation_id(ns, "k")
+    key_slot = int(rid.partition(".")[0])
+    sku = next(f"s{n}" for n in range(1000) if counter.keys.partition(ns, f"s{n}") != key_slot)
+    there = counter.keys.partition(ns, sku)
+    counter.load(ns, sku, 5, 0, 1)
+    held = counter.reservation_step("hold", ns, rid, [(sku, 2)], ttl_ms=60_000, fingerprint="f")
+    assert held.ok
+    record, claim = (counter.keys.reservation(ns, p, rid) for p in (there, key_slot))
+    assert counter.client.hget(record, "state") == b"held"
+    assert counter.client.hmget(claim, ["state", "fp"]) == [b"claimed", b"f"]
+    other = next(f"o{n}" for n in range(1000)
+                 if counter.keys.partition(ns, f"o{n}") not in (there, key_slot))
+    counter.load(ns, other, 5, 0, 1)
+    assert counter.reservation_step("hold", ns, rid, [(other, 1)], ttl_ms=60_000,
+                                    fingerprint="g").status == "idempotency_key_reused"
+    # Redis lost both: put back from the ledger, the reservation is where its lines are again.
+    counter.client.delete(record)
+    counter.client.delete(claim)
+    counter.restore_reservation(ns, rid, [(sku, 2)], None, "held", held.created_ms,
+                                held.expires_ms, "f")
+    again = counter.reservation_step("hold", ns, rid, [(sku, 2)], ttl_ms=60_000,
+                                     fingerprint="f")
+    assert (again.status, again.replayed, again.expires_ms) == ("ok", True, held.expires_ms)
+    assert counter.reservation_step("hold", ns, rid, [(other, 1)], ttl_ms=60_000,
+                                    fingerprint="g").status == "idempotency_key_reused"
+    assert counter.reservation_step("confirm", ns, rid, [(sku, 2)]).state == "confirmed"
+    assert [f.consumed for f in counter.read_many(ns, [sku, other]) if f] == [2, 0]
 
 
 class TestClusterOutbox(OutboxContract):
@@ -206,6 +279,37 @@ def test_carts_across_slots_hold_all_or_nothing_under_contention(
                                for sku, n in sold.items()), 60, "the ledger")
 
 
+@pytest.mark.parametrize("where", ["one Redis", "cluster"])
+def test_one_key_holds_one_reservation_whatever_the_body(
+        where: str, service_config: Config, redis_cluster: LocalCluster, engine: Engine,
+        namespace: str) -> None:
+    config = dataclasses.replace(service_config, durability="async",
+                                 redis_key_prefix=f"k{uuid.uuid4().hex[:6]}")
+    if where == "cluster":
+        config = dataclasses.replace(config, redis_url=redis_cluster.url)
+    app = bootstrap(config)
+    skus = [f"s{n}" for n in range(20)]
+    app.bus.handle(commands.InitMany(namespace, tuple((sku, 100) for sku in skus)))
+    with ledger_threads(config, 1):
+        made = app.bus.handle(commands.Reserve(namespace, (("s0", 1), ("s1", 2)), "key"))
+        for lines in ((("s1", 2), ("s0", 1)), (("s7", 1), ("s0", 1), ("s1", 2)),
+                      (("s0", 1), ("s1", 3)), *(((sku, 1),) for sku in skus)):
+            with pytest.raises(errors.IdempotencyKeyReused):
+                app.bus.handle(commands.Reserve(namespace, lines, "key"))
+        again = app.bus.handle(commands.Reserve(namespace, (("s0", 1), ("s1", 2)), "key"))
+        assert (again.id, again.replayed) == (made.id, True)
+        assert isinstance(app.counter, RedisCounter)
+        keys = app.counter.keys
+        assert [app.counter.client.hlen(keys.holds(namespace, sku)) for sku in skus] == [
+            1, 1] + [0] * 18
+        wait_until(lambda: stored(engine, namespace, "s0")[2] == 2
+                   and stored(engine, namespace, "s1")[2] == 2, 60, "the ledger")
+    held = {sku: [(kind, qty) for _, kind, qty, _ in ledger_rows(engine, namespace, sku)
+                  if kind == "hold"] for sku in skus}
+    assert {sku: rows for sku, rows in held.items() if rows} == {
+        "s0": [("hold", 1)], "s1": [("hold", 2)]}
+
+
 def test_a_coordinator_killed_mid_cart_leaves_nothing_held_past_the_expiry(
         redis_cluster: LocalCluster) -> None:
     counter = cluster_counter()
@@ -215,7 +319,10 @@ def test_a_coordinator_killed_mid_cart_leaves_nothing_held_past_the_expiry(
     a, b, c = spread.skus(3)
     for sku in (a, b, c):
         counter.load(ns, sku, 4, 0, 1)
-    rid = counter.reservation_id(ns, a, "k")
+    # A key whose reservation lives in a's slot, so that the first step holds a there.
+    rid = next(rid for n in range(10_000) if int(
+        (rid := counter.reservation_id(ns, f"k{n}")).partition(".")[0]) == counter.keys.partition(
+            ns, a))
     lines = [(a, 1), (b, 2), (c, 3)]
     # The coordinator's first two steps, then it dies: the home holds "pending", one slot held.
     first = counter.home_step("hold", ns, rid, [(a, 1)], ttl_ms=500, whole=False,

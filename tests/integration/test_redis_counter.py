@@ -58,6 +58,23 @@ class TestRedisCounter(RedisRecordTtls, ReservationContract, LimitContract, Coun
         url, keys = REDIS
         return RedisCounter(redis.Redis.from_url(url), keys, ttl, refusal_ttl=refusal_ttl)
 
+    def test_the_sweeper_leaves_no_item_listed_due_in_a_reservations_partition(self) -> None:
+        """On one Redis a reservation lives in the partition its key names, and its lines'
+        items are listed due in that partition's index: the sweep clears them there too."""
+        assert isinstance(self.counter, RedisCounter)
+        keys = self.counter.keys
+        sku = "swept"
+        rid = next(rid for n in range(1000) if int((rid := self.rid(f"s{n}")).partition(".")[0])
+                   != keys.partition(self.ns, sku))
+        self.counter.load(self.ns, sku, 5, 0, 1)
+        assert self.hold(rid, [(sku, 2)], ttl_ms=200).ok
+        home = keys.due(int(rid.partition(".")[0]))
+        assert self.counter.client.zscore(home, f"{self.ns}\n{sku}") is not None
+        self.pass_time(300)
+        self.counter.sweep()
+        assert self.counter.client.zscore(home, f"{self.ns}\n{sku}") is None
+        assert self.available(sku) == (0, 0, 5)
+
     def test_a_record_an_older_version_wrote_still_replays(self) -> None:
         """Before 0.8 an idempotency record had no seq: "fingerprint|status|total|consumed"."""
         counter = make_redis_counter()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -9,10 +12,21 @@ import pytest
 from werkzeug.test import Client
 
 from allocation.adapters.token_store import Grant, digest
-from allocation.entrypoints.access import AccessGuard, TokenCache, role_needed
+from allocation.entrypoints.access import (
+    LOOKUPS,
+    AccessGuard,
+    TokenCache,
+    canonical,
+    role_needed,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+
+def tok(name: str) -> str:
+    """A token of the minted format, named for the test."""
+    return f"alloc_{name:_<43}"
 
 
 class FakeStore:
@@ -21,9 +35,10 @@ class FakeStore:
         self.finds = 0
         self.touched: list[str] = []
         self.down = False
+        self.hang: threading.Event | None = None  # set: find waits for it (a partition)
 
     def add(self, token: str, namespace: str, role: str) -> None:
-        self.grants[digest(token)] = Grant(f"id-{token}", namespace, role)
+        self.grants[digest(tok(token))] = Grant(f"id-{token}", namespace, role)
 
     def active(self) -> dict[str, Grant]:
         if self.down:
@@ -32,6 +47,8 @@ class FakeStore:
 
     def find(self, token_hash: str) -> Grant | None:
         self.finds += 1
+        if self.hang is not None:
+            self.hang.wait(10)
         if self.down:
             raise ConnectionError("the database is away")
         return self.grants.get(token_hash)
@@ -63,14 +80,18 @@ def store() -> FakeStore:
     return store
 
 
-def guarded(store: FakeStore) -> tuple[Client, Behind, TokenCache]:
+def guarded(store: FakeStore, revoked: set[str] | None = None
+            ) -> tuple[Client, Behind, TokenCache]:
     behind = Behind()
-    cache = TokenCache(store)  # type: ignore[arg-type]
+    cache = TokenCache(store, revocations=None if revoked is None else lambda: revoked)
+    cache._reload()  # what the reload thread does first
     return Client(AccessGuard(behind, cache)), behind, cache
 
 
 def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+    """The header for the test token ``token`` (as minted; the rest of the header as given)."""
+    name, blank, rest = token.partition(" ")
+    return {"Authorization": f"Bearer {tok(name)}{blank}{rest}"}
 
 
 @pytest.mark.parametrize(("method", "path", "role"), [
@@ -89,12 +110,13 @@ def test_each_route_needs_its_role(method: str, path: str, role: str) -> None:
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer"},
                                      {"Authorization": "Basic YTpi"},
-                                     bearer("no-such-token"), bearer("admin-all ")])
+                                     bearer("no-such-token"), bearer("admin-all "),
+                                     {"Authorization": "Bearer admin-all"}])
 def test_no_token_or_an_unknown_one_is_401_and_reaches_nothing(
         store: FakeStore, headers: dict[str, str]) -> None:
     client, behind, _ = guarded(store)
     response = client.post("/v1/a/items/x/decrements", json={"qty": 1}, headers=headers)
-    if headers.get("Authorization") == "Bearer admin-all ":
+    if headers.get("Authorization") == f"Bearer {tok('admin-all')} ":
         assert response.status_code == 200  # surrounding blanks are not part of a token
         return
     assert response.status_code == 401
@@ -125,17 +147,148 @@ def test_a_token_may_do_what_its_role_allows_in_its_namespace(
         assert response.json is not None and response.json["error"] == "forbidden"
 
 
-def test_paths_outside_v1_need_no_token(store: FakeStore) -> None:
+def test_paths_outside_v1_but_metrics_need_no_token(store: FakeStore) -> None:
     client, behind, _ = guarded(store)
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
+    for path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
         assert client.get(path).status_code == 200
-    assert behind.reached == 5
+    assert behind.reached == 4
+
+
+def test_metrics_needs_a_token_of_every_namespace(store: FakeStore) -> None:
+    store.add("read-all", "*", "read")
+    client, behind, _ = guarded(store)
+    assert client.get("/metrics").status_code == 401
+    store.add("admin-a", "a", "admin")
+    assert client.get("/metrics", headers=bearer("admin-a")).status_code == 403
+    assert behind.reached == 0
+    assert client.get("/metrics", headers=bearer("read-all")).status_code == 200
+    assert client.get("/v1/a/stats", headers=bearer("read-a")).status_code == 200
+    assert client.get("/v1/b/stats", headers=bearer("read-a")).status_code == 403
+
+
+SPELLINGS = ["//v1/a/items/x", "///v1/a/items/x", "/v1//a/items/x", "/v1/a//items/x",
+             "/v1/a/items//x", "/v1/a/items/x/", "/v1/a/./items/x", "/v1/a/items/./x",
+             "/v1/b/../a/items/x", "/v1/a/items/x/..", "/./v1/a/items/x", "//metrics",
+             "/metrics/", "/v1/a/items/x//ledger", "/v1/a/items/x/.", ""]
+
+
+@pytest.mark.parametrize("path", SPELLINGS)
+@pytest.mark.parametrize("auth", ["required", "off"])
+def test_a_path_the_router_would_read_another_way_is_404_for_anyone(
+        store: FakeStore, path: str, auth: str) -> None:
+    behind = Behind()
+    cache = TokenCache(store) if auth == "required" else None
+    client = Client(AccessGuard(behind, cache))
+    for method in ("GET", "POST", "PUT"):
+        response = client.open("/", method=method, json={"qty": 1},
+                               headers=bearer("admin-all"),
+                               environ_overrides={"PATH_INFO": path})  # as the server has it
+        assert response.status_code == 404, (method, path)
+        assert response.json is not None and response.json["error"] == "not_found"
+    assert behind.reached == 0
+
+
+def test_canonical_paths_pass() -> None:
+    for path in ("/", "/v1/a/items/x", "/v1/a/items/x.y", "/metrics", "/docs/swagger.js"):
+        assert canonical(path), path
+
+
+def test_a_token_not_in_the_minted_format_is_401_with_no_look_up(store: FakeStore) -> None:
+    client, behind, _ = guarded(store)
+    for token in ("guess", "alloc_short", "alloc_" + "x" * 44, "alloc_" + "x" * 42 + "=",
+                  "ALLOC_" + "x" * 43):
+        response = client.get("/v1/a/items/x", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401, token
+    assert store.finds == 0 and behind.reached == 0
+
+
+def test_look_ups_are_few_at_once_and_a_request_past_them_is_503_at_once(
+        store: FakeStore) -> None:
+    client, behind, cache = guarded(store)
+    store.hang = threading.Event()  # the database stops answering
+    answers: list[tuple[int, float]] = []
+
+    def ask(name: str) -> None:
+        started = time.monotonic()
+        status = client.get("/v1/a/items/x", headers=bearer(name)).status_code
+        answers.append((status, time.monotonic() - started))
+
+    waiting = [threading.Thread(target=ask, args=(f"unseen{n}",)) for n in range(LOOKUPS)]
+    for thread in waiting:
+        thread.start()
+    try:
+        while store.finds < LOOKUPS:
+            time.sleep(0.01)  # every slot taken
+        started = time.monotonic()
+        past = client.get("/v1/a/items/x", headers=bearer("one-more"))
+        assert past.status_code == 503 and past.headers["Retry-After"] == "1"
+        assert time.monotonic() - started < 0.1  # no waiting for a slot
+        assert client.get("/v1/a/items/x", headers=bearer("read-a")).status_code == 200
+        for thread in waiting:
+            thread.join(5)
+        # Each waited out its deadline, not the database.
+        assert [s for s, _ in answers] == [503] * LOOKUPS
+        assert all(seconds < cache.lookup_seconds + 0.3 for _, seconds in answers)
+    finally:
+        store.hang.set()
+    assert store.finds == LOOKUPS and behind.reached == 1
+
+
+def test_look_ups_are_few_a_second_and_a_reload_brings_new_tokens_anyway(
+        store: FakeStore) -> None:
+    now = [100.0]
+    behind = Behind()
+    cache = TokenCache(store, lookups_per_second=5, clock=lambda: now[0])
+    cache._reload()
+    client = Client(AccessGuard(behind, cache))
+    statuses = [client.get("/v1/a/items/x", headers=bearer(f"guess{n}")).status_code
+                for n in range(8)]
+    assert statuses == [401] * 5 + [503] * 3 and store.finds == 5
+    store.add("made-since", "a", "read")
+    assert client.get("/v1/a/items/x", headers=bearer("made-since")).status_code == 503
+    now[0] += 0.2  # a look-up's worth of time
+    assert client.get("/v1/a/items/x", headers=bearer("made-since")).status_code == 200
+    store.add("made-later", "a", "read")
+    cache._reload()  # a made token needs no look-up after a reload
+    assert client.get("/v1/a/items/x", headers=bearer("made-later")).status_code == 200
+    assert store.finds == 6
+
+
+def test_the_event_loop_front_end_awaits_a_look_up_without_a_thread(store: FakeStore) -> None:
+    behind = Behind()
+    cache = TokenCache(store)
+    cache._reload()
+    guard = AccessGuard(behind, cache)
+    store.add("made-since", "a", "read")
+    environ = {"PATH_INFO": "/v1/a/items/x", "REQUEST_METHOD": "GET",
+               "HTTP_AUTHORIZATION": bearer("made-since")["Authorization"]}
+    assert asyncio.run(guard.refusal_soon(environ)) is None
+    environ["HTTP_AUTHORIZATION"] = bearer("nobody")["Authorization"]
+    refused = asyncio.run(guard.refusal_soon(environ))
+    assert refused is not None and refused.status == 401
+    assert store.finds == 2
+
+
+def test_a_revocation_heard_through_redis_is_refused_with_the_database_away(
+        store: FakeStore) -> None:
+    revoked: set[str] = set()
+    client, _, cache = guarded(store, revoked)
+    assert client.get("/v1/a/items/x", headers=bearer("sell-a")).status_code == 200
+    store.down = True
+    revoked.add("id-sell-a")
+    cache._hear_revocations()  # what the revocations thread does every second
+    cache._reload()  # fails; the last copy stays, but the revocation holds
+    assert client.get("/v1/a/items/x", headers=bearer("sell-a")).status_code == 401
+    assert cache.revoked("id-sell-a") and not cache.revoked("id-read-a")
+    store.down = False
+    cache._reload()  # a copy that still has it (read before the revocation) changes nothing
+    assert client.get("/v1/a/items/x", headers=bearer("sell-a")).status_code == 401
 
 
 def test_a_revoked_token_is_refused_after_the_next_reload(store: FakeStore) -> None:
     client, _, cache = guarded(store)
     assert client.get("/v1/a/items/x", headers=bearer("read-a")).status_code == 200
-    del store.grants[digest("read-a")]
+    del store.grants[digest(tok("read-a"))]
     cache._reload()  # what the reload thread does every RELOAD_SECONDS
     assert client.get("/v1/a/items/x", headers=bearer("read-a")).status_code == 401
 

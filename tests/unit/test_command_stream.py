@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
+import psycopg2
 import pytest
 import redis
 import requests
 from prometheus_client import REGISTRY
+from sqlalchemy import exc as sa_exc
 
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
@@ -120,6 +122,27 @@ def test_a_refusal_is_final_and_a_passing_failure_is_not(
         assert verdict.rejection is not None
         assert verdict.rejection["event"] == "CommandRejected"
         assert verdict.rejection["idempotency_key"] == "k1"
+
+
+def database_refused() -> sa_exc.OperationalError:
+    """What a rebuild's advisory lock raises when the database refuses the connection."""
+    cause = psycopg2.OperationalError("connection to server at 127.0.0.1 failed: refused")
+    return sa_exc.OperationalError("SELECT count(pg_advisory_lock(...))", {}, cause)
+
+
+def test_a_database_outage_met_anywhere_is_an_outage_retried_without_limit() -> None:
+    verdict = judge(DECREMENT, ScriptedBus(database_refused()))
+    assert (verdict.outcome, verdict.outage) == ("unavailable", True)
+    assert stream_action(verdict, 500, max_deliveries=5) == "retry"
+    assert verdict.rejection is not None
+    assert "OperationalError" not in verdict.rejection["message"]  # internals stay in the log
+
+
+def test_a_failing_statement_is_no_outage() -> None:
+    failing = sa_exc.ProgrammingError("SELECT", {}, psycopg2.ProgrammingError("syntax error"))
+    verdict = judge(DECREMENT, ScriptedBus(failing))
+    assert (verdict.outcome, verdict.outage) == ("failed", False)
+    assert stream_action(verdict, 5, max_deliveries=5) == "dead_letter"
 
 
 def test_a_malformed_message_is_final_and_reaches_no_handler() -> None:
@@ -238,6 +261,38 @@ def test_an_entry_delivered_too_often_without_an_answer_is_not_tried_again(
     assert (fields[b"reason"], fields[b"deliveries"]) == (
         f"delivered {deliveries} times without an answer".encode(), str(deliveries).encode())
     assert (pending(client), client.xlen(STREAM)) == (0, 0)
+
+
+def test_an_outage_of_any_length_never_dead_letters_the_entry(
+        client: redis.Redis[bytes]) -> None:
+    """Deliveries that met an outage count towards neither limit, however many they are."""
+    publisher = Recorder()
+    waits = POISON_DELIVERIES + 5
+    bus = ScriptedBus(*[errors.Unavailable("database unavailable")] * waits, APPLIED)
+    consumer = stream_consumer(client, bus, publisher, max_deliveries=1)
+    client.xadd(STREAM, {"message": DECREMENT})
+    for _ in range(waits + 1):
+        consumer.poll(block_ms=0)
+    assert len(bus.seen) == waits + 1
+    assert (client.exists(f"{STREAM}:dead"), publisher.messages) == (0, [])
+    assert (pending(client), client.xlen(STREAM)) == (0, 0)
+    assert client.exists(consumer.outages) == 0  # its count goes with the entry
+
+
+def test_deliveries_that_met_an_outage_do_not_count_towards_max_deliveries(
+        client: redis.Redis[bytes]) -> None:
+    publisher = Recorder()
+    bus = ScriptedBus(errors.Unavailable("database unavailable"),
+                      errors.Unavailable("database unavailable"),
+                      RuntimeError("a bug"), RuntimeError("a bug"))
+    consumer = stream_consumer(client, bus, publisher, max_deliveries=2)
+    client.xadd(STREAM, {"message": DECREMENT})
+    for _ in range(3):
+        consumer.poll(block_ms=0)
+    assert (client.exists(f"{STREAM}:dead"), pending(client)) == (0, 1)  # one bug: 1 of 2
+    consumer.poll(block_ms=0)
+    [(_, fields)] = client.xrange(f"{STREAM}:dead")
+    assert fields[b"deliveries"] == b"2"
 
 
 def test_a_dead_consumers_entries_are_claimed_after_they_idle(

@@ -238,8 +238,11 @@ def test_a_reserve_key_used_again_for_another_cart_is_refused(shop: FakeApp) -> 
     send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="k",
          lines=[{"sku": "a", "qty": 1}])
     send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="k",
-         lines=[{"sku": "a", "qty": 1}])  # resent: the same reservation, nothing more
-    assert recorder.messages == [] and figures(shop, "a") == (0, 1, 9)
+         lines=[{"sku": "a", "qty": 1}])  # resent: the same reservation, its answer again
+    assert [(m["event"], m["replayed"], m["qty"]) for m in recorder.messages] == [
+        ("Reserved", True, 1)]
+    assert figures(shop, "a") == (0, 1, 9)
+    recorder.messages.clear()
     send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="k",
          lines=[{"sku": "a", "qty": 3}])
     assert [(m["reason"], m["idempotency_key"]) for m in recorder.messages] == [
@@ -281,3 +284,28 @@ def test_the_consumers_answers_count_in_the_sale_metrics(shop: FakeApp) -> None:
     after = counted()
     assert {k: after[k] - before[k] for k in after} == {
         "sold": 1 + 3, "refunded": 1, "sold out": 1, "too late": 1}
+
+
+@pytest.mark.parametrize("message, field", [
+    ({"command": "Decrement", "namespace": "ns", "sku": "s", "qty": 1, "idempotency_key": "k",
+      "buyr": "ann"}, "buyr"),
+    ({"command": "InitInventory", "namespace": "ns", "sku": "s", "total": 3,
+      "limit_per_buyer": 1}, "limit_per_buyer"),
+    ({"command": "Reserve", "namespace": "ns", "lines": [{"sku": "s", "qty": 1}],
+      "idempotency_key": "c", "ttl_second": 5}, "ttl_second"),
+    ({"command": "Reserve", "namespace": "ns", "lines": [{"sku": "s", "qty": 1, "note": "x"}],
+      "idempotency_key": "c"}, "note"),
+    ({"command": "ConfirmReservation", "namespace": "ns", "reservation_id": "r",
+      "idempotency_key": "k"}, "idempotency_key"),
+])
+def test_a_message_with_a_field_its_command_does_not_define_is_rejected(
+        fake_app: FakeApp, message: dict[str, Any], field: str) -> None:
+    fake_app.client.put("/v1/ns/items/s", json={"total": 5})
+    recorder = Recorder()
+    before = fake_app.snapshot()
+    handle_message(json.dumps(message), fake_app.bus, recorder)  # type: ignore[arg-type]
+    [answer] = recorder.messages
+    assert (answer["event"], answer["reason"], answer["command"]) == (
+        "CommandRejected", "invalid_message", message["command"])
+    assert field in answer["message"] and "not a field" in answer["message"]
+    assert fake_app.snapshot() == before

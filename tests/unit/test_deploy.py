@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -73,13 +74,28 @@ def test_every_metric_the_dashboard_and_the_alerts_use_is_exposed() -> None:
         assert wanted in used, wanted
 
 
-def test_the_alert_rules_pass_promtool() -> None:
+def test_the_alert_rules_pass_promtool(tmp_path: Path) -> None:
     checked = subprocess.run([promtool(), "check", "rules", str(ALERTS)],
                              capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    config = subprocess.run([promtool(), "check", "config", str(DEPLOY / "prometheus.yml")],
+    # As deployed: beside the token file the operator makes (promtool checks it is there).
+    for name in ("prometheus.yml", ALERTS.name):
+        shutil.copy(DEPLOY / name, tmp_path / name)
+    (tmp_path / "metrics.token").write_text("alloc_made-by-the-operator\n")
+    config = subprocess.run([promtool(), "check", "config", str(tmp_path / "prometheus.yml")],
                             capture_output=True, text=True, timeout=60)
     assert config.returncode == 0, config.stdout + config.stderr
+
+
+def test_prometheus_scrapes_the_api_with_a_token() -> None:
+    """/metrics needs a token of every namespace (API.md, Access); compose says how to make it."""
+    jobs = {job["job_name"]: job
+            for job in yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]}
+    assert jobs["allocation-api"]["authorization"] == {"type": "Bearer",
+                                                       "credentials_file": "metrics.token"}
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["metrics-token"]["command"][1:6] == ["token", "create", "*", "--role",
+                                                         "read"]
 
 
 def test_the_dashboards_queries_parse(tmp_path: Path) -> None:

@@ -203,3 +203,24 @@ def test_metrics_answer_while_the_hold_tally_cannot_be_read(fake_app: FakeApp,
     answer = fake_app.client.get("/metrics")
     assert answer.status_code == 200
     assert "allocation_sale_units_held_total" not in answer.text
+
+
+def test_a_namespaces_stats_are_its_own_metrics(fake_app: FakeApp) -> None:
+    """GET /v1/{ns}/stats: the figures /metrics has of that namespace, none of another's."""
+    ns, other = shop(fake_app), shop(fake_app)
+    assert decrement(fake_app, ns, "a", 3, "d1").status_code == 200
+    assert decrement(fake_app, ns, "b", 3, "d2").status_code == 409
+    assert decrement(fake_app, other, "a", 7, "d1").status_code == 200
+    held = reserve(fake_app, ns, "k1")
+    assert step(fake_app, ns, held.json["id"], "release").status_code == 200
+    stats = fake_app.client.get(f"/v1/{ns}/stats")
+    assert stats.status_code == 200 and stats.json is not None
+    assert stats.json == {
+        "namespace": ns,
+        "units": {"sold": 3, "refunded": 0, "held": 3, "released": 3, "expired": 0},
+        "holds_ended": {"confirmed": 0, "released": 2, "expired": 0},
+        "refusals": {"insufficient_stock": 1}, "stream_clients": 0,
+        "drift_items": stats.json["drift_items"]}
+    shown = sale(fake_app, ns)
+    assert shown["sale_units_sold"] == stats.json["units"]["sold"]
+    assert fake_app.client.get("/v1/bad%20ns/stats").status_code == 400

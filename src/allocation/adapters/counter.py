@@ -115,14 +115,20 @@ class Counter(abc.ABC):
     @abc.abstractmethod
     def reservation_step(self, step: Step, namespace: str, reservation_id: str,
                          lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
-                         fingerprint: str = "", idempotency_key: str | None = None
-                         ) -> Reserved:
+                         fingerprint: str = "", idempotency_key: str | None = None,
+                         open_cap: int = 0) -> Reserved:
         """One step of a reservation, atomic over it and all its lines' items.
 
         ``hold`` takes every line (lines of one sku added together by the caller) or none, as
         a reservation that expires ``ttl_ms`` later by the counter's clock; again with the same
         ``fingerprint`` it answers the same (``replayed``), with another
-        ``idempotency_key_reused``. ``confirm`` sells the held units, ``release`` puts them back
+        ``idempotency_key_reused``. A replay answers as the hold first did (state ``held``, its
+        first expiry), whatever happened to the reservation since. With ``open_cap`` (a hold
+        naming a ``buyer``), the buyer's open reservations in the namespace may not exceed it
+        (``too_many_open_reservations``, ``detail`` the cap), checked in the same step; the
+        steps after the hold take the reservation's ``buyer`` (``reservation_lines``), so that
+        one that ends it counts no more.
+        ``confirm`` sells the held units, ``release`` puts them back
         on sale, ``extend`` moves the expiry to ``ttl_ms`` from now; each checks and changes
         the reservation's state in the same step, so when they race with each other and with
         expiry exactly one ends it. ``get`` reads it. Every ended line is one movement of its
@@ -131,9 +137,10 @@ class Counter(abc.ABC):
         ``Reserved`` events.
         """
 
-    def reservation_id(self, namespace: str, first_sku: str, seed: str) -> str:
+    def reservation_id(self, namespace: str, seed: str) -> str:
         """The id of the reservation an idempotency key (``seed``) makes: the same for the same
-        key, opaque and URL-safe. An adapter may put where the reservation lives into it."""
+        key whatever the request's body, opaque and URL-safe. An adapter may put where the
+        reservation lives into it, from the key alone."""
         digest = hashlib.blake2b(f"{namespace}\n{seed}".encode(), digest_size=15).digest()
         return base64.urlsafe_b64encode(digest).decode()
 

@@ -7,7 +7,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from allocation.adapters.counter import (
@@ -49,6 +49,7 @@ class _Reservation:
     sku: str | None = None
     detail: int | None = None
     kept_until_ms: int = 0
+    first_expires_ms: int = 0  # the expiry the hold was first answered with
 
 
 def _number(detail: int | str | None) -> int | None:
@@ -67,6 +68,8 @@ class InProcessCounter(Counter):
         # Open holds per item: reservation id -> (qty, expires_ms, buyer or "").
         self._holds: dict[tuple[str, str], dict[str, tuple[int, int, str]]] = {}
         self._reservations: dict[tuple[str, str], _Reservation] = {}
+        # Each buyer's open reservations, by (namespace, buyer): id -> expires_ms.
+        self._open: dict[tuple[str, str], dict[str, int]] = {}
         self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         # Kept apart from the figures, as Redis keeps them: a rebuild sets them first.
         self._limits: dict[tuple[str, str], int] = {}
@@ -175,8 +178,8 @@ class InProcessCounter(Counter):
 
     def reservation_step(self, step: Step, namespace: str, reservation_id: str,
                          lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
-                         fingerprint: str = "", idempotency_key: str | None = None
-                         ) -> Reserved:
+                         fingerprint: str = "", idempotency_key: str | None = None,
+                         open_cap: int = 0) -> Reserved:
         with self._lock:
             now = self.clock_ms()
             r = self._reservations.get((namespace, reservation_id))
@@ -185,7 +188,7 @@ class InProcessCounter(Counter):
                 r = None
             if step == "hold":
                 return self._hold(namespace, reservation_id, lines, ttl_ms, buyer or "",
-                                  fingerprint, r, now)
+                                  fingerprint, r, now, open_cap)
             if r is None or r.state == "refused":
                 return Reserved("not_found")
             items = [self._items.get((namespace, sku)) for sku, _ in r.lines]
@@ -199,6 +202,7 @@ class InProcessCounter(Counter):
                 for (sku, _), item in zip(r.lines, live, strict=True):
                     self._end_hold(namespace, sku, item, reservation_id, "expire")
                 r.state = "expired"
+                self._closed(namespace, reservation_id, r)
             state = "expired" if r.state == "held" and now >= r.expires_ms else r.state
             if step == "get":
                 return self._answer("ok", r, state, live)
@@ -231,20 +235,27 @@ class InProcessCounter(Counter):
                 for (sku, _), item in zip(r.lines, live, strict=True):
                     self._end_hold(namespace, sku, item, reservation_id, "expire")
                 r.state = "expired"
+                self._closed(namespace, reservation_id, r)
                 return self._answer("reservation_expired", r, "expired", live)
             for (sku, _), item in zip(r.lines, live, strict=True):
                 self._end_hold(namespace, sku, item, reservation_id, kind)
             r.state = "confirmed" if step == "confirm" else "released"
+            self._closed(namespace, reservation_id, r)
             r.kept_until_ms = now + int(self._ttl * 1000)
             return self._answer("ok", r, r.state, live)
 
     def _hold(self, namespace: str, reservation_id: str, lines: Sequence[Line], ttl_ms: int,
-              buyer: str, request: str, r: _Reservation | None, now: int) -> Reserved:
+              buyer: str, request: str, r: _Reservation | None, now: int,
+              open_cap: int) -> Reserved:
         if r is not None:
             if r.fingerprint != request:
                 return Reserved("idempotency_key_reused")
             live = [i for sku, _ in r.lines if (i := self._items.get((namespace, sku)))]
-            return self._answer(r.reason, r, r.state, live, replayed=True)
+            if r.state == "refused":
+                return self._answer(r.reason, r, r.state, live, replayed=True)
+            # As the hold was first answered, whatever happened to the reservation since.
+            first = replace(r, expires_ms=r.first_expires_ms or r.expires_ms)
+            return self._answer("ok", first, "held", live, replayed=True)
         items = [self._items.get((namespace, sku)) for sku, _ in lines]
         for (sku, _), item in zip(lines, items, strict=True):
             if item is None:  # not remembered: a rebuild may bring it back
@@ -256,6 +267,13 @@ class InProcessCounter(Counter):
             return Reserved("lost")  # held before, and the reservation was lost: the ledger has it
         for (sku, _), item in zip(lines, live, strict=True):
             self._expire_due(namespace, sku, item)
+        if buyer and open_cap > 0:
+            held = self._open.setdefault((namespace, buyer), {})
+            for rid in [rid for rid, until in held.items() if until <= now]:
+                del held[rid]
+            if len(held) >= open_cap:
+                return self._refuse(namespace, reservation_id, request,
+                                    "too_many_open_reservations", "", open_cap, now, live)
         for (sku, qty), item in zip(lines, live, strict=True):
             bought = self._buyers.get((namespace, sku), {})
             try:
@@ -278,7 +296,10 @@ class InProcessCounter(Counter):
             self._count_hold(namespace, "hold", qty)
             self._record(namespace, sku, item, "hold", qty, None, buyer, reservation_id, expires)
         r = _Reservation("held", request, tuple(lines), buyer, now, expires,
-                         kept_until_ms=expires + int(self._ttl * 1000))
+                         kept_until_ms=expires + int(self._ttl * 1000),
+                         first_expires_ms=expires)
+        if buyer and open_cap > 0:
+            self._open.setdefault((namespace, buyer), {})[reservation_id] = expires
         self._reservations[(namespace, reservation_id)] = r
         return self._answer("ok", r, "held", live)
 
@@ -294,6 +315,10 @@ class InProcessCounter(Counter):
         return Reserved(status, state, r.created_ms, r.expires_ms, r.sku, r.detail, replayed,
                         tuple(Outcome(OK, i.total, i.consumed, seq=i.seq, gen=i.gen,
                                       held=i.held) for i in live))
+
+    def _closed(self, namespace: str, reservation_id: str, r: _Reservation) -> None:
+        """An ended reservation no longer counts among its buyer's open ones."""
+        self._open.get((namespace, r.buyer), {}).pop(reservation_id, None)
 
     def restore_reservation(self, namespace: str, reservation_id: str, lines: Sequence[Line],
                             buyer: str | None, state: str, created_ms: int, expires_ms: int,

@@ -1,11 +1,14 @@
 """Reservations whose lines live in several Redis Cluster slots. No script can span slots, so a
-coordinator steps through them: the reservation's home slot (reserve.lua) decides, the other
-slots (part.lua) follow, visited in one order, each all or none and idempotent by reservation
-id. No script waits on another, so nothing deadlocks.
+coordinator steps through them: the reservation's home slot (reserve.lua, the slot its key
+names) decides, the slots of its lines (part.lua) follow, visited in one order (the home's own
+lines among them, in their place), each all or none and idempotent by reservation id.
 
-- hold: the home lines as "pending", then each other slot; a refusal releases what the earlier
-  slots took and settles the reservation refused; else it settles held. A client may meanwhile
-  see a brief false "insufficient stock" from a cart being undone; never an oversell.
+- hold: the reservation as "pending" at home, then each slot's lines; a refusal releases what
+  the earlier slots took and settles the reservation refused; else it settles held. A slot
+  refused for units other carts hold (whose steps may be unfinished, or undone a moment later)
+  is tried again for up to WAIT_SECONDS before its refusal stands: since every cart takes its
+  slots in the same order, a cart waits only on carts that wait on none of its slots, so no
+  two wait on each other. Never an oversell.
 - confirm: the home marks it "confirming" while in time, then every other slot's holds are
   pinned (held past the expiry until the confirm is done) if still in time; then the home and
   the slots confirm. A slot whose hold had expired (clocks, or a confirm at the last moment)
@@ -18,6 +21,7 @@ their expiry (the pins' 30 s after it at most).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -28,17 +32,21 @@ if TYPE_CHECKING:
     from allocation.adapters.redis_counter import RedisCounter
 
 PIN_MS = 30_000  # how long past its expiry a confirm in progress holds a slot's lines
+# How long a slot's hold is tried again while the units it lacks are held by other carts: their
+# steps take milliseconds; a hold that outlasts this is a buyer's, and the refusal stands.
+WAIT_SECONDS = 0.25
 
 
 def step(counter: RedisCounter, step: Step, namespace: str, rid: str, lines: Sequence[Line],
-         *, ttl_ms: int, buyer: str | None, fingerprint: str, key: str = "") -> Reserved:
+         *, ttl_ms: int, buyer: str | None, fingerprint: str, key: str = "",
+         open_cap: int = 0) -> Reserved:
     home, others = _groups(counter, namespace, rid, lines)
     if step == "hold":
         return _hold(counter, namespace, rid, lines, home, others, ttl_ms, buyer, fingerprint,
-                     key)
+                     key, open_cap)
     if step == "confirm":
-        return _confirm(counter, namespace, rid, lines, home, others)
-    done = counter.home_step(step, namespace, rid, home, ttl_ms=ttl_ms)
+        return _confirm(counter, namespace, rid, lines, home, others, buyer)
+    done = counter.home_step(step, namespace, rid, home, ttl_ms=ttl_ms, buyer=buyer)
     if done.status != "ok" or step == "get":
         return done
     follow = {"release": "release", "extend": "extend"}[step]
@@ -51,20 +59,21 @@ def step(counter: RedisCounter, step: Step, namespace: str, rid: str, lines: Seq
 
 def _hold(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Line],
           home: list[Line], others: list[list[Line]], ttl_ms: int, buyer: str | None,
-          fingerprint: str, key: str) -> Reserved:
+          fingerprint: str, key: str, open_cap: int) -> Reserved:
     first = counter.home_step("hold", namespace, rid, home, ttl_ms=ttl_ms, buyer=buyer,
-                              fingerprint=fingerprint, whole=False, every_line=lines, key=key)
+                              fingerprint=fingerprint, whole=False, every_line=lines, key=key,
+                              open_cap=open_cap)
     if first.status != "ok" or (first.replayed and first.state != "pending"):
         return first
     parts: list[Reserved] = []
     for group in others:
-        part = counter.part_step("hold", namespace, rid, group, first.expires_ms, buyer, key)
+        part = _part_hold(counter, namespace, rid, group, first.expires_ms, buyer, key)
         if part.status in ("not_found", "fenced"):
             return part  # the reservation stays pending: the same request again resumes it
         if part.status != "ok":
             for taken in others[:len(parts)]:
                 counter.part_step("release", namespace, rid, taken, first.expires_ms)
-            counter.home_step("settle", namespace, rid, home,
+            counter.home_step("settle", namespace, rid, home, buyer=buyer,
                               refusal=(part.status, part.sku or "", part.detail or -1))
             return part
         parts.append(part)
@@ -74,8 +83,30 @@ def _hold(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Line]
     return _joined(held, lines, home, others, parts) if settled.status == "ok" else settled
 
 
+def _part_hold(counter: RedisCounter, namespace: str, rid: str, group: list[Line],
+               expires_ms: int, buyer: str | None, key: str) -> Reserved:
+    """One slot's hold, tried again (bounded) while what it lacks is held by other carts."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    pause = 0.001
+    while True:
+        part = counter.part_step("hold", namespace, rid, group, expires_ms, buyer, key)
+        if (part.status != "insufficient_stock" or not _held_elsewhere(part, group)
+                or time.monotonic() + pause > deadline):
+            return part
+        time.sleep(pause)  # a backoff on another cart's step, not a wait for a clock
+        pause = min(pause * 2, 0.02)
+
+
+def _held_elsewhere(part: Reserved, group: list[Line]) -> bool:
+    """Whether the line ``part`` was refused on lacks only units that are held, not sold."""
+    at = [sku for sku, _ in group].index(part.sku) if part.sku in dict(group) else -1
+    if at < 0 or at >= len(part.figures) or part.detail is None:
+        return False
+    return group[at][1] <= part.detail + part.figures[at].held
+
+
 def _confirm(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Line],
-             home: list[Line], others: list[list[Line]]) -> Reserved:
+             home: list[Line], others: list[list[Line]], buyer: str | None) -> Reserved:
     begun = counter.home_step("confirm_begin", namespace, rid, home, ttl_ms=PIN_MS)
     if begun.status != "ok":
         return begun
@@ -89,12 +120,12 @@ def _confirm(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Li
             return pinned  # still "confirming": the same request again carries on
         if pinned.status != "ok":
             # A line had expired, so has the reservation: every line ends as expired.
-            aborted = counter.home_step("confirm_abort", namespace, rid, home)
+            aborted = counter.home_step("confirm_abort", namespace, rid, home, buyer=buyer)
             for group_left in others:
                 counter.part_step("expire", namespace, rid, group_left, begun.expires_ms)
             return Reserved("reservation_expired", aborted.state, aborted.created_ms,
                             aborted.expires_ms)
-    done = counter.home_step("confirm_end", namespace, rid, home)
+    done = counter.home_step("confirm_end", namespace, rid, home, buyer=buyer)
     if done.status != "ok":
         return done
     parts = [counter.part_step("confirm", namespace, rid, group, begun.expires_ms)
@@ -111,13 +142,12 @@ def _unless_failed(parts: list[Reserved]) -> Reserved | None:
 
 def _groups(counter: RedisCounter, namespace: str, rid: str,
             lines: Sequence[Line]) -> tuple[list[Line], list[list[Line]]]:
-    """The lines in the reservation's slot, and the others by slot, in one fixed order."""
-    home = int(rid.partition(".")[0])
+    """The lines the reservation's own steps take (none: its slot's lines are taken in their
+    place among the others), and every slot's lines, in one fixed order (the slots')."""
     by_partition: dict[int, list[Line]] = {}
     for sku, qty in lines:
         by_partition.setdefault(counter.keys.partition(namespace, sku), []).append((sku, qty))
-    return (by_partition.pop(home, []),
-            [by_partition[p] for p in sorted(by_partition)])
+    return [], [by_partition[p] for p in sorted(by_partition)]
 
 
 def _joined(result: Reserved, lines: Sequence[Line], home: list[Line],

@@ -100,6 +100,8 @@ class RedisCounter(Counter):
         self._reserve = ScriptBatcher(client, lua("reserve"))
         self._part = ScriptBatcher(client, lua("part"))
         self._sweep = self.client.register_script(lua("sweep"))
+        self._claim = self.client.register_script(lua("claim"))
+        self._key_claim = ScriptBatcher(client, lua("keyclaim"))
 
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
               idempotency_key: str | None, *, record: bool = False,
@@ -124,10 +126,11 @@ class RedisCounter(Counter):
                 keys.buyers(namespace, sku), keys.holds(namespace, sku),
                 keys.expiries(namespace, sku), keys.tally_of(namespace, sku)]
 
-    def reservation_id(self, namespace: str, first_sku: str, seed: str) -> str:
-        # The reservation lives in its first line's slot: its id says which.
-        opaque = super().reservation_id(namespace, first_sku, seed)
-        return f"{self.keys.partition(namespace, first_sku)}.{opaque}"
+    def reservation_id(self, namespace: str, seed: str) -> str:
+        # The reservation lives in a slot its key names (never its lines: another body under
+        # the key must meet it there); its id says which.
+        opaque = super().reservation_id(namespace, seed)
+        return f"{self.keys.partition(namespace, chr(0) + seed)}.{opaque}"
 
     def _reservation_key(self, namespace: str, reservation_id: str) -> str | None:
         partition, dot, _ = reservation_id.partition(".")
@@ -137,11 +140,24 @@ class RedisCounter(Counter):
 
     def reservation_step(self, step: Step, namespace: str, reservation_id: str,
                          lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
-                         fingerprint: str = "", idempotency_key: str | None = None) -> Reserved:
+                         fingerprint: str = "", idempotency_key: str | None = None,
+                         open_cap: int = 0) -> Reserved:
         if self._reservation_key(namespace, reservation_id) is None:
             return Reserved("not_found")
+        apart = self._open_apart(namespace, self._where(namespace, reservation_id, lines), buyer)
+        claimed = 0
+        if apart is not None and step == "hold" and open_cap > 0:
+            with unavailable_on_connection_error():
+                claimed = int(self._claim(keys=[apart], args=[reservation_id, open_cap, ttl_ms]))
+            open_cap = open_cap if claimed else -open_cap
         result = self._step(step, namespace, reservation_id, lines, ttl_ms, buyer, fingerprint,
-                            idempotency_key or "")
+                            idempotency_key or "", open_cap)
+        if apart is not None and (
+                (claimed == 2 and (not result.ok or result.replayed))
+                or (step in ("confirm", "release") and result.ok)):
+            # Not a new hold after all, or one ended: no longer among the buyer's open ones.
+            with unavailable_on_connection_error():
+                self.client.zrem(apart, reservation_id)
         if step == "hold" and result.ok and result.state == "held":
             if len(self._lines) >= 100_000:
                 self._lines.clear()
@@ -149,30 +165,43 @@ class RedisCounter(Counter):
         return result
 
     def _step(self, step: Step, namespace: str, reservation_id: str, lines: Sequence[Line],
-              ttl_ms: int, buyer: str | None, fingerprint: str, key: str) -> Reserved:
+              ttl_ms: int, buyer: str | None, fingerprint: str, key: str,
+              open_cap: int) -> Reserved:
         if isinstance(self.client, RedisCluster):
             home = int(reservation_id.partition(".")[0])
+            where = self._where(namespace, reservation_id, lines)
+            if where != home:
+                if step == "hold" and not self._claim_key(namespace, reservation_id, lines,
+                                                          buyer, fingerprint):
+                    return Reserved("idempotency_key_reused")
+                return self.home_step(step, namespace, reservation_id, lines, ttl_ms=ttl_ms,
+                                      buyer=buyer, fingerprint=fingerprint, key=key,
+                                      open_cap=open_cap, at=where)
             if any(self.keys.partition(namespace, sku) != home for sku, _ in lines):
                 return redis_carts.step(self, step, namespace, reservation_id, lines,
                                         ttl_ms=ttl_ms, buyer=buyer, fingerprint=fingerprint,
-                                        key=key)
+                                        key=key, open_cap=open_cap)
         return self.home_step(step, namespace, reservation_id, lines, ttl_ms=ttl_ms,
-                              buyer=buyer, fingerprint=fingerprint, key=key)
+                              buyer=buyer, fingerprint=fingerprint, key=key, open_cap=open_cap)
 
     def home_step(self, op: str, namespace: str, reservation_id: str, lines: Sequence[Line],
                   *, ttl_ms: int = 0, buyer: str | None = None, fingerprint: str = "",
                   whole: bool = True, every_line: Sequence[Line] = (),
-                  refusal: tuple[str, str, int] = ("", "", -1), key: str = "") -> Reserved:
+                  refusal: tuple[str, str, int] = ("", "", -1), key: str = "",
+                  open_cap: int = 0, at: int | None = None) -> Reserved:
         """One reserve.lua step: the reservation and its ``lines`` in its slot (on one Redis,
-        all of them)."""
-        home = self._reservation_key(namespace, reservation_id)
-        assert home is not None
-        partition = int(reservation_id.partition(".")[0])
-        keys = [home, self.keys.due(partition)]
+        all of them); ``at``: the partition it lives in, where not its key's."""
+        assert self._reservation_key(namespace, reservation_id) is not None
+        partition = int(reservation_id.partition(".")[0]) if at is None else at
+        home = self.keys.reservation(namespace, partition, reservation_id)
+        open_key = self._open_key(namespace, partition, buyer)
+        if open_key is None:  # a placeholder in the slot: the set is not counted here
+            open_key, open_cap = home, min(open_cap, 0)
+        keys = [home, self.keys.due(partition), open_key]
         listed = " ".join(f"{sku} {qty}" for sku, qty in (every_line or lines))
         args: list[Any] = [op, reservation_id, namespace, self.events_channel, ttl_ms,
                            buyer or "", fingerprint, self._ttl * 1000, self._refusal_ttl * 1000,
-                           "1" if whole else "0", listed, *refusal, key]
+                           "1" if whole else "0", listed, *refusal, key, open_cap]
         for sku, qty in lines:
             keys += self._item_keys(namespace, sku)
             args += [sku, qty]
@@ -182,6 +211,48 @@ class RedisCounter(Counter):
         return Reserved(_text(status), _text(state), int(created), int(expires),
                         _text(sku) or None, None if int(detail) < 0 else int(detail),
                         bool(replayed), _figures(flat))
+
+    def _open_key(self, namespace: str, partition: int, buyer: str | None) -> str | None:
+        """The buyer's open reservations, where a step in ``partition`` may touch them."""
+        if not buyer:
+            return None
+        key = self.keys.open_reservations(namespace, buyer)
+        if isinstance(self.client, RedisCluster) and self.keys.partition(
+                namespace, chr(0) + buyer) != partition:
+            return None
+        return key
+
+    def _where(self, namespace: str, reservation_id: str, lines: Sequence[Line]) -> int:
+        """The partition a reservation lives in: its key's, but on a cluster a cart whose lines
+        share one other slot lives there, with them (one script a step), and its key's slot
+        keeps only the key's claim (keyclaim.lua)."""
+        home = int(reservation_id.partition(".")[0])
+        if isinstance(self.client, RedisCluster) and lines:
+            slots = {self.keys.partition(namespace, sku) for sku, _ in lines}
+            if len(slots) == 1:
+                return slots.pop()
+        return home
+
+    def _claim_key(self, namespace: str, reservation_id: str, lines: Sequence[Line],
+                   buyer: str | None, fingerprint: str) -> bool:
+        """Claim the key for this request in the key's slot (False: another request has it)."""
+        claim = self.keys.reservation(namespace, int(reservation_id.partition(".")[0]),
+                                      reservation_id)
+        listed = " ".join(f"{sku} {qty}" for sku, qty in lines)
+        # As long as the reservation may live, and its key be remembered after.
+        keep_ms = (86_400 + self._ttl) * 1000
+        with unavailable_on_connection_error():
+            return bool(self._key_claim(keys=[claim], args=[fingerprint, listed, buyer or "",
+                                                            keep_ms]))
+
+    def _open_apart(self, namespace: str, partition: int, buyer: str | None) -> str | None:
+        """The buyer's open reservations where they are in another cluster slot than the
+        reservation's ``partition`` (counted by claim.lua then, not in the hold's step)."""
+        if not buyer or not isinstance(self.client, RedisCluster):
+            return None
+        if self.keys.partition(namespace, chr(0) + buyer) == partition:
+            return None
+        return self.keys.open_reservations(namespace, buyer)
 
     def part_step(self, op: str, namespace: str, reservation_id: str, lines: Sequence[Line],
                   expires_ms: int, buyer: str | None = None, key: str = "") -> Reserved:
@@ -202,8 +273,11 @@ class RedisCounter(Counter):
     def restore_reservation(self, namespace: str, reservation_id: str, lines: Sequence[Line],
                             buyer: str | None, state: str, created_ms: int, expires_ms: int,
                             fingerprint: str = "") -> None:
-        home = self._reservation_key(namespace, reservation_id)
-        assert home is not None
+        assert self._reservation_key(namespace, reservation_id) is not None
+        where = self._where(namespace, reservation_id, lines)
+        home = self.keys.reservation(namespace, where, reservation_id)
+        if where != int(reservation_id.partition(".")[0]):
+            self._claim_key(namespace, reservation_id, lines, buyer, fingerprint)
         with unavailable_on_connection_error():
             self._restore(keys=[home], args=[
                 state, fingerprint, " ".join(f"{sku} {qty}" for sku, qty in lines), buyer or "",
@@ -248,14 +322,17 @@ class RedisCounter(Counter):
                                                 int(time.time() * 1000), start=0, num=most)
                 for member in due:
                     namespace, _, sku = _text(member).partition("\n")
-                    self._sweep_item(namespace, sku)
+                    self._sweep_item(namespace, sku, partition)
                     visited += 1
         return visited
 
-    def _sweep_item(self, namespace: str, sku: str) -> None:
-        """End the item's due holds and keep its place in its partition's due index right."""
-        self._sweep(keys=[*self._item_keys(namespace, sku),
-                          self.keys.due(self.keys.partition(namespace, sku))],
+    def _sweep_item(self, namespace: str, sku: str, listed_in: int | None = None) -> None:
+        """End the item's due holds and keep its place right in the due index it is
+        ``listed_in`` (its own partition's by default; on one Redis a reservation in another
+        partition lists its lines in its own)."""
+        if listed_in is None:
+            listed_in = self.keys.partition(namespace, sku)
+        self._sweep(keys=[*self._item_keys(namespace, sku), self.keys.due(listed_in)],
                     args=[namespace, sku, self.events_channel, f"{namespace}\n{sku}"])
 
     def load_many(self, figures: Iterable[Figures]) -> None:

@@ -51,8 +51,12 @@ class KeySpace:
         return self.tally(self.partition(namespace, sku))
 
     def reservation(self, namespace: str, partition: int, reservation_id: str) -> str:
-        """A reservation, kept in the slot of its first line's item."""
+        """A reservation, kept in the partition its idempotency key names."""
         return f"{self._tag(partition)}:res:{namespace}:{reservation_id}"
+
+    def open_reservations(self, namespace: str, buyer: str) -> str:
+        """A buyer's open reservations in the namespace: ids by expiry (a sorted set)."""
+        return f"{self._tag(self.partition(namespace, chr(0) + buyer))}:open:{namespace}:{buyer}"
 
     def due(self, partition: int) -> str:
         """A partition's items with open holds, by their next expiry (the sweeper's list)."""

@@ -1,5 +1,8 @@
 """Access tokens in the database. A token is 256 random bits, shown once when made; the table
-keeps its SHA-256, which is enough to check it and useless to anyone who reads the table."""
+keeps its SHA-256, which is enough to check it and useless to anyone who reads the table.
+
+A revocation is also written to Redis (``Revocations``), which every server reads each second:
+it reaches servers that cannot reach the database."""
 
 from __future__ import annotations
 
@@ -8,11 +11,13 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import create_engine, insert, select, update
 from sqlalchemy.engine import Engine
 
 from allocation.adapters.orm import access_tokens
+from allocation.adapters.redis_client import RedisClient
 
 ROLES = ("read", "sell", "admin")
 ANY_NAMESPACE = "*"
@@ -92,3 +97,34 @@ class TokenStore:
             with self.engine.begin() as conn:
                 conn.execute(update(access_tokens).where(access_tokens.c.id.in_(ids))
                              .values(last_used_at=datetime.now(UTC)))
+
+
+# Every call a server makes to check tokens has a deadline: connecting, the statement on the
+# server, and (libpq's tcp_user_timeout and keepalives) a peer that stops answering mid-call.
+_DEADLINES: dict[str, Any] = {"connect_timeout": 2, "options": "-c statement_timeout=1000",
+                              "keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1,
+                              "keepalives_count": 2, "tcp_user_timeout": 2000}
+
+
+def checking_engine(database_url: str, lookups: int) -> Engine:
+    """An engine of its own for a server's token checks: ``lookups`` connections and one for
+    the reload, none taken from the ones sales use, each call under a deadline."""
+    if not database_url.startswith("postgresql"):
+        return create_engine(database_url)
+    return create_engine(database_url, pool_size=lookups + 1, max_overflow=0, pool_timeout=1,
+                         connect_args=_DEADLINES)
+
+
+class Revocations:
+    """Revoked token ids as a Redis set under the deployment's key prefix: a set, not a
+    channel, so a server that was away when a token was revoked still hears of it."""
+
+    def __init__(self, client: RedisClient, key_prefix: str) -> None:
+        self.client = client
+        self.key = f"{key_prefix}:revoked-tokens"
+
+    def add(self, token_id: str) -> None:
+        self.client.sadd(self.key, token_id)
+
+    def ids(self) -> set[str]:
+        return {member.decode() for member in self.client.smembers(self.key)}

@@ -7,6 +7,7 @@ class DomainError(Exception):
     """A business rule refused the operation; nothing changed."""
 
     code = "domain_error"
+    replayed = False  # the refusal a request under this key was first answered
 
     def __init__(self, message: str, **details: int | str) -> None:
         super().__init__(message)
@@ -53,6 +54,13 @@ class BuyerRequired(DomainError):
     """The item has a limit per buyer, and the request names no buyer (a 400: bad input)."""
 
     code = "buyer_required"
+
+
+class TooManyOpenReservations(DomainError):
+    """The buyer, or the token, holds as many open reservations as allowed; ``limit`` says
+    how many (a 429: one ends, by confirm, release or expiry, before another is held)."""
+
+    code = "too_many_open_reservations"
 
 
 class ReservationExpired(DomainError):

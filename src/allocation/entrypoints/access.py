@@ -1,24 +1,34 @@
-"""Access to ``/v1/`` (API.md, "Access: tokens and roles"): a WSGI middleware in front of both
-front ends that decides from the path, the method and the bearer token alone, before the body is
-read, and answers 401 or 403 itself.
+"""Access to ``/v1/`` and ``/metrics`` (API.md, "Access: tokens and roles"): a WSGI middleware
+in front of both front ends that decides from the path, the method and the bearer token alone,
+before the body is read, and answers 401, 403 or 404 itself.
+
+The path is decided as the router will match it: both front ends hand over the path decoded
+once, and a spelling the router would read differently from how it is written (doubled or
+trailing slashes, which Werkzeug strips, ``.`` and ``..`` segments) is 404 for everyone, so no
+other spelling of a guarded path can reach a route unguarded.
 
 Tokens are checked against an in-process copy of every active token, reloaded every couple of
-seconds (a revoked token is refused everywhere within ``RELOAD_SECONDS`` plus a reload), so a
-check costs a hash and a dict look-up. A token this copy does not know yet (made since the last
-reload) is looked up once; unknown tokens are remembered as unknown until the next reload, so
-guessing costs the database nothing. While the database is away the last copy keeps serving:
-a sale goes on, and a token cannot be revoked meanwhile either.
+seconds, so a check costs a hash and a dict look-up. A string not in the minted format is
+refused without a look-up. A well-formed token the copy does not know (made since the last
+reload) is looked up on a small executor of its own, a few at a time and within a deadline; a
+request that finds no free slot, or outlives the deadline, answers 503 at once, so guessing
+cannot take the threads a sale needs. Found and unknown alike are remembered until the next
+reload. While the database is away the last copy keeps serving; revocations still arrive
+through Redis (``token_store.RevocationFeed``), checked every ``FEED_SECONDS``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import threading
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Protocol
 
-from allocation.adapters.token_store import ANY_NAMESPACE, Grant, TokenStore, digest
+from allocation.adapters.token_store import ANY_NAMESPACE, Grant, digest
 from allocation.domain import errors
 from allocation.entrypoints import metrics, replies
 from allocation.entrypoints.replies import Reply
@@ -28,12 +38,35 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 RELOAD_SECONDS = 2.0
+FEED_SECONDS = 1.0
+LOOKUPS = 3  # well-formed unseen tokens looked up at once, per process
+# ... and at most this many a second (a burst of as many): a token made since the last reload
+# is the only one a look-up can find, and the next reload brings it anyway.
+LOOKUPS_PER_SECOND = 20.0
+LOOKUP_SECONDS = 0.5  # a request waits this long for its token's look-up, then answers 503
 RANK = {"read": 0, "sell": 1, "admin": 2}
 # Set in a request's environ by a server that has already let it through (rsgi_bridge).
 CHECKED = "allocation.access_checked"
 # The Grant a request was let through on (set by the guard): streams count and end by its id.
 GRANT = "allocation.grant"
+# As ``TokenStore.create`` mints them: "alloc_" and 32 random bytes in urlsafe base64.
+MINTED = re.compile(r"alloc_[A-Za-z0-9_-]{43}")
 _UNKNOWN_LIMIT = 10_000  # unknown tokens remembered between reloads, at most
+
+
+class Store(Protocol):
+    def active(self) -> dict[str, Grant]: ...
+    def find(self, token_hash: str) -> Grant | None: ...
+    def touch(self, token_ids: Iterable[str]) -> None: ...
+
+
+def canonical(path: str) -> bool:
+    """Whether the router matches ``path`` (decoded once) as it is spelled: no empty segment
+    (Werkzeug strips leading slashes), no trailing slash, no ``.`` or ``..`` segment."""
+    if path == "/":
+        return True
+    return path.startswith("/") and all(
+        segment not in ("", ".", "..") for segment in path[1:].split("/"))
 
 
 def role_needed(method: str, path: str) -> str:
@@ -48,69 +81,133 @@ def role_needed(method: str, path: str) -> str:
 
 
 class TokenCache:
-    def __init__(self, store: TokenStore, reload_seconds: float = RELOAD_SECONDS) -> None:
+    def __init__(self, store: Store, reload_seconds: float = RELOAD_SECONDS,
+                 revocations: Callable[[], set[str]] | None = None,
+                 lookups: int = LOOKUPS, lookup_seconds: float = LOOKUP_SECONDS,
+                 lookups_per_second: float = LOOKUPS_PER_SECOND,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.reload_seconds = reload_seconds
-        self._grants: dict[str, Grant] | None = None
+        self.lookup_seconds = lookup_seconds
+        self._revocations = revocations  # ids revoked, as Redis has them
+        self._grants: dict[str, Grant] = {}
+        self._loaded = False
         self._unknown: set[str] = set()
         self._active_ids: frozenset[str] = frozenset()
+        self._revoked: frozenset[str] = frozenset()  # heard from Redis; never forgotten
         self._used: set[str] = set()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._lookups = lookups
+        self._pending: dict[str, Future[Grant | None]] = {}
+        self._rate = lookups_per_second
+        self._clock = clock
+        self._allowance, self._counted_at = lookups_per_second, clock()
+        self._executor = ThreadPoolExecutor(max_workers=lookups,
+                                            thread_name_prefix="token-lookup")
+        self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
 
     def holds(self, token: str) -> bool:
         """Whether ``grant`` can answer from memory, without a database round trip."""
-        if self._grants is None:
-            return False
+        if MINTED.fullmatch(token) is None:
+            return True
         token_hash = digest(token)
         return token_hash in self._grants or token_hash in self._unknown
 
-    def grant(self, token: str) -> Grant | None:
+    def grant(self, token: str, wait: float | None = None) -> Grant | None:
         """The token's grant, None if it is unknown or revoked; ``Unavailable`` if that cannot
-        be told (the database has never answered this process)."""
-        if self._grants is None:
-            self._reload()
+        be told within ``wait`` seconds (``lookup_seconds`` by default)."""
+        if MINTED.fullmatch(token) is None:
+            return None
         token_hash = digest(token)
-        assert self._grants is not None
         found = self._grants.get(token_hash)
         if found is None and token_hash not in self._unknown:
-            found = self._look_up(token_hash)
-        if found is not None:
-            self._used.add(found.id)
+            found = self._wait(self.look_up(token_hash),
+                               self.lookup_seconds if wait is None else wait)
+        if found is None or found.id in self._revoked:
+            return None
+        self._used.add(found.id)
         return found
 
-    def revoked(self, grant_id: str) -> bool:
-        """Whether the token with this id is no longer active (as of the last reload)."""
-        return self._grants is not None and grant_id not in self._active_ids
-
-    def _look_up(self, token_hash: str) -> Grant | None:
+    async def settle(self, token: str) -> None:
+        """Wait on the event loop, not on a thread, for the token's look-up if it needs one,
+        at most ``lookup_seconds``; ``grant`` then answers from memory (or 503)."""
+        if self.holds(token):
+            return
         try:
-            found = self.store.find(token_hash)
-        except Exception as exc:
-            raise errors.Unavailable("cannot check the token now") from exc
+            future = self.look_up(digest(token))
+            async with asyncio.timeout(self.lookup_seconds):
+                await asyncio.wrap_future(future)
+        except Exception:  # noqa: BLE001 - no slot, the deadline, a failed look-up: grant
+            return  # answers 503 for each
+
+    def revoked(self, grant_id: str) -> bool:
+        """Whether the token with this id is no longer active (as of the last reload, or as
+        Redis told since)."""
+        return grant_id in self._revoked or (self._loaded and grant_id not in self._active_ids)
+
+    def look_up(self, token_hash: str) -> Future[Grant | None]:
+        """The look-up of one token, shared by every request that waits for it; Unavailable
+        when ``lookups`` are in flight already (their slots free as they finish), or this
+        second's look-ups are spent."""
         with self._lock:
-            if found is not None and self._grants is not None:
+            future = self._pending.get(token_hash)
+            if future is not None:
+                return future
+            now = self._clock()
+            self._allowance = min(self._rate,
+                                  self._allowance + (now - self._counted_at) * self._rate)
+            self._counted_at = now
+            if len(self._pending) >= self._lookups or self._allowance < 1:
+                raise errors.Unavailable("too many unknown tokens to check now")
+            self._allowance -= 1
+            future = self._executor.submit(self.store.find, token_hash)
+            self._pending[token_hash] = future
+        future.add_done_callback(lambda done: self._looked_up(token_hash, done))
+        return future
+
+    def _looked_up(self, token_hash: str, done: Future[Grant | None]) -> None:
+        with self._lock:
+            self._pending.pop(token_hash, None)
+            if done.exception() is not None:
+                return  # nothing learnt: asked again next time
+            found = done.result()
+            if found is not None:
                 self._grants = {**self._grants, token_hash: found}
                 self._active_ids = self._active_ids | {found.id}
             elif len(self._unknown) < _UNKNOWN_LIMIT:
                 self._unknown.add(token_hash)
-        return found
+
+    @staticmethod
+    def _wait(future: Future[Grant | None], seconds: float) -> Grant | None:
+        try:
+            return future.result(timeout=seconds)
+        except Exception as exc:
+            raise errors.Unavailable("cannot check the token now") from exc
 
     def _reload(self) -> None:
         try:
             grants = self.store.active()
-        except Exception as exc:
-            if self._grants is None:
-                raise errors.Unavailable("cannot check tokens now") from exc
+        except Exception as exc:  # noqa: BLE001 - the last copy keeps serving
             logger.warning("tokens not reloaded (the database is away): %s",
                            type(exc).__name__)
             return
         with self._lock:
-            self._grants, self._unknown = grants, set()
+            self._grants, self._unknown, self._loaded = grants, set(), True
             self._active_ids = frozenset(g.id for g in grants.values())
         used, self._used = self._used, set()
         self._touch(used)
+
+    def _hear_revocations(self) -> None:
+        if self._revocations is None:
+            return
+        try:
+            heard = self._revocations()
+        except Exception as exc:  # noqa: BLE001 - the database reload still revokes
+            logger.warning("revocations not read from Redis: %s", type(exc).__name__)
+            return
+        if not heard <= self._revoked:
+            self._revoked = self._revoked | frozenset(heard)
 
     def _touch(self, used: Iterable[str]) -> None:
         try:
@@ -119,23 +216,33 @@ class TokenCache:
             logger.warning("could not record tokens' last use: %s", type(exc).__name__)
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, daemon=True, name="token-reload")
-            self._thread.start()
+        """Reload from the database, and hear Redis's revocations, each on a thread of its
+        own: a database that hangs does not hold up revocations."""
+        if not self._threads:
+            self._threads = [
+                threading.Thread(target=self._every, args=(self.reload_seconds, self._reload),
+                                 daemon=True, name="token-reload"),
+                threading.Thread(target=self._every, args=(FEED_SECONDS, self._hear_revocations),
+                                 daemon=True, name="token-revocations")]
+            for thread in self._threads:
+                thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _run(self) -> None:
-        while not self._stopping.wait(self.reload_seconds):
-            self._reload()
+    def _every(self, seconds: float, step: Callable[[], None]) -> None:
+        step()
+        while not self._stopping.wait(seconds):
+            step()
 
 
 class AccessGuard:
-    """In front of the app. A server that reads bodies itself (the RSGI bridge) asks
-    ``refusal`` before it reads one, and marks the request ``CHECKED``."""
+    """In front of the app, with tokens or (``AUTH=off``) without: a path not spelled as the
+    router matches it is 404 either way. A server that reads bodies itself (the RSGI bridge)
+    asks ``refusal_soon`` before it reads one, and marks the request ``CHECKED``."""
 
-    def __init__(self, wsgi_app: WSGIApplication, tokens: TokenCache) -> None:
+    def __init__(self, wsgi_app: WSGIApplication, tokens: TokenCache | None) -> None:
         self._app = wsgi_app
         self._tokens = tokens
 
@@ -146,37 +253,46 @@ class AccessGuard:
             return self._app(environ, start_response)
         return replies.send_wsgi(refusal, start_response)
 
-    def decides_at_once(self, environ: WSGIEnvironment) -> bool:
-        """Whether ``refusal`` needs no database round trip: no token, or one held in memory
-        (every active token is, and the unknown ones seen since the last reload)."""
+    async def refusal_soon(self, environ: WSGIEnvironment) -> Reply | None:
+        """``refusal``, a token's look-up awaited on the event loop: no thread waits on it."""
         token = _bearer(environ.get("HTTP_AUTHORIZATION"))
-        return token is None or self._tokens.holds(token)
+        if token is not None and self._tokens is not None:
+            await self._tokens.settle(token)
+        return self.refusal(environ, wait=0.0)
 
-    def refusal(self, environ: WSGIEnvironment) -> Reply | None:
+    def refusal(self, environ: WSGIEnvironment, wait: float | None = None) -> Reply | None:
         path = environ.get("PATH_INFO", "")
-        if not path.startswith("/v1/"):
-            return None
         started = time.perf_counter()
         method = environ.get("REQUEST_METHOD", "")
-        refusal = self._refusal(method, path, environ)
+        if not canonical(path):
+            refusal: Reply | None = replies.error(404, "not_found", "no such path")
+        elif self._tokens is None or not (path.startswith("/v1/") or path == "/metrics"):
+            return None
+        else:
+            refusal = self._refusal(method, path, environ, self._tokens, wait)
         if refusal is not None:
             metrics.count_request(method, "access", refusal.status,
                                   time.perf_counter() - started)
         return refusal
 
-    def _refusal(self, method: str, path: str, environ: WSGIEnvironment) -> Reply | None:
+    def _refusal(self, method: str, path: str, environ: WSGIEnvironment, tokens: TokenCache,
+                 wait: float | None) -> Reply | None:
         token = _bearer(environ.get("HTTP_AUTHORIZATION"))
         if token is None:
             return _unauthorized("this request needs an Authorization: Bearer token")
         try:
-            grant = self._tokens.grant(token)
+            grant = tokens.grant(token, wait)
         except errors.Unavailable as exc:
             return replies.unavailable(exc.message, exc.retry_after)
         if grant is None:
             return _unauthorized("the token is unknown or revoked")
-        namespace = path.split("/", 3)[2]
-        if grant.namespace not in (namespace, ANY_NAMESPACE) or (
-                RANK[grant.role] < RANK[role_needed(method, path)]):
+        if path == "/metrics":  # every tenant's figures: a "*" token of any role
+            allowed = grant.namespace == ANY_NAMESPACE
+        else:
+            namespace = path.split("/", 3)[2]
+            allowed = grant.namespace in (namespace, ANY_NAMESPACE) and (
+                RANK[grant.role] >= RANK[role_needed(method, path)])
+        if not allowed:
             return replies.error(403, "forbidden", "the token may not make this request")
         environ[GRANT] = grant
         return None

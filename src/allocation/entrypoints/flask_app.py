@@ -8,6 +8,7 @@ import time
 
 from flask import Flask, Response, g, request
 
+from allocation.adapters.token_store import Revocations, TokenStore, checking_engine
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.entrypoints import (
@@ -77,6 +78,7 @@ def create_app(config: Config | None = None, application: Application | None = N
         ("GET", f"{ITEM}/stream", r.stream),
         ("POST", f"{ITEM}/refresh", r.refresh_item),
         ("POST", "/v1/<namespace>/refresh", r.refresh_namespace),
+        ("GET", "/v1/<namespace>/stats", r.stats),
         ("POST", "/v1/<namespace>/reservations", r.reserve),
         ("GET", RESERVATION, r.get_reservation),
         ("POST", f"{RESERVATION}/confirm", r.end_reservation),
@@ -100,13 +102,17 @@ def create_app(config: Config | None = None, application: Application | None = N
 
 def _guard(flask: Flask, app: Application) -> None:
     """Put access control in front of everything (outermost: it decides before any body is
-    read)."""
+    read). With AUTH=off it still refuses a path the router would read another way."""
+    tokens = None
     if app.config.auth == "off" or app.tokens is None:
         logger.warning("AUTH=off: anyone who can reach this server may change any stock; "
                        "fit only for the embedded mode on one machine")
-        return
-    tokens = access.TokenCache(app.tokens)
-    tokens.start()
+    else:
+        store = TokenStore(checking_engine(app.config.database_url, access.LOOKUPS))
+        revocations = (None if app.redis is None
+                       else Revocations(app.redis, app.config.redis_key_prefix).ids)
+        tokens = access.TokenCache(store, revocations=revocations)
+        tokens.start()
     flask.wsgi_app = access.AccessGuard(flask.wsgi_app, tokens)  # type: ignore[method-assign]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -62,7 +63,8 @@ def count_answer(command: commands.Command, answer: object) -> None:
     replay did nothing new and counts nothing (a reused key is no replay)."""
     namespace = getattr(command, "namespace", "")
     if isinstance(answer, errors.DomainError):
-        _sale(REFUSALS, namespace, answer.code).inc()
+        if not answer.replayed:
+            _sale(REFUSALS, namespace, answer.code).inc()
     elif isinstance(answer, Outcome):
         if answer.replayed and answer.status != "idempotency_key_reused":
             return
@@ -137,6 +139,46 @@ class _Families(Collector):
 
     def collect(self) -> list[Metric]:
         return self.families
+
+
+# The samples a namespace's figures (``GET /v1/{ns}/stats``) are read from, by what they count.
+_UNITS = {"allocation_sale_units_sold_total": "sold",
+          "allocation_sale_units_refunded_total": "refunded",
+          **{f"{name}_total": kind for kind, (name, _) in HOLD_UNITS.items()}}
+_UNITS_SHOWN = {"hold": "held", "release": "released", "expire": "expired"}
+
+
+def namespace_figures(namespace: str, hold_tally: dict[tuple[str, str], int] | None,
+                      drift: dict[str, int] | None = None) -> dict[str, Any]:
+    """One namespace's sale figures, read from the very metrics ``exposition`` shows (every
+    worker's, in multiprocess mode), none of another namespace's."""
+    registry: Any = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    families = [*registry.collect(), *hold_families(hold_tally or {})]
+    units = dict.fromkeys(("sold", "refunded", "held", "released", "expired"), 0)
+    refusals: dict[str, int] = {}
+    ended = dict.fromkeys(HOLD_ENDS.values(), 0)
+    streams = 0
+    for family in families:
+        for sample in family.samples:
+            if sample.labels.get("namespace") != namespace:
+                continue
+            value = int(sample.value)
+            if sample.name in _UNITS:
+                kind = _UNITS[sample.name]
+                units[_UNITS_SHOWN.get(kind, kind)] += value
+            elif sample.name == "allocation_sale_refusals_total":
+                reason = sample.labels["reason"]
+                refusals[reason] = refusals.get(reason, 0) + value
+            elif sample.name == "allocation_sale_holds_ended_total":
+                ended[sample.labels["end"]] = ended.get(sample.labels["end"], 0) + value
+            elif sample.name == "allocation_stream_clients":
+                streams += value
+    return {"namespace": namespace, "units": units, "holds_ended": ended,
+            "refusals": dict(sorted(refusals.items())), "stream_clients": streams,
+            "drift_items": None if drift is None else drift.get(namespace, 0)}
 
 
 def exposition(backlog: tuple[int, float] | None = None,

@@ -15,7 +15,7 @@ REF = "#/components/schemas/{model}"
 _MODELS: list[type[BaseModel]] = [
     schemas.InitBody, schemas.LimitBody, schemas.AdjustBody, schemas.QtyBody, schemas.Item,
     schemas.ItemPage,
-    schemas.LedgerPage, schemas.RefreshedCount, schemas.Error,
+    schemas.LedgerPage, schemas.RefreshedCount, schemas.Stats, schemas.Error,
     schemas.ReserveBody, schemas.ExtendBody, schemas.ReservationOut]
 
 
@@ -143,14 +143,18 @@ def document() -> dict[str, Any]:
                             "(lines of one sku are added together)", {
                     "201": _json(schemas.ReservationOut, "held (or the first answer replayed, "
                                                          "with `Idempotent-Replayed: true`)"),
-                    "400": _json(schemas.Error, "invalid input, `field` naming it; or "
+                    "400": _json(schemas.Error, "invalid input, `field` naming it (`lines` "
+                                                "where one sku's lines add up past 1000000); or "
                                                 "`buyer_required`, with the `sku` of a line "
                                                 "whose item has a limit per buyer"),
                     "404": _json(schemas.Error, "unknown item; `sku` names it"),
                     "409": _json(schemas.Error, "insufficient_stock, with `available`; "
                                                 "limit_exceeded, with `remaining`; each with "
                                                 "the `sku` of a line that failed"),
-                    "422": _json(schemas.Error, "idempotency key reused with another body"),
+                    "422": _json(schemas.Error, "idempotency key reused with another body "
+                                                "(any other: the key names one reservation)"),
+                    "429": _json(schemas.Error, "too_many_open_reservations, with `limit`: the "
+                                                "buyer or the token holds as many as allowed"),
                 }, [_name("namespace"), _key(True)], schemas.ReserveBody)},
             "/v1/{namespace}/reservations/{reservation_id}": {
                 "get": _op("Read a reservation (a held one past its expiry reads `expired`)", {
@@ -195,14 +199,24 @@ def document() -> dict[str, Any]:
                 "post": _op("Rebuild every counter of a namespace", {
                     "200": _json(schemas.RefreshedCount, "how many items were rebuilt")},
                     [_name("namespace")])},
+            "/v1/{namespace}/stats": {
+                "get": _op("The namespace's sale figures: units sold, refunded, held, released "
+                           "and expired, holds ended by how, refusals by reason, stream "
+                           "clients (the metrics /metrics has, of this namespace alone)", {
+                               "200": _json(schemas.Stats, "the figures")},
+                           [_name("namespace")])},
             "/healthz": {"get": {"summary": "The process is up", "responses": {
                 "200": {"description": "`{\"status\": \"ok\"}`"}}}},
             "/readyz": {"get": {"summary": "The database and Redis answer, and every worker of "
                                         "the server has started", "responses": {
                 "200": {"description": "`{\"database\": \"ok\", \"redis\": \"ok\"}`"},
                 "503": {"description": "the failing part is named"}}}},
-            "/metrics": {"get": {"summary": "Prometheus text format", "responses": {
-                "200": {"description": "metrics", "content": {"text/plain": {}}}}}},
+            "/metrics": {"get": {"summary": "Prometheus text format; with AUTH=required, a "
+                                            "token of namespace `*` (any role)",
+                                 "security": [{"bearer": []}], "responses": {
+                "200": {"description": "metrics", "content": {"text/plain": {}}},
+                "401": _json(schemas.Error, "no token, or an unknown or revoked one"),
+                "403": _json(schemas.Error, "a token of one namespace")}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {
                 "200": {"description": "OpenAPI 3"}}}},
             "/docs": {"get": {"summary": "This document in a viewer (Swagger UI, served from "
@@ -222,22 +236,37 @@ def document() -> dict[str, Any]:
 DOCS_ASSETS = {"swagger-ui.css": "text/css",
                "swagger-ui-bundle.js": "application/javascript",
                "favicon-32x32.png": "image/png"}
+# The page's own script is a file too, so that the policy below can forbid inline scripts.
+DOCS_INIT, DOCS_INIT_JS = "docs-init.js", b"""\
+window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui",
+                             persistAuthorization: false});
+"""
 DOCS_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>allocation API</title>
 <link rel="stylesheet" href="/docs/swagger-ui.css">
 <link rel="icon" type="image/png" href="/docs/favicon-32x32.png"></head>
 <body><div id="swagger-ui"></div>
 <script src="/docs/swagger-ui-bundle.js"></script>
-<script>
-window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui",
-                             persistAuthorization: false});
-</script>
+<script src="/docs/docs-init.js"></script>
 </body></html>
 """
+# The viewer takes a bearer token to try requests: it runs only its own files, talks only to
+# its origin, and no other site may frame it (clickjacking). Swagger UI sets inline styles and
+# draws its icons from data: URLs.
+DOCS_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; "
+                               "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                               "form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def docs_asset(name: str) -> tuple[bytes, str] | None:
     """A file of the viewer, and its media type; None for any other name."""
+    if name == DOCS_INIT:
+        return DOCS_INIT_JS, "application/javascript"
     media_type = DOCS_ASSETS.get(name)
     if media_type is None:
         return None

@@ -27,14 +27,15 @@ import redis
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 from pydantic import ValidationError
 
-from allocation.adapters.event_publisher import RedisEventPublisher
+from allocation.adapters.event_publisher import RedisEventPublisher, event_message
 from allocation.adapters.outages import is_outage
 from allocation.adapters.redis_client import RedisClient, read_group
 from allocation.bootstrap import Application
-from allocation.domain import commands, errors
+from allocation.domain import commands, errors, events
 from allocation.domain.outcome import Outcome
 from allocation.entrypoints import metrics, schemas
 from allocation.service_layer.messagebus import MessageBus
+from allocation.service_layer.results import Reservation
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ def parse(raw: bytes | str) -> commands.Command:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            first["msg"] = "is not a field of this command"
         raise ValueError(f"{where}: {first['msg']}" if where else first["msg"]) from None
     if isinstance(message, schemas.InitMessage):
         return commands.InitInventory(message.namespace, message.sku, message.total)
@@ -143,14 +146,22 @@ def _loose(raw: Any) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Verdict:
     """What applying one message came to. ``reason``: a refusal's code, or what failed (for the
-    log and the dead-letter stream); ``rejection``: the ``CommandRejected`` answering it."""
+    log and the dead-letter stream); ``rejection``: the ``CommandRejected`` answering it;
+    ``replayed``: a repeated command's first answer, published again (its events were published
+    when it was applied, and the publisher may have missed them)."""
 
     outcome: str
     reason: str
     rejection: dict[str, Any] | None = None
+    replayed: tuple[dict[str, Any], ...] = ()
     # A dependency away (not this message's fault): retried for as long as it lasts, never
     # counted towards dead-lettering.
     outage: bool = False
+
+    @property
+    def answers(self) -> tuple[dict[str, Any], ...]:
+        """What to publish for it."""
+        return self.replayed if self.rejection is None else (self.rejection,)
 
     @property
     def final(self) -> bool:
@@ -171,27 +182,64 @@ def judge(raw: bytes | str, bus: Bus) -> Verdict:
         metrics.count_answer(command, exc)
         return Verdict(REFUSED, exc.code,
                        _rejection(raw, exc.code, exc.message, details=exc.details))
-    except errors.Unavailable as exc:
-        logger.warning("could not apply %r: %s", command, exc.message)
-        return Verdict(UNAVAILABLE, f"unavailable: {exc.message}",
-                       _rejection(raw, "unavailable", exc.message), outage=True)
-    except redis.RedisError as exc:  # WRONGTYPE, OOM, READONLY...: Redis may get better
-        logger.warning("redis failed applying %r: %s: %s", command, type(exc).__name__, exc)
-        return Verdict(UNAVAILABLE, f"redis: {type(exc).__name__}: {exc}",
-                       _rejection(raw, "unavailable", "redis unavailable"),
-                       outage=is_outage(exc))
-    except Exception as exc:
-        logger.exception("failed applying %r", command)
-        return Verdict(FAILED, f"error: {type(exc).__name__}: {exc}",
-                       _rejection(raw, "unavailable", "the command could not be applied"))
+    except Exception as exc:  # noqa: BLE001 - every failure is a verdict
+        return _failure(raw, command, exc)
     metrics.count_answer(command, result)
     # Movements answer a refusal as a non-ok Outcome; other handlers (a reservation's return a
     # Reservation) raise theirs, above. Their events are out already, from the counter's
     # script or the service layer.
     if isinstance(result, Outcome) and not result.ok:
-        return Verdict(REFUSED, result.status,
-                       _rejection(raw, result.status, result.error().message, result))
-    return Verdict(APPLIED, "ok")
+        rejection = _rejection(raw, result.status, result.error().message, result)
+        if result.replayed:
+            rejection["replayed"] = True
+        return Verdict(REFUSED, result.status, rejection)
+    return Verdict(APPLIED, "ok", replayed=_first_answer(command, result))
+
+
+def _first_answer(command: commands.Command, result: Any) -> tuple[dict[str, Any], ...]:
+    """A repeated command's first answer, marked ``replayed``; nothing for a first one. A
+    movement's replay carries the figures of its first answer (the counter keeps them with the
+    key); a reservation's, its lines and where it stands now (the items' figures of the moment
+    it was held are not kept)."""
+    if isinstance(result, Outcome) and result.replayed:
+        if isinstance(command, commands.AdjustTotal):
+            kind, qty, buyer = "adjust", command.delta, None
+        elif isinstance(command, commands.Decrement | commands.Refund):
+            kind = "decrement" if isinstance(command, commands.Decrement) else "refund"
+            qty, buyer = command.qty, command.buyer
+        else:
+            return ()
+        raised = events.of_movement(kind, command.namespace, command.sku, qty,
+                                    command.idempotency_key, result.total, result.consumed,
+                                    buyer, held=result.held)
+        return tuple({**event_message(e), "replayed": True} for e in raised[:1])
+    if isinstance(result, Reservation) and result.replayed and isinstance(command,
+                                                                        commands.Reserve):
+        return tuple({"event": "Reserved", "namespace": result.namespace, "sku": sku,
+                      "reservation_id": result.id, "qty": qty,
+                      "idempotency_key": command.idempotency_key, "state": result.state,
+                      "expires_at": result.expires_at.isoformat(), "replayed": True}
+                     for sku, qty in result.lines)
+    return ()
+
+
+def _failure(raw: bytes | str, command: commands.Command, exc: Exception) -> Verdict:
+    """A command that could not be applied, classified once: an outage (a dependency away,
+    however deep in the handler it was met, as a rebuild's lock is) is retried for as long as it
+    lasts; any other Redis error (WRONGTYPE, say) may pass; anything else is a bug, logged."""
+    outage = is_outage(exc)
+    if isinstance(exc, errors.Unavailable):
+        logger.warning("could not apply %r: %s", command, exc.message)
+        return Verdict(UNAVAILABLE, f"unavailable: {exc.message}",
+                       _rejection(raw, "unavailable", exc.message), outage=True)
+    if outage or isinstance(exc, redis.RedisError):
+        logger.warning("could not apply %r: %s: %s", command, type(exc).__name__, exc)
+        return Verdict(UNAVAILABLE, f"{type(exc).__name__}: {exc}",
+                       _rejection(raw, "unavailable", "a dependency is unavailable; resend "
+                                  "it with the same key"), outage=outage)
+    logger.exception("failed applying %r", command)
+    return Verdict(FAILED, f"error: {type(exc).__name__}: {exc}",
+                   _rejection(raw, "unavailable", "the command could not be applied"))
 
 
 def handle_message(raw: bytes | str, bus: MessageBus,
@@ -204,8 +252,8 @@ def handle_message(raw: bytes | str, bus: MessageBus,
 def _answer(raw: bytes | str, bus: Bus, publisher: Publisher) -> Verdict:
     verdict = judge(raw, bus)
     CONSUMER_COMMANDS.labels(PUBSUB, verdict.outcome).inc()
-    if verdict.rejection is not None:
-        publisher.publish_message(verdict.rejection)
+    for message in verdict.answers:
+        publisher.publish_message(message)
     return verdict
 
 
@@ -326,6 +374,9 @@ class StreamConsumer:
         self.bus, self.client, self.stream, self.publisher = bus, client, stream, publisher
         self.name, self.claim_idle_ms, self.max_deliveries = name, claim_idle_ms, max_deliveries
         self.dead_letters = f"{stream}:dead"
+        # Entry id -> its deliveries that met an outage: those count towards no limit, so an
+        # entry waits out an outage of any length (kept in Redis: a restart keeps the count).
+        self.outages = f"{stream}:outages"
         self.stopping = threading.Event()
         self.state = LoopState(STREAM)
         self._pending_due = 0.0  # monotonic time to look at pending entries again; 0: at once
@@ -410,15 +461,21 @@ class StreamConsumer:
         return retry
 
     def _deliveries(self, entries: Sequence[tuple[Any, Any]]) -> dict[str, int]:
-        """How many times each entry has been delivered (this delivery included)."""
+        """How many times each entry has been delivered (this delivery included), but for the
+        deliveries that met an outage."""
         pipe = self.client.pipeline(transaction=False)
         for entry_id, _ in entries:
             pipe.xpending_range(self.stream, STREAM_GROUP, min=entry_id, max=entry_id,
                                 count=1)
+        pipe.hmget(self.outages, [_id(entry_id) for entry_id, _ in entries])
+        *pending, outages = pipe.execute()
         found: dict[str, int] = {}
-        for rows in pipe.execute():
+        for rows in pending:
             for row in rows:
                 found[_id(row["message_id"])] = int(row["times_delivered"])
+        for (entry_id, _), waited in zip(entries, outages, strict=True):
+            if waited is not None and _id(entry_id) in found:
+                found[_id(entry_id)] = max(1, found[_id(entry_id)] - int(waited))
         return found
 
     def _handle_batch(self, entries: Iterable[tuple[Any, Any]],
@@ -447,7 +504,7 @@ class StreamConsumer:
         raw = fields.get(b"message", b"")
         if deliveries > POISON_DELIVERIES * self.max_deliveries:
             # Delivered that often and never answered: its handling kills the consumer, say.
-            # (Outages are retried without limit, hence the margin.)
+            # (Deliveries that met an outage are not counted: ``_deliveries``.)
             self._dead_letter(entry_id, raw, f"delivered {deliveries} times without an answer",
                               deliveries)
             return "dead_letter"
@@ -455,10 +512,12 @@ class StreamConsumer:
         action = stream_action(verdict, deliveries, self.max_deliveries)
         if action == "ack":
             CONSUMER_COMMANDS.labels(STREAM, verdict.outcome).inc()
-            if verdict.rejection is not None:
-                self.publisher.publish_message(verdict.rejection)
+            for message in verdict.answers:
+                self.publisher.publish_message(message)
         elif action == "retry":
             CONSUMER_COMMANDS.labels(STREAM, verdict.outcome).inc()
+            if verdict.outage:
+                self.client.hincrby(self.outages, _id(entry_id), 1)
             logger.warning("command stream entry %s left pending (delivery %d of %d): %s",
                            _id(entry_id), deliveries, self.max_deliveries, verdict.reason)
         else:
@@ -470,10 +529,11 @@ class StreamConsumer:
                      _id(entry_id), self.dead_letters, deliveries, reason)
         self.client.xadd(self.dead_letters, {"entry": _id(entry_id), "message": raw,
                                              "reason": reason, "deliveries": deliveries})
+        # What failed stays with the operator (the log, the dead letter): a client is told
+        # where the command is kept, not the internals that refused it.
         self.publisher.publish_message(_rejection(
             raw, DEAD_LETTERED,
-            f"not applied after {deliveries} deliveries ({reason}); kept in "
-            f"{self.dead_letters}"))
+            f"not applied after {deliveries} deliveries; kept in {self.dead_letters}"))
         CONSUMER_COMMANDS.labels(STREAM, DEAD_LETTERED).inc()
         CONSUMER_DEAD_LETTERS.inc()
 
@@ -483,6 +543,7 @@ class StreamConsumer:
         pipe = self.client.pipeline(transaction=False)
         pipe.xack(self.stream, STREAM_GROUP, *ids)
         pipe.xdel(self.stream, *ids)  # answered: keep the stream to what is not
+        pipe.hdel(self.outages, *[_id(i) for i in ids])
         pipe.execute()
 
 

@@ -35,6 +35,7 @@ STATUS_OF_CODE = {
     "invalid_field": 400,
     "idempotency_key_reused": 422,
     "limit_exceeded": 409,
+    "too_many_open_reservations": 429,
     "buyer_required": 400,
     "reservation_expired": 409,
     "reservation_released": 409,
@@ -68,6 +69,8 @@ class BadRequest(Exception):
         message = first["msg"]
         if first["type"] == "missing":
             message = "is required"
+        elif first["type"] == "extra_forbidden":
+            message = "is not a field of this request"
         return cls("invalid_field", f"{field}: {message}" if field else message, field)
 
 
@@ -134,8 +137,9 @@ def _unavailable(exc: Exception) -> Reply:
 
 
 def _dependency_down(exc: Exception) -> Reply:
-    logger.warning("dependency unavailable: %s", exc)
-    return unavailable(f"a dependency is unavailable: {type(exc).__name__}")
+    # Which driver failed, and how, is for the log: a client learns only to come back.
+    logger.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
+    return unavailable("a dependency is unavailable; retry shortly")
 
 
 def _unexpected(exc: Exception) -> Reply:

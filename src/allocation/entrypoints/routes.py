@@ -13,11 +13,13 @@ from werkzeug.exceptions import ClientDisconnected
 from allocation import views
 from allocation.domain import commands, errors
 from allocation.entrypoints import (
+    access,
     metrics,
     openapi,
     replies,
     schemas,
     stock_stream,
+    token_holds,
     worker_start,
 )
 from allocation.entrypoints.http_errors import to_response
@@ -43,6 +45,7 @@ class Routes:
     def __init__(self, app: Application) -> None:
         self.app = app
         self.startup = worker_start.Startup()
+        self.token_holds = token_holds.TokenHolds(app.config.max_open_reservations_per_token)
 
     def init_item(self, namespace: str, sku: str) -> Response:
         path = _path(namespace, sku)
@@ -65,11 +68,33 @@ class Routes:
         body = _body(schemas.ReserveBody)
         command = commands.Reserve(ns, tuple((line.sku, line.qty) for line in body.lines), key,
                                    body.ttl_seconds, body.buyer)
+        grant = request.environ.get(access.GRANT)
+        token = grant.id if grant is not None and self.token_holds.cap > 0 else None
+        place = None if token is None else self.token_holds.claim(token)
+        if token is not None and place is None and self.app.counter.reservation_lines(
+                ns, self.app.counter.reservation_id(ns, key)) is None:
+            # Not a repeat of a create (those answer as they first did): a new hold, refused.
+            refusal = errors.TooManyOpenReservations(
+                f"the token holds {self.token_holds.cap} open reservations, as many as "
+                "allowed: confirm or release one first", limit=self.token_holds.cap)
+            metrics.count_answer(command, refusal)
+            raise refusal
+        made: Reservation | None = None
         try:
-            made: Reservation = self.app.bus.handle(command)
+            made = self.app.bus.handle(command)
         except errors.DomainError as exc:
             metrics.count_answer(command, exc)
+            if exc.replayed:
+                reply = replies.domain_error(exc)
+                return to_response(replies.Reply(reply.status, reply.body,
+                                                  (("Idempotent-Replayed", "true"),)))
             raise
+        finally:
+            if token is not None and place is not None:
+                if made is None or made.replayed:
+                    self.token_holds.settle(token, place, None)
+                else:
+                    self.token_holds.settle(token, place, made.id, made.expires_ms)
         return to_response(replies.reservation(made, 201))
 
     def get_reservation(self, namespace: str, reservation_id: str) -> Response:
@@ -94,6 +119,8 @@ class Routes:
             metrics.count_answer(command, exc)
             raise
         metrics.count_answer(command, ended)
+        if ended.state != "held":
+            self.token_holds.end(ended.id)
         return to_response(replies.reservation(ended))
 
     def get_item(self, namespace: str, sku: str) -> Response:
@@ -101,7 +128,7 @@ class Routes:
 
     def list_items(self, namespace: str) -> Response:
         ns = _path(namespace, "x").namespace
-        query = validate(schemas.ListQuery, request.args.to_dict())
+        query = _query(schemas.ListQuery)
         page, after = views.items(self.app, ns, query.after, query.limit)
         return jsonify({"items": [replies.item_body(ns, sku, o) for sku, o in page],
                         "next": after})
@@ -124,7 +151,7 @@ class Routes:
 
     def ledger(self, namespace: str, sku: str) -> Response:
         path = _path(namespace, sku)
-        query = validate(schemas.LedgerQuery, request.args.to_dict())
+        query = _query(schemas.LedgerQuery)
         entries = views.ledger(self.app, path.namespace, path.sku, query.after_seq, query.limit)
         return jsonify({"entries": [replies.ledger_entry(e) for e in entries]})
 
@@ -163,18 +190,24 @@ class Routes:
                                                 health.redis_memory(), health.hold_tally())
         return Response(body, content_type=content_type)
 
+    def stats(self, namespace: str) -> Response:
+        ns = _path(namespace, "x").namespace
+        health = self.app.health
+        return jsonify(metrics.namespace_figures(ns, health.hold_tally(), health.drift()))
+
     def openapi_json(self) -> Response:
         return jsonify(openapi.document())
 
     def docs(self) -> Response:
-        return Response(openapi.DOCS_PAGE, content_type="text/html")
+        return Response(openapi.DOCS_PAGE, content_type="text/html",
+                        headers=openapi.DOCS_HEADERS)
 
     def docs_asset(self, name: str) -> Response:
         found = openapi.docs_asset(name)
         if found is None:
             abort(404)
         data, media_type = found
-        response = Response(data, content_type=media_type)
+        response = Response(data, content_type=media_type, headers=openapi.DOCS_HEADERS)
         response.cache_control.max_age = 86400
         return response
 
@@ -186,6 +219,15 @@ def _path(namespace: str, sku: str) -> schemas.ItemPath:
 def _reservation_path(namespace: str, reservation_id: str) -> schemas.ReservationPath:
     return validate(schemas.ReservationPath, {"namespace": namespace,
                                               "reservation_id": reservation_id})
+
+
+def _query(model: type[M]) -> M:
+    # Two values of one name: a cache reading the first would disagree with one reading the last.
+    for name, values in request.args.lists():
+        if len(values) > 1:
+            raise replies.BadRequest("invalid_field", f"{name}: given more than once",
+                                     field=name)
+    return validate(model, request.args.to_dict())
 
 
 def _body(model: type[M]) -> M:

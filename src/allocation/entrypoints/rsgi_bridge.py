@@ -17,7 +17,6 @@ import io
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_to_bytes
 
 from allocation.entrypoints import access, replies, stock_stream
 
@@ -59,10 +58,7 @@ class RsgiBridge:
         environ = _environ(scope, headers)
         loop = asyncio.get_running_loop()
         if self.guard is not None:
-            if self.guard.decides_at_once(environ):
-                refusal = self.guard.refusal(environ)
-            else:  # a token not seen since the last reload: looked up off the loop
-                refusal = await loop.run_in_executor(self.pool, self.guard.refusal, environ)
+            refusal = await self.guard.refusal_soon(environ)
             if refusal is not None:
                 return _reply(protocol, refusal)
             environ[access.CHECKED] = True
@@ -163,7 +159,9 @@ def _environ(scope: Scope, headers: Headers) -> WSGIEnvironment:
     client, _, client_port = scope.client.rpartition(":")
     environ: dict[str, Any] = {
         "REQUEST_METHOD": scope.method, "SCRIPT_NAME": "",
-        "PATH_INFO": unquote_to_bytes(scope.path).decode("latin-1"),
+        # granian hands the path decoded once (as UTF-8): PEP 3333 wants those bytes as
+        # latin-1, and no second decoding (``te%2565`` is not ``tee``).
+        "PATH_INFO": scope.path.encode("utf-8", "surrogateescape").decode("latin-1"),
         "QUERY_STRING": scope.query_string, "SERVER_NAME": host, "SERVER_PORT": port,
         "SERVER_PROTOCOL": f"HTTP/{scope.http_version}", "REMOTE_ADDR": client,
         "REMOTE_PORT": client_port, "wsgi.version": (1, 0), "wsgi.url_scheme": scope.scheme,

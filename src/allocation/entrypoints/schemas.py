@@ -7,7 +7,9 @@ import re
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     RootModel,
@@ -101,7 +103,27 @@ def _check(rule: TypeAdapter[_T], value: object, field: str, pattern: str = "") 
 
 
 class Model(BaseModel):
+    """A request's body, path or query, or a command message: a field it does not define is
+    refused, never ignored (a misspelt ``ttl_second`` would otherwise quietly get the default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Answer(BaseModel):
+    """What the service sends: documented, not validated, and open to fields added later."""
+
     model_config = ConfigDict(frozen=True)
+
+
+def _decimal(value: object) -> object:
+    """A query's integer as plain decimal digits: no sign, point, underscore or spaces."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit() and len(value) <= 20):
+        raise ValueError("must be plain decimal digits")
+    return value
+
+
+# A query string's integer (``limit=+5``, ``5.0`` and ``1_0`` are refused, not read as 5 or 10).
+QueryInt = Annotated[int, BeforeValidator(_decimal)]
 
 
 class ItemPath(Model):
@@ -132,8 +154,25 @@ class Line(Model):
     qty: Qty
 
 
+MAX_MERGED_QTY = 1_000_000  # a reservation's lines of one sku, added together (API.md)
+
+
+def _merged_within_cap(lines: list[Line]) -> list[Line]:
+    total: dict[str, int] = {}
+    for line in lines:
+        total[line.sku] = total.get(line.sku, 0) + line.qty
+        if total[line.sku] > MAX_MERGED_QTY:
+            raise ValueError(f"the lines of sku {line.sku} add up to more than {MAX_MERGED_QTY}")
+    return lines
+
+
+# 1..100 lines; lines of one sku are held as one, so their sum is capped as one qty is.
+Lines = Annotated[list[Line], Field(min_length=1, max_length=100),
+                  AfterValidator(_merged_within_cap)]
+
+
 class ReserveBody(Model):
-    lines: Annotated[list[Line], Field(min_length=1, max_length=100)]
+    lines: Lines
     ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=86_400)] = 600
     buyer: Buyer | None = None
 
@@ -150,7 +189,7 @@ class ReservationPath(Model):
     reservation_id: Annotated[str, StringConstraints(pattern=RESERVATION_ID_PATTERN)]
 
 
-class ReservationOut(Model):
+class ReservationOut(Answer):
     id: str
     namespace: str
     state: Literal["held", "confirmed", "released", "expired"]
@@ -162,15 +201,15 @@ class ReservationOut(Model):
 
 class ListQuery(Model):
     after: Name | None = None
-    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    limit: Annotated[QueryInt, Field(ge=1, le=1000)] = 100
 
 
 class LedgerQuery(Model):
-    after_seq: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0  # a seq is a BIGINT
-    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    after_seq: Annotated[QueryInt, Field(ge=0, le=2**63 - 1)] = 0  # a seq is a BIGINT
+    limit: Annotated[QueryInt, Field(ge=1, le=1000)] = 100
 
 
-class Item(Model):
+class Item(Answer):
     namespace: str
     sku: str
     total: int
@@ -180,12 +219,12 @@ class Item(Model):
     limit_per_buyer: int | None
 
 
-class ItemPage(Model):
+class ItemPage(Answer):
     items: list[Item]
     next: str | None
 
 
-class LedgerEntryOut(Model):
+class LedgerEntryOut(Answer):
     seq: int
     kind: Literal["init", "adjust", "decrement", "refund", "hold", "confirm", "release",
                   "expire", "extend"]
@@ -200,15 +239,34 @@ class LedgerEntryOut(Model):
     expires_at: str | None = None
 
 
-class LedgerPage(Model):
+class LedgerPage(Answer):
     entries: list[LedgerEntryOut]
 
 
-class RefreshedCount(Model):
+class RefreshedCount(Answer):
     items: int
 
 
-class Error(Model):
+class StatsUnits(Answer):
+    sold: int
+    refunded: int
+    held: int
+    released: int
+    expired: int
+
+
+class Stats(Answer):
+    """A namespace's sale figures (GET /v1/{ns}/stats), from the metrics /metrics shows."""
+
+    namespace: str
+    units: StatsUnits
+    holds_ended: dict[str, int]
+    refusals: dict[str, int]
+    stream_clients: int
+    drift_items: int | None
+
+
+class Error(Answer):
     error: str
     message: str
     field: str | None = None
@@ -260,7 +318,7 @@ ReservationId = Annotated[str, StringConstraints(pattern=RESERVATION_ID_PATTERN)
 class ReserveMessage(Model):
     command: Literal["Reserve"]
     namespace: Name
-    lines: Annotated[list[Line], Field(min_length=1, max_length=100)]
+    lines: Lines
     ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=86_400)] = 600
     buyer: Buyer | None = None
     idempotency_key: IdempotencyKey

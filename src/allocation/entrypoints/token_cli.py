@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
-from allocation.adapters.token_store import ANY_NAMESPACE, ROLES, TokenStore
+from allocation.adapters.redis_client import connect
+from allocation.adapters.token_store import ANY_NAMESPACE, ROLES, Revocations, TokenStore
 from allocation.bootstrap import build_engine
 from allocation.config import Config
 from allocation.entrypoints import schemas
@@ -29,10 +32,18 @@ def token() -> None:
 @click.argument("namespace")
 @click.option("--role", type=click.Choice(ROLES), required=True)
 @click.option("--name", default="", help="who or what the token is for")
-def create(namespace: str, role: str, name: str) -> None:
+@click.option("--embedded", is_flag=True,
+              help="write into the embedded SQLite file (no DATABASE_URL): its API runs with "
+                   "AUTH=off unless AUTH=required is set")
+def create(namespace: str, role: str, name: str, embedded: bool) -> None:
     """Make a token for NAMESPACE ('*' for every namespace); print it (it is shown once)."""
     if len(name) > 200:
         raise click.UsageError("--name: at most 200 characters")
+    if not os.environ.get("DATABASE_URL") and not embedded:
+        # Else the token lands in a local SQLite file no deployed server reads, and the
+        # operator holds a token that every server answers 401.
+        raise click.UsageError("DATABASE_URL is not set: set it to the deployment's database "
+                               "(or pass --embedded to write into the embedded SQLite file)")
     _, secret = _store().create(_namespace(namespace), role, name)
     click.echo(secret)
 
@@ -54,4 +65,12 @@ def revoke(token_id: str) -> None:
     """Revoke a token by its id: every server refuses it within seconds."""
     if not _store().revoke(token_id):
         raise click.ClickException(f"no active token {token_id!r}")
+    config = Config.from_env()
+    if config.redis_url is not None:
+        # Servers that cannot reach the database hear of it here (within a second or so).
+        try:
+            Revocations(connect(config.redis_url), config.redis_key_prefix).add(token_id)
+        except Exception as exc:  # noqa: BLE001 - the database has it: servers reload it
+            click.echo(f"warning: not told through Redis ({type(exc).__name__}); servers "
+                       "that reach the database refuse it at their next reload", err=True)
     click.echo(f"revoked {token_id}")

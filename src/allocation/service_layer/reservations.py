@@ -44,20 +44,24 @@ def merged(lines: Sequence[Line]) -> tuple[Line, ...]:
 
 def reserve(cmd: commands.Reserve, uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox,
             publish: Publish, item_locks: ItemLocks, durability: Durability,
-            ledger_wait_seconds: float) -> Reservation:
+            ledger_wait_seconds: float, open_reservations_per_buyer: int = 0) -> Reservation:
     deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
     lines = merged(cmd.lines)
-    rid = counter.reservation_id(cmd.namespace, lines[0][0], cmd.idempotency_key)
-    # What the key stands for: the same request again is a replay, another one is refused.
-    request = json.dumps([sorted(lines), cmd.ttl_seconds, cmd.buyer])
+    # The key alone names the reservation (and where it lives): whatever the body, one key is
+    # one reservation, so another body under it meets this one and is refused.
+    rid = counter.reservation_id(cmd.namespace, cmd.idempotency_key)
+    # What the key stands for, the body as sent: any other (the same lines in another order
+    # included) is another request.
+    request = json.dumps([[list(line) for line in cmd.lines], cmd.ttl_seconds, cmd.buyer])
     if durability.mode == "sync" and counter.reservation_lines(cmd.namespace, rid) is None:
         # Sync mode promises that what was acknowledged survives Redis: a retry, after Redis
         # lost it, of a reservation the ledger has (even one since ended) is its replay, not
-        # a second hold.
+        # a second hold; another request under its key is refused.
         with contextlib.suppress(errors.NotFound):
-            _restore(uow, counter, cmd.namespace, rid, request)
+            _restore(uow, counter, cmd.namespace, rid, request, (lines, cmd.buyer))
     result = _step(deps, "hold", cmd.namespace, rid, lines, ttl_ms=cmd.ttl_seconds * 1000,
-                   buyer=cmd.buyer, fingerprint=request, key=cmd.idempotency_key)
+                   buyer=cmd.buyer, fingerprint=request, key=cmd.idempotency_key,
+                   open_cap=open_reservations_per_buyer if cmd.buyer else 0)
     return _view(rid, cmd.namespace, lines, cmd.buyer, result)
 
 
@@ -100,7 +104,7 @@ def reservation(counter: Counter, uow: AbstractUnitOfWork, namespace: str,
 def _end(deps: Deps, step: Step, namespace: str, reservation_id: str,
          ttl_ms: int = 0) -> Reservation:
     lines, buyer = _known(deps.uow, deps.counter, namespace, reservation_id)
-    result = _step(deps, step, namespace, reservation_id, lines, ttl_ms=ttl_ms)
+    result = _step(deps, step, namespace, reservation_id, lines, ttl_ms=ttl_ms, buyer=buyer)
     return _view(reservation_id, namespace, lines, buyer, result)
 
 
@@ -114,9 +118,12 @@ def _known(uow: AbstractUnitOfWork, counter: Counter, namespace: str,
 
 
 def _restore(uow: AbstractUnitOfWork, counter: Counter, namespace: str, rid: str,
-             fingerprint: str) -> tuple[tuple[Line, ...], str | None]:
+             fingerprint: str, asked: tuple[tuple[Line, ...], str | None] | None = None
+             ) -> tuple[tuple[Line, ...], str | None]:
     """Put a reservation the counter lost back from its ledger entries: its lines are its
-    holds, its state the end its lines met (held while any has none)."""
+    holds, its state the end its lines met (held while any has none). ``asked``: the lines and
+    buyer of a create under its key, which keeps ``fingerprint`` only where the ledger's
+    reservation has them (the ledger keeps no line order: the held lines are its test)."""
     with uow:
         entries = [dataclasses.replace(e) for e in uow.items.reservation_entries(namespace, rid)]
     holds = [e for e in entries if e.kind == "hold"]
@@ -128,6 +135,8 @@ def _restore(uow: AbstractUnitOfWork, counter: Counter, namespace: str, rid: str
              if len(ended) == len({h.sku for h in holds}) else "held")
     lines = merged([(h.sku, h.qty) for h in holds])
     first = min(holds, key=lambda h: h.created_at)
+    if asked is not None and (sorted(asked[0]), asked[1]) != (sorted(lines), first.buyer):
+        fingerprint = "\n"  # no request's: another body under the key is refused
     expires = min((h.expires_at for h in holds if h.expires_at), default=first.created_at)
     # Extended: each extension moved every line's expiry; the latest holds.
     expires = max((e.expires_at for e in entries if e.kind == "extend" and e.expires_at),
@@ -144,16 +153,17 @@ def _epoch_ms(moment: datetime) -> int:
 
 def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, ...],
           ttl_ms: int = 0, buyer: str | None = None, fingerprint: str = "",
-          key: str | None = None) -> Reserved:
+          key: str | None = None, open_cap: int = 0) -> Reserved:
     counter = deps.counter
     result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms, buyer=buyer,
-                                      fingerprint=fingerprint, idempotency_key=key)
+                                      fingerprint=fingerprint, idempotency_key=key,
+                                      open_cap=open_cap)
     if result.status == "not_found" and result.sku is None and step != "hold":
         # Redis lost the reservation (this process knew its lines): the ledger has it.
         _restore(deps.uow, counter, namespace, rid, fingerprint)
         result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
                                           buyer=buyer, fingerprint=fingerprint,
-                                          idempotency_key=key)
+                                          idempotency_key=key, open_cap=open_cap)
     rebuilt: set[str] = set()
     while result.status == "not_found" and result.sku is not None and result.sku not in rebuilt:
         # Redis lost the item (or never had it): rebuild it from the database, under its
@@ -168,14 +178,15 @@ def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, .
         rebuilt.add(result.sku)
         result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
                                           buyer=buyer, fingerprint=fingerprint,
-                                          idempotency_key=key)
+                                          idempotency_key=key, open_cap=open_cap)
     if result.status == "lost":
         # Redis lost the reservation and its items came back with their holds (a rebuild from
         # the ledger): put it back as the ledger has it, and this request is a replay.
-        _restore(deps.uow, counter, namespace, rid, fingerprint)
+        _restore(deps.uow, counter, namespace, rid, fingerprint,
+                 (lines, buyer) if step == "hold" else None)
         result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
                                           buyer=buyer, fingerprint=fingerprint,
-                                          idempotency_key=key)
+                                          idempotency_key=key, open_cap=open_cap)
     if result.status == "fenced":
         raise errors.Unavailable(f"an item of reservation {rid} is being rebuilt; retry",
                                  retry_after=1)
@@ -183,7 +194,9 @@ def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, .
         # A cart across cluster slots another request is taking through its steps.
         raise errors.Unavailable(f"reservation {rid} is being worked on; retry", retry_after=1)
     if result.status != "ok":
-        raise _refusal(result, rid)
+        refusal = _refusal(result, rid)
+        refusal.replayed = result.replayed and result.status != "idempotency_key_reused"
+        raise refusal
     if step in KIND_OF_STEP:
         if not result.replayed:
             _settle(deps, namespace, rid, lines, result, KIND_OF_STEP[step], key)
@@ -247,6 +260,10 @@ def _refusal(result: Reserved, rid: str) -> errors.DomainError:
         return errors.LimitExceeded(f"{result.sku}: over the limit per buyer; "
                                     f"{result.detail} more may be taken",
                                     remaining=result.detail or 0, **sku)
+    if result.status == "too_many_open_reservations":
+        return errors.TooManyOpenReservations(
+            f"the buyer holds {result.detail} open reservations, as many as allowed: confirm or "
+            "release one first", limit=result.detail or 0)
     if result.status == "buyer_required":
         return errors.BuyerRequired(f"{result.sku} has a limit per buyer: name the buyer",
                                     **sku)

@@ -1,15 +1,18 @@
 -- A reservation's steps at its home: the reservation itself and the lines whose items share
 -- its slot (on one Redis, all of them).
--- KEYS[1] the reservation hash {state, fp, lines, buyer, created, expires, reason, sku,
--- detail}; KEYS[2] the home partition's due index (items with holds, by next expiry: the
--- sweeper's list); then six keys per line: item hash, outbox, buyers, holds, expiries, tally.
+-- KEYS[1] the reservation hash {state, fp, lines, buyer, created, expires, first (the expiry
+-- the hold was first answered with), reason, sku, detail}; KEYS[2] the home partition's due
+-- index (items with holds, by next expiry: the sweeper's list); KEYS[3] the buyer's open
+-- reservations (a sorted set of ids by expiry); then six keys per line: item hash, outbox,
+-- buyers, holds, expiries, tally.
 -- ARGV: op, reservation id, namespace, events channel, ttl ms (hold, extend), buyer ("" for
 --       none), fingerprint (hold), ms to keep the reservation once ended, ms to keep a refusal,
 --       whole ("1": these lines are the whole reservation; "0": a cart across slots, whose
 --       other lines lib.lua's part.lua steps take), every line of the reservation as
 --       "sku qty sku qty..." (hold), a refusal's reason, sku and detail (settle), the
---       idempotency key of the request (hold: its Reserved events carry it), then each home
---       line's sku and qty.
+--       idempotency key of the request (hold: its Reserved events carry it), the most open
+--       reservations the buyer may have (hold; 0: no cap; -cap: at the cap, as counted in
+--       another slot), then each home line's sku and qty.
 -- The reservation's state decides who ends it: confirm, release and expiry each check and
 -- change it in one step, so exactly one wins. A held reservation whose expiry has passed is
 -- expired (its lines end as it is touched, as each item is, or by the sweeper).
@@ -24,8 +27,9 @@
 local op, rid, ns, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, buyer, fp = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local keep, refusal_keep, whole = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10] == '1'
-local res, due = KEYS[1], KEYS[2]
-local lines = lines_of(3, 16, ns)
+local res, due, open = KEYS[1], KEYS[2], KEYS[3]
+local open_cap = tonumber(ARGV[16])
+local lines = lines_of(4, 17, ns)
 local now = now_ms()
 
 local function answer(status, r, sku, detail, replayed, figs)
@@ -59,12 +63,18 @@ end
 
 local r = stored()
 
+-- The buyer's open reservations less this one (ended, it no longer counts).
+local function closed()
+  if open ~= res and r and r.buyer and r.buyer ~= '' then redis.call('ZREM', open, rid) end
+end
+
 -- End every home line with `kind`, and the reservation as `state` (kept `kept` ms more).
 local function finish(kind, state, status, kept)
   local figs, why, sku = end_all(kind)
   if not figs then return answer(why, r, sku) end
   r.state = state
   redis.call('HSET', res, 'state', state)
+  closed()
   if kept then redis.call('PEXPIRE', res, kept) end
   return answer(status, r, nil, -1, false, figs)
 end
@@ -72,23 +82,41 @@ end
 if op == 'hold' then
   if r then
     if r.fp ~= fp then return answer('idempotency_key_reused', r) end
-    return answer(r.reason or 'ok', r, r.sku, r.detail, true, all_figures(lines) or {})
+    if r.reason then return answer(r.reason, r, r.sku, r.detail, true) end
+    -- A replay answers as the hold first did, whatever happened to the reservation since
+    -- (a cart across slots still pending is resumed by it).
+    local first = {state = r.state == 'pending' and 'pending' or 'held', created = r.created,
+                   expires = r.first or r.expires}
+    return answer('ok', first, nil, -1, true, all_figures(lines) or {})
   end
   local figs, status, sku = all_figures(lines)
   if not figs then  -- not remembered: being rebuilt, or a rebuild may bring the item back
     return answer(status, {}, sku)
   end
-  if redis.call('HEXISTS', lines[1].holds, rid) == 1 then
+  if lines[1] and redis.call('HEXISTS', lines[1].holds, rid) == 1 then
     return answer('lost', {})  -- held before, and Redis lost the reservation: the ledger has it
   end
   for i, k in ipairs(lines) do expire_due(k, figs[i], now, 1000, channel) end
+  if buyer ~= '' and open_cap < 0 then  -- counted in its own slot (claim.lua): at the cap
+    return refuse('too_many_open_reservations', '', -open_cap, figs)
+  end
+  if buyer ~= '' and open_cap > 0 then
+    redis.call('ZREMRANGEBYSCORE', open, '-inf', now)
+    if redis.call('ZCARD', open) >= open_cap then
+      return refuse('too_many_open_reservations', '', open_cap, figs)
+    end
+  end
   local reason, at, detail = refusal_of(lines, figs, buyer)
   if reason then return refuse(reason, at, detail, figs) end
   local expires = now + ttl
   take(lines, figs, rid, buyer, expires, due, channel, ARGV[15])
+  if buyer ~= '' and open_cap > 0 then
+    redis.call('ZADD', open, expires, rid)
+    if redis.call('PTTL', open) < ttl then redis.call('PEXPIREAT', open, expires) end
+  end
   local state = whole and 'held' or 'pending'
   redis.call('HSET', res, 'state', state, 'fp', fp, 'lines', ARGV[11], 'buyer', buyer,
-             'created', now, 'expires', expires)
+             'created', now, 'expires', expires, 'first', expires)
   redis.call('PEXPIREAT', res, expires + keep)
   return answer('ok', {state = state, created = now, expires = expires}, nil, -1, false, figs)
 end
@@ -99,6 +127,7 @@ if op == 'settle' then  -- a cart across slots: every slot held (or one refused)
   if r.state ~= 'pending' then return answer('ok', r, r.sku, r.detail, true) end
   if ARGV[12] ~= '' then
     local figs = end_all('release')
+    closed()
     return refuse(ARGV[12], ARGV[13], tonumber(ARGV[14]), figs)
   end
   r.state = 'held'
@@ -114,6 +143,7 @@ if (r.state == 'held' or r.state == 'pending') and now >= tonumber(r.expires) th
     local figs, status, sku = end_all('expire')
     if not figs then return answer(status, r, sku) end
     redis.call('HSET', res, 'state', 'expired')
+    closed()
     expired_now = figs
   end
   r.state = 'expired'

@@ -6,7 +6,7 @@
 const PAGE_SIZE = 500; // items per listing request
 const MAX_ITEMS = 5000; // rows at most: the poll reads them all every POLL_MS
 const POLL_MS = 3000; // the listing, for items without a stream
-const HEALTH_MS = 2000; // /readyz and /metrics
+const HEALTH_MS = 2000; // /readyz and the namespace's stats
 const RATE_WINDOW_MS = 60000; // the sale rate is over the last minute at most...
 const RATE_MIN_MS = 5000; // ...and at least this much of it
 const BACKOFF_MS = [500, 1000, 2000, 5000, 10000, 30000];
@@ -257,7 +257,7 @@ function pause(ms, signal) {
   });
 }
 
-// --- The listing poll, /readyz and /metrics -----------------------------------------------
+// --- The listing poll, /readyz and stats -----------------------------------------------
 
 async function poll(signal) {
   while (!signal.aborted) {
@@ -295,7 +295,7 @@ function showCount(more) {
 
 async function health() {
   for (;;) {
-    await Promise.all([readiness(), metrics()]);
+    await Promise.all([readiness(), stats()]);
     await new Promise((resolve) => setTimeout(resolve, HEALTH_MS));
   }
 }
@@ -306,6 +306,9 @@ async function readiness() {
     const response = await fetch("/readyz", {cache: "no-store"});
     const parts = await response.json();
     parts.ledger = parts.ledger || (parts.redis === "ok" ? "ok" : "unknown");
+    // The backlog is every namespace's: /readyz tells how far behind, and needs no token.
+    $("lag").textContent = String(parts.ledger).replace(/^degraded: /, "");
+    $("lag").className = parts.ledger === "ok" ? "ok" : "warn";
     ready.replaceChildren(...Object.entries(parts).map(([name, state]) => {
       const span = document.createElement("span");
       state = String(state);
@@ -314,65 +317,39 @@ async function readiness() {
       return span;
     }));
   } catch (error) {
-    ready.textContent = "unreachable";
-    ready.className = "bad";
+    ready.textContent = $("lag").textContent = "unreachable";
+    ready.className = $("lag").className = "bad";
   }
 }
 
-// Prometheus text: [{name, labels, value}], comments skipped.
-function parseMetrics(text) {
-  const samples = [];
-  for (const line of text.split("\n")) {
-    const match = /^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)/.exec(line);
-    if (!match) continue;
-    const labels = {};
-    for (const [, key, value] of (match[2] || "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) {
-      labels[key] = value.replace(/\\(.)/g, (_, c) => (c === "n" ? "\n" : c));
-    }
-    samples.push({name: match[1], labels, value: Number(match[3])});
-  }
-  return samples;
-}
-
-async function metrics() {
-  let samples;
+// This namespace's own figures (GET /v1/{ns}/stats, for its read tokens): /metrics shows every
+// namespace's and needs a token of all of them.
+async function stats() {
+  if (!session) return;
+  const mine = session;
+  let figures;
   try {
-    const response = await fetch("/metrics", {cache: "no-store"});
-    samples = parseMetrics(await response.text());
+    figures = await api(`/v1/${encodeURIComponent(mine.namespace)}/stats`, mine.abort.signal);
   } catch (error) {
-    $("lag").textContent = $("refusals").textContent = $("drift").textContent = "unreachable";
+    if (session !== mine) return;
+    if (error instanceof Unauthorized) return stop(error.message);
+    $("refusals").textContent = $("drift").textContent = "unreachable";
     return;
   }
-  const value = (name) => samples.find((s) => s.name === name)?.value;
-  const entries = value("allocation_ledger_lag_entries");
-  const seconds = value("allocation_ledger_lag_seconds");
-  $("lag").textContent = entries === undefined ? "unknown"
-    : `${number(entries)} movements, oldest ${seconds.toFixed(1)} s`;
-  $("lag").className = entries === undefined ? "bad" : seconds > 5 ? "warn" : "ok";
-  // This namespace's items where Redis and the database disagreed at the last drift check.
-  const drifted = samples.find((s) => s.name === "allocation_drift_items"
-                                && session && s.labels.namespace === session.namespace)?.value;
-  $("drift").textContent = drifted === undefined ? "not measured yet"
+  if (session !== mine) return;
+  const drifted = figures.drift_items;
+  $("drift").textContent = drifted === null ? "not measured yet"
     : drifted ? `${number(drifted)} items (run allocation drift NS --repair)` : "none";
   $("drift").className = drifted ? "warn" : "ok";
-  // This namespace's refusals by reason, and the units whose holds expired.
-  const ours = (s) => session && s.labels.namespace === session.namespace;
-  const reasons = samples.filter((s) => s.name === "allocation_sale_refusals_total" && ours(s)
-                                        && s.value > 0)
-    .map((s) => `${s.labels.reason} ${number(s.value)}`);
-  const expired = samples.find((s) => s.name === "allocation_sale_units_expired_total"
-                                      && ours(s))?.value;
-  if (expired) reasons.push(`held units expired ${number(expired)}`);
+  const reasons = Object.entries(figures.refusals).filter(([, n]) => n > 0)
+    .map(([reason, n]) => `${reason} ${number(n)}`);
+  if (figures.units.expired) reasons.push(`held units expired ${number(figures.units.expired)}`);
   $("refusals").textContent = reasons.length ? reasons.join(", ") : "none";
-  // Whatever series name this namespace (sales, refusals, drift), where the server has them.
-  const mine = session ? samples.filter((s) => s.labels.namespace === session.namespace
-                                               && !s.name.endsWith("_created")) : [];
-  $("ns-metrics-box").hidden = mine.length === 0;
-  $("ns-metrics").textContent = mine.map((s) => {
-    const rest = Object.entries(s.labels).filter(([k]) => k !== "namespace")
-      .map(([k, v]) => `${k}=${v}`).join(",");
-    return `${s.name}${rest ? `{${rest}}` : ""} ${number(s.value)}`;
-  }).join(" · ");
+  const shown = [...Object.entries(figures.units).map(([k, n]) => [`units ${k}`, n]),
+                 ...Object.entries(figures.holds_ended).map(([k, n]) => [`holds ${k}`, n]),
+                 ["stream clients", figures.stream_clients]];
+  $("ns-metrics-box").hidden = false;
+  $("ns-metrics").textContent = shown.map(([k, n]) => `${k} ${number(n)}`).join(" · ");
 }
 
 // --- Starting and stopping ----------------------------------------------------------------

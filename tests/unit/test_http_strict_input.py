@@ -1,0 +1,137 @@
+"""Strict input, through both front ends (the fast lane and Flask's routes): a body field the
+operation does not define is 400 naming it, a query integer is plain decimal digits, a query
+parameter comes once; each changes nothing. A 503 names no driver, library or exception, and
+the API's viewer (/docs) may run only its own files and be framed by nobody."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+import pytest
+import redis
+from sqlalchemy import exc as sa_exc
+
+from allocation.entrypoints import openapi
+from tests.helpers.apps import FakeApp, body
+
+KEY = {"Idempotency-Key": "k1"}
+
+
+@pytest.fixture(params=[True, False], ids=["fast-lane", "flask"])
+def shop(request: pytest.FixtureRequest) -> FakeApp:
+    app = FakeApp(fast=request.param)
+    app.client.put("/v1/ns/items/a", json={"total": 5})
+    made = app.client.post("/v1/ns/reservations", json={"lines": [{"sku": "a", "qty": 1}]},
+                           headers={"Idempotency-Key": "cart"})
+    assert made.status_code == 201, made.get_json()
+    app.rid = body(made)["id"]  # type: ignore[attr-defined]
+    return app
+
+
+# Each operation's body, right but for one field it does not define.
+BODIES: list[tuple[str, str, dict[str, Any], dict[str, str], str]] = [
+    ("PUT", "/v1/ns/items/a", {"total": 5, "totl": 6}, {}, "totl"),
+    ("PUT", "/v1/ns/items/new", {"total": 5, "limit_per_buyr": 1}, {}, "limit_per_buyr"),
+    ("PATCH", "/v1/ns/items/a", {"limit_per_buyer": 1, "limit": 2}, {}, "limit"),
+    ("POST", "/v1/ns/items/a/adjustments", {"delta": 1, "delt": 2}, KEY, "delt"),
+    ("POST", "/v1/ns/items/a/decrements", {"qty": 1, "buyr": "ann"}, KEY, "buyr"),
+    ("POST", "/v1/ns/items/a/refunds", {"qty": 1, "quantity": 1}, KEY, "quantity"),
+    ("POST", "/v1/ns/reservations", {"lines": [{"sku": "a", "qty": 1}], "ttl_second": 5},
+     {"Idempotency-Key": "cart-2"}, "ttl_second"),
+    ("POST", "/v1/ns/reservations", {"lines": [{"sku": "a", "qty": 1, "price": 3}]},
+     {"Idempotency-Key": "cart-3"}, "lines.0.price"),
+    ("POST", "/v1/ns/reservations/{rid}/extend", {"ttl_seconds": 60, "ttl": 5}, {}, "ttl"),
+]
+
+
+@pytest.mark.parametrize("method, path, sent, headers, field", BODIES,
+                         ids=[f"{m} {p.rsplit('/', 1)[-1]} {f}" for m, p, _, _, f in BODIES])
+def test_a_field_the_operation_does_not_define_is_400_naming_it(
+        shop: FakeApp, method: str, path: str, sent: dict[str, Any], headers: dict[str, str],
+        field: str) -> None:
+    before = shop.snapshot()
+    response = shop.client.open(path.format(rid=shop.rid), method=method,  # type: ignore[attr-defined]
+                                json=sent, headers=headers)
+    assert response.status_code == 400, response.get_json()
+    assert body(response)["field"] == field
+    assert body(response)["error"] == "invalid_field"
+    assert field in body(response)["message"]
+    assert shop.snapshot() == before
+
+
+@pytest.mark.parametrize("query, field", [
+    ("limit=+5", "limit"), ("limit=5.0", "limit"), ("limit=1_0", "limit"),
+    ("limit=%205", "limit"), ("limit=%EF%BC%95", "limit"), ("limit=-1", "limit"),
+    ("limit=0x5", "limit"), ("limit=", "limit"), ("limit=1&limit=2", "limit"),
+    ("after=a&after=b", "after"), ("limt=5", "limt"),
+])
+def test_item_pages_take_plain_decimal_integers_once(shop: FakeApp, query: str,
+                                                     field: str) -> None:
+    response = shop.client.get(f"/v1/ns/items?{query}")
+    assert response.status_code == 400, response.get_json()
+    assert body(response)["field"] == field
+
+
+@pytest.mark.parametrize("query", ["after_seq=+1", "after_seq=1.0", "limit=1_0",
+                                   "after_seq=0&after_seq=1"])
+def test_ledger_pages_take_plain_decimal_integers_once(shop: FakeApp, query: str) -> None:
+    response = shop.client.get(f"/v1/ns/items/a/ledger?{query}")
+    assert response.status_code == 400, response.get_json()
+
+
+def test_plain_query_integers_still_work(shop: FakeApp) -> None:
+    page = shop.client.get("/v1/ns/items?limit=5")
+    assert (page.status_code, [i["sku"] for i in body(page)["items"]]) == (200, ["a"])
+    assert shop.client.get("/v1/ns/items?limit=0005").status_code == 200
+    ledger = shop.client.get("/v1/ns/items/a/ledger?after_seq=0&limit=10")
+    assert ledger.status_code == 200
+
+
+def refused_connection() -> Exception:
+    return sa_exc.OperationalError(
+        "SELECT 1", {}, psycopg2.OperationalError("connection to server failed: refused"))
+
+
+@pytest.mark.parametrize("failure", [refused_connection, lambda: redis.ConnectionError(
+    "Error 111 connecting to localhost:6379. Connection refused.")],
+    ids=["database", "redis"])
+@pytest.mark.parametrize("method, path, sent", [
+    ("PUT", "/v1/ns/items/b", {"total": 1}),
+    ("POST", "/v1/ns/items/a/decrements", {"qty": 1}),
+], ids=["init", "decrement"])
+def test_a_503_names_no_driver_library_or_exception(
+        shop: FakeApp, monkeypatch: pytest.MonkeyPatch, failure: Callable[[], Exception],
+        method: str, path: str, sent: dict[str, Any]) -> None:
+    def down(command: Any) -> Any:
+        raise failure()
+
+    monkeypatch.setattr(shop.application.bus, "handle", down)
+    response = shop.client.open(path, method=method, json=sent, headers=KEY)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    text = response.get_data(as_text=True)
+    for internal in ("OperationalError", "ConnectionError", "psycopg", "sqlalchemy", "redis",
+                     "Error 111", "refused"):
+        assert internal.lower() not in text.lower(), text
+    assert body(response)["error"] == "unavailable"
+
+
+def test_the_docs_page_runs_only_its_own_files_and_no_site_frames_it(shop: FakeApp) -> None:
+    page = shop.client.get("/docs")
+    assert page.status_code == 200
+    policy = page.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy
+    assert "script-src 'self';" in policy and "'unsafe-inline'" not in policy.split(
+        "script-src")[1].split(";")[0]
+    html = page.get_data(as_text=True)
+    assert re.search(r"<script>", html) is None  # no inline script for the policy to block
+    for asset in re.findall(r'(?:src|href)="(/docs/[^"]+)"', html):
+        served = shop.client.get(asset)
+        assert served.status_code == 200, asset
+        assert "frame-ancestors 'none'" in served.headers["Content-Security-Policy"]
+    assert f"/docs/{openapi.DOCS_INIT}" in html
+    dashboard = shop.client.get("/dashboard")
+    assert "frame-ancestors 'none'" in dashboard.headers["Content-Security-Policy"]
