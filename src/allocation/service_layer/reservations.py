@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 # in the ledger (a reservation released after its expiry, or a line ended by its item's expiry,
 # has "expire" rows).
 KIND_OF_STEP = {"hold": "hold", "confirm": "confirm", "release": "release", "extend": "extend"}
-WRITTEN_BY = {"hold": ("hold",), "confirm": ("confirm",), "release": ("release", "expire")}
+WRITTEN_BY = {"hold": ("hold",), "confirm": ("confirm",), "release": ("release", "expire"),
+              "extend": ("extend",)}
 STATE_OF_END = {"confirm": "confirmed", "release": "released", "expire": "expired"}
 
 
