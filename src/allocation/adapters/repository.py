@@ -87,8 +87,8 @@ class AbstractRepository(abc.ABC):
 
     def keyed_entries(self, namespace: str, skus: Sequence[str], since: datetime,
                       limit: int = 1_000_000) -> Sequence[LedgerEntry]:
-        """The items' movements with an idempotency key, made since ``since``."""
-        return [e for sku in skus for e in self.ledger(namespace, sku, 0, limit)
+        """The items' movements with an idempotency key, made since ``since``, latest first."""
+        return [e for sku in skus for e in reversed(self.ledger(namespace, sku, 0, limit))
                 if e.idempotency_key is not None and _aware(e.created_at) >= since]
 
     def allowances(self, namespace: str, skus: Sequence[str]) -> dict[str, Allowances]:
@@ -301,6 +301,9 @@ class SqlAlchemyRepository(AbstractRepository):
             .where(orm.ledger.c.namespace == namespace, self._among(orm.ledger.c.sku, skus),
                    orm.ledger.c.idempotency_key.is_not(None),
                    orm.ledger.c.created_at >= self._moment(since))
+            # A key used twice (its window shortened since): the latest first, which the
+            # counter's remember (first one wins) keeps.
+            .order_by(orm.ledger.c.seq.desc())
             .limit(limit))
 
     def reservation_entries(self, namespace: str, reservation_id: str) -> Sequence[LedgerEntry]:
