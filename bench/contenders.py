@@ -840,22 +840,46 @@ def _wrk(port: int, path: str, connections: int, seconds: int, token: str,
 
 
 def refresh_all(services: Services, items: int) -> Result:
-    """Rebuild a namespace's counters from the database (async mode: fenced, batched)."""
+    """Rebuild a namespace Redis lost from the database (async mode: fenced, batched): the
+    recovery after a failover. Every second item has a limit per buyer, a buyer who bought one
+    and holds two more (an open hold), and they must come back with it."""
     cfg = config(services, "async")
     app = bootstrap(cfg)
     engine = engine_of(app)
     with engine.begin() as conn:
         conn.execute(text(
-            "INSERT INTO inventory_items (namespace, sku, total, consumed, last_seq, version) "
-            "SELECT 'refresh', 's' || lpad(g::text, 7, '0'), 10, 0, 0, 1 "
+            "INSERT INTO inventory_items (namespace, sku, total, consumed, held, last_seq, "
+            "version, limit_per_buyer) "
+            "SELECT 'refresh', 's' || lpad(g::text, 7, '0'), 10, (g % 2 = 0)::int, "
+            "2 * (g % 2 = 0)::int, 3 * (g % 2 = 0)::int, 1, CASE WHEN g % 2 = 0 THEN 5 END "
             "FROM generate_series(1, :n) g"), {"n": items})
+        conn.execute(text(
+            "INSERT INTO inventory_ledger (namespace, sku, seq, kind, qty, total_after, "
+            "available_after, idempotency_key, created_at, buyer, reservation_id, held_after, "
+            "expires_at) "
+            "SELECT 'refresh', 's' || lpad(g::text, 7, '0'), m.seq, m.kind, m.qty, 10, m.avail, "
+            "CASE WHEN m.seq = 2 THEN 'k' || g END, now(), "
+            "CASE WHEN m.seq > 1 THEN 'b' || (g % 50) END, "
+            "CASE WHEN m.seq = 3 THEN 'r' || g END, m.held, "
+            "CASE WHEN m.seq = 3 THEN now() + interval '1 hour' END "
+            "FROM generate_series(2, :n, 2) g, (VALUES (1, 'init', 10, 10, 0), "
+            "(2, 'decrement', 1, 9, 0), (3, 'hold', 2, 7, 2)) AS m(seq, kind, qty, avail, held)"),
+            {"n": items})
     began = time.perf_counter()
     progress = app.bus.handle(commands.RefreshAll("refresh", batch_size=2000))
     seconds = time.perf_counter() - began
     result = Result("refresh_all", "allocation", progress.refreshed, seconds, sales=False)
-    held = app.counter.read_many("refresh", ["s0000001", f"s{items:07}"])
+    last = items - items % 2
+    held = app.counter.read_many("refresh", ["s0000001", f"s{last:07}"])
     if progress.refreshed != items or any(h is None or h.total != 10 for h in held):
         result.checks.append("not every item rebuilt")
+    if held[1] is None or (held[1].consumed, held[1].held, held[1].limit) != (1, 2, 5):
+        result.checks.append("holds or limits not restored")
+    # The buyer's allowance: one bought, two held, of a limit of 5.
+    refused = app.counter.apply("refresh", f"s{last:07}", "decrement", 3, None,
+                                buyer=f"b{last % 50}")
+    if (refused.status, refused.remaining) != ("limit_exceeded", 2):
+        result.checks.append("buyers' allowances not restored")
     engine.dispose()
     return result
 

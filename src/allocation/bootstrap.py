@@ -127,7 +127,7 @@ def bootstrap(
     dependencies: dict[str, Any] = {
         "counter": counter, "publish": publish, "outbox": outbox, "item_locks": item_locks,
         "durability": durability, "ledger_progress": progress, "rebuilds": SharedRebuilds(),
-        "ledger_wait_seconds": config.ledger_wait_seconds,
+        "ledger_wait_seconds": config.ledger_wait_seconds, "uow_factory": uow_factory,
         "open_reservations_per_buyer": config.max_open_reservations_per_buyer}
     bus = MessageBus(
         uow_factory=uow_factory,

@@ -309,10 +309,12 @@ def run_ledger_worker(threads: int, idle_priority: bool, name: str | None) -> No
 
 @main.command()
 @click.argument("namespace")
-@click.option("--repair", is_flag=True, help="rebuild the items that differ")
+@click.option("--repair", is_flag=True,
+              help="rebuild the items that differ or that Redis lacks")
 @domain_exit
 def drift(namespace: str, repair: bool) -> None:
-    """Compare Redis with the database plus the unwritten outbox; exit 1 if any item differs."""
+    """Compare Redis with the database plus the unwritten outbox; exit 1 if any item differs
+    or is missing from Redis."""
     from allocation.service_layer import drift as drift_check
 
     _checked(namespace)
@@ -326,7 +328,7 @@ def drift(namespace: str, repair: bool) -> None:
     click.echo(f"{'sku':<30} {'expected (total, consumed, held)':<34} "
                "redis (total, consumed, held)")
     for d in found:
-        click.echo(f"{d.sku:<30} {d.expected!s:<34} {d.redis!s}")
+        click.echo(f"{d.sku:<30} {d.expected!s:<34} {'missing' if d.missing else d.redis}")
     if repair:
         for d in found:
             app.bus.handle(commands.Refresh(namespace, d.sku))

@@ -20,11 +20,7 @@ from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.bootstrap import Application
 from allocation.config import Config
 from allocation.service_layer.ledger_writer import BatchResult, write_batch
-from allocation.service_layer.unit_of_work import (
-    BatchUnitOfWork,
-    Conflict,
-    LedgerBatchUnitOfWork,
-)
+from allocation.service_layer.unit_of_work import BatchUnitOfWork, LedgerBatchUnitOfWork
 
 logger = logging.getLogger(__name__)
 # Writers per process: each waits on PostgreSQL or Redis most of the time, so a few share a
@@ -116,28 +112,7 @@ class LedgerWorker:
         return result.written
 
     def _write(self, entries: list[OutboxEntry]) -> BatchResult:
-        try:
-            return write_batch(entries, self.uow_factory())
-        except Conflict:
-            pass
-        # A unique key refused the batch: an idempotency key used again after Redis forgot it.
-        # Write entry by entry; the one that clashes keeps its movement and loses its key.
-        total = BatchResult()
-        for entry in entries:
-            try:
-                one = write_batch([entry], self.uow_factory())
-            except Conflict:
-                logger.warning("ledger: key %r of %s/%s was used before; seq %d written "
-                               "without it", entry.idempotency_key, entry.namespace, entry.sku,
-                               entry.seq)
-                one = write_batch([entry], self.uow_factory(), drop_keys=True)
-            total.written += one.written
-            total.done += one.done
-            total.waiting += one.waiting
-            total.orphans += one.orphans
-            total.stale += one.stale
-            total.marks.update(one.marks)
-        return total
+        return write_batch(entries, self.uow_factory())
 
     def run(self) -> None:
         """Write until stopped. Losing the database or Redis, wherever in a write, is waited

@@ -171,9 +171,11 @@ def document() -> dict[str, Any]:
                                           "had)", "reservation_confirmed")},
             "/v1/{namespace}/reservations/{reservation_id}/extend": {
                 "post": _reservation_step("Move a held reservation's expiry to `ttl_seconds` "
-                                          "from now",
+                                          "from now (at most 86400 s from its creation); "
+                                          "each line's item gets an `extend` ledger entry",
                                           "reservation_expired, reservation_released, "
-                                          "reservation_confirmed", schemas.ExtendBody)},
+                                          "reservation_confirmed, "
+                                          "reservation_lifetime_exceeded", schemas.ExtendBody)},
             "/v1/{namespace}/items/{sku}/stream": {
                 "get": _op("A live stream of the item's figures (server-sent events: the first "
                            "at once, then each change at most once a second, selling out or "
