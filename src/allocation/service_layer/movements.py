@@ -90,8 +90,11 @@ def _move(deps: Deps, namespace: str, sku: str, kind: Kind, qty: int,
         # Sync mode promises what was acknowledged survives Redis, its keys included: a key the
         # ledger holds from within its window is a retry, even where Redis lost the key (a
         # failover, say). Past the window it is a new movement.
+        # Asked within a deadline: where the record cannot say, the movement runs, and is
+        # answered as the record's outage has it (a refusal at once, a sale 503).
         since = datetime.now(UTC) - timedelta(seconds=counter.idempotency_ttl)
-        if entry := _written(deps.uow, namespace, sku, key, since):
+        if entry := deps.durability.ask_ledger(
+                lambda: _written(deps.uow, namespace, sku, key, since)):
             counter.remember([entry])  # later retries are Redis's to answer again
             return _answered(counter, namespace, sku, kind, qty, buyer, entry)
     outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer)
