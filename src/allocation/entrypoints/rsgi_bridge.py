@@ -47,6 +47,11 @@ class RsgiBridge:
         if scope.proto != "http":
             return  # no websockets here
         headers = scope.headers.items()
+        length = _content_length(headers)
+        # Every answer below is given before the body is read whole, and granian then closes
+        # the connection, not always saying so: a client that sent a body is told, or it sends
+        # its next request down a connection that is gone.
+        close = bool(length) or (length is None and scope.method not in _NO_BODY)
         unread = set(scope.headers.keys()) - {name for name, _ in headers}
         if unread:
             # granian leaves out a header whose value is not visible ASCII: an Idempotency-Key
@@ -54,29 +59,28 @@ class RsgiBridge:
             field = sorted(unread)[0]
             return _reply(protocol, replies.error(
                 400, "invalid_field", f"header {field}: must be printable ASCII",
-                field=field))
+                field=field), close)
         environ = _environ(scope, headers)
         loop = asyncio.get_running_loop()
         if self.guard is not None:
             refusal = await self.guard.refusal_soon(environ)
             if refusal is not None:
-                return _reply(protocol, refusal)
+                return _reply(protocol, refusal, close)
             environ[access.CHECKED] = True
-        length = _content_length(headers)
         if length is not None and length > self.max_body:
             return _reply(protocol, replies.error(413, "payload_too_large",
-                                                  "the body is over 64 KiB"))
+                                                  "the body is over 64 KiB"), close)
         body = b""
-        if length or (length is None and scope.method not in _NO_BODY):
+        if close:
             try:
                 async with asyncio.timeout(self.body_timeout):
                     body = await self._body(protocol, length)
             except TimeoutError:
                 return _reply(protocol, replies.error(
-                    408, "request_timeout", "the body did not arrive in time"))
+                    408, "request_timeout", "the body did not arrive in time"), close)
             except _TooLarge:
                 return _reply(protocol, replies.error(413, "payload_too_large",
-                                                      "the body is over 64 KiB"))
+                                                      "the body is over 64 KiB"), close)
         environ["wsgi.input"] = io.BytesIO(body)
         status, response_headers, data = await loop.run_in_executor(self.pool, self._call,
                                                                     environ)
@@ -177,7 +181,8 @@ def _environ(scope: Scope, headers: Headers) -> WSGIEnvironment:
     return environ
 
 
-def _reply(protocol: HTTPProtocol, reply: replies.Reply) -> None:
+def _reply(protocol: HTTPProtocol, reply: replies.Reply, close: bool) -> None:
     data = replies.encode(reply)
     protocol.response_bytes(reply.status, [("content-type", "application/json"),
-                                           *reply.headers], data)
+                                           *reply.headers,
+                                           *([("connection", "close")] if close else [])], data)
