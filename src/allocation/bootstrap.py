@@ -14,7 +14,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
-from allocation.adapters import orm
+from allocation.adapters import embedded_redis, orm
 from allocation.adapters.counter import Counter
 from allocation.adapters.event_publisher import RedisEventPublisher, log_event
 from allocation.adapters.health import HealthChecks
@@ -54,15 +54,30 @@ class Application:
     item_locks: ItemLocks
     health: HealthChecks
     engine: Engine | None  # None where a test brings its own unit of work
-    redis: RedisClient | None  # None in the embedded mode
+    redis: RedisClient | None  # None in the embedded mode on the Python counter
     tokens: TokenStore | None  # None without an engine
+
+
+# Every PostgreSQL connection is bounded (docs/adr/0025-the-records-outage.md): connecting
+# gives up after CONNECT_TIMEOUT; an unanswered write (tcp_user_timeout) or a silent peer
+# (keepalives: idle, interval, count) ends the connection within about 5 s, which also bounds
+# pool_pre_ping on a connection a partition left open; the server cancels a statement past
+# STATEMENT_TIMEOUT_MS (a lock wait behind a stuck session included).
+CONNECT_TIMEOUT = 2
+STATEMENT_TIMEOUT_MS = 30_000
+POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": 2,
+    "keepalives_interval": 1, "keepalives_count": 3, "tcp_user_timeout": 5_000,
+    "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"}
 
 
 def build_engine(config: Config) -> Engine:
     if config.database_url.startswith("sqlite"):
         return create_engine(config.database_url)
+    # pool_timeout: a request that finds every connection lent waits 2 s at most, not 30.
     return create_engine(config.database_url, pool_size=config.db_pool_size, max_overflow=20,
-                         pool_pre_ping=True, pool_timeout=5)
+                         pool_pre_ping=True, pool_timeout=2,
+                         connect_args=POSTGRES_CONNECT_ARGS)
 
 
 def bootstrap(
@@ -84,6 +99,8 @@ def bootstrap(
         uow_factory = functools.partial(SqlAlchemyUnitOfWork, session_factory, write_lock)
     if redis_client is None and config.redis_url is not None:
         redis_client = connect(config.redis_url)
+    elif redis_client is None and counter is None and config.embedded_counter == "lua":
+        redis_client = embedded_redis.start()  # the production scripts, in the embedded mode
     keys = KeySpace(config.redis_key_prefix, config.partitions)
     if counter is None:
         counter = (InProcessCounter(config.idempotency_ttl_seconds, config.refusal_ttl_seconds)

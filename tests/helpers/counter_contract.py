@@ -550,8 +550,8 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
             qty, buyer, _, _, _ = self.holds[rid]
             self.model = self.after(kind, qty)
             self.seq += 1
-            if buyer and kind != "confirm":
-                self.used[buyer] -= qty
+            if buyer and kind != "confirm":  # given back, never below nothing
+                self.used[buyer] = max(0, self.used[buyer] - qty)
             self.holds[rid][4] = False
 
         def end_due(self) -> None:

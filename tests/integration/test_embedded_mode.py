@@ -10,6 +10,7 @@ import pytest
 from allocation import views
 from allocation.adapters import migrate
 from allocation.adapters.memory_counter import InProcessCounter
+from allocation.adapters.redis_counter import RedisCounter
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
@@ -17,14 +18,19 @@ from allocation.entrypoints import ledger_worker
 from tests.helpers.processes import wait_until
 
 
+@pytest.mark.parametrize("embedded_counter", ["python", "lua"])
 @pytest.mark.parametrize("durability", ["sync", "async"])
-def test_threads_sell_exactly_the_stock_on_sqlite(tmp_path: Path, durability: str) -> None:
+def test_threads_sell_exactly_the_stock_on_sqlite(tmp_path: Path, durability: str,
+                                                  embedded_counter: str) -> None:
     url = f"sqlite:///{tmp_path / 'embedded.db'}"
     migrate.upgrade(url)
-    app = bootstrap(Config(database_url=url, durability=durability))
+    config = Config(database_url=url, durability=durability, embedded_counter=embedded_counter)
+    app = bootstrap(config)
     worker = ledger_worker.for_app(app)  # as `make run` starts it, in a thread
     worker.start_thread()
-    assert isinstance(app.counter, InProcessCounter)
+    # "lua": the production scripts on the Redis the process starts for itself.
+    assert isinstance(app.counter, RedisCounter if embedded_counter == "lua"
+                      else InProcessCounter)
     app.bus.handle(commands.InitInventory("shop", "hot", 100))
 
     def buy(n: int) -> bool:
@@ -42,5 +48,5 @@ def test_threads_sell_exactly_the_stock_on_sqlite(tmp_path: Path, durability: st
     entries = views.ledger(app, "shop", "hot", 0, 1000)
     assert [e.seq for e in entries] == list(range(1, 102))
     # A new process (a fresh in-process counter) rebuilds from the file.
-    again = bootstrap(Config(database_url=url))
+    again = bootstrap(config)
     assert views.item(again, "shop", "hot").consumed == 100

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 RESERVATION = "/v1/<namespace>/reservations/<reservation_id>"
 
 THREADS_ENV = "ALLOCATION_REQUEST_THREADS"
+TOKENS = "allocation.tokens"  # the app's TokenCache, in flask.extensions (streams end by it)
 
 
 def create_server_app() -> RsgiBridge:
@@ -41,7 +42,7 @@ def create_server_app() -> RsgiBridge:
     guard = flask.wsgi_app if isinstance(flask.wsgi_app, access.AccessGuard) else None
     return RsgiBridge(flask, threads=int(os.environ.get(THREADS_ENV) or 8),
                       body_timeout=app.config.body_timeout_seconds, max_body=MAX_BODY,
-                      application=app, guard=guard)
+                      application=app, guard=guard, tokens=flask.extensions.get(TOKENS))
 
 
 def create_wsgi_server_app() -> Flask:
@@ -106,6 +107,8 @@ def _guard(flask: Flask, app: Application) -> None:
     if tokens is None:
         logger.warning("AUTH=off: anyone who can reach this server may change any stock; "
                        "fit only for the embedded mode on one machine")
+    else:
+        flask.extensions[TOKENS] = tokens
     flask.wsgi_app = access.AccessGuard(flask.wsgi_app, tokens)  # type: ignore[method-assign]
 
 
