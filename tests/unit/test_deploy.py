@@ -87,12 +87,14 @@ def test_the_alert_rules_pass_promtool(tmp_path: Path) -> None:
     assert config.returncode == 0, config.stdout + config.stderr
 
 
-def test_prometheus_scrapes_the_api_with_a_token() -> None:
-    """/metrics needs a token of every namespace (API.md, Access); compose says how to make it."""
+def test_prometheus_scrapes_the_api_and_the_consumer_with_a_token() -> None:
+    """/metrics needs a token of every namespace (API.md, Access), the consumer's health port's
+    too; compose says how to make it."""
     jobs = {job["job_name"]: job
             for job in yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]}
-    assert jobs["allocation-api"]["authorization"] == {"type": "Bearer",
-                                                       "credentials_file": "metrics.token"}
+    for name in ("allocation-api", "allocation-consumer"):
+        assert jobs[name]["authorization"] == {"type": "Bearer",
+                                               "credentials_file": "metrics.token"}, name
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     assert services["metrics-token"]["command"][1:6] == ["token", "create", "*", "--role",
                                                          "read"]

@@ -28,13 +28,22 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
-from allocation.adapters.token_store import ANY_NAMESPACE, Grant, digest
+from allocation.adapters.token_store import (
+    ANY_NAMESPACE,
+    Grant,
+    Revocations,
+    TokenStore,
+    checking_engine,
+    digest,
+)
 from allocation.domain import errors
 from allocation.entrypoints import metrics, replies
 from allocation.entrypoints.replies import Reply
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from allocation.bootstrap import Application
 
 logger = logging.getLogger(__name__)
 RELOAD_SECONDS = 2.0
@@ -237,21 +246,25 @@ class TokenCache:
             step()
 
 
-class AccessGuard:
-    """In front of the app, with tokens or (``AUTH=off``) without: a path not spelled as the
-    router matches it is 404 either way. A server that reads bodies itself (the RSGI bridge)
-    asks ``refusal_soon`` before it reads one, and marks the request ``CHECKED``."""
+def token_cache(app: Application) -> TokenCache | None:
+    """The process's copy of the tokens, started; None with ``AUTH=off`` (or no database)."""
+    if app.config.auth == "off" or app.tokens is None:
+        return None
+    store = TokenStore(checking_engine(app.config.database_url, LOOKUPS))
+    revocations = (None if app.redis is None
+                   else Revocations(app.redis, app.config.redis_key_prefix).ids)
+    tokens = TokenCache(store, revocations=revocations)
+    tokens.start()
+    return tokens
 
-    def __init__(self, wsgi_app: WSGIApplication, tokens: TokenCache | None) -> None:
-        self._app = wsgi_app
+
+class Access:
+    """The decision alone, with tokens or (``AUTH=off``) without: a path not spelled as the
+    router matches it is 404 either way. A server that is not a WSGI app (the consumer's
+    health port) asks ``refusal`` itself."""
+
+    def __init__(self, tokens: TokenCache | None) -> None:
         self._tokens = tokens
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
-                 ) -> Iterable[bytes]:
-        refusal = None if environ.get(CHECKED) else self.refusal(environ)
-        if refusal is None:
-            return self._app(environ, start_response)
-        return replies.send_wsgi(refusal, start_response)
 
     async def refusal_soon(self, environ: WSGIEnvironment) -> Reply | None:
         """``refusal``, a token's look-up awaited on the event loop: no thread waits on it."""
@@ -296,6 +309,22 @@ class AccessGuard:
             return replies.error(403, "forbidden", "the token may not make this request")
         environ[GRANT] = grant
         return None
+
+
+class AccessGuard(Access):
+    """``Access`` in front of a WSGI app. A server that reads bodies itself (the RSGI bridge)
+    asks ``refusal_soon`` before it reads one, and marks the request ``CHECKED``."""
+
+    def __init__(self, wsgi_app: WSGIApplication, tokens: TokenCache | None) -> None:
+        super().__init__(tokens)
+        self._app = wsgi_app
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
+                 ) -> Iterable[bytes]:
+        refusal = None if environ.get(CHECKED) else self.refusal(environ)
+        if refusal is None:
+            return self._app(environ, start_response)
+        return replies.send_wsgi(refusal, start_response)
 
 
 def _bearer(authorization: str | None) -> str | None:

@@ -8,7 +8,6 @@ import time
 
 from flask import Flask, Response, g, request
 
-from allocation.adapters.token_store import Revocations, TokenStore, checking_engine
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.entrypoints import (
@@ -104,16 +103,11 @@ def create_app(config: Config | None = None, application: Application | None = N
 def _guard(flask: Flask, app: Application) -> None:
     """Put access control in front of everything (outermost: it decides before any body is
     read). With AUTH=off it still refuses a path the router would read another way."""
-    tokens = None
-    if app.config.auth == "off" or app.tokens is None:
+    tokens = access.token_cache(app)
+    if tokens is None:
         logger.warning("AUTH=off: anyone who can reach this server may change any stock; "
                        "fit only for the embedded mode on one machine")
     else:
-        store = TokenStore(checking_engine(app.config.database_url, access.LOOKUPS))
-        revocations = (None if app.redis is None
-                       else Revocations(app.redis, app.config.redis_key_prefix).ids)
-        tokens = access.TokenCache(store, revocations=revocations)
-        tokens.start()
         flask.extensions[TOKENS] = tokens
     flask.wsgi_app = access.AccessGuard(flask.wsgi_app, tokens)  # type: ignore[method-assign]
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
@@ -33,7 +34,7 @@ from allocation.adapters.redis_client import RedisClient, read_group
 from allocation.bootstrap import Application
 from allocation.domain import commands, errors, events
 from allocation.domain.outcome import Outcome
-from allocation.entrypoints import metrics, schemas
+from allocation.entrypoints import access, metrics, replies, schemas
 from allocation.service_layer.messagebus import MessageBus
 from allocation.service_layer.results import Reservation
 
@@ -45,6 +46,7 @@ RETRY_MIN_SECONDS, RETRY_MAX_SECONDS = 0.25, 5.0  # re-reading entries that met 
 PENDING_INTERVAL_SECONDS = 1.0  # how often pending entries (own and stale others') are looked at
 DEFAULT_MAX_DELIVERIES = 5
 DEFAULT_CLAIM_IDLE_MS = 30_000
+HEALTH_REQUEST_SECONDS = 10.0  # a health port's request is read within this
 STREAM_GROUP = "allocation"
 
 # What became of a command: final (applied, refused, invalid) or passing (unavailable, failed:
@@ -548,11 +550,14 @@ class StreamConsumer:
 
 
 class HealthServer:
-    """``GET /healthz``, ``/readyz`` (both loops connected) and ``/metrics``, from a thread."""
+    """``GET /healthz``, ``/readyz`` (both loops connected) and ``/metrics``, from a thread.
+    ``/metrics`` (every tenant's figures) is behind the API's own ``Access`` check: a ``*``
+    token when ``AUTH=required`` (API.md, Access)."""
 
-    def __init__(self, host: str, port: int, loops: Sequence[LoopState]) -> None:
+    def __init__(self, host: str, port: int, loops: Sequence[LoopState],
+                 guard: access.Access | None = None) -> None:
         self.loops = loops
-        handler = _health_handler(self.readiness)
+        handler = _health_handler(self.readiness, guard or access.Access(None))
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="health",
@@ -575,12 +580,19 @@ class HealthServer:
         self.server.server_close()
 
 
-def _health_handler(
-        readiness: Callable[[], tuple[bool, dict[str, str]]]) -> type[BaseHTTPRequestHandler]:
+def _health_handler(readiness: Callable[[], tuple[bool, dict[str, str]]],
+                    guard: access.Access) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = HEALTH_REQUEST_SECONDS  # a client that stops sending frees its thread
+
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/healthz":
+            path = unquote(self.path.split("?", 1)[0])
+            refusal = guard.refusal({"REQUEST_METHOD": "GET", "PATH_INFO": path,
+                                     "HTTP_AUTHORIZATION": self.headers.get("Authorization")})
+            if refusal is not None:
+                self._send(refusal.status, replies.encode(refusal), "application/json",
+                           refusal.headers)
+            elif path == "/healthz":
                 self._json(HTTPStatus.OK, {"status": "ok"})
             elif path == "/readyz":
                 ready, states = readiness()
@@ -594,9 +606,12 @@ def _health_handler(
         def _json(self, status: HTTPStatus, body: dict[str, str]) -> None:
             self._send(status, json.dumps(body).encode(), "application/json")
 
-        def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        def _send(self, status: int, body: bytes, content_type: str,
+                  headers: Iterable[tuple[str, str]] = ()) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            for name, value in headers:
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -612,7 +627,7 @@ def run(app: Application, consumer_name: str, *,
         claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS,
         health_host: str = "127.0.0.1", health_port: int | None = None) -> None:
     """Listen on the pub/sub channel and read the command stream, until SIGTERM. With a
-    ``health_port``, serve /healthz, /readyz and /metrics on it."""
+    ``health_port``, serve /healthz, /readyz and /metrics (behind a token, as the API's) on it."""
     config, client, publisher, bus = app.config, app.redis, app.publish, app.bus
     if client is None:
         raise SystemExit("the consumer needs REDIS_URL: pub/sub lives in Redis")
@@ -623,7 +638,8 @@ def run(app: Application, consumer_name: str, *,
                        claim_idle_ms=claim_idle_ms, max_deliveries=max_deliveries)]
     health = None
     if health_port is not None:
-        health = HealthServer(health_host, health_port, [c.state for c in listeners])
+        health = HealthServer(health_host, health_port, [c.state for c in listeners],
+                              access.Access(access.token_cache(app)))
         health.start()
         logger.info("health on http://%s:%d (/healthz, /readyz, /metrics)", health_host,
                     health.port)

@@ -61,6 +61,11 @@ class RsgiBridge:
             metrics.count_request("GET", scope.path, reply.status, time.perf_counter() - started)
             return _reply(protocol, reply)
         headers = scope.headers.items()
+        length = _content_length(headers)
+        # A body is announced. Every answer below is given before it is read whole, and granian
+        # then closes the connection, not always saying so: the answer says so, or the client
+        # sends its next request down a connection that is gone.
+        announced = bool(length) or (length is None and scope.method not in _NO_BODY)
         unread = set(scope.headers.keys()) - {name for name, _ in headers}
         if unread:
             # granian leaves out a header whose value is not visible ASCII: an Idempotency-Key
@@ -68,29 +73,28 @@ class RsgiBridge:
             field = sorted(unread)[0]
             return _reply(protocol, replies.error(
                 400, "invalid_field", f"header {field}: must be printable ASCII",
-                field=field))
+                field=field), close=announced)
         environ = _environ(scope, headers)
         loop = asyncio.get_running_loop()
         if self.guard is not None:
             refusal = await self.guard.refusal_soon(environ)
             if refusal is not None:
-                return _reply(protocol, refusal)
+                return _reply(protocol, refusal, close=announced)
             environ[access.CHECKED] = True
-        length = _content_length(headers)
         if length is not None and length > self.max_body:
             return _reply(protocol, replies.error(413, "payload_too_large",
-                                                  "the body is over 64 KiB"))
+                                                  "the body is over 64 KiB"), close=announced)
         body = b""
-        if length or (length is None and scope.method not in _NO_BODY):
+        if announced:
             try:
                 async with asyncio.timeout(self.body_timeout):
                     body = await self._body(protocol, length)
             except TimeoutError:
                 return _reply(protocol, replies.error(
-                    408, "request_timeout", "the body did not arrive in time"))
+                    408, "request_timeout", "the body did not arrive in time"), close=announced)
             except _TooLarge:
                 return _reply(protocol, replies.error(413, "payload_too_large",
-                                                      "the body is over 64 KiB"))
+                                                      "the body is over 64 KiB"), close=announced)
         environ["wsgi.input"] = io.BytesIO(body)
         key = _stream_of(scope.method, environ["PATH_INFO"])
         hub = self._hub(loop) if key is not None else None
@@ -241,7 +245,8 @@ def _environ(scope: Scope, headers: Headers) -> WSGIEnvironment:
     return environ
 
 
-def _reply(protocol: HTTPProtocol, reply: replies.Reply) -> None:
+def _reply(protocol: HTTPProtocol, reply: replies.Reply, close: bool = False) -> None:
     data = replies.encode(reply)
     protocol.response_bytes(reply.status, [("content-type", "application/json"),
-                                           *reply.headers], data)
+                                           *reply.headers,
+                                           *([("connection", "close")] if close else [])], data)
