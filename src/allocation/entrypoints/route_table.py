@@ -58,6 +58,7 @@ ROUTES: tuple[Route, ...] = (
     Route("dashboard_asset", "GET", "/dashboard/<name>", "dashboard_asset"),
 )
 BY_NAME = {route.name: route for route in ROUTES}
+_CACHED_PATH = 200  # characters
 _PARAM = re.compile(r"<(\w+)>")
 
 
@@ -84,8 +85,17 @@ class RouteTable:
         self._params = [(self._match.groupindex[f"p{i}"] + 1, len(_PARAM.findall(path)))
                         for i, path in enumerate(paths)]
         self._otherwise = [_otherwise(at) for at in self._at]
-        # A sale asks about a few paths over and over: each is matched once.
-        self.access = lru_cache(maxsize=4096)(self._access)
+        # A sale asks about a few paths over and over: each is matched once (a long one, as
+        # only a prober sends, every time: the cache stays small).
+        self._cached = lru_cache(maxsize=4096)(self._access)
+
+    def access(self, method: str, path: str) -> Access:
+        """The least a request needs: its route's; for a method its path has no route for, what
+        the path's routes agree on; else under /v1/ read to read (GET, HEAD), admin for the
+        rest."""
+        if len(path) > _CACHED_PATH:
+            return self._access(method, path)
+        return self._cached(method, path)
 
     def _index(self, path: str) -> tuple[int, re.Match[str]] | None:
         match = self._match.fullmatch(path)
@@ -99,9 +109,6 @@ class RouteTable:
         return None if found is None else self._at[found[0]].get(_as_get(method))
 
     def _access(self, method: str, path: str) -> Access:
-        """The least a request needs: its route's; for a method its path has no route for, what
-        the path's routes agree on; else under /v1/ read to read (GET, HEAD), admin for the
-        rest."""
         found = self._index(path)
         if found is not None:
             route = self._at[found[0]].get(_as_get(method))
