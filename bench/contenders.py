@@ -821,12 +821,14 @@ def _seed_http_figures(services: Services, prefix: str, stock: int) -> tuple[int
     return stock - int(left or 0), int(rows)
 
 
-def _wrk(port: int, path: str, connections: int, seconds: int, token: str) -> dict[str, Any]:
+def _wrk(port: int, path: str, connections: int, seconds: int, token: str,
+         items: int | None = None) -> dict[str, Any]:
     """wrk from another process: 2 threads, ``connections`` buyers, for ``seconds``, each
-    request with ``token`` as its bearer token."""
+    request with ``token`` as its bearer token (over ``items`` items: "{i}" in the path)."""
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
                           "-s", str(HERE / "wrk_sale.lua"), f"http://127.0.0.1:{port}", "--",
-                          path, uuid.uuid4().hex[:8], token], capture_output=True, text=True,
+                          path, uuid.uuid4().hex[:8], token,
+                          *([str(items)] if items else [])], capture_output=True, text=True,
                          timeout=300)
     line = next(x for x in out.stdout.splitlines() if x.startswith("WRK "))
     data = json.loads(line[4:])
@@ -838,22 +840,46 @@ def _wrk(port: int, path: str, connections: int, seconds: int, token: str) -> di
 
 
 def refresh_all(services: Services, items: int) -> Result:
-    """Rebuild a namespace's counters from the database (async mode: fenced, batched)."""
+    """Rebuild a namespace Redis lost from the database (async mode: fenced, batched): the
+    recovery after a failover. Every second item has a limit per buyer, a buyer who bought one
+    and holds two more (an open hold), and they must come back with it."""
     cfg = config(services, "async")
     app = bootstrap(cfg)
     engine = engine_of(app)
     with engine.begin() as conn:
         conn.execute(text(
-            "INSERT INTO inventory_items (namespace, sku, total, consumed, last_seq, version) "
-            "SELECT 'refresh', 's' || lpad(g::text, 7, '0'), 10, 0, 0, 1 "
+            "INSERT INTO inventory_items (namespace, sku, total, consumed, held, last_seq, "
+            "version, limit_per_buyer) "
+            "SELECT 'refresh', 's' || lpad(g::text, 7, '0'), 10, (g % 2 = 0)::int, "
+            "2 * (g % 2 = 0)::int, 3 * (g % 2 = 0)::int, 1, CASE WHEN g % 2 = 0 THEN 5 END "
             "FROM generate_series(1, :n) g"), {"n": items})
+        conn.execute(text(
+            "INSERT INTO inventory_ledger (namespace, sku, seq, kind, qty, total_after, "
+            "available_after, idempotency_key, created_at, buyer, reservation_id, held_after, "
+            "expires_at) "
+            "SELECT 'refresh', 's' || lpad(g::text, 7, '0'), m.seq, m.kind, m.qty, 10, m.avail, "
+            "CASE WHEN m.seq = 2 THEN 'k' || g END, now(), "
+            "CASE WHEN m.seq > 1 THEN 'b' || (g % 50) END, "
+            "CASE WHEN m.seq = 3 THEN 'r' || g END, m.held, "
+            "CASE WHEN m.seq = 3 THEN now() + interval '1 hour' END "
+            "FROM generate_series(2, :n, 2) g, (VALUES (1, 'init', 10, 10, 0), "
+            "(2, 'decrement', 1, 9, 0), (3, 'hold', 2, 7, 2)) AS m(seq, kind, qty, avail, held)"),
+            {"n": items})
     began = time.perf_counter()
     progress = app.bus.handle(commands.RefreshAll("refresh", batch_size=2000))
     seconds = time.perf_counter() - began
     result = Result("refresh_all", "allocation", progress.refreshed, seconds, sales=False)
-    held = app.counter.read_many("refresh", ["s0000001", f"s{items:07}"])
+    last = items - items % 2
+    held = app.counter.read_many("refresh", ["s0000001", f"s{last:07}"])
     if progress.refreshed != items or any(h is None or h.total != 10 for h in held):
         result.checks.append("not every item rebuilt")
+    if held[1] is None or (held[1].consumed, held[1].held, held[1].limit) != (1, 2, 5):
+        result.checks.append("holds or limits not restored")
+    # The buyer's allowance: one bought, two held, of a limit of 5.
+    refused = app.counter.apply("refresh", f"s{last:07}", "decrement", 3, None,
+                                buyer=f"b{last % 50}")
+    if (refused.status, refused.remaining) != ("limit_exceeded", 2):
+        result.checks.append("buyers' allowances not restored")
     engine.dispose()
     return result
 
@@ -999,4 +1025,6 @@ def scenarios_for(mode: str) -> dict[str, Any]:
             "seed_refresh_items": 10_000 if full else 2_000,
             "drain_entries": 100_000 if full else 20_000,
             "cart_items": 20, "cart_stock": 1_500 if full else 300, "stream_clients": 1_000,
+            "many_stream_clients": 5_000, "streamed_items": 2_000,
+            "partition_seconds": 10,
             "redis_benchmark_requests": 1_000_000 if full else 200_000}

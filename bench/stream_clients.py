@@ -1,6 +1,8 @@
 """Many stock-stream clients in one process (asyncio, a socket each), for `make bench`.
 
-`python -m bench.stream_clients PORT PATH TOKEN N`: opens N streams of PATH, prints
+`python -m bench.stream_clients PORT PATH TOKENS N`: opens N streams of PATH, the client
+number i with the (i mod k)th of TOKENS (k of them, separated by commas) and, given ITEMS
+after N, "{i}" in PATH replaced by i mod ITEMS; prints
 `READY <connected>` once every one has its first event, then, for each client, the moment
 (time.time()) it received an event with `"available":0`. Prints `DONE {json}` once all have
 one, or when it is told to stop (a line on stdin) and 10 s have passed.
@@ -45,14 +47,15 @@ async def client(port: int, path: str, token: str, ready: asyncio.Event,
         writer.close()
 
 
-async def main(port: int, path: str, token: str, n: int) -> None:
+async def main(port: int, path: str, tokens: list[str], n: int, items: int) -> None:
     ready = asyncio.Event()
     connected = [0]
     sold_out: list[float | None] = [None] * n
     tasks = []
     for at in range(n):
-        tasks.append(asyncio.create_task(client(port, path, token, ready, connected,
-                                                sold_out, at)))
+        tasks.append(asyncio.create_task(client(
+            port, path.replace("{i}", str(at % items)), tokens[at % len(tokens)], ready,
+            connected, sold_out, at)))
         if at % 50 == 49:
             await asyncio.sleep(0)  # let the first ones connect while the rest are opened
     with contextlib.suppress(TimeoutError):  # READY says how many did connect
@@ -77,4 +80,5 @@ if __name__ == "__main__":
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     port_, path_, token_, n_ = sys.argv[1:5]
-    asyncio.run(main(int(port_), path_, token_, int(n_)))
+    items_ = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+    asyncio.run(main(int(port_), path_, token_.split(","), int(n_), items_))

@@ -1,6 +1,7 @@
 -- wrk: buy one unit per request, each with its own Idempotency-Key, for the whole duration
 -- (the stock is set so it does not run out). Prints a JSON summary line for contenders.py.
--- Arguments: the path, a run id (for the keys), a bearer token.
+-- Arguments: the path, a run id (for the keys), a bearer token; optionally a number of items N:
+-- then "{i}" in the path is replaced by an item number that turns over all N.
 local threads = {}
 local counter = 0
 
@@ -16,11 +17,14 @@ function init(args)
   path = args[1]
   run = args[2]  -- keys of their own for each wrk run: a warm-up's keys would replay
   authorization = "Bearer " .. args[3]
+  items = tonumber(args[4])
 end
 
 function request()
   n = n + 1
-  return wrk.format("POST", path, {["Content-Type"] = "application/json",
+  local target = path
+  if items then target = (path:gsub("{i}", tostring((n * 7 + id * 13) % items))) end
+  return wrk.format("POST", target, {["Content-Type"] = "application/json",
                                    ["Authorization"] = authorization,
                                    ["Idempotency-Key"] = run .. "-" .. id .. "-" .. n},
                     '{"qty": 1}')

@@ -58,11 +58,26 @@ class Application:
     tokens: TokenStore | None  # None without an engine
 
 
+# Every PostgreSQL connection is bounded (docs/adr/0025-the-records-outage.md): connecting
+# gives up after CONNECT_TIMEOUT; an unanswered write (tcp_user_timeout) or a silent peer
+# (keepalives: idle, interval, count) ends the connection within about 5 s, which also bounds
+# pool_pre_ping on a connection a partition left open; the server cancels a statement past
+# STATEMENT_TIMEOUT_MS (a lock wait behind a stuck session included).
+CONNECT_TIMEOUT = 2
+STATEMENT_TIMEOUT_MS = 30_000
+POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": 2,
+    "keepalives_interval": 1, "keepalives_count": 3, "tcp_user_timeout": 5_000,
+    "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"}
+
+
 def build_engine(config: Config) -> Engine:
     if config.database_url.startswith("sqlite"):
         return create_engine(config.database_url)
+    # pool_timeout: a request that finds every connection lent waits 2 s at most, not 30.
     return create_engine(config.database_url, pool_size=config.db_pool_size, max_overflow=20,
-                         pool_pre_ping=True, pool_timeout=5)
+                         pool_pre_ping=True, pool_timeout=2,
+                         connect_args=POSTGRES_CONNECT_ARGS)
 
 
 def bootstrap(
@@ -112,7 +127,7 @@ def bootstrap(
     dependencies: dict[str, Any] = {
         "counter": counter, "publish": publish, "outbox": outbox, "item_locks": item_locks,
         "durability": durability, "ledger_progress": progress, "rebuilds": SharedRebuilds(),
-        "ledger_wait_seconds": config.ledger_wait_seconds,
+        "ledger_wait_seconds": config.ledger_wait_seconds, "uow_factory": uow_factory,
         "open_reservations_per_buyer": config.max_open_reservations_per_buyer}
     bus = MessageBus(
         uow_factory=uow_factory,

@@ -43,6 +43,8 @@ class Config:
     # The embedded mode's counter (no REDIS_URL): "python", the in-process twin of the rules;
     # "lua", the production scripts on a Redis this process starts for itself (ADR 0028).
     embedded_counter: str = "python"
+    # Stock streams one token may hold open in a server process (API.md, "Stock stream").
+    streams_per_token: int = 1000
 
     @property
     def embedded(self) -> bool:
@@ -90,6 +92,8 @@ class Config:
             embedded_counter=choice("EMBEDDED_COUNTER",
                                     env.get("EMBEDDED_COUNTER") or defaults.embedded_counter,
                                     ("python", "lua")),
+            streams_per_token=positive("STREAMS_PER_TOKEN", env.get("STREAMS_PER_TOKEN")
+                                       or str(defaults.streams_per_token)),
         )
 
 
@@ -129,3 +133,9 @@ def choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
     return value
+
+
+def positive(name: str, value: str) -> int:
+    if not (value.isascii() and value.isdecimal()) or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return int(value)

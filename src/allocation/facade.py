@@ -27,7 +27,7 @@ from allocation.adapters import migrate, orm
 from allocation.adapters.memory_counter import InProcessCounter
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
-from allocation.bootstrap import bootstrap
+from allocation.bootstrap import POSTGRES_CONNECT_ARGS, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
@@ -71,7 +71,9 @@ class InventoryManager:
     @staticmethod
     def _engine(db_session: Any, database_url: str | None) -> Engine:
         if database_url is not None:
-            return create_engine(database_url, pool_pre_ping=True)
+            bounded = ({"connect_args": POSTGRES_CONNECT_ARGS}
+                       if database_url.startswith("postgresql") else {})  # ADR 0025
+            return create_engine(database_url, pool_pre_ping=True, **bounded)
         if db_session is None:
             raise ValueError("pass db_session (a SQLAlchemy session) or database_url")
         bind = db_session.get_bind()

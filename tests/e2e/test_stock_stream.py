@@ -1,20 +1,25 @@
 """The stock stream over real HTTP from `allocation serve` (RSGI): the first event at once, then
-the item's changes at most once a second, selling out at once, Last-Event-ID resume, and stream
-clients that take no request thread."""
+the item's changes at most once a second, selling out at once, Last-Event-ID resume, stream
+clients that take no request thread, and a revoked token's streams closed."""
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import requests
+from sqlalchemy.engine import Engine
 
-from tests.helpers.processes import wait_until
+from allocation.adapters.token_store import TokenStore
+from allocation.config import Config
+from tests.helpers.processes import allocation_command, service_env, wait_until
 
 
 class Events:
@@ -139,3 +144,30 @@ def test_refusals_are_json_and_streams_take_no_request_thread(api: str, admin_to
     finally:
         for client in clients:
             client.close()
+
+
+def test_revoking_a_token_closes_its_open_streams_within_5_s(
+        api: str, admin_token: str, service_config: Config, engine: Engine,
+        namespace: str) -> None:
+    requests.put(f"{api}/v1/{namespace}/items/rev", json={"total": 5}, timeout=10)
+    token_id, token = TokenStore(engine).create(namespace, "read", "e2e revoked stream")
+    with stream(api, namespace, "rev", token) as revoked, \
+            stream(api, namespace, "rev", admin_token) as kept:
+        revoked.next()
+        kept.next()
+        subprocess.run(allocation_command("token", "revoke", token_id), check=True,
+                       env=service_env(service_config), capture_output=True, timeout=60)
+        at = time.monotonic()
+        with pytest.raises(ConnectionError):  # the server closes it; no event comes first
+            revoked.next(seconds=5)
+        assert time.monotonic() - at < 5
+        sell(api, namespace, "rev", "after-revoke")
+        assert kept.next()["data"]["available"] == 4  # another token's stream goes on
+
+
+    def refused() -> bool:  # a new stream of it, within 5 s of the revoke (API.md, Access)
+        again = Events(api, f"/v1/{namespace}/items/rev/stream", token)
+        again.close()
+        return again.status == 401
+
+    wait_until(refused, max(0.1, at + 5 - time.monotonic()), "the revoked token refused")

@@ -24,7 +24,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from allocation.adapters.counter import Counter, Reserved, Step
+from allocation.adapters.counter import Counter, Reserved, Restored, Step
 from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.domain import errors, rules
@@ -412,6 +412,42 @@ class ReservationContract(abc.ABC):
             "insufficient_stock")
         assert self.step("confirm", rid).state == "confirmed"
 
+    def test_an_extension_past_a_day_from_its_creation_is_refused_and_changes_nothing(
+            self) -> None:
+        """API.md: a reservation lives at most 86400 s from its creation."""
+        a, = self.skus(1)
+        self.counter.load(self.ns, a, 2, 0, 1)
+        rid = self.rid("r")
+        first = self.hold(rid, [(a, 1)], ttl_ms=86_400_000)
+        self.pass_time(5)
+        refused = self.step("extend", rid, 86_400_000)
+        assert refused.status == "reservation_lifetime_exceeded"
+        assert self.step("get", rid).expires_ms == first.expires_ms
+        shorter = self.step("extend", rid, 60_000)
+        assert (shorter.status, shorter.expires_ms - shorter.created_ms < 86_400_000) == (
+            "ok", True)
+
+    def test_a_rebuild_puts_back_many_lost_items_with_their_limits_buyers_and_holds(
+            self) -> None:
+        skus = [f"lost{i}" for i in range(40)]  # over every partition
+        assert self.counter.seqs_many(self.ns, skus) == [None] * 40
+        far = 4_000_000_000_000
+        self.counter.restore_many(self.ns, [
+            Restored(sku, 10, 1, 2, 3, "g1", 5 if i % 2 else None, {"ann": 3} if i % 2 else {},
+                     [(f"r{i}", 2, "ann" if i % 2 else "", far)])
+            for i, sku in enumerate(skus)])
+        assert self.counter.seqs_many(self.ns, skus) == [("g1", 3)] * 40
+        for sku, limit in (("lost0", None), ("lost1", 5)):
+            figures = self.counter.read(self.ns, sku)
+            assert figures is not None
+            assert (figures.total, figures.consumed, figures.held, figures.limit) == (
+                10, 1, 2, limit)
+        over = self.counter.apply(self.ns, "lost1", "decrement", 3, "k", buyer="ann")
+        assert (over.status, over.remaining) == ("limit_exceeded", 2)  # 1 bought, 2 held
+        assert self.counter.apply(self.ns, "lost0", "decrement", 7, "k").ok
+        assert self.counter.apply(self.ns, "lost0", "decrement", 1, "k2").status == (
+            "insufficient_stock")  # the hold still holds its 2
+
     def test_a_hold_counts_against_the_buyers_limit_until_it_ends(self) -> None:
         a, = self.skus(1)
         self.counter.load(self.ns, a, 10, 0, 1)
@@ -663,6 +699,23 @@ class OutboxContract(abc.ABC):
             (self.ns, sku, 2, "decrement", 3, "| 7 é|", 10, 3, None),
             (self.ns, sku, 3, "adjust", -4, None, 6, 3, None),
             (self.ns, sku, 4, "decrement", 1, "k 2", 6, 4, "b:1@x.y-z")]
+
+    def test_an_extension_is_an_extend_movement_of_each_line_with_its_new_expiry(
+            self) -> None:
+        self.counter.load(self.ns, "b", 5, 0, 1)
+        rid = self.counter.reservation_id(self.ns, "r")
+        lines = [("sku", 2), ("b", 1)]
+        self.counter.reservation_step("hold", self.ns, rid, lines, ttl_ms=60_000, buyer="ann",
+                                      fingerprint="f")
+        extended = self.counter.reservation_step("extend", self.ns, rid, lines, ttl_ms=600_000)
+        assert extended.status == "ok"
+        assert sorted((e.sku, e.seq, e.kind, e.qty, e.buyer, e.reservation_id, e.held,
+                       e.expires_ms) for e in self._mine()) == [
+            ("b", 2, "hold", 1, "ann", rid, 1, extended.created_ms + 60_000),
+            ("b", 3, "extend", 1, "ann", rid, 1, extended.expires_ms),
+            ("sku", 2, "hold", 2, "ann", rid, 2, extended.created_ms + 60_000),
+            ("sku", 3, "extend", 2, "ann", rid, 2, extended.expires_ms)]
+        assert [f.seq for f in extended.figures] == [3, 3]
 
     def test_acknowledged_entries_leave_the_outbox(self) -> None:
         self.counter.apply(self.ns, "sku", "decrement", 1, "k1", record=True)

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -58,10 +61,28 @@ class Process:
     argv: list[str]
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    open_files: int | None = None  # soft and hard RLIMIT_NOFILE, as `ulimit -n` would set
+    _tail: bytearray = field(default_factory=bytearray)
+    _drainer: threading.Thread | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        limit = self.open_files
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=None if limit is None else (
+                lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))))
+        # Read as it comes: a process that logs more than a pipe holds (64 KiB) would
+        # otherwise block in its next write, wherever that is.
+        self._tail = bytearray()
+        self._drainer = threading.Thread(target=self._drain, args=(self.proc,), daemon=True)
+        self._drainer.start()
+
+    def _drain(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        stream: Any = proc.stderr  # a BufferedReader: read1 returns what has come
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            self._tail += chunk
+            del self._tail[:-3000]
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -87,9 +108,11 @@ class Process:
         return self.proc is not None and self.proc.poll() is None
 
     def stderr_tail(self) -> str:
-        if self.proc is None or self.proc.stderr is None or self.alive():
+        if self.proc is None or self.alive():
             return ""
-        return self.proc.stderr.read().decode(errors="replace")[-3000:]
+        if self._drainer is not None:
+            self._drainer.join(timeout=5)
+        return self._tail.decode(errors="replace")
 
 
 def allocation_command(*args: str) -> list[str]:
@@ -104,11 +127,13 @@ def ledger_worker(config: Config, extra_env: dict[str, str] | None = None) -> Pr
     return process
 
 
-def serve(config: Config, extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start `allocation serve` with two workers on a free port; yield its base URL; stop it."""
+def serve(config: Config, extra_env: dict[str, str] | None = None, workers: int = 2,
+          open_files: int | None = None) -> Iterator[str]:
+    """Start `allocation serve` (two workers unless told) on a free port; yield its base URL;
+    stop it."""
     port = free_port()
-    server = Process(allocation_command("serve", "--port", str(port), "--workers", "2"),
-                     {**service_env(config), **(extra_env or {})})
+    server = Process(allocation_command("serve", "--port", str(port), "--workers", str(workers)),
+                     {**service_env(config), **(extra_env or {})}, open_files=open_files)
     server.start()
     base = f"http://127.0.0.1:{port}"
 
@@ -122,7 +147,7 @@ def serve(config: Config, extra_env: dict[str, str] | None = None) -> Iterator[s
             return False
 
     try:
-        wait_until(up, 60, "both API workers to start (/readyz)")
+        wait_until(up, 60, "every API worker to start (/readyz)")
         yield base
     finally:  # also when it never came up: no server outlives its test
         server.stop()

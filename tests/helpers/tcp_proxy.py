@@ -2,7 +2,8 @@
 moment: when the client sends a given message (a COPY, a COMMIT), the proxy drops every
 connection (before or after passing that message on) and refuses new ones until restored.
 Or for a partition: ``partition`` stops forwarding (connections stay open and hang, new ones
-are accepted and hang too) until ``heal``."""
+are accepted and hang too) until ``heal``. Or for a server that is down: ``refuse`` drops every
+connection and refuses new ones until ``restore``."""
 
 from __future__ import annotations
 
@@ -36,6 +37,12 @@ class TcpProxy:
 
     def heal(self) -> None:
         self._flowing.set()
+
+    def refuse(self) -> None:
+        """Drop every connection and refuse new ones, until ``restore``."""
+        with self._lock:
+            self._down = True
+        self._cut()
 
     def cut_on(self, trigger: bytes, *, after_forwarding: bool = False) -> None:
         """Cut everything the next time a client sends ``trigger``; stay down until

@@ -120,6 +120,32 @@ def test_drift_reports_and_repairs(service_config: Config, namespace: str) -> No
     assert live is not None and live.consumed == 0
 
 
+def test_drift_reports_items_missing_from_redis_and_repair_restores_them(
+        service_config: Config, namespace: str) -> None:
+    """After a failover or a restore Redis may lack items: what drift is run for."""
+    async_config = dataclasses.replace(service_config, durability="async")
+    app = bootstrap(async_config)
+    for sku in ("a", "b", "c"):
+        app.bus.handle(commands.InitInventory(namespace, sku, 10))
+    made = app.bus.handle(commands.Reserve(namespace, (("b", 3),), "r", 600, "ann"))
+    drain(app)
+    keys = app.health.keys
+    assert app.redis is not None
+    app.redis.delete(keys.item(namespace, "b"), keys.holds(namespace, "b"),
+                     keys.expiries(namespace, "b"), keys.buyers(namespace, "b"))  # lost
+
+    found = cli(async_config, "drift", namespace)
+    assert found.returncode == 1, found.stdout
+    assert [line.split()[0] for line in found.stdout.splitlines()[1:]] == ["b"]
+    assert "(10, 0, 3)" in found.stdout and "missing" in found.stdout
+    repaired = cli(async_config, "drift", namespace, "--repair")
+    assert repaired.returncode == 0 and "repaired 1 items" in repaired.stdout
+    live = app.counter.read(namespace, "b")
+    assert live is not None and (live.total, live.consumed, live.held) == (10, 0, 3)
+    assert app.bus.handle(commands.ConfirmReservation(namespace, made.id)).state == "confirmed"
+    assert cli(async_config, "drift", namespace).returncode == 0
+
+
 def shown(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)

@@ -16,7 +16,7 @@ from allocation.adapters.outbox import OutboxEntry
 from allocation.bootstrap import Application
 from allocation.domain import commands, errors
 from allocation.service_layer.ledger_writer import write_batch
-from allocation.service_layer.unit_of_work import Conflict, LedgerBatchUnitOfWork
+from allocation.service_layer.unit_of_work import LedgerBatchUnitOfWork
 from tests.helpers.ledger import ledger_rows, stored
 
 # Every test here runs one mode's application (the writer is the same in both).
@@ -63,30 +63,31 @@ def test_a_batch_writes_the_items_figures_and_rows(
 
 
 @BOTH_WAYS
-def test_a_key_used_before_refuses_the_whole_batch(
+def test_a_key_used_again_after_its_window_keeps_its_key(
         app: Application, engine: Engine, namespace: str, connection: LedgerConnection,
         count: int) -> None:
+    """Redis forgot the key (its window passed, or Redis lost it) and sold again: the ledger
+    writes the second movement with its key, as it was asked."""
     app.bus.handle(commands.InitInventory(namespace, "a", 10_000))
     write(connection, sales(namespace, "a", 2, 1, key="same"))
-    clash = sales(namespace, "a", 3, count, key="other")
-    clash[-1] = clash[-1]._replace(idempotency_key="same2")  # the key seq 2 holds
-    with pytest.raises(Conflict):
-        write(connection, clash)
-    assert stored(engine, namespace, "a") == (10_000, 1, 2)  # nothing of it
-    write(connection, sales(namespace, "a", 3, 2, key="new"))  # the connection serves on
-    assert stored(engine, namespace, "a") == (10_000, 3, 4)
+    again = sales(namespace, "a", 3, count, key="other")
+    again[-1] = again[-1]._replace(idempotency_key="same2")  # the key seq 2 holds
+    write(connection, again)
+    assert stored(engine, namespace, "a") == (10_000, count + 1, count + 2)
+    rows = ledger_rows(engine, namespace, "a")
+    assert [(r[0], r[3]) for r in rows if r[3] == "same2"] == [(2, "same2"), (count + 2, "same2")]
 
 
-def test_the_orm_unit_of_work_also_tells_a_key_clash_in_a_copied_batch(
+def test_the_orm_unit_of_work_also_keeps_a_key_used_again_in_a_copied_batch(
         app: Application, engine: Engine, namespace: str) -> None:
     """Its COPY (batches of more than 8) goes by a raw cursor, past SQLAlchemy's mapping."""
     app.bus.handle(commands.InitInventory(namespace, "a", 10_000))
     write_batch(sales(namespace, "a", 2, 1, key="same"), app.uow_factory())
-    clash = sales(namespace, "a", 3, 12, key="other")
-    clash[-1] = clash[-1]._replace(idempotency_key="same2")
-    with pytest.raises(Conflict):
-        write_batch(clash, app.uow_factory())
-    assert stored(engine, namespace, "a") == (10_000, 1, 2)
+    again = sales(namespace, "a", 3, 12, key="other")
+    again[-1] = again[-1]._replace(idempotency_key="same2")
+    write_batch(again, app.uow_factory())
+    assert stored(engine, namespace, "a") == (10_000, 13, 14)
+    assert [r[3] for r in ledger_rows(engine, namespace, "a")].count("same2") == 2
 
 
 def test_it_writes_what_the_orm_unit_of_work_writes(

@@ -147,8 +147,8 @@ def test_a_reservation_redis_lost_comes_back_from_the_ledger(service_config: Con
 
 def test_a_refresh_keeps_the_extension_redis_holds(service_config: Config,
                                                    namespace: str) -> None:
-    """An extension is not in the ledger: a rebuild of an item Redis holds keeps Redis's
-    holds rather than reload them (and their first expiry) from the ledger."""
+    """A rebuild of an item Redis holds keeps Redis's holds, extended, rather than reload
+    them."""
     app = bootstrap(dataclasses.replace(service_config, durability="async"))
     app.bus.handle(commands.InitInventory(namespace, "cap", 2))
     made = app.bus.handle(commands.Reserve(namespace, (("cap", 2),), "r", 1))

@@ -77,16 +77,20 @@ def test_uncommitted_work_is_rolled_back(app: Application, engine: Engine,
     assert stored(engine, namespace, "sku") == (10, 0, 1)
 
 
-def test_the_ledger_refuses_a_second_row_for_one_key(engine: Engine, app: Application,
-                                                     namespace: str) -> None:
+def test_the_ledger_refuses_a_second_row_for_one_seq_but_keeps_a_key_used_again(
+        engine: Engine, app: Application, namespace: str) -> None:
+    """No movement is written twice (seq is unique); a key reused after its window is a new
+    movement whose row keeps the key (API.md: the ledger never drops or changes a key)."""
     app.bus.handle(commands.InitInventory(namespace, "sku", 10))
     app.bus.handle(commands.Decrement(namespace, "sku", 1, "dup"))
     settle(app, namespace)
+    row = ("INSERT INTO inventory_ledger (namespace, sku, seq, kind, qty, total_after, "
+           "available_after, idempotency_key, created_at) VALUES "
+           "(:ns, 'sku', :seq, 'decrement', 1, 10, 8, 'dup', now())")
     with pytest.raises(IntegrityError), engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO inventory_ledger (namespace, sku, seq, kind, qty, total_after, "
-            "available_after, idempotency_key, created_at) VALUES "
-            "(:ns, 'sku', 99, 'decrement', 1, 10, 8, 'dup', now())"), {"ns": namespace})
+        conn.execute(text(row), {"ns": namespace, "seq": 2})
+    with engine.begin() as conn:
+        conn.execute(text(row), {"ns": namespace, "seq": 99})
 
 
 def test_the_database_refuses_consumed_above_total(engine: Engine, app: Application,

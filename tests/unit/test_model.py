@@ -141,11 +141,6 @@ class TestRecordMany:
         assert drifted == [3, 5]  # the refund agrees with the figures before it
         assert (it.total, it.consumed, it.last_seq) == (5, 10, 5)
 
-    def test_can_leave_the_keys_out(self) -> None:
-        it = item(10)
-        it.record_many([Decided("decrement", 1, "a", 10, 1)], keep_keys=False)
-        assert it.new_entries[-1].idempotency_key is None
-
     def test_nothing_to_record_changes_nothing(self) -> None:
         it = item(10, consumed=2)
         assert it.record_many([]) == []

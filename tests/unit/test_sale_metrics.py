@@ -8,12 +8,13 @@ import asyncio
 import itertools
 from typing import Any
 
+import fakeredis
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from allocation.domain.outcome import Outcome
+from allocation.adapters.memory_counter import InProcessCounter
 from allocation.entrypoints import metrics
-from allocation.entrypoints.stock_stream import Hub
+from allocation.entrypoints.stock_stream import Hub, Stream
 from tests.helpers.apps import FakeApp, body
 
 _names = itertools.count()
@@ -164,24 +165,27 @@ def test_expiries_nobody_asks_about_are_counted_by_the_step_that_ends_them(
         "sale_holds_ended{expired}": 2}
 
 
-def test_stream_clients_are_a_gauge_of_watched_queues() -> None:
-    hub = Hub.__new__(Hub)  # no listener thread: watch and unwatch need only the map
-    hub.watched = {}
-    hub.loop = asyncio.new_event_loop()
-    try:
+def test_stream_clients_are_a_gauge_of_watched_streams() -> None:
+    async def run() -> None:
+        hub = Hub(fakeredis.FakeRedis(), InProcessCounter(), "events",
+                  asyncio.get_running_loop(), per_token=10, per_process=10)
+
         def clients() -> float:
             return REGISTRY.get_sample_value("allocation_stream_clients",
                                              {"namespace": "streamed"}) or 0.0
 
         before = clients()
-        first = hub.watch(("streamed", "a"), Outcome("ok", 3, 0, seq=1))
-        second = hub.watch(("streamed", "b"), None)
+        first, second = hub.open(("streamed", "a"), None), hub.open(("streamed", "b"), "g")
+        assert isinstance(first, Stream) and isinstance(second, Stream)
+        hub.watch(first)
+        hub.watch(second)
         assert clients() == before + 2
-        hub.unwatch(("streamed", "a"), first)
-        hub.unwatch(("streamed", "b"), second)
-        assert clients() == before and hub.watched == {}
-    finally:
-        hub.loop.close()
+        hub.close(first)
+        hub.close(second)
+        hub.close(second)  # once counted out, a second close changes nothing
+        assert clients() == before and hub.watched == {} and not hub.streams
+
+    asyncio.run(run())
 
 
 def test_stream_clients_show_in_metrics(fake_app: FakeApp) -> None:

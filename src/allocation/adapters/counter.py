@@ -8,7 +8,7 @@ import dataclasses
 import hashlib
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import Outcome
@@ -24,6 +24,21 @@ Line = tuple[str, int]  # (sku, qty) of a reservation
 # An open hold of an item: (reservation id, qty, buyer or "", expires_ms).
 Hold = tuple[str, int, str, int]
 Step = Literal["hold", "confirm", "release", "extend", "get"]
+
+
+class Restored(NamedTuple):
+    """An item the counter lost, as the record has it: its figures, under the generation
+    ``gen``, its limit per buyer, its buyers' units and its open holds."""
+
+    sku: str
+    total: int
+    consumed: int
+    held: int
+    seq: int
+    gen: str
+    limit: int | None
+    buyers: Mapping[str, int]
+    holds: Sequence[Hold]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +199,22 @@ class Counter(abc.ABC):
     @abc.abstractmethod
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
         """Current figures of each item, ``None`` where the counter does not hold it."""
+
+    def seqs_many(self, namespace: str, skus: Sequence[str]) -> list[tuple[str, int] | None]:
+        """Each item's (generation, seq), ``None`` where the counter does not hold it: what a
+        rebuild asks of many items at once."""
+        return [None if o is None else (o.gen, o.seq) for o in self.read_many(namespace, skus)]
+
+    def restore_many(self, namespace: str, items: Sequence[Restored],
+                     keyed: Sequence[LedgerEntry] = ()) -> None:
+        """Load items the counter lost as the record has them: the keys of ``keyed`` (as
+        ``remember``), limits, buyers' units and open holds replaced, then the figures (which
+        unfence them), so that no sale sees one without the others."""
+        self.remember(keyed)
+        self.load_allowances(namespace, {i.sku: (i.limit, i.buyers) for i in items})
+        self.load_holds(namespace, {i.sku: i.holds for i in items})
+        self.load_many((namespace, i.sku, i.total, i.consumed, i.seq, i.gen, i.held)
+                       for i in items)
 
     def read(self, namespace: str, sku: str) -> Outcome | None:
         return self.read_many(namespace, [sku])[0]

@@ -3,10 +3,15 @@ error's text (it can carry hosts and ports); the details go to the log."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -22,6 +27,54 @@ from allocation.domain import errors
 logger = logging.getLogger(__name__)
 OK = "ok"
 UNAVAILABLE = "unavailable"
+# A readiness poll answers within this: an orchestrator's probe (1-2 s) must never time out on
+# a dependency that does not answer (a partition drops packets: nothing fails, all waits).
+READY_DEADLINE_SECONDS = 0.4
+
+
+class Probe:
+    """One dependency's check, at most one in flight per process, on a thread of its own.
+
+    Concurrent polls share the check under way (and one finished within ``fresh_for``, where
+    that is set); a poll waits at most its deadline for it, then reports the part unavailable. A
+    check that hangs (a partition) thus holds one thread, never a request thread, and never a
+    poll past its deadline."""
+
+    def __init__(self, name: str, check: Callable[[], str | None],
+                 fresh_for: float = 0.0) -> None:
+        self.name = name
+        self.check = check
+        self.fresh_for = fresh_for
+        self._lock = threading.Lock()
+        self._current: Future[str] | None = None
+        self._finished_at = 0.0
+
+    def future(self) -> Future[str]:
+        with self._lock:
+            current = self._current
+            if current is None or (current.done()
+                                   and time.monotonic() - self._finished_at >= self.fresh_for):
+                current = self._current = Future()
+                threading.Thread(target=self._run, args=(current,), daemon=True,
+                                 name=f"probe-{self.name}").start()
+            return current
+
+    def state(self, deadline: float = READY_DEADLINE_SECONDS) -> str:
+        """The check's answer, waiting at most ``deadline`` (from a request thread)."""
+        return _result(self.future(), deadline)
+
+    async def state_async(self, deadline: float = READY_DEADLINE_SECONDS) -> str:
+        """The same, awaited on an event loop (no thread waits)."""
+        try:
+            async with asyncio.timeout(deadline):
+                return await asyncio.shield(asyncio.wrap_future(self.future()))
+        except TimeoutError:
+            return UNAVAILABLE
+
+    def _run(self, future: Future[str]) -> None:
+        state = _state(self.name, self.check)
+        self._finished_at = time.monotonic()
+        future.set_result(state)
 
 
 @dataclass(frozen=True)
@@ -31,12 +84,45 @@ class HealthChecks:
     outbox: Outbox
     redis: RedisClient | None
     keys: KeySpace
+    probes: dict[str, Probe] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        self.probes.update(database=Probe("database", self._ping_database),
+                           redis=Probe("redis", lambda: self.counter.ping()))
 
     def database(self) -> str:
-        return _state("database", self._ping_database)
+        return self.probes["database"].state()
 
     def redis_state(self) -> str:
-        return _state("redis", self.counter.ping)
+        return self.probes["redis"].state()
+
+    def readiness(self, lag_threshold: float) -> dict[str, str]:
+        """The parts /readyz reports, each within the readiness deadline (a request thread
+        waits at most that)."""
+        futures = {name: probe.future() for name, probe
+                   in self._readiness_probes(lag_threshold).items()}
+        until = time.monotonic() + READY_DEADLINE_SECONDS
+        return self._parts({name: _result(future, until - time.monotonic())
+                            for name, future in futures.items()})
+
+    async def readiness_async(self, lag_threshold: float) -> dict[str, str]:
+        """The same from an event loop: the parts are checked at once, within one deadline."""
+        probes = self._readiness_probes(lag_threshold)
+        states = await asyncio.gather(*(p.state_async() for p in probes.values()))
+        return self._parts(dict(zip(probes, states, strict=True)))
+
+    def _readiness_probes(self, lag_threshold: float) -> dict[str, Probe]:
+        if "ledger" not in self.probes:
+            self.probes["ledger"] = Probe("ledger", lambda: self.ledger(lag_threshold))
+        return {name: self.probes[name] for name in ("database", "redis", "ledger")}
+
+    @staticmethod
+    def _parts(states: dict[str, str]) -> dict[str, str]:
+        ledger = states.pop("ledger")
+        if states["redis"] == OK and ledger != OK:
+            # Named only when it lags: the healthy body stays as API.md gives it.
+            states["ledger"] = ledger
+        return states
 
     def ledger(self, threshold_seconds: float) -> str:
         """"ok", or "degraded: ..." when the ledger lags (the service still serves)."""
@@ -90,10 +176,17 @@ class HealthChecks:
                 conn.execute(text("SELECT 1"))
 
 
-def _state(part: str, probe: Callable[[], None]) -> str:
+def _result(future: Future[str], timeout: float) -> str:
     try:
-        probe()
+        return future.result(timeout=max(0.0, timeout))
+    except FutureTimeout:
+        return UNAVAILABLE
+
+
+def _state(part: str, probe: Callable[[], str | None]) -> str:
+    try:
+        found = probe()
     except Exception as exc:  # noqa: BLE001 - readiness reports any failure, by state only
         logger.warning("%s is unavailable: %s", part, exc)
         return UNAVAILABLE
-    return OK
+    return OK if found is None else found

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -45,6 +46,13 @@ class LedgerConnection:
         self.engine = engine
         self._pooled: Any = None  # SQLAlchemy's pooled connection, kept between batches
         self._in_transaction = False
+        self._busy_since: float | None = None  # a round trip under way since (monotonic)
+
+    def busy_for(self) -> float:
+        """How long the round trip under way has taken (0 when none is): one that a partition
+        holds says so long before TCP gives up."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def lock(self, keys: Sequence[ItemKey]) -> dict[ItemKey, InventoryItem]:
         """Begin a transaction and lock the existing items of ``keys``."""
@@ -116,6 +124,7 @@ class LedgerConnection:
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[Any]:
+        self._busy_since = time.monotonic()
         try:
             if self._pooled is None:
                 pooled = self.engine.raw_connection()
@@ -132,3 +141,5 @@ class LedgerConnection:
                 self._pooled.invalidate(exc)
                 self._pooled = None
             raise errors.Unavailable("database unavailable") from exc
+        finally:
+            self._busy_since = None

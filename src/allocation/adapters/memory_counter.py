@@ -209,13 +209,18 @@ class InProcessCounter(Counter):
             if step == "extend":
                 if state != "held":
                     return self._answer(f"reservation_{state}", r, state, ())
+                if now + ttl_ms > r.created_ms + rules.RESERVATION_LIFETIME_SECONDS * 1000:
+                    return self._answer("reservation_lifetime_exceeded", r, state, ())
                 r.expires_ms = now + ttl_ms
                 r.kept_until_ms = r.expires_ms + int(self._ttl * 1000)
-                for sku, _ in r.lines:
+                for (sku, _), item in zip(r.lines, live, strict=True):
                     holds = self._holds.get((namespace, sku), {})
                     if reservation_id in holds:
                         qty, _, who = holds[reservation_id]
                         holds[reservation_id] = (qty, r.expires_ms, who)
+                        item.seq += 1
+                        self._record(namespace, sku, item, "extend", qty, None, who,
+                                     reservation_id, r.expires_ms)
                 return self._answer("ok", r, state, live)
             if (step, state) in (("confirm", "confirmed"), ("release", "released"),
                                  ("release", "expired")):

@@ -82,14 +82,17 @@ ledger = Table(
     Column("held_after", BigInteger, nullable=False, server_default="0"),
     Column("expires_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("namespace", "sku", "seq", name="uq_ledger_item_seq"),
-    UniqueConstraint("namespace", "sku", "idempotency_key", name="uq_ledger_item_key"),
     ForeignKeyConstraint(["namespace", "sku"], ["inventory_items.namespace", "inventory_items.sku"],
                          name="fk_ledger_item"),
     CheckConstraint("kind IN ('init', 'adjust', 'decrement', 'refund', 'hold', 'confirm', "
-                    "'release', 'expire')", name="ck_ledger_kind"),
+                    "'release', 'expire', 'extend')", name="ck_ledger_kind"),
 )
 Index("ix_ledger_item_buyer", ledger.c.namespace, ledger.c.sku, ledger.c.buyer,
       postgresql_where=ledger.c.buyer.is_not(None), sqlite_where=ledger.c.buyer.is_not(None))
+# Not unique: a key reused after its window is a new movement, and its row keeps the key.
+Index("ix_ledger_item_key", ledger.c.namespace, ledger.c.sku, ledger.c.idempotency_key,
+      postgresql_where=ledger.c.idempotency_key.is_not(None),
+      sqlite_where=ledger.c.idempotency_key.is_not(None))
 Index("ix_ledger_reservation", ledger.c.namespace, ledger.c.reservation_id,
       postgresql_where=ledger.c.reservation_id.is_not(None),
       sqlite_where=ledger.c.reservation_id.is_not(None))

@@ -21,6 +21,7 @@ from allocation.adapters.counter import (
     Hold,
     Line,
     Reserved,
+    Restored,
     Step,
     fingerprint,
     unpack,
@@ -90,6 +91,8 @@ class RedisCounter(Counter):
         self._fence_sha = hashlib.sha1(self._fence_script.encode()).hexdigest()
         self._limit = self.client.register_script(lua("limit"))
         self._restore = self.client.register_script(lua("restore"))
+        self._rebuild_script = lua("rebuild")
+        self._rebuild_sha = hashlib.sha1(self._rebuild_script.encode()).hexdigest()
         # A reservation's lines and buyer never change once held: the steps after the hold
         # (confirm, release...) in this process skip reading them back.
         self._lines: dict[tuple[str, str], tuple[tuple[Line, ...], str | None]] = {}
@@ -367,22 +370,87 @@ class RedisCounter(Counter):
                         args=["" if limit is None else limit])
 
     def remember(self, entries: Sequence[LedgerEntry]) -> None:
-        now = time.time()
         with unavailable_on_connection_error():
             pipe = self.client.pipeline(transaction=False)
-            for e in entries:
-                if e.idempotency_key is None or e.kind not in ("adjust", "decrement", "refund"):
-                    continue
-                moment = e.created_at if e.created_at.tzinfo else e.created_at.replace(tzinfo=UTC)
-                left = int(self._ttl - (now - moment.timestamp()))
-                if left > 0:
-                    # seq 0: a movement the ledger holds, nothing to wait for.
-                    consumed = e.total_after - e.available_after - e.held_after
-                    record = (f"{fingerprint(e.kind, e.qty, e.buyer)}|ok|{e.total_after}|"  # type: ignore[arg-type]
-                              f"{consumed}|0||-1||{e.held_after}")
-                    pipe.set(self.keys.idempotency(e.namespace, e.sku, e.idempotency_key),
-                             record, ex=left, nx=True)
+            self._remember(pipe, entries)
             pipe.execute()
+
+    def _remember(self, pipe: Any, entries: Sequence[LedgerEntry]) -> None:
+        """Queue on ``pipe`` the records of the movements' keys still in their window."""
+        now = time.time()
+        for e in entries:
+            if e.idempotency_key is None or e.kind not in ("adjust", "decrement", "refund"):
+                continue
+            moment = e.created_at if e.created_at.tzinfo else e.created_at.replace(tzinfo=UTC)
+            left = int(self._ttl - (now - moment.timestamp()))
+            if left > 0:
+                # seq 0: a movement the ledger holds, nothing to wait for.
+                consumed = e.total_after - e.available_after - e.held_after
+                record = (f"{fingerprint(e.kind, e.qty, e.buyer)}|ok|{e.total_after}|"  # type: ignore[arg-type]
+                          f"{consumed}|0||-1||{e.held_after}")
+                pipe.set(self.keys.idempotency(e.namespace, e.sku, e.idempotency_key),
+                         record, ex=left, nx=True)
+
+    # Arguments per rebuild call at most: a bigger call holds Redis up for longer at a time.
+    REBUILD_CALL_ARGS = 20_000
+
+    def seqs_many(self, namespace: str, skus: Sequence[str]) -> list[tuple[str, int] | None]:
+        groups: dict[int, list[int]] = {}
+        for i, sku in enumerate(skus):
+            groups.setdefault(self.keys.partition(namespace, sku), []).append(i)
+        item = self.keys.item
+        calls = [([item(namespace, skus[i]) for i in chunk], ["seqs"])
+                 for members in groups.values()
+                 for chunk in _chunks(members, self.REBUILD_CALL_ARGS)]
+        found: list[tuple[str, int] | None] = [None] * len(skus)
+        with unavailable_on_connection_error():
+            replies = evalsha_many(self.client, self._rebuild_script, self._rebuild_sha, calls)
+        chunks = [chunk for members in groups.values()
+                  for chunk in _chunks(members, self.REBUILD_CALL_ARGS)]
+        for chunk, reply in zip(chunks, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            for i, seq, gen in zip(chunk, reply[::2], reply[1::2], strict=True):
+                if int(seq) >= 0:
+                    found[i] = (_text(gen), int(seq))
+        return found
+
+    def restore_many(self, namespace: str, items: Sequence[Restored],
+                     keyed: Sequence[LedgerEntry] = ()) -> None:
+        # One call per partition (or per REBUILD_CALL_ARGS of it), each item's keys and
+        # figures flat.
+        calls: dict[int, list[tuple[list[str], list[Any]]]] = {}
+        for i in items:
+            partition, *keys = self.keys.item_keys(namespace, i.sku)
+            open_calls = calls.setdefault(partition, [])
+            if not open_calls or len(open_calls[-1][1]) > self.REBUILD_CALL_ARGS:
+                open_calls.append(([self.keys.due(partition)], ["load", namespace]))
+            call_keys, args = open_calls[-1]
+            call_keys.extend(keys)
+            args.extend((i.sku, i.total, i.consumed, i.held, i.seq, i.gen,
+                         "" if i.limit is None else i.limit, len(i.buyers), len(i.holds)))
+            for buyer, units in i.buyers.items():
+                args.extend((buyer, units))
+            for rid, qty, buyer, expires_ms in i.holds:
+                args.extend((rid, qty, buyer, expires_ms))
+        flat = [call for group in calls.values() for call in group]
+        with unavailable_on_connection_error():
+            # The keys' records first, in the same round trip.
+            pipe = self.client.pipeline(transaction=False)
+            self._remember(pipe, keyed)
+            remembered = len(pipe)
+            for keys, args in flat:
+                pipe.execute_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", self._rebuild_sha, len(keys), *keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+            failed = [r for r in replies if isinstance(r, Exception)]
+            if any("NOSCRIPT" in str(r) for r in failed):  # a restarted Redis: load it, again
+                loaded = evalsha_many(self.client, self._rebuild_script, self._rebuild_sha,
+                                      flat)
+                failed = [r for r in [*replies[:remembered], *loaded]
+                          if isinstance(r, Exception)]
+        if failed:
+            raise failed[0]
 
     def fence_many(self, namespace: str, skus: Sequence[str]) -> list[int | None]:
         with unavailable_on_connection_error():
@@ -454,3 +522,7 @@ class RedisCounter(Counter):
     def ping(self) -> None:
         with unavailable_on_connection_error():
             self.client.ping()
+
+
+def _chunks(members: list[int], size: int) -> list[list[int]]:
+    return [members[at:at + size] for at in range(0, len(members), size)]

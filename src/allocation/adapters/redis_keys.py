@@ -35,6 +35,13 @@ class KeySpace:
         """The item's open holds by expiry (a sorted set)."""
         return f"{self._tag(self.partition(namespace, sku))}:expiries:{namespace}:{sku}"
 
+    def item_keys(self, namespace: str, sku: str) -> tuple[int, str, str, str, str]:
+        """The item's partition, and its item, buyers, holds and expiries keys (one hash for
+        all: a rebuild names them for many items at once)."""
+        tag, name = self._tag(p := self.partition(namespace, sku)), f"{namespace}:{sku}"
+        return (p, f"{tag}:item:{name}", f"{tag}:buyers:{name}", f"{tag}:holds:{name}",
+                f"{tag}:expiries:{name}")
+
     def tally(self, partition: int) -> str:
         """A partition's count of holds started and ended: "namespace\\nunits:kind" and
         "namespace\\nholds:kind" -> how many (kind: hold, confirm, release, expire)."""

@@ -14,6 +14,8 @@ import time
 from collections.abc import Mapping
 
 from allocation.adapters.ledger_progress import (
+    AWAY,
+    AWAY_TTL_SECONDS,
     REPLACED,
     TIMEOUT,
     WRITTEN,
@@ -33,8 +35,10 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 logger = logging.getLogger(__name__)
-# How long a waiter trusts the channel before it reads the mark itself.
+# How long a waiter trusts the channel before it reads the mark itself; and how long a process
+# trusts what it last read of the writers' report that the record is away.
 RECHECK_SECONDS = 0.1
+AWAY_RECHECK_SECONDS = 0.1
 
 
 class RedisLedgerProgress(LedgerProgress):
@@ -47,6 +51,30 @@ class RedisLedgerProgress(LedgerProgress):
         self._sha = hashlib.sha1(self._script.encode()).hexdigest()
         self._listener: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # A key of its own beside the channel: read with a GET, one per process a tenth of a
+        # second at most, whatever the number of waiters.
+        self.away_key = f"{self.channel}:away"
+        self._away = (False, 0.0)  # (reported away, when read)
+
+    def report(self, away: bool) -> None:
+        with unavailable_on_connection_error():
+            if away:
+                self.client.set(self.away_key, b"1", px=int(AWAY_TTL_SECONDS * 1000))
+            else:
+                self.client.delete(self.away_key)
+        self._away = (away, time.monotonic())
+
+    def away(self) -> bool:
+        reported, read_at = self._away
+        now = time.monotonic()
+        if now - read_at < AWAY_RECHECK_SECONDS:
+            return reported
+        try:
+            reported = bool(self.client.exists(self.away_key))
+        except Exception:  # noqa: BLE001 - Redis away too: the wait itself decides
+            reported = False
+        self._away = (reported, now)
+        return reported
 
     def mark(self, written: Mapping[ItemKey, Mark]) -> None:
         if not written:
@@ -77,8 +105,14 @@ class RedisLedgerProgress(LedgerProgress):
                 if stored[1] >= seq:
                     self.marks.raise_to({item: stored})
                     return WRITTEN
+            if self.away():
+                return AWAY
             if time.monotonic() >= deadline:
                 return TIMEOUT
+
+    def written_here(self, namespace: str, sku: str, gen: str, seq: int) -> bool:
+        self._listen()  # a deferred waiter's marks come from the channel too
+        return super().written_here(namespace, sku, gen, seq)
 
     def read(self, namespace: str, sku: str) -> Mark | None:
         """The item's mark as Redis holds it; None where Redis holds no such item."""

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import abc
 import builtins
+import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, case, exists, func, select, tuple_, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Select,
+    String,
+    any_,
+    bindparam,
+    case,
+    exists,
+    func,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from allocation.adapters import orm
@@ -73,31 +87,41 @@ class AbstractRepository(abc.ABC):
 
     def keyed_entries(self, namespace: str, skus: Sequence[str], since: datetime,
                       limit: int = 1_000_000) -> Sequence[LedgerEntry]:
-        """The items' movements with an idempotency key, made since ``since``."""
-        return [e for sku in skus for e in self.ledger(namespace, sku, 0, limit)
+        """The items' movements with an idempotency key, made since ``since``, latest first."""
+        return [e for sku in skus for e in reversed(self.ledger(namespace, sku, 0, limit))
                 if e.idempotency_key is not None and _aware(e.created_at) >= since]
 
     def allowances(self, namespace: str, skus: Sequence[str]) -> dict[str, Allowances]:
         """Each item's limit per buyer and its buyers' units (what their decrements took less
         what their refunds gave back), from the ledger."""
-        found: dict[str, Allowances] = {}
-        for sku, item in self.many(namespace, skus).items():
+        units = self.buyers(namespace, skus)
+        return {sku: (item.limit_per_buyer, units.get(sku, {}))
+                for sku, item in self.many(namespace, skus).items()}
+
+    def buyers(self, namespace: str, skus: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Each item's buyers' units, where it has any (``allowances`` without the limits)."""
+        found: dict[str, dict[str, int]] = {}
+        for sku in skus:
             units: dict[str, int] = {}
             for e in self.ledger(namespace, sku, 0, 1 << 62):
                 if e.buyer is not None and e.kind in UNITS_SIGN:
                     units[e.buyer] = units.get(e.buyer, 0) + UNITS_SIGN[e.kind] * e.qty
-            found[sku] = (item.limit_per_buyer, {b: n for b, n in units.items() if n > 0})
+            if kept := {b: n for b, n in units.items() if n > 0}:
+                found[sku] = kept
         return found
 
     def open_holds(self, namespace: str, skus: Sequence[str]) -> dict[str, list[Hold]]:
-        """Each item's holds that no later movement ended, from the ledger."""
+        """Each item's holds that no later movement ended, from the ledger, each until its
+        latest extension's expiry."""
         found: dict[str, list[Hold]] = {}
         for sku in skus:
             entries = self.ledger(namespace, sku, 0, 1 << 62)
             ended = {e.reservation_id for e in entries if e.kind in ("confirm", "release",
                                                                      "expire")}
-            found[sku] = [_hold(e) for e in entries
-                          if e.kind == "hold" and e.reservation_id not in ended]
+            extended = {e.reservation_id: e.expires_at for e in entries if e.kind == "extend"}
+            found[sku] = [_hold(dataclasses.replace(
+                e, expires_at=extended.get(e.reservation_id, e.expires_at)))
+                for e in entries if e.kind == "hold" and e.reservation_id not in ended]
         return found
 
     def generations(self, namespace: str, skus: Sequence[str]) -> dict[str, str | None]:
@@ -133,7 +157,10 @@ class AbstractRepository(abc.ABC):
         return [_stock(item) for item in self.list(namespace, after, limit)]
 
     @abc.abstractmethod
-    def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None: ...
+    def entry_for_key(self, namespace: str, sku: str, key: str,
+                      since: datetime | None = None) -> LedgerEntry | None:
+        """The item's latest movement under ``key`` (made since ``since``): a key reused after
+        its window is a new movement, and its row keeps the key too."""
 
     def reservation_entries(self, namespace: str, reservation_id: str) -> Sequence[LedgerEntry]:
         """Every ledger entry of a reservation, each item's in seq order."""
@@ -195,7 +222,7 @@ class SqlAlchemyRepository(AbstractRepository):
     # Bulk reads skip the ORM: building aggregates cost more than the queries themselves.
     def stock(self, namespace: str, skus: Sequence[str]) -> dict[str, Stock]:
         rows = self.session.execute(select(*STOCK_COLUMNS).where(
-            orm.items.c.namespace == namespace, orm.items.c.sku.in_(list(skus))))
+            orm.items.c.namespace == namespace, self._among(orm.items.c.sku, skus)))
         return {row[0]: Stock(*row) for row in rows}
 
     def stock_page(self, namespace: str, after: str | None, limit: int) -> Sequence[Stock]:
@@ -208,38 +235,53 @@ class SqlAlchemyRepository(AbstractRepository):
     def allowances(self, namespace: str, skus: Sequence[str]) -> dict[str, Allowances]:
         wanted = list(skus)
         limits = self.session.execute(select(orm.items.c.sku, orm.items.c.limit_per_buyer).where(
-            orm.items.c.namespace == namespace, orm.items.c.sku.in_(wanted))).all()
-        buyers: dict[str, dict[str, int]] = {}
+            orm.items.c.namespace == namespace, self._among(orm.items.c.sku, wanted))).all()
+        buyers = self.buyers(namespace, wanted)
+        return {sku: (limit, buyers.get(sku, {})) for sku, limit in limits}
+
+    def buyers(self, namespace: str, skus: Sequence[str]) -> dict[str, dict[str, int]]:
+        found: dict[str, dict[str, int]] = {}
         ledger = orm.ledger.c
         units = func.sum(case(*((ledger.kind == kind, sign * ledger.qty)
                                 for kind, sign in UNITS_SIGN.items()), else_=0))
         for sku, buyer, n in self.session.execute(
                 select(ledger.sku, ledger.buyer, units)
-                .where(ledger.namespace == namespace, ledger.sku.in_(wanted),
+                .where(ledger.namespace == namespace, self._among(ledger.sku, skus),
                        ledger.buyer.is_not(None))
                 .group_by(ledger.sku, ledger.buyer).having(units > 0)):
-            buyers.setdefault(sku, {})[buyer] = int(n)
-        return {sku: (limit, buyers.get(sku, {})) for sku, limit in limits}
+            found.setdefault(sku, {})[buyer] = int(n)
+        return found
 
     def open_holds(self, namespace: str, skus: Sequence[str]
                    ) -> dict[str, builtins.list[Hold]]:
-        ledger, ended = orm.ledger.c, orm.ledger.alias("ended").c
+        ledger = orm.ledger.c
+        ended, extension = orm.ledger.alias("ended").c, orm.ledger.alias("extension").c
+        # Extended holds: each line's latest extension holds the expiry (seq orders them).
+        extended = (select(extension.expires_at)
+                    .where(extension.namespace == ledger.namespace,
+                           extension.reservation_id == ledger.reservation_id,
+                           extension.sku == ledger.sku, extension.kind == "extend")
+                    .order_by(extension.seq.desc()).limit(1).scalar_subquery())
         rows = self.session.execute(
-            select(*ENTRY_COLUMNS)
-            .where(ledger.namespace == namespace, ledger.sku.in_(list(skus)),
+            select(ledger.sku, ledger.reservation_id, ledger.qty, ledger.buyer,
+                   func.coalesce(extended, ledger.expires_at, ledger.created_at))
+            .where(ledger.namespace == namespace, self._among(ledger.sku, skus),
                    ledger.kind == "hold",
                    ~exists().where(ended.namespace == ledger.namespace,
                                    ended.reservation_id == ledger.reservation_id,
                                    ended.sku == ledger.sku,
                                    ended.kind.in_(("confirm", "release", "expire")))))
         found: dict[str, builtins.list[Hold]] = {sku: [] for sku in skus}
-        for row in rows.mappings():
-            found[row["sku"]].append(_hold(LedgerEntry(**row)))
+        for sku, rid, qty, buyer, until in rows:
+            if isinstance(until, str):  # SQLite hands back a coalesced time as text
+                until = datetime.fromisoformat(until)
+            found[sku].append((rid or "", qty, buyer or "",
+                               int(_aware(until).timestamp() * 1000)))
         return found
 
     def generations(self, namespace: str, skus: Sequence[str]) -> dict[str, str | None]:
         rows = self.session.execute(select(orm.items.c.sku, orm.items.c.counter_gen).where(
-            orm.items.c.namespace == namespace, orm.items.c.sku.in_(list(skus))))
+            orm.items.c.namespace == namespace, self._among(orm.items.c.sku, skus)))
         return {row[0]: row[1] for row in rows}
 
     def rebase(self, namespace: str, skus: Sequence[str], gen: str) -> dict[str, Stock]:
@@ -247,7 +289,7 @@ class SqlAlchemyRepository(AbstractRepository):
         # would send an UPDATE per item.
         rows = self.session.execute(
             update(orm.items)
-            .where(orm.items.c.namespace == namespace, orm.items.c.sku.in_(list(skus)))
+            .where(orm.items.c.namespace == namespace, self._among(orm.items.c.sku, skus))
             .values(counter_gen=gen, version=orm.items.c.version + 1)
             .returning(*STOCK_COLUMNS))
         return {row[0]: Stock(*row) for row in rows}
@@ -256,11 +298,12 @@ class SqlAlchemyRepository(AbstractRepository):
                       limit: int = 1_000_000) -> Sequence[LedgerEntry]:
         return self._entries(
             select(*ENTRY_COLUMNS)
-            .where(orm.ledger.c.namespace == namespace, orm.ledger.c.sku.in_(list(skus)),
+            .where(orm.ledger.c.namespace == namespace, self._among(orm.ledger.c.sku, skus),
                    orm.ledger.c.idempotency_key.is_not(None),
-                   orm.ledger.c.created_at >= (
-                       since if self.session.get_bind().dialect.name == "postgresql"
-                       else since.astimezone(UTC).replace(tzinfo=None)))
+                   orm.ledger.c.created_at >= self._moment(since))
+            # A key used twice (its window shortened since): the latest first, which the
+            # counter's remember (first one wins) keeps.
+            .order_by(orm.ledger.c.seq.desc())
             .limit(limit))
 
     def reservation_entries(self, namespace: str, reservation_id: str) -> Sequence[LedgerEntry]:
@@ -275,11 +318,27 @@ class SqlAlchemyRepository(AbstractRepository):
             orm.ledger.c.sku == sku, orm.ledger.c.kind == kind))
         return found[0] if found else None
 
-    def entry_for_key(self, namespace: str, sku: str, key: str) -> LedgerEntry | None:
-        found = self._entries(select(*ENTRY_COLUMNS).where(
+    def entry_for_key(self, namespace: str, sku: str, key: str,
+                      since: datetime | None = None) -> LedgerEntry | None:
+        query = select(*ENTRY_COLUMNS).where(
             orm.ledger.c.namespace == namespace, orm.ledger.c.sku == sku,
-            orm.ledger.c.idempotency_key == key))
+            orm.ledger.c.idempotency_key == key)
+        if since is not None:
+            query = query.where(orm.ledger.c.created_at >= self._moment(since))
+        found = self._entries(query.order_by(orm.ledger.c.seq.desc()).limit(1))
         return found[0] if found else None
+
+    def _among(self, column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[bool]:
+        """``column IN values``; on PostgreSQL one array parameter rather than a parameter per
+        value (a rebuild asks about thousands of items at once)."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
+        return column.in_(list(values))
+
+    def _moment(self, moment: datetime) -> datetime:
+        # SQLite compares timestamps as the naive UTC text it stored.
+        return (moment if self.session.get_bind().dialect.name == "postgresql"
+                else moment.astimezone(UTC).replace(tzinfo=None))
 
     def ledger(self, namespace: str, sku: str, after_seq: int,
                limit: int) -> Sequence[LedgerEntry]:

@@ -75,6 +75,13 @@ class ReservationConfirmed(DomainError):
     code = "reservation_confirmed"
 
 
+class ReservationLifetimeExceeded(DomainError):
+    """An extension past the reservation's lifetime (``rules.RESERVATION_LIFETIME_SECONDS``
+    from its creation)."""
+
+    code = "reservation_lifetime_exceeded"
+
+
 class InvalidInput(DomainError, ValueError):
     """A value outside the contract (API.md, Identity): a float, bool or string for a number, a
     number out of range, a bad name or key. ``field`` names it; nothing was done. A ValueError
@@ -102,5 +109,6 @@ REFUSALS: dict[str, type[DomainError]] = {
     cls.code: cls
     for cls in (NotFound, AlreadyExists, InsufficientStock, BelowConsumed,
                 RefundExceedsConsumed, InvalidQuantity, IdempotencyKeyReused, LimitExceeded,
-                BuyerRequired, ReservationExpired, ReservationReleased, ReservationConfirmed)
+                BuyerRequired, ReservationExpired, ReservationReleased, ReservationConfirmed,
+                ReservationLifetimeExceeded)
 }

@@ -118,12 +118,11 @@ class InventoryItem:
             self.namespace, self.sku, self.total, self.consumed, qty, idempotency_key))
         return entry
 
-    def record_many(self, movements: Iterable[Decided], *, keep_keys: bool = True) -> list[int]:
+    def record_many(self, movements: Iterable[Decided]) -> list[int]:
         """Write down movements the fast path already decided and acknowledged, in seq order.
 
         The figures after each are the fast path's: what a client was told succeeded is never
         lost. Returns the seqs where the rules, applied here, disagree (the two had drifted).
-        ``keep_keys=False`` writes them without their idempotency keys.
         """
         # Runs for every movement the ledger writes: locals, not the mapped attributes, and
         # one timestamp for the lot.
@@ -142,7 +141,7 @@ class InventoryItem:
             total, consumed, held = after
             entries.append(LedgerEntry(
                 namespace, sku, seq, m.kind, m.qty, total, total - consumed - held,
-                m.idempotency_key if keep_keys else None, now, m.buyer, m.reservation_id, held,
+                m.idempotency_key, now, m.buyer, m.reservation_id, held,
                 datetime.fromtimestamp(m.expires_ms / 1000, UTC) if m.expires_ms else None))
         self.total, self.consumed, self.held, self.last_seq = total, consumed, held, seq
         return drifted

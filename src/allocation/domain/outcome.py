@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from allocation.domain import errors
+from allocation.domain import errors, rules
 
 OK = "ok"
 NOT_FOUND = "not_found"
@@ -52,6 +52,9 @@ class Outcome:
                        remaining=remaining)
         if self.status == "buyer_required":
             return cls("this item has a limit per buyer: name the buyer")
+        if self.status == "reservation_lifetime_exceeded":
+            return cls(f"a reservation lives at most {rules.RESERVATION_LIFETIME_SECONDS} s "
+                       "from its creation")
         if self.status == "idempotency_key_reused":
             return cls("this idempotency key was used with a different request")
         return cls(self.status)

@@ -9,12 +9,16 @@ from typing import Literal
 
 from allocation.domain import errors
 
-Kind = Literal["init", "adjust", "decrement", "refund", "hold", "confirm", "release", "expire"]
+Kind = Literal["init", "adjust", "decrement", "refund", "hold", "confirm", "release", "expire",
+               "extend"]
 KINDS: tuple[Kind, ...] = ("init", "adjust", "decrement", "refund", "hold", "confirm", "release",
-                          "expire")
+                          "expire", "extend")
 # A reservation's movements: ``hold`` takes units from available into held; ``confirm`` sells
-# them (held to consumed); ``release`` and ``expire`` put them back on sale.
-HOLD_KINDS: tuple[Kind, ...] = ("hold", "confirm", "release", "expire")
+# them (held to consumed); ``release`` and ``expire`` put them back on sale; ``extend`` moves a
+# hold's expiry and changes no figure.
+HOLD_KINDS: tuple[Kind, ...] = ("hold", "confirm", "release", "expire", "extend")
+# A reservation lives at most this long from its creation, however often it is extended.
+RESERVATION_LIFETIME_SECONDS = 86_400
 
 
 def quantity_must_be_positive(qty: int) -> None:
@@ -82,6 +86,8 @@ def apply(kind: str, total: int, consumed: int, qty: int,
     if kind == "refund":
         refund_must_not_exceed_consumed(consumed, qty)
         return total, consumed - qty, held
+    if kind == "extend":
+        return total, consumed, held
     if kind in ("confirm", "release", "expire"):
         if qty > held:
             raise ValueError(f"{kind} of {qty} exceeds the {held} held")  # a bug, not a rule

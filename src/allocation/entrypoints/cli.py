@@ -204,6 +204,7 @@ def serve(host: str, port: int, workers: int | None, threads: int, pin_workers: 
     if pin_workers and not cpu_pinning.supported():
         raise click.UsageError("--pin-workers needs Linux (sched_setaffinity, /proc)")
     config = Config.from_env()
+    _raise_open_file_limit()
     if config.embedded:
         workers = 1  # the in-process counter lives in one process
     workers = workers or os.cpu_count() or 1
@@ -237,6 +238,24 @@ def serve(host: str, port: int, workers: int | None, threads: int, pin_workers: 
             "--access-log" if os.environ.get("ACCESS_LOG") else "--no-access-log",
             f"allocation.entrypoints.flask_app:{factory}"]
     os.execv(sys.executable, argv)
+
+
+def _raise_open_file_limit() -> None:
+    """Every connection takes a file descriptor, an open stock stream one for as long as it
+    lasts; the common soft limit (1024) would leave a worker unable to accept. Raised here, the
+    limit is inherited by granian and each of its workers (they size their stream cap by it)."""
+    import resource
+
+    from allocation.entrypoints import stock_stream
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    except (ValueError, OSError) as exc:  # an unlimited hard limit is above the kernel's
+        click.echo(f"open files: could not raise the limit to {hard}: {exc}", err=True)
+    click.echo(f"open files: limit {soft} a process; up to {stock_stream.process_cap(soft)} "
+               "stock streams a worker", err=True)
 
 
 @main.command()
@@ -290,10 +309,12 @@ def run_ledger_worker(threads: int, idle_priority: bool, name: str | None) -> No
 
 @main.command()
 @click.argument("namespace")
-@click.option("--repair", is_flag=True, help="rebuild the items that differ")
+@click.option("--repair", is_flag=True,
+              help="rebuild the items that differ or that Redis lacks")
 @domain_exit
 def drift(namespace: str, repair: bool) -> None:
-    """Compare Redis with the database plus the unwritten outbox; exit 1 if any item differs."""
+    """Compare Redis with the database plus the unwritten outbox; exit 1 if any item differs
+    or is missing from Redis."""
     from allocation.service_layer import drift as drift_check
 
     _checked(namespace)
@@ -307,7 +328,7 @@ def drift(namespace: str, repair: bool) -> None:
     click.echo(f"{'sku':<30} {'expected (total, consumed, held)':<34} "
                "redis (total, consumed, held)")
     for d in found:
-        click.echo(f"{d.sku:<30} {d.expected!s:<34} {d.redis!s}")
+        click.echo(f"{d.sku:<30} {d.expected!s:<34} {'missing' if d.missing else d.redis}")
     if repair:
         for d in found:
             app.bus.handle(commands.Refresh(namespace, d.sku))

@@ -30,6 +30,7 @@ from allocation.entrypoints.rsgi_bridge import RsgiBridge
 logger = logging.getLogger(__name__)
 
 THREADS_ENV = "ALLOCATION_REQUEST_THREADS"
+TOKENS = "allocation.tokens"  # the app's TokenCache, in flask.extensions (streams end by it)
 
 
 def create_server_app() -> RsgiBridge:
@@ -42,7 +43,7 @@ def create_server_app() -> RsgiBridge:
     guard = flask.wsgi_app if isinstance(flask.wsgi_app, access.AccessGuard) else None
     return RsgiBridge(flask, threads=int(os.environ.get(THREADS_ENV) or 8),
                       body_timeout=app.config.body_timeout_seconds, max_body=MAX_BODY,
-                      application=app, guard=guard)
+                      application=app, guard=guard, tokens=flask.extensions.get(TOKENS))
 
 
 def create_wsgi_server_app() -> Flask:
@@ -91,6 +92,7 @@ def _guard(flask: Flask, app: Application) -> None:
                        else Revocations(app.redis, app.config.redis_key_prefix).ids)
         tokens = access.TokenCache(store, revocations=revocations)
         tokens.start()
+        flask.extensions[TOKENS] = tokens
     flask.wsgi_app = access.AccessGuard(flask.wsgi_app, tokens)  # type: ignore[method-assign]
 
 

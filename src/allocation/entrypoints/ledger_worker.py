@@ -15,21 +15,22 @@ from collections.abc import Callable, Sequence
 
 from allocation.adapters.ledger_connection import LedgerConnection
 from allocation.adapters.ledger_progress import LedgerProgress
-from allocation.adapters.outages import is_outage
+from allocation.adapters.outages import database_down, is_outage
 from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.bootstrap import Application
 from allocation.config import Config
 from allocation.service_layer.ledger_writer import BatchResult, write_batch
-from allocation.service_layer.unit_of_work import (
-    BatchUnitOfWork,
-    Conflict,
-    LedgerBatchUnitOfWork,
-)
+from allocation.service_layer.unit_of_work import BatchUnitOfWork, LedgerBatchUnitOfWork
 
 logger = logging.getLogger(__name__)
 # Writers per process: each waits on PostgreSQL or Redis most of the time, so a few share a
 # core well (docs/benchmarks.md, ledger drain).
 DEFAULT_THREADS = 4
+# A round trip to PostgreSQL taking this long is taken for the record being away (a partition
+# answers nothing and fails nothing): sync movements are then answered at once rather than
+# after their whole wait (docs/adr/0025-the-records-outage.md). A batch takes milliseconds.
+STUCK_SECONDS = 1.0
+WATCH_SECONDS = 0.25
 
 
 class LedgerWorker:
@@ -56,6 +57,7 @@ class LedgerWorker:
         self.written = 0
         self._unsettled = set(self.partitions)  # a restart under the same name finds its own
         self._next_claim = 0.0
+        self._reported_away = False
 
     def run_once(self, block_ms: int = 0) -> int:
         """One pass over this worker's partitions; returns how many entries were written.
@@ -110,28 +112,7 @@ class LedgerWorker:
         return result.written
 
     def _write(self, entries: list[OutboxEntry]) -> BatchResult:
-        try:
-            return write_batch(entries, self.uow_factory())
-        except Conflict:
-            pass
-        # A unique key refused the batch: an idempotency key used again after Redis forgot it.
-        # Write entry by entry; the one that clashes keeps its movement and loses its key.
-        total = BatchResult()
-        for entry in entries:
-            try:
-                one = write_batch([entry], self.uow_factory())
-            except Conflict:
-                logger.warning("ledger: key %r of %s/%s was used before; seq %d written "
-                               "without it", entry.idempotency_key, entry.namespace, entry.sku,
-                               entry.seq)
-                one = write_batch([entry], self.uow_factory(), drop_keys=True)
-            total.written += one.written
-            total.done += one.done
-            total.waiting += one.waiting
-            total.orphans += one.orphans
-            total.stale += one.stale
-            total.marks.update(one.marks)
-        return total
+        return write_batch(entries, self.uow_factory())
 
     def run(self) -> None:
         """Write until stopped. Losing the database or Redis, wherever in a write, is waited
@@ -139,6 +120,8 @@ class LedgerWorker:
         else is a bug a retry would repeat, and is raised."""
         backoff, idle = 0.05, 0.001
         logger.info("ledger worker %s started", self.name)
+        if self.connection is not None:
+            threading.Thread(target=self._watch, daemon=True, name="ledger-watch").start()
         try:
             while not self.stopping.is_set():
                 try:
@@ -146,9 +129,13 @@ class LedgerWorker:
                     # movement rather than sleeping (one Redis only; a cluster polls).
                     block_ms = 0 if self.gather_seconds or not self.outbox.blocking_reads else 50
                     written = self.run_once(block_ms)
+                    if written and self._reported_away:
+                        self._report(away=False)
                 except Exception as exc:
                     if not is_outage(exc):
                         raise
+                    if _database_down(exc):
+                        self._report(away=True)  # renewed each try while it lasts
                     cause = exc.__cause__ or exc
                     # The first failure of a run of them with its traceback: where it failed.
                     logger.warning("ledger worker waiting for a dependency: %s (%s)",
@@ -167,6 +154,20 @@ class LedgerWorker:
         finally:
             self.close()
 
+    def _watch(self) -> None:
+        """Report the record away while a round trip of this writer's hangs."""
+        while not self.stopping.wait(WATCH_SECONDS):
+            if self.connection is not None and self.connection.busy_for() > STUCK_SECONDS:
+                self._report(away=True)
+
+    def _report(self, away: bool) -> None:
+        try:
+            self.progress.report(away)
+        except Exception as exc:  # noqa: BLE001 - Redis away too: nobody is waiting to hear
+            logger.debug("could not report the record %s: %s", "away" if away else "back", exc)
+            return
+        self._reported_away = away
+
     def close(self) -> None:
         """Give back the worker's database connection (``run`` does, as it ends)."""
         if self.connection is not None:
@@ -179,6 +180,18 @@ class LedgerWorker:
         thread = threading.Thread(target=self.run, name="ledger-worker", daemon=True)
         thread.start()
         return thread
+
+
+def _database_down(exc: BaseException) -> bool:
+    """Whether an outage is the database's (not Redis's), wherever in the chain it was met."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if database_down(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def yield_cpu() -> None:

@@ -175,9 +175,11 @@ def document() -> dict[str, Any]:
                                          "(again: the same answer; state `expired` if it "
                                          "had)", "reservation_confirmed"),
             "extend": _reservation_step("Move a held reservation's expiry to `ttl_seconds` "
-                                        "from now",
+                                        "from now (at most 86400 s from its creation); "
+                                        "each line's item gets an `extend` ledger entry",
                                         "reservation_expired, reservation_released, "
-                                        "reservation_confirmed", schemas.ExtendBody),
+                                        "reservation_confirmed, "
+                                        "reservation_lifetime_exceeded", schemas.ExtendBody),
             "stream": _op("A live stream of the item's figures (server-sent events: the first "
                           "at once, then each change at most once a second, selling out or "
                           "back at once; `Last-Event-ID` resumes; a comment every 15 s)", {

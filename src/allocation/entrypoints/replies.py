@@ -40,6 +40,7 @@ STATUS_OF_CODE = {
     "reservation_expired": 409,
     "reservation_released": 409,
     "reservation_confirmed": 409,
+    "reservation_lifetime_exceeded": 409,
 }
 
 
@@ -190,7 +191,12 @@ def ledger_entry(entry: LedgerEntry) -> dict[str, Any]:
     the database session's zone; SQLite hands times back without one (written in UTC)."""
     at = entry.created_at
     at = at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
-    return {"seq": entry.seq, "kind": entry.kind, "qty": entry.qty,
-            "total_after": entry.total_after, "available_after": entry.available_after,
-            "idempotency_key": entry.idempotency_key, "created_at": at.isoformat(),
-            "reservation_id": entry.reservation_id, "held_after": entry.held_after}
+    shown = {"seq": entry.seq, "kind": entry.kind, "qty": entry.qty,
+             "total_after": entry.total_after, "available_after": entry.available_after,
+             "idempotency_key": entry.idempotency_key, "created_at": at.isoformat(),
+             "reservation_id": entry.reservation_id, "held_after": entry.held_after}
+    if entry.kind == "extend" and entry.expires_at is not None:
+        expires = entry.expires_at
+        shown["expires_at"] = (expires.astimezone(UTC) if expires.tzinfo
+                               else expires.replace(tzinfo=UTC)).isoformat()
+    return shown

@@ -168,21 +168,9 @@ class Routes:
         return jsonify({"status": "ok"})
 
     def readyz(self) -> Response:
-        health, config = self.app.health, self.app.config
-        parts = {"database": health.database(), "redis": health.redis_state()}
-        if (pending := self.startup.pending()) is not None:
-            parts["workers"] = pending  # named only while some are loading, as "ledger" below
-        failing = any(state != "ok" for state in parts.values())
-        if parts["redis"] == "ok":
-            # Named only when it lags: the healthy body stays as API.md gives it.
-            ledger = health.ledger(config.ledger_lag_threshold_seconds)
-            if ledger != "ok":
-                parts["ledger"] = ledger
-        response = jsonify(parts)
-        if failing:
-            response.status_code = 503
-            response.headers["Retry-After"] = "1"
-        return response
+        """Under RSGI the bridge answers this on its event loop (``readiness_reply``)."""
+        parts = self.app.health.readiness(self.app.config.ledger_lag_threshold_seconds)
+        return to_response(readiness_reply(parts, self.startup.pending()))
 
     def metrics(self) -> Response:
         health = self.app.health
@@ -210,6 +198,20 @@ class Routes:
         response = Response(data, content_type=media_type, headers=openapi.DOCS_HEADERS)
         response.cache_control.max_age = 86400
         return response
+
+
+def readiness_reply(parts: dict[str, str], pending_workers: str | None) -> replies.Reply:
+    """/readyz's answer: 503 with Retry-After naming the parts that fail; the ledger is named
+    only when it lags, the workers only while some are loading, and neither fails it."""
+    body = {"database": parts["database"], "redis": parts["redis"]}
+    if pending_workers is not None:
+        body["workers"] = pending_workers
+    failing = any(state != "ok" for state in body.values())
+    if "ledger" in parts:
+        body["ledger"] = parts["ledger"]
+    if failing:
+        return replies.Reply(503, body, (("Retry-After", "1"),))
+    return replies.Reply(200, body)
 
 
 def _path(namespace: str, sku: str) -> schemas.ItemPath:

@@ -15,10 +15,20 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from allocation.entrypoints import access, replies, route_table, stock_stream
+from allocation.domain import errors
+from allocation.entrypoints import (
+    access,
+    metrics,
+    replies,
+    route_table,
+    stock_stream,
+    worker_start,
+)
+from allocation.entrypoints.routes import readiness_reply
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -26,26 +36,37 @@ if TYPE_CHECKING:
     from granian.rsgi import Scope
 
     from allocation.bootstrap import Application
+    from allocation.service_layer.durability import Pending
 
 Headers = list[tuple[str, str]]
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+_HEALTH = frozenset({"/healthz", "/readyz"})
+_ALIVE = replies.Reply(200, {"status": "ok"})
 
 
 class RsgiBridge:
     def __init__(self, wsgi_app: WSGIApplication, threads: int, body_timeout: float,
                  max_body: int, application: Application | None = None,
-                 guard: access.AccessGuard | None = None) -> None:
+                 guard: access.AccessGuard | None = None,
+                 tokens: access.TokenCache | None = None) -> None:
         self.wsgi_app = wsgi_app
         self.guard = guard  # asked before a body is read (API.md, Access)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="request")
         self.body_timeout = body_timeout
         self.max_body = max_body
         self.application = application
+        self.tokens = tokens  # streams end when their token is revoked
         self.hub: stock_stream.Hub | None = None  # made with the first stream client
+        self.startup = worker_start.Startup()
 
     async def __rsgi__(self, scope: Scope, protocol: HTTPProtocol) -> None:
         if scope.proto != "http":
             return  # no websockets here
+        if scope.method == "GET" and scope.path in _HEALTH and self.application is not None:
+            started = time.perf_counter()
+            reply = await self._health(scope.path, self.application)
+            metrics.count_request("GET", scope.path, reply.status, time.perf_counter() - started)
+            return _reply(protocol, reply)
         headers = scope.headers.items()
         unread = set(scope.headers.keys()) - {name for name, _ in headers}
         if unread:
@@ -78,25 +99,75 @@ class RsgiBridge:
                 return _reply(protocol, replies.error(413, "payload_too_large",
                                                       "the body is over 64 KiB"))
         environ["wsgi.input"] = io.BytesIO(body)
-        status, response_headers, data = await loop.run_in_executor(self.pool, self._call,
-                                                                    environ)
         key = _stream_of(scope.method, environ["PATH_INFO"])
-        if status == 200 and key is not None and self._hub(loop) is not None:
+        hub = self._hub(loop) if key is not None else None
+        if hub is None:
+            status, response_headers, data = await self._answer(loop, environ)
+            return protocol.response_bytes(status, response_headers, data)
+        assert key is not None
+        grant = environ.get(access.GRANT)
+        stream = hub.open(key, grant.id if grant is not None else None)
+        if isinstance(stream, replies.Reply):
+            return _reply(protocol, stream)
+        try:
+            status, response_headers, data = await loop.run_in_executor(self.pool, self._call,
+                                                                        environ)
+            if status != 200:
+                return protocol.response_bytes(status, response_headers, data)
             # Authorized and answered its first event by the app: the rest of the stream is
-            # served here, on the loop, taking no request thread.
-            assert self.hub is not None
+            # served here, on the loop, taking no request thread. An event stream is never
+            # followed by another request, and its end must reach the client as a close.
             streamed = [(n, v) for n, v in response_headers if n.lower() != "content-length"]
-            transport = protocol.response_stream(status, streamed)
-            await stock_stream.serve(self.hub, key, None, data, transport.send_bytes,
-                                     asyncio.ensure_future(protocol.client_disconnect()))
-            return
-        protocol.response_bytes(status, response_headers, data)
+            transport = protocol.response_stream(status, [*streamed, ("connection", "close")])
+            disconnected = asyncio.ensure_future(protocol.client_disconnect())
+            try:
+                await stock_stream.serve(hub, stream, data, transport.send_bytes, disconnected)
+            finally:
+                disconnected.cancel()  # ended by the server (revoked): nothing to wait for
+        finally:
+            hub.close(stream)
+
+    async def _answer(self, loop: asyncio.AbstractEventLoop, environ: WSGIEnvironment
+                      ) -> tuple[int, Headers, bytes]:
+        """The app's answer. In sync durability a movement's wait for the ledger is awaited
+        here, on the loop, after the app has run: it holds no request thread."""
+        app = self.application
+        if app is None or app.durability.mode != "sync":
+            return await loop.run_in_executor(self.pool, self._call, environ)
+
+        def call() -> tuple[tuple[int, Headers, bytes], list[Pending]]:
+            assert app is not None
+            with app.durability.deferred() as pending:
+                return self._call(environ), pending
+
+        answered, pending = await loop.run_in_executor(self.pool, call)
+        if pending and answered[0] < 300:
+            try:
+                await app.durability.settled(
+                    pending, lambda blocking: loop.run_in_executor(self.pool, blocking))
+            except errors.Unavailable as exc:
+                # Not logged here: a log write that blocks (a full pipe) must not stop the loop.
+                reply = replies.unavailable(exc.message, exc.retry_after)
+                return reply.status, [("content-type", "application/json"),
+                                      *reply.headers], replies.encode(reply)
+        return answered
+
+    async def _health(self, path: str, app: Application) -> replies.Reply:
+        """Liveness and readiness from the loop, needing no request thread: a pool that sales
+        (or a database that does not answer) keep busy must not fail an orchestrator's probe."""
+        if path == "/healthz":
+            return _ALIVE
+        parts = await app.health.readiness_async(app.config.ledger_lag_threshold_seconds)
+        return readiness_reply(parts, self.startup.pending())
 
     def _hub(self, loop: asyncio.AbstractEventLoop) -> stock_stream.Hub | None:
         app = self.application
         if self.hub is None and app is not None and app.redis is not None:
-            self.hub = stock_stream.Hub(app.redis, app.counter, app.config.events_channel,
-                                        loop, self.pool)
+            self.hub = stock_stream.Hub(
+                app.redis, app.counter, app.config.events_channel, loop,
+                per_token=app.config.streams_per_token, per_process=stock_stream.process_cap(),
+                revoked=self.tokens.revoked if self.tokens is not None else None)
+            self.hub.start()
         return self.hub
 
     async def _body(self, protocol: HTTPProtocol, length: int | None) -> bytes:

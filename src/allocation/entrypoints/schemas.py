@@ -227,7 +227,7 @@ class ItemPage(Answer):
 class LedgerEntryOut(Answer):
     seq: int
     kind: Literal["init", "adjust", "decrement", "refund", "hold", "confirm", "release",
-                  "expire"]
+                  "expire", "extend"]
     qty: int
     total_after: int
     available_after: int
@@ -235,6 +235,8 @@ class LedgerEntryOut(Answer):
     created_at: str
     reservation_id: str | None
     held_after: int
+    # On an ``extend`` entry only: the reservation's new expiry.
+    expires_at: str | None = None
 
 
 class LedgerPage(Answer):

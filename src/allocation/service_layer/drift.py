@@ -1,4 +1,5 @@
-"""Drift: where Redis disagrees with the database plus what the outbox has yet to write."""
+"""Drift: where Redis disagrees with the database plus what the outbox has yet to write, or
+lacks an item the database has (after a failover or a restore: what drift is run for)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,14 @@ from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 @dataclass(frozen=True)
 class Drift:
     sku: str
-    # (total, consumed, held) per database + unwritten entries, and as Redis has them
+    # (total, consumed, held) per database + unwritten entries, and as Redis has them (None:
+    # Redis lacks the item)
     expected: tuple[int, int, int] | None
     redis: tuple[int, int, int] | None
+
+    @property
+    def missing(self) -> bool:
+        return self.redis is None
 
 
 def find(namespace: str, uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox,
@@ -36,6 +42,6 @@ def find(namespace: str, uow: AbstractUnitOfWork, counter: Counter, outbox: Outb
                         else (stock.total, stock.consumed, stock.held))
             actual = None if figures is None else (figures.total, figures.consumed,
                                                    figures.held)
-            if actual is not None and actual != expected:
+            if actual != expected:
                 drifted.append(Drift(stock.sku, expected, actual))
         after = batch[-1][0]

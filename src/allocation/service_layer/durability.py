@@ -6,19 +6,58 @@ not committed in time is answered "unavailable": it may yet be written, so the o
 unknown and the client asks again with the same idempotency key. Where the counter was reloaded
 from the database meanwhile (Redis lost its data), the seq may belong to another movement now:
 only the ledger itself, asked by the movement's key, can then tell.
+
+While the ledger writers report the record away, a sync movement is answered "unavailable" at
+once, without waiting: applied, its outcome unknown as above (docs/adr/0025-the-records-outage.md).
+An entry point that waits on an event loop (the RSGI bridge) asks for the wait to be
+``deferred``: ``settle`` then only notes what to wait for, the request thread is freed, and the
+loop awaits ``settled`` before it sends the answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
-from allocation.adapters.ledger_progress import REPLACED, WRITTEN, LedgerProgress
+from allocation.adapters.ledger_progress import (
+    AWAY,
+    REPLACED,
+    TIMEOUT,
+    WRITTEN,
+    LedgerProgress,
+    Waited,
+)
 from allocation.domain import errors
 from allocation.domain.outcome import Outcome
 
 Mode = Literal["async", "sync"]
+T = TypeVar("T")
+Offload = Callable[[Callable[[], T]], Awaitable[T]]
+# How long a deferred wait trusts the channel (which raises this process's marks) before it
+# reads Redis itself (a message lost, or the writers' report).
+READ_SECONDS = 0.1
+# The first read: a commit usually comes sooner (the channel says so, with no read at all), and
+# a report of the record away is heard this much later.
+FIRST_READ_SECONDS = 0.03
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A movement a deferred settle left to wait for."""
+    namespace: str
+    sku: str
+    gen: str
+    seq: int
+    in_ledger: Callable[[], bool]
+
+
+_deferred = threading.local()
 
 
 @dataclass(frozen=True)
@@ -33,8 +72,69 @@ class Durability:
         ``in_ledger`` asks the ledger whether it holds the movement (by its key)."""
         if self.mode == "async" or not outcome.ok or outcome.seq <= 0:
             return  # refusals write nothing; seq 0 is a record kept from before seqs were kept
+        pending: list[Pending] | None = getattr(_deferred, "pending", None)
+        if pending is not None:
+            pending.append(Pending(namespace, sku, outcome.gen, outcome.seq, in_ledger))
+            return
         waited = self.progress.wait(namespace, sku, outcome.gen, outcome.seq, self.wait_seconds)
         if waited != WRITTEN and not (waited == REPLACED and in_ledger()):
-            raise errors.Unavailable(
-                f"{namespace}/{sku}: the movement is not in the ledger yet; its outcome is "
-                "unknown, repeat it with the same Idempotency-Key", retry_after=1)
+            raise _unknown(namespace, sku, waited)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[list[Pending]]:
+        """Within the block, this thread's ``settle`` calls note their movement in the list
+        rather than wait; the caller then awaits ``settled`` with it."""
+        pending: list[Pending] = []
+        _deferred.pending = pending
+        try:
+            yield pending
+        finally:
+            _deferred.pending = None
+
+    async def settled(self, pending: list[Pending], offload: Offload[Waited]) -> None:
+        """Return once every pending movement is in the ledger, or raise ``Unavailable`` (as
+        ``settle`` would). Waits on the loop; ``offload`` runs the few blocking reads (Redis,
+        and the ledger by key where the counter was reloaded) off it."""
+        deadline = time.monotonic() + self.wait_seconds
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(changed.set)
+
+        with self.progress.marks.watching(wake):
+            for p in pending:
+                next_read = time.monotonic() + FIRST_READ_SECONDS
+                while not self.progress.written_here(p.namespace, p.sku, p.gen, p.seq):
+                    now = time.monotonic()
+                    if now >= next_read:
+                        waited = await offload(functools.partial(
+                            self.progress.wait, p.namespace, p.sku, p.gen, p.seq, 0.0))
+                        if waited == WRITTEN:
+                            break
+                        if waited == REPLACED and await offload(
+                                functools.partial(_written_if, p.in_ledger)) == WRITTEN:
+                            break
+                        if waited != TIMEOUT:
+                            raise _unknown(p.namespace, p.sku, waited)
+                        next_read = now + READ_SECONDS
+                    if now >= deadline:
+                        raise _unknown(p.namespace, p.sku, TIMEOUT)
+                    changed.clear()
+                    if not self.progress.written_here(p.namespace, p.sku, p.gen, p.seq):
+                        # Woken by the channel's marks; read Redis again past READ_SECONDS (a
+                        # message lost, or the writers' report).
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(changed.wait(),
+                                                   min(deadline, next_read) - now)
+
+
+def _written_if(in_ledger: Callable[[], bool]) -> Waited:
+    return WRITTEN if in_ledger() else REPLACED
+
+
+def _unknown(namespace: str, sku: str, waited: Waited) -> errors.Unavailable:
+    why = ("the ledger's database is unavailable" if waited == AWAY
+           else "the movement is not in the ledger yet")
+    return errors.Unavailable(f"{namespace}/{sku}: {why}; its outcome is unknown, repeat it "
+                              "with the same Idempotency-Key", retry_after=1)

@@ -32,10 +32,7 @@ class BatchResult:
     marks: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
 
 
-def write_batch(entries: list[OutboxEntry], uow: BatchUnitOfWork,
-                drop_keys: bool = False) -> BatchResult:
-    """``drop_keys`` writes the rows without their idempotency keys: for a key reused after
-    Redis forgot it, whose first use the ledger's unique key already holds."""
+def write_batch(entries: list[OutboxEntry], uow: BatchUnitOfWork) -> BatchResult:
     result = BatchResult()
     by_item: dict[tuple[str, str], list[OutboxEntry]] = defaultdict(list)
     for entry in entries:
@@ -59,7 +56,7 @@ def write_batch(entries: list[OutboxEntry], uow: BatchUnitOfWork,
                     expected += 1
                 else:
                     result.waiting += 1
-            for seq in item.record_many(applied, keep_keys=not drop_keys):
+            for seq in item.record_many(applied):
                 result.drifted += 1
                 logger.error("ledger: %s/%s seq %d disagrees with the rules; recorded as "
                              "acknowledged", namespace, sku, seq)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from allocation.adapters.counter import Counter
 from allocation.adapters.locks import ItemLocks
@@ -63,34 +64,50 @@ def refund(cmd: commands.Refund, uow: AbstractUnitOfWork, counter: Counter,
                  cmd.buyer)
 
 
-def _written(uow: AbstractUnitOfWork, namespace: str, sku: str, key: str) -> LedgerEntry | None:
+def _written(uow: AbstractUnitOfWork, namespace: str, sku: str, key: str,
+             since: datetime | None = None) -> LedgerEntry | None:
     with uow:
-        entry = uow.items.entry_for_key(namespace, sku, key)
+        entry = uow.items.entry_for_key(namespace, sku, key, since)
         return None if entry is None else dataclasses.replace(entry)
+
+
+def _answered(counter: Counter, namespace: str, sku: str, kind: Kind, qty: int,
+              buyer: str | None, entry: LedgerEntry) -> Outcome:
+    """A retry of a movement the ledger holds: the first answer's figures, or a refusal where
+    this request is not that one."""
+    now = counter.read(namespace, sku)
+    same = (entry.kind, entry.qty, entry.buyer) == (kind, qty, buyer)
+    return Outcome(OK if same else "idempotency_key_reused", entry.total_after,
+                   entry.total_after - entry.available_after - entry.held_after,
+                   replayed=True, seq=entry.seq, limit=now.limit if now else None,
+                   held=entry.held_after)
 
 
 def _move(deps: Deps, namespace: str, sku: str, kind: Kind, qty: int,
           key: str | None, buyer: str | None = None) -> Outcome:
     counter, publish = deps.counter, deps.publish
+    if key is not None and deps.durability.mode == "sync":
+        # Sync mode promises what was acknowledged survives Redis, its keys included: a key the
+        # ledger holds from within its window is a retry, even where Redis lost the key (a
+        # failover, say). Past the window it is a new movement.
+        since = datetime.now(UTC) - timedelta(seconds=counter.idempotency_ttl)
+        if entry := _written(deps.uow, namespace, sku, key, since):
+            counter.remember([entry])  # later retries are Redis's to answer again
+            return _answered(counter, namespace, sku, kind, qty, buyer, entry)
     outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer)
     if outcome.status == NOT_FOUND:
         # Redis lost it (or never had it): rebuild it from the database, under its lock.
         rebuild.refresh(commands.Refresh(namespace, sku), deps.uow, counter, deps.outbox,
                         deps.item_locks, deps.durability.progress, deps.ledger_wait_seconds)
-        if key is not None and (entry := _written(deps.uow, namespace, sku, key)):
-            # Redis forgot this key with the rest of its data, but the ledger has it: the
-            # first answer's figures, or a refusal where this request is not that one.
-            now = counter.read(namespace, sku)
-            same = (entry.kind, entry.qty, entry.buyer) == (kind, qty, buyer)
-            return Outcome(OK if same else "idempotency_key_reused", entry.total_after,
-                           entry.total_after - entry.available_after - entry.held_after,
-                           replayed=True, seq=entry.seq, limit=now.limit if now else None,
-                           held=entry.held_after)
+        since = datetime.now(UTC) - timedelta(seconds=counter.idempotency_ttl)
+        if key is not None and (entry := _written(deps.uow, namespace, sku, key, since)):
+            # Redis forgot this key with the rest of its data, but the ledger has it.
+            return _answered(counter, namespace, sku, kind, qty, buyer, entry)
         outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer)
     if outcome.status in (FENCED, NOT_FOUND):
         raise errors.Unavailable(f"{namespace}/{sku} is being rebuilt; retry", retry_after=1)
-    deps.durability.settle(namespace, sku, outcome, lambda: key is not None and _written(
-        deps.uow, namespace, sku, key) is not None)
+    deps.durability.settle(namespace, sku, outcome, lambda: key is not None and getattr(
+        _written(deps.uow, namespace, sku, key), "seq", None) == outcome.seq)
     if outcome.ok and not outcome.replayed and not counter.publishes_events:
         for event in events.of_movement(kind, namespace, sku, qty, key, outcome.total,
                                         outcome.consumed, buyer):

@@ -10,18 +10,23 @@ ledger's lag: where the ledger is further behind, the refresh answers "unavailab
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import (
+    Callable,
+    Sequence,
+)
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
-from allocation.adapters.counter import Allowances, Counter, Hold, new_generation
+from allocation.adapters.counter import Allowances, Counter, Hold, Restored, new_generation
 from allocation.adapters.ledger_progress import WRITTEN, LedgerProgress
 from allocation.adapters.locks import ItemLocks
 from allocation.adapters.outbox import Outbox
 from allocation.domain import commands, errors
-from allocation.domain.model import Stock
+from allocation.domain.model import LedgerEntry, Stock
 from allocation.domain.outcome import OK, Outcome
 from allocation.service_layer.results import RefreshProgress
 from allocation.service_layer.shared_rebuilds import SharedRebuilds
@@ -52,19 +57,46 @@ def refresh(cmd: commands.Refresh, uow: AbstractUnitOfWork, counter: Counter, ou
     return outcome
 
 
+# Batches of a namespace refresh in flight at once: one's database reads and writes overlap
+# another's Redis round trips (a namespace Redis lost is down until every item is back).
+REFRESH_WORKERS = 4
+
+
 def refresh_all(cmd: commands.RefreshAll, uow: AbstractUnitOfWork, counter: Counter,
                 outbox: Outbox, item_locks: ItemLocks, ledger_progress: LedgerProgress,
-                ledger_wait_seconds: float) -> RefreshProgress:
-    done, after, batches = 0, cmd.after, 0
-    while cmd.batches is None or batches < cmd.batches:
-        with uow:
-            skus = [s.sku for s in uow.items.stock_page(cmd.namespace, after, cmd.batch_size)]
-        if not skus:
-            return RefreshProgress(done, None)
-        _rebuild(uow, counter, outbox, item_locks, ledger_progress, ledger_wait_seconds,
-                 cmd.namespace, skus)
-        done, after, batches = done + len(skus), skus[-1], batches + 1
-    return RefreshProgress(done, after)
+                ledger_wait_seconds: float,
+                uow_factory: Callable[[], AbstractUnitOfWork] | None = None) -> RefreshProgress:
+    """Rebuild a namespace's items, page by page in SKU order (each page one batch, under its
+    items' locks), several batches at a time where each may have a unit of work of its own."""
+    workers = REFRESH_WORKERS if uow_factory is not None else 1
+    done, after, batches, finished = 0, cmd.after, 0, False
+    in_flight: collections.deque[tuple[Future[dict[str, Stock]], int]] = collections.deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="refresh") as pool:
+        try:
+            while cmd.batches is None or batches < cmd.batches:
+                with uow:
+                    skus = [s.sku for s in
+                            uow.items.stock_page(cmd.namespace, after, cmd.batch_size)]
+                if not skus:
+                    finished = True
+                    break
+                own = uow_factory() if uow_factory is not None else uow
+                in_flight.append((pool.submit(
+                    _rebuild, own, counter, outbox, item_locks, ledger_progress,
+                    ledger_wait_seconds, cmd.namespace, skus), len(skus)))
+                after, batches = skus[-1], batches + 1
+                if len(in_flight) >= workers:
+                    batch, count = in_flight.popleft()
+                    batch.result()
+                    done += count
+            while in_flight:
+                batch, count = in_flight.popleft()
+                batch.result()
+                done += count
+        finally:
+            for batch, _ in in_flight:  # a batch failed: let those begun end, then raise
+                batch.cancel()
+    return RefreshProgress(done, None if finished else after)
 
 
 FENCED_WAIT_SECONDS = 0.05
@@ -75,22 +107,27 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
              progress: LedgerProgress, wait_seconds: float, namespace: str, skus: Sequence[str]
              ) -> dict[str, Stock]:
     deadline = time.monotonic() + wait_seconds
-    live: Seqs = {sku: None if o is None else (o.gen, o.seq)
-                  for sku, o in zip(skus, counter.read_many(namespace, skus), strict=True)}
-    with contextlib.suppress(errors.Unavailable):  # the fenced wait below decides
-        _wait_written(uow, progress, namespace, live, deadline)
+    live: Seqs = dict(zip(skus, counter.seqs_many(namespace, skus), strict=True))
+    if any(held is not None for held in live.values()):  # else nothing to wait for
+        with contextlib.suppress(errors.Unavailable):  # the fenced wait below decides
+            _wait_written(uow, progress, namespace, live, deadline)
     with item_locks.hold(namespace, skus):
-        lost = [sku for sku in skus if live[sku] is None]
-        if lost and len(lost) == len(skus):
+        present = list(skus)
+        if all(held is None for held in live.values()):
             # Redis lacked them all; if another rebuild loaded them while this one waited for
             # the lock, that one stands (a second would fence them again, for nothing).
-            now = counter.read_many(namespace, skus)
-            if all(o is not None for o in now):
+            again = counter.seqs_many(namespace, skus)
+            if all(held is not None for held in again):
+                now = counter.read_many(namespace, skus)
                 return {sku: Stock(sku, o.total, o.consumed, o.seq, o.limit, o.held)
                         for sku, o in zip(skus, now, strict=True) if o is not None}
-        fenced: Seqs = {
-            sku: None if seq is None else ((live.get(sku) or ("", 0))[0], seq)
-            for sku, seq in zip(skus, counter.fence_many(namespace, skus), strict=True)}
+            # Under the items' lock a lost item stays lost: only those back are fenced.
+            present = [sku for sku, held in zip(skus, again, strict=True) if held is not None]
+        fenced: Seqs = dict.fromkeys(skus)
+        for sku, seq in zip(present, counter.fence_many(namespace, present) if present else [],
+                            strict=True):
+            if seq is not None:
+                fenced[sku] = ((live.get(sku) or ("", 0))[0], seq)
         if len(skus) == 1 and fenced[skus[0]] is None:
             # Redis lost the item; movements it recorded may still wait in the outbox, and
             # then the latest of them is newer than the database: that history goes on.
@@ -124,9 +161,11 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
             # Fenced, sales are refused: wait only a moment for the movements applied since the
             # unfenced wait. A ledger further behind than that (a worker at idle priority under
             # full load, say) fails the refresh, not the sale.
-            _wait_written(uow, progress, namespace, fenced,
-                          min(deadline, time.monotonic() + FENCED_WAIT_SECONDS))
-            found, gens, allowances, holds = _rebase(uow, namespace, fenced, gen)
+            if any(held is not None for held in fenced.values()):
+                _wait_written(uow, progress, namespace, fenced,
+                              min(deadline, time.monotonic() + FENCED_WAIT_SECONDS))
+            found, gens, allowances, holds, keyed = _rebase(uow, namespace, fenced, gen,
+                                                            counter.idempotency_ttl)
         except BaseException:
             for sku, held in fenced.items():
                 if held is not None:
@@ -135,31 +174,19 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
         for sku, held in fenced.items():
             if sku not in found and held is not None:
                 counter.forget(namespace, sku)  # Redis holds an item the record does not
-        # Where Redis lost an item it lost the keys it had seen too: give them back before
-        # any can be used again.
-        _remember_keys(uow, counter, namespace, [sku for sku in found if fenced.get(sku) is None])
-        # Limits, buyers' units and open holds before the figures that unfence the items:
-        # those of items Redis lost. Where Redis holds the item (fenced, caught up), its own
-        # are the truth (a hold's extension, say, is not in the ledger).
-        gone = {sku for sku in found if fenced.get(sku) is None}
-        counter.load_allowances(namespace, {s: a for s, a in allowances.items() if s in gone})
-        counter.load_holds(namespace, {s: h for s, h in holds.items() if s in gone})
+        # Those Redis lost come back whole: limits, buyers' units and open holds with the
+        # figures, and the keys it had seen (given back before any can be used again). Where
+        # Redis holds the item (fenced, caught up), its own are the truth.
+        restored = []
+        for sku, i in found.items():
+            if fenced.get(sku) is None:
+                limit, buyers = allowances.get(sku, (i.limit_per_buyer, {}))
+                restored.append(Restored(sku, i.total, i.consumed, i.held, i.last_seq,
+                                         gens[sku], limit, buyers, holds.get(sku, [])))
+        counter.restore_many(namespace, restored, keyed)
         counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gens[sku], i.held)
-                          for sku, i in found.items())
+                          for sku, i in found.items() if fenced.get(sku) is not None)
         return found
-
-
-def _remember_keys(uow: AbstractUnitOfWork, counter: Counter, namespace: str,
-                   skus: Sequence[str]) -> None:
-    """Give the counter back the keys of the movements the ledger holds, so that a retry of
-    one (its answer lost with Redis) is a replay rather than a second sale."""
-    if not skus:
-        return
-    since = datetime.now(UTC) - timedelta(seconds=counter.idempotency_ttl)
-    with uow:
-        entries = [dataclasses.replace(e)
-                   for e in uow.items.keyed_entries(namespace, skus, since)]
-    counter.remember(entries)
 
 
 def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: str,
@@ -176,32 +203,52 @@ def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: 
             return
 
 
-def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str
-            ) -> tuple[dict[str, Stock], dict[str, str], dict[str, Allowances],
-                       dict[str, list[Hold]]]:
+class Rebased(NamedTuple):
+    found: dict[str, Stock]
+    gens: dict[str, str]
+    # Of the items Redis lost: limits and buyers' units, open holds, movements with keys
+    allowances: dict[str, Allowances]
+    holds: dict[str, list[Hold]]
+    keyed: list[LedgerEntry]
+
+
+def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
+            idempotency_ttl: float) -> Rebased:
     """The items' figures, once the database holds every movement Redis recorded for them, and
     the generation to load each under. An item Redis holds, whose history the ledger follows,
     keeps its generation: nothing of it is unwritten (it is fenced and caught up). One Redis
     lost (or whose generation the ledger no longer follows) takes the new ``gen``, committed
-    first: from then on the writers refuse anything recorded under the old one. With them, each
-    item's limit per buyer and buyers' units. Raises ``Unavailable`` if the ledger is behind."""
+    first: from then on the writers refuse anything recorded under the old one. With those
+    Redis lost, each one's limit per buyer, buyers' units, open holds and the movements whose
+    keys are still remembered. Raises ``Unavailable`` if the ledger is behind."""
+    held_by_redis = [sku for sku, held in seqs.items() if held is not None]
     with uow:
-        found = uow.items.stock(namespace, list(seqs))
+        found = uow.items.stock(namespace, held_by_redis) if held_by_redis else {}
         if behind := _behind(found, seqs):
             raise errors.Unavailable(
                 f"the ledger is behind on {len(behind)} items (e.g. {behind[0]}); is a ledger "
                 "worker running? Retry the refresh later", retry_after=5)
-        followed = uow.items.generations(namespace, list(found))
+        followed = uow.items.generations(namespace, list(found)) if found else {}
         gens = {sku: held[0] for sku, held in seqs.items() if held is not None}
-        renew = [sku for sku in found if seqs[sku] is None or (
-            gens[sku] and followed.get(sku) and followed[sku] != gens[sku])]
-        allowances = uow.items.allowances(namespace, list(found))
-        holds = uow.items.open_holds(namespace, list(found))
+        # What Redis lost with the items: buyers' units, open holds and the keys it had seen.
+        lost = [sku for sku, held in seqs.items() if held is None]
+        buyers = uow.items.buyers(namespace, lost) if lost else {}
+        holds = uow.items.open_holds(namespace, lost) if lost else {}
+        since = datetime.now(UTC) - timedelta(seconds=idempotency_ttl)
+        keyed = list(uow.items.keyed_entries(namespace, lost, since)) if lost else []
+        renew = lost + [sku for sku in found if gens[sku] and followed.get(sku)
+                        and followed[sku] != gens[sku]]
         if renew:
+            # Those Redis lost come from here: the statement that gives them the new
+            # generation returns their figures.
             found.update(uow.items.rebase(namespace, renew, gen))
             uow.commit()
-        return (found, {sku: gen if sku in renew else gens[sku] for sku in found}, allowances,
-                holds)
+        renewed = set(renew)
+        allowances: dict[str, Allowances] = {
+            sku: (found[sku].limit_per_buyer, buyers.get(sku, {})) for sku in lost
+            if sku in found}
+        return Rebased(found, {sku: gen if sku in renewed else gens[sku] for sku in found},
+                       allowances, holds, keyed)
 
 
 def _behind(found: dict[str, Stock], seqs: Seqs) -> list[str]:

@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 # The kind of movement each step writes for its lines, and the kinds a replay of it may find
 # in the ledger (a reservation released after its expiry, or a line ended by its item's expiry,
 # has "expire" rows).
-KIND_OF_STEP = {"hold": "hold", "confirm": "confirm", "release": "release"}
-WRITTEN_BY = {"hold": ("hold",), "confirm": ("confirm",), "release": ("release", "expire")}
+KIND_OF_STEP = {"hold": "hold", "confirm": "confirm", "release": "release", "extend": "extend"}
+WRITTEN_BY = {"hold": ("hold",), "confirm": ("confirm",), "release": ("release", "expire"),
+              "extend": ("extend",)}
 STATE_OF_END = {"confirm": "confirmed", "release": "released", "expire": "expired"}
 
 
@@ -91,6 +92,11 @@ def reservation(counter: Counter, uow: AbstractUnitOfWork, namespace: str,
     """The reservation as it stands (a held one past its expiry reads ``expired``)."""
     lines, buyer = _known(uow, counter, namespace, reservation_id)
     result = counter.reservation_step("get", namespace, reservation_id, lines)
+    if result.status == "not_found" and result.sku is None:
+        # Redis lost it (this process knew its lines): the ledger has it.
+        with contextlib.suppress(errors.NotFound):
+            _restore(uow, counter, namespace, reservation_id, "")
+            result = counter.reservation_step("get", namespace, reservation_id, lines)
     if result.status != "ok":
         raise errors.NotFound(f"no reservation {reservation_id}")
     return _view(reservation_id, namespace, lines, buyer, result)
@@ -133,6 +139,9 @@ def _restore(uow: AbstractUnitOfWork, counter: Counter, namespace: str, rid: str
     if asked is not None and (sorted(asked[0]), asked[1]) != (sorted(lines), first.buyer):
         fingerprint = "\n"  # no request's: another body under the key is refused
     expires = min((h.expires_at for h in holds if h.expires_at), default=first.created_at)
+    # Extended: each extension moved every line's expiry; the latest holds.
+    expires = max((e.expires_at for e in entries if e.kind == "extend" and e.expires_at),
+                  default=expires)
     counter.restore_reservation(namespace, rid, lines, first.buyer, state,
                                 _epoch_ms(first.created_at), _epoch_ms(expires), fingerprint)
     return lines, first.buyer
@@ -205,9 +214,11 @@ def _settle(deps: Deps, namespace: str, rid: str, lines: tuple[Line, ...], resul
     """Answer when the durability mode says, and publish the lines' events where the counter
     does not publish them itself."""
     for (sku, qty), figures in zip(lines, result.figures, strict=True):
-        deps.durability.settle(namespace, sku, figures, functools.partial(
-            _in_ledger, deps.uow, namespace, sku, rid, (kind,)))
-        if not deps.counter.publishes_events:
+        in_ledger = (functools.partial(_extended, deps.uow, namespace, sku, rid,
+                                       result.expires_ms) if kind == "extend"
+                     else functools.partial(_in_ledger, deps.uow, namespace, sku, rid, (kind,)))
+        deps.durability.settle(namespace, sku, figures, in_ledger)
+        if not deps.counter.publishes_events and kind in events.HOLD_EVENTS:
             moved = events.HOLD_EVENTS[kind](namespace, sku, figures.total, figures.consumed,
                                              rid, qty, held=figures.held)
             if isinstance(moved, events.Reserved):
@@ -220,6 +231,15 @@ def _in_ledger(uow: AbstractUnitOfWork, namespace: str, sku: str, rid: str,
     with uow:
         return any(uow.items.reservation_entry(namespace, sku, rid, kind) is not None
                    for kind in kinds)
+
+
+def _extended(uow: AbstractUnitOfWork, namespace: str, sku: str, rid: str,
+              expires_ms: int) -> bool:
+    """Whether the ledger has this extension (a reservation may be extended many times)."""
+    with uow:
+        return any(e.sku == sku and e.kind == "extend" and e.expires_at is not None
+                   and _epoch_ms(e.expires_at) == expires_ms
+                   for e in uow.items.reservation_entries(namespace, rid))
 
 
 def _publish(publish: Publish, event: events.Event) -> None:

@@ -89,6 +89,24 @@ local function expire_at(lines, rid, expires, due)
   end
 end
 
+-- A reservation's extension: each line's hold still there moves to `expires`, one 'extend'
+-- movement of its item carrying the new expiry (a rebuild restores the hold with it).
+local function extend_holds(lines, figs, rid, expires, due)
+  for i, k in ipairs(lines) do
+    local value = redis.call('HGET', k.holds, rid)
+    if value then
+      local qty, _, who = parse_hold(value)
+      expire_at({k}, rid, expires, due)
+      local fig = figs[i]
+      fig.seq = fig.seq + 1
+      redis.call('HSET', k.item, 'seq', fig.seq)
+      record(k.outbox, {seq = fig.seq, qty = qty, total = fig.total, consumed = fig.consumed,
+                        kind = 'extend', ns = k.ns, sku = k.sku, gen = fig.gen, buyer = who,
+                        held = fig.held, rid = rid, expires = expires})
+    end
+  end
+end
+
 -- End the item's holds that are due (at most `most` of them, so that no call's work is
 -- unbounded; a hold left due only understates what is available, never overstates it).
 local function expire_due(k, fig, now, most, channel)

@@ -6,8 +6,9 @@
 -- the holds end; pin: hold them at least this long; unpin, extend: their expiry now), buyer (""
 -- for none), the idempotency key of the request (hold), then each line's sku and qty.
 -- Ops: "hold" (every line or none; again: a replay), "pin" (every hold still in time, so expiry
--- cannot take it while the confirm goes on; else "expired"), "unpin" and "extend" (set the
--- holds' expiry), "confirm", "release", "expire" (end the holds still there).
+-- cannot take it while the confirm goes on; else "expired"), "unpin" (set the holds' expiry),
+-- "extend" (the same as the buyer's extension: an 'extend' movement per line), "confirm",
+-- "release", "expire" (end the holds still there).
 -- Returns {status, sku, detail, figures...} (figures as reserve.lua's).
 local op, rid, ns, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local expires, buyer = tonumber(ARGV[5]), ARGV[6]
@@ -36,11 +37,16 @@ if op == 'pin' then
     local _, until_ms = parse_hold(value)
     if now >= until_ms then return {'expired', k.sku, -1} end
   end
-  op = 'extend'  -- every hold in time: hold them all until the confirm is done
+  op = 'unpin'  -- every hold in time: hold them all until the confirm is done
+end
+
+if op == 'unpin' then  -- not the buyer's: no movement, nothing for the ledger
+  expire_at(lines, rid, expires, due)
+  return flat_figures({'ok', '', -1}, figs)
 end
 
 if op == 'extend' then
-  expire_at(lines, rid, expires, due)
+  extend_holds(lines, figs, rid, expires, due)
   return flat_figures({'ok', '', -1}, figs)
 end
 

@@ -195,11 +195,16 @@ if op == 'release' then
 end
 
 if op == 'extend' then
+  -- A reservation lives at most a day from its creation (API.md), however often extended.
+  local LIFETIME_MS = 86400000
   if r.state ~= 'held' then return answer('reservation_' .. r.state, r) end
+  local expires = now + ttl
+  if expires > tonumber(r.created) + LIFETIME_MS then
+    return answer('reservation_lifetime_exceeded', r)
+  end
   local figs, status, sku = all_figures(lines)
   if not figs then return answer(status, r, sku) end
-  local expires = now + ttl
-  expire_at(lines, rid, expires, due)
+  extend_holds(lines, figs, rid, expires, due)
   r.expires = expires
   redis.call('HSET', res, 'expires', expires)
   redis.call('PEXPIREAT', res, expires + keep)
