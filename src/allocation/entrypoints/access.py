@@ -37,7 +37,7 @@ from allocation.adapters.token_store import (
     digest,
 )
 from allocation.domain import errors
-from allocation.entrypoints import metrics, replies
+from allocation.entrypoints import metrics, replies, route_table
 from allocation.entrypoints.replies import Reply
 
 if TYPE_CHECKING:
@@ -79,14 +79,9 @@ def canonical(path: str) -> bool:
 
 
 def role_needed(method: str, path: str) -> str:
-    """The least role that may make this request (path under ``/v1/``)."""
-    if method in ("GET", "HEAD"):
-        return "read"
-    parts = path.split("/")  # "", "v1", namespace, ...
-    if method == "POST" and (parts[-1] in ("decrements", "refunds")
-                             or (len(parts) > 3 and parts[3] == "reservations")):
-        return "sell"
-    return "admin"
+    """The least that may make this request: a role (path under ``/v1/``), "public" for anyone,
+    "operator" for a token of namespace "*" (route_table)."""
+    return route_table.TABLE.access(method, path)
 
 
 class TokenCache:
@@ -279,16 +274,16 @@ class Access:
         method = environ.get("REQUEST_METHOD", "")
         if not canonical(path):
             refusal: Reply | None = replies.error(404, "not_found", "no such path")
-        elif self._tokens is None or not (path.startswith("/v1/") or path == "/metrics"):
+        elif self._tokens is None or (need := role_needed(method, path)) == "public":
             return None
         else:
-            refusal = self._refusal(method, path, environ, self._tokens, wait)
+            refusal = self._refusal(path, need, environ, self._tokens, wait)
         if refusal is not None:
             metrics.count_request(method, "access", refusal.status,
                                   time.perf_counter() - started)
         return refusal
 
-    def _refusal(self, method: str, path: str, environ: WSGIEnvironment, tokens: TokenCache,
+    def _refusal(self, path: str, need: str, environ: WSGIEnvironment, tokens: TokenCache,
                  wait: float | None) -> Reply | None:
         token = _bearer(environ.get("HTTP_AUTHORIZATION"))
         if token is None:
@@ -299,12 +294,12 @@ class Access:
             return replies.unavailable(exc.message, exc.retry_after)
         if grant is None:
             return _unauthorized("the token is unknown or revoked")
-        if path == "/metrics":  # every tenant's figures: a "*" token of any role
+        if need == "operator":  # every tenant's figures: a "*" token of any role
             allowed = grant.namespace == ANY_NAMESPACE
         else:
             namespace = path.split("/", 3)[2]
             allowed = grant.namespace in (namespace, ANY_NAMESPACE) and (
-                RANK[grant.role] >= RANK[role_needed(method, path)])
+                RANK[grant.role] >= RANK[need])
         if not allowed:
             return replies.error(403, "forbidden", "the token may not make this request")
         environ[GRANT] = grant

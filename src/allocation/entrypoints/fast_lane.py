@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask
 
-from allocation.entrypoints import metrics, schemas
+from allocation.entrypoints import metrics, route_table, schemas
 from allocation.entrypoints.movement_requests import (
     KINDS,
     MovementRequest,
@@ -31,13 +31,25 @@ if TYPE_CHECKING:
 
     from allocation.bootstrap import Application
 
-ITEM = "/v1/<namespace>/items/<sku>"
-DECREMENTS = f"{ITEM}/decrements"
-REFUNDS = f"{ITEM}/refunds"
-_ROUTES = {"decrements": DECREMENTS, "refunds": REFUNDS}
-# A path whose names pass the schema's pattern is one Flask routes the same way.
-_PATH = re.compile(rf"/v1/({schemas.NAME.pattern})/items/({schemas.NAME.pattern})"
-                   r"(?:/(decrements|refunds))?")
+ITEM = route_table.ITEM
+DECREMENTS = route_table.BY_NAME["decrement"].path
+REFUNDS = route_table.BY_NAME["refund"].path
+
+
+def _lane() -> tuple[dict[str, str], re.Pattern[str]]:
+    """The table's fast routes, as one pattern: an item's GET and POSTs to its movements. A
+    path whose names pass the schema's pattern is one Flask routes the same way."""
+    fast = [route for route in route_table.ROUTES if route.fast]
+    moves = {r.path.removeprefix(f"{ITEM}/"): r.path for r in fast if r.method == "POST"}
+    if [r.path for r in fast if r.method != "POST"] != [ITEM] or len(fast) != 1 + len(moves) or (
+            any(f"{ITEM}/{move}" != path or move not in KINDS for move, path in moves.items())):
+        raise ValueError("the fast lane serves an item's GET and its movements' POSTs alone")
+    movement = "|".join(re.escape(move) for move in moves)
+    return moves, re.compile(rf"{route_table.pattern(ITEM, schemas.NAME.pattern)}"
+                             rf"(?:/({movement}))?")
+
+
+_ROUTES, _PATH = _lane()
 
 
 class FastLane:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from flask import Flask, Response, g, request
 
@@ -18,15 +19,14 @@ from allocation.entrypoints import (
     http_errors,
     ledger_worker,
     metrics,
+    route_table,
     worker_start,
 )
-from allocation.entrypoints.fast_lane import DECREMENTS, ITEM, REFUNDS
 from allocation.entrypoints.movement_requests import MAX_BODY
 from allocation.entrypoints.routes import Routes
 from allocation.entrypoints.rsgi_bridge import RsgiBridge
 
 logger = logging.getLogger(__name__)
-RESERVATION = "/v1/<namespace>/reservations/<reservation_id>"
 
 THREADS_ENV = "ALLOCATION_REQUEST_THREADS"
 TOKENS = "allocation.tokens"  # the app's TokenCache, in flask.extensions (streams end by it)
@@ -66,34 +66,12 @@ def create_app(config: Config | None = None, application: Application | None = N
     http_errors.register(flask)
     _observe(flask)
     r = Routes(app)
-    for method, rule, view in (
-        ("PUT", ITEM, r.init_item),
-        ("GET", ITEM, r.get_item),
-        ("PATCH", ITEM, r.set_limit),
-        ("GET", "/v1/<namespace>/items", r.list_items),
-        ("POST", f"{ITEM}/adjustments", r.move),
-        ("POST", DECREMENTS, r.move),
-        ("POST", REFUNDS, r.move),
-        ("GET", f"{ITEM}/ledger", r.ledger),
-        ("GET", f"{ITEM}/stream", r.stream),
-        ("POST", f"{ITEM}/refresh", r.refresh_item),
-        ("POST", "/v1/<namespace>/refresh", r.refresh_namespace),
-        ("GET", "/v1/<namespace>/stats", r.stats),
-        ("POST", "/v1/<namespace>/reservations", r.reserve),
-        ("GET", RESERVATION, r.get_reservation),
-        ("POST", f"{RESERVATION}/confirm", r.end_reservation),
-        ("POST", f"{RESERVATION}/release", r.end_reservation),
-        ("POST", f"{RESERVATION}/extend", r.end_reservation),
-        ("GET", "/healthz", r.healthz),
-        ("GET", "/readyz", r.readyz),
-        ("GET", "/metrics", r.metrics),
-        ("GET", "/openapi.json", r.openapi_json),
-        ("GET", "/docs", r.docs),
-        ("GET", "/docs/<name>", r.docs_asset),
-        ("GET", "/dashboard", dashboard.page),
-        ("GET", "/dashboard/<name>", dashboard.asset),
-    ):
-        flask.add_url_rule(rule, endpoint=f"{method} {rule}", view_func=view, methods=[method])
+    others: dict[str, Callable[..., Response]] = {"dashboard_page": dashboard.page,
+                                                  "dashboard_asset": dashboard.asset}
+    for route in route_table.ROUTES:
+        view: Callable[..., Response] = others.get(route.handler) or getattr(r, route.handler)
+        flask.add_url_rule(route.path, endpoint=f"{route.method} {route.path}", view_func=view,
+                           methods=[route.method])
     if fast:
         fast_lane.install(flask, app)
     _guard(flask, app)

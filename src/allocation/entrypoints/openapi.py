@@ -9,7 +9,7 @@ import swagger_ui_bundle
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from allocation.entrypoints import schemas
+from allocation.entrypoints import route_table, schemas
 
 REF = "#/components/schemas/{model}"
 _MODELS: list[type[BaseModel]] = [
@@ -97,6 +97,22 @@ def _reservation_step(summary: str, refusals: str,
         [_name("namespace"), _reservation_id()], body)
 
 
+def _paths(operations: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The document's paths, in the route table's order: each route that has an operation here
+    (named as in the table); a public route's asks for no token."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in route_table.ROUTES:
+        operation = operations.pop(route.name, None)
+        if operation is not None:
+            if route.access == "public":
+                operation.pop("security", None)
+            paths.setdefault(route_table.openapi_path(route.path), {})[
+                route.method.lower()] = operation
+    if operations:
+        raise ValueError(f"operations of no route: {sorted(operations)}")
+    return paths
+
+
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
     _, definitions = models_json_schema([(m, "validation") for m in _MODELS],
@@ -105,124 +121,106 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "allocation: flash-sale inventory", "version": "1"},
-        "paths": {
-            "/v1/{namespace}/items/{sku}": {
-                "put": _op("Initialise an item's stock", {
-                    "201": _json(schemas.Item, "created"),
-                    "200": _json(schemas.Item, "exists with the same total and limit"),
-                    "409": _json(schemas.Error, "already_exists with another total or limit")},
-                    item, schemas.InitBody),
-                "patch": _op("Set or lift (null) the limit per buyer", {
-                    "200": _json(schemas.Item, "the item with its new limit"),
-                    "404": _json(schemas.Error, "unknown item")}, item, schemas.LimitBody),
-                "get": _op("Read an item's stock", {
-                    "200": _json(schemas.Item, "the item"),
-                    "404": _json(schemas.Error, "unknown item")}, item),
-            },
-            "/v1/{namespace}/items": {
-                "get": _op("List a namespace's items in SKU order", {
-                    "200": _json(schemas.ItemPage, "a page; `next` continues it")},
-                    [_name("namespace"), _name("after", "query"),
-                     _int_query("limit", 1, 1000)]),
-            },
-            "/v1/{namespace}/items/{sku}/adjustments": {
-                "post": _movement("Adjust the total", schemas.AdjustBody, False,
-                                  "below_consumed")},
-            "/v1/{namespace}/items/{sku}/decrements": {
-                "post": _movement("Sell (decrement available); 400 `buyer_required` where the "
-                                  "item has a limit per buyer and no `buyer` is named",
-                                  schemas.QtyBody, True,
-                                  "insufficient_stock, with `available`; limit_exceeded, with "
-                                  "`remaining`")},
-            "/v1/{namespace}/items/{sku}/refunds": {
-                "post": _movement("Refund (return consumed stock; naming the buyer gives their "
-                                  "allowance back)", schemas.QtyBody, True,
-                                  "refund_exceeds_consumed")},
-            "/v1/{namespace}/reservations": {
-                "post": _op("Hold stock for a buyer while they pay: every line or none "
-                            "(lines of one sku are added together)", {
-                    "201": _json(schemas.ReservationOut, "held (or the first answer replayed, "
-                                                         "with `Idempotent-Replayed: true`)"),
-                    "400": _json(schemas.Error, "invalid input, `field` naming it (`lines` "
-                                                "where one sku's lines add up past 1000000); or "
-                                                "`buyer_required`, with the `sku` of a line "
-                                                "whose item has a limit per buyer"),
-                    "404": _json(schemas.Error, "unknown item; `sku` names it"),
-                    "409": _json(schemas.Error, "insufficient_stock, with `available`; "
-                                                "limit_exceeded, with `remaining`; each with "
-                                                "the `sku` of a line that failed"),
-                    "422": _json(schemas.Error, "idempotency key reused with another body "
-                                                "(any other: the key names one reservation)"),
-                    "429": _json(schemas.Error, "too_many_open_reservations, with `limit`: the "
-                                                "buyer or the token holds as many as allowed"),
-                }, [_name("namespace"), _key(True)], schemas.ReserveBody)},
-            "/v1/{namespace}/reservations/{reservation_id}": {
-                "get": _op("Read a reservation (a held one past its expiry reads `expired`)", {
-                    "200": _json(schemas.ReservationOut, "the reservation"),
-                    "404": _json(schemas.Error, "unknown reservation")},
-                    [_name("namespace"), _reservation_id()])},
-            "/v1/{namespace}/reservations/{reservation_id}/confirm": {
-                "post": _reservation_step("Sell a reservation's held units (again: the same "
-                                          "answer)",
-                                          "reservation_expired, reservation_released")},
-            "/v1/{namespace}/reservations/{reservation_id}/release": {
-                "post": _reservation_step("Put a reservation's held units back on sale "
-                                          "(again: the same answer; state `expired` if it "
-                                          "had)", "reservation_confirmed")},
-            "/v1/{namespace}/reservations/{reservation_id}/extend": {
-                "post": _reservation_step("Move a held reservation's expiry to `ttl_seconds` "
-                                          "from now (at most 86400 s from its creation); "
-                                          "each line's item gets an `extend` ledger entry",
-                                          "reservation_expired, reservation_released, "
-                                          "reservation_confirmed, "
-                                          "reservation_lifetime_exceeded", schemas.ExtendBody)},
-            "/v1/{namespace}/items/{sku}/stream": {
-                "get": _op("A live stream of the item's figures (server-sent events: the first "
-                           "at once, then each change at most once a second, selling out or "
-                           "back at once; `Last-Event-ID` resumes; a comment every 15 s)", {
-                               "200": {"description": "`text/event-stream` of `event: stock`, "
-                                                      "`id:` the item's seq, `data:` the item",
-                                       "content": {"text/event-stream": {}}},
-                               "404": _json(schemas.Error, "unknown item")}, item)},
-            "/v1/{namespace}/items/{sku}/ledger": {
-                "get": _op("An item's ledger in seq order", {
-                    "200": _json(schemas.LedgerPage, "entries after `after_seq`"),
-                    "404": _json(schemas.Error, "unknown item")},
-                    [*item, _int_query("after_seq", 0, 2**63 - 1),
-                     _int_query("limit", 1, 1000)]),
-            },
-            "/v1/{namespace}/items/{sku}/refresh": {
-                "post": _op("Rebuild an item's counter from the database", {
-                    "200": _json(schemas.Item, "the rebuilt item"),
-                    "404": _json(schemas.Error, "unknown item")}, item)},
-            "/v1/{namespace}/refresh": {
-                "post": _op("Rebuild every counter of a namespace", {
-                    "200": _json(schemas.RefreshedCount, "how many items were rebuilt")},
-                    [_name("namespace")])},
-            "/v1/{namespace}/stats": {
-                "get": _op("The namespace's sale figures: units sold, refunded, held, released "
-                           "and expired, holds ended by how, refusals by reason, stream "
-                           "clients (the metrics /metrics has, of this namespace alone)", {
-                               "200": _json(schemas.Stats, "the figures")},
-                           [_name("namespace")])},
-            "/healthz": {"get": {"summary": "The process is up", "responses": {
-                "200": {"description": "`{\"status\": \"ok\"}`"}}}},
-            "/readyz": {"get": {"summary": "The database and Redis answer, and every worker of "
-                                        "the server has started", "responses": {
+        "paths": _paths({
+            "init_item": _op("Initialise an item's stock", {
+                "201": _json(schemas.Item, "created"),
+                "200": _json(schemas.Item, "exists with the same total and limit"),
+                "409": _json(schemas.Error, "already_exists with another total or limit")},
+                item, schemas.InitBody),
+            "set_limit": _op("Set or lift (null) the limit per buyer", {
+                "200": _json(schemas.Item, "the item with its new limit"),
+                "404": _json(schemas.Error, "unknown item")}, item, schemas.LimitBody),
+            "get_item": _op("Read an item's stock", {
+                "200": _json(schemas.Item, "the item"),
+                "404": _json(schemas.Error, "unknown item")}, item),
+            "list_items": _op("List a namespace's items in SKU order", {
+                "200": _json(schemas.ItemPage, "a page; `next` continues it")},
+                [_name("namespace"), _name("after", "query"),
+                 _int_query("limit", 1, 1000)]),
+            "adjust": _movement("Adjust the total", schemas.AdjustBody, False, "below_consumed"),
+            "decrement": _movement("Sell (decrement available); 400 `buyer_required` where the "
+                                   "item has a limit per buyer and no `buyer` is named",
+                                   schemas.QtyBody, True,
+                                   "insufficient_stock, with `available`; limit_exceeded, with "
+                                   "`remaining`"),
+            "refund": _movement("Refund (return consumed stock; naming the buyer gives their "
+                                "allowance back)", schemas.QtyBody, True,
+                                "refund_exceeds_consumed"),
+            "reserve": _op("Hold stock for a buyer while they pay: every line or none "
+                           "(lines of one sku are added together)", {
+                "201": _json(schemas.ReservationOut, "held (or the first answer replayed, "
+                                                     "with `Idempotent-Replayed: true`)"),
+                "400": _json(schemas.Error, "invalid input, `field` naming it (`lines` "
+                                            "where one sku's lines add up past 1000000); or "
+                                            "`buyer_required`, with the `sku` of a line "
+                                            "whose item has a limit per buyer"),
+                "404": _json(schemas.Error, "unknown item; `sku` names it"),
+                "409": _json(schemas.Error, "insufficient_stock, with `available`; "
+                                            "limit_exceeded, with `remaining`; each with "
+                                            "the `sku` of a line that failed"),
+                "422": _json(schemas.Error, "idempotency key reused with another body "
+                                            "(any other: the key names one reservation)"),
+                "429": _json(schemas.Error, "too_many_open_reservations, with `limit`: the "
+                                            "buyer or the token holds as many as allowed"),
+            }, [_name("namespace"), _key(True)], schemas.ReserveBody),
+            "get_reservation": _op("Read a reservation (a held one past its expiry reads "
+                                   "`expired`)", {
+                "200": _json(schemas.ReservationOut, "the reservation"),
+                "404": _json(schemas.Error, "unknown reservation")},
+                [_name("namespace"), _reservation_id()]),
+            "confirm": _reservation_step("Sell a reservation's held units (again: the same "
+                                         "answer)",
+                                         "reservation_expired, reservation_released"),
+            "release": _reservation_step("Put a reservation's held units back on sale "
+                                         "(again: the same answer; state `expired` if it "
+                                         "had)", "reservation_confirmed"),
+            "extend": _reservation_step("Move a held reservation's expiry to `ttl_seconds` "
+                                        "from now (at most 86400 s from its creation); "
+                                        "each line's item gets an `extend` ledger entry",
+                                        "reservation_expired, reservation_released, "
+                                        "reservation_confirmed, "
+                                        "reservation_lifetime_exceeded", schemas.ExtendBody),
+            "stream": _op("A live stream of the item's figures (server-sent events: the first "
+                          "at once, then each change at most once a second, selling out or "
+                          "back at once; `Last-Event-ID` resumes; a comment every 15 s)", {
+                              "200": {"description": "`text/event-stream` of `event: stock`, "
+                                                     "`id:` the item's seq, `data:` the item",
+                                      "content": {"text/event-stream": {}}},
+                              "404": _json(schemas.Error, "unknown item")}, item),
+            "ledger": _op("An item's ledger in seq order", {
+                "200": _json(schemas.LedgerPage, "entries after `after_seq`"),
+                "404": _json(schemas.Error, "unknown item")},
+                [*item, _int_query("after_seq", 0, 2**63 - 1),
+                 _int_query("limit", 1, 1000)]),
+            "refresh_item": _op("Rebuild an item's counter from the database", {
+                "200": _json(schemas.Item, "the rebuilt item"),
+                "404": _json(schemas.Error, "unknown item")}, item),
+            "refresh_namespace": _op("Rebuild every counter of a namespace", {
+                "200": _json(schemas.RefreshedCount, "how many items were rebuilt")},
+                [_name("namespace")]),
+            "stats": _op("The namespace's sale figures: units sold, refunded, held, released "
+                         "and expired, holds ended by how, refusals by reason, stream "
+                         "clients (the metrics /metrics has, of this namespace alone)", {
+                             "200": _json(schemas.Stats, "the figures")},
+                         [_name("namespace")]),
+            "healthz": {"summary": "The process is up", "responses": {
+                "200": {"description": "`{\"status\": \"ok\"}`"}}},
+            "readyz": {"summary": "The database and Redis answer, and every worker of "
+                                  "the server has started", "responses": {
                 "200": {"description": "`{\"database\": \"ok\", \"redis\": \"ok\"}`"},
-                "503": {"description": "the failing part is named"}}}},
-            "/metrics": {"get": {"summary": "Prometheus text format; with AUTH=required, a "
-                                            "token of namespace `*` (any role)",
-                                 "security": [{"bearer": []}], "responses": {
+                "503": {"description": "the failing part is named"}}},
+            "metrics": {"summary": "Prometheus text format; with AUTH=required, a "
+                                   "token of namespace `*` (any role)",
+                        "security": [{"bearer": []}], "responses": {
                 "200": {"description": "metrics", "content": {"text/plain": {}}},
                 "401": _json(schemas.Error, "no token, or an unknown or revoked one"),
-                "403": _json(schemas.Error, "a token of one namespace")}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {
-                "200": {"description": "OpenAPI 3"}}}},
-            "/docs": {"get": {"summary": "This document in a viewer (Swagger UI, served from "
-                                         "the package: no CDN)", "responses": {
-                "200": {"description": "HTML", "content": {"text/html": {}}}}}},
-        },
+                "403": _json(schemas.Error, "a token of one namespace")}},
+            "openapi_json": {"summary": "This document", "responses": {
+                "200": {"description": "OpenAPI 3"}}},
+            "docs": {"summary": "This document in a viewer (Swagger UI, served from "
+                                "the package: no CDN)", "responses": {
+                "200": {"description": "HTML", "content": {"text/html": {}}}}},
+        }),
         "components": {"schemas": definitions.get("$defs", {}),
                        "securitySchemes": {"bearer": {
                            "type": "http", "scheme": "bearer",

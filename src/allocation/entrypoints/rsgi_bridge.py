@@ -20,7 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from allocation.domain import errors
-from allocation.entrypoints import access, metrics, replies, stock_stream, worker_start
+from allocation.entrypoints import (
+    access,
+    metrics,
+    replies,
+    route_table,
+    stock_stream,
+    worker_start,
+)
 from allocation.entrypoints.routes import readiness_reply
 
 if TYPE_CHECKING:
@@ -207,11 +214,8 @@ class _TooLarge(Exception):
 
 def _stream_of(method: str, path: str) -> tuple[str, str] | None:
     """The item of a stock stream request (GET /v1/{ns}/items/{sku}/stream), else None."""
-    parts = path.split("/")
-    if method == "GET" and len(parts) == 6 and parts[1] == "v1" and parts[3] == "items" and (
-            parts[5] == "stream"):
-        return parts[2], parts[4]
-    return None
+    found = route_table.TABLE.stream_of(method, path)
+    return None if found is None else (found[0], found[1])
 
 
 def _content_length(headers: Headers) -> int | None:
