@@ -2,7 +2,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="allocation",
-    version="0.7.1",
+    version="0.9.0.dev0",
     description="Flash-sale inventory: a Redis fast path over a PostgreSQL ledger",
     package_dir={"": "src"},
     packages=find_packages("src"),
