@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from allocation.adapters import ledger_rows as ledger_writer
 from allocation.adapters.ledger_connection import LedgerConnection
 from allocation.adapters.outages import database_down
-from allocation.adapters.repository import SqlAlchemyRepository
+from allocation.adapters.sql_repository import SqlAlchemyRepository
 from allocation.domain import errors
 from allocation.domain.model import InventoryItem
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork, Conflict
