@@ -56,6 +56,7 @@ e2e: install services tools
 lint: install
 	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports  # the layers and no-cycles contracts in pyproject.toml
 
 # Every contender in one run on this machine, beside the ceilings measured in the same run: a
 # table, bench/results.md (the same in Markdown), bench/results.json, bench/results.png.
@@ -68,4 +69,5 @@ bench: install services
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .grimp_cache \
+		.import_linter_cache

@@ -35,6 +35,7 @@ setup(
             "requests>=2.31,<3",
             "ruff>=0.5,<1",
             "mypy>=1.10,<2",
+            "import-linter>=2.17,<3",  # make lint: the layers and cycles in pyproject.toml
             "types-requests",
             "types-psycopg2",
             "types-redis>=4.6,<5",

@@ -19,14 +19,16 @@ from allocation.adapters.counter import Counter
 from allocation.adapters.event_publisher import RedisEventPublisher, log_event
 from allocation.adapters.health import HealthChecks
 from allocation.adapters.ledger_progress import InProcessLedgerProgress, LedgerProgress
-from allocation.adapters.locks import InProcessItemLocks, ItemLocks, PostgresItemLocks
+from allocation.adapters.locks import InProcessItemLocks, ItemLocks
 from allocation.adapters.memory_counter import InProcessCounter, InProcessOutbox
 from allocation.adapters.outbox import Outbox
+from allocation.adapters.postgres_locks import PostgresItemLocks
 from allocation.adapters.redis_client import RedisClient, connect
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_ledger_progress import RedisLedgerProgress
 from allocation.adapters.redis_outbox import RedisOutbox
+from allocation.adapters.sql_unit_of_work import SqlAlchemyUnitOfWork
 from allocation.adapters.token_store import TokenStore
 from allocation.config import Config
 from allocation.domain import events
@@ -34,7 +36,7 @@ from allocation.service_layer import handlers
 from allocation.service_layer.durability import Durability
 from allocation.service_layer.messagebus import MessageBus
 from allocation.service_layer.shared_rebuilds import SharedRebuilds
-from allocation.service_layer.unit_of_work import AbstractUnitOfWork, SqlAlchemyUnitOfWork
+from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
 Publish = Callable[[events.Event], None]
 

@@ -27,12 +27,12 @@ from allocation.adapters import migrate, orm
 from allocation.adapters.memory_counter import InProcessCounter
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
+from allocation.adapters.sql_unit_of_work import SqlAlchemyUnitOfWork
 from allocation.bootstrap import POSTGRES_CONNECT_ARGS, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
 from allocation.entrypoints import ledger_worker, schemas
-from allocation.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 
 Figures = dict[str, int]
 ItemId = str | int  # the seed formatted either into its keys

@@ -13,10 +13,10 @@ from sqlalchemy.engine import Engine
 from allocation.adapters import ledger_connection
 from allocation.adapters.ledger_connection import LedgerConnection
 from allocation.adapters.outbox import OutboxEntry
+from allocation.adapters.sql_unit_of_work import LedgerBatchUnitOfWork
 from allocation.bootstrap import Application
 from allocation.domain import commands, errors
 from allocation.service_layer.ledger_writer import write_batch
-from allocation.service_layer.unit_of_work import LedgerBatchUnitOfWork
 from tests.helpers.ledger import ledger_rows, stored
 
 # Every test here runs one mode's application (the writer is the same in both).

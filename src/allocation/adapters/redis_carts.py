@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from allocation.adapters.counter import Line, Reserved, Step
+from allocation.adapters.redis_keys import KeySpace
 from allocation.domain.outcome import Outcome
-
-if TYPE_CHECKING:
-    from allocation.adapters.redis_counter import RedisCounter
 
 PIN_MS = 30_000  # how long past its expiry a confirm in progress holds a slot's lines
 # How long a slot's hold is tried again while the units it lacks are held by other carts: their
@@ -37,7 +35,24 @@ PIN_MS = 30_000  # how long past its expiry a confirm in progress holds a slot's
 WAIT_SECONDS = 0.25
 
 
-def step(counter: RedisCounter, step: Step, namespace: str, rid: str, lines: Sequence[Line],
+class SlotSteps(Protocol):
+    """What the coordinator needs of the counter (``RedisCounter``): one script step in a
+    reservation's home slot, one in another slot, and which slot an item is in."""
+
+    @property
+    def keys(self) -> KeySpace: ...
+
+    def home_step(self, op: str, namespace: str, reservation_id: str, lines: Sequence[Line],
+                  *, ttl_ms: int = 0, buyer: str | None = None, fingerprint: str = "",
+                  whole: bool = True, every_line: Sequence[Line] = (),
+                  refusal: tuple[str, str, int] = ("", "", -1), key: str = "",
+                  open_cap: int = 0, at: int | None = None) -> Reserved: ...
+
+    def part_step(self, op: str, namespace: str, reservation_id: str, lines: Sequence[Line],
+                  expires_ms: int, buyer: str | None = None, key: str = "") -> Reserved: ...
+
+
+def step(counter: SlotSteps, step: Step, namespace: str, rid: str, lines: Sequence[Line],
          *, ttl_ms: int, buyer: str | None, fingerprint: str, key: str = "",
          open_cap: int = 0) -> Reserved:
     home, others = _groups(counter, namespace, rid, lines)
@@ -57,7 +72,7 @@ def step(counter: RedisCounter, step: Step, namespace: str, rid: str, lines: Seq
     return _unless_failed(parts) or _joined(done, lines, home, others, parts)
 
 
-def _hold(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Line],
+def _hold(counter: SlotSteps, namespace: str, rid: str, lines: Sequence[Line],
           home: list[Line], others: list[list[Line]], ttl_ms: int, buyer: str | None,
           fingerprint: str, key: str, open_cap: int) -> Reserved:
     first = counter.home_step("hold", namespace, rid, home, ttl_ms=ttl_ms, buyer=buyer,
@@ -83,7 +98,7 @@ def _hold(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Line]
     return _joined(held, lines, home, others, parts) if settled.status == "ok" else settled
 
 
-def _part_hold(counter: RedisCounter, namespace: str, rid: str, group: list[Line],
+def _part_hold(counter: SlotSteps, namespace: str, rid: str, group: list[Line],
                expires_ms: int, buyer: str | None, key: str) -> Reserved:
     """One slot's hold, tried again (bounded) while what it lacks is held by other carts."""
     deadline = time.monotonic() + WAIT_SECONDS
@@ -105,7 +120,7 @@ def _held_elsewhere(part: Reserved, group: list[Line]) -> bool:
     return group[at][1] <= part.detail + part.figures[at].held
 
 
-def _confirm(counter: RedisCounter, namespace: str, rid: str, lines: Sequence[Line],
+def _confirm(counter: SlotSteps, namespace: str, rid: str, lines: Sequence[Line],
              home: list[Line], others: list[list[Line]], buyer: str | None) -> Reserved:
     begun = counter.home_step("confirm_begin", namespace, rid, home, ttl_ms=PIN_MS)
     if begun.status != "ok":
@@ -140,7 +155,7 @@ def _unless_failed(parts: list[Reserved]) -> Reserved | None:
     return next((part for part in parts if part.status != "ok"), None)
 
 
-def _groups(counter: RedisCounter, namespace: str, rid: str,
+def _groups(counter: SlotSteps, namespace: str, rid: str,
             lines: Sequence[Line]) -> tuple[list[Line], list[list[Line]]]:
     """The lines the reservation's own steps take (none: its slot's lines are taken in their
     place among the others), and every slot's lines, in one fixed order (the slots')."""

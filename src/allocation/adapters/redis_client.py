@@ -7,11 +7,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any, TypeAlias, cast
 from urllib.parse import urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+
+from allocation.domain import errors
 
 # The commands this service uses, as redis.Redis declares them. RedisCluster serves the same
 # ones (scripts route by their keys), but the type stubs do not describe all of them.
@@ -81,3 +84,23 @@ def follow_channel(client: RedisClient, channel: str, heard: Callable[[bytes | s
             if pubsub is not None:
                 with contextlib.suppress(Exception):
                     pubsub.close()
+
+
+class _Unavailable:
+    """Raises ``Unavailable`` for a lost connection (a class: the generator a
+    ``contextlib.contextmanager`` builds per use costs a movement a few microseconds)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            raise errors.Unavailable("redis unavailable") from exc
+
+
+_UNAVAILABLE = _Unavailable()
+
+
+def unavailable_on_connection_error() -> _Unavailable:
+    return _UNAVAILABLE

@@ -6,11 +6,8 @@ import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC
-from importlib import resources
-from types import TracebackType
 from typing import Any
 
-import redis
 from redis.cluster import RedisCluster
 
 from allocation.adapters import redis_carts
@@ -27,39 +24,12 @@ from allocation.adapters.counter import (
     unpack,
 )
 from allocation.adapters.redis_batch import ScriptBatcher, evalsha_many
-from allocation.adapters.redis_client import RedisClient
+from allocation.adapters.redis_client import RedisClient, unavailable_on_connection_error
 from allocation.adapters.redis_keys import KeySpace
-from allocation.domain import errors
+from allocation.adapters.redis_scripts import lua
 from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import OK, Outcome
 from allocation.domain.rules import Kind
-
-
-def lua(name: str) -> str:
-    """A script's text; those that change items start with the functions of lib.lua."""
-    def text(of: str) -> str:
-        return resources.files("allocation.adapters").joinpath(f"lua/{of}.lua").read_text()
-    return text("lib") + text(name) if name in ("move", "reserve", "part", "sweep") else text(name)
-
-
-class _Unavailable:
-    """Raises ``Unavailable`` for a lost connection (a class: the generator a
-    ``contextlib.contextmanager`` builds per use costs a movement a few microseconds)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-            raise errors.Unavailable("redis unavailable") from exc
-
-
-_UNAVAILABLE = _Unavailable()
-
-
-def unavailable_on_connection_error() -> _Unavailable:
-    return _UNAVAILABLE
 
 
 def _text(value: Any) -> str:

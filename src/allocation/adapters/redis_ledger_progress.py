@@ -26,9 +26,13 @@ from allocation.adapters.ledger_progress import (
     Waited,
 )
 from allocation.adapters.redis_batch import evalsha_many
-from allocation.adapters.redis_client import RedisClient, follow_channel
-from allocation.adapters.redis_counter import lua, unavailable_on_connection_error
+from allocation.adapters.redis_client import (
+    RedisClient,
+    follow_channel,
+    unavailable_on_connection_error,
+)
 from allocation.adapters.redis_keys import KeySpace
+from allocation.adapters.redis_scripts import lua
 
 
 def _text(value: bytes | str) -> str:

@@ -10,8 +10,11 @@ import redis
 from redis.cluster import RedisCluster
 
 from allocation.adapters.outbox import Outbox, OutboxEntry
-from allocation.adapters.redis_client import RedisClient, read_group
-from allocation.adapters.redis_counter import unavailable_on_connection_error
+from allocation.adapters.redis_client import (
+    RedisClient,
+    read_group,
+    unavailable_on_connection_error,
+)
 from allocation.adapters.redis_keys import KeySpace
 
 GROUP = "ledger"

@@ -17,10 +17,11 @@ from allocation.adapters.ledger_connection import LedgerConnection
 from allocation.adapters.ledger_progress import LedgerProgress
 from allocation.adapters.outages import database_down, is_outage
 from allocation.adapters.outbox import Outbox, OutboxEntry
+from allocation.adapters.sql_unit_of_work import LedgerBatchUnitOfWork
 from allocation.bootstrap import Application
 from allocation.config import Config
 from allocation.service_layer.ledger_writer import BatchResult, write_batch
-from allocation.service_layer.unit_of_work import BatchUnitOfWork, LedgerBatchUnitOfWork
+from allocation.service_layer.unit_of_work import BatchUnitOfWork
 
 logger = logging.getLogger(__name__)
 # Writers per process: each waits on PostgreSQL or Redis most of the time, so a few share a

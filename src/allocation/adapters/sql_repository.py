@@ -1,0 +1,209 @@
+"""Where aggregates are kept, on SQL: the repository port's SQLAlchemy adapter."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Select,
+    String,
+    any_,
+    bindparam,
+    case,
+    exists,
+    func,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from allocation.adapters import orm
+from allocation.adapters.counter import Allowances, Hold
+from allocation.adapters.repository import UNITS_SIGN, AbstractRepository, aware
+from allocation.domain.model import InventoryItem, LedgerEntry, Stock
+
+ENTRY_COLUMNS = [orm.ledger.c[name] for name in (
+    "namespace", "sku", "seq", "kind", "qty", "total_after", "available_after", "idempotency_key",
+    "created_at", "buyer", "reservation_id", "held_after", "expires_at")]
+
+STOCK_COLUMNS = [orm.items.c[name]
+                 for name in ("sku", "total", "consumed", "last_seq", "limit_per_buyer", "held")]
+
+
+class SqlAlchemyRepository(AbstractRepository):
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self.session = session
+
+    def _add(self, item: InventoryItem) -> None:
+        self.session.add(item)
+
+    def _get(self, namespace: str, sku: str, lock: bool) -> InventoryItem | None:
+        query = select(InventoryItem).filter_by(namespace=namespace, sku=sku)
+        if lock:
+            query = query.with_for_update()
+        return self.session.scalars(query).one_or_none()
+
+    def lock_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], InventoryItem]:
+        wanted = sorted(set(keys))
+        rows = self.session.scalars(
+            select(InventoryItem)
+            .where(tuple_(orm.items.c.namespace, orm.items.c.sku).in_(wanted))
+            .order_by(orm.items.c.namespace, orm.items.c.sku)
+            .with_for_update()).all()
+        self.seen.update(rows)
+        return {(row.namespace, row.sku): row for row in rows}
+
+    def many(self, namespace: str, skus: Sequence[str]) -> dict[str, InventoryItem]:
+        rows = self.session.scalars(select(InventoryItem).where(
+            orm.items.c.namespace == namespace, orm.items.c.sku.in_(list(skus)))).all()
+        self.seen.update(rows)
+        return {row.sku: row for row in rows}
+
+    def list(self, namespace: str, after: str | None, limit: int,
+             *, lock: bool = False) -> Sequence[InventoryItem]:
+        query = select(InventoryItem).where(orm.items.c.namespace == namespace)
+        if after is not None:
+            query = query.where(orm.items.c.sku > after)
+        query = query.order_by(orm.items.c.sku).limit(limit)
+        if lock:
+            query = query.with_for_update()
+        return self.session.scalars(query).all()
+
+    # Bulk reads skip the ORM: building aggregates cost more than the queries themselves.
+    def stock(self, namespace: str, skus: Sequence[str]) -> dict[str, Stock]:
+        rows = self.session.execute(select(*STOCK_COLUMNS).where(
+            orm.items.c.namespace == namespace, self._among(orm.items.c.sku, skus)))
+        return {row[0]: Stock(*row) for row in rows}
+
+    def stock_page(self, namespace: str, after: str | None, limit: int) -> Sequence[Stock]:
+        query = select(*STOCK_COLUMNS).where(orm.items.c.namespace == namespace)
+        if after is not None:
+            query = query.where(orm.items.c.sku > after)
+        return [Stock(*row) for row in
+                self.session.execute(query.order_by(orm.items.c.sku).limit(limit))]
+
+    def allowances(self, namespace: str, skus: Sequence[str]) -> dict[str, Allowances]:
+        wanted = list(skus)
+        limits = self.session.execute(select(orm.items.c.sku, orm.items.c.limit_per_buyer).where(
+            orm.items.c.namespace == namespace, self._among(orm.items.c.sku, wanted))).all()
+        buyers = self.buyers(namespace, wanted)
+        return {sku: (limit, buyers.get(sku, {})) for sku, limit in limits}
+
+    def buyers(self, namespace: str, skus: Sequence[str]) -> dict[str, dict[str, int]]:
+        found: dict[str, dict[str, int]] = {}
+        ledger = orm.ledger.c
+        units = func.sum(case(*((ledger.kind == kind, sign * ledger.qty)
+                                for kind, sign in UNITS_SIGN.items()), else_=0))
+        for sku, buyer, n in self.session.execute(
+                select(ledger.sku, ledger.buyer, units)
+                .where(ledger.namespace == namespace, self._among(ledger.sku, skus),
+                       ledger.buyer.is_not(None))
+                .group_by(ledger.sku, ledger.buyer).having(units > 0)):
+            found.setdefault(sku, {})[buyer] = int(n)
+        return found
+
+    def open_holds(self, namespace: str, skus: Sequence[str]
+                   ) -> dict[str, builtins.list[Hold]]:
+        ledger = orm.ledger.c
+        ended, extension = orm.ledger.alias("ended").c, orm.ledger.alias("extension").c
+        # Extended holds: each line's latest extension holds the expiry (seq orders them).
+        extended = (select(extension.expires_at)
+                    .where(extension.namespace == ledger.namespace,
+                           extension.reservation_id == ledger.reservation_id,
+                           extension.sku == ledger.sku, extension.kind == "extend")
+                    .order_by(extension.seq.desc()).limit(1).scalar_subquery())
+        rows = self.session.execute(
+            select(ledger.sku, ledger.reservation_id, ledger.qty, ledger.buyer,
+                   func.coalesce(extended, ledger.expires_at, ledger.created_at))
+            .where(ledger.namespace == namespace, self._among(ledger.sku, skus),
+                   ledger.kind == "hold",
+                   ~exists().where(ended.namespace == ledger.namespace,
+                                   ended.reservation_id == ledger.reservation_id,
+                                   ended.sku == ledger.sku,
+                                   ended.kind.in_(("confirm", "release", "expire")))))
+        found: dict[str, builtins.list[Hold]] = {sku: [] for sku in skus}
+        for sku, rid, qty, buyer, until in rows:
+            if isinstance(until, str):  # SQLite hands back a coalesced time as text
+                until = datetime.fromisoformat(until)
+            found[sku].append((rid or "", qty, buyer or "",
+                               int(aware(until).timestamp() * 1000)))
+        return found
+
+    def generations(self, namespace: str, skus: Sequence[str]) -> dict[str, str | None]:
+        rows = self.session.execute(select(orm.items.c.sku, orm.items.c.counter_gen).where(
+            orm.items.c.namespace == namespace, self._among(orm.items.c.sku, skus)))
+        return {row[0]: row[1] for row in rows}
+
+    def rebase(self, namespace: str, skus: Sequence[str], gen: str) -> dict[str, Stock]:
+        # One statement for a whole batch (it locks the rows as the writers' do); the ORM
+        # would send an UPDATE per item.
+        rows = self.session.execute(
+            update(orm.items)
+            .where(orm.items.c.namespace == namespace, self._among(orm.items.c.sku, skus))
+            .values(counter_gen=gen, version=orm.items.c.version + 1)
+            .returning(*STOCK_COLUMNS))
+        return {row[0]: Stock(*row) for row in rows}
+
+    def keyed_entries(self, namespace: str, skus: Sequence[str], since: datetime,
+                      limit: int = 1_000_000) -> Sequence[LedgerEntry]:
+        return self._entries(
+            select(*ENTRY_COLUMNS)
+            .where(orm.ledger.c.namespace == namespace, self._among(orm.ledger.c.sku, skus),
+                   orm.ledger.c.idempotency_key.is_not(None),
+                   orm.ledger.c.created_at >= self._moment(since))
+            # A key used twice (its window shortened since): the latest first, which the
+            # counter's remember (first one wins) keeps.
+            .order_by(orm.ledger.c.seq.desc())
+            .limit(limit))
+
+    def reservation_entries(self, namespace: str, reservation_id: str) -> Sequence[LedgerEntry]:
+        return self._entries(select(*ENTRY_COLUMNS).where(
+            orm.ledger.c.namespace == namespace, orm.ledger.c.reservation_id == reservation_id)
+            .order_by(orm.ledger.c.sku, orm.ledger.c.seq))
+
+    def reservation_entry(self, namespace: str, sku: str, reservation_id: str,
+                          kind: str) -> LedgerEntry | None:
+        found = self._entries(select(*ENTRY_COLUMNS).where(
+            orm.ledger.c.namespace == namespace, orm.ledger.c.reservation_id == reservation_id,
+            orm.ledger.c.sku == sku, orm.ledger.c.kind == kind))
+        return found[0] if found else None
+
+    def entry_for_key(self, namespace: str, sku: str, key: str,
+                      since: datetime | None = None) -> LedgerEntry | None:
+        query = select(*ENTRY_COLUMNS).where(
+            orm.ledger.c.namespace == namespace, orm.ledger.c.sku == sku,
+            orm.ledger.c.idempotency_key == key)
+        if since is not None:
+            query = query.where(orm.ledger.c.created_at >= self._moment(since))
+        found = self._entries(query.order_by(orm.ledger.c.seq.desc()).limit(1))
+        return found[0] if found else None
+
+    def _among(self, column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[bool]:
+        """``column IN values``; on PostgreSQL one array parameter rather than a parameter per
+        value (a rebuild asks about thousands of items at once)."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
+        return column.in_(list(values))
+
+    def _moment(self, moment: datetime) -> datetime:
+        # SQLite compares timestamps as the naive UTC text it stored.
+        return (moment if self.session.get_bind().dialect.name == "postgresql"
+                else moment.astimezone(UTC).replace(tzinfo=None))
+
+    def ledger(self, namespace: str, sku: str, after_seq: int,
+               limit: int) -> Sequence[LedgerEntry]:
+        return self._entries(
+            select(*ENTRY_COLUMNS)
+            .where(orm.ledger.c.namespace == namespace, orm.ledger.c.sku == sku,
+                   orm.ledger.c.seq > after_seq)
+            .order_by(orm.ledger.c.seq).limit(limit))
+
+    def _entries(self, query: Select[Any]) -> Sequence[LedgerEntry]:
+        return [LedgerEntry(**row) for row in self.session.execute(query).mappings()]
