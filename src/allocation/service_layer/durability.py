@@ -22,7 +22,6 @@ import functools
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -46,11 +45,6 @@ READ_SECONDS = 0.1
 # The first read: a commit usually comes sooner (the channel says so, with no read at all), and
 # a report of the record away is heard this much later.
 FIRST_READ_SECONDS = 0.03
-# A question a sync movement asks the record before it runs (is its key there?): answered within
-# this, by one of a few threads apart from the request threads, or taken as unanswered. A
-# partitioned database must not hold the threads that reads, refusals and probes need.
-ASK_SECONDS = 0.5
-ASKERS = 4
 
 
 @dataclass(frozen=True)
@@ -64,8 +58,6 @@ class Pending:
 
 
 _deferred = threading.local()
-_askers = threading.BoundedSemaphore(ASKERS)
-_ask_pool = ThreadPoolExecutor(max_workers=ASKERS, thread_name_prefix="ledger-question")
 
 
 @dataclass(frozen=True)
@@ -87,26 +79,6 @@ class Durability:
         waited = self.progress.wait(namespace, sku, outcome.gen, outcome.seq, self.wait_seconds)
         if waited != WRITTEN and not (waited == REPLACED and in_ledger()):
             raise _unknown(namespace, sku, waited)
-
-    def ask_ledger(self, question: Callable[[], T | None]) -> T | None:
-        """``question`` answered by the record within ``ASK_SECONDS``; None where it cannot be
-        (the writers report the record away, every asker is held by a partition, or no answer
-        came in time): the movement then runs as it would have, and is answered as the
-        record's outage has it (docs/adr/0025-the-records-outage.md)."""
-        if self.progress.away() or not _askers.acquire(timeout=ASK_SECONDS):
-            return None
-        try:
-            future: Future[T | None] = _ask_pool.submit(question)
-        except BaseException:
-            _askers.release()
-            raise
-        future.add_done_callback(lambda _: _askers.release())
-        try:
-            return future.result(timeout=ASK_SECONDS)
-        except TimeoutError:
-            return None
-        except Exception:  # noqa: BLE001 - the record failed to answer: as if away
-            return None
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[list[Pending]]:

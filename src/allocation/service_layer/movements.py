@@ -86,17 +86,6 @@ def _answered(counter: Counter, namespace: str, sku: str, kind: Kind, qty: int,
 def _move(deps: Deps, namespace: str, sku: str, kind: Kind, qty: int,
           key: str | None, buyer: str | None = None) -> Outcome:
     counter, publish = deps.counter, deps.publish
-    if key is not None and deps.durability.mode == "sync":
-        # Sync mode promises what was acknowledged survives Redis, its keys included: a key the
-        # ledger holds from within its window is a retry, even where Redis lost the key (a
-        # failover, say). Past the window it is a new movement.
-        # Asked within a deadline: where the record cannot say, the movement runs, and is
-        # answered as the record's outage has it (a refusal at once, a sale 503).
-        since = datetime.now(UTC) - timedelta(seconds=counter.idempotency_ttl)
-        if entry := deps.durability.ask_ledger(
-                lambda: _written(deps.uow, namespace, sku, key, since)):
-            counter.remember([entry])  # later retries are Redis's to answer again
-            return _answered(counter, namespace, sku, kind, qty, buyer, entry)
     outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer)
     if outcome.status == NOT_FOUND:
         # Redis lost it (or never had it): rebuild it from the database, under its lock.
