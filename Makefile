@@ -60,7 +60,7 @@ lint: install
 
 # Every contender in one run on this machine, beside the ceilings measured in the same run: a
 # table, bench/results.md (the same in Markdown), bench/results.json, bench/results.png.
-# BENCH=full for the long sizes; BENCH_ONLY=hot,http,many,refunds,refresh,drain,cluster: a subset;
+# BENCH=full for the long sizes; BENCH_ONLY=hot,http,streams,flood,partition,refresh,...: a subset;
 # BENCH_HTTP=ceiling-empty,ceiling-evalsha,allocation,allocation-sync,...: some HTTP contenders;
 # BENCH_HTTP_SECONDS: each HTTP load's length. Needs wrk and redis-benchmark (apt-get install -y
 # wrk redis-tools).
