@@ -19,7 +19,6 @@ from allocation.config import Config
 from tests.helpers.processes import (
     Process,
     allocation_command,
-    free_port,
     serve,
     service_env,
     wait_until,
@@ -273,21 +272,9 @@ def test_a_refresh_storm_leaves_the_sale_selling(server: str, config: Config, ad
 def test_behind_a_buffering_proxy_the_same_app_is_served_over_wsgi(
         config: Config, admin: str, namespace: str) -> None:
     """`serve --behind-buffering-proxy`: granian's WSGI interface, the same app and checks."""
-    port = free_port()
-    server = Process(allocation_command("serve", "--port", str(port), "--workers", "1",
-                                        "--behind-buffering-proxy"), service_env(config))
-    server.start()
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert server.alive(), server.stderr_tail()
-        try:
-            return requests.get(f"{base}/readyz", timeout=5).ok
-        except requests.RequestException:
-            return False
-
+    servers = serve(config, workers=1, wsgi=True)
+    base = next(servers)
     try:
-        wait_until(up, 60, "the WSGI server to start")
         item = f"{base}/v1/{namespace}/items/w"
         assert requests.put(item, json={"total": 3}, headers=bearer(admin), timeout=10).ok
         assert requests.post(f"{item}/decrements", json={"qty": 1}, headers=NO_TOKEN,
@@ -300,4 +287,4 @@ def test_behind_a_buffering_proxy_the_same_app_is_served_over_wsgi(
         assert once.headers["Content-Type"].startswith("text/event-stream")
         assert once.text.startswith("event: stock\nid: ") and '"available":2' in once.text
     finally:
-        server.stop()
+        next(servers, None)

@@ -28,7 +28,6 @@ from sqlalchemy.engine import make_url
 from allocation.adapters.token_store import TokenStore, checking_engine
 from allocation.config import Config
 from tests.helpers.processes import (
-    Process,
     allocation_command,
     free_port,
     ledger_worker,
@@ -58,32 +57,11 @@ def bearer(token: str) -> dict[str, str | None]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def wsgi_server(config: Config) -> Iterator[str]:
-    """`serve --behind-buffering-proxy` (granian's WSGI interface); its base URL."""
-    port = free_port()
-    server = Process(allocation_command("serve", "--port", str(port), "--workers", "1",
-                                        "--behind-buffering-proxy"), service_env(config))
-    server.start()
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert server.alive(), server.stderr_tail()
-        try:
-            return requests.get(f"{base}/readyz", timeout=5).ok
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_until(up, 60, "the WSGI server to start")
-        yield base
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="module", params=["rsgi", "wsgi"])
 def front_end(request: pytest.FixtureRequest, config: Config) -> Iterator[str]:
     worker = ledger_worker(config)
-    servers = serve(config) if request.param == "rsgi" else wsgi_server(config)
+    wsgi = request.param == "wsgi"
+    servers = serve(config, workers=1, wsgi=True) if wsgi else serve(config)
     try:
         yield next(servers)
     finally:

@@ -128,11 +128,13 @@ def ledger_worker(config: Config, extra_env: dict[str, str] | None = None) -> Pr
 
 
 def serve(config: Config, extra_env: dict[str, str] | None = None, workers: int = 2,
-          open_files: int | None = None) -> Iterator[str]:
-    """Start `allocation serve` (two workers unless told) on a free port; yield its base URL;
-    stop it."""
+          open_files: int | None = None, wsgi: bool = False) -> Iterator[str]:
+    """Start `allocation serve` (two workers unless told; granian's WSGI interface with
+    ``wsgi``) on a free port; yield its base URL; stop it."""
     port = free_port()
-    server = Process(allocation_command("serve", "--port", str(port), "--workers", str(workers)),
+    interface = ["--behind-buffering-proxy"] if wsgi else []
+    server = Process(allocation_command("serve", "--port", str(port), "--workers", str(workers),
+                                        *interface),
                      {**service_env(config), **(extra_env or {})}, open_files=open_files)
     server.start()
     base = f"http://127.0.0.1:{port}"
