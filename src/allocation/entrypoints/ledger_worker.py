@@ -123,7 +123,7 @@ class LedgerWorker:
         else is a bug a retry would repeat, and is raised."""
         logger.info("ledger worker %s started", self.name)
         if self.connection is not None:
-            threading.Thread(target=self._watch, daemon=True, name="ledger-watch").start()
+            start_thread("ledger-watch", self._watch)
         try:
             supervise(self._pass, self.stopping, Backoff(0.05, 2.0), waited_out=is_outage,
                       failed=self._waiting)
