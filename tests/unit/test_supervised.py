@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from allocation.runtime import process
 from allocation.runtime.process import Loop, ProcessLoops
 from allocation.runtime.supervised import Backoff, LoopHealth, supervise
 
@@ -116,3 +117,30 @@ def test_a_process_that_fails_a_loop_stops_the_others_and_raises() -> None:
     finally:
         signal.signal(signal.SIGTERM, before)
     assert stopped.is_set()
+
+
+def test_a_process_that_restarts_its_loops_starts_an_ended_one_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(process, "WATCH_SECONDS", 0.001)
+    runs: list[int] = []
+
+    def flaky() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise SystemExit("what a supervised loop does not catch")
+        loops.stop()
+
+    stopped = threading.Event()
+
+    def deadline() -> None:  # a process that never restarts the loop fails, not hangs
+        if not stopped.wait(10):
+            loops.stop()
+
+    loops = ProcessLoops([Loop("flaky", flaky, lambda: None),
+                          Loop("deadline", deadline, stopped.set)], if_one_ends="restart")
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        loops.run()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert len(runs) == 2

@@ -53,7 +53,8 @@ class ProcessLoops:
                 loop.run()
             except BaseException as exc:
                 if self.if_one_ends == "restart":
-                    raise
+                    logger.exception("%s failed", loop.name)  # the watch starts it again
+                    return
                 logger.exception("%s failed; stopping the others", loop.name)
                 self.failed.append(exc)
                 self.stop()
