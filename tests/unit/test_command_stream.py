@@ -20,7 +20,7 @@ from sqlalchemy import exc as sa_exc
 
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
-from allocation.entrypoints import redis_consumer
+from allocation.entrypoints import command_stream, health_server, redis_consumer
 from allocation.entrypoints.redis_consumer import (
     POISON_DELIVERIES,
     STREAM_GROUP,
@@ -71,9 +71,10 @@ def sample(name: str, **labels: str) -> float:
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries and reconnections at once: the decisions are under test here, not the pace."""
-    for name in ("RETRY_MIN_SECONDS", "RETRY_MAX_SECONDS", "RECONNECT_MIN_SECONDS",
-                 "RECONNECT_MAX_SECONDS"):
-        monkeypatch.setattr(redis_consumer, name, 0.0)
+    for name in ("RETRY_MIN_SECONDS", "RETRY_MAX_SECONDS"):
+        monkeypatch.setattr(command_stream, name, 0.0)
+    for name in ("RECONNECT_MIN_SECONDS", "RECONNECT_MAX_SECONDS"):
+        monkeypatch.setattr(health_server, name, 0.0)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
+import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeAlias, cast
@@ -15,6 +15,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from allocation.domain import errors
+from allocation.runtime.supervised import Backoff, LoopHealth, supervise
 
 # The commands this service uses, as redis.Redis declares them. RedisCluster serves the same
 # ones (scripts route by their keys), but the type stubs do not describe all of them.
@@ -57,33 +58,31 @@ def read_group(client: RedisClient, group: str, consumer: str, stream: str, star
 
 
 def follow_channel(client: RedisClient, channel: str, heard: Callable[[bytes | str], None],
-                   what: str) -> None:
-    """Hand each message of ``channel`` to ``heard`` for as long as the process lives (run it on
-    a thread of its own), resubscribing with a backoff after any failure: pub/sub is
-    at-most-once, so the callers read the truth elsewhere when a message is lost. Even
-    redis-py's parser failing with AttributeError, on a connection a failover closed under it,
-    must not end the thread."""
-    backoff = 0.05
-    while True:
-        pubsub = None
-        try:
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+                   what: str, stopping: threading.Event | None = None) -> None:
+    """Hand each message of ``channel`` to ``heard`` until ``stopping`` (by default, for as long
+    as the process lives: run it on a thread of its own), resubscribing with a backoff after any
+    failure: pub/sub is at-most-once, so the callers read the truth elsewhere when a message is
+    lost. Even redis-py's parser failing with AttributeError, on a connection a failover closed
+    under it, must not end the thread."""
+    stopping = stopping or threading.Event()
+    health = LoopHealth(what)
+
+    def session() -> float:
+        with contextlib.closing(client.pubsub(ignore_subscribe_messages=True)) as pubsub:
             pubsub.subscribe(channel)
-            backoff = 0.05
-            while True:
+            health.up()
+            while not stopping.is_set():
                 # A bounded read: an idle channel must not run into the client's socket
                 # timeout and drop the subscription.
                 message = pubsub.get_message(timeout=1.0)
                 if message is not None and message.get("type") == "message":
                     heard(message["data"])
-        except Exception as exc:  # noqa: BLE001 - this thread must outlive any failure
-            logger.warning("%s channel: %s; resubscribing", what, exc)
-            time.sleep(backoff)  # backoff between reconnections, not a synchronisation
-            backoff = min(backoff * 2, 2.0)
-        finally:
-            if pubsub is not None:
-                with contextlib.suppress(Exception):
-                    pubsub.close()
+        return 0.0
+
+    def failed(exc: BaseException, delay: float, _: int) -> None:
+        logger.warning("%s channel: %s; resubscribing", what, exc)
+
+    supervise(session, stopping, Backoff(0.05, 2.0), failed=failed, health=health)
 
 
 class _Unavailable:

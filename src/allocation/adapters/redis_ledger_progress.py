@@ -33,6 +33,7 @@ from allocation.adapters.redis_client import (
 )
 from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_scripts import lua
+from allocation.runtime.process import start_thread
 
 
 def _text(value: bytes | str) -> str:
@@ -131,9 +132,7 @@ class RedisLedgerProgress(LedgerProgress):
             return
         with self._start_lock:
             if self._listener is None:
-                self._listener = threading.Thread(target=self._follow, daemon=True,
-                                                  name="ledger-progress")
-                self._listener.start()
+                self._listener = start_thread("ledger-progress", self._follow)
 
     def _follow(self) -> None:
         """Apply the channel's marks for as long as the process lives (waiters read marks

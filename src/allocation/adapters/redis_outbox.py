@@ -15,6 +15,7 @@ from allocation.adapters.redis_client import (
     read_group,
     unavailable_on_connection_error,
 )
+from allocation.adapters.redis_consumer_group import ConsumerGroup, lost_group
 from allocation.adapters.redis_keys import KeySpace
 
 GROUP = "ledger"
@@ -70,33 +71,23 @@ class RedisOutbox(Outbox):
         self.keys = keys
         self.partitions = keys.partitions
         self.blocking_reads = not isinstance(client, RedisCluster)
-        self._groups_ready: set[int] = set()
-
-    def _ensure_group(self, partition: int) -> None:
-        if partition in self._groups_ready:
-            return
-        try:
-            self.client.xgroup_create(self.keys.outbox(partition), GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._groups_ready.add(partition)
+        self.groups = [ConsumerGroup(client, keys.outbox(p), GROUP, keys.dead_letters(p))
+                       for p in range(keys.partitions)]
 
     def read(self, partition: int, consumer: str, count: int) -> list[OutboxEntry]:
-        stream = self.keys.outbox(partition)
+        group = self.groups[partition]
         with unavailable_on_connection_error():
-            self._ensure_group(partition)
+            group.ensure()
             try:
                 for start in ("0", ">"):  # what this consumer holds unacknowledged, then new
-                    reply = read_group(self.client, GROUP, consumer, stream, start, count)
-                    entries = [_entry(partition, i, f) for _, items in reply
-                               for i, f in items if f]
+                    entries = [_entry(partition, i, f)
+                               for i, f in group.read(consumer, start, count) if f]
                     if entries:
                         return entries
             except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not lost_group(exc):
                     raise
-                self._groups_ready.discard(partition)  # Redis lost its data; make it again
+                group.lost()
         return []
 
     def read_new(self, partitions: Sequence[int], consumer: str, count: int,
@@ -107,7 +98,7 @@ class RedisOutbox(Outbox):
         # different nodes, and its pipeline routes each read to its own.
         with unavailable_on_connection_error():
             for partition in partitions:
-                self._ensure_group(partition)
+                self.groups[partition].ensure()
             pipe = self.client.pipeline(transaction=False)
             for partition in partitions:
                 read_group(self.client, GROUP, consumer, self.keys.outbox(partition), ">",
@@ -116,9 +107,9 @@ class RedisOutbox(Outbox):
         found: list[list[OutboxEntry]] = []
         for partition, reply in zip(partitions, replies, strict=True):
             if isinstance(reply, Exception):
-                if "NOGROUP" not in str(reply):
+                if not lost_group(reply):
                     raise reply
-                self._groups_ready.discard(partition)  # Redis lost its data; make it again
+                self.groups[partition].lost()
                 reply = None
             found.append([_entry(partition, i, f) for _, items in reply or [] for i, f in items
                           if f])
@@ -131,7 +122,7 @@ class RedisOutbox(Outbox):
         streams = {self.keys.outbox(p): ">" for p in partitions}
         with unavailable_on_connection_error():
             for partition in partitions:
-                self._ensure_group(partition)
+                self.groups[partition].ensure()
             try:
                 reply = self.client.xreadgroup(GROUP, consumer, streams, count=count,
                                                block=block_ms)
@@ -139,7 +130,8 @@ class RedisOutbox(Outbox):
                 # NOGROUP, or UNBLOCKED: a stream went while the read waited on it
                 if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                     raise
-                self._groups_ready.clear()  # Redis lost its data; make them again
+                for group in self.groups:
+                    group.lost()
                 return [[] for _ in partitions]
         by_stream = {(name.decode() if isinstance(name, bytes) else name): items
                      for name, items in reply or []}
@@ -148,32 +140,25 @@ class RedisOutbox(Outbox):
 
     def claim_stale(self, partition: int, consumer: str, min_idle_ms: int,
                     count: int) -> list[OutboxEntry]:
+        group = self.groups[partition]
         with unavailable_on_connection_error():
-            self._ensure_group(partition)
+            group.ensure()
             try:
-                reply = self.client.xautoclaim(self.keys.outbox(partition), GROUP, consumer,
-                                               min_idle_time=min_idle_ms, start_id="0-0",
-                                               count=count)
+                entries = group.claim_idle(consumer, min_idle_ms, count, resume=False)
             except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not lost_group(exc):
                     raise
-                self._groups_ready.discard(partition)
+                group.lost()
                 return []
-        return [_entry(partition, i, f) for i, f in reply[1] if f]
+        return [_entry(partition, i, f) for i, f in entries if f]
 
     def ack(self, partition: int, ids: list[str]) -> None:
-        if not ids:
-            return
-        stream = self.keys.outbox(partition)
         with unavailable_on_connection_error():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.xack(stream, GROUP, *ids)
-            pipe.xdel(stream, *ids)  # the ledger has them; keep the stream to the backlog
-            pipe.execute()
+            self.groups[partition].ack(ids)  # the ledger has them; the stream keeps the backlog
 
     def dead_letter(self, entry: OutboxEntry, reason: str) -> None:
         with unavailable_on_connection_error():
-            self.client.xadd(self.keys.dead_letters(entry.partition), {
+            self.groups[entry.partition].dead_letter({
                 "entry": entry.id, "ns": entry.namespace, "sku": entry.sku,
                 "seq": entry.seq, "kind": entry.kind, "qty": entry.qty,
                 "key": entry.idempotency_key or "", "total": entry.total,

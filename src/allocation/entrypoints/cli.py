@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from allocation.entrypoints import (
     token_cli,
     worker_start,
 )
+from allocation.runtime.process import Loop, ProcessLoops
 from allocation.service_layer.results import Reservation
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -453,11 +453,10 @@ def sweep(interval: float, once: bool) -> None:
         click.echo(f"visited {visited} items")
         return
     stopping = threading.Event()
-    # Either signal ends the wait between passes; a pass under way finishes first.
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     logger.info("sweeping due holds every %.2fs", interval)
-    sweeper.sweep_loop(counter, interval, stopping)
+    # SIGTERM or Ctrl-C ends the wait between passes; a pass under way finishes first.
+    ProcessLoops([Loop("sweeper", lambda: sweeper.sweep_loop(counter, interval, stopping),
+                       stopping.set)], if_one_ends="fail").run()
     logger.info("sweeper stopped")
 
 

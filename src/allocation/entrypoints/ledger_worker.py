@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -20,6 +19,8 @@ from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.adapters.sql_unit_of_work import LedgerBatchUnitOfWork
 from allocation.bootstrap import Application
 from allocation.config import Config
+from allocation.runtime.process import Loop, ProcessLoops, start_thread
+from allocation.runtime.supervised import Backoff, supervise
 from allocation.service_layer.ledger_writer import BatchResult, write_batch
 from allocation.service_layer.unit_of_work import BatchUnitOfWork
 
@@ -59,6 +60,7 @@ class LedgerWorker:
         self._unsettled = set(self.partitions)  # a restart under the same name finds its own
         self._next_claim = 0.0
         self._reported_away = False
+        self._idle = 0.001
 
     def run_once(self, block_ms: int = 0) -> int:
         """One pass over this worker's partitions; returns how many entries were written.
@@ -119,41 +121,39 @@ class LedgerWorker:
         """Write until stopped. Losing the database or Redis, wherever in a write, is waited
         out: the entries stay pending and are written again (a replay is a no-op). Anything
         else is a bug a retry would repeat, and is raised."""
-        backoff, idle = 0.05, 0.001
         logger.info("ledger worker %s started", self.name)
         if self.connection is not None:
-            threading.Thread(target=self._watch, daemon=True, name="ledger-watch").start()
+            start_thread("ledger-watch", self._watch)
         try:
-            while not self.stopping.is_set():
-                try:
-                    # Where callers wait on the ledger, an idle pass waits in Redis for the next
-                    # movement rather than sleeping (one Redis only; a cluster polls).
-                    block_ms = 0 if self.gather_seconds or not self.outbox.blocking_reads else 50
-                    written = self.run_once(block_ms)
-                    if written and self._reported_away:
-                        self._report(away=False)
-                except Exception as exc:
-                    if not is_outage(exc):
-                        raise
-                    if _database_down(exc):
-                        self._report(away=True)  # renewed each try while it lasts
-                    cause = exc.__cause__ or exc
-                    # The first failure of a run of them with its traceback: where it failed.
-                    logger.warning("ledger worker waiting for a dependency: %s (%s)",
-                                   type(cause).__name__, cause, exc_info=backoff == 0.05)
-                    self.stopping.wait(backoff)
-                    backoff = min(backoff * 2, 2.0)
-                    continue
-                backoff = 0.05
-                if written == 0 and not block_ms:
-                    self.stopping.wait(idle)  # idle: poll less and less often, up to 50 a second
-                    idle = min(idle * 2, 0.02)
-                else:
-                    idle = 0.001
-                    if written < self.batch_size // 10 and self.gather_seconds:
-                        self.stopping.wait(self.gather_seconds)
+            supervise(self._pass, self.stopping, Backoff(0.05, 2.0), waited_out=is_outage,
+                      failed=self._waiting)
         finally:
             self.close()
+
+    def _pass(self) -> float:
+        """One pass, and how long to wait before the next: an idle outbox is polled less and
+        less often (up to 50 a second); a trickle waits ``gather_seconds`` for company."""
+        # Where callers wait on the ledger, an idle pass waits in Redis for the next movement
+        # rather than sleeping (one Redis only; a cluster polls).
+        block_ms = 0 if self.gather_seconds or not self.outbox.blocking_reads else 50
+        written = self.run_once(block_ms)
+        if written and self._reported_away:
+            self._report(away=False)
+        if written == 0 and not block_ms:
+            pause, self._idle = self._idle, min(self._idle * 2, 0.02)
+            return pause
+        self._idle = 0.001
+        if written < self.batch_size // 10 and self.gather_seconds:
+            return self.gather_seconds
+        return 0.0
+
+    def _waiting(self, exc: BaseException, delay: float, failures: int) -> None:
+        if _database_down(exc):
+            self._report(away=True)  # renewed each try while it lasts
+        cause = exc.__cause__ or exc
+        # The first failure of a run of them with its traceback: where it failed.
+        logger.warning("ledger worker waiting for a dependency: %s (%s)",
+                       type(cause).__name__, cause, exc_info=failures == 1)
 
     def _watch(self) -> None:
         """Report the record away while a round trip of this writer's hangs."""
@@ -178,9 +178,8 @@ class LedgerWorker:
         self.stopping.set()
 
     def start_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name="ledger-worker", daemon=True)
-        thread.start()
-        return thread
+        """Run beside the process's own work (an embedded server, the library, a test)."""
+        return start_thread("ledger-worker", self.run)
 
 
 def _database_down(exc: BaseException) -> bool:
@@ -245,31 +244,5 @@ def run(app: Application, threads: int = 1, name: str | None = None) -> None:
     process exits and its supervisor restarts it rather than leaving partitions unwritten.
     Under the ``name`` it had before, a worker first writes the entries it had read then."""
     workers = split(app, threads, name=name)
-    failed: list[BaseException] = []
-
-    def stop(*_: object) -> None:
-        for w in workers:
-            w.stop()
-
-    def guarded(worker: LedgerWorker) -> None:
-        try:
-            worker.run()
-        except BaseException as exc:
-            logger.exception("ledger worker %s failed; stopping the others", worker.name)
-            failed.append(exc)
-            stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    running = [threading.Thread(target=guarded, args=(w,), name=f"ledger-worker-{i}")
-               for i, w in enumerate(workers)]
-    for thread in running:
-        thread.start()
-    try:
-        for thread in running:
-            thread.join()
-    except KeyboardInterrupt:
-        stop()
-        for thread in running:
-            thread.join()
-    if failed:
-        raise failed[0]
+    ProcessLoops([Loop(f"ledger-worker-{i}", w.run, w.stop) for i, w in enumerate(workers)],
+                 if_one_ends="fail").run()

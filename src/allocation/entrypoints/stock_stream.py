@@ -31,6 +31,7 @@ from allocation.adapters.counter import Counter
 from allocation.adapters.redis_client import RedisClient, follow_channel
 from allocation.domain.outcome import Outcome
 from allocation.entrypoints import metrics, replies
+from allocation.runtime.process import start_thread
 
 if TYPE_CHECKING:
     from allocation.bootstrap import Application
@@ -137,7 +138,7 @@ class Hub:
 
     def start(self) -> None:
         """Listen to the events channel, and tend the streams every second."""
-        threading.Thread(target=self._listen, daemon=True, name="stock-stream").start()
+        start_thread("stock-stream", self._listen)
         self.loop.call_later(TICK_SECONDS, self._tick)
         logger.info("stock streams: at most %d in this process, %d per token",
                     self.per_process, self.per_token)

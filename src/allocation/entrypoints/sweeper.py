@@ -11,6 +11,7 @@ import redis
 
 from allocation.adapters.counter import Counter
 from allocation.adapters.outages import is_outage
+from allocation.runtime.supervised import Backoff, supervise
 
 logger = logging.getLogger(__name__)
 
@@ -22,20 +23,16 @@ def sweep_loop(counter: Counter, interval: float, stopping: threading.Event,
     """Sweep every ``interval`` seconds until ``stopping``. An outage (Redis away, loading,
     failing over) is logged and waited out with a backoff: nothing depends on the sweeper
     being on time, only on its coming back. Any other error is a bug, and raised."""
-    backoff = SWEEP_BACKOFF_MIN
-    while not stopping.is_set():
-        try:
-            visited = counter.sweep(most)
-        except Exception as exc:
-            if not (is_outage(exc) or isinstance(exc, redis.RedisError)):
-                raise
-            cause = exc.__cause__ or exc
-            logger.warning(
-                "sweeper waiting for redis: %s (%s); again in %.1fs", type(cause).__name__,
-                cause, backoff)
-            stopping.wait(backoff)
-            backoff = min(backoff * 2, SWEEP_BACKOFF_MAX)
-            continue
-        backoff = SWEEP_BACKOFF_MIN
-        logger.debug("swept: visited %d items", visited)
-        stopping.wait(interval)
+
+    def sweep() -> float:
+        logger.debug("swept: visited %d items", counter.sweep(most))
+        return interval
+
+    def failed(exc: BaseException, delay: float, _: int) -> None:
+        cause = exc.__cause__ or exc
+        logger.warning("sweeper waiting for redis: %s (%s); again in %.1fs",
+                       type(cause).__name__, cause, delay)
+
+    supervise(sweep, stopping, Backoff(SWEEP_BACKOFF_MIN, SWEEP_BACKOFF_MAX),
+              waited_out=lambda exc: is_outage(exc) or isinstance(exc, redis.RedisError),
+              failed=failed)
