@@ -29,7 +29,7 @@ from tests.helpers.counter_contract import (
     RedisRecordTtls,
     ReservationContract,
     counter_machine,
-    pass_redis_time,
+    move_clock,
 )
 from tests.helpers.processes import wait_until
 
@@ -50,7 +50,7 @@ class TestEmbeddedRedisCounter(RedisRecordTtls, ReservationContract, LimitContra
         return make_counter()
 
     def pass_time(self, ms: int) -> None:
-        pass_redis_time(self.counter, ms)
+        move_clock(self.counter, ms)
 
     def make_counter_with_ttls(self, ttl: int, refusal_ttl: int) -> Counter:
         return RedisCounter(client(), KeySpace(f"t{uuid.uuid4().hex[:6]}"), ttl,
