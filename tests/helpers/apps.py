@@ -62,7 +62,8 @@ class FakeApp:
         figures = sorted(  # by "namespace:sku", as two apps' key spaces differ
             (key.decode().split(":item:", 1)[1],
              tuple(client.hmget(key, ["total", "consumed", "seq", "fenced"])))
-            for key in client.scan_iter(match=f"{self.counter.keys.prefix}:*:item:*"))
+            for key in client.scan_iter(match=f"{self.counter.keys.prefix}:*:item:*",
+                                        count=100_000))  # one round trip, however many keys
         return tuple(items), len(self.store.ledger), tuple(figures), len(self.published)
 
 
