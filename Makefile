@@ -20,7 +20,7 @@ install: $(STAMP)
 migrate: install
 	$(BIN)/allocation migrate
 
-# Embedded by default (SQLite file + in-process counter); set DATABASE_URL and REDIS_URL for
+# Embedded by default (SQLite file + a Redis of its own); set DATABASE_URL and REDIS_URL for
 # PostgreSQL and Redis.
 run: migrate
 	$(BIN)/allocation serve --host $(HOST) --port $(PORT)

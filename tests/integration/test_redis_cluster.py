@@ -35,7 +35,7 @@ from tests.helpers.counter_contract import (
     ReservationContract,
     check_reserved_events,
     counter_machine,
-    pass_redis_time,
+    move_clock,
 )
 from tests.helpers.ledger import ledger_rows, ledger_threads, stored
 from tests.helpers.processes import wait_until
@@ -59,7 +59,7 @@ class TestClusterCounter(RedisRecordTtls, ReservationContract, LimitContract, Co
         return cluster_counter()
 
     def pass_time(self, ms: int) -> None:
-        pass_redis_time(self.counter, ms)
+        move_clock(self.counter, ms)
 
     def skus(self, n: int) -> list[str]:
         # Carts in one slot: one script does a step.
@@ -82,7 +82,7 @@ class TestClusterCartsAcrossSlots(ReservationContract):
         self.ns = "ns-" + uuid.uuid4().hex[:8]
 
     def pass_time(self, ms: int) -> None:
-        pass_redis_time(self.counter, ms)
+        move_clock(self.counter, ms)
 
     def skus(self, n: int) -> list[str]:
         assert isinstance(self.counter, RedisCounter)

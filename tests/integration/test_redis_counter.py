@@ -24,14 +24,16 @@ from tests.helpers.counter_contract import (
     check_reserved_events,
     counter_machine,
     heard,
-    pass_redis_time,
+    move_clock,
 )
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _redis(request: pytest.FixtureRequest, redis_url: str, key_space: KeySpace) -> None:
-    # The contract and machine classes build counters without fixtures; hand them the settings.
-    request.module.REDIS = (redis_url, key_space)
+    # The contract and machine classes build counters without fixtures; hand them the settings:
+    # a key space of this module's own under the run's, as they stop its scripts' clock.
+    request.module.REDIS = (redis_url, KeySpace(f"{key_space.prefix}:counter",
+                                                key_space.partitions))
 
 
 REDIS: tuple[str, KeySpace] = ("", KeySpace())
@@ -52,7 +54,7 @@ class TestRedisCounter(RedisRecordTtls, ReservationContract, LimitContract, Coun
         return make_redis_counter()
 
     def pass_time(self, ms: int) -> None:
-        pass_redis_time(self.counter, ms)
+        move_clock(self.counter, ms)
 
     def make_counter_with_ttls(self, ttl: int, refusal_ttl: int) -> Counter:
         url, keys = REDIS

@@ -1,14 +1,13 @@
 """The production counter (``RedisCounter`` and its Lua scripts) on the embedded Redis: the same
-contract suite and domain machine as the Python twin and the real Redis run (ADR 0028)."""
+contract suite and domain machine as the real Redis runs (ADR 0028), and the clock the tests
+stop and move for the scripts (ADR 0031)."""
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,11 @@ import pytest
 from allocation.adapters import embedded_redis
 from allocation.adapters.counter import Counter
 from allocation.adapters.outbox import Outbox
-from allocation.adapters.redis_client import RedisClient
 from allocation.adapters.redis_counter import RedisCounter
-from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_outbox import RedisOutbox
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
+from allocation.domain.outcome import OK, Outcome
 from tests.helpers.counter_contract import (
     CounterContract,
     LimitContract,
@@ -29,19 +27,16 @@ from tests.helpers.counter_contract import (
     RedisRecordTtls,
     ReservationContract,
     counter_machine,
-    pass_redis_time,
+    move_clock,
+    redis_time_ms,
+    set_clock,
 )
+from tests.helpers.embedded import embedded_client, embedded_counter
 from tests.helpers.processes import wait_until
 
 
-@functools.cache
-def client() -> RedisClient:
-    """One embedded Redis for this module's tests (each test keeps to its own namespace)."""
-    return embedded_redis.start()
-
-
 def make_counter() -> RedisCounter:
-    return RedisCounter(client(), KeySpace(f"t{uuid.uuid4().hex[:6]}"))
+    return embedded_counter()
 
 
 class TestEmbeddedRedisCounter(RedisRecordTtls, ReservationContract, LimitContract,
@@ -50,11 +45,10 @@ class TestEmbeddedRedisCounter(RedisRecordTtls, ReservationContract, LimitContra
         return make_counter()
 
     def pass_time(self, ms: int) -> None:
-        pass_redis_time(self.counter, ms)
+        move_clock(self.counter, ms)
 
     def make_counter_with_ttls(self, ttl: int, refusal_ttl: int) -> Counter:
-        return RedisCounter(client(), KeySpace(f"t{uuid.uuid4().hex[:6]}"), ttl,
-                            refusal_ttl=refusal_ttl)
+        return embedded_counter(ttl, refusal_ttl)
 
 
 TestEmbeddedRedisCounterMatchesTheDomain = counter_machine(make_counter).TestCase
@@ -68,22 +62,35 @@ class TestEmbeddedRedisOutbox(OutboxContract):
 
 def test_it_is_the_redis_the_scripts_must_also_keep_to() -> None:
     """Production runs Redis 7.0, the embedded mode 6.2: this suite holds the scripts to 6.2."""
-    assert str(client().info("server")["redis_version"]).startswith("6.2.")
+    assert str(embedded_client().info("server")["redis_version"]).startswith("6.2.")
 
 
-def test_the_embedded_mode_runs_the_scripts_when_asked(tmp_path: Path) -> None:
-    database = f"sqlite:///{tmp_path}/a.db"
-    lua = bootstrap(Config.from_env({"DATABASE_URL": database, "EMBEDDED_COUNTER": "lua"}))
-    assert isinstance(lua.counter, RedisCounter) and lua.redis is lua.counter.client
-    assert isinstance(lua.outbox, RedisOutbox)
-    lua.counter.load("ns", "sku", 3, 0, 1)
-    assert lua.counter.apply("ns", "sku", "decrement", 2, "k", record=True).ok
-    assert [e.qty for p in range(lua.outbox.partitions)
-            for e in lua.outbox.read(p, "w", 10)] == [2]
-    python = bootstrap(Config.from_env({"DATABASE_URL": database}))  # the default, for now
-    assert not isinstance(python.counter, RedisCounter) and python.redis is None
-    with pytest.raises(ValueError, match="EMBEDDED_COUNTER"):
-        Config.from_env({"EMBEDDED_COUNTER": "rust"})
+def test_the_embedded_mode_runs_the_scripts(tmp_path: Path) -> None:
+    app = bootstrap(Config.from_env({"DATABASE_URL": f"sqlite:///{tmp_path}/a.db"}))
+    assert isinstance(app.counter, RedisCounter) and app.redis is app.counter.client
+    assert isinstance(app.outbox, RedisOutbox)
+    app.counter.load("ns", "sku", 3, 0, 1)
+    assert app.counter.apply("ns", "sku", "decrement", 2, "k", record=True).ok
+    assert [e.qty for p in range(app.outbox.partitions)
+            for e in app.outbox.read(p, "w", 10)] == [2]
+
+
+def test_the_scripts_read_redis_s_clock_unless_a_test_stops_it() -> None:
+    counter = make_counter()
+    counter.load("ns", "sku", 10, 0, 1)
+    before = redis_time_ms(counter)
+    held = counter.reservation_step("hold", "ns", counter.reservation_id("ns", "a"),
+                                    [("sku", 1)], ttl_ms=1000, fingerprint="f")
+    assert before <= held.created_ms <= redis_time_ms(counter)
+    moment = held.created_ms + 10_000
+    set_clock(counter, moment)
+    stopped = counter.reservation_step("hold", "ns", counter.reservation_id("ns", "b"),
+                                       [("sku", 1)], ttl_ms=1000, fingerprint="f")
+    assert (stopped.created_ms, stopped.expires_ms) == (moment, moment + 1000)
+    assert counter.read("ns", "sku") == Outcome(OK, 10, 0, seq=4, held=1)  # a expired
+    move_clock(counter, 1000)  # b's expiry, at once
+    assert counter.read("ns", "sku") == Outcome(OK, 10, 0, seq=5, held=0)
+    assert counter.hold_tally()[("ns", "holds:expire")] == 2
 
 
 def test_its_redis_ends_with_a_process_killed_outright() -> None:

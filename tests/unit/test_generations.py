@@ -18,13 +18,13 @@ from allocation.adapters.ledger_progress import (
     Marks,
     Waited,
 )
-from allocation.adapters.memory_counter import InProcessCounter
 from allocation.adapters.outbox import OutboxEntry
 from allocation.domain import errors
 from allocation.domain.model import InventoryItem, LedgerEntry
 from allocation.domain.outcome import OK, Outcome
 from allocation.service_layer.durability import Durability
 from allocation.service_layer.ledger_writer import write_batch
+from tests.helpers.embedded import embedded_counter
 from tests.helpers.fakes import FakeStore, FakeUnitOfWork
 
 
@@ -75,7 +75,7 @@ def test_marks_of_another_generation_say_nothing_of_this_one() -> None:
 
 
 def test_a_waiter_hears_written_replaced_or_timeout() -> None:
-    counter = InProcessCounter()
+    counter = embedded_counter()
     counter.load("ns", "s", 10, 0, 1, "g1")
     progress = InProcessLedgerProgress(
         lambda ns, sku: (o.gen if (o := counter.read(ns, sku)) else None))
@@ -114,7 +114,7 @@ def test_sync_acknowledges_only_what_the_ledger_holds(waited: Waited, in_ledger:
 
 
 def test_a_counter_told_the_ledger_s_keys_replays_them() -> None:
-    counter = InProcessCounter()
+    counter = embedded_counter()
     counter.load("ns", "s", 10, 4, 5, "g2")
     now = datetime.now(UTC)
     counter.remember([
@@ -124,6 +124,7 @@ def test_a_counter_told_the_ledger_s_keys_replays_them() -> None:
     assert replay.replayed and replay.ok and (replay.total, replay.consumed) == (10, 2)
     assert replay.seq == 0  # in the ledger already: nothing to wait for
     assert counter.read("ns", "s") == Outcome(OK, 10, 4, seq=5, gen="g2")  # nothing applied
-    assert counter.recorded == []
+    assert not any(counter.client.xlen(counter.keys.outbox(p))
+                   for p in range(counter.keys.partitions))  # nothing recorded
     reused = counter.apply("ns", "s", "decrement", 3, "sold-before", record=True)
     assert reused.status == "idempotency_key_reused"

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from allocation import views
-from allocation.adapters.memory_counter import InProcessCounter
+from allocation.adapters.redis_counter import RedisCounter
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors, events
@@ -13,6 +13,7 @@ from allocation.domain.outcome import Outcome
 from allocation.entrypoints import ledger_worker
 from allocation.entrypoints.ledger_worker import LedgerWorker
 from allocation.service_layer.messagebus import MessageBus
+from tests.helpers.embedded import embedded_counter
 from tests.helpers.fakes import FakeStore, FakeUnitOfWork
 from tests.helpers.ledger import drain
 from tests.helpers.processes import wait_until
@@ -25,14 +26,14 @@ class App:
     def __init__(self, durability: str = "async", *, worker: bool = True,
                  **settings: float) -> None:
         self.store = FakeStore()
-        self.counter = InProcessCounter()
+        self.counter = embedded_counter()
         self.published: list[events.Event] = []
         self.durability = durability
         self.settings = settings
         self.worker: LedgerWorker | None = None
         self.app = self.build(self.counter, worker=worker)
 
-    def build(self, counter: InProcessCounter, *, worker: bool = True) -> Application:
+    def build(self, counter: RedisCounter, *, worker: bool = True) -> Application:
         """(Re)build the application over ``counter`` (a restarted Redis: a fresh one)."""
         self.stop()
         self.counter = counter
@@ -195,7 +196,7 @@ class TestDecrement:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
         app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
         app.drain()
-        app.build(InProcessCounter())  # Redis restarted without persistence
+        app.build(embedded_counter())  # Redis restarted without persistence
         again = app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
         assert again.replayed and again.consumed == 4
         assert app.figures() == (10, 4) and len(app.kinds()) == 2
@@ -206,7 +207,7 @@ class TestDecrement:
         app.bus.handle(commands.Reserve("ns", (("sku", 2),), "r1"))
         first = app.bus.handle(commands.Decrement("ns", "sku", 3, "k1"))
         app.drain()
-        app.build(InProcessCounter())  # Redis restarted without persistence
+        app.build(embedded_counter())  # Redis restarted without persistence
         again = app.bus.handle(commands.Decrement("ns", "sku", 3, "k1"))
         assert again.replayed and (again.consumed, again.held, again.available) == (
             first.consumed, first.held, first.available) == (3, 2, 5)
@@ -303,7 +304,7 @@ class TestWriteBehind:
     def test_the_worker_writes_each_entry_once(self, app: App) -> None:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
         app.bus.handle(commands.Decrement("ns", "sku", 1, "k1"))
-        entries = app.app.outbox.read(0, "w", 100)
+        entries = app.app.outbox.read(app.counter.keys.partition("ns", "sku"), "w", 100)
         from allocation.service_layer.ledger_writer import write_batch
         assert write_batch(entries, app.app.uow_factory()).written == 1
         again = write_batch(entries, app.app.uow_factory())  # a crash before the ack
@@ -315,7 +316,7 @@ class TestWriteBehind:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
         app.bus.handle(commands.Decrement("ns", "sku", 1, "k1"))
         app.bus.handle(commands.Decrement("ns", "sku", 1, "k2"))
-        first, second = app.app.outbox.read(0, "w", 100)
+        first, second = app.app.outbox.read(app.counter.keys.partition("ns", "sku"), "w", 100)
         early = write_batch([second], app.app.uow_factory())
         assert (early.written, early.waiting, early.done) == (0, 1, [])
         assert write_batch([first, second], app.app.uow_factory()).written == 2

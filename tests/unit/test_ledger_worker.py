@@ -8,20 +8,22 @@ import pytest
 from click.testing import CliRunner
 
 from allocation.adapters.ledger_progress import InProcessLedgerProgress
-from allocation.adapters.memory_counter import InProcessCounter, InProcessOutbox
 from allocation.adapters.outbox import OutboxEntry
+from allocation.adapters.redis_counter import RedisCounter
+from allocation.adapters.redis_outbox import RedisOutbox
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
 from allocation.entrypoints import cli, ledger_worker
 from allocation.entrypoints.ledger_worker import LedgerWorker
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
+from tests.helpers.embedded import embedded_counter
 from tests.helpers.fakes import FakeStore, FakeUnitOfWork
 
 
 def test_the_threads_of_one_worker_share_out_the_partitions() -> None:
     app = bootstrap(Config(), uow_factory=lambda: FakeUnitOfWork(FakeStore()),
-                    counter=InProcessCounter())
+                    counter=embedded_counter())
     app.outbox.partitions = 5
     workers = ledger_worker.split(app, 2)
     assert [w.partitions for w in workers] == [[0, 2, 4], [1, 3]]
@@ -39,7 +41,7 @@ def test_a_worker_that_fails_stops_the_process_instead_of_leaving_its_share() ->
             raise RuntimeError("the database driver broke")
         return FakeUnitOfWork(store)
 
-    app = bootstrap(Config(), uow_factory=uow, counter=InProcessCounter())
+    app = bootstrap(Config(), uow_factory=uow, counter=embedded_counter())
     app.bus.handle(commands.InitInventory("ns", "sku", 10))
     app.bus.handle(commands.Decrement("ns", "sku", 1, "k1"))
     broken = True
@@ -52,15 +54,15 @@ def test_a_worker_that_fails_stops_the_process_instead_of_leaving_its_share() ->
     assert store.items[("ns", "sku")].consumed == 0
 
 
-class CountingOutbox(InProcessOutbox):
-    def __init__(self, counter: InProcessCounter) -> None:
-        super().__init__(counter)
+class CountingOutbox(RedisOutbox):
+    def __init__(self, counter: RedisCounter) -> None:
+        super().__init__(counter.client, counter.keys)
         self.calls: list[str] = []
 
     def read_new(self, partitions: Sequence[int], consumer: str, count: int,
                  block_ms: int = 0) -> list[list[OutboxEntry]]:
         self.calls.append("read_new")  # one round trip, whatever it does underneath
-        return [InProcessOutbox.read(self, p, consumer, count) for p in partitions]
+        return super().read_new(partitions, consumer, count, block_ms)
 
     def read(self, partition: int, consumer: str, count: int) -> list[OutboxEntry]:
         self.calls.append("read")
@@ -74,7 +76,7 @@ class CountingOutbox(InProcessOutbox):
 
 def test_an_idle_pass_costs_one_read_and_claims_wait_their_interval() -> None:
     store = FakeStore()
-    counter = InProcessCounter()
+    counter = embedded_counter()
     app = bootstrap(Config(), uow_factory=lambda: FakeUnitOfWork(store), counter=counter)
     app.bus.handle(commands.InitInventory("ns", "sku", 10))
     app.bus.handle(commands.Decrement("ns", "sku", 1, "k1"))

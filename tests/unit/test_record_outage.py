@@ -16,7 +16,6 @@ import pytest
 
 from allocation.adapters import health
 from allocation.adapters.ledger_progress import InProcessLedgerProgress
-from allocation.adapters.memory_counter import InProcessCounter
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
@@ -26,6 +25,7 @@ from allocation.entrypoints.ledger_worker import LedgerWorker
 from allocation.service_layer.durability import Durability
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 from tests.helpers.apps import FakeApp, body
+from tests.helpers.embedded import embedded_counter
 from tests.helpers.fakes import FakeStore, FakeUnitOfWork
 from tests.helpers.processes import wait_until
 
@@ -151,8 +151,7 @@ class Hung:
 
 def writer(uow: Callable[[], Any], progress: InProcessLedgerProgress,
            connection: Any = None) -> LedgerWorker:
-    counter = InProcessCounter()
-    app = bootstrap(Config(), uow_factory=uow, counter=counter)
+    app = bootstrap(Config(), uow_factory=uow, counter=embedded_counter())
     app.bus.handle(commands.InitInventory("ns", "s", 10))
     app.bus.handle(commands.Decrement("ns", "s", 1, "k"))
     return LedgerWorker(app.outbox, uow, progress, connection=connection)

@@ -1,4 +1,4 @@
-"""Reservations through the HTTP routes, over the in-process counter with a clock the tests
+"""Reservations through the HTTP routes, over the embedded counter with a clock the tests
 move and the fake unit of work."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from tests.helpers.apps import FakeApp, body
 
 @pytest.fixture
 def shop(fake_app: FakeApp) -> FakeApp:
-    fake_app.now = 1_700_000_000_000  # type: ignore[attr-defined]
-    fake_app.counter.clock_ms = lambda: fake_app.now  # type: ignore[attr-defined]
+    fake_app.now = 1_700_000_000_000
     for sku, total in (("a", 10), ("b", 2)):
         assert fake_app.client.put(f"/v1/ns/items/{sku}", json={"total": total}).status_code == 201
     return fake_app
@@ -62,7 +61,7 @@ def test_a_cart_is_held_then_confirmed(shop: FakeApp) -> None:
 
 def test_at_expiry_the_units_are_back_and_confirm_is_refused(shop: FakeApp) -> None:
     r = body(reserve(shop, ttl_seconds=30))
-    shop.now += 30_000  # type: ignore[attr-defined]
+    shop.now += 30_000
     assert body(shop.client.get(f"/v1/ns/reservations/{r['id']}"))["state"] == "expired"
     sold = shop.client.post("/v1/ns/items/b/decrements", json={"qty": 2},
                             headers={"Idempotency-Key": "d"})
@@ -79,7 +78,7 @@ def test_release_and_extend(shop: FakeApp) -> None:
     extended = shop.client.post(f"/v1/ns/reservations/{r['id']}/extend",
                                 json={"ttl_seconds": 600})
     assert body(extended)["expires_at"] == "2023-11-14T22:23:20+00:00"
-    shop.now += 60_000  # type: ignore[attr-defined]
+    shop.now += 60_000
     assert body(shop.client.post(f"/v1/ns/reservations/{r['id']}/release"))["state"] == (
         "released")
     refused = shop.client.post(f"/v1/ns/reservations/{r['id']}/confirm")

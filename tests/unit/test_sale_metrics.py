@@ -12,10 +12,10 @@ import fakeredis
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from allocation.adapters.memory_counter import InProcessCounter
 from allocation.entrypoints import metrics
 from allocation.entrypoints.stock_stream import Hub, Stream
 from tests.helpers.apps import FakeApp, body
+from tests.helpers.embedded import embedded_counter
 
 _names = itertools.count()
 
@@ -23,8 +23,7 @@ _names = itertools.count()
 def shop(app: FakeApp, limit: int | None = None) -> str:
     """A new namespace with items a (10) and b (2); its name."""
     ns = f"sale{next(_names)}"
-    app.now = 1_700_000_000_000  # type: ignore[attr-defined]
-    app.counter.clock_ms = lambda: app.now  # type: ignore[attr-defined]
+    app.now = 1_700_000_000_000
     for sku, total in (("a", 10), ("b", 2)):
         assert app.client.put(f"/v1/{ns}/items/{sku}", json={
             "total": total, "limit_per_buyer": limit}).status_code == 201
@@ -138,7 +137,7 @@ def test_expiries_a_request_runs_into_are_counted_once(fake_app: FakeApp) -> Non
     by_confirm = body(reserve(fake_app, ns, "k1", ttl=30))["id"]
     by_release = body(reserve(fake_app, ns, "k2", ttl=30,
                               lines=[{"sku": "a", "qty": 4}]))["id"]
-    fake_app.now += 30_000  # type: ignore[attr-defined]
+    fake_app.now += 30_000
     refused = step(fake_app, ns, by_confirm, "confirm")
     assert (refused.status_code, body(refused)["error"]) == (409, "reservation_expired")
     released = step(fake_app, ns, by_release, "release")
@@ -154,12 +153,13 @@ def test_expiries_nobody_asks_about_are_counted_by_the_step_that_ends_them(
     ns = shop(fake_app)
     reserve(fake_app, ns, "k1", ttl=30, lines=[{"sku": "a", "qty": 4}])
     reserve(fake_app, ns, "k2", ttl=30, lines=[{"sku": "b", "qty": 2}])
-    fake_app.now += 30_000  # type: ignore[attr-defined]
+    fake_app.now += 30_000
     assert sale(fake_app, ns)["sale_units_held"] == 6
     assert "sale_units_expired" not in sale(fake_app, ns)  # due, not yet ended by anyone
     assert decrement(fake_app, ns, "a", 1, "d1").status_code == 200  # ends a's hold first
     assert sale(fake_app, ns)["sale_units_expired"] == 4
-    assert fake_app.counter.sweep() == 1  # the sweeper ends b's
+    # The sweeper ends b's (it may also visit a where a reservation's partition listed it).
+    assert fake_app.counter.sweep() >= 1
     assert sale(fake_app, ns) == {
         "sale_units_held": 6, "sale_units_sold": 1, "sale_units_expired": 6,
         "sale_holds_ended{expired}": 2}
@@ -167,7 +167,7 @@ def test_expiries_nobody_asks_about_are_counted_by_the_step_that_ends_them(
 
 def test_stream_clients_are_a_gauge_of_watched_streams() -> None:
     async def run() -> None:
-        hub = Hub(fakeredis.FakeRedis(), InProcessCounter(), "events",
+        hub = Hub(fakeredis.FakeRedis(), embedded_counter(), "events",
                   asyncio.get_running_loop(), per_token=10, per_process=10)
 
         def clients() -> float:

@@ -1,6 +1,6 @@
-"""The stock stream hub's decisions, on a real event loop over the in-process counter: the
-caps per token and per process, ending a revoked token's streams, and reading many watched
-items in few round trips off the request threads."""
+"""The stock stream hub's decisions, on a real event loop over the production counter on the
+embedded Redis: the caps per token and per process, ending a revoked token's streams, and reading
+many watched items in few round trips off the request threads."""
 
 from __future__ import annotations
 
@@ -12,18 +12,20 @@ from collections.abc import Awaitable, Callable, Sequence
 import fakeredis
 import pytest
 
-from allocation.adapters.memory_counter import InProcessCounter
+from allocation.adapters.redis_counter import RedisCounter
+from allocation.adapters.redis_keys import KeySpace
 from allocation.config import Config
 from allocation.domain.outcome import Outcome
 from allocation.entrypoints import replies, stock_stream
 from allocation.entrypoints.stock_stream import Hub, Stream
+from tests.helpers.embedded import embedded_client, embedded_counter, fresh_prefix
 
 
-class CountingCounter(InProcessCounter):
+class CountingCounter(RedisCounter):
     """Records each read: how many round trips, on which threads."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(embedded_client(), KeySpace(fresh_prefix()))
         self.reads: list[tuple[int, str]] = []
 
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
@@ -47,10 +49,10 @@ async def until(check: Callable[[], bool], seconds: float = 5) -> None:
     await asyncio.wait_for(poll(), seconds)
 
 
-def hub(loop: asyncio.AbstractEventLoop, counter: InProcessCounter | None = None,
+def hub(loop: asyncio.AbstractEventLoop, counter: RedisCounter | None = None,
         revoked: Callable[[str], bool] | None = None, per_token: int = 2,
         per_process: int = 3) -> Hub:
-    return Hub(fakeredis.FakeRedis(), counter or InProcessCounter(), "events", loop,
+    return Hub(fakeredis.FakeRedis(), counter or embedded_counter(), "events", loop,
                per_token=per_token, per_process=per_process, revoked=revoked)
 
 

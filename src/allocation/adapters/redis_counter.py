@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC
 from typing import Any
 
@@ -72,6 +72,9 @@ class RedisCounter(Counter):
         self._sweep = self.client.register_script(lua("sweep"))
         self._claim = self.client.register_script(lua("claim"))
         self._key_claim = ScriptBatcher(client, lua("keyclaim"))
+        # This process's idea of the scripts' clock, to find holds past their expiry: the wall
+        # clock, or the moment a test stopped the scripts' clock at (tests/helpers).
+        self.clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)
 
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
               idempotency_key: str | None, *, record: bool = False,
@@ -289,7 +292,7 @@ class RedisCounter(Counter):
         for partition in range(self.keys.partitions):
             with unavailable_on_connection_error():
                 due = self.client.zrangebyscore(self.keys.due(partition), "-inf",
-                                                int(time.time() * 1000), start=0, num=most)
+                                                self.clock_ms(), start=0, num=most)
                 for member in due:
                     namespace, _, sku = _text(member).partition("\n")
                     self._sweep_item(namespace, sku, partition)
@@ -456,7 +459,7 @@ class RedisCounter(Counter):
     def _read(self, namespace: str, skus: Sequence[str]
               ) -> tuple[list[Outcome | None], list[str]]:
         """The items' figures, and those of them with a hold past its expiry."""
-        now_ms = int(time.time() * 1000)
+        now_ms = self.clock_ms()
         with unavailable_on_connection_error():
             pipe = self.client.pipeline(transaction=False)
             for sku in skus:

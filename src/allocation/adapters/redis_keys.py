@@ -71,6 +71,11 @@ class KeySpace:
     def outbox_of(self, namespace: str, sku: str) -> str:
         return self.outbox(self.partition(namespace, sku))
 
+    def clock(self, partition: int) -> str:
+        """Where a test stops the scripts' clock in a partition (lib.lua's now_ms): a moment in
+        ms it then moves. Never written outside the tests."""
+        return f"{self._tag(partition)}:clock"
+
     def dead_letters(self, partition: int) -> str:
         return f"{self._tag(partition)}:outbox:dead"
 

@@ -1,6 +1,5 @@
-"""The inventory rules as small named checks, shared by the aggregate and the in-process counter.
-
-The Redis Lua scripts implement the same checks; the counter contract tests hold them together.
+"""The inventory rules as small named checks, used by the aggregate: the executable specification
+of the Redis Lua scripts, which are the rule book (the counter's state machine compares them).
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ def serve(host: str, port: int, workers: int | None, threads: int, pin_workers: 
     config = Config.from_env()
     _raise_open_file_limit()
     if config.embedded:
-        workers = 1  # the in-process counter lives in one process
+        workers = 1  # the embedded Redis is one process's own
     workers = workers or os.cpu_count() or 1
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="allocation-metrics-")

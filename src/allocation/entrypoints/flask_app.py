@@ -58,7 +58,7 @@ def create_app(config: Config | None = None, application: Application | None = N
     """The API; ``fast=False`` leaves every route to Flask (to compare the two: tests, bench)."""
     app = application or bootstrap(config)
     if app.config.embedded and app.engine is not None:
-        ledger_worker.for_app(app).start_thread()  # the in-process outbox's writer lives here
+        ledger_worker.for_app(app).start_thread()  # the embedded mode's ledger writer lives here
     flask = Flask(__name__)
     flask.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     flask.url_map.merge_slashes = False  # an empty SKU is a 404, not a redirect

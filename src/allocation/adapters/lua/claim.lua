@@ -2,8 +2,7 @@
 -- reservation (reserve.lua counts them in the hold's step where they share it).
 -- KEYS[1] the buyer's open reservations (ids by expiry). ARGV: reservation id, the cap, ttl ms.
 -- Returns 2 (claimed now), 1 (claimed before: the same reservation) or 0 (the cap is reached).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local ttl = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end

@@ -1,8 +1,13 @@
--- Shared by the scripts that change items (prepended to each: Redis has no script imports).
+-- Shared by the scripts that change items or read the clock (prepended to each: Redis has no
+-- script imports).
 
 -- Redis's own clock, in milliseconds: every node's scripts agree with themselves, whatever the
--- callers' clocks say.
+-- callers' clocks say. A test sets the slot's "clock" key (KeySpace.clock, under its own key
+-- prefix) to stop this clock at a moment it then moves, so that holds expire without waiting;
+-- nothing else writes that key.
 local function now_ms()
+  local stopped = redis.call('GET', string.match(KEYS[1], '^(.-{%d+})') .. ':clock')
+  if stopped then return tonumber(stopped) end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end

@@ -112,12 +112,13 @@ if op == 'hold' then
   take(lines, figs, rid, buyer, expires, due, channel, ARGV[15])
   if buyer ~= '' and open_cap > 0 then
     redis.call('ZADD', open, expires, rid)
-    if redis.call('PTTL', open) < ttl then redis.call('PEXPIREAT', open, expires) end
+    if redis.call('PTTL', open) < ttl then redis.call('PEXPIRE', open, ttl) end
   end
   local state = whole and 'held' or 'pending'
   redis.call('HSET', res, 'state', state, 'fp', fp, 'lines', ARGV[11], 'buyer', buyer,
              'created', now, 'expires', expires, 'first', expires)
-  redis.call('PEXPIREAT', res, expires + keep)
+  -- Lifetimes from now (not at a moment): they keep to whatever clock now_ms reads.
+  redis.call('PEXPIRE', res, ttl + keep)
   return answer('ok', {state = state, created = now, expires = expires}, nil, -1, false, figs)
 end
 
@@ -207,7 +208,7 @@ if op == 'extend' then
   extend_holds(lines, figs, rid, expires, due)
   r.expires = expires
   redis.call('HSET', res, 'expires', expires)
-  redis.call('PEXPIREAT', res, expires + keep)
+  redis.call('PEXPIRE', res, ttl + keep)
   return answer('ok', r, nil, -1, false, figs)
 end
 

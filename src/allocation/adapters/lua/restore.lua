@@ -4,5 +4,5 @@
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'fp', ARGV[2], 'lines', ARGV[3], 'buyer', ARGV[4],
            'created', ARGV[5], 'expires', ARGV[6])
-redis.call('PEXPIREAT', KEYS[1], ARGV[7])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[7]) - now_ms())  -- past it: gone at once
 return 1
