@@ -9,13 +9,13 @@ import typing
 
 import pytest
 
-from allocation.adapters.memory_counter import InProcessCounter
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, events
 from allocation.service_layer import handlers
 from allocation.service_layer.services import Services
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
+from tests.helpers.embedded import embedded_counter
 from tests.helpers.fakes import FakeStore, FakeUnitOfWork
 
 
@@ -33,7 +33,7 @@ class Units:
 
 def build(units: Units, published: list[events.Event], *, counter_publishes: bool = False,
           durability: typing.Literal["async", "sync"] = "async") -> Application:
-    counter = InProcessCounter()
+    counter = embedded_counter()
     counter.publishes_events = counter_publishes
     return bootstrap(Config(durability=durability), uow_factory=units, counter=counter,
                      publish=published.append)
