@@ -1,10 +1,9 @@
-"""The composition root: builds the adapters from configuration, injects them into handlers, and
-hands entry points one typed ``Application``."""
+"""The composition root: builds the adapters from configuration, gives handlers one typed
+``Services``, and hands entry points one typed ``Application``."""
 
 from __future__ import annotations
 
 import functools
-import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from allocation.domain import events
 from allocation.service_layer import handlers
 from allocation.service_layer.durability import Durability
 from allocation.service_layer.messagebus import MessageBus
+from allocation.service_layer.services import PublishedByCounter, PublishMovements, Services
 from allocation.service_layer.shared_rebuilds import SharedRebuilds
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
@@ -117,27 +117,17 @@ def bootstrap(
                              and engine.dialect.name == "postgresql" else InProcessItemLocks())
     durability = Durability("sync" if config.durability == "sync" else "async", progress,
                             config.sync_wait_seconds)
-    dependencies: dict[str, Any] = {
-        "counter": counter, "publish": publish, "outbox": outbox, "item_locks": item_locks,
-        "durability": durability, "ledger_progress": progress, "rebuilds": SharedRebuilds(),
-        "ledger_wait_seconds": config.ledger_wait_seconds, "uow_factory": uow_factory,
-        "open_reservations_per_buyer": config.max_open_reservations_per_buyer}
-    bus = MessageBus(
-        uow_factory=uow_factory,
-        command_handlers={kind: inject(handler, dependencies)
-                          for kind, handler in handlers.COMMAND_HANDLERS.items()},
-        event_handlers={kind: [inject(h, dependencies) for h in hs]
-                        for kind, hs in handlers.EVENT_HANDLERS.items()},
-    )
+    services = Services(
+        uow_factory=uow_factory, counter=counter, outbox=outbox, publish=publish,
+        movement_events=(PublishedByCounter() if counter.publishes_events
+                         else PublishMovements(publish)),
+        item_locks=item_locks, durability=durability, rebuilds=SharedRebuilds(),
+        ledger_wait_seconds=config.ledger_wait_seconds,
+        open_reservations_per_buyer=config.max_open_reservations_per_buyer)
+    bus = MessageBus(services, handlers.COMMAND_HANDLERS)
     return Application(
         config=config, bus=bus, uow_factory=uow_factory, counter=counter, outbox=outbox,
         ledger_progress=progress, durability=durability, publish=publish,
         item_locks=item_locks, health=HealthChecks(engine, counter, outbox, redis_client, keys),
         engine=engine, redis=redis_client,
         tokens=None if engine is None else TokenStore(engine))
-
-
-def inject(handler: Callable[..., Any], dependencies: dict[str, Any]) -> Callable[..., Any]:
-    """Bind the dependencies a handler's signature asks for."""
-    wanted = inspect.signature(handler).parameters
-    return functools.partial(handler, **{k: v for k, v in dependencies.items() if k in wanted})

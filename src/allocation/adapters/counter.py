@@ -1,4 +1,8 @@
-"""The fast-path counter port: per-item figures and idempotent movements, atomic per item."""
+"""The fast-path counter port: per-item figures and idempotent movements, atomic per item.
+
+``Counter`` is what an adapter implements; the service layer asks each function for the narrow
+part it uses (``MovingStock``, ``Reserving``, ``Rebuilding``, ``Reading``), which ``Counter``
+meets structurally."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import dataclasses
 import hashlib
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import Outcome
@@ -80,8 +84,74 @@ def fingerprint(kind: Kind, qty: int, buyer: str | None = None) -> str:
     return f"{kind}:{qty}:{buyer}" if buyer else f"{kind}:{qty}"
 
 
+class Reading(Protocol):
+    """An item's figures as the counter holds them."""
+
+    def read(self, namespace: str, sku: str) -> Outcome | None: ...
+
+    def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]: ...
+
+
+class MovingStock(Reading, Protocol):
+    """Movements (adjust, decrement, refund), each under its idempotency key."""
+
+    @property
+    def idempotency_ttl(self) -> float: ...
+
+    def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
+              idempotency_key: str | None, *, record: bool = False,
+              buyer: str | None = None) -> Outcome: ...
+
+
+class Reserving(Protocol):
+    """A reservation's steps, and putting back one the counter lost."""
+
+    def reservation_id(self, namespace: str, seed: str) -> str: ...
+
+    def reservation_step(self, step: Step, namespace: str, reservation_id: str,
+                         lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
+                         fingerprint: str = "", idempotency_key: str | None = None,
+                         open_cap: int = 0) -> Reserved: ...
+
+    def reservation_lines(self, namespace: str, reservation_id: str
+                          ) -> tuple[tuple[Line, ...], str | None] | None: ...
+
+    def restore_reservation(self, namespace: str, reservation_id: str, lines: Sequence[Line],
+                            buyer: str | None, state: str, created_ms: int, expires_ms: int,
+                            fingerprint: str = "") -> None: ...
+
+
+class Rebuilding(Reading, Protocol):
+    """Loading items from the record (initialisation, limits, rebuilds under a fence)."""
+
+    @property
+    def idempotency_ttl(self) -> float: ...
+
+    def load(self, namespace: str, sku: str, total: int, consumed: int, seq: int,
+             gen: str = "", held: int = 0) -> None: ...
+
+    def load_many(self, figures: Iterable[Figures]) -> None: ...
+
+    def load_allowances(self, namespace: str, allowances: Mapping[str, Allowances]) -> None: ...
+
+    def set_limit(self, namespace: str, sku: str, limit: int | None) -> None: ...
+
+    def forget(self, namespace: str, sku: str) -> None: ...
+
+    def seqs_many(self, namespace: str, skus: Sequence[str]
+                  ) -> list[tuple[str, int] | None]: ...
+
+    def fence_many(self, namespace: str, skus: Sequence[str]) -> list[int | None]: ...
+
+    def unfence(self, namespace: str, sku: str) -> None: ...
+
+    def restore_many(self, namespace: str, items: Sequence[Restored],
+                     keyed: Sequence[LedgerEntry] = ()) -> None: ...
+
+
 class Counter(abc.ABC):
-    # True when recording a movement also publishes its events (in the same atomic step).
+    # True when recording a movement also publishes its events (in the same atomic step):
+    # bootstrap reads it once, to choose how the service layer publishes them.
     publishes_events: bool = False
     idempotency_ttl: float = 48 * 3600  # how long a success is remembered under its key
 

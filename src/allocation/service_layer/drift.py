@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from allocation.adapters.counter import Counter
+from allocation.adapters.counter import Reading
 from allocation.adapters.outbox import Outbox
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
@@ -23,7 +23,7 @@ class Drift:
         return self.redis is None
 
 
-def find(namespace: str, uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox,
+def find(namespace: str, uow: AbstractUnitOfWork, counter: Reading, outbox: Outbox,
          batch_size: int = 1000) -> list[Drift]:
     """Compare every item of a namespace; report, change nothing."""
     pending = outbox.pending(namespace)

@@ -1,14 +1,12 @@
-"""The handler of each command, and the handlers of events."""
+"""The handler of each command: ``handler(command, services)``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from allocation.domain import commands, events
+from allocation.domain import commands
 from allocation.service_layer import initialise, movements, rebuild, reservations
+from allocation.service_layer.messagebus import CommandHandler
 
-COMMAND_HANDLERS: dict[type[commands.Command], Callable[..., Any]] = {
+COMMAND_HANDLERS: dict[type[commands.Command], CommandHandler] = {
     commands.InitInventory: initialise.init_inventory,
     commands.InitMany: initialise.init_many,
     commands.SetLimit: initialise.set_limit,
@@ -21,17 +19,4 @@ COMMAND_HANDLERS: dict[type[commands.Command], Callable[..., Any]] = {
     commands.ExtendReservation: reservations.extend,
     commands.Refresh: rebuild.refresh,
     commands.RefreshAll: rebuild.refresh_all,
-}
-
-
-def publish_event(event: events.Event, publish: Callable[[events.Event], None]) -> None:
-    publish(event)
-
-
-EVENT_HANDLERS: dict[type[events.Event], list[Callable[..., None]]] = {
-    event_type: [publish_event]
-    for event_type in (events.InventoryInitialized, events.TotalAdjusted, events.Decremented,
-                       events.Refunded, events.SoldOut, events.Reserved,
-                       events.ReservationConfirmed, events.ReservationReleased,
-                       events.ReservationExpired)
 }

@@ -1,26 +1,28 @@
 """Initialising items: the same in both durability modes. The row is inserted first and the
 counter loaded once the row is ours, so concurrent inits can neither double the stock nor
-overwrite figures that sales have moved."""
+overwrite figures that sales have moved. The events of items created are published once
+they are committed."""
 
 from __future__ import annotations
 
-from allocation.adapters.counter import Counter, new_generation
+from allocation.adapters.counter import Rebuilding, new_generation
 from allocation.domain import commands, errors
 from allocation.domain.model import InventoryItem
 from allocation.domain.outcome import OK, Outcome
+from allocation.service_layer.services import Services, announce
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork, Conflict
 
 
-def init_inventory(cmd: commands.InitInventory, uow: AbstractUnitOfWork,
-                   counter: Counter) -> Outcome:
+def init_inventory(cmd: commands.InitInventory, services: Services) -> Outcome:
     try:
-        return _init(cmd, uow, counter)
+        return _init(cmd, services)
     except Conflict:
-        return _init(cmd, uow, counter)  # a concurrent init won; now it is an existing item
+        return _init(cmd, services)  # a concurrent init won; now it is an existing item
 
 
-def _init(cmd: commands.InitInventory, uow: AbstractUnitOfWork, counter: Counter) -> Outcome:
-    with uow:
+def _init(cmd: commands.InitInventory, services: Services) -> Outcome:
+    counter: Rebuilding = services.counter
+    with services.uow_factory() as uow:
         item = uow.items.get(cmd.namespace, cmd.sku, lock=True)
         if item is not None:
             # The counter's figures where it holds the item: the row lags behind movements
@@ -45,18 +47,16 @@ def _init(cmd: commands.InitInventory, uow: AbstractUnitOfWork, counter: Counter
             counter.load_allowances(cmd.namespace, {cmd.sku: (cmd.limit_per_buyer, {})})
         counter.load(cmd.namespace, cmd.sku, item.total, item.consumed, item.last_seq,
                      item.counter_gen)
-        try:
-            uow.commit()
-        except Exception:
-            counter.forget(cmd.namespace, cmd.sku)
-            raise
-        return Outcome(OK, item.total, item.consumed, created=True, limit=item.limit_per_buyer)
+        _commit(uow, counter, [item])
+    announce(services.publish, uow.collect_new_events())
+    return Outcome(OK, item.total, item.consumed, created=True, limit=item.limit_per_buyer)
 
 
-def init_many(cmd: commands.InitMany, uow: AbstractUnitOfWork, counter: Counter) -> int:
+def init_many(cmd: commands.InitMany, services: Services) -> int:
     """Initialise every item in one transaction; any clash refuses the whole batch.
     Returns how many items were created (the rest already existed with the same total)."""
-    with uow:
+    counter: Rebuilding = services.counter
+    with services.uow_factory() as uow:
         fresh: list[InventoryItem] = []
         clashes: list[str] = []
         gen = new_generation()
@@ -73,19 +73,26 @@ def init_many(cmd: commands.InitMany, uow: AbstractUnitOfWork, counter: Counter)
         uow.flush()
         counter.load_many((i.namespace, i.sku, i.total, i.consumed, i.last_seq, gen)
                           for i in fresh)
-        try:
-            uow.commit()
-        except Exception:
-            for i in fresh:
-                counter.forget(i.namespace, i.sku)
-            raise
-        return len(fresh)
+        _commit(uow, counter, fresh)
+    announce(services.publish, uow.collect_new_events())
+    return len(fresh)
 
 
-def set_limit(cmd: commands.SetLimit, uow: AbstractUnitOfWork, counter: Counter) -> Outcome:
+def _commit(uow: AbstractUnitOfWork, counter: Rebuilding, fresh: list[InventoryItem]) -> None:
+    """Commit items the counter was loaded with, or drop them from the counter."""
+    try:
+        uow.commit()
+    except Exception:
+        for i in fresh:
+            counter.forget(i.namespace, i.sku)
+        raise
+
+
+def set_limit(cmd: commands.SetLimit, services: Services) -> Outcome:
     """The record first, under the row's lock, then the counter (where it holds the item; a
     rebuild loads the limit from the record): two changes of one item land in one order."""
-    with uow:
+    counter: Rebuilding = services.counter
+    with services.uow_factory() as uow:
         item = uow.items.get(cmd.namespace, cmd.sku, lock=True)
         if item is None:
             raise errors.NotFound(f"no item {cmd.namespace}/{cmd.sku}")
@@ -99,7 +106,7 @@ def set_limit(cmd: commands.SetLimit, uow: AbstractUnitOfWork, counter: Counter)
             raise
     figures = counter.read(cmd.namespace, cmd.sku)
     if figures is None:  # Redis lost it meanwhile: the record's figures
-        with uow:
+        with services.uow_factory() as uow:
             stock = uow.items.stock(cmd.namespace, [cmd.sku])[cmd.sku]
         return Outcome(OK, stock.total, stock.consumed, seq=stock.last_seq,
                        limit=cmd.limit_per_buyer)

@@ -1,57 +1,28 @@
-"""Dispatches commands (one handler, errors propagate) and the events they raise (many handlers,
-errors logged). The queue is local to ``handle``; each command gets a fresh unit of work."""
+"""Dispatches each command to its one handler, with the services every handler is given; errors
+propagate. A handler publishes the events of what it changed through those services (one road:
+``Services.publish``, or the counter's own step), so no event comes back through the bus."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from allocation.domain import commands, events
-from allocation.service_layer.unit_of_work import AbstractUnitOfWork
+from allocation.domain import commands
+from allocation.service_layer.services import Services
 
-logger = logging.getLogger(__name__)
-
-Message = commands.Command | events.Event
-CommandHandler = Callable[..., Any]
-EventHandler = Callable[[events.Event], None]
+CommandHandler = Callable[[Any, Services], Any]
 
 
 class MessageBus:
-    def __init__(
-        self,
-        uow_factory: Callable[[], AbstractUnitOfWork],
-        command_handlers: Mapping[type[commands.Command], CommandHandler],
-        event_handlers: Mapping[type[events.Event], list[EventHandler]],
-    ) -> None:
-        self.uow_factory = uow_factory
+    def __init__(self, services: Services,
+                 command_handlers: Mapping[type[commands.Command], CommandHandler]) -> None:
+        self.services = services
         self.command_handlers = command_handlers
-        self.event_handlers = event_handlers
 
-    def handle(self, message: Message) -> Any:
-        """Handle a message and the events it leads to; return the command handler's result."""
-        result = None
-        queue: list[Message] = [message]
-        while queue:
-            current = queue.pop(0)
-            if isinstance(current, events.Event):
-                self._handle_event(current)
-            elif isinstance(current, commands.Command):
-                result, raised = self._handle_command(current)
-                queue.extend(raised)
-            else:
-                raise TypeError(f"{current!r} is neither a command nor an event")
-        return result
-
-    def _handle_command(self, command: commands.Command) -> tuple[Any, list[events.Event]]:
-        handler = self.command_handlers[type(command)]
-        uow = self.uow_factory()
-        result = handler(command, uow=uow)
-        return result, list(uow.collect_new_events())
-
-    def _handle_event(self, event: events.Event) -> None:
-        for handler in self.event_handlers.get(type(event), []):
-            try:
-                handler(event)
-            except Exception:
-                logger.exception("handler %s failed on %r", handler, event)
+    def handle(self, command: commands.Command) -> Any:
+        """Handle a command; return its handler's result."""
+        try:
+            handler = self.command_handlers[type(command)]
+        except KeyError:
+            raise TypeError(f"{command!r} is not a command with a handler") from None
+        return handler(command, self.services)

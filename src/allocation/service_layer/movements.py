@@ -9,58 +9,29 @@ durability mode only decides when the caller is answered (``durability.Durabilit
 from __future__ import annotations
 
 import dataclasses
-import logging
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from allocation.adapters.counter import Counter
-from allocation.adapters.locks import ItemLocks
-from allocation.adapters.outbox import Outbox
-from allocation.domain import commands, errors, events
+from allocation.adapters.counter import MovingStock, Reading
+from allocation.domain import commands, errors
 from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import FENCED, NOT_FOUND, OK, Outcome
 from allocation.domain.rules import Kind
 from allocation.service_layer import rebuild
-from allocation.service_layer.durability import Durability
+from allocation.service_layer.services import Services
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
-logger = logging.getLogger(__name__)
-Publish = Callable[[events.Event], None]
+
+def adjust_total(cmd: commands.AdjustTotal, services: Services) -> Outcome:
+    return _move(services, cmd.namespace, cmd.sku, "adjust", cmd.delta, cmd.idempotency_key)
 
 
-@dataclasses.dataclass(frozen=True)
-class Deps:
-    """What a movement needs besides its command."""
-
-    uow: AbstractUnitOfWork
-    counter: Counter
-    outbox: Outbox
-    publish: Publish
-    item_locks: ItemLocks
-    durability: Durability
-    ledger_wait_seconds: float
-
-
-def adjust_total(cmd: commands.AdjustTotal, uow: AbstractUnitOfWork, counter: Counter,
-                 outbox: Outbox, publish: Publish, item_locks: ItemLocks,
-                 durability: Durability, ledger_wait_seconds: float) -> Outcome:
-    deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
-    return _move(deps, cmd.namespace, cmd.sku, "adjust", cmd.delta, cmd.idempotency_key)
-
-
-def decrement(cmd: commands.Decrement, uow: AbstractUnitOfWork, counter: Counter,
-              outbox: Outbox, publish: Publish, item_locks: ItemLocks,
-              durability: Durability, ledger_wait_seconds: float) -> Outcome:
-    deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
-    return _move(deps, cmd.namespace, cmd.sku, "decrement", cmd.qty, cmd.idempotency_key,
+def decrement(cmd: commands.Decrement, services: Services) -> Outcome:
+    return _move(services, cmd.namespace, cmd.sku, "decrement", cmd.qty, cmd.idempotency_key,
                  cmd.buyer)
 
 
-def refund(cmd: commands.Refund, uow: AbstractUnitOfWork, counter: Counter,
-           outbox: Outbox, publish: Publish, item_locks: ItemLocks,
-           durability: Durability, ledger_wait_seconds: float) -> Outcome:
-    deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
-    return _move(deps, cmd.namespace, cmd.sku, "refund", cmd.qty, cmd.idempotency_key,
+def refund(cmd: commands.Refund, services: Services) -> Outcome:
+    return _move(services, cmd.namespace, cmd.sku, "refund", cmd.qty, cmd.idempotency_key,
                  cmd.buyer)
 
 
@@ -71,7 +42,7 @@ def _written(uow: AbstractUnitOfWork, namespace: str, sku: str, key: str,
         return None if entry is None else dataclasses.replace(entry)
 
 
-def _answered(counter: Counter, namespace: str, sku: str, kind: Kind, qty: int,
+def _answered(counter: Reading, namespace: str, sku: str, kind: Kind, qty: int,
               buyer: str | None, entry: LedgerEntry) -> Outcome:
     """A retry of a movement the ledger holds: the first answer's figures, or a refusal where
     this request is not that one."""
@@ -83,28 +54,24 @@ def _answered(counter: Counter, namespace: str, sku: str, kind: Kind, qty: int,
                    held=entry.held_after)
 
 
-def _move(deps: Deps, namespace: str, sku: str, kind: Kind, qty: int,
+def _move(services: Services, namespace: str, sku: str, kind: Kind, qty: int,
           key: str | None, buyer: str | None = None) -> Outcome:
-    counter, publish = deps.counter, deps.publish
+    counter: MovingStock = services.counter
+    durability = services.durability
     outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer)
     if outcome.status == NOT_FOUND:
         # Redis lost it (or never had it): rebuild it from the database, under its lock.
-        rebuild.refresh(commands.Refresh(namespace, sku), deps.uow, counter, deps.outbox,
-                        deps.item_locks, deps.durability.progress, deps.ledger_wait_seconds)
+        rebuild.rebuild_item(services, namespace, sku)
         since = datetime.now(UTC) - timedelta(seconds=counter.idempotency_ttl)
-        if key is not None and (entry := _written(deps.uow, namespace, sku, key, since)):
+        if key is not None and (
+                entry := _written(services.uow_factory(), namespace, sku, key, since)):
             # Redis forgot this key with the rest of its data, but the ledger has it.
             return _answered(counter, namespace, sku, kind, qty, buyer, entry)
         outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer)
     if outcome.status in (FENCED, NOT_FOUND):
         raise errors.Unavailable(f"{namespace}/{sku} is being rebuilt; retry", retry_after=1)
-    deps.durability.settle(namespace, sku, outcome, lambda: key is not None and getattr(
-        _written(deps.uow, namespace, sku, key), "seq", None) == outcome.seq)
-    if outcome.ok and not outcome.replayed and not counter.publishes_events:
-        for event in events.of_movement(kind, namespace, sku, qty, key, outcome.total,
-                                        outcome.consumed, buyer):
-            try:
-                publish(event)
-            except Exception:
-                logger.exception("could not publish %r", event)
+    durability.settle(namespace, sku, outcome, lambda: key is not None and getattr(
+        _written(services.uow_factory(), namespace, sku, key), "seq", None) == outcome.seq)
+    if outcome.ok and not outcome.replayed:
+        services.movement_events.moved(kind, namespace, sku, qty, key, outcome, buyer)
     return outcome

@@ -13,48 +13,45 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from collections.abc import (
-    Callable,
-    Sequence,
-)
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from allocation.adapters.counter import Allowances, Counter, Hold, Restored, new_generation
+from allocation.adapters.counter import Allowances, Hold, Rebuilding, Restored, new_generation
 from allocation.adapters.ledger_progress import WRITTEN, LedgerProgress
-from allocation.adapters.locks import ItemLocks
-from allocation.adapters.outbox import Outbox
 from allocation.domain import commands, errors
 from allocation.domain.model import LedgerEntry, Stock
 from allocation.domain.outcome import OK, Outcome
 from allocation.service_layer.results import RefreshProgress
-from allocation.service_layer.shared_rebuilds import SharedRebuilds
+from allocation.service_layer.services import Services
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
 
-def refresh(cmd: commands.Refresh, uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox,
-            item_locks: ItemLocks, ledger_progress: LedgerProgress,
-            ledger_wait_seconds: float, rebuilds: SharedRebuilds | None = None) -> Outcome:
-    """Rebuild one item. Where Redis holds it, a rebuild of it that is running or has just
-    finished (``rebuilds``) stands for this one; where Redis lost it, it is always rebuilt."""
-    def rebuild() -> Outcome:
-        found = _rebuild(uow, counter, outbox, item_locks, ledger_progress,
-                         ledger_wait_seconds, cmd.namespace, [cmd.sku])
-        item = found.get(cmd.sku)
-        if item is None:
-            raise errors.NotFound(f"no item {cmd.namespace}/{cmd.sku}")
-        return Outcome(OK, item.total, item.consumed, seq=item.last_seq,
-                       limit=item.limit_per_buyer, held=item.held)
-
-    if rebuilds is None or counter.read(cmd.namespace, cmd.sku) is None:
-        return rebuild()
-    outcome = rebuilds.run((cmd.namespace, cmd.sku), rebuild, ledger_wait_seconds)
+def refresh(cmd: commands.Refresh, services: Services) -> Outcome:
+    """Rebuild one item, on request. Where Redis holds it, a rebuild of it that is running or
+    has just finished stands for this one; where Redis lost it, it is always rebuilt."""
+    counter = services.counter
+    if counter.read(cmd.namespace, cmd.sku) is None:
+        return rebuild_item(services, cmd.namespace, cmd.sku)
+    outcome = services.rebuilds.run(
+        (cmd.namespace, cmd.sku), lambda: rebuild_item(services, cmd.namespace, cmd.sku),
+        services.ledger_wait_seconds)
     if outcome is None:
         outcome = counter.read(cmd.namespace, cmd.sku)
         if outcome is None:  # lost since: rebuild after all
-            return rebuild()
+            return rebuild_item(services, cmd.namespace, cmd.sku)
     return outcome
+
+
+def rebuild_item(services: Services, namespace: str, sku: str) -> Outcome:
+    """Rebuild one item now (``NotFound`` where the database has no such item)."""
+    found = _rebuild(services, services.uow_factory(), namespace, [sku])
+    item = found.get(sku)
+    if item is None:
+        raise errors.NotFound(f"no item {namespace}/{sku}")
+    return Outcome(OK, item.total, item.consumed, seq=item.last_seq,
+                   limit=item.limit_per_buyer, held=item.held)
 
 
 # Batches of a namespace refresh in flight at once: one's database reads and writes overlap
@@ -62,30 +59,25 @@ def refresh(cmd: commands.Refresh, uow: AbstractUnitOfWork, counter: Counter, ou
 REFRESH_WORKERS = 4
 
 
-def refresh_all(cmd: commands.RefreshAll, uow: AbstractUnitOfWork, counter: Counter,
-                outbox: Outbox, item_locks: ItemLocks, ledger_progress: LedgerProgress,
-                ledger_wait_seconds: float,
-                uow_factory: Callable[[], AbstractUnitOfWork] | None = None) -> RefreshProgress:
+def refresh_all(cmd: commands.RefreshAll, services: Services) -> RefreshProgress:
     """Rebuild a namespace's items, page by page in SKU order (each page one batch, under its
-    items' locks), several batches at a time where each may have a unit of work of its own."""
-    workers = REFRESH_WORKERS if uow_factory is not None else 1
+    items' locks, with a unit of work of its own), several batches at a time."""
     done, after, batches, finished = 0, cmd.after, 0, False
     in_flight: collections.deque[tuple[Future[dict[str, Stock]], int]] = collections.deque()
-    with ThreadPoolExecutor(workers, thread_name_prefix="refresh") as pool:
+    with ThreadPoolExecutor(REFRESH_WORKERS, thread_name_prefix="refresh") as pool:
         try:
             while cmd.batches is None or batches < cmd.batches:
-                with uow:
+                with services.uow_factory() as uow:
                     skus = [s.sku for s in
                             uow.items.stock_page(cmd.namespace, after, cmd.batch_size)]
                 if not skus:
                     finished = True
                     break
-                own = uow_factory() if uow_factory is not None else uow
                 in_flight.append((pool.submit(
-                    _rebuild, own, counter, outbox, item_locks, ledger_progress,
-                    ledger_wait_seconds, cmd.namespace, skus), len(skus)))
+                    _rebuild, services, services.uow_factory(), cmd.namespace, skus),
+                    len(skus)))
                 after, batches = skus[-1], batches + 1
-                if len(in_flight) >= workers:
+                if len(in_flight) >= REFRESH_WORKERS:
                     batch, count = in_flight.popleft()
                     batch.result()
                     done += count
@@ -103,15 +95,16 @@ FENCED_WAIT_SECONDS = 0.05
 Seqs = dict[str, tuple[str, int] | None]  # sku -> (generation, seq) Redis holds, or None
 
 
-def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_locks: ItemLocks,
-             progress: LedgerProgress, wait_seconds: float, namespace: str, skus: Sequence[str]
+def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: Sequence[str]
              ) -> dict[str, Stock]:
-    deadline = time.monotonic() + wait_seconds
+    counter: Rebuilding = services.counter
+    progress = services.durability.progress
+    deadline = time.monotonic() + services.ledger_wait_seconds
     live: Seqs = dict(zip(skus, counter.seqs_many(namespace, skus), strict=True))
     if any(held is not None for held in live.values()):  # else nothing to wait for
         with contextlib.suppress(errors.Unavailable):  # the fenced wait below decides
             _wait_written(uow, progress, namespace, live, deadline)
-    with item_locks.hold(namespace, skus):
+    with services.item_locks.hold(namespace, skus):
         present = list(skus)
         if all(held is None for held in live.values()):
             # Redis lacked them all; if another rebuild loaded them while this one waited for
@@ -131,7 +124,7 @@ def _rebuild(uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox, item_loc
         if len(skus) == 1 and fenced[skus[0]] is None:
             # Redis lost the item; movements it recorded may still wait in the outbox, and
             # then the latest of them is newer than the database: that history goes on.
-            unwritten = outbox.latest(namespace, skus[0])
+            unwritten = services.outbox.latest(namespace, skus[0])
             with uow:
                 holds = uow.items.open_holds(namespace, skus) if unwritten else {}
             if unwritten is not None and (unwritten.held or holds.get(skus[0])):

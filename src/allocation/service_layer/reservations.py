@@ -10,22 +10,17 @@ import contextlib
 import dataclasses
 import functools
 import json
-import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from allocation.adapters.counter import Counter, Line, Reserved, Step
-from allocation.adapters.locks import ItemLocks
-from allocation.adapters.outbox import Outbox
-from allocation.domain import commands, errors, events
+from allocation.adapters.counter import Line, Reserved, Reserving, Step
+from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
 from allocation.service_layer import rebuild
-from allocation.service_layer.durability import Durability
-from allocation.service_layer.movements import Deps, Publish
 from allocation.service_layer.results import Reservation
+from allocation.service_layer.services import Services
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
-logger = logging.getLogger(__name__)
 # The kind of movement each step writes for its lines, and the kinds a replay of it may find
 # in the ledger (a reservation released after its expiry, or a line ended by its item's expiry,
 # has "expire" rows).
@@ -43,10 +38,8 @@ def merged(lines: Sequence[Line]) -> tuple[Line, ...]:
     return tuple(total.items())
 
 
-def reserve(cmd: commands.Reserve, uow: AbstractUnitOfWork, counter: Counter, outbox: Outbox,
-            publish: Publish, item_locks: ItemLocks, durability: Durability,
-            ledger_wait_seconds: float, open_reservations_per_buyer: int = 0) -> Reservation:
-    deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
+def reserve(cmd: commands.Reserve, services: Services) -> Reservation:
+    counter: Reserving = services.counter
     lines = merged(cmd.lines)
     # The key alone names the reservation (and where it lives): whatever the body, one key is
     # one reservation, so another body under it meets this one and is refused.
@@ -54,43 +47,36 @@ def reserve(cmd: commands.Reserve, uow: AbstractUnitOfWork, counter: Counter, ou
     # What the key stands for, the body as sent: any other (the same lines in another order
     # included) is another request.
     request = json.dumps([[list(line) for line in cmd.lines], cmd.ttl_seconds, cmd.buyer])
-    if durability.mode == "sync" and counter.reservation_lines(cmd.namespace, rid) is None:
+    if (services.durability.mode == "sync"
+            and counter.reservation_lines(cmd.namespace, rid) is None):
         # Sync mode promises that what was acknowledged survives Redis: a retry, after Redis
         # lost it, of a reservation the ledger has (even one since ended) is its replay, not
         # a second hold; another request under its key is refused.
         with contextlib.suppress(errors.NotFound):
-            _restore(uow, counter, cmd.namespace, rid, request, (lines, cmd.buyer))
-    result = _step(deps, "hold", cmd.namespace, rid, lines, ttl_ms=cmd.ttl_seconds * 1000,
+            _restore(services.uow_factory(), counter, cmd.namespace, rid, request,
+                     (lines, cmd.buyer))
+    result = _step(services, "hold", cmd.namespace, rid, lines, ttl_ms=cmd.ttl_seconds * 1000,
                    buyer=cmd.buyer, fingerprint=request, key=cmd.idempotency_key,
-                   open_cap=open_reservations_per_buyer if cmd.buyer else 0)
+                   open_cap=services.open_reservations_per_buyer if cmd.buyer else 0)
     return _view(rid, cmd.namespace, lines, cmd.buyer, result)
 
 
-def confirm(cmd: commands.ConfirmReservation, uow: AbstractUnitOfWork, counter: Counter,
-            outbox: Outbox, publish: Publish, item_locks: ItemLocks, durability: Durability,
-            ledger_wait_seconds: float) -> Reservation:
-    deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
-    return _end(deps, "confirm", cmd.namespace, cmd.reservation_id)
+def confirm(cmd: commands.ConfirmReservation, services: Services) -> Reservation:
+    return _end(services, "confirm", cmd.namespace, cmd.reservation_id)
 
 
-def release(cmd: commands.ReleaseReservation, uow: AbstractUnitOfWork, counter: Counter,
-            outbox: Outbox, publish: Publish, item_locks: ItemLocks, durability: Durability,
-            ledger_wait_seconds: float) -> Reservation:
-    deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
-    return _end(deps, "release", cmd.namespace, cmd.reservation_id)
+def release(cmd: commands.ReleaseReservation, services: Services) -> Reservation:
+    return _end(services, "release", cmd.namespace, cmd.reservation_id)
 
 
-def extend(cmd: commands.ExtendReservation, uow: AbstractUnitOfWork, counter: Counter,
-           outbox: Outbox, publish: Publish, item_locks: ItemLocks, durability: Durability,
-           ledger_wait_seconds: float) -> Reservation:
-    deps = Deps(uow, counter, outbox, publish, item_locks, durability, ledger_wait_seconds)
-    return _end(deps, "extend", cmd.namespace, cmd.reservation_id, cmd.ttl_seconds * 1000)
+def extend(cmd: commands.ExtendReservation, services: Services) -> Reservation:
+    return _end(services, "extend", cmd.namespace, cmd.reservation_id, cmd.ttl_seconds * 1000)
 
 
-def reservation(counter: Counter, uow: AbstractUnitOfWork, namespace: str,
+def reservation(counter: Reserving, uow: AbstractUnitOfWork, namespace: str,
                 reservation_id: str) -> Reservation:
     """The reservation as it stands (a held one past its expiry reads ``expired``)."""
-    lines, buyer = _known(uow, counter, namespace, reservation_id)
+    lines, buyer = _known(lambda: uow, counter, namespace, reservation_id)
     result = counter.reservation_step("get", namespace, reservation_id, lines)
     if result.status == "not_found" and result.sku is None:
         # Redis lost it (this process knew its lines): the ledger has it.
@@ -102,23 +88,23 @@ def reservation(counter: Counter, uow: AbstractUnitOfWork, namespace: str,
     return _view(reservation_id, namespace, lines, buyer, result)
 
 
-def _end(deps: Deps, step: Step, namespace: str, reservation_id: str,
+def _end(services: Services, step: Step, namespace: str, reservation_id: str,
          ttl_ms: int = 0) -> Reservation:
-    lines, buyer = _known(deps.uow, deps.counter, namespace, reservation_id)
-    result = _step(deps, step, namespace, reservation_id, lines, ttl_ms=ttl_ms, buyer=buyer)
+    lines, buyer = _known(services.uow_factory, services.counter, namespace, reservation_id)
+    result = _step(services, step, namespace, reservation_id, lines, ttl_ms=ttl_ms, buyer=buyer)
     return _view(reservation_id, namespace, lines, buyer, result)
 
 
-def _known(uow: AbstractUnitOfWork, counter: Counter, namespace: str,
+def _known(units: Callable[[], AbstractUnitOfWork], counter: Reserving, namespace: str,
            rid: str) -> tuple[tuple[Line, ...], str | None]:
     """A reservation's lines and buyer, from the counter or, where Redis lost it, the ledger."""
     found = counter.reservation_lines(namespace, rid)
     if found is None:
-        found = _restore(uow, counter, namespace, rid, "")
+        found = _restore(units(), counter, namespace, rid, "")
     return found
 
 
-def _restore(uow: AbstractUnitOfWork, counter: Counter, namespace: str, rid: str,
+def _restore(uow: AbstractUnitOfWork, counter: Reserving, namespace: str, rid: str,
              fingerprint: str, asked: tuple[tuple[Line, ...], str | None] | None = None
              ) -> tuple[tuple[Line, ...], str | None]:
     """Put a reservation the counter lost back from its ledger entries: its lines are its
@@ -152,16 +138,16 @@ def _epoch_ms(moment: datetime) -> int:
     return int(aware.timestamp() * 1000)
 
 
-def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, ...],
+def _step(services: Services, step: Step, namespace: str, rid: str, lines: tuple[Line, ...],
           ttl_ms: int = 0, buyer: str | None = None, fingerprint: str = "",
           key: str | None = None, open_cap: int = 0) -> Reserved:
-    counter = deps.counter
+    counter: Reserving = services.counter
     result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms, buyer=buyer,
                                       fingerprint=fingerprint, idempotency_key=key,
                                       open_cap=open_cap)
     if result.status == "not_found" and result.sku is None and step != "hold":
         # Redis lost the reservation (this process knew its lines): the ledger has it.
-        _restore(deps.uow, counter, namespace, rid, fingerprint)
+        _restore(services.uow_factory(), counter, namespace, rid, fingerprint)
         result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
                                           buyer=buyer, fingerprint=fingerprint,
                                           idempotency_key=key, open_cap=open_cap)
@@ -171,9 +157,7 @@ def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, .
         # lock (NotFound where the database has no such item either), and try again; a cart
         # may meet several such items, one at a time.
         try:
-            rebuild.refresh(commands.Refresh(namespace, result.sku), deps.uow, counter,
-                            deps.outbox, deps.item_locks, deps.durability.progress,
-                            deps.ledger_wait_seconds)
+            rebuild.rebuild_item(services, namespace, result.sku)
         except errors.NotFound:
             raise errors.NotFound(f"no item {namespace}/{result.sku}", sku=result.sku) from None
         rebuilt.add(result.sku)
@@ -183,7 +167,7 @@ def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, .
     if result.status == "lost":
         # Redis lost the reservation and its items came back with their holds (a rebuild from
         # the ledger): put it back as the ledger has it, and this request is a replay.
-        _restore(deps.uow, counter, namespace, rid, fingerprint,
+        _restore(services.uow_factory(), counter, namespace, rid, fingerprint,
                  (lines, buyer) if step == "hold" else None)
         result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
                                           buyer=buyer, fingerprint=fingerprint,
@@ -200,53 +184,42 @@ def _step(deps: Deps, step: Step, namespace: str, rid: str, lines: tuple[Line, .
         raise refusal
     if step in KIND_OF_STEP:
         if not result.replayed:
-            _settle(deps, namespace, rid, lines, result, KIND_OF_STEP[step], key)
-        elif deps.durability.mode == "sync" and not all(
-                _in_ledger(deps.uow, namespace, sku, rid, WRITTEN_BY[step]) for sku, _ in lines):
+            _settle(services, namespace, rid, lines, result, KIND_OF_STEP[step], key)
+        elif services.durability.mode == "sync" and not all(
+                _in_ledger(services.uow_factory, namespace, sku, rid, WRITTEN_BY[step])
+                for sku, _ in lines):
             # The first answer may have been "unknown": a replay is acknowledged once written.
             raise errors.Unavailable(f"reservation {rid} is not in the ledger yet; repeat the "
                                      "request", retry_after=1)
     return result
 
 
-def _settle(deps: Deps, namespace: str, rid: str, lines: tuple[Line, ...], result: Reserved,
-            kind: str, key: str | None) -> None:
-    """Answer when the durability mode says, and publish the lines' events where the counter
-    does not publish them itself."""
+def _settle(services: Services, namespace: str, rid: str, lines: tuple[Line, ...],
+            result: Reserved, kind: str, key: str | None) -> None:
+    """Answer when the durability mode says, and publish the lines' events."""
+    units = services.uow_factory
     for (sku, qty), figures in zip(lines, result.figures, strict=True):
-        in_ledger = (functools.partial(_extended, deps.uow, namespace, sku, rid,
-                                       result.expires_ms) if kind == "extend"
-                     else functools.partial(_in_ledger, deps.uow, namespace, sku, rid, (kind,)))
-        deps.durability.settle(namespace, sku, figures, in_ledger)
-        if not deps.counter.publishes_events and kind in events.HOLD_EVENTS:
-            moved = events.HOLD_EVENTS[kind](namespace, sku, figures.total, figures.consumed,
-                                             rid, qty, held=figures.held)
-            if isinstance(moved, events.Reserved):
-                moved = dataclasses.replace(moved, idempotency_key=key)
-            _publish(deps.publish, moved)
+        in_ledger = (functools.partial(_extended, units, namespace, sku, rid, result.expires_ms)
+                     if kind == "extend"
+                     else functools.partial(_in_ledger, units, namespace, sku, rid, (kind,)))
+        services.durability.settle(namespace, sku, figures, in_ledger)
+        services.movement_events.held(kind, namespace, sku, qty, rid, key, figures)
 
 
-def _in_ledger(uow: AbstractUnitOfWork, namespace: str, sku: str, rid: str,
+def _in_ledger(units: Callable[[], AbstractUnitOfWork], namespace: str, sku: str, rid: str,
                kinds: tuple[str, ...]) -> bool:
-    with uow:
+    with units() as uow:
         return any(uow.items.reservation_entry(namespace, sku, rid, kind) is not None
                    for kind in kinds)
 
 
-def _extended(uow: AbstractUnitOfWork, namespace: str, sku: str, rid: str,
+def _extended(units: Callable[[], AbstractUnitOfWork], namespace: str, sku: str, rid: str,
               expires_ms: int) -> bool:
     """Whether the ledger has this extension (a reservation may be extended many times)."""
-    with uow:
+    with units() as uow:
         return any(e.sku == sku and e.kind == "extend" and e.expires_at is not None
                    and _epoch_ms(e.expires_at) == expires_ms
                    for e in uow.items.reservation_entries(namespace, rid))
-
-
-def _publish(publish: Publish, event: events.Event) -> None:
-    try:
-        publish(event)
-    except Exception:
-        logger.exception("could not publish %r", event)
 
 
 def _refusal(result: Reserved, rid: str) -> errors.DomainError:

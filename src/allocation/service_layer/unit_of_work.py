@@ -1,5 +1,6 @@
-"""One unit of work per message: a transaction, the repository over it, and the events it raised.
-The SQL ones are in ``adapters/sql_unit_of_work.py``."""
+"""A unit of work: a transaction, the repository over it, and the events its items raised. A
+handler makes one (``Services.uow_factory``) where it reads or writes the record, a fresh one
+each time. The SQL ones are in ``adapters/sql_unit_of_work.py``."""
 
 from __future__ import annotations
 
