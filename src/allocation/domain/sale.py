@@ -152,6 +152,8 @@ def ticket_state(number: int, figures: QueueFigures,
         if figures.sold_out:
             return TicketView("sold_out", None)
         return TicketView("waiting", where - figures.serving)
-    if pass_state in ("used", "expired"):
-        return TicketView(pass_state, 0)
+    if pass_state == "used":
+        return TicketView("used", 0)
+    if pass_state == "expired":
+        return TicketView("expired", 0)
     return TicketView("sold_out" if figures.sold_out else "admitted", 0)
