@@ -1,0 +1,49 @@
+"""The port of a sale's queue: what the service layer asks of the store that numbers joiners,
+keeps the serving figure and the passes (``redis_sale.RedisSaleQueue`` implements it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from allocation.domain.sale import PassState, QueueFigures, Sale
+
+JoinStatus = Literal["joined", "again", "closed", "missing"]
+ClaimStatus = Literal["ok", "used", "expired", "busy", "unknown", "closed", "missing"]
+
+
+@dataclass(frozen=True)
+class Joined:
+    status: JoinStatus
+    number: int
+    joined_at_ms: int
+
+
+@dataclass(frozen=True)
+class Advanced:
+    """A sale's queue after a step on: its figures, and the skus' units then."""
+
+    figures: QueueFigures | None  # None: the sale is not in the store (restore it)
+    available: int
+    held: int
+    now_ms: int
+
+
+class SaleQueue(Protocol):
+    def put(self, sale: Sale) -> None:
+        """Define the sale, or restore its terms, keeping its queue."""
+
+    def join(self, namespace: str, sale: str, buyer: str) -> Joined: ...
+
+    def advance(self, sale: Sale, most: int = 1000) -> Advanced:
+        """Open the sale when due, end expired passes, admit what the rule allows from the
+        skus' units now, and answer the figures."""
+
+    def claim(self, namespace: str, sale: str, place: int, qty: int) -> ClaimStatus:
+        """Take the pass at ``place`` for a movement of up to ``qty`` units."""
+
+    def resolve(self, namespace: str, sale: str, place: int, used: bool) -> None:
+        """How the claiming movement ended: sold (the pass is used) or not (it is back)."""
+
+    def pass_at(self, namespace: str, sale: str, place: int) -> tuple[PassState | None, int]:
+        """The pass at an admitted place and its expiry (ms); None where there is none."""
