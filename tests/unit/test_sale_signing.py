@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from allocation.adapters.sale_signing import MAX_LENGTH, PassClaim, SaleSigning, TicketClaim
+from allocation.adapters.sale_queue import PassClaim, TicketClaim
+from allocation.adapters.sale_signing import MAX_LENGTH, SaleSigning
 from allocation.config import Config
 from allocation.domain import errors
 from allocation.domain.sale import PassInvalid

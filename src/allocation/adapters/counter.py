@@ -100,7 +100,7 @@ class MovingStock(Reading, Protocol):
 
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
               idempotency_key: str | None, *, record: bool = False,
-              buyer: str | None = None) -> Outcome: ...
+              buyer: str | None = None, sale: str = "") -> Outcome: ...
 
 
 class Reserving(Protocol):
@@ -158,12 +158,14 @@ class Counter(abc.ABC):
     @abc.abstractmethod
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
               idempotency_key: str | None, *, record: bool = False,
-              buyer: str | None = None) -> Outcome:
+              buyer: str | None = None, sale: str = "") -> Outcome:
         """Apply a movement atomically, or refuse it by the domain rules.
 
         A decrement naming a ``buyer`` counts against their limit on the item (checked in the
         same step: ``limit_exceeded``, with ``remaining``; ``buyer_required`` where the item
         has a limit and no buyer is named); a refund naming them gives their allowance back.
+        A decrement of an item a sale gates is ``pass_required`` (not remembered under the key)
+        unless ``sale`` names that sale: the caller holds the buyer's pass of it.
 
         A key seen before returns its stored outcome (``replayed``, with the movement's
         ``seq``), or ``idempotency_key_reused`` when the request differs. Refusals are

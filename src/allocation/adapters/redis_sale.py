@@ -44,6 +44,17 @@ class RedisSaleQueue:
                 sale.opens_at_ms, repr(sale.admit_factor), sale.max_admitted or 0,
                 sale.pass_ttl_seconds * 1000, "1" if sale.closed else "0", " ".join(sale.skus)])
 
+    def gate(self, sale: Sale, gated: bool) -> None:
+        with unavailable_on_connection_error():
+            pipe = self.client.pipeline(transaction=False)
+            for sku in sale.skus:
+                item = self.keys.item(sale.namespace, sku)
+                if gated:
+                    pipe.hset(item, "gate", sale.sale)
+                else:
+                    pipe.hdel(item, "gate")
+            pipe.execute()
+
     def join(self, namespace: str, sale: str, buyer: str) -> Joined:
         sale_key, buyers, *_ = self.keys.sale(namespace, sale)
         with unavailable_on_connection_error():

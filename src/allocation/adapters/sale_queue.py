@@ -13,6 +13,33 @@ ClaimStatus = Literal["ok", "used", "expired", "busy", "unknown", "closed", "mis
 
 
 @dataclass(frozen=True)
+class TicketClaim:
+    buyer: str
+    number: int
+    joined_at_ms: int
+
+
+@dataclass(frozen=True)
+class PassClaim:
+    buyer: str
+    number: int
+    expires_at_ms: int
+
+
+class Signing(Protocol):
+    """Signs and reads a sale's tickets and passes (``sale_signing.SaleSigning``)."""
+
+    def ticket(self, namespace: str, sale: str, claim: TicketClaim) -> str: ...
+
+    def read_ticket(self, namespace: str, sale: str, ticket: str) -> TicketClaim | None: ...
+
+    def pass_(self, namespace: str, sale: str, claim: PassClaim) -> str: ...
+
+    def read_pass(self, namespace: str, sale: str, buyer: str, sale_pass: str,
+                  now_ms: int) -> PassClaim: ...
+
+
+@dataclass(frozen=True)
 class Joined:
     status: JoinStatus
     number: int
@@ -32,6 +59,10 @@ class Advanced:
 class SaleQueue(Protocol):
     def put(self, sale: Sale) -> None:
         """Define the sale, or restore its terms, keeping its queue."""
+
+    def gate(self, sale: Sale, gated: bool) -> None:
+        """Mark the sale's skus as gated by it (or no longer) where their sales run, so that
+        a process that has not heard of the sale yet still sells none without its pass."""
 
     def join(self, namespace: str, sale: str, buyer: str) -> Joined: ...
 

@@ -14,29 +14,15 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from itsdangerous import BadData, URLSafeSerializer
 
+from allocation.adapters.sale_queue import PassClaim, TicketClaim
 from allocation.domain import errors
 from allocation.domain.sale import PassInvalid
 
 logger = logging.getLogger(__name__)
 MAX_LENGTH = 512  # API.md: a ticket (and a pass) is at most this long
-
-
-@dataclass(frozen=True)
-class TicketClaim:
-    buyer: str
-    number: int
-    joined_at_ms: int
-
-
-@dataclass(frozen=True)
-class PassClaim:
-    buyer: str
-    number: int
-    expires_at_ms: int
 
 
 class SaleSigning:
