@@ -10,7 +10,7 @@ import pytest
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
-from allocation.domain.sale import SkuGated
+from allocation.domain.errors import SkuGated
 
 
 @pytest.fixture

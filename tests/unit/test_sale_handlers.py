@@ -10,7 +10,7 @@ import pytest
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
-from allocation.domain.sale import PassInvalid, PassRequired, SaleClosed, SkuGated
+from allocation.domain.errors import PassInvalid, PassRequired, SaleClosed, SkuGated
 from allocation.service_layer import sales
 from tests.helpers.apps import FakeApp
 from tests.helpers.fakes import FakeUnitOfWork

@@ -8,7 +8,7 @@ from allocation.adapters.sale_queue import PassClaim, TicketClaim
 from allocation.adapters.sale_signing import MAX_LENGTH, SaleSigning
 from allocation.config import Config
 from allocation.domain import errors
-from allocation.domain.sale import PassInvalid
+from allocation.domain.errors import PassInvalid
 
 BUYER = "b" * 128
 NOW = 1_800_000_000_000

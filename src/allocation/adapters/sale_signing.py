@@ -19,7 +19,7 @@ from itsdangerous import BadData, URLSafeSerializer
 
 from allocation.adapters.sale_queue import PassClaim, TicketClaim
 from allocation.domain import errors
-from allocation.domain.sale import PassInvalid
+from allocation.domain.errors import PassInvalid
 
 logger = logging.getLogger(__name__)
 MAX_LENGTH = 512  # API.md: a ticket (and a pass) is at most this long

@@ -26,26 +26,6 @@ PASS_TTL_DEFAULT = 300
 MAX_SKUS = 100
 
 
-class SaleClosed(errors.DomainError):
-    code = "sale_closed"
-
-
-class SkuGated(errors.DomainError):
-    """The sku is gated by another open sale (``sku`` names it)."""
-
-    code = "sku_gated"
-
-
-class PassRequired(errors.DomainError):
-    code = "pass_required"
-
-
-class PassInvalid(errors.DomainError):
-    """Forged, of another sale or buyer, expired or already used."""
-
-    code = "pass_invalid"
-
-
 @dataclass(frozen=True)
 class Sale:
     """A sale's definition: what the record keeps and a Redis rebuild restores."""

@@ -26,6 +26,7 @@ from allocation.entrypoints import (
 from allocation.entrypoints.movement_requests import MAX_BODY
 from allocation.entrypoints.routes import Routes
 from allocation.entrypoints.rsgi_bridge import RsgiBridge
+from allocation.entrypoints.sale_routes import SaleRoutes
 from allocation.runtime.process import start_thread
 
 logger = logging.getLogger(__name__)
@@ -77,10 +78,12 @@ def create_app(config: Config | None = None, application: Application | None = N
     http_errors.register(flask)
     _observe(flask)
     r = Routes(app)
+    sale_routes = SaleRoutes(app)
     others: dict[str, Callable[..., Response]] = {"dashboard_page": dashboard.page,
                                                   "dashboard_asset": dashboard.asset}
     for route in route_table.ROUTES:
-        view: Callable[..., Response] = others.get(route.handler) or getattr(r, route.handler)
+        view: Callable[..., Response] = others.get(route.handler) or getattr(
+            sale_routes, route.handler, None) or getattr(r, route.handler)
         flask.add_url_rule(route.path, endpoint=f"{route.method} {route.path}", view_func=view,
                            methods=[route.method])
     if fast:

@@ -9,14 +9,15 @@ import swagger_ui_bundle
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from allocation.entrypoints import route_table, schemas
+from allocation.entrypoints import route_table, sale_schemas, schemas
 
 REF = "#/components/schemas/{model}"
 _MODELS: list[type[BaseModel]] = [
     schemas.InitBody, schemas.LimitBody, schemas.AdjustBody, schemas.QtyBody, schemas.Item,
     schemas.ItemPage,
     schemas.LedgerPage, schemas.RefreshedCount, schemas.Stats, schemas.Error,
-    schemas.ReserveBody, schemas.ExtendBody, schemas.ReservationOut]
+    schemas.ReserveBody, schemas.ExtendBody, schemas.ReservationOut, sale_schemas.SaleBody,
+    sale_schemas.SaleOut, sale_schemas.JoinBody, sale_schemas.TicketOut]
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -42,6 +43,18 @@ def _int_query(name: str, minimum: int, maximum: int | None = None) -> dict[str,
     if maximum is not None:
         schema["maximum"] = maximum
     return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def _ticket() -> dict[str, Any]:
+    return {"name": "ticket", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": sale_schemas.TICKET_PATTERN}}
+
+
+def _sale_pass() -> dict[str, Any]:
+    return {"name": "Sale-Pass", "in": "header", "required": False,
+            "description": "the buyer's pass, where a sale gates the sku (403 `pass_required` "
+                           "without it, `pass_invalid` with a bad one)",
+            "schema": {"type": "string", "maxLength": 512}}
 
 
 def _key(required: bool) -> dict[str, Any]:
@@ -85,7 +98,7 @@ def _movement(summary: str, body: type[BaseModel], key_required: bool,
         "404": _json(schemas.Error, "unknown item"),
         "409": _json(schemas.Error, refusal),
         "422": _json(schemas.Error, "idempotency key reused with another body"),
-    }, [_name("namespace"), _name("sku"), _key(key_required)], body)
+    }, [_name("namespace"), _name("sku"), _key(key_required), _sale_pass()], body)
 
 
 def _reservation_step(summary: str, refusals: str,
@@ -118,6 +131,7 @@ def document() -> dict[str, Any]:
     _, definitions = models_json_schema([(m, "validation") for m in _MODELS],
                                         ref_template=REF)
     item = [_name("namespace"), _name("sku")]
+    sale = [_name("namespace"), _name("sale")]
     return {
         "openapi": "3.0.3",
         "info": {"title": "allocation: flash-sale inventory", "version": "1"},
@@ -203,6 +217,35 @@ def document() -> dict[str, Any]:
                          "clients (the metrics /metrics has, of this namespace alone)", {
                              "200": _json(schemas.Stats, "the figures")},
                          [_name("namespace")]),
+            "put_sale": _op("Define a sale gating skus of the namespace", {
+                "201": _json(sale_schemas.SaleOut, "created"),
+                "200": _json(sale_schemas.SaleOut, "exists with the same terms"),
+                "404": _json(schemas.Error, "unknown item; `sku` names it"),
+                "409": _json(schemas.Error, "already_exists with other terms; sku_gated, "
+                                            "`sku` in another open sale")},
+                sale, sale_schemas.SaleBody),
+            "get_sale": _op("Read a sale and its live figures", {
+                "200": _json(sale_schemas.SaleOut, "the sale"),
+                "404": _json(schemas.Error, "unknown sale")}, sale),
+            "close_sale": _op("Close a sale: its skus are no longer gated", {
+                "200": _json(sale_schemas.SaleOut, "the sale, state `closed`"),
+                "404": _json(schemas.Error, "unknown sale")}, sale),
+            "join_queue": _op("Join a sale's queue for a buyer (one ticket per buyer)", {
+                "201": _json(sale_schemas.TicketOut, "joined"),
+                "200": _json(sale_schemas.TicketOut, "the buyer's ticket, joined before"),
+                "404": _json(schemas.Error, "unknown sale"),
+                "409": _json(schemas.Error, "sale_closed")}, sale, sale_schemas.JoinBody),
+            "poll_ticket": _op("A ticket's state; `pass` once admitted (no token: the ticket "
+                               "is the credential)", {
+                "200": _json(sale_schemas.TicketOut, "the ticket"),
+                "404": _json(schemas.Error, "unknown sale, or not a ticket of it")},
+                [*sale, _ticket()]),
+            "ticket_stream": _op("A ticket's state as server-sent events (`event: ticket`)",
+                                 {"200": {"description": "`text/event-stream` of the ticket",
+                                          "content": {"text/event-stream": {}}},
+                                  "404": _json(schemas.Error, "unknown sale, or not a "
+                                                              "ticket of it")},
+                                 [*sale, _ticket()]),
             "healthz": {"summary": "The process is up", "responses": {
                 "200": {"description": "`{\"status\": \"ok\"}`"}}},
             "readyz": {"summary": "The database and Redis answer, and every worker of "

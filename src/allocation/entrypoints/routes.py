@@ -137,7 +137,8 @@ class Routes:
         kind = KINDS[request.path.rsplit("/", 1)[-1]]
         return to_response(answer_movement(self.app, MovementRequest(
             kind, namespace, sku, request.headers.get("Idempotency-Key"),
-            request.content_type or "", request.content_length, _raw_body())))
+            request.content_type or "", request.content_length, _raw_body(),
+            request.headers.get("Sale-Pass"))))
 
     def stream(self, namespace: str, sku: str) -> Response:
         """The stream's first event. Served through RSGI (the default) the connection then

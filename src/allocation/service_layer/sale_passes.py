@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from allocation.domain.sale import PassInvalid, PassRequired, Sale, place
+from allocation.domain.errors import PassInvalid, PassRequired
+from allocation.domain.sale import Sale, place
 from allocation.service_layer.services import Services
 
 REFUSED = {"used": "the Sale-Pass has been used", "expired": "the Sale-Pass has expired",

@@ -11,9 +11,7 @@ from allocation.adapters.sale_queue import Advanced, PassClaim, TicketClaim
 from allocation.domain import commands, errors
 from allocation.domain.sale import (
     Sale,
-    SaleClosed,
     SaleState,
-    SkuGated,
     TicketState,
     place,
     sale_state,
@@ -76,7 +74,7 @@ def put_sale(cmd: commands.PutSale, services: Services) -> SaleAnswer:
 
 def _not_gated(gating: dict[str, str]) -> None:
     for sku, other in gating.items():
-        raise SkuGated(f"{sku} is gated by the open sale {other}", sku=sku)
+        raise errors.SkuGated(f"{sku} is gated by the open sale {other}", sku=sku)
 
 
 def close_sale(cmd: commands.CloseSale, services: Services) -> SaleAnswer:
@@ -97,14 +95,14 @@ def close_sale(cmd: commands.CloseSale, services: Services) -> SaleAnswer:
 def join_queue(cmd: commands.JoinQueue, services: Services) -> TicketAnswer:
     sale = _sale(services, cmd.namespace, cmd.sale)
     if sale.closed:
-        raise SaleClosed(f"the sale {cmd.sale} is closed")
+        raise errors.SaleClosed(f"the sale {cmd.sale} is closed")
     joined = services.sale_queue.join(cmd.namespace, cmd.sale, cmd.buyer)
     if joined.status == "missing":  # Redis lost it: its terms come back from the record
         services.sale_queue.gate(sale, True)
         services.sale_queue.put(sale)
         joined = services.sale_queue.join(cmd.namespace, cmd.sale, cmd.buyer)
     if joined.status == "closed":
-        raise SaleClosed(f"the sale {cmd.sale} is closed")
+        raise errors.SaleClosed(f"the sale {cmd.sale} is closed")
     ticket = services.signing.ticket(cmd.namespace, cmd.sale, TicketClaim(
         cmd.buyer, joined.number, joined.joined_at_ms))
     answer = poll_ticket(services, cmd.namespace, cmd.sale, ticket)
