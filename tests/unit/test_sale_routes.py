@@ -121,3 +121,31 @@ class TestQueue:
         shop.client.post(f"{SALE}/close")
         refused = shop.client.post(f"{SALE}/queue", json={"buyer": "ann"})
         assert (refused.status_code, body(refused)["error"]) == (409, "sale_closed")
+
+
+class TestGatedReservations:
+    def reserve(self, shop: FakeApp, key: str, qty: int, sale_pass: str | None = None,
+                buyer: str = "ann") -> Any:
+        headers = {"Idempotency-Key": key}
+        if sale_pass is not None:
+            headers["Sale-Pass"] = sale_pass
+        return shop.client.post(f"/v1/{NS}/reservations", headers=headers, json={
+            "lines": [{"sku": "b", "qty": qty}], "buyer": buyer})
+
+    def admitted(self, shop: FakeApp, buyer: str) -> str:
+        ticket = body(shop.client.post(f"{SALE}/queue", json={"buyer": buyer}))["ticket"]
+        fresh(shop)
+        sale_pass: str = body(shop.client.get(f"{SALE}/queue/{ticket}"))["pass"]
+        return sale_pass
+
+    def test_a_hold_needs_the_pass_and_spends_it(self, shop: FakeApp) -> None:
+        put_sale(shop)
+        sale_pass = self.admitted(shop, "ann")
+        refused = self.reserve(shop, "r0", 1)
+        assert (refused.status_code, body(refused)["error"]) == (403, "pass_required")
+        assert self.reserve(shop, "r1", 2, sale_pass).status_code == 409  # only 1 of b
+        held = self.reserve(shop, "r2", 1, sale_pass)  # the refusal gave the pass back
+        assert held.status_code == 201, held.data
+        again = self.reserve(shop, "r3", 1, sale_pass)
+        assert (again.status_code, body(again)["error"]) == (403, "pass_invalid")
+        assert body(shop.client.get(f"/v1/{NS}/items/b"))["held"] == 1

@@ -71,6 +71,7 @@ class Reserve(Command):
     idempotency_key: str
     ttl_seconds: int = 600
     buyer: str | None = None
+    sale_pass: str | None = None  # the Sale-Pass header: a line of a gated sku needs one
 
 
 @dataclass(frozen=True)

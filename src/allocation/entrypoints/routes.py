@@ -67,7 +67,7 @@ class Routes:
         assert key is not None
         body = _body(schemas.ReserveBody)
         command = commands.Reserve(ns, tuple((line.sku, line.qty) for line in body.lines), key,
-                                   body.ttl_seconds, body.buyer)
+                                   body.ttl_seconds, body.buyer, request.headers.get("Sale-Pass"))
         grant = request.environ.get(access.GRANT)
         token = grant.id if grant is not None and self.token_holds.cap > 0 else None
         place = None if token is None else self.token_holds.claim(token)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from allocation.adapters.counter import Line, Reserved, Reserving, Step
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
-from allocation.service_layer import rebuild
+from allocation.service_layer import rebuild, sale_passes
 from allocation.service_layer.results import Reservation
 from allocation.service_layer.services import Services
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
@@ -55,10 +55,22 @@ def reserve(cmd: commands.Reserve, services: Services) -> Reservation:
         with contextlib.suppress(errors.NotFound):
             _restore(services.uow_factory(), counter, cmd.namespace, rid, request,
                      (lines, cmd.buyer))
-    result = _step(services, "hold", cmd.namespace, rid, lines, ttl_ms=cmd.ttl_seconds * 1000,
-                   buyer=cmd.buyer, fingerprint=request, key=cmd.idempotency_key,
-                   open_cap=services.open_reservations_per_buyer if cmd.buyer else 0)
-    return _view(rid, cmd.namespace, lines, cmd.buyer, result)
+    def hold() -> Reservation:
+        result = _step(services, "hold", cmd.namespace, rid, lines,
+                       ttl_ms=cmd.ttl_seconds * 1000, buyer=cmd.buyer, fingerprint=request,
+                       key=cmd.idempotency_key,
+                       open_cap=services.open_reservations_per_buyer if cmd.buyer else 0)
+        return _view(rid, cmd.namespace, lines, cmd.buyer, result)
+
+    sale = sale_passes.gating(services, cmd.namespace, (sku for sku, _ in lines))
+    if sale is None:
+        return hold()
+    # A pass is spent by the hold that takes its units (docs/adr/0033).
+    gated = sum(qty for sku, qty in lines if sku in sale.skus)
+    with sale_passes.claimed(services, sale, cmd.buyer, cmd.sale_pass, gated) as claim:
+        made = hold()
+        claim.used = not made.replayed
+    return made
 
 
 def confirm(cmd: commands.ConfirmReservation, services: Services) -> Reservation:

@@ -1,16 +1,18 @@
 """A movement of a gated sku, under the buyer's pass: the pass is checked (signed, this sale's,
 this buyer's, not expired) and claimed in the sale's slot before the movement runs in the
-item's; it is spent if the movement sold, and given back if it was refused (docs/adr/0033).
+item's; it is spent if the movement sold or held, and given back if it was refused
+(docs/adr/0033).
 A movement whose end is unknown (Redis went away) leaves the claim to lapse, counted as used:
 a pass is never used twice."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from allocation.domain import errors
 from allocation.domain.errors import PassInvalid, PassRequired
 from allocation.domain.sale import Sale, place
 from allocation.service_layer.services import Services
@@ -43,5 +45,19 @@ def claimed(services: Services, sale: Sale, buyer: str | None, sale_pass: str | 
     if status != "ok":
         raise PassInvalid(REFUSED[status])
     held = Claim()
-    yield held
+    try:
+        yield held
+    except errors.DomainError:  # refused: nothing was taken
+        services.sale_queue.resolve(sale.namespace, sale.sale, where, False)
+        raise
     services.sale_queue.resolve(sale.namespace, sale.sale, where, held.used)
+
+
+def gating(services: Services, namespace: str, skus: Iterable[str]) -> Sale | None:
+    """The one sale gating any of ``skus`` (as this process knows); lines of two sales' skus
+    would need two passes: refused."""
+    found = {(s.namespace, s.sale): s for sku in skus
+             if (s := services.sales.gate(namespace, sku)) is not None}
+    if len(found) > 1:
+        raise PassInvalid("these lines are gated by more than one sale: one pass covers one")
+    return next(iter(found.values()), None)
