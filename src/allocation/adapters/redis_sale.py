@@ -36,6 +36,11 @@ class RedisSaleQueue:
         self._claim = client.register_script(lua("sale_claim"))
         self._resolve = client.register_script(lua("sale_resolve"))
         self._pass = client.register_script(lua("sale_pass"))
+        self._now = client.register_script(lua("sale_now"))
+
+    def now_ms(self, namespace: str, sale: str) -> int:
+        with unavailable_on_connection_error():
+            return int(self._now(keys=[self.keys.sale(namespace, sale)[0]]))
 
     def put(self, sale: Sale) -> None:
         sale_key = self.keys.sale(sale.namespace, sale.sale)[0]

@@ -60,6 +60,9 @@ class SaleQueue(Protocol):
     def put(self, sale: Sale) -> None:
         """Define the sale, or restore its terms, keeping its queue."""
 
+    def now_ms(self, namespace: str, sale: str) -> int:
+        """The clock the sale's scripts read (a sale made with no ``opens_at`` opens now)."""
+
     def gate(self, sale: Sale, gated: bool) -> None:
         """Mark the sale's skus as gated by it (or no longer) where their sales run, so that
         a process that has not heard of the sale yet still sells none without its pass."""

@@ -40,7 +40,8 @@ class TicketAnswer:
 
 
 def put_sale(cmd: commands.PutSale, services: Services) -> SaleAnswer:
-    opens_at = cmd.opens_at_ms if cmd.opens_at_ms is not None else int(time.time() * 1000)
+    opens_at = (cmd.opens_at_ms if cmd.opens_at_ms is not None
+                else services.sale_queue.now_ms(cmd.namespace, cmd.sale))
     sale = Sale(cmd.namespace, cmd.sale, cmd.skus, opens_at, cmd.admit_factor,
                 cmd.pass_ttl_seconds, cmd.max_admitted)
     with services.uow_factory() as uow:
