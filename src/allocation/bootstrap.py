@@ -120,7 +120,7 @@ def bootstrap(
                              and engine.dialect.name == "postgresql" else InProcessItemLocks())
     durability = Durability("sync" if config.durability == "sync" else "async", progress,
                             config.sync_wait_seconds)
-    sale_queue = RedisSaleQueue(counter.client, counter.keys)
+    sale_queue = RedisSaleQueue(counter.client, counter.keys, counter.events_channel)
     services = Services(
         uow_factory=uow_factory, counter=counter, outbox=outbox, publish=publish,
         movement_events=(PublishedByCounter() if counter.publishes_events

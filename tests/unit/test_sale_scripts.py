@@ -3,6 +3,7 @@ room's rules (domain/sale.py) and on a clock the tests move."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -229,3 +230,31 @@ def test_the_scripts_follow_the_rules(ops: list[tuple[str, int]], factor: float,
         for number in range(figures.joined):
             view = ticket_state(number, figures)
             assert view.state in ("admitted", "waiting", "sold_out")
+
+
+def test_the_scripts_announce_opening_selling_out_and_closing(room: Room) -> None:
+    channel = f"{room.counter.keys.prefix}:events"
+    queue = RedisSaleQueue(room.counter.client, room.counter.keys, channel)
+    listener = room.counter.client.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(channel)
+    sale = Sale(NS, "drop", ("a", "b"), T0)
+    queue.put(sale)
+    queue.join(NS, "drop", "ann")
+    room.at(T0)
+    queue.advance(sale)
+    room.stock("a", 3, consumed=3)
+    room.stock("b", 2, consumed=2)
+    queue.advance(sale)
+    queue.advance(sale)  # still sold out: said once
+    queue.put(Sale(NS, "drop", ("a", "b"), T0, closed=True))
+    heard = []
+    for _ in range(50):
+        message = listener.get_message(timeout=0.1)
+        if message is not None:
+            heard.append(json.loads(message["data"]))
+        if len(heard) == 3:
+            break
+    listener.close()
+    assert [(e["event"], e["namespace"], e["sale"]) for e in heard] == [
+        ("SaleOpened", NS, "drop"), ("SaleSoldOut", NS, "drop"), ("SaleClosed", NS, "drop")]
+    assert heard[0]["prequeue"] == 1

@@ -27,9 +27,12 @@ def _order_key() -> str:
 
 
 class RedisSaleQueue:
-    def __init__(self, client: RedisClient, keys: KeySpace) -> None:
+    def __init__(self, client: RedisClient, keys: KeySpace, events_channel: str = "") -> None:
         self.client = client
         self.keys = keys
+        # SaleOpened, SaleSoldOut and SaleClosed go out from the scripts that make them so,
+        # as the counter's own movement events do ("": none).
+        self.events_channel = events_channel
         self._put = client.register_script(lua("sale_put"))
         self._join = ScriptBatcher(client, lua("sale_join"))  # the herd's joins share trips
         self._advance = client.register_script(lua("sale_advance"))
@@ -47,7 +50,8 @@ class RedisSaleQueue:
         with unavailable_on_connection_error():
             self._put(keys=[sale_key], args=[
                 sale.opens_at_ms, repr(sale.admit_factor), sale.max_admitted or 0,
-                sale.pass_ttl_seconds * 1000, "1" if sale.closed else "0", " ".join(sale.skus)])
+                sale.pass_ttl_seconds * 1000, "1" if sale.closed else "0", " ".join(sale.skus),
+                sale.namespace, sale.sale, self.events_channel])
 
     def gate(self, sale: Sale, gated: bool) -> None:
         with unavailable_on_connection_error():
@@ -64,7 +68,8 @@ class RedisSaleQueue:
         sale_key, buyers, *_ = self.keys.sale(namespace, sale)
         with unavailable_on_connection_error():
             status, number, joined_at = self._join(keys=[sale_key, buyers],
-                                                   args=[buyer, _order_key()])
+                                                   args=[buyer, _order_key(),
+                                                         self.events_channel])
         return Joined(cast(JoinStatus, _text(status)), int(number), int(joined_at))
 
     def advance(self, sale: Sale, most: int = 1000) -> Advanced:
@@ -76,7 +81,8 @@ class RedisSaleQueue:
             epoch = int(self.client.hget(sale_key, "epoch") or 0)
             available, held = self._units(sale)
             reply = self._advance(keys=[sale_key, outstanding, claims, passes, resolved],
-                                  args=[available, held, epoch, _order_key(), most])
+                                  args=[available, held, epoch, _order_key(), most,
+                                        self.events_channel])
         if not reply:
             return Advanced(None, available, held, 0)
         (joined, serving, prequeue, order_key, out, used, expired, sold_out, closed, _,

@@ -7,7 +7,8 @@ from importlib import resources
 # The scripts that change items or read the clock: they start with the functions of lib.lua.
 _WITH_LIB = frozenset({"move", "reserve", "part", "sweep", "claim", "restore"})
 # A sale's scripts: lib.lua's clock, then sale_lib.lua.
-_SALE = frozenset({"sale_join", "sale_advance", "sale_claim", "sale_pass", "sale_now"})
+_SALE = frozenset({"sale_put", "sale_join", "sale_advance", "sale_claim", "sale_pass",
+                   "sale_now"})
 
 
 def lua(name: str) -> str:

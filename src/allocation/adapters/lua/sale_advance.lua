@@ -3,7 +3,7 @@
 -- KEYS: sale, outstanding, claims, passes, resolved.
 -- ARGV: available (the skus' available units, read after the sale's epoch), held (their
 -- held units), that epoch, a random key for the pre-queue's order, the most places to admit
--- in this call.
+-- in this call, the events channel ("" for none).
 -- The figures were read from the items' slots, which a script here cannot read on a cluster:
 -- units that passes may have taken since they were read are counted as gone (claims in
 -- flight, and uses resolved after that epoch), so admission never outruns the stock.
@@ -14,7 +14,8 @@ local read_epoch, most = tonumber(ARGV[3]), tonumber(ARGV[5])
 local RESOLVED_WINDOW = 100000
 if not redis.call('HGET', sale, 'closed') then return {} end
 local now = now_ms()
-open_if_due(sale, now, ARGV[4])
+local channel = ARGV[6] or ''
+open_if_due(sale, now, ARGV[4], channel)
 
 -- A claim whose movement never answered (its process died) counts as used: never twice.
 local flat = redis.call('HGETALL', claims)
@@ -38,7 +39,13 @@ for _, place in ipairs(redis.call('ZRANGEBYSCORE', outstanding, '-inf', now)) do
   end
 end
 
-redis.call('HSET', sale, 'sold_out', (available <= 0 and held <= 0) and 1 or 0)
+local sold_out = (available <= 0 and held <= 0) and 1 or 0
+if redis.call('HGET', sale, 'sold_out') ~= tostring(sold_out) then
+  redis.call('HSET', sale, 'sold_out', sold_out)
+  if sold_out == 1 and redis.call('HGET', sale, 'closed') == '0' then
+    sale_event(sale, channel, 'SaleSoldOut', {state = 'sold_out'})
+  end
+end
 local f = redis.call('HMGET', sale, 'closed', 'prequeue', 'joined', 'serving', 'factor', 'max',
                      'ttl_ms', 'epoch')
 local epoch = tonumber(f[8] or 0)

@@ -8,12 +8,24 @@
 -- resolved: places whose pass was used, scored by the epoch of the use.
 -- Places are the serving order (allocation.domain.sale): the rules here mirror it.
 
+-- A sale's event on the events channel ("" for none), as API.md names them.
+local function sale_event(sale, channel, name, extra)
+  if channel == '' then return end
+  local f = redis.call('HMGET', sale, 'ns', 'name', 'joined', 'serving', 'used', 'expired')
+  local event = {event = name, namespace = f[1], sale = f[2], joined = tonumber(f[3] or 0),
+                 serving = tonumber(f[4] or 0), used = tonumber(f[5] or 0),
+                 expired = tonumber(f[6] or 0)}
+  for key, value in pairs(extra) do event[key] = value end
+  redis.call('PUBLISH', channel, cjson.encode(event))
+end
+
 -- The opening: the pre-queue's size is fixed and its order's key drawn, once.
-local function open_if_due(sale, now, candidate_key)
+local function open_if_due(sale, now, candidate_key, channel)
   local opens_at, prequeue = unpack(redis.call('HMGET', sale, 'opens_at', 'prequeue'))
   if prequeue or tonumber(opens_at) > now then return end
-  redis.call('HSET', sale, 'prequeue', redis.call('HGET', sale, 'joined') or 0,
-             'order_key', candidate_key)
+  local size = redis.call('HGET', sale, 'joined') or 0
+  redis.call('HSET', sale, 'prequeue', size, 'order_key', candidate_key)
+  sale_event(sale, channel, 'SaleOpened', {prequeue = tonumber(size)})
 end
 
 -- The sale's figures, as allocation.adapters.redis_sale reads them.
