@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import json
 import multiprocessing
 import os
 import signal
@@ -281,3 +282,37 @@ def test_kill_9_of_a_server_mid_queue(config: Config, api: str, namespace: str,
     consumed = requests.get(f"{api}/v1/{namespace}/items/hot", timeout=10).json()["consumed"]
     assert consumed <= 1  # one pass, one sale at most, whatever the kill interrupted
     assert retry.status_code != 200 or consumed == 1
+
+
+def test_a_tickets_stream_follows_it_to_sold_out(api: str, namespace: str, sell_token: str,
+                                                 clock: RedisCounter) -> None:
+    sale = f"{api}/v1/{namespace}/sales/drop"
+    assert requests.put(f"{api}/v1/{namespace}/items/one", json={"total": 1},
+                        timeout=10).status_code == 201
+    assert requests.put(sale, json={"skus": ["one"], "admit_factor": 1},
+                        timeout=10).status_code == 201
+    sell = {"Authorization": f"Bearer {sell_token}"}
+    _, ann = admitted_pass(sale, sell, "ann")
+    bob = requests.post(f"{sale}/queue", json={"buyer": "bob"}, headers=sell,
+                        timeout=10).json()["ticket"]
+    states: list[str] = []
+    with requests.get(f"{sale}/queue/{bob}/stream", stream=True, timeout=10,
+                      headers={"Authorization": None}) as streamed:  # no token: public
+        assert streamed.status_code == 200
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        lines = streamed.iter_lines()
+
+        def heard(state: str) -> bool:
+            for line in lines:
+                if line.startswith(b"data: "):
+                    states.append(json.loads(line[6:])["state"])
+                    return states[-1] == state
+            return False
+
+        wait_until(lambda: heard("waiting"), 5, "bob's first event")
+        sold = requests.post(f"{api}/v1/{namespace}/items/one/decrements", json={
+            "qty": 1, "buyer": "ann"}, headers={**sell, "Idempotency-Key": "k1",
+                                                "Sale-Pass": ann}, timeout=10)
+        assert sold.status_code == 200
+        wait_until(lambda: heard("sold_out"), 10, "bob's stream to say sold out")
+    assert states[0] == "waiting" and states[-1] == "sold_out"

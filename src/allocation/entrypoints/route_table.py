@@ -55,7 +55,7 @@ ROUTES: tuple[Route, ...] = (
     Route("close_sale", "POST", f"{SALE}/close", "close_sale", "admin"),
     Route("join_queue", "POST", f"{SALE}/queue", "join_queue", "sell"),
     Route("poll_ticket", "GET", TICKET, "poll_ticket"),  # the ticket is the credential
-    Route("ticket_stream", "GET", f"{TICKET}/stream", "ticket_stream"),
+    Route("ticket_stream", "GET", f"{TICKET}/stream", "ticket_stream", stream=True),
     Route("healthz", "GET", "/healthz", "healthz"),
     Route("readyz", "GET", "/readyz", "readyz"),
     Route("metrics", "GET", "/metrics", "metrics", "operator"),
