@@ -4,6 +4,7 @@ is a fake, the queue the production scripts on the embedded Redis, on a clock th
 from __future__ import annotations
 
 import dataclasses
+from typing import NoReturn
 
 import pytest
 
@@ -177,3 +178,22 @@ class TestGate:
         assert outcome.status == "pass_required"
         assert shop.counter.read(NS, "a").consumed == 0  # type: ignore[union-attr]
         assert other.bus.handle(commands.Decrement(NS, "c", 1, "k2")).ok
+
+
+def test_a_waiting_tickets_poll_asks_nothing_of_redis_or_the_record(shop: FakeApp) -> None:
+    put(shop, admit_factor=1)  # 3 units: 3 admitted, the rest wait
+    tickets = [join(shop, f"b{n}").ticket for n in range(6)]
+    services = shop.bus.services
+    sales.poll_ticket(services, NS, "drop", tickets[5])  # the figures, fresh
+
+    def away(*_: object, **__: object) -> NoReturn:
+        raise AssertionError("a round trip")
+
+    shop.counter.client.execute_command = away  # type: ignore[method-assign]
+    services = dataclasses.replace(services, uow_factory=away)
+    services.sales.uow_factory = away
+    try:
+        assert [sales.poll_ticket(services, NS, "drop", t).state for t in tickets[3:]] == [
+            "waiting"] * 3
+    finally:
+        del shop.counter.client.execute_command
