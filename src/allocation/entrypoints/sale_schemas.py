@@ -51,6 +51,16 @@ class JoinBody(Model):
     buyer: Buyer
 
 
+class JoinQueueMessage(Model):
+    """``JoinQueue`` on the commands channel (API.md, "Waiting room"): answered by
+    ``QueueJoined`` with the buyer's ticket."""
+
+    command: Literal["JoinQueue"]
+    namespace: Name
+    sale: Name
+    buyer: Buyer
+
+
 class SaleOut(Answer):
     namespace: str
     sale: str
