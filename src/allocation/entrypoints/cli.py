@@ -30,6 +30,7 @@ from allocation.entrypoints import (
     cpu_pinning,
     ledger_worker,
     replies,
+    sale_cli,
     schemas,
     sweeper,
     token_cli,
@@ -563,6 +564,7 @@ def _row_problem(row: list[str], seen: dict[str, int]) -> str | None:
 
 
 main.add_command(token_cli.token)
+main.add_command(sale_cli.sale)
 
 if __name__ == "__main__":
     main()

@@ -26,7 +26,7 @@ from allocation.entrypoints import (
     metrics,
     replies,
     route_table,
-    sale_routes,
+    sale_replies,
     stock_stream,
     ticket_stream,
     worker_start,
@@ -214,7 +214,7 @@ class RsgiBridge:
 
 
 def _ticket_event(app: Application, namespace: str, sale: str, ticket: str) -> bytes:
-    return sale_routes.ticket_event(sales.poll_ticket(app.bus.services, namespace, sale,
+    return sale_replies.ticket_event(sales.poll_ticket(app.bus.services, namespace, sale,
                                                       ticket))
 
 
