@@ -149,3 +149,15 @@ class TestGatedReservations:
         again = self.reserve(shop, "r3", 1, sale_pass)
         assert (again.status_code, body(again)["error"]) == (403, "pass_invalid")
         assert body(shop.client.get(f"/v1/{NS}/items/b"))["held"] == 1
+
+
+def test_metrics_show_each_open_sales_queue(shop: FakeApp) -> None:
+    put_sale(shop, admit_factor=1)
+    for buyer in ("ann", "bob", "cat", "dan"):
+        shop.client.post(f"{SALE}/queue", json={"buyer": buyer})
+    fresh(shop)
+    text = shop.client.get("/metrics").data.decode()
+    labels = f'{{namespace="{NS}",sale="drop"}}'
+    assert f"allocation_sale_admitted{labels} 3" in text
+    assert f"allocation_sale_waiting{labels} 1" in text
+    assert f"allocation_sale_available{labels} 3" in text

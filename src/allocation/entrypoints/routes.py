@@ -17,6 +17,7 @@ from allocation.entrypoints import (
     metrics,
     openapi,
     replies,
+    sale_replies,
     schemas,
     stock_stream,
     token_holds,
@@ -176,7 +177,8 @@ class Routes:
     def metrics(self) -> Response:
         health = self.app.health
         body, content_type = metrics.exposition(health.backlog(), health.drift(),
-                                                health.redis_memory(), health.hold_tally())
+                                                health.redis_memory(), health.hold_tally(),
+                                                sale_replies.sale_gauges(self.app))
         return Response(body, content_type=content_type)
 
     def stats(self, namespace: str) -> Response:

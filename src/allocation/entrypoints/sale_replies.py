@@ -4,10 +4,13 @@ routes, the bridge's ticket streams and the command line share them)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from allocation.entrypoints import replies
 from allocation.service_layer.sales import SaleAnswer, TicketAnswer
+
+if TYPE_CHECKING:
+    from allocation.bootstrap import Application
 
 
 def _time(ms: int) -> str:
@@ -40,3 +43,19 @@ def ticket_event(answer: TicketAnswer) -> bytes:
     """A ticket as one server-sent event."""
     reply = replies.Reply(200, ticket_body(answer))
     return b"event: ticket\ndata: " + replies.encode(reply).rstrip(b"\n") + b"\n\n"
+
+
+def sale_gauges(app: Application) -> dict[tuple[str, str], dict[str, int]]:
+    """The open sales' figures for /metrics, as this server holds them."""
+    gauges: dict[tuple[str, str], dict[str, int]] = {}
+    room = app.bus.services.sales
+    for sale in room.open_sales():
+        advanced = room.figures(sale)
+        figures = advanced.figures
+        if figures is None:
+            continue
+        gauges[(sale.namespace, sale.sale)] = {
+            "waiting": max(figures.joined - figures.serving, 0),
+            "admitted": figures.outstanding, "passes_used": figures.used,
+            "passes_expired": figures.expired, "available": advanced.available}
+    return gauges

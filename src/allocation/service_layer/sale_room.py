@@ -57,6 +57,10 @@ class SaleRoom:
         """An open sale as last read (None: unknown here, or closed; no I/O)."""
         return self._sales.get((namespace, sale))
 
+    def open_sales(self) -> list[Sale]:
+        """The open sales as last read (no I/O)."""
+        return list(self._sales.values())
+
     def known(self, sale: Sale) -> None:
         """This process put or closed the sale: it knows at once, whatever the window."""
         with self._reading:
