@@ -176,6 +176,9 @@ class TestGate:
             redis_client=shop.counter.client, publish=lambda _: None)
         outcome = other.bus.handle(commands.Decrement(NS, "a", 1, "k1", "ann"))
         assert outcome.status == "pass_required"
+        with pytest.raises(PassRequired):
+            other.bus.handle(commands.Reserve(NS, (("c", 1), ("a", 1)), "r1", 60, "ann"))
+        assert shop.counter.read(NS, "c").held == 0  # type: ignore[union-attr]
         assert shop.counter.read(NS, "a").consumed == 0  # type: ignore[union-attr]
         assert other.bus.handle(commands.Decrement(NS, "c", 1, "k2")).ok
 
