@@ -161,3 +161,15 @@ def test_metrics_show_each_open_sales_queue(shop: FakeApp) -> None:
     assert f"allocation_sale_admitted{labels} 3" in text
     assert f"allocation_sale_waiting{labels} 1" in text
     assert f"allocation_sale_available{labels} 3" in text
+
+
+def test_a_namespaces_stats_list_its_open_sales(shop: FakeApp) -> None:
+    put_sale(shop, admit_factor=1)
+    for buyer in ("ann", "bob", "cat", "dan"):
+        shop.client.post(f"{SALE}/queue", json={"buyer": buyer})
+    fresh(shop)
+    sales = body(shop.client.get(f"/v1/{NS}/stats"))["sales"]
+    assert sales == [{"sale": "drop", "waiting": 1, "admitted": 3, "passes_used": 0,
+                      "passes_expired": 0, "available": 3, "served": 3, "sold_out": 0}]
+    shop.client.post(f"{SALE}/close")
+    assert body(shop.client.get(f"/v1/{NS}/stats"))["sales"] == []

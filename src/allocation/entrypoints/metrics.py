@@ -196,7 +196,7 @@ def sale_lines(figures: SaleFigures) -> list[str]:
         lines += [f"# HELP allocation_sale_{gauge} {about}",
                   f"# TYPE allocation_sale_{gauge} gauge"]
         lines += [f'allocation_sale_{gauge}{{namespace="{ns}",sale="{sale}"}} {values[gauge]}'
-                  for (ns, sale), values in sorted(figures.items())]
+                  for (ns, sale), values in sorted(figures.items()) if gauge in values]
     return lines
 
 

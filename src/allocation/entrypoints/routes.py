@@ -184,7 +184,8 @@ class Routes:
     def stats(self, namespace: str) -> Response:
         ns = _path(namespace, "x").namespace
         health = self.app.health
-        return jsonify(metrics.namespace_figures(ns, health.hold_tally(), health.drift()))
+        return jsonify({**metrics.namespace_figures(ns, health.hold_tally(), health.drift()),
+                        "sales": sale_replies.sale_stats(self.app, ns)})
 
     def openapi_json(self) -> Response:
         return jsonify(openapi.document())

@@ -45,11 +45,15 @@ def ticket_event(answer: TicketAnswer) -> bytes:
     return b"event: ticket\ndata: " + replies.encode(reply).rstrip(b"\n") + b"\n\n"
 
 
-def sale_gauges(app: Application) -> dict[tuple[str, str], dict[str, int]]:
-    """The open sales' figures for /metrics, as this server holds them."""
+def sale_gauges(app: Application,
+                namespace: str | None = None) -> dict[tuple[str, str], dict[str, int]]:
+    """The open sales' figures (of ``namespace``, or all) for /metrics and a namespace's
+    stats, as this server holds them; ``served``: places admitted so far."""
     gauges: dict[tuple[str, str], dict[str, int]] = {}
     room = app.bus.services.sales
     for sale in room.open_sales():
+        if namespace is not None and sale.namespace != namespace:
+            continue
         advanced = room.figures(sale)
         figures = advanced.figures
         if figures is None:
@@ -57,5 +61,12 @@ def sale_gauges(app: Application) -> dict[tuple[str, str], dict[str, int]]:
         gauges[(sale.namespace, sale.sale)] = {
             "waiting": max(figures.joined - figures.serving, 0),
             "admitted": figures.outstanding, "passes_used": figures.used,
-            "passes_expired": figures.expired, "available": advanced.available}
+            "passes_expired": figures.expired, "available": advanced.available,
+            "served": figures.serving, "sold_out": int(figures.sold_out)}
     return gauges
+
+
+def sale_stats(app: Application, namespace: str) -> list[dict[str, Any]]:
+    """The namespace's open sales, for its stats (the dashboard's queue panel)."""
+    return [{"sale": sale, **figures} for (_, sale), figures in
+            sorted(sale_gauges(app, namespace).items())]
