@@ -36,6 +36,7 @@ class SaleRoom:
         self.clock = clock
         self._sales: dict[tuple[str, str], Sale] = {}
         self._gated: dict[tuple[str, str], Sale] = {}
+        self._closed: dict[tuple[str, str], Sale] = {}  # a closed sale stays closed
         self._figures: dict[tuple[str, str], Seen] = {}
         self._reading = threading.Lock()
         self._advancing: dict[tuple[str, str], threading.Lock] = {}
@@ -54,8 +55,9 @@ class SaleRoom:
         return sale
 
     def sale(self, namespace: str, sale: str) -> Sale | None:
-        """An open sale as last read (None: unknown here, or closed; no I/O)."""
-        return self._sales.get((namespace, sale))
+        """A sale as last read (None: unknown here; no I/O)."""
+        key = (namespace, sale)
+        return self._sales.get(key) or self._closed.get(key)
 
     def open_sales(self) -> list[Sale]:
         """The open sales as last read (no I/O)."""
@@ -67,7 +69,9 @@ class SaleRoom:
             self._sales.pop((sale.namespace, sale.sale), None)
             self._gated = {key: s for key, s in self._gated.items()
                            if (s.namespace, s.sale) != (sale.namespace, sale.sale)}
-            if not sale.closed:
+            if sale.closed:
+                self._closed[(sale.namespace, sale.sale)] = sale
+            else:
                 self._sales[(sale.namespace, sale.sale)] = sale
                 self._gated.update({(sale.namespace, sku): sale for sku in sale.skus})
             self._figures.pop((sale.namespace, sale.sale), None)

@@ -141,7 +141,7 @@ def poll_ticket(services: Services, namespace: str, name: str, ticket: str) -> T
 
 
 def _sale(services: Services, namespace: str, name: str) -> Sale:
-    """An open sale from what the process knows; a closed or unheard-of one from the record."""
+    """A sale from what the process knows, else from the record (then known here)."""
     known = services.sales.sale(namespace, name)
     if known is not None:
         return known
@@ -149,8 +149,7 @@ def _sale(services: Services, namespace: str, name: str) -> Sale:
         kept = uow.sales.get(namespace, name)
     if kept is None:
         raise errors.NotFound(f"no sale {name} in {namespace}")
-    if not kept.closed:
-        services.sales.known(kept)
+    services.sales.known(kept)
     return kept
 
 
