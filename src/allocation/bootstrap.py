@@ -120,6 +120,7 @@ def bootstrap(
                              and engine.dialect.name == "postgresql" else InProcessItemLocks())
     durability = Durability("sync" if config.durability == "sync" else "async", progress,
                             config.sync_wait_seconds)
+    health = HealthChecks(engine, counter, outbox, redis_client, keys)
     sale_queue = RedisSaleQueue(counter.client, counter.keys, counter.events_channel)
     services = Services(
         uow_factory=uow_factory, counter=counter, outbox=outbox, publish=publish,
@@ -129,11 +130,12 @@ def bootstrap(
         ledger_wait_seconds=config.ledger_wait_seconds,
         open_reservations_per_buyer=config.max_open_reservations_per_buyer,
         sale_queue=sale_queue, sales=SaleRoom(uow_factory, sale_queue),
-        signing=SaleSigning.from_secret(config.sale_secret, required=config.auth == "required"))
+        signing=SaleSigning.from_secret(config.sale_secret, required=config.auth == "required"),
+        record_drift=health.record_drift)
     bus = MessageBus(services, handlers.COMMAND_HANDLERS)
     return Application(
         config=config, bus=bus, uow_factory=uow_factory, counter=counter, outbox=outbox,
         ledger_progress=progress, durability=durability, publish=publish,
-        item_locks=item_locks, health=HealthChecks(engine, counter, outbox, redis_client, keys),
+        item_locks=item_locks, health=health,
         engine=engine, redis=redis_client,
         tokens=None if engine is None else TokenStore(engine))

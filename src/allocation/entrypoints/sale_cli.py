@@ -4,33 +4,20 @@ same bus and answers as ``PUT/GET /v1/{ns}/sales/{sale}`` and ``.../close``)."""
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable
 from datetime import datetime
 
 import click
 
-from allocation.bootstrap import Application, bootstrap
 from allocation.domain import commands, errors
 from allocation.entrypoints import schemas
+from allocation.entrypoints.cli_params import application, domain_exit
 from allocation.entrypoints.sale_replies import sale_body
 from allocation.service_layer import sales
 from allocation.service_layer.sales import SaleAnswer
 
 
-def _answer(call: Callable[[Application], SaleAnswer]) -> None:
-    """Print the sale as JSON; a refusal (1), bad input (2) or an outage (3) as a message."""
-    try:
-        click.echo(json.dumps(sale_body(call(bootstrap()))))
-    except errors.InvalidInput as exc:
-        click.echo(f"invalid {exc.message}", err=True)
-        sys.exit(2)
-    except errors.DomainError as exc:
-        click.echo(f"refused: {exc.code}: {exc.message}", err=True)
-        sys.exit(1)
-    except errors.Unavailable as exc:
-        click.echo(f"unavailable: {exc.message}", err=True)
-        sys.exit(3)
+def _print(answer: SaleAnswer) -> None:
+    click.echo(json.dumps(sale_body(answer)))
 
 
 def _names(namespace: str, sale: str) -> tuple[str, str]:
@@ -53,6 +40,7 @@ def sale() -> None:
 @click.option("--admit-factor", type=float, default=2.0, show_default=True)
 @click.option("--pass-ttl", type=int, default=300, show_default=True, help="seconds")
 @click.option("--max-admitted", type=int, default=None)
+@domain_exit
 def create(namespace: str, name: str, skus: tuple[str, ...], opens_at: str | None,
            admit_factor: float, pass_ttl: int, max_admitted: int | None) -> None:
     """Make the sale NAME gating each --sku of NAMESPACE; print it."""
@@ -68,23 +56,25 @@ def create(namespace: str, name: str, skus: tuple[str, ...], opens_at: str | Non
         if moment.tzinfo is None:
             raise click.UsageError("--opens-at needs an offset (e.g. +00:00)")
         opens_ms = int(moment.timestamp() * 1000)
-    _answer(lambda app: app.bus.handle(commands.PutSale(
+    _print(application().bus.handle(commands.PutSale(
         namespace, name, skus, opens_ms, admit_factor, pass_ttl, max_admitted)))
 
 
 @sale.command()
 @click.argument("namespace")
 @click.argument("name")
+@domain_exit
 def show(namespace: str, name: str) -> None:
     """Print the sale NAME of NAMESPACE with its live figures."""
     namespace, name = _names(namespace, name)
-    _answer(lambda app: sales.sale(app.bus.services, namespace, name))
+    _print(sales.sale(application().bus.services, namespace, name))
 
 
 @sale.command()
 @click.argument("namespace")
 @click.argument("name")
+@domain_exit
 def close(namespace: str, name: str) -> None:
     """Close the sale: its skus are no longer gated."""
     namespace, name = _names(namespace, name)
-    _answer(lambda app: app.bus.handle(commands.CloseSale(namespace, name)))
+    _print(application().bus.handle(commands.CloseSale(namespace, name)))
