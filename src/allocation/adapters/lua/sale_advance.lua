@@ -31,7 +31,8 @@ for i = 1, #flat, 2 do
 end
 
 -- Passes past their expiry end and give their room back (one in a claim waits for it).
-for _, place in ipairs(redis.call('ZRANGEBYSCORE', outstanding, '-inf', now)) do
+for _, place in ipairs(redis.call('ZRANGEBYSCORE', outstanding, '-inf', now, 'LIMIT', 0,
+                                 1000)) do  -- the rest at the next step on
   if redis.call('HEXISTS', claims, place) == 0 then
     redis.call('ZREM', outstanding, place)
     redis.call('HSET', passes, place, 'x')
