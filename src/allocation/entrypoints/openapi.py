@@ -67,7 +67,9 @@ ERRORS = {
     "400": _json(schemas.Error, "invalid input; `field` names it"),
     "401": _json(schemas.Error, "no token, or an unknown or revoked one (`WWW-Authenticate: "
                                 "Bearer`)"),
-    "403": _json(schemas.Error, "the token's namespace or role does not allow this"),
+    "403": _json(schemas.Error, "the token's namespace or role does not allow this; for a "
+                                "decrement or a hold of a sku a sale gates, `pass_required` "
+                                "or `pass_invalid` (the `Sale-Pass` header)"),
     "503": _json(schemas.Error, "Redis or the database is unavailable, or the item is being "
                                 "rebuilt; see Retry-After. For a mutation: outcome unknown, "
                                 "repeat it with the same Idempotency-Key"),
@@ -176,7 +178,7 @@ def document() -> dict[str, Any]:
                                             "(any other: the key names one reservation)"),
                 "429": _json(schemas.Error, "too_many_open_reservations, with `limit`: the "
                                             "buyer or the token holds as many as allowed"),
-            }, [_name("namespace"), _key(True)], schemas.ReserveBody),
+            }, [_name("namespace"), _key(True), _sale_pass()], schemas.ReserveBody),
             "get_reservation": _op("Read a reservation (a held one past its expiry reads "
                                    "`expired`)", {
                 "200": _json(schemas.ReservationOut, "the reservation"),
