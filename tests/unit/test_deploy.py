@@ -44,7 +44,9 @@ def exposed_names() -> set[str]:
     app.client.post("/v1/deploy/items/a/decrements", json={"qty": 1},
                     headers={"Idempotency-Key": "k"})
     text = app.client.get("/metrics").text
-    text += metrics.exposition((1, 0.5), {"deploy": 1}, {"used": 1, "max": 2})[0].decode()
+    text += metrics.exposition((1, 0.5), {"deploy": 1}, {"used": 1, "max": 2}, sales={
+        ("deploy", "drop"): dict.fromkeys(("waiting", "admitted", "passes_used",
+                                           "passes_expired", "available"), 1)})[0].decode()
     names: set[str] = set()
     for family in text_string_to_metric_families(text):
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
