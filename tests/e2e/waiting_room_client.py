@@ -1,0 +1,281 @@
+"""A client of the waiting room as API.md describes it, for the contract tests: a namespace's
+sales, queue, tickets and gated sales over real HTTP, and the scripts' test clock (ADR 0031)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import redis
+import requests
+
+from allocation.adapters.redis_keys import KeySpace
+from allocation.config import Config
+
+T = TypeVar("T")
+TIMEOUT = 10  # seconds: every call here has a deadline
+TICKET_FIELDS = {"ticket", "state", "position", "pass", "pass_expires_at"}
+SALE_FIELDS = {"namespace", "sale", "skus", "state", "opens_at", "admit_factor",
+               "pass_ttl_seconds", "max_admitted", "waiting", "admitted", "used", "expired",
+               "available"}
+NO_TOKEN = {"Authorization": None}  # the e2e session adds its admin token unless told
+
+
+def iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).isoformat()
+
+
+def moment(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text)
+
+
+def until(read: Callable[[], T], holds: Callable[[T], bool], seconds: float, what: str) -> T:
+    """Read until what is read holds, failing at the deadline with the last reading."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = read()
+        if holds(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds}s waiting for {what}: {value!r}")
+        time.sleep(0.05)
+
+
+def observe(read: Callable[[], T], seconds: float) -> Iterator[T]:
+    """Readings for ``seconds``: to show that something does not happen within the contract's
+    lag (a poll may lag the truth by one second), not to wait for something."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        yield read()
+        time.sleep(0.05)
+
+
+class Shop:
+    """One namespace of one server, as a client sees it (the session's admin token unless a
+    token is given)."""
+
+    def __init__(self, base: str, namespace: str, token: str | None = None) -> None:
+        self.base, self.namespace = base, namespace
+        self.root = f"{base}/v1/{namespace}"
+        self.session = requests.Session()
+        self.auth: dict[str, str | None] = (
+            {} if token is None else {"Authorization": f"Bearer {token}"})
+
+    def as_token(self, token: str | None) -> Shop:
+        """The same namespace with another token (None: no Authorization header at all)."""
+        other = Shop(self.base, self.namespace)
+        other.auth = dict(NO_TOKEN) if token is None else {"Authorization": f"Bearer {token}"}
+        return other
+
+    def _send(self, method: str, path: str, headers: dict[str, Any] | None = None,
+              **kwargs: Any) -> requests.Response:
+        return self.session.request(method, f"{self.root}{path}", timeout=TIMEOUT,
+                                    headers={**self.auth, **(headers or {})}, **kwargs)
+
+    def open_sale(self, sale: str, stock: dict[str, int], **terms: Any) -> dict[str, Any]:
+        """Items of these totals and a sale gating them, created (201)."""
+        for sku, total in stock.items():
+            self.item(sku, total)
+        made = self.put_sale(sale, {"skus": list(stock), **terms})
+        assert made.status_code == 201, made.text
+        return dict(made.json())
+
+    def sold_nothing(self, sku: str, total: int) -> bool:
+        f = self.figures(sku)
+        return (f["consumed"], f["held"], f["available"]) == (0, 0, total)
+
+    # items
+    def item(self, sku: str, total: int, limit_per_buyer: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"total": total}
+        if limit_per_buyer is not None:
+            body["limit_per_buyer"] = limit_per_buyer
+        r = self._send("PUT", f"/items/{sku}", json=body)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    def figures(self, sku: str) -> dict[str, Any]:
+        r = self._send("GET", f"/items/{sku}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def decrement(self, sku: str, qty: int = 1, buyer: str | None = None,
+                  sale_pass: str | None = None, key: str | None = None) -> requests.Response:
+        body: dict[str, Any] = {"qty": qty} if buyer is None else {"qty": qty, "buyer": buyer}
+        headers = {"Idempotency-Key": key or uuid.uuid4().hex}
+        if sale_pass is not None:
+            headers["Sale-Pass"] = sale_pass
+        return self._send("POST", f"/items/{sku}/decrements", headers=headers, json=body)
+
+    def refund(self, sku: str, qty: int = 1, buyer: str | None = None) -> requests.Response:
+        body: dict[str, Any] = {"qty": qty} if buyer is None else {"qty": qty, "buyer": buyer}
+        return self._send("POST", f"/items/{sku}/refunds", json=body,
+                          headers={"Idempotency-Key": uuid.uuid4().hex})
+
+    def reserve(self, lines: list[dict[str, Any]], buyer: str | None = None,
+                sale_pass: str | None = None, ttl_seconds: int | None = None
+                ) -> requests.Response:
+        body: dict[str, Any] = {"lines": lines}
+        if buyer is not None:
+            body["buyer"] = buyer
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = ttl_seconds
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        if sale_pass is not None:
+            headers["Sale-Pass"] = sale_pass
+        return self._send("POST", "/reservations", headers=headers, json=body)
+
+    def reservation(self, rid: str, action: str) -> requests.Response:
+        return self._send("POST", f"/reservations/{rid}/{action}")
+
+    # sales
+    def put_sale(self, sale: str, body: Any) -> requests.Response:
+        return self._send("PUT", f"/sales/{sale}", json=body)
+
+    def sale(self, sale: str) -> requests.Response:
+        return self._send("GET", f"/sales/{sale}")
+
+    def figures_of(self, sale: str) -> dict[str, Any]:
+        r = self.sale(sale)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def close(self, sale: str) -> requests.Response:
+        return self._send("POST", f"/sales/{sale}/close")
+
+    def join(self, sale: str, buyer: str, body: Any = None) -> requests.Response:
+        return self._send("POST", f"/sales/{sale}/queue",
+                          json={"buyer": buyer} if body is None else body)
+
+    def ticket_of(self, sale: str, buyer: str) -> str:
+        r = self.join(sale, buyer)
+        assert r.status_code in (200, 201), r.text
+        return str(r.json()["ticket"])
+
+    # a ticket's poll and stream: no token, the ticket is the credential
+    def poll(self, sale: str, ticket: str) -> requests.Response:
+        return requests.get(f"{self.root}/sales/{sale}/queue/{ticket}", timeout=TIMEOUT,
+                            headers=NO_TOKEN)
+
+    def read(self, sale: str, ticket: str) -> dict[str, Any]:
+        r = self.poll(sale, ticket)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def states(self, sale: str, tickets: list[str]) -> list[str]:
+        return [self.read(sale, t)["state"] for t in tickets]
+
+    def admitted_pass(self, sale: str, ticket: str, seconds: float = 10) -> str:
+        """The pass a ticket's poll answers once it is admitted."""
+        shown = until(lambda: self.read(sale, ticket), lambda t: t["state"] == "admitted",
+                      seconds, "the ticket to be admitted")
+        return str(shown["pass"])
+
+    @contextmanager
+    def stream(self, sale: str, ticket: str) -> Iterator[TicketEvents]:
+        r = requests.get(f"{self.root}/sales/{sale}/queue/{ticket}/stream", stream=True,
+                         timeout=TIMEOUT, headers={**NO_TOKEN, "Accept": "text/event-stream"})
+        try:
+            yield TicketEvents(r)
+        finally:
+            r.close()
+
+
+class TicketEvents:
+    """A ticket's server-sent events: each event's data, a ticket."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self.response = response
+        self.status = response.status_code
+        # a byte at a time: an event is read as soon as it has come
+        self._lines = (response.iter_lines(chunk_size=1, decode_unicode=True)
+                       if self.status == 200 else None)
+
+    def next(self) -> dict[str, Any]:
+        """The next event's data (comments skipped); the read deadline is the request's."""
+        assert self._lines is not None, self.status
+        data: list[str] = []
+        for line in self._lines:
+            if line.startswith("data:"):
+                data.append(line[5:].strip())
+            elif not line and data:
+                return dict(json.loads("\n".join(data)))
+        raise ConnectionError("the stream ended")
+
+    def until_state(self, state: str, seconds: float) -> dict[str, Any]:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            event = self.next()
+            if event["state"] == state:
+                return event
+        raise AssertionError(f"no {state!r} event within {seconds}s")
+
+
+def forged(token: str) -> list[str]:
+    """Spellings of a ticket or pass that its signer never made: one character changed near
+    the start, in the middle and near the end."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spellings = []
+    for at in (1, len(token) // 2, len(token) - 3):
+        swapped = alphabet[(alphabet.find(token[at]) + 7) % len(alphabet)]
+        spellings.append(token[:at] + swapped + token[at + 1:])
+    return spellings
+
+
+def own_key_space(config: Config) -> Config:
+    """The run's services under a key prefix (and channels) of their own, whose clock a test may
+    move without touching the run's other servers."""
+    prefix = f"{config.redis_key_prefix}-wr"
+    return dataclasses.replace(config, redis_key_prefix=prefix,
+                               commands_channel=f"{prefix}:commands",
+                               events_channel=f"{prefix}:events",
+                               commands_stream=f"{prefix}:commands:stream")
+
+
+def remove_key_space(redis_url: str, keys: KeySpace) -> None:
+    client = redis.Redis.from_url(redis_url)
+    while batch := list(itertools.islice(client.scan_iter(match=keys.pattern(), count=1000),
+                                         1000)):
+        client.unlink(*batch)
+    client.close()
+
+
+class ScriptClock:
+    """The clock the scripts read (lib.lua's now_ms) in every partition of a key space: moved
+    on at once, as ADR 0031's tests do; restarted (Redis's own time again) at the end."""
+
+    def __init__(self, client: redis.Redis[bytes], keys: KeySpace) -> None:
+        self.client, self.keys = client, keys
+
+    @classmethod
+    @contextmanager
+    def of(cls, redis_url: str, config: Config) -> Iterator[ScriptClock]:
+        """The clock of ``config``'s key space, restarted and let go at the end."""
+        clock = cls(redis.Redis.from_url(redis_url),
+                    KeySpace(config.redis_key_prefix, config.partitions))
+        try:
+            yield clock
+        finally:
+            clock.restart()
+            clock.client.close()
+
+    def move(self, seconds: float) -> None:
+        stopped = self.client.get(self.keys.clock(0))
+        if stopped is None:
+            now_s, now_us = self.client.time()
+            base = now_s * 1000 + now_us // 1000
+        else:
+            base = int(stopped)
+        with self.client.pipeline(transaction=False) as pipe:
+            for partition in range(self.keys.partitions):
+                pipe.set(self.keys.clock(partition), base + int(seconds * 1000), ex=3600)
+            pipe.execute()
+
+    def restart(self) -> None:
+        self.client.delete(*(self.keys.clock(p) for p in range(self.keys.partitions)))
