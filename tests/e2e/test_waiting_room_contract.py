@@ -83,7 +83,8 @@ def test_the_bounds_themselves_are_accepted(shop: wr.Shop, terms: dict[str, int]
 
 
 def test_put_again_is_200_when_the_same_and_409_otherwise(shop: wr.Shop) -> None:
-    opens = wr.iso(datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1))
+    opens = wr.iso(datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+                   - datetime.timedelta(minutes=1))
     made = shop.open_sale("drop", {"tee": 5}, opens_at=opens, admit_factor=3)
     assert wr.moment(made["opens_at"]) == wr.moment(opens)
     again = shop.put_sale("drop", {"skus": ["tee"], "opens_at": opens, "admit_factor": 3})
@@ -196,7 +197,8 @@ def test_a_pass_is_used_once_and_the_buyers_limit_still_applies(shop: wr.Shop) -
     shop.refund("tee", buyer="ann")
     again = shop.decrement("tee", buyer="ann", sale_pass=sale_pass)
     assert (again.status_code, again.json()["error"]) == (403, "pass_invalid")
-    assert shop.read("once", ticket)["state"] == "used"
+    wr.until(lambda: shop.read("once", ticket)["state"], lambda s: s == "used", 3,
+             "the ticket to read used")
     assert shop.figures("tee")["consumed"] == 0  # sold one, refunded it, nothing since
     assert shop.figures_of("once")["used"] == 1
 
@@ -221,28 +223,26 @@ def test_passes_outstanding_never_exceed_the_factor_times_available(
         shop: wr.Shop, clock: wr.ScriptClock) -> None:
     shop.open_sale("herd", {"tee": 3}, admit_factor=2, pass_ttl_seconds=30)
     tickets = [shop.ticket_of("herd", f"b{n}") for n in range(10)]
-    states = wr.until(lambda: shop.states("herd", tickets), lambda s: s.count("admitted") == 6, 5,
-                   "six passes for three units at factor 2")
-    assert states == ["admitted"] * 6 + ["waiting"] * 4  # first come, first served
+    wr.steady(lambda: shop.states("herd", tickets),  # first come, first served
+              lambda s: s == ["admitted"] * 6 + ["waiting"] * 4,
+              "six passes for three units at factor 2")
     assert [shop.read("herd", t)["position"] for t in tickets[6:]] == [0, 1, 2, 3]
     sale_pass = shop.read("herd", tickets[0])["pass"]
     assert shop.decrement("tee", buyer="b0", sale_pass=sale_pass).status_code == 200
-    for figures in wr.observe(lambda: shop.figures_of("herd"), 1.5):  # 5 out, 2 x 2 room: none
-        assert (figures["admitted"], figures["available"]) == (5, 2), figures
+    wr.steady(lambda: shop.figures_of("herd"),  # 5 out, room for 2 x 2: no one more
+              lambda f: (f["admitted"], f["available"]) == (5, 2), "five passes, two units")
     assert shop.states("herd", tickets[6:]) == ["waiting"] * 4
     clock.move(31)  # the five unused passes expire: room for 2 x 2
-    states = wr.until(lambda: shop.states("herd", tickets[6:]),
-                   lambda s: s.count("admitted") == 4, 5, "four passes for the two units left")
+    wr.steady(lambda: shop.states("herd", tickets[6:]), lambda s: s == ["admitted"] * 4,
+              "four passes for the two units left")
     assert shop.figures_of("herd")["admitted"] == 4 and shop.figures_of("herd")["expired"] == 5
 
 
 def test_max_admitted_caps_the_passes_outstanding(shop: wr.Shop) -> None:
     shop.open_sale("few", {"tee": 100}, max_admitted=2)
     tickets = [shop.ticket_of("few", f"b{n}") for n in range(5)]
-    wr.until(lambda: shop.states("few", tickets), lambda s: s.count("admitted") == 2, 5,
-          "two passes")
-    for states in wr.observe(lambda: shop.states("few", tickets), 1.5):
-        assert states == ["admitted"] * 2 + ["waiting"] * 3
+    wr.steady(lambda: shop.states("few", tickets),
+              lambda s: s == ["admitted"] * 2 + ["waiting"] * 3, "two passes and no more")
 
 
 def test_sold_out_reaches_every_waiting_ticket_and_a_refund_reopens_the_queue(
@@ -260,12 +260,11 @@ def test_sold_out_reaches_every_waiting_ticket_and_a_refund_reopens_the_queue(
         wr.until(lambda: shop.states("last", tickets[1:]), lambda s: s == ["sold_out"] * 3, 5,
               "every waiting ticket to read sold_out")
         assert events.until_state("sold_out", 5)["ticket"] == tickets[3]
-    assert shop.read("last", tickets[0])["state"] == "used"
+    wr.until(lambda: shop.read("last", tickets[0])["state"], lambda s: s == "used", 3, "used")
     assert shop.figures_of("last")["state"] == "sold_out"
     assert shop.refund("tee", buyer="b0").status_code == 200
-    states = wr.until(lambda: shop.states("last", tickets[1:]), lambda s: "sold_out" not in s, 5,
-                   "the queue to wait again after the refund")
-    assert states == ["admitted", "waiting", "waiting"]  # in their order
+    wr.steady(lambda: shop.states("last", tickets[1:]),  # in their order
+              lambda s: s == ["admitted", "waiting", "waiting"], "the queue again after a refund")
     assert shop.read("last", tickets[3])["position"] == 1
 
 
@@ -292,7 +291,7 @@ def test_a_pre_queue_is_drawn_at_random_ahead_of_later_joiners(
             return None
         return head + [n for _, n in waiting]
 
-    served = wr.until(order, lambda o: o is not None, 5, "one admitted, 14 waiting in line")
+    served = wr.steady(order, lambda o: o is not None, "one admitted, 14 waiting in line")
     assert served is not None
     assert set(served[:12]) == set(range(12)) and served[12:] == [12, 13, 14]
     assert served[:12] != list(range(12)), "the pre-queue kept its join order"

@@ -21,6 +21,7 @@ from allocation.config import Config
 
 T = TypeVar("T")
 TIMEOUT = 10  # seconds: every call here has a deadline
+LAG = 1.2  # seconds: a poll may lag the truth by one (API.md), and a little for the poll itself
 TICKET_FIELDS = {"ticket", "state", "position", "pass", "pass_expires_at"}
 SALE_FIELDS = {"namespace", "sale", "skus", "state", "opens_at", "admit_factor",
                "pass_ttl_seconds", "max_admitted", "waiting", "admitted", "used", "expired",
@@ -45,6 +46,26 @@ def until(read: Callable[[], T], holds: Callable[[T], bool], seconds: float, wha
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {seconds}s waiting for {what}: {value!r}")
+        time.sleep(0.05)
+
+
+def steady(read: Callable[[], T], holds: Callable[[T], bool], what: str,
+           seconds: float = 10) -> T:
+    """Read until what is read has held for longer than a poll may lag the truth (API.md: one
+    second; each server process refreshes its own figures), failing at the deadline."""
+    deadline, since = time.monotonic() + seconds, None
+    while True:
+        value = read()
+        now = time.monotonic()
+        if not holds(value):
+            since = None
+        elif since is None:
+            since = now
+        elif now - since > LAG:
+            return value
+        if now > deadline:
+            raise AssertionError(f"timed out after {seconds}s waiting for {what} to hold "
+                                 f"{LAG}s: {value!r}")
         time.sleep(0.05)
 
 
@@ -179,34 +200,48 @@ class Shop:
 
     @contextmanager
     def stream(self, sale: str, ticket: str) -> Iterator[TicketEvents]:
-        r = requests.get(f"{self.root}/sales/{sale}/queue/{ticket}/stream", stream=True,
-                         timeout=TIMEOUT, headers={**NO_TOKEN, "Accept": "text/event-stream"})
+        events = TicketEvents(f"{self.root}/sales/{sale}/queue/{ticket}/stream")
         try:
-            yield TicketEvents(r)
+            yield events
         finally:
-            r.close()
+            events.close()
 
 
 class TicketEvents:
-    """A ticket's server-sent events: each event's data, a ticket."""
+    """A ticket's server-sent events, read as a browser's EventSource reads them: a stream the
+    server ends is opened again (with the last event's id), so a server may send one event per
+    connection or many."""
 
-    def __init__(self, response: requests.Response) -> None:
-        self.response = response
-        self.status = response.status_code
+    def __init__(self, url: str) -> None:
+        self.url, self.last_id, self.connections = url, "", 0
+        self.response = self._connect()
+        self.status = self.response.status_code
+
+    def _connect(self) -> requests.Response:
+        headers = {**NO_TOKEN, "Accept": "text/event-stream"}
+        if self.last_id:
+            headers["Last-Event-ID"] = self.last_id
+        response = requests.get(self.url, stream=True, timeout=TIMEOUT, headers=headers)
+        self.connections += 1
         # a byte at a time: an event is read as soon as it has come
-        self._lines = (response.iter_lines(chunk_size=1, decode_unicode=True)
-                       if self.status == 200 else None)
+        self._lines = response.iter_lines(chunk_size=1, decode_unicode=True)
+        return response
 
     def next(self) -> dict[str, Any]:
-        """The next event's data (comments skipped); the read deadline is the request's."""
-        assert self._lines is not None, self.status
+        """The next event's data (comments skipped); each read's deadline is the request's."""
+        assert self.status == 200, self.status
         data: list[str] = []
-        for line in self._lines:
-            if line.startswith("data:"):
-                data.append(line[5:].strip())
-            elif not line and data:
-                return dict(json.loads("\n".join(data)))
-        raise ConnectionError("the stream ended")
+        while True:
+            for line in self._lines:
+                if line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif line.startswith("id:"):
+                    self.last_id = line[3:].strip()
+                elif not line and data:
+                    return dict(json.loads("\n".join(data)))
+            self.response.close()
+            self.response = self._connect()
+            assert self.response.status_code == 200, self.response.text
 
     def until_state(self, state: str, seconds: float) -> dict[str, Any]:
         deadline = time.monotonic() + seconds
@@ -215,6 +250,9 @@ class TicketEvents:
             if event["state"] == state:
                 return event
         raise AssertionError(f"no {state!r} event within {seconds}s")
+
+    def close(self) -> None:
+        self.response.close()
 
 
 def forged(token: str) -> list[str]:
