@@ -33,8 +33,7 @@ from allocation.adapters.token_store import TokenStore
 from bench import contenders as c
 from bench.common import Result, Services, percentiles, wait_for
 
-POLLS, JOINS, HERD = ("waiting room: polls", "waiting room: joins",
-                      "waiting room: herd for units")
+POLLS, JOINS, HERD = "waiting room: polls", "waiting room: joins", "waiting room: herd"
 TIMEOUT = 30  # seconds, for every request the bench makes itself
 
 # One request per call: a poll of one of the waiting tickets listed in a file (no token), or a
@@ -299,7 +298,7 @@ def herd(services: Services, buyers: int, units: int, threads: int = 64) -> list
                 late = [t - last for t in crowd.sold_out_seen.values()]
                 waited = buyers - crowd.admitted
                 row.note += (f"; {crowd.admitted} buyers admitted, their sale p99 "
-                             f"{p99} ms; every one of {len(late)} tickets read sold_out "
+                             f"{p99 or 0:.1f} ms; every one of {len(late)} tickets read sold_out "
                              f"{max(late, default=0.0) * 1000:.0f} ms after the last unit")
                 if len(late) != waited:
                     row.checks.append(f"{len(late)} tickets read sold_out, {waited} not served")
