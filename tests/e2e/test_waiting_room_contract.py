@@ -8,17 +8,16 @@ import datetime
 import re
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
 
-from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.token_store import TokenStore
 from allocation.config import Config
 from tests.e2e import waiting_room_client as wr
-from tests.helpers.processes import serve
+from tests.helpers.processes import Process, allocation_command, serve, service_env
 
 server = contextmanager(serve)
 SECRET = "wr-contract-" + uuid.uuid4().hex
@@ -27,9 +26,7 @@ URL_SAFE = re.compile(r"^[A-Za-z0-9._~-]+$")
 
 @pytest.fixture(scope="module")
 def sale_config(service_config: Config, redis_url: str) -> Iterator[Config]:
-    config = wr.own_key_space(service_config)
-    yield config
-    wr.remove_key_space(redis_url, KeySpace(config.redis_key_prefix, config.partitions))
+    yield from wr.own_key_space(service_config, redis_url)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +41,7 @@ def shop(sale_api: str, namespace: str) -> wr.Shop:
 
 @pytest.fixture
 def clock(redis_url: str, sale_config: Config) -> Iterator[wr.ScriptClock]:
-    with wr.ScriptClock.of(redis_url, sale_config) as moved:
+    with closing(wr.ScriptClock(redis_url, sale_config)) as moved:
         yield moved
 
 
@@ -89,8 +86,8 @@ def test_put_again_is_200_when_the_same_and_409_otherwise(shop: wr.Shop) -> None
     assert wr.moment(made["opens_at"]) == wr.moment(opens)
     again = shop.put_sale("drop", {"skus": ["tee"], "opens_at": opens, "admit_factor": 3})
     assert (again.status_code, again.json()) == (200, made)
-    other = shop.put_sale("drop", {"skus": ["tee"], "opens_at": opens, "admit_factor": 4})
-    assert (other.status_code, other.json()["error"]) == (409, "already_exists")
+    wr.refused(shop.put_sale("drop", {"skus": ["tee"], "opens_at": opens, "admit_factor": 4}),
+               409, "already_exists")
     assert shop.figures_of("drop")["admit_factor"] == 3
 
 
@@ -120,10 +117,8 @@ def test_closing_ungates_its_skus_and_refuses_joins(shop: wr.Shop) -> None:
     assert shop.close("gone").json()["state"] == "closed"
     assert shop.figures_of("gone")["state"] == "closed"
     assert shop.decrement("tee").status_code == 200  # no pass needed any more
-    late = shop.join("gone", "bob")
-    assert (late.status_code, late.json()["error"]) == (409, "sale_closed")
-    wr.until(lambda: shop.read("gone", ticket)["state"], lambda s: s == "closed", 5,
-          "the ticket to read closed")
+    wr.refused(shop.join("gone", "bob"), 409, "sale_closed")
+    shop.reads("gone", ticket, "closed")
     assert shop.close("never").status_code == 404
     assert shop.sale("never").status_code == 404
 
@@ -165,7 +160,7 @@ def test_a_gated_sku_without_a_pass_is_403_pass_required_and_sells_nothing(shop:
     for refused in (shop.decrement("tee", buyer="ann"), shop.decrement("tee"),
                     shop.reserve([{"sku": "free", "qty": 1}, {"sku": "tee", "qty": 1}],
                                  buyer="ann")):
-        assert (refused.status_code, refused.json()["error"]) == (403, "pass_required")
+        wr.refused(refused, 403, "pass_required")
     assert shop.sold_nothing("tee", 5) and shop.sold_nothing("free", 5)
     assert shop.decrement("free").status_code == 200  # an ungated sku needs none
 
@@ -178,10 +173,9 @@ def test_forged_other_sales_and_other_buyers_passes_are_403_pass_invalid(shop: w
     bob_ticket = shop.ticket_of("door", "bob")
     for bad, buyer in [*((f, "ann") for f in wr.forged(good)), (other_sale, "ann"),
                        (good, "bob"), (bob_ticket, "bob")]:
-        refused = shop.decrement("tee", buyer=buyer, sale_pass=bad)
-        assert (refused.status_code, refused.json()["error"]) == (403, "pass_invalid"), bad
-        held = shop.reserve([{"sku": "tee", "qty": 1}], buyer=buyer, sale_pass=bad)
-        assert (held.status_code, held.json()["error"]) == (403, "pass_invalid"), bad
+        wr.refused(shop.decrement("tee", buyer=buyer, sale_pass=bad), 403, "pass_invalid")
+        wr.refused(shop.reserve([{"sku": "tee", "qty": 1}], buyer=buyer, sale_pass=bad),
+                   403, "pass_invalid")
     assert shop.sold_nothing("tee", 5)
     assert shop.decrement("tee", buyer="ann", sale_pass=good).status_code == 200
 
@@ -191,14 +185,11 @@ def test_a_pass_is_used_once_and_the_buyers_limit_still_applies(shop: wr.Shop) -
     assert shop.put_sale("once", {"skus": ["tee"]}).status_code == 201
     ticket = shop.ticket_of("once", "ann")
     sale_pass = shop.admitted_pass("once", ticket)
-    over = shop.decrement("tee", qty=2, buyer="ann", sale_pass=sale_pass)
-    assert (over.status_code, over.json()["error"]) == (409, "limit_exceeded")
+    wr.refused(shop.decrement("tee", 2, buyer="ann", sale_pass=sale_pass), 409, "limit_exceeded")
     assert shop.decrement("tee", buyer="ann", sale_pass=sale_pass).status_code == 200
     shop.refund("tee", buyer="ann")
-    again = shop.decrement("tee", buyer="ann", sale_pass=sale_pass)
-    assert (again.status_code, again.json()["error"]) == (403, "pass_invalid")
-    wr.until(lambda: shop.read("once", ticket)["state"], lambda s: s == "used", 3,
-             "the ticket to read used")
+    wr.refused(shop.decrement("tee", buyer="ann", sale_pass=sale_pass), 403, "pass_invalid")
+    shop.reads("once", ticket, "used")
     assert shop.figures("tee")["consumed"] == 0  # sold one, refunded it, nothing since
     assert shop.figures_of("once")["used"] == 1
 
@@ -210,10 +201,8 @@ def test_an_unused_pass_expires_and_gives_its_room_back(
     sale_pass = shop.admitted_pass("brief", first)
     assert shop.read("brief", second)["state"] == "waiting"
     clock.move(31)
-    wr.until(lambda: shop.read("brief", first)["state"], lambda s: s == "expired", 5,
-          "the unused pass to expire")
-    late = shop.decrement("tee", buyer="ann", sale_pass=sale_pass)
-    assert (late.status_code, late.json()["error"]) == (403, "pass_invalid")
+    shop.reads("brief", first, "expired", 5)
+    wr.refused(shop.decrement("tee", buyer="ann", sale_pass=sale_pass), 403, "pass_invalid")
     assert shop.decrement("tee", buyer="bob",
                           sale_pass=shop.admitted_pass("brief", second)).status_code == 200
     assert shop.figures_of("brief")["expired"] == 1
@@ -259,8 +248,9 @@ def test_sold_out_reaches_every_waiting_ticket_and_a_refund_reopens_the_queue(
         assert shop.reservation(held.json()["id"], "confirm").status_code == 200
         wr.until(lambda: shop.states("last", tickets[1:]), lambda s: s == ["sold_out"] * 3, 5,
               "every waiting ticket to read sold_out")
-        assert events.until_state("sold_out", 5)["ticket"] == tickets[3]
-    wr.until(lambda: shop.read("last", tickets[0])["state"], lambda s: s == "used", 3, "used")
+        sold_out = wr.until(events.next, lambda e: e["state"] == "sold_out", 5, "sold_out")
+        assert sold_out["ticket"] == tickets[3]
+    shop.reads("last", tickets[0], "used")
     assert shop.figures_of("last")["state"] == "sold_out"
     assert shop.refund("tee", buyer="b0").status_code == 200
     wr.steady(lambda: shop.states("last", tickets[1:]),  # in their order
@@ -280,18 +270,8 @@ def test_a_pre_queue_is_drawn_at_random_ahead_of_later_joiners(
     wr.until(lambda: shop.figures_of("draw")["state"], lambda s: s == "open", 15, "the opening")
     late = [shop.ticket_of("draw", f"l{n}") for n in range(3)]
     tickets = [t["ticket"] for t in early] + late
-
-    def order() -> list[int] | None:
-        """The serving order (indexes into tickets): the one admitted, then by position."""
-        read = [shop.read("draw", t) for t in tickets]
-        head = [n for n, t in enumerate(read) if t["state"] == "admitted"]
-        waiting = sorted((t["position"], n) for n, t in enumerate(read)
-                         if t["state"] == "waiting")
-        if len(head) != 1 or [p for p, _ in waiting] != list(range(14)):
-            return None
-        return head + [n for _, n in waiting]
-
-    served = wr.steady(order, lambda o: o is not None, "one admitted, 14 waiting in line")
+    served = wr.steady(lambda: shop.serving_order("draw", tickets, admitted=1),
+                       lambda o: o is not None, "one admitted, 14 waiting in line")
     assert served is not None
     assert set(served[:12]) == set(range(12)) and served[12:] == [12, 13, 14]
     assert served[:12] != list(range(12)), "the pre-queue kept its join order"
@@ -343,4 +323,26 @@ def test_servers_sharing_the_secret_accept_each_others_tickets_and_passes(
         refused = stranger.decrement("tee", buyer="bob",
                                      sale_pass=shop.admitted_pass("shared",
                                                                   shop.ticket_of("shared", "bob")))
-        assert (refused.status_code, refused.json()["error"]) == (403, "pass_invalid")
+        wr.refused(refused, 403, "pass_invalid")
+
+
+def test_sale_events_and_the_join_queue_command(shop: wr.Shop, sale_config: Config,
+                                                redis_url: str) -> None:
+    consumer = Process(allocation_command("consume"), {**service_env(sale_config),
+                                                       "SALE_SECRET": SECRET})
+    with closing(wr.EventsHeard(redis_url, sale_config.events_channel)) as heard, \
+            wr.running(consumer):
+        shop.open_sale("pub", {"tee": 1})
+        heard.event("SaleOpened", shop.namespace)
+        sale_pass = shop.admitted_pass("pub", shop.ticket_of("pub", "ann"))
+        wr.until(lambda: heard.client.pubsub_numsub(sale_config.commands_channel)[0][1],
+                 lambda listeners: listeners > 0, 15, "the consumer to subscribe")
+        heard.publish(sale_config.commands_channel, command="JoinQueue",
+                      namespace=shop.namespace, sale="pub", buyer="bob")
+        joined = heard.event("QueueJoined", shop.namespace)
+        assert shop.poll("pub", joined["ticket"]).status_code == 200
+        assert shop.ticket_of("pub", "bob") == joined["ticket"]  # one ticket per buyer
+        assert shop.decrement("tee", buyer="ann", sale_pass=sale_pass).status_code == 200
+        heard.event("SaleSoldOut", shop.namespace)
+        shop.close("pub")
+        heard.event("SaleClosed", shop.namespace)

@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any, TypeVar
 
 import redis
@@ -18,6 +18,7 @@ import requests
 
 from allocation.adapters.redis_keys import KeySpace
 from allocation.config import Config
+from tests.helpers.processes import Process
 
 T = TypeVar("T")
 TIMEOUT = 10  # seconds: every call here has a deadline
@@ -27,6 +28,11 @@ SALE_FIELDS = {"namespace", "sale", "skus", "state", "opens_at", "admit_factor",
                "pass_ttl_seconds", "max_admitted", "waiting", "admitted", "used", "expired",
                "available"}
 NO_TOKEN = {"Authorization": None}  # the e2e session adds its admin token unless told
+
+
+def given(**fields: Any) -> dict[str, Any]:
+    """The fields that have a value: a body or headers without the optional ones left out."""
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def iso(moment: datetime.datetime) -> str:
@@ -114,10 +120,8 @@ class Shop:
 
     # items
     def item(self, sku: str, total: int, limit_per_buyer: int | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"total": total}
-        if limit_per_buyer is not None:
-            body["limit_per_buyer"] = limit_per_buyer
-        r = self._send("PUT", f"/items/{sku}", json=body)
+        r = self._send("PUT", f"/items/{sku}",
+                       json=given(total=total, limit_per_buyer=limit_per_buyer))
         assert r.status_code == 201, r.text
         return dict(r.json())
 
@@ -126,31 +130,22 @@ class Shop:
         assert r.status_code == 200, r.text
         return dict(r.json())
 
+    def _movement(self, path: str, body: dict[str, Any], sale_pass: str | None
+                  ) -> requests.Response:
+        headers = given(**{"Idempotency-Key": uuid.uuid4().hex, "Sale-Pass": sale_pass})
+        return self._send("POST", path, headers=headers, json=body)
+
     def decrement(self, sku: str, qty: int = 1, buyer: str | None = None,
-                  sale_pass: str | None = None, key: str | None = None) -> requests.Response:
-        body: dict[str, Any] = {"qty": qty} if buyer is None else {"qty": qty, "buyer": buyer}
-        headers = {"Idempotency-Key": key or uuid.uuid4().hex}
-        if sale_pass is not None:
-            headers["Sale-Pass"] = sale_pass
-        return self._send("POST", f"/items/{sku}/decrements", headers=headers, json=body)
+                  sale_pass: str | None = None) -> requests.Response:
+        return self._movement(f"/items/{sku}/decrements", given(qty=qty, buyer=buyer),
+                              sale_pass)
 
     def refund(self, sku: str, qty: int = 1, buyer: str | None = None) -> requests.Response:
-        body: dict[str, Any] = {"qty": qty} if buyer is None else {"qty": qty, "buyer": buyer}
-        return self._send("POST", f"/items/{sku}/refunds", json=body,
-                          headers={"Idempotency-Key": uuid.uuid4().hex})
+        return self._movement(f"/items/{sku}/refunds", given(qty=qty, buyer=buyer), None)
 
     def reserve(self, lines: list[dict[str, Any]], buyer: str | None = None,
-                sale_pass: str | None = None, ttl_seconds: int | None = None
-                ) -> requests.Response:
-        body: dict[str, Any] = {"lines": lines}
-        if buyer is not None:
-            body["buyer"] = buyer
-        if ttl_seconds is not None:
-            body["ttl_seconds"] = ttl_seconds
-        headers = {"Idempotency-Key": uuid.uuid4().hex}
-        if sale_pass is not None:
-            headers["Sale-Pass"] = sale_pass
-        return self._send("POST", "/reservations", headers=headers, json=body)
+                sale_pass: str | None = None) -> requests.Response:
+        return self._movement("/reservations", given(lines=lines, buyer=buyer), sale_pass)
 
     def reservation(self, rid: str, action: str) -> requests.Response:
         return self._send("POST", f"/reservations/{rid}/{action}")
@@ -192,19 +187,30 @@ class Shop:
     def states(self, sale: str, tickets: list[str]) -> list[str]:
         return [self.read(sale, t)["state"] for t in tickets]
 
+    def reads(self, sale: str, ticket: str, state: str, seconds: float = 3) -> None:
+        """The ticket's poll reads ``state`` within the deadline (a poll may lag a second)."""
+        until(lambda: self.read(sale, ticket)["state"], lambda s: s == state, seconds,
+              f"the ticket to read {state}")
+
+    def serving_order(self, sale: str, tickets: list[str], admitted: int) -> list[int] | None:
+        """Indexes into ``tickets``, admitted first, then by position; None unless exactly
+        ``admitted`` are and the positions run 0, 1, 2, ..."""
+        read = [self.read(sale, t) for t in tickets]
+        head = [n for n, t in enumerate(read) if t["state"] == "admitted"]
+        waiting = sorted((t["position"], n) for n, t in enumerate(read)
+                         if t["state"] == "waiting")
+        if len(head) != admitted or [p for p, _ in waiting] != list(range(len(waiting))):
+            return None
+        return head + [n for _, n in waiting]
+
     def admitted_pass(self, sale: str, ticket: str, seconds: float = 10) -> str:
         """The pass a ticket's poll answers once it is admitted."""
         shown = until(lambda: self.read(sale, ticket), lambda t: t["state"] == "admitted",
                       seconds, "the ticket to be admitted")
         return str(shown["pass"])
 
-    @contextmanager
-    def stream(self, sale: str, ticket: str) -> Iterator[TicketEvents]:
-        events = TicketEvents(f"{self.root}/sales/{sale}/queue/{ticket}/stream")
-        try:
-            yield events
-        finally:
-            events.close()
+    def stream(self, sale: str, ticket: str) -> closing[TicketEvents]:
+        return closing(TicketEvents(f"{self.root}/sales/{sale}/queue/{ticket}/stream"))
 
 
 class TicketEvents:
@@ -213,7 +219,7 @@ class TicketEvents:
     connection or many."""
 
     def __init__(self, url: str) -> None:
-        self.url, self.last_id, self.connections = url, "", 0
+        self.url, self.last_id = url, ""
         self.response = self._connect()
         self.status = self.response.status_code
 
@@ -222,7 +228,6 @@ class TicketEvents:
         if self.last_id:
             headers["Last-Event-ID"] = self.last_id
         response = requests.get(self.url, stream=True, timeout=TIMEOUT, headers=headers)
-        self.connections += 1
         # a byte at a time: an event is read as soon as it has come
         self._lines = response.iter_lines(chunk_size=1, decode_unicode=True)
         return response
@@ -243,16 +248,13 @@ class TicketEvents:
             self.response = self._connect()
             assert self.response.status_code == 200, self.response.text
 
-    def until_state(self, state: str, seconds: float) -> dict[str, Any]:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            event = self.next()
-            if event["state"] == state:
-                return event
-        raise AssertionError(f"no {state!r} event within {seconds}s")
-
     def close(self) -> None:
         self.response.close()
+
+
+def refused(response: requests.Response, status: int, error: str) -> None:
+    assert (response.status_code, response.json().get("error")) == (status, error), (
+        response.text)
 
 
 def forged(token: str) -> list[str]:
@@ -266,19 +268,16 @@ def forged(token: str) -> list[str]:
     return spellings
 
 
-def own_key_space(config: Config) -> Config:
+def own_key_space(config: Config, redis_url: str) -> Iterator[Config]:
     """The run's services under a key prefix (and channels) of their own, whose clock a test may
-    move without touching the run's other servers."""
+    move without touching the run's other servers; its keys removed at the end."""
     prefix = f"{config.redis_key_prefix}-wr"
-    return dataclasses.replace(config, redis_key_prefix=prefix,
-                               commands_channel=f"{prefix}:commands",
-                               events_channel=f"{prefix}:events",
-                               commands_stream=f"{prefix}:commands:stream")
-
-
-def remove_key_space(redis_url: str, keys: KeySpace) -> None:
+    yield dataclasses.replace(config, redis_key_prefix=prefix,
+                              commands_channel=f"{prefix}:commands",
+                              events_channel=f"{prefix}:events",
+                              commands_stream=f"{prefix}:commands:stream")
     client = redis.Redis.from_url(redis_url)
-    while batch := list(itertools.islice(client.scan_iter(match=keys.pattern(), count=1000),
+    while batch := list(itertools.islice(client.scan_iter(match=f"{prefix}:*", count=1000),
                                          1000)):
         client.unlink(*batch)
     client.close()
@@ -286,22 +285,11 @@ def remove_key_space(redis_url: str, keys: KeySpace) -> None:
 
 class ScriptClock:
     """The clock the scripts read (lib.lua's now_ms) in every partition of a key space: moved
-    on at once, as ADR 0031's tests do; restarted (Redis's own time again) at the end."""
+    on at once, as ADR 0031's tests do; closing restarts it (Redis's own time again)."""
 
-    def __init__(self, client: redis.Redis[bytes], keys: KeySpace) -> None:
-        self.client, self.keys = client, keys
-
-    @classmethod
-    @contextmanager
-    def of(cls, redis_url: str, config: Config) -> Iterator[ScriptClock]:
-        """The clock of ``config``'s key space, restarted and let go at the end."""
-        clock = cls(redis.Redis.from_url(redis_url),
-                    KeySpace(config.redis_key_prefix, config.partitions))
-        try:
-            yield clock
-        finally:
-            clock.restart()
-            clock.client.close()
+    def __init__(self, redis_url: str, config: Config) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.keys = KeySpace(config.redis_key_prefix, config.partitions)
 
     def move(self, seconds: float) -> None:
         stopped = self.client.get(self.keys.clock(0))
@@ -315,5 +303,45 @@ class ScriptClock:
                 pipe.set(self.keys.clock(partition), base + int(seconds * 1000), ex=3600)
             pipe.execute()
 
-    def restart(self) -> None:
+    def close(self) -> None:
         self.client.delete(*(self.keys.clock(p) for p in range(self.keys.partitions)))
+        self.client.close()
+
+
+class EventsHeard:
+    """The deployment's events channel, heard from the moment this is made."""
+
+    def __init__(self, redis_url: str, channel: str) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.listener = self.client.pubsub(ignore_subscribe_messages=True)
+        self.listener.subscribe(channel)
+        self.heard: list[dict[str, Any]] = []
+
+    def publish(self, channel: str, **message: Any) -> None:
+        self.client.publish(channel, json.dumps(message))
+
+    def event(self, name: str, mentioning: str, seconds: float = 10) -> dict[str, Any]:
+        """The first event of this name whose message mentions ``mentioning`` (a namespace)."""
+        def found() -> dict[str, Any] | None:
+            message = self.listener.get_message(timeout=0.1)
+            if message is not None:
+                self.heard.append(json.loads(message["data"]))
+            return next((e for e in self.heard
+                         if e.get("event") == name and mentioning in json.dumps(e)), None)
+
+        event = until(found, lambda e: e is not None, seconds, f"a {name} event")
+        assert event is not None
+        return event
+
+    def close(self) -> None:
+        self.listener.close()
+        self.client.close()
+
+
+@contextmanager
+def running(process: Process) -> Iterator[Process]:
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
