@@ -276,7 +276,7 @@ def own_key_space(config: Config, redis_url: str) -> Iterator[Config]:
                               commands_channel=f"{prefix}:commands",
                               events_channel=f"{prefix}:events",
                               commands_stream=f"{prefix}:commands:stream")
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url, socket_timeout=TIMEOUT)
     while batch := list(itertools.islice(client.scan_iter(match=f"{prefix}:*", count=1000),
                                          1000)):
         client.unlink(*batch)
@@ -288,7 +288,7 @@ class ScriptClock:
     on at once, as ADR 0031's tests do; closing restarts it (Redis's own time again)."""
 
     def __init__(self, redis_url: str, config: Config) -> None:
-        self.client = redis.Redis.from_url(redis_url)
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=TIMEOUT)
         self.keys = KeySpace(config.redis_key_prefix, config.partitions)
 
     def move(self, seconds: float) -> None:
@@ -312,7 +312,7 @@ class EventsHeard:
     """The deployment's events channel, heard from the moment this is made."""
 
     def __init__(self, redis_url: str, channel: str) -> None:
-        self.client = redis.Redis.from_url(redis_url)
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=TIMEOUT)
         self.listener = self.client.pubsub(ignore_subscribe_messages=True)
         self.listener.subscribe(channel)
         self.heard: list[dict[str, Any]] = []
