@@ -206,3 +206,14 @@ def test_compose_names_each_ledger_worker_after_its_container() -> None:
     shell, flag, script = worker["command"]
     assert (shell, flag) == ("sh", "-c") and script.startswith("exec allocation ledger-worker ")
     assert '--name "ledger-$$HOSTNAME"' in script  # $$: a literal $ for the shell
+
+
+def test_compose_gives_every_app_service_one_sale_secret_it_must_be_told() -> None:
+    """Tickets and passes signed by one server must verify on the others (API.md, Waiting
+    room): the one value comes from .env, and compose refuses to start without it rather
+    than have each process draw its own."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    apps = {name: s for name, s in services.items() if s.get("build") == "."}
+    assert {"api", "ledger-worker", "sweeper", "consumer", "token"} <= set(apps)
+    for name, service in apps.items():
+        assert service["environment"]["SALE_SECRET"].startswith("${SALE_SECRET:?"), name
