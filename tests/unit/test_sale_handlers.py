@@ -200,3 +200,28 @@ def test_a_waiting_tickets_poll_asks_nothing_of_redis_or_the_record(shop: FakeAp
             "waiting"] * 3
     finally:
         del shop.counter.client.execute_command
+
+
+def test_sold_out_is_read_by_waiting_tickets_only(shop: FakeApp) -> None:
+    put(shop, skus=("c",), admit_factor=1, pass_ttl_seconds=30)  # 5 units: 5 admitted
+    tickets = [join(shop, f"b{n}").ticket for n in range(7)]
+    passes = [poll(shop, t).sale_pass for t in tickets[:5]]
+    for n in range(3):  # b0..b2 buy; b3 lets the pass expire; b4 keeps it
+        assert decrement(shop, f"b{n}", passes[n], f"k{n}", "c").ok  # type: ignore[attr-defined]
+    shop.now = T0 + 30_000
+    poll(shop, tickets[5])  # the step on ends b3's and b4's passes and admits b5 and b6
+    passes[:2] = [poll(shop, t).sale_pass for t in tickets[5:]]
+    for n in (0, 1):
+        assert decrement(shop, f"b{5 + n}", passes[n], f"m{n}", "c").ok  # type: ignore[attr-defined]
+    assert [poll(shop, t).state for t in tickets] == ["used"] * 3 + ["expired"] * 2 + ["used"] * 2
+    late = join(shop, "late").ticket
+    assert poll(shop, late).state == "sold_out"
+    assert [poll(shop, t).state for t in tickets] == ["used"] * 3 + ["expired"] * 2 + ["used"] * 2
+
+
+def test_an_outstanding_pass_reads_admitted_when_the_stock_is_gone(shop: FakeApp) -> None:
+    put(shop, skus=("b",), admit_factor=1)  # 1 unit: ann admitted, bob waits
+    ann, bob = join(shop, "ann").ticket, join(shop, "bob").ticket
+    assert poll(shop, ann).state == "admitted"
+    shop.bus.handle(commands.AdjustTotal(NS, "b", -1, "gone"))
+    assert [poll(shop, t).state for t in (ann, bob)] == ["admitted", "sold_out"]

@@ -142,10 +142,13 @@ class TestTicketState:
         assert ticket_state(2, figures(serving=4), "used").state == "used"
         assert ticket_state(2, figures(serving=4), "expired").state == "expired"
 
-    def test_sold_out_reaches_waiting_and_unused_tickets(self) -> None:
-        assert ticket_state(7, figures(serving=4, sold_out=True)).state == "sold_out"
-        assert ticket_state(2, figures(serving=4, sold_out=True)).state == "sold_out"
-        assert ticket_state(2, figures(serving=4, sold_out=True), "used").state == "used"
+    def test_sold_out_reaches_waiting_tickets_only(self) -> None:
+        sold_out = figures(serving=4, sold_out=True)
+        assert ticket_state(7, sold_out).state == "sold_out"
+        assert ticket_state(2, sold_out).state == "admitted"  # its pass decides: read it
+        assert ticket_state(2, sold_out, "outstanding").state == "admitted"
+        assert ticket_state(2, sold_out, "used").state == "used"
+        assert ticket_state(2, sold_out, "expired").state == "expired"
 
     def test_closed_wins(self) -> None:
         assert ticket_state(2, figures(closed=True)).state == "closed"
