@@ -146,6 +146,33 @@ class TestGate:
         assert shop.counter.read(NS, "a").consumed == 1  # type: ignore[union-attr]
         assert poll(shop, join(shop, "ann").ticket).state == "used"
 
+    def test_a_retry_of_the_decrement_that_spent_the_pass_is_its_replay(
+            self, shop: FakeApp) -> None:
+        put(shop)
+        sale_pass = self.admitted(shop, "ann")
+        first = decrement(shop, "ann", sale_pass, "k1")
+        again = decrement(shop, "ann", sale_pass, "k1")
+        assert first.ok and again.ok and again.replayed  # type: ignore[attr-defined]
+        assert (again.total, again.consumed, again.seq) == (  # type: ignore[attr-defined]
+            first.total, first.consumed, first.seq)  # type: ignore[attr-defined]
+        with pytest.raises(PassInvalid):
+            decrement(shop, "ann", sale_pass, "k2")
+        assert shop.counter.read(NS, "a").consumed == 1  # type: ignore[union-attr]
+
+    def test_a_retry_of_the_hold_that_spent_the_pass_is_its_replay(
+            self, shop: FakeApp) -> None:
+        put(shop)
+        sale_pass = self.admitted(shop, "ann")
+
+        def hold(key: str) -> object:
+            return shop.bus.handle(commands.Reserve(NS, (("a", 1),), key, 60, "ann",
+                                                    sale_pass))
+        first, again = hold("r1"), hold("r1")
+        assert again.id == first.id and again.replayed  # type: ignore[attr-defined]
+        with pytest.raises(PassInvalid):
+            hold("r2")
+        assert shop.counter.read(NS, "a").held == 1  # type: ignore[union-attr]
+
     def test_a_refused_movement_gives_the_pass_back(self, shop: FakeApp) -> None:
         put(shop, skus=("b",))
         first, second = self.admitted(shop, "ann"), self.admitted(shop, "bob")

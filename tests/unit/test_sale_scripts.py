@@ -135,6 +135,20 @@ class TestPasses:
         assert room.queue.claim(NS, "drop", 1, 1) == "used"
         assert room.queue.pass_at(NS, "drop", 1)[0] == "used"
 
+    def test_the_key_that_spent_a_pass_comes_through_again_and_no_other(self,
+                                                                      room: Room) -> None:
+        sale = self.opened(room)
+        assert room.queue.claim(NS, "drop", 1, 1, "k1") == "ok"
+        assert room.queue.claim(NS, "drop", 1, 1, "k1") == "busy"  # still in flight
+        room.queue.resolve(NS, "drop", 1, used=True)
+        assert [room.queue.claim(NS, "drop", 1, 1, k) for k in ("k1", "k2", None)] == [
+            "replay", "used", "used"]
+        assert room.queue.claim(NS, "drop", 2, 1, "k3") == "ok"  # and one that lapses
+        room.at(T0 + CLAIM_LEASE_MS)
+        room.queue.advance(sale)
+        assert [room.queue.claim(NS, "drop", 2, 1, k) for k in ("k3", "k1")] == [
+            "replay", "used"]
+
     def test_a_refused_movement_gives_the_pass_back(self, room: Room) -> None:
         self.opened(room)
         assert room.queue.claim(NS, "drop", 0, 1) == "ok"

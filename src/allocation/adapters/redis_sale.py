@@ -112,11 +112,12 @@ class RedisSaleQueue:
             held += int(holding or 0)
         return available, held
 
-    def claim(self, namespace: str, sale: str, place: int, qty: int) -> ClaimStatus:
+    def claim(self, namespace: str, sale: str, place: int, qty: int,
+              key: str | None = None) -> ClaimStatus:
         sale_key, _, outstanding, claims, passes, _ = self.keys.sale(namespace, sale)
         with unavailable_on_connection_error():
             status = self._claim(keys=[sale_key, outstanding, claims, passes],
-                                 args=[place, qty, CLAIM_LEASE_MS])
+                                 args=[place, qty, CLAIM_LEASE_MS, key or ""])
         return cast(ClaimStatus, _text(status))
 
     def resolve(self, namespace: str, sale: str, place: int, used: bool) -> None:

@@ -9,7 +9,7 @@ from typing import Literal, Protocol
 from allocation.domain.sale import PassState, QueueFigures, Sale
 
 JoinStatus = Literal["joined", "again", "closed", "missing"]
-ClaimStatus = Literal["ok", "used", "expired", "busy", "unknown", "closed", "missing"]
+ClaimStatus = Literal["ok", "replay", "used", "expired", "busy", "unknown", "closed", "missing"]
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,10 @@ class SaleQueue(Protocol):
         """Open the sale when due, end expired passes, admit what the rule allows from the
         skus' units now, and answer the figures."""
 
-    def claim(self, namespace: str, sale: str, place: int, qty: int) -> ClaimStatus:
-        """Take the pass at ``place`` for a movement of up to ``qty`` units."""
+    def claim(self, namespace: str, sale: str, place: int, qty: int,
+              key: str | None = None) -> ClaimStatus:
+        """Take the pass at ``place`` for a movement of up to ``qty`` units under the
+        idempotency ``key``; "replay" where the movement under that key spent it already."""
 
     def resolve(self, namespace: str, sale: str, place: int, used: bool) -> None:
         """How the claiming movement ended: sold (the pass is used) or not (it is back)."""

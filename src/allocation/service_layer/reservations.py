@@ -74,8 +74,14 @@ def reserve(cmd: commands.Reserve, services: Services) -> Reservation:
                 raise
     # A pass is spent by the hold that takes its units (docs/adr/0033).
     gated = sum(qty for sku, qty in lines if sku in sale.skus)
-    with sale_passes.claimed(services, sale, cmd.buyer, cmd.sale_pass, gated) as claim:
-        made = hold(sale.sale)
+    with sale_passes.claimed(services, sale, cmd.buyer, cmd.sale_pass, gated,
+                             cmd.idempotency_key) as claim:
+        try:
+            made = hold(claim.sale_of)
+        except errors.PassRequired:
+            if claim.replay:  # a replay of a reservation the counter no longer has
+                raise sale_passes.spent() from None
+            raise
         claim.used = not made.replayed
     return made
 

@@ -1,7 +1,9 @@
 """A movement of a gated sku, under the buyer's pass: the pass is checked (signed, this sale's,
 this buyer's, not expired) and claimed in the sale's slot before the movement runs in the
 item's; it is spent if the movement sold or held, and given back if it was refused
-(docs/adr/0033).
+(docs/adr/0033). The pass remembers the idempotency key that spent it: a retry under that key
+goes on to the movement with no pass (``Claim.replay``), which the counter can only answer as
+it first did; any other request with the spent pass is refused.
 A movement whose end is unknown (Redis went away) leaves the claim to lapse, counted as used:
 a pass is never used twice."""
 
@@ -25,12 +27,20 @@ REFUSED = {"used": "the Sale-Pass has been used", "expired": "the Sale-Pass has 
 
 @dataclass
 class Claim:
+    sale: str = ""  # the sale whose pass is claimed
     used: bool = False  # set by the caller once the movement sold
+    replay: bool = False  # a retry of the movement that spent the pass: run it passless
+
+    @property
+    def sale_of(self) -> str:
+        """The sale whose pass the movement may say it holds: none for a replay, so that the
+        counter answers a remembered movement and refuses a new one."""
+        return "" if self.replay else self.sale
 
 
 @contextmanager
 def claimed(services: Services, sale: Sale, buyer: str | None, sale_pass: str | None,
-            qty: int) -> Iterator[Claim]:
+            qty: int, key: str | None) -> Iterator[Claim]:
     if not sale_pass:
         raise PassRequired(f"{sale.sale} gates this sku: send the buyer's Sale-Pass")
     if not buyer:
@@ -41,16 +51,24 @@ def claimed(services: Services, sale: Sale, buyer: str | None, sale_pass: str | 
     where = None if figures is None else place(claim.number, figures)
     if where is None:
         raise PassInvalid(REFUSED["unknown"])
-    status = services.sale_queue.claim(sale.namespace, sale.sale, where, qty)
+    status = services.sale_queue.claim(sale.namespace, sale.sale, where, qty, key)
+    if status == "replay":
+        yield Claim(replay=True)
+        return
     if status != "ok":
         raise PassInvalid(REFUSED[status])
-    held = Claim()
+    held = Claim(sale.sale)
     try:
         yield held
     except errors.DomainError:  # refused: nothing was taken
         services.sale_queue.resolve(sale.namespace, sale.sale, where, False)
         raise
     services.sale_queue.resolve(sale.namespace, sale.sale, where, held.used)
+
+
+def spent() -> PassInvalid:
+    """A replay the counter did not remember (it answered ``pass_required``)."""
+    return PassInvalid(REFUSED["used"])
 
 
 def gating(services: Services, namespace: str, skus: Iterable[str]) -> Sale | None:

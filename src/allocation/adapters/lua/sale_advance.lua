@@ -20,11 +20,11 @@ open_if_due(sale, now, ARGV[4], channel)
 -- A claim whose movement never answered (its process died) counts as used: never twice.
 local flat = redis.call('HGETALL', claims)
 for i = 1, #flat, 2 do
-  local place, qty, lease = flat[i], string.match(flat[i + 1], '^(%d+)|(%d+)$')
+  local place, qty, lease, key = flat[i], string.match(flat[i + 1], '^(%d+)|(%d+)|(.*)$')
   if tonumber(lease) <= now then
     redis.call('HDEL', claims, place)
     redis.call('ZREM', outstanding, place)
-    redis.call('HSET', passes, place, 'u|' .. qty)
+    redis.call('HSET', passes, place, 'u|' .. qty .. '|' .. key)
     redis.call('ZADD', resolved, redis.call('HINCRBY', sale, 'epoch', 1), place)
     redis.call('HINCRBY', sale, 'used', 1)
   end
@@ -57,7 +57,7 @@ if f[1] == '0' and f[2] and read_epoch > epoch - RESOLVED_WINDOW then
     pending = pending + tonumber(string.match(value, '^(%d+)|'))
   end
   for _, place in ipairs(redis.call('ZRANGEBYSCORE', resolved, '(' .. read_epoch, '+inf')) do
-    pending = pending + tonumber(string.match(redis.call('HGET', passes, place), '^u|(%d+)$'))
+    pending = pending + tonumber(string.match(redis.call('HGET', passes, place), '^u|(%d+)|'))
   end
   local bound = math.floor(tonumber(f[5]) * math.max(available - pending, 0))
   local max_admitted = tonumber(f[6])

@@ -3,10 +3,16 @@
 --   skus, joined, serving, prequeue, order_key, sold_out, used, expired, epoch};
 -- buyers: buyer -> "number|joined_at_ms" (one place per buyer);
 -- outstanding: places holding a pass, scored by the pass's expiry (ms);
--- claims: place -> "qty|lease_until_ms", a pass taken by a movement still in flight;
--- passes: place -> "u|qty" (used) or "x" (expired);
+-- claims: place -> "qty|lease_until_ms|key", a pass taken by a movement still in flight
+--   under that idempotency key ("" for none);
+-- passes: place -> "u|qty|key" (used by the movement under that key) or "x" (expired);
 -- resolved: places whose pass was used, scored by the epoch of the use.
 -- Places are the serving order (allocation.domain.sale): the rules here mirror it.
+
+-- The idempotency key of the movement that spent a pass ("u|qty|key"; "" for none).
+local function spent_by(ended)
+  return string.match(ended, '^u|%d+|(.*)$') or ''
+end
 
 -- A sale's event on the events channel ("" for none), as API.md names them.
 local function sale_event(sale, channel, name, extra)

@@ -10,7 +10,8 @@ if not claim then return 0 end
 redis.call('HDEL', claims, place)
 if ARGV[2] == 'used' then
   redis.call('ZREM', outstanding, place)
-  redis.call('HSET', passes, place, 'u|' .. string.match(claim, '^(%d+)|'))
+  local qty, key = string.match(claim, '^(%d+)|%d+|(.*)$')
+  redis.call('HSET', passes, place, 'u|' .. qty .. '|' .. key)
   redis.call('ZADD', resolved, redis.call('HINCRBY', sale, 'epoch', 1), place)
   redis.call('HINCRBY', sale, 'used', 1)
 end
