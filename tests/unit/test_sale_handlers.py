@@ -252,3 +252,71 @@ def test_an_outstanding_pass_reads_admitted_when_the_stock_is_gone(shop: FakeApp
     assert poll(shop, ann).state == "admitted"
     shop.bus.handle(commands.AdjustTotal(NS, "b", -1, "gone"))
     assert [poll(shop, t).state for t in (ann, bob)] == ["admitted", "sold_out"]
+
+
+class TestHoldKeepsThePass:
+    """A hold keeps its buyer's pass: its confirm spends it, a release or its expiry gives it
+    back until the pass's own expiry (API.md: a pass is used by a confirmed reservation)."""
+
+    def hold(self, shop: FakeApp, key: str, sale_pass: str | None, ttl: int = 60) -> object:
+        return shop.bus.handle(commands.Reserve(NS, (("a", 1),), key, ttl, "ann", sale_pass))
+
+    def admitted(self, shop: FakeApp) -> tuple[str, str]:
+        put(shop, pass_ttl_seconds=300)
+        ticket = join(shop, "ann").ticket
+        sale_pass = poll(shop, ticket).sale_pass
+        assert sale_pass is not None
+        return ticket, sale_pass
+
+    def test_a_hold_that_expires_gives_the_pass_back(self, shop: FakeApp) -> None:
+        ticket, sale_pass = self.admitted(shop)
+        self.hold(shop, "r1", sale_pass)
+        assert poll(shop, ticket).state == "admitted"  # kept, not used
+        with pytest.raises(PassInvalid):  # nor usable elsewhere meanwhile
+            decrement(shop, "ann", sale_pass, "k1")
+        shop.now = T0 + 61_000
+        poll(shop, ticket)  # the step on finds the hold ended
+        again = self.hold(shop, "r2", sale_pass)
+        assert again.state == "held"  # type: ignore[attr-defined]
+        shop.bus.handle(commands.ConfirmReservation(NS, again.id))  # type: ignore[attr-defined]
+        assert poll(shop, ticket).state == "used"
+        with pytest.raises(PassInvalid):
+            self.hold(shop, "r3", sale_pass)
+        assert shop.counter.read(NS, "a").consumed == 1  # type: ignore[union-attr]
+
+    def test_a_release_gives_it_back_at_once(self, shop: FakeApp) -> None:
+        ticket, sale_pass = self.admitted(shop)
+        held = self.hold(shop, "r1", sale_pass)
+        shop.bus.handle(commands.ReleaseReservation(NS, held.id))  # type: ignore[attr-defined]
+        assert decrement(shop, "ann", sale_pass, "k1").ok  # type: ignore[attr-defined]
+        assert poll(shop, ticket).state == "used"
+
+    def test_a_confirm_nobody_reported_still_spends_it(self, shop: FakeApp) -> None:
+        ticket, sale_pass = self.admitted(shop)
+        held = self.hold(shop, "r1", sale_pass)
+        # The confirm's process died before it told the sale: only the reservation knows.
+        rid = held.id  # type: ignore[attr-defined]
+        shop.counter.reservation_step("confirm", NS, rid, (("a", 1),))
+        shop.now = T0 + 61_000
+        assert poll(shop, ticket).state == "used"
+        with pytest.raises(PassInvalid):
+            decrement(shop, "ann", sale_pass, "k1")
+
+    def test_an_extended_hold_keeps_it_past_its_first_end(self, shop: FakeApp) -> None:
+        ticket, sale_pass = self.admitted(shop)
+        held = self.hold(shop, "r1", sale_pass)
+        shop.bus.handle(commands.ExtendReservation(NS, held.id, 600))  # type: ignore[attr-defined]
+        shop.now = T0 + 61_000
+        poll(shop, ticket)
+        with pytest.raises(PassInvalid):
+            decrement(shop, "ann", sale_pass, "k1")
+        shop.bus.handle(commands.ConfirmReservation(NS, held.id))  # type: ignore[attr-defined]
+        assert poll(shop, ticket).state == "used"
+
+    def test_the_pass_does_not_expire_while_kept(self, shop: FakeApp) -> None:
+        ticket, sale_pass = self.admitted(shop)
+        held = self.hold(shop, "r1", sale_pass, ttl=3000)
+        shop.now = T0 + 301_000  # the pass's own expiry: kept, it waits for the hold
+        assert poll(shop, ticket).state == "admitted"
+        shop.bus.handle(commands.ConfirmReservation(NS, held.id))  # type: ignore[attr-defined]
+        assert poll(shop, ticket).state == "used"

@@ -138,7 +138,7 @@ class TestGatedReservations:
         sale_pass: str = body(shop.client.get(f"{SALE}/queue/{ticket}"))["pass"]
         return sale_pass
 
-    def test_a_hold_needs_the_pass_and_spends_it(self, shop: FakeApp) -> None:
+    def test_a_hold_needs_the_pass_and_keeps_it(self, shop: FakeApp) -> None:
         put_sale(shop)
         sale_pass = self.admitted(shop, "ann")
         refused = self.reserve(shop, "r0", 1)

@@ -1,7 +1,8 @@
 """A movement of a gated sku, under the buyer's pass: the pass is checked (signed, this sale's,
 this buyer's, not expired) and claimed in the sale's slot before the movement runs in the
-item's; it is spent if the movement sold or held, and given back if it was refused
-(docs/adr/0033). The pass remembers the idempotency key that spent it: a retry under that key
+item's; it is spent if the movement sold, kept by the reservation if it held (spent by its
+confirm, given back by its release or expiry: ``settled``), and given back if it was refused
+(docs/adr/0033, 0034). The pass remembers the idempotency key that spent it: a retry under that key
 goes on to the movement with no pass (``Claim.replay``), which the counter can only answer as
 it first did; any other request with the spent pass is refused.
 A movement whose end is unknown (Redis went away) leaves the claim to lapse, counted as used:
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from allocation.adapters.sale_queue import HoldLink
 from allocation.domain import errors
 from allocation.domain.errors import PassInvalid, PassRequired
 from allocation.domain.sale import Sale, place
@@ -21,6 +23,7 @@ from allocation.service_layer.services import Services
 
 REFUSED = {"used": "the Sale-Pass has been used", "expired": "the Sale-Pass has expired",
            "busy": "the Sale-Pass is in use by another request",
+           "held": "the Sale-Pass is kept by the buyer's reservation until it ends",
            "unknown": "the Sale-Pass is not one this sale gave",
            "closed": "the sale is closed", "missing": "the sale is not running"}
 
@@ -29,6 +32,7 @@ REFUSED = {"used": "the Sale-Pass has been used", "expired": "the Sale-Pass has 
 class Claim:
     sale: str = ""  # the sale whose pass is claimed
     used: bool = False  # set by the caller once the movement sold
+    hold: HoldLink | None = None  # set by the caller once a reservation held: it keeps the pass
     replay: bool = False  # a retry of the movement that spent the pass: run it passless
 
     @property
@@ -63,7 +67,19 @@ def claimed(services: Services, sale: Sale, buyer: str | None, sale_pass: str | 
     except errors.DomainError:  # refused: nothing was taken
         services.sale_queue.resolve(sale.namespace, sale.sale, where, False)
         raise
-    services.sale_queue.resolve(sale.namespace, sale.sale, where, held.used)
+    services.sale_queue.resolve(sale.namespace, sale.sale, where, held.used, held.hold)
+
+
+def settled(services: Services, namespace: str, rid: str, skus: Iterable[str],
+            state: str) -> None:
+    """A reservation of a gated sku was confirmed (its pass is used) or released (its pass is
+    back). The sale's step on finds the same from the reservation itself once its hold is
+    past its end (a confirm whose process died before saying so): this makes it prompt."""
+    if state not in ("confirmed", "released", "expired"):
+        return
+    sales = {s.sale for sku in skus if (s := services.sales.gate(namespace, sku)) is not None}
+    for sale in sales:  # one, but for a reservation held before its skus were gated
+        services.sale_queue.settle(namespace, sale, rid, "used" if state == "confirmed" else "back")
 
 
 def spent() -> PassInvalid:
