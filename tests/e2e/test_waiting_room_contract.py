@@ -278,6 +278,16 @@ def test_a_retry_of_the_purchase_that_used_the_pass_answers_as_it_first_did(
     assert (shop.figures("tee")["consumed"], shop.figures("cap")["held"]) == (1, 1)
 
 
+def test_a_tickets_stream_sends_each_state_once(shop: wr.Shop) -> None:
+    shop.open_sale("once", {"tee": 1}, admit_factor=1)
+    ann = shop.admitted_pass("once", shop.ticket_of("once", "ann"))
+    bob = shop.ticket_of("once", "bob")
+    with shop.stream("once", bob) as events:
+        assert events.next()["state"] == "waiting"
+        assert shop.decrement("tee", buyer="ann", sale_pass=ann).status_code == 200
+        assert events.next()["state"] == "sold_out"  # the next event is news, not the first
+
+
 def test_a_pre_queue_is_drawn_at_random_ahead_of_later_joiners(
         shop: wr.Shop, clock: wr.ScriptClock) -> None:
     opens = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=8)
