@@ -320,3 +320,26 @@ class TestHoldKeepsThePass:
         assert poll(shop, ticket).state == "admitted"
         shop.bus.handle(commands.ConfirmReservation(NS, held.id))  # type: ignore[attr-defined]
         assert poll(shop, ticket).state == "used"
+
+
+def test_the_movement_that_takes_the_last_unit_sells_the_sale_out_at_once(
+        shop: FakeApp) -> None:
+    put(shop, skus=("b",), admit_factor=1)  # 1 unit: ann admitted, bob waits
+    ann, bob = join(shop, "ann").ticket, join(shop, "bob").ticket
+    sale_pass = poll(shop, ann).sale_pass
+    services = shop.bus.services
+    assert sales.poll_ticket(services, NS, "drop", bob).state == "waiting"  # figures kept
+    assert decrement(shop, "ann", sale_pass, "k1", "b").ok  # type: ignore[attr-defined]
+    # No second has passed for this process's figures: the sale itself said sold out.
+    assert sales.poll_ticket(services, NS, "drop", bob).state == "sold_out"
+
+
+def test_the_confirm_of_the_last_unit_sells_the_sale_out_at_once(shop: FakeApp) -> None:
+    put(shop, skus=("b",), admit_factor=1)
+    ann, bob = join(shop, "ann").ticket, join(shop, "bob").ticket
+    sale_pass = poll(shop, ann).sale_pass
+    held = shop.bus.handle(commands.Reserve(NS, (("b", 1),), "r1", 60, "ann", sale_pass))
+    services = shop.bus.services
+    assert sales.poll_ticket(services, NS, "drop", bob).state == "waiting"
+    shop.bus.handle(commands.ConfirmReservation(NS, held.id))
+    assert sales.poll_ticket(services, NS, "drop", bob).state == "sold_out"

@@ -43,6 +43,8 @@ def decrement(cmd: commands.Decrement, services: Services) -> Outcome:
         claim.used = outcome.ok and not outcome.replayed
     if claim.replay and outcome.status == "pass_required":
         raise sale_passes.spent()
+    if outcome.ok and not outcome.replayed:
+        sale_passes.sold(services, sale, [outcome])
     return outcome
 
 

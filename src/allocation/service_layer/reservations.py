@@ -122,7 +122,7 @@ def _end(services: Services, step: Step, namespace: str, reservation_id: str,
     view = _view(reservation_id, namespace, lines, buyer, result)
     if step != "extend":
         sale_passes.settled(services, namespace, reservation_id, (sku for sku, _ in lines),
-                            view.state)
+                            view.state, result.figures)
     return view
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from allocation.adapters.sale_queue import HoldLink
 from allocation.domain import errors
 from allocation.domain.errors import PassInvalid, PassRequired
+from allocation.domain.outcome import Outcome
 from allocation.domain.sale import Sale, place
 from allocation.service_layer.services import Services
 
@@ -71,15 +72,25 @@ def claimed(services: Services, sale: Sale, buyer: str | None, sale_pass: str | 
 
 
 def settled(services: Services, namespace: str, rid: str, skus: Iterable[str],
-            state: str) -> None:
+            state: str, figures: Iterable[Outcome]) -> None:
     """A reservation of a gated sku was confirmed (its pass is used) or released (its pass is
     back). The sale's step on finds the same from the reservation itself once its hold is
     past its end (a confirm whose process died before saying so): this makes it prompt."""
     if state not in ("confirmed", "released", "expired"):
         return
-    sales = {s.sale for sku in skus if (s := services.sales.gate(namespace, sku)) is not None}
+    sales = {s for sku in skus if (s := services.sales.gate(namespace, sku)) is not None}
     for sale in sales:  # one, but for a reservation held before its skus were gated
-        services.sale_queue.settle(namespace, sale, rid, "used" if state == "confirmed" else "back")
+        services.sale_queue.settle(namespace, sale.sale, rid,
+                                   "used" if state == "confirmed" else "back")
+        sold(services, sale, figures)
+
+
+def sold(services: Services, sale: Sale, figures: Iterable[Outcome]) -> None:
+    """A movement left an item of the sale with nothing available and nothing held: the sale
+    may have sold out, and its waiting tickets should hear it now, not at the next refresh.
+    Step its queue on at once (the last unit's movement only: rare)."""
+    if any(f.available <= 0 and f.held <= 0 for f in figures):
+        services.sales.figures(sale, fresh=True)
 
 
 def spent() -> PassInvalid:
