@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from allocation.domain import errors, prequeue
@@ -31,11 +31,14 @@ def figures(**changes: object) -> QueueFigures:
 
 
 class TestPrequeuePermutation:
+    # Thousands of HMACs an example: on a shared machine a timing deadline fails, not the rule.
+    @settings(deadline=None)
     @given(st.integers(min_value=1, max_value=3000), st.binary(min_size=16, max_size=32))
     def test_is_a_bijection_of_0_to_n(self, size: int, key: bytes) -> None:
         places = [prequeue.place(key, size, number) for number in range(size)]
         assert sorted(places) == list(range(size))
 
+    @settings(deadline=None)
     @given(st.integers(min_value=16, max_value=3000), st.binary(min_size=16, max_size=32))
     def test_differs_from_identity(self, size: int, key: bytes) -> None:
         assert [prequeue.place(key, size, n) for n in range(size)] != list(range(size))
