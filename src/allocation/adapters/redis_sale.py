@@ -128,10 +128,10 @@ class RedisSaleQueue:
         process died) spends it, a release or an expiry gives it back, an extend moves the
         end on. A reservation Redis no longer has spends it: never twice."""
         pipe = self.client.pipeline(transaction=False)
-        for rid in rids:
+        for rid in rids:  # an id names its partition (RedisCounter.reservation_id)
             partition = rid.partition(".")[0]
-            pipe.hmget(self.keys.reservation(sale.namespace, int(partition or 0), rid),
-                       "state", "expires")
+            at = int(partition) if partition.isdigit() else -1
+            pipe.hmget(self.keys.reservation(sale.namespace, at, rid), "state", "expires")
         with unavailable_on_connection_error():
             stands = pipe.execute()
         for rid, (state, expires) in zip(rids, stands, strict=True):
