@@ -258,6 +258,36 @@ def test_sold_out_reaches_every_waiting_ticket_and_a_refund_reopens_the_queue(
     assert shop.read("last", tickets[3])["position"] == 1
 
 
+def test_a_retry_of_the_purchase_that_used_the_pass_answers_as_it_first_did(
+        shop: wr.Shop) -> None:
+    shop.open_sale("retry", {"tee": 5, "cap": 5})
+    ann = shop.admitted_pass("retry", shop.ticket_of("retry", "ann"))
+    bought = shop.decrement("tee", buyer="ann", sale_pass=ann, key="ann-1")
+    assert bought.status_code == 200, bought.text
+    again = shop.decrement("tee", buyer="ann", sale_pass=ann, key="ann-1")
+    assert (again.status_code, again.content) == (200, bought.content)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    wr.refused(shop.decrement("tee", buyer="ann", sale_pass=ann), 403, "pass_invalid")
+    bob = shop.admitted_pass("retry", shop.ticket_of("retry", "bob"))
+    lines = [{"sku": "cap", "qty": 1}]
+    held = shop.reserve(lines, buyer="bob", sale_pass=bob, key="bob-1")
+    assert held.status_code == 201, held.text
+    again = shop.reserve(lines, buyer="bob", sale_pass=bob, key="bob-1")
+    assert (again.status_code, again.content) == (201, held.content)
+    wr.refused(shop.reserve(lines, buyer="bob", sale_pass=bob), 403, "pass_invalid")
+    assert (shop.figures("tee")["consumed"], shop.figures("cap")["held"]) == (1, 1)
+
+
+def test_a_tickets_stream_sends_each_state_once(shop: wr.Shop) -> None:
+    shop.open_sale("once", {"tee": 1}, admit_factor=1)
+    ann = shop.admitted_pass("once", shop.ticket_of("once", "ann"))
+    bob = shop.ticket_of("once", "bob")
+    with shop.stream("once", bob) as events:
+        assert events.next()["state"] == "waiting"
+        assert shop.decrement("tee", buyer="ann", sale_pass=ann).status_code == 200
+        assert events.next()["state"] == "sold_out"  # the next event is news, not the first
+
+
 def test_a_pre_queue_is_drawn_at_random_ahead_of_later_joiners(
         shop: wr.Shop, clock: wr.ScriptClock) -> None:
     opens = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=8)

@@ -130,22 +130,23 @@ class Shop:
         assert r.status_code == 200, r.text
         return dict(r.json())
 
-    def _movement(self, path: str, body: dict[str, Any], sale_pass: str | None
-                  ) -> requests.Response:
-        headers = given(**{"Idempotency-Key": uuid.uuid4().hex, "Sale-Pass": sale_pass})
+    def _movement(self, path: str, body: dict[str, Any], sale_pass: str | None,
+                  key: str | None = None) -> requests.Response:
+        headers = given(**{"Idempotency-Key": key or uuid.uuid4().hex, "Sale-Pass": sale_pass})
         return self._send("POST", path, headers=headers, json=body)
 
     def decrement(self, sku: str, qty: int = 1, buyer: str | None = None,
-                  sale_pass: str | None = None) -> requests.Response:
+                  sale_pass: str | None = None, key: str | None = None) -> requests.Response:
         return self._movement(f"/items/{sku}/decrements", given(qty=qty, buyer=buyer),
-                              sale_pass)
+                              sale_pass, key)
 
     def refund(self, sku: str, qty: int = 1, buyer: str | None = None) -> requests.Response:
         return self._movement(f"/items/{sku}/refunds", given(qty=qty, buyer=buyer), None)
 
     def reserve(self, lines: list[dict[str, Any]], buyer: str | None = None,
-                sale_pass: str | None = None) -> requests.Response:
-        return self._movement("/reservations", given(lines=lines, buyer=buyer), sale_pass)
+                sale_pass: str | None = None, key: str | None = None) -> requests.Response:
+        return self._movement("/reservations", given(lines=lines, buyer=buyer), sale_pass,
+                              key)
 
     def reservation(self, rid: str, action: str) -> requests.Response:
         return self._send("POST", f"/reservations/{rid}/{action}")

@@ -146,6 +146,33 @@ class TestGate:
         assert shop.counter.read(NS, "a").consumed == 1  # type: ignore[union-attr]
         assert poll(shop, join(shop, "ann").ticket).state == "used"
 
+    def test_a_retry_of_the_decrement_that_spent_the_pass_is_its_replay(
+            self, shop: FakeApp) -> None:
+        put(shop)
+        sale_pass = self.admitted(shop, "ann")
+        first = decrement(shop, "ann", sale_pass, "k1")
+        again = decrement(shop, "ann", sale_pass, "k1")
+        assert first.ok and again.ok and again.replayed  # type: ignore[attr-defined]
+        assert (again.total, again.consumed, again.seq) == (  # type: ignore[attr-defined]
+            first.total, first.consumed, first.seq)  # type: ignore[attr-defined]
+        with pytest.raises(PassInvalid):
+            decrement(shop, "ann", sale_pass, "k2")
+        assert shop.counter.read(NS, "a").consumed == 1  # type: ignore[union-attr]
+
+    def test_a_retry_of_the_hold_that_spent_the_pass_is_its_replay(
+            self, shop: FakeApp) -> None:
+        put(shop)
+        sale_pass = self.admitted(shop, "ann")
+
+        def hold(key: str) -> object:
+            return shop.bus.handle(commands.Reserve(NS, (("a", 1),), key, 60, "ann",
+                                                    sale_pass))
+        first, again = hold("r1"), hold("r1")
+        assert again.id == first.id and again.replayed  # type: ignore[attr-defined]
+        with pytest.raises(PassInvalid):
+            hold("r2")
+        assert shop.counter.read(NS, "a").held == 1  # type: ignore[union-attr]
+
     def test_a_refused_movement_gives_the_pass_back(self, shop: FakeApp) -> None:
         put(shop, skus=("b",))
         first, second = self.admitted(shop, "ann"), self.admitted(shop, "bob")
@@ -200,3 +227,119 @@ def test_a_waiting_tickets_poll_asks_nothing_of_redis_or_the_record(shop: FakeAp
             "waiting"] * 3
     finally:
         del shop.counter.client.execute_command
+
+
+def test_sold_out_is_read_by_waiting_tickets_only(shop: FakeApp) -> None:
+    put(shop, skus=("c",), admit_factor=1, pass_ttl_seconds=30)  # 5 units: 5 admitted
+    tickets = [join(shop, f"b{n}").ticket for n in range(7)]
+    passes = [poll(shop, t).sale_pass for t in tickets[:5]]
+    for n in range(3):  # b0..b2 buy; b3 lets the pass expire; b4 keeps it
+        assert decrement(shop, f"b{n}", passes[n], f"k{n}", "c").ok  # type: ignore[attr-defined]
+    shop.now = T0 + 30_000
+    poll(shop, tickets[5])  # the step on ends b3's and b4's passes and admits b5 and b6
+    passes[:2] = [poll(shop, t).sale_pass for t in tickets[5:]]
+    for n in (0, 1):
+        assert decrement(shop, f"b{5 + n}", passes[n], f"m{n}", "c").ok  # type: ignore[attr-defined]
+    assert [poll(shop, t).state for t in tickets] == ["used"] * 3 + ["expired"] * 2 + ["used"] * 2
+    late = join(shop, "late").ticket
+    assert poll(shop, late).state == "sold_out"
+    assert [poll(shop, t).state for t in tickets] == ["used"] * 3 + ["expired"] * 2 + ["used"] * 2
+
+
+def test_an_outstanding_pass_reads_admitted_when_the_stock_is_gone(shop: FakeApp) -> None:
+    put(shop, skus=("b",), admit_factor=1)  # 1 unit: ann admitted, bob waits
+    ann, bob = join(shop, "ann").ticket, join(shop, "bob").ticket
+    assert poll(shop, ann).state == "admitted"
+    shop.bus.handle(commands.AdjustTotal(NS, "b", -1, "gone"))
+    assert [poll(shop, t).state for t in (ann, bob)] == ["admitted", "sold_out"]
+
+
+class TestHoldKeepsThePass:
+    """A hold keeps its buyer's pass: its confirm spends it, a release or its expiry gives it
+    back until the pass's own expiry (API.md: a pass is used by a confirmed reservation)."""
+
+    def hold(self, shop: FakeApp, key: str, sale_pass: str | None, ttl: int = 60) -> object:
+        return shop.bus.handle(commands.Reserve(NS, (("a", 1),), key, ttl, "ann", sale_pass))
+
+    def admitted(self, shop: FakeApp) -> tuple[str, str]:
+        put(shop, pass_ttl_seconds=300)
+        ticket = join(shop, "ann").ticket
+        sale_pass = poll(shop, ticket).sale_pass
+        assert sale_pass is not None
+        return ticket, sale_pass
+
+    def test_a_hold_that_expires_gives_the_pass_back(self, shop: FakeApp) -> None:
+        ticket, sale_pass = self.admitted(shop)
+        self.hold(shop, "r1", sale_pass)
+        assert poll(shop, ticket).state == "admitted"  # kept, not used
+        with pytest.raises(PassInvalid):  # nor usable elsewhere meanwhile
+            decrement(shop, "ann", sale_pass, "k1")
+        shop.now = T0 + 61_000
+        poll(shop, ticket)  # the step on finds the hold ended
+        again = self.hold(shop, "r2", sale_pass)
+        assert again.state == "held"  # type: ignore[attr-defined]
+        shop.bus.handle(commands.ConfirmReservation(NS, again.id))  # type: ignore[attr-defined]
+        assert poll(shop, ticket).state == "used"
+        with pytest.raises(PassInvalid):
+            self.hold(shop, "r3", sale_pass)
+        assert shop.counter.read(NS, "a").consumed == 1  # type: ignore[union-attr]
+
+    def test_a_release_gives_it_back_at_once(self, shop: FakeApp) -> None:
+        ticket, sale_pass = self.admitted(shop)
+        held = self.hold(shop, "r1", sale_pass)
+        shop.bus.handle(commands.ReleaseReservation(NS, held.id))  # type: ignore[attr-defined]
+        assert decrement(shop, "ann", sale_pass, "k1").ok  # type: ignore[attr-defined]
+        assert poll(shop, ticket).state == "used"
+
+    def test_a_confirm_nobody_reported_still_spends_it(self, shop: FakeApp) -> None:
+        ticket, sale_pass = self.admitted(shop)
+        held = self.hold(shop, "r1", sale_pass)
+        # The confirm's process died before it told the sale: only the reservation knows.
+        rid = held.id  # type: ignore[attr-defined]
+        shop.counter.reservation_step("confirm", NS, rid, (("a", 1),))
+        shop.now = T0 + 61_000
+        assert poll(shop, ticket).state == "used"
+        with pytest.raises(PassInvalid):
+            decrement(shop, "ann", sale_pass, "k1")
+
+    def test_an_extended_hold_keeps_it_past_its_first_end(self, shop: FakeApp) -> None:
+        ticket, sale_pass = self.admitted(shop)
+        held = self.hold(shop, "r1", sale_pass)
+        shop.bus.handle(commands.ExtendReservation(NS, held.id, 600))  # type: ignore[attr-defined]
+        shop.now = T0 + 61_000
+        poll(shop, ticket)
+        with pytest.raises(PassInvalid):
+            decrement(shop, "ann", sale_pass, "k1")
+        shop.bus.handle(commands.ConfirmReservation(NS, held.id))  # type: ignore[attr-defined]
+        assert poll(shop, ticket).state == "used"
+
+    def test_the_pass_does_not_expire_while_kept(self, shop: FakeApp) -> None:
+        ticket, sale_pass = self.admitted(shop)
+        held = self.hold(shop, "r1", sale_pass, ttl=3000)
+        shop.now = T0 + 301_000  # the pass's own expiry: kept, it waits for the hold
+        assert poll(shop, ticket).state == "admitted"
+        shop.bus.handle(commands.ConfirmReservation(NS, held.id))  # type: ignore[attr-defined]
+        assert poll(shop, ticket).state == "used"
+
+
+def test_the_movement_that_takes_the_last_unit_sells_the_sale_out_at_once(
+        shop: FakeApp) -> None:
+    put(shop, skus=("b",), admit_factor=1)  # 1 unit: ann admitted, bob waits
+    ann, bob = join(shop, "ann").ticket, join(shop, "bob").ticket
+    sale_pass = poll(shop, ann).sale_pass
+    services = shop.bus.services
+    assert sales.poll_ticket(services, NS, "drop", bob).state == "waiting"  # figures kept
+    assert decrement(shop, "ann", sale_pass, "k1", "b").ok  # type: ignore[attr-defined]
+    # No second has passed for this process's figures: the sale itself said sold out.
+    assert sales.poll_ticket(services, NS, "drop", bob).state == "sold_out"
+
+
+def test_the_confirm_of_the_last_unit_sells_the_sale_out_at_once(shop: FakeApp) -> None:
+    put(shop, skus=("b",), admit_factor=1)
+    ann, bob = join(shop, "ann").ticket, join(shop, "bob").ticket
+    sale_pass = poll(shop, ann).sale_pass
+    held = shop.bus.handle(commands.Reserve(NS, (("b", 1),), "r1", 60, "ann", sale_pass))
+    services = shop.bus.services
+    assert sales.poll_ticket(services, NS, "drop", bob).state == "waiting"
+    shop.bus.handle(commands.ConfirmReservation(NS, held.id))
+    assert sales.poll_ticket(services, NS, "drop", bob).state == "sold_out"

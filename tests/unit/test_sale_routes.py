@@ -3,6 +3,7 @@ app over the fake record and the production scripts on the embedded Redis."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -116,6 +117,18 @@ class TestQueue:
         assert streamed.content_type.startswith("text/event-stream")
         assert b"event: ticket\ndata: {" in streamed.data and ticket.encode() in streamed.data
 
+    def test_a_reconnect_with_the_last_event_id_gets_no_repeat(self, shop: FakeApp) -> None:
+        put_sale(shop)
+        ticket = body(shop.client.post(f"{SALE}/queue", json={"buyer": "ann"}))["ticket"]
+        url = f"{SALE}/queue/{ticket}/stream"
+        first = shop.client.get(url).data
+        seen = re.search(rb"^id: (\S+)$", first, re.MULTILINE)
+        assert seen is not None and b"retry: 1000" in first
+        again = shop.client.get(url, headers={"Last-Event-ID": seen.group(1).decode()})
+        assert (again.status_code, again.data) == (200, b"retry: 1000\n\n")
+        other = shop.client.get(url, headers={"Last-Event-ID": "stale"})
+        assert other.data == first
+
     def test_a_closed_sale_refuses_joins(self, shop: FakeApp) -> None:
         put_sale(shop)
         shop.client.post(f"{SALE}/close")
@@ -138,7 +151,7 @@ class TestGatedReservations:
         sale_pass: str = body(shop.client.get(f"{SALE}/queue/{ticket}"))["pass"]
         return sale_pass
 
-    def test_a_hold_needs_the_pass_and_spends_it(self, shop: FakeApp) -> None:
+    def test_a_hold_needs_the_pass_and_keeps_it(self, shop: FakeApp) -> None:
         put_sale(shop)
         sale_pass = self.admitted(shop, "ann")
         refused = self.reserve(shop, "r0", 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from allocation.domain import errors, prequeue
@@ -31,11 +31,14 @@ def figures(**changes: object) -> QueueFigures:
 
 
 class TestPrequeuePermutation:
+    # Thousands of HMACs an example: on a shared machine a timing deadline fails, not the rule.
+    @settings(deadline=None)
     @given(st.integers(min_value=1, max_value=3000), st.binary(min_size=16, max_size=32))
     def test_is_a_bijection_of_0_to_n(self, size: int, key: bytes) -> None:
         places = [prequeue.place(key, size, number) for number in range(size)]
         assert sorted(places) == list(range(size))
 
+    @settings(deadline=None)
     @given(st.integers(min_value=16, max_value=3000), st.binary(min_size=16, max_size=32))
     def test_differs_from_identity(self, size: int, key: bytes) -> None:
         assert [prequeue.place(key, size, n) for n in range(size)] != list(range(size))
@@ -142,10 +145,13 @@ class TestTicketState:
         assert ticket_state(2, figures(serving=4), "used").state == "used"
         assert ticket_state(2, figures(serving=4), "expired").state == "expired"
 
-    def test_sold_out_reaches_waiting_and_unused_tickets(self) -> None:
-        assert ticket_state(7, figures(serving=4, sold_out=True)).state == "sold_out"
-        assert ticket_state(2, figures(serving=4, sold_out=True)).state == "sold_out"
-        assert ticket_state(2, figures(serving=4, sold_out=True), "used").state == "used"
+    def test_sold_out_reaches_waiting_tickets_only(self) -> None:
+        sold_out = figures(serving=4, sold_out=True)
+        assert ticket_state(7, sold_out).state == "sold_out"
+        assert ticket_state(2, sold_out).state == "admitted"  # its pass decides: read it
+        assert ticket_state(2, sold_out, "outstanding").state == "admitted"
+        assert ticket_state(2, sold_out, "used").state == "used"
+        assert ticket_state(2, sold_out, "expired").state == "expired"
 
     def test_closed_wins(self) -> None:
         assert ticket_state(2, figures(closed=True)).state == "closed"

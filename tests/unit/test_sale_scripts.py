@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_sale import CLAIM_LEASE_MS, RedisSaleQueue
+from allocation.adapters.sale_queue import HoldLink
 from allocation.domain.sale import Sale, admission_room, ticket_state
 from tests.helpers.counter_contract import set_clock
 from tests.helpers.embedded import embedded_counter
@@ -134,6 +135,38 @@ class TestPasses:
         room.queue.resolve(NS, "drop", 1, used=True)
         assert room.queue.claim(NS, "drop", 1, 1) == "used"
         assert room.queue.pass_at(NS, "drop", 1)[0] == "used"
+
+    def test_the_key_that_spent_a_pass_comes_through_again_and_no_other(self,
+                                                                      room: Room) -> None:
+        sale = self.opened(room)
+        assert room.queue.claim(NS, "drop", 1, 1, "k1") == "ok"
+        assert room.queue.claim(NS, "drop", 1, 1, "k1") == "busy"  # still in flight
+        room.queue.resolve(NS, "drop", 1, used=True)
+        assert [room.queue.claim(NS, "drop", 1, 1, k) for k in ("k1", "k2", None)] == [
+            "replay", "used", "used"]
+        assert room.queue.claim(NS, "drop", 2, 1, "k3") == "ok"  # and one that lapses
+        room.at(T0 + CLAIM_LEASE_MS)
+        room.queue.advance(sale)
+        assert [room.queue.claim(NS, "drop", 2, 1, k) for k in ("k3", "k1")] == [
+            "replay", "used"]
+
+    def test_a_hold_keeps_the_pass_until_it_is_settled(self, room: Room) -> None:
+        sale = self.opened(room)
+        assert room.queue.claim(NS, "drop", 1, 1, "r1") == "ok"
+        room.queue.resolve(NS, "drop", 1, used=False, hold=HoldLink("0.r1", T0 + 60_000))
+        assert [room.queue.claim(NS, "drop", 1, 1, k) for k in ("r1", "r2")] == [
+            "replay", "held"]
+        assert room.queue.pass_at(NS, "drop", 1)[0] == "outstanding"
+        figures = room.queue.advance(sale).figures
+        assert figures is not None and (figures.outstanding, figures.used) == (3, 0)  # kept
+        room.queue.settle(NS, "drop", "0.r1", "back")
+        assert room.queue.claim(NS, "drop", 1, 1, "k2") == "ok"
+        room.queue.resolve(NS, "drop", 1, used=False, hold=HoldLink("0.r2", T0 + 60_000))
+        room.queue.settle(NS, "drop", "0.r2", "used")
+        room.queue.settle(NS, "drop", "0.r2", "back")  # settled once: no more
+        assert room.queue.claim(NS, "drop", 1, 1, "k3") == "used"
+        figures = room.queue.advance(sale).figures
+        assert figures is not None and (figures.outstanding, figures.used) == (2, 1)
 
     def test_a_refused_movement_gives_the_pass_back(self, room: Room) -> None:
         self.opened(room)

@@ -10,7 +10,14 @@ from allocation.adapters.redis_batch import ScriptBatcher
 from allocation.adapters.redis_client import RedisClient, unavailable_on_connection_error
 from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_scripts import lua
-from allocation.adapters.sale_queue import Advanced, ClaimStatus, Joined, JoinStatus
+from allocation.adapters.sale_queue import (
+    Advanced,
+    ClaimStatus,
+    HoldEnd,
+    HoldLink,
+    Joined,
+    JoinStatus,
+)
 from allocation.domain.sale import PassState, QueueFigures, Sale
 
 # How long a movement that claimed a pass may take to say how it ended; past it the claim
@@ -38,6 +45,7 @@ class RedisSaleQueue:
         self._advance = client.register_script(lua("sale_advance"))
         self._claim = client.register_script(lua("sale_claim"))
         self._resolve = client.register_script(lua("sale_resolve"))
+        self._settle = client.register_script(lua("sale_settle"))
         self._pass = client.register_script(lua("sale_pass"))
         self._now = client.register_script(lua("sale_now"))
 
@@ -73,20 +81,22 @@ class RedisSaleQueue:
         return Joined(cast(JoinStatus, _text(status)), int(number), int(joined_at))
 
     def advance(self, sale: Sale, most: int = 1000) -> Advanced:
-        sale_key, _, outstanding, claims, passes, resolved = self.keys.sale(
+        sale_key, _, outstanding, claims, passes, resolved, holds = self.keys.sale(
             sale.namespace, sale.sale)
         with unavailable_on_connection_error():
             # The epoch first, then the items: a use resolved after this read may not show
             # in the units read, so the script counts its units as gone.
             epoch = int(self.client.hget(sale_key, "epoch") or 0)
             available, held = self._units(sale)
-            reply = self._advance(keys=[sale_key, outstanding, claims, passes, resolved],
+            reply = self._advance(keys=[sale_key, outstanding, claims, passes, resolved, holds],
                                   args=[available, held, epoch, _order_key(), most,
                                         self.events_channel])
         if not reply:
             return Advanced(None, available, held, 0)
         (joined, serving, prequeue, order_key, out, used, expired, sold_out, closed, _,
-         now) = reply
+         now, *ended) = reply
+        if ended:
+            self._holds_ended(sale, [_text(rid) for rid in ended], int(now))
         prequeue_text = _text(prequeue)
         figures = QueueFigures(
             joined=int(joined), serving=int(serving),
@@ -112,21 +122,55 @@ class RedisSaleQueue:
             held += int(holding or 0)
         return available, held
 
-    def claim(self, namespace: str, sale: str, place: int, qty: int) -> ClaimStatus:
-        sale_key, _, outstanding, claims, passes, _ = self.keys.sale(namespace, sale)
+    def _holds_ended(self, sale: Sale, rids: list[str], now_ms: int) -> None:
+        """Ask each reservation past the end the sale recorded for its hold how it stands
+        (read in its own slot) and settle its pass: a confirm the caller did not report (its
+        process died) spends it, a release or an expiry gives it back, an extend moves the
+        end on. A reservation Redis no longer has spends it: never twice."""
+        pipe = self.client.pipeline(transaction=False)
+        for rid in rids:  # an id names its partition (RedisCounter.reservation_id)
+            partition = rid.partition(".")[0]
+            at = int(partition) if partition.isdigit() else -1
+            pipe.hmget(self.keys.reservation(sale.namespace, at, rid), "state", "expires")
+        with unavailable_on_connection_error():
+            stands = pipe.execute()
+        for rid, (state, expires) in zip(rids, stands, strict=True):
+            text = _text(state) if state is not None else "confirmed"
+            if text in ("pending", "confirming"):
+                continue  # a cart across slots in its steps: the next step on
+            if text == "held" and int(expires or 0) > now_ms:
+                self.settle(sale.namespace, sale.sale, rid, "held", int(expires))
+            else:
+                self.settle(sale.namespace, sale.sale, rid,
+                            "used" if text == "confirmed" else "back")
+
+    def settle(self, namespace: str, sale: str, rid: str, end: HoldEnd,
+               expires_ms: int = 0) -> None:
+        sale_key, _, outstanding, _, passes, _, holds = self.keys.sale(namespace, sale)
+        with unavailable_on_connection_error():
+            self._settle(keys=[sale_key, outstanding, passes, holds],
+                         args=[rid, end, expires_ms])
+
+    def claim(self, namespace: str, sale: str, place: int, qty: int,
+              key: str | None = None) -> ClaimStatus:
+        sale_key, _, outstanding, claims, passes, *_ = self.keys.sale(namespace, sale)
         with unavailable_on_connection_error():
             status = self._claim(keys=[sale_key, outstanding, claims, passes],
-                                 args=[place, qty, CLAIM_LEASE_MS])
+                                 args=[place, qty, CLAIM_LEASE_MS, key or ""])
         return cast(ClaimStatus, _text(status))
 
-    def resolve(self, namespace: str, sale: str, place: int, used: bool) -> None:
-        sale_key, _, outstanding, claims, passes, resolved = self.keys.sale(namespace, sale)
+    def resolve(self, namespace: str, sale: str, place: int, used: bool,
+                hold: HoldLink | None = None) -> None:
+        sale_key, _, outstanding, claims, passes, resolved, holds = self.keys.sale(
+            namespace, sale)
+        outcome = "used" if used else "held" if hold is not None else "back"
+        link = [hold.reservation_id, hold.expires_ms] if hold is not None else []
         with unavailable_on_connection_error():
-            self._resolve(keys=[sale_key, outstanding, claims, passes, resolved],
-                          args=[place, "used" if used else "back"])
+            self._resolve(keys=[sale_key, outstanding, claims, passes, resolved, holds],
+                          args=[place, outcome, *link])
 
     def pass_at(self, namespace: str, sale: str, place: int) -> tuple[PassState | None, int]:
-        sale_key, _, outstanding, _, passes, _ = self.keys.sale(namespace, sale)
+        sale_key, _, outstanding, _, passes, *_ = self.keys.sale(namespace, sale)
         with unavailable_on_connection_error():
             state, expires = self._pass(keys=[sale_key, outstanding, passes], args=[place])
         text = _text(state)

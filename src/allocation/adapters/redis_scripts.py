@@ -8,7 +8,7 @@ from importlib import resources
 _WITH_LIB = frozenset({"move", "reserve", "part", "sweep", "claim", "restore"})
 # A sale's scripts: lib.lua's clock, then sale_lib.lua.
 _SALE = frozenset({"sale_put", "sale_join", "sale_advance", "sale_claim", "sale_pass",
-                   "sale_now"})
+                   "sale_now", "sale_resolve", "sale_settle"})
 
 
 def lua(name: str) -> str:

@@ -9,7 +9,18 @@ from typing import Literal, Protocol
 from allocation.domain.sale import PassState, QueueFigures, Sale
 
 JoinStatus = Literal["joined", "again", "closed", "missing"]
-ClaimStatus = Literal["ok", "used", "expired", "busy", "unknown", "closed", "missing"]
+ClaimStatus = Literal["ok", "replay", "used", "held", "expired", "busy", "unknown", "closed",
+                      "missing"]
+
+HoldEnd = Literal["used", "back", "held"]  # confirmed; released or expired; still held
+
+
+@dataclass(frozen=True)
+class HoldLink:
+    """The reservation that keeps a pass, held until ``expires_ms``."""
+
+    reservation_id: str
+    expires_ms: int
 
 
 @dataclass(frozen=True)
@@ -73,11 +84,20 @@ class SaleQueue(Protocol):
         """Open the sale when due, end expired passes, admit what the rule allows from the
         skus' units now, and answer the figures."""
 
-    def claim(self, namespace: str, sale: str, place: int, qty: int) -> ClaimStatus:
-        """Take the pass at ``place`` for a movement of up to ``qty`` units."""
+    def claim(self, namespace: str, sale: str, place: int, qty: int,
+              key: str | None = None) -> ClaimStatus:
+        """Take the pass at ``place`` for a movement of up to ``qty`` units under the
+        idempotency ``key``; "replay" where the movement under that key spent it already."""
 
-    def resolve(self, namespace: str, sale: str, place: int, used: bool) -> None:
-        """How the claiming movement ended: sold (the pass is used) or not (it is back)."""
+    def resolve(self, namespace: str, sale: str, place: int, used: bool,
+                hold: HoldLink | None = None) -> None:
+        """How the claiming movement ended: sold (the pass is used), held (``hold``: the
+        reservation keeps the pass until it is settled) or neither (it is back)."""
+
+    def settle(self, namespace: str, sale: str, rid: str, end: HoldEnd,
+               expires_ms: int = 0) -> None:
+        """How the reservation ``rid`` that keeps a pass stands: confirmed (the pass is
+        used), ended otherwise (it is back) or held until ``expires_ms``."""
 
     def pass_at(self, namespace: str, sale: str, place: int) -> tuple[PassState | None, int]:
         """The pass at an admitted place and its expiry (ms); None where there is none."""

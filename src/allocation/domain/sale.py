@@ -121,8 +121,8 @@ class TicketView:
 def ticket_state(number: int, figures: QueueFigures,
                  pass_state: PassState | None = None) -> TicketView:
     """A ticket's state from its number and the sale's figures. ``pass_state`` is needed only
-    for an admitted place (below the serving figure): the common poll, of a waiting ticket,
-    needs nothing but the figures."""
+    for an admitted place (below the serving figure; "admitted" without it means: read the
+    pass): the common poll, of a waiting ticket, needs nothing but the figures."""
     if figures.closed:
         return TicketView("closed", None)
     where = place(number, figures)
@@ -132,8 +132,10 @@ def ticket_state(number: int, figures: QueueFigures,
         if figures.sold_out:
             return TicketView("sold_out", None)
         return TicketView("waiting", where - figures.serving)
+    # Given a pass, a place keeps its pass's state: sold out is news for the waiting only (a
+    # pass still outstanding may buy what a refund brings back).
     if pass_state == "used":
         return TicketView("used", 0)
     if pass_state == "expired":
         return TicketView("expired", 0)
-    return TicketView("sold_out" if figures.sold_out else "admitted", 0)
+    return TicketView("admitted", 0)

@@ -117,6 +117,7 @@ class RsgiBridge:
         stream = hub.open(key, grant.id if grant is not None else None)
         if isinstance(stream, replies.Reply):
             return _reply(protocol, stream)
+        stream.last_id = environ.get("HTTP_LAST_EVENT_ID")
         try:
             status, response_headers, data = await loop.run_in_executor(self.pool, self._call,
                                                                         environ)

@@ -3,6 +3,7 @@ routes, the bridge's ticket streams and the command line share them)."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -39,10 +40,15 @@ def ticket_body(answer: TicketAnswer) -> dict[str, Any]:
     return body
 
 
-def ticket_event(answer: TicketAnswer) -> bytes:
-    """A ticket as one server-sent event."""
-    reply = replies.Reply(200, ticket_body(answer))
-    return b"event: ticket\ndata: " + replies.encode(reply).rstrip(b"\n") + b"\n\n"
+def ticket_event(answer: TicketAnswer, last_event_id: str | None = None) -> bytes:
+    """A ticket as one server-sent event, its id a digest of what it says (the same on every
+    server): none where the client has it already (``Last-Event-ID``). ``retry`` asks an
+    EventSource whose stream a server ended to come back in a second."""
+    data = replies.encode(replies.Reply(200, ticket_body(answer))).rstrip(b"\n")
+    event_id = hashlib.blake2b(data, digest_size=8).hexdigest()
+    if event_id == last_event_id:
+        return b"retry: 1000\n\n"
+    return b"event: ticket\ndata: " + data + f"\nid: {event_id}\nretry: 1000\n\n".encode()
 
 
 def sale_gauges(app: Application,

@@ -55,9 +55,10 @@ class SaleRoutes:
                                                                         ticket))))
 
     def ticket_stream(self, namespace: str, sale: str, ticket: str) -> Response:
-        """The ticket's first event; an EventSource comes back for the next (the retry
-        field asks it to in a second)."""
-        data = b"retry: 1000\n" + ticket_event(self._ticket(namespace, sale, ticket))
+        """The ticket's first event, unless the client has it (``Last-Event-ID``); an
+        EventSource comes back for the next."""
+        data = ticket_event(self._ticket(namespace, sale, ticket),
+                            request.headers.get("Last-Event-ID"))
         return Response(data, content_type="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

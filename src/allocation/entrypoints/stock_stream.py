@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import json
 import logging
+import re
 import resource
 import threading
 from collections.abc import Callable
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 MIN_INTERVAL = 1.0  # seconds between two events of one item, but for selling out or back
 KEEPALIVE = b": keep-alive\n\n"
 KEEPALIVE_SECONDS = 15.0
+EVENT_ID = re.compile(rb"^id: ?(.*)$", re.MULTILINE)
 TICK_SECONDS = 1.0  # revoked tokens' streams end, and idle ones get their comment, this often
 READ_BATCH = 500  # items read in one round trip
 # Descriptors kept from streams: sales' client connections, the Redis and PostgreSQL pools, the
@@ -60,6 +62,12 @@ def first_event(app: Application, namespace: str, sku: str, last_event_id: str |
     return b"" if last_event_id == str(figures.seq) else event(namespace, sku, figures)
 
 
+def event_id(data: bytes) -> str | None:
+    """The id field of a server-sent event (None where it has none)."""
+    found = EVENT_ID.search(data)
+    return found.group(1).decode() if found else None
+
+
 def process_cap(open_files: int | None = None) -> int:
     """The streams one process may hold, given its open-file (soft) limit."""
     if open_files is None:
@@ -78,6 +86,7 @@ class Stream:
     key: Key
     grant: str | None
     pending: bytes | None = None
+    last_id: str | None = None  # the event id the client has: its Last-Event-ID, then ours
     ended: bool = False
     sent_at: float = 0.0  # loop time of the last write, for the keep-alive comment
     _wake: asyncio.Future[None] | None = None
@@ -305,9 +314,11 @@ async def serve(hub: Hub, stream: Stream, data: bytes, send: Callable[[bytes], A
     try:
         if data:
             await send(data)
+            stream.last_id = event_id(data) or stream.last_id
         stream.sent_at = hub.loop.time()
         while (out := await stream.next(hub.loop)) is not None:
             await send(out)
+            stream.last_id = event_id(out) or stream.last_id
             stream.sent_at = hub.loop.time()
     except (OSError, RuntimeError, ConnectionError):
         pass  # the client went while we wrote

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from allocation.adapters.counter import Counter
 from allocation.adapters.redis_client import RedisClient
-from allocation.entrypoints.stock_stream import Hub, Key, Stream
+from allocation.entrypoints.stock_stream import Hub, Key, Stream, event_id
 
 logger = logging.getLogger(__name__)
 TicketReader = Callable[[str, str, str], bytes | None]  # its event, None: not a ticket now
@@ -64,8 +64,12 @@ class StreamHub(Hub):
             if item is None or data is None or self._sent.get(key) == data:
                 continue
             self._sent[key] = data
+            fresh = event_id(data)
             for stream in item.clients:
-                stream.put(data)
+                if fresh == stream.last_id:  # it has this one (its first, or Last-Event-ID)
+                    stream.pending = None
+                else:
+                    stream.put(data)
 
     def _read_all(self, keys: list[Key]) -> dict[Key, bytes | None]:
         found: dict[Key, bytes | None] = {}

@@ -36,10 +36,15 @@ def decrement(cmd: commands.Decrement, services: Services) -> Outcome:
         sale = services.sales.gating(cmd.namespace, cmd.sku)
         if sale is None:
             return outcome
-    with sale_passes.claimed(services, sale, cmd.buyer, cmd.sale_pass, cmd.qty) as claim:
+    with sale_passes.claimed(services, sale, cmd.buyer, cmd.sale_pass, cmd.qty,
+                             cmd.idempotency_key) as claim:
         outcome = _move(services, cmd.namespace, cmd.sku, "decrement", cmd.qty,
-                        cmd.idempotency_key, cmd.buyer, sale.sale)
+                        cmd.idempotency_key, cmd.buyer, claim.sale_of)
         claim.used = outcome.ok and not outcome.replayed
+    if claim.replay and outcome.status == "pass_required":
+        raise sale_passes.spent()
+    if outcome.ok and not outcome.replayed:
+        sale_passes.sold(services, sale, [outcome])
     return outcome
 
 

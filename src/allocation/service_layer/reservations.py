@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from allocation.adapters.counter import Line, Reserved, Reserving, Step
+from allocation.adapters.sale_queue import HoldLink
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
 from allocation.service_layer import rebuild, sale_passes
@@ -72,11 +73,18 @@ def reserve(cmd: commands.Reserve, services: Services) -> Reservation:
             sale = services.sales.gating(cmd.namespace, str(refused.details.get("sku", "")))
             if sale is None:
                 raise
-    # A pass is spent by the hold that takes its units (docs/adr/0033).
+    # The hold keeps the pass; its confirm spends it (docs/adr/0034).
     gated = sum(qty for sku, qty in lines if sku in sale.skus)
-    with sale_passes.claimed(services, sale, cmd.buyer, cmd.sale_pass, gated) as claim:
-        made = hold(sale.sale)
-        claim.used = not made.replayed
+    with sale_passes.claimed(services, sale, cmd.buyer, cmd.sale_pass, gated,
+                             cmd.idempotency_key) as claim:
+        try:
+            made = hold(claim.sale_of)
+        except errors.PassRequired:
+            if claim.replay:  # a replay of a reservation the counter no longer has
+                raise sale_passes.spent() from None
+            raise
+        if not made.replayed:
+            claim.hold = HoldLink(made.id, made.expires_ms)
     return made
 
 
@@ -111,7 +119,11 @@ def _end(services: Services, step: Step, namespace: str, reservation_id: str,
          ttl_ms: int = 0) -> Reservation:
     lines, buyer = _known(services.uow_factory, services.counter, namespace, reservation_id)
     result = _step(services, step, namespace, reservation_id, lines, ttl_ms=ttl_ms, buyer=buyer)
-    return _view(reservation_id, namespace, lines, buyer, result)
+    view = _view(reservation_id, namespace, lines, buyer, result)
+    if step != "extend":
+        sale_passes.settled(services, namespace, reservation_id, (sku for sku, _ in lines),
+                            view.state, result.figures)
+    return view
 
 
 def _known(units: Callable[[], AbstractUnitOfWork], counter: Reserving, namespace: str,

@@ -1,13 +1,15 @@
 -- Move a sale's queue on: open it when due, end expired passes, set or clear sold out, and
 -- admit as many waiting places as the rule allows (allocation.domain.sale.admission_room).
--- KEYS: sale, outstanding, claims, passes, resolved.
+-- KEYS: sale, outstanding, claims, passes, resolved, holds.
 -- ARGV: available (the skus' available units, read after the sale's epoch), held (their
 -- held units), that epoch, a random key for the pre-queue's order, the most places to admit
 -- in this call, the events channel ("" for none).
 -- The figures were read from the items' slots, which a script here cannot read on a cluster:
 -- units that passes may have taken since they were read are counted as gone (claims in
 -- flight, and uses resolved after that epoch), so admission never outruns the stock.
--- Returns the sale's figures (sale_lib.lua), or {} where the sale is missing.
+-- Returns the sale's figures (sale_lib.lua) then the ids of the reservations keeping a pass
+-- whose hold is past its end (the caller asks each how it ended: sale_settle.lua), or {}
+-- where the sale is missing.
 local sale, outstanding, claims, passes, resolved = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local available, held = tonumber(ARGV[1]), tonumber(ARGV[2])
 local read_epoch, most = tonumber(ARGV[3]), tonumber(ARGV[5])
@@ -20,20 +22,21 @@ open_if_due(sale, now, ARGV[4], channel)
 -- A claim whose movement never answered (its process died) counts as used: never twice.
 local flat = redis.call('HGETALL', claims)
 for i = 1, #flat, 2 do
-  local place, qty, lease = flat[i], string.match(flat[i + 1], '^(%d+)|(%d+)$')
+  local place, qty, lease, key = flat[i], string.match(flat[i + 1], '^(%d+)|(%d+)|(.*)$')
   if tonumber(lease) <= now then
     redis.call('HDEL', claims, place)
     redis.call('ZREM', outstanding, place)
-    redis.call('HSET', passes, place, 'u|' .. qty)
+    redis.call('HSET', passes, place, 'u|' .. qty .. '|' .. key)
     redis.call('ZADD', resolved, redis.call('HINCRBY', sale, 'epoch', 1), place)
     redis.call('HINCRBY', sale, 'used', 1)
   end
 end
 
--- Passes past their expiry end and give their room back (one in a claim waits for it).
+-- Passes past their expiry end and give their room back (one in a claim, or kept by a hold,
+-- waits for it).
 for _, place in ipairs(redis.call('ZRANGEBYSCORE', outstanding, '-inf', now, 'LIMIT', 0,
                                  1000)) do  -- the rest at the next step on
-  if redis.call('HEXISTS', claims, place) == 0 then
+  if redis.call('HEXISTS', claims, place) + redis.call('HEXISTS', passes, place) == 0 then
     redis.call('ZREM', outstanding, place)
     redis.call('HSET', passes, place, 'x')
     redis.call('HINCRBY', sale, 'expired', 1)
@@ -57,7 +60,8 @@ if f[1] == '0' and f[2] and read_epoch > epoch - RESOLVED_WINDOW then
     pending = pending + tonumber(string.match(value, '^(%d+)|'))
   end
   for _, place in ipairs(redis.call('ZRANGEBYSCORE', resolved, '(' .. read_epoch, '+inf')) do
-    pending = pending + tonumber(string.match(redis.call('HGET', passes, place), '^u|(%d+)$'))
+    local ended = redis.call('HGET', passes, place) or ''  -- none: a hold gave it back
+    pending = pending + tonumber(string.match(ended, '^[uh]|(%d+)|') or 0)
   end
   local bound = math.floor(tonumber(f[5]) * math.max(available - pending, 0))
   local max_admitted = tonumber(f[6])
@@ -71,4 +75,11 @@ if f[1] == '0' and f[2] and read_epoch > epoch - RESOLVED_WINDOW then
   end
   if admit > 0 then redis.call('HSET', sale, 'serving', serving + admit) end
 end
-return sale_figures(sale, outstanding, now)
+local figures = sale_figures(sale, outstanding, now)
+local kept = redis.call('HGETALL', KEYS[6])
+for i = 1, #kept, 2 do
+  if tonumber(string.match(kept[i + 1], '|(%d+)$')) <= now and #figures < 111 then
+    figures[#figures + 1] = kept[i]  -- at most 100 a step on
+  end
+end
+return figures

@@ -3,10 +3,21 @@
 --   skus, joined, serving, prequeue, order_key, sold_out, used, expired, epoch};
 -- buyers: buyer -> "number|joined_at_ms" (one place per buyer);
 -- outstanding: places holding a pass, scored by the pass's expiry (ms);
--- claims: place -> "qty|lease_until_ms", a pass taken by a movement still in flight;
--- passes: place -> "u|qty" (used) or "x" (expired);
--- resolved: places whose pass was used, scored by the epoch of the use.
+-- claims: place -> "qty|lease_until_ms|key", a pass taken by a movement still in flight
+--   under that idempotency key ("" for none);
+-- passes: place -> "u|qty|key" (used by the movement under that key), "x" (expired) or
+--   "h|qty|rid|key" (kept by the reservation rid, held under that key: still outstanding,
+--   it neither expires nor buys anything else until the hold ends);
+-- resolved: places whose pass was used or kept by a hold, scored by the epoch of it;
+-- holds: rid -> "place|expires_ms", the passes kept by holds and when each hold ends (a step
+--   on asks the reservation how it ended once that is past: sale_settle.lua).
 -- Places are the serving order (allocation.domain.sale): the rules here mirror it.
+
+-- The idempotency key of the movement that spent or keeps a pass ("" for none).
+local function spent_by(ended)
+  return string.match(ended, '^u|%d+|(.*)$') or string.match(ended, '^h|%d+|[^|]*|(.*)$')
+    or ''
+end
 
 -- A sale's event on the events channel ("" for none), as API.md names them.
 local function sale_event(sale, channel, name, extra)

@@ -1,17 +1,27 @@
 -- How the movement that claimed a pass ended (sale_claim.lua): "used" (it sold: the pass is
--- spent and leaves the passes outstanding) or "back" (it was refused: the pass is the buyer's
--- again, and ends at its expiry as before).
--- KEYS: sale, outstanding, claims, passes, resolved. ARGV: place, outcome.
+-- spent and leaves the passes outstanding), "held" (a reservation holds its units: the pass
+-- stays outstanding, kept by the reservation until it is confirmed, which spends it, or ends
+-- otherwise, which gives it back: sale_settle.lua) or "back" (it was refused: the pass is the
+-- buyer's again, and ends at its expiry as before).
+-- KEYS: sale, outstanding, claims, passes, resolved, holds. ARGV: place, outcome, and for
+-- "held" the reservation's id and its expiry (ms).
 -- Returns 1, or 0 where the claim had ended already (its lease ran out: counted as used).
 local sale, outstanding, claims, passes, resolved = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local place = ARGV[1]
+local place, outcome = ARGV[1], ARGV[2]
 local claim = redis.call('HGET', claims, place)
 if not claim then return 0 end
 redis.call('HDEL', claims, place)
-if ARGV[2] == 'used' then
+if outcome == 'back' then return 1 end
+local qty, key = string.match(claim, '^(%d+)|%d+|(.*)$')
+if outcome == 'held' then
+  redis.call('HSET', passes, place, 'h|' .. qty .. '|' .. ARGV[3] .. '|' .. key)
+  redis.call('HSET', KEYS[6], ARGV[3], place .. '|' .. ARGV[4])
+else
   redis.call('ZREM', outstanding, place)
-  redis.call('HSET', passes, place, 'u|' .. string.match(claim, '^(%d+)|'))
-  redis.call('ZADD', resolved, redis.call('HINCRBY', sale, 'epoch', 1), place)
+  redis.call('HSET', passes, place, 'u|' .. qty .. '|' .. key)
   redis.call('HINCRBY', sale, 'used', 1)
 end
+-- Either way its units left the skus' available: a step on that read them before counts
+-- them as gone (sale_advance.lua).
+redis.call('ZADD', resolved, redis.call('HINCRBY', sale, 'epoch', 1), place)
 return 1

@@ -1,0 +1,46 @@
+"""A ticket stream's events (entrypoints/ticket_stream.py) on a real event loop: the hub sends
+a client only what it has not got (its first event, or its Last-Event-ID, says what it has)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import fakeredis
+
+from allocation.entrypoints.stock_stream import Stream, serve
+from allocation.entrypoints.ticket_stream import StreamHub, ticket_key
+from tests.helpers.embedded import embedded_counter
+from tests.unit.test_stock_stream_hub import on_loop, until
+
+WAITING = b'event: ticket\ndata: {"state": "waiting"}\nid: w1\nretry: 1000\n\n'
+SOLD_OUT = b'event: ticket\ndata: {"state": "sold_out"}\nid: s1\nretry: 1000\n\n'
+
+
+def test_the_first_event_and_the_last_event_id_are_not_sent_again() -> None:
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        now = {"event": WAITING}
+        hub = StreamHub(fakeredis.FakeRedis(), embedded_counter(), "events", loop,
+                        per_token=5, per_process=5, tickets=lambda *_: now["event"])
+        key = ticket_key("ns", "drop", "t1")
+        first, back = hub.open(key, None), hub.open(key, None)
+        assert isinstance(first, Stream) and isinstance(back, Stream)
+        back.last_id = "w1"  # reconnected with Last-Event-ID: w1, its first event omitted
+        sent: list[bytes] = []
+
+        async def send(data: bytes) -> None:
+            sent.append(data)
+
+        gone = loop.create_future()
+        served = [loop.create_task(serve(hub, first, WAITING, send, gone)),
+                  loop.create_task(serve(hub, back, b"retry: 1000\n\n", send, gone))]
+        await until(lambda: key in hub.watched and len(hub.watched[key].clients) == 2)
+        await hub._read_tickets([key])
+        assert (first.pending, back.pending) == (None, None)
+        now["event"] = SOLD_OUT
+        await hub._read_tickets([key])
+        await until(lambda: sent.count(SOLD_OUT) == 2)
+        assert sent.count(WAITING) == 1
+        gone.set_result(None)
+        await asyncio.gather(*served)
+
+    on_loop(test)
