@@ -32,7 +32,8 @@ Step = Literal["hold", "confirm", "release", "extend", "get"]
 
 class Restored(NamedTuple):
     """An item the counter lost, as the record has it: its figures, under the generation
-    ``gen``, its limit per buyer, its buyers' units and its open holds."""
+    ``gen``, its limit per buyer, its buyers' units, its open holds and its movements whose
+    keys are still in their window (latest first)."""
 
     sku: str
     total: int
@@ -43,6 +44,7 @@ class Restored(NamedTuple):
     limit: int | None
     buyers: Mapping[str, int]
     holds: Sequence[Hold]
+    keyed: Sequence[LedgerEntry] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +147,7 @@ class Rebuilding(Reading, Protocol):
 
     def unfence(self, namespace: str, sku: str) -> None: ...
 
-    def restore_many(self, namespace: str, items: Sequence[Restored],
-                     keyed: Sequence[LedgerEntry] = ()) -> None: ...
+    def restore_many(self, namespace: str, items: Sequence[Restored]) -> None: ...
 
 
 class Counter(abc.ABC):
@@ -275,12 +276,11 @@ class Counter(abc.ABC):
         rebuild asks of many items at once."""
         return [None if o is None else (o.gen, o.seq) for o in self.read_many(namespace, skus)]
 
-    def restore_many(self, namespace: str, items: Sequence[Restored],
-                     keyed: Sequence[LedgerEntry] = ()) -> None:
-        """Load items the counter lost as the record has them: the keys of ``keyed`` (as
-        ``remember``), limits, buyers' units and open holds replaced, then the figures (which
-        unfence them), so that no sale sees one without the others."""
-        self.remember(keyed)
+    def restore_many(self, namespace: str, items: Sequence[Restored]) -> None:
+        """Load items the counter lost as the record has them: their keys (as ``remember``),
+        limits, buyers' units and open holds replaced, then the figures (which unfence them),
+        so that no sale sees one without the others."""
+        self.remember([e for i in items for e in i.keyed])
         self.load_allowances(namespace, {i.sku: (i.limit, i.buyers) for i in items})
         self.load_holds(namespace, {i.sku: i.holds for i in items})
         self.load_many((namespace, i.sku, i.total, i.consumed, i.seq, i.gen, i.held)

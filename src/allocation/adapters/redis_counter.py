@@ -350,7 +350,12 @@ class RedisCounter(Counter):
 
     def _remember(self, pipe: Any, entries: Sequence[LedgerEntry]) -> None:
         """Queue on ``pipe`` the records of the movements' keys still in their window."""
-        now = time.time()
+        for key, record, left in self._records(entries, time.time()):
+            pipe.set(key, record, ex=left, nx=True)
+
+    def _records(self, entries: Sequence[LedgerEntry], now: float
+                 ) -> Iterable[tuple[str, str, int]]:
+        """Each keyed movement's key, its record and the seconds left of its window."""
         for e in entries:
             if e.idempotency_key is None or e.kind not in ("adjust", "decrement", "refund"):
                 continue
@@ -359,10 +364,9 @@ class RedisCounter(Counter):
             if left > 0:
                 # seq 0: a movement the ledger holds, nothing to wait for.
                 consumed = e.total_after - e.available_after - e.held_after
-                record = (f"{fingerprint(e.kind, e.qty, e.buyer)}|ok|{e.total_after}|"  # type: ignore[arg-type]
-                          f"{consumed}|0||-1||{e.held_after}")
-                pipe.set(self.keys.idempotency(e.namespace, e.sku, e.idempotency_key),
-                         record, ex=left, nx=True)
+                yield (self.keys.idempotency(e.namespace, e.sku, e.idempotency_key),
+                       f"{fingerprint(e.kind, e.qty, e.buyer)}|ok|{e.total_after}|"  # type: ignore[arg-type]
+                       f"{consumed}|0||-1||{e.held_after}", left)
 
     # Arguments per rebuild call at most: a bigger call holds Redis up for longer at a time.
     REBUILD_CALL_ARGS = 20_000
@@ -388,40 +392,33 @@ class RedisCounter(Counter):
                     found[i] = (_text(gen), int(seq))
         return found
 
-    def restore_many(self, namespace: str, items: Sequence[Restored],
-                     keyed: Sequence[LedgerEntry] = ()) -> None:
-        # One call per partition (or per REBUILD_CALL_ARGS of it), each item's keys and
-        # figures flat.
+    def restore_many(self, namespace: str, items: Sequence[Restored]) -> None:
+        # One call per partition (or per REBUILD_CALL_ARGS of it), each item's keys, figures
+        # and key records flat: a command per record cost the caller more than Redis's work.
         calls: dict[int, list[tuple[list[str], list[Any]]]] = {}
+        now = time.time()
         for i in items:
             partition, *keys = self.keys.item_keys(namespace, i.sku)
             open_calls = calls.setdefault(partition, [])
             if not open_calls or len(open_calls[-1][1]) > self.REBUILD_CALL_ARGS:
                 open_calls.append(([self.keys.due(partition)], ["load", namespace]))
             call_keys, args = open_calls[-1]
+            records = list(self._records(i.keyed, now))
             call_keys.extend(keys)
             args.extend((i.sku, i.total, i.consumed, i.held, i.seq, i.gen,
-                         "" if i.limit is None else i.limit, len(i.buyers), len(i.holds)))
+                         "" if i.limit is None else i.limit, len(i.buyers), len(i.holds),
+                         len(records)))
+            for key, record, left in records:
+                call_keys.append(key)
+                args.extend((record, left))
             for buyer, units in i.buyers.items():
                 args.extend((buyer, units))
             for rid, qty, buyer, expires_ms in i.holds:
                 args.extend((rid, qty, buyer, expires_ms))
         flat = [call for group in calls.values() for call in group]
         with unavailable_on_connection_error():
-            # The keys' records first, in the same round trip.
-            pipe = self.client.pipeline(transaction=False)
-            self._remember(pipe, keyed)
-            remembered = len(pipe)
-            for keys, args in flat:
-                pipe.execute_command(  # type: ignore[no-untyped-call]
-                    "EVALSHA", self._rebuild_sha, len(keys), *keys, *args)
-            replies = pipe.execute(raise_on_error=False)
-            failed = [r for r in replies if isinstance(r, Exception)]
-            if any("NOSCRIPT" in str(r) for r in failed):  # a restarted Redis: load it, again
-                loaded = evalsha_many(self.client, self._rebuild_script, self._rebuild_sha,
-                                      flat)
-                failed = [r for r in [*replies[:remembered], *loaded]
-                          if isinstance(r, Exception)]
+            replies = evalsha_many(self.client, self._rebuild_script, self._rebuild_sha, flat)
+        failed = [r for r in replies if isinstance(r, Exception)]
         if failed:
             raise failed[0]
 

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from allocation.adapters.counter import Allowances, Hold, Rebuilding, Restored, new_generation
+from allocation.adapters.counter import Hold, Rebuilding, Restored, new_generation
 from allocation.adapters.ledger_progress import WRITTEN, LedgerProgress
 from allocation.domain import commands, errors
 from allocation.domain.model import LedgerEntry, Stock
@@ -68,8 +68,7 @@ def refresh_all(cmd: commands.RefreshAll, services: Services) -> RefreshProgress
         try:
             while cmd.batches is None or batches < cmd.batches:
                 with services.uow_factory() as uow:
-                    skus = [s.sku for s in
-                            uow.items.stock_page(cmd.namespace, after, cmd.batch_size)]
+                    skus = uow.items.sku_page(cmd.namespace, after, cmd.batch_size)
                 if not skus:
                     finished = True
                     break
@@ -157,8 +156,7 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
             if any(held is not None for held in fenced.values()):
                 _wait_written(uow, progress, namespace, fenced,
                               min(deadline, time.monotonic() + FENCED_WAIT_SECONDS))
-            found, gens, allowances, holds, keyed = _rebase(uow, namespace, fenced, gen,
-                                                            counter.idempotency_ttl)
+            found, gens, lost = _rebase(uow, namespace, fenced, gen, counter.idempotency_ttl)
         except BaseException:
             for sku, held in fenced.items():
                 if held is not None:
@@ -170,13 +168,9 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
         # Those Redis lost come back whole: limits, buyers' units and open holds with the
         # figures, and the keys it had seen (given back before any can be used again). Where
         # Redis holds the item (fenced, caught up), its own are the truth.
-        restored = []
-        for sku, i in found.items():
-            if fenced.get(sku) is None:
-                limit, buyers = allowances.get(sku, (i.limit_per_buyer, {}))
-                restored.append(Restored(sku, i.total, i.consumed, i.held, i.last_seq,
-                                         gens[sku], limit, buyers, holds.get(sku, [])))
-        counter.restore_many(namespace, restored, keyed)
+        counter.restore_many(namespace, [
+            Restored(sku, i.total, i.consumed, i.held, i.last_seq, gens[sku], i.limit_per_buyer,
+                     *lost[sku]) for sku, i in found.items() if sku in lost])
         counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gens[sku], i.held)
                           for sku, i in found.items() if fenced.get(sku) is not None)
         return found
@@ -199,10 +193,8 @@ def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: 
 class Rebased(NamedTuple):
     found: dict[str, Stock]
     gens: dict[str, str]
-    # Of the items Redis lost: limits and buyers' units, open holds, movements with keys
-    allowances: dict[str, Allowances]
-    holds: dict[str, list[Hold]]
-    keyed: list[LedgerEntry]
+    # Of the items Redis lost: buyers' units, open holds and movements with keys
+    lost: dict[str, tuple[dict[str, int], list[Hold], list[LedgerEntry]]]
 
 
 def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
@@ -212,8 +204,8 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
     keeps its generation: nothing of it is unwritten (it is fenced and caught up). One Redis
     lost (or whose generation the ledger no longer follows) takes the new ``gen``, committed
     first: from then on the writers refuse anything recorded under the old one. With those
-    Redis lost, each one's limit per buyer, buyers' units, open holds and the movements whose
-    keys are still remembered. Raises ``Unavailable`` if the ledger is behind."""
+    Redis lost, each one's buyers' units, open holds and the movements whose keys are still
+    remembered. Raises ``Unavailable`` if the ledger is behind."""
     held_by_redis = [sku for sku, held in seqs.items() if held is not None]
     with uow:
         found = uow.items.stock(namespace, held_by_redis) if held_by_redis else {}
@@ -223,25 +215,24 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
                 "worker running? Retry the refresh later", retry_after=5)
         followed = uow.items.generations(namespace, list(found)) if found else {}
         gens = {sku: held[0] for sku, held in seqs.items() if held is not None}
-        # What Redis lost with the items: buyers' units, open holds and the keys it had seen.
-        lost = [sku for sku, held in seqs.items() if held is None]
-        buyers = uow.items.buyers(namespace, lost) if lost else {}
-        holds = uow.items.open_holds(namespace, lost) if lost else {}
-        since = datetime.now(UTC) - timedelta(seconds=idempotency_ttl)
-        keyed = list(uow.items.keyed_entries(namespace, lost, since)) if lost else []
-        renew = lost + [sku for sku in found if gens[sku] and followed.get(sku)
-                        and followed[sku] != gens[sku]]
+        renew = [sku for sku in found if gens[sku] and followed.get(sku)
+                 and followed[sku] != gens[sku]]
         if renew:
-            # Those Redis lost come from here: the statement that gives them the new
-            # generation returns their figures.
             found.update(uow.items.rebase(namespace, renew, gen))
+        lost = [sku for sku, held in seqs.items() if held is None]
+        restored = {}
+        if lost:
+            # Those Redis lost come from here, with what Redis lost with them: the statement
+            # that gives them the new generation returns it all.
+            since = datetime.now(UTC) - timedelta(seconds=idempotency_ttl)
+            for sku, item in uow.items.rebase_lost(namespace, lost, gen, since).items():
+                found[sku] = item.stock
+                restored[sku] = (item.buyers, item.holds, item.keyed)
+        if renew or lost:
             uow.commit()
-        renewed = set(renew)
-        allowances: dict[str, Allowances] = {
-            sku: (found[sku].limit_per_buyer, buyers.get(sku, {})) for sku in lost
-            if sku in found}
+        renewed = set(renew) | set(restored)
         return Rebased(found, {sku: gen if sku in renewed else gens[sku] for sku in found},
-                       allowances, holds, keyed)
+                       restored)
 
 
 def _behind(found: dict[str, Stock], seqs: Seqs) -> list[str]:
