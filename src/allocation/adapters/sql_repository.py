@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -84,8 +84,11 @@ SELECT
 """)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _moment_of(micros: int | None) -> datetime | None:
-    return None if micros is None else datetime.fromtimestamp(micros / 1e6, UTC)
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
 
 
 class SqlAlchemyRepository(AbstractRepository):
@@ -228,7 +231,7 @@ class SqlAlchemyRepository(AbstractRepository):
                 *keyed, strict=True):
             entries.setdefault(sku, []).append(LedgerEntry(
                 namespace, sku, seq, kind, qty, total, available, key,
-                datetime.fromtimestamp(at / 1e6, UTC), buyer, rid, held, _moment_of(until)))
+                _EPOCH + timedelta(microseconds=at), buyer, rid, held, _moment_of(until)))
         return {sku: Lost(Stock(sku, *f), buyers.get(sku, {}), holds.get(sku, []),
                           entries.get(sku, [])) for sku, *f in zip(*figures, strict=True)}
 
