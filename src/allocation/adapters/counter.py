@@ -138,7 +138,7 @@ class Rebuilding(Reading, Protocol):
 
     def set_limit(self, namespace: str, sku: str, limit: int | None) -> None: ...
 
-    def forget(self, namespace: str, sku: str) -> None: ...
+    def forget(self, namespace: str, sku: str, keys: Sequence[str] = ()) -> None: ...
 
     def seqs_many(self, namespace: str, skus: Sequence[str]
                   ) -> list[tuple[str, int] | None]: ...
@@ -264,8 +264,9 @@ class Counter(abc.ABC):
         """Lift a fence without changing the figures (a rebuild that gave up)."""
 
     @abc.abstractmethod
-    def forget(self, namespace: str, sku: str) -> None:
-        """Drop an item's figures (an initialisation that did not commit)."""
+    def forget(self, namespace: str, sku: str, keys: Sequence[str] = ()) -> None:
+        """Drop an item's figures (an initialisation that did not commit), and the records of
+        its idempotency ``keys`` (movements of a history the ledger does not hold)."""
 
     @abc.abstractmethod
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:

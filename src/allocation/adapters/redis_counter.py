@@ -435,11 +435,12 @@ class RedisCounter(Counter):
         with unavailable_on_connection_error():
             self.client.hdel(self.keys.item(namespace, sku), "fenced")
 
-    def forget(self, namespace: str, sku: str) -> None:
+    def forget(self, namespace: str, sku: str, keys: Sequence[str] = ()) -> None:
         with unavailable_on_connection_error():
-            keys = self.keys  # the item's own keys, not its partition's outbox and tally
-            self.client.delete(keys.item(namespace, sku), keys.buyers(namespace, sku),
-                               keys.holds(namespace, sku), keys.expiries(namespace, sku))
+            named = self.keys  # the item's own keys, not its partition's outbox and tally
+            self.client.delete(named.item(namespace, sku), named.buyers(namespace, sku),
+                               named.holds(namespace, sku), named.expiries(namespace, sku),
+                               *(named.idempotency(namespace, sku, key) for key in keys))
 
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
         figures, due = self._read(namespace, skus)

@@ -134,6 +134,16 @@ class AbstractRepository(abc.ABC):
         return {sku: Lost(stock, buyers.get(sku, {}), holds.get(sku, []), keyed.get(sku, []))
                 for sku, stock in self.rebase(namespace, skus, gen).items()}
 
+    def entries_at(self, wanted: Sequence[tuple[str, str, int]]
+                   ) -> dict[tuple[str, str, int], LedgerEntry]:
+        """The ledger's rows at (namespace, sku, seq), where it has them."""
+        found = {}
+        for namespace, sku, seq in wanted:
+            for e in self.ledger(namespace, sku, seq - 1, 1):
+                if e.seq == seq:
+                    found[(namespace, sku, seq)] = e
+        return found
+
     def lock_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], InventoryItem]:
         """Lock and load many items at once, in one order (namespace, sku): the existing ones."""
         found = {key: item for key in sorted(set(keys))

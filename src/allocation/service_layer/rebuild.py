@@ -54,6 +54,23 @@ def rebuild_item(services: Services, namespace: str, sku: str) -> Outcome:
                    limit=item.limit_per_buyer, held=item.held)
 
 
+def replace_history(services: Services, namespace: str, sku: str, gen: str,
+                    keys: Sequence[str] = ()) -> Outcome:
+    """The item's counter parted from the ledger's history (Redis lost some while keeping the
+    item, and sold again from an older state; the ledger writer found out): the ledger's
+    stands. Under the item's lock, drop the counter's item and the records of ``keys`` (the
+    movements set aside), then load it from the ledger under a new generation, its keys, limit,
+    buyers and holds with it. What the dropped history still has in the outbox is then stale;
+    sync requests waiting on it hear that their generation was replaced. Where the counter no
+    longer holds the item under ``gen`` (the generation that parted), another rebuild came
+    first and stands."""
+    item = _rebuild(services, services.uow_factory(), namespace, [sku], drop=(gen, keys)).get(sku)
+    if item is None:
+        raise errors.NotFound(f"no item {namespace}/{sku}")
+    return Outcome(OK, item.total, item.consumed, seq=item.last_seq,
+                   limit=item.limit_per_buyer, held=item.held)
+
+
 # Batches of a namespace refresh in flight at once: one's database reads and writes overlap
 # another's Redis round trips (a namespace Redis lost is down until every item is back).
 REFRESH_WORKERS = 4
@@ -94,21 +111,28 @@ FENCED_WAIT_SECONDS = 0.05
 Seqs = dict[str, tuple[str, int] | None]  # sku -> (generation, seq) Redis holds, or None
 
 
-def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: Sequence[str]
-             ) -> dict[str, Stock]:
+def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: Sequence[str],
+             *, drop: tuple[str, Sequence[str]] | None = None) -> dict[str, Stock]:
+    """Rebuild the items. ``drop`` (generation, keys): where the (one) item's counter holds it
+    under that generation, forget it and those keys' records first, under its lock, and load
+    it from the ledger alone (its counter's history is not the ledger's)."""
     counter: Rebuilding = services.counter
     progress = services.durability.progress
     deadline = time.monotonic() + services.ledger_wait_seconds
-    live: Seqs = dict(zip(skus, counter.seqs_many(namespace, skus), strict=True))
+    live: Seqs = dict.fromkeys(skus) if drop is not None else dict(
+        zip(skus, counter.seqs_many(namespace, skus), strict=True))
     if any(held is not None for held in live.values()):  # else nothing to wait for
         with contextlib.suppress(errors.Unavailable):  # the fenced wait below decides
             _wait_written(uow, progress, namespace, live, deadline)
     with services.item_locks.hold(namespace, skus):
         present = list(skus)
-        if all(held is None for held in live.values()):
+        if drop is not None or all(held is None for held in live.values()):
             # Redis lacked them all; if another rebuild loaded them while this one waited for
             # the lock, that one stands (a second would fence them again, for nothing).
             again = counter.seqs_many(namespace, skus)
+            if drop is not None and again[0] is not None and again[0][0] == drop[0]:
+                counter.forget(namespace, skus[0], drop[1])
+                again = [None]
             if all(held is not None for held in again):
                 now = counter.read_many(namespace, skus)
                 return {sku: Stock(sku, o.total, o.consumed, o.seq, o.limit, o.held)
@@ -120,7 +144,7 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
                             strict=True):
             if seq is not None:
                 fenced[sku] = ((live.get(sku) or ("", 0))[0], seq)
-        if len(skus) == 1 and fenced[skus[0]] is None:
+        if len(skus) == 1 and fenced[skus[0]] is None and drop is None:
             # Redis lost the item; movements it recorded may still wait in the outbox, and
             # then the latest of them is newer than the database: that history goes on.
             unwritten = services.outbox.latest(namespace, skus[0])
