@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from allocation.adapters.counter import Hold, Rebuilding, Restored, new_generation
 from allocation.adapters.ledger_progress import WRITTEN, LedgerProgress
+from allocation.adapters.outbox import OutboxEntry
 from allocation.domain import commands, errors
 from allocation.domain.model import LedgerEntry, Stock
 from allocation.domain.outcome import OK, Outcome
@@ -149,6 +150,11 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
             # then the latest of them is newer than the database: that history goes on.
             unwritten = services.outbox.latest(namespace, skus[0])
             with uow:
+                if unwritten is not None and _in_ledger(uow, unwritten):
+                    # Written, not yet acknowledged (a writer descheduled between the two):
+                    # the ledger has it all. Waiting for its mark here would wait in vain in a
+                    # process that was not listening when it came (issue 25, item 11).
+                    unwritten = None
                 holds = uow.items.open_holds(namespace, skus) if unwritten else {}
             if unwritten is not None and (unwritten.held or holds.get(skus[0])):
                 # Holds: the outbox's figures and the ledger's open holds are of different
@@ -198,6 +204,14 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
         counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gens[sku], i.held)
                           for sku, i in found.items() if fenced.get(sku) is not None)
         return found
+
+
+def _in_ledger(uow: AbstractUnitOfWork, entry: OutboxEntry) -> bool:
+    """Whether the ledger holds the outbox entry: its seq, in the generation it follows."""
+    stock = uow.items.stock(entry.namespace, [entry.sku]).get(entry.sku)
+    followed = uow.items.generations(entry.namespace, [entry.sku]).get(entry.sku)
+    return (stock is not None and stock.last_seq >= entry.seq
+            and (followed or "") == (entry.gen or ""))
 
 
 def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: str,
