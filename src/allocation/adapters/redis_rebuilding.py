@@ -94,10 +94,12 @@ class RedisRebuilding(Counter):
 
     def seqs_many(self, namespace: str, skus: Sequence[str]) -> list[tuple[str, int] | None]:
         groups: dict[int, list[int]] = {}
+        names: list[str] = []
         for i, sku in enumerate(skus):
-            groups.setdefault(self.keys.partition(namespace, sku), []).append(i)
-        item = self.keys.item
-        calls = [([item(namespace, skus[i]) for i in chunk], ["seqs"])
+            partition, name = self.keys.item_of(namespace, sku)
+            groups.setdefault(partition, []).append(i)
+            names.append(name)
+        calls = [([names[i] for i in chunk], ["seqs"])
                  for members in groups.values()
                  for chunk in _chunks(members, self.REBUILD_CALL_ARGS)]
         found: list[tuple[str, int] | None] = [None] * len(skus)
