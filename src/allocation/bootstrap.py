@@ -117,17 +117,19 @@ def bootstrap(
                              and engine.dialect.name == "postgresql" else InProcessItemLocks())
     durability = Durability("sync" if config.durability == "sync" else "async", progress,
                             config.sync_wait_seconds)
+    health = HealthChecks(engine, counter, outbox, redis_client, keys)
     services = Services(
         uow_factory=uow_factory, counter=counter, outbox=outbox, publish=publish,
         movement_events=(PublishedByCounter() if counter.publishes_events
                          else PublishMovements(publish)),
         item_locks=item_locks, durability=durability, rebuilds=SharedRebuilds(),
         ledger_wait_seconds=config.ledger_wait_seconds,
-        open_reservations_per_buyer=config.max_open_reservations_per_buyer)
+        open_reservations_per_buyer=config.max_open_reservations_per_buyer,
+        record_drift=health.record_drift)
     bus = MessageBus(services, handlers.COMMAND_HANDLERS)
     return Application(
         config=config, bus=bus, uow_factory=uow_factory, counter=counter, outbox=outbox,
         ledger_progress=progress, durability=durability, publish=publish,
-        item_locks=item_locks, health=HealthChecks(engine, counter, outbox, redis_client, keys),
+        item_locks=item_locks, health=health,
         engine=engine, redis=redis_client,
         tokens=None if engine is None else TokenStore(engine))

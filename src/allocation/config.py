@@ -96,8 +96,8 @@ def deployment_names(prefix: str, redis_url: str | None) -> tuple[str, str, str]
     prefix on this Redis database. Channels belong to the server, not to a database number,
     so theirs carry both, joined by ``@`` (the number, all digits, comes last: no other prefix
     and number spell the same name); the stream is a key, under the deployment's prefix. The
-    default deployment (``inv`` on db 0) keeps the names it always had, so its publishers and
-    the entries waiting in its stream carry on."""
+    default deployment (``inv`` on db 0) keeps the plain ``inventory:*`` names, so publishers
+    and the entries waiting in its stream need no change."""
     db = redis_db(redis_url)
     if (prefix, db) == (Config.redis_key_prefix, 0):
         return Config.commands_channel, Config.events_channel, Config.commands_stream

@@ -159,6 +159,11 @@ class HealthChecks:
             return {k.decode(): int(v) for k, v in stored.items()}
         return None
 
+    def record_drift(self, namespace: str, items: int) -> None:
+        """Keep a drift check's findings where ``drift`` reads them."""
+        if self.redis is not None:
+            self.redis.hset(self.keys.drift(), namespace, items)
+
     def redis_memory(self) -> dict[str, int] | None:
         """Redis's memory in use and its limit (0: none), in bytes; a cluster's summed."""
         if self.redis is None:

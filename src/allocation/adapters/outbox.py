@@ -19,8 +19,8 @@ class OutboxEntry(NamedTuple):
     idempotency_key: str | None
     total: int
     consumed: int
-    gen: str | None = None  # the counter's generation when recorded (None: before 0.8)
-    buyer: str | None = None  # the buyer the movement named (None: none, or before 0.9)
+    gen: str | None = None  # the counter's generation when recorded (None: an older writer's)
+    buyer: str | None = None  # the buyer the movement named (None: none, or an older writer's)
     held: int = 0  # units held after it
     reservation_id: str | None = None  # a hold's movements: the reservation
     expires_ms: int = 0  # a hold: when it expires (epoch ms, Redis's clock)

@@ -24,8 +24,9 @@ GROUP = "ledger"
 def _entry(partition: int, entry_id: Any, f: dict[bytes, bytes]) -> OutboxEntry:
     """An entry as lib.lua's ``record`` writes it: one field ``m``, "seq qty total consumed kind
     ns_len sku_len gen buyer_len held rid_len expires_ms|" then the namespace, SKU, buyer,
-    reservation id and key, unseparated (names may hold any character). Before 0.8 the head had
-    no generation; a 0.9 development build wrote gen and buyer_len only."""
+    reservation id and key, unseparated (names may hold any character). A backlog an older
+    writer left is read too: its head stops before the generation, or after the buyer's length
+    (CHANGELOG, 0.9.0)."""
     id_ = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     if f and isinstance(next(iter(f)), str):  # a client made with decode_responses=True
         f = {k.encode(): v.encode() for k, v in f.items()}  # type: ignore[attr-defined]
@@ -34,8 +35,8 @@ def _entry(partition: int, entry_id: Any, f: dict[bytes, bytes]) -> OutboxEntry:
         return _fields_entry(partition, id_, f)
     head, _, names = packed.partition(b"|")
     seq, qty, total, consumed, kind, ns_len, sku_len, *rest = head.split(b" ")
-    # rest: the generation (from 0.8); the buyer's length, held, the reservation id's length
-    # and a hold's expiry (from 0.9)
+    # rest: the generation, the buyer's length, held, the reservation id's length and a hold's
+    # expiry; an older writer's entry has fewer
     ns_end = int(ns_len)
     sku_end = ns_end + int(sku_len)
     if len(rest) < 5:
@@ -56,7 +57,7 @@ def _entry(partition: int, entry_id: Any, f: dict[bytes, bytes]) -> OutboxEntry:
 
 
 def _fields_entry(partition: int, id_: str, f: dict[bytes, bytes]) -> OutboxEntry:
-    # A field per value: what versions before 0.6 wrote; a backlog they left is still read.
+    # A field per value, as an older writer left it in a backlog: read, never written.
     key = f[b"key"]
     return OutboxEntry(
         id=id_, partition=partition, namespace=f[b"ns"].decode(), sku=f[b"sku"].decode(),

@@ -98,6 +98,15 @@ class Refresh(Command):
 
 
 @dataclass(frozen=True)
+class CheckDrift(Command):
+    """Compare a namespace's items in Redis with the record; with ``repair``, rebuild those that
+    differ."""
+
+    namespace: str
+    repair: bool = False
+
+
+@dataclass(frozen=True)
 class RefreshAll(Command):
     namespace: str
     after: str | None = None

@@ -85,7 +85,8 @@ class ReservationLifetimeExceeded(DomainError):
 class InvalidInput(DomainError, ValueError):
     """A value outside the contract (API.md, Identity): a float, bool or string for a number, a
     number out of range, a bad name or key. ``field`` names it; nothing was done. A ValueError
-    too, as the pydantic errors it replaces were."""
+    too, as pydantic's validation errors are: code that catches bad input as ValueError catches
+    it."""
 
     code = "invalid_field"
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from allocation.adapters.counter import Reading
 from allocation.adapters.outbox import Outbox
+from allocation.domain import commands
+from allocation.service_layer.rebuild import rebuild_item
+from allocation.service_layer.services import Services
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
 
@@ -22,6 +25,24 @@ class Drift:
     def missing(self) -> bool:
         return self.redis is None
 
+
+@dataclass(frozen=True)
+class DriftReport:
+    found: tuple[Drift, ...]
+    repaired: int  # items rebuilt from the record
+
+
+def check(cmd: commands.CheckDrift, services: Services) -> DriftReport:
+    """Find a namespace's drift and keep its count for /metrics; with ``repair``, rebuild each
+    item found from the record."""
+    found = tuple(find(cmd.namespace, services.uow_factory(), services.counter,
+                       services.outbox))
+    services.record_drift(cmd.namespace, len(found))
+    if not cmd.repair:
+        return DriftReport(found, 0)
+    for drifted in found:
+        rebuild_item(services, cmd.namespace, drifted.sku)
+    return DriftReport(found, len(found))
 
 def find(namespace: str, uow: AbstractUnitOfWork, counter: Reading, outbox: Outbox,
          batch_size: int = 1000) -> list[Drift]:

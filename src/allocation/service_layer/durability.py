@@ -71,7 +71,7 @@ class Durability:
         """Return once the movement may be acknowledged, or raise ``Unavailable``.
         ``in_ledger`` asks the ledger whether it holds the movement (by its key)."""
         if self.mode == "async" or not outcome.ok or outcome.seq <= 0:
-            return  # refusals write nothing; seq 0 is a record kept from before seqs were kept
+            return  # refusals write nothing; seq 0: a replayed record that kept no seq
         pending: list[Pending] | None = getattr(_deferred, "pending", None)
         if pending is not None:
             pending.append(Pending(namespace, sku, outcome.gen, outcome.seq, in_ledger))

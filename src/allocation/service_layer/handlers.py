@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from allocation.domain import commands
-from allocation.service_layer import initialise, movements, rebuild, reservations
+from allocation.service_layer import drift, initialise, movements, rebuild, reservations
 from allocation.service_layer.messagebus import CommandHandler
 
 COMMAND_HANDLERS: dict[type[commands.Command], CommandHandler] = {
@@ -19,4 +19,5 @@ COMMAND_HANDLERS: dict[type[commands.Command], CommandHandler] = {
     commands.ExtendReservation: reservations.extend,
     commands.Refresh: rebuild.refresh,
     commands.RefreshAll: rebuild.refresh_all,
+    commands.CheckDrift: drift.check,
 }

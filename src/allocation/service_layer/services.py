@@ -86,3 +86,4 @@ class Services:
     rebuilds: SharedRebuilds  # refreshes of one item share a rebuild
     ledger_wait_seconds: float  # how long a rebuild waits for the ledger to catch up
     open_reservations_per_buyer: int  # 0: no cap
+    record_drift: Callable[[str, int], None]  # a drift check's count, kept for /metrics

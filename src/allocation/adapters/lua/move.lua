@@ -11,9 +11,10 @@
 -- The item's due holds end first (lib.lua), so what a sale sees available is never held by a
 -- reservation that has expired.
 -- The idempotency record is "fingerprint|status|total|consumed|seq|gen|remaining|limit|held"
--- (before 0.8 without the last five, before 0.9 without the last three); gen is the item's
--- generation (a new one each time it is loaded from the record); remaining is what a buyer
--- refused by the limit may still take; limit the item's limit per buyer then ("": none).
+-- (one an older script left may stop after consumed or after gen: a missing field replays as
+-- none); gen is the item's generation (a new one each time it is loaded from the record);
+-- remaining is what a buyer refused by the limit may still take; limit the item's limit per
+-- buyer then ("": none).
 -- Returns {status, total, consumed, replayed, seq, gen, remaining (-1: none), limit, held}.
 -- The rules mirror allocation.domain.rules; the events allocation.domain.events.of_movement (a
 -- contract test holds them together).

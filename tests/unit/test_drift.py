@@ -1,0 +1,45 @@
+"""``CheckDrift``: the service layer finds where Redis disagrees with the record, keeps the count
+where ``/metrics`` reads it and, asked to, rebuilds what differs; the CLI only prints."""
+
+from __future__ import annotations
+
+from allocation.bootstrap import Application, bootstrap
+from allocation.config import Config
+from allocation.domain import commands, events
+from tests.helpers.embedded import embedded_counter
+from tests.helpers.fakes import FakeStore, FakeUnitOfWork
+from tests.helpers.ledger import drain
+
+
+def drifted() -> Application:
+    """Items a, b and c of 10, written to the record; then Redis loses a and says 7 of b sold."""
+    store, published = FakeStore(), list[events.Event]()
+    app = bootstrap(Config(), uow_factory=lambda: FakeUnitOfWork(store),
+                    counter=embedded_counter(), publish=published.append)
+    for sku in ("a", "b", "c"):
+        app.bus.handle(commands.InitInventory("ns", sku, 10))
+    drain(app)
+    app.counter.forget("ns", "a")
+    app.counter.load("ns", "b", 10, 7, 1)
+    return app
+
+
+def test_a_check_reports_and_records_the_count_and_changes_no_figures() -> None:
+    app = drifted()
+    report = app.bus.handle(commands.CheckDrift("ns"))
+    assert [(d.sku, d.expected, d.redis) for d in report.found] == [
+        ("a", (10, 0, 0), None), ("b", (10, 0, 0), (10, 7, 0))]
+    assert report.repaired == 0 and app.health.drift() == {"ns": 2}
+    b = app.counter.read("ns", "b")
+    assert app.counter.read("ns", "a") is None and b is not None and b.consumed == 7
+
+
+def test_a_repair_rebuilds_what_differs_or_is_missing_from_the_record() -> None:
+    app = drifted()
+    report = app.bus.handle(commands.CheckDrift("ns", repair=True))
+    assert [d.sku for d in report.found] == ["a", "b"] and report.repaired == 2
+    assert app.bus.handle(commands.CheckDrift("ns")).found == ()
+    assert app.health.drift() == {"ns": 0}
+    for sku in ("a", "b"):
+        live = app.counter.read("ns", sku)
+        assert live is not None and (live.total, live.consumed) == (10, 0)
