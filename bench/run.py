@@ -1,10 +1,11 @@
 """`make bench`: every contender on the same machine, in one run; one table (printed, and in
 Markdown in bench/results.md), bench/results.json and bench/results.png. Quick by default,
 BENCH=full for the issue's sizes; BENCH_ONLY=hot,http,limits,many,refunds,refresh,drain,cluster,
-reservations,streams,flood,partition runs a subset; BENCH_HTTP=ceiling-empty,ceiling-evalsha,
-allocation,... some of the HTTP contenders (contenders.HTTP_NAMES); BENCH_HTTP_SECONDS the
-length of each HTTP load (10, 30 with full); BENCH_SIZE_<NAME>=N one of
-contenders.scenarios_for's sizes (BENCH_SIZE_HOT_STOCK=300: a smoke run's).
+reservations,streams,flood,partition,waitroom runs a subset;
+BENCH_HTTP=ceiling-empty,ceiling-evalsha,allocation,... some of the HTTP contenders
+(contenders.HTTP_NAMES); BENCH_HTTP_SECONDS the length of each HTTP load (10, 30 with full);
+BENCH_SIZE_<NAME>=N one of contenders.scenarios_for's or waiting_room.sizes_for's sizes
+(BENCH_SIZE_HOT_STOCK=300: a smoke run's).
 
 Each group of rows has its ceiling, measured in the same run: the in-process rows are a share
 of redis-benchmark's one-EVALSHA check-and-decrement (50 clients, unpipelined), the HTTP rows a
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import contenders as c
-from bench import outage, streams, token_flood
+from bench import outage, streams, token_flood, waiting_room
 from bench.common import Result, Services, scratch_services
 from tests.helpers.redis_cluster import LocalCluster
 from tests.helpers.tmpdir import tmpdir_at
@@ -40,7 +41,7 @@ IN_PROCESS_SALES = ("hot", "limits", "many", "refunds", "cluster", "reservations
 
 def main() -> int:
     mode = os.environ.get("BENCH", "quick")
-    size = sized(c.scenarios_for(mode))
+    size = sized({**c.scenarios_for(mode), **waiting_room.sizes_for(mode)})
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
     admin = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     redis_url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -89,6 +90,18 @@ def main() -> int:
             for who in c.HTTP_NAMES:  # the ceilings first
                 if not chosen or who in chosen:
                     record(c.http, services, who, seconds, buyers)
+        if wanted("waitroom"):
+            # Issue 27: polls against the empty app, joins against the one-EVALSHA app (both
+            # measured here unless the http group just did), then the herd with and without.
+            seconds = int(os.environ.get("BENCH_HTTP_SECONDS") or (30 if mode == "full"
+                                                                   else 10))
+            for who in ("ceiling-empty", "ceiling-evalsha"):
+                if c.HTTP_NAMES[who] not in waiting_room.ceilings_of(results):
+                    record(c.http, services, who, seconds, buyers)
+            record(waiting_room.polls_and_joins, services, seconds, buyers,
+                   size["waitroom_tickets"], waiting_room.ceilings_of(results))
+            record(waiting_room.herd, services, size["waitroom_buyers"],
+                   size["waitroom_units"])
         if wanted("limits"):
             # The limit per buyer's price: the same sale with and without one.
             for label, limit in ((" no limit", None), (" limit 1 per buyer", 1)):

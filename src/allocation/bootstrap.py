@@ -26,6 +26,8 @@ from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_ledger_progress import RedisLedgerProgress
 from allocation.adapters.redis_outbox import RedisOutbox
+from allocation.adapters.redis_sale import RedisSaleQueue
+from allocation.adapters.sale_signing import SaleSigning
 from allocation.adapters.sql_unit_of_work import SqlAlchemyUnitOfWork
 from allocation.adapters.token_store import TokenStore
 from allocation.config import Config
@@ -33,6 +35,7 @@ from allocation.domain import events
 from allocation.service_layer import handlers
 from allocation.service_layer.durability import Durability
 from allocation.service_layer.messagebus import MessageBus
+from allocation.service_layer.sale_room import SaleRoom
 from allocation.service_layer.services import PublishedByCounter, PublishMovements, Services
 from allocation.service_layer.shared_rebuilds import SharedRebuilds
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
@@ -118,6 +121,7 @@ def bootstrap(
     durability = Durability("sync" if config.durability == "sync" else "async", progress,
                             config.sync_wait_seconds)
     health = HealthChecks(engine, counter, outbox, redis_client, keys)
+    sale_queue = RedisSaleQueue(counter.client, counter.keys, counter.events_channel)
     services = Services(
         uow_factory=uow_factory, counter=counter, outbox=outbox, publish=publish,
         movement_events=(PublishedByCounter() if counter.publishes_events
@@ -125,6 +129,8 @@ def bootstrap(
         item_locks=item_locks, durability=durability, rebuilds=SharedRebuilds(),
         ledger_wait_seconds=config.ledger_wait_seconds,
         open_reservations_per_buyer=config.max_open_reservations_per_buyer,
+        sale_queue=sale_queue, sales=SaleRoom(uow_factory, sale_queue),
+        signing=SaleSigning.from_secret(config.sale_secret, required=config.auth == "required"),
         record_drift=health.record_drift)
     bus = MessageBus(services, handlers.COMMAND_HANDLERS)
     return Application(

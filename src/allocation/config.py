@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -42,6 +42,9 @@ class Config:
     max_open_reservations_per_token: int = 10_000
     # Stock streams one token may hold open in a server process (API.md, "Stock stream").
     streams_per_token: int = 1000
+    # Signs a sale's tickets and passes: keys separated by spaces, newest last (rotation:
+    # adapters/sale_signing.py). Servers that share it accept each other's.
+    sale_secret: str | None = field(default=None, repr=False)
 
     @property
     def embedded(self) -> bool:
@@ -88,6 +91,7 @@ class Config:
                         ("required", "off")),
             streams_per_token=positive("STREAMS_PER_TOKEN", env.get("STREAMS_PER_TOKEN")
                                        or str(defaults.streams_per_token)),
+            sale_secret=env.get("SALE_SECRET") or None,
         )
 
 

@@ -14,6 +14,7 @@ database error never poisons the caller's session.
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -31,7 +32,7 @@ from allocation.bootstrap import POSTGRES_CONNECT_ARGS, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
-from allocation.entrypoints import ledger_worker, schemas
+from allocation.entrypoints import ledger_worker, sale_replies, schemas
 
 Figures = dict[str, int]
 ItemId = str | int  # the seed formatted either into its keys
@@ -57,7 +58,7 @@ class InventoryManager:
         self.app = bootstrap(
             # sync by default: like the seed library, a call returns once the ledger has it.
             Config(database_url=self.engine.url.render_as_string(hide_password=False),
-                   durability=durability),
+                   durability=durability, sale_secret=os.environ.get("SALE_SECRET")),
             uow_factory=lambda: SqlAlchemyUnitOfWork(session_factory), counter=counter,
             publish=lambda event: None)
         self.bus = self.app.bus
@@ -190,6 +191,27 @@ class InventoryManager:
         """Rebuild every counter of this prefix; returns how many items."""
         progress = self.bus.handle(commands.RefreshAll(self.prefix))
         return int(progress.refreshed)
+
+
+    # The waiting room (not in the seed): a sale of this namespace, as the HTTP API has it.
+    def sale_create(self, sale: str, skus: list[ItemId], *, opens_at_ms: int | None = None,
+                    admit_factor: float = 2.0, pass_ttl_seconds: int = 300,
+                    max_admitted: int | None = None) -> dict[str, Any]:
+        """Make a sale gating ``skus`` (the same terms again: the same sale); its body."""
+        name = schemas.check_name(sale, "sale")
+        return sale_replies.sale_body(self.bus.handle(commands.PutSale(
+            self.prefix, name, tuple(_sku(sku) for sku in skus), opens_at_ms, admit_factor,
+            pass_ttl_seconds, max_admitted)))
+
+    def sale_close(self, sale: str) -> dict[str, Any]:
+        name = schemas.check_name(sale, "sale")
+        return sale_replies.sale_body(self.bus.handle(commands.CloseSale(self.prefix, name)))
+
+    def sale_join(self, sale: str, buyer: str) -> dict[str, Any]:
+        """The buyer's ticket in the sale's queue (the same one again for a repeat)."""
+        name, who = schemas.check_name(sale, "sale"), schemas.check_buyer(buyer)
+        return sale_replies.ticket_body(self.bus.handle(commands.JoinQueue(self.prefix, name,
+                                                                           who)))
 
 
 def _sku(item_id: object) -> str:

@@ -155,3 +155,21 @@ def test_the_figures_then_a_sale_within_two_seconds(api: str, admin_token: str,
     SCREENSHOT.parent.mkdir(exist_ok=True)
     if os.environ.get("SAVE_SCREENSHOT"):
         assert browser.save_screenshot(str(SCREENSHOT))
+
+
+def test_a_sales_queue(api: str, admin_token: str, namespace: str, browser: WebDriver) -> None:
+    put(api, namespace, "drop-tee", 2)
+    sale = f"{api}/v1/{namespace}/sales/drop"
+    assert requests.put(sale, json={"skus": ["drop-tee"], "admit_factor": 1},
+                        timeout=10).status_code == 201
+    for n in range(5):
+        assert requests.post(f"{sale}/queue", json={"buyer": f"b{n}"},
+                             timeout=10).status_code == 201
+    connect(browser, api, admin_token, namespace)
+
+    def row(d: WebDriver) -> list[str]:
+        cells = d.find_elements(By.CSS_SELECTOR, 'tr[data-sale="drop"] td')
+        return [c.text for c in cells]
+
+    # waiting, admitted, passes used, expired, available: two admitted for two units
+    until(browser, 10, lambda d: row(d)[1:6] == ["3", "2", "0", "0", "2"], "the sale's queue")

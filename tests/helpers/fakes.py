@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from allocation.adapters.repository import AbstractRepository
+from allocation.adapters.sale_repository import AbstractSaleRepository
 from allocation.domain.model import InventoryItem, LedgerEntry
-from allocation.service_layer.unit_of_work import AbstractUnitOfWork
+from allocation.domain.sale import Sale
+from allocation.service_layer.unit_of_work import AbstractUnitOfWork, Conflict
 
 
 class FakeStore:
@@ -19,6 +21,34 @@ class FakeStore:
         self.ledger: list[LedgerEntry] = []
         self.commits = 0
         self.fail_next_commit = False
+        self.sales: dict[tuple[str, str], Sale] = {}
+
+
+class FakeSaleRepository(AbstractSaleRepository):
+    """Sales kept at once (a sale's handler commits right after it writes)."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+
+    def get(self, namespace: str, sale: str) -> Sale | None:
+        return self.store.sales.get((namespace, sale))
+
+    def add(self, sale: Sale) -> None:
+        if (sale.namespace, sale.sale) in self.store.sales or self.gating(sale.namespace,
+                                                                          sale.skus):
+            raise Conflict(f"{sale.sale} or one of its skus is taken")
+        self.store.sales[(sale.namespace, sale.sale)] = sale
+
+    def close(self, namespace: str, sale: str) -> None:
+        kept = self.store.sales[(namespace, sale)]
+        self.store.sales[(namespace, sale)] = dataclasses.replace(kept, closed=True)
+
+    def gating(self, namespace: str, skus: Sequence[str]) -> dict[str, str]:
+        return {sku: sale.sale for sale in self.open_sales() if sale.namespace == namespace
+                for sku in sale.skus if sku in skus}
+
+    def open_sales(self) -> list[Sale]:
+        return [sale for sale in self.store.sales.values() if not sale.closed]
 
 
 class FakeRepository(AbstractRepository):
@@ -66,6 +96,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
 
     def __enter__(self) -> AbstractUnitOfWork:
         self.items = FakeRepository(self.store)
+        self.sales = FakeSaleRepository(self.store)
         return super().__enter__()
 
     def flush(self) -> None:

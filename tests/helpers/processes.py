@@ -53,6 +53,7 @@ def service_env(config: Config) -> dict[str, str]:
                LEDGER_CLAIM_IDLE_MS=str(config.ledger_claim_idle_ms),
                SYNC_WAIT_SECONDS=str(config.sync_wait_seconds))
     env.pop("AUTH", None)  # as deployed: required, since the services are set
+    env.setdefault("SALE_SECRET", "e2e-sale-secret")  # required with AUTH=required
     return env
 
 

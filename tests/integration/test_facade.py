@@ -106,3 +106,16 @@ def test_a_database_error_does_not_poison_the_callers_session(tmp_path: Path) ->
     assert mgr.inventory_init("x", 1)["available"] == 1
     caller.remove()
     engine.dispose()
+
+
+def test_a_sale_through_the_facade_gates_its_skus(manager: InventoryManager) -> None:
+    manager.inventory_init("tee", 2)
+    made = manager.sale_create("drop", ["tee"], admit_factor=1)
+    assert (made["state"], made["available"]) == ("open", 2)
+    ticket = manager.sale_join("drop", "ann")
+    assert manager.sale_join("drop", "ann")["ticket"] == ticket["ticket"]
+    with pytest.raises(errors.PassRequired):
+        manager.usage_decr("tee", 1)
+    assert manager.get("tee")["available"] == 2  # type: ignore[index]
+    assert manager.sale_close("drop")["state"] == "closed"
+    assert manager.usage_decr("tee", 1)  # no longer gated

@@ -44,7 +44,9 @@ def exposed_names() -> set[str]:
     app.client.post("/v1/deploy/items/a/decrements", json={"qty": 1},
                     headers={"Idempotency-Key": "k"})
     text = app.client.get("/metrics").text
-    text += metrics.exposition((1, 0.5), {"deploy": 1}, {"used": 1, "max": 2})[0].decode()
+    text += metrics.exposition((1, 0.5), {"deploy": 1}, {"used": 1, "max": 2}, sales={
+        ("deploy", "drop"): dict.fromkeys(("waiting", "admitted", "passes_used",
+                                           "passes_expired", "available"), 1)})[0].decode()
     names: set[str] = set()
     for family in text_string_to_metric_families(text):
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
@@ -204,3 +206,14 @@ def test_compose_names_each_ledger_worker_after_its_container() -> None:
     shell, flag, script = worker["command"]
     assert (shell, flag) == ("sh", "-c") and script.startswith("exec allocation ledger-worker ")
     assert '--name "ledger-$$HOSTNAME"' in script  # $$: a literal $ for the shell
+
+
+def test_compose_gives_every_app_service_one_sale_secret_it_must_be_told() -> None:
+    """Tickets and passes signed by one server must verify on the others (API.md, Waiting
+    room): the one value comes from .env, and compose refuses to start without it rather
+    than have each process draw its own."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    apps = {name: s for name, s in services.items() if s.get("build") == "."}
+    assert {"api", "ledger-worker", "sweeper", "consumer", "token"} <= set(apps)
+    for name, service in apps.items():
+        assert service["environment"]["SALE_SECRET"].startswith("${SALE_SECRET:?"), name

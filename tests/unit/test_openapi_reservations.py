@@ -42,7 +42,7 @@ def test_the_reservation_operations_and_their_models() -> None:
     create = operation(RESERVATIONS, "post")
     assert create["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/ReserveBody")
-    [key] = [p for p in create["parameters"] if p["in"] == "header"]
+    [key] = [p for p in create["parameters"] if p["name"] == "Idempotency-Key"]
     assert (key["name"], key["required"]) == ("Idempotency-Key", True)
     responses = create["responses"]
     assert schema_of(responses["201"]) == "ReservationOut"

@@ -102,7 +102,7 @@ class MovingStock(Reading, Protocol):
 
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
               idempotency_key: str | None, *, record: bool = False,
-              buyer: str | None = None) -> Outcome: ...
+              buyer: str | None = None, sale: str = "") -> Outcome: ...
 
 
 class Reserving(Protocol):
@@ -113,7 +113,7 @@ class Reserving(Protocol):
     def reservation_step(self, step: Step, namespace: str, reservation_id: str,
                          lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
                          fingerprint: str = "", idempotency_key: str | None = None,
-                         open_cap: int = 0) -> Reserved: ...
+                         open_cap: int = 0, sale: str = "") -> Reserved: ...
 
     def reservation_lines(self, namespace: str, reservation_id: str
                           ) -> tuple[tuple[Line, ...], str | None] | None: ...
@@ -159,12 +159,14 @@ class Counter(abc.ABC):
     @abc.abstractmethod
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
               idempotency_key: str | None, *, record: bool = False,
-              buyer: str | None = None) -> Outcome:
+              buyer: str | None = None, sale: str = "") -> Outcome:
         """Apply a movement atomically, or refuse it by the domain rules.
 
         A decrement naming a ``buyer`` counts against their limit on the item (checked in the
         same step: ``limit_exceeded``, with ``remaining``; ``buyer_required`` where the item
         has a limit and no buyer is named); a refund naming them gives their allowance back.
+        A decrement of an item a sale gates is ``pass_required`` (not remembered under the key)
+        unless ``sale`` names that sale: the caller holds the buyer's pass of it.
 
         A key seen before returns its stored outcome (``replayed``, with the movement's
         ``seq``), or ``idempotency_key_reused`` when the request differs. Refusals are
@@ -187,7 +189,7 @@ class Counter(abc.ABC):
     def reservation_step(self, step: Step, namespace: str, reservation_id: str,
                          lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
                          fingerprint: str = "", idempotency_key: str | None = None,
-                         open_cap: int = 0) -> Reserved:
+                         open_cap: int = 0, sale: str = "") -> Reserved:
         """One step of a reservation, atomic over it and all its lines' items.
 
         ``hold`` takes every line (lines of one sku added together by the caller) or none, as
@@ -198,7 +200,8 @@ class Counter(abc.ABC):
         naming a ``buyer``), the buyer's open reservations in the namespace may not exceed it
         (``too_many_open_reservations``, ``detail`` the cap), checked in the same step; the
         steps after the hold take the reservation's ``buyer`` (``reservation_lines``), so that
-        one that ends it counts no more.
+        one that ends it counts no more. A hold of an item a sale gates is ``pass_required``
+        (not remembered) unless ``sale`` names that sale: the caller holds its pass.
         ``confirm`` sells the held units, ``release`` puts them back
         on sale, ``extend`` moves the expiry to ``ttl_ms`` from now; each checks and changes
         the reservation's state in the same step, so when they race with each other and with

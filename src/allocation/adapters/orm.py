@@ -6,9 +6,11 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     ForeignKeyConstraint,
     Index,
     Integer,
@@ -96,6 +98,36 @@ Index("ix_ledger_item_key", ledger.c.namespace, ledger.c.sku, ledger.c.idempoten
 Index("ix_ledger_reservation", ledger.c.namespace, ledger.c.reservation_id,
       postgresql_where=ledger.c.reservation_id.is_not(None),
       sqlite_where=ledger.c.reservation_id.is_not(None))
+
+# Sales (the waiting room): their terms, so that a Redis rebuild can restore them; the queue
+# itself lives in Redis. A sku is in at most one open sale: the partial unique index says so
+# whatever the race between two sales naming it.
+sales = Table(
+    "sales",
+    metadata,
+    Column("namespace", String(64), primary_key=True),
+    Column("sale", String(64), primary_key=True),
+    Column("opens_at", DateTime(timezone=True), nullable=False),
+    Column("admit_factor", Float, nullable=False),
+    Column("pass_ttl_seconds", Integer, nullable=False),
+    Column("max_admitted", Integer, nullable=True),
+    Column("closed_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+sale_skus = Table(
+    "sale_skus",
+    metadata,
+    Column("namespace", String(64), primary_key=True),
+    Column("sale", String(64), primary_key=True),
+    Column("sku", String(64), primary_key=True),
+    Column("position", Integer, nullable=False),  # the skus' order as the sale named them
+    Column("open", Boolean, nullable=False),
+    ForeignKeyConstraint(["namespace", "sale"], ["sales.namespace", "sales.sale"],
+                         name="fk_sale_skus_sale"),
+)
+Index("uq_sale_skus_open_sku", sale_skus.c.namespace, sale_skus.c.sku, unique=True,
+      postgresql_where=sale_skus.c.open, sqlite_where=sale_skus.c.open)
 
 
 def start_mappers() -> None:

@@ -55,7 +55,7 @@ class RedisCounter(RedisReservations, RedisRebuilding):
 
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
               idempotency_key: str | None, *, record: bool = False,
-              buyer: str | None = None) -> Outcome:
+              buyer: str | None = None, sale: str = "") -> Outcome:
         keys = self._item_keys(namespace, sku)
         if idempotency_key is not None:
             keys.append(self.keys.idempotency(namespace, sku, idempotency_key))
@@ -63,7 +63,7 @@ class RedisCounter(RedisReservations, RedisRebuilding):
             reply: Any = self._move(keys=keys, args=[
                 kind, qty, fingerprint(kind, qty, buyer), self._ttl, "1" if record else "0",
                 namespace, sku, idempotency_key or "", self.events_channel,
-                self._refusal_ttl, buyer or ""])
+                self._refusal_ttl, buyer or "", sale])
         status, total, consumed, replayed, seq, gen, remaining, limit, held = reply
         return Outcome(_text(status), int(total), int(consumed), replayed=bool(replayed),
                        seq=int(seq), gen=_text(gen),

@@ -81,6 +81,15 @@ class KeySpace:
         ms it then moves. Never written outside the tests."""
         return f"{self._tag(partition)}:clock"
 
+    def sale(self, namespace: str, sale: str) -> tuple[str, str, str, str, str, str]:
+        """A sale's queue, all in one slot (adapters/lua/sale_lib.lua says what each holds):
+        its sale hash, buyers, outstanding passes, claims, ended passes and resolved uses."""
+        tag = self._tag(self.partition(namespace, "\x01sale:" + sale))
+        name = f"{namespace}:{sale}"
+        return (f"{tag}:sale:{name}", f"{tag}:sale-buyers:{name}",
+                f"{tag}:sale-outstanding:{name}", f"{tag}:sale-claims:{name}",
+                f"{tag}:sale-passes:{name}", f"{tag}:sale-resolved:{name}")
+
     def dead_letters(self, partition: int) -> str:
         return f"{self._tag(partition)}:outbox:dead"
 

@@ -60,7 +60,7 @@ class RedisReservations(Counter):
     def reservation_step(self, step: Step, namespace: str, reservation_id: str,
                          lines: Sequence[Line], *, ttl_ms: int = 0, buyer: str | None = None,
                          fingerprint: str = "", idempotency_key: str | None = None,
-                         open_cap: int = 0) -> Reserved:
+                         open_cap: int = 0, sale: str = "") -> Reserved:
         if self._reservation_key(namespace, reservation_id) is None:
             return Reserved("not_found")
         apart = self._open_apart(namespace, self._where(namespace, reservation_id, lines), buyer)
@@ -70,7 +70,7 @@ class RedisReservations(Counter):
                 claimed = int(self._claim(keys=[apart], args=[reservation_id, open_cap, ttl_ms]))
             open_cap = open_cap if claimed else -open_cap
         result = self._step(step, namespace, reservation_id, lines, ttl_ms, buyer, fingerprint,
-                            idempotency_key or "", open_cap)
+                            idempotency_key or "", open_cap, sale)
         if apart is not None and (
                 (claimed == 2 and (not result.ok or result.replayed))
                 or (step in ("confirm", "release") and result.ok)):
@@ -85,7 +85,7 @@ class RedisReservations(Counter):
 
     def _step(self, step: Step, namespace: str, reservation_id: str, lines: Sequence[Line],
               ttl_ms: int, buyer: str | None, fingerprint: str, key: str,
-              open_cap: int) -> Reserved:
+              open_cap: int, sale: str = "") -> Reserved:
         if isinstance(self.client, RedisCluster):
             home = int(reservation_id.partition(".")[0])
             where = self._where(namespace, reservation_id, lines)
@@ -95,19 +95,21 @@ class RedisReservations(Counter):
                     return Reserved("idempotency_key_reused")
                 return self.home_step(step, namespace, reservation_id, lines, ttl_ms=ttl_ms,
                                       buyer=buyer, fingerprint=fingerprint, key=key,
-                                      open_cap=open_cap, at=where)
+                                      open_cap=open_cap, at=where, sale=sale)
             if any(self.keys.partition(namespace, sku) != home for sku, _ in lines):
                 return redis_carts.step(self, step, namespace, reservation_id, lines,
                                         ttl_ms=ttl_ms, buyer=buyer, fingerprint=fingerprint,
                                         key=key, open_cap=open_cap)
         return self.home_step(step, namespace, reservation_id, lines, ttl_ms=ttl_ms,
-                              buyer=buyer, fingerprint=fingerprint, key=key, open_cap=open_cap)
+                              buyer=buyer, fingerprint=fingerprint, key=key, open_cap=open_cap,
+                              sale=sale)
 
     def home_step(self, op: str, namespace: str, reservation_id: str, lines: Sequence[Line],
                   *, ttl_ms: int = 0, buyer: str | None = None, fingerprint: str = "",
                   whole: bool = True, every_line: Sequence[Line] = (),
                   refusal: tuple[str, str, int] = ("", "", -1), key: str = "",
-                  open_cap: int = 0, at: int | None = None) -> Reserved:
+                  open_cap: int = 0, at: int | None = None,
+                  sale: str | None = None) -> Reserved:
         """One reserve.lua step: the reservation and its ``lines`` in its slot (on one Redis,
         all of them); ``at``: the partition it lives in, where not its key's."""
         assert self._reservation_key(namespace, reservation_id) is not None
@@ -124,6 +126,8 @@ class RedisReservations(Counter):
         for sku, qty in lines:
             keys += self._item_keys(namespace, sku)
             args += [sku, qty]
+        if sale is not None:  # a hold here checks the items' gates (a cluster cart does not)
+            args.append(sale)
         with unavailable_on_connection_error():
             reply: Any = self._reserve(keys=keys, args=args)
         status, state, created, expires, sku, detail, replayed, *flat = reply

@@ -7,12 +7,17 @@ from typing import Any
 
 # The scripts that change items or read the clock: they start with the functions of lib.lua.
 _WITH_LIB = frozenset({"move", "reserve", "part", "sweep", "claim", "restore"})
+# A sale's scripts: lib.lua's clock, then sale_lib.lua.
+_SALE = frozenset({"sale_put", "sale_join", "sale_advance", "sale_claim", "sale_pass",
+                   "sale_now"})
 
 
 def lua(name: str) -> str:
     """A script's text."""
     def text(of: str) -> str:
         return resources.files("allocation.adapters").joinpath(f"lua/{of}.lua").read_text()
+    if name in _SALE:
+        return text("lib") + text("sale_lib") + text(name)
     return text("lib") + text(name) if name in _WITH_LIB else text(name)
 
 

@@ -16,6 +16,7 @@ from allocation.adapters import ledger_rows as ledger_writer
 from allocation.adapters.ledger_connection import LedgerConnection
 from allocation.adapters.outages import database_down
 from allocation.adapters.sql_repository import SqlAlchemyRepository
+from allocation.adapters.sql_sale_repository import SqlSaleRepository
 from allocation.domain import errors
 from allocation.domain.model import InventoryItem, LedgerEntry
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork, Conflict
@@ -35,6 +36,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             self.write_lock.acquire()
         self.session = self.session_factory()
         self.items = SqlAlchemyRepository(self.session)
+        self.sales = SqlSaleRepository(self.session)
         return super().__enter__()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -41,6 +41,7 @@ class Decrement(Command):
     qty: int
     idempotency_key: str
     buyer: str | None = None
+    sale_pass: str | None = None  # the Sale-Pass header: a gated sku's sale needs one
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Reserve(Command):
     idempotency_key: str
     ttl_seconds: int = 600
     buyer: str | None = None
+    sale_pass: str | None = None  # the Sale-Pass header: a line of a gated sku needs one
 
 
 @dataclass(frozen=True)
@@ -112,3 +114,29 @@ class RefreshAll(Command):
     after: str | None = None
     batch_size: int = 1000
     batches: int | None = None  # None: to the end of the namespace
+
+
+@dataclass(frozen=True)
+class PutSale(Command):
+    """Define a sale gating ``skus`` (the same terms again: the same sale)."""
+
+    namespace: str
+    sale: str
+    skus: tuple[str, ...]
+    opens_at_ms: int | None = None  # None: now
+    admit_factor: float = 2.0
+    pass_ttl_seconds: int = 300
+    max_admitted: int | None = None
+
+
+@dataclass(frozen=True)
+class CloseSale(Command):
+    namespace: str
+    sale: str
+
+
+@dataclass(frozen=True)
+class JoinQueue(Command):
+    namespace: str
+    sale: str
+    buyer: str

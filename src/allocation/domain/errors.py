@@ -82,6 +82,26 @@ class ReservationLifetimeExceeded(DomainError):
     code = "reservation_lifetime_exceeded"
 
 
+class SaleClosed(DomainError):
+    code = "sale_closed"
+
+
+class SkuGated(DomainError):
+    """The sku is gated by another open sale (``sku`` names it)."""
+
+    code = "sku_gated"
+
+
+class PassRequired(DomainError):
+    code = "pass_required"
+
+
+class PassInvalid(DomainError):
+    """Forged, of another sale or buyer, expired or already used."""
+
+    code = "pass_invalid"
+
+
 class InvalidInput(DomainError, ValueError):
     """A value outside the contract (API.md, Identity): a float, bool or string for a number, a
     number out of range, a bad name or key. ``field`` names it; nothing was done. A ValueError
@@ -111,5 +131,5 @@ REFUSALS: dict[str, type[DomainError]] = {
     for cls in (NotFound, AlreadyExists, InsufficientStock, BelowConsumed,
                 RefundExceedsConsumed, InvalidQuantity, IdempotencyKeyReused, LimitExceeded,
                 BuyerRequired, ReservationExpired, ReservationReleased, ReservationConfirmed,
-                ReservationLifetimeExceeded)
+                ReservationLifetimeExceeded, SaleClosed, SkuGated, PassRequired, PassInvalid)
 }

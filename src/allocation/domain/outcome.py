@@ -50,6 +50,8 @@ class Outcome:
             remaining = self.remaining or 0
             return cls(f"over the limit per buyer; {remaining} more may be taken",
                        remaining=remaining)
+        if self.status == "pass_required":
+            return cls("a sale gates this sku: send the buyer's Sale-Pass")
         if self.status == "buyer_required":
             return cls("this item has a limit per buyer: name the buyer")
         if self.status == "reservation_lifetime_exceeded":

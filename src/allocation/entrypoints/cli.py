@@ -9,7 +9,14 @@ import click
 
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
-from allocation.entrypoints import cli_operator, cli_processes, cli_stock, ledger_worker, token_cli
+from allocation.entrypoints import (
+    cli_operator,
+    cli_processes,
+    cli_stock,
+    ledger_worker,
+    sale_cli,
+    token_cli,
+)
 from allocation.entrypoints.cli_params import domain_exit
 from allocation.entrypoints.cli_processes import serve
 
@@ -39,6 +46,7 @@ def main(ctx: click.Context) -> None:
 for command in (*cli_processes.COMMANDS, *cli_stock.COMMANDS, *cli_operator.COMMANDS):
     main.add_command(command)
 main.add_command(token_cli.token)
+main.add_command(sale_cli.sale)
 
 if __name__ == "__main__":
     main()

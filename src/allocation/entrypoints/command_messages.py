@@ -20,7 +20,9 @@ from allocation.adapters.outages import is_outage
 from allocation.domain import commands, errors, events
 from allocation.domain.outcome import Outcome
 from allocation.entrypoints import metrics, schemas
+from allocation.entrypoints.sale_schemas import JoinQueueMessage
 from allocation.service_layer.results import Reservation
+from allocation.service_layer.sales import TicketAnswer
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,9 @@ def parse(raw: bytes | str) -> commands.Command:
     except RecursionError:
         raise ValueError("not JSON: nested too deeply") from None
     try:
+        if isinstance(data, dict) and data.get("command") == "JoinQueue":
+            joining = JoinQueueMessage.model_validate(data)
+            return commands.JoinQueue(joining.namespace, joining.sale, joining.buyer)
         message = schemas.CommandEnvelope.model_validate(data).root
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -130,11 +135,13 @@ class Verdict:
     # A dependency away (not this message's fault): retried for as long as it lasts, never
     # counted towards dead-lettering.
     outage: bool = False
+    # The answer a command has whether or not it is a repeat (QueueJoined: the ticket).
+    answered: tuple[dict[str, Any], ...] = ()
 
     @property
     def answers(self) -> tuple[dict[str, Any], ...]:
         """What to publish for it."""
-        return self.replayed if self.rejection is None else (self.rejection,)
+        return self.replayed + self.answered if self.rejection is None else (self.rejection,)
 
     @property
     def final(self) -> bool:
@@ -166,6 +173,11 @@ def judge(raw: bytes | str, bus: Bus) -> Verdict:
         if result.replayed:
             refusal["replayed"] = True
         return Verdict(REFUSED, result.status, refusal)
+    if isinstance(result, TicketAnswer) and isinstance(command, commands.JoinQueue):
+        return Verdict(APPLIED, "ok", answered=({
+            "event": "QueueJoined", "namespace": command.namespace, "sale": command.sale,
+            "buyer": command.buyer, "ticket": result.ticket, "state": result.state,
+            "position": result.position, "joined": result.joined},))
     return Verdict(APPLIED, "ok", replayed=_first_answer(command, result))
 
 

@@ -78,7 +78,8 @@ class FastLane:
             route = _ROUTES[movement]
             reply = answer_movement(self._app, MovementRequest(
                 KINDS[movement], namespace, sku, environ.get("HTTP_IDEMPOTENCY_KEY"),
-                environ.get("CONTENT_TYPE", ""), int(length), _read(environ, int(length))))
+                environ.get("CONTENT_TYPE", ""), int(length), _read(environ, int(length)),
+                environ.get("HTTP_SALE_PASS")))
         metrics.count_request(method, route, reply.status, time.perf_counter() - started)
         return send_wsgi(reply, start_response)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -25,6 +26,8 @@ from allocation.entrypoints import (
 from allocation.entrypoints.movement_requests import MAX_BODY
 from allocation.entrypoints.routes import Routes
 from allocation.entrypoints.rsgi_bridge import RsgiBridge
+from allocation.entrypoints.sale_routes import SaleRoutes
+from allocation.runtime.process import start_thread
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ def create_server_app() -> RsgiBridge:
     cpu_pinning.pin_from_env()
     app = bootstrap()
     flask = create_app(application=app)
+    _follow_sales(app)
     worker_start.announce()
     guard = flask.wsgi_app if isinstance(flask.wsgi_app, access.AccessGuard) else None
     return RsgiBridge(flask, threads=int(os.environ.get(THREADS_ENV) or 8),
@@ -48,9 +52,17 @@ def create_server_app() -> RsgiBridge:
 def create_wsgi_server_app() -> Flask:
     """The same for granian's WSGI interface (`allocation serve --behind-buffering-proxy`)."""
     cpu_pinning.pin_from_env()
-    flask = create_app()
+    app = bootstrap()
+    flask = create_app(application=app)
+    _follow_sales(app)
     worker_start.announce()
     return flask
+
+
+def _follow_sales(app: Application) -> None:
+    """The open sales, their gates and queue figures, kept fresh for this server process's
+    requests (a gate and a waiting ticket's poll then cost no round trip)."""
+    start_thread("sales", lambda: app.bus.services.sales.run(threading.Event()))
 
 
 def create_app(config: Config | None = None, application: Application | None = None,
@@ -66,10 +78,12 @@ def create_app(config: Config | None = None, application: Application | None = N
     http_errors.register(flask)
     _observe(flask)
     r = Routes(app)
+    sale_routes = SaleRoutes(app)
     others: dict[str, Callable[..., Response]] = {"dashboard_page": dashboard.page,
                                                   "dashboard_asset": dashboard.asset}
     for route in route_table.ROUTES:
-        view: Callable[..., Response] = others.get(route.handler) or getattr(r, route.handler)
+        view: Callable[..., Response] = others.get(route.handler) or getattr(
+            sale_routes, route.handler, None) or getattr(r, route.handler)
         flask.add_url_rule(route.path, endpoint=f"{route.method} {route.path}", view_func=view,
                            methods=[route.method])
     if fast:

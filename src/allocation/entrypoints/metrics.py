@@ -181,10 +181,30 @@ def namespace_figures(namespace: str, hold_tally: dict[tuple[str, str], int] | N
             "drift_items": None if drift is None else drift.get(namespace, 0)}
 
 
+# A sale's queue, read at scrape time from the server's figures (at most a second old).
+SALE_GAUGES = (("waiting", "Tickets waiting in the sale's queue"),
+               ("admitted", "Passes outstanding (given, neither used nor expired)"),
+               ("passes_used", "Passes used by a sale or a hold"),
+               ("passes_expired", "Passes that expired unused"),
+               ("available", "Units the sale's skus have available"))
+SaleFigures = dict[tuple[str, str], dict[str, int]]  # (namespace, sale) -> gauge -> value
+
+
+def sale_lines(figures: SaleFigures) -> list[str]:
+    lines: list[str] = []
+    for gauge, about in SALE_GAUGES:
+        lines += [f"# HELP allocation_sale_{gauge} {about}",
+                  f"# TYPE allocation_sale_{gauge} gauge"]
+        lines += [f'allocation_sale_{gauge}{{namespace="{ns}",sale="{sale}"}} {values[gauge]}'
+                  for (ns, sale), values in sorted(figures.items()) if gauge in values]
+    return lines
+
+
 def exposition(backlog: tuple[int, float] | None = None,
                drift: dict[str, int] | None = None,
                redis_memory: dict[str, int] | None = None,
-               hold_tally: dict[tuple[str, str], int] | None = None) -> tuple[bytes, str]:
+               hold_tally: dict[tuple[str, str], int] | None = None,
+               sales: SaleFigures | None = None) -> tuple[bytes, str]:
     """The metrics text; across all worker processes when there are several (multiprocess mode).
     The ledger backlog, drift counts and holds are read at scrape time, from the outbox, from
     what the last ``allocation drift`` run stored, and from the counter's tally."""
@@ -218,4 +238,6 @@ def exposition(backlog: tuple[int, float] | None = None,
                   "# HELP allocation_redis_memory_max_bytes Redis's maxmemory (0: no limit)",
                   "# TYPE allocation_redis_memory_max_bytes gauge",
                   f"allocation_redis_memory_max_bytes {redis_memory['max']}"]
+    if sales:
+        lines += sale_lines(sales)
     return text + "".join(f"{line}\n" for line in lines).encode(), CONTENT_TYPE_LATEST

@@ -39,6 +39,7 @@ class MovementRequest:
     content_type: str
     content_length: int | None  # as the client declared it; None when it did not
     body: bytes
+    sale_pass: str | None = None  # the Sale-Pass header: a gated sku's sale needs one
 
 
 def answer_movement(app: Application, request: MovementRequest) -> Reply:
@@ -73,7 +74,7 @@ def decode(request: MovementRequest) -> commands.Command:
     body = validate(schemas.QtyBody, data)
     assert key is not None
     if request.kind == "decrement":
-        return commands.Decrement(namespace, sku, body.qty, key, body.buyer)
+        return commands.Decrement(namespace, sku, body.qty, key, body.buyer, request.sale_pass)
     return commands.Refund(namespace, sku, body.qty, key, body.buyer)
 
 

@@ -9,14 +9,15 @@ import swagger_ui_bundle
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from allocation.entrypoints import route_table, schemas
+from allocation.entrypoints import route_table, sale_schemas, schemas
 
 REF = "#/components/schemas/{model}"
 _MODELS: list[type[BaseModel]] = [
     schemas.InitBody, schemas.LimitBody, schemas.AdjustBody, schemas.QtyBody, schemas.Item,
     schemas.ItemPage,
     schemas.LedgerPage, schemas.RefreshedCount, schemas.Stats, schemas.Error,
-    schemas.ReserveBody, schemas.ExtendBody, schemas.ReservationOut]
+    schemas.ReserveBody, schemas.ExtendBody, schemas.ReservationOut, sale_schemas.SaleBody,
+    sale_schemas.SaleOut, sale_schemas.JoinBody, sale_schemas.TicketOut]
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -44,6 +45,18 @@ def _int_query(name: str, minimum: int, maximum: int | None = None) -> dict[str,
     return {"name": name, "in": "query", "required": False, "schema": schema}
 
 
+def _ticket() -> dict[str, Any]:
+    return {"name": "ticket", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": sale_schemas.TICKET_PATTERN}}
+
+
+def _sale_pass() -> dict[str, Any]:
+    return {"name": "Sale-Pass", "in": "header", "required": False,
+            "description": "the buyer's pass, where a sale gates the sku (403 `pass_required` "
+                           "without it, `pass_invalid` with a bad one)",
+            "schema": {"type": "string", "maxLength": 512}}
+
+
 def _key(required: bool) -> dict[str, Any]:
     return {"name": "Idempotency-Key", "in": "header", "required": required,
             "schema": {"type": "string", "pattern": schemas.KEY_PATTERN,
@@ -54,7 +67,9 @@ ERRORS = {
     "400": _json(schemas.Error, "invalid input; `field` names it"),
     "401": _json(schemas.Error, "no token, or an unknown or revoked one (`WWW-Authenticate: "
                                 "Bearer`)"),
-    "403": _json(schemas.Error, "the token's namespace or role does not allow this"),
+    "403": _json(schemas.Error, "the token's namespace or role does not allow this; for a "
+                                "decrement or a hold of a sku a sale gates, `pass_required` "
+                                "or `pass_invalid` (the `Sale-Pass` header)"),
     "503": _json(schemas.Error, "Redis or the database is unavailable, or the item is being "
                                 "rebuilt; see Retry-After. For a mutation: outcome unknown, "
                                 "repeat it with the same Idempotency-Key"),
@@ -85,7 +100,7 @@ def _movement(summary: str, body: type[BaseModel], key_required: bool,
         "404": _json(schemas.Error, "unknown item"),
         "409": _json(schemas.Error, refusal),
         "422": _json(schemas.Error, "idempotency key reused with another body"),
-    }, [_name("namespace"), _name("sku"), _key(key_required)], body)
+    }, [_name("namespace"), _name("sku"), _key(key_required), _sale_pass()], body)
 
 
 def _reservation_step(summary: str, refusals: str,
@@ -118,6 +133,7 @@ def document() -> dict[str, Any]:
     _, definitions = models_json_schema([(m, "validation") for m in _MODELS],
                                         ref_template=REF)
     item = [_name("namespace"), _name("sku")]
+    sale = [_name("namespace"), _name("sale")]
     return {
         "openapi": "3.0.3",
         "info": {"title": "allocation: flash-sale inventory", "version": "1"},
@@ -162,7 +178,7 @@ def document() -> dict[str, Any]:
                                             "(any other: the key names one reservation)"),
                 "429": _json(schemas.Error, "too_many_open_reservations, with `limit`: the "
                                             "buyer or the token holds as many as allowed"),
-            }, [_name("namespace"), _key(True)], schemas.ReserveBody),
+            }, [_name("namespace"), _key(True), _sale_pass()], schemas.ReserveBody),
             "get_reservation": _op("Read a reservation (a held one past its expiry reads "
                                    "`expired`)", {
                 "200": _json(schemas.ReservationOut, "the reservation"),
@@ -203,6 +219,35 @@ def document() -> dict[str, Any]:
                          "clients (the metrics /metrics has, of this namespace alone)", {
                              "200": _json(schemas.Stats, "the figures")},
                          [_name("namespace")]),
+            "put_sale": _op("Define a sale gating skus of the namespace", {
+                "201": _json(sale_schemas.SaleOut, "created"),
+                "200": _json(sale_schemas.SaleOut, "exists with the same terms"),
+                "404": _json(schemas.Error, "unknown item; `sku` names it"),
+                "409": _json(schemas.Error, "already_exists with other terms; sku_gated, "
+                                            "`sku` in another open sale")},
+                sale, sale_schemas.SaleBody),
+            "get_sale": _op("Read a sale and its live figures", {
+                "200": _json(sale_schemas.SaleOut, "the sale"),
+                "404": _json(schemas.Error, "unknown sale")}, sale),
+            "close_sale": _op("Close a sale: its skus are no longer gated", {
+                "200": _json(sale_schemas.SaleOut, "the sale, state `closed`"),
+                "404": _json(schemas.Error, "unknown sale")}, sale),
+            "join_queue": _op("Join a sale's queue for a buyer (one ticket per buyer)", {
+                "201": _json(sale_schemas.TicketOut, "joined"),
+                "200": _json(sale_schemas.TicketOut, "the buyer's ticket, joined before"),
+                "404": _json(schemas.Error, "unknown sale"),
+                "409": _json(schemas.Error, "sale_closed")}, sale, sale_schemas.JoinBody),
+            "poll_ticket": _op("A ticket's state; `pass` once admitted (no token: the ticket "
+                               "is the credential)", {
+                "200": _json(sale_schemas.TicketOut, "the ticket"),
+                "404": _json(schemas.Error, "unknown sale, or not a ticket of it")},
+                [*sale, _ticket()]),
+            "ticket_stream": _op("A ticket's state as server-sent events (`event: ticket`)",
+                                 {"200": {"description": "`text/event-stream` of the ticket",
+                                          "content": {"text/event-stream": {}}},
+                                  "404": _json(schemas.Error, "unknown sale, or not a "
+                                                              "ticket of it")},
+                                 [*sale, _ticket()]),
             "healthz": {"summary": "The process is up", "responses": {
                 "200": {"description": "`{\"status\": \"ok\"}`"}}},
             "readyz": {"summary": "The database and Redis answer, and every worker of "

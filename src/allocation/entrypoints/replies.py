@@ -41,6 +41,10 @@ STATUS_OF_CODE = {
     "reservation_released": 409,
     "reservation_confirmed": 409,
     "reservation_lifetime_exceeded": 409,
+    "sale_closed": 409,
+    "sku_gated": 409,
+    "pass_required": 403,
+    "pass_invalid": 403,
 }
 
 

@@ -29,6 +29,8 @@ class Route:
 
 ITEM = "/v1/<namespace>/items/<sku>"
 RESERVATION = "/v1/<namespace>/reservations/<reservation_id>"
+SALE = "/v1/<namespace>/sales/<sale>"
+TICKET = f"{SALE}/queue/<ticket>"
 
 ROUTES: tuple[Route, ...] = (
     Route("init_item", "PUT", ITEM, "init_item", "admin"),
@@ -48,6 +50,12 @@ ROUTES: tuple[Route, ...] = (
     Route("refresh_item", "POST", f"{ITEM}/refresh", "refresh_item", "admin"),
     Route("refresh_namespace", "POST", "/v1/<namespace>/refresh", "refresh_namespace", "admin"),
     Route("stats", "GET", "/v1/<namespace>/stats", "stats", "read"),
+    Route("put_sale", "PUT", SALE, "put_sale", "admin"),
+    Route("get_sale", "GET", SALE, "get_sale", "read"),
+    Route("close_sale", "POST", f"{SALE}/close", "close_sale", "admin"),
+    Route("join_queue", "POST", f"{SALE}/queue", "join_queue", "sell"),
+    Route("poll_ticket", "GET", TICKET, "poll_ticket"),  # the ticket is the credential
+    Route("ticket_stream", "GET", f"{TICKET}/stream", "ticket_stream", stream=True),
     Route("healthz", "GET", "/healthz", "healthz"),
     Route("readyz", "GET", "/readyz", "readyz"),
     Route("metrics", "GET", "/metrics", "metrics", "operator"),

@@ -17,6 +17,7 @@ from allocation.entrypoints import (
     metrics,
     openapi,
     replies,
+    sale_replies,
     schemas,
     stock_stream,
     token_holds,
@@ -67,7 +68,7 @@ class Routes:
         assert key is not None
         body = _body(schemas.ReserveBody)
         command = commands.Reserve(ns, tuple((line.sku, line.qty) for line in body.lines), key,
-                                   body.ttl_seconds, body.buyer)
+                                   body.ttl_seconds, body.buyer, request.headers.get("Sale-Pass"))
         grant = request.environ.get(access.GRANT)
         token = grant.id if grant is not None and self.token_holds.cap > 0 else None
         place = None if token is None else self.token_holds.claim(token)
@@ -137,7 +138,8 @@ class Routes:
         kind = KINDS[request.path.rsplit("/", 1)[-1]]
         return to_response(answer_movement(self.app, MovementRequest(
             kind, namespace, sku, request.headers.get("Idempotency-Key"),
-            request.content_type or "", request.content_length, _raw_body())))
+            request.content_type or "", request.content_length, _raw_body(),
+            request.headers.get("Sale-Pass"))))
 
     def stream(self, namespace: str, sku: str) -> Response:
         """The stream's first event. Served through RSGI (the default) the connection then
@@ -175,13 +177,15 @@ class Routes:
     def metrics(self) -> Response:
         health = self.app.health
         body, content_type = metrics.exposition(health.backlog(), health.drift(),
-                                                health.redis_memory(), health.hold_tally())
+                                                health.redis_memory(), health.hold_tally(),
+                                                sale_replies.sale_gauges(self.app))
         return Response(body, content_type=content_type)
 
     def stats(self, namespace: str) -> Response:
         ns = _path(namespace, "x").namespace
         health = self.app.health
-        return jsonify(metrics.namespace_figures(ns, health.hold_tally(), health.drift()))
+        return jsonify({**metrics.namespace_figures(ns, health.hold_tally(), health.drift()),
+                        "sales": sale_replies.sale_stats(self.app, ns)})
 
     def openapi_json(self) -> Response:
         return jsonify(openapi.document())

@@ -13,6 +13,7 @@ the app refuses it (it is never applied).
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import sys
 import time
@@ -25,10 +26,13 @@ from allocation.entrypoints import (
     metrics,
     replies,
     route_table,
+    sale_replies,
     stock_stream,
+    ticket_stream,
     worker_start,
 )
 from allocation.entrypoints.routes import readiness_reply
+from allocation.service_layer import sales
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -167,10 +171,11 @@ class RsgiBridge:
     def _hub(self, loop: asyncio.AbstractEventLoop) -> stock_stream.Hub | None:
         app = self.application
         if self.hub is None and app is not None and app.redis is not None:
-            self.hub = stock_stream.Hub(
+            self.hub = ticket_stream.StreamHub(
                 app.redis, app.counter, app.config.events_channel, loop,
                 per_token=app.config.streams_per_token, per_process=stock_stream.process_cap(),
-                revoked=self.tokens.revoked if self.tokens is not None else None)
+                revoked=self.tokens.revoked if self.tokens is not None else None,
+                tickets=functools.partial(_ticket_event, app))
             self.hub.start()
         return self.hub
 
@@ -208,14 +213,22 @@ class RsgiBridge:
         return int(status.split(" ", 1)[0]), list(response_headers), b"".join(written)
 
 
+def _ticket_event(app: Application, namespace: str, sale: str, ticket: str) -> bytes:
+    return sale_replies.ticket_event(sales.poll_ticket(app.bus.services, namespace, sale,
+                                                      ticket))
+
+
 class _TooLarge(Exception):
     pass
 
 
 def _stream_of(method: str, path: str) -> tuple[str, str] | None:
-    """The item of a stock stream request (GET /v1/{ns}/items/{sku}/stream), else None."""
+    """The hub's key of a stream request: an item's (GET /v1/{ns}/items/{sku}/stream) or a
+    ticket's (GET /v1/{ns}/sales/{sale}/queue/{ticket}/stream), else None."""
     found = route_table.TABLE.stream_of(method, path)
-    return None if found is None else (found[0], found[1])
+    if found is None:
+        return None
+    return ticket_stream.ticket_key(*found) if len(found) == 3 else (found[0], found[1])
 
 
 def _content_length(headers: Headers) -> int | None:

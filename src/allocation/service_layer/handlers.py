@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from allocation.domain import commands
-from allocation.service_layer import drift, initialise, movements, rebuild, reservations
+from allocation.service_layer import drift, initialise, movements, rebuild, reservations, sales
 from allocation.service_layer.messagebus import CommandHandler
 
 COMMAND_HANDLERS: dict[type[commands.Command], CommandHandler] = {
@@ -20,4 +20,7 @@ COMMAND_HANDLERS: dict[type[commands.Command], CommandHandler] = {
     commands.Refresh: rebuild.refresh,
     commands.RefreshAll: rebuild.refresh_all,
     commands.CheckDrift: drift.check,
+    commands.PutSale: sales.put_sale,
+    commands.CloseSale: sales.close_sale,
+    commands.JoinQueue: sales.join_queue,
 }

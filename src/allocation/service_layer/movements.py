@@ -16,7 +16,7 @@ from allocation.domain import commands, errors
 from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import FENCED, NOT_FOUND, OK, Outcome
 from allocation.domain.rules import Kind
-from allocation.service_layer import rebuild
+from allocation.service_layer import rebuild, sale_passes
 from allocation.service_layer.durability import Replaced
 from allocation.service_layer.services import Services
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
@@ -27,8 +27,21 @@ def adjust_total(cmd: commands.AdjustTotal, services: Services) -> Outcome:
 
 
 def decrement(cmd: commands.Decrement, services: Services) -> Outcome:
-    return _move(services, cmd.namespace, cmd.sku, "decrement", cmd.qty, cmd.idempotency_key,
-                 cmd.buyer)
+    sale = services.sales.gate(cmd.namespace, cmd.sku)
+    if sale is None:  # the common path: one look-up
+        outcome = _move(services, cmd.namespace, cmd.sku, "decrement", cmd.qty,
+                        cmd.idempotency_key, cmd.buyer)
+        if outcome.status != "pass_required":
+            return outcome
+        # The script knows of a sale this process has not read yet: read it, then as below.
+        sale = services.sales.gating(cmd.namespace, cmd.sku)
+        if sale is None:
+            return outcome
+    with sale_passes.claimed(services, sale, cmd.buyer, cmd.sale_pass, cmd.qty) as claim:
+        outcome = _move(services, cmd.namespace, cmd.sku, "decrement", cmd.qty,
+                        cmd.idempotency_key, cmd.buyer, sale.sale)
+        claim.used = outcome.ok and not outcome.replayed
+    return outcome
 
 
 def refund(cmd: commands.Refund, services: Services) -> Outcome:
@@ -56,12 +69,12 @@ def _answered(counter: Reading, namespace: str, sku: str, kind: Kind, qty: int,
 
 
 def _move(services: Services, namespace: str, sku: str, kind: Kind, qty: int,
-          key: str | None, buyer: str | None = None) -> Outcome:
+          key: str | None, buyer: str | None = None, sale: str = "") -> Outcome:
     counter: MovingStock = services.counter
     durability = services.durability
     # The ledger's mark before the movement: a seq it held then is no new movement's.
     before = durability.progress.known(namespace, sku) if durability.mode == "sync" else None
-    outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer)
+    outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer, sale=sale)
     if outcome.status == NOT_FOUND:
         # Redis lost it (or never had it): rebuild it from the database, under its lock.
         rebuild.rebuild_item(services, namespace, sku)
@@ -70,7 +83,8 @@ def _move(services: Services, namespace: str, sku: str, kind: Kind, qty: int,
                 entry := _written(services.uow_factory(), namespace, sku, key, since)):
             # Redis forgot this key with the rest of its data, but the ledger has it.
             return _answered(counter, namespace, sku, kind, qty, buyer, entry)
-        outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer)
+        outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer,
+                                sale=sale)
     if outcome.status in (FENCED, NOT_FOUND):
         raise errors.Unavailable(f"{namespace}/{sku} is being rebuilt; retry", retry_after=1)
     try:
@@ -91,7 +105,8 @@ def _move(services: Services, namespace: str, sku: str, kind: Kind, qty: int,
         since = datetime.now(UTC) - timedelta(seconds=counter.idempotency_ttl)
         if entry := _written(services.uow_factory(), namespace, sku, key, since):
             return _answered(counter, namespace, sku, kind, qty, buyer, entry)
-        outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer)
+        outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer,
+                                sale=sale)
         if outcome.status in (FENCED, NOT_FOUND):
             raise errors.Unavailable(f"{namespace}/{sku} is being rebuilt; retry",
                                      retry_after=1) from None

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from allocation.adapters.counter import Line, Reserved, Reserving, Step
 from allocation.domain import commands, errors
 from allocation.domain.outcome import Outcome
-from allocation.service_layer import rebuild
+from allocation.service_layer import rebuild, sale_passes
 from allocation.service_layer.results import Reservation
 from allocation.service_layer.services import Services
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
@@ -55,10 +55,29 @@ def reserve(cmd: commands.Reserve, services: Services) -> Reservation:
         with contextlib.suppress(errors.NotFound):
             _restore(services.uow_factory(), counter, cmd.namespace, rid, request,
                      (lines, cmd.buyer))
-    result = _step(services, "hold", cmd.namespace, rid, lines, ttl_ms=cmd.ttl_seconds * 1000,
-                   buyer=cmd.buyer, fingerprint=request, key=cmd.idempotency_key,
-                   open_cap=services.open_reservations_per_buyer if cmd.buyer else 0)
-    return _view(rid, cmd.namespace, lines, cmd.buyer, result)
+    def hold(sale: str = "") -> Reservation:
+        result = _step(services, "hold", cmd.namespace, rid, lines,
+                       ttl_ms=cmd.ttl_seconds * 1000, buyer=cmd.buyer, fingerprint=request,
+                       key=cmd.idempotency_key,
+                       open_cap=services.open_reservations_per_buyer if cmd.buyer else 0,
+                       sale=sale)
+        return _view(rid, cmd.namespace, lines, cmd.buyer, result)
+
+    sale = sale_passes.gating(services, cmd.namespace, (sku for sku, _ in lines))
+    if sale is None:  # the common path: one look-up a line
+        try:
+            return hold()
+        except errors.PassRequired as refused:
+            # The script knows of a sale this process has not read yet: read it, then below.
+            sale = services.sales.gating(cmd.namespace, str(refused.details.get("sku", "")))
+            if sale is None:
+                raise
+    # A pass is spent by the hold that takes its units (docs/adr/0033).
+    gated = sum(qty for sku, qty in lines if sku in sale.skus)
+    with sale_passes.claimed(services, sale, cmd.buyer, cmd.sale_pass, gated) as claim:
+        made = hold(sale.sale)
+        claim.used = not made.replayed
+    return made
 
 
 def confirm(cmd: commands.ConfirmReservation, services: Services) -> Reservation:
@@ -140,17 +159,17 @@ def _epoch_ms(moment: datetime) -> int:
 
 def _step(services: Services, step: Step, namespace: str, rid: str, lines: tuple[Line, ...],
           ttl_ms: int = 0, buyer: str | None = None, fingerprint: str = "",
-          key: str | None = None, open_cap: int = 0) -> Reserved:
+          key: str | None = None, open_cap: int = 0, sale: str = "") -> Reserved:
     counter: Reserving = services.counter
     result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms, buyer=buyer,
                                       fingerprint=fingerprint, idempotency_key=key,
-                                      open_cap=open_cap)
+                                      open_cap=open_cap, sale=sale)
     if result.status == "not_found" and result.sku is None and step != "hold":
         # Redis lost the reservation (this process knew its lines): the ledger has it.
         _restore(services.uow_factory(), counter, namespace, rid, fingerprint)
         result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
                                           buyer=buyer, fingerprint=fingerprint,
-                                          idempotency_key=key, open_cap=open_cap)
+                                          idempotency_key=key, open_cap=open_cap, sale=sale)
     rebuilt: set[str] = set()
     while result.status == "not_found" and result.sku is not None and result.sku not in rebuilt:
         # Redis lost the item (or never had it): rebuild it from the database, under its
@@ -163,7 +182,7 @@ def _step(services: Services, step: Step, namespace: str, rid: str, lines: tuple
         rebuilt.add(result.sku)
         result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
                                           buyer=buyer, fingerprint=fingerprint,
-                                          idempotency_key=key, open_cap=open_cap)
+                                          idempotency_key=key, open_cap=open_cap, sale=sale)
     if result.status == "lost":
         # Redis lost the reservation and its items came back with their holds (a rebuild from
         # the ledger): put it back as the ledger has it, and this request is a replay.
@@ -171,7 +190,7 @@ def _step(services: Services, step: Step, namespace: str, rid: str, lines: tuple
                  (lines, buyer) if step == "hold" else None)
         result = counter.reservation_step(step, namespace, rid, lines, ttl_ms=ttl_ms,
                                           buyer=buyer, fingerprint=fingerprint,
-                                          idempotency_key=key, open_cap=open_cap)
+                                          idempotency_key=key, open_cap=open_cap, sale=sale)
     if result.status == "fenced":
         raise errors.Unavailable(f"an item of reservation {rid} is being rebuilt; retry",
                                  retry_after=1)
@@ -234,6 +253,9 @@ def _refusal(result: Reserved, rid: str) -> errors.DomainError:
         return errors.LimitExceeded(f"{result.sku}: over the limit per buyer; "
                                     f"{result.detail} more may be taken",
                                     remaining=result.detail or 0, **sku)
+    if result.status == "pass_required":
+        return errors.PassRequired(f"{result.sku}: a sale gates it: send the buyer's Sale-Pass",
+                                   **sku)
     if result.status == "too_many_open_reservations":
         return errors.TooManyOpenReservations(
             f"the buyer holds {result.detail} open reservations, as many as allowed: confirm or "

@@ -11,9 +11,11 @@ from typing import Protocol
 from allocation.adapters.counter import Counter
 from allocation.adapters.locks import ItemLocks
 from allocation.adapters.outbox import Outbox
+from allocation.adapters.sale_queue import SaleQueue, Signing
 from allocation.domain import events
 from allocation.domain.outcome import Outcome
 from allocation.service_layer.durability import Durability
+from allocation.service_layer.sale_room import SaleRoom
 from allocation.service_layer.shared_rebuilds import SharedRebuilds
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
@@ -87,3 +89,6 @@ class Services:
     ledger_wait_seconds: float  # how long a rebuild waits for the ledger to catch up
     open_reservations_per_buyer: int  # 0: no cap
     record_drift: Callable[[str, int], None]  # a drift check's count, kept for /metrics
+    sale_queue: SaleQueue  # the sales' queues and passes
+    sales: SaleRoom  # the open sales, their gates and queue figures, as this process knows
+    signing: Signing  # a sale's tickets and passes

@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from allocation.adapters.repository import AbstractRepository
+from allocation.adapters.sale_repository import AbstractSaleRepository
 from allocation.domain import events
 from allocation.domain.model import InventoryItem, LedgerEntry
 
@@ -20,6 +21,7 @@ class Conflict(Exception):
 
 class AbstractUnitOfWork(abc.ABC):
     items: AbstractRepository
+    sales: AbstractSaleRepository
 
     def __enter__(self) -> AbstractUnitOfWork:
         return self

@@ -7,7 +7,8 @@
 -- ARGV: kind, qty, fingerprint, ttl seconds, record ("1": append the movement to the outbox),
 --       namespace, sku, idempotency key, events channel (recorded movements publish their
 --       events there; "" for none), refusal ttl seconds (a refusal is remembered this long,
---       a success for the ttl), buyer ("" for none).
+--       a success for the ttl), buyer ("" for none), the sale whose pass the caller holds
+--       ("" for none: a decrement of an item a sale gates is then refused, not remembered).
 -- The item's due holds end first (lib.lua), so what a sale sees available is never held by a
 -- reservation that has expired.
 -- The idempotency record is "fingerprint|status|total|consumed|seq|gen|remaining|limit|held"
@@ -38,7 +39,7 @@ if keyed then
 end
 
 local figures = redis.call('HMGET', k.item, 'total', 'consumed', 'seq', 'fenced', 'gen',
-                           'limit', 'held')
+                           'limit', 'held', 'gate')
 if not figures[1] then
   return {'not_found', 0, 0, 0, 0, '', -1, '', 0}
 end
@@ -47,6 +48,10 @@ local fig = {total = tonumber(figures[1]), consumed = tonumber(figures[2]),
              held = tonumber(figures[7] or 0)}
 if figures[4] == '1' then  -- being rebuilt: the caller retries
   return {'fenced', fig.total, fig.consumed, 0, fig.seq, fig.gen, -1, '', fig.held}
+end
+if kind == 'decrement' and figures[8] and figures[8] ~= (ARGV[12] or '') then
+  return {'pass_required', fig.total, fig.consumed, 0, fig.seq, fig.gen, -1, figures[6] or '',
+          fig.held}  -- a sale gates it (sale_lib.lua): only its pass-holders buy
 end
 local channel = ARGV[9] or ''
 if recorded then expire_due(k, fig, now_ms(), 1000, channel) end

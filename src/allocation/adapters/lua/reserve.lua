@@ -12,7 +12,8 @@
 --       "sku qty sku qty..." (hold), a refusal's reason, sku and detail (settle), the
 --       idempotency key of the request (hold: its Reserved events carry it), the most open
 --       reservations the buyer may have (hold; 0: no cap; -cap: at the cap, as counted in
---       another slot), then each home line's sku and qty.
+--       another slot), then each home line's sku and qty, then (hold, optional) the sale whose
+--       pass the caller holds ("" for none: a line of an item a sale gates is then refused).
 -- The reservation's state decides who ends it: confirm, release and expiry each check and
 -- change it in one step, so exactly one wins. A held reservation whose expiry has passed is
 -- expired (its lines end as it is touched, as each item is, or by the sweeper).
@@ -95,6 +96,13 @@ if op == 'hold' then
   end
   if lines[1] and redis.call('HEXISTS', lines[1].holds, rid) == 1 then
     return answer('lost', {})  -- held before, and Redis lost the reservation: the ledger has it
+  end
+  local pass_of = ARGV[17 + 2 * #lines]  -- the sale whose pass the caller holds; nil: unchecked
+  for _, k in ipairs(lines) do
+    local gate = pass_of and redis.call('HGET', k.item, 'gate')
+    if gate and gate ~= pass_of then  -- a sale gates it (sale_lib.lua): not remembered
+      return answer('pass_required', {}, k.sku)
+    end
   end
   for i, k in ipairs(lines) do expire_due(k, figs[i], now, 1000, channel) end
   if buyer ~= '' and open_cap < 0 then  -- counted in its own slot (claim.lua): at the cap

@@ -350,6 +350,31 @@ async function stats() {
                  ["stream clients", figures.stream_clients]];
   $("ns-metrics-box").hidden = false;
   $("ns-metrics").textContent = shown.map(([k, n]) => `${k} ${number(n)}`).join(" · ");
+  renderSales(figures.sales || [], mine);
+}
+
+// A sale's waiting room: its queue, and how long serving it takes at the rate tickets were
+// admitted between the last two reads of the stats (places served a second).
+function renderSales(sales, mine) {
+  const body = $("sales").tBodies[0];
+  body.replaceChildren();
+  const now = performance.now();
+  for (const sale of sales) {
+    const before = mine.sales?.get(sale.sale);
+    const rate = before && now > before.at ? (sale.served - before.served) * 1000 / (now - before.at)
+      : 0;
+    const eta = sale.sold_out ? "sold out" : sale.waiting === 0 ? "served"
+      : rate > 0 ? duration(sale.waiting / rate) : "…";
+    const row = body.insertRow();
+    row.dataset.sale = sale.sale;
+    for (const value of [sale.sale, number(sale.waiting), number(sale.admitted),
+                         number(sale.passes_used), number(sale.passes_expired),
+                         number(sale.available), eta]) {
+      row.insertCell().textContent = value;
+    }
+  }
+  mine.sales = new Map(sales.map((sale) => [sale.sale, {served: sale.served, at: now}]));
+  $("sales").hidden = sales.length === 0;
 }
 
 // --- Starting and stopping ----------------------------------------------------------------

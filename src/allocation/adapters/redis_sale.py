@@ -1,0 +1,133 @@
+"""A sale's queue in Redis: its scripts (``lua/sale_*.lua``) in the sale's one slot, and the
+read of its skus' units in theirs (a cluster keeps them apart: docs/adr/0033)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, cast
+
+from allocation.adapters.redis_batch import ScriptBatcher
+from allocation.adapters.redis_client import RedisClient, unavailable_on_connection_error
+from allocation.adapters.redis_keys import KeySpace
+from allocation.adapters.redis_scripts import lua
+from allocation.adapters.sale_queue import Advanced, ClaimStatus, Joined, JoinStatus
+from allocation.domain.sale import PassState, QueueFigures, Sale
+
+# How long a movement that claimed a pass may take to say how it ended; past it the claim
+# counts as used (its process may have died after selling: a pass is never used twice).
+CLAIM_LEASE_MS = 30_000
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _order_key() -> str:
+    return secrets.token_hex(16)
+
+
+class RedisSaleQueue:
+    def __init__(self, client: RedisClient, keys: KeySpace, events_channel: str = "") -> None:
+        self.client = client
+        self.keys = keys
+        # SaleOpened, SaleSoldOut and SaleClosed go out from the scripts that make them so,
+        # as the counter's own movement events do ("": none).
+        self.events_channel = events_channel
+        self._put = client.register_script(lua("sale_put"))
+        self._join = ScriptBatcher(client, lua("sale_join"))  # the herd's joins share trips
+        self._advance = client.register_script(lua("sale_advance"))
+        self._claim = client.register_script(lua("sale_claim"))
+        self._resolve = client.register_script(lua("sale_resolve"))
+        self._pass = client.register_script(lua("sale_pass"))
+        self._now = client.register_script(lua("sale_now"))
+
+    def now_ms(self, namespace: str, sale: str) -> int:
+        with unavailable_on_connection_error():
+            return int(self._now(keys=[self.keys.sale(namespace, sale)[0]]))
+
+    def put(self, sale: Sale) -> None:
+        sale_key = self.keys.sale(sale.namespace, sale.sale)[0]
+        with unavailable_on_connection_error():
+            self._put(keys=[sale_key], args=[
+                sale.opens_at_ms, repr(sale.admit_factor), sale.max_admitted or 0,
+                sale.pass_ttl_seconds * 1000, "1" if sale.closed else "0", " ".join(sale.skus),
+                sale.namespace, sale.sale, self.events_channel])
+
+    def gate(self, sale: Sale, gated: bool) -> None:
+        with unavailable_on_connection_error():
+            pipe = self.client.pipeline(transaction=False)
+            for sku in sale.skus:
+                item = self.keys.item(sale.namespace, sku)
+                if gated:
+                    pipe.hset(item, "gate", sale.sale)
+                else:
+                    pipe.hdel(item, "gate")
+            pipe.execute()
+
+    def join(self, namespace: str, sale: str, buyer: str) -> Joined:
+        sale_key, buyers, *_ = self.keys.sale(namespace, sale)
+        with unavailable_on_connection_error():
+            status, number, joined_at = self._join(keys=[sale_key, buyers],
+                                                   args=[buyer, _order_key(),
+                                                         self.events_channel])
+        return Joined(cast(JoinStatus, _text(status)), int(number), int(joined_at))
+
+    def advance(self, sale: Sale, most: int = 1000) -> Advanced:
+        sale_key, _, outstanding, claims, passes, resolved = self.keys.sale(
+            sale.namespace, sale.sale)
+        with unavailable_on_connection_error():
+            # The epoch first, then the items: a use resolved after this read may not show
+            # in the units read, so the script counts its units as gone.
+            epoch = int(self.client.hget(sale_key, "epoch") or 0)
+            available, held = self._units(sale)
+            reply = self._advance(keys=[sale_key, outstanding, claims, passes, resolved],
+                                  args=[available, held, epoch, _order_key(), most,
+                                        self.events_channel])
+        if not reply:
+            return Advanced(None, available, held, 0)
+        (joined, serving, prequeue, order_key, out, used, expired, sold_out, closed, _,
+         now) = reply
+        prequeue_text = _text(prequeue)
+        figures = QueueFigures(
+            joined=int(joined), serving=int(serving),
+            prequeue=int(prequeue_text) if prequeue_text else None,
+            order_key=_text(order_key).encode(), outstanding=int(out), used=int(used),
+            expired=int(expired), sold_out=bool(int(sold_out)), closed=bool(int(closed)))
+        return Advanced(figures, available, held, int(now))
+
+    def _units(self, sale: Sale) -> tuple[int, int]:
+        """The skus' available and held units, each read in its own slot. An item missing
+        from Redis (to be rebuilt) counts as nothing available and something held: it admits
+        nobody and does not make the sale sold out."""
+        pipe = self.client.pipeline(transaction=False)
+        for sku in sale.skus:
+            pipe.hmget(self.keys.item(sale.namespace, sku), "total", "consumed", "held")
+        available = held = 0
+        for total, consumed, holding in pipe.execute():
+            if total is None:
+                held += 1
+                continue
+            taken = int(consumed or 0) + int(holding or 0)
+            available += max(int(total) - taken, 0)
+            held += int(holding or 0)
+        return available, held
+
+    def claim(self, namespace: str, sale: str, place: int, qty: int) -> ClaimStatus:
+        sale_key, _, outstanding, claims, passes, _ = self.keys.sale(namespace, sale)
+        with unavailable_on_connection_error():
+            status = self._claim(keys=[sale_key, outstanding, claims, passes],
+                                 args=[place, qty, CLAIM_LEASE_MS])
+        return cast(ClaimStatus, _text(status))
+
+    def resolve(self, namespace: str, sale: str, place: int, used: bool) -> None:
+        sale_key, _, outstanding, claims, passes, resolved = self.keys.sale(namespace, sale)
+        with unavailable_on_connection_error():
+            self._resolve(keys=[sale_key, outstanding, claims, passes, resolved],
+                          args=[place, "used" if used else "back"])
+
+    def pass_at(self, namespace: str, sale: str, place: int) -> tuple[PassState | None, int]:
+        sale_key, _, outstanding, _, passes, _ = self.keys.sale(namespace, sale)
+        with unavailable_on_connection_error():
+            state, expires = self._pass(keys=[sale_key, outstanding, passes], args=[place])
+        text = _text(state)
+        return (None if text == "none" else cast(PassState, text)), int(expires)

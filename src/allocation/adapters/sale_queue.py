@@ -1,0 +1,83 @@
+"""The port of a sale's queue: what the service layer asks of the store that numbers joiners,
+keeps the serving figure and the passes (``redis_sale.RedisSaleQueue`` implements it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from allocation.domain.sale import PassState, QueueFigures, Sale
+
+JoinStatus = Literal["joined", "again", "closed", "missing"]
+ClaimStatus = Literal["ok", "used", "expired", "busy", "unknown", "closed", "missing"]
+
+
+@dataclass(frozen=True)
+class TicketClaim:
+    buyer: str
+    number: int
+    joined_at_ms: int
+
+
+@dataclass(frozen=True)
+class PassClaim:
+    buyer: str
+    number: int
+    expires_at_ms: int
+
+
+class Signing(Protocol):
+    """Signs and reads a sale's tickets and passes (``sale_signing.SaleSigning``)."""
+
+    def ticket(self, namespace: str, sale: str, claim: TicketClaim) -> str: ...
+
+    def read_ticket(self, namespace: str, sale: str, ticket: str) -> TicketClaim | None: ...
+
+    def pass_(self, namespace: str, sale: str, claim: PassClaim) -> str: ...
+
+    def read_pass(self, namespace: str, sale: str, buyer: str, sale_pass: str,
+                  now_ms: int) -> PassClaim: ...
+
+
+@dataclass(frozen=True)
+class Joined:
+    status: JoinStatus
+    number: int
+    joined_at_ms: int
+
+
+@dataclass(frozen=True)
+class Advanced:
+    """A sale's queue after a step on: its figures, and the skus' units then."""
+
+    figures: QueueFigures | None  # None: the sale is not in the store (restore it)
+    available: int
+    held: int
+    now_ms: int
+
+
+class SaleQueue(Protocol):
+    def put(self, sale: Sale) -> None:
+        """Define the sale, or restore its terms, keeping its queue."""
+
+    def now_ms(self, namespace: str, sale: str) -> int:
+        """The clock the sale's scripts read (a sale made with no ``opens_at`` opens now)."""
+
+    def gate(self, sale: Sale, gated: bool) -> None:
+        """Mark the sale's skus as gated by it (or no longer) where their sales run, so that
+        a process that has not heard of the sale yet still sells none without its pass."""
+
+    def join(self, namespace: str, sale: str, buyer: str) -> Joined: ...
+
+    def advance(self, sale: Sale, most: int = 1000) -> Advanced:
+        """Open the sale when due, end expired passes, admit what the rule allows from the
+        skus' units now, and answer the figures."""
+
+    def claim(self, namespace: str, sale: str, place: int, qty: int) -> ClaimStatus:
+        """Take the pass at ``place`` for a movement of up to ``qty`` units."""
+
+    def resolve(self, namespace: str, sale: str, place: int, used: bool) -> None:
+        """How the claiming movement ended: sold (the pass is used) or not (it is back)."""
+
+    def pass_at(self, namespace: str, sale: str, place: int) -> tuple[PassState | None, int]:
+        """The pass at an admitted place and its expiry (ms); None where there is none."""

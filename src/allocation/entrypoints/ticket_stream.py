@@ -1,0 +1,84 @@
+"""A ticket's stream (API.md, "Waiting room"): the stock streams' machinery (``stock_stream``:
+one hub per server process, its caps, served on the event loop) with ticket streams beside the
+items'. A ticket's answer changes with its sale's figures, which this process keeps fresh
+(``service_layer.sale_room``), not with the events channel: every second the hub reads the
+watched tickets' answers on its own thread (a waiting one costs no round trip) and sends each
+one that changed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from allocation.adapters.counter import Counter
+from allocation.adapters.redis_client import RedisClient
+from allocation.entrypoints.stock_stream import Hub, Key, Stream
+
+logger = logging.getLogger(__name__)
+TicketReader = Callable[[str, str, str], bytes | None]  # its event, None: not a ticket now
+
+
+def ticket_key(namespace: str, sale: str, ticket: str) -> Key:
+    """A ticket's place among the hub's keys: no sku holds the NUL, so no item's key is it."""
+    return namespace, f"\0{sale}/{ticket}"
+
+
+def _ticket_of(key: Key) -> tuple[str, str, str] | None:
+    namespace, rest = key
+    if not rest.startswith("\0"):
+        return None
+    sale, _, ticket = rest[1:].partition("/")
+    return namespace, sale, ticket
+
+
+class StreamHub(Hub):
+    """The stock streams' hub, serving tickets' streams too."""
+
+    def __init__(self, client: RedisClient, counter: Counter, channel: str,
+                 loop: asyncio.AbstractEventLoop, *, per_token: int, per_process: int,
+                 revoked: Callable[[str], bool] | None = None, tickets: TicketReader) -> None:
+        super().__init__(client, counter, channel, loop, per_token=per_token,
+                         per_process=per_process, revoked=revoked)
+        self.tickets = tickets
+        self._sent: dict[Key, bytes] = {}
+        self._reading: asyncio.Task[None] | None = None
+
+    def _tick(self) -> None:
+        watched = [k for k in self.watched if _ticket_of(k) is not None]
+        if watched and self._reading is None:
+            self._reading = self.loop.create_task(self._read_tickets(watched))
+        super()._tick()
+
+    async def _read_tickets(self, keys: list[Key]) -> None:
+        try:
+            read = await self.loop.run_in_executor(self._reads, self._read_all, keys)
+        except Exception:
+            logger.warning("ticket streams: could not read %d tickets", len(keys),
+                           exc_info=True)
+            return
+        finally:
+            self._reading = None
+        for key, data in read.items():
+            item = self.watched.get(key)
+            if item is None or data is None or self._sent.get(key) == data:
+                continue
+            self._sent[key] = data
+            for stream in item.clients:
+                stream.put(data)
+
+    def _read_all(self, keys: list[Key]) -> dict[Key, bytes | None]:
+        found: dict[Key, bytes | None] = {}
+        for key in keys:
+            where = _ticket_of(key)
+            assert where is not None
+            try:
+                found[key] = self.tickets(*where)
+            except Exception:  # noqa: BLE001 - a ticket that cannot be read now is tried again
+                found[key] = None
+        return found
+
+    def close(self, stream: Stream) -> None:
+        super().close(stream)
+        if stream.key not in self.watched:
+            self._sent.pop(stream.key, None)

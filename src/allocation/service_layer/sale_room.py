@@ -1,0 +1,116 @@
+"""What a process knows of its sales without asking anyone per request: the open sales and the
+skus they gate (from the record), and each sale's queue figures (from a step on of its queue).
+A server process refreshes them every ``window`` / 2 seconds on a thread of its own
+(``run``); a request's gate is one dictionary look-up, and a poll of a waiting ticket another.
+Where no loop runs (tests, the facade) a figure older than ``window`` is refreshed by the first
+caller that finds it so, one caller at a time, while the others answer from what is there."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from allocation.adapters.sale_queue import Advanced, SaleQueue
+from allocation.domain.sale import Sale
+from allocation.runtime.supervised import Backoff, supervise
+from allocation.service_layer.unit_of_work import AbstractUnitOfWork
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Seen:
+    advanced: Advanced
+    at: float  # monotonic seconds
+
+
+class SaleRoom:
+    def __init__(self, uow_factory: Callable[[], AbstractUnitOfWork], queue: SaleQueue,
+                 window: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.uow_factory = uow_factory
+        self.queue = queue
+        self.window = window
+        self.clock = clock
+        self._sales: dict[tuple[str, str], Sale] = {}
+        self._gated: dict[tuple[str, str], Sale] = {}
+        self._closed: dict[tuple[str, str], Sale] = {}  # a closed sale stays closed
+        self._figures: dict[tuple[str, str], Seen] = {}
+        self._reading = threading.Lock()
+        self._advancing: dict[tuple[str, str], threading.Lock] = {}
+
+    def gate(self, namespace: str, sku: str) -> Sale | None:
+        """The open sale gating the sku, as this process last read the record (no I/O)."""
+        return self._gated.get((namespace, sku))
+
+    def gating(self, namespace: str, sku: str) -> Sale | None:
+        """The same, read from the record now: for a sku the scripts say is gated, newly."""
+        with self.uow_factory() as uow:
+            name = uow.sales.gating(namespace, [sku]).get(sku)
+            sale = None if name is None else uow.sales.get(namespace, name)
+        if sale is not None:
+            self.known(sale)
+        return sale
+
+    def sale(self, namespace: str, sale: str) -> Sale | None:
+        """A sale as last read (None: unknown here; no I/O)."""
+        key = (namespace, sale)
+        return self._sales.get(key) or self._closed.get(key)
+
+    def open_sales(self) -> list[Sale]:
+        """The open sales as last read (no I/O)."""
+        return list(self._sales.values())
+
+    def known(self, sale: Sale) -> None:
+        """This process put or closed the sale: it knows at once, whatever the window."""
+        with self._reading:
+            self._sales.pop((sale.namespace, sale.sale), None)
+            self._gated = {key: s for key, s in self._gated.items()
+                           if (s.namespace, s.sale) != (sale.namespace, sale.sale)}
+            if sale.closed:
+                self._closed[(sale.namespace, sale.sale)] = sale
+            else:
+                self._sales[(sale.namespace, sale.sale)] = sale
+                self._gated.update({(sale.namespace, sku): sale for sku in sale.skus})
+            self._figures.pop((sale.namespace, sale.sale), None)
+
+    def figures(self, sale: Sale, fresh: bool = False) -> Advanced:
+        """The sale's queue figures, at most ``window`` old (``fresh``: now). The first
+        caller to find them stale steps the queue on; others meanwhile answer from the last."""
+        key = (sale.namespace, sale.sale)
+        seen = self._figures.get(key)
+        if not fresh and seen is not None and self.clock() - seen.at < self.window:
+            return seen.advanced
+        lock = self._advancing.setdefault(key, threading.Lock())
+        if not lock.acquire(blocking=seen is None or fresh):
+            return seen.advanced if seen is not None else self.figures(sale, fresh=True)
+        try:
+            advanced = self.queue.advance(sale)
+            if advanced.figures is None:  # Redis lost it: its terms come back from the record
+                self.queue.put(sale)
+                self.queue.gate(sale, True)
+                advanced = self.queue.advance(sale)
+            self._figures[key] = Seen(advanced, self.clock())
+            return advanced
+        finally:
+            lock.release()
+
+    def refresh(self) -> float:
+        """Read the open sales and step each one's queue on; the pause before the next."""
+        with self.uow_factory() as uow:
+            open_sales = uow.sales.open_sales()
+        with self._reading:
+            self._sales = {(s.namespace, s.sale): s for s in open_sales}
+            self._gated = {(s.namespace, sku): s for s in open_sales for sku in s.skus}
+        for sale in open_sales:
+            self.figures(sale, fresh=True)
+        return self.window / 2
+
+    def run(self, stopping: threading.Event) -> None:
+        """Refresh until ``stopping``; an outage keeps what was last read and is retried."""
+        def failed(exc: BaseException, delay: float, _: int) -> None:
+            logger.warning("sales not refreshed (%s); again in %.1f s", type(exc).__name__,
+                           delay)
+        supervise(self.refresh, stopping, Backoff(0.2, 2.0), failed=failed)

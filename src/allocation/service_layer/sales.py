@@ -1,0 +1,161 @@
+"""A sale's waiting room: the handlers of its commands and the answers to its two reads (a sale
+and a ticket). The rules are the domain's (domain/sale.py) and the scripts' (lua/sale_*.lua);
+here they are put together with the record, the queue and the signing."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+from allocation.adapters.sale_queue import Advanced, PassClaim, TicketClaim
+from allocation.domain import commands, errors
+from allocation.domain.sale import (
+    Sale,
+    SaleState,
+    TicketState,
+    place,
+    sale_state,
+    ticket_state,
+)
+from allocation.service_layer.services import Services
+from allocation.service_layer.unit_of_work import Conflict
+
+
+@dataclass(frozen=True)
+class SaleAnswer:
+    sale: Sale
+    state: SaleState
+    advanced: Advanced
+    created: bool = False
+
+
+@dataclass(frozen=True)
+class TicketAnswer:
+    ticket: str
+    state: TicketState
+    position: int | None
+    sale_pass: str | None = None
+    pass_expires_ms: int | None = None
+    joined: bool = False  # a join that made the ticket (not a repeat)
+
+
+def put_sale(cmd: commands.PutSale, services: Services) -> SaleAnswer:
+    opens_at = (cmd.opens_at_ms if cmd.opens_at_ms is not None
+                else services.sale_queue.now_ms(cmd.namespace, cmd.sale))
+    sale = Sale(cmd.namespace, cmd.sale, cmd.skus, opens_at, cmd.admit_factor,
+                cmd.pass_ttl_seconds, cmd.max_admitted)
+    with services.uow_factory() as uow:
+        kept = uow.sales.get(cmd.namespace, cmd.sale)
+        if kept is not None:
+            same = sale if cmd.opens_at_ms is not None else replace(
+                sale, opens_at_ms=kept.opens_at_ms)
+            if not kept.same_terms(same):
+                raise errors.AlreadyExists(f"sale {cmd.sale} exists with other terms")
+            return _answer(services, kept)
+        found = uow.items.many(cmd.namespace, cmd.skus)
+        for sku in cmd.skus:
+            if sku not in found:
+                raise errors.NotFound(f"no item {sku} in {cmd.namespace}", sku=sku)
+        _not_gated(uow.sales.gating(cmd.namespace, cmd.skus))
+        try:
+            uow.sales.add(sale)
+            uow.commit()
+        except Conflict:
+            # Another request won the race for the name or a sku: answer as if it came first.
+            with services.uow_factory() as again:
+                if again.sales.get(cmd.namespace, cmd.sale) is not None:
+                    raise errors.AlreadyExists(f"sale {cmd.sale} exists") from None
+                _not_gated(again.sales.gating(cmd.namespace, cmd.skus))
+            raise
+    services.sale_queue.gate(sale, True)  # first: a sale in Redis always has its gates
+    services.sale_queue.put(sale)
+    services.sales.known(sale)
+    return _answer(services, sale, created=True)
+
+
+def _not_gated(gating: dict[str, str]) -> None:
+    for sku, other in gating.items():
+        raise errors.SkuGated(f"{sku} is gated by the open sale {other}", sku=sku)
+
+
+def close_sale(cmd: commands.CloseSale, services: Services) -> SaleAnswer:
+    with services.uow_factory() as uow:
+        sale = uow.sales.get(cmd.namespace, cmd.sale)
+        if sale is None:
+            raise errors.NotFound(f"no sale {cmd.sale} in {cmd.namespace}")
+        if not sale.closed:
+            uow.sales.close(cmd.namespace, cmd.sale)
+            uow.commit()
+    closed = replace(sale, closed=True)
+    services.sale_queue.put(closed)
+    services.sale_queue.gate(closed, False)
+    services.sales.known(closed)
+    return _answer(services, closed)
+
+
+def join_queue(cmd: commands.JoinQueue, services: Services) -> TicketAnswer:
+    sale = _sale(services, cmd.namespace, cmd.sale)
+    if sale.closed:
+        raise errors.SaleClosed(f"the sale {cmd.sale} is closed")
+    joined = services.sale_queue.join(cmd.namespace, cmd.sale, cmd.buyer)
+    if joined.status == "missing":  # Redis lost it: its terms come back from the record
+        services.sale_queue.gate(sale, True)
+        services.sale_queue.put(sale)
+        joined = services.sale_queue.join(cmd.namespace, cmd.sale, cmd.buyer)
+    if joined.status == "closed":
+        raise errors.SaleClosed(f"the sale {cmd.sale} is closed")
+    ticket = services.signing.ticket(cmd.namespace, cmd.sale, TicketClaim(
+        cmd.buyer, joined.number, joined.joined_at_ms))
+    answer = poll_ticket(services, cmd.namespace, cmd.sale, ticket)
+    return replace(answer, joined=joined.status == "joined")
+
+
+def sale(services: Services, namespace: str, name: str) -> SaleAnswer:
+    return _answer(services, _sale(services, namespace, name))
+
+
+def poll_ticket(services: Services, namespace: str, name: str, ticket: str) -> TicketAnswer:
+    """A ticket's state. A waiting one's answer comes from its signed number and the sale's
+    figures this process holds: no round trip of its own."""
+    claim = services.signing.read_ticket(namespace, name, ticket)
+    if claim is None:
+        raise errors.NotFound(f"no such ticket of the sale {name}")
+    sale = _sale(services, namespace, name)
+    if sale.closed:
+        return TicketAnswer(ticket, "closed", None)
+    figures = services.sales.figures(sale).figures
+    if figures is None:
+        raise errors.Unavailable("the sale's queue is being restored; retry")
+    view = ticket_state(claim.number, figures)
+    if view.state != "admitted":
+        return TicketAnswer(ticket, view.state, view.position)
+    where = place(claim.number, figures)
+    assert where is not None  # admitted: the pre-queue was drawn
+    pass_state, expires = services.sale_queue.pass_at(namespace, name, where)
+    view = ticket_state(claim.number, figures, pass_state)
+    if view.state != "admitted" or pass_state is None:
+        return TicketAnswer(ticket, view.state, view.position)
+    sale_pass = services.signing.pass_(namespace, name, PassClaim(claim.buyer, claim.number,
+                                                                  expires))
+    return TicketAnswer(ticket, "admitted", 0, sale_pass, expires)
+
+
+def _sale(services: Services, namespace: str, name: str) -> Sale:
+    """A sale from what the process knows, else from the record (then known here)."""
+    known = services.sales.sale(namespace, name)
+    if known is not None:
+        return known
+    with services.uow_factory() as uow:
+        kept = uow.sales.get(namespace, name)
+    if kept is None:
+        raise errors.NotFound(f"no sale {name} in {namespace}")
+    services.sales.known(kept)
+    return kept
+
+
+def _answer(services: Services, sale: Sale, created: bool = False) -> SaleAnswer:
+    advanced = services.sales.figures(sale, fresh=True)
+    figures = advanced.figures
+    sold_out = figures is not None and figures.sold_out
+    now = advanced.now_ms or int(time.time() * 1000)
+    return SaleAnswer(sale, sale_state(sale, now, sold_out), advanced, created)

@@ -1,0 +1,37 @@
+"""``allocation sale create|show|close`` against real PostgreSQL and Redis, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from allocation.config import Config
+from tests.helpers.processes import service_env
+
+
+def cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "allocation.entrypoints.cli", *args],
+                          env=service_env(config), capture_output=True, text=True, timeout=60)
+
+
+def test_create_show_close_and_exit_codes(service_config: Config, namespace: str) -> None:
+    assert cli(service_config, "init", namespace, "tee", "5").returncode == 0
+    made = cli(service_config, "sale", "create", namespace, "drop", "--sku", "tee",
+               "--opens-at", "2030-01-01T00:00:00+00:00", "--max-admitted", "3")
+    assert made.returncode == 0, made.stderr
+    sale = json.loads(made.stdout)
+    assert (sale["state"], sale["skus"], sale["max_admitted"], sale["available"]) == (
+        "scheduled", ["tee"], 3, 5)
+    shown = json.loads(cli(service_config, "sale", "show", namespace, "drop").stdout)
+    assert shown["opens_at"] == "2030-01-01T00:00:00+00:00"
+    closed = cli(service_config, "sale", "close", namespace, "drop")
+    assert json.loads(closed.stdout)["state"] == "closed"
+    unknown = cli(service_config, "sale", "create", namespace, "other", "--sku", "nope")
+    assert unknown.returncode == 1 and "not_found" in unknown.stderr
+    assert cli(service_config, "sale", "show", namespace, "bad name").returncode == 2
+    assert cli(service_config, "sale", "create", namespace, "x", "--sku", "tee",
+               "--opens-at", "tomorrow").returncode == 2
+    assert cli(service_config, "sale", "create", namespace, "x", "--sku", "tee",
+               "--admit-factor", "20").returncode == 2
+    assert cli(service_config, "sale", "show", namespace, "nope").returncode == 1

@@ -1,0 +1,202 @@
+"""The waiting room's commands on the bus (service_layer/sales.py, sale_passes.py): the record
+is a fake, the queue the production scripts on the embedded Redis, on a clock the test moves."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NoReturn
+
+import pytest
+
+from allocation.bootstrap import Application, bootstrap
+from allocation.config import Config
+from allocation.domain import commands, errors
+from allocation.domain.errors import PassInvalid, PassRequired, SaleClosed, SkuGated
+from allocation.service_layer import sales
+from tests.helpers.apps import FakeApp
+from tests.helpers.fakes import FakeUnitOfWork
+
+T0 = 1_900_000_000_000
+NS = "shop"
+
+
+@pytest.fixture
+def shop() -> FakeApp:
+    shop = FakeApp()
+    shop.now = T0
+    for sku, total in (("a", 2), ("b", 1), ("c", 5)):
+        shop.bus.handle(commands.InitInventory(NS, sku, total))
+    return shop
+
+
+def put(shop: FakeApp, name: str = "drop", skus: tuple[str, ...] = ("a", "b"),
+        **terms: object) -> sales.SaleAnswer:
+    answer: sales.SaleAnswer = shop.bus.handle(commands.PutSale(
+        NS, name, skus, **{"opens_at_ms": T0, **terms}))  # type: ignore[arg-type]
+    return answer
+
+
+def join(shop: FakeApp, buyer: str, sale: str = "drop") -> sales.TicketAnswer:
+    answer: sales.TicketAnswer = shop.bus.handle(commands.JoinQueue(NS, sale, buyer))
+    return answer
+
+
+def poll(shop: FakeApp, ticket: str) -> sales.TicketAnswer:
+    shop.application.bus.services.sales._figures.clear()  # the next second, at once
+    return sales.poll_ticket(shop.bus.services, NS, "drop", ticket)
+
+
+def decrement(shop: FakeApp, buyer: str | None, sale_pass: str | None, key: str,
+              sku: str = "a") -> object:
+    return shop.bus.handle(commands.Decrement(NS, sku, 1, key, buyer, sale_pass))
+
+
+class TestPutSale:
+    def test_created_then_the_same_again(self, shop: FakeApp) -> None:
+        first = put(shop)
+        assert first.created and first.state == "open"
+        assert first.advanced.available == 3
+        again = put(shop)
+        assert not again.created and again.sale == first.sale
+
+    def test_other_terms_under_the_name_are_refused(self, shop: FakeApp) -> None:
+        put(shop)
+        with pytest.raises(errors.AlreadyExists):
+            put(shop, admit_factor=3)
+
+    def test_an_unknown_sku_is_named(self, shop: FakeApp) -> None:
+        with pytest.raises(errors.NotFound) as refused:
+            put(shop, skus=("a", "nope"))
+        assert refused.value.details == {"sku": "nope"}
+        assert shop.store.sales == {}
+
+    def test_a_sku_in_another_open_sale_is_refused_until_it_closes(self,
+                                                                   shop: FakeApp) -> None:
+        put(shop)
+        with pytest.raises(SkuGated) as refused:
+            put(shop, "other", ("c", "b"))
+        assert refused.value.details == {"sku": "b"}
+        closed: sales.SaleAnswer = shop.bus.handle(commands.CloseSale(NS, "drop"))
+        assert closed.state == "closed"
+        assert put(shop, "other", ("c", "b")).created
+
+    def test_before_opens_at_it_is_scheduled(self, shop: FakeApp) -> None:
+        assert put(shop, opens_at_ms=T0 + 60_000).state == "scheduled"
+
+
+class TestQueue:
+    def test_one_ticket_per_buyer(self, shop: FakeApp) -> None:
+        put(shop, opens_at_ms=T0 + 60_000)
+        first = join(shop, "ann")
+        again = join(shop, "ann")
+        assert first.joined and not again.joined
+        assert first.ticket == again.ticket and first.state == "scheduled"
+
+    def test_admitted_by_the_stock_with_a_pass(self, shop: FakeApp) -> None:
+        put(shop, admit_factor=1)  # 3 units: 3 admitted
+        tickets = [join(shop, f"b{n}").ticket for n in range(5)]
+        states = [poll(shop, t) for t in tickets]
+        assert [s.state for s in states] == ["admitted"] * 3 + ["waiting"] * 2
+        assert [s.position for s in states[3:]] == [0, 1]
+        assert all(s.sale_pass for s in states[:3])
+
+    def test_a_forged_ticket_or_another_sales_is_not_found(self, shop: FakeApp) -> None:
+        put(shop)
+        put(shop, "other", ("c",))
+        ticket = join(shop, "ann", "other").ticket
+        for bad in (ticket, ticket[:-2] + "xx"):
+            with pytest.raises(errors.NotFound):
+                sales.poll_ticket(shop.bus.services, NS, "drop", bad)
+
+    def test_a_closed_sale_takes_no_one_and_its_tickets_read_closed(self,
+                                                                     shop: FakeApp) -> None:
+        put(shop)
+        ticket = join(shop, "ann").ticket
+        shop.bus.handle(commands.CloseSale(NS, "drop"))
+        with pytest.raises(SaleClosed):
+            join(shop, "bob")
+        assert poll(shop, ticket).state == "closed"
+
+    def test_an_unknown_sale(self, shop: FakeApp) -> None:
+        with pytest.raises(errors.NotFound):
+            join(shop, "ann", "nope")
+
+
+class TestGate:
+    def admitted(self, shop: FakeApp, buyer: str) -> str:
+        answer = poll(shop, join(shop, buyer).ticket)
+        assert answer.sale_pass is not None
+        return answer.sale_pass
+
+    def test_no_pass_sells_nothing(self, shop: FakeApp) -> None:
+        put(shop)
+        with pytest.raises(PassRequired):
+            decrement(shop, "ann", None, "k1")
+        assert shop.counter.read(NS, "a").consumed == 0  # type: ignore[union-attr]
+
+    def test_a_pass_sells_once_to_its_buyer(self, shop: FakeApp) -> None:
+        put(shop)
+        sale_pass = self.admitted(shop, "ann")
+        with pytest.raises(PassInvalid):
+            decrement(shop, "bob", sale_pass, "k0")
+        outcome = decrement(shop, "ann", sale_pass, "k1")
+        assert outcome.ok  # type: ignore[attr-defined]
+        with pytest.raises(PassInvalid):
+            decrement(shop, "ann", sale_pass, "k2")
+        assert shop.counter.read(NS, "a").consumed == 1  # type: ignore[union-attr]
+        assert poll(shop, join(shop, "ann").ticket).state == "used"
+
+    def test_a_refused_movement_gives_the_pass_back(self, shop: FakeApp) -> None:
+        put(shop, skus=("b",))
+        first, second = self.admitted(shop, "ann"), self.admitted(shop, "bob")
+        assert decrement(shop, "ann", first, "k1", "b").ok  # type: ignore[attr-defined]
+        refused = decrement(shop, "bob", second, "k2", "b")
+        assert refused.status == "insufficient_stock"  # type: ignore[attr-defined]
+        shop.bus.handle(commands.AdjustTotal(NS, "b", 1, "more"))
+        assert decrement(shop, "bob", second, "k3", "b").ok  # type: ignore[attr-defined]
+
+    def test_an_expired_pass_is_refused(self, shop: FakeApp) -> None:
+        put(shop, pass_ttl_seconds=30)
+        sale_pass = self.admitted(shop, "ann")
+        shop.now = T0 + 30_000
+        with pytest.raises(PassInvalid):
+            decrement(shop, "ann", sale_pass, "k1")
+
+    def test_an_ungated_sku_sells_as_before(self, shop: FakeApp) -> None:
+        put(shop)
+        assert decrement(shop, None, None, "k1", "c").ok  # type: ignore[attr-defined]
+
+    def test_a_process_that_has_not_heard_of_the_sale_sells_nothing(self,
+                                                                    shop: FakeApp) -> None:
+        put(shop)
+        # Another process on the same Redis, whose record shows no sale yet.
+        other: Application = bootstrap(
+            dataclasses.replace(Config(), redis_key_prefix=shop.counter.keys.prefix),
+            uow_factory=lambda: FakeUnitOfWork(type(shop.store)()),
+            redis_client=shop.counter.client, publish=lambda _: None)
+        outcome = other.bus.handle(commands.Decrement(NS, "a", 1, "k1", "ann"))
+        assert outcome.status == "pass_required"
+        with pytest.raises(PassRequired):
+            other.bus.handle(commands.Reserve(NS, (("c", 1), ("a", 1)), "r1", 60, "ann"))
+        assert shop.counter.read(NS, "c").held == 0  # type: ignore[union-attr]
+        assert shop.counter.read(NS, "a").consumed == 0  # type: ignore[union-attr]
+        assert other.bus.handle(commands.Decrement(NS, "c", 1, "k2")).ok
+
+
+def test_a_waiting_tickets_poll_asks_nothing_of_redis_or_the_record(shop: FakeApp) -> None:
+    put(shop, admit_factor=1)  # 3 units: 3 admitted, the rest wait
+    tickets = [join(shop, f"b{n}").ticket for n in range(6)]
+    services = shop.bus.services
+    sales.poll_ticket(services, NS, "drop", tickets[5])  # the figures, fresh
+
+    def away(*_: object, **__: object) -> NoReturn:
+        raise AssertionError("a round trip")
+
+    shop.counter.client.execute_command = away  # type: ignore[method-assign]
+    services = dataclasses.replace(services, uow_factory=away)
+    services.sales.uow_factory = away
+    try:
+        assert [sales.poll_ticket(services, NS, "drop", t).state for t in tickets[3:]] == [
+            "waiting"] * 3
+    finally:
+        del shop.counter.client.execute_command

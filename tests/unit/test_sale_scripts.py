@@ -1,0 +1,260 @@
+"""The sale's scripts (adapters/lua/sale_*.lua) on the embedded Redis, against the waiting
+room's rules (domain/sale.py) and on a clock the tests move."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from allocation.adapters.redis_counter import RedisCounter
+from allocation.adapters.redis_sale import CLAIM_LEASE_MS, RedisSaleQueue
+from allocation.domain.sale import Sale, admission_room, ticket_state
+from tests.helpers.counter_contract import set_clock
+from tests.helpers.embedded import embedded_counter
+
+T0 = 1_900_000_000_000
+NS = "shop"
+
+
+@dataclass
+class Room:
+    counter: RedisCounter
+    queue: RedisSaleQueue
+
+    def at(self, ms: int) -> None:
+        set_clock(self.counter, ms)
+
+    def stock(self, sku: str, total: int, consumed: int = 0, held: int = 0) -> None:
+        self.counter.load(NS, sku, total, consumed, 0, held=held)
+
+    def sale(self, **terms: object) -> Sale:
+        sale = Sale(NS, "drop", ("a", "b"), T0, **terms)  # type: ignore[arg-type]
+        self.queue.put(sale)
+        return sale
+
+
+@pytest.fixture
+def room() -> Room:
+    counter = embedded_counter()
+    room = Room(counter, RedisSaleQueue(counter.client, counter.keys))
+    room.at(T0 - 1000)
+    room.stock("a", 3)
+    room.stock("b", 2)
+    return room
+
+
+class TestJoin:
+    def test_numbers_in_order_and_one_per_buyer(self, room: Room) -> None:
+        room.sale()
+        assert [room.queue.join(NS, "drop", b).number for b in ("ann", "bob", "cat")] == [0, 1, 2]
+        again = room.queue.join(NS, "drop", "bob")
+        assert (again.status, again.number, again.joined_at_ms) == ("again", 1, T0 - 1000)
+
+    def test_an_unknown_sale_is_missing(self, room: Room) -> None:
+        assert room.queue.join(NS, "nope", "ann").status == "missing"
+
+    def test_a_closed_sale_takes_nobody_new_but_answers_its_own(self, room: Room) -> None:
+        sale = room.sale()
+        room.queue.join(NS, "drop", "ann")
+        room.queue.put(Sale(**{**sale.__dict__, "closed": True}))
+        assert room.queue.join(NS, "drop", "bob").status == "closed"
+        assert room.queue.join(NS, "drop", "ann").status == "again"
+
+
+class TestAdvance:
+    def test_nobody_is_admitted_before_the_opening(self, room: Room) -> None:
+        sale = room.sale()
+        room.queue.join(NS, "drop", "ann")
+        advanced = room.queue.advance(sale)
+        assert advanced.figures is not None
+        assert (advanced.figures.serving, advanced.figures.prequeue) == (0, None)
+
+    def test_the_opening_fixes_the_prequeue_and_admits_by_the_rule(self, room: Room) -> None:
+        sale = room.sale(admit_factor=2)
+        for n in range(30):
+            room.queue.join(NS, "drop", f"b{n}")
+        room.at(T0)
+        room.queue.join(NS, "drop", "late")
+        advanced = room.queue.advance(sale)
+        figures = advanced.figures
+        assert figures is not None and advanced.available == 5
+        assert (figures.prequeue, figures.joined) == (30, 31)
+        assert figures.serving == figures.outstanding == 10  # 2 x 5 units
+        assert room.queue.advance(sale).figures.serving == 10  # type: ignore[union-attr]
+
+    def test_max_admitted_caps_it(self, room: Room) -> None:
+        sale = room.sale(max_admitted=4)
+        for n in range(30):
+            room.queue.join(NS, "drop", f"b{n}")
+        room.at(T0)
+        assert room.queue.advance(sale).figures.outstanding == 4  # type: ignore[union-attr]
+
+    def test_an_expired_pass_gives_its_room_back(self, room: Room) -> None:
+        sale = room.sale(admit_factor=1, pass_ttl_seconds=30)
+        for n in range(8):
+            room.queue.join(NS, "drop", f"b{n}")
+        room.at(T0)
+        assert room.queue.advance(sale).figures.serving == 5  # type: ignore[union-attr]
+        room.at(T0 + 30_000)
+        figures = room.queue.advance(sale).figures
+        assert figures is not None
+        assert (figures.expired, figures.serving, figures.outstanding) == (5, 8, 3)
+        assert room.queue.pass_at(NS, "drop", 0) == ("expired", 0)
+
+    def test_sold_out_with_nothing_available_nor_held_and_back_again(self, room: Room) -> None:
+        sale = room.sale()
+        room.queue.join(NS, "drop", "ann")
+        room.at(T0)
+        room.stock("a", 3, consumed=3)
+        room.stock("b", 2, consumed=1, held=1)
+        assert not room.queue.advance(sale).figures.sold_out  # type: ignore[union-attr]
+        room.stock("b", 2, consumed=2)
+        assert room.queue.advance(sale).figures.sold_out  # type: ignore[union-attr]
+        room.stock("b", 3, consumed=2)  # an adjustment brings one back
+        assert not room.queue.advance(sale).figures.sold_out  # type: ignore[union-attr]
+
+
+class TestPasses:
+    def opened(self, room: Room, buyers: int = 3) -> Sale:
+        sale = room.sale(admit_factor=1)
+        room.at(T0)
+        for n in range(buyers):
+            room.queue.join(NS, "drop", f"b{n}")
+        room.queue.advance(sale)
+        return sale
+
+    def test_a_claim_used_spends_the_pass_once(self, room: Room) -> None:
+        self.opened(room)
+        assert room.queue.claim(NS, "drop", 1, 1) == "ok"
+        assert room.queue.claim(NS, "drop", 1, 1) == "busy"
+        room.queue.resolve(NS, "drop", 1, used=True)
+        assert room.queue.claim(NS, "drop", 1, 1) == "used"
+        assert room.queue.pass_at(NS, "drop", 1)[0] == "used"
+
+    def test_a_refused_movement_gives_the_pass_back(self, room: Room) -> None:
+        self.opened(room)
+        assert room.queue.claim(NS, "drop", 0, 1) == "ok"
+        room.queue.resolve(NS, "drop", 0, used=False)
+        assert room.queue.claim(NS, "drop", 0, 1) == "ok"
+
+    def test_no_pass_where_nobody_was_admitted(self, room: Room) -> None:
+        self.opened(room)
+        assert room.queue.claim(NS, "drop", 7, 1) == "unknown"
+        assert room.queue.pass_at(NS, "drop", 7) == (None, 0)
+
+    def test_an_expired_pass_is_refused(self, room: Room) -> None:
+        self.opened(room)
+        room.at(T0 + 300_000)
+        assert room.queue.claim(NS, "drop", 0, 1) == "expired"
+
+    def test_a_claim_that_never_answers_counts_as_used(self, room: Room) -> None:
+        sale = self.opened(room)
+        assert room.queue.claim(NS, "drop", 2, 1) == "ok"
+        room.at(T0 + CLAIM_LEASE_MS)
+        figures = room.queue.advance(sale).figures
+        assert figures is not None and figures.used == 1
+        assert room.queue.claim(NS, "drop", 2, 1) == "used"
+
+    def test_units_used_while_the_figures_are_read_count_as_gone(self, room: Room) -> None:
+        sale = self.opened(room, buyers=10)  # 5 units, factor 1: 5 admitted
+        read_units = room.queue._units
+
+        def a_use_lands_meanwhile(of: Sale) -> tuple[int, int]:
+            units = read_units(of)  # 5 available: the sale below has not reached the items
+            assert room.queue.claim(NS, "drop", 0, 2) == "ok"
+            room.queue.resolve(NS, "drop", 0, used=True)
+            return units
+
+        setattr(room.queue, "_units", a_use_lands_meanwhile)  # noqa: B010 - the race, staged
+        figures = room.queue.advance(sale).figures
+        # The used pass's two units count as gone: 4 outstanding, within 1 x (5 - 2)... and
+        # nobody new admitted (4 > 3).
+        assert figures is not None and (figures.outstanding, figures.serving) == (4, 5)
+
+    def test_units_of_a_claim_in_flight_count_as_gone(self, room: Room) -> None:
+        sale = self.opened(room, buyers=10)
+        assert room.queue.claim(NS, "drop", 0, 1) == "ok"
+        room.queue.resolve(NS, "drop", 1, used=False)  # no claim there: changes nothing
+        room.queue.claim(NS, "drop", 1, 1)
+        room.queue.resolve(NS, "drop", 1, used=True)
+        # Available still 5 (nothing sold in the items): one claim in flight (1 unit) leaves
+        # room for 1 x (5 - 1) = 4 outstanding; 4 are (one used), so nobody new.
+        figures = room.queue.advance(sale).figures
+        assert figures is not None and (figures.outstanding, figures.serving) == (4, 5)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["join", "advance", "use", "stock", "time"]),
+                          st.integers(0, 20)), max_size=40),
+       st.sampled_from([1.0, 1.5, 2.0, 3.0]), st.one_of(st.none(), st.integers(1, 12)))
+def test_the_scripts_follow_the_rules(ops: list[tuple[str, int]], factor: float,
+                                      most: int | None) -> None:
+    """Joins, steps on, passes used, stock changed and time moved, in any order: the serving
+    figure and the passes outstanding are what the domain's rules make of the same figures."""
+    counter = embedded_counter()
+    room = Room(counter, RedisSaleQueue(counter.client, counter.keys))
+    now = T0
+    room.at(now)
+    room.stock("a", 3)
+    room.stock("b", 2)
+    sale = room.sale(admit_factor=factor, max_admitted=most, pass_ttl_seconds=60)
+    figures = room.queue.advance(sale).figures
+    assert figures is not None
+    for op, n in ops:
+        if op == "join":
+            room.queue.join(NS, "drop", f"b{n}")
+        elif op == "stock":
+            room.stock("a", n)
+        elif op == "time":
+            now += n * 5_000
+            room.at(now)
+        elif op == "use" and figures.serving:
+            place = n % figures.serving
+            if room.queue.claim(NS, "drop", place, 1) == "ok":
+                room.queue.resolve(NS, "drop", place, used=True)
+        before = room.queue.advance(sale, most=0).figures  # expiries only, nothing admitted
+        after = room.queue.advance(sale)
+        assert before is not None and after.figures is not None
+        pending = 0  # every use was resolved before the figures were read
+        room_now = admission_room(after.available, pending, before.outstanding, factor, most)
+        admitted = min(room_now, before.joined - before.serving)
+        assert after.figures.serving == before.serving + admitted
+        assert after.figures.outstanding == before.outstanding + admitted
+        if admitted:
+            assert after.figures.outstanding <= factor * after.available
+        figures = after.figures
+        for number in range(figures.joined):
+            view = ticket_state(number, figures)
+            assert view.state in ("admitted", "waiting", "sold_out")
+
+
+def test_the_scripts_announce_opening_selling_out_and_closing(room: Room) -> None:
+    channel = f"{room.counter.keys.prefix}:events"
+    queue = RedisSaleQueue(room.counter.client, room.counter.keys, channel)
+    listener = room.counter.client.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(channel)
+    sale = Sale(NS, "drop", ("a", "b"), T0)
+    queue.put(sale)
+    queue.join(NS, "drop", "ann")
+    room.at(T0)
+    queue.advance(sale)
+    room.stock("a", 3, consumed=3)
+    room.stock("b", 2, consumed=2)
+    queue.advance(sale)
+    queue.advance(sale)  # still sold out: said once
+    queue.put(Sale(NS, "drop", ("a", "b"), T0, closed=True))
+    heard = []
+    for _ in range(50):
+        message = listener.get_message(timeout=0.1)
+        if message is not None:
+            heard.append(json.loads(message["data"]))
+        if len(heard) == 3:
+            break
+    listener.close()
+    assert [(e["event"], e["namespace"], e["sale"]) for e in heard] == [
+        ("SaleOpened", NS, "drop"), ("SaleSoldOut", NS, "drop"), ("SaleClosed", NS, "drop")]
+    assert heard[0]["prequeue"] == 1
