@@ -48,7 +48,8 @@ def test_in_sync_mode_the_ledgers_history_stands_after_redis_rolled_an_item_back
     """The process that sold knows the ledger's marks, and so that Redis gave out a seq the
     ledger held: it rebuilds the item at once. One that never waited on the item knows no
     marks: the ledger writer finds the seq taken and rebuilds it, and the waiter hears that."""
-    config = dataclasses.replace(service_config, durability="sync")
+    # A generous wait: on a busy machine the writer's rebuild may take a while to be heard.
+    config = dataclasses.replace(service_config, durability="sync", sync_wait_seconds=30)
     seller = bootstrap(config)
     app = seller if retried_by == "the selling process" else bootstrap(config)
     with ledger_threads(config, 1):

@@ -13,6 +13,7 @@ from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
 from allocation.entrypoints import ledger_worker
+from tests.helpers.processes import wait_until
 
 
 def test_a_refresh_in_another_process_after_two_movements_and_a_loss(
@@ -34,7 +35,9 @@ def test_a_refresh_in_another_process_after_two_movements_and_a_loss(
         seller.redis.delete(*keys)  # Redis lost the namespace; its outbox keeps the entries
         # A process that heard no marks: it must not wait for them (a 503 after 10 s).
         assert other.bus.handle(commands.RefreshAll(namespace)).refreshed == 1
-        assert acked  # it had committed them: the sync movements were answered
+        # It had committed them (the sync movements were answered); their acknowledgement
+        # comes after, whenever the worker runs again.
+        wait_until(lambda: bool(acked), 30, "the worker to acknowledge what it wrote")
     finally:
         worker.stop()
         thread.join(timeout=30)
