@@ -435,11 +435,18 @@ class ReservationContract(abc.ABC):
         skus = [f"lost{i}" for i in range(40)]  # over every partition
         assert self.counter.seqs_many(self.ns, skus) == [None] * 40
         far = 4_000_000_000_000
+        sold = LedgerEntry(self.ns, "lost2", 3, "decrement", 1, 10, 7, "bought",
+                           datetime.now(UTC), held_after=2)
         self.counter.restore_many(self.ns, [
             Restored(sku, 10, 1, 2, 3, "g1", 5 if i % 2 else None, {"ann": 3} if i % 2 else {},
-                     [(f"r{i}", 2, "ann" if i % 2 else "", far)])
+                     [(f"r{i}", 2, "ann" if i % 2 else "", far)], [sold] if i == 2 else [])
             for i, sku in enumerate(skus)])
         assert self.counter.seqs_many(self.ns, skus) == [("g1", 3)] * 40
+        # The key the ledger holds is given back: its retry is the first answer, not a sale.
+        again = self.counter.apply(self.ns, "lost2", "decrement", 1, "bought")
+        assert (again.status, again.replayed, again.consumed) == ("ok", True, 1)
+        assert self.counter.apply(self.ns, "lost2", "decrement", 2, "bought").status == (
+            "idempotency_key_reused")
         for sku, limit in (("lost0", None), ("lost1", 5)):
             figures = self.counter.read(self.ns, sku)
             assert figures is not None

@@ -32,7 +32,8 @@ Step = Literal["hold", "confirm", "release", "extend", "get"]
 
 class Restored(NamedTuple):
     """An item the counter lost, as the record has it: its figures, under the generation
-    ``gen``, its limit per buyer, its buyers' units and its open holds."""
+    ``gen``, its limit per buyer, its buyers' units, its open holds and its movements whose
+    keys are still in their window (latest first)."""
 
     sku: str
     total: int
@@ -43,6 +44,7 @@ class Restored(NamedTuple):
     limit: int | None
     buyers: Mapping[str, int]
     holds: Sequence[Hold]
+    keyed: Sequence[LedgerEntry] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +138,7 @@ class Rebuilding(Reading, Protocol):
 
     def set_limit(self, namespace: str, sku: str, limit: int | None) -> None: ...
 
-    def forget(self, namespace: str, sku: str) -> None: ...
+    def forget(self, namespace: str, sku: str, keys: Sequence[str] = ()) -> None: ...
 
     def seqs_many(self, namespace: str, skus: Sequence[str]
                   ) -> list[tuple[str, int] | None]: ...
@@ -145,8 +147,7 @@ class Rebuilding(Reading, Protocol):
 
     def unfence(self, namespace: str, sku: str) -> None: ...
 
-    def restore_many(self, namespace: str, items: Sequence[Restored],
-                     keyed: Sequence[LedgerEntry] = ()) -> None: ...
+    def restore_many(self, namespace: str, items: Sequence[Restored]) -> None: ...
 
 
 class Counter(abc.ABC):
@@ -266,8 +267,9 @@ class Counter(abc.ABC):
         """Lift a fence without changing the figures (a rebuild that gave up)."""
 
     @abc.abstractmethod
-    def forget(self, namespace: str, sku: str) -> None:
-        """Drop an item's figures (an initialisation that did not commit)."""
+    def forget(self, namespace: str, sku: str, keys: Sequence[str] = ()) -> None:
+        """Drop an item's figures (an initialisation that did not commit), and the records of
+        its idempotency ``keys`` (movements of a history the ledger does not hold)."""
 
     @abc.abstractmethod
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
@@ -278,12 +280,11 @@ class Counter(abc.ABC):
         rebuild asks of many items at once."""
         return [None if o is None else (o.gen, o.seq) for o in self.read_many(namespace, skus)]
 
-    def restore_many(self, namespace: str, items: Sequence[Restored],
-                     keyed: Sequence[LedgerEntry] = ()) -> None:
-        """Load items the counter lost as the record has them: the keys of ``keyed`` (as
-        ``remember``), limits, buyers' units and open holds replaced, then the figures (which
-        unfence them), so that no sale sees one without the others."""
-        self.remember(keyed)
+    def restore_many(self, namespace: str, items: Sequence[Restored]) -> None:
+        """Load items the counter lost as the record has them: their keys (as ``remember``),
+        limits, buyers' units and open holds replaced, then the figures (which unfence them),
+        so that no sale sees one without the others."""
+        self.remember([e for i in items for e in i.keyed])
         self.load_allowances(namespace, {i.sku: (i.limit, i.buyers) for i in items})
         self.load_holds(namespace, {i.sku: i.holds for i in items})
         self.load_many((namespace, i.sku, i.total, i.consumed, i.seq, i.gen, i.held)

@@ -33,6 +33,11 @@ FIGURES_SQL = (
     "last_seq = f.last_seq, version = i.version + 1, updated_at = now() "
     "FROM json_to_recordset(%s) AS f(namespace text, sku text, total bigint, consumed bigint, "
     "held bigint, last_seq bigint) WHERE i.namespace = f.namespace AND i.sku = f.sku")
+# The rows at given seqs (a writer meeting seqs the ledger holds: replays, or another history).
+ENTRIES_AT_SQL = (
+    f"SELECT {', '.join(ledger_rows.COLUMNS)} FROM inventory_ledger "
+    "WHERE (namespace, sku, seq) IN "
+    "(SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]))")
 # Up to this many rows go in the statement that commits; more by COPY first, which costs a
 # round trip more but less per row (a drained backlog's batches).
 INLINE_ROWS = 200
@@ -80,6 +85,16 @@ class LedgerConnection:
             cursor.execute(LOCK_SQL, params)
             rows: list[tuple[Any, ...]] = cursor.fetchall()
         return rows
+
+    def entries_at(self, wanted: Sequence[tuple[str, str, int]]
+                   ) -> dict[tuple[str, str, int], LedgerEntry]:
+        """The rows at (namespace, sku, seq), within the transaction ``lock`` began."""
+        with self._cursor() as cursor:
+            cursor.execute(ENTRIES_AT_SQL, ([w[0] for w in wanted], [w[1] for w in wanted],
+                                            [w[2] for w in wanted]))
+            rows = cursor.fetchall()
+        return {(e.namespace, e.sku, e.seq): e for e in (
+            LedgerEntry(**dict(zip(ledger_rows.COLUMNS, row, strict=True))) for row in rows)}
 
     def commit(self, items: Sequence[InventoryItem], entries: Sequence[LedgerEntry]) -> None:
         """Write the items' figures and the rows, and commit. On an error (a unique key refusing

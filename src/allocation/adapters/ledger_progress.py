@@ -56,6 +56,10 @@ class LedgerProgress(abc.ABC):
         """Whether this process already knows the seq written (no I/O)."""
         return self.marks.holds((namespace, sku), gen, seq)
 
+    def known(self, namespace: str, sku: str) -> Mark | None:
+        """The item's mark as this process knows it (no I/O), None where it knows none."""
+        return self.marks.get((namespace, sku))
+
     marks: Marks
 
 
@@ -90,6 +94,9 @@ class Marks:
         finally:
             with self._changed:
                 self._watchers.remove(wake)
+
+    def get(self, item: ItemKey) -> Mark | None:
+        return self._marks.get(item)
 
     def holds(self, item: ItemKey, gen: str, seq: int) -> bool:
         held = self._marks.get(item)

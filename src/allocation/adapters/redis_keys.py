@@ -23,6 +23,11 @@ class KeySpace:
     def item(self, namespace: str, sku: str) -> str:
         return f"{self._tag(self.partition(namespace, sku))}:item:{namespace}:{sku}"
 
+    def item_of(self, namespace: str, sku: str) -> tuple[int, str]:
+        """The item's partition and its hash's key (``item``; a rebuild needs both of many)."""
+        partition = self.partition(namespace, sku)
+        return partition, f"{self._tag(partition)}:item:{namespace}:{sku}"
+
     def buyers(self, namespace: str, sku: str) -> str:
         """The item's buyers: buyer -> units bought and held (for its limit per buyer)."""
         return f"{self._tag(self.partition(namespace, sku))}:buyers:{namespace}:{sku}"

@@ -1,8 +1,9 @@
-"""The Lua scripts every Redis adapter runs, read from the package."""
+"""The Lua scripts every Redis adapter runs, read from the package, and what they answer."""
 
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 # The scripts that change items or read the clock: they start with the functions of lib.lua.
 _WITH_LIB = frozenset({"move", "reserve", "part", "sweep", "claim", "restore"})
@@ -18,3 +19,8 @@ def lua(name: str) -> str:
     if name in _SALE:
         return text("lib") + text("sale_lib") + text(name)
     return text("lib") + text(name) if name in _WITH_LIB else text(name)
+
+
+def reply_text(value: Any) -> str:
+    """A script's reply as text (Redis answers bytes, or numbers)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import abc
+import builtins
 import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from allocation.adapters.counter import Allowances, Hold
 from allocation.domain.model import InventoryItem, LedgerEntry, Stock
@@ -19,6 +21,16 @@ def aware(moment: datetime) -> datetime:
 
 # How each kind of movement naming a buyer changes their units (bought and held).
 UNITS_SIGN = {"decrement": 1, "refund": -1, "hold": 1, "release": -1, "expire": -1}
+
+
+class Lost(NamedTuple):
+    """An item Redis lost, as the record has it: its figures and what Redis lost with them
+    (buyers' units, open holds, movements whose keys are in their window, latest first)."""
+
+    stock: Stock
+    buyers: dict[str, int]
+    holds: list[Hold]
+    keyed: list[LedgerEntry]
 
 
 def _hold(entry: LedgerEntry) -> Hold:
@@ -111,6 +123,27 @@ class AbstractRepository(abc.ABC):
             item.counter_gen = gen
         return {sku: _stock(item) for (_, sku), item in found.items()}
 
+    def rebase_lost(self, namespace: str, skus: Sequence[str], gen: str,
+                    since: datetime) -> dict[str, Lost]:
+        """``rebase`` the items Redis lost, with what a rebuild gives back to each: its buyers'
+        units, open holds and movements keyed since ``since``."""
+        buyers, holds = self.buyers(namespace, skus), self.open_holds(namespace, skus)
+        keyed: dict[str, list[LedgerEntry]] = {}
+        for e in self.keyed_entries(namespace, skus, since):
+            keyed.setdefault(e.sku, []).append(e)
+        return {sku: Lost(stock, buyers.get(sku, {}), holds.get(sku, []), keyed.get(sku, []))
+                for sku, stock in self.rebase(namespace, skus, gen).items()}
+
+    def entries_at(self, wanted: Sequence[tuple[str, str, int]]
+                   ) -> dict[tuple[str, str, int], LedgerEntry]:
+        """The ledger's rows at (namespace, sku, seq), where it has them."""
+        found = {}
+        for namespace, sku, seq in wanted:
+            for e in self.ledger(namespace, sku, seq - 1, 1):
+                if e.seq == seq:
+                    found[(namespace, sku, seq)] = e
+        return found
+
     def lock_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], InventoryItem]:
         """Lock and load many items at once, in one order (namespace, sku): the existing ones."""
         found = {key: item for key in sorted(set(keys))
@@ -126,6 +159,10 @@ class AbstractRepository(abc.ABC):
     def stock(self, namespace: str, skus: Sequence[str]) -> dict[str, Stock]:
         """The figures of the items of ``skus`` that exist, unlocked, by SKU."""
         return {sku: _stock(item) for sku, item in self.many(namespace, skus).items()}
+
+    def sku_page(self, namespace: str, after: str | None, limit: int) -> builtins.list[str]:
+        """A namespace's SKUs in order, after ``after``."""
+        return [item.sku for item in self.list(namespace, after, limit)]
 
     def stock_page(self, namespace: str, after: str | None, limit: int) -> Sequence[Stock]:
         """The figures of a namespace's items in SKU order, after ``after``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -18,6 +18,7 @@ from sqlalchemy import (
     exists,
     func,
     select,
+    text,
     tuple_,
     update,
 )
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from allocation.adapters import orm
 from allocation.adapters.counter import Allowances, Hold
-from allocation.adapters.repository import UNITS_SIGN, AbstractRepository, aware
+from allocation.adapters.repository import UNITS_SIGN, AbstractRepository, Lost, aware
 from allocation.domain.model import InventoryItem, LedgerEntry, Stock
 
 ENTRY_COLUMNS = [orm.ledger.c[name] for name in (
@@ -34,6 +35,60 @@ ENTRY_COLUMNS = [orm.ledger.c[name] for name in (
 
 STOCK_COLUMNS = [orm.items.c[name]
                  for name in ("sku", "total", "consumed", "last_seq", "limit_per_buyer", "held")]
+
+
+# The items Redis lost, rebased, with their buyers' units, open holds (each until its latest
+# extension) and keyed movements: one statement that reads their ledger rows once and answers
+# one row of flat arrays, a column each (the driver parses an array in C; a row, or a nested
+# array, per item cost more in Python, garbage collection included, than the database's work).
+# Each array is a subquery of its own: no join for the planner to misjudge on a freshly loaded
+# table (its nested loops over 2,000 items ran past the statement timeout).
+def _arrays(source: str, order: str, *columns: str) -> str:
+    return ",\n".join(f"(SELECT array_agg({c} ORDER BY {order}) FROM {source})" for c in columns)
+
+
+_UNITS = " ".join(f"WHEN '{kind}' THEN {sign} * qty" for kind, sign in UNITS_SIGN.items())
+REBASE_LOST = text(f"""
+WITH renewed AS (
+  UPDATE inventory_items SET counter_gen = :gen, version = version + 1
+  WHERE namespace = :namespace AND sku BETWEEN :first AND :last AND sku = ANY(:skus)
+  RETURNING sku, total, consumed, last_seq, limit_per_buyer, held),
+moves AS MATERIALIZED (
+  SELECT sku, seq, kind, qty, buyer, reservation_id, idempotency_key, total_after,
+         available_after, held_after, expires_at, created_at
+  FROM inventory_ledger
+  WHERE namespace = :namespace AND sku BETWEEN :first AND :last AND sku = ANY(:skus)),
+units AS (
+  SELECT * FROM (SELECT sku, buyer, sum(CASE kind {_UNITS} ELSE 0 END)::bigint AS n
+                 FROM moves WHERE buyer IS NOT NULL GROUP BY sku, buyer) b
+  WHERE n > 0),
+lines AS (
+  SELECT sku, reservation_id, max(qty) FILTER (WHERE kind = 'hold') AS qty,
+         max(buyer) FILTER (WHERE kind = 'hold') AS buyer,
+         coalesce((array_agg(expires_at ORDER BY seq DESC) FILTER (WHERE kind = 'extend'))[1],
+                  max(coalesce(expires_at, created_at)) FILTER (WHERE kind = 'hold')) AS until
+  FROM moves WHERE reservation_id IS NOT NULL
+  GROUP BY sku, reservation_id
+  HAVING bool_or(kind = 'hold') AND NOT bool_or(kind IN ('confirm', 'release', 'expire'))),
+keyed AS (
+  SELECT * FROM moves WHERE idempotency_key IS NOT NULL AND created_at >= :since)
+SELECT
+{_arrays("renewed", "sku", "sku", "total", "consumed", "last_seq", "limit_per_buyer", "held")},
+{_arrays("units", "sku, buyer", "sku", "buyer", "n")},
+{_arrays("lines", "sku, reservation_id", "sku", "reservation_id", "qty",
+         "coalesce(buyer, '')", "floor(extract(epoch FROM until) * 1000)::bigint")},
+{_arrays("keyed", "sku, seq DESC", "sku", "seq", "kind", "qty", "total_after",
+         "available_after", "idempotency_key",
+         "floor(extract(epoch FROM created_at) * 1000000)::bigint", "buyer", "reservation_id",
+         "held_after", "floor(extract(epoch FROM expires_at) * 1000000)::bigint")}
+""")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _moment_of(micros: int | None) -> datetime | None:
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
 
 
 class SqlAlchemyRepository(AbstractRepository):
@@ -88,6 +143,12 @@ class SqlAlchemyRepository(AbstractRepository):
             query = query.where(orm.items.c.sku > after)
         return [Stock(*row) for row in
                 self.session.execute(query.order_by(orm.items.c.sku).limit(limit))]
+
+    def sku_page(self, namespace: str, after: str | None, limit: int) -> builtins.list[str]:
+        query = select(orm.items.c.sku).where(orm.items.c.namespace == namespace)
+        if after is not None:
+            query = query.where(orm.items.c.sku > after)
+        return builtins.list(self.session.scalars(query.order_by(orm.items.c.sku).limit(limit)))
 
     def allowances(self, namespace: str, skus: Sequence[str]) -> dict[str, Allowances]:
         wanted = list(skus)
@@ -150,6 +211,29 @@ class SqlAlchemyRepository(AbstractRepository):
             .values(counter_gen=gen, version=orm.items.c.version + 1)
             .returning(*STOCK_COLUMNS))
         return {row[0]: Stock(*row) for row in rows}
+
+    def rebase_lost(self, namespace: str, skus: Sequence[str], gen: str,
+                    since: datetime) -> dict[str, Lost]:
+        if self.session.get_bind().dialect.name != "postgresql":
+            return super().rebase_lost(namespace, skus, gen, since)
+        row = [column or [] for column in self.session.execute(REBASE_LOST, {
+            "gen": gen, "namespace": namespace, "skus": list(skus), "first": min(skus),
+            "last": max(skus), "since": since}).one()]
+        figures, units, lines, keyed = row[:6], row[6:9], row[9:14], row[14:]
+        buyers: dict[str, dict[str, int]] = {}
+        for sku, buyer, n in zip(*units, strict=True):
+            buyers.setdefault(sku, {})[buyer] = n
+        holds: dict[str, builtins.list[Hold]] = {}
+        for sku, rid, qty, buyer, until in zip(*lines, strict=True):
+            holds.setdefault(sku, []).append((rid, qty, buyer, until))
+        entries: dict[str, builtins.list[LedgerEntry]] = {}
+        for sku, seq, kind, qty, total, available, key, at, buyer, rid, held, until in zip(
+                *keyed, strict=True):
+            entries.setdefault(sku, []).append(LedgerEntry(
+                namespace, sku, seq, kind, qty, total, available, key,
+                _EPOCH + timedelta(microseconds=at), buyer, rid, held, _moment_of(until)))
+        return {sku: Lost(Stock(sku, *f), buyers.get(sku, {}), holds.get(sku, []),
+                          entries.get(sku, [])) for sku, *f in zip(*figures, strict=True)}
 
     def keyed_entries(self, namespace: str, skus: Sequence[str], since: datetime,
                       limit: int = 1_000_000) -> Sequence[LedgerEntry]:

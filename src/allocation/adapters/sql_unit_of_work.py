@@ -18,7 +18,7 @@ from allocation.adapters.outages import database_down
 from allocation.adapters.sql_repository import SqlAlchemyRepository
 from allocation.adapters.sql_sale_repository import SqlSaleRepository
 from allocation.domain import errors
-from allocation.domain.model import InventoryItem
+from allocation.domain.model import InventoryItem, LedgerEntry
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork, Conflict
 
 
@@ -98,6 +98,10 @@ class LedgerBatchUnitOfWork:
         found = self.connection.lock(keys)
         self.seen.extend(found.values())
         return found
+
+    def entries_at(self, wanted: Sequence[tuple[str, str, int]]
+                   ) -> dict[tuple[str, str, int], LedgerEntry]:
+        return self.connection.entries_at(wanted)
 
     def commit(self) -> None:
         changed = [item for item in self.seen if item.new_entries]

@@ -21,6 +21,7 @@ from allocation.bootstrap import Application
 from allocation.config import Config
 from allocation.runtime.process import Loop, ProcessLoops, start_thread
 from allocation.runtime.supervised import Backoff, supervise
+from allocation.service_layer import rebuild
 from allocation.service_layer.ledger_writer import BatchResult, write_batch
 from allocation.service_layer.unit_of_work import BatchUnitOfWork
 
@@ -40,8 +41,12 @@ class LedgerWorker:
                  progress: LedgerProgress, *, batch_size: int = 1000,
                  claim_idle_ms: int = Config.ledger_claim_idle_ms, gather_seconds: float = 0.02,
                  name: str | None = None, partitions: Sequence[int] | None = None,
-                 connection: LedgerConnection | None = None) -> None:
+                 connection: LedgerConnection | None = None,
+                 rebuild: Rebuild | None = None) -> None:
         self.outbox = outbox
+        # Rebuilds an item whose counter parted from the ledger's history (ledger_writer),
+        # dropping the records of the keys of the movements set aside.
+        self.rebuild = rebuild or _cannot_rebuild
         self.connection = connection  # the units of work's, if they have one: closed by run
         self.progress = progress
         # A pass that wrote only a trickle waits this long, so that a transaction carries many
@@ -109,7 +114,18 @@ class LedgerWorker:
                          "since replaced (Redis lost it); set aside, not written",
                          stale.namespace, stale.sku, stale.seq)
             self.outbox.dead_letter(stale, f"counter generation {stale.gen} was replaced")
-        self.outbox.ack(partition, result.done + [o.id for o in result.orphans + result.stale])
+        parted = [e for entries in result.diverged.values() for e in entries]
+        for entry in parted:
+            logger.error("ledger: %s/%s seq %d is another movement than the ledger's at that "
+                         "seq (Redis lost history: a failover to a lagging replica?); set "
+                         "aside, not written, and the item rebuilt from the ledger",
+                         entry.namespace, entry.sku, entry.seq)
+            self.outbox.dead_letter(entry, "the ledger holds another movement at its seq")
+        self.outbox.ack(partition, result.done + [o.id for o in result.orphans + result.stale]
+                        + [e.id for e in parted])
+        for (namespace, sku), entries in result.diverged.items():
+            self.rebuild(namespace, sku, entries[0].gen or "",
+                         [e.idempotency_key for e in entries if e.idempotency_key is not None])
         if not result.waiting:
             self._unsettled.discard(partition)
         return result.written
@@ -209,6 +225,14 @@ def yield_cpu() -> None:
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
+Rebuild = Callable[[str, str, str, list[str]], object]
+
+
+def _cannot_rebuild(namespace: str, sku: str, gen: str, keys: list[str]) -> None:
+    logger.error("ledger: %s/%s needs rebuilding from the ledger (allocation refresh)",
+                 namespace, sku)
+
+
 def _process_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -225,7 +249,8 @@ def for_app(app: Application, batch_size: int = 1000, *, name: str | None = None
     return LedgerWorker(app.outbox, units, app.ledger_progress, batch_size=batch_size,
                         claim_idle_ms=app.config.ledger_claim_idle_ms,
                         gather_seconds=0.0 if app.config.durability == "sync" else 0.02,
-                        name=name, partitions=partitions, connection=connection)
+                        name=name, partitions=partitions, connection=connection,
+                        rebuild=functools.partial(rebuild.replace_history, app.bus.services))
 
 
 def split(app: Application, threads: int, batch_size: int = 1000,

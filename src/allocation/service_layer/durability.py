@@ -77,7 +77,9 @@ class Durability:
             pending.append(Pending(namespace, sku, outcome.gen, outcome.seq, in_ledger))
             return
         waited = self.progress.wait(namespace, sku, outcome.gen, outcome.seq, self.wait_seconds)
-        if waited != WRITTEN and not (waited == REPLACED and in_ledger()):
+        if waited == REPLACED and not in_ledger():
+            raise Replaced(namespace, sku)
+        if waited not in (WRITTEN, REPLACED):
             raise _unknown(namespace, sku, waited)
 
     @contextlib.contextmanager
@@ -127,6 +129,17 @@ class Durability:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(changed.wait(),
                                                    min(deadline, next_read) - now)
+
+
+class Replaced(errors.Unavailable):
+    """The counter was rebuilt from the ledger while the movement waited, and the ledger does
+    not hold it at its seq: that seq is another movement's, or nobody's yet. The caller may ask
+    the ledger by the movement's key; unanswered, it is ``Unavailable`` (outcome unknown)."""
+
+    def __init__(self, namespace: str, sku: str) -> None:
+        super().__init__(f"{namespace}/{sku}: the item was rebuilt from the ledger while the "
+                         "movement waited; its outcome is unknown, repeat it with the same "
+                         "Idempotency-Key", retry_after=1)
 
 
 def _written_if(in_ledger: Callable[[], bool]) -> Waited:

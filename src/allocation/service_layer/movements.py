@@ -17,6 +17,7 @@ from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import FENCED, NOT_FOUND, OK, Outcome
 from allocation.domain.rules import Kind
 from allocation.service_layer import rebuild, sale_passes
+from allocation.service_layer.durability import Replaced
 from allocation.service_layer.services import Services
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
@@ -76,6 +77,8 @@ def _move(services: Services, namespace: str, sku: str, kind: Kind, qty: int,
           key: str | None, buyer: str | None = None, sale: str = "") -> Outcome:
     counter: MovingStock = services.counter
     durability = services.durability
+    # The ledger's mark before the movement: a seq it held then is no new movement's.
+    before = durability.progress.known(namespace, sku) if durability.mode == "sync" else None
     outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer, sale=sale)
     if outcome.status == NOT_FOUND:
         # Redis lost it (or never had it): rebuild it from the database, under its lock.
@@ -89,8 +92,30 @@ def _move(services: Services, namespace: str, sku: str, kind: Kind, qty: int,
                                 sale=sale)
     if outcome.status in (FENCED, NOT_FOUND):
         raise errors.Unavailable(f"{namespace}/{sku} is being rebuilt; retry", retry_after=1)
-    durability.settle(namespace, sku, outcome, lambda: key is not None and getattr(
-        _written(services.uow_factory(), namespace, sku, key), "seq", None) == outcome.seq)
+    try:
+        if (before is not None and outcome.ok and not outcome.replayed
+                and before[0] == outcome.gen and before[1] >= outcome.seq):
+            # Redis gave out a seq the ledger already held: it lost history while keeping the
+            # item (a failover to a lagging replica). The ledger's history stands.
+            rebuild.replace_history(services, namespace, sku, outcome.gen,
+                                    [key] if key else [])
+            raise Replaced(namespace, sku)
+        durability.settle(namespace, sku, outcome, lambda: key is not None and getattr(
+            _written(services.uow_factory(), namespace, sku, key), "seq", None) == outcome.seq)
+    except Replaced:
+        if key is None:
+            raise
+        # Rebuilt from the ledger (the counter's history was not the ledger's): the ledger
+        # answers by the key; a movement it lacks is applied once more, on the rebuilt counter.
+        since = datetime.now(UTC) - timedelta(seconds=counter.idempotency_ttl)
+        if entry := _written(services.uow_factory(), namespace, sku, key, since):
+            return _answered(counter, namespace, sku, kind, qty, buyer, entry)
+        outcome = counter.apply(namespace, sku, kind, qty, key, record=True, buyer=buyer,
+                                sale=sale)
+        if outcome.status in (FENCED, NOT_FOUND):
+            raise errors.Unavailable(f"{namespace}/{sku} is being rebuilt; retry",
+                                     retry_after=1) from None
+        durability.settle(namespace, sku, outcome, lambda: False)
     if outcome.ok and not outcome.replayed:
         services.movement_events.moved(kind, namespace, sku, qty, key, outcome, buyer)
     return outcome

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from allocation.adapters.counter import Allowances, Hold, Rebuilding, Restored, new_generation
+from allocation.adapters.counter import Hold, Rebuilding, Restored, new_generation
 from allocation.adapters.ledger_progress import WRITTEN, LedgerProgress
+from allocation.adapters.outbox import OutboxEntry
 from allocation.domain import commands, errors
 from allocation.domain.model import LedgerEntry, Stock
 from allocation.domain.outcome import OK, Outcome
@@ -54,6 +56,23 @@ def rebuild_item(services: Services, namespace: str, sku: str) -> Outcome:
                    limit=item.limit_per_buyer, held=item.held)
 
 
+def replace_history(services: Services, namespace: str, sku: str, gen: str,
+                    keys: Sequence[str] = ()) -> Outcome:
+    """The item's counter parted from the ledger's history (Redis lost some while keeping the
+    item, and sold again from an older state; the ledger writer found out): the ledger's
+    stands. Under the item's lock, drop the counter's item and the records of ``keys`` (the
+    movements set aside), then load it from the ledger under a new generation, its keys, limit,
+    buyers and holds with it. What the dropped history still has in the outbox is then stale;
+    sync requests waiting on it hear that their generation was replaced. Where the counter no
+    longer holds the item under ``gen`` (the generation that parted), another rebuild came
+    first and stands."""
+    item = _rebuild(services, services.uow_factory(), namespace, [sku], drop=(gen, keys)).get(sku)
+    if item is None:
+        raise errors.NotFound(f"no item {namespace}/{sku}")
+    return Outcome(OK, item.total, item.consumed, seq=item.last_seq,
+                   limit=item.limit_per_buyer, held=item.held)
+
+
 # Batches of a namespace refresh in flight at once: one's database reads and writes overlap
 # another's Redis round trips (a namespace Redis lost is down until every item is back).
 REFRESH_WORKERS = 4
@@ -64,12 +83,12 @@ def refresh_all(cmd: commands.RefreshAll, services: Services) -> RefreshProgress
     items' locks, with a unit of work of its own), several batches at a time."""
     done, after, batches, finished = 0, cmd.after, 0, False
     in_flight: collections.deque[tuple[Future[dict[str, Stock]], int]] = collections.deque()
-    with ThreadPoolExecutor(REFRESH_WORKERS, thread_name_prefix="refresh") as pool:
+    with _heap_frozen(), ThreadPoolExecutor(REFRESH_WORKERS,
+                                            thread_name_prefix="refresh") as pool:
         try:
             while cmd.batches is None or batches < cmd.batches:
                 with services.uow_factory() as uow:
-                    skus = [s.sku for s in
-                            uow.items.stock_page(cmd.namespace, after, cmd.batch_size)]
+                    skus = uow.items.sku_page(cmd.namespace, after, cmd.batch_size)
                 if not skus:
                     finished = True
                     break
@@ -91,25 +110,46 @@ def refresh_all(cmd: commands.RefreshAll, services: Services) -> RefreshProgress
     return RefreshProgress(done, None if finished else after)
 
 
+@contextlib.contextmanager
+def _heap_frozen() -> Iterator[None]:
+    """The objects the process had before a namespace refresh, kept out of its garbage
+    collections while it runs: its batches allocate hundreds of thousands of objects, and each
+    full collection they set off scanned the whole heap besides (a third of the refresh's
+    CPU, ADR 0037). Garbage the process makes meanwhile is collected as ever; cycles among the
+    older objects wait for the end."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 FENCED_WAIT_SECONDS = 0.05
 Seqs = dict[str, tuple[str, int] | None]  # sku -> (generation, seq) Redis holds, or None
 
 
-def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: Sequence[str]
-             ) -> dict[str, Stock]:
+def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: Sequence[str],
+             *, drop: tuple[str, Sequence[str]] | None = None) -> dict[str, Stock]:
+    """Rebuild the items. ``drop`` (generation, keys): where the (one) item's counter holds it
+    under that generation, forget it and those keys' records first, under its lock, and load
+    it from the ledger alone (its counter's history is not the ledger's)."""
     counter: Rebuilding = services.counter
     progress = services.durability.progress
     deadline = time.monotonic() + services.ledger_wait_seconds
-    live: Seqs = dict(zip(skus, counter.seqs_many(namespace, skus), strict=True))
+    live: Seqs = dict.fromkeys(skus) if drop is not None else dict(
+        zip(skus, counter.seqs_many(namespace, skus), strict=True))
     if any(held is not None for held in live.values()):  # else nothing to wait for
         with contextlib.suppress(errors.Unavailable):  # the fenced wait below decides
             _wait_written(uow, progress, namespace, live, deadline)
     with services.item_locks.hold(namespace, skus):
         present = list(skus)
-        if all(held is None for held in live.values()):
+        if drop is not None or all(held is None for held in live.values()):
             # Redis lacked them all; if another rebuild loaded them while this one waited for
             # the lock, that one stands (a second would fence them again, for nothing).
             again = counter.seqs_many(namespace, skus)
+            if drop is not None and again[0] is not None and again[0][0] == drop[0]:
+                counter.forget(namespace, skus[0], drop[1])
+                again = [None]
             if all(held is not None for held in again):
                 now = counter.read_many(namespace, skus)
                 return {sku: Stock(sku, o.total, o.consumed, o.seq, o.limit, o.held)
@@ -121,11 +161,16 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
                             strict=True):
             if seq is not None:
                 fenced[sku] = ((live.get(sku) or ("", 0))[0], seq)
-        if len(skus) == 1 and fenced[skus[0]] is None:
+        if len(skus) == 1 and fenced[skus[0]] is None and drop is None:
             # Redis lost the item; movements it recorded may still wait in the outbox, and
             # then the latest of them is newer than the database: that history goes on.
             unwritten = services.outbox.latest(namespace, skus[0])
             with uow:
+                if unwritten is not None and _in_ledger(uow, unwritten):
+                    # Written, not yet acknowledged (a writer descheduled between the two):
+                    # the ledger has it all. Waiting for its mark here would wait in vain in a
+                    # process that was not listening when it came (issue 25, item 11).
+                    unwritten = None
                 holds = uow.items.open_holds(namespace, skus) if unwritten else {}
             if unwritten is not None and (unwritten.held or holds.get(skus[0])):
                 # Holds: the outbox's figures and the ledger's open holds are of different
@@ -157,8 +202,7 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
             if any(held is not None for held in fenced.values()):
                 _wait_written(uow, progress, namespace, fenced,
                               min(deadline, time.monotonic() + FENCED_WAIT_SECONDS))
-            found, gens, allowances, holds, keyed = _rebase(uow, namespace, fenced, gen,
-                                                            counter.idempotency_ttl)
+            found, gens, lost = _rebase(uow, namespace, fenced, gen, counter.idempotency_ttl)
         except BaseException:
             for sku, held in fenced.items():
                 if held is not None:
@@ -170,16 +214,20 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
         # Those Redis lost come back whole: limits, buyers' units and open holds with the
         # figures, and the keys it had seen (given back before any can be used again). Where
         # Redis holds the item (fenced, caught up), its own are the truth.
-        restored = []
-        for sku, i in found.items():
-            if fenced.get(sku) is None:
-                limit, buyers = allowances.get(sku, (i.limit_per_buyer, {}))
-                restored.append(Restored(sku, i.total, i.consumed, i.held, i.last_seq,
-                                         gens[sku], limit, buyers, holds.get(sku, [])))
-        counter.restore_many(namespace, restored, keyed)
+        counter.restore_many(namespace, [
+            Restored(sku, i.total, i.consumed, i.held, i.last_seq, gens[sku], i.limit_per_buyer,
+                     *lost[sku]) for sku, i in found.items() if sku in lost])
         counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gens[sku], i.held)
                           for sku, i in found.items() if fenced.get(sku) is not None)
         return found
+
+
+def _in_ledger(uow: AbstractUnitOfWork, entry: OutboxEntry) -> bool:
+    """Whether the ledger holds the outbox entry: its seq, in the generation it follows."""
+    stock = uow.items.stock(entry.namespace, [entry.sku]).get(entry.sku)
+    followed = uow.items.generations(entry.namespace, [entry.sku]).get(entry.sku)
+    return (stock is not None and stock.last_seq >= entry.seq
+            and (followed or "") == (entry.gen or ""))
 
 
 def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: str,
@@ -199,10 +247,8 @@ def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: 
 class Rebased(NamedTuple):
     found: dict[str, Stock]
     gens: dict[str, str]
-    # Of the items Redis lost: limits and buyers' units, open holds, movements with keys
-    allowances: dict[str, Allowances]
-    holds: dict[str, list[Hold]]
-    keyed: list[LedgerEntry]
+    # Of the items Redis lost: buyers' units, open holds and movements with keys
+    lost: dict[str, tuple[dict[str, int], list[Hold], list[LedgerEntry]]]
 
 
 def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
@@ -212,8 +258,8 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
     keeps its generation: nothing of it is unwritten (it is fenced and caught up). One Redis
     lost (or whose generation the ledger no longer follows) takes the new ``gen``, committed
     first: from then on the writers refuse anything recorded under the old one. With those
-    Redis lost, each one's limit per buyer, buyers' units, open holds and the movements whose
-    keys are still remembered. Raises ``Unavailable`` if the ledger is behind."""
+    Redis lost, each one's buyers' units, open holds and the movements whose keys are still
+    remembered. Raises ``Unavailable`` if the ledger is behind."""
     held_by_redis = [sku for sku, held in seqs.items() if held is not None]
     with uow:
         found = uow.items.stock(namespace, held_by_redis) if held_by_redis else {}
@@ -223,25 +269,24 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
                 "worker running? Retry the refresh later", retry_after=5)
         followed = uow.items.generations(namespace, list(found)) if found else {}
         gens = {sku: held[0] for sku, held in seqs.items() if held is not None}
-        # What Redis lost with the items: buyers' units, open holds and the keys it had seen.
-        lost = [sku for sku, held in seqs.items() if held is None]
-        buyers = uow.items.buyers(namespace, lost) if lost else {}
-        holds = uow.items.open_holds(namespace, lost) if lost else {}
-        since = datetime.now(UTC) - timedelta(seconds=idempotency_ttl)
-        keyed = list(uow.items.keyed_entries(namespace, lost, since)) if lost else []
-        renew = lost + [sku for sku in found if gens[sku] and followed.get(sku)
-                        and followed[sku] != gens[sku]]
+        renew = [sku for sku in found if gens[sku] and followed.get(sku)
+                 and followed[sku] != gens[sku]]
         if renew:
-            # Those Redis lost come from here: the statement that gives them the new
-            # generation returns their figures.
             found.update(uow.items.rebase(namespace, renew, gen))
+        lost = [sku for sku, held in seqs.items() if held is None]
+        restored = {}
+        if lost:
+            # Those Redis lost come from here, with what Redis lost with them: the statement
+            # that gives them the new generation returns it all.
+            since = datetime.now(UTC) - timedelta(seconds=idempotency_ttl)
+            for sku, item in uow.items.rebase_lost(namespace, lost, gen, since).items():
+                found[sku] = item.stock
+                restored[sku] = (item.buyers, item.holds, item.keyed)
+        if renew or lost:
             uow.commit()
-        renewed = set(renew)
-        allowances: dict[str, Allowances] = {
-            sku: (found[sku].limit_per_buyer, buyers.get(sku, {})) for sku in lost
-            if sku in found}
+        renewed = set(renew) | set(restored)
         return Rebased(found, {sku: gen if sku in renewed else gens[sku] for sku in found},
-                       allowances, holds, keyed)
+                       restored)
 
 
 def _behind(found: dict[str, Stock], seqs: Seqs) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from allocation.adapters.repository import AbstractRepository
 from allocation.adapters.sale_repository import AbstractSaleRepository
 from allocation.domain import events
-from allocation.domain.model import InventoryItem
+from allocation.domain.model import InventoryItem, LedgerEntry
 
 
 class Conflict(Exception):
@@ -53,6 +53,9 @@ class AbstractUnitOfWork(abc.ABC):
 class BatchRepository(Protocol):
     def lock_many(self, keys: Sequence[tuple[str, str]]
                   ) -> dict[tuple[str, str], InventoryItem]: ...
+
+    def entries_at(self, wanted: Sequence[tuple[str, str, int]]
+                   ) -> dict[tuple[str, str, int], LedgerEntry]: ...
 
 
 class BatchUnitOfWork(Protocol):

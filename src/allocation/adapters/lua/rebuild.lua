@@ -4,11 +4,13 @@
 -- ARGV[1] the op:
 -- "seqs": KEYS item hashes. Returns each item's seq and generation, or -1 and "" where Redis
 --   does not hold it.
--- "load": KEYS[1] the partition's due index, then four keys per item: item hash, buyers, holds,
---   expiries. ARGV[2] the namespace, then per item: sku, total, consumed, held, seq, gen,
---   limit ("" for none), how many buyers, how many holds, the buyers (name, units), the holds
---   (reservation id, qty, buyer, expires ms). Each item is set as the record has it, its
---   limit, buyers and holds replaced, the figures last (they unfence it).
+-- "load": KEYS[1] the partition's due index, then per item its item hash, buyers, holds,
+--   expiries and the records of its keys still in their window. ARGV[2] the namespace, then
+--   per item: sku, total, consumed, held, seq, gen, limit ("" for none), how many buyers, how
+--   many holds, how many keys, the buyers (name, units), the holds (reservation id, qty, buyer,
+--   expires ms), the keys (record, seconds left). Each item is set as the record has it, its
+--   keys given back (a key Redis holds already stays), its limit, buyers and holds replaced,
+--   the figures last (they unfence it).
 local op = ARGV[1]
 
 if op == 'seqs' then
@@ -27,15 +29,19 @@ if op == 'seqs' then
 end
 
 if op == 'load' then
-  local ns, due, at = ARGV[2], KEYS[1], 3
-  for i = 0, (#KEYS - 1) / 4 - 1 do
-    local item, buyers, holds, expiries = KEYS[2 + 4 * i], KEYS[3 + 4 * i], KEYS[4 + 4 * i],
-                                          KEYS[5 + 4 * i]
+  local ns, due, at, k, items = ARGV[2], KEYS[1], 3, 2, 0
+  while k <= #KEYS do
+    local item, buyers, holds, expiries = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
     local sku, seq, gen, limit = ARGV[at], ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
     local fields = {'total', ARGV[at + 1], 'consumed', ARGV[at + 2], 'held', ARGV[at + 3],
                     'seq', seq, 'fenced', 0, 'written', seq}
-    local bought, held = tonumber(ARGV[at + 7]), tonumber(ARGV[at + 8])
-    at = at + 9
+    local bought, held, keyed = tonumber(ARGV[at + 7]), tonumber(ARGV[at + 8]),
+                                tonumber(ARGV[at + 9])
+    k, at, items = k + 4, at + 10, items + 1
+    for _ = 1, keyed do
+      redis.call('SET', KEYS[k], ARGV[at], 'EX', ARGV[at + 1], 'NX')
+      k, at = k + 1, at + 2
+    end
     redis.call('DEL', buyers, holds, expiries)
     for _ = 1, bought do
       redis.call('HSET', buyers, ARGV[at], ARGV[at + 1])
@@ -59,7 +65,7 @@ if op == 'load' then
     end
     redis.call('HSET', item, unpack(fields))
   end
-  return #KEYS
+  return items
 end
 
 return redis.error_reply('unknown rebuild step ' .. tostring(op))
