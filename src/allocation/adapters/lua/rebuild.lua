@@ -7,10 +7,11 @@
 -- "load": KEYS[1] the partition's due index, then per item its item hash, buyers, holds,
 --   expiries and the records of its keys still in their window. ARGV[2] the namespace, then
 --   per item: sku, total, consumed, held, seq, gen, limit ("" for none), how many buyers, how
---   many holds, how many keys, the buyers (name, units), the holds (reservation id, qty, buyer,
---   expires ms), the keys (record, seconds left). Each item is set as the record has it, its
---   keys given back (a key Redis holds already stays), its limit, buyers and holds replaced,
---   the figures last (they unfence it).
+--   many holds, how many keys, the open sale that gates it ("" for none), the buyers (name,
+--   units), the holds (reservation id, qty, buyer, expires ms), the keys (record, seconds
+--   left). Each item is set as the record has it, its keys given back (a key Redis holds
+--   already stays), its limit, gate, buyers and holds replaced, the figures last (they
+--   unfence it).
 local op = ARGV[1]
 
 if op == 'seqs' then
@@ -37,7 +38,8 @@ if op == 'load' then
                     'seq', seq, 'fenced', 0, 'written', seq}
     local bought, held, keyed = tonumber(ARGV[at + 7]), tonumber(ARGV[at + 8]),
                                 tonumber(ARGV[at + 9])
-    k, at, items = k + 4, at + 10, items + 1
+    local gate = ARGV[at + 10]
+    k, at, items = k + 4, at + 11, items + 1
     for _ = 1, keyed do
       redis.call('SET', KEYS[k], ARGV[at], 'EX', ARGV[at + 1], 'NX')
       k, at = k + 1, at + 2
@@ -58,6 +60,11 @@ if op == 'load' then
       redis.call('HDEL', item, 'limit')
     else
       redis.call('HSET', item, 'limit', limit)
+    end
+    if gate == '' then
+      redis.call('HDEL', item, 'gate')
+    else  -- move.lua and reserve.lua refuse a movement without this sale's pass
+      redis.call('HSET', item, 'gate', gate)
     end
     if gen ~= '' then
       fields[#fields + 1] = 'gen'
