@@ -29,6 +29,11 @@ if op == 'seqs' then
   return out
 end
 
+local function add(fields, name, value)
+  fields[#fields + 1] = name
+  fields[#fields + 1] = value
+end
+
 if op == 'load' then
   local ns, due, at, k, items = ARGV[2], KEYS[1], 3, 2, 0
   while k <= #KEYS do
@@ -56,20 +61,13 @@ if op == 'load' then
       redis.call('ZADD', due, 'LT', expires, ns .. '\n' .. sku)
       at = at + 4
     end
-    if limit == '' then
-      redis.call('HDEL', item, 'limit')
-    else
-      redis.call('HSET', item, 'limit', limit)
-    end
-    if gate == '' then
-      redis.call('HDEL', item, 'gate')
-    else  -- move.lua and reserve.lua refuse a movement without this sale's pass
-      redis.call('HSET', item, 'gate', gate)
-    end
-    if gen ~= '' then
-      fields[#fields + 1] = 'gen'
-      fields[#fields + 1] = gen
-    end
+    -- The limit and the gate (move.lua and reserve.lua refuse a movement of a gated item
+    -- without that sale's pass) go with the figures; those the record has not, go.
+    local gone = {}
+    if limit == '' then gone[#gone + 1] = 'limit' else add(fields, 'limit', limit) end
+    if gate == '' then gone[#gone + 1] = 'gate' else add(fields, 'gate', gate) end
+    if #gone > 0 then redis.call('HDEL', item, unpack(gone)) end
+    if gen ~= '' then add(fields, 'gen', gen) end
     redis.call('HSET', item, unpack(fields))
   end
   return items
