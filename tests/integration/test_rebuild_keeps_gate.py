@@ -74,3 +74,34 @@ def test_a_rebuilt_item_keeps_its_open_sales_gate(
     # Neither an ungated item nor one whose sale closed gained a gate.
     assert app.counter.apply(namespace, "free", "decrement", 1, "k3").ok
     assert app.counter.apply(namespace, "other", "decrement", 1, "k4").ok
+
+
+@pytest.mark.parametrize("rebuild", [_one, _namespace], ids=["one", "namespace"])
+def test_a_sale_closed_or_opened_while_the_rebuild_loads_has_the_last_word(
+        app: Application, namespace: str, rebuild: Callable[[Application, str], None],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rebuild read the record (gated by "live", "free" ungated), then, before its load,
+    "live" closed and "next" opened on "free": each dropped or set its gate already, so the
+    load must not bring back the closed one's nor drop the new one's."""
+    for sku in SKUS:
+        app.bus.handle(commands.InitInventory(namespace, sku, 10))
+    app.bus.handle(commands.PutSale(namespace, "live", ("gated",)))
+    for sku in SKUS:
+        app.counter.forget(namespace, sku)
+    load = app.counter.restore_many
+
+    def meanwhile(ns: str, items: list[object]) -> None:
+        if app.counter.read(namespace, "free") is None and not changed:
+            changed.append(True)
+            app.bus.handle(commands.CloseSale(namespace, "live"))
+            app.bus.handle(commands.PutSale(namespace, "next", ("free",)))
+        load(ns, items)  # type: ignore[arg-type]
+
+    changed: list[bool] = []
+    monkeypatch.setattr(app.counter, "restore_many", meanwhile)
+    rebuild(app, namespace)
+    assert changed
+
+    assert app.counter.apply(namespace, "gated", "decrement", 1, "k1").ok  # "live" closed
+    assert app.counter.apply(namespace, "free", "decrement", 1, "k2").status == "pass_required"
+    assert app.counter.apply(namespace, "free", "decrement", 1, "k3", sale="next").ok

@@ -194,6 +194,7 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
                     unwritten.sku, unwritten.total, unwritten.consumed, unwritten.held,
                     unwritten.seq, unwritten.gen or "", limit, buyers, (),
                     gate=gate)])
+                _gates_again(services, uow, namespace, {skus[0]: gate} if gate else {})
                 return {unwritten.sku: Stock(unwritten.sku, unwritten.total,
                                              unwritten.consumed, unwritten.seq, limit,
                                              unwritten.held)}
@@ -220,9 +221,27 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
         counter.restore_many(namespace, [
             Restored(sku, i.total, i.consumed, i.held, i.last_seq, gens[sku], i.limit_per_buyer,
                      *lost[sku][:3], gate=lost[sku][3]) for sku, i in found.items() if sku in lost])
+        _gates_again(services, uow, namespace,
+                     {sku: parts[3] for sku, parts in lost.items() if parts[3]})
         counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gens[sku], i.held)
                           for sku, i in found.items() if fenced.get(sku) is not None)
         return found
+
+
+def _gates_again(services: Services, uow: AbstractUnitOfWork, namespace: str,
+                 loaded: dict[str, str]) -> None:
+    """The gates a rebuild loaded (sku -> sale), read from the record again: a sale that closed
+    (or gave its sku to another) after the rebuild read it dropped its gate before the load
+    set it back. Gate steps after their commit, so what the record says now stands."""
+    if not loaded:
+        return
+    with uow:
+        now = uow.sales.gating(namespace, list(loaded))
+        moved = {sale for sku, sale in loaded.items() if now.get(sku) != sale}
+        sales = [uow.sales.get(namespace, name) for name in sorted(
+            moved | {now[sku] for sku in loaded if sku in now and now[sku] != loaded[sku]})]
+    for sale in sorted((s for s in sales if s is not None), key=lambda s: not s.closed):
+        services.sale_queue.gate(sale, not sale.closed)  # the closed ones' first
 
 
 def _in_ledger(uow: AbstractUnitOfWork, entry: OutboxEntry) -> bool:

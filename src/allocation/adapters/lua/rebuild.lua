@@ -10,8 +10,8 @@
 --   many holds, how many keys, the open sale that gates it ("" for none), the buyers (name,
 --   units), the holds (reservation id, qty, buyer, expires ms), the keys (record, seconds
 --   left). Each item is set as the record has it, its keys given back (a key Redis holds
---   already stays), its limit, gate, buyers and holds replaced, the figures last (they
---   unfence it).
+--   already stays), its limit, buyers and holds replaced, its gate set where it has one, the
+--   figures last (they unfence it).
 local op = ARGV[1]
 
 if op == 'seqs' then
@@ -62,11 +62,11 @@ if op == 'load' then
       at = at + 4
     end
     -- The limit and the gate (move.lua and reserve.lua refuse a movement of a gated item
-    -- without that sale's pass) go with the figures; those the record has not, go.
-    local gone = {}
-    if limit == '' then gone[#gone + 1] = 'limit' else add(fields, 'limit', limit) end
-    if gate == '' then gone[#gone + 1] = 'gate' else add(fields, 'gate', gate) end
-    if #gone > 0 then redis.call('HDEL', item, unpack(gone)) end
+    -- without that sale's pass) go with the figures. A gate the record has not stays: a sale
+    -- that opened since the record was read may have set it (the rebuild reads the record
+    -- again after the load, for a sale closed meanwhile).
+    if limit == '' then redis.call('HDEL', item, 'limit') else add(fields, 'limit', limit) end
+    if gate ~= '' then add(fields, 'gate', gate) end
     if gen ~= '' then add(fields, 'gen', gen) end
     redis.call('HSET', item, unpack(fields))
   end
