@@ -33,7 +33,8 @@ Step = Literal["hold", "confirm", "release", "extend", "get"]
 class Restored(NamedTuple):
     """An item the counter lost, as the record has it: its figures, under the generation
     ``gen``, its limit per buyer, its buyers' units, its open holds and its movements whose
-    keys are still in their window (latest first)."""
+    keys are still in their window (latest first), and the open sale that gates it ("" for
+    none: a sale's gate is in the record, and a movement without its pass must stay refused)."""
 
     sku: str
     total: int
@@ -45,6 +46,7 @@ class Restored(NamedTuple):
     buyers: Mapping[str, int]
     holds: Sequence[Hold]
     keyed: Sequence[LedgerEntry] = ()
+    gate: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,7 +130,7 @@ class RedisRebuilding(Counter):
             call_keys.extend(keys)
             args.extend((i.sku, i.total, i.consumed, i.held, i.seq, i.gen,
                          "" if i.limit is None else i.limit, len(i.buyers), len(i.holds),
-                         len(records)))
+                         len(records), i.gate))
             for key, record, left in records:
                 call_keys.append(key)
                 args.extend((record, left))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import ARRAY, Row, String, any_, bindparam, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
@@ -65,10 +65,13 @@ class SqlSaleRepository(AbstractSaleRepository):
             sale_skus.c.namespace == namespace, sale_skus.c.sale == sale).values(open=False))
 
     def gating(self, namespace: str, skus: Sequence[str]) -> dict[str, str]:
+        # On PostgreSQL one array parameter, not one a sku: a rebuild asks of thousands.
+        among = (sale_skus.c.sku == any_(bindparam(None, list(skus), type_=ARRAY(String)))
+                 if self.session.get_bind().dialect.name == "postgresql"
+                 else sale_skus.c.sku.in_(list(skus)))
         rows = self.session.execute(
             select(sale_skus.c.sku, sale_skus.c.sale).where(
-                sale_skus.c.namespace == namespace, sale_skus.c.sku.in_(list(skus)),
-                sale_skus.c.open.is_(True)))
+                sale_skus.c.namespace == namespace, among, sale_skus.c.open.is_(True)))
         return {sku: sale for sku, sale in rows}
 
     def open_sales(self) -> list[Sale]:

@@ -184,13 +184,17 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
                 unwritten = None
             if unwritten is not None:
                 # The limit, and buyers' units as far as the ledger has them (async mode's
-                # lag may miss some: see the README on what Redis must keep).
+                # lag may miss some: see the README on what Redis must keep), and its gate,
+                # loaded with the outbox's figures (no holds: those waited above).
                 with uow:
-                    allowances = uow.items.allowances(namespace, skus)
-                counter.load_allowances(namespace, allowances)
-                counter.load(namespace, unwritten.sku, unwritten.total, unwritten.consumed,
-                             unwritten.seq, unwritten.gen or "", unwritten.held)
-                limit = allowances[skus[0]][0] if skus[0] in allowances else None
+                    limit, buyers = uow.items.allowances(namespace, skus).get(
+                        skus[0], (None, {}))
+                    gate = uow.sales.gating(namespace, skus).get(skus[0], "")
+                counter.restore_many(namespace, [Restored(
+                    unwritten.sku, unwritten.total, unwritten.consumed, unwritten.held,
+                    unwritten.seq, unwritten.gen or "", limit, buyers, (),
+                    gate=gate)])
+                _gates_again(services, uow, namespace, {skus[0]: gate} if gate else {})
                 return {unwritten.sku: Stock(unwritten.sku, unwritten.total,
                                              unwritten.consumed, unwritten.seq, limit,
                                              unwritten.held)}
@@ -216,10 +220,28 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
         # Redis holds the item (fenced, caught up), its own are the truth.
         counter.restore_many(namespace, [
             Restored(sku, i.total, i.consumed, i.held, i.last_seq, gens[sku], i.limit_per_buyer,
-                     *lost[sku]) for sku, i in found.items() if sku in lost])
+                     *lost[sku][:3], gate=lost[sku][3]) for sku, i in found.items() if sku in lost])
+        _gates_again(services, uow, namespace,
+                     {sku: parts[3] for sku, parts in lost.items() if parts[3]})
         counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gens[sku], i.held)
                           for sku, i in found.items() if fenced.get(sku) is not None)
         return found
+
+
+def _gates_again(services: Services, uow: AbstractUnitOfWork, namespace: str,
+                 loaded: dict[str, str]) -> None:
+    """The gates a rebuild loaded (sku -> sale), read from the record again: a sale that closed
+    (or gave its sku to another) after the rebuild read it dropped its gate before the load
+    set it back. Gate steps after their commit, so what the record says now stands."""
+    if not loaded:
+        return
+    with uow:
+        now = uow.sales.gating(namespace, list(loaded))
+        moved = {sale for sku, sale in loaded.items() if now.get(sku) != sale}
+        sales = [uow.sales.get(namespace, name) for name in sorted(
+            moved | {now[sku] for sku in loaded if sku in now and now[sku] != loaded[sku]})]
+    for sale in sorted((s for s in sales if s is not None), key=lambda s: not s.closed):
+        services.sale_queue.gate(sale, not sale.closed)  # the closed ones' first
 
 
 def _in_ledger(uow: AbstractUnitOfWork, entry: OutboxEntry) -> bool:
@@ -247,8 +269,9 @@ def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: 
 class Rebased(NamedTuple):
     found: dict[str, Stock]
     gens: dict[str, str]
-    # Of the items Redis lost: buyers' units, open holds and movements with keys
-    lost: dict[str, tuple[dict[str, int], list[Hold], list[LedgerEntry]]]
+    # Of the items Redis lost: buyers' units, open holds, movements with keys and the open
+    # sale that gates it ("")
+    lost: dict[str, tuple[dict[str, int], list[Hold], list[LedgerEntry], str]]
 
 
 def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
@@ -259,7 +282,8 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
     lost (or whose generation the ledger no longer follows) takes the new ``gen``, committed
     first: from then on the writers refuse anything recorded under the old one. With those
     Redis lost, each one's buyers' units, open holds and the movements whose keys are still
-    remembered. Raises ``Unavailable`` if the ledger is behind."""
+    remembered, and the open sale that gates it. Raises ``Unavailable`` if the ledger is
+    behind."""
     held_by_redis = [sku for sku, held in seqs.items() if held is not None]
     with uow:
         found = uow.items.stock(namespace, held_by_redis) if held_by_redis else {}
@@ -279,9 +303,10 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
             # Those Redis lost come from here, with what Redis lost with them: the statement
             # that gives them the new generation returns it all.
             since = datetime.now(UTC) - timedelta(seconds=idempotency_ttl)
+            gates = uow.sales.gating(namespace, lost)
             for sku, item in uow.items.rebase_lost(namespace, lost, gen, since).items():
                 found[sku] = item.stock
-                restored[sku] = (item.buyers, item.holds, item.keyed)
+                restored[sku] = (item.buyers, item.holds, item.keyed, gates.get(sku, ""))
         if renew or lost:
             uow.commit()
         renewed = set(renew) | set(restored)

@@ -7,10 +7,11 @@
 -- "load": KEYS[1] the partition's due index, then per item its item hash, buyers, holds,
 --   expiries and the records of its keys still in their window. ARGV[2] the namespace, then
 --   per item: sku, total, consumed, held, seq, gen, limit ("" for none), how many buyers, how
---   many holds, how many keys, the buyers (name, units), the holds (reservation id, qty, buyer,
---   expires ms), the keys (record, seconds left). Each item is set as the record has it, its
---   keys given back (a key Redis holds already stays), its limit, buyers and holds replaced,
---   the figures last (they unfence it).
+--   many holds, how many keys, the open sale that gates it ("" for none), the buyers (name,
+--   units), the holds (reservation id, qty, buyer, expires ms), the keys (record, seconds
+--   left). Each item is set as the record has it, its keys given back (a key Redis holds
+--   already stays), its limit, buyers and holds replaced, its gate set where it has one, the
+--   figures last (they unfence it).
 local op = ARGV[1]
 
 if op == 'seqs' then
@@ -28,6 +29,11 @@ if op == 'seqs' then
   return out
 end
 
+local function add(fields, name, value)
+  fields[#fields + 1] = name
+  fields[#fields + 1] = value
+end
+
 if op == 'load' then
   local ns, due, at, k, items = ARGV[2], KEYS[1], 3, 2, 0
   while k <= #KEYS do
@@ -37,7 +43,8 @@ if op == 'load' then
                     'seq', seq, 'fenced', 0, 'written', seq}
     local bought, held, keyed = tonumber(ARGV[at + 7]), tonumber(ARGV[at + 8]),
                                 tonumber(ARGV[at + 9])
-    k, at, items = k + 4, at + 10, items + 1
+    local gate = ARGV[at + 10]
+    k, at, items = k + 4, at + 11, items + 1
     for _ = 1, keyed do
       redis.call('SET', KEYS[k], ARGV[at], 'EX', ARGV[at + 1], 'NX')
       k, at = k + 1, at + 2
@@ -54,15 +61,13 @@ if op == 'load' then
       redis.call('ZADD', due, 'LT', expires, ns .. '\n' .. sku)
       at = at + 4
     end
-    if limit == '' then
-      redis.call('HDEL', item, 'limit')
-    else
-      redis.call('HSET', item, 'limit', limit)
-    end
-    if gen ~= '' then
-      fields[#fields + 1] = 'gen'
-      fields[#fields + 1] = gen
-    end
+    -- The limit and the gate (move.lua and reserve.lua refuse a movement of a gated item
+    -- without that sale's pass) go with the figures. A gate the record has not stays: a sale
+    -- that opened since the record was read may have set it (the rebuild reads the record
+    -- again after the load, for a sale closed meanwhile).
+    if limit == '' then redis.call('HDEL', item, 'limit') else add(fields, 'limit', limit) end
+    if gate ~= '' then add(fields, 'gate', gate) end
+    if gen ~= '' then add(fields, 'gen', gen) end
     redis.call('HSET', item, unpack(fields))
   end
   return items
