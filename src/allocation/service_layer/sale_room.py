@@ -14,11 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from allocation.adapters.sale_queue import Advanced, SaleQueue
+from allocation.domain import errors
 from allocation.domain.sale import Sale
 from allocation.runtime.supervised import Backoff, supervise
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
 logger = logging.getLogger(__name__)
+# A caller needing figures waits this long for the one stepping the queue on (a round trip:
+# milliseconds), not for a partitioned Redis's socket timeout, and never behind a queue of them.
+STEP_WAIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -29,11 +33,13 @@ class Seen:
 
 class SaleRoom:
     def __init__(self, uow_factory: Callable[[], AbstractUnitOfWork], queue: SaleQueue,
-                 window: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 window: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 step_wait: float = STEP_WAIT_SECONDS) -> None:
         self.uow_factory = uow_factory
         self.queue = queue
         self.window = window
         self.clock = clock
+        self.step_wait = step_wait
         self._sales: dict[tuple[str, str], Sale] = {}
         self._gated: dict[tuple[str, str], Sale] = {}
         self._closed: dict[tuple[str, str], Sale] = {}  # a closed sale stays closed
@@ -78,20 +84,30 @@ class SaleRoom:
 
     def figures(self, sale: Sale, fresh: bool = False) -> Advanced:
         """The sale's queue figures, at most ``window`` old (``fresh``: now). The first
-        caller to find them stale steps the queue on; others meanwhile answer from the last."""
+        caller to find them stale steps the queue on; others meanwhile answer from the last,
+        or, with none to answer from, wait ``step_wait`` for it and are told to retry."""
         key = (sale.namespace, sale.sale)
         seen = self._figures.get(key)
         if not fresh and seen is not None and self.clock() - seen.at < self.window:
             return seen.advanced
         lock = self._advancing.setdefault(key, threading.Lock())
-        if not lock.acquire(blocking=seen is None or fresh):
-            return seen.advanced if seen is not None else self.figures(sale, fresh=True)
+        wait = seen is None or fresh
+        if not lock.acquire(timeout=self.step_wait) if wait else not lock.acquire(False):
+            if seen is not None and not fresh:
+                return seen.advanced
+            raise errors.Unavailable("the sale's queue is not answering; retry")
         try:
-            advanced = self.queue.advance(sale)
-            if advanced.figures is None:  # Redis lost it: its terms come back from the record
-                self.queue.put(sale)
-                self.queue.gate(sale, True)
+            try:
                 advanced = self.queue.advance(sale)
+                if advanced.figures is None:  # Redis lost it: its terms come from the record
+                    self.queue.put(sale)
+                    self.queue.gate(sale, True)
+                    advanced = self.queue.advance(sale)
+            except errors.Unavailable:
+                if seen is not None and not fresh:  # a poll may lag: the last figures it is
+                    self._figures[key] = Seen(seen.advanced, self.clock())
+                    return seen.advanced
+                raise
             self._figures[key] = Seen(advanced, self.clock())
             return advanced
         finally:
