@@ -76,7 +76,7 @@ def in_thread(call: Any) -> tuple[threading.Thread, list[Any]]:
 
 
 def test_a_poll_does_not_wait_behind_a_step_that_hangs(queue: Queue) -> None:
-    room = SaleRoom(record_down, queue, step_wait=0.05)  # type: ignore[arg-type]
+    room = SaleRoom(record_down, queue, step_wait=0.05)
     queue.mode = "hang"
     stepper, _ = in_thread(lambda: room.figures(SALE, fresh=True))  # the refresh thread
     assert queue.entered.wait(10)
@@ -92,7 +92,7 @@ def test_a_poll_does_not_wait_behind_a_step_that_hangs(queue: Queue) -> None:
 
 def test_stale_figures_answer_polls_while_redis_is_away(queue: Queue) -> None:
     clock = Clock()
-    room = SaleRoom(record_down, queue, window=1.0, clock=clock)  # type: ignore[arg-type]
+    room = SaleRoom(record_down, queue, window=1.0, clock=clock)
     assert room.figures(SALE) is FIGURES
     clock.now += 5  # stale: the next caller steps the queue on
     queue.mode = "down"
@@ -110,7 +110,7 @@ def test_stale_figures_answer_polls_while_redis_is_away(queue: Queue) -> None:
 
 
 def test_a_refresh_the_record_refuses_keeps_the_gates(queue: Queue) -> None:
-    room = SaleRoom(record_down, queue)  # type: ignore[arg-type]
+    room = SaleRoom(record_down, queue)
     room.known(SALE)
     with pytest.raises(errors.Unavailable):
         room.refresh()
