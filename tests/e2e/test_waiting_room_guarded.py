@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 import requests
+from sqlalchemy.engine import make_url
 
 from allocation.config import Config
 from tests.e2e import waiting_room_client as wr
@@ -246,3 +247,47 @@ def test_opens_at_in_the_past_is_open_at_once_first_come_first_served(shop: wr.S
     assert order == [0, 1, 2, 3]
     again = shop.put_sale("late", {"skus": ["tee"], "admit_factor": 1, "opens_at": wr.iso(past)})
     assert again.status_code == 200, again.text
+
+
+@pytest.fixture
+def record_cut(service_config: Config, database_url: str) -> Iterator[tuple[wr.Shop, TcpProxy]]:
+    """A server whose database is behind a proxy the test partitions (its Redis the run's)."""
+    with proxy_to(make_url(database_url).port or 5432) as tcp:
+        config = dataclasses.replace(
+            service_config, database_url=make_url(service_config.database_url).set(
+                host="127.0.0.1", port=tcp.port).render_as_string(hide_password=False),
+            redis_key_prefix=f"{service_config.redis_key_prefix}:d{uuid.uuid4().hex[:8]}")
+        api = serve(config, extra_env={"SALE_SECRET": SECRET})
+        try:
+            yield wr.Shop(next(api), f"dbcut{uuid.uuid4().hex[:6]}"), tcp
+        finally:
+            tcp.heal()
+            api.close()
+
+
+def test_the_record_partitioned_keeps_the_gates_and_the_polls_and_refuses_in_time(
+        record_cut: tuple[wr.Shop, TcpProxy]) -> None:
+    shop, tcp = record_cut
+    shop.open_sale("dark", {"tee": 3}, admit_factor=1)
+    tickets = [shop.ticket_of("dark", f"b{n}") for n in range(5)]
+    first_pass = shop.admitted_pass("dark", tickets[0])
+    tcp.partition()
+    # The refresh threads now fail on the record; for longer than a refresh (0.5 s) and a
+    # poll's lag: the skus stay gated and the waiting tickets keep answering, from Redis.
+    for reading in wr.observe(lambda: (shop.poll("dark", tickets[4]),
+                                       shop.decrement("tee", buyer="eve")), 3):
+        poll, passless = reading
+        assert (poll.status_code, poll.json()["state"]) == (200, "waiting"), poll.text
+        wr.refused(passless, 403, "pass_required")
+    made = within(DEADLINE, lambda: shop.put_sale("dusk", {"skus": ["tee"]}))
+    answered_or_retry(made)
+    assert made.status_code == 503
+    closing_now = within(DEADLINE, lambda: shop.close("dark"))
+    answered_or_retry(closing_now)
+    assert closing_now.status_code == 503
+    assert shop.decrement("tee", buyer="b0", sale_pass=first_pass).status_code == 200
+    tcp.heal()
+    assert shop.close("dark").status_code == 200
+    wr.until(lambda: shop.decrement("tee", buyer="eve").status_code, lambda s: s == 200, 5,
+             "the sku ungated once the sale closed")
+    assert shop.figures("tee")["consumed"] == 2

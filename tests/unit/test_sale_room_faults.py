@@ -5,6 +5,7 @@ has them, and a failed refresh keeps the gates it had (a sku never sells passles
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
@@ -13,7 +14,7 @@ import pytest
 from allocation.adapters.sale_queue import Advanced
 from allocation.domain import errors
 from allocation.domain.sale import QueueFigures, Sale
-from allocation.service_layer.sale_room import SaleRoom
+from allocation.service_layer.sale_room import RECORD_CALLS, SaleRoom
 
 SALE = Sale("shop", "drop", ("a", "b"), 0)
 FIGURES = Advanced(QueueFigures(joined=5, serving=2, prequeue=0, order_key=b"k", outstanding=2,
@@ -116,3 +117,30 @@ def test_a_refresh_the_record_refuses_keeps_the_gates(queue: Queue) -> None:
         room.refresh()
     assert room.gate("shop", "a") == SALE and room.gate("shop", "b") == SALE
     assert room.open_sales() == [SALE]
+
+
+def test_a_record_call_that_hangs_is_503_and_a_hung_pool_refuses_at_once(queue: Queue) -> None:
+    room = SaleRoom(record_down, queue, record_wait=0.05)
+    hung = threading.Event()
+    with pytest.raises(errors.Unavailable):
+        room.recorded(lambda: hung.wait(30))  # the partition: the call never returns
+    for _ in range(RECORD_CALLS - 1):
+        with pytest.raises(errors.Unavailable):
+            room.recorded(lambda: hung.wait(30))
+    refused, out = in_thread(lambda: room.recorded(lambda: "not run"))
+    refused.join(10)
+    assert isinstance(out[0], errors.Unavailable)  # every slot held: refused, not queued
+    hung.set()  # healed: the hung calls end and give their slots back
+    assert wait_for(lambda: room.recorded(lambda: "answered"))
+
+
+def wait_for(call: Any) -> Any:
+    """The call's answer once it gives one, within a deadline."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return call()
+        except errors.Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)

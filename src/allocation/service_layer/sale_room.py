@@ -11,7 +11,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as WaitedOut
 from dataclasses import dataclass
+from typing import TypeVar
 
 from allocation.adapters.sale_queue import Advanced, SaleQueue
 from allocation.domain import errors
@@ -23,6 +26,12 @@ logger = logging.getLogger(__name__)
 # A caller needing figures waits this long for the one stepping the queue on (a round trip:
 # milliseconds), not for a partitioned Redis's socket timeout, and never behind a queue of them.
 STEP_WAIT_SECONDS = 1.0
+# A request's call on the record (a sale put, closed or not known here yet) is answered 503
+# after this long, whether or not the call ever returns: libpq's own deadlines do not fire
+# against a peer that takes the bytes and never answers. RECORD_CALLS run at once; more: 503.
+RECORD_WAIT_SECONDS = 3.0
+RECORD_CALLS = 4
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,12 +43,16 @@ class Seen:
 class SaleRoom:
     def __init__(self, uow_factory: Callable[[], AbstractUnitOfWork], queue: SaleQueue,
                  window: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 step_wait: float = STEP_WAIT_SECONDS) -> None:
+                 step_wait: float = STEP_WAIT_SECONDS,
+                 record_wait: float = RECORD_WAIT_SECONDS) -> None:
         self.uow_factory = uow_factory
         self.queue = queue
         self.window = window
         self.clock = clock
         self.step_wait = step_wait
+        self.record_wait = record_wait
+        self._record_slots = threading.BoundedSemaphore(RECORD_CALLS)
+        self._record_calls: ThreadPoolExecutor | None = None
         self._sales: dict[tuple[str, str], Sale] = {}
         self._gated: dict[tuple[str, str], Sale] = {}
         self._closed: dict[tuple[str, str], Sale] = {}  # a closed sale stays closed
@@ -47,15 +60,41 @@ class SaleRoom:
         self._reading = threading.Lock()
         self._advancing: dict[tuple[str, str], threading.Lock] = {}
 
+    def recorded(self, call: Callable[[], T]) -> T:
+        """``call`` (the record's part of a request) within ``record_wait``, else 503. A call
+        that outlives it goes on to its end on its own thread (a put or close completes, and
+        the refresh restores its queue in Redis), holding one of ``RECORD_CALLS``."""
+        if not self._record_slots.acquire(blocking=False):
+            raise errors.Unavailable("the record is not answering; retry", retry_after=5)
+        with self._reading:
+            if self._record_calls is None:
+                self._record_calls = ThreadPoolExecutor(RECORD_CALLS, "sale-record")
+            pool = self._record_calls
+
+        def run() -> T:
+            try:
+                return call()
+            finally:
+                self._record_slots.release()
+
+        try:
+            return pool.submit(run).result(timeout=self.record_wait)
+        except WaitedOut:
+            raise errors.Unavailable("the record did not answer in time; retry",
+                                     retry_after=5) from None
+
     def gate(self, namespace: str, sku: str) -> Sale | None:
         """The open sale gating the sku, as this process last read the record (no I/O)."""
         return self._gated.get((namespace, sku))
 
     def gating(self, namespace: str, sku: str) -> Sale | None:
         """The same, read from the record now: for a sku the scripts say is gated, newly."""
-        with self.uow_factory() as uow:
-            name = uow.sales.gating(namespace, [sku]).get(sku)
-            sale = None if name is None else uow.sales.get(namespace, name)
+        def read() -> Sale | None:
+            with self.uow_factory() as uow:
+                name = uow.sales.gating(namespace, [sku]).get(sku)
+                return None if name is None else uow.sales.get(namespace, name)
+
+        sale = self.recorded(read)
         if sale is not None:
             self.known(sale)
         return sale
