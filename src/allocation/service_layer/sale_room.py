@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as WaitedOut
 from dataclasses import dataclass
 from typing import TypeVar
@@ -52,7 +52,6 @@ class SaleRoom:
         self.step_wait = step_wait
         self.record_wait = record_wait
         self._record_slots = threading.BoundedSemaphore(RECORD_CALLS)
-        self._record_calls: ThreadPoolExecutor | None = None
         self._sales: dict[tuple[str, str], Sale] = {}
         self._gated: dict[tuple[str, str], Sale] = {}
         self._closed: dict[tuple[str, str], Sale] = {}  # a closed sale stays closed
@@ -66,19 +65,19 @@ class SaleRoom:
         the refresh restores its queue in Redis), holding one of ``RECORD_CALLS``."""
         if not self._record_slots.acquire(blocking=False):
             raise errors.Unavailable("the record is not answering; retry", retry_after=5)
-        with self._reading:
-            if self._record_calls is None:
-                self._record_calls = ThreadPoolExecutor(RECORD_CALLS, "sale-record")
-            pool = self._record_calls
+        answer: Future[T] = Future()
 
-        def run() -> T:
+        def run() -> None:  # a daemon: one stuck in a partition does not hold up an exit
             try:
-                return call()
+                answer.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - the caller raises it
+                answer.set_exception(exc)
             finally:
                 self._record_slots.release()
 
+        threading.Thread(target=run, name="sale-record", daemon=True).start()
         try:
-            return pool.submit(run).result(timeout=self.record_wait)
+            return answer.result(timeout=self.record_wait)
         except WaitedOut:
             raise errors.Unavailable("the record did not answer in time; retry",
                                      retry_after=5) from None
