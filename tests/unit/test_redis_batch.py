@@ -7,6 +7,7 @@ import time
 from typing import Any, cast
 
 import pytest
+import redis
 
 from allocation.adapters.redis_batch import ScriptBatcher, _Call
 
@@ -116,3 +117,40 @@ def test_a_caller_handed_the_lead_before_it_waits_still_leads_its_batch() -> Non
         assert not thread.is_alive(), "a caller was never woken"
     assert answers == {0: 0, 1: 2, 2: 4}
     assert batcher.sizes == [1, 2]
+
+
+def test_calls_queued_behind_a_round_trip_redis_did_not_answer_hear_it_at_once() -> None:
+    """A partition: the batch in flight waits out the socket timeout; the calls queued behind
+    it fail with it, never sent, instead of waiting out a timeout of their own."""
+    class TimedOut(HeldBatcher):
+        def _execute(self, batch: list[_Call]) -> list[Any]:
+            assert self.gate.wait(10)
+            self.sizes.append(len(batch))
+            raise redis.TimeoutError("Timeout reading from socket")
+
+    batcher = TimedOut(fail=True)
+    answers: dict[int, Any] = {}
+
+    def caller(n: int) -> None:
+        try:
+            answers[n] = batcher(["k"], [n])
+        except redis.TimeoutError as exc:
+            answers[n] = exc
+
+    first = threading.Thread(target=caller, args=(0,), daemon=True)
+    first.start()
+    until(lambda: batcher._in_flight)
+    rest = [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(1, 8)]
+    for thread in rest:
+        thread.start()
+    until(lambda: len(batcher._queue) == 7)
+    batcher.gate.set()
+    for thread in [first, *rest]:
+        thread.join(10)
+        assert not thread.is_alive(), "a caller was never woken"
+    assert batcher.sizes == [1]  # one round trip: the queued calls were never sent
+    assert len(answers) == 8 and all(isinstance(a, redis.TimeoutError) for a in answers.values())
+    assert not batcher._in_flight and not batcher._queue
+    with pytest.raises(redis.TimeoutError):  # the next call leads a round trip of its own
+        batcher(["k"], [1])
+    assert batcher.sizes == [1, 1]

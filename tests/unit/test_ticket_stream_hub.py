@@ -7,6 +7,7 @@ import asyncio
 
 import fakeredis
 
+from allocation.entrypoints import replies
 from allocation.entrypoints.stock_stream import Stream, serve
 from allocation.entrypoints.ticket_stream import StreamHub, ticket_key
 from tests.helpers.embedded import embedded_counter
@@ -42,5 +43,30 @@ def test_the_first_event_and_the_last_event_id_are_not_sent_again() -> None:
         assert sent.count(WAITING) == 1
         gone.set_result(None)
         await asyncio.gather(*served)
+
+    on_loop(test)
+
+
+def test_a_junk_ticket_takes_no_slot_and_one_ticket_holds_at_most_the_cap() -> None:
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        hub = StreamHub(fakeredis.FakeRedis(), embedded_counter(), "events", loop,
+                        per_token=2, per_process=3, tickets=lambda *_: WAITING,
+                        genuine=lambda _ns, _sale, ticket: ticket.startswith("t"))
+        junk = [hub.open(ticket_key("ns", "drop", f"x{n}"), None) for n in range(50)]
+        assert {r.status for r in junk if isinstance(r, replies.Reply)} == {404}
+        assert len(junk) == 50 and not hub.streams  # none took a slot
+        mine = [hub.open(ticket_key("ns", "drop", "t1"), None) for _ in range(3)]
+        assert [isinstance(s, Stream) for s in mine] == [True, True, False]
+        refused = mine[2]
+        assert isinstance(refused, replies.Reply) and refused.status == 429
+        other = hub.open(ticket_key("ns", "drop", "t2"), None)  # another buyer's still opens
+        assert isinstance(other, Stream)
+        first = mine[0]
+        assert isinstance(first, Stream)
+        hub.close(first)
+        hub.close(first)  # twice: counted out once
+        again = hub.open(ticket_key("ns", "drop", "t1"), None)
+        assert isinstance(again, Stream)
+        assert isinstance(hub.open(ticket_key("ns", "drop", "t1"), None), replies.Reply)
 
     on_loop(test)

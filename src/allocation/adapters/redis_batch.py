@@ -84,6 +84,11 @@ class ScriptBatcher:
                 else:
                     call.reply = reply
         except BaseException as exc:  # noqa: BLE001 - whatever failed, every waiter must hear it
+            if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+                # Redis is away: the calls queued meanwhile (never sent) hear it now, rather
+                # than each batch after this one waiting out the socket timeout again.
+                with self._lock:
+                    batch, self._queue = batch + self._queue, []
             for call in batch:
                 call.error = exc
         with self._lock:

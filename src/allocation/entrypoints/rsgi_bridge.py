@@ -176,7 +176,8 @@ class RsgiBridge:
                 app.redis, app.counter, app.config.events_channel, loop,
                 per_token=app.config.streams_per_token, per_process=stock_stream.process_cap(),
                 revoked=self.tokens.revoked if self.tokens is not None else None,
-                tickets=functools.partial(_ticket_event, app))
+                tickets=functools.partial(_ticket_event, app),
+                genuine=functools.partial(_genuine_ticket, app))
             self.hub.start()
         return self.hub
 
@@ -217,6 +218,14 @@ class RsgiBridge:
 def _ticket_event(app: Application, namespace: str, sale: str, ticket: str) -> bytes:
     return sale_replies.ticket_event(sales.poll_ticket(app.bus.services, namespace, sale,
                                                       ticket))
+
+
+def _genuine_ticket(app: Application, namespace: str, sale: str, ticket: str) -> bool:
+    """Signed for the sale (no I/O); without a key the app answers it (503)."""
+    try:
+        return app.bus.services.signing.read_ticket(namespace, sale, ticket) is not None
+    except errors.Unavailable:
+        return True
 
 
 class _TooLarge(Exception):

@@ -155,10 +155,10 @@ class Hub:
     def open(self, key: Key, grant: str | None) -> Stream | replies.Reply:
         """Count a new stream in, or the 429 that refuses it (over a cap)."""
         if len(self.streams) >= self.per_process:
-            return _too_many("this server holds all the streams it can; try another or later")
+            return too_many("this server holds all the streams it can; try another or later")
         mine = self.by_grant.get(grant) if grant is not None else None
         if mine is not None and len(mine) >= self.per_token:
-            return _too_many(f"this token holds {self.per_token} streams already")
+            return too_many(f"this token holds {self.per_token} streams already")
         stream = Stream(key, grant)
         self.streams.add(stream)
         if grant is not None:
@@ -299,7 +299,7 @@ class Hub:
             self.changed(key, available)
 
 
-def _too_many(message: str) -> replies.Reply:
+def too_many(message: str) -> replies.Reply:
     reply = replies.error(429, "too_many_streams", message)
     return replies.Reply(reply.status, reply.body,
                          (("Retry-After", str(RETRY_AFTER_SECONDS)), ("Connection", "close")))

@@ -3,7 +3,9 @@ one hub per server process, its caps, served on the event loop) with ticket stre
 items'. A ticket's answer changes with its sale's figures, which this process keeps fresh
 (``service_layer.sale_room``), not with the events channel: every second the hub reads the
 watched tickets' answers on its own thread (a waiting one costs no round trip) and sends each
-one that changed."""
+one that changed. A ticket is the credential of its streams as a token is of the items': a junk
+one is answered 404 before it takes a slot (its signature read on the loop, no I/O), and one
+ticket holds at most ``per_token`` streams."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ from collections.abc import Callable
 
 from allocation.adapters.counter import Counter
 from allocation.adapters.redis_client import RedisClient
-from allocation.entrypoints.stock_stream import Hub, Key, Stream, event_id
+from allocation.entrypoints import replies
+from allocation.entrypoints.stock_stream import Hub, Key, Stream, event_id, too_many
 
 logger = logging.getLogger(__name__)
 TicketReader = Callable[[str, str, str], bytes | None]  # its event, None: not a ticket now
+TicketCheck = Callable[[str, str, str], bool]  # signed by this deployment for this sale
 
 
 def ticket_key(namespace: str, sale: str, ticket: str) -> Key:
@@ -37,12 +41,28 @@ class StreamHub(Hub):
 
     def __init__(self, client: RedisClient, counter: Counter, channel: str,
                  loop: asyncio.AbstractEventLoop, *, per_token: int, per_process: int,
-                 revoked: Callable[[str], bool] | None = None, tickets: TicketReader) -> None:
+                 revoked: Callable[[str], bool] | None = None, tickets: TicketReader,
+                 genuine: TicketCheck | None = None) -> None:
         super().__init__(client, counter, channel, loop, per_token=per_token,
                          per_process=per_process, revoked=revoked)
         self.tickets = tickets
+        self.genuine = genuine
+        self._per_ticket: dict[Key, int] = {}
         self._sent: dict[Key, bytes] = {}
         self._reading: asyncio.Task[None] | None = None
+
+    def open(self, key: Key, grant: str | None) -> Stream | replies.Reply:
+        where = _ticket_of(key)
+        if where is None:
+            return super().open(key, grant)
+        if self.genuine is not None and not self.genuine(*where):
+            return replies.error(404, "not_found", f"no such ticket of the sale {where[1]}")
+        if self._per_ticket.get(key, 0) >= self.per_token:
+            return too_many(f"this ticket holds {self.per_token} streams already")
+        stream = super().open(key, grant)
+        if isinstance(stream, Stream):
+            self._per_ticket[key] = self._per_ticket.get(key, 0) + 1
+        return stream
 
     def _tick(self) -> None:
         watched = [k for k in self.watched if _ticket_of(k) is not None]
@@ -83,6 +103,10 @@ class StreamHub(Hub):
         return found
 
     def close(self, stream: Stream) -> None:
+        if stream in self.streams and stream.key in self._per_ticket:
+            left = self._per_ticket.pop(stream.key) - 1
+            if left:
+                self._per_ticket[stream.key] = left
         super().close(stream)
         if stream.key not in self.watched:
             self._sent.pop(stream.key, None)

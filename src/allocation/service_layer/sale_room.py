@@ -11,14 +11,27 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as WaitedOut
 from dataclasses import dataclass
+from typing import TypeVar
 
 from allocation.adapters.sale_queue import Advanced, SaleQueue
+from allocation.domain import errors
 from allocation.domain.sale import Sale
 from allocation.runtime.supervised import Backoff, supervise
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
 logger = logging.getLogger(__name__)
+# A caller needing figures waits this long for the one stepping the queue on (a round trip:
+# milliseconds), not for a partitioned Redis's socket timeout, and never behind a queue of them.
+STEP_WAIT_SECONDS = 1.0
+# A request's call on the record (a sale put, closed or not known here yet) is answered 503
+# after this long, whether or not the call ever returns: libpq's own deadlines do not fire
+# against a peer that takes the bytes and never answers. RECORD_CALLS run at once; more: 503.
+RECORD_WAIT_SECONDS = 3.0
+RECORD_CALLS = 4
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -29,11 +42,16 @@ class Seen:
 
 class SaleRoom:
     def __init__(self, uow_factory: Callable[[], AbstractUnitOfWork], queue: SaleQueue,
-                 window: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 window: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 step_wait: float = STEP_WAIT_SECONDS,
+                 record_wait: float = RECORD_WAIT_SECONDS) -> None:
         self.uow_factory = uow_factory
         self.queue = queue
         self.window = window
         self.clock = clock
+        self.step_wait = step_wait
+        self.record_wait = record_wait
+        self._record_slots = threading.BoundedSemaphore(RECORD_CALLS)
         self._sales: dict[tuple[str, str], Sale] = {}
         self._gated: dict[tuple[str, str], Sale] = {}
         self._closed: dict[tuple[str, str], Sale] = {}  # a closed sale stays closed
@@ -41,15 +59,41 @@ class SaleRoom:
         self._reading = threading.Lock()
         self._advancing: dict[tuple[str, str], threading.Lock] = {}
 
+    def recorded(self, call: Callable[[], T]) -> T:
+        """``call`` (the record's part of a request) within ``record_wait``, else 503. A call
+        that outlives it goes on to its end on its own thread (a put or close completes, and
+        the refresh restores its queue in Redis), holding one of ``RECORD_CALLS``."""
+        if not self._record_slots.acquire(blocking=False):
+            raise errors.Unavailable("the record is not answering; retry", retry_after=5)
+        answer: Future[T] = Future()
+
+        def run() -> None:  # a daemon: one stuck in a partition does not hold up an exit
+            try:
+                answer.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - the caller raises it
+                answer.set_exception(exc)
+            finally:
+                self._record_slots.release()
+
+        threading.Thread(target=run, name="sale-record", daemon=True).start()
+        try:
+            return answer.result(timeout=self.record_wait)
+        except WaitedOut:
+            raise errors.Unavailable("the record did not answer in time; retry",
+                                     retry_after=5) from None
+
     def gate(self, namespace: str, sku: str) -> Sale | None:
         """The open sale gating the sku, as this process last read the record (no I/O)."""
         return self._gated.get((namespace, sku))
 
     def gating(self, namespace: str, sku: str) -> Sale | None:
         """The same, read from the record now: for a sku the scripts say is gated, newly."""
-        with self.uow_factory() as uow:
-            name = uow.sales.gating(namespace, [sku]).get(sku)
-            sale = None if name is None else uow.sales.get(namespace, name)
+        def read() -> Sale | None:
+            with self.uow_factory() as uow:
+                name = uow.sales.gating(namespace, [sku]).get(sku)
+                return None if name is None else uow.sales.get(namespace, name)
+
+        sale = self.recorded(read)
         if sale is not None:
             self.known(sale)
         return sale
@@ -78,20 +122,30 @@ class SaleRoom:
 
     def figures(self, sale: Sale, fresh: bool = False) -> Advanced:
         """The sale's queue figures, at most ``window`` old (``fresh``: now). The first
-        caller to find them stale steps the queue on; others meanwhile answer from the last."""
+        caller to find them stale steps the queue on; others meanwhile answer from the last,
+        or, with none to answer from, wait ``step_wait`` for it and are told to retry."""
         key = (sale.namespace, sale.sale)
         seen = self._figures.get(key)
         if not fresh and seen is not None and self.clock() - seen.at < self.window:
             return seen.advanced
         lock = self._advancing.setdefault(key, threading.Lock())
-        if not lock.acquire(blocking=seen is None or fresh):
-            return seen.advanced if seen is not None else self.figures(sale, fresh=True)
+        wait = seen is None or fresh
+        if not lock.acquire(timeout=self.step_wait) if wait else not lock.acquire(False):
+            if seen is not None and not fresh:
+                return seen.advanced
+            raise errors.Unavailable("the sale's queue is not answering; retry")
         try:
-            advanced = self.queue.advance(sale)
-            if advanced.figures is None:  # Redis lost it: its terms come back from the record
-                self.queue.put(sale)
-                self.queue.gate(sale, True)
+            try:
                 advanced = self.queue.advance(sale)
+                if advanced.figures is None:  # Redis lost it: its terms come from the record
+                    self.queue.put(sale)
+                    self.queue.gate(sale, True)
+                    advanced = self.queue.advance(sale)
+            except errors.Unavailable:
+                if seen is not None and not fresh:  # a poll may lag: the last figures it is
+                    self._figures[key] = Seen(seen.advanced, self.clock())
+                    return seen.advanced
+                raise
             self._figures[key] = Seen(advanced, self.clock())
             return advanced
         finally:

@@ -40,6 +40,10 @@ class TicketAnswer:
 
 
 def put_sale(cmd: commands.PutSale, services: Services) -> SaleAnswer:
+    return services.sales.recorded(lambda: _put_sale(cmd, services))
+
+
+def _put_sale(cmd: commands.PutSale, services: Services) -> SaleAnswer:
     opens_at = (cmd.opens_at_ms if cmd.opens_at_ms is not None
                 else services.sale_queue.now_ms(cmd.namespace, cmd.sale))
     sale = Sale(cmd.namespace, cmd.sale, cmd.skus, opens_at, cmd.admit_factor,
@@ -79,6 +83,10 @@ def _not_gated(gating: dict[str, str]) -> None:
 
 
 def close_sale(cmd: commands.CloseSale, services: Services) -> SaleAnswer:
+    return services.sales.recorded(lambda: _close_sale(cmd, services))
+
+
+def _close_sale(cmd: commands.CloseSale, services: Services) -> SaleAnswer:
     with services.uow_factory() as uow:
         sale = uow.sales.get(cmd.namespace, cmd.sale)
         if sale is None:
@@ -145,8 +153,11 @@ def _sale(services: Services, namespace: str, name: str) -> Sale:
     known = services.sales.sale(namespace, name)
     if known is not None:
         return known
-    with services.uow_factory() as uow:
-        kept = uow.sales.get(namespace, name)
+    def read() -> Sale | None:
+        with services.uow_factory() as uow:
+            return uow.sales.get(namespace, name)
+
+    kept = services.sales.recorded(read)
     if kept is None:
         raise errors.NotFound(f"no sale {name} in {namespace}")
     services.sales.known(kept)

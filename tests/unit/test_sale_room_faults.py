@@ -1,0 +1,146 @@
+"""A process's sale figures (service_layer/sale_room.py) when Redis or the record does not
+answer: no caller waits behind a step that hangs, a poll answers the last figures where it
+has them, and a failed refresh keeps the gates it had (a sku never sells passless for it)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, NoReturn
+
+import pytest
+
+from allocation.adapters.sale_queue import Advanced
+from allocation.domain import errors
+from allocation.domain.sale import QueueFigures, Sale
+from allocation.service_layer.sale_room import RECORD_CALLS, SaleRoom
+
+SALE = Sale("shop", "drop", ("a", "b"), 0)
+FIGURES = Advanced(QueueFigures(joined=5, serving=2, prequeue=0, order_key=b"k", outstanding=2,
+                                used=0, expired=0, sold_out=False, closed=False), 3, 0, 1)
+
+
+class Queue:
+    """The sale's queue, answering at once, hanging (a partition: released by the test) or
+    refusing (a connection refused)."""
+
+    def __init__(self) -> None:
+        self.mode = "up"
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def advance(self, sale: Sale, most: int = 1000) -> Advanced:
+        if self.mode == "hang":
+            self.entered.set()
+            self.release.wait(30)
+            raise errors.Unavailable("Redis did not answer")
+        if self.mode == "down":
+            raise errors.Unavailable("Redis refused")
+        return FIGURES
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"unexpected {name}")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record_down() -> NoReturn:
+    raise errors.Unavailable("the record did not answer")
+
+
+@pytest.fixture
+def queue() -> Iterator[Queue]:
+    queue = Queue()
+    yield queue
+    queue.release.set()
+
+
+def in_thread(call: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except Exception as exc:  # noqa: BLE001 - the test reads what it raised
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_a_poll_does_not_wait_behind_a_step_that_hangs(queue: Queue) -> None:
+    room = SaleRoom(record_down, queue, step_wait=0.05)
+    queue.mode = "hang"
+    stepper, _ = in_thread(lambda: room.figures(SALE, fresh=True))  # the refresh thread
+    assert queue.entered.wait(10)
+    polls = [in_thread(lambda: room.figures(SALE)) for _ in range(4)]
+    for thread, out in polls:
+        thread.join(10)
+        assert not thread.is_alive()  # answered while the step still hangs
+        assert isinstance(out[0], errors.Unavailable)  # no figures to answer from: retry
+    assert stepper.is_alive()
+    queue.release.set()
+    stepper.join(10)
+
+
+def test_stale_figures_answer_polls_while_redis_is_away(queue: Queue) -> None:
+    clock = Clock()
+    room = SaleRoom(record_down, queue, window=1.0, clock=clock)
+    assert room.figures(SALE) is FIGURES
+    clock.now += 5  # stale: the next caller steps the queue on
+    queue.mode = "down"
+    assert room.figures(SALE) is FIGURES  # the last figures, not a 503
+    assert room.figures(SALE) is FIGURES
+    with pytest.raises(errors.Unavailable):  # a caller that needs them now is told so
+        room.figures(SALE, fresh=True)
+    queue.mode = "hang"
+    clock.now += 5
+    stepper, _ = in_thread(lambda: room.figures(SALE))
+    assert queue.entered.wait(10)
+    assert room.figures(SALE) is FIGURES  # not behind the hanging step
+    queue.release.set()
+    stepper.join(10)
+
+
+def test_a_refresh_the_record_refuses_keeps_the_gates(queue: Queue) -> None:
+    room = SaleRoom(record_down, queue)
+    room.known(SALE)
+    with pytest.raises(errors.Unavailable):
+        room.refresh()
+    assert room.gate("shop", "a") == SALE and room.gate("shop", "b") == SALE
+    assert room.open_sales() == [SALE]
+
+
+def test_a_record_call_that_hangs_is_503_and_a_hung_pool_refuses_at_once(queue: Queue) -> None:
+    room = SaleRoom(record_down, queue, record_wait=0.05)
+    hung = threading.Event()
+    with pytest.raises(errors.Unavailable):
+        room.recorded(lambda: hung.wait(30))  # the partition: the call never returns
+    for _ in range(RECORD_CALLS - 1):
+        with pytest.raises(errors.Unavailable):
+            room.recorded(lambda: hung.wait(30))
+    refused, out = in_thread(lambda: room.recorded(lambda: "not run"))
+    refused.join(10)
+    assert isinstance(out[0], errors.Unavailable)  # every slot held: refused, not queued
+    hung.set()  # healed: the hung calls end and give their slots back
+    assert wait_for(lambda: room.recorded(lambda: "answered"))
+
+
+def wait_for(call: Any) -> Any:
+    """The call's answer once it gives one, within a deadline."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return call()
+        except errors.Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
