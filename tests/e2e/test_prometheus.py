@@ -16,6 +16,7 @@ import pytest
 import redis
 import requests
 
+from allocation.adapters.redis_keys import KeySpace
 from allocation.config import Config
 from tests.helpers.deploy import DASHBOARD, DEPLOY, as_sent, dashboard_queries, tool, yaml
 from tests.helpers.processes import (
@@ -88,6 +89,10 @@ def test_prometheus_scrapes_both_alerts_evaluate_and_every_panel_answers(
                "both targets scraped")
     # A sale over pub/sub is the consumer's to count: the panels sum both jobs.
     commands = redis.Redis.from_url(service_config.redis_url or "")
+    # The drift gauge shows the last `drift` run's findings; this run's other tests make
+    # drift on purpose in this key space, and this test is of a healthy sale.
+    commands.delete(KeySpace(service_config.redis_key_prefix,
+                             service_config.partitions).drift())
     wait_until(lambda: sum(n for _, n in commands.pubsub_numsub(
         service_config.commands_channel)) > 0, 30, "the consumer to subscribe")
     commands.publish(service_config.commands_channel, json.dumps({

@@ -38,6 +38,7 @@ def test_a_repair_rebuilds_what_differs_or_is_missing_from_the_record() -> None:
     app = drifted()
     report = app.bus.handle(commands.CheckDrift("ns", repair=True))
     assert [d.sku for d in report.found] == ["a", "b"] and report.repaired == 2
+    assert app.health.drift() == {"ns": 0}  # repaired: the drift alert clears with it
     assert app.bus.handle(commands.CheckDrift("ns")).found == ()
     assert app.health.drift() == {"ns": 0}
     for sku in ("a", "b"):

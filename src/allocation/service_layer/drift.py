@@ -42,6 +42,8 @@ def check(cmd: commands.CheckDrift, services: Services) -> DriftReport:
         return DriftReport(found, 0)
     for drifted in found:
         rebuild_item(services, cmd.namespace, drifted.sku)
+    # Repaired, nothing drifts: the alert on this gauge must not outlive the repair.
+    services.record_drift(cmd.namespace, 0)
     return DriftReport(found, len(found))
 
 def find(namespace: str, uow: AbstractUnitOfWork, counter: Reading, outbox: Outbox,
