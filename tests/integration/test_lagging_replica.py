@@ -8,8 +8,11 @@ rebuilds the item from the ledger; the waiting request is answered by its key
 from __future__ import annotations
 
 import dataclasses
+import uuid
+from collections.abc import Iterator
 
 import pytest
+import redis
 from sqlalchemy.engine import Engine
 
 from allocation.bootstrap import Application, bootstrap
@@ -42,14 +45,31 @@ def restore(app: Application, namespace: str, sku: str, taken: Snapshot) -> None
         app.redis.restore(key, ttl, dumped, replace=True)
 
 
+@pytest.fixture
+def own_config(service_config: Config) -> Iterator[Config]:
+    """The run's services under a key prefix and channels of this test's own: the writer it
+    starts must meet only this test's entries, not what other tests' writers left pending in
+    the run's shared outbox; its keys removed at the end."""
+    prefix = f"{service_config.redis_key_prefix}-lag-{uuid.uuid4().hex[:8]}"
+    yield dataclasses.replace(service_config, redis_key_prefix=prefix,
+                              commands_channel=f"{prefix}:commands",
+                              events_channel=f"{prefix}:events",
+                              commands_stream=f"{prefix}:commands:stream")
+    client = redis.Redis.from_url(service_config.redis_url or "", socket_timeout=10)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.unlink(*keys)
+    client.close()
+
+
 @pytest.mark.parametrize("retried_by", ["the selling process", "a process that never waited"])
 def test_in_sync_mode_the_ledgers_history_stands_after_redis_rolled_an_item_back(
-        service_config: Config, engine: Engine, namespace: str, retried_by: str) -> None:
+        own_config: Config, engine: Engine, namespace: str, retried_by: str) -> None:
     """The process that sold knows the ledger's marks, and so that Redis gave out a seq the
     ledger held: it rebuilds the item at once. One that never waited on the item knows no
     marks: the ledger writer finds the seq taken and rebuilds it, and the waiter hears that."""
     # A generous wait: on a busy machine the writer's rebuild may take a while to be heard.
-    config = dataclasses.replace(service_config, durability="sync", sync_wait_seconds=30)
+    config = dataclasses.replace(own_config, durability="sync", sync_wait_seconds=30)
     seller = bootstrap(config)
     app = seller if retried_by == "the selling process" else bootstrap(config)
     with ledger_threads(config, 1):
