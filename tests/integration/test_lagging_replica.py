@@ -8,11 +8,8 @@ rebuilds the item from the ledger; the waiting request is answered by its key
 from __future__ import annotations
 
 import dataclasses
-import uuid
-from collections.abc import Iterator
 
 import pytest
-import redis
 from sqlalchemy.engine import Engine
 
 from allocation.bootstrap import Application, bootstrap
@@ -43,23 +40,6 @@ def restore(app: Application, namespace: str, sku: str, taken: Snapshot) -> None
     app.redis.delete(*_item_keys(app, namespace, sku))
     for key, (dumped, ttl) in taken.items():
         app.redis.restore(key, ttl, dumped, replace=True)
-
-
-@pytest.fixture
-def own_config(service_config: Config) -> Iterator[Config]:
-    """The run's services under a key prefix and channels of this test's own: the writer it
-    starts must meet only this test's entries, not what other tests' writers left pending in
-    the run's shared outbox; its keys removed at the end."""
-    prefix = f"{service_config.redis_key_prefix}-lag-{uuid.uuid4().hex[:8]}"
-    yield dataclasses.replace(service_config, redis_key_prefix=prefix,
-                              commands_channel=f"{prefix}:commands",
-                              events_channel=f"{prefix}:events",
-                              commands_stream=f"{prefix}:commands:stream")
-    client = redis.Redis.from_url(service_config.redis_url or "", socket_timeout=10)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.unlink(*keys)
-    client.close()
 
 
 @pytest.mark.parametrize("retried_by", ["the selling process", "a process that never waited"])

@@ -17,9 +17,9 @@ from tests.helpers.processes import wait_until
 
 
 def test_a_refresh_in_another_process_after_two_movements_and_a_loss(
-        service_config: Config, namespace: str) -> None:
+        own_config: Config, namespace: str) -> None:
     # No takeover of the unacknowledged entries meanwhile: its marks would wake the refresh.
-    config = dataclasses.replace(service_config, durability="sync",
+    config = dataclasses.replace(own_config, durability="sync",
                                  ledger_claim_idle_ms=600_000)
     seller, other = bootstrap(config), bootstrap(config)
     worker = ledger_worker.for_app(bootstrap(config))
