@@ -179,11 +179,12 @@ def test_the_records_outage_costs_only_what_needs_it(
         by_phase = {phase: [s for s in tries if s.phase == phase]
                     for phase in ("before", "refused", "partitioned")}
         if mode == "async":
-            rate = {p: sum(s.status == 200 for s in ss) for p, ss in by_phase.items()}
-            before = rate["before"] / BEFORE_SECONDS
-            # Sales go on (their speed is the bench's partition row: a busy machine moves it).
+            acked = {p: sum(s.status == 200 for s in ss) for p, ss in by_phase.items()}
+            # Sales go on: each buyer's thread keeps selling through both outages (a stalled
+            # pool would answer about one sale a buyer). Their speed is the bench's partition
+            # row, not a test's: a busy machine moves it.
             for phase in ("refused", "partitioned"):
-                assert rate[phase] / OUTAGE_SECONDS >= 0.25 * before, rate
+                assert acked[phase] >= 5 * BUYERS, acked
             assert all(s.status == 200 for s in tries), "async sales need no database"
         else:
             unavailable = [s for p in ("refused", "partitioned") for s in by_phase[p]

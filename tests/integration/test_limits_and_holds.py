@@ -85,10 +85,10 @@ def test_concurrent_buyers_never_pass_their_limit(service_config: Config, engine
                30, "the ledger")
 
 
-def test_a_rebuild_restores_open_holds_and_they_end_as_before(service_config: Config,
+def test_a_rebuild_restores_open_holds_and_they_end_as_before(own_config: Config,
                                                               engine: Engine,
                                                               namespace: str) -> None:
-    app = bootstrap(dataclasses.replace(service_config, durability="async"))
+    app = bootstrap(dataclasses.replace(own_config, durability="async"))
     app.bus.handle(commands.InitInventory(namespace, "cap", 10, limit_per_buyer=4))
     kept = app.bus.handle(commands.Reserve(namespace, (("cap", 3),), "r1", 600, "ann"))
     ended = app.bus.handle(commands.Reserve(namespace, (("cap", 2),), "r2", 600, "bob"))
