@@ -3,9 +3,7 @@ sales, queue, tickets and gated sales over real HTTP, and the scripts' test cloc
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import itertools
 import json
 import time
 import uuid
@@ -18,6 +16,7 @@ import requests
 
 from allocation.adapters.redis_keys import KeySpace
 from allocation.config import Config
+from tests.helpers import key_spaces
 from tests.helpers.processes import Process
 
 T = TypeVar("T")
@@ -272,16 +271,7 @@ def forged(token: str) -> list[str]:
 def own_key_space(config: Config, redis_url: str) -> Iterator[Config]:
     """The run's services under a key prefix (and channels) of their own, whose clock a test may
     move without touching the run's other servers; its keys removed at the end."""
-    prefix = f"{config.redis_key_prefix}-wr"
-    yield dataclasses.replace(config, redis_key_prefix=prefix,
-                              commands_channel=f"{prefix}:commands",
-                              events_channel=f"{prefix}:events",
-                              commands_stream=f"{prefix}:commands:stream")
-    client = redis.Redis.from_url(redis_url, socket_timeout=TIMEOUT)
-    while batch := list(itertools.islice(client.scan_iter(match=f"{prefix}:*", count=1000),
-                                         1000)):
-        client.unlink(*batch)
-    client.close()
+    yield from key_spaces.own_key_space(config, redis_url, f"{config.redis_key_prefix}-wr")
 
 
 class ScriptClock:

@@ -5,12 +5,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import redis
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
+from tests.helpers.key_spaces import own_key_space
 from tests.helpers.ledger import running_worker
 
 
@@ -36,13 +36,5 @@ def own_config(service_config: Config) -> Iterator[Config]:
     """The run's services under a key prefix and channels of the test's own, for a test whose
     ledger writer must meet only its own entries (not what other tests' writers left pending in
     the run's shared outbox, nor have its entries read by them); its keys removed at the end."""
-    prefix = f"{service_config.redis_key_prefix}-own-{uuid.uuid4().hex[:8]}"
-    yield dataclasses.replace(service_config, redis_key_prefix=prefix,
-                              commands_channel=f"{prefix}:commands",
-                              events_channel=f"{prefix}:events",
-                              commands_stream=f"{prefix}:commands:stream")
-    client = redis.Redis.from_url(service_config.redis_url or "", socket_timeout=10)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.unlink(*keys)
-    client.close()
+    yield from own_key_space(service_config, service_config.redis_url or "",
+                             f"{service_config.redis_key_prefix}-own-{uuid.uuid4().hex[:8]}")
