@@ -29,9 +29,9 @@ def bought(engine: Engine, namespace: str, sku: str) -> dict[str, int]:
         return {buyer: int(n) for buyer, n in rows}
 
 
-def test_a_limit_survives_redis_losing_the_item(service_config: Config, engine: Engine,
+def test_a_limit_survives_redis_losing_the_item(own_config: Config, engine: Engine,
                                                 namespace: str) -> None:
-    app = bootstrap(dataclasses.replace(service_config, durability="async"))
+    app = bootstrap(dataclasses.replace(own_config, durability="async"))
     app.bus.handle(commands.InitInventory(namespace, "cap", 20, limit_per_buyer=3))
     assert app.bus.handle(commands.Decrement(namespace, "cap", 2, "a1", "ann")).ok
     assert app.bus.handle(commands.Decrement(namespace, "cap", 3, "b1", "bob")).ok
@@ -119,9 +119,9 @@ def test_a_rebuild_restores_open_holds_and_they_end_as_before(own_config: Config
     wait_until(lambda: recorded() == (10, 3, 0), 30, "the confirm in the items table")
 
 
-def test_a_reservation_redis_lost_comes_back_from_the_ledger(service_config: Config,
+def test_a_reservation_redis_lost_comes_back_from_the_ledger(own_config: Config,
                                                              namespace: str) -> None:
-    app = bootstrap(dataclasses.replace(service_config, durability="async"))
+    app = bootstrap(dataclasses.replace(own_config, durability="async"))
     app.bus.handle(commands.InitInventory(namespace, "cap", 10))
     first = app.bus.handle(commands.Reserve(namespace, (("cap", 3),), "r1", 600, "ann"))
     second = app.bus.handle(commands.Reserve(namespace, (("cap", 2),), "r2", 600))
@@ -145,11 +145,11 @@ def test_a_reservation_redis_lost_comes_back_from_the_ledger(service_config: Con
                                                                  "ann")
 
 
-def test_a_refresh_keeps_the_extension_redis_holds(service_config: Config,
+def test_a_refresh_keeps_the_extension_redis_holds(own_config: Config,
                                                    namespace: str) -> None:
     """A rebuild of an item Redis holds keeps Redis's holds, extended, rather than reload
     them."""
-    app = bootstrap(dataclasses.replace(service_config, durability="async"))
+    app = bootstrap(dataclasses.replace(own_config, durability="async"))
     app.bus.handle(commands.InitInventory(namespace, "cap", 2))
     made = app.bus.handle(commands.Reserve(namespace, (("cap", 2),), "r", 1))
     app.bus.handle(commands.ExtendReservation(namespace, made.id, 600))
