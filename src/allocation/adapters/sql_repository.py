@@ -15,6 +15,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
+    cast,
     exists,
     func,
     select,
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session
 from allocation.adapters import orm
 from allocation.adapters.counter import Allowances, Hold, Restored
 from allocation.adapters.repository import UNITS_SIGN, AbstractRepository, aware
+from allocation.adapters.sql_arrays import text_array
 from allocation.domain.model import InventoryItem, LedgerEntry, Stock
 
 ENTRY_COLUMNS = [orm.ledger.c[name] for name in (
@@ -54,13 +56,15 @@ _UNITS = " ".join(f"WHEN '{kind}' THEN {sign} * qty" for kind, sign in UNITS_SIG
 REBASE_LOST = text(f"""
 WITH renewed AS (
   UPDATE inventory_items SET counter_gen = :gen, version = version + 1
-  WHERE namespace = :namespace AND sku BETWEEN :first AND :last AND sku = ANY(:skus)
+  WHERE namespace = :namespace AND sku BETWEEN :first AND :last
+    AND sku = ANY(CAST(:skus AS text[]))
   RETURNING sku, total, consumed, last_seq, limit_per_buyer, held),
 moves AS MATERIALIZED (
   SELECT sku, seq, kind, qty, buyer, reservation_id, idempotency_key, total_after,
          available_after, held_after, expires_at, created_at
   FROM inventory_ledger
-  WHERE namespace = :namespace AND sku BETWEEN :first AND :last AND sku = ANY(:skus)),
+  WHERE namespace = :namespace AND sku BETWEEN :first AND :last
+    AND sku = ANY(CAST(:skus AS text[]))),
 units AS (
   SELECT * FROM (SELECT sku, buyer, sum(CASE kind {_UNITS} ELSE 0 END)::bigint AS n
                  FROM moves WHERE buyer IS NOT NULL GROUP BY sku, buyer) b
@@ -144,7 +148,12 @@ class SqlAlchemyRepository(AbstractRepository):
         query = select(orm.items.c.sku).where(orm.items.c.namespace == namespace)
         if after is not None:
             query = query.where(orm.items.c.sku > after)
-        return builtins.list(self.session.scalars(query.order_by(orm.items.c.sku).limit(limit)))
+        page = query.order_by(orm.items.c.sku).limit(limit)
+        if self.session.get_bind().dialect.name == "postgresql":
+            # One row, an array the driver parses in C: a row a SKU cost more.
+            paged = page.subquery()
+            return self.session.scalar(select(func.array_agg(paged.c.sku))) or []
+        return builtins.list(self.session.scalars(page))
 
     def allowances(self, namespace: str, skus: Sequence[str]) -> dict[str, Allowances]:
         wanted = list(skus)
@@ -214,7 +223,7 @@ class SqlAlchemyRepository(AbstractRepository):
             return super().rebase_lost(namespace, skus, gen, since)
         # The driver's arrays are the columns as they are: no object per item or row.
         row = [column or [] for column in self.session.execute(REBASE_LOST, {
-            "gen": gen, "namespace": namespace, "skus": list(skus), "first": min(skus),
+            "gen": gen, "namespace": namespace, "skus": text_array(skus), "first": min(skus),
             "last": max(skus), "since": since}).one()]
         (found, totals, consumed, seqs, limits, held), n = row[:6], len(row[0])
         return Restored(found, totals, consumed, held, seqs, [gen] * n, limits, [""] * n,
@@ -258,7 +267,8 @@ class SqlAlchemyRepository(AbstractRepository):
         """``column IN values``; on PostgreSQL one array parameter rather than a parameter per
         value (a rebuild asks about thousands of items at once)."""
         if self.session.get_bind().dialect.name == "postgresql":
-            return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
+            return column == any_(cast(bindparam(None, text_array(values), type_=String),
+                                       ARRAY(String)))
         return column.in_(list(values))
 
     def _moment(self, moment: datetime) -> datetime:
