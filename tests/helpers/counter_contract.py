@@ -150,7 +150,7 @@ class CounterContract(abc.ABC):
                     made: list[int]) -> None:
             n = len(keys)
             self.counter.restore_many(self.ns, Restored(
-                ["sku"], [10], [0], [0], [1], [""], [None], [""],
+                ["sku"], [10], [0], [0], [1], "", [None], [""],
                 keyed=(["sku"] * n, keys, kinds, qtys, [None] * n, [10] * n,
                        [10 - q for q in qtys], [0] * n, made)))
 
@@ -445,7 +445,7 @@ class ReservationContract(abc.ABC):
         now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
         odd = skus[1::2]
         self.counter.restore_many(self.ns, Restored(
-            skus, [10] * 40, [1] * 40, [2] * 40, [3] * 40, ["g1"] * 40,
+            skus, [10] * 40, [1] * 40, [2] * 40, [3] * 40, "g1",
             [5 if i % 2 else None for i in range(40)], [""] * 40,
             units=(odd, ["ann"] * 20, [3] * 20),
             holds=(skus, [f"r{i}" for i in range(40)], [2] * 40,

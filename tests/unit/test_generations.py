@@ -118,7 +118,7 @@ def test_a_counter_told_the_ledger_s_keys_replays_them() -> None:
     counter = embedded_counter()
     now = int(datetime.now(UTC).timestamp() * 1_000_000)
     counter.restore_many("ns", Restored(  # the item and the ledger's keys of it
-        ["s"], [10], [4], [0], [5], ["g2"], [None], [""],
+        ["s"], [10], [4], [0], [5], "g2", [None], [""],
         keyed=(["s"], ["sold-before"], ["decrement"], [2], [None], [10], [8], [0], [now])))
     replay = counter.apply("ns", "s", "decrement", 2, "sold-before", record=True)
     assert replay.replayed and replay.ok and (replay.total, replay.consumed) == (10, 2)

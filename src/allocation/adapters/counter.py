@@ -42,19 +42,19 @@ KeyedMovements = tuple[Sequence[str], Sequence[str], Sequence[str], Sequence[int
 
 class Restored(NamedTuple):
     """Items the counter lost, as the record has them, a sequence per field (a refresh's batch
-    goes from the record's arrays to the load script's arguments with no object per item):
-    each item's figures under its generation, its limit per buyer (None: none) and the open
-    sale that gates it ("": none; a sale's gate is in the record, and a movement without its
-    pass must stay refused). Then rows of the items' parts, each naming its item's sku, in sku
-    order: buyers' units, open holds, and the movements whose keys are still in their window
-    (latest first)."""
+    goes from the record's arrays to the load script's arguments with no object per item),
+    all under the generation ``gen``: each item's figures, its limit per buyer (None: none)
+    and the open sale that gates it ("": none; a sale's gate is in the record, and a movement
+    without its pass must stay refused). Then rows of the items' parts, each naming its item's
+    sku, in sku order: buyers' units, open holds, and the movements whose keys are still in
+    their window (latest first)."""
 
     skus: Sequence[str]
     totals: Sequence[int]
     consumed: Sequence[int]
     held: Sequence[int]
     seqs: Sequence[int]
-    gens: Sequence[str]
+    gen: str
     limits: Sequence[int | None]
     gates: Sequence[str]
     units: BuyerUnits = ((), (), ())

@@ -91,7 +91,7 @@ class RedisRebuilding(Counter):
         units, holds, keyed = items.units, items.holds, items.keyed
         rows = collections.Counter(units[0]) + collections.Counter(holds[0])
         rows.update(keyed[0])
-        weights = [8 + 5 * rows[sku] for sku in skus] if rows else [8] * len(skus)
+        weights = [7 + 5 * rows[sku] for sku in skus] if rows else [7] * len(skus)
         calls: list[_Load] = []
         where: dict[str, tuple[_Load, int]] = {}
         for partition, members in self._by_partition(namespace, skus, weights):
@@ -134,12 +134,15 @@ class RedisRebuilding(Counter):
         members, skus = call.members, [items.skus[i] for i in call.members]
         keys = [self.keys.due(call.partition), *self.keys.items_in(call.partition, namespace, skus),
                 *self.keys.parts_in(call.partition, namespace, skus), *call.keys]
-        args: list[Any] = ["load", namespace, len(members), len(call.u_items),
-                           len(call.h_items), len(call.keys), *skus]
-        for column in (items.totals, items.consumed, items.held, items.seqs, items.gens):
+        gated = [(position, gate) for position, i in enumerate(members, 1)
+                 if (gate := items.gates[i])]
+        args: list[Any] = ["load", namespace, items.gen, len(members), len(gated),
+                           len(call.u_items), len(call.h_items), len(call.keys), *skus]
+        for column in (items.totals, items.consumed, items.held, items.seqs):
             args += [column[i] for i in members]
         args += ["" if (limit := items.limits[i]) is None else limit for i in members]
-        args += [items.gates[i] for i in members]
+        args += [position for position, _ in gated]  # the gated few
+        args += [gate for _, gate in gated]
         for rows in (call.u_items, call.u_buyers, call.u_units, call.h_items, call.h_rids,
                      call.h_qtys, call.h_buyers, call.h_expires, call.records, call.lefts):
             args += rows

@@ -142,7 +142,7 @@ class AbstractRepository(abc.ABC):
                  for e in sorted(self.keyed_entries(namespace, found, since),
                                  key=lambda e: (e.sku, -e.seq))]
         return Restored(found, [s.total for s in stock], [s.consumed for s in stock],
-                        [s.held for s in stock], [s.last_seq for s in stock], [gen] * len(stock),
+                        [s.held for s in stock], [s.last_seq for s in stock], gen,
                         [s.limit_per_buyer for s in stock], [""] * len(stock),
                         _columns(units, 3), _columns(lines, 5), _columns(keyed, 9))  # type: ignore[arg-type]
 

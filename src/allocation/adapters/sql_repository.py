@@ -91,6 +91,11 @@ SELECT * FROM
 """)
 
 
+# A page of SKUs after ``after`` ("" for the first: every SKU sorts after it).
+SKU_PAGE = text("SELECT array_agg(sku) FROM (SELECT sku FROM inventory_items "
+                "WHERE namespace = :namespace AND sku > :after ORDER BY sku LIMIT :limit) AS page")
+
+
 class SqlAlchemyRepository(AbstractRepository):
     def __init__(self, session: Session) -> None:
         super().__init__()
@@ -145,15 +150,15 @@ class SqlAlchemyRepository(AbstractRepository):
                 self.session.execute(query.order_by(orm.items.c.sku).limit(limit))]
 
     def sku_page(self, namespace: str, after: str | None, limit: int) -> builtins.list[str]:
+        if self.session.get_bind().dialect.name == "postgresql":
+            # One row, an array the driver parses in C: a row a SKU cost more.
+            found: builtins.list[str] | None = self.session.execute(SKU_PAGE, {
+                "namespace": namespace, "after": after or "", "limit": limit}).scalar()
+            return found or []
         query = select(orm.items.c.sku).where(orm.items.c.namespace == namespace)
         if after is not None:
             query = query.where(orm.items.c.sku > after)
-        page = query.order_by(orm.items.c.sku).limit(limit)
-        if self.session.get_bind().dialect.name == "postgresql":
-            # One row, an array the driver parses in C: a row a SKU cost more.
-            paged = page.subquery()
-            return self.session.scalar(select(func.array_agg(paged.c.sku))) or []
-        return builtins.list(self.session.scalars(page))
+        return builtins.list(self.session.scalars(query.order_by(orm.items.c.sku).limit(limit)))
 
     def allowances(self, namespace: str, skus: Sequence[str]) -> dict[str, Allowances]:
         wanted = list(skus)
@@ -226,7 +231,7 @@ class SqlAlchemyRepository(AbstractRepository):
             "gen": gen, "namespace": namespace, "skus": text_array(skus), "first": min(skus),
             "last": max(skus), "since": since}).one()]
         (found, totals, consumed, seqs, limits, held), n = row[:6], len(row[0])
-        return Restored(found, totals, consumed, held, seqs, [gen] * n, limits, [""] * n,
+        return Restored(found, totals, consumed, held, seqs, gen, limits, [""] * n,
                         tuple(row[6:9]), tuple(row[9:14]), tuple(row[14:]))  # type: ignore[arg-type]
 
     def keyed_entries(self, namespace: str, skus: Sequence[str], since: datetime,

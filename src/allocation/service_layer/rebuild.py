@@ -192,7 +192,7 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
                     gate = uow.sales.gating(namespace, skus).get(skus[0], "")
                 counter.restore_many(namespace, Restored(
                     [unwritten.sku], [unwritten.total], [unwritten.consumed], [unwritten.held],
-                    [unwritten.seq], [unwritten.gen or ""], [limit], [gate],
+                    [unwritten.seq], unwritten.gen or "", [limit], [gate],
                     units=([unwritten.sku] * len(buyers), list(buyers), list(buyers.values()))))
                 _gates_again(services, uow, namespace, {skus[0]: gate} if gate else {})
                 return {unwritten.sku: Stock(unwritten.sku, unwritten.total,

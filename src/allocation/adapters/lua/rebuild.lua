@@ -6,11 +6,12 @@
 --   and its generation (nothing for one it lost: a lost batch answers an empty list).
 -- "load": KEYS[1] the partition's due index, then the n items' hashes, their buyers keys,
 --   their holds keys, their expiries keys, then the records of the k keys still in their
---   window. ARGV[2] the namespace, ARGV[3..6] n, and how many buyers' rows u, holds h and keys
---   k, then a column at a time (each item's column n long, each row's as long as its rows):
---   the items' sku, total, consumed, held, seq, gen, limit ("" for none), the open sale that
---   gates it ("" for none); the buyers' rows' item (its position among the n), buyer, units;
---   the holds' item, reservation id, qty, buyer, expires ms; the keys' record, seconds left.
+--   window. ARGV[2] the namespace, ARGV[3] the generation they are loaded under, ARGV[4..8] n,
+--   and how many gated items g, buyers' rows u, holds h and keys k, then a column at a time
+--   (an item column n long, a row column as long as its rows): the items' sku, total,
+--   consumed, held, seq, limit ("" for none); the gated items' position among the n, the open
+--   sale that gates it; the buyers' rows' item (its position), buyer, units; the holds' item,
+--   reservation id, qty, buyer, expires ms; the keys' record, seconds left.
 --   Each item is set as the record has it, its keys given back (a key Redis holds already
 --   stays), its limit, buyers and holds replaced, its gate set where it has one, the figures
 --   last (they unfence it).
@@ -37,12 +38,12 @@ local function add(fields, name, value)
   fields[#fields + 1] = value
 end
 
--- Run `command key ...fields` for each run of rows of one item: `item(j)` the row's item,
--- `fields(j, out)` adds the row's fields to out.
-local function by_item(command, rows, key_of, item, fields)
+-- Run `command key [option] ...fields` for each run of rows of one item: `item(j)` the
+-- row's item, `fields(j, out)` adds the row's fields to out.
+local function by_item(command, option, rows, key_of, item, fields)
   local j = 1
   while j <= rows do
-    local at, out = item(j), {}
+    local at, out = item(j), {option}
     repeat
       fields(j, out)
       j = j + 1
@@ -52,18 +53,22 @@ local function by_item(command, rows, key_of, item, fields)
 end
 
 if op == 'load' then
-  local ns, n, u, h, k = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
-                         tonumber(ARGV[6])
+  local ns, gen = ARGV[2], ARGV[3]
+  local n, g, u, h, k = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+                        tonumber(ARGV[7]), tonumber(ARGV[8])
   local due = KEYS[1]
-  -- Where each column starts, less one: ARGV[col + i] is row i's value.
-  local sku, total, consumed, held, seq, gen, limit, gate = 6, 6 + n, 6 + 2 * n, 6 + 3 * n,
-                                                           6 + 4 * n, 6 + 5 * n, 6 + 6 * n,
-                                                           6 + 7 * n
-  local u_item, u_buyer, u_units = 6 + 8 * n, 6 + 8 * n + u, 6 + 8 * n + 2 * u
-  local at = 6 + 8 * n + 3 * u
+  -- Where each column starts, less one: ARGV[column + i] is row i's value.
+  local sku, total, consumed, held, seq, limit = 8, 8 + n, 8 + 2 * n, 8 + 3 * n, 8 + 4 * n,
+                                                 8 + 5 * n
+  local g_item, g_sale = 8 + 6 * n, 8 + 6 * n + g
+  local at = 8 + 6 * n + 2 * g
+  local u_item, u_buyer, u_units = at, at + u, at + 2 * u
+  at = at + 3 * u
   local h_item, h_rid, h_qty, h_buyer, h_expires = at, at + h, at + 2 * h, at + 3 * h, at + 4 * h
   local record, left = at + 5 * h, at + 5 * h + k
   local items, buyers, holds, expiries = 1, 1 + n, 1 + 2 * n, 1 + 3 * n
+  local gates = {}
+  for j = 1, g do gates[tonumber(ARGV[g_item + j])] = ARGV[g_sale + j] end
 
   -- The buyers, holds and expiries Redis may still have of the items: replaced.
   for from = buyers + 1, expiries + n, MOST do
@@ -72,18 +77,18 @@ if op == 'load' then
   for j = 1, k do
     redis.call('SET', KEYS[expiries + n + j], ARGV[record + j], 'EX', ARGV[left + j], 'NX')
   end
-  by_item('HSET', u, function(i) return KEYS[buyers + i] end,
+  by_item('HSET', nil, u, function(i) return KEYS[buyers + i] end,
           function(j) return tonumber(ARGV[u_item + j]) end,
           function(j, out) add(out, ARGV[u_buyer + j], ARGV[u_units + j]) end)
   local function hold_item(j) return tonumber(ARGV[h_item + j]) end
-  by_item('HSET', h, function(i) return KEYS[holds + i] end, hold_item, function(j, out)
+  by_item('HSET', nil, h, function(i) return KEYS[holds + i] end, hold_item, function(j, out)
     add(out, ARGV[h_rid + j], ARGV[h_qty + j] .. '|' .. ARGV[h_expires + j] .. '|' ..
                               ARGV[h_buyer + j])
   end)
-  by_item('ZADD', h, function(i) return KEYS[expiries + i] end, hold_item,
+  by_item('ZADD', nil, h, function(i) return KEYS[expiries + i] end, hold_item,
           function(j, out) add(out, ARGV[h_expires + j], ARGV[h_rid + j]) end)
   -- The sweeper's index: each item at its next expiry (LT: the earliest of its holds).
-  by_item('ZADD', h, function() return due end, function() return 0 end, function(j, out)
+  by_item('ZADD', 'LT', h, function() return due end, function() return 0 end, function(j, out)
     add(out, ARGV[h_expires + j], ns .. '\n' .. ARGV[sku + hold_item(j)])
   end)
   for i = 1, n do
@@ -96,8 +101,8 @@ if op == 'load' then
     -- again after the load, for a sale closed meanwhile).
     if ARGV[limit + i] == '' then redis.call('HDEL', KEYS[items + i], 'limit')
     else add(fields, 'limit', ARGV[limit + i]) end
-    if ARGV[gate + i] ~= '' then add(fields, 'gate', ARGV[gate + i]) end
-    if ARGV[gen + i] ~= '' then add(fields, 'gen', ARGV[gen + i]) end
+    if gates[i] then add(fields, 'gate', gates[i]) end
+    if gen ~= '' then add(fields, 'gen', gen) end
     redis.call('HSET', KEYS[items + i], unpack(fields))
   end
   return n
