@@ -18,6 +18,11 @@ class KeySpace:
     def partition(self, namespace: str, sku: str) -> int:
         return zlib.crc32(f"{namespace}/{sku}".encode()) % self.partitions
 
+    def partitions_of(self, namespace: str, skus: Sequence[str]) -> list[int]:
+        """``partition`` of many items of a namespace (a rebuild asks of thousands)."""
+        crc32, partitions = zlib.crc32, self.partitions
+        return [crc32(f"{namespace}/{sku}".encode()) % partitions for sku in skus]
+
     def _tag(self, partition: int) -> str:
         return f"{self.prefix}:{{{partition}}}"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -89,9 +90,8 @@ class RedisRebuilding(Counter):
         # no object per item (ADR 0042).
         skus = items.skus
         units, holds, keyed = items.units, items.holds, items.keyed
-        rows = collections.Counter(units[0]) + collections.Counter(holds[0])
-        rows.update(keyed[0])
-        weights = [7 + 5 * rows[sku] for sku in skus] if rows else [7] * len(skus)
+        rows = collections.Counter(itertools.chain(units[0], holds[0], keyed[0])).get
+        weights = [7 + 5 * rows(sku, 0) for sku in skus]
         calls: list[_Load] = []
         where: dict[str, tuple[_Load, int]] = {}
         for partition, members in self._by_partition(namespace, skus, weights):
@@ -154,9 +154,7 @@ class RedisRebuilding(Counter):
         (arguments) pass REBUILD_CALL_ARGS."""
         groups: dict[int, list[list[int]]] = {}
         sizes: dict[int, int] = {}
-        partition_of = self.keys.partition
-        for i, sku in enumerate(skus):
-            partition = partition_of(namespace, sku)
+        for i, partition in enumerate(self.keys.partitions_of(namespace, skus)):
             chunks = groups.get(partition)
             if chunks is None or sizes[partition] > self.REBUILD_CALL_ARGS:
                 groups.setdefault(partition, []).append([])
