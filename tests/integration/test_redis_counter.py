@@ -116,6 +116,17 @@ class TestRedisCounter(RedisRecordTtls, ReservationContract, LimitContract, Coun
         assert counter.client.hmget(keys.item(self.ns, "b"), "gate", "limit") == [b"sale-1",
                                                                                   b"4"]
 
+    def test_seqs_of_a_lost_batch_a_gated_hash_and_a_held_item(self) -> None:
+        """rebuild.lua's seqs: a hash that holds only a sale's gate is not an item."""
+        assert isinstance(self.counter, RedisCounter)
+        counter, keys = self.counter, self.counter.keys
+        lost = [f"lost{n}" for n in range(40)]
+        assert counter.seqs_many(self.ns, lost) == [None] * 40
+        counter.client.hset(keys.item(self.ns, "lost3"), "gate", "sale-1")
+        counter.load(self.ns, "lost7", 5, 1, 4, "g")
+        assert counter.seqs_many(self.ns, lost) == [("g", 4) if n == 7 else None
+                                                    for n in range(40)]
+
     def test_loading_an_item_marks_its_ledger_written_up_to_its_seq(self) -> None:
         counter = make_redis_counter()
         counter.load_many([(self.ns, "a", 5, 1, 7), (self.ns, "b", 3, 0, 1)])

@@ -17,21 +17,28 @@
 --   last (they unfence it).
 local op = ARGV[1]
 
+-- Commands with many arguments are sent a thousand at most (Lua's unpack has a limit).
+local MOST = 1000
+
 if op == 'seqs' then
   local out = {}
-  for i, key in ipairs(KEYS) do
-    local f = redis.call('HMGET', key, 'total', 'seq', 'gen')
-    if f[1] then
-      out[#out + 1] = i
-      out[#out + 1] = tonumber(f[2] or 0)
-      out[#out + 1] = f[3] or ''
+  for from = 1, #KEYS, MOST do
+    local to = math.min(from + MOST - 1, #KEYS)
+    -- Where Redis lost them all, one EXISTS says so (a command an item cost more than its
+    -- look-up); else each hash is read (one may hold only a sale's gate: not an item).
+    if redis.call('EXISTS', unpack(KEYS, from, to)) > 0 then
+      for i = from, to do
+        local f = redis.call('HMGET', KEYS[i], 'total', 'seq', 'gen')
+        if f[1] then
+          out[#out + 1] = i
+          out[#out + 1] = tonumber(f[2] or 0)
+          out[#out + 1] = f[3] or ''
+        end
+      end
     end
   end
   return out
 end
-
--- Commands with many arguments are sent a thousand at most (Lua's unpack has a limit).
-local MOST = 1000
 
 local function add(fields, name, value)
   fields[#fields + 1] = name
