@@ -3,6 +3,11 @@
 its own, alternating, so that both meet the same load from whatever else shares the machine.
 
     .venv/bin/python scripts/refresh_pair.py /work/main . --items 20000 --rounds 3
+
+``PAIR_CPU=1`` also reports the CPU seconds each refresh took of this process, of the
+PostgreSQL backends of its scratch database and of Redis (``INFO cpu``: a Redis of the run's own,
+``TEST_REDIS_URL``, or others' work counts too): on a shared machine a steadier measure than the
+rate.
 """
 
 from __future__ import annotations
@@ -15,13 +20,47 @@ import sys
 from pathlib import Path
 
 ONE = """
-import json, os, sys
+import json, os, sys, time
+import redis
 from bench.common import scratch_services
 from bench import contenders
 admin = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 redis_url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+cpu = {}
+
+def database_cpu(name):
+    ticks = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if name.encode() not in f.read():
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+def redis_cpu():
+    found = redis.Redis.from_url(redis_url).info("cpu")
+    return found["used_cpu_user"] + found["used_cpu_sys"]
+
+class Clock:  # the contender's two perf_counter calls frame the refresh: read the CPU there
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def perf_counter(self):
+        now = (time.process_time(), database_cpu(database), redis_cpu())
+        for key, value in zip(("python", "postgresql", "redis"), now):
+            cpu[key] = value - cpu.get(key, 0)
+        return time.perf_counter()
+
 with scratch_services(admin, redis_url) as services:
     contenders.migrate_schema(services)
+    database = services.database_url.rsplit("/", 1)[1]
+    if os.environ.get("PAIR_CPU"):
+        contenders.time = Clock()
     if os.environ.get("PAIR_PROFILE"):
         import cProfile, pstats
         profile = cProfile.Profile()
@@ -30,7 +69,8 @@ with scratch_services(admin, redis_url) as services:
     else:
         result = contenders.refresh_all(services, int(sys.argv[1]))
     contenders.stop_children()
-print("PAIR " + json.dumps({"rate": result.ops / result.seconds, "checks": result.checks}))
+print("PAIR " + json.dumps({"rate": result.ops / result.seconds, "checks": result.checks,
+                           **{key: round(value, 3) for key, value in cpu.items()}}))
 """
 
 
@@ -59,7 +99,9 @@ def main() -> None:
         for tree in args.trees:
             found = run(tree, args.items)
             rates[tree].append(float(found["rate"]))  # type: ignore[arg-type]
-            print(f"round {n + 1} {tree}: {found['rate']:.0f} items/s {found['checks']}",
+            spent = " ".join(f"{key} {found[key]}s" for key in ("python", "postgresql", "redis")
+                             if key in found)
+            print(f"round {n + 1} {tree}: {found['rate']:.0f} items/s {found['checks']} {spent}",
                   flush=True)
     first, second = args.trees
     ratios = [b / a for a, b in zip(rates[first], rates[second], strict=True)]

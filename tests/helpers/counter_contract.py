@@ -12,7 +12,7 @@ import abc
 import dataclasses
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import settings
@@ -29,7 +29,6 @@ from allocation.adapters.counter import Counter, Reserved, Restored, Step
 from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.domain import errors, rules
-from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import Outcome
 from allocation.domain.rules import Kind
 from tests.helpers.processes import wait_until
@@ -144,12 +143,19 @@ class CounterContract(abc.ABC):
         # A key seen under the old generation still replays, naming the old one.
         assert self.counter.apply(self.ns, "g", "decrement", 1, "k").gen == "gen-a"
 
-    def test_keys_the_ledger_holds_replay_once_remembered(self) -> None:
-        now = datetime.now(UTC)
-        self.counter.remember([
-            LedgerEntry(self.ns, "sku", 2, "decrement", 3, 10, 7, "from-ledger", now),
-            LedgerEntry(self.ns, "sku", 3, "refund", 1, 10, 8, "old", now - timedelta(days=9)),
-            LedgerEntry(self.ns, "sku", 1, "init", 10, 10, 10, None, now)])
+    def test_a_restore_gives_back_the_keys_the_ledger_holds(self) -> None:
+        now = int(datetime.now(UTC).timestamp() * 1_000_000)
+
+        def restore(keys: list[str], kinds: list[str], qtys: list[int],
+                    made: list[int]) -> None:
+            n = len(keys)
+            self.counter.restore_many(self.ns, Restored(
+                ["sku"], [10], [0], [0], [1], "", [None], [""],
+                keyed=(["sku"] * n, keys, kinds, qtys, [None] * n, [10] * n,
+                       [10 - q for q in qtys], [0] * n, made)))
+
+        restore(["from-ledger", "old", "held"], ["decrement", "refund", "hold"], [3, 1, 2],
+                [now, now - 9 * 86_400_000_000, now])
         replay = self.counter.apply(self.ns, "sku", "decrement", 3, "from-ledger")
         assert (replay.status, replay.replayed, replay.seq) == ("ok", True, 0)
         assert (replay.total, replay.consumed) == (10, 3)
@@ -157,11 +163,12 @@ class CounterContract(abc.ABC):
         # Past its window a key is not brought back: the movement applies as new.
         assert self.counter.apply(self.ns, "sku", "refund", 1, "old").status == \
             "refund_exceeds_consumed"
+        # Only a movement's key is (a hold's is its reservation's).
+        assert self.counter.apply(self.ns, "sku", "decrement", 2, "held").replayed is False
         # A record the counter holds is kept.
         self.counter.apply(self.ns, "sku", "decrement", 2, "live")
-        self.counter.remember([LedgerEntry(self.ns, "sku", 4, "decrement", 5, 10, 5, "live",
-                                           now)])
-        assert self.counter.apply(self.ns, "sku", "decrement", 2, "live").consumed == 2
+        restore(["live"], ["decrement"], [5], [now])
+        assert self.counter.apply(self.ns, "sku", "decrement", 2, "live").consumed == 4
 
     def test_load_many_read_many_and_forget(self) -> None:
         self.counter.load_many([(self.ns, "a", 1, 0, 1), (self.ns, "b", 2, 1, 2)])
@@ -435,12 +442,17 @@ class ReservationContract(abc.ABC):
         skus = [f"lost{i}" for i in range(40)]  # over every partition
         assert self.counter.seqs_many(self.ns, skus) == [None] * 40
         far = 4_000_000_000_000
-        sold = LedgerEntry(self.ns, "lost2", 3, "decrement", 1, 10, 7, "bought",
-                           datetime.now(UTC), held_after=2)
-        self.counter.restore_many(self.ns, [
-            Restored(sku, 10, 1, 2, 3, "g1", 5 if i % 2 else None, {"ann": 3} if i % 2 else {},
-                     [(f"r{i}", 2, "ann" if i % 2 else "", far)], [sold] if i == 2 else [])
-            for i, sku in enumerate(skus)])
+        now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
+        odd = skus[1::2]
+        self.counter.restore_many(self.ns, Restored(
+            skus, [10] * 40, [1] * 40, [2] * 40, [3] * 40, "g1",
+            [5 if i % 2 else None for i in range(40)], [""] * 40,
+            units=(odd, ["ann"] * 20, [3] * 20),
+            holds=(skus, [f"r{i}" for i in range(40)], [2] * 40,
+                   ["ann" if i % 2 else "" for i in range(40)], [far] * 40),
+            # the key "bought" of lost2: a decrement of 1 leaving 7 available, 2 held
+            keyed=(["lost2"], ["bought"], ["decrement"], [1], [None], [10], [7], [2],
+                   [now_us])))
         assert self.counter.seqs_many(self.ns, skus) == [("g1", 3)] * 40
         # The key the ledger holds is given back: its retry is the first answer, not a sale.
         again = self.counter.apply(self.ns, "lost2", "decrement", 1, "bought")

@@ -60,12 +60,19 @@ def test_the_one_statement_answers_what_the_single_reads_answer(
         composed = AbstractRepository.rebase_lost(repository, namespace, skus, "g2", since)
         session.rollback()
     assert one == composed
-    assert set(one) == {"a", "b", "c"}
-    a = one["a"]
-    assert (a.stock.last_seq, a.stock.limit_per_buyer) == (12, 4)
-    assert a.buyers == {"ann": 2, "bob": 2, "dan": 1}  # a confirmed hold is bought
-    assert a.holds == [("r1", 2, "bob", int((now + 3 * timedelta(hours=1)).timestamp() * 1000))]
-    assert [(e.seq, e.idempotency_key) for e in a.keyed] == [(12, "k2"), (4, "k3"), (3, "k2")]
-    assert one["b"].buyers == {} and one["b"].holds == [] and one["b"].keyed == []
-    assert one["c"].buyers == {}
-    assert one["c"].holds == [("r4", 5, "", int(now.timestamp() * 1000))]
+    assert list(one.skus) == ["a", "b", "c"]
+    assert (one.seqs, one.limits, one.gen) == ([12, 1, 4], [4, None, 3], "g2")
+    # a confirmed hold is bought; eve has none left
+    assert list(zip(*one.units, strict=True)) == [("a", "ann", 2), ("a", "bob", 2),
+                                                  ("a", "dan", 1)]
+    hour = timedelta(hours=1)
+    assert list(zip(*one.holds, strict=True)) == [
+        ("a", "r1", 2, "bob", int((now + 3 * hour).timestamp() * 1000)),
+        ("c", "r4", 5, "", int(now.timestamp() * 1000))]  # no expiry: until its creation
+    made = int((now - hour).timestamp() * 1_000_000)
+    assert list(zip(*one.keyed, strict=True)) == [  # latest first
+        ("a", "k2", "decrement", 1, None, 10, -2, 0, int(now.timestamp() * 1_000_000)),
+        ("a", "k3", "refund", 1, "ann", 10, 6, 1, made),
+        ("a", "k2", "decrement", 2, "ann", 10, 7, 0, made),
+        ("c", "k4", "refund", 2, "eve", 10, 6, 1, int(now.timestamp() * 1_000_000)),
+        ("c", "k1", "decrement", 2, "eve", 10, 7, 0, int(now.timestamp() * 1_000_000))]

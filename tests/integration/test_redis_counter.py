@@ -6,7 +6,7 @@ import uuid
 import pytest
 import redis
 
-from allocation.adapters.counter import Counter
+from allocation.adapters.counter import Counter, Restored
 from allocation.adapters.outbox import Outbox
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
@@ -91,6 +91,41 @@ class TestRedisCounter(RedisRecordTtls, ReservationContract, LimitContract, Coun
         assert counter.apply(self.ns, "sku", "decrement", 30, "old-refusal") == Outcome(
             "insufficient_stock", 10, 0, replayed=True, seq=0)
         assert counter.read(self.ns, "sku") == Outcome("ok", 10, 0, seq=1)  # nothing applied
+
+    def test_a_restore_lists_an_item_due_at_its_earliest_hold_with_its_parts_and_gate(
+            self) -> None:
+        """rebuild.lua's load: an item's rows in one command each (its buyers, its holds), the
+        partition's due index at the earliest of the item's holds, a gate only where the record
+        has one, stale parts replaced."""
+        assert isinstance(self.counter, RedisCounter)
+        counter, keys = self.counter, self.counter.keys
+        soon, later = 3_000_000_000_000, 3_500_000_000_000
+        counter.client.hset(keys.buyers(self.ns, "a"), "stale", 9)
+        counter.restore_many(self.ns, Restored(
+            ["a", "b"], [10, 10], [0, 0], [3, 1], [4, 2], "g", [None, 4], ["", "sale-1"],
+            units=(["a", "a", "b"], ["ann", "bob", "cat"], [2, 1, 1]),
+            holds=(["a", "a", "b"], ["r1", "r2", "r3"], [2, 1, 1], ["ann", "bob", "cat"],
+                   [later, soon, later])))
+        due = keys.due(keys.partition(self.ns, "a"))
+        assert counter.client.zscore(due, f"{self.ns}\na") == soon
+        assert counter.client.hgetall(keys.buyers(self.ns, "a")) == {b"ann": b"2", b"bob": b"1"}
+        assert counter.client.zrange(keys.expiries(self.ns, "a"), 0, -1) == [b"r2", b"r1"]
+        assert counter.client.hget(keys.holds(self.ns, "b"), "r3") == f"1|{later}|cat".encode()
+        assert counter.client.hmget(keys.item(self.ns, "a"), "gate", "gen", "limit") == [
+            None, b"g", None]
+        assert counter.client.hmget(keys.item(self.ns, "b"), "gate", "limit") == [b"sale-1",
+                                                                                  b"4"]
+
+    def test_seqs_of_a_lost_batch_a_gated_hash_and_a_held_item(self) -> None:
+        """rebuild.lua's seqs: a hash that holds only a sale's gate is not an item."""
+        assert isinstance(self.counter, RedisCounter)
+        counter, keys = self.counter, self.counter.keys
+        lost = [f"lost{n}" for n in range(40)]
+        assert counter.seqs_many(self.ns, lost) == [None] * 40
+        counter.client.hset(keys.item(self.ns, "lost3"), "gate", "sale-1")
+        counter.load(self.ns, "lost7", 5, 1, 4, "g")
+        assert counter.seqs_many(self.ns, lost) == [("g", 4) if n == 7 else None
+                                                    for n in range(40)]
 
     def test_loading_an_item_marks_its_ledger_written_up_to_its_seq(self) -> None:
         counter = make_redis_counter()

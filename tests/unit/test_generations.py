@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from allocation.adapters.counter import Restored
 from allocation.adapters.ledger_progress import (
     REPLACED,
     TIMEOUT,
@@ -20,7 +21,7 @@ from allocation.adapters.ledger_progress import (
 )
 from allocation.adapters.outbox import OutboxEntry
 from allocation.domain import errors
-from allocation.domain.model import InventoryItem, LedgerEntry
+from allocation.domain.model import InventoryItem
 from allocation.domain.outcome import OK, Outcome
 from allocation.service_layer.durability import Durability
 from allocation.service_layer.ledger_writer import write_batch
@@ -115,11 +116,10 @@ def test_sync_acknowledges_only_what_the_ledger_holds(waited: Waited, in_ledger:
 
 def test_a_counter_told_the_ledger_s_keys_replays_them() -> None:
     counter = embedded_counter()
-    counter.load("ns", "s", 10, 4, 5, "g2")
-    now = datetime.now(UTC)
-    counter.remember([
-        LedgerEntry("ns", "s", 3, "decrement", 2, 10, 8, "sold-before", now),
-        LedgerEntry("ns", "s", 1, "init", 10, 10, 10, None, now)])
+    now = int(datetime.now(UTC).timestamp() * 1_000_000)
+    counter.restore_many("ns", Restored(  # the item and the ledger's keys of it
+        ["s"], [10], [4], [0], [5], "g2", [None], [""],
+        keyed=(["s"], ["sold-before"], ["decrement"], [2], [None], [10], [8], [0], [now])))
     replay = counter.apply("ns", "s", "decrement", 2, "sold-before", record=True)
     assert replay.replayed and replay.ok and (replay.total, replay.consumed) == (10, 2)
     assert replay.seq == 0  # in the ledger already: nothing to wait for

@@ -14,7 +14,6 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, NamedTuple, Protocol
 
-from allocation.domain.model import LedgerEntry
 from allocation.domain.outcome import Outcome
 from allocation.domain.rules import Kind
 
@@ -30,23 +29,37 @@ Hold = tuple[str, int, str, int]
 Step = Literal["hold", "confirm", "release", "extend", "get"]
 
 
-class Restored(NamedTuple):
-    """An item the counter lost, as the record has it: its figures, under the generation
-    ``gen``, its limit per buyer, its buyers' units, its open holds and its movements whose
-    keys are still in their window (latest first), and the open sale that gates it ("" for
-    none: a sale's gate is in the record, and a movement without its pass must stay refused)."""
+# Rows of a ``Restored`` part, a sequence per column. Buyers' units: (sku, buyer, units).
+BuyerUnits = tuple[Sequence[str], Sequence[str], Sequence[int]]
+# Open holds: (sku, reservation id, qty, buyer or "", expires ms).
+OpenHolds = tuple[Sequence[str], Sequence[str], Sequence[int], Sequence[str], Sequence[int]]
+# Movements with keys: (sku, key, kind, qty, buyer or None, total, available and held after,
+# created in microseconds since the epoch).
+KeyedMovements = tuple[Sequence[str], Sequence[str], Sequence[str], Sequence[int],
+                       Sequence[str | None], Sequence[int], Sequence[int], Sequence[int],
+                       Sequence[int]]
 
-    sku: str
-    total: int
-    consumed: int
-    held: int
-    seq: int
+
+class Restored(NamedTuple):
+    """Items the counter lost, as the record has them, a sequence per field (a refresh's batch
+    goes from the record's arrays to the load script's arguments with no object per item),
+    all under the generation ``gen``: each item's figures, its limit per buyer (None: none)
+    and the open sale that gates it ("": none; a sale's gate is in the record, and a movement
+    without its pass must stay refused). Then rows of the items' parts, each naming its item's
+    sku, in sku order: buyers' units, open holds, and the movements whose keys are still in
+    their window (latest first)."""
+
+    skus: Sequence[str]
+    totals: Sequence[int]
+    consumed: Sequence[int]
+    held: Sequence[int]
+    seqs: Sequence[int]
     gen: str
-    limit: int | None
-    buyers: Mapping[str, int]
-    holds: Sequence[Hold]
-    keyed: Sequence[LedgerEntry] = ()
-    gate: str = ""
+    limits: Sequence[int | None]
+    gates: Sequence[str]
+    units: BuyerUnits = ((), (), ())
+    holds: OpenHolds = ((), (), (), (), ())
+    keyed: KeyedMovements = ((), (), (), (), (), (), (), (), ())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +162,7 @@ class Rebuilding(Reading, Protocol):
 
     def unfence(self, namespace: str, sku: str) -> None: ...
 
-    def restore_many(self, namespace: str, items: Sequence[Restored]) -> None: ...
+    def restore_many(self, namespace: str, items: Restored) -> None: ...
 
 
 class Counter(abc.ABC):
@@ -255,12 +268,6 @@ class Counter(abc.ABC):
         does not (a rebuild loads it from the record)."""
 
     @abc.abstractmethod
-    def remember(self, entries: Sequence[LedgerEntry]) -> None:
-        """Remember the keys of movements the ledger holds, as successes (keeping any record
-        the counter has): after Redis lost its data, a retry of one of them is then a replay,
-        not a second sale. Each is kept for what is left of its idempotency window."""
-
-    @abc.abstractmethod
     def fence_many(self, namespace: str, skus: Sequence[str]) -> list[int | None]:
         """Fence items for a rebuild; each item's seq then, or None where it is not held."""
 
@@ -282,15 +289,12 @@ class Counter(abc.ABC):
         rebuild asks of many items at once."""
         return [None if o is None else (o.gen, o.seq) for o in self.read_many(namespace, skus)]
 
-    def restore_many(self, namespace: str, items: Sequence[Restored]) -> None:
-        """Load items the counter lost as the record has them: their keys (as ``remember``),
-        limits, buyers' units and open holds replaced, then the figures (which unfence them),
-        so that no sale sees one without the others."""
-        self.remember([e for i in items for e in i.keyed])
-        self.load_allowances(namespace, {i.sku: (i.limit, i.buyers) for i in items})
-        self.load_holds(namespace, {i.sku: i.holds for i in items})
-        self.load_many((namespace, i.sku, i.total, i.consumed, i.seq, i.gen, i.held)
-                       for i in items)
+    @abc.abstractmethod
+    def restore_many(self, namespace: str, items: Restored) -> None:
+        """Load items the counter lost as the record has them: their keys (as successes, for
+        what is left of their idempotency window; a record the counter has stays), limits,
+        buyers' units and open holds replaced, then the figures (which unfence them), so that
+        no sale sees one without the others."""
 
     def read(self, namespace: str, sku: str) -> Outcome | None:
         return self.read_many(namespace, [sku])[0]

@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from allocation.adapters.locks import ItemLocks
+from allocation.adapters.sql_arrays import text_array
 
 
 class PostgresItemLocks(ItemLocks):
@@ -20,13 +21,13 @@ class PostgresItemLocks(ItemLocks):
 
     @contextlib.contextmanager
     def hold(self, namespace: str, skus: Sequence[str]) -> Iterator[None]:
-        keys = sorted(f"{namespace}/{sku}" for sku in skus)
         with self.engine.connect() as conn:
             # One round trip for a whole batch; the subquery's order is the locking order.
             conn.execute(text(
                 "SELECT count(pg_advisory_lock(hashtextextended(k, 0))) "
-                "FROM (SELECT unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS ordered"),
-                {"keys": keys})
+                "FROM (SELECT :namespace || '/' || unnest(CAST(:skus AS text[])) AS k "
+                "ORDER BY 1) AS ordered"),
+                {"namespace": namespace, "skus": text_array(skus)})
             conn.commit()
             try:
                 yield

@@ -6,6 +6,7 @@ Namespaces stay apart in every key name."""
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -17,16 +18,16 @@ class KeySpace:
     def partition(self, namespace: str, sku: str) -> int:
         return zlib.crc32(f"{namespace}/{sku}".encode()) % self.partitions
 
+    def partitions_of(self, namespace: str, skus: Sequence[str]) -> list[int]:
+        """``partition`` of many items of a namespace (a rebuild asks of thousands)."""
+        crc32, partitions = zlib.crc32, self.partitions
+        return [crc32(f"{namespace}/{sku}".encode()) % partitions for sku in skus]
+
     def _tag(self, partition: int) -> str:
         return f"{self.prefix}:{{{partition}}}"
 
     def item(self, namespace: str, sku: str) -> str:
         return f"{self._tag(self.partition(namespace, sku))}:item:{namespace}:{sku}"
-
-    def item_of(self, namespace: str, sku: str) -> tuple[int, str]:
-        """The item's partition and its hash's key (``item``; a rebuild needs both of many)."""
-        partition = self.partition(namespace, sku)
-        return partition, f"{self._tag(partition)}:item:{namespace}:{sku}"
 
     def buyers(self, namespace: str, sku: str) -> str:
         """The item's buyers: buyer -> units bought and held (for its limit per buyer)."""
@@ -40,12 +41,21 @@ class KeySpace:
         """The item's open holds by expiry (a sorted set)."""
         return f"{self._tag(self.partition(namespace, sku))}:expiries:{namespace}:{sku}"
 
-    def item_keys(self, namespace: str, sku: str) -> tuple[int, str, str, str, str]:
-        """The item's partition, and its item, buyers, holds and expiries keys (one hash for
-        all: a rebuild names them for many items at once)."""
-        tag, name = self._tag(p := self.partition(namespace, sku)), f"{namespace}:{sku}"
-        return (p, f"{tag}:item:{name}", f"{tag}:buyers:{name}", f"{tag}:holds:{name}",
-                f"{tag}:expiries:{name}")
+    def items_in(self, partition: int, namespace: str, skus: Sequence[str]) -> list[str]:
+        """The item hashes of many items of one partition (a rebuild names thousands)."""
+        tag = self._tag(partition)
+        return [f"{tag}:item:{namespace}:{sku}" for sku in skus]
+
+    def parts_in(self, partition: int, namespace: str, skus: Sequence[str]) -> list[str]:
+        """The buyers, holds and expiries keys of many items of one partition: all the items'
+        buyers keys, then their holds keys, then their expiries keys."""
+        tag = self._tag(partition)
+        return [f"{tag}:{kind}:{namespace}:{sku}" for kind in ("buyers", "holds", "expiries")
+                for sku in skus]
+
+    def idempotency_in(self, partition: int, namespace: str, sku: str, key: str) -> str:
+        """``idempotency`` of an item whose partition the caller knows."""
+        return f"{self._tag(partition)}:idem:{namespace}:{sku}:{key}"
 
     def tally(self, partition: int) -> str:
         """A partition's count of holds started and ended: "namespace\\nunits:kind" and

@@ -4,9 +4,11 @@ call per partition where it can. A part of ``RedisCounter`` (the ``Rebuilding`` 
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import itertools
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC
 from typing import Any
 
 from allocation.adapters.counter import Allowances, Counter, Figures, Restored, fingerprint, unpack
@@ -14,7 +16,6 @@ from allocation.adapters.redis_batch import evalsha_many
 from allocation.adapters.redis_client import RedisClient, unavailable_on_connection_error
 from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_scripts import reply_text as _text
-from allocation.domain.model import LedgerEntry
 
 
 class RedisRebuilding(Counter):
@@ -63,87 +64,104 @@ class RedisRebuilding(Counter):
             self._limit(keys=[self.keys.item(namespace, sku)],
                         args=["" if limit is None else limit])
 
-    def remember(self, entries: Sequence[LedgerEntry]) -> None:
-        with unavailable_on_connection_error():
-            pipe = self.client.pipeline(transaction=False)
-            self._remember(pipe, entries)
-            pipe.execute()
-
-    def _remember(self, pipe: Any, entries: Sequence[LedgerEntry]) -> None:
-        """Queue on ``pipe`` the records of the movements' keys still in their window."""
-        for key, record, left in self._records(entries, time.time()):
-            pipe.set(key, record, ex=left, nx=True)
-
-    def _records(self, entries: Sequence[LedgerEntry], now: float
-                 ) -> Iterable[tuple[str, str, int]]:
-        """Each keyed movement's key, its record and the seconds left of its window."""
-        for e in entries:
-            if e.idempotency_key is None or e.kind not in ("adjust", "decrement", "refund"):
-                continue
-            moment = e.created_at if e.created_at.tzinfo else e.created_at.replace(tzinfo=UTC)
-            left = int(self._ttl - (now - moment.timestamp()))
-            if left > 0:
-                # seq 0: a movement the ledger holds, nothing to wait for.
-                consumed = e.total_after - e.available_after - e.held_after
-                yield (self.keys.idempotency(e.namespace, e.sku, e.idempotency_key),
-                       f"{fingerprint(e.kind, e.qty, e.buyer)}|ok|{e.total_after}|"  # type: ignore[arg-type]
-                       f"{consumed}|0||-1||{e.held_after}", left)
-
-    # Arguments per rebuild call at most: a bigger call holds Redis up for longer at a time.
+    # Arguments per rebuild call at most (about: an item's rows go with it): a bigger call
+    # holds Redis up for longer at a time.
     REBUILD_CALL_ARGS = 20_000
 
     def seqs_many(self, namespace: str, skus: Sequence[str]) -> list[tuple[str, int] | None]:
-        groups: dict[int, list[int]] = {}
-        names: list[str] = []
-        for i, sku in enumerate(skus):
-            partition, name = self.keys.item_of(namespace, sku)
-            groups.setdefault(partition, []).append(i)
-            names.append(name)
-        calls = [([names[i] for i in chunk], ["seqs"])
-                 for members in groups.values()
-                 for chunk in _chunks(members, self.REBUILD_CALL_ARGS)]
+        calls, positions = [], []
+        for partition, members in self._by_partition(namespace, skus, [1] * len(skus)):
+            calls.append((self.keys.items_in(partition, namespace, [skus[i] for i in members]),
+                          ["seqs"]))
+            positions.append(members)
         found: list[tuple[str, int] | None] = [None] * len(skus)
         with unavailable_on_connection_error():
             replies = evalsha_many(self.client, self._rebuild_script, self._rebuild_sha, calls)
-        chunks = [chunk for members in groups.values()
-                  for chunk in _chunks(members, self.REBUILD_CALL_ARGS)]
-        for chunk, reply in zip(chunks, replies, strict=True):
+        for members, reply in zip(positions, replies, strict=True):
             if isinstance(reply, Exception):
                 raise reply
-            for i, seq, gen in zip(chunk, reply[::2], reply[1::2], strict=True):
-                if int(seq) >= 0:
-                    found[i] = (_text(gen), int(seq))
+            for at, seq, gen in zip(reply[::3], reply[1::3], reply[2::3], strict=True):
+                found[members[int(at) - 1]] = (_text(gen), int(seq))
         return found
 
-    def restore_many(self, namespace: str, items: Sequence[Restored]) -> None:
-        # One call per partition (or per REBUILD_CALL_ARGS of it), each item's keys, figures
-        # and key records flat: a command per record cost the caller more than Redis's work.
-        calls: dict[int, list[tuple[list[str], list[Any]]]] = {}
+    def restore_many(self, namespace: str, items: Restored) -> None:
+        # One call per partition (or per REBUILD_CALL_ARGS of it), its items' keys, then its
+        # arguments a column at a time: a list per column, cut from the batch's columns, with
+        # no object per item (ADR 0042).
+        skus = items.skus
+        units, holds, keyed = items.units, items.holds, items.keyed
+        rows = collections.Counter(itertools.chain(units[0], holds[0], keyed[0])).get
+        weights = [7 + 5 * rows(sku, 0) for sku in skus]
+        calls: list[_Load] = []
+        where: dict[str, tuple[_Load, int]] = {}
+        for partition, members in self._by_partition(namespace, skus, weights):
+            call = _Load(partition, members, [], [], [], [], [], [], [], [], [], [], [])
+            calls.append(call)
+            for position, i in enumerate(members, 1):
+                where[skus[i]] = (call, position)
+        for sku, buyer, n in zip(*units, strict=True):
+            call, position = where[sku]
+            call.u_items.append(position)
+            call.u_buyers.append(buyer)
+            call.u_units.append(n)
+        for sku, rid, qty, buyer, expires in zip(*holds, strict=True):
+            call, position = where[sku]
+            call.h_items.append(position)
+            call.h_rids.append(rid)
+            call.h_qtys.append(qty)
+            call.h_buyers.append(buyer)
+            call.h_expires.append(expires)
         now = time.time()
-        for i in items:
-            partition, *keys = self.keys.item_keys(namespace, i.sku)
-            open_calls = calls.setdefault(partition, [])
-            if not open_calls or len(open_calls[-1][1]) > self.REBUILD_CALL_ARGS:
-                open_calls.append(([self.keys.due(partition)], ["load", namespace]))
-            call_keys, args = open_calls[-1]
-            records = list(self._records(i.keyed, now))
-            call_keys.extend(keys)
-            args.extend((i.sku, i.total, i.consumed, i.held, i.seq, i.gen,
-                         "" if i.limit is None else i.limit, len(i.buyers), len(i.holds),
-                         len(records), i.gate))
-            for key, record, left in records:
-                call_keys.append(key)
-                args.extend((record, left))
-            for buyer, units in i.buyers.items():
-                args.extend((buyer, units))
-            for rid, qty, buyer, expires_ms in i.holds:
-                args.extend((rid, qty, buyer, expires_ms))
-        flat = [call for group in calls.values() for call in group]
+        for sku, key, kind, qty, buyer, total, available, held, created in zip(*keyed,
+                                                                              strict=True):
+            left = int(self._ttl - (now - created / 1_000_000))
+            if left > 0 and kind in ("adjust", "decrement", "refund"):
+                call, _ = where[sku]
+                call.keys.append(self.keys.idempotency_in(call.partition, namespace, sku, key))
+                call.records.append(_record(kind, qty, buyer, total, total - available - held,
+                                            held))
+                call.lefts.append(left)
+        flat = [self._load_call(namespace, items, call) for call in calls]
         with unavailable_on_connection_error():
             replies = evalsha_many(self.client, self._rebuild_script, self._rebuild_sha, flat)
         failed = [r for r in replies if isinstance(r, Exception)]
         if failed:
             raise failed[0]
+
+    def _load_call(self, namespace: str, items: Restored, call: _Load
+                   ) -> tuple[list[str], list[Any]]:
+        """rebuild.lua's ``load`` of the call's items and rows (see the script)."""
+        members, skus = call.members, [items.skus[i] for i in call.members]
+        keys = [self.keys.due(call.partition), *self.keys.items_in(call.partition, namespace, skus),
+                *self.keys.parts_in(call.partition, namespace, skus), *call.keys]
+        gated = [(position, gate) for position, i in enumerate(members, 1)
+                 if (gate := items.gates[i])]
+        args: list[Any] = ["load", namespace, items.gen, len(members), len(gated),
+                           len(call.u_items), len(call.h_items), len(call.keys), *skus]
+        for column in (items.totals, items.consumed, items.held, items.seqs):
+            args += [column[i] for i in members]
+        args += ["" if (limit := items.limits[i]) is None else limit for i in members]
+        args += [position for position, _ in gated]  # the gated few
+        args += [gate for _, gate in gated]
+        for rows in (call.u_items, call.u_buyers, call.u_units, call.h_items, call.h_rids,
+                     call.h_qtys, call.h_buyers, call.h_expires, call.records, call.lefts):
+            args += rows
+        return keys, args
+
+    def _by_partition(self, namespace: str, skus: Sequence[str], weights: Sequence[int]
+                      ) -> list[tuple[int, list[int]]]:
+        """The positions of ``skus`` by partition, each partition's cut where their weights
+        (arguments) pass REBUILD_CALL_ARGS."""
+        groups: dict[int, list[list[int]]] = {}
+        sizes: dict[int, int] = {}
+        for i, partition in enumerate(self.keys.partitions_of(namespace, skus)):
+            chunks = groups.get(partition)
+            if chunks is None or sizes[partition] > self.REBUILD_CALL_ARGS:
+                groups.setdefault(partition, []).append([])
+                chunks, sizes[partition] = groups[partition], 0
+            chunks[-1].append(i)
+            sizes[partition] += weights[i]
+        return [(partition, chunk) for partition, chunks in groups.items() for chunk in chunks]
 
     def fence_many(self, namespace: str, skus: Sequence[str]) -> list[int | None]:
         with unavailable_on_connection_error():
@@ -166,5 +184,27 @@ class RedisRebuilding(Counter):
                                *(named.idempotency(namespace, sku, key) for key in keys))
 
 
-def _chunks(members: list[int], size: int) -> list[list[int]]:
-    return [members[at:at + size] for at in range(0, len(members), size)]
+@dataclasses.dataclass
+class _Load:
+    """One load call: a partition's items (positions in the batch) and their rows."""
+
+    partition: int
+    members: list[int]
+    u_items: list[int]
+    u_buyers: list[str]
+    u_units: list[int]
+    h_items: list[int]
+    h_rids: list[str]
+    h_qtys: list[int]
+    h_buyers: list[str]
+    h_expires: list[int]
+    keys: list[str]
+    records: list[str]
+    lefts: list[int]
+
+
+def _record(kind: str, qty: int, buyer: str | None, total: int, consumed: int,
+            held: int) -> str:
+    """A movement's key record as move.lua keeps it, seq 0: a movement the ledger holds,
+    nothing to wait for."""
+    return f"{fingerprint(kind, qty, buyer)}|ok|{total}|{consumed}|0||-1||{held}"  # type: ignore[arg-type]

@@ -7,10 +7,10 @@ import abc
 import builtins
 import dataclasses
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import NamedTuple
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from allocation.adapters.counter import Allowances, Hold
+from allocation.adapters.counter import Allowances, Hold, Restored
 from allocation.domain.model import InventoryItem, LedgerEntry, Stock
 
 
@@ -23,14 +23,17 @@ def aware(moment: datetime) -> datetime:
 UNITS_SIGN = {"decrement": 1, "refund": -1, "hold": 1, "release": -1, "expire": -1}
 
 
-class Lost(NamedTuple):
-    """An item Redis lost, as the record has it: its figures and what Redis lost with them
-    (buyers' units, open holds, movements whose keys are in their window, latest first)."""
+def micros(moment: datetime) -> int:
+    """A moment in whole microseconds since the epoch."""
+    return (aware(moment) - EPOCH) // timedelta(microseconds=1)
 
-    stock: Stock
-    buyers: dict[str, int]
-    holds: list[Hold]
-    keyed: list[LedgerEntry]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> tuple[list[Any], ...]:
+    return tuple(list(column) for column in zip(*rows, strict=True)) if rows else tuple(
+        [] for _ in range(width))
 
 
 def _hold(entry: LedgerEntry) -> Hold:
@@ -124,15 +127,24 @@ class AbstractRepository(abc.ABC):
         return {sku: _stock(item) for (_, sku), item in found.items()}
 
     def rebase_lost(self, namespace: str, skus: Sequence[str], gen: str,
-                    since: datetime) -> dict[str, Lost]:
+                    since: datetime) -> Restored:
         """``rebase`` the items Redis lost, with what a rebuild gives back to each: its buyers'
-        units, open holds and movements keyed since ``since``."""
-        buyers, holds = self.buyers(namespace, skus), self.open_holds(namespace, skus)
-        keyed: dict[str, list[LedgerEntry]] = {}
-        for e in self.keyed_entries(namespace, skus, since):
-            keyed.setdefault(e.sku, []).append(e)
-        return {sku: Lost(stock, buyers.get(sku, {}), holds.get(sku, []), keyed.get(sku, []))
-                for sku, stock in self.rebase(namespace, skus, gen).items()}
+        units, open holds and movements keyed since ``since`` (latest first). Items and rows in
+        sku order; no item's gate (the sales' repository has them)."""
+        stock = sorted(self.rebase(namespace, skus, gen).values())
+        found = [s.sku for s in stock]
+        buyers, holds = self.buyers(namespace, found), self.open_holds(namespace, found)
+        units = [(sku, buyer, n) for sku in found
+                 for buyer, n in sorted(buyers.get(sku, {}).items())]
+        lines = [(sku, *hold) for sku in found for hold in sorted(holds.get(sku, []))]
+        keyed = [(e.sku, e.idempotency_key or "", e.kind, e.qty, e.buyer, e.total_after,
+                  e.available_after, e.held_after, micros(e.created_at))
+                 for e in sorted(self.keyed_entries(namespace, found, since),
+                                 key=lambda e: (e.sku, -e.seq))]
+        return Restored(found, [s.total for s in stock], [s.consumed for s in stock],
+                        [s.held for s in stock], [s.last_seq for s in stock], gen,
+                        [s.limit_per_buyer for s in stock], [""] * len(stock),
+                        _columns(units, 3), _columns(lines, 5), _columns(keyed, 9))  # type: ignore[arg-type]
 
     def entries_at(self, wanted: Sequence[tuple[str, str, int]]
                    ) -> dict[tuple[str, str, int], LedgerEntry]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -15,6 +15,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
+    cast,
     exists,
     func,
     select,
@@ -25,8 +26,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from allocation.adapters import orm
-from allocation.adapters.counter import Allowances, Hold
-from allocation.adapters.repository import UNITS_SIGN, AbstractRepository, Lost, aware
+from allocation.adapters.counter import Allowances, Hold, Restored
+from allocation.adapters.repository import UNITS_SIGN, AbstractRepository, aware
+from allocation.adapters.sql_arrays import text_array
 from allocation.domain.model import InventoryItem, LedgerEntry, Stock
 
 ENTRY_COLUMNS = [orm.ledger.c[name] for name in (
@@ -54,13 +56,15 @@ _UNITS = " ".join(f"WHEN '{kind}' THEN {sign} * qty" for kind, sign in UNITS_SIG
 REBASE_LOST = text(f"""
 WITH renewed AS (
   UPDATE inventory_items SET counter_gen = :gen, version = version + 1
-  WHERE namespace = :namespace AND sku BETWEEN :first AND :last AND sku = ANY(:skus)
+  WHERE namespace = :namespace AND sku BETWEEN :first AND :last
+    AND sku = ANY(CAST(:skus AS text[]))
   RETURNING sku, total, consumed, last_seq, limit_per_buyer, held),
 moves AS MATERIALIZED (
   SELECT sku, seq, kind, qty, buyer, reservation_id, idempotency_key, total_after,
          available_after, held_after, expires_at, created_at
   FROM inventory_ledger
-  WHERE namespace = :namespace AND sku BETWEEN :first AND :last AND sku = ANY(:skus)),
+  WHERE namespace = :namespace AND sku BETWEEN :first AND :last
+    AND sku = ANY(CAST(:skus AS text[]))),
 units AS (
   SELECT * FROM (SELECT sku, buyer, sum(CASE kind {_UNITS} ELSE 0 END)::bigint AS n
                  FROM moves WHERE buyer IS NOT NULL GROUP BY sku, buyer) b
@@ -81,18 +85,15 @@ SELECT * FROM
 {_arrays("units", "sku, buyer", "sku", "buyer", "n")} AS units_of,
 {_arrays("lines", "sku, reservation_id", "sku", "reservation_id", "qty",
          "coalesce(buyer, '')", "floor(extract(epoch FROM until) * 1000)::bigint")} AS held,
-{_arrays("keyed", "sku, seq DESC", "sku", "seq", "kind", "qty", "total_after",
-         "available_after", "idempotency_key",
-         "floor(extract(epoch FROM created_at) * 1000000)::bigint", "buyer", "reservation_id",
-         "held_after", "floor(extract(epoch FROM expires_at) * 1000000)::bigint")} AS keys_of
+{_arrays("keyed", "sku, seq DESC", "sku", "idempotency_key", "kind", "qty", "buyer",
+         "total_after", "available_after", "held_after",
+         "floor(extract(epoch FROM created_at) * 1000000)::bigint")} AS keys_of
 """)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _moment_of(micros: int | None) -> datetime | None:
-    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+# A page of SKUs after ``after`` ("" for the first: every SKU sorts after it).
+SKU_PAGE = text("SELECT array_agg(sku) FROM (SELECT sku FROM inventory_items "
+                "WHERE namespace = :namespace AND sku > :after ORDER BY sku LIMIT :limit) AS page")
 
 
 class SqlAlchemyRepository(AbstractRepository):
@@ -149,6 +150,11 @@ class SqlAlchemyRepository(AbstractRepository):
                 self.session.execute(query.order_by(orm.items.c.sku).limit(limit))]
 
     def sku_page(self, namespace: str, after: str | None, limit: int) -> builtins.list[str]:
+        if self.session.get_bind().dialect.name == "postgresql":
+            # One row, an array the driver parses in C: a row a SKU cost more.
+            found: builtins.list[str] | None = self.session.execute(SKU_PAGE, {
+                "namespace": namespace, "after": after or "", "limit": limit}).scalar()
+            return found or []
         query = select(orm.items.c.sku).where(orm.items.c.namespace == namespace)
         if after is not None:
             query = query.where(orm.items.c.sku > after)
@@ -217,27 +223,16 @@ class SqlAlchemyRepository(AbstractRepository):
         return {row[0]: Stock(*row) for row in rows}
 
     def rebase_lost(self, namespace: str, skus: Sequence[str], gen: str,
-                    since: datetime) -> dict[str, Lost]:
+                    since: datetime) -> Restored:
         if self.session.get_bind().dialect.name != "postgresql":
             return super().rebase_lost(namespace, skus, gen, since)
+        # The driver's arrays are the columns as they are: no object per item or row.
         row = [column or [] for column in self.session.execute(REBASE_LOST, {
-            "gen": gen, "namespace": namespace, "skus": list(skus), "first": min(skus),
+            "gen": gen, "namespace": namespace, "skus": text_array(skus), "first": min(skus),
             "last": max(skus), "since": since}).one()]
-        figures, units, lines, keyed = row[:6], row[6:9], row[9:14], row[14:]
-        buyers: dict[str, dict[str, int]] = {}
-        for sku, buyer, n in zip(*units, strict=True):
-            buyers.setdefault(sku, {})[buyer] = n
-        holds: dict[str, builtins.list[Hold]] = {}
-        for sku, rid, qty, buyer, until in zip(*lines, strict=True):
-            holds.setdefault(sku, []).append((rid, qty, buyer, until))
-        entries: dict[str, builtins.list[LedgerEntry]] = {}
-        for sku, seq, kind, qty, total, available, key, at, buyer, rid, held, until in zip(
-                *keyed, strict=True):
-            entries.setdefault(sku, []).append(LedgerEntry(
-                namespace, sku, seq, kind, qty, total, available, key,
-                _EPOCH + timedelta(microseconds=at), buyer, rid, held, _moment_of(until)))
-        return {sku: Lost(Stock(sku, *f), buyers.get(sku, {}), holds.get(sku, []),
-                          entries.get(sku, [])) for sku, *f in zip(*figures, strict=True)}
+        (found, totals, consumed, seqs, limits, held), n = row[:6], len(row[0])
+        return Restored(found, totals, consumed, held, seqs, gen, limits, [""] * n,
+                        tuple(row[6:9]), tuple(row[9:14]), tuple(row[14:]))  # type: ignore[arg-type]
 
     def keyed_entries(self, namespace: str, skus: Sequence[str], since: datetime,
                       limit: int = 1_000_000) -> Sequence[LedgerEntry]:
@@ -277,7 +272,8 @@ class SqlAlchemyRepository(AbstractRepository):
         """``column IN values``; on PostgreSQL one array parameter rather than a parameter per
         value (a rebuild asks about thousands of items at once)."""
         if self.session.get_bind().dialect.name == "postgresql":
-            return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
+            return column == any_(cast(bindparam(None, text_array(values), type_=String),
+                                       ARRAY(String)))
         return column.in_(list(values))
 
     def _moment(self, moment: datetime) -> datetime:

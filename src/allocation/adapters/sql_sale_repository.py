@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import ARRAY, Row, String, any_, bindparam, insert, select, update
+from sqlalchemy import ARRAY, Row, String, any_, bindparam, cast, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from allocation.adapters.orm import sale_skus, sales
 from allocation.adapters.repository import aware
 from allocation.adapters.sale_repository import AbstractSaleRepository
+from allocation.adapters.sql_arrays import text_array
 from allocation.domain.sale import Sale
 from allocation.service_layer.unit_of_work import Conflict
 
@@ -66,7 +67,8 @@ class SqlSaleRepository(AbstractSaleRepository):
 
     def gating(self, namespace: str, skus: Sequence[str]) -> dict[str, str]:
         # On PostgreSQL one array parameter, not one a sku: a rebuild asks of thousands.
-        among = (sale_skus.c.sku == any_(bindparam(None, list(skus), type_=ARRAY(String)))
+        among = (sale_skus.c.sku == any_(cast(bindparam(None, text_array(skus), type_=String),
+                                              ARRAY(String)))
                  if self.session.get_bind().dialect.name == "postgresql"
                  else sale_skus.c.sku.in_(list(skus)))
         rows = self.session.execute(

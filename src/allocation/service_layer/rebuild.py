@@ -19,11 +19,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from allocation.adapters.counter import Hold, Rebuilding, Restored, new_generation
+from allocation.adapters.counter import Rebuilding, Restored, new_generation
 from allocation.adapters.ledger_progress import WRITTEN, LedgerProgress
 from allocation.adapters.outbox import OutboxEntry
 from allocation.domain import commands, errors
-from allocation.domain.model import LedgerEntry, Stock
+from allocation.domain.model import Stock
 from allocation.domain.outcome import OK, Outcome
 from allocation.service_layer.results import RefreshProgress
 from allocation.service_layer.services import Services
@@ -190,10 +190,10 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
                     limit, buyers = uow.items.allowances(namespace, skus).get(
                         skus[0], (None, {}))
                     gate = uow.sales.gating(namespace, skus).get(skus[0], "")
-                counter.restore_many(namespace, [Restored(
-                    unwritten.sku, unwritten.total, unwritten.consumed, unwritten.held,
-                    unwritten.seq, unwritten.gen or "", limit, buyers, (),
-                    gate=gate)])
+                counter.restore_many(namespace, Restored(
+                    [unwritten.sku], [unwritten.total], [unwritten.consumed], [unwritten.held],
+                    [unwritten.seq], unwritten.gen or "", [limit], [gate],
+                    units=([unwritten.sku] * len(buyers), list(buyers), list(buyers.values()))))
                 _gates_again(services, uow, namespace, {skus[0]: gate} if gate else {})
                 return {unwritten.sku: Stock(unwritten.sku, unwritten.total,
                                              unwritten.consumed, unwritten.seq, limit,
@@ -212,19 +212,22 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
                 if held is not None:
                     counter.unfence(namespace, sku)
             raise
-        for sku, held in fenced.items():
-            if sku not in found and held is not None:
+        held_by_redis = [sku for sku, held in fenced.items() if held is not None]
+        for sku in held_by_redis:
+            if sku not in found:
                 counter.forget(namespace, sku)  # Redis holds an item the record does not
         # Those Redis lost come back whole: limits, buyers' units and open holds with the
         # figures, and the keys it had seen (given back before any can be used again). Where
         # Redis holds the item (fenced, caught up), its own are the truth.
-        counter.restore_many(namespace, [
-            Restored(sku, i.total, i.consumed, i.held, i.last_seq, gens[sku], i.limit_per_buyer,
-                     *lost[sku][:3], gate=lost[sku][3]) for sku, i in found.items() if sku in lost])
-        _gates_again(services, uow, namespace,
-                     {sku: parts[3] for sku, parts in lost.items() if parts[3]})
-        counter.load_many((namespace, sku, i.total, i.consumed, i.last_seq, gens[sku], i.held)
-                          for sku, i in found.items() if fenced.get(sku) is not None)
+        if lost is not None:
+            counter.restore_many(namespace, lost)
+            _gates_again(services, uow, namespace,
+                         {sku: gate for sku, gate in zip(lost.skus, lost.gates, strict=True)
+                          if gate})
+        if held_by_redis:
+            counter.load_many(
+                (namespace, sku, i.total, i.consumed, i.last_seq, gens[sku], i.held)
+                for sku in held_by_redis if (i := found.get(sku)) is not None)
         return found
 
 
@@ -269,9 +272,7 @@ def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: 
 class Rebased(NamedTuple):
     found: dict[str, Stock]
     gens: dict[str, str]
-    # Of the items Redis lost: buyers' units, open holds, movements with keys and the open
-    # sale that gates it ("")
-    lost: dict[str, tuple[dict[str, int], list[Hold], list[LedgerEntry], str]]
+    lost: Restored | None  # the items Redis lost, all a load needs of them (None: none)
 
 
 def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
@@ -298,18 +299,21 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
         if renew:
             found.update(uow.items.rebase(namespace, renew, gen))
         lost = [sku for sku, held in seqs.items() if held is None]
-        restored = {}
+        restored = None
         if lost:
             # Those Redis lost come from here, with what Redis lost with them: the statement
-            # that gives them the new generation returns it all.
+            # that gives them the new generation returns it all, a column at a time.
             since = datetime.now(UTC) - timedelta(seconds=idempotency_ttl)
             gates = uow.sales.gating(namespace, lost)
-            for sku, item in uow.items.rebase_lost(namespace, lost, gen, since).items():
-                found[sku] = item.stock
-                restored[sku] = (item.buyers, item.holds, item.keyed, gates.get(sku, ""))
+            restored = uow.items.rebase_lost(namespace, lost, gen, since)
+            if gates:
+                restored = restored._replace(gates=[gates.get(sku, "") for sku in restored.skus])
+            found.update(zip(restored.skus, map(
+                Stock, restored.skus, restored.totals, restored.consumed, restored.seqs,
+                restored.limits, restored.held), strict=True))
         if renew or lost:
             uow.commit()
-        renewed = set(renew) | set(restored)
+        renewed = set(renew).union(restored.skus if restored else ())
         return Rebased(found, {sku: gen if sku in renewed else gens[sku] for sku in found},
                        restored)
 
