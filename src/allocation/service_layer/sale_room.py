@@ -124,10 +124,10 @@ class SaleRoom:
         """The sale's queue figures, at most ``window`` old (``fresh``: now). The first
         caller to find them stale steps the queue on; others meanwhile answer from the last,
         or, with none to answer from, wait ``step_wait`` for it and are told to retry."""
+        if not fresh and (last := self.last_figures(sale)) is not None:
+            return last
         key = (sale.namespace, sale.sale)
         seen = self._figures.get(key)
-        if not fresh and seen is not None and self.clock() - seen.at < self.window:
-            return seen.advanced
         lock = self._advancing.setdefault(key, threading.Lock())
         wait = seen is None or fresh
         if not lock.acquire(timeout=self.step_wait) if wait else not lock.acquire(False):
@@ -150,6 +150,13 @@ class SaleRoom:
             return advanced
         finally:
             lock.release()
+
+    def last_figures(self, sale: Sale) -> Advanced | None:
+        """The sale's queue figures if at most ``window`` old (no I/O), else None."""
+        seen = self._figures.get((sale.namespace, sale.sale))
+        if seen is None or self.clock() - seen.at >= self.window:
+            return None
+        return seen.advanced
 
     def refresh(self) -> float:
         """Read the open sales and step each one's queue on; the pause before the next."""
