@@ -113,9 +113,10 @@ def join_queue(cmd: commands.JoinQueue, services: Services) -> TicketAnswer:
         joined = services.sale_queue.join(cmd.namespace, cmd.sale, cmd.buyer)
     if joined.status == "closed":
         raise errors.SaleClosed(f"the sale {cmd.sale} is closed")
-    ticket = services.signing.ticket(cmd.namespace, cmd.sale, TicketClaim(
-        cmd.buyer, joined.number, joined.joined_at_ms))
-    answer = poll_ticket(services, cmd.namespace, cmd.sale, ticket)
+    claim = TicketClaim(cmd.buyer, joined.number, joined.joined_at_ms)
+    ticket = services.signing.ticket(cmd.namespace, cmd.sale, claim)
+    # The ticket's state from the claim it was just signed for: no need to read it back.
+    answer = _poll(services, sale, claim, ticket)
     return replace(answer, joined=joined.status == "joined")
 
 
@@ -129,7 +130,11 @@ def poll_ticket(services: Services, namespace: str, name: str, ticket: str) -> T
     claim = services.signing.read_ticket(namespace, name, ticket)
     if claim is None:
         raise errors.NotFound(f"no such ticket of the sale {name}")
-    sale = _sale(services, namespace, name)
+    return _poll(services, _sale(services, namespace, name), claim, ticket)
+
+
+def _poll(services: Services, sale: Sale, claim: TicketClaim, ticket: str) -> TicketAnswer:
+    namespace, name = sale.namespace, sale.sale
     figures = None if sale.closed else services.sales.figures(sale).figures
     unadmitted = _unadmitted(ticket, claim.number, sale, figures)
     if unadmitted is not None:
