@@ -195,10 +195,9 @@ def _sale(services: Services, namespace: str, name: str) -> Sale:
         with services.uow_factory() as uow:
             return uow.sales.get(namespace, name)
 
-    kept = services.sales.recorded(read)
+    kept = services.sales.read_sale(namespace, name, read)
     if kept is None:
         raise errors.NotFound(f"no sale {name} in {namespace}")
-    services.sales.known(kept)
     return kept
 
 
