@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import pytest
-from werkzeug.test import Client
+from werkzeug.test import Client, EnvironBuilder
 
 from allocation.adapters.token_store import Grant
 from allocation.entrypoints import fast_lane, openapi, route_table, rsgi_bridge
@@ -94,6 +94,23 @@ def test_the_fast_lane_serves_the_tables_fast_routes_and_no_other() -> None:
         assert (passed == []) == route.fast, route
     assert {r.name for r in ROUTES if r.fast} == {"get_item", "decrement", "refund",
                                                   "join_queue"}
+
+
+def test_the_fast_lane_takes_the_match_a_server_made() -> None:
+    passed: list[str] = []
+
+    def flask(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        passed.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b""]
+
+    lane = fast_lane.FastLane(flask, FakeApp().application, 64 * 1024)
+    path = sample(route_table.ITEM)
+    environ = EnvironBuilder(path=path).get_environ()
+    lane({**environ, route_table.MATCHED: None}, lambda *_: lambda _: None)  # matched: none
+    assert passed == [path]
+    lane(environ, lambda *_: lambda _: None)  # not matched yet: the lane matches it
+    assert passed == [path]
 
 
 def test_the_bridge_answers_on_its_loop_the_tables_loop_routes_alone() -> None:

@@ -52,10 +52,23 @@ def _derived(salt: bytes, key: bytes) -> bytes:
     return hashlib.sha1(salt + b"signer" + key).digest()  # itsdangerous' "django-concat"
 
 
+class _Serializer(URLSafeSerializer):
+    """One signer for its one salt, made once: itsdangerous makes one a call (a signer keeps
+    no state between calls, so threads share it)."""
+
+    def make_signer(self, salt: str | bytes | None = None) -> Signer:
+        if salt is not None and salt != self.salt:
+            return super().make_signer(salt)
+        signer: Signer | None = self.__dict__.get("_signer")
+        if signer is None:
+            signer = self._signer = super().make_signer()
+        return signer
+
+
 @lru_cache(maxsize=4096)  # salts name a sale: a few are busy, any number may be asked about
 def _serializer(keys: tuple[str, ...], salt: str) -> URLSafeSerializer:
-    return URLSafeSerializer(list(keys), salt=salt, signer=_Signer,
-                             signer_kwargs={"algorithm": _HmacSha1()})
+    return _Serializer(list(keys), salt=salt, signer=_Signer,
+                       signer_kwargs={"algorithm": _HmacSha1()})
 
 
 class SaleSigning:

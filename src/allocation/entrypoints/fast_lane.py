@@ -25,6 +25,7 @@ from allocation.entrypoints.movement_requests import (
     answer_movement,
 )
 from allocation.entrypoints.replies import send_wsgi
+from allocation.entrypoints.route_table import MATCHED
 from allocation.entrypoints.sale_requests import answer_join
 from allocation.entrypoints.schemas import NAME
 
@@ -61,7 +62,8 @@ class FastLane:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
                  ) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "")
-        found = route_table.TABLE.match(method, environ.get("PATH_INFO", ""))
+        found = environ[MATCHED] if MATCHED in environ else route_table.TABLE.match(
+            method, environ.get("PATH_INFO", ""))
         # A path whose names pass the schema's pattern is one Flask routes the same way.
         if found is None or not found[0].fast or not all(NAME.fullmatch(p) for p in found[1]):
             return self._flask(environ, start_response)

@@ -69,6 +69,9 @@ ROUTES: tuple[Route, ...] = (
     Route("dashboard_asset", "GET", "/dashboard/<name>", "dashboard_asset"),
 )
 BY_NAME = {route.name: route for route in ROUTES}
+# Where a server that has matched a request (``RouteTable.match``) leaves the match in its
+# environ, for the app not to match it again.
+MATCHED = "allocation.route"
 _CACHED_PATH = 200  # characters
 _PARAM = re.compile(r"<(\w+)>")
 

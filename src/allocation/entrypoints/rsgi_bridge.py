@@ -118,6 +118,7 @@ class RsgiBridge:
                 return _reply(protocol, replies.error(413, "payload_too_large",
                                                       "the body is over 64 KiB"), close=announced)
         environ["wsgi.input"] = io.BytesIO(body)
+        environ[route_table.MATCHED] = found
         key = _stream_key(found)
         hub = self._hub(loop) if key is not None else None
         if hub is None:

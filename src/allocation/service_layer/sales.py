@@ -116,8 +116,7 @@ def join_queue(cmd: commands.JoinQueue, services: Services) -> TicketAnswer:
     claim = TicketClaim(cmd.buyer, joined.number, joined.joined_at_ms)
     ticket = services.signing.ticket(cmd.namespace, cmd.sale, claim)
     # The ticket's state from the claim it was just signed for: no need to read it back.
-    answer = _poll(services, sale, claim, ticket)
-    return replace(answer, joined=joined.status == "joined")
+    return _poll(services, sale, claim, ticket, joined=joined.status == "joined")
 
 
 def sale(services: Services, namespace: str, name: str) -> SaleAnswer:
@@ -133,10 +132,11 @@ def poll_ticket(services: Services, namespace: str, name: str, ticket: str) -> T
     return _poll(services, _sale(services, namespace, name), claim, ticket)
 
 
-def _poll(services: Services, sale: Sale, claim: TicketClaim, ticket: str) -> TicketAnswer:
+def _poll(services: Services, sale: Sale, claim: TicketClaim, ticket: str,
+          joined: bool = False) -> TicketAnswer:
     namespace, name = sale.namespace, sale.sale
     figures = None if sale.closed else services.sales.figures(sale).figures
-    unadmitted = _unadmitted(ticket, claim.number, sale, figures)
+    unadmitted = _unadmitted(ticket, claim.number, sale, figures, joined)
     if unadmitted is not None:
         return unadmitted
     if figures is None:
@@ -146,10 +146,10 @@ def _poll(services: Services, sale: Sale, claim: TicketClaim, ticket: str) -> Ti
     pass_state, expires = services.sale_queue.pass_at(namespace, name, where)
     view = ticket_state(claim.number, figures, pass_state)
     if view.state != "admitted" or pass_state is None:
-        return TicketAnswer(ticket, view.state, view.position)
+        return TicketAnswer(ticket, view.state, view.position, joined=joined)
     sale_pass = services.signing.pass_(namespace, name, PassClaim(claim.buyer, claim.number,
                                                                   expires))
-    return TicketAnswer(ticket, "admitted", 0, sale_pass, expires)
+    return TicketAnswer(ticket, "admitted", 0, sale_pass, expires, joined)
 
 
 def poll_at_once(services: Services, namespace: str, name: str,
@@ -173,17 +173,17 @@ def poll_at_once(services: Services, namespace: str, name: str,
     return None if figures is None else _unadmitted(ticket, claim.number, sale, figures)
 
 
-def _unadmitted(ticket: str, number: int, sale: Sale,
-                figures: QueueFigures | None) -> TicketAnswer | None:
+def _unadmitted(ticket: str, number: int, sale: Sale, figures: QueueFigures | None,
+                joined: bool = False) -> TicketAnswer | None:
     """A ticket's answer from the figures alone (closed, scheduled, waiting, sold out); None
     where it needs more: its pass's state (admitted), or figures there are none of."""
     if sale.closed:
-        return TicketAnswer(ticket, "closed", None)
+        return TicketAnswer(ticket, "closed", None, joined=joined)
     if figures is None:
         return None
     view = ticket_state(number, figures)
     return None if view.state == "admitted" else TicketAnswer(ticket, view.state,
-                                                               view.position)
+                                                               view.position, joined=joined)
 
 
 def _sale(services: Services, namespace: str, name: str) -> Sale:
