@@ -15,10 +15,13 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from werkzeug.test import TestResponse
 
+from allocation.config import Config
 from allocation.domain import errors
 from allocation.entrypoints.fast_lane import DECREMENTS
 from tests.helpers.apps import FakeApp, body
 from tests.helpers.http_requests import requests, send
+
+T0 = 1_900_000_000_000  # ms: the scripts' clock in both apps
 
 # Requests aimed at the lane's routes, dense in the near misses it must leave to Flask.
 lane_requests = st.tuples(
@@ -26,13 +29,16 @@ lane_requests = st.tuples(
                      ("POST", "/v1/{ns}/items/{sku}/refunds"), ("GET", "/v1/{ns}/items/{sku}"),
                      ("HEAD", "/v1/{ns}/items/{sku}"), ("PUT", "/v1/{ns}/items/{sku}/refunds"),
                      ("POST", "/v1/{ns}/items/{sku}/decrements/"),
-                     ("GET", "/v1/{ns}/items/{sku}/")]),
+                     ("GET", "/v1/{ns}/items/{sku}/"), ("POST", "/v1/{ns}/sales/{sku}/queue"),
+                     ("PUT", "/v1/{ns}/sales/{sku}/queue")]),
     st.sampled_from(["ns", "ns", "x", "-ns"]),
     st.sampled_from(["a", "a", "b", "c", "a/", "-a", "a" * 65]),
     st.one_of(st.fixed_dictionaries({"qty": st.integers(-1, 4)}),
               st.fixed_dictionaries({"qty": st.sampled_from([True, 1.0, "1", None, 10**7])}),
               st.sampled_from([[1], 1, {}, {"qty": 1, "extra": 2},
-                               {"qty": 1, "pad": "x" * 70_000}])),
+                               {"qty": 1, "pad": "x" * 70_000}]),
+              st.sampled_from([{"buyer": "b1"}, {"buyer": "b2"}, {"buyer": ""}, {"buyer": 7},
+                               {"buyer": "b1", "qty": 1}])),
     st.sampled_from(["k1", "k2", "k3", "", "x" * 129, "tab\tkey", "\xe9", None]),
     st.just({}), st.sampled_from([False, False, False, True]),
     st.sampled_from(["application/json", "application/json", "application/json; charset=utf-8",
@@ -49,10 +55,16 @@ def answer(response: TestResponse) -> tuple[str, list[tuple[str, str]], bytes]:
 
 
 def pair() -> tuple[FakeApp, FakeApp]:
-    apps = FakeApp(fast=True), FakeApp(fast=False)
+    """The app with its lane and without, alike: the same keys sign the same tickets, and the
+    scripts' clocks stand at the same moment (a ticket holds its join's time)."""
+    config = Config(sale_secret="the same key for both apps")
+    apps = FakeApp(config, fast=True), FakeApp(config, fast=False)
     for app in apps:
+        app.now = T0
         app.client.put("/v1/ns/items/a", json={"total": 5})
         app.client.put("/v1/x/items/b", json={"total": 0})
+        app.client.put("/v1/ns/items/g", json={"total": 1})
+        assert app.client.put("/v1/ns/sales/a", json={"skus": ["g"]}).status_code == 201
     return apps
 
 
@@ -96,6 +108,11 @@ def test_well_formed_sale_calls_do_not_reach_flask() -> None:
         "Idempotency-Key": "4", "Content-Type": "application/json"})
     assert (bad.status_code, body(bad)["error"]) == (400, "malformed_json")
     assert c.post("/v1/ns/items/a/decrements", json={"qty": 1}).status_code == 400
+    joined = c.post("/v1/ns/sales/a/queue", json={"buyer": "ann"})
+    assert joined.status_code == 201 and body(joined)["state"] in ("admitted", "waiting")
+    assert c.post("/v1/ns/sales/a/queue", json={"buyer": "ann"}).status_code == 200
+    assert c.post("/v1/ns/sales/nope/queue", json={"buyer": "ann"}).status_code == 404
+    assert c.post("/v1/ns/sales/a/queue", json={"buyer": ""}).status_code == 400
     assert calls == Counter()
 
 

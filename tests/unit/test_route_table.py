@@ -7,10 +7,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import pytest
-from werkzeug.test import Client
+from werkzeug.test import Client, EnvironBuilder
 
 from allocation.adapters.token_store import Grant
-from allocation.entrypoints import fast_lane, openapi, route_table
+from allocation.entrypoints import fast_lane, openapi, route_table, rsgi_bridge
 from allocation.entrypoints.access import AccessGuard, TokenCache
 from allocation.entrypoints.route_table import ROUTES, Route, RouteTable
 from allocation.entrypoints.rsgi_bridge import _stream_of
@@ -79,11 +79,43 @@ def test_a_request_no_route_serves_needs_what_it_did_before_the_table(
 
 
 def test_the_fast_lane_serves_the_tables_fast_routes_and_no_other() -> None:
+    app = FakeApp().application
+    passed: list[str] = []
+
+    def flask(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        passed.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b""]
+
+    lane = Client(fast_lane.FastLane(flask, app, 64 * 1024))
     for route in ROUTES:
-        served = fast_lane._PATH.fullmatch(sample(route.path)) is not None
-        assert served == any(other.fast for other in ROUTES if other.path == route.path), route
-    assert set(fast_lane._ROUTES.values()) == {r.path for r in ROUTES if r.fast and
-                                               r.method == "POST"}
+        passed.clear()
+        lane.open(sample(route.path), method=route.method, json={"qty": 1, "buyer": "b"})
+        assert (passed == []) == route.fast, route
+    assert {r.name for r in ROUTES if r.fast} == {"get_item", "decrement", "refund",
+                                                  "join_queue"}
+
+
+def test_the_fast_lane_takes_the_match_a_server_made() -> None:
+    passed: list[str] = []
+
+    def flask(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        passed.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b""]
+
+    lane = fast_lane.FastLane(flask, FakeApp().application, 64 * 1024)
+    path = sample(route_table.ITEM)
+    environ = EnvironBuilder(path=path).get_environ()
+    lane({**environ, route_table.MATCHED: None}, lambda *_: lambda _: None)  # matched: none
+    assert passed == [path]
+    lane(environ, lambda *_: lambda _: None)  # not matched yet: the lane matches it
+    assert passed == [path]
+
+
+def test_the_bridge_answers_on_its_loop_the_tables_loop_routes_alone() -> None:
+    assert [r.name for r in ROUTES if r.loop] == ["poll_ticket"]
+    assert set(rsgi_bridge._AT_ONCE) == {"poll_ticket"}
 
 
 def test_the_bridge_streams_the_tables_stream_route_alone() -> None:

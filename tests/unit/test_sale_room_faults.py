@@ -144,3 +144,48 @@ def wait_for(call: Any) -> Any:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+def test_a_herd_asking_for_a_sale_not_known_here_shares_one_record_read(queue: Queue) -> None:
+    room = SaleRoom(record_down, queue)
+    reads: list[int] = []
+    release = threading.Event()
+
+    def read() -> Sale:
+        reads.append(1)
+        release.wait(10)  # the record answers once the herd has gathered
+        return SALE
+
+    herd = [in_thread(lambda: room.read_sale("shop", "drop", read))
+            for _ in range(4 * RECORD_CALLS)]
+
+    def gathered() -> bool:  # the rest of the herd waits on the read in flight (its future)
+        flight = room._reads.get(("shop", "drop"))
+        waiting = 0 if flight is None else len(flight._condition._waiters)  # type: ignore[attr-defined]
+        return waiting == len(herd) - 1
+
+    deadline = time.monotonic() + 10
+    while not gathered() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    release.set()
+    for thread, _ in herd:
+        thread.join(10)
+    assert [out for _, out in herd] == [[SALE]] * len(herd)  # none refused for want of a slot
+    assert reads == [1] and room.sale("shop", "drop") == SALE
+    assert room.gate("shop", "a") == SALE
+    assert room.read_sale("shop", "drop", lambda: None) is None  # a new read once it ended
+
+
+def test_a_herds_shared_read_fails_for_all_of_it(queue: Queue) -> None:
+    room = SaleRoom(record_down, queue, record_wait=0.05)
+    hung = threading.Event()
+
+    def hang() -> Sale | None:  # the partition: the call never returns in time
+        hung.wait(30)
+        return None
+
+    herd = [in_thread(lambda: room.read_sale("shop", "drop", hang)) for _ in range(3)]
+    for thread, _ in herd:
+        thread.join(10)
+    hung.set()
+    assert all(isinstance(out[0], errors.Unavailable) for _, out in herd)

@@ -91,3 +91,22 @@ class TestKeys:
         config = Config.from_env({"SALE_SECRET": "s3cret"})
         assert config.sale_secret == "s3cret"
         assert "s3cret" not in repr(config)
+
+
+@pytest.mark.parametrize("keys", [["the-key"], ["an-old-key", "the-key"]])
+def test_signed_as_itsdangerous_signs_by_default(keys: list[str]) -> None:
+    """The cached key derivation and the C HMAC sign what itsdangerous' defaults sign, byte
+    for byte (a server on either reads the other's tickets and passes while they roll out)."""
+    from itsdangerous import URLSafeSerializer
+
+    ours = SaleSigning(keys)
+    theirs = URLSafeSerializer(keys, salt="ticket:ns/drop")
+    claim = TicketClaim("ann", 7, NOW)
+    ticket = ours.ticket("ns", "drop", claim)
+    assert ticket == theirs.dumps(["ann", 7, NOW])
+    assert ours.read_ticket("ns", "drop", URLSafeSerializer(keys[:1], salt="ticket:ns/drop")
+                            .dumps(["bob", 8, NOW])) == TicketClaim("bob", 8, NOW)
+    sale_pass = ours.pass_("ns", "drop", PassClaim("ann", 7, NOW + 1))
+    assert sale_pass == URLSafeSerializer(keys, salt="pass:ns/drop").dumps(["ann", 7, NOW + 1])
+    assert ours.read_ticket("ns", "drop", ticket[:-1] + ("A" if ticket[-1] != "A" else "B")
+                            ) is None

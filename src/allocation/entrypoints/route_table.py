@@ -25,6 +25,8 @@ class Route:
     access: Access = "public"
     fast: bool = False  # the fast lane answers it, not Flask
     stream: bool = False  # after its first event the RSGI bridge serves the rest itself
+    # The RSGI bridge answers it on its event loop where the answer needs no I/O (else the app)
+    loop: bool = False
 
 
 ITEM = "/v1/<namespace>/items/<sku>"
@@ -53,8 +55,9 @@ ROUTES: tuple[Route, ...] = (
     Route("put_sale", "PUT", SALE, "put_sale", "admin"),
     Route("get_sale", "GET", SALE, "get_sale", "read"),
     Route("close_sale", "POST", f"{SALE}/close", "close_sale", "admin"),
-    Route("join_queue", "POST", f"{SALE}/queue", "join_queue", "sell"),
-    Route("poll_ticket", "GET", TICKET, "poll_ticket"),  # the ticket is the credential
+    Route("join_queue", "POST", f"{SALE}/queue", "join_queue", "sell", fast=True),
+    # The ticket is the credential: no token.
+    Route("poll_ticket", "GET", TICKET, "poll_ticket", loop=True),
     Route("ticket_stream", "GET", f"{TICKET}/stream", "ticket_stream", stream=True),
     Route("healthz", "GET", "/healthz", "healthz"),
     Route("readyz", "GET", "/readyz", "readyz"),
@@ -66,6 +69,9 @@ ROUTES: tuple[Route, ...] = (
     Route("dashboard_asset", "GET", "/dashboard/<name>", "dashboard_asset"),
 )
 BY_NAME = {route.name: route for route in ROUTES}
+# Where a server that has matched a request (``RouteTable.match``) leaves the match in its
+# environ, for the app not to match it again.
+MATCHED = "allocation.route"
 _CACHED_PATH = 200  # characters
 _PARAM = re.compile(r"<(\w+)>")
 
@@ -129,17 +135,24 @@ class RouteTable:
             return "public"
         return "read" if method in ("GET", "HEAD") else "admin"
 
-    def stream_of(self, method: str, path: str) -> tuple[str, ...] | None:
-        """The path's parameters (namespace, SKU) if the request is for a stream, else None."""
+    def match(self, method: str, path: str) -> tuple[Route, tuple[str, ...]] | None:
+        """The route of exactly this method (HEAD is not GET here) and the path's parameters,
+        in order; None if no route has them."""
         found = self._index(path)
         if found is None:
             return None
         index, match = found
         route = self._at[index].get(method)
-        if route is None or not route.stream:
+        if route is None:
             return None
         first, count = self._params[index]
-        return tuple(match.group(i) for i in range(first, first + count))
+        return route, match.group(*range(first, first + count)) if count > 1 else (
+            (match.group(first),) if count else ())
+
+    def stream_of(self, method: str, path: str) -> tuple[str, ...] | None:
+        """The path's parameters (namespace, SKU) if the request is for a stream, else None."""
+        found = self.match(method, path)
+        return found[1] if found is not None and found[0].stream else None
 
 
 def _as_get(method: str) -> str:

@@ -17,6 +17,7 @@ import functools
 import io
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from allocation.entrypoints import (
     replies,
     route_table,
     sale_replies,
+    sale_requests,
     stock_stream,
     ticket_stream,
     worker_start,
@@ -95,6 +97,15 @@ class RsgiBridge:
         if length is not None and length > self.max_body:
             return _reply(protocol, replies.error(413, "payload_too_large",
                                                   "the body is over 64 KiB"), close=announced)
+        found = route_table.TABLE.match(scope.method, environ["PATH_INFO"])
+        if found is not None and found[0].loop and not announced and (
+                self.application is not None):
+            started = time.perf_counter()
+            at_once = _AT_ONCE[found[0].name](self.application, *found[1])
+            if at_once is not None:  # else the app answers it, on a request thread
+                metrics.count_request(scope.method, found[0].path, at_once.status,
+                                      time.perf_counter() - started)
+                return _reply(protocol, at_once, as_flask=True)
         body = b""
         if announced:
             try:
@@ -107,7 +118,8 @@ class RsgiBridge:
                 return _reply(protocol, replies.error(413, "payload_too_large",
                                                       "the body is over 64 KiB"), close=announced)
         environ["wsgi.input"] = io.BytesIO(body)
-        key = _stream_of(scope.method, environ["PATH_INFO"])
+        environ[route_table.MATCHED] = found
+        key = _stream_key(found)
         hub = self._hub(loop) if key is not None else None
         if hub is None:
             status, response_headers, data = await self._answer(loop, environ)
@@ -235,10 +247,22 @@ class _TooLarge(Exception):
 def _stream_of(method: str, path: str) -> tuple[str, str] | None:
     """The hub's key of a stream request: an item's (GET /v1/{ns}/items/{sku}/stream) or a
     ticket's (GET /v1/{ns}/sales/{sale}/queue/{ticket}/stream), else None."""
-    found = route_table.TABLE.stream_of(method, path)
-    if found is None:
+    return _stream_key(route_table.TABLE.match(method, path))
+
+
+def _stream_key(found: tuple[route_table.Route, tuple[str, ...]] | None
+                ) -> tuple[str, str] | None:
+    if found is None or not found[0].stream:
         return None
-    return ticket_stream.ticket_key(*found) if len(found) == 3 else (found[0], found[1])
+    params = found[1]
+    return ticket_stream.ticket_key(*params) if len(params) == 3 else (params[0], params[1])
+
+
+# The table's ``loop`` routes: each one's answer from what the process holds, or None.
+_AT_ONCE: dict[str, Callable[..., replies.Reply | None]] = {
+    "poll_ticket": sale_requests.poll_at_once}
+if {name for name, route in route_table.BY_NAME.items() if route.loop} != set(_AT_ONCE):
+    raise ValueError("the bridge answers on its loop the table's loop routes, and no other")
 
 
 def _content_length(headers: Headers) -> int | None:
@@ -272,8 +296,16 @@ def _environ(scope: Scope, headers: Headers) -> WSGIEnvironment:
     return environ
 
 
-def _reply(protocol: HTTPProtocol, reply: replies.Reply, close: bool = False) -> None:
+def _reply(protocol: HTTPProtocol, reply: replies.Reply, close: bool = False,
+           as_flask: bool = False) -> None:
+    """``as_flask``: with the headers Flask's answer has (``replies.send_wsgi``), for a route
+    the app answers too."""
     data = replies.encode(reply)
+    if as_flask:
+        protocol.response_bytes(reply.status, [("Content-Type", "application/json"),
+                                               ("Content-Length", str(len(data))),
+                                               *reply.headers], data)
+        return
     protocol.response_bytes(reply.status, [("content-type", "application/json"),
                                            *reply.headers,
                                            *([("connection", "close")] if close else [])], data)

@@ -12,7 +12,8 @@ from allocation.entrypoints import replies
 from allocation.entrypoints.http_errors import to_response
 from allocation.entrypoints.movement_requests import json_object, validate
 from allocation.entrypoints.sale_replies import sale_body, ticket_body, ticket_event
-from allocation.entrypoints.sale_schemas import JoinBody, SaleBody, SalePath, TicketPath
+from allocation.entrypoints.sale_requests import answer_join
+from allocation.entrypoints.sale_schemas import SaleBody, SalePath, TicketPath
 from allocation.service_layer import sales
 from allocation.service_layer.sales import SaleAnswer, TicketAnswer
 
@@ -44,11 +45,9 @@ class SaleRoutes:
         return to_response(replies.Reply(200, sale_body(answer)))
 
     def join_queue(self, namespace: str, sale: str) -> Response:
-        path = validate(SalePath, {"namespace": namespace, "sale": sale})
-        buyer = validate(JoinBody, _json()).buyer
-        answer: TicketAnswer = self.app.bus.handle(commands.JoinQueue(path.namespace,
-                                                                      path.sale, buyer))
-        return to_response(replies.Reply(201 if answer.joined else 200, ticket_body(answer)))
+        return to_response(answer_join(self.app, namespace, sale, request.content_type or "",
+                                       request.content_length,
+                                       lambda: request.get_data(cache=True)))
 
     def poll_ticket(self, namespace: str, sale: str, ticket: str) -> Response:
         return to_response(replies.Reply(200, ticket_body(self._ticket(namespace, sale,

@@ -57,6 +57,7 @@ class SaleRoom:
         self._closed: dict[tuple[str, str], Sale] = {}  # a closed sale stays closed
         self._figures: dict[tuple[str, str], Seen] = {}
         self._reading = threading.Lock()
+        self._reads: dict[tuple[str, str], Future[Sale | None]] = {}  # read_sale's in flight
         self._advancing: dict[tuple[str, str], threading.Lock] = {}
 
     def recorded(self, call: Callable[[], T]) -> T:
@@ -81,6 +82,38 @@ class SaleRoom:
         except WaitedOut:
             raise errors.Unavailable("the record did not answer in time; retry",
                                      retry_after=5) from None
+
+    def read_sale(self, namespace: str, sale: str, read: Callable[[], Sale | None]
+                  ) -> Sale | None:
+        """``recorded(read)`` of a sale not known here, then known here (``known``): one call
+        for every caller asking meanwhile, so a herd joining a sale this process has not read
+        yet shares one read (and one of ``RECORD_CALLS``) rather than taking them all and
+        being refused 503."""
+        key = (namespace, sale)
+        with self._reading:
+            pending = self._reads.get(key)
+            leads = pending is None
+            if pending is None:
+                pending = self._reads[key] = Future()
+        if not leads:
+            try:
+                return pending.result(timeout=self.record_wait)
+            except WaitedOut:
+                raise errors.Unavailable("the record did not answer in time; retry",
+                                         retry_after=5) from None
+        try:
+            kept = self.recorded(read)
+            if kept is not None:
+                self.known(kept)
+        except BaseException as exc:  # the followers raise it too
+            pending.set_exception(exc)
+            raise
+        else:
+            pending.set_result(kept)
+            return kept
+        finally:
+            with self._reading:
+                del self._reads[key]
 
     def gate(self, namespace: str, sku: str) -> Sale | None:
         """The open sale gating the sku, as this process last read the record (no I/O)."""
@@ -124,10 +157,10 @@ class SaleRoom:
         """The sale's queue figures, at most ``window`` old (``fresh``: now). The first
         caller to find them stale steps the queue on; others meanwhile answer from the last,
         or, with none to answer from, wait ``step_wait`` for it and are told to retry."""
+        if not fresh and (last := self.last_figures(sale)) is not None:
+            return last
         key = (sale.namespace, sale.sale)
         seen = self._figures.get(key)
-        if not fresh and seen is not None and self.clock() - seen.at < self.window:
-            return seen.advanced
         lock = self._advancing.setdefault(key, threading.Lock())
         wait = seen is None or fresh
         if not lock.acquire(timeout=self.step_wait) if wait else not lock.acquire(False):
@@ -150,6 +183,13 @@ class SaleRoom:
             return advanced
         finally:
             lock.release()
+
+    def last_figures(self, sale: Sale) -> Advanced | None:
+        """The sale's queue figures if at most ``window`` old (no I/O), else None."""
+        seen = self._figures.get((sale.namespace, sale.sale))
+        if seen is None or self.clock() - seen.at >= self.window:
+            return None
+        return seen.advanced
 
     def refresh(self) -> float:
         """Read the open sales and step each one's queue on; the pause before the next."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from allocation.adapters.sale_queue import Advanced, PassClaim, TicketClaim
 from allocation.domain import commands, errors
 from allocation.domain.sale import (
+    QueueFigures,
     Sale,
     SaleState,
     TicketState,
@@ -112,10 +113,10 @@ def join_queue(cmd: commands.JoinQueue, services: Services) -> TicketAnswer:
         joined = services.sale_queue.join(cmd.namespace, cmd.sale, cmd.buyer)
     if joined.status == "closed":
         raise errors.SaleClosed(f"the sale {cmd.sale} is closed")
-    ticket = services.signing.ticket(cmd.namespace, cmd.sale, TicketClaim(
-        cmd.buyer, joined.number, joined.joined_at_ms))
-    answer = poll_ticket(services, cmd.namespace, cmd.sale, ticket)
-    return replace(answer, joined=joined.status == "joined")
+    claim = TicketClaim(cmd.buyer, joined.number, joined.joined_at_ms)
+    ticket = services.signing.ticket(cmd.namespace, cmd.sale, claim)
+    # The ticket's state from the claim it was just signed for: no need to read it back.
+    return _poll(services, sale, claim, ticket, joined=joined.status == "joined")
 
 
 def sale(services: Services, namespace: str, name: str) -> SaleAnswer:
@@ -128,24 +129,61 @@ def poll_ticket(services: Services, namespace: str, name: str, ticket: str) -> T
     claim = services.signing.read_ticket(namespace, name, ticket)
     if claim is None:
         raise errors.NotFound(f"no such ticket of the sale {name}")
-    sale = _sale(services, namespace, name)
-    if sale.closed:
-        return TicketAnswer(ticket, "closed", None)
-    figures = services.sales.figures(sale).figures
+    return _poll(services, _sale(services, namespace, name), claim, ticket)
+
+
+def _poll(services: Services, sale: Sale, claim: TicketClaim, ticket: str,
+          joined: bool = False) -> TicketAnswer:
+    namespace, name = sale.namespace, sale.sale
+    figures = None if sale.closed else services.sales.figures(sale).figures
+    unadmitted = _unadmitted(ticket, claim.number, sale, figures, joined)
+    if unadmitted is not None:
+        return unadmitted
     if figures is None:
         raise errors.Unavailable("the sale's queue is being restored; retry")
-    view = ticket_state(claim.number, figures)
-    if view.state != "admitted":
-        return TicketAnswer(ticket, view.state, view.position)
     where = place(claim.number, figures)
     assert where is not None  # admitted: the pre-queue was drawn
     pass_state, expires = services.sale_queue.pass_at(namespace, name, where)
     view = ticket_state(claim.number, figures, pass_state)
     if view.state != "admitted" or pass_state is None:
-        return TicketAnswer(ticket, view.state, view.position)
+        return TicketAnswer(ticket, view.state, view.position, joined=joined)
     sale_pass = services.signing.pass_(namespace, name, PassClaim(claim.buyer, claim.number,
                                                                   expires))
-    return TicketAnswer(ticket, "admitted", 0, sale_pass, expires)
+    return TicketAnswer(ticket, "admitted", 0, sale_pass, expires, joined)
+
+
+def poll_at_once(services: Services, namespace: str, name: str,
+                 ticket: str) -> TicketAnswer | None:
+    """``poll_ticket``'s answer where it needs no I/O (a sale known here, its figures at most a
+    window old, a ticket not admitted); None where it may need some, or is a refusal: ask
+    ``poll_ticket``. Cheap enough for an event loop: a signature check and two look-ups."""
+    sale = services.sales.sale(namespace, name)
+    if sale is None:
+        return None
+    try:
+        claim = services.signing.read_ticket(namespace, name, ticket)
+    except errors.Unavailable:  # no SALE_SECRET: poll_ticket says so
+        return None
+    if claim is None:
+        return None
+    if sale.closed:
+        return _unadmitted(ticket, claim.number, sale, None)
+    advanced = services.sales.last_figures(sale)
+    figures = None if advanced is None else advanced.figures
+    return None if figures is None else _unadmitted(ticket, claim.number, sale, figures)
+
+
+def _unadmitted(ticket: str, number: int, sale: Sale, figures: QueueFigures | None,
+                joined: bool = False) -> TicketAnswer | None:
+    """A ticket's answer from the figures alone (closed, scheduled, waiting, sold out); None
+    where it needs more: its pass's state (admitted), or figures there are none of."""
+    if sale.closed:
+        return TicketAnswer(ticket, "closed", None, joined=joined)
+    if figures is None:
+        return None
+    view = ticket_state(number, figures)
+    return None if view.state == "admitted" else TicketAnswer(ticket, view.state,
+                                                               view.position, joined=joined)
 
 
 def _sale(services: Services, namespace: str, name: str) -> Sale:
@@ -157,10 +195,9 @@ def _sale(services: Services, namespace: str, name: str) -> Sale:
         with services.uow_factory() as uow:
             return uow.sales.get(namespace, name)
 
-    kept = services.sales.recorded(read)
+    kept = services.sales.read_sale(namespace, name, read)
     if kept is None:
         raise errors.NotFound(f"no sale {name} in {namespace}")
-    services.sales.known(kept)
     return kept
 
 

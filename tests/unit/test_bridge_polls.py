@@ -1,0 +1,143 @@
+"""The RSGI bridge answers a waiting ticket's poll on its event loop, byte for byte as Flask's
+route would, and leaves to the route (on a request thread) every poll that needs I/O or is
+refused: an admitted ticket, a forged one, a sale not known here, figures a window old."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from allocation.entrypoints import route_table
+from allocation.entrypoints.access import AccessGuard
+from allocation.entrypoints.movement_requests import MAX_BODY
+from allocation.entrypoints.rsgi_bridge import RsgiBridge
+from tests.helpers.apps import FakeApp, body
+from tests.unit.test_fast_lane import count_views
+from tests.unit.test_sale_routes import NS, SALE, T0, fresh, put_sale
+
+POLL = f"GET {route_table.TICKET}"  # Flask's endpoint of the poll (flask_app.create_app)
+
+
+@dataclass
+class Scope:
+    method: str
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
+    query_string: str = ""
+    proto: str = "http"
+    http_version: str = "1.1"
+    scheme: str = "http"
+    server: str = "127.0.0.1:8000"
+    client: str = "127.0.0.1:50000"
+
+
+class Protocol:
+    def __init__(self) -> None:
+        self.sent: tuple[int, list[tuple[str, str]], bytes] | None = None
+
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+        self.sent = (status, headers, data)
+
+    async def __call__(self) -> bytes:
+        return b""
+
+
+def bridged(shop: FakeApp, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    guard = shop.app.wsgi_app
+    assert isinstance(guard, AccessGuard)
+    bridge = RsgiBridge(shop.app, threads=2, body_timeout=5, max_body=MAX_BODY,
+                        application=shop.application, guard=guard)
+    protocol = Protocol()
+    try:
+        asyncio.run(bridge.__rsgi__(Scope("GET", path), protocol))  # type: ignore[arg-type]
+    finally:
+        bridge.pool.shutdown()
+    assert protocol.sent is not None
+    return protocol.sent
+
+
+def flasks(shop: FakeApp, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    response = shop.client.get(path)
+    return response.status_code, list(response.headers), response.data
+
+
+@pytest.fixture
+def shop() -> FakeApp:
+    shop = FakeApp()
+    shop.now = T0
+    for sku, total in (("a", 2), ("b", 1)):
+        assert shop.client.put(f"/v1/{NS}/items/{sku}", json={"total": total}).status_code == 201
+    put_sale(shop, opens_at="2030-01-01T00:00:00+00:00", admit_factor=1)  # opened: T0 is later
+    return shop
+
+
+def tickets(shop: FakeApp, *buyers: str) -> list[str]:
+    """The buyers' tickets, once the process holds the sale's figures after their joins."""
+    made = [body(shop.client.post(f"{SALE}/queue", json={"buyer": b}))["ticket"]
+            for b in buyers]
+    fresh(shop)
+    flasks(shop, f"{SALE}/queue/{made[0]}")  # steps the queue on: the figures are now held
+    return made
+
+
+def test_a_waiting_tickets_poll_is_answered_on_the_loop_as_flask_answers_it(
+        shop: FakeApp) -> None:
+    # 3 units: the first three are admitted, the other two wait at places 0 and 1.
+    dan, eve = tickets(shop, "ann", "bob", "cat", "dan", "eve")[3:]
+    calls = count_views(shop)
+    for ticket, position in ((dan, 0), (eve, 1)):
+        answer = bridged(shop, f"{SALE}/queue/{ticket}")
+        assert answer == flasks(shop, f"{SALE}/queue/{ticket}")
+        assert answer[0] == 200 and answer[1] == [("Content-Type", "application/json"),
+                                                  ("Content-Length", str(len(answer[2])))]
+        assert body_of(answer) == {"ticket": ticket, "state": "waiting", "position": position}
+    assert calls == Counter({POLL: 2})  # Flask's own two answers, for the comparison alone
+
+
+def body_of(answer: tuple[int, list[tuple[str, str]], bytes]) -> Any:
+    return json.loads(answer[2])
+
+
+def test_what_needs_io_or_is_refused_goes_to_flasks_route(shop: FakeApp) -> None:
+    ann, dan = tickets(shop, "ann", "bob", "cat", "dan")[::3]
+    calls = count_views(shop)
+    paths = [f"{SALE}/queue/{ann}",  # admitted: its pass is read from Redis
+             f"{SALE}/queue/{dan[:-2]}xx",  # forged: 404
+             f"/v1/{NS}/sales/other/queue/{dan}",  # another sale's: 404 (read from the record)
+             f"/v1/{NS}/sales/-bad/queue/{dan}"]  # a name the schema refuses: 400
+    statuses = []
+    for path in paths:
+        answer = bridged(shop, path)
+        assert calls[POLL] == 1, path  # the bridge left it to the route
+        assert answer == flasks(shop, path), path
+        statuses.append(answer[0])
+        calls.clear()
+    assert statuses == [200, 404, 404, 400]
+
+
+def test_figures_a_window_old_are_stepped_on_by_the_route(shop: FakeApp,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    dan = tickets(shop, "ann", "bob", "cat", "dan")[3]
+    room = shop.application.bus.services.sales
+    later = room.clock() + room.window
+    monkeypatch.setattr(room, "clock", lambda: later)
+    calls = count_views(shop)
+    answer = bridged(shop, f"{SALE}/queue/{dan}")
+    assert calls == Counter({POLL: 1}) and body_of(answer)["state"] == "waiting"
+    assert bridged(shop, f"{SALE}/queue/{dan}") == answer  # stepped on: the loop's again
+    assert calls == Counter({POLL: 1})
+
+
+def test_a_closed_sales_tickets_read_closed_on_the_loop(shop: FakeApp) -> None:
+    (dan,) = tickets(shop, "dan")
+    shop.client.post(f"{SALE}/close")
+    calls = count_views(shop)
+    answer = bridged(shop, f"{SALE}/queue/{dan}")
+    assert body_of(answer) == {"ticket": dan, "state": "closed", "position": None}
+    assert calls == Counter() and answer == flasks(shop, f"{SALE}/queue/{dan}")
