@@ -35,7 +35,7 @@ from tests.helpers.processes import (
     service_env,
     wait_until,
 )
-from tests.helpers.queue_buyers import Buyer, Plan, run_buyers, share_rounds
+from tests.helpers.queue_buyers import FINISHED, Buyer, Plan, run_buyers, share_rounds
 
 BUYERS, UNITS, FACTOR, PROCESSES = 2000, 100, 2, 4
 
@@ -118,7 +118,8 @@ def test_two_thousand_buyers_for_a_hundred_units(api: str, namespace: str, sell_
             moved_at = time.monotonic()
             while not running.ready() and time.monotonic() - moved_at < 60 and (
                     time.monotonic() - moved_at < 1.5
-                    or any(now <= then for now, then in zip(rounds[:], made, strict=True))):
+                    or any(then == now != FINISHED
+                           for now, then in zip(rounds[:], made, strict=True))):
                 running.wait(0.1)
         buyers: list[Buyer] = [b for part in running.get(timeout=10) for b in part]
     assert admitted_seen  # the figures were read
