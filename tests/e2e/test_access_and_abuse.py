@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from allocation.config import Config
+from tests.helpers.cli_runs import run_cli
 from tests.helpers.processes import (
     Process,
     allocation_command,
@@ -34,8 +35,7 @@ def config(service_config: Config) -> Config:
 
 
 def cli(config: Config, *args: str, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(allocation_command(*args), env={**service_env(config), **(env or {})},
-                          capture_output=True, text=True, timeout=60, check=True)
+    done = run_cli(list(args), {**service_env(config), **(env or {})}, check=True)
     return done.stdout
 
 

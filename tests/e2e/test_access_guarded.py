@@ -27,8 +27,8 @@ from sqlalchemy.engine import make_url
 
 from allocation.adapters.token_store import TokenStore, checking_engine
 from allocation.config import Config
+from tests.helpers.cli_runs import run_cli
 from tests.helpers.processes import (
-    allocation_command,
     free_port,
     ledger_worker,
     serve,
@@ -263,8 +263,7 @@ def test_a_flood_of_made_up_tokens_leaves_the_sale_selling_even_with_the_databas
 
 def cli(config: Config, *args: str, env: dict[str, str] | None = None
         ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(allocation_command(*args), env={**service_env(config), **(env or {})},
-                          capture_output=True, text=True, timeout=60, check=False)
+    return run_cli(list(args), {**service_env(config), **(env or {})})
 
 
 def test_a_token_revoked_while_the_server_cannot_reach_the_database_is_refused_within_5_s(

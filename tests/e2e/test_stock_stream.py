@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,8 @@ from sqlalchemy.engine import Engine
 
 from allocation.adapters.token_store import TokenStore
 from allocation.config import Config
-from tests.helpers.processes import allocation_command, service_env, wait_until
+from tests.helpers.cli_runs import run_cli
+from tests.helpers.processes import service_env, wait_until
 
 
 class Events:
@@ -155,8 +155,7 @@ def test_revoking_a_token_closes_its_open_streams_within_5_s(
             stream(api, namespace, "rev", admin_token) as kept:
         revoked.next()
         kept.next()
-        subprocess.run(allocation_command("token", "revoke", token_id), check=True,
-                       env=service_env(service_config), capture_output=True, timeout=60)
+        run_cli(["token", "revoke", token_id], service_env(service_config), check=True)
         at = time.monotonic()
         with pytest.raises(ConnectionError):  # the server closes it; no event comes first
             revoked.next(seconds=5)

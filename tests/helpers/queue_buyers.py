@@ -1,17 +1,22 @@
 """Buyers of a sale's waiting room over HTTP, many per process: each joins, polls its ticket,
 reserves one unit with its pass once admitted and confirms it, or, for an ``abandon`` share of
 them, never pays. Run by a process pool (``run_buyers``) so the herd comes from several
-processes, as in production."""
+processes, as in production. Each process counts the rounds it has made of its buyers in an
+array the pool shares (``share_rounds``): the test moves the scripts' clock by them, so that a
+pass lasts as many rounds of every buyer however slow the machine."""
 
 from __future__ import annotations
 
 import time
 import zlib
 from dataclasses import dataclass, field
+from multiprocessing.sharedctypes import SynchronizedArray
 
 import requests
 
 DONE = ("used", "expired", "sold_out", "closed")
+FINISHED = 2**31 - 1  # a process's rounds once all its buyers are done
+_rounds: SynchronizedArray[int] | None = None  # this process's pool's, from share_rounds
 
 
 @dataclass
@@ -36,12 +41,19 @@ class Plan:
     sku: str
     token: str  # a sell token of the namespace
     names: tuple[str, ...]
+    index: int = 0  # this process's place in the shared rounds
     abandon_percent: int = 30
     deadline: float = 240.0
 
 
 def _abandons(name: str, percent: int) -> bool:
     return zlib.crc32(name.encode()) % 100 < percent
+
+
+def share_rounds(rounds: SynchronizedArray[int]) -> None:
+    """A pool's initializer: the only way a shared array reaches a spawned process."""
+    global _rounds
+    _rounds = rounds
 
 
 def run_buyers(plan: Plan) -> list[Buyer]:
@@ -56,13 +68,19 @@ def run_buyers(plan: Plan) -> list[Buyer]:
         assert joined.status_code == 201, joined.text
         buyer.ticket, buyer.state = joined.json()["ticket"], joined.json()["state"]
     until = time.monotonic() + plan.deadline
-    while time.monotonic() < until:
-        active = [b for b in buyers if b.state not in DONE and b.state != "paid"
-                  and b.state != "abandoned"]
-        if not active:
-            break
-        for buyer in active:
-            _step(http, plan, sale, sell, buyer)
+    try:
+        while time.monotonic() < until:
+            active = [b for b in buyers if b.state not in DONE and b.state != "paid"
+                      and b.state != "abandoned"]
+            if not active:
+                break
+            for buyer in active:
+                _step(http, plan, sale, sell, buyer)
+            if _rounds is not None:
+                _rounds[plan.index] += 1
+    finally:
+        if _rounds is not None:
+            _rounds[plan.index] = FINISHED
     return buyers
 
 

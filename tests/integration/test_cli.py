@@ -6,7 +6,6 @@ import dataclasses
 import json
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
+from tests.helpers.cli_runs import run_cli
 from tests.helpers.ledger import drain, ledger_threads
 from tests.helpers.processes import PrivateRedis, allocation_command, service_env, wait_until
 
@@ -25,8 +25,7 @@ def cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
     # written before it returns.
     env = service_env(config if args[0] == "drift" else
                       dataclasses.replace(config, durability="sync"))
-    return subprocess.run([sys.executable, "-m", "allocation.entrypoints.cli", *args],
-                          env=env, capture_output=True, text=True, timeout=60)
+    return run_cli(list(args), env)
 
 
 @pytest.fixture

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 from allocation.config import Config
+from tests.helpers.cli_runs import run_cli
 from tests.helpers.processes import service_env
 
 
 def cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "allocation.entrypoints.cli", *args],
-                          env=service_env(config), capture_output=True, text=True, timeout=60)
+    return run_cli(list(args), service_env(config))
 
 
 def test_create_show_close_and_exit_codes(service_config: Config, namespace: str) -> None:
