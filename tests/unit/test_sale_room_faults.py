@@ -189,3 +189,26 @@ def test_a_herds_shared_read_fails_for_all_of_it(queue: Queue) -> None:
         thread.join(10)
     hung.set()
     assert all(isinstance(out[0], errors.Unavailable) for _, out in herd)
+
+
+def test_callers_that_need_figures_now_share_the_step_they_waited_behind(queue: Queue) -> None:
+    room = SaleRoom(record_down, queue, step_wait=10)
+    queue.mode = "hang"
+    stepper, _ = in_thread(lambda: room.figures(SALE, fresh=True))
+    assert queue.entered.wait(10)
+    queue.mode = "up"
+    steps: list[Sale] = []
+    advance = queue.advance
+
+    def counted(sale: Sale, most: int = 1000) -> Advanced:
+        steps.append(sale)
+        return advance(sale, most)
+
+    queue.advance = counted  # type: ignore[method-assign]
+    waiters = [in_thread(lambda: room.figures(SALE, fresh=True)) for _ in range(4)]
+    queue.release.set()  # the first step fails; one waiter steps, the rest share its figures
+    stepper.join(10)
+    for thread, out in waiters:
+        thread.join(10)
+        assert out == [FIGURES]
+    assert len(steps) == 1
