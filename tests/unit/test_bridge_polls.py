@@ -18,7 +18,7 @@ from allocation.entrypoints.movement_requests import MAX_BODY
 from allocation.entrypoints.rsgi_bridge import RsgiBridge
 from tests.helpers.apps import FakeApp, body
 from tests.unit.test_fast_lane import count_views
-from tests.unit.test_sale_routes import NS, SALE, T0, fresh, put_sale
+from tests.unit.test_sale_routes import NS, SALE, fresh, put_sale, stocked_shop
 
 POLL = f"GET {route_table.TICKET}"  # Flask's endpoint of the poll (flask_app.create_app)
 
@@ -68,10 +68,7 @@ def flasks(shop: FakeApp, path: str) -> tuple[int, list[tuple[str, str]], bytes]
 
 @pytest.fixture
 def shop() -> FakeApp:
-    shop = FakeApp()
-    shop.now = T0
-    for sku, total in (("a", 2), ("b", 1)):
-        assert shop.client.put(f"/v1/{NS}/items/{sku}", json={"total": total}).status_code == 201
+    shop = stocked_shop()
     put_sale(shop, opens_at="2030-01-01T00:00:00+00:00", admit_factor=1)  # opened: T0 is later
     return shop
 

@@ -15,13 +15,18 @@ NS = "shop"
 SALE = f"/v1/{NS}/sales/drop"
 
 
-@pytest.fixture
-def shop() -> FakeApp:
+def stocked_shop() -> FakeApp:
+    """An app at T0 with the sale's two skus: a (2 units) and b (1)."""
     shop = FakeApp()
     shop.now = T0
     for sku, total in (("a", 2), ("b", 1)):
         assert shop.client.put(f"/v1/{NS}/items/{sku}", json={"total": total}).status_code == 201
     return shop
+
+
+@pytest.fixture
+def shop() -> FakeApp:
+    return stocked_shop()
 
 
 def put_sale(shop: FakeApp, **terms: Any) -> Any:
