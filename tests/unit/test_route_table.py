@@ -13,7 +13,7 @@ from allocation.adapters.token_store import Grant
 from allocation.entrypoints import fast_lane, openapi, route_table, rsgi_bridge
 from allocation.entrypoints.access import AccessGuard, TokenCache
 from allocation.entrypoints.route_table import ROUTES, Route, RouteTable
-from allocation.entrypoints.rsgi_bridge import _stream_of
+from allocation.entrypoints.rsgi_bridge import _stream_key
 from tests.helpers.apps import FakeApp
 
 if TYPE_CHECKING:
@@ -116,6 +116,10 @@ def test_the_fast_lane_takes_the_match_a_server_made() -> None:
 def test_the_bridge_answers_on_its_loop_the_tables_loop_routes_alone() -> None:
     assert [r.name for r in ROUTES if r.loop] == ["poll_ticket"]
     assert set(rsgi_bridge._AT_ONCE) == {"poll_ticket"}
+
+
+def _stream_of(method: str, path: str) -> tuple[str, str] | None:
+    return _stream_key(route_table.TABLE.match(method, path))
 
 
 def test_the_bridge_streams_the_tables_stream_route_alone() -> None:

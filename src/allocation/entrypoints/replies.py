@@ -185,9 +185,14 @@ def send_wsgi(reply: Reply, start_response: StartResponse) -> list[bytes]:
     """Answer a bare WSGI call with ``reply``, byte for byte as Flask would."""
     data = encode(reply)
     start_response(f"{reply.status} {HTTP_STATUS_CODES[reply.status].upper()}",
-                   [("Content-Type", "application/json"),
-                    ("Content-Length", str(len(data))), *reply.headers])
+                   flask_headers(reply, data))
     return [data]
+
+
+def flask_headers(reply: Reply, data: bytes) -> list[tuple[str, str]]:
+    """The headers Flask sends with ``reply`` encoded as ``data``."""
+    return [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+            *reply.headers]
 
 
 def ledger_entry(entry: LedgerEntry) -> dict[str, Any]:

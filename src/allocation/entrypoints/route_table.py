@@ -149,11 +149,6 @@ class RouteTable:
         return route, match.group(*range(first, first + count)) if count > 1 else (
             (match.group(first),) if count else ())
 
-    def stream_of(self, method: str, path: str) -> tuple[str, ...] | None:
-        """The path's parameters (namespace, SKU) if the request is for a stream, else None."""
-        found = self.match(method, path)
-        return found[1] if found is not None and found[0].stream else None
-
 
 def _as_get(method: str) -> str:
     return "GET" if method == "HEAD" else method

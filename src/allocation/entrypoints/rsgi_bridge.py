@@ -244,14 +244,10 @@ class _TooLarge(Exception):
     pass
 
 
-def _stream_of(method: str, path: str) -> tuple[str, str] | None:
-    """The hub's key of a stream request: an item's (GET /v1/{ns}/items/{sku}/stream) or a
-    ticket's (GET /v1/{ns}/sales/{sale}/queue/{ticket}/stream), else None."""
-    return _stream_key(route_table.TABLE.match(method, path))
-
-
 def _stream_key(found: tuple[route_table.Route, tuple[str, ...]] | None
                 ) -> tuple[str, str] | None:
+    """The hub's key of a matched stream request: an item's (GET /v1/{ns}/items/{sku}/stream)
+    or a ticket's (GET /v1/{ns}/sales/{sale}/queue/{ticket}/stream), else None."""
     if found is None or not found[0].stream:
         return None
     params = found[1]
@@ -302,9 +298,7 @@ def _reply(protocol: HTTPProtocol, reply: replies.Reply, close: bool = False,
     the app answers too."""
     data = replies.encode(reply)
     if as_flask:
-        protocol.response_bytes(reply.status, [("Content-Type", "application/json"),
-                                               ("Content-Length", str(len(data))),
-                                               *reply.headers], data)
+        protocol.response_bytes(reply.status, replies.flask_headers(reply, data), data)
         return
     protocol.response_bytes(reply.status, [("content-type", "application/json"),
                                            *reply.headers,

@@ -166,11 +166,8 @@ def poll_at_once(services: Services, namespace: str, name: str,
         return None
     if claim is None:
         return None
-    if sale.closed:
-        return _unadmitted(ticket, claim.number, sale, None)
-    advanced = services.sales.last_figures(sale)
-    figures = None if advanced is None else advanced.figures
-    return None if figures is None else _unadmitted(ticket, claim.number, sale, figures)
+    advanced = None if sale.closed else services.sales.last_figures(sale)
+    return _unadmitted(ticket, claim.number, sale, None if advanced is None else advanced.figures)
 
 
 def _unadmitted(ticket: str, number: int, sale: Sale, figures: QueueFigures | None,
