@@ -3,6 +3,7 @@ Redis Cluster (``redis+cluster://host:port[,host:port...]``, any nodes of it).""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import threading
@@ -64,7 +65,7 @@ def follow_channel(client: RedisClient, channel: str, heard: Callable[[bytes | s
     failure: pub/sub is at-most-once, so the callers read the truth elsewhere when a message is
     lost. Even redis-py's parser failing with AttributeError, on a connection a failover closed
     under it, must not end the thread."""
-    stopping = stopping or threading.Event()
+    stopping = stopping or _process_exit()
     health = LoopHealth(what)
 
     def session() -> float:
@@ -80,9 +81,24 @@ def follow_channel(client: RedisClient, channel: str, heard: Callable[[bytes | s
         return 0.0
 
     def failed(exc: BaseException, delay: float, _: int) -> None:
-        logger.warning("%s channel: %s; resubscribing", what, exc)
+        if not stopping.is_set():  # at exit an embedded Redis stops first: not news
+            logger.warning("%s channel: %s; resubscribing", what, exc)
 
     supervise(session, stopping, Backoff(0.05, 2.0), failed=failed, health=health)
+
+
+_EXITING = threading.Event()
+_exit_hooked = threading.Lock()
+
+
+def _process_exit() -> threading.Event:
+    """Set when the interpreter exits. Hooked at the first listener's start, after an embedded
+    Redis registered its own stop: exit hooks run last first, so listeners end before it."""
+    with _exit_hooked:
+        if not getattr(_process_exit, "hooked", False):
+            atexit.register(_EXITING.set)
+            _process_exit.hooked = True  # type: ignore[attr-defined]
+    return _EXITING
 
 
 class _Unavailable:
