@@ -99,18 +99,18 @@ def refresh_all(cmd: commands.RefreshAll, services: Services) -> RefreshProgress
                     finished = True
                     break
                 for start in range(0, len(skus), LOCKED_AT_ONCE):
-                    batch = skus[start:start + LOCKED_AT_ONCE]
+                    locked = skus[start:start + LOCKED_AT_ONCE]
                     in_flight.append((pool.submit(
-                        _rebuild, services, services.uow_factory(), cmd.namespace, batch),
-                        len(batch)))
+                        _rebuild, services, services.uow_factory(), cmd.namespace, locked),
+                        len(locked)))
                     if len(in_flight) >= REFRESH_WORKERS:
                         done += _finished(in_flight.popleft())
                 after, pages = skus[-1], pages + 1
             while in_flight:
                 done += _finished(in_flight.popleft())
         finally:
-            for batch, _ in in_flight:  # a batch failed: let those begun end, then raise
-                batch.cancel()
+            for pending, _ in in_flight:  # a batch failed: let those begun end, then raise
+                pending.cancel()
     return RefreshProgress(done, None if finished else after)
 
 
