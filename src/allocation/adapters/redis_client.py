@@ -3,7 +3,6 @@ Redis Cluster (``redis+cluster://host:port[,host:port...]``, any nodes of it).""
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import threading
@@ -23,6 +22,9 @@ from allocation.runtime.supervised import Backoff, LoopHealth, supervise
 RedisClient: TypeAlias = "redis.Redis[bytes]"
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 logger = logging.getLogger(__name__)
+# Set as a process that started its own Redis exits, before that Redis stops
+# (``embedded_redis``): its listeners then end quietly rather than report Redis gone.
+EXITING = threading.Event()
 
 
 def is_cluster_url(url: str) -> bool:
@@ -65,7 +67,7 @@ def follow_channel(client: RedisClient, channel: str, heard: Callable[[bytes | s
     failure: pub/sub is at-most-once, so the callers read the truth elsewhere when a message is
     lost. Even redis-py's parser failing with AttributeError, on a connection a failover closed
     under it, must not end the thread."""
-    stopping = stopping or _process_exit()
+    stopping = stopping or EXITING
     health = LoopHealth(what)
 
     def session() -> float:
@@ -85,20 +87,6 @@ def follow_channel(client: RedisClient, channel: str, heard: Callable[[bytes | s
             logger.warning("%s channel: %s; resubscribing", what, exc)
 
     supervise(session, stopping, Backoff(0.05, 2.0), failed=failed, health=health)
-
-
-_EXITING = threading.Event()
-_exit_hooked = threading.Lock()
-
-
-def _process_exit() -> threading.Event:
-    """Set when the interpreter exits. Hooked at the first listener's start, after an embedded
-    Redis registered its own stop: exit hooks run last first, so listeners end before it."""
-    with _exit_hooked:
-        if not getattr(_process_exit, "hooked", False):
-            atexit.register(_EXITING.set)
-            _process_exit.hooked = True  # type: ignore[attr-defined]
-    return _EXITING
 
 
 class _Unavailable:
