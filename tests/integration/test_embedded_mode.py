@@ -3,6 +3,9 @@ for itself, one process, no services."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,3 +49,31 @@ def test_threads_sell_exactly_the_stock_on_sqlite(tmp_path: Path, durability: st
     # A new process (a fresh embedded Redis) rebuilds from the file.
     again = bootstrap(config)
     assert views.item(again, "shop", "hot").consumed == 100
+
+
+EXITING = """
+import logging, sys
+from allocation.adapters import migrate
+from allocation.bootstrap import bootstrap
+from allocation.config import Config
+from allocation.domain import commands
+from allocation.entrypoints import ledger_worker
+logging.basicConfig(level=logging.INFO)
+migrate.upgrade(sys.argv[1])
+app = bootstrap(Config(database_url=sys.argv[1], durability="sync"))
+ledger_worker.for_app(app).start_thread()
+app.bus.handle(commands.InitInventory("shop", "tee", 5))
+assert app.bus.handle(commands.Decrement("shop", "tee", 1, "k1")).ok  # heard on the channel
+"""
+
+
+def test_an_embedded_process_exits_without_reporting_its_own_redis_lost(
+        tmp_path: Path) -> None:
+    """The process stops the Redis it started as it exits: the listeners on its channels end
+    first, quietly, rather than warn an operator who pressed Ctrl-C that Redis went away."""
+    done = subprocess.run([sys.executable, "-c", EXITING, f"sqlite:///{tmp_path / 'e.db'}"],
+                          capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items()
+                               if k not in ("REDIS_URL", "DATABASE_URL")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "channel" not in done.stderr and "resubscribing" not in done.stderr, done.stderr

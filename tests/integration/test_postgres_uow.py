@@ -142,6 +142,23 @@ def test_refresh_all_rebuilds_a_namespace(app: Application, namespace: str) -> N
         app.bus.handle(commands.Refresh(namespace, "missing"))
 
 
+def test_a_page_larger_than_the_lock_table_is_refreshed(app: Application, engine: Engine,
+                                                       namespace: str) -> None:
+    """A page of 20,000 SKUs, locked a batch at a time: an advisory lock each, all at once,
+    ran out of PostgreSQL's shared lock table (about 6,400 on a default server) and the
+    refresh failed with "out of shared memory"."""
+    items = 20_000
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO inventory_items (namespace, sku, total, consumed, held, last_seq, "
+            "version) SELECT :ns, 's' || lpad(g::text, 5, '0'), 3, 1, 0, 1, 1 "
+            "FROM generate_series(1, :n) g"), {"ns": namespace, "n": items})
+    done = app.bus.handle(commands.RefreshAll(namespace, batch_size=items))
+    assert (done.refreshed, done.after) == (items, None)
+    live = app.counter.read_many(namespace, ["s00001", "s20000"])
+    assert [None if o is None else o.available for o in live] == [2, 2]
+
+
 def test_namespaces_stay_apart_in_rows_and_keys(app: Application, engine: Engine,
                                                 namespace: str) -> None:
     other = namespace + "x"

@@ -22,7 +22,7 @@ import time
 
 import redis
 
-from allocation.adapters.redis_client import RedisClient
+from allocation.adapters.redis_client import EXITING, RedisClient
 
 _PR_SET_PDEATHSIG = 1
 
@@ -65,7 +65,11 @@ def start(timeout: float = 10.0) -> RedisClient:
             process.wait(5)
         shutil.rmtree(directory, ignore_errors=True)
 
-    atexit.register(stop)
+    def at_exit() -> None:
+        EXITING.set()  # the listeners on its channels end first, quietly
+        stop()
+
+    atexit.register(at_exit)
     client: RedisClient = redis.Redis(unix_socket_path=socket_path, socket_timeout=5,
                                       socket_connect_timeout=2)
     deadline = time.monotonic() + timeout

@@ -22,6 +22,9 @@ from allocation.runtime.supervised import Backoff, LoopHealth, supervise
 RedisClient: TypeAlias = "redis.Redis[bytes]"
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 logger = logging.getLogger(__name__)
+# Set as a process that started its own Redis exits, before that Redis stops
+# (``embedded_redis``): its listeners then end quietly rather than report Redis gone.
+EXITING = threading.Event()
 
 
 def is_cluster_url(url: str) -> bool:
@@ -64,7 +67,7 @@ def follow_channel(client: RedisClient, channel: str, heard: Callable[[bytes | s
     failure: pub/sub is at-most-once, so the callers read the truth elsewhere when a message is
     lost. Even redis-py's parser failing with AttributeError, on a connection a failover closed
     under it, must not end the thread."""
-    stopping = stopping or threading.Event()
+    stopping = stopping or EXITING
     health = LoopHealth(what)
 
     def session() -> float:
@@ -80,7 +83,8 @@ def follow_channel(client: RedisClient, channel: str, heard: Callable[[bytes | s
         return 0.0
 
     def failed(exc: BaseException, delay: float, _: int) -> None:
-        logger.warning("%s channel: %s; resubscribing", what, exc)
+        if not stopping.is_set():  # at exit an embedded Redis stops first: not news
+            logger.warning("%s channel: %s; resubscribing", what, exc)
 
     supervise(session, stopping, Backoff(0.05, 2.0), failed=failed, health=health)
 

@@ -51,7 +51,8 @@ def drift(namespace: str, repair: bool) -> None:
 @click.argument("namespace")
 @click.argument("sku", required=False)
 @click.option("--all", "everything", is_flag=True, help="every item of NAMESPACE")
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000)
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=10_000,
+              help="items a progress step; a step's batches (1,000 items each) run 4 at a time")
 @domain_exit
 def refresh(namespace: str, sku: str | None, everything: bool, batch_size: int) -> None:
     """Rebuild counters from the database: one item, or --all of a namespace."""

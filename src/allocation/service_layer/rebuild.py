@@ -76,38 +76,47 @@ def replace_history(services: Services, namespace: str, sku: str, gen: str,
 # Batches of a namespace refresh in flight at once: one's database reads and writes overlap
 # another's Redis round trips (a namespace Redis lost is down until every item is back).
 REFRESH_WORKERS = 4
+# Items one batch locks at once. Each is a PostgreSQL advisory lock, and a default server's
+# shared lock table holds about 6,400 for all its sessions (64 per connection): a page of 10,000
+# SKUs failed with "out of shared memory". A page is split into batches of this many, so a
+# refresh holds at most REFRESH_WORKERS x LOCKED_AT_ONCE.
+LOCKED_AT_ONCE = 1000
 
 
 def refresh_all(cmd: commands.RefreshAll, services: Services) -> RefreshProgress:
-    """Rebuild a namespace's items, page by page in SKU order (each page one batch, under its
-    items' locks, with a unit of work of its own), several batches at a time."""
-    done, after, batches, finished = 0, cmd.after, 0, False
+    """Rebuild a namespace's items, page by page in SKU order, each page in batches of at most
+    LOCKED_AT_ONCE (each under its items' locks, with a unit of work of its own), several
+    batches at a time."""
+    done, after, pages, finished = 0, cmd.after, 0, False
     in_flight: collections.deque[tuple[Future[dict[str, Stock]], int]] = collections.deque()
     with _heap_frozen(), ThreadPoolExecutor(REFRESH_WORKERS,
                                             thread_name_prefix="refresh") as pool:
         try:
-            while cmd.batches is None or batches < cmd.batches:
+            while cmd.batches is None or pages < cmd.batches:
                 with services.uow_factory() as uow:
                     skus = uow.items.sku_page(cmd.namespace, after, cmd.batch_size)
                 if not skus:
                     finished = True
                     break
-                in_flight.append((pool.submit(
-                    _rebuild, services, services.uow_factory(), cmd.namespace, skus),
-                    len(skus)))
-                after, batches = skus[-1], batches + 1
-                if len(in_flight) >= REFRESH_WORKERS:
-                    batch, count = in_flight.popleft()
-                    batch.result()
-                    done += count
+                for start in range(0, len(skus), LOCKED_AT_ONCE):
+                    locked = skus[start:start + LOCKED_AT_ONCE]
+                    in_flight.append((pool.submit(
+                        _rebuild, services, services.uow_factory(), cmd.namespace, locked),
+                        len(locked)))
+                    if len(in_flight) >= REFRESH_WORKERS:
+                        done += _finished(in_flight.popleft())
+                after, pages = skus[-1], pages + 1
             while in_flight:
-                batch, count = in_flight.popleft()
-                batch.result()
-                done += count
+                done += _finished(in_flight.popleft())
         finally:
-            for batch, _ in in_flight:  # a batch failed: let those begun end, then raise
-                batch.cancel()
+            for pending, _ in in_flight:  # a batch failed: let those begun end, then raise
+                pending.cancel()
     return RefreshProgress(done, None if finished else after)
+
+
+def _finished(batch: tuple[Future[dict[str, Stock]], int]) -> int:
+    batch[0].result()
+    return batch[1]
 
 
 @contextlib.contextmanager
