@@ -27,7 +27,7 @@ def adjust_total(cmd: commands.AdjustTotal, services: Services) -> Outcome:
 
 
 def decrement(cmd: commands.Decrement, services: Services) -> Outcome:
-    sale = services.sales.gate(cmd.namespace, cmd.sku)
+    sale = services.sales.gated.get((cmd.namespace, cmd.sku))
     if sale is None:  # the common path: one look-up
         outcome = _move(services, cmd.namespace, cmd.sku, "decrement", cmd.qty,
                         cmd.idempotency_key, cmd.buyer)
