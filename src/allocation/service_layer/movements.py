@@ -100,8 +100,9 @@ def _move(services: Services, namespace: str, sku: str, kind: Kind, qty: int,
             rebuild.replace_history(services, namespace, sku, outcome.gen,
                                     [key] if key else [])
             raise Replaced(namespace, sku)
-        durability.settle(namespace, sku, outcome, lambda: key is not None and getattr(
-            _written(services.uow_factory(), namespace, sku, key), "seq", None) == outcome.seq)
+        if durability.mode == "sync":  # async answers now: the ledger is written behind
+            durability.settle(namespace, sku, outcome, lambda: key is not None and getattr(
+                _written(services.uow_factory(), namespace, sku, key), "seq", None) == outcome.seq)
     except Replaced:
         if key is None:
             raise
