@@ -117,6 +117,6 @@ def _move(services: Services, namespace: str, sku: str, kind: Kind, qty: int,
             raise errors.Unavailable(f"{namespace}/{sku} is being rebuilt; retry",
                                      retry_after=1) from None
         durability.settle(namespace, sku, outcome, lambda: False)
-    if outcome.ok and not outcome.replayed:
+    if outcome.ok and not outcome.replayed and services.movement_events is not None:
         services.movement_events.moved(kind, namespace, sku, qty, key, outcome, buyer)
     return outcome
