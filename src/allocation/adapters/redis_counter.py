@@ -9,13 +9,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from allocation.adapters.counter import Line, fingerprint
-from allocation.adapters.redis_batch import ScriptBatcher
+from allocation.adapters.counter import Line
 from allocation.adapters.redis_client import RedisClient, unavailable_on_connection_error
 from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_rebuilding import RedisRebuilding
 from allocation.adapters.redis_reservations import RedisReservations
-from allocation.adapters.redis_scripts import lua
+from allocation.adapters.redis_scripts import ScriptBatcher, fingerprint, lua
 from allocation.adapters.redis_scripts import reply_text as _text
 from allocation.domain.outcome import OK, Outcome
 from allocation.domain.rules import Kind
@@ -59,11 +58,11 @@ class RedisCounter(RedisReservations, RedisRebuilding):
         keys = self._item_keys(namespace, sku)
         if idempotency_key is not None:
             keys.append(self.keys.idempotency(namespace, sku, idempotency_key))
-        with unavailable_on_connection_error():
-            reply: Any = self._move(keys=keys, args=[
-                kind, qty, fingerprint(kind, qty, buyer), self._ttl, "1" if record else "0",
-                namespace, sku, idempotency_key or "", self.events_channel,
-                self._refusal_ttl, buyer or "", sale])
+        reply: Any = self._move(
+            keys=keys,
+            args=[kind, qty, fingerprint(kind, qty, buyer), self._ttl, "1" if record else "0",
+                  namespace, sku, idempotency_key or "", self.events_channel,
+                  self._refusal_ttl, buyer or "", sale])
         status, total, consumed, replayed, seq, gen, remaining, limit, held = reply
         return Outcome(_text(status), int(total), int(consumed), replayed=bool(replayed),
                        seq=int(seq), gen=_text(gen),
