@@ -43,7 +43,7 @@ class RedisReservations(Counter):
     _lines: dict[tuple[str, str], tuple[tuple[Line, ...], str | None]]
     clock_ms: Callable[[], int]
 
-    _item_keys: Callable[[str, str], list[str]]  # (namespace, sku): a step's keys of the item
+    _item_keys: Callable[[str, str], tuple[str, ...]]  # (namespace, sku): a step's item keys
 
     def reservation_id(self, namespace: str, seed: str) -> str:
         # The reservation lives in a slot its key names (never its lines: another body under
