@@ -24,7 +24,7 @@ from typing import Any
 import allocation
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
-from allocation.entrypoints import access
+from allocation.entrypoints import route_table
 from allocation.entrypoints.flask_app import create_app
 from allocation.entrypoints.movement_requests import MAX_BODY
 from allocation.entrypoints.rsgi_bridge import RsgiBridge
@@ -90,7 +90,7 @@ def main() -> int:
     prefix = f"path-{secrets.token_hex(4)}"
     app = bootstrap(Config(redis_url=redis_url, redis_key_prefix=prefix), uow_factory=no_units)
     flask = create_app(application=app)
-    guard = flask.wsgi_app if isinstance(flask.wsgi_app, access.AccessGuard) else None
+    guard = flask.wsgi_app if isinstance(flask.wsgi_app, route_table.AccessGuard) else None
     bridge = RsgiBridge(flask, threads=1, body_timeout=5, max_body=MAX_BODY, application=app,
                         guard=guard)
     app.counter.load("ns", "sku", 100, 0, 0, "g1")

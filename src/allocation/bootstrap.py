@@ -36,7 +36,7 @@ from allocation.service_layer import handlers
 from allocation.service_layer.durability import Durability
 from allocation.service_layer.messagebus import MessageBus
 from allocation.service_layer.sale_room import SaleRoom
-from allocation.service_layer.services import PublishedByCounter, PublishMovements, Services
+from allocation.service_layer.services import PublishMovements, Services
 from allocation.service_layer.shared_rebuilds import SharedRebuilds
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
@@ -124,8 +124,7 @@ def bootstrap(
     sale_queue = RedisSaleQueue(counter.client, counter.keys, counter.events_channel)
     services = Services(
         uow_factory=uow_factory, counter=counter, outbox=outbox, publish=publish,
-        movement_events=(PublishedByCounter() if counter.publishes_events
-                         else PublishMovements(publish)),
+        movement_events=None if counter.publishes_events else PublishMovements(publish),
         item_locks=item_locks, durability=durability, rebuilds=SharedRebuilds(),
         ledger_wait_seconds=config.ledger_wait_seconds,
         open_reservations_per_buyer=config.max_open_reservations_per_buyer,

@@ -12,13 +12,8 @@ import pytest
 from werkzeug.test import Client
 
 from allocation.adapters.token_store import Grant, digest
-from allocation.entrypoints.access import (
-    LOOKUPS,
-    AccessGuard,
-    TokenCache,
-    canonical,
-    role_needed,
-)
+from allocation.entrypoints.route_table import TABLE, AccessGuard, canonical
+from allocation.entrypoints.tokens import LOOKUPS, TokenCache
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -105,7 +100,7 @@ def bearer(token: str) -> dict[str, str]:
     ("POST", "/v1/a/refresh", "admin"), ("DELETE", "/v1/a/items/x", "admin"),
 ])
 def test_each_route_needs_its_role(method: str, path: str, role: str) -> None:
-    assert role_needed(method, path) == role
+    assert TABLE.access(method, path) == role
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer"},

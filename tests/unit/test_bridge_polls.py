@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from allocation.entrypoints import route_table
-from allocation.entrypoints.access import AccessGuard
 from allocation.entrypoints.movement_requests import MAX_BODY
+from allocation.entrypoints.route_table import AccessGuard
 from allocation.entrypoints.rsgi_bridge import RsgiBridge
 from tests.helpers.apps import FakeApp, body
 from tests.unit.test_fast_lane import count_views

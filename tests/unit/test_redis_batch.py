@@ -9,7 +9,8 @@ from typing import Any, cast
 import pytest
 import redis
 
-from allocation.adapters.redis_batch import ScriptBatcher, _Call
+from allocation.adapters.redis_scripts import ScriptBatcher, _Call
+from allocation.domain import errors
 
 
 class HeldBatcher(ScriptBatcher):
@@ -121,7 +122,8 @@ def test_a_caller_handed_the_lead_before_it_waits_still_leads_its_batch() -> Non
 
 def test_calls_queued_behind_a_round_trip_redis_did_not_answer_hear_it_at_once() -> None:
     """A partition: the batch in flight waits out the socket timeout; the calls queued behind
-    it fail with it, never sent, instead of waiting out a timeout of their own."""
+    it fail with it, never sent, instead of waiting out a timeout of their own: each caller
+    hears ``Unavailable``, from the timeout."""
     class TimedOut(HeldBatcher):
         def _execute(self, batch: list[_Call]) -> list[Any]:
             assert self.gate.wait(10)
@@ -134,8 +136,8 @@ def test_calls_queued_behind_a_round_trip_redis_did_not_answer_hear_it_at_once()
     def caller(n: int) -> None:
         try:
             answers[n] = batcher(["k"], [n])
-        except redis.TimeoutError as exc:
-            answers[n] = exc
+        except errors.Unavailable as exc:
+            answers[n] = exc.__cause__
 
     first = threading.Thread(target=caller, args=(0,), daemon=True)
     first.start()
@@ -151,6 +153,6 @@ def test_calls_queued_behind_a_round_trip_redis_did_not_answer_hear_it_at_once()
     assert batcher.sizes == [1]  # one round trip: the queued calls were never sent
     assert len(answers) == 8 and all(isinstance(a, redis.TimeoutError) for a in answers.values())
     assert not batcher._in_flight and not batcher._queue
-    with pytest.raises(redis.TimeoutError):  # the next call leads a round trip of its own
+    with pytest.raises(errors.Unavailable):  # the next call leads a round trip of its own
         batcher(["k"], [1])
     assert batcher.sizes == [1, 1]

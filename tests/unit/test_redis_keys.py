@@ -20,3 +20,15 @@ def test_the_bulk_names_are_each_items_names() -> None:
             + [keys.expiries("ns", s) for s in mine])
         assert keys.idempotency_in(partition, "ns", mine[0], "k") == keys.idempotency(
             "ns", mine[0], "k")
+
+
+def test_an_items_keys_at_once_are_its_own_functions_names() -> None:
+    """What the counter caches per item (``of_item``) is what each key's function names, in the
+    order move.lua takes them; an idempotency key completes the start it gives."""
+    keys = KeySpace("p", 16)
+    for sku in ("a", "b.c", "sku-7"):
+        step, idempotency = keys.of_item("ns", sku)
+        assert step == (keys.item("ns", sku), keys.outbox_of("ns", sku),
+                        keys.buyers("ns", sku), keys.holds("ns", sku),
+                        keys.expiries("ns", sku), keys.tally_of("ns", sku))
+        assert idempotency + "k:1" == keys.idempotency("ns", sku, "k:1")

@@ -11,9 +11,9 @@ from werkzeug.test import Client, EnvironBuilder
 
 from allocation.adapters.token_store import Grant
 from allocation.entrypoints import fast_lane, openapi, route_table, rsgi_bridge
-from allocation.entrypoints.access import AccessGuard, TokenCache
-from allocation.entrypoints.route_table import ROUTES, Route, RouteTable
+from allocation.entrypoints.route_table import ROUTES, AccessGuard, Route, RouteTable
 from allocation.entrypoints.rsgi_bridge import _stream_key
+from allocation.entrypoints.tokens import TokenCache
 from tests.helpers.apps import FakeApp
 
 if TYPE_CHECKING:

@@ -115,7 +115,7 @@ def test_a_refresh_the_record_refuses_keeps_the_gates(queue: Queue) -> None:
     room.known(SALE)
     with pytest.raises(errors.Unavailable):
         room.refresh()
-    assert room.gate("shop", "a") == SALE and room.gate("shop", "b") == SALE
+    assert room.gated.get(("shop", "a")) == SALE and room.gated.get(("shop", "b")) == SALE
     assert room.open_sales() == [SALE]
 
 
@@ -172,7 +172,7 @@ def test_a_herd_asking_for_a_sale_not_known_here_shares_one_record_read(queue: Q
         thread.join(10)
     assert [out for _, out in herd] == [[SALE]] * len(herd)  # none refused for want of a slot
     assert reads == [1] and room.sale("shop", "drop") == SALE
-    assert room.gate("shop", "a") == SALE
+    assert room.gated.get(("shop", "a")) == SALE
     assert room.read_sale("shop", "drop", lambda: None) is None  # a new read once it ended
 
 

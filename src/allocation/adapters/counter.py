@@ -96,11 +96,6 @@ def unpack(figures: Figures) -> tuple[str, str, int, int, int, str, int]:
     return namespace, sku, total, consumed, seq, gen, held if isinstance(held, int) else 0
 
 
-def fingerprint(kind: Kind, qty: int, buyer: str | None = None) -> str:
-    """What makes two requests under one idempotency key "the same request"."""
-    return f"{kind}:{qty}:{buyer}" if buyer else f"{kind}:{qty}"
-
-
 class Reading(Protocol):
     """An item's figures as the counter holds them."""
 

@@ -4,18 +4,18 @@ are the movements, the reads, and what every part shares."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from allocation.adapters.counter import Line, fingerprint
-from allocation.adapters.redis_batch import ScriptBatcher
+from allocation.adapters.counter import Line
 from allocation.adapters.redis_client import RedisClient, unavailable_on_connection_error
 from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_rebuilding import RedisRebuilding
 from allocation.adapters.redis_reservations import RedisReservations
-from allocation.adapters.redis_scripts import lua
+from allocation.adapters.redis_scripts import ScriptBatcher, fingerprint, lua
 from allocation.adapters.redis_scripts import reply_text as _text
 from allocation.domain.outcome import OK, Outcome
 from allocation.domain.rules import Kind
@@ -27,6 +27,8 @@ class RedisCounter(RedisReservations, RedisRebuilding):
                  refusal_ttl: int = 300) -> None:
         self.client = client
         self.keys = keys
+        # An item's keys, named once: a sale's movements of a few items each look them up.
+        self._of_item = functools.lru_cache(maxsize=4096)(keys.of_item)
         self._ttl = self.idempotency_ttl = idempotency_ttl
         self._refusal_ttl = min(refusal_ttl, idempotency_ttl)
         # Publishing from the script saves a round trip per movement.
@@ -56,25 +58,21 @@ class RedisCounter(RedisReservations, RedisRebuilding):
     def apply(self, namespace: str, sku: str, kind: Kind, qty: int,
               idempotency_key: str | None, *, record: bool = False,
               buyer: str | None = None, sale: str = "") -> Outcome:
-        keys = self._item_keys(namespace, sku)
-        if idempotency_key is not None:
-            keys.append(self.keys.idempotency(namespace, sku, idempotency_key))
-        with unavailable_on_connection_error():
-            reply: Any = self._move(keys=keys, args=[
-                kind, qty, fingerprint(kind, qty, buyer), self._ttl, "1" if record else "0",
-                namespace, sku, idempotency_key or "", self.events_channel,
-                self._refusal_ttl, buyer or "", sale])
+        item, idempotency = self._of_item(namespace, sku)
+        reply: Any = self._move(
+            keys=[*item, idempotency + idempotency_key] if idempotency_key is not None
+            else [*item],
+            args=[kind, qty, fingerprint(kind, qty, buyer), self._ttl, "1" if record else "0",
+                  namespace, sku, idempotency_key or "", self.events_channel,
+                  self._refusal_ttl, buyer or "", sale])
         status, total, consumed, replayed, seq, gen, remaining, limit, held = reply
         return Outcome(_text(status), int(total), int(consumed), replayed=bool(replayed),
                        seq=int(seq), gen=_text(gen),
                        remaining=None if int(remaining) < 0 else int(remaining),
                        limit=int(limit) if limit else None, held=int(held))
 
-    def _item_keys(self, namespace: str, sku: str) -> list[str]:
-        keys = self.keys
-        return [keys.item(namespace, sku), keys.outbox_of(namespace, sku),
-                keys.buyers(namespace, sku), keys.holds(namespace, sku),
-                keys.expiries(namespace, sku), keys.tally_of(namespace, sku)]
+    def _item_keys(self, namespace: str, sku: str) -> tuple[str, ...]:
+        return self._of_item(namespace, sku)[0]
 
     def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
         figures, due = self._read(namespace, skus)

@@ -80,6 +80,15 @@ class KeySpace:
     def idempotency(self, namespace: str, sku: str, key: str) -> str:
         return f"{self._tag(self.partition(namespace, sku))}:idem:{namespace}:{sku}:{key}"
 
+    def of_item(self, namespace: str, sku: str) -> tuple[tuple[str, ...], str]:
+        """The item's keys as its scripts' steps take them (item, outbox, buyers, holds,
+        expiries, tally), and what its idempotency keys start with: ``idempotency`` is that
+        and the key."""
+        return ((self.item(namespace, sku), self.outbox_of(namespace, sku),
+                 self.buyers(namespace, sku), self.holds(namespace, sku),
+                 self.expiries(namespace, sku), self.tally_of(namespace, sku)),
+                self.idempotency(namespace, sku, ""))
+
     def outbox(self, partition: int) -> str:
         return f"{self._tag(partition)}:outbox"
 

@@ -25,14 +25,13 @@ from allocation.adapters.ledger_progress import (
     Marks,
     Waited,
 )
-from allocation.adapters.redis_batch import evalsha_many
 from allocation.adapters.redis_client import (
     RedisClient,
     follow_channel,
     unavailable_on_connection_error,
 )
 from allocation.adapters.redis_keys import KeySpace
-from allocation.adapters.redis_scripts import lua
+from allocation.adapters.redis_scripts import evalsha_many, lua
 from allocation.runtime.process import start_thread
 
 

@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from allocation.adapters.counter import Allowances, Counter, Figures, Restored, fingerprint, unpack
-from allocation.adapters.redis_batch import evalsha_many
+from allocation.adapters.counter import Allowances, Counter, Figures, Restored, unpack
 from allocation.adapters.redis_client import RedisClient, unavailable_on_connection_error
 from allocation.adapters.redis_keys import KeySpace
+from allocation.adapters.redis_scripts import evalsha_many, fingerprint
 from allocation.adapters.redis_scripts import reply_text as _text
 
 

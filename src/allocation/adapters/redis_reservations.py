@@ -11,9 +11,9 @@ from redis.cluster import RedisCluster
 
 from allocation.adapters import redis_carts
 from allocation.adapters.counter import Counter, Hold, Line, Reserved, Step
-from allocation.adapters.redis_batch import ScriptBatcher
 from allocation.adapters.redis_client import RedisClient, unavailable_on_connection_error
 from allocation.adapters.redis_keys import KeySpace
+from allocation.adapters.redis_scripts import ScriptBatcher
 from allocation.adapters.redis_scripts import reply_text as _text
 from allocation.domain.outcome import OK, Outcome
 
@@ -43,7 +43,7 @@ class RedisReservations(Counter):
     _lines: dict[tuple[str, str], tuple[tuple[Line, ...], str | None]]
     clock_ms: Callable[[], int]
 
-    _item_keys: Callable[[str, str], list[str]]  # (namespace, sku): a step's keys of the item
+    _item_keys: Callable[[str, str], tuple[str, ...]]  # (namespace, sku): a step's item keys
 
     def reservation_id(self, namespace: str, seed: str) -> str:
         # The reservation lives in a slot its key names (never its lines: another body under
@@ -128,8 +128,7 @@ class RedisReservations(Counter):
             args += [sku, qty]
         if sale is not None:  # a hold here checks the items' gates (a cluster cart does not)
             args.append(sale)
-        with unavailable_on_connection_error():
-            reply: Any = self._reserve(keys=keys, args=args)
+        reply: Any = self._reserve(keys=keys, args=args)
         status, state, created, expires, sku, detail, replayed, *flat = reply
         return Reserved(_text(status), _text(state), int(created), int(expires),
                         _text(sku) or None, None if int(detail) < 0 else int(detail),
@@ -164,9 +163,8 @@ class RedisReservations(Counter):
         listed = " ".join(f"{sku} {qty}" for sku, qty in lines)
         # As long as the reservation may live, and its key be remembered after.
         keep_ms = (86_400 + self._ttl) * 1000
-        with unavailable_on_connection_error():
-            return bool(self._key_claim(keys=[claim], args=[fingerprint, listed, buyer or "",
-                                                            keep_ms]))
+        return bool(self._key_claim(keys=[claim], args=[fingerprint, listed, buyer or "",
+                                                        keep_ms]))
 
     def _open_apart(self, namespace: str, partition: int, buyer: str | None) -> str | None:
         """The buyer's open reservations where they are in another cluster slot than the
@@ -187,8 +185,7 @@ class RedisReservations(Counter):
         for sku, qty in lines:
             keys += self._item_keys(namespace, sku)
             args += [sku, qty]
-        with unavailable_on_connection_error():
-            reply: Any = self._part(keys=keys, args=args)
+        reply: Any = self._part(keys=keys, args=args)
         status, sku, detail, *flat = reply
         return Reserved(_text(status), sku=_text(sku) or None,
                         detail=None if int(detail) < 0 else int(detail), figures=_figures(flat))

@@ -6,10 +6,9 @@ from __future__ import annotations
 import secrets
 from typing import Any, cast
 
-from allocation.adapters.redis_batch import ScriptBatcher
 from allocation.adapters.redis_client import RedisClient, unavailable_on_connection_error
 from allocation.adapters.redis_keys import KeySpace
-from allocation.adapters.redis_scripts import lua
+from allocation.adapters.redis_scripts import ScriptBatcher, lua
 from allocation.adapters.sale_queue import (
     Advanced,
     ClaimStatus,
@@ -74,10 +73,8 @@ class RedisSaleQueue:
 
     def join(self, namespace: str, sale: str, buyer: str) -> Joined:
         sale_key, buyers, *_ = self.keys.sale(namespace, sale)
-        with unavailable_on_connection_error():
-            status, number, joined_at = self._join(keys=[sale_key, buyers],
-                                                   args=[buyer, _order_key(),
-                                                         self.events_channel])
+        status, number, joined_at = self._join(keys=[sale_key, buyers],
+                                               args=[buyer, _order_key(), self.events_channel])
         return Joined(cast(JoinStatus, _text(status)), int(number), int(joined_at))
 
     def advance(self, sale: Sale, most: int = 1000) -> Advanced:

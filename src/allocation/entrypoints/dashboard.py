@@ -1,7 +1,7 @@
 """The operator's dashboard: a static page and its assets, shipped in the package (no CDN, no
 build step). The page asks for a token and reads the API from the browser, so serving it needs
-no token (access.py guards ``/v1/`` and ``/metrics``): it reads the namespace's own figures from
-``/v1/{ns}/stats`` with the token it is given."""
+no token (the route table's access guards ``/v1/`` and ``/metrics``): it reads the namespace's
+own figures from ``/v1/{ns}/stats`` with the token it is given."""
 
 from __future__ import annotations
 

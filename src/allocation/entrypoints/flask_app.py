@@ -13,7 +13,6 @@ from flask import Flask, Response, g, request
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.entrypoints import (
-    access,
     cpu_pinning,
     dashboard,
     fast_lane,
@@ -21,6 +20,7 @@ from allocation.entrypoints import (
     ledger_worker,
     metrics,
     route_table,
+    tokens,
     worker_start,
 )
 from allocation.entrypoints.movement_requests import MAX_BODY
@@ -43,7 +43,7 @@ def create_server_app() -> RsgiBridge:
     flask = create_app(application=app)
     _follow_sales(app)
     worker_start.announce()
-    guard = flask.wsgi_app if isinstance(flask.wsgi_app, access.AccessGuard) else None
+    guard = flask.wsgi_app if isinstance(flask.wsgi_app, route_table.AccessGuard) else None
     return RsgiBridge(flask, threads=int(os.environ.get(THREADS_ENV) or 8),
                       body_timeout=app.config.body_timeout_seconds, max_body=MAX_BODY,
                       application=app, guard=guard, tokens=flask.extensions.get(TOKENS))
@@ -95,13 +95,13 @@ def create_app(config: Config | None = None, application: Application | None = N
 def _guard(flask: Flask, app: Application) -> None:
     """Put access control in front of everything (outermost: it decides before any body is
     read). With AUTH=off it still refuses a path the router would read another way."""
-    tokens = access.token_cache(app)
-    if tokens is None:
+    cache = tokens.token_cache(app)
+    if cache is None:
         logger.warning("AUTH=off: anyone who can reach this server may change any stock; "
                        "fit only for the embedded mode on one machine")
     else:
-        flask.extensions[TOKENS] = tokens
-    flask.wsgi_app = access.AccessGuard(flask.wsgi_app, tokens)  # type: ignore[method-assign]
+        flask.extensions[TOKENS] = cache
+    flask.wsgi_app = route_table.AccessGuard(flask.wsgi_app, cache)  # type: ignore[method-assign]
 
 
 def _observe(flask: Flask) -> None:

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
-from allocation.entrypoints import access, replies
+from allocation.entrypoints import replies, route_table
 from allocation.runtime.supervised import Backoff, LoopHealth, supervise
 
 logger = logging.getLogger(__name__)
@@ -77,9 +77,9 @@ class HealthServer:
     token when ``AUTH=required`` (API.md, Access)."""
 
     def __init__(self, host: str, port: int, loops: Sequence[LoopHealth],
-                 guard: access.Access | None = None) -> None:
+                 guard: route_table.Access | None = None) -> None:
         self.loops = loops
-        handler = _health_handler(self.readiness, guard or access.Access(None))
+        handler = _health_handler(self.readiness, guard or route_table.Access(None))
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="health",
@@ -103,7 +103,7 @@ class HealthServer:
 
 
 def _health_handler(readiness: Callable[[], tuple[bool, dict[str, str]]],
-                    guard: access.Access) -> type[BaseHTTPRequestHandler]:
+                    guard: route_table.Access) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         timeout = HEALTH_REQUEST_SECONDS  # a client that stops sending frees its thread
 

@@ -103,7 +103,7 @@ def idempotency_key(value: str | None, required: bool) -> str | None:
             raise BadRequest("idempotency_key_required", "this request needs an "
                              "Idempotency-Key header", field="Idempotency-Key")
         return None
-    if not schemas.is_idempotency_key(value):
+    if schemas.KEY.fullmatch(value) is None:
         raise BadRequest("invalid_field", "Idempotency-Key must be one header of 1 to 128 "
                          "printable ASCII characters other than the comma",
                          field="Idempotency-Key")

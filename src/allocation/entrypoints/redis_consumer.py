@@ -17,7 +17,7 @@ import threading
 from allocation.adapters.event_publisher import RedisEventPublisher
 from allocation.adapters.redis_client import RedisClient
 from allocation.bootstrap import Application
-from allocation.entrypoints import access
+from allocation.entrypoints import route_table, tokens
 from allocation.entrypoints.command_messages import (
     CONSUMER_COMMANDS,
     POISON_DELIVERIES,
@@ -110,7 +110,7 @@ def run(app: Application, consumer_name: str, *,
     health = None
     if health_port is not None:
         health = HealthServer(health_host, health_port, [c.state for c in listeners],
-                              access.Access(access.token_cache(app)))
+                              route_table.Access(tokens.token_cache(app)))
         health.start()
         logger.info("health on http://%s:%d (/healthz, /readyz, /metrics)", health_host,
                     health.port)

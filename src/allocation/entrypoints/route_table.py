@@ -1,19 +1,40 @@
-"""Every HTTP route, declared once (API.md): Flask's rules, the fast lane's pattern, the access a
-request needs, the bridge's streams and the OpenAPI document's paths are all read from ``ROUTES``.
+"""Every HTTP route, declared once (API.md), and the access decision made from it: Flask's
+rules, the fast lane's pattern, the access a request needs, the bridge's streams and the OpenAPI
+document's paths are all read from ``ROUTES``.
 
 A path template is Flask's: ``<name>`` is one segment. The patterns are compiled here, once, at
 import; a request costs one match against them.
+
+Access to ``/v1/`` and ``/metrics`` (API.md, "Access: tokens and roles") is a WSGI middleware in
+front of both front ends that decides from the path, the method and the bearer token alone
+(the token's grant from ``tokens.TokenCache``), before the body is read, and answers 401, 403
+or 404 itself. The path is decided as the router will match it: both front ends hand over the
+path decoded once, and a spelling the router would read differently from how it is written
+(doubled or trailing slashes, which Werkzeug strips, ``.`` and ``..`` segments) is 404 for
+everyone, so no other spelling of a guarded path can reach a route unguarded.
 """
 
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from allocation.adapters.token_store import ANY_NAMESPACE
+from allocation.domain import errors
+from allocation.entrypoints import metrics, replies
+from allocation.entrypoints.replies import Reply
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from allocation.entrypoints.tokens import TokenCache
 
 # "public": no token, under /v1/ too; "operator": a token of namespace "*", of any role.
-Access = Literal["public", "read", "sell", "admin", "operator"]
+Need = Literal["public", "read", "sell", "admin", "operator"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +43,7 @@ class Route:
     method: str
     path: str
     handler: str  # a method of ``routes.Routes``, or one of flask_app's other views
-    access: Access = "public"
+    access: Need = "public"
     fast: bool = False  # the fast lane answers it, not Flask
     stream: bool = False  # after its first event the RSGI bridge serves the rest itself
     # The RSGI bridge answers it on its event loop where the answer needs no I/O (else the app)
@@ -103,7 +124,7 @@ class RouteTable:
         # only a prober sends, every time: the cache stays small).
         self._cached = lru_cache(maxsize=4096)(self._access)
 
-    def access(self, method: str, path: str) -> Access:
+    def access(self, method: str, path: str) -> Need:
         """The least a request needs: its route's; for a method its path has no route for, what
         the path's routes agree on; else under /v1/ read to read (GET, HEAD), admin for the
         rest."""
@@ -122,7 +143,7 @@ class RouteTable:
         found = self._index(path)
         return None if found is None else self._at[found[0]].get(_as_get(method))
 
-    def _access(self, method: str, path: str) -> Access:
+    def _access(self, method: str, path: str) -> Need:
         found = self._index(path)
         if found is not None:
             route = self._at[found[0]].get(_as_get(method))
@@ -154,7 +175,7 @@ def _as_get(method: str) -> str:
     return "GET" if method == "HEAD" else method
 
 
-def _otherwise(at: dict[str, Route]) -> Access | None:
+def _otherwise(at: dict[str, Route]) -> Need | None:
     """What a method no route of a path has needs (to be told 405), when the path's routes
     agree outside /v1/'s rule; None: as for a path no route has."""
     kinds = {route.access for route in at.values()}
@@ -162,3 +183,99 @@ def _otherwise(at: dict[str, Route]) -> Access | None:
 
 
 TABLE = RouteTable(ROUTES)
+
+
+# Set in a request's environ by a server that has already let it through (rsgi_bridge).
+CHECKED = "allocation.access_checked"
+# The Grant a request was let through on (set by the guard): streams count and end by its id.
+GRANT = "allocation.grant"
+RANK = {"read": 0, "sell": 1, "admin": 2}
+
+
+def canonical(path: str) -> bool:
+    """Whether the router matches ``path`` (decoded once) as it is spelled: no empty segment
+    (Werkzeug strips leading slashes), no trailing slash, no ``.`` or ``..`` segment."""
+    if path == "/":
+        return True
+    return path.startswith("/") and all(
+        segment not in ("", ".", "..") for segment in path[1:].split("/"))
+
+
+class Access:
+    """The decision alone, with tokens or (``AUTH=off``) without: a path not spelled as the
+    router matches it is 404 either way. A server that is not a WSGI app (the consumer's
+    health port) asks ``refusal`` itself."""
+
+    def __init__(self, tokens: TokenCache | None) -> None:
+        self._tokens = tokens
+
+    async def refusal_soon(self, environ: WSGIEnvironment) -> Reply | None:
+        """``refusal``, a token's look-up awaited on the event loop: no thread waits on it."""
+        token = _bearer(environ.get("HTTP_AUTHORIZATION"))
+        if token is not None and self._tokens is not None:
+            await self._tokens.settle(token)
+        return self.refusal(environ, wait=0.0)
+
+    def refusal(self, environ: WSGIEnvironment, wait: float | None = None) -> Reply | None:
+        path = environ.get("PATH_INFO", "")
+        started = time.perf_counter()
+        method = environ.get("REQUEST_METHOD", "")
+        if not canonical(path):
+            refusal: Reply | None = replies.error(404, "not_found", "no such path")
+        elif self._tokens is None or (need := TABLE.access(method, path)) == "public":
+            return None
+        else:
+            refusal = self._refusal(path, need, environ, self._tokens, wait)
+        if refusal is not None:
+            metrics.count_request(method, "access", refusal.status,
+                                  time.perf_counter() - started)
+        return refusal
+
+    def _refusal(self, path: str, need: str, environ: WSGIEnvironment, tokens: TokenCache,
+                 wait: float | None) -> Reply | None:
+        token = _bearer(environ.get("HTTP_AUTHORIZATION"))
+        if token is None:
+            return _unauthorized("this request needs an Authorization: Bearer token")
+        try:
+            grant = tokens.grant(token, wait)
+        except errors.Unavailable as exc:
+            return replies.unavailable(exc.message, exc.retry_after)
+        if grant is None:
+            return _unauthorized("the token is unknown or revoked")
+        if need == "operator":  # every tenant's figures: a "*" token of any role
+            allowed = grant.namespace == ANY_NAMESPACE
+        else:
+            namespace = path.split("/", 3)[2]
+            allowed = grant.namespace in (namespace, ANY_NAMESPACE) and (
+                RANK[grant.role] >= RANK[need])
+        if not allowed:
+            return replies.error(403, "forbidden", "the token may not make this request")
+        environ[GRANT] = grant
+        return None
+
+
+class AccessGuard(Access):
+    """``Access`` in front of a WSGI app. A server that reads bodies itself (the RSGI bridge)
+    asks ``refusal_soon`` before it reads one, and marks the request ``CHECKED``."""
+
+    def __init__(self, wsgi_app: WSGIApplication, tokens: TokenCache | None) -> None:
+        super().__init__(tokens)
+        self._app = wsgi_app
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
+                 ) -> Iterable[bytes]:
+        refusal = None if environ.get(CHECKED) else self.refusal(environ)
+        if refusal is None:
+            return self._app(environ, start_response)
+        return replies.send_wsgi(refusal, start_response)
+
+
+def _bearer(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _unauthorized(message: str) -> Reply:
+    reply = replies.error(401, "unauthorized", message)
+    return Reply(reply.status, reply.body, (("WWW-Authenticate", 'Bearer realm="allocation"'),))

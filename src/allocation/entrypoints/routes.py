@@ -13,10 +13,10 @@ from werkzeug.exceptions import ClientDisconnected
 from allocation import views
 from allocation.domain import commands, errors
 from allocation.entrypoints import (
-    access,
     metrics,
     openapi,
     replies,
+    route_table,
     sale_replies,
     schemas,
     stock_stream,
@@ -69,7 +69,7 @@ class Routes:
         body = _body(schemas.ReserveBody)
         command = commands.Reserve(ns, tuple((line.sku, line.qty) for line in body.lines), key,
                                    body.ttl_seconds, body.buyer, request.headers.get("Sale-Pass"))
-        grant = request.environ.get(access.GRANT)
+        grant = request.environ.get(route_table.GRANT)
         token = grant.id if grant is not None and self.token_holds.cap > 0 else None
         place = None if token is None else self.token_holds.claim(token)
         if token is not None and place is None and self.app.counter.reservation_lines(

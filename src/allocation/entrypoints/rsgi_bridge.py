@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from allocation.domain import errors
 from allocation.entrypoints import (
-    access,
     metrics,
     replies,
     route_table,
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
     from granian.rsgi import Scope
 
     from allocation.bootstrap import Application
+    from allocation.entrypoints.tokens import TokenCache
     from allocation.service_layer.durability import Pending
 
 Headers = list[tuple[str, str]]
@@ -53,8 +53,8 @@ _ALIVE = replies.Reply(200, {"status": "ok"})
 class RsgiBridge:
     def __init__(self, wsgi_app: WSGIApplication, threads: int, body_timeout: float,
                  max_body: int, application: Application | None = None,
-                 guard: access.AccessGuard | None = None,
-                 tokens: access.TokenCache | None = None) -> None:
+                 guard: route_table.AccessGuard | None = None,
+                 tokens: TokenCache | None = None) -> None:
         self.wsgi_app = wsgi_app
         self.guard = guard  # asked before a body is read (API.md, Access)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="request")
@@ -93,7 +93,7 @@ class RsgiBridge:
             refusal = await self.guard.refusal_soon(environ)
             if refusal is not None:
                 return _reply(protocol, refusal, close=announced)
-            environ[access.CHECKED] = True
+            environ[route_table.CHECKED] = True
         if length is not None and length > self.max_body:
             return _reply(protocol, replies.error(413, "payload_too_large",
                                                   "the body is over 64 KiB"), close=announced)
@@ -125,7 +125,7 @@ class RsgiBridge:
             status, response_headers, data = await self._answer(loop, environ)
             return protocol.response_bytes(status, response_headers, data)
         assert key is not None
-        grant = environ.get(access.GRANT)
+        grant = environ.get(route_table.GRANT)
         stream = hub.open(key, grant.id if grant is not None else None)
         if isinstance(stream, replies.Reply):
             return _reply(protocol, stream)

@@ -31,9 +31,6 @@ Buyer = Annotated[str, StringConstraints(pattern=BUYER_PATTERN)]
 NAME = re.compile(NAME_PATTERN.removeprefix("^").removesuffix("$"))
 KEY = re.compile(KEY_PATTERN.removeprefix("^").removesuffix("$"))
 
-
-def is_idempotency_key(value: str) -> bool:
-    return KEY.fullmatch(value) is not None
 # strict: booleans, floats and numeric strings are not integers here.
 Total = Annotated[int, Field(strict=True, ge=0, le=1_000_000_000)]
 Delta = Annotated[int, Field(strict=True, ge=-1_000_000_000, le=1_000_000_000)]

@@ -27,7 +27,7 @@ def adjust_total(cmd: commands.AdjustTotal, services: Services) -> Outcome:
 
 
 def decrement(cmd: commands.Decrement, services: Services) -> Outcome:
-    sale = services.sales.gate(cmd.namespace, cmd.sku)
+    sale = services.sales.gated.get((cmd.namespace, cmd.sku))
     if sale is None:  # the common path: one look-up
         outcome = _move(services, cmd.namespace, cmd.sku, "decrement", cmd.qty,
                         cmd.idempotency_key, cmd.buyer)
@@ -100,8 +100,9 @@ def _move(services: Services, namespace: str, sku: str, kind: Kind, qty: int,
             rebuild.replace_history(services, namespace, sku, outcome.gen,
                                     [key] if key else [])
             raise Replaced(namespace, sku)
-        durability.settle(namespace, sku, outcome, lambda: key is not None and getattr(
-            _written(services.uow_factory(), namespace, sku, key), "seq", None) == outcome.seq)
+        if durability.mode == "sync":  # async answers now: the ledger is written behind
+            durability.settle(namespace, sku, outcome, lambda: key is not None and getattr(
+                _written(services.uow_factory(), namespace, sku, key), "seq", None) == outcome.seq)
     except Replaced:
         if key is None:
             raise
@@ -116,6 +117,6 @@ def _move(services: Services, namespace: str, sku: str, kind: Kind, qty: int,
             raise errors.Unavailable(f"{namespace}/{sku} is being rebuilt; retry",
                                      retry_after=1) from None
         durability.settle(namespace, sku, outcome, lambda: False)
-    if outcome.ok and not outcome.replayed:
+    if outcome.ok and not outcome.replayed and services.movement_events is not None:
         services.movement_events.moved(kind, namespace, sku, qty, key, outcome, buyer)
     return outcome

@@ -234,7 +234,8 @@ def _settle(services: Services, namespace: str, rid: str, lines: tuple[Line, ...
                      if kind == "extend"
                      else functools.partial(_in_ledger, units, namespace, sku, rid, (kind,)))
         services.durability.settle(namespace, sku, figures, in_ledger)
-        services.movement_events.held(kind, namespace, sku, qty, rid, key, figures)
+        if services.movement_events is not None:
+            services.movement_events.held(kind, namespace, sku, qty, rid, key, figures)
 
 
 def _in_ledger(units: Callable[[], AbstractUnitOfWork], namespace: str, sku: str, rid: str,

@@ -78,7 +78,7 @@ def settled(services: Services, namespace: str, rid: str, skus: Iterable[str],
     past its end (a confirm whose process died before saying so): this makes it prompt."""
     if state not in ("confirmed", "released", "expired"):
         return
-    sales = {s for sku in skus if (s := services.sales.gate(namespace, sku)) is not None}
+    sales = {s for sku in skus if (s := services.sales.gated.get((namespace, sku))) is not None}
     for sale in sales:  # one, but for a reservation held before its skus were gated
         services.sale_queue.settle(namespace, sale.sale, rid,
                                    "used" if state == "confirmed" else "back")
@@ -102,7 +102,7 @@ def gating(services: Services, namespace: str, skus: Iterable[str]) -> Sale | No
     """The one sale gating any of ``skus`` (as this process knows); lines of two sales' skus
     would need two passes: refused."""
     found = {(s.namespace, s.sale): s for sku in skus
-             if (s := services.sales.gate(namespace, sku)) is not None}
+             if (s := services.sales.gated.get((namespace, sku))) is not None}
     if len(found) > 1:
         raise PassInvalid("these lines are gated by more than one sale: one pass covers one")
     return next(iter(found.values()), None)

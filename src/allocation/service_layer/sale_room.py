@@ -53,7 +53,9 @@ class SaleRoom:
         self.record_wait = record_wait
         self._record_slots = threading.BoundedSemaphore(RECORD_CALLS)
         self._sales: dict[tuple[str, str], Sale] = {}
-        self._gated: dict[tuple[str, str], Sale] = {}
+        # The open sale gating each (namespace, sku), as this process last read the record: a
+        # request's gate is a look-up here (no I/O). Replaced whole, never changed in place.
+        self.gated: dict[tuple[str, str], Sale] = {}
         self._closed: dict[tuple[str, str], Sale] = {}  # a closed sale stays closed
         self._figures: dict[tuple[str, str], Seen] = {}
         self._reading = threading.Lock()
@@ -115,12 +117,9 @@ class SaleRoom:
             with self._reading:
                 del self._reads[key]
 
-    def gate(self, namespace: str, sku: str) -> Sale | None:
-        """The open sale gating the sku, as this process last read the record (no I/O)."""
-        return self._gated.get((namespace, sku))
-
     def gating(self, namespace: str, sku: str) -> Sale | None:
-        """The same, read from the record now: for a sku the scripts say is gated, newly."""
+        """The open sale gating the sku (as in ``gated``), read from the record now: for a sku
+        the scripts say is gated, newly."""
         def read() -> Sale | None:
             with self.uow_factory() as uow:
                 name = uow.sales.gating(namespace, [sku]).get(sku)
@@ -144,13 +143,14 @@ class SaleRoom:
         """This process put or closed the sale: it knows at once, whatever the window."""
         with self._reading:
             self._sales.pop((sale.namespace, sale.sale), None)
-            self._gated = {key: s for key, s in self._gated.items()
-                           if (s.namespace, s.sale) != (sale.namespace, sale.sale)}
+            gated = {key: s for key, s in self.gated.items()
+                     if (s.namespace, s.sale) != (sale.namespace, sale.sale)}
             if sale.closed:
                 self._closed[(sale.namespace, sale.sale)] = sale
             else:
                 self._sales[(sale.namespace, sale.sale)] = sale
-                self._gated.update({(sale.namespace, sku): sale for sku in sale.skus})
+                gated.update({(sale.namespace, sku): sale for sku in sale.skus})
+            self.gated = gated
             self._figures.pop((sale.namespace, sale.sale), None)
 
     def figures(self, sale: Sale, fresh: bool = False) -> Advanced:
@@ -202,7 +202,7 @@ class SaleRoom:
             open_sales = uow.sales.open_sales()
         with self._reading:
             self._sales = {(s.namespace, s.sale): s for s in open_sales}
-            self._gated = {(s.namespace, sku): s for s in open_sales for sku in s.skus}
+            self.gated = {(s.namespace, sku): s for s in open_sales for sku in s.skus}
         for sale in open_sales:
             self.figures(sale, fresh=True)
         return self.window / 2

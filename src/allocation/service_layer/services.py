@@ -64,25 +64,14 @@ class PublishMovements:
         announce(self.publish, [moved])
 
 
-class PublishedByCounter:
-    """Nothing to do: the counter publishes them in the atomic step that records them."""
-
-    def moved(self, kind: str, namespace: str, sku: str, qty: int, key: str | None,
-              outcome: Outcome, buyer: str | None) -> None:
-        return None
-
-    def held(self, kind: str, namespace: str, sku: str, qty: int, reservation_id: str,
-             key: str | None, figures: Outcome) -> None:
-        return None
-
-
 @dataclasses.dataclass(frozen=True)
 class Services:
     uow_factory: Callable[[], AbstractUnitOfWork]
     counter: Counter
     outbox: Outbox
     publish: Publish  # events the service layer raises itself (an item initialised)
-    movement_events: MovementEvents
+    # None: the counter publishes them itself, in the atomic step that records them.
+    movement_events: MovementEvents | None
     item_locks: ItemLocks
     durability: Durability  # with the ledger writers' progress marks
     rebuilds: SharedRebuilds  # refreshes of one item share a rebuild

@@ -1,11 +1,5 @@
-"""Access to ``/v1/`` and ``/metrics`` (API.md, "Access: tokens and roles"): a WSGI middleware
-in front of both front ends that decides from the path, the method and the bearer token alone,
-before the body is read, and answers 401, 403 or 404 itself.
-
-The path is decided as the router will match it: both front ends hand over the path decoded
-once, and a spelling the router would read differently from how it is written (doubled or
-trailing slashes, which Werkzeug strips, ``.`` and ``..`` segments) is 404 for everyone, so no
-other spelling of a guarded path can reach a route unguarded.
+"""The process's copy of the tokens (API.md, "Access: tokens and roles"), which the route
+table's access decision asks for a bearer token's grant.
 
 Tokens are checked against an in-process copy of every active token, reloaded every couple of
 seconds, so a check costs a hash and a dict look-up. A string not in the minted format is
@@ -29,7 +23,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 from allocation.adapters.token_store import (
-    ANY_NAMESPACE,
     Grant,
     Revocations,
     TokenStore,
@@ -37,12 +30,8 @@ from allocation.adapters.token_store import (
     digest,
 )
 from allocation.domain import errors
-from allocation.entrypoints import metrics, replies, route_table
-from allocation.entrypoints.replies import Reply
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
-
     from allocation.bootstrap import Application
 
 logger = logging.getLogger(__name__)
@@ -53,11 +42,6 @@ LOOKUPS = 3  # well-formed unseen tokens looked up at once, per process
 # is the only one a look-up can find, and the next reload brings it anyway.
 LOOKUPS_PER_SECOND = 20.0
 LOOKUP_SECONDS = 0.5  # a request waits this long for its token's look-up, then answers 503
-RANK = {"read": 0, "sell": 1, "admin": 2}
-# Set in a request's environ by a server that has already let it through (rsgi_bridge).
-CHECKED = "allocation.access_checked"
-# The Grant a request was let through on (set by the guard): streams count and end by its id.
-GRANT = "allocation.grant"
 # As ``TokenStore.create`` mints them: "alloc_" and 32 random bytes in urlsafe base64.
 MINTED = re.compile(r"alloc_[A-Za-z0-9_-]{43}")
 _UNKNOWN_LIMIT = 10_000  # unknown tokens remembered between reloads, at most
@@ -67,21 +51,6 @@ class Store(Protocol):
     def active(self) -> dict[str, Grant]: ...
     def find(self, token_hash: str) -> Grant | None: ...
     def touch(self, token_ids: Iterable[str]) -> None: ...
-
-
-def canonical(path: str) -> bool:
-    """Whether the router matches ``path`` (decoded once) as it is spelled: no empty segment
-    (Werkzeug strips leading slashes), no trailing slash, no ``.`` or ``..`` segment."""
-    if path == "/":
-        return True
-    return path.startswith("/") and all(
-        segment not in ("", ".", "..") for segment in path[1:].split("/"))
-
-
-def role_needed(method: str, path: str) -> str:
-    """The least that may make this request: a role (path under ``/v1/``), "public" for anyone,
-    "operator" for a token of namespace "*" (route_table)."""
-    return route_table.TABLE.access(method, path)
 
 
 class TokenCache:
@@ -251,83 +220,3 @@ def token_cache(app: Application) -> TokenCache | None:
     tokens = TokenCache(store, revocations=revocations)
     tokens.start()
     return tokens
-
-
-class Access:
-    """The decision alone, with tokens or (``AUTH=off``) without: a path not spelled as the
-    router matches it is 404 either way. A server that is not a WSGI app (the consumer's
-    health port) asks ``refusal`` itself."""
-
-    def __init__(self, tokens: TokenCache | None) -> None:
-        self._tokens = tokens
-
-    async def refusal_soon(self, environ: WSGIEnvironment) -> Reply | None:
-        """``refusal``, a token's look-up awaited on the event loop: no thread waits on it."""
-        token = _bearer(environ.get("HTTP_AUTHORIZATION"))
-        if token is not None and self._tokens is not None:
-            await self._tokens.settle(token)
-        return self.refusal(environ, wait=0.0)
-
-    def refusal(self, environ: WSGIEnvironment, wait: float | None = None) -> Reply | None:
-        path = environ.get("PATH_INFO", "")
-        started = time.perf_counter()
-        method = environ.get("REQUEST_METHOD", "")
-        if not canonical(path):
-            refusal: Reply | None = replies.error(404, "not_found", "no such path")
-        elif self._tokens is None or (need := role_needed(method, path)) == "public":
-            return None
-        else:
-            refusal = self._refusal(path, need, environ, self._tokens, wait)
-        if refusal is not None:
-            metrics.count_request(method, "access", refusal.status,
-                                  time.perf_counter() - started)
-        return refusal
-
-    def _refusal(self, path: str, need: str, environ: WSGIEnvironment, tokens: TokenCache,
-                 wait: float | None) -> Reply | None:
-        token = _bearer(environ.get("HTTP_AUTHORIZATION"))
-        if token is None:
-            return _unauthorized("this request needs an Authorization: Bearer token")
-        try:
-            grant = tokens.grant(token, wait)
-        except errors.Unavailable as exc:
-            return replies.unavailable(exc.message, exc.retry_after)
-        if grant is None:
-            return _unauthorized("the token is unknown or revoked")
-        if need == "operator":  # every tenant's figures: a "*" token of any role
-            allowed = grant.namespace == ANY_NAMESPACE
-        else:
-            namespace = path.split("/", 3)[2]
-            allowed = grant.namespace in (namespace, ANY_NAMESPACE) and (
-                RANK[grant.role] >= RANK[need])
-        if not allowed:
-            return replies.error(403, "forbidden", "the token may not make this request")
-        environ[GRANT] = grant
-        return None
-
-
-class AccessGuard(Access):
-    """``Access`` in front of a WSGI app. A server that reads bodies itself (the RSGI bridge)
-    asks ``refusal_soon`` before it reads one, and marks the request ``CHECKED``."""
-
-    def __init__(self, wsgi_app: WSGIApplication, tokens: TokenCache | None) -> None:
-        super().__init__(tokens)
-        self._app = wsgi_app
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
-                 ) -> Iterable[bytes]:
-        refusal = None if environ.get(CHECKED) else self.refusal(environ)
-        if refusal is None:
-            return self._app(environ, start_response)
-        return replies.send_wsgi(refusal, start_response)
-
-
-def _bearer(authorization: str | None) -> str | None:
-    scheme, _, token = (authorization or "").partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
-
-
-def _unauthorized(message: str) -> Reply:
-    reply = replies.error(401, "unauthorized", message)
-    return Reply(reply.status, reply.body, (("WWW-Authenticate", 'Bearer realm="allocation"'),))
