@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
 from allocation.domain import errors, events, rules
+from allocation.domain.outcome import available
 
 
 @dataclass(slots=True)
@@ -94,7 +95,7 @@ class InventoryItem:
 
     @property
     def available(self) -> int:
-        return self.total - self.consumed - self.held
+        return available(self.total, self.consumed, self.held)
 
     def adjust(self, delta: int, idempotency_key: str | None = None) -> LedgerEntry:
         entry = self._move("adjust", delta, idempotency_key)
@@ -140,7 +141,7 @@ class InventoryItem:
                 drifted.append(seq)
             total, consumed, held = after
             entries.append(LedgerEntry(
-                namespace, sku, seq, m.kind, m.qty, total, total - consumed - held,
+                namespace, sku, seq, m.kind, m.qty, total, available(total, consumed, held),
                 m.idempotency_key, now, m.buyer, m.reservation_id, held,
                 datetime.fromtimestamp(m.expires_ms / 1000, UTC) if m.expires_ms else None))
         self.total, self.consumed, self.held, self.last_seq = total, consumed, held, seq
