@@ -6,6 +6,7 @@ from __future__ import annotations
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, events
+from allocation.domain.outcome import Figures
 from tests.helpers.embedded import embedded_counter
 from tests.helpers.fakes import FakeStore, FakeUnitOfWork
 from tests.helpers.ledger import drain
@@ -20,7 +21,7 @@ def drifted() -> Application:
         app.bus.handle(commands.InitInventory("ns", sku, 10))
     drain(app)
     app.counter.forget("ns", "a")
-    app.counter.load("ns", "b", 10, 7, 1)
+    app.counter.load("ns", "b", Figures(10, 7, seq=1))
     return app
 
 

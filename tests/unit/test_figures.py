@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from allocation.domain import events
@@ -20,10 +18,10 @@ def test_available_is_what_is_neither_sold_nor_held() -> None:
 def test_figures_are_a_value() -> None:
     one = Figures(10, 3, 1, limit=2, seq=4, gen="g")
     assert one == Figures(10, 3, 1, 2, 4, "g") and hash(one) == hash(Figures(10, 3, 1, 2, 4, "g"))
-    assert one != dataclasses.replace(one, gen="h")
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    assert one != one._replace(gen="h")
+    with pytest.raises(AttributeError):
         one.total = 11  # type: ignore[misc]
-    assert not hasattr(one, "__dict__")  # slotted: read on every movement's answer
+    assert not hasattr(one, "__dict__")
 
 
 def test_events_and_the_aggregate_count_available_as_figures_do() -> None:

@@ -104,7 +104,8 @@ def rejection(raw: Any, reason: str, message: str, figures: Outcome | None = Non
         if details and name in details and body.get(name) is None:
             body[name] = details[name]
     if figures is not None:
-        body.update(total=figures.total, consumed=figures.consumed, available=figures.available)
+        after = figures.figures
+        body.update(total=after.total, consumed=after.consumed, available=after.available)
         if figures.remaining is not None:
             body["remaining"] = figures.remaining
     return body
@@ -195,8 +196,8 @@ def _first_answer(command: commands.Command, result: Any) -> tuple[dict[str, Any
         else:
             return ()
         raised = events.of_movement(kind, command.namespace, command.sku, qty,
-                                    command.idempotency_key, result.total, result.consumed,
-                                    buyer, held=result.held)
+                                    command.idempotency_key, result.figures.total,
+                                    result.figures.consumed, buyer, held=result.figures.held)
         return tuple({**event_message(e), "replayed": True} for e in raised[:1])
     if isinstance(result, Reservation) and result.replayed and isinstance(command,
                                                                         commands.Reserve):

@@ -24,40 +24,39 @@ from allocation.adapters.ledger_progress import WRITTEN, LedgerProgress
 from allocation.adapters.outbox import OutboxEntry
 from allocation.domain import commands, errors
 from allocation.domain.model import Stock
-from allocation.domain.outcome import OK, Outcome
+from allocation.domain.outcome import Figures
 from allocation.service_layer.results import RefreshProgress
 from allocation.service_layer.services import Services
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
 
-def refresh(cmd: commands.Refresh, services: Services) -> Outcome:
+def refresh(cmd: commands.Refresh, services: Services) -> Figures:
     """Rebuild one item, on request. Where Redis holds it, a rebuild of it that is running or
     has just finished stands for this one; where Redis lost it, it is always rebuilt."""
     counter = services.counter
     if counter.read(cmd.namespace, cmd.sku) is None:
         return rebuild_item(services, cmd.namespace, cmd.sku)
-    outcome = services.rebuilds.run(
+    figures = services.rebuilds.run(
         (cmd.namespace, cmd.sku), lambda: rebuild_item(services, cmd.namespace, cmd.sku),
         services.ledger_wait_seconds)
-    if outcome is None:
-        outcome = counter.read(cmd.namespace, cmd.sku)
-        if outcome is None:  # lost since: rebuild after all
+    if figures is None:
+        figures = counter.read(cmd.namespace, cmd.sku)
+        if figures is None:  # lost since: rebuild after all
             return rebuild_item(services, cmd.namespace, cmd.sku)
-    return outcome
+    return figures
 
 
-def rebuild_item(services: Services, namespace: str, sku: str) -> Outcome:
+def rebuild_item(services: Services, namespace: str, sku: str) -> Figures:
     """Rebuild one item now (``NotFound`` where the database has no such item)."""
     found = _rebuild(services, services.uow_factory(), namespace, [sku])
     item = found.get(sku)
     if item is None:
         raise errors.NotFound(f"no item {namespace}/{sku}")
-    return Outcome(OK, item.total, item.consumed, seq=item.last_seq,
-                   limit=item.limit_per_buyer, held=item.held)
+    return Figures(item.total, item.consumed, item.held, item.limit_per_buyer, item.last_seq)
 
 
 def replace_history(services: Services, namespace: str, sku: str, gen: str,
-                    keys: Sequence[str] = ()) -> Outcome:
+                    keys: Sequence[str] = ()) -> Figures:
     """The item's counter parted from the ledger's history (Redis lost some while keeping the
     item, and sold again from an older state; the ledger writer found out): the ledger's
     stands. Under the item's lock, drop the counter's item and the records of ``keys`` (the
@@ -69,8 +68,7 @@ def replace_history(services: Services, namespace: str, sku: str, gen: str,
     item = _rebuild(services, services.uow_factory(), namespace, [sku], drop=(gen, keys)).get(sku)
     if item is None:
         raise errors.NotFound(f"no item {namespace}/{sku}")
-    return Outcome(OK, item.total, item.consumed, seq=item.last_seq,
-                   limit=item.limit_per_buyer, held=item.held)
+    return Figures(item.total, item.consumed, item.held, item.limit_per_buyer, item.last_seq)
 
 
 # Batches of a namespace refresh in flight at once: one's database reads and writes overlap
@@ -225,9 +223,9 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
                          {sku: gate for sku, gate in zip(lost.skus, lost.gates, strict=True)
                           if gate})
         if held_by_redis:
-            counter.load_many(
-                (namespace, sku, i.total, i.consumed, i.last_seq, gens[sku], i.held)
-                for sku in held_by_redis if (i := found.get(sku)) is not None)
+            counter.load_many(namespace, (
+                (sku, Figures(i.total, i.consumed, i.held, seq=i.last_seq, gen=gens[sku]))
+                for sku in held_by_redis if (i := found.get(sku)) is not None))
         return found
 
 
