@@ -28,8 +28,7 @@ def items(app: Application, namespace: str, after: str | None,
     """A page of a namespace's items in SKU order, and the SKU to continue after (or None)."""
     with app.uow_factory() as uow:
         rows = uow.items.list(namespace, after, limit + 1)
-        page = [(row.sku, Figures(row.total, row.consumed, row.held, row.limit_per_buyer))
-                for row in rows[:limit]]
+        page = [(row.sku, row.figures()) for row in rows[:limit]]
     live = app.counter.read_many(namespace, [sku for sku, _ in page])
     merged = [(sku, fresh or stored) for (sku, stored), fresh in zip(page, live, strict=True)]
     return merged, (page[-1][0] if len(rows) > limit else None)

@@ -29,7 +29,7 @@ def test_a_check_reports_and_records_the_count_and_changes_no_figures() -> None:
     app = drifted()
     report = app.bus.handle(commands.CheckDrift("ns"))
     assert [(d.sku, d.expected, d.redis) for d in report.found] == [
-        ("a", (10, 0, 0), None), ("b", (10, 0, 0), (10, 7, 0))]
+        ("a", Figures(10, 0), None), ("b", Figures(10, 0), Figures(10, 7))]
     assert report.repaired == 0 and app.health.drift() == {"ns": 2}
     b = app.counter.read("ns", "b")
     assert app.counter.read("ns", "a") is None and b is not None and b.consumed == 7

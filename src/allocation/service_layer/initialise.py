@@ -28,8 +28,7 @@ def _init(cmd: commands.InitInventory, services: Services) -> Outcome:
             # The counter's figures where it holds the item: the row lags behind movements
             # acknowledged and not yet in the ledger, and holds are not sales. Where it lacks
             # the item, the row's (the next movement or read rebuilds it).
-            now = counter.read(cmd.namespace, cmd.sku) or Figures(
-                item.total, item.consumed, item.held)
+            now = counter.read(cmd.namespace, cmd.sku) or item.figures()
             if (now.total, item.limit_per_buyer) != (cmd.total, cmd.limit_per_buyer):
                 raise errors.AlreadyExists(
                     f"{cmd.namespace}/{cmd.sku} exists with total {now.total} and limit per "
@@ -107,7 +106,5 @@ def set_limit(cmd: commands.SetLimit, services: Services) -> Figures:
     figures = counter.read(cmd.namespace, cmd.sku)
     if figures is None:  # Redis lost it meanwhile: the record's figures
         with services.uow_factory() as uow:
-            stock = uow.items.stock(cmd.namespace, [cmd.sku])[cmd.sku]
-        return Figures(stock.total, stock.consumed, seq=stock.last_seq,
-                       limit=cmd.limit_per_buyer)
+            return uow.items.stock(cmd.namespace, [cmd.sku])[cmd.sku]  # the limit committed
     return figures

@@ -23,7 +23,6 @@ from allocation.adapters.counter import Rebuilding, Restored, new_generation
 from allocation.adapters.ledger_progress import WRITTEN, LedgerProgress
 from allocation.adapters.outbox import OutboxEntry
 from allocation.domain import commands, errors
-from allocation.domain.model import Stock
 from allocation.domain.outcome import Figures
 from allocation.service_layer.results import RefreshProgress
 from allocation.service_layer.services import Services
@@ -49,10 +48,10 @@ def refresh(cmd: commands.Refresh, services: Services) -> Figures:
 def rebuild_item(services: Services, namespace: str, sku: str) -> Figures:
     """Rebuild one item now (``NotFound`` where the database has no such item)."""
     found = _rebuild(services, services.uow_factory(), namespace, [sku])
-    item = found.get(sku)
-    if item is None:
+    figures = found.get(sku)
+    if figures is None:
         raise errors.NotFound(f"no item {namespace}/{sku}")
-    return Figures(item.total, item.consumed, item.held, item.limit_per_buyer, item.last_seq)
+    return figures
 
 
 def replace_history(services: Services, namespace: str, sku: str, gen: str,
@@ -65,10 +64,11 @@ def replace_history(services: Services, namespace: str, sku: str, gen: str,
     sync requests waiting on it hear that their generation was replaced. Where the counter no
     longer holds the item under ``gen`` (the generation that parted), another rebuild came
     first and stands."""
-    item = _rebuild(services, services.uow_factory(), namespace, [sku], drop=(gen, keys)).get(sku)
-    if item is None:
+    figures = _rebuild(services, services.uow_factory(), namespace, [sku],
+                       drop=(gen, keys)).get(sku)
+    if figures is None:
         raise errors.NotFound(f"no item {namespace}/{sku}")
-    return Figures(item.total, item.consumed, item.held, item.limit_per_buyer, item.last_seq)
+    return figures
 
 
 # Batches of a namespace refresh in flight at once: one's database reads and writes overlap
@@ -80,7 +80,7 @@ def refresh_all(cmd: commands.RefreshAll, services: Services) -> RefreshProgress
     """Rebuild a namespace's items, page by page in SKU order (each page one batch, under its
     items' locks, with a unit of work of its own), several batches at a time."""
     done, after, batches, finished = 0, cmd.after, 0, False
-    in_flight: collections.deque[tuple[Future[dict[str, Stock]], int]] = collections.deque()
+    in_flight: collections.deque[tuple[Future[dict[str, Figures]], int]] = collections.deque()
     with _heap_frozen(), ThreadPoolExecutor(REFRESH_WORKERS,
                                             thread_name_prefix="refresh") as pool:
         try:
@@ -127,7 +127,7 @@ Seqs = dict[str, tuple[str, int] | None]  # sku -> (generation, seq) Redis holds
 
 
 def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: Sequence[str],
-             *, drop: tuple[str, Sequence[str]] | None = None) -> dict[str, Stock]:
+             *, drop: tuple[str, Sequence[str]] | None = None) -> dict[str, Figures]:
     """Rebuild the items. ``drop`` (generation, keys): where the (one) item's counter holds it
     under that generation, forget it and those keys' records first, under its lock, and load
     it from the ledger alone (its counter's history is not the ledger's)."""
@@ -150,8 +150,7 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
                 again = [None]
             if all(held is not None for held in again):
                 now = counter.read_many(namespace, skus)
-                return {sku: Stock(sku, o.total, o.consumed, o.seq, o.limit, o.held)
-                        for sku, o in zip(skus, now, strict=True) if o is not None}
+                return {sku: o for sku, o in zip(skus, now, strict=True) if o is not None}
             # Under the items' lock a lost item stays lost: only those back are fenced.
             present = [sku for sku, held in zip(skus, again, strict=True) if held is not None]
         fenced: Seqs = dict.fromkeys(skus)
@@ -193,9 +192,8 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
                     [unwritten.seq], unwritten.gen or "", [limit], [gate],
                     units=([unwritten.sku] * len(buyers), list(buyers), list(buyers.values()))))
                 _gates_again(services, uow, namespace, {skus[0]: gate} if gate else {})
-                return {unwritten.sku: Stock(unwritten.sku, unwritten.total,
-                                             unwritten.consumed, unwritten.seq, limit,
-                                             unwritten.held)}
+                return {unwritten.sku: Figures(unwritten.total, unwritten.consumed,
+                                               unwritten.held, limit, unwritten.seq)}
         gen = new_generation()
         try:
             # Fenced, sales are refused: wait only a moment for the movements applied since the
@@ -224,7 +222,7 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
                           if gate})
         if held_by_redis:
             counter.load_many(namespace, (
-                (sku, Figures(i.total, i.consumed, i.held, seq=i.last_seq, gen=gens[sku]))
+                (sku, i._replace(gen=gens[sku]))
                 for sku in held_by_redis if (i := found.get(sku)) is not None))
         return found
 
@@ -249,7 +247,7 @@ def _in_ledger(uow: AbstractUnitOfWork, entry: OutboxEntry) -> bool:
     """Whether the ledger holds the outbox entry: its seq, in the generation it follows."""
     stock = uow.items.stock(entry.namespace, [entry.sku]).get(entry.sku)
     followed = uow.items.generations(entry.namespace, [entry.sku]).get(entry.sku)
-    return (stock is not None and stock.last_seq >= entry.seq
+    return (stock is not None and stock.seq >= entry.seq
             and (followed or "") == (entry.gen or ""))
 
 
@@ -268,7 +266,7 @@ def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: 
 
 
 class Rebased(NamedTuple):
-    found: dict[str, Stock]
+    found: dict[str, Figures]
     gens: dict[str, str]
     lost: Restored | None  # the items Redis lost, all a load needs of them (None: none)
 
@@ -307,8 +305,8 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
             if gates:
                 restored = restored._replace(gates=[gates.get(sku, "") for sku in restored.skus])
             found.update(zip(restored.skus, map(
-                Stock, restored.skus, restored.totals, restored.consumed, restored.seqs,
-                restored.limits, restored.held), strict=True))
+                Figures, restored.totals, restored.consumed, restored.held, restored.limits,
+                restored.seqs), strict=True))
         if renew or lost:
             uow.commit()
         renewed = set(renew).union(restored.skus if restored else ())
@@ -316,6 +314,6 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
                        restored)
 
 
-def _behind(found: dict[str, Stock], seqs: Seqs) -> list[str]:
+def _behind(found: dict[str, Figures], seqs: Seqs) -> list[str]:
     return [sku for sku, held in seqs.items()
-            if held is not None and sku in found and found[sku].last_seq < held[1]]
+            if held is not None and sku in found and found[sku].seq < held[1]]
