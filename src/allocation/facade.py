@@ -30,10 +30,13 @@ from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.sql_unit_of_work import SqlAlchemyUnitOfWork
 from allocation.bootstrap import POSTGRES_CONNECT_ARGS, bootstrap
 from allocation.config import Config
-from allocation.domain import commands, errors, outcome
-from allocation.entrypoints import ledger_worker, sale_replies, schemas
+from allocation.domain import commands, errors
+from allocation.domain.outcome import Figures as ItemFigures
+from allocation.entrypoints import ledger_worker, replies, sale_replies, schemas
 
 Figures = dict[str, int]
+# The seed library's figures (its callers' contract), of those an item's body has.
+LIBRARY_FIGURES = ("total", "consumed", "held", "available")
 ItemId = str | int  # the seed formatted either into its keys
 
 
@@ -224,7 +227,6 @@ def _key(idempotency_key: object) -> str | None:
     return None if idempotency_key is None else schemas.check_idempotency_key(idempotency_key)
 
 
-def _figures(figures: outcome.Figures) -> Figures:
-    """The seed library's shape of an item's figures (its callers' contract)."""
-    return {"total": figures.total, "consumed": figures.consumed, "held": figures.held,
-            "available": figures.available}
+def _figures(figures: ItemFigures) -> Figures:
+    body = replies.figures_body(figures)
+    return {name: body[name] for name in LIBRARY_FIGURES}

@@ -83,10 +83,15 @@ def error(status: int, code: str, message: str, **extra: Any) -> Reply:
                           **{k: v for k, v in extra.items() if v is not None}})
 
 
+def figures_body(figures: Figures) -> dict[str, Any]:
+    """An item's figures as every answer spells them (the JSON body, the stock stream, the CLI;
+    a refused command message takes some of them): the one encoder of ``Figures``."""
+    return {"total": figures.total, "consumed": figures.consumed, "held": figures.held,
+            "available": figures.available, "limit_per_buyer": figures.limit}
+
+
 def item_body(namespace: str, sku: str, figures: Figures) -> dict[str, Any]:
-    return {"namespace": namespace, "sku": sku, "total": figures.total,
-            "consumed": figures.consumed, "held": figures.held, "available": figures.available,
-            "limit_per_buyer": figures.limit}
+    return {"namespace": namespace, "sku": sku, **figures_body(figures)}
 
 
 def item(namespace: str, sku: str, figures: Figures, status: int = 200) -> Reply:
