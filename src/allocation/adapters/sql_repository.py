@@ -142,14 +142,14 @@ class SqlAlchemyRepository(AbstractRepository):
     def stock(self, namespace: str, skus: Sequence[str]) -> dict[str, Figures]:
         rows = self.session.execute(select(*STOCK_COLUMNS).where(
             orm.items.c.namespace == namespace, self._among(orm.items.c.sku, skus)))
-        return {sku: Figures(*figures) for sku, *figures in rows}
+        return {row[0]: Figures(*row[1:]) for row in rows}
 
     def stock_page(self, namespace: str, after: str | None, limit: int
                    ) -> Sequence[tuple[str, Figures]]:
         query = select(*STOCK_COLUMNS).where(orm.items.c.namespace == namespace)
         if after is not None:
             query = query.where(orm.items.c.sku > after)
-        return [(sku, Figures(*figures)) for sku, *figures in
+        return [(row[0], Figures(*row[1:])) for row in
                 self.session.execute(query.order_by(orm.items.c.sku).limit(limit))]
 
     def sku_page(self, namespace: str, after: str | None, limit: int) -> builtins.list[str]:
@@ -223,7 +223,7 @@ class SqlAlchemyRepository(AbstractRepository):
             .where(orm.items.c.namespace == namespace, self._among(orm.items.c.sku, skus))
             .values(counter_gen=gen, version=orm.items.c.version + 1)
             .returning(*STOCK_COLUMNS))
-        return {sku: Figures(*figures) for sku, *figures in rows}
+        return {row[0]: Figures(*row[1:]) for row in rows}
 
     def rebase_lost(self, namespace: str, skus: Sequence[str], gen: str,
                     since: datetime) -> Restored:
