@@ -20,6 +20,7 @@ from allocation.adapters.counter import Counter
 from allocation.adapters.redis_client import RedisClient
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
+from allocation.domain.outcome import Figures
 
 STOCK = 10**9
 
@@ -66,7 +67,7 @@ def main() -> None:
         started = time.perf_counter()
         counter = make()
         namespace = "b-" + uuid.uuid4().hex[:8]
-        counter.load(namespace, "hot", STOCK, 0, 1)
+        counter.load(namespace, "hot", Figures(STOCK, 0, seq=1))
         startup = time.perf_counter() - started
         one = sell(counter, namespace, n, 1)
         many = sell(counter, namespace, n, threads)

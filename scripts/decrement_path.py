@@ -24,6 +24,7 @@ from typing import Any
 import allocation
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
+from allocation.domain.outcome import Figures
 from allocation.entrypoints import route_table
 from allocation.entrypoints.flask_app import create_app
 from allocation.entrypoints.movement_requests import MAX_BODY
@@ -93,7 +94,7 @@ def main() -> int:
     guard = flask.wsgi_app if isinstance(flask.wsgi_app, route_table.AccessGuard) else None
     bridge = RsgiBridge(flask, threads=1, body_timeout=5, max_body=MAX_BODY, application=app,
                         guard=guard)
-    app.counter.load("ns", "sku", 100, 0, 0, "g1")
+    app.counter.load("ns", "sku", Figures(100, 0, seq=0, gen="g1"))
     body = b'{"qty": 1}'
 
     def request(key: str) -> Protocol:

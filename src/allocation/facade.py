@@ -31,10 +31,12 @@ from allocation.adapters.sql_unit_of_work import SqlAlchemyUnitOfWork
 from allocation.bootstrap import POSTGRES_CONNECT_ARGS, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
-from allocation.domain.outcome import Outcome
-from allocation.entrypoints import ledger_worker, sale_replies, schemas
+from allocation.domain.outcome import Figures as ItemFigures
+from allocation.entrypoints import ledger_worker, replies, sale_replies, schemas
 
 Figures = dict[str, int]
+# The seed library's figures (its callers' contract), of those an item's body has.
+LIBRARY_FIGURES = ("total", "consumed", "held", "available")
 ItemId = str | int  # the seed formatted either into its keys
 
 
@@ -124,7 +126,7 @@ class InventoryManager:
         is a no-op; with another it raises ``AlreadyExists`` (use ``modification_adjust`` to
         change stock)."""
         command = commands.InitInventory(self.prefix, _sku(item_id), schemas.check_total(num))
-        return _figures(self.bus.handle(command))
+        return _figures(self.bus.handle(command).figures)
 
     def modification_adjust(self, item_id: ItemId, delta: int,
                             idempotency_key: str | None = None) -> Figures:
@@ -132,7 +134,7 @@ class InventoryManager:
         or ``NotFound``."""
         outcome = self.bus.handle(commands.AdjustTotal(
             self.prefix, _sku(item_id), schemas.check_delta(delta), _key(idempotency_key)))
-        return _figures(outcome.raise_for_status())
+        return _figures(outcome.raise_for_status().figures)
 
     def get(self, item_id: ItemId) -> Figures | None:
         """``{"total", "consumed", "held", "available"}``, or ``None`` for an unknown item."""
@@ -225,6 +227,6 @@ def _key(idempotency_key: object) -> str | None:
     return None if idempotency_key is None else schemas.check_idempotency_key(idempotency_key)
 
 
-def _figures(outcome: Outcome) -> Figures:
-    return {"total": outcome.total, "consumed": outcome.consumed, "held": outcome.held,
-            "available": outcome.available}
+def _figures(figures: ItemFigures) -> Figures:
+    body = replies.figures_body(figures)
+    return {name: body[name] for name in LIBRARY_FIGURES}

@@ -8,29 +8,27 @@ from typing import TYPE_CHECKING
 
 from allocation.domain import commands, errors
 from allocation.domain.model import LedgerEntry
-from allocation.domain.outcome import OK, Outcome
+from allocation.domain.outcome import Figures
 
 if TYPE_CHECKING:
     from allocation.bootstrap import Application
 
 
-def item(app: Application, namespace: str, sku: str) -> Outcome:
+def item(app: Application, namespace: str, sku: str) -> Figures:
     figures = app.counter.read(namespace, sku)
     if figures is not None:
         return figures
     # The counter does not hold it (never loaded, or Redis lost it): rebuild from the record.
-    outcome: Outcome = app.bus.handle(commands.Refresh(namespace, sku))
-    return outcome
+    rebuilt: Figures = app.bus.handle(commands.Refresh(namespace, sku))
+    return rebuilt
 
 
 def items(app: Application, namespace: str, after: str | None,
-          limit: int) -> tuple[list[tuple[str, Outcome]], str | None]:
+          limit: int) -> tuple[list[tuple[str, Figures]], str | None]:
     """A page of a namespace's items in SKU order, and the SKU to continue after (or None)."""
     with app.uow_factory() as uow:
         rows = uow.items.list(namespace, after, limit + 1)
-        page = [(row.sku, Outcome(OK, row.total, row.consumed, limit=row.limit_per_buyer,
-                                  held=row.held))
-                for row in rows[:limit]]
+        page = [(row.sku, row.figures()) for row in rows[:limit]]
     live = app.counter.read_many(namespace, [sku for sku, _ in page])
     merged = [(sku, fresh or stored) for (sku, stored), fresh in zip(page, live, strict=True)]
     return merged, (page[-1][0] if len(rows) > limit else None)

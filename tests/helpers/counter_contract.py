@@ -9,7 +9,6 @@ movements.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import time
 import uuid
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from allocation.adapters.counter import Counter, Reserved, Restored, Step
 from allocation.adapters.outbox import Outbox, OutboxEntry
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.domain import errors, rules
-from allocation.domain.outcome import Outcome
+from allocation.domain.outcome import Figures, Outcome
 from allocation.domain.rules import Kind
 from tests.helpers.processes import wait_until
 
@@ -53,53 +52,54 @@ class CounterContract(abc.ABC):
     def setup_method(self) -> None:
         self.counter = self.make_counter()
         self.ns = "ns-" + uuid.uuid4().hex[:8]
-        self.counter.load(self.ns, "sku", 10, 0, 1)
+        self.counter.load(self.ns, "sku", Figures(10, 0, seq=1))
 
     def test_unknown_item_is_not_found_and_nothing_is_remembered(self) -> None:
         assert self.counter.apply(self.ns, "nope", "decrement", 1, "k").status == "not_found"
-        self.counter.load(self.ns, "nope", 5, 0, 1)
+        self.counter.load(self.ns, "nope", Figures(5, 0, seq=1))
         assert self.counter.apply(self.ns, "nope", "decrement", 1, "k").ok
 
     def test_decrement_applies_and_reports_the_figures_after(self) -> None:
         assert self.counter.apply(self.ns, "sku", "decrement", 3, "k") == Outcome(
-            "ok", 10, 3, seq=2)
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 3, seq=2)
+            "ok", Figures(10, 3, seq=2))
+        assert self.counter.read(self.ns, "sku") == Figures(10, 3, seq=2)
 
     def test_decrement_beyond_available_is_refused_with_the_figures(self) -> None:
         self.counter.apply(self.ns, "sku", "decrement", 8, "k1")
         refused = self.counter.apply(self.ns, "sku", "decrement", 3, "k2")
-        assert (refused.status, refused.available) == ("insufficient_stock", 2)
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 8, seq=2)
+        assert (refused.status, refused.figures.available) == ("insufficient_stock", 2)
+        assert self.counter.read(self.ns, "sku") == Figures(10, 8, seq=2)
 
     def test_refund_and_adjust_follow_the_rules(self) -> None:
         c = self.counter
         assert c.apply(self.ns, "sku", "refund", 1, "r1").status == "refund_exceeds_consumed"
         c.apply(self.ns, "sku", "decrement", 4, "k1")
-        assert c.apply(self.ns, "sku", "refund", 3, "r2") == Outcome("ok", 10, 1, seq=3)
+        assert c.apply(self.ns, "sku", "refund", 3, "r2") == Outcome("ok", Figures(10, 1, seq=3))
         assert c.apply(self.ns, "sku", "adjust", -10, "a1").status == "below_consumed"
-        assert c.apply(self.ns, "sku", "adjust", -9, "a2") == Outcome("ok", 1, 1, seq=4)
-        assert c.apply(self.ns, "sku", "adjust", 5, None) == Outcome("ok", 6, 1, seq=5)
+        assert c.apply(self.ns, "sku", "adjust", -9, "a2") == Outcome("ok", Figures(1, 1, seq=4))
+        assert c.apply(self.ns, "sku", "adjust", 5, None) == Outcome("ok", Figures(6, 1, seq=5))
 
     def test_non_positive_quantities_are_refused(self) -> None:
         for qty in (0, -2):
             assert self.counter.apply(self.ns, "sku", "decrement", qty, None).status == (
                 "invalid_quantity")
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 0, seq=1)
+        assert self.counter.read(self.ns, "sku") == Figures(10, 0, seq=1)
 
     def test_a_repeated_key_replays_the_stored_outcome(self) -> None:
         first = self.counter.apply(self.ns, "sku", "decrement", 3, "k")
         self.counter.apply(self.ns, "sku", "decrement", 2, "other")
         again = self.counter.apply(self.ns, "sku", "decrement", 3, "k")
         # With the seq the movement took: the ledger entry it names.
-        assert again == Outcome("ok", first.total, first.consumed, replayed=True, seq=2)
-        assert first.seq == 2
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 5, seq=3)
+        assert again == Outcome("ok", first.figures, replayed=True)
+        assert first.figures.seq == 2
+        assert self.counter.read(self.ns, "sku") == Figures(10, 5, seq=3)
 
     def test_a_refusal_is_remembered_too(self) -> None:
         self.counter.apply(self.ns, "sku", "decrement", 11, "k")
         self.counter.apply(self.ns, "sku", "adjust", 5, None)
         again = self.counter.apply(self.ns, "sku", "decrement", 11, "k")
-        assert (again.status, again.replayed, again.available) == ("insufficient_stock", True, 10)
+        assert (again.status, again.replayed, again.figures.available) == (
+            "insufficient_stock", True, 10)
 
     def test_the_same_key_with_another_request_is_reused(self) -> None:
         self.counter.apply(self.ns, "sku", "decrement", 3, "k")
@@ -107,17 +107,17 @@ class CounterContract(abc.ABC):
             "idempotency_key_reused")
         assert self.counter.apply(self.ns, "sku", "refund", 3, "k").status == (
             "idempotency_key_reused")
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 3, seq=2)
+        assert self.counter.read(self.ns, "sku") == Figures(10, 3, seq=2)
 
     def test_keys_are_scoped_to_the_item(self) -> None:
-        self.counter.load(self.ns, "other", 10, 0, 1)
+        self.counter.load(self.ns, "other", Figures(10, 0, seq=1))
         self.counter.apply(self.ns, "sku", "decrement", 3, "k")
         assert self.counter.apply(self.ns, "other", "decrement", 3, "k") == Outcome(
-            "ok", 10, 3, seq=2)
+            "ok", Figures(10, 3, seq=2))
 
     def test_a_refusal_is_forgotten_sooner_than_a_success(self) -> None:
         counter = self.make_counter_with_ttls(ttl=1000, refusal_ttl=10)
-        counter.load(self.ns, "sku", 10, 0, 1)
+        counter.load(self.ns, "sku", Figures(10, 0, seq=1))
         assert counter.apply(self.ns, "sku", "decrement", 30, "no").status == (
             "insufficient_stock")
         assert counter.apply(self.ns, "sku", "decrement", 3, "yes").ok
@@ -126,22 +126,22 @@ class CounterContract(abc.ABC):
 
     def test_the_refusal_ttl_is_at_most_the_ttl(self) -> None:
         counter = self.make_counter_with_ttls(ttl=20, refusal_ttl=100)
-        counter.load(self.ns, "sku", 10, 0, 1)
+        counter.load(self.ns, "sku", Figures(10, 0, seq=1))
         counter.apply(self.ns, "sku", "decrement", 30, "no")
         self.assert_remembered_for(counter, self.ns, "sku", "no", ("decrement", 30), 20)
 
     def test_a_load_sets_the_generation_and_a_load_without_one_keeps_it(self) -> None:
-        self.counter.load(self.ns, "g", 10, 0, 1, "gen-a")
+        self.counter.load(self.ns, "g", Figures(10, 0, seq=1, gen="gen-a"))
         applied = self.counter.apply(self.ns, "g", "decrement", 1, "k", record=True)
-        assert (applied.gen, applied.seq) == ("gen-a", 2)
+        assert (applied.figures.gen, applied.figures.seq) == ("gen-a", 2)
         replay = self.counter.apply(self.ns, "g", "decrement", 1, "k", record=True)
-        assert (replay.replayed, replay.gen, replay.seq) == (True, "gen-a", 2)
-        self.counter.load(self.ns, "g", 10, 1, 2)  # figures only: the history goes on
-        assert self.counter.read(self.ns, "g") == Outcome("ok", 10, 1, seq=2, gen="gen-a")
-        self.counter.load(self.ns, "g", 10, 1, 2, "gen-b")  # rebuilt from the record
-        assert self.counter.apply(self.ns, "g", "decrement", 1, "k2").gen == "gen-b"
+        assert (replay.replayed, replay.figures.gen, replay.figures.seq) == (True, "gen-a", 2)
+        self.counter.load(self.ns, "g", Figures(10, 1, seq=2))  # figures only: the history goes on
+        assert self.counter.read(self.ns, "g") == Figures(10, 1, seq=2, gen="gen-a")
+        self.counter.load(self.ns, "g", Figures(10, 1, seq=2, gen="gen-b"))  # from the record
+        assert self.counter.apply(self.ns, "g", "decrement", 1, "k2").figures.gen == "gen-b"
         # A key seen under the old generation still replays, naming the old one.
-        assert self.counter.apply(self.ns, "g", "decrement", 1, "k").gen == "gen-a"
+        assert self.counter.apply(self.ns, "g", "decrement", 1, "k").figures.gen == "gen-a"
 
     def test_a_restore_gives_back_the_keys_the_ledger_holds(self) -> None:
         now = int(datetime.now(UTC).timestamp() * 1_000_000)
@@ -157,9 +157,9 @@ class CounterContract(abc.ABC):
         restore(["from-ledger", "old", "held"], ["decrement", "refund", "hold"], [3, 1, 2],
                 [now, now - 9 * 86_400_000_000, now])
         replay = self.counter.apply(self.ns, "sku", "decrement", 3, "from-ledger")
-        assert (replay.status, replay.replayed, replay.seq) == ("ok", True, 0)
-        assert (replay.total, replay.consumed) == (10, 3)
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 0, seq=1)  # untouched
+        assert (replay.status, replay.replayed, replay.figures.seq) == ("ok", True, 0)
+        assert (replay.figures.total, replay.figures.consumed) == (10, 3)
+        assert self.counter.read(self.ns, "sku") == Figures(10, 0, seq=1)  # untouched
         # Past its window a key is not brought back: the movement applies as new.
         assert self.counter.apply(self.ns, "sku", "refund", 1, "old").status == \
             "refund_exceeds_consumed"
@@ -168,22 +168,22 @@ class CounterContract(abc.ABC):
         # A record the counter holds is kept.
         self.counter.apply(self.ns, "sku", "decrement", 2, "live")
         restore(["live"], ["decrement"], [5], [now])
-        assert self.counter.apply(self.ns, "sku", "decrement", 2, "live").consumed == 4
+        assert self.counter.apply(self.ns, "sku", "decrement", 2, "live").figures.consumed == 4
 
     def test_load_many_read_many_and_forget(self) -> None:
-        self.counter.load_many([(self.ns, "a", 1, 0, 1), (self.ns, "b", 2, 1, 2)])
+        self.counter.load_many(self.ns, [("a", Figures(1, 0, seq=1)), ("b", Figures(2, 1, seq=2))])
         assert self.counter.read_many(self.ns, ["a", "b", "c"]) == [
-            Outcome("ok", 1, 0, seq=1), Outcome("ok", 2, 1, seq=2), None]
+            Figures(1, 0, seq=1), Figures(2, 1, seq=2), None]
 
     def test_a_fenced_item_answers_fenced_until_loaded(self) -> None:
         self.counter.apply(self.ns, "sku", "decrement", 2, "k1")
         assert self.counter.fence_many(self.ns, ["sku", "absent"]) == [2, None]
         fenced = self.counter.apply(self.ns, "sku", "decrement", 1, "k2")
         assert fenced.status == "fenced"
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 2, seq=2)
-        self.counter.load(self.ns, "sku", 10, 2, 2)
+        assert self.counter.read(self.ns, "sku") == Figures(10, 2, seq=2)
+        self.counter.load(self.ns, "sku", Figures(10, 2, seq=2))
         assert self.counter.apply(self.ns, "sku", "decrement", 1, "k2") == Outcome(
-            "ok", 10, 3, seq=3)
+            "ok", Figures(10, 3, seq=3))
         self.counter.fence_many(self.ns, ["sku"])
         self.counter.unfence(self.ns, "sku")
         assert self.counter.apply(self.ns, "sku", "decrement", 1, "k3").ok
@@ -201,13 +201,14 @@ class LimitContract(abc.ABC):
         self.counter.load_allowances(self.ns, {"sku": (2, {})})
         assert self.counter.apply(self.ns, "sku", "decrement", 1, "a1", buyer="ann").ok
         refused = self.counter.apply(self.ns, "sku", "decrement", 2, "a2", buyer="ann")
-        assert (refused.status, refused.remaining, refused.consumed) == ("limit_exceeded", 1, 1)
+        assert (refused.status, refused.remaining, refused.figures.consumed) == (
+            "limit_exceeded", 1, 1)
         again = self.counter.apply(self.ns, "sku", "decrement", 2, "a2", buyer="ann")
         assert (again.status, again.remaining, again.replayed) == ("limit_exceeded", 1, True)
         assert self.counter.apply(self.ns, "sku", "decrement", 2, "b1", buyer="bob").ok
         assert self.counter.apply(self.ns, "sku", "decrement", 1, "n1").status == (
             "buyer_required")
-        assert self.counter.read(self.ns, "sku") == Outcome("ok", 10, 3, seq=3, limit=2)
+        assert self.counter.read(self.ns, "sku") == Figures(10, 3, seq=3, limit=2)
 
     def test_a_refund_naming_the_buyer_gives_the_allowance_back(self) -> None:
         self.counter.load_allowances(self.ns, {"sku": (2, {})})
@@ -287,8 +288,8 @@ class ReservationContract(abc.ABC):
 
     def test_a_cart_is_held_whole_or_not_at_all(self) -> None:
         a, b = self.skus(2)
-        self.counter.load(self.ns, a, 10, 0, 1)
-        self.counter.load(self.ns, b, 1, 0, 1)
+        self.counter.load(self.ns, a, Figures(10, 0, seq=1))
+        self.counter.load(self.ns, b, Figures(1, 0, seq=1))
         refused = self.hold(self.rid("r1"), [(a, 2), (b, 2)])
         assert (refused.status, refused.sku, refused.detail) == ("insufficient_stock", b, 1)
         assert (self.available(a), self.available(b)) == ((0, 0, 10), (0, 0, 1))
@@ -301,7 +302,7 @@ class ReservationContract(abc.ABC):
 
     def test_a_hold_again_is_a_replay_and_another_request_is_refused(self) -> None:
         a, = self.skus(1)
-        self.counter.load(self.ns, a, 10, 0, 1)
+        self.counter.load(self.ns, a, Figures(10, 0, seq=1))
         first = self.hold(self.rid("r"), [(a, 2)])
         again = self.hold(self.rid("r"), [(a, 2)])
         assert (again.status, again.replayed, again.created_ms, again.expires_ms) == (
@@ -312,7 +313,7 @@ class ReservationContract(abc.ABC):
     def test_one_key_is_one_reservation_whatever_the_lines(self) -> None:
         a, b, c = self.skus(3)
         for sku in (a, b, c):
-            self.counter.load(self.ns, sku, 10, 0, 1)
+            self.counter.load(self.ns, sku, Figures(10, 0, seq=1))
         rid = self.rid("k")
         assert self.hold(rid, [(a, 1), (b, 2)]).ok
         for lines in ([(b, 2), (a, 1)], [(c, 1), (a, 1), (b, 2)], [(a, 1), (b, 3)], [(c, 1)],
@@ -322,8 +323,8 @@ class ReservationContract(abc.ABC):
 
     def test_a_replay_answers_as_the_hold_first_did_whatever_came_since(self) -> None:
         a, b = self.skus(2)
-        self.counter.load(self.ns, a, 10, 0, 1)
-        self.counter.load(self.ns, b, 10, 0, 1)
+        self.counter.load(self.ns, a, Figures(10, 0, seq=1))
+        self.counter.load(self.ns, b, Figures(10, 0, seq=1))
         rid = self.rid("r")
         first = self.hold(rid, [(a, 1), (b, 1)])
         assert self.step("extend", rid, 600_000).expires_ms > first.expires_ms
@@ -335,8 +336,8 @@ class ReservationContract(abc.ABC):
 
     def test_a_buyers_open_reservations_are_capped(self) -> None:
         a, b = self.skus(2)
-        self.counter.load(self.ns, a, 100, 0, 1)
-        self.counter.load(self.ns, b, 100, 0, 1)
+        self.counter.load(self.ns, a, Figures(100, 0, seq=1))
+        self.counter.load(self.ns, b, Figures(100, 0, seq=1))
 
         def hold(seed: str, ttl_ms: int = 60_000, buyer: str = "bo") -> Reserved:
             return self.counter.reservation_step(
@@ -360,8 +361,8 @@ class ReservationContract(abc.ABC):
 
     def test_confirm_sells_and_ends_it_once(self) -> None:
         a, b = self.skus(2)
-        self.counter.load(self.ns, a, 10, 0, 1)
-        self.counter.load(self.ns, b, 5, 0, 1)
+        self.counter.load(self.ns, a, Figures(10, 0, seq=1))
+        self.counter.load(self.ns, b, Figures(5, 0, seq=1))
         rid = self.rid("r")
         self.hold(rid, [(a, 2), (b, 1)])
         confirmed = self.step("confirm", rid)
@@ -375,7 +376,7 @@ class ReservationContract(abc.ABC):
 
     def test_release_puts_the_units_back_and_ends_it_once(self) -> None:
         a, = self.skus(1)
-        self.counter.load(self.ns, a, 3, 0, 1)
+        self.counter.load(self.ns, a, Figures(3, 0, seq=1))
         rid = self.rid("r")
         self.hold(rid, [(a, 3)])
         assert self.step("release", rid).state == "released"
@@ -385,7 +386,7 @@ class ReservationContract(abc.ABC):
 
     def test_at_its_expiry_its_units_go_back_on_sale_without_help(self) -> None:
         a, = self.skus(1)
-        self.counter.load(self.ns, a, 2, 0, 1)
+        self.counter.load(self.ns, a, Figures(2, 0, seq=1))
         rid = self.rid("r")
         self.hold(rid, [(a, 2)], ttl_ms=300)
         assert self.counter.apply(self.ns, a, "decrement", 1, "k1", record=True).status == (
@@ -402,7 +403,7 @@ class ReservationContract(abc.ABC):
     def test_a_read_ends_a_hold_past_its_expiry(self) -> None:
         """API.md: at expires_at its units are on sale again, whether or not a sweeper ran."""
         a, = self.skus(1)
-        self.counter.load(self.ns, a, 5, 0, 1)
+        self.counter.load(self.ns, a, Figures(5, 0, seq=1))
         rid = self.rid("r")
         self.hold(rid, [(a, 2)], ttl_ms=300)
         assert self.available(a) == (0, 2, 3)
@@ -412,7 +413,7 @@ class ReservationContract(abc.ABC):
 
     def test_an_extended_hold_outlives_its_first_expiry(self) -> None:
         a, = self.skus(1)
-        self.counter.load(self.ns, a, 2, 0, 1)
+        self.counter.load(self.ns, a, Figures(2, 0, seq=1))
         rid = self.rid("r")
         first = self.hold(rid, [(a, 1)], ttl_ms=300)
         extended = self.step("extend", rid, 60_000)
@@ -426,7 +427,7 @@ class ReservationContract(abc.ABC):
             self) -> None:
         """API.md: a reservation lives at most 86400 s from its creation."""
         a, = self.skus(1)
-        self.counter.load(self.ns, a, 2, 0, 1)
+        self.counter.load(self.ns, a, Figures(2, 0, seq=1))
         rid = self.rid("r")
         first = self.hold(rid, [(a, 1)], ttl_ms=86_400_000)
         self.pass_time(5)
@@ -456,7 +457,7 @@ class ReservationContract(abc.ABC):
         assert self.counter.seqs_many(self.ns, skus) == [("g1", 3)] * 40
         # The key the ledger holds is given back: its retry is the first answer, not a sale.
         again = self.counter.apply(self.ns, "lost2", "decrement", 1, "bought")
-        assert (again.status, again.replayed, again.consumed) == ("ok", True, 1)
+        assert (again.status, again.replayed, again.figures.consumed) == ("ok", True, 1)
         assert self.counter.apply(self.ns, "lost2", "decrement", 2, "bought").status == (
             "idempotency_key_reused")
         for sku, limit in (("lost0", None), ("lost1", 5)):
@@ -472,7 +473,7 @@ class ReservationContract(abc.ABC):
 
     def test_a_hold_counts_against_the_buyers_limit_until_it_ends(self) -> None:
         a, = self.skus(1)
-        self.counter.load(self.ns, a, 10, 0, 1)
+        self.counter.load(self.ns, a, Figures(10, 0, seq=1))
         self.counter.load_allowances(self.ns, {a: (2, {})})
         assert self.hold(self.rid("n"), [(a, 1)]).status == "buyer_required"
         rid = self.rid("r")
@@ -492,7 +493,7 @@ class ReservationContract(abc.ABC):
 
     def test_a_confirm_whose_hold_is_gone_expires_and_sells_nothing(self) -> None:
         a, = self.skus(1)
-        self.counter.load(self.ns, a, 5, 0, 1)
+        self.counter.load(self.ns, a, Figures(5, 0, seq=1))
         rid = self.rid("r")
         self.hold(rid, [(a, 2)])
         self.counter.load_holds(self.ns, {a: []})  # as a rebuild from a stale ledger could
@@ -502,7 +503,7 @@ class ReservationContract(abc.ABC):
 
     def test_many_due_holds_all_end_before_a_sale_is_judged(self) -> None:
         a, = self.skus(1)
-        self.counter.load(self.ns, a, 20, 0, 1)
+        self.counter.load(self.ns, a, Figures(20, 0, seq=1))
         for n in range(20):
             assert self.hold(self.rid(f"r{n}"), [(a, 1)], ttl_ms=300).ok
         self.pass_time(300)
@@ -510,8 +511,8 @@ class ReservationContract(abc.ABC):
 
     def test_the_tally_counts_each_hold_once_where_it_starts_and_ends(self) -> None:
         a, b = self.skus(2)
-        self.counter.load(self.ns, a, 10, 0, 1)
-        self.counter.load(self.ns, b, 10, 0, 1)
+        self.counter.load(self.ns, a, Figures(10, 0, seq=1))
+        self.counter.load(self.ns, b, Figures(10, 0, seq=1))
         confirmed, released, expired = self.rid("c"), self.rid("r"), self.rid("e")
         self.hold(confirmed, [(a, 2), (b, 1)])
         self.hold(confirmed, [(a, 2), (b, 1)])  # a replay counts nothing
@@ -534,13 +535,13 @@ class ReservationContract(abc.ABC):
 
     def test_every_transition_is_one_recorded_movement_per_line(self) -> None:
         a, b = self.skus(2)
-        self.counter.load(self.ns, a, 10, 0, 1)
-        self.counter.load(self.ns, b, 10, 0, 1)
+        self.counter.load(self.ns, a, Figures(10, 0, seq=1))
+        self.counter.load(self.ns, b, Figures(10, 0, seq=1))
         rid = self.rid("r")
         self.hold(rid, [(a, 2), (b, 3)], buyer="ann")
         self.step("confirm", rid)
-        assert self.counter.read(self.ns, a) == Outcome("ok", 10, 2, seq=3, held=0)
-        assert self.counter.read(self.ns, b) == Outcome("ok", 10, 3, seq=3, held=0)
+        assert self.counter.read(self.ns, a) == Figures(10, 2, seq=3, held=0)
+        assert self.counter.read(self.ns, b) == Figures(10, 3, seq=3, held=0)
 
 
 def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedStateMachine]:
@@ -555,7 +556,7 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
             self.limit, self.used = limit, dict[str, int]()
             self.seen: dict[str, tuple[str, Outcome]] = {}
             self.counter.load_allowances(self.ns, {"sku": (limit, {})})
-            self.counter.load(self.ns, "sku", total, 0, 1)
+            self.counter.load(self.ns, "sku", Figures(total, 0, seq=1))
             self.seq = 1
             # rid -> [qty, buyer, the reservation's state, expires_ms, its hold still open]
             self.holds: dict[str, list[Any]] = {}
@@ -575,9 +576,9 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
                 expected_status = seen.status if seen_request == request else (
                     "idempotency_key_reused")
                 # A success's seq comes back with it; a refusal took none.
-                assert (got.status, got.total, got.consumed, got.replayed, got.seq) == (
-                    expected_status, seen.total, seen.consumed, True,
-                    seen.seq if seen.ok else 0)
+                now, then = got.figures, seen.figures
+                assert (got.status, now.total, now.consumed, got.replayed, now.seq) == (
+                    expected_status, then.total, then.consumed, True, then.seq if seen.ok else 0)
                 return
             used = self.used.get(buyer, 0) if buyer else 0
             try:
@@ -589,12 +590,11 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
                 if buyer:
                     self.used[buyer] = max(0, used + (qty if kind == "decrement" else
                                                       -qty if kind == "refund" else 0))
-                expected = self.figures()
+                expected = Outcome("ok", self.figures())
             except errors.DomainError as refusal:
                 remaining = refusal.details.get("remaining")
-                expected = dataclasses.replace(
-                    self.figures(), status=refusal.code,
-                    remaining=remaining if isinstance(remaining, int) else None)
+                expected = Outcome(refusal.code, self.figures(),
+                                   remaining=remaining if isinstance(remaining, int) else None)
             assert got == expected
             if key is not None:
                 self.seen[key] = (request, got)
@@ -663,9 +663,9 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
             total, consumed, held = self.model
             return rules.apply(kind, total, consumed, qty, held)
 
-        def figures(self) -> Outcome:
+        def figures(self) -> Figures:
             total, consumed, held = self.model
-            return Outcome("ok", total, consumed, seq=self.seq, limit=self.limit, held=held)
+            return Figures(total, consumed, held, self.limit, self.seq)
 
         def teardown(self) -> None:
             if hasattr(self, "counter"):
@@ -691,7 +691,7 @@ class OutboxContract(abc.ABC):
     def setup_method(self) -> None:
         self.counter, self.outbox = self.make_pair()
         self.ns = "o-" + uuid.uuid4().hex[:8]
-        self.counter.load(self.ns, "sku", 10, 0, 1)
+        self.counter.load(self.ns, "sku", Figures(10, 0, seq=1))
 
     def _mine(self, consumer: str = "w1") -> list[OutboxEntry]:
         return [e for p in range(self.outbox.partitions)
@@ -709,14 +709,14 @@ class OutboxContract(abc.ABC):
                                       (3, "refund", 1, "r1", 10, 2),
                                       (4, "adjust", 5, None, 15, 2)]
         assert {e.gen for e in entries} == {None}  # loaded without a generation
-        self.counter.load(self.ns, "g", 10, 0, 1, "gen-x")
+        self.counter.load(self.ns, "g", Figures(10, 0, seq=1, gen="gen-x"))
         self.counter.apply(self.ns, "g", "decrement", 1, "k", record=True)
         assert [e.gen for e in self._mine("w2") if e.sku == "g"] == ["gen-x"]
         assert self.outbox.pending(self.ns)["sku"].seq == 4
 
     def test_entries_keep_names_and_keys_whatever_they_hold(self) -> None:
         sku = "2 3|4é"  # digits, a space, the separator and non-ASCII: read back as written
-        self.counter.load(self.ns, sku, 10, 0, 1)
+        self.counter.load(self.ns, sku, Figures(10, 0, seq=1))
         self.counter.apply(self.ns, sku, "decrement", 3, "| 7 é|", record=True)
         self.counter.apply(self.ns, sku, "adjust", -4, None, record=True)
         self.counter.apply(self.ns, sku, "decrement", 1, "k 2", record=True, buyer="b:1@x.y-z")
@@ -728,7 +728,7 @@ class OutboxContract(abc.ABC):
 
     def test_an_extension_is_an_extend_movement_of_each_line_with_its_new_expiry(
             self) -> None:
-        self.counter.load(self.ns, "b", 5, 0, 1)
+        self.counter.load(self.ns, "b", Figures(5, 0, seq=1))
         rid = self.counter.reservation_id(self.ns, "r")
         lines = [("sku", 2), ("b", 1)]
         self.counter.reservation_step("hold", self.ns, rid, lines, ttl_ms=60_000, buyer="ann",
@@ -835,7 +835,7 @@ def check_reserved_events(counter: RedisCounter, namespace: str, skus: list[str]
     try:
         lines = [(sku, n + 1) for n, sku in enumerate(skus)]
         for sku, _ in lines:
-            counter.load(namespace, sku, 10, 0, 1)
+            counter.load(namespace, sku, Figures(10, 0, seq=1))
         rid = counter.reservation_id(namespace, "cart-key")
         held = counter.reservation_step("hold", namespace, rid, lines, ttl_ms=60_000,
                                         fingerprint="f", idempotency_key="cart-key")

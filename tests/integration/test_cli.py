@@ -15,6 +15,7 @@ import pytest
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands
+from allocation.domain.outcome import Figures
 from tests.helpers.cli_runs import run_cli
 from tests.helpers.ledger import drain, ledger_threads
 from tests.helpers.processes import PrivateRedis, allocation_command, service_env, wait_until
@@ -106,7 +107,7 @@ def test_drift_reports_and_repairs(service_config: Config, namespace: str) -> No
         app.bus.handle(commands.InitInventory(namespace, sku, 10))
     app.bus.handle(commands.Decrement(namespace, "a", 2, "k"))  # unwritten: not drift
     assert cli(async_config, "drift", namespace).returncode == 0
-    app.counter.load(namespace, "b", 10, 7, 1)  # Redis says 7 were sold
+    app.counter.load(namespace, "b", Figures(10, 7, seq=1))  # Redis says 7 were sold
     found = cli(async_config, "drift", namespace)
     assert found.returncode == 1
     assert "b" in found.stdout and "(10, 0, 0)" in found.stdout and "(10, 7, 0)" in found.stdout

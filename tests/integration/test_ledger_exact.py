@@ -56,7 +56,7 @@ def test_a_key_redis_forgot_sells_again_and_the_ledger_keeps_the_key(
     written(app, namespace)
     forget_key(app, namespace, "tee", "k")
     again = app.bus.handle(commands.Decrement(namespace, "tee", 2, "k"))
-    assert (again.ok, again.replayed, again.consumed) == (True, False, 4)
+    assert (again.ok, again.replayed, again.figures.consumed) == (True, False, 4)
     written(app, namespace)
     assert keyed(engine, namespace, "tee", "k") == [(2, "decrement", 2), (3, "decrement", 2)]
 
@@ -71,8 +71,8 @@ def test_in_sync_mode_a_retry_of_an_item_redis_lost_is_answered_from_the_ledger(
         app.bus.handle(commands.Decrement(namespace, "tee", 1, "other"))
         flush(app, namespace)  # a FLUSHDB, or a failover to an empty replica
         again = app.bus.handle(commands.Decrement(namespace, "tee", 2, "k", "ann"))
-        assert (again.status, again.replayed, again.total, again.consumed) == (
-            "ok", True, first.total, first.consumed)
+        assert (again.status, again.replayed, again.figures.total, again.figures.consumed) == (
+            "ok", True, first.figures.total, first.figures.consumed)
         unlike = app.bus.handle(commands.Decrement(namespace, "tee", 3, "k", "ann"))
         assert unlike.status == "idempotency_key_reused"
         # Given back to Redis: the next retry is its to answer.
@@ -97,7 +97,7 @@ def test_in_sync_mode_a_key_reused_after_its_window_is_a_new_movement_that_keeps
                 {"s": app.counter.idempotency_ttl + 3600, "ns": namespace})
         forget_key(app, namespace, "tee", "k")
         again = app.bus.handle(commands.Decrement(namespace, "tee", 2, "k"))
-    assert (again.ok, again.replayed, again.consumed) == (True, False, 4)
+    assert (again.ok, again.replayed, again.figures.consumed) == (True, False, 4)
     assert keyed(engine, namespace, "tee", "k") == [(2, "decrement", 2), (3, "decrement", 2)]
 
 

@@ -45,7 +45,7 @@ def test_a_limit_survives_redis_losing_the_item(own_config: Config, engine: Engi
     app.redis.delete(keys.item(namespace, "cap"), keys.buyers(namespace, "cap"))  # lost
 
     over = app.bus.handle(commands.Decrement(namespace, "cap", 2, "a2", "ann"))
-    assert (over.status, over.remaining, over.limit) == ("limit_exceeded", 1, 3)
+    assert (over.status, over.remaining, over.figures.limit) == ("limit_exceeded", 1, 3)
     assert app.bus.handle(commands.Decrement(namespace, "cap", 1, "n1")).status == (
         "buyer_required")
     assert app.bus.handle(commands.Decrement(namespace, "cap", 1, "b3", "bob")).ok

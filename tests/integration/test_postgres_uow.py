@@ -13,6 +13,7 @@ from allocation.adapters.ledger_rows import append
 from allocation.bootstrap import Application
 from allocation.domain import commands, errors
 from allocation.domain.model import InventoryItem, LedgerEntry
+from allocation.domain.outcome import Figures
 from tests.helpers.ledger import ledger_rows, settle, stored
 
 
@@ -58,13 +59,13 @@ def test_a_sync_movement_is_in_the_ledger_when_it_answers(
     app.bus.handle(commands.InitInventory(namespace, "sku", 10))
     for n in range(5):
         outcome = app.bus.handle(commands.Decrement(namespace, "sku", 1, f"k{n}"))
-        assert outcome.ok and outcome.seq == n + 2
+        assert outcome.ok and outcome.figures.seq == n + 2
         # No waiting: the answer came once the worker had committed it.
-        assert ledger_rows(engine, namespace, "sku")[-1] == (outcome.seq, "decrement", 1,
+        assert ledger_rows(engine, namespace, "sku")[-1] == (outcome.figures.seq, "decrement", 1,
                                                              f"k{n}")
-        assert stored(engine, namespace, "sku") == (10, n + 1, outcome.seq)
+        assert stored(engine, namespace, "sku") == (10, n + 1, outcome.figures.seq)
     again = app.bus.handle(commands.Decrement(namespace, "sku", 1, "k0"))
-    assert again.replayed and again.seq == 2
+    assert again.replayed and again.figures.seq == 2
 
 
 def test_uncommitted_work_is_rolled_back(app: Application, engine: Engine,
@@ -123,7 +124,7 @@ def test_refresh_rebuilds_redis_from_the_database(app: Application, namespace: s
     # The read rebuilds it: from the outbox if its entry is not written yet, else the database.
     assert views.item(app, namespace, "sku").consumed == 4
     settle(app, namespace)
-    counter.load(namespace, "sku", 50, 0, 2)
+    counter.load(namespace, "sku", Figures(50, 0, seq=2))
     assert app.bus.handle(commands.Refresh(namespace, "sku")).available == 6
     live = counter.read(namespace, "sku")
     assert live is not None and live.available == 6

@@ -13,6 +13,7 @@ import pytest
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands
+from allocation.domain.outcome import Figures
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def _from_outbox(app: Application, namespace: str) -> None:
     # A movement Redis recorded that the ledger does not hold yet (no ledger worker here):
     # the rebuild takes the outbox's figures, and the gate must come with them too.
     for sku in SKUS:
-        app.counter.load(namespace, sku, 10, 0, 1)
+        app.counter.load(namespace, sku, Figures(10, 0, seq=1))
         assert app.counter.apply(namespace, sku, "adjust", 1, None, record=True).ok
         app.counter.forget(namespace, sku)
         app.bus.handle(commands.Refresh(namespace, sku))

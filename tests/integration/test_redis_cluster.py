@@ -26,6 +26,7 @@ from allocation.adapters.redis_outbox import RedisOutbox
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
+from allocation.domain.outcome import Figures
 from allocation.service_layer.results import Reservation
 from tests.helpers.counter_contract import (
     CounterContract,
@@ -112,8 +113,8 @@ def test_a_cart_that_meets_another_carts_unfinished_step_waits_for_it() -> None:
     spread = TestClusterCartsAcrossSlots()
     spread.counter, spread.ns = counter, ns
     x, y = spread.skus(2)  # two slots
-    counter.load(ns, x, 1, 0, 1)
-    counter.load(ns, y, 1, 0, 1)
+    counter.load(ns, x, Figures(1, 0, seq=1))
+    counter.load(ns, y, Figures(1, 0, seq=1))
     other = counter.reservation_id(ns, "other")
     assert counter.part_step("hold", ns, other, [(x, 1)], 2**41).ok  # its tentative hold
     tried: list[str] = []
@@ -151,7 +152,7 @@ def test_a_cart_in_one_other_slot_lives_there_and_its_key_keeps_only_a_claim() -
     key_slot = int(rid.partition(".")[0])
     sku = next(f"s{n}" for n in range(1000) if counter.keys.partition(ns, f"s{n}") != key_slot)
     there = counter.keys.partition(ns, sku)
-    counter.load(ns, sku, 5, 0, 1)
+    counter.load(ns, sku, Figures(5, 0, seq=1))
     held = counter.reservation_step("hold", ns, rid, [(sku, 2)], ttl_ms=60_000, fingerprint="f")
     assert held.ok
     record, claim = (counter.keys.reservation(ns, p, rid) for p in (there, key_slot))
@@ -159,7 +160,7 @@ def test_a_cart_in_one_other_slot_lives_there_and_its_key_keeps_only_a_claim() -
     assert counter.client.hmget(claim, ["state", "fp"]) == [b"claimed", b"f"]
     other = next(f"o{n}" for n in range(1000)
                  if counter.keys.partition(ns, f"o{n}") not in (there, key_slot))
-    counter.load(ns, other, 5, 0, 1)
+    counter.load(ns, other, Figures(5, 0, seq=1))
     assert counter.reservation_step("hold", ns, rid, [(other, 1)], ttl_ms=60_000,
                                     fingerprint="g").status == "idempotency_key_reused"
     # Redis lost both: put back from the ledger, the reservation is where its lines are again.
@@ -318,7 +319,7 @@ def test_a_coordinator_killed_mid_cart_leaves_nothing_held_past_the_expiry(
     spread.counter, spread.ns = counter, ns
     a, b, c = spread.skus(3)
     for sku in (a, b, c):
-        counter.load(ns, sku, 4, 0, 1)
+        counter.load(ns, sku, Figures(4, 0, seq=1))
     # A key whose reservation lives in a's slot, so that the first step holds a there.
     rid = next(rid for n in range(10_000) if int(
         (rid := counter.reservation_id(ns, f"k{n}")).partition(".")[0]) == counter.keys.partition(

@@ -13,7 +13,7 @@ from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_ledger_progress import RedisLedgerProgress
 from allocation.adapters.redis_outbox import RedisOutbox
 from allocation.domain import errors
-from allocation.domain.outcome import Outcome
+from allocation.domain.outcome import Figures, Outcome
 from allocation.domain.rules import Kind
 from tests.helpers.counter_contract import (
     CounterContract,
@@ -68,7 +68,7 @@ class TestRedisCounter(RedisRecordTtls, ReservationContract, LimitContract, Coun
         sku = "swept"
         rid = next(rid for n in range(1000) if int((rid := self.rid(f"s{n}")).partition(".")[0])
                    != keys.partition(self.ns, sku))
-        self.counter.load(self.ns, sku, 5, 0, 1)
+        self.counter.load(self.ns, sku, Figures(5, 0, seq=1))
         assert self.hold(rid, [(sku, 2)], ttl_ms=200).ok
         home = keys.due(int(rid.partition(".")[0]))
         assert self.counter.client.zscore(home, f"{self.ns}\n{sku}") is not None
@@ -83,14 +83,14 @@ class TestRedisCounter(RedisRecordTtls, ReservationContract, LimitContract, Coun
         counter.client.set(counter.keys.idempotency(self.ns, "sku", "old"), "decrement:3|ok|10|3",
                            ex=60)
         assert counter.apply(self.ns, "sku", "decrement", 3, "old") == Outcome(
-            "ok", 10, 3, replayed=True, seq=0)
+            "ok", Figures(10, 3, seq=0), replayed=True)
         assert counter.apply(self.ns, "sku", "decrement", 4, "old") == Outcome(
-            "idempotency_key_reused", 10, 3, replayed=True, seq=0)
+            "idempotency_key_reused", Figures(10, 3, seq=0), replayed=True)
         counter.client.set(counter.keys.idempotency(self.ns, "sku", "old-refusal"),
                            "decrement:30|insufficient_stock|10|0", ex=60)
         assert counter.apply(self.ns, "sku", "decrement", 30, "old-refusal") == Outcome(
-            "insufficient_stock", 10, 0, replayed=True, seq=0)
-        assert counter.read(self.ns, "sku") == Outcome("ok", 10, 0, seq=1)  # nothing applied
+            "insufficient_stock", Figures(10, 0, seq=0), replayed=True)
+        assert counter.read(self.ns, "sku") == Figures(10, 0, seq=1)  # nothing applied
 
     def test_a_restore_lists_an_item_due_at_its_earliest_hold_with_its_parts_and_gate(
             self) -> None:
@@ -123,13 +123,13 @@ class TestRedisCounter(RedisRecordTtls, ReservationContract, LimitContract, Coun
         lost = [f"lost{n}" for n in range(40)]
         assert counter.seqs_many(self.ns, lost) == [None] * 40
         counter.client.hset(keys.item(self.ns, "lost3"), "gate", "sale-1")
-        counter.load(self.ns, "lost7", 5, 1, 4, "g")
+        counter.load(self.ns, "lost7", Figures(5, 1, seq=4, gen="g"))
         assert counter.seqs_many(self.ns, lost) == [("g", 4) if n == 7 else None
                                                     for n in range(40)]
 
     def test_loading_an_item_marks_its_ledger_written_up_to_its_seq(self) -> None:
         counter = make_redis_counter()
-        counter.load_many([(self.ns, "a", 5, 1, 7), (self.ns, "b", 3, 0, 1)])
+        counter.load_many(self.ns, [("a", Figures(5, 1, seq=7)), ("b", Figures(3, 0, seq=1))])
         assert counter.client.hget(counter.keys.item(self.ns, "a"), "written") == b"7"
         assert counter.client.hget(counter.keys.item(self.ns, "b"), "written") == b"1"
 
@@ -138,7 +138,7 @@ class TestRedisCounter(RedisRecordTtls, ReservationContract, LimitContract, Coun
         the worker with WRONGTYPE, and every later sale waited on a ledger nobody wrote)."""
         counter = make_redis_counter()
         progress = RedisLedgerProgress(counter.client, counter.keys)
-        counter.load_many([(self.ns, "fine", 5, 0, 1, "g")])
+        counter.load_many(self.ns, [("fine", Figures(5, 0, seq=1, gen="g"))])
         counter.client.set(counter.keys.item(self.ns, "corrupt"), "not a hash")
         progress.mark({(self.ns, "corrupt"): ("g", 2), (self.ns, "fine"): ("g", 2)})
         assert progress.read(self.ns, "fine") == ("g", 2)
@@ -161,7 +161,7 @@ class TestRedisCounter(RedisRecordTtls, ReservationContract, LimitContract, Coun
     def test_callers_sharing_a_round_trip_each_get_their_own_reply(self) -> None:
         counter = make_redis_counter()
         skus = [f"b{i}" for i in range(4)]
-        counter.load_many((self.ns, sku, 100, 0, 1) for sku in skus)
+        counter.load_many(self.ns, ((sku, Figures(100, 0, seq=1)) for sku in skus))
         replies: dict[tuple[str, str], Outcome] = {}
         before = _evalsha_calls(counter)
 
@@ -178,12 +178,13 @@ class TestRedisCounter(RedisRecordTtls, ReservationContract, LimitContract, Coun
         assert _evalsha_calls(counter) - before < 800  # calls did share commands
         for sku in skus:
             sold = [o for (s, _), o in replies.items() if s == sku and o.ok]
-            assert sorted(o.seq for o in sold) == list(range(2, 102))
+            assert sorted(o.figures.seq for o in sold) == list(range(2, 102))
         for (sku, key), got in replies.items():
             # Redis remembers each key's outcome: the caller was handed that one, not a
             # neighbour's.
             again = counter.apply(self.ns, sku, "decrement", 1, key)
-            assert again.replayed and (again.status, again.consumed) == (got.status, got.consumed)
+            assert again.replayed and (again.status, again.figures.consumed) == (
+                got.status, got.figures.consumed)
 
     def test_an_unreachable_redis_is_unavailable(self) -> None:
         down = RedisCounter(redis.Redis(port=1, socket_connect_timeout=0.5), KeySpace())
@@ -239,7 +240,7 @@ def test_recorded_movements_publish_the_domain_events(redis_url: str, key_space:
     listener.subscribe(channel)
     counter = RedisCounter(client, key_space, events_channel=channel)
     ns = "ev-" + uuid.uuid4().hex[:6]
-    counter.load(ns, "s", 3, 0, 1)
+    counter.load(ns, "s", Figures(3, 0, seq=1))
     moves: list[tuple[Kind, int, str | None]] = [
         ("decrement", 2, "k1"), ("refund", 1, "r1"), ("adjust", -1, None),
         ("decrement", 1, "k2"), ("decrement", 5, "k3"),  # the last is refused: no event
@@ -249,7 +250,7 @@ def test_recorded_movements_publish_the_domain_events(redis_url: str, key_space:
         outcome = counter.apply(ns, "s", kind, qty, key, record=True)
         if outcome.ok:
             expected += [event_message(e) for e in events.of_movement(
-                kind, ns, "s", qty, key, outcome.total, outcome.consumed)]
+                kind, ns, "s", qty, key, outcome.figures.total, outcome.figures.consumed)]
     got = heard(listener, len(expected), "the published events")
     assert got == expected
     assert [e["event"] for e in got] == ["Decremented", "Refunded", "TotalAdjusted",

@@ -11,6 +11,7 @@ from allocation.adapters.redis_client import connect
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_sale import RedisSaleQueue
+from allocation.domain.outcome import Figures
 from allocation.domain.sale import Sale
 from tests.helpers.counter_contract import set_clock
 from tests.helpers.redis_cluster import LocalCluster
@@ -27,7 +28,7 @@ def test_a_sale_over_skus_on_several_masters(redis_cluster: LocalCluster) -> Non
     assert len({key_slot(keys.item("ns", sku).encode()) for sku in skus}) > 3
     set_clock(counter, T0)
     for sku in skus:
-        counter.load("ns", sku, 1, 0, 0)
+        counter.load("ns", sku, Figures(1, 0, seq=0))
     sale = Sale("ns", "drop", skus, T0, admit_factor=1)
     assert len({key_slot(k.encode()) for k in keys.sale("ns", "drop")}) == 1
     queue.gate(sale, True)

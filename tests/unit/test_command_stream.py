@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import exc as sa_exc
 
 from allocation.domain import commands, errors
-from allocation.domain.outcome import Outcome
+from allocation.domain.outcome import Figures, Outcome
 from allocation.entrypoints import command_stream, health_server, redis_consumer
 from allocation.entrypoints.redis_consumer import (
     POISON_DELIVERIES,
@@ -38,7 +38,7 @@ from tests.helpers.processes import wait_until
 STREAM = "cmds"
 DECREMENT = json.dumps({"command": "Decrement", "namespace": "ns", "sku": "s", "qty": 1,
                         "idempotency_key": "k1"})
-APPLIED = Outcome("ok", 5, 1)
+APPLIED = Outcome("ok", Figures(5, 1))
 
 
 class ScriptedBus:
@@ -101,7 +101,7 @@ def pending(client: redis.Redis[bytes]) -> int:
 
 @pytest.mark.parametrize("answer, outcome, final", [
     (APPLIED, "applied", True),
-    (Outcome("insufficient_stock", 1, 1), "refused", True),
+    (Outcome("insufficient_stock", Figures(1, 1)), "refused", True),
     (errors.NotFound("no such item"), "refused", True),
     (errors.Unavailable("ns/s is being rebuilt; retry"), "unavailable", False),
     (errors.Unavailable("database unavailable"), "unavailable", False),
@@ -154,7 +154,7 @@ def test_a_malformed_message_is_final_and_reaches_no_handler() -> None:
 
 
 def test_the_refusal_names_its_code_and_figures() -> None:
-    verdict = judge(DECREMENT, ScriptedBus(Outcome("insufficient_stock", 1, 1)))
+    verdict = judge(DECREMENT, ScriptedBus(Outcome("insufficient_stock", Figures(1, 1))))
     assert verdict.rejection is not None
     assert (verdict.rejection["reason"], verdict.rejection["available"]) == (
         "insufficient_stock", 0)
@@ -190,7 +190,7 @@ def test_pubsub_answers_a_passing_failure_at_once() -> None:
 
 def test_answered_entries_are_acknowledged_and_trimmed(client: redis.Redis[bytes]) -> None:
     publisher = Recorder()
-    bus = ScriptedBus(APPLIED, Outcome("insufficient_stock", 5, 5))
+    bus = ScriptedBus(APPLIED, Outcome("insufficient_stock", Figures(5, 5)))
     consumer = stream_consumer(client, bus, publisher)
     client.xadd(STREAM, {"message": DECREMENT})
     client.xadd(STREAM, {"message": DECREMENT.replace("k1", "k2")})

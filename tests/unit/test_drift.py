@@ -6,6 +6,7 @@ from __future__ import annotations
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, events
+from allocation.domain.outcome import Figures
 from tests.helpers.embedded import embedded_counter
 from tests.helpers.fakes import FakeStore, FakeUnitOfWork
 from tests.helpers.ledger import drain
@@ -20,7 +21,7 @@ def drifted() -> Application:
         app.bus.handle(commands.InitInventory("ns", sku, 10))
     drain(app)
     app.counter.forget("ns", "a")
-    app.counter.load("ns", "b", 10, 7, 1)
+    app.counter.load("ns", "b", Figures(10, 7, seq=1))
     return app
 
 
@@ -28,7 +29,7 @@ def test_a_check_reports_and_records_the_count_and_changes_no_figures() -> None:
     app = drifted()
     report = app.bus.handle(commands.CheckDrift("ns"))
     assert [(d.sku, d.expected, d.redis) for d in report.found] == [
-        ("a", (10, 0, 0), None), ("b", (10, 0, 0), (10, 7, 0))]
+        ("a", Figures(10, 0), None), ("b", Figures(10, 0), Figures(10, 7))]
     assert report.repaired == 0 and app.health.drift() == {"ns": 2}
     b = app.counter.read("ns", "b")
     assert app.counter.read("ns", "a") is None and b is not None and b.consumed == 7

@@ -19,7 +19,7 @@ from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_outbox import RedisOutbox
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
-from allocation.domain.outcome import OK, Outcome
+from allocation.domain.outcome import Figures
 from tests.helpers.counter_contract import (
     CounterContract,
     LimitContract,
@@ -69,7 +69,7 @@ def test_the_embedded_mode_runs_the_scripts(tmp_path: Path) -> None:
     app = bootstrap(Config.from_env({"DATABASE_URL": f"sqlite:///{tmp_path}/a.db"}))
     assert isinstance(app.counter, RedisCounter) and app.redis is app.counter.client
     assert isinstance(app.outbox, RedisOutbox)
-    app.counter.load("ns", "sku", 3, 0, 1)
+    app.counter.load("ns", "sku", Figures(3, 0, seq=1))
     assert app.counter.apply("ns", "sku", "decrement", 2, "k", record=True).ok
     assert [e.qty for p in range(app.outbox.partitions)
             for e in app.outbox.read(p, "w", 10)] == [2]
@@ -77,7 +77,7 @@ def test_the_embedded_mode_runs_the_scripts(tmp_path: Path) -> None:
 
 def test_the_scripts_read_redis_s_clock_unless_a_test_stops_it() -> None:
     counter = make_counter()
-    counter.load("ns", "sku", 10, 0, 1)
+    counter.load("ns", "sku", Figures(10, 0, seq=1))
     before = redis_time_ms(counter)
     held = counter.reservation_step("hold", "ns", counter.reservation_id("ns", "a"),
                                     [("sku", 1)], ttl_ms=1000, fingerprint="f")
@@ -87,9 +87,9 @@ def test_the_scripts_read_redis_s_clock_unless_a_test_stops_it() -> None:
     stopped = counter.reservation_step("hold", "ns", counter.reservation_id("ns", "b"),
                                        [("sku", 1)], ttl_ms=1000, fingerprint="f")
     assert (stopped.created_ms, stopped.expires_ms) == (moment, moment + 1000)
-    assert counter.read("ns", "sku") == Outcome(OK, 10, 0, seq=4, held=1)  # a expired
+    assert counter.read("ns", "sku") == Figures(10, 0, seq=4, held=1)  # a expired
     move_clock(counter, 1000)  # b's expiry, at once
-    assert counter.read("ns", "sku") == Outcome(OK, 10, 0, seq=5, held=0)
+    assert counter.read("ns", "sku") == Figures(10, 0, seq=5, held=0)
     assert counter.hold_tally()[("ns", "holds:expire")] == 2
 
 

@@ -22,7 +22,7 @@ from allocation.adapters.ledger_progress import (
 from allocation.adapters.outbox import OutboxEntry
 from allocation.domain import errors
 from allocation.domain.model import InventoryItem
-from allocation.domain.outcome import OK, Outcome
+from allocation.domain.outcome import Figures
 from allocation.service_layer.durability import Durability
 from allocation.service_layer.ledger_writer import write_batch
 from tests.helpers.embedded import embedded_counter
@@ -77,14 +77,14 @@ def test_marks_of_another_generation_say_nothing_of_this_one() -> None:
 
 def test_a_waiter_hears_written_replaced_or_timeout() -> None:
     counter = embedded_counter()
-    counter.load("ns", "s", 10, 0, 1, "g1")
+    counter.load("ns", "s", Figures(10, 0, seq=1, gen="g1"))
     progress = InProcessLedgerProgress(
         lambda ns, sku: (o.gen if (o := counter.read(ns, sku)) else None))
     progress.RECHECK_SECONDS = 0.01
     threading.Timer(0.02, progress.mark, args=({("ns", "s"): ("g1", 2)},)).start()
     assert progress.wait("ns", "s", "g1", 2, 5) == WRITTEN
     assert progress.wait("ns", "s", "g1", 3, 0.03) == TIMEOUT
-    counter.load("ns", "s", 10, 0, 1, "g2")  # rebuilt from the record meanwhile
+    counter.load("ns", "s", Figures(10, 0, seq=1, gen="g2"))  # rebuilt from the record meanwhile
     assert progress.wait("ns", "s", "g1", 3, 5) == REPLACED
 
 
@@ -106,7 +106,7 @@ class Progress(InProcessLedgerProgress):
 def test_sync_acknowledges_only_what_the_ledger_holds(waited: Waited, in_ledger: bool,
                                                        acknowledged: bool) -> None:
     sync = Durability("sync", Progress(waited), 1.0)
-    outcome = Outcome(OK, 10, 3, seq=4, gen="g")
+    outcome = Figures(10, 3, seq=4, gen="g")
     if acknowledged:
         sync.settle("ns", "s", outcome, lambda: in_ledger)
     else:
@@ -121,9 +121,10 @@ def test_a_counter_told_the_ledger_s_keys_replays_them() -> None:
         ["s"], [10], [4], [0], [5], "g2", [None], [""],
         keyed=(["s"], ["sold-before"], ["decrement"], [2], [None], [10], [8], [0], [now])))
     replay = counter.apply("ns", "s", "decrement", 2, "sold-before", record=True)
-    assert replay.replayed and replay.ok and (replay.total, replay.consumed) == (10, 2)
-    assert replay.seq == 0  # in the ledger already: nothing to wait for
-    assert counter.read("ns", "s") == Outcome(OK, 10, 4, seq=5, gen="g2")  # nothing applied
+    assert replay.replayed and replay.ok
+    assert (replay.figures.total, replay.figures.consumed) == (10, 2)
+    assert replay.figures.seq == 0  # in the ledger already: nothing to wait for
+    assert counter.read("ns", "s") == Figures(10, 4, seq=5, gen="g2")  # nothing applied
     assert not any(counter.client.xlen(counter.keys.outbox(p))
                    for p in range(counter.keys.partitions))  # nothing recorded
     reused = counter.apply("ns", "s", "decrement", 3, "sold-before", record=True)

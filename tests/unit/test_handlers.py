@@ -9,7 +9,7 @@ from allocation.adapters.redis_counter import RedisCounter
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors, events
-from allocation.domain.outcome import Outcome
+from allocation.domain.outcome import Figures
 from allocation.entrypoints import ledger_worker
 from allocation.entrypoints.ledger_worker import LedgerWorker
 from allocation.service_layer.messagebus import MessageBus
@@ -67,7 +67,7 @@ class App:
         stored = self.store.items[("ns", sku)]
         return stored.total, stored.consumed
 
-    def live(self, sku: str = "sku", namespace: str = "ns") -> Outcome:
+    def live(self, sku: str = "sku", namespace: str = "ns") -> Figures:
         figures = self.app.counter.read(namespace, sku)
         assert figures is not None, f"the counter does not hold {namespace}/{sku}"
         return figures
@@ -91,7 +91,7 @@ async_only = pytest.mark.parametrize("app", ["async"], indirect=True)
 class TestInitInventory:
     def test_creates_the_item_its_counter_and_an_init_entry(self, app: App) -> None:
         outcome = app.bus.handle(commands.InitInventory("ns", "sku", 10))
-        assert (outcome.created, outcome.total, outcome.available) == (True, 10, 10)
+        assert (outcome.created, outcome.figures.total, outcome.figures.available) == (True, 10, 10)
         assert app.figures() == (10, 0)
         assert app.kinds() == [(1, "init", 10)]
         assert app.live() is not None
@@ -112,7 +112,7 @@ class TestInitInventory:
         with pytest.raises(errors.AlreadyExists):  # the total is 12 now, written or not
             app.bus.handle(commands.InitInventory("ns", "sku", 10))
         again = app.bus.handle(commands.InitInventory("ns", "sku", 12))
-        assert (again.total, again.consumed, again.held, again.available) == (12, 4, 2, 6)
+        assert again.figures == Figures(12, 4, 2) and again.figures.available == 6
 
     def test_again_with_another_total_is_refused(self, app: App) -> None:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
@@ -125,7 +125,7 @@ class TestDecrement:
     def test_records_the_sale_everywhere(self, app: App) -> None:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
         outcome = app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
-        assert (outcome.ok, outcome.available, outcome.replayed) == (True, 6, False)
+        assert (outcome.ok, outcome.figures.available, outcome.replayed) == (True, 6, False)
         assert app.figures() == (10, 4)
         assert app.kinds() == [(1, "init", 10), (2, "decrement", 4)]
         assert app.live().consumed == 4
@@ -134,7 +134,8 @@ class TestDecrement:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
         first = app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
         again = app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
-        assert again.replayed and (again.total, again.consumed) == (first.total, first.consumed)
+        assert again.replayed and (again.figures.total, again.figures.consumed) == (
+            first.figures.total, first.figures.consumed)
         assert app.figures() == (10, 4) and len(app.kinds()) == 2
 
     def test_a_key_reused_for_another_request_is_refused(self, app: App) -> None:
@@ -148,7 +149,7 @@ class TestDecrement:
         app.bus.handle(commands.InitInventory("ns", "sku", 2))
         commits = app.store.commits
         outcome = app.bus.handle(commands.Decrement("ns", "sku", 3, "k1"))
-        assert (outcome.status, outcome.available) == ("insufficient_stock", 2)
+        assert (outcome.status, outcome.figures.available) == ("insufficient_stock", 2)
         assert app.store.commits == commits and app.figures() == (2, 0)
         with pytest.raises(errors.InsufficientStock):
             outcome.raise_for_status()
@@ -169,7 +170,7 @@ class TestDecrement:
         # Read straight from the store, without draining: the worker had committed it.
         assert [(e.seq, e.kind, e.idempotency_key) for e in app.store.ledger] == [
             (1, "init", None), (2, "decrement", "k1")]
-        assert outcome.seq == 2 and app.store.items[("ns", "sku")].consumed == 4
+        assert outcome.figures.seq == 2 and app.store.items[("ns", "sku")].consumed == 4
 
     def test_a_sync_movement_the_ledger_does_not_take_in_time_is_unavailable(self) -> None:
         app = App("sync", worker=False, sync_wait_seconds=0.05)  # no ledger worker runs
@@ -180,7 +181,7 @@ class TestDecrement:
         assert app.live().consumed == 4 and app.store.items[("ns", "sku")].consumed == 0
         drain(app.app)  # the worker comes back
         retried = app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
-        assert retried.ok and retried.replayed and retried.seq == 2
+        assert retried.ok and retried.replayed and retried.figures.seq == 2
         assert app.figures() == (10, 4) and app.kinds() == [(1, "init", 10), (2, "decrement", 4)]
 
     def test_a_counter_that_lost_the_item_is_rebuilt_from_the_record(self, app: App) -> None:
@@ -188,7 +189,7 @@ class TestDecrement:
         app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
         app.counter.forget("ns", "sku")
         outcome = app.bus.handle(commands.Decrement("ns", "sku", 1, "k2"))
-        assert (outcome.ok, outcome.consumed) == (True, 5)
+        assert (outcome.ok, outcome.figures.consumed) == (True, 5)
         assert app.live().consumed == 5
 
     def test_a_retry_after_the_counter_lost_its_keys_is_answered_from_the_ledger(
@@ -198,7 +199,7 @@ class TestDecrement:
         app.drain()
         app.build(embedded_counter())  # Redis restarted without persistence
         again = app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
-        assert again.replayed and again.consumed == 4
+        assert again.replayed and again.figures.consumed == 4
         assert app.figures() == (10, 4) and len(app.kinds()) == 2
 
     def test_the_ledger_answers_a_retry_as_the_counter_did(self, app: App) -> None:
@@ -209,8 +210,9 @@ class TestDecrement:
         app.drain()
         app.build(embedded_counter())  # Redis restarted without persistence
         again = app.bus.handle(commands.Decrement("ns", "sku", 3, "k1"))
-        assert again.replayed and (again.consumed, again.held, again.available) == (
-            first.consumed, first.held, first.available) == (3, 2, 5)
+        assert again.replayed and (again.figures.consumed, again.figures.held) == (
+            first.figures.consumed, first.figures.held) == (3, 2)
+        assert again.figures.available == first.figures.available == 5
         other = app.bus.handle(commands.Decrement("ns", "sku", 1, "k1"))
         assert (other.ok, other.status) == (False, "idempotency_key_reused")
         assert app.figures() == (10, 3)
@@ -221,7 +223,8 @@ class TestDecrement:
         # The first attempt reached Redis; its reply did not.
         app.counter.apply("ns", "sku", "decrement", 3, "k1", record=True)
         retry = app.bus.handle(commands.Decrement("ns", "sku", 3, "k1"))
-        assert retry.ok and retry.replayed and retry.consumed == 3 and retry.seq == 2
+        assert retry.ok and retry.replayed
+        assert (retry.figures.consumed, retry.figures.seq) == (3, 2)
         assert app.figures() == (10, 3)  # the acknowledged sale is in the record, once
         assert [k for k in app.kinds() if k[1] == "decrement"] == [(2, "decrement", 3)]
         assert app.live().consumed == 3
@@ -232,7 +235,7 @@ class TestRefundAndAdjust:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
         app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
         outcome = app.bus.handle(commands.Refund("ns", "sku", 3, "r1"))
-        assert (outcome.ok, outcome.available) == (True, 9)
+        assert (outcome.ok, outcome.figures.available) == (True, 9)
         assert app.kinds()[-1] == (3, "refund", 3)
 
     def test_refund_beyond_consumed_is_refused(self, app: App) -> None:
@@ -244,7 +247,7 @@ class TestRefundAndAdjust:
     def test_adjust_moves_the_total(self, app: App) -> None:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
         outcome = app.bus.handle(commands.AdjustTotal("ns", "sku", 5))
-        assert (outcome.total, app.figures()) == (15, (15, 0))
+        assert (outcome.figures.total, app.figures()) == (15, (15, 0))
 
     def test_adjust_below_consumed_is_refused(self, app: App) -> None:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
@@ -258,7 +261,7 @@ class TestRefresh:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
         app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
         app.drain()
-        app.counter.load("ns", "sku", 999, 0, 2)
+        app.counter.load("ns", "sku", Figures(999, 0, seq=2))
         outcome = app.bus.handle(commands.Refresh("ns", "sku"))
         assert (outcome.total, outcome.consumed) == (10, 4)
         assert app.live().total == 10
@@ -296,7 +299,7 @@ class TestWriteBehind:
     def test_a_sale_is_acknowledged_before_the_ledger_has_it(self, app: App) -> None:
         app.bus.handle(commands.InitInventory("ns", "sku", 10))
         outcome = app.bus.handle(commands.Decrement("ns", "sku", 4, "k1"))
-        assert outcome.ok and outcome.seq == 2
+        assert outcome.ok and outcome.figures.seq == 2
         assert app.store.items[("ns", "sku")].consumed == 0  # not written yet
         assert app.published[-1] == events.Decremented("ns", "sku", 10, 4, 4, "k1")
         assert app.figures() == (10, 4) and app.kinds()[-1] == (2, "decrement", 4)

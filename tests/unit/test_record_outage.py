@@ -19,7 +19,7 @@ from allocation.adapters.ledger_progress import InProcessLedgerProgress
 from allocation.bootstrap import bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
-from allocation.domain.outcome import OK, Outcome
+from allocation.domain.outcome import Figures
 from allocation.entrypoints import ledger_worker
 from allocation.entrypoints.ledger_worker import LedgerWorker
 from allocation.service_layer.durability import Durability
@@ -91,7 +91,7 @@ def sync(progress: InProcessLedgerProgress) -> Durability:
     return Durability("sync", progress, wait_seconds=5.0)
 
 
-SOLD = Outcome(OK, 10, 1, seq=1, gen="g")
+SOLD = Figures(10, 1, seq=1, gen="g")
 
 
 def test_a_sync_wait_ends_at_once_when_the_writers_report_the_record_away() -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_sale import CLAIM_LEASE_MS, RedisSaleQueue
 from allocation.adapters.sale_queue import HoldLink
+from allocation.domain.outcome import Figures
 from allocation.domain.sale import Sale, admission_room, ticket_state
 from tests.helpers.counter_contract import set_clock
 from tests.helpers.embedded import embedded_counter
@@ -30,7 +31,7 @@ class Room:
         set_clock(self.counter, ms)
 
     def stock(self, sku: str, total: int, consumed: int = 0, held: int = 0) -> None:
-        self.counter.load(NS, sku, total, consumed, 0, held=held)
+        self.counter.load(NS, sku, Figures(total, consumed, held))
 
     def sale(self, **terms: object) -> Sale:
         sale = Sale(NS, "drop", ("a", "b"), T0, **terms)  # type: ignore[arg-type]

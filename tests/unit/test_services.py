@@ -67,7 +67,7 @@ class TestUnitsOfWork:
         app.counter.forget("ns", "sku")
         made = units.made
         outcome = app.bus.handle(commands.Decrement("ns", "sku", 3, "k1"))
-        assert (outcome.ok, outcome.available) == (True, 7)
+        assert (outcome.ok, outcome.figures.available) == (True, 7)
         assert units.made > made
 
 

@@ -15,7 +15,7 @@ import pytest
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_keys import KeySpace
 from allocation.config import Config
-from allocation.domain.outcome import Outcome
+from allocation.domain.outcome import Figures
 from allocation.entrypoints import replies, stock_stream
 from allocation.entrypoints.stock_stream import Hub, Stream
 from tests.helpers.embedded import embedded_client, embedded_counter, fresh_prefix
@@ -28,7 +28,7 @@ class CountingCounter(RedisCounter):
         super().__init__(embedded_client(), KeySpace(fresh_prefix()))
         self.reads: list[tuple[int, str]] = []
 
-    def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
+    def read_many(self, namespace: str, skus: Sequence[str]) -> list[Figures | None]:
         self.reads.append((len(skus), threading.current_thread().name))
         return super().read_many(namespace, skus)
 
@@ -114,7 +114,7 @@ def test_the_streams_of_a_revoked_token_end_and_the_others_go_on() -> None:
 def test_many_watched_items_are_read_in_few_round_trips_off_the_request_threads() -> None:
     counter = CountingCounter()
     skus = [f"s{n}" for n in range(1200)]
-    counter.load_many(("ns", sku, 10, 0, 1) for sku in skus)
+    counter.load_many("ns", ((sku, Figures(10, 0, seq=1)) for sku in skus))
 
     async def test(loop: asyncio.AbstractEventLoop) -> None:
         streams = hub(loop, counter, per_token=5000, per_process=5000)
@@ -143,7 +143,7 @@ def test_the_process_cap_leaves_descriptors_for_sales() -> None:
 
 def test_what_the_listener_hears_between_two_turns_of_the_loop_is_taken_at_once() -> None:
     counter = CountingCounter()
-    counter.load_many([("ns", "a", 10, 0, 1), ("ns", "b", 10, 0, 1)])
+    counter.load_many("ns", [("a", Figures(10, 0, seq=1)), ("b", Figures(10, 0, seq=1))])
 
     async def test(loop: asyncio.AbstractEventLoop) -> None:
         streams = hub(loop, counter, per_token=5, per_process=5)

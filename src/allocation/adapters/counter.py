@@ -14,13 +14,9 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, NamedTuple, Protocol
 
-from allocation.domain.outcome import Outcome
+from allocation.domain.outcome import Figures, Outcome
 from allocation.domain.rules import Kind
 
-# (namespace, sku, total, consumed, seq[, generation[, held]]): without a generation, the item
-# keeps its own.
-Figures = (tuple[str, str, int, int, int] | tuple[str, str, int, int, int, str]
-           | tuple[str, str, int, int, int, str, int])
 # An item's limit per buyer (None: none) and each buyer's units bought and held.
 Allowances = tuple[int | None, Mapping[str, int]]
 Line = tuple[str, int]  # (sku, qty) of a reservation
@@ -77,7 +73,7 @@ class Reserved:
     sku: str | None = None
     detail: int | None = None
     replayed: bool = False
-    figures: tuple[Outcome, ...] = ()
+    figures: tuple[Figures, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -85,23 +81,18 @@ class Reserved:
 
 
 def new_generation() -> str:
-    """A generation for a counter loaded from the record (see ``Outcome.gen``)."""
+    """A generation for a counter loaded from the record (see ``Figures.gen``)."""
     return secrets.token_hex(6)
 
 
-def unpack(figures: Figures) -> tuple[str, str, int, int, int, str, int]:
-    namespace, sku, total, consumed, seq, *rest = figures
-    gen = str(rest[0]) if rest else ""
-    held = rest[1] if len(rest) > 1 else 0
-    return namespace, sku, total, consumed, seq, gen, held if isinstance(held, int) else 0
 
 
 class Reading(Protocol):
     """An item's figures as the counter holds them."""
 
-    def read(self, namespace: str, sku: str) -> Outcome | None: ...
+    def read(self, namespace: str, sku: str) -> Figures | None: ...
 
-    def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]: ...
+    def read_many(self, namespace: str, skus: Sequence[str]) -> list[Figures | None]: ...
 
 
 class MovingStock(Reading, Protocol):
@@ -139,10 +130,9 @@ class Rebuilding(Reading, Protocol):
     @property
     def idempotency_ttl(self) -> float: ...
 
-    def load(self, namespace: str, sku: str, total: int, consumed: int, seq: int,
-             gen: str = "", held: int = 0) -> None: ...
+    def load(self, namespace: str, sku: str, figures: Figures) -> None: ...
 
-    def load_many(self, figures: Iterable[Figures]) -> None: ...
+    def load_many(self, namespace: str, figures: Iterable[tuple[str, Figures]]) -> None: ...
 
     def load_allowances(self, namespace: str, allowances: Mapping[str, Allowances]) -> None: ...
 
@@ -186,14 +176,15 @@ class Counter(abc.ABC):
         An unknown item answers ``not_found``, a fenced one ``fenced``; neither is remembered.
         """
 
-    def load(self, namespace: str, sku: str, total: int, consumed: int, seq: int,
-             gen: str = "", held: int = 0) -> None:
-        """Set an item's figures (and generation) and lift any fence (initialisation,
-        rebuild)."""
-        self.load_many([(namespace, sku, total, consumed, seq, gen, held)])
+    def load(self, namespace: str, sku: str, figures: Figures) -> None:
+        """Set an item's figures and lift any fence (initialisation, rebuild)."""
+        self.load_many(namespace, [(sku, figures)])
 
     @abc.abstractmethod
-    def load_many(self, figures: Iterable[Figures]) -> None: ...
+    def load_many(self, namespace: str, figures: Iterable[tuple[str, Figures]]) -> None:
+        """Set items' figures (sku, figures) and lift any fence. Each item's total, consumed,
+        held and seq; its generation where the figures name one (else it keeps its own). The
+        limit is not loaded from here: ``load_allowances`` sets it with the buyers' units."""
 
     @abc.abstractmethod
     def reservation_step(self, step: Step, namespace: str, reservation_id: str,
@@ -276,13 +267,13 @@ class Counter(abc.ABC):
         its idempotency ``keys`` (movements of a history the ledger does not hold)."""
 
     @abc.abstractmethod
-    def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
+    def read_many(self, namespace: str, skus: Sequence[str]) -> list[Figures | None]:
         """Current figures of each item, ``None`` where the counter does not hold it."""
 
     def seqs_many(self, namespace: str, skus: Sequence[str]) -> list[tuple[str, int] | None]:
         """Each item's (generation, seq), ``None`` where the counter does not hold it: what a
         rebuild asks of many items at once."""
-        return [None if o is None else (o.gen, o.seq) for o in self.read_many(namespace, skus)]
+        return [None if f is None else (f.gen, f.seq) for f in self.read_many(namespace, skus)]
 
     @abc.abstractmethod
     def restore_many(self, namespace: str, items: Restored) -> None:
@@ -291,7 +282,7 @@ class Counter(abc.ABC):
         buyers' units and open holds replaced, then the figures (which unfence them), so that
         no sale sees one without the others."""
 
-    def read(self, namespace: str, sku: str) -> Outcome | None:
+    def read(self, namespace: str, sku: str) -> Figures | None:
         return self.read_many(namespace, [sku])[0]
 
     @abc.abstractmethod

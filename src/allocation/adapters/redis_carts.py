@@ -27,7 +27,7 @@ from typing import Protocol
 
 from allocation.adapters.counter import Line, Reserved, Step
 from allocation.adapters.redis_keys import KeySpace
-from allocation.domain.outcome import Outcome
+from allocation.domain.outcome import Figures
 
 PIN_MS = 30_000  # how long past its expiry a confirm in progress holds a slot's lines
 # How long a slot's hold is tried again while the units it lacks are held by other carts: their
@@ -168,7 +168,7 @@ def _groups(counter: SlotSteps, namespace: str, rid: str,
 def _joined(result: Reserved, lines: Sequence[Line], home: list[Line],
             others: list[list[Line]], parts: list[Reserved]) -> Reserved:
     """``result`` with every line's figures, in the order of ``lines``."""
-    figures: dict[str, Outcome] = {}
+    figures: dict[str, Figures] = {}
     for group, answered in [(home, result), *zip(others, parts, strict=True)]:
         figures.update(zip((sku for sku, _ in group), answered.figures, strict=False))
     if any(sku not in figures for sku, _ in lines):

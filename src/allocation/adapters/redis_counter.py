@@ -16,8 +16,9 @@ from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_rebuilding import RedisRebuilding
 from allocation.adapters.redis_reservations import RedisReservations
 from allocation.adapters.redis_scripts import ScriptBatcher, fingerprint, lua
+from allocation.adapters.redis_scripts import figures as _figures
 from allocation.adapters.redis_scripts import reply_text as _text
-from allocation.domain.outcome import OK, Outcome
+from allocation.domain.outcome import Figures, Outcome
 from allocation.domain.rules import Kind
 
 
@@ -66,15 +67,13 @@ class RedisCounter(RedisReservations, RedisRebuilding):
                   namespace, sku, idempotency_key or "", self.events_channel,
                   self._refusal_ttl, buyer or "", sale])
         status, total, consumed, replayed, seq, gen, remaining, limit, held = reply
-        return Outcome(_text(status), int(total), int(consumed), replayed=bool(replayed),
-                       seq=int(seq), gen=_text(gen),
-                       remaining=None if int(remaining) < 0 else int(remaining),
-                       limit=int(limit) if limit else None, held=int(held))
+        return Outcome(_text(status), _figures(total, consumed, held, limit, seq, gen),
+                       bool(replayed), False, None if int(remaining) < 0 else int(remaining))
 
     def _item_keys(self, namespace: str, sku: str) -> tuple[str, ...]:
         return self._of_item(namespace, sku)[0]
 
-    def read_many(self, namespace: str, skus: Sequence[str]) -> list[Outcome | None]:
+    def read_many(self, namespace: str, skus: Sequence[str]) -> list[Figures | None]:
         figures, due = self._read(namespace, skus)
         if due:
             # A hold past its expiry is ended by whoever meets it first, a read included:
@@ -87,7 +86,7 @@ class RedisCounter(RedisReservations, RedisRebuilding):
         return figures
 
     def _read(self, namespace: str, skus: Sequence[str]
-              ) -> tuple[list[Outcome | None], list[str]]:
+              ) -> tuple[list[Figures | None], list[str]]:
         """The items' figures, and those of them with a hold past its expiry."""
         now_ms = self.clock_ms()
         with unavailable_on_connection_error():
@@ -98,13 +97,12 @@ class RedisCounter(RedisReservations, RedisRebuilding):
                 pipe.zrangebyscore(self.keys.expiries(namespace, sku), "-inf", now_ms,
                                    start=0, num=1)
             replies = pipe.execute()
-        figures: list[Outcome | None] = []
+        figures: list[Figures | None] = []
         due: list[str] = []
         for sku, (total, consumed, seq, gen, limit, held), expired in zip(
                 skus, replies[::2], replies[1::2], strict=True):
-            figures.append(None if total is None else Outcome(
-                OK, int(total), int(consumed), seq=int(seq or 0), gen=_text(gen or b""),
-                limit=int(limit) if limit else None, held=int(held or 0)))
+            figures.append(None if total is None else _figures(
+                total, consumed, held, limit, seq, gen))
             if expired and total is not None:
                 due.append(sku)
         return figures, due

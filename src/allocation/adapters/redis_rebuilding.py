@@ -11,11 +11,12 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from allocation.adapters.counter import Allowances, Counter, Figures, Restored, unpack
+from allocation.adapters.counter import Allowances, Counter, Restored
 from allocation.adapters.redis_client import RedisClient, unavailable_on_connection_error
 from allocation.adapters.redis_keys import KeySpace
 from allocation.adapters.redis_scripts import evalsha_many, fingerprint
 from allocation.adapters.redis_scripts import reply_text as _text
+from allocation.domain.outcome import Figures
 
 
 class RedisRebuilding(Counter):
@@ -30,17 +31,17 @@ class RedisRebuilding(Counter):
     _rebuild_script: str
     _rebuild_sha: str
 
-    def load_many(self, figures: Iterable[Figures]) -> None:
+    def load_many(self, namespace: str, figures: Iterable[tuple[str, Figures]]) -> None:
         with unavailable_on_connection_error():
             pipe = self.client.pipeline(transaction=False)
-            for one in figures:
-                namespace, sku, total, consumed, seq, gen, held = unpack(one)
+            for sku, f in figures:
                 # "fenced" 0 rather than a second command to delete it: one command per item.
                 # The figures come from the ledger, so it is written up to their seq.
-                generation = ("gen", gen) if gen else ()
+                generation = ("gen", f.gen) if f.gen else ()
                 pipe.execute_command(  # type: ignore[no-untyped-call]
-                    "HSET", self.keys.item(namespace, sku), "total", total, "consumed",
-                    consumed, "held", held, "seq", seq, "fenced", 0, "written", seq, *generation)
+                    "HSET", self.keys.item(namespace, sku), "total", f.total, "consumed",
+                    f.consumed, "held", f.held, "seq", f.seq, "fenced", 0, "written", f.seq,
+                    *generation)
             pipe.execute()
 
     def load_allowances(self, namespace: str, allowances: Mapping[str, Allowances]) -> None:

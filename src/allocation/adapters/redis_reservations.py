@@ -13,17 +13,16 @@ from allocation.adapters import redis_carts
 from allocation.adapters.counter import Counter, Hold, Line, Reserved, Step
 from allocation.adapters.redis_client import RedisClient, unavailable_on_connection_error
 from allocation.adapters.redis_keys import KeySpace
-from allocation.adapters.redis_scripts import ScriptBatcher
+from allocation.adapters.redis_scripts import ScriptBatcher, figures
 from allocation.adapters.redis_scripts import reply_text as _text
-from allocation.domain.outcome import OK, Outcome
+from allocation.domain.outcome import Figures
 
 
-def _figures(flat: Sequence[Any]) -> tuple[Outcome, ...]:
-    """Items' figures as the reservation scripts answer them, six values an item."""
-    return tuple(Outcome(OK, int(flat[i]), int(flat[i + 1]), held=int(flat[i + 2]),
-                         seq=int(flat[i + 3]), gen=_text(flat[i + 4]),
-                         limit=int(flat[i + 5]) if flat[i + 5] else None)
-                 for i in range(0, len(flat), 6))
+def _figures(flat: Sequence[Any]) -> tuple[Figures, ...]:
+    """Items' figures as the reservation scripts answer them, six values an item (total,
+    consumed, held, seq, generation, limit)."""
+    return tuple(figures(flat[i], flat[i + 1], flat[i + 2], flat[i + 5], flat[i + 3],
+                         flat[i + 4]) for i in range(0, len(flat), 6))
 
 
 class RedisReservations(Counter):

@@ -28,6 +28,7 @@ from redis.crc import key_slot
 
 from allocation.adapters.redis_client import RedisClient
 from allocation.domain import errors
+from allocation.domain.outcome import Figures
 from allocation.domain.rules import Kind
 
 # The scripts that change items or read the clock: they start with the functions of lib.lua.
@@ -207,3 +208,10 @@ def evalsha_many(client: RedisClient, script: str, sha: str,
             continue
         return replies
     return replies
+
+
+def figures(total: Any, consumed: Any, held: Any, limit: Any, seq: Any, gen: Any) -> Figures:
+    """An item's figures from a script's reply or its hash's fields (numbers or bytes; no
+    limit is empty or absent, and an absent seq, generation or held their zero)."""
+    return Figures(int(total), int(consumed), int(held or 0), int(limit) if limit else None,
+                   int(seq or 0), reply_text(gen or b""))

@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from allocation.adapters.counter import Allowances, Hold, Restored
-from allocation.domain.model import InventoryItem, LedgerEntry, Stock
+from allocation.domain.model import InventoryItem, LedgerEntry
+from allocation.domain.outcome import Figures
 
 
 def aware(moment: datetime) -> datetime:
@@ -40,11 +41,6 @@ def _hold(entry: LedgerEntry) -> Hold:
     expires = aware(entry.expires_at) if entry.expires_at else entry.created_at
     return (entry.reservation_id or "", entry.qty, entry.buyer or "",
             int(aware(expires).timestamp() * 1000))
-
-
-def _stock(item: InventoryItem) -> Stock:
-    return Stock(item.sku, item.total, item.consumed, item.last_seq, item.limit_per_buyer,
-                 item.held)
 
 
 class AbstractRepository(abc.ABC):
@@ -118,21 +114,21 @@ class AbstractRepository(abc.ABC):
         """The counter generation each item's ledger follows."""
         return {sku: item.counter_gen for sku, item in self.many(namespace, skus).items()}
 
-    def rebase(self, namespace: str, skus: Sequence[str], gen: str) -> dict[str, Stock]:
+    def rebase(self, namespace: str, skus: Sequence[str], gen: str) -> dict[str, Figures]:
         """Lock the items, give them the counter generation ``gen`` (committed with the unit of
         work) and return their figures: the ledger follows the counter loaded from these."""
         found = self.lock_many([(namespace, sku) for sku in skus])
         for item in found.values():
             item.counter_gen = gen
-        return {sku: _stock(item) for (_, sku), item in found.items()}
+        return {sku: item.figures() for (_, sku), item in found.items()}
 
     def rebase_lost(self, namespace: str, skus: Sequence[str], gen: str,
                     since: datetime) -> Restored:
         """``rebase`` the items Redis lost, with what a rebuild gives back to each: its buyers'
         units, open holds and movements keyed since ``since`` (latest first). Items and rows in
         sku order; no item's gate (the sales' repository has them)."""
-        stock = sorted(self.rebase(namespace, skus, gen).values())
-        found = [s.sku for s in stock]
+        rebased = sorted(self.rebase(namespace, skus, gen).items())
+        found, stock = [sku for sku, _ in rebased], [f for _, f in rebased]
         buyers, holds = self.buyers(namespace, found), self.open_holds(namespace, found)
         units = [(sku, buyer, n) for sku in found
                  for buyer, n in sorted(buyers.get(sku, {}).items())]
@@ -142,8 +138,8 @@ class AbstractRepository(abc.ABC):
                  for e in sorted(self.keyed_entries(namespace, found, since),
                                  key=lambda e: (e.sku, -e.seq))]
         return Restored(found, [s.total for s in stock], [s.consumed for s in stock],
-                        [s.held for s in stock], [s.last_seq for s in stock], gen,
-                        [s.limit_per_buyer for s in stock], [""] * len(stock),
+                        [s.held for s in stock], [s.seq for s in stock], gen,
+                        [s.limit for s in stock], [""] * len(stock),
                         _columns(units, 3), _columns(lines, 5), _columns(keyed, 9))  # type: ignore[arg-type]
 
     def entries_at(self, wanted: Sequence[tuple[str, str, int]]
@@ -168,17 +164,18 @@ class AbstractRepository(abc.ABC):
              *, lock: bool = False) -> Sequence[InventoryItem]:
         """Items of a namespace in SKU order, after ``after``."""
 
-    def stock(self, namespace: str, skus: Sequence[str]) -> dict[str, Stock]:
+    def stock(self, namespace: str, skus: Sequence[str]) -> dict[str, Figures]:
         """The figures of the items of ``skus`` that exist, unlocked, by SKU."""
-        return {sku: _stock(item) for sku, item in self.many(namespace, skus).items()}
+        return {sku: item.figures() for sku, item in self.many(namespace, skus).items()}
 
     def sku_page(self, namespace: str, after: str | None, limit: int) -> builtins.list[str]:
         """A namespace's SKUs in order, after ``after``."""
         return [item.sku for item in self.list(namespace, after, limit)]
 
-    def stock_page(self, namespace: str, after: str | None, limit: int) -> Sequence[Stock]:
-        """The figures of a namespace's items in SKU order, after ``after``."""
-        return [_stock(item) for item in self.list(namespace, after, limit)]
+    def stock_page(self, namespace: str, after: str | None, limit: int
+                   ) -> Sequence[tuple[str, Figures]]:
+        """The figures of a namespace's items in SKU order, after ``after``: (sku, figures)."""
+        return [(item.sku, item.figures()) for item in self.list(namespace, after, limit)]
 
     @abc.abstractmethod
     def entry_for_key(self, namespace: str, sku: str, key: str,

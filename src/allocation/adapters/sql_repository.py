@@ -29,14 +29,16 @@ from allocation.adapters import orm
 from allocation.adapters.counter import Allowances, Hold, Restored
 from allocation.adapters.repository import UNITS_SIGN, AbstractRepository, aware
 from allocation.adapters.sql_arrays import text_array
-from allocation.domain.model import InventoryItem, LedgerEntry, Stock
+from allocation.domain.model import InventoryItem, LedgerEntry
+from allocation.domain.outcome import Figures
 
 ENTRY_COLUMNS = [orm.ledger.c[name] for name in (
     "namespace", "sku", "seq", "kind", "qty", "total_after", "available_after", "idempotency_key",
     "created_at", "buyer", "reservation_id", "held_after", "expires_at")]
 
+# The sku, then an item's figures in the order of ``Figures``' fields.
 STOCK_COLUMNS = [orm.items.c[name]
-                 for name in ("sku", "total", "consumed", "last_seq", "limit_per_buyer", "held")]
+                 for name in ("sku", "total", "consumed", "held", "limit_per_buyer", "last_seq")]
 
 
 # The items Redis lost, rebased, with their buyers' units, open holds (each until its latest
@@ -137,16 +139,17 @@ class SqlAlchemyRepository(AbstractRepository):
         return self.session.scalars(query).all()
 
     # Bulk reads skip the ORM: building aggregates cost more than the queries themselves.
-    def stock(self, namespace: str, skus: Sequence[str]) -> dict[str, Stock]:
+    def stock(self, namespace: str, skus: Sequence[str]) -> dict[str, Figures]:
         rows = self.session.execute(select(*STOCK_COLUMNS).where(
             orm.items.c.namespace == namespace, self._among(orm.items.c.sku, skus)))
-        return {row[0]: Stock(*row) for row in rows}
+        return {row[0]: Figures(*row[1:]) for row in rows}
 
-    def stock_page(self, namespace: str, after: str | None, limit: int) -> Sequence[Stock]:
+    def stock_page(self, namespace: str, after: str | None, limit: int
+                   ) -> Sequence[tuple[str, Figures]]:
         query = select(*STOCK_COLUMNS).where(orm.items.c.namespace == namespace)
         if after is not None:
             query = query.where(orm.items.c.sku > after)
-        return [Stock(*row) for row in
+        return [(row[0], Figures(*row[1:])) for row in
                 self.session.execute(query.order_by(orm.items.c.sku).limit(limit))]
 
     def sku_page(self, namespace: str, after: str | None, limit: int) -> builtins.list[str]:
@@ -212,7 +215,7 @@ class SqlAlchemyRepository(AbstractRepository):
             orm.items.c.namespace == namespace, self._among(orm.items.c.sku, skus)))
         return {row[0]: row[1] for row in rows}
 
-    def rebase(self, namespace: str, skus: Sequence[str], gen: str) -> dict[str, Stock]:
+    def rebase(self, namespace: str, skus: Sequence[str], gen: str) -> dict[str, Figures]:
         # One statement for a whole batch (it locks the rows as the writers' do); the ORM
         # would send an UPDATE per item.
         rows = self.session.execute(
@@ -220,7 +223,7 @@ class SqlAlchemyRepository(AbstractRepository):
             .where(orm.items.c.namespace == namespace, self._among(orm.items.c.sku, skus))
             .values(counter_gen=gen, version=orm.items.c.version + 1)
             .returning(*STOCK_COLUMNS))
-        return {row[0]: Stock(*row) for row in rows}
+        return {row[0]: Figures(*row[1:]) for row in rows}
 
     def rebase_lost(self, namespace: str, skus: Sequence[str], gen: str,
                     since: datetime) -> Restored:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from allocation.domain import outcome
+
 
 @dataclass(frozen=True)
 class Event:
@@ -15,7 +17,7 @@ class Event:
 
     @property
     def available(self) -> int:
-        return self.total - self.consumed - self.held
+        return outcome.available(self.total, self.consumed, self.held)
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from allocation.domain import errors, events, rules
+from allocation.domain.outcome import Figures, available
 
 
 @dataclass(slots=True)
@@ -53,18 +54,6 @@ class Decided(Protocol):
     def expires_ms(self) -> int: ...
 
 
-class Stock(NamedTuple):
-    """An item's figures as the record holds them, for reading in bulk: no aggregate, no
-    behaviour, cheap to build by the hundred thousand."""
-
-    sku: str
-    total: int
-    consumed: int
-    last_seq: int
-    limit_per_buyer: int | None = None
-    held: int = 0
-
-
 class InventoryItem:
     def __init__(
         self, namespace: str, sku: str, total: int = 0, consumed: int = 0, last_seq: int = 0
@@ -94,7 +83,11 @@ class InventoryItem:
 
     @property
     def available(self) -> int:
-        return self.total - self.consumed - self.held
+        return available(self.total, self.consumed, self.held)
+
+    def figures(self) -> Figures:
+        """Its figures as the record holds them (no generation: the counter's own)."""
+        return Figures(self.total, self.consumed, self.held, self.limit_per_buyer, self.last_seq)
 
     def adjust(self, delta: int, idempotency_key: str | None = None) -> LedgerEntry:
         entry = self._move("adjust", delta, idempotency_key)
@@ -140,7 +133,7 @@ class InventoryItem:
                 drifted.append(seq)
             total, consumed, held = after
             entries.append(LedgerEntry(
-                namespace, sku, seq, m.kind, m.qty, total, total - consumed - held,
+                namespace, sku, seq, m.kind, m.qty, total, available(total, consumed, held),
                 m.idempotency_key, now, m.buyer, m.reservation_id, held,
                 datetime.fromtimestamp(m.expires_ms / 1000, UTC) if m.expires_ms else None))
         self.total, self.consumed, self.held, self.last_seq = total, consumed, held, seq

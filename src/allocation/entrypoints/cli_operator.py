@@ -9,6 +9,7 @@ import click
 
 from allocation.config import Config
 from allocation.domain import commands
+from allocation.domain.outcome import Figures
 from allocation.entrypoints.cli_params import application, checked, domain_exit, show
 
 
@@ -40,11 +41,16 @@ def drift(namespace: str, repair: bool) -> None:
     click.echo(f"{'sku':<30} {'expected (total, consumed, held)':<34} "
                "redis (total, consumed, held)")
     for d in report.found:
-        click.echo(f"{d.sku:<30} {d.expected!s:<34} {'missing' if d.missing else d.redis}")
+        click.echo(f"{d.sku:<30} {_counted(d.expected):<34} "
+                   f"{'missing' if d.missing else _counted(d.redis)}")
     if repair:
         click.echo(f"repaired {report.repaired} items")
         return
     sys.exit(1)
+
+
+def _counted(figures: Figures | None) -> str:
+    return str(None if figures is None else (figures.total, figures.consumed, figures.held))
 
 
 @click.command()

@@ -17,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from allocation.bootstrap import Application
 from allocation.domain import errors
-from allocation.domain.outcome import Outcome
+from allocation.domain.outcome import Figures
 from allocation.entrypoints import replies, schemas
 from allocation.service_layer.results import Reservation
 
@@ -32,8 +32,8 @@ def application() -> Application:
     return build()
 
 
-def show(outcome: Outcome, namespace: str, sku: str) -> None:
-    click.echo(json.dumps(replies.item_body(namespace, sku, outcome)))
+def show(figures: Figures, namespace: str, sku: str) -> None:
+    click.echo(json.dumps(replies.item_body(namespace, sku, figures)))
 
 
 def show_reservation(made: Reservation) -> None:

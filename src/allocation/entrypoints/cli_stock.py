@@ -46,7 +46,7 @@ def init(namespace: str, sku: str, total: int, limit_per_buyer: int | None) -> N
     """Set an item's stock."""
     checked(namespace, sku)
     show(application().bus.handle(commands.InitInventory(namespace, sku, total,
-                                                         limit_per_buyer)), namespace, sku)
+                                                         limit_per_buyer)).figures, namespace, sku)
 
 
 @click.command()
@@ -79,7 +79,7 @@ def _movement(kind: str) -> Callable[..., None]:
         else:
             cls = commands.Decrement if kind == "decrement" else commands.Refund
             command = cls(namespace, sku, qty, key or uuid.uuid4().hex, buyer)
-        show(application().bus.handle(command).raise_for_status(), namespace, sku)
+        show(application().bus.handle(command).raise_for_status().figures, namespace, sku)
     return move
 
 

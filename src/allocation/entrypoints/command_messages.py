@@ -19,7 +19,7 @@ from allocation.adapters.event_publisher import event_message
 from allocation.adapters.outages import is_outage
 from allocation.domain import commands, errors, events
 from allocation.domain.outcome import Outcome
-from allocation.entrypoints import metrics, schemas
+from allocation.entrypoints import metrics, replies, schemas
 from allocation.entrypoints.sale_schemas import JoinQueueMessage
 from allocation.service_layer.results import Reservation
 from allocation.service_layer.sales import TicketAnswer
@@ -91,7 +91,11 @@ def parse(raw: bytes | str) -> commands.Command:
 _ECHOED_DETAILS = ("sku", "available", "remaining")
 
 
-def rejection(raw: Any, reason: str, message: str, figures: Outcome | None = None,
+# The figures a refused movement's answer carries, of those an item's body has.
+REFUSAL_FIGURES = ("total", "consumed", "available")
+
+
+def rejection(raw: Any, reason: str, message: str, outcome: Outcome | None = None,
                details: Mapping[str, int | str] | None = None) -> dict[str, Any]:
     data = _loose(raw)
     body: dict[str, Any] = {
@@ -103,10 +107,11 @@ def rejection(raw: Any, reason: str, message: str, figures: Outcome | None = Non
     for name in _ECHOED_DETAILS:
         if details and name in details and body.get(name) is None:
             body[name] = details[name]
-    if figures is not None:
-        body.update(total=figures.total, consumed=figures.consumed, available=figures.available)
-        if figures.remaining is not None:
-            body["remaining"] = figures.remaining
+    if outcome is not None:
+        figures = replies.figures_body(outcome.figures)
+        body.update((name, figures[name]) for name in REFUSAL_FIGURES)
+        if outcome.remaining is not None:
+            body["remaining"] = outcome.remaining
     return body
 
 
@@ -195,8 +200,8 @@ def _first_answer(command: commands.Command, result: Any) -> tuple[dict[str, Any
         else:
             return ()
         raised = events.of_movement(kind, command.namespace, command.sku, qty,
-                                    command.idempotency_key, result.total, result.consumed,
-                                    buyer, held=result.held)
+                                    command.idempotency_key, result.figures.total,
+                                    result.figures.consumed, buyer, held=result.figures.held)
         return tuple({**event_message(e), "replayed": True} for e in raised[:1])
     if isinstance(result, Reservation) and result.replayed and isinstance(command,
                                                                         commands.Reserve):

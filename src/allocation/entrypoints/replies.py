@@ -17,7 +17,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from allocation.domain import errors
 from allocation.domain.model import LedgerEntry
-from allocation.domain.outcome import Outcome
+from allocation.domain.outcome import Figures, Outcome
 from allocation.service_layer.results import Reservation
 
 if TYPE_CHECKING:
@@ -83,14 +83,19 @@ def error(status: int, code: str, message: str, **extra: Any) -> Reply:
                           **{k: v for k, v in extra.items() if v is not None}})
 
 
-def item_body(namespace: str, sku: str, outcome: Outcome) -> dict[str, Any]:
-    return {"namespace": namespace, "sku": sku, "total": outcome.total,
-            "consumed": outcome.consumed, "held": outcome.held, "available": outcome.available,
-            "limit_per_buyer": outcome.limit}
+def figures_body(figures: Figures) -> dict[str, Any]:
+    """An item's figures as every answer spells them (the JSON body, the stock stream, the CLI;
+    a refused command message takes some of them): the one encoder of ``Figures``."""
+    return {"total": figures.total, "consumed": figures.consumed, "held": figures.held,
+            "available": figures.available, "limit_per_buyer": figures.limit}
 
 
-def item(namespace: str, sku: str, outcome: Outcome, status: int = 200) -> Reply:
-    return Reply(status, item_body(namespace, sku, outcome))
+def item_body(namespace: str, sku: str, figures: Figures) -> dict[str, Any]:
+    return {"namespace": namespace, "sku": sku, **figures_body(figures)}
+
+
+def item(namespace: str, sku: str, figures: Figures, status: int = 200) -> Reply:
+    return Reply(status, item_body(namespace, sku, figures))
 
 
 def reservation_body(r: Reservation) -> dict[str, Any]:
@@ -106,7 +111,8 @@ def reservation(r: Reservation, status: int = 200) -> Reply:
 
 def movement(namespace: str, sku: str, outcome: Outcome) -> Reply:
     """A function of the stored outcome, so a replay is the same answer."""
-    reply = item(namespace, sku, outcome) if outcome.ok else domain_error(outcome.error())
+    reply = item(namespace, sku, outcome.figures) if outcome.ok else domain_error(
+        outcome.error())
     if outcome.replayed and outcome.status != "idempotency_key_reused":
         return Reply(reply.status, reply.body, (("Idempotent-Replayed", "true"),))
     return reply

@@ -54,13 +54,13 @@ class Routes:
         outcome = self.app.bus.handle(commands.InitInventory(path.namespace, path.sku,
                                                              body.total, body.limit_per_buyer))
         status = 201 if outcome.created else 200
-        return to_response(replies.item(path.namespace, path.sku, outcome, status))
+        return to_response(replies.item(path.namespace, path.sku, outcome.figures, status))
 
     def set_limit(self, namespace: str, sku: str) -> Response:
         path = _path(namespace, sku)
         limit = _body(schemas.LimitBody).limit_per_buyer
-        outcome = self.app.bus.handle(commands.SetLimit(path.namespace, path.sku, limit))
-        return to_response(replies.item(path.namespace, path.sku, outcome))
+        figures = self.app.bus.handle(commands.SetLimit(path.namespace, path.sku, limit))
+        return to_response(replies.item(path.namespace, path.sku, figures))
 
     def reserve(self, namespace: str) -> Response:
         ns = _path(namespace, "x").namespace
@@ -159,8 +159,8 @@ class Routes:
 
     def refresh_item(self, namespace: str, sku: str) -> Response:
         path = _path(namespace, sku)
-        outcome = self.app.bus.handle(commands.Refresh(path.namespace, path.sku))
-        return to_response(replies.item(path.namespace, path.sku, outcome))
+        figures = self.app.bus.handle(commands.Refresh(path.namespace, path.sku))
+        return to_response(replies.item(path.namespace, path.sku, figures))
 
     def refresh_namespace(self, namespace: str) -> Response:
         ns = _path(namespace, "x").namespace

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from allocation import views
 from allocation.adapters.counter import Counter
 from allocation.adapters.redis_client import RedisClient, follow_channel
-from allocation.domain.outcome import Outcome
+from allocation.domain.outcome import Figures
 from allocation.entrypoints import metrics, replies
 from allocation.runtime.process import start_thread
 
@@ -51,7 +51,7 @@ RETRY_AFTER_SECONDS = 5
 Key = tuple[str, str]
 
 
-def event(namespace: str, sku: str, figures: Outcome) -> bytes:
+def event(namespace: str, sku: str, figures: Figures) -> bytes:
     data = json.dumps(replies.item_body(namespace, sku, figures), separators=(",", ":"))
     return f"event: stock\nid: {figures.seq}\ndata: {data}\n\n".encode()
 
@@ -255,7 +255,7 @@ class Hub:
         finally:
             self._reader = None
 
-    def _read(self, keys: list[Key]) -> dict[Key, Outcome | None]:
+    def _read(self, keys: list[Key]) -> dict[Key, Figures | None]:
         skus: dict[str, list[str]] = {}
         for namespace, sku in keys:
             skus.setdefault(namespace, []).append(sku)
@@ -263,7 +263,7 @@ class Hub:
                 for sku, figures in zip(some, self.counter.read_many(namespace, some),
                                         strict=True)}
 
-    def _send(self, key: Key, figures: Outcome) -> None:
+    def _send(self, key: Key, figures: Figures) -> None:
         item = self.watched.get(key)
         if item is None or figures.seq == item.seq:
             return

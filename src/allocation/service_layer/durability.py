@@ -34,7 +34,7 @@ from allocation.adapters.ledger_progress import (
     Waited,
 )
 from allocation.domain import errors
-from allocation.domain.outcome import Outcome
+from allocation.domain.outcome import Figures
 
 Mode = Literal["async", "sync"]
 T = TypeVar("T")
@@ -66,17 +66,18 @@ class Durability:
     progress: LedgerProgress
     wait_seconds: float = 5.0
 
-    def settle(self, namespace: str, sku: str, outcome: Outcome,
+    def settle(self, namespace: str, sku: str, figures: Figures,
                in_ledger: Callable[[], bool]) -> None:
-        """Return once the movement may be acknowledged, or raise ``Unavailable``.
-        ``in_ledger`` asks the ledger whether it holds the movement (by its key)."""
-        if self.mode == "async" or not outcome.ok or outcome.seq <= 0:
-            return  # refusals write nothing; seq 0: a replayed record that kept no seq
+        """Return once the movement applied (the item's ``figures`` after it) may be
+        acknowledged, or raise ``Unavailable``. ``in_ledger`` asks the ledger whether it holds
+        the movement (by its key). Refusals write nothing: callers settle applied ones only."""
+        if self.mode == "async" or figures.seq <= 0:
+            return  # seq 0: a replayed record that kept no seq
         pending: list[Pending] | None = getattr(_deferred, "pending", None)
         if pending is not None:
-            pending.append(Pending(namespace, sku, outcome.gen, outcome.seq, in_ledger))
+            pending.append(Pending(namespace, sku, figures.gen, figures.seq, in_ledger))
             return
-        waited = self.progress.wait(namespace, sku, outcome.gen, outcome.seq, self.wait_seconds)
+        waited = self.progress.wait(namespace, sku, figures.gen, figures.seq, self.wait_seconds)
         if waited == REPLACED and not in_ledger():
             raise Replaced(namespace, sku)
         if waited not in (WRITTEN, REPLACED):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from allocation.adapters.counter import Rebuilding, new_generation
 from allocation.domain import commands, errors
 from allocation.domain.model import InventoryItem
-from allocation.domain.outcome import OK, Outcome
+from allocation.domain.outcome import OK, Figures, Outcome
 from allocation.service_layer.services import Services, announce
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork, Conflict
 
@@ -28,14 +28,12 @@ def _init(cmd: commands.InitInventory, services: Services) -> Outcome:
             # The counter's figures where it holds the item: the row lags behind movements
             # acknowledged and not yet in the ledger, and holds are not sales. Where it lacks
             # the item, the row's (the next movement or read rebuilds it).
-            now = counter.read(cmd.namespace, cmd.sku) or Outcome(
-                OK, item.total, item.consumed, held=item.held)
+            now = counter.read(cmd.namespace, cmd.sku) or item.figures()
             if (now.total, item.limit_per_buyer) != (cmd.total, cmd.limit_per_buyer):
                 raise errors.AlreadyExists(
                     f"{cmd.namespace}/{cmd.sku} exists with total {now.total} and limit per "
                     f"buyer {item.limit_per_buyer}")
-            return Outcome(OK, now.total, now.consumed, limit=item.limit_per_buyer,
-                           held=now.held)
+            return Outcome(OK, Figures(now.total, now.consumed, now.held, item.limit_per_buyer))
         item = InventoryItem.initialise(cmd.namespace, cmd.sku, cmd.total, cmd.limit_per_buyer)
         item.counter_gen = new_generation()
         uow.items.add(item)
@@ -45,11 +43,12 @@ def _init(cmd: commands.InitInventory, services: Services) -> Outcome:
         uow.flush()
         if cmd.limit_per_buyer is not None:  # before the figures: no sale without the limit
             counter.load_allowances(cmd.namespace, {cmd.sku: (cmd.limit_per_buyer, {})})
-        counter.load(cmd.namespace, cmd.sku, item.total, item.consumed, item.last_seq,
-                     item.counter_gen)
+        counter.load(cmd.namespace, cmd.sku, Figures(
+            item.total, item.consumed, seq=item.last_seq, gen=item.counter_gen))
         _commit(uow, counter, [item])
     announce(services.publish, uow.collect_new_events())
-    return Outcome(OK, item.total, item.consumed, created=True, limit=item.limit_per_buyer)
+    return Outcome(OK, Figures(item.total, item.consumed, limit=item.limit_per_buyer),
+                   created=True)
 
 
 def init_many(cmd: commands.InitMany, services: Services) -> int:
@@ -71,8 +70,8 @@ def init_many(cmd: commands.InitMany, services: Services) -> int:
         if clashes:
             raise errors.AlreadyExists("refused, nothing imported: " + ", ".join(clashes[:20]))
         uow.flush()
-        counter.load_many((i.namespace, i.sku, i.total, i.consumed, i.last_seq, gen)
-                          for i in fresh)
+        counter.load_many(cmd.namespace, (
+            (i.sku, Figures(i.total, i.consumed, seq=i.last_seq, gen=gen)) for i in fresh))
         _commit(uow, counter, fresh)
     announce(services.publish, uow.collect_new_events())
     return len(fresh)
@@ -88,7 +87,7 @@ def _commit(uow: AbstractUnitOfWork, counter: Rebuilding, fresh: list[InventoryI
         raise
 
 
-def set_limit(cmd: commands.SetLimit, services: Services) -> Outcome:
+def set_limit(cmd: commands.SetLimit, services: Services) -> Figures:
     """The record first, under the row's lock, then the counter (where it holds the item; a
     rebuild loads the limit from the record): two changes of one item land in one order."""
     counter: Rebuilding = services.counter
@@ -107,7 +106,5 @@ def set_limit(cmd: commands.SetLimit, services: Services) -> Outcome:
     figures = counter.read(cmd.namespace, cmd.sku)
     if figures is None:  # Redis lost it meanwhile: the record's figures
         with services.uow_factory() as uow:
-            stock = uow.items.stock(cmd.namespace, [cmd.sku])[cmd.sku]
-        return Outcome(OK, stock.total, stock.consumed, seq=stock.last_seq,
-                       limit=cmd.limit_per_buyer)
+            return uow.items.stock(cmd.namespace, [cmd.sku])[cmd.sku]  # the limit committed
     return figures

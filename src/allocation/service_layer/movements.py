@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from allocation.adapters.counter import MovingStock, Reading
 from allocation.domain import commands, errors
 from allocation.domain.model import LedgerEntry
-from allocation.domain.outcome import FENCED, NOT_FOUND, OK, Outcome
+from allocation.domain.outcome import FENCED, NOT_FOUND, OK, Figures, Outcome
 from allocation.domain.rules import Kind
 from allocation.service_layer import rebuild, sale_passes
 from allocation.service_layer.durability import Replaced
@@ -45,7 +45,7 @@ def decrement(cmd: commands.Decrement, services: Services) -> Outcome:
     if claim.replay and outcome.status == "pass_required":
         raise sale_passes.spent()
     if outcome.ok and not outcome.replayed:
-        sale_passes.sold(services, sale, [outcome])
+        sale_passes.sold(services, sale, [outcome.figures])
     return outcome
 
 
@@ -67,10 +67,9 @@ def _answered(counter: Reading, namespace: str, sku: str, kind: Kind, qty: int,
     this request is not that one."""
     now = counter.read(namespace, sku)
     same = (entry.kind, entry.qty, entry.buyer) == (kind, qty, buyer)
-    return Outcome(OK if same else "idempotency_key_reused", entry.total_after,
-                   entry.total_after - entry.available_after - entry.held_after,
-                   replayed=True, seq=entry.seq, limit=now.limit if now else None,
-                   held=entry.held_after)
+    return Outcome(OK if same else "idempotency_key_reused", Figures(
+        entry.total_after, entry.total_after - entry.available_after - entry.held_after,
+        entry.held_after, now.limit if now else None, entry.seq), replayed=True)
 
 
 def _move(services: Services, namespace: str, sku: str, kind: Kind, qty: int,
@@ -93,16 +92,17 @@ def _move(services: Services, namespace: str, sku: str, kind: Kind, qty: int,
     if outcome.status in (FENCED, NOT_FOUND):
         raise errors.Unavailable(f"{namespace}/{sku} is being rebuilt; retry", retry_after=1)
     try:
+        after = outcome.figures
         if (before is not None and outcome.ok and not outcome.replayed
-                and before[0] == outcome.gen and before[1] >= outcome.seq):
+                and before[0] == after.gen and before[1] >= after.seq):
             # Redis gave out a seq the ledger already held: it lost history while keeping the
             # item (a failover to a lagging replica). The ledger's history stands.
-            rebuild.replace_history(services, namespace, sku, outcome.gen,
+            rebuild.replace_history(services, namespace, sku, after.gen,
                                     [key] if key else [])
             raise Replaced(namespace, sku)
-        if durability.mode == "sync":  # async answers now: the ledger is written behind
-            durability.settle(namespace, sku, outcome, lambda: key is not None and getattr(
-                _written(services.uow_factory(), namespace, sku, key), "seq", None) == outcome.seq)
+        if outcome.ok and durability.mode == "sync":  # async: the ledger is written behind
+            durability.settle(namespace, sku, after, lambda: key is not None and getattr(
+                _written(services.uow_factory(), namespace, sku, key), "seq", None) == after.seq)
     except Replaced:
         if key is None:
             raise
@@ -116,7 +116,8 @@ def _move(services: Services, namespace: str, sku: str, kind: Kind, qty: int,
         if outcome.status in (FENCED, NOT_FOUND):
             raise errors.Unavailable(f"{namespace}/{sku} is being rebuilt; retry",
                                      retry_after=1) from None
-        durability.settle(namespace, sku, outcome, lambda: False)
+        if outcome.ok:
+            durability.settle(namespace, sku, outcome.figures, lambda: False)
     if outcome.ok and not outcome.replayed and services.movement_events is not None:
         services.movement_events.moved(kind, namespace, sku, qty, key, outcome, buyer)
     return outcome

@@ -23,41 +23,39 @@ from allocation.adapters.counter import Rebuilding, Restored, new_generation
 from allocation.adapters.ledger_progress import WRITTEN, LedgerProgress
 from allocation.adapters.outbox import OutboxEntry
 from allocation.domain import commands, errors
-from allocation.domain.model import Stock
-from allocation.domain.outcome import OK, Outcome
+from allocation.domain.outcome import Figures
 from allocation.service_layer.results import RefreshProgress
 from allocation.service_layer.services import Services
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
 
-def refresh(cmd: commands.Refresh, services: Services) -> Outcome:
+def refresh(cmd: commands.Refresh, services: Services) -> Figures:
     """Rebuild one item, on request. Where Redis holds it, a rebuild of it that is running or
     has just finished stands for this one; where Redis lost it, it is always rebuilt."""
     counter = services.counter
     if counter.read(cmd.namespace, cmd.sku) is None:
         return rebuild_item(services, cmd.namespace, cmd.sku)
-    outcome = services.rebuilds.run(
+    figures = services.rebuilds.run(
         (cmd.namespace, cmd.sku), lambda: rebuild_item(services, cmd.namespace, cmd.sku),
         services.ledger_wait_seconds)
-    if outcome is None:
-        outcome = counter.read(cmd.namespace, cmd.sku)
-        if outcome is None:  # lost since: rebuild after all
+    if figures is None:
+        figures = counter.read(cmd.namespace, cmd.sku)
+        if figures is None:  # lost since: rebuild after all
             return rebuild_item(services, cmd.namespace, cmd.sku)
-    return outcome
+    return figures
 
 
-def rebuild_item(services: Services, namespace: str, sku: str) -> Outcome:
+def rebuild_item(services: Services, namespace: str, sku: str) -> Figures:
     """Rebuild one item now (``NotFound`` where the database has no such item)."""
     found = _rebuild(services, services.uow_factory(), namespace, [sku])
-    item = found.get(sku)
-    if item is None:
+    figures = found.get(sku)
+    if figures is None:
         raise errors.NotFound(f"no item {namespace}/{sku}")
-    return Outcome(OK, item.total, item.consumed, seq=item.last_seq,
-                   limit=item.limit_per_buyer, held=item.held)
+    return figures
 
 
 def replace_history(services: Services, namespace: str, sku: str, gen: str,
-                    keys: Sequence[str] = ()) -> Outcome:
+                    keys: Sequence[str] = ()) -> Figures:
     """The item's counter parted from the ledger's history (Redis lost some while keeping the
     item, and sold again from an older state; the ledger writer found out): the ledger's
     stands. Under the item's lock, drop the counter's item and the records of ``keys`` (the
@@ -66,11 +64,11 @@ def replace_history(services: Services, namespace: str, sku: str, gen: str,
     sync requests waiting on it hear that their generation was replaced. Where the counter no
     longer holds the item under ``gen`` (the generation that parted), another rebuild came
     first and stands."""
-    item = _rebuild(services, services.uow_factory(), namespace, [sku], drop=(gen, keys)).get(sku)
-    if item is None:
+    figures = _rebuild(services, services.uow_factory(), namespace, [sku],
+                       drop=(gen, keys)).get(sku)
+    if figures is None:
         raise errors.NotFound(f"no item {namespace}/{sku}")
-    return Outcome(OK, item.total, item.consumed, seq=item.last_seq,
-                   limit=item.limit_per_buyer, held=item.held)
+    return figures
 
 
 # Batches of a namespace refresh in flight at once: one's database reads and writes overlap
@@ -88,7 +86,7 @@ def refresh_all(cmd: commands.RefreshAll, services: Services) -> RefreshProgress
     LOCKED_AT_ONCE (each under its items' locks, with a unit of work of its own), several
     batches at a time."""
     done, after, pages, finished = 0, cmd.after, 0, False
-    in_flight: collections.deque[tuple[Future[dict[str, Stock]], int]] = collections.deque()
+    in_flight: collections.deque[tuple[Future[dict[str, Figures]], int]] = collections.deque()
     with _heap_frozen(), ThreadPoolExecutor(REFRESH_WORKERS,
                                             thread_name_prefix="refresh") as pool:
         try:
@@ -114,7 +112,7 @@ def refresh_all(cmd: commands.RefreshAll, services: Services) -> RefreshProgress
     return RefreshProgress(done, None if finished else after)
 
 
-def _finished(batch: tuple[Future[dict[str, Stock]], int]) -> int:
+def _finished(batch: tuple[Future[dict[str, Figures]], int]) -> int:
     batch[0].result()
     return batch[1]
 
@@ -138,7 +136,7 @@ Seqs = dict[str, tuple[str, int] | None]  # sku -> (generation, seq) Redis holds
 
 
 def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: Sequence[str],
-             *, drop: tuple[str, Sequence[str]] | None = None) -> dict[str, Stock]:
+             *, drop: tuple[str, Sequence[str]] | None = None) -> dict[str, Figures]:
     """Rebuild the items. ``drop`` (generation, keys): where the (one) item's counter holds it
     under that generation, forget it and those keys' records first, under its lock, and load
     it from the ledger alone (its counter's history is not the ledger's)."""
@@ -161,8 +159,7 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
                 again = [None]
             if all(held is not None for held in again):
                 now = counter.read_many(namespace, skus)
-                return {sku: Stock(sku, o.total, o.consumed, o.seq, o.limit, o.held)
-                        for sku, o in zip(skus, now, strict=True) if o is not None}
+                return {sku: o for sku, o in zip(skus, now, strict=True) if o is not None}
             # Under the items' lock a lost item stays lost: only those back are fenced.
             present = [sku for sku, held in zip(skus, again, strict=True) if held is not None]
         fenced: Seqs = dict.fromkeys(skus)
@@ -204,9 +201,8 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
                     [unwritten.seq], unwritten.gen or "", [limit], [gate],
                     units=([unwritten.sku] * len(buyers), list(buyers), list(buyers.values()))))
                 _gates_again(services, uow, namespace, {skus[0]: gate} if gate else {})
-                return {unwritten.sku: Stock(unwritten.sku, unwritten.total,
-                                             unwritten.consumed, unwritten.seq, limit,
-                                             unwritten.held)}
+                return {unwritten.sku: Figures(unwritten.total, unwritten.consumed,
+                                               unwritten.held, limit, unwritten.seq)}
         gen = new_generation()
         try:
             # Fenced, sales are refused: wait only a moment for the movements applied since the
@@ -234,9 +230,9 @@ def _rebuild(services: Services, uow: AbstractUnitOfWork, namespace: str, skus: 
                          {sku: gate for sku, gate in zip(lost.skus, lost.gates, strict=True)
                           if gate})
         if held_by_redis:
-            counter.load_many(
-                (namespace, sku, i.total, i.consumed, i.last_seq, gens[sku], i.held)
-                for sku in held_by_redis if (i := found.get(sku)) is not None)
+            counter.load_many(namespace, (
+                (sku, i._replace(gen=gens[sku]))
+                for sku in held_by_redis if (i := found.get(sku)) is not None))
         return found
 
 
@@ -260,7 +256,7 @@ def _in_ledger(uow: AbstractUnitOfWork, entry: OutboxEntry) -> bool:
     """Whether the ledger holds the outbox entry: its seq, in the generation it follows."""
     stock = uow.items.stock(entry.namespace, [entry.sku]).get(entry.sku)
     followed = uow.items.generations(entry.namespace, [entry.sku]).get(entry.sku)
-    return (stock is not None and stock.last_seq >= entry.seq
+    return (stock is not None and stock.seq >= entry.seq
             and (followed or "") == (entry.gen or ""))
 
 
@@ -279,7 +275,7 @@ def _wait_written(uow: AbstractUnitOfWork, progress: LedgerProgress, namespace: 
 
 
 class Rebased(NamedTuple):
-    found: dict[str, Stock]
+    found: dict[str, Figures]
     gens: dict[str, str]
     lost: Restored | None  # the items Redis lost, all a load needs of them (None: none)
 
@@ -318,8 +314,8 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
             if gates:
                 restored = restored._replace(gates=[gates.get(sku, "") for sku in restored.skus])
             found.update(zip(restored.skus, map(
-                Stock, restored.skus, restored.totals, restored.consumed, restored.seqs,
-                restored.limits, restored.held), strict=True))
+                Figures, restored.totals, restored.consumed, restored.held, restored.limits,
+                restored.seqs), strict=True))
         if renew or lost:
             uow.commit()
         renewed = set(renew).union(restored.skus if restored else ())
@@ -327,6 +323,6 @@ def _rebase(uow: AbstractUnitOfWork, namespace: str, seqs: Seqs, gen: str,
                        restored)
 
 
-def _behind(found: dict[str, Stock], seqs: Seqs) -> list[str]:
+def _behind(found: dict[str, Figures], seqs: Seqs) -> list[str]:
     return [sku for sku, held in seqs.items()
-            if held is not None and sku in found and found[sku].last_seq < held[1]]
+            if held is not None and sku in found and found[sku].seq < held[1]]

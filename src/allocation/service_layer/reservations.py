@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from allocation.adapters.counter import Line, Reserved, Reserving, Step
 from allocation.adapters.sale_queue import HoldLink
 from allocation.domain import commands, errors
-from allocation.domain.outcome import Outcome
+from allocation.domain.outcome import Figures, Outcome
 from allocation.service_layer import rebuild, sale_passes
 from allocation.service_layer.results import Reservation
 from allocation.service_layer.services import Services
@@ -276,7 +276,7 @@ def _refusal(result: Reserved, rid: str) -> errors.DomainError:
     if result.status == "buyer_required":
         return errors.BuyerRequired(f"{result.sku} has a limit per buyer: name the buyer",
                                     **sku)
-    return Outcome(result.status, 0, 0).error()
+    return Outcome(result.status, Figures(0, 0)).error()
 
 
 # A cart across cluster slots between its steps reads as held: it is not ended.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from allocation.adapters.sale_queue import HoldLink
 from allocation.domain import errors
 from allocation.domain.errors import PassInvalid, PassRequired
-from allocation.domain.outcome import Outcome
+from allocation.domain.outcome import Figures
 from allocation.domain.sale import Sale, place
 from allocation.service_layer.services import Services
 
@@ -72,7 +72,7 @@ def claimed(services: Services, sale: Sale, buyer: str | None, sale_pass: str | 
 
 
 def settled(services: Services, namespace: str, rid: str, skus: Iterable[str],
-            state: str, figures: Iterable[Outcome]) -> None:
+            state: str, figures: Iterable[Figures]) -> None:
     """A reservation of a gated sku was confirmed (its pass is used) or released (its pass is
     back). The sale's step on finds the same from the reservation itself once its hold is
     past its end (a confirm whose process died before saying so): this makes it prompt."""
@@ -85,7 +85,7 @@ def settled(services: Services, namespace: str, rid: str, skus: Iterable[str],
         sold(services, sale, figures)
 
 
-def sold(services: Services, sale: Sale, figures: Iterable[Outcome]) -> None:
+def sold(services: Services, sale: Sale, figures: Iterable[Figures]) -> None:
     """A movement left an item of the sale with nothing available and nothing held: the sale
     may have sold out, and its waiting tickets should hear it now, not at the next refresh.
     Step its queue on at once (the last unit's movement only: rare)."""

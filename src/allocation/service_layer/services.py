@@ -13,7 +13,7 @@ from allocation.adapters.locks import ItemLocks
 from allocation.adapters.outbox import Outbox
 from allocation.adapters.sale_queue import SaleQueue, Signing
 from allocation.domain import events
-from allocation.domain.outcome import Outcome
+from allocation.domain.outcome import Figures, Outcome
 from allocation.service_layer.durability import Durability
 from allocation.service_layer.sale_room import SaleRoom
 from allocation.service_layer.shared_rebuilds import SharedRebuilds
@@ -39,7 +39,7 @@ class MovementEvents(Protocol):
               outcome: Outcome, buyer: str | None) -> None: ...
 
     def held(self, kind: str, namespace: str, sku: str, qty: int, reservation_id: str,
-             key: str | None, figures: Outcome) -> None: ...
+             key: str | None, figures: Figures) -> None: ...
 
 
 class PublishMovements:
@@ -50,11 +50,12 @@ class PublishMovements:
 
     def moved(self, kind: str, namespace: str, sku: str, qty: int, key: str | None,
               outcome: Outcome, buyer: str | None) -> None:
-        announce(self.publish, events.of_movement(kind, namespace, sku, qty, key, outcome.total,
-                                                  outcome.consumed, buyer))
+        after = outcome.figures
+        announce(self.publish, events.of_movement(kind, namespace, sku, qty, key, after.total,
+                                                  after.consumed, buyer))
 
     def held(self, kind: str, namespace: str, sku: str, qty: int, reservation_id: str,
-             key: str | None, figures: Outcome) -> None:
+             key: str | None, figures: Figures) -> None:
         if kind not in events.HOLD_EVENTS:
             return
         moved = events.HOLD_EVENTS[kind](namespace, sku, figures.total, figures.consumed,
