@@ -16,6 +16,7 @@ from allocation.adapters.ledger_connection import LedgerConnection
 from allocation.adapters.ledger_progress import LedgerProgress
 from allocation.adapters.outages import database_down, is_outage
 from allocation.adapters.outbox import Outbox, OutboxEntry
+from allocation.adapters.redis_client import EXITING
 from allocation.adapters.sql_unit_of_work import LedgerBatchUnitOfWork
 from allocation.bootstrap import Application
 from allocation.config import Config
@@ -164,6 +165,9 @@ class LedgerWorker:
         return 0.0
 
     def _waiting(self, exc: BaseException, delay: float, failures: int) -> None:
+        if EXITING.is_set():  # the process is stopping the Redis it started: not news
+            self.stopping.set()
+            return
         if _database_down(exc):
             self._report(away=True)  # renewed each try while it lasts
         cause = exc.__cause__ or exc
