@@ -62,8 +62,9 @@ def read_group(client: RedisClient, group: str, consumer: str, stream: str, star
 
 def follow_channel(client: RedisClient, channel: str, heard: Callable[[bytes | str], None],
                    what: str, stopping: threading.Event | None = None) -> None:
-    """Hand each message of ``channel`` to ``heard`` until ``stopping`` (by default, for as long
-    as the process lives: run it on a thread of its own), resubscribing with a backoff after any
+    """Hand each message of ``channel`` to ``heard`` until ``stopping`` (by default ``EXITING``,
+    which only the exit hook sets: for as long as the process lives; run it on a thread of its
+    own), resubscribing with a backoff after any
     failure: pub/sub is at-most-once, so the callers read the truth elsewhere when a message is
     lost. Even redis-py's parser failing with AttributeError, on a connection a failover closed
     under it, must not end the thread."""

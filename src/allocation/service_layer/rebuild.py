@@ -97,6 +97,9 @@ def refresh_all(cmd: commands.RefreshAll, services: Services) -> RefreshProgress
                     finished = True
                     break
                 for start in range(0, len(skus), LOCKED_AT_ONCE):
+                    for pending, _ in in_flight:  # one failed: begin no more (each fences)
+                        if pending.done() and pending.exception() is not None:
+                            pending.result()
                     locked = skus[start:start + LOCKED_AT_ONCE]
                     in_flight.append((pool.submit(
                         _rebuild, services, services.uow_factory(), cmd.namespace, locked),
