@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pytest
@@ -158,6 +159,25 @@ def test_a_page_larger_than_the_lock_table_is_refreshed(app: Application, engine
     assert (done.refreshed, done.after) == (items, None)
     live = app.counter.read_many(namespace, ["s00001", "s20000"])
     assert [None if o is None else o.available for o in live] == [2, 2]
+
+
+def test_namespaces_refreshed_at_once_take_turns_for_the_lock_table(
+        app: Application, engine: Engine, namespace: str) -> None:
+    """Four namespaces refreshed at once, four batches of 1,000 each in flight: 16,000
+    advisory locks, past a default server's lock table, if each refresh held its own four."""
+    spaces, items = [f"{namespace}{n}" for n in range(4)], 8_000
+    with engine.begin() as conn:
+        for space in spaces:
+            conn.execute(text(
+                "INSERT INTO inventory_items (namespace, sku, total, consumed, held, last_seq, "
+                "version) SELECT :ns, 's' || lpad(g::text, 5, '0'), 3, 1, 0, 1, 1 "
+                "FROM generate_series(1, :n) g"), {"ns": space, "n": items})
+    with ThreadPoolExecutor(len(spaces)) as pool:
+        done = list(pool.map(lambda space: app.bus.handle(commands.RefreshAll(space)), spaces))
+    assert [d.refreshed for d in done] == [items] * len(spaces)
+    for space in spaces:
+        live = app.counter.read_many(space, ["s00001", "s08000"])
+        assert [None if o is None else o.available for o in live] == [2, 2]
 
 
 def test_namespaces_stay_apart_in_rows_and_keys(app: Application, engine: Engine,
