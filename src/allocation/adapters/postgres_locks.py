@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 
 from allocation.adapters.locks import ItemLocks
 from allocation.adapters.sql_arrays import text_array
+from allocation.runtime.supervised import Backoff
 
 # Batches (holds of more than one item) that hold their locks at once, across every process on
 # the database. A batch holds up to 1,000 locks, and a default server's shared lock table about
@@ -53,8 +54,7 @@ class PostgresItemLocks(ItemLocks):
 
 def _take_slot(conn: Connection) -> None:
     """Wait for one of the BATCH_SLOTS, held by the session until it unlocks all."""
-    pause = 0.01
+    backoff = Backoff(0.01, 0.2)  # the batches holding them run for tens of milliseconds
     while conn.execute(TAKE_SLOT, {"slots": BATCH_SLOTS, "space": _SLOTS}).scalar() is None:
         conn.commit()
-        time.sleep(pause)  # the batches holding them run for tens of milliseconds
-        pause = min(2 * pause, 0.2)
+        time.sleep(backoff.next())

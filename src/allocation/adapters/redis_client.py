@@ -64,10 +64,10 @@ def follow_channel(client: RedisClient, channel: str, heard: Callable[[bytes | s
                    what: str, stopping: threading.Event | None = None) -> None:
     """Hand each message of ``channel`` to ``heard`` until ``stopping`` (by default ``EXITING``,
     which only the exit hook sets: for as long as the process lives; run it on a thread of its
-    own), resubscribing with a backoff after any
-    failure: pub/sub is at-most-once, so the callers read the truth elsewhere when a message is
-    lost. Even redis-py's parser failing with AttributeError, on a connection a failover closed
-    under it, must not end the thread."""
+    own), resubscribing with a backoff after any failure: pub/sub is at-most-once, so the
+    callers read the truth elsewhere when a message is lost. Even redis-py's parser failing
+    with AttributeError, on a connection a failover closed under it, must not end the
+    thread."""
     stopping = stopping or EXITING
     health = LoopHealth(what)
 

@@ -75,9 +75,9 @@ def replace_history(services: Services, namespace: str, sku: str, gen: str,
 # another's Redis round trips (a namespace Redis lost is down until every item is back).
 REFRESH_WORKERS = 4
 # Items one batch locks at once. Each is a PostgreSQL advisory lock, and a default server's
-# shared lock table holds about 6,400 for all its sessions (64 per connection): a page of 10,000
-# SKUs failed with "out of shared memory". A page is split into batches of this many, so a
-# refresh holds at most REFRESH_WORKERS x LOCKED_AT_ONCE.
+# shared lock table holds about 6,400 for all its sessions (64 per connection): a page of 20,000
+# SKUs failed with "out of shared memory". A page is split into batches of this many; the
+# locks' slots (postgres_locks.BATCH_SLOTS) bound how many hold them at once, in all (ADR 0045).
 LOCKED_AT_ONCE = 1000
 
 
