@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from typing import Any
 
 from allocation.adapters.redis_client import RedisClient
 from allocation.domain import events
-
-logger = logging.getLogger(__name__)
 
 
 def event_message(event: events.Event) -> dict[str, Any]:
@@ -31,7 +28,3 @@ class RedisEventPublisher:
     def publish_message(self, message: dict[str, Any]) -> None:
         self.client.publish(self.channel, json.dumps(message))
 
-
-def log_event(event: events.Event) -> None:
-    """The embedded mode's publisher: there is no channel to publish on."""
-    logger.info("event %s", json.dumps(event_message(event)))

@@ -90,12 +90,6 @@ class HealthChecks:
         self.probes.update(database=Probe("database", self._ping_database),
                            redis=Probe("redis", lambda: self.counter.ping()))
 
-    def database(self) -> str:
-        return self.probes["database"].state()
-
-    def redis_state(self) -> str:
-        return self.probes["redis"].state()
-
     def readiness(self, lag_threshold: float) -> dict[str, str]:
         """The parts /readyz reports, each within the readiness deadline (a request thread
         waits at most that)."""
