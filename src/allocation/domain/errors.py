@@ -8,6 +8,9 @@ class DomainError(Exception):
 
     code = "domain_error"
     replayed = False  # the refusal a request under this key was first answered
+    # Seconds after which the same request may succeed without anyone doing anything (an HTTP
+    # answer's Retry-After); None: a retry alone changes nothing.
+    retry_after: int | None = None
 
     def __init__(self, message: str, **details: int | str) -> None:
         super().__init__(message)
@@ -58,9 +61,11 @@ class BuyerRequired(DomainError):
 
 class TooManyOpenReservations(DomainError):
     """The buyer, or the token, holds as many open reservations as allowed; ``limit`` says
-    how many (a 429: one ends, by confirm, release or expiry, before another is held)."""
+    how many (a 429: one ends, by confirm, release or expiry, before another is held). The
+    request was not processed: it is never remembered as its key's answer."""
 
     code = "too_many_open_reservations"
+    retry_after: int | None = 1  # where the earliest expiry of the open ones is not known
 
 
 class ReservationExpired(DomainError):
