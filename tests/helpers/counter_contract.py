@@ -79,6 +79,20 @@ class CounterContract(abc.ABC):
         assert c.apply(self.ns, "sku", "adjust", -9, "a2") == Outcome("ok", Figures(1, 1, seq=4))
         assert c.apply(self.ns, "sku", "adjust", 5, None) == Outcome("ok", Figures(6, 1, seq=5))
 
+    def test_an_adjustment_past_the_maximum_total_is_refused_and_changes_nothing(self) -> None:
+        c = self.counter
+        assert c.apply(self.ns, "sku", "adjust", rules.MAX_TOTAL - 10, "a1").figures.total == (
+            rules.MAX_TOTAL)
+        refused = c.apply(self.ns, "sku", "adjust", 1, "a2")
+        assert refused == Outcome("total_exceeds_maximum", Figures(rules.MAX_TOTAL, 0, seq=2))
+        assert refused.error().details == {"maximum": rules.MAX_TOTAL}
+        assert c.apply(self.ns, "sku", "adjust", 1, "a2").replayed  # remembered, as refusals are
+        assert c.read(self.ns, "sku") == Figures(rules.MAX_TOTAL, 0, seq=2)
+        # An item above it (made before the rule) may come down, in steps.
+        c.load(self.ns, "over", Figures(2 * rules.MAX_TOTAL + 14, 0, seq=1))
+        assert c.apply(self.ns, "over", "adjust", -1, None).ok
+        assert c.apply(self.ns, "over", "adjust", 1, None).status == "total_exceeds_maximum"
+
     def test_non_positive_quantities_are_refused(self) -> None:
         for qty in (0, -2):
             assert self.counter.apply(self.ns, "sku", "decrement", qty, None).status == (
@@ -553,7 +567,11 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
     """A state machine comparing the counter made by ``make_counter()`` with the domain rules."""
 
     class CounterMatchesTheDomain(RuleBasedStateMachine):
-        @initialize(total=st.integers(0, 20), limit=st.none() | st.integers(1, 6))
+        # Totals near the maximum too (and past it: made before the rule), adjustments then
+        # meet it.
+        @initialize(total=st.integers(0, 20) | st.integers(rules.MAX_TOTAL - 10,
+                                                           rules.MAX_TOTAL + 10),
+                    limit=st.none() | st.integers(1, 6))
         def start(self, total: int, limit: int | None) -> None:
             self.counter: Counter = make_counter()  # type: ignore[operator]
             self.ns = "m-" + uuid.uuid4().hex[:8]

@@ -34,6 +34,12 @@ class BelowConsumed(DomainError):
     code = "below_consumed"
 
 
+class TotalExceedsMaximum(DomainError):
+    """An adjustment would take the total past ``rules.MAX_TOTAL`` (``maximum`` says it)."""
+
+    code = "total_exceeds_maximum"
+
+
 class RefundExceedsConsumed(DomainError):
     code = "refund_exceeds_consumed"
 
@@ -133,7 +139,7 @@ class Unavailable(Exception):
 
 REFUSALS: dict[str, type[DomainError]] = {
     cls.code: cls
-    for cls in (NotFound, AlreadyExists, InsufficientStock, BelowConsumed,
+    for cls in (NotFound, AlreadyExists, InsufficientStock, BelowConsumed, TotalExceedsMaximum,
                 RefundExceedsConsumed, InvalidQuantity, IdempotencyKeyReused, LimitExceeded,
                 BuyerRequired, ReservationExpired, ReservationReleased, ReservationConfirmed,
                 ReservationLifetimeExceeded, SaleClosed, SkuGated, PassRequired, PassInvalid)

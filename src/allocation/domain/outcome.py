@@ -69,6 +69,9 @@ class Outcome:
             return cls(f"refund exceeds the {consumed} consumed", consumed=consumed)
         if self.status == "below_consumed":
             return cls(f"total would drop below the {consumed} consumed", consumed=consumed)
+        if self.status == "total_exceeds_maximum":
+            return cls(f"total would exceed the maximum of {rules.MAX_TOTAL}",
+                       maximum=rules.MAX_TOTAL)
         if self.status == "limit_exceeded":
             remaining = self.remaining or 0
             return cls(f"over the limit per buyer; {remaining} more may be taken",

@@ -153,7 +153,9 @@ def document() -> dict[str, Any]:
                 "200": _json(schemas.ItemPage, "a page; `next` continues it")},
                 [_name("namespace"), _name("after", "query"),
                  _int_query("limit", 1, 1000)]),
-            "adjust": _movement("Adjust the total", schemas.AdjustBody, False, "below_consumed"),
+            "adjust": _movement("Adjust the total", schemas.AdjustBody, False,
+                                "below_consumed; total_exceeds_maximum (past 1000000000), "
+                                "with `maximum`"),
             "decrement": _movement("Sell (decrement available); 400 `buyer_required` where the "
                                    "item has a limit per buyer and no `buyer` is named",
                                    schemas.QtyBody, True,

@@ -30,6 +30,7 @@ STATUS_OF_CODE = {
     "already_exists": 409,
     "insufficient_stock": 409,
     "below_consumed": 409,
+    "total_exceeds_maximum": 409,
     "refund_exceeds_consumed": 409,
     "invalid_quantity": 400,
     "invalid_field": 400,

@@ -61,7 +61,9 @@ local status, remaining = 'ok', -1
 local new_total, new_consumed = total, consumed
 
 if kind == 'adjust' then
-  if total + qty < consumed + held then status = 'below_consumed' else new_total = total + qty end
+  if total + qty < consumed + held then status = 'below_consumed'
+  elseif qty > 0 and total + qty > MAX_TOTAL then status = 'total_exceeds_maximum'
+  else new_total = total + qty end
 elseif qty <= 0 then
   status = 'invalid_quantity'
 elseif kind == 'decrement' then
