@@ -43,6 +43,16 @@ def refund_must_not_exceed_consumed(consumed: int, qty: int) -> None:
         )
 
 
+def refund_must_not_exceed_the_buyers(limit: int | None, buyer: str | None, used: int,
+                                      qty: int) -> None:
+    """Where the item has a limit, every buyer's units are kept (``used``: bought and held), and
+    a refund naming a buyer returns no more than theirs; without a limit, or naming nobody,
+    only what the item consumed bounds it."""
+    if limit is not None and buyer is not None and qty > used:
+        raise errors.RefundExceedsConsumed(
+            f"refund of {qty} exceeds the {used} units of buyer {buyer}", remaining=used)
+
+
 def total_must_not_drop_below_consumed(total: int, consumed: int, delta: int,
                                        held: int = 0) -> None:
     if total + delta < consumed + held:
