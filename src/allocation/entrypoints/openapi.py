@@ -179,7 +179,8 @@ def document() -> dict[str, Any]:
                 "422": _json(schemas.Error, "idempotency key reused with another body "
                                             "(any other: the key names one reservation)"),
                 "429": _json(schemas.Error, "too_many_open_reservations, with `limit`: the "
-                                            "buyer or the token holds as many as allowed"),
+                                            "buyer or the token holds as many as allowed "
+                                            "(not remembered under the key; `Retry-After`)"),
             }, [_name("namespace"), _key(True), _sale_pass()], schemas.ReserveBody),
             "get_reservation": _op("Read a reservation (a held one past its expiry reads "
                                    "`expired`)", {
