@@ -96,3 +96,26 @@ def test_a_limit_is_set_changed_and_named_in_every_answer(api: str, namespace: s
     assert sell("n2").status_code == 200
     listed = requests.get(f"{api}/v1/{namespace}/items", timeout=10).json()["items"]
     assert [(i["sku"], i["limit_per_buyer"], i["held"]) for i in listed] == [("cap", None, 0)]
+
+
+def test_a_refund_naming_a_buyer_returns_no_more_than_that_buyers_units(
+        api: str, namespace: str) -> None:
+    item = f"{api}/v1/{namespace}/items/capped"
+    assert requests.put(item, json={"total": 10, "limit_per_buyer": 3},
+                        timeout=10).status_code == 201
+
+    def move(what: str, key: str, qty: int, buyer: str) -> requests.Response:
+        return requests.post(f"{item}/{what}", json={"qty": qty, "buyer": buyer}, timeout=10,
+                             headers={"Idempotency-Key": key})
+
+    assert move("decrements", "d1", 3, "ann").status_code == 200
+    # eve never bought: her refund is refused, and changes nothing.
+    stranger = move("refunds", "r-eve", 1, "eve")
+    assert (stranger.status_code, stranger.json()["error"]) == (409, "refund_exceeds_consumed")
+    assert "buyer" in stranger.json()["message"]
+    assert move("refunds", "r-ann-4", 4, "ann").status_code == 409  # ann has 3
+    assert requests.get(item, timeout=10).json()["consumed"] == 3
+    # ann's own refund goes through, all of it.
+    refunded = move("refunds", "r-ann", 3, "ann")
+    assert (refunded.status_code, refunded.json()["consumed"]) == (200, 0), refunded.text
+    assert move("decrements", "d2", 3, "ann").status_code == 200  # her allowance is back

@@ -158,6 +158,25 @@ def test_init_get_and_the_item_lifecycle(api: str, namespace: str) -> None:
     assert c.http.get(c.url("/items/nope/ledger"), timeout=10).status_code == 404
 
 
+def test_an_adjustment_past_the_maximum_total_is_a_409_and_changes_nothing(
+        api: str, namespace: str) -> None:
+    c = Client(api, namespace)
+    c.init("sku", 14)
+    assert c.move("sku", "adjustments", {"delta": 999_999_986}).json()["total"] == 1_000_000_000
+    # delta is in its range: what refuses it is the item's total, a domain rule (409, as
+    # below_consumed is), not the field (400).
+    over = c.move("sku", "adjustments", {"delta": 1}, "a-over")
+    assert over.status_code == 409, over.text
+    assert (over.json()["error"], over.json()["maximum"]) == ("total_exceeds_maximum",
+                                                             1_000_000_000)
+    again = c.move("sku", "adjustments", {"delta": 1}, "a-over")
+    assert (again.status_code, again.json(), again.headers["Idempotent-Replayed"]) == (
+        409, over.json(), "true")
+    assert c.move("sku", "adjustments", {"delta": 1_000_000_000}).status_code == 409
+    assert c.get("sku").json() == item(namespace, "sku", 1_000_000_000, 0)
+    assert [e["kind"] for e in c.ledger("sku", 2)] == ["init", "adjust"]
+
+
 def test_idempotency_keys(api: str, namespace: str) -> None:
     c = Client(api, namespace)
     c.init("sku", 5)

@@ -78,6 +78,11 @@ def test_commands_become_events(consumer: Process, channels: Channels, namespace
     assert channels.wait_for(event="Refunded", namespace=namespace)["available"] == 1
     channels.send(command="AdjustTotal", namespace=namespace, sku="s", delta=3)
     assert channels.wait_for(event="TotalAdjusted", namespace=namespace)["total"] == 5
+    channels.send(command="AdjustTotal", namespace=namespace, sku="s", delta=999_999_996,
+                  idempotency_key="a-over")
+    over = channels.wait_for(event="CommandRejected", idempotency_key="a-over")
+    assert (over["reason"], over["command"], over["total"]) == (
+        "total_exceeds_maximum", "AdjustTotal", 5)
 
 
 def test_a_reservation_over_pubsub_is_held_then_confirmed(consumer: Process, channels: Channels,

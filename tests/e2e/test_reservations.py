@@ -297,3 +297,26 @@ def test_hoarding_is_bounded_per_line_per_buyer_and_per_token(
     assert 12 <= statuses.count(201) <= 24  # two workers, twelve each at most
     assert made[-1].json()["error"] == "too_many_open_reservations"
     assert shop.item("other")["held"] == statuses.count(201)
+
+
+def test_a_create_refused_at_the_buyers_cap_is_not_its_keys_answer(
+        capped_api: str, namespace: str) -> None:
+    shop = Shop(capped_api, namespace)
+    shop.put("cap", 50)
+    held = [shop.reserve(f"c{n}", [("cap", 1)], ttl=60 + n, buyer="carol") for n in range(3)]
+    assert [h.status_code for h in held] == [201] * 3
+    refused = shop.reserve("c-over", [("cap", 1)], buyer="carol")
+    assert (refused.status_code, refused.json()["error"]) == (429, "too_many_open_reservations")
+    # Room comes back by itself when the first of carol's reservations expires (60 s).
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert "Idempotent-Replayed" not in refused.headers
+    assert shop.reserve("c-over", [("cap", 1)], buyer="carol").status_code == 429
+    assert shop.step(held[0].json()["id"], "release").status_code == 200
+    # Never processed, so never remembered: the same key and body is served now.
+    served = shop.reserve("c-over", [("cap", 1)], buyer="carol")
+    assert served.status_code == 201, served.text
+    assert "Idempotent-Replayed" not in served.headers
+    again = shop.reserve("c-over", [("cap", 1)], buyer="carol")
+    assert (again.status_code, again.json()["id"], again.headers["Idempotent-Replayed"]) == (
+        201, served.json()["id"], "true")
+    assert shop.item("cap")["held"] == 3

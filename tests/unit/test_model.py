@@ -2,7 +2,7 @@ from typing import NamedTuple
 
 import pytest
 
-from allocation.domain import errors, events
+from allocation.domain import errors, events, rules
 from allocation.domain.model import InventoryItem
 
 
@@ -76,6 +76,21 @@ class TestAdjust:
         with pytest.raises(errors.BelowConsumed):
             it.adjust(-7)
         assert it.total == 10
+
+    def test_never_past_the_maximum_total(self) -> None:
+        it = item(rules.MAX_TOTAL - 5)
+        it.adjust(5)
+        with pytest.raises(errors.TotalExceedsMaximum) as refused:
+            it.adjust(1)
+        assert refused.value.details == {"maximum": 1_000_000_000}
+        assert (it.total, it.last_seq) == (1_000_000_000, 2)
+
+    def test_an_item_above_the_maximum_may_come_down_in_steps(self) -> None:
+        it = InventoryItem("shop", "sku-1", total=2_000_000_014, consumed=0)
+        it.adjust(-1)
+        assert it.total == 2_000_000_013
+        with pytest.raises(errors.TotalExceedsMaximum):
+            it.adjust(1)
 
 
 class TestLedger:

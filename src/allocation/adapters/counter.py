@@ -164,7 +164,9 @@ class Counter(abc.ABC):
 
         A decrement naming a ``buyer`` counts against their limit on the item (checked in the
         same step: ``limit_exceeded``, with ``remaining``; ``buyer_required`` where the item
-        has a limit and no buyer is named); a refund naming them gives their allowance back.
+        has a limit and no buyer is named); a refund naming them gives their allowance back,
+        and where the item has a limit returns no more than their units (bought and held):
+        ``refund_exceeds_consumed`` with ``remaining`` their units.
         A decrement of an item a sale gates is ``pass_required`` (not remembered under the key)
         unless ``sale`` names that sale: the caller holds the buyer's pass of it.
 

@@ -8,6 +8,9 @@ class DomainError(Exception):
 
     code = "domain_error"
     replayed = False  # the refusal a request under this key was first answered
+    # Seconds after which the same request may succeed without anyone doing anything (an HTTP
+    # answer's Retry-After); None: a retry alone changes nothing.
+    retry_after: int | None = None
 
     def __init__(self, message: str, **details: int | str) -> None:
         super().__init__(message)
@@ -29,6 +32,12 @@ class InsufficientStock(DomainError):
 
 class BelowConsumed(DomainError):
     code = "below_consumed"
+
+
+class TotalExceedsMaximum(DomainError):
+    """An adjustment would take the total past ``rules.MAX_TOTAL`` (``maximum`` says it)."""
+
+    code = "total_exceeds_maximum"
 
 
 class RefundExceedsConsumed(DomainError):
@@ -58,9 +67,11 @@ class BuyerRequired(DomainError):
 
 class TooManyOpenReservations(DomainError):
     """The buyer, or the token, holds as many open reservations as allowed; ``limit`` says
-    how many (a 429: one ends, by confirm, release or expiry, before another is held)."""
+    how many (a 429: one ends, by confirm, release or expiry, before another is held). The
+    request was not processed: it is never remembered as its key's answer."""
 
     code = "too_many_open_reservations"
+    retry_after: int | None = 1  # where the earliest expiry of the open ones is not known
 
 
 class ReservationExpired(DomainError):
@@ -128,7 +139,7 @@ class Unavailable(Exception):
 
 REFUSALS: dict[str, type[DomainError]] = {
     cls.code: cls
-    for cls in (NotFound, AlreadyExists, InsufficientStock, BelowConsumed,
+    for cls in (NotFound, AlreadyExists, InsufficientStock, BelowConsumed, TotalExceedsMaximum,
                 RefundExceedsConsumed, InvalidQuantity, IdempotencyKeyReused, LimitExceeded,
                 BuyerRequired, ReservationExpired, ReservationReleased, ReservationConfirmed,
                 ReservationLifetimeExceeded, SaleClosed, SkuGated, PassRequired, PassInvalid)

@@ -51,7 +51,9 @@ class Outcome:
     figures: Figures
     replayed: bool = False
     created: bool = False
-    remaining: int | None = None  # a refusal by the limit per buyer: what they may still take
+    # A refusal by the limit per buyer: what they may still take; a refund refused as more
+    # than the buyer named has: their units.
+    remaining: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -66,9 +68,15 @@ class Outcome:
             return cls(f"only {left} available", available=left)
         consumed = self.figures.consumed
         if self.status == "refund_exceeds_consumed":
+            if self.remaining is not None:  # more than the buyer named has
+                return cls(f"refund exceeds the {self.remaining} units this buyer has",
+                           consumed=consumed)
             return cls(f"refund exceeds the {consumed} consumed", consumed=consumed)
         if self.status == "below_consumed":
             return cls(f"total would drop below the {consumed} consumed", consumed=consumed)
+        if self.status == "total_exceeds_maximum":
+            return cls(f"total would exceed the maximum of {rules.MAX_TOTAL}",
+                       maximum=rules.MAX_TOTAL)
         if self.status == "limit_exceeded":
             remaining = self.remaining or 0
             return cls(f"over the limit per buyer; {remaining} more may be taken",

@@ -18,6 +18,9 @@ KINDS: tuple[Kind, ...] = ("init", "adjust", "decrement", "refund", "hold", "con
 HOLD_KINDS: tuple[Kind, ...] = ("hold", "confirm", "release", "expire", "extend")
 # A reservation lives at most this long from its creation, however often it is extended.
 RESERVATION_LIFETIME_SECONDS = 86_400
+# The most an item's total may be (API.md: total is 0..1_000_000_000): an adjustment past it
+# is refused (lib.lua's MAX_TOTAL).
+MAX_TOTAL = 1_000_000_000
 
 
 def quantity_must_be_positive(qty: int) -> None:
@@ -40,6 +43,16 @@ def refund_must_not_exceed_consumed(consumed: int, qty: int) -> None:
         )
 
 
+def refund_must_not_exceed_the_buyers(limit: int | None, buyer: str | None, used: int,
+                                      qty: int) -> None:
+    """Where the item has a limit, every buyer's units are kept (``used``: bought and held), and
+    a refund naming a buyer returns no more than theirs; without a limit, or naming nobody,
+    only what the item consumed bounds it."""
+    if limit is not None and buyer is not None and qty > used:
+        raise errors.RefundExceedsConsumed(
+            f"refund of {qty} exceeds the {used} units of buyer {buyer}", remaining=used)
+
+
 def total_must_not_drop_below_consumed(total: int, consumed: int, delta: int,
                                        held: int = 0) -> None:
     if total + delta < consumed + held:
@@ -47,6 +60,15 @@ def total_must_not_drop_below_consumed(total: int, consumed: int, delta: int,
             f"total {total}{delta:+d} would drop below the {consumed + held} consumed and held",
             consumed=consumed,
         )
+
+
+def total_must_not_exceed_maximum(total: int, delta: int) -> None:
+    """Only a rise is refused: an item above the maximum (made before this rule) may come
+    down in steps."""
+    if delta > 0 and total + delta > MAX_TOTAL:
+        raise errors.TotalExceedsMaximum(
+            f"total {total}{delta:+d} would exceed the maximum of {MAX_TOTAL}",
+            maximum=MAX_TOTAL)
 
 
 def buyer_within_limit(limit: int | None, buyer: str | None, used: int, qty: int) -> None:
@@ -76,6 +98,7 @@ def apply(kind: str, total: int, consumed: int, qty: int,
         return qty, 0, 0
     if kind == "adjust":
         total_must_not_drop_below_consumed(total, consumed, qty, held)
+        total_must_not_exceed_maximum(total, qty)
         return total + qty, consumed, held
     quantity_must_be_positive(qty)
     if kind in ("decrement", "hold"):

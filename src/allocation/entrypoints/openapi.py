@@ -153,7 +153,9 @@ def document() -> dict[str, Any]:
                 "200": _json(schemas.ItemPage, "a page; `next` continues it")},
                 [_name("namespace"), _name("after", "query"),
                  _int_query("limit", 1, 1000)]),
-            "adjust": _movement("Adjust the total", schemas.AdjustBody, False, "below_consumed"),
+            "adjust": _movement("Adjust the total", schemas.AdjustBody, False,
+                                "below_consumed; total_exceeds_maximum (past 1000000000), "
+                                "with `maximum`"),
             "decrement": _movement("Sell (decrement available); 400 `buyer_required` where the "
                                    "item has a limit per buyer and no `buyer` is named",
                                    schemas.QtyBody, True,
@@ -177,7 +179,8 @@ def document() -> dict[str, Any]:
                 "422": _json(schemas.Error, "idempotency key reused with another body "
                                             "(any other: the key names one reservation)"),
                 "429": _json(schemas.Error, "too_many_open_reservations, with `limit`: the "
-                                            "buyer or the token holds as many as allowed"),
+                                            "buyer or the token holds as many as allowed "
+                                            "(not remembered under the key; `Retry-After`)"),
             }, [_name("namespace"), _key(True), _sale_pass()], schemas.ReserveBody),
             "get_reservation": _op("Read a reservation (a held one past its expiry reads "
                                    "`expired`)", {

@@ -30,6 +30,7 @@ STATUS_OF_CODE = {
     "already_exists": 409,
     "insufficient_stock": 409,
     "below_consumed": 409,
+    "total_exceeds_maximum": 409,
     "refund_exceeds_consumed": 409,
     "invalid_quantity": 400,
     "invalid_field": 400,
@@ -121,8 +122,11 @@ def movement(namespace: str, sku: str, outcome: Outcome) -> Reply:
 def domain_error(exc: errors.DomainError) -> Reply:
     field = exc.field if isinstance(exc, errors.InvalidInput) else (
         "buyer" if isinstance(exc, errors.BuyerRequired) else None)
-    return error(STATUS_OF_CODE.get(exc.code, 409), exc.code, exc.message, field=field,
-                 **exc.details)
+    reply = error(STATUS_OF_CODE.get(exc.code, 409), exc.code, exc.message, field=field,
+                  **exc.details)
+    if exc.retry_after is None:
+        return reply
+    return Reply(reply.status, reply.body, (("Retry-After", str(exc.retry_after)),))
 
 
 def unavailable(message: str, retry_after: int = 1) -> Reply:

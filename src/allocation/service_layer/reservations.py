@@ -270,9 +270,12 @@ def _refusal(result: Reserved, rid: str) -> errors.DomainError:
         return errors.PassRequired(f"{result.sku}: a sale gates it: send the buyer's Sale-Pass",
                                    **sku)
     if result.status == "too_many_open_reservations":
-        return errors.TooManyOpenReservations(
+        refusal = errors.TooManyOpenReservations(
             f"the buyer holds {result.detail} open reservations, as many as allowed: confirm or "
             "release one first", limit=result.detail or 0)
+        if result.expires_ms > result.created_ms > 0:  # the earliest of them ends then
+            refusal.retry_after = -(-(result.expires_ms - result.created_ms) // 1000)
+        return refusal
     if result.status == "buyer_required":
         return errors.BuyerRequired(f"{result.sku} has a limit per buyer: name the buyer",
                                     **sku)

@@ -1,6 +1,10 @@
 -- Shared by the scripts that change items or read the clock (prepended to each: Redis has no
 -- script imports).
 
+-- The most an adjustment may raise an item's total to (API.md: total is 0..1_000_000_000;
+-- allocation.domain.rules.MAX_TOTAL states it).
+local MAX_TOTAL = 1000000000
+
 -- Redis's own clock, in milliseconds: every node's scripts agree with themselves, whatever the
 -- callers' clocks say. A test sets the slot's "clock" key (KeySpace.clock, under its own key
 -- prefix) to stop this clock at a moment it then moves, so that holds expire without waiting;

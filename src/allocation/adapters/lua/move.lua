@@ -14,8 +14,8 @@
 -- The idempotency record is "fingerprint|status|total|consumed|seq|gen|remaining|limit|held"
 -- (one an older script left may stop after consumed or after gen: a missing field replays as
 -- none); gen is the item's generation (a new one each time it is loaded from the record);
--- remaining is what a buyer refused by the limit may still take; limit the item's limit per
--- buyer then ("": none).
+-- remaining is what a buyer refused by the limit may still take (a refund refused as more
+-- than the buyer's: their units); limit the item's limit per buyer then ("": none).
 -- Returns {status, total, consumed, replayed, seq, gen, remaining (-1: none), limit, held}.
 -- The rules mirror allocation.domain.rules; the events allocation.domain.events.of_movement (a
 -- contract test holds them together).
@@ -61,7 +61,9 @@ local status, remaining = 'ok', -1
 local new_total, new_consumed = total, consumed
 
 if kind == 'adjust' then
-  if total + qty < consumed + held then status = 'below_consumed' else new_total = total + qty end
+  if total + qty < consumed + held then status = 'below_consumed'
+  elseif qty > 0 and total + qty > MAX_TOTAL then status = 'total_exceeds_maximum'
+  else new_total = total + qty end
 elseif qty <= 0 then
   status = 'invalid_quantity'
 elseif kind == 'decrement' then
@@ -78,8 +80,14 @@ elseif kind == 'decrement' then
     if buyer ~= '' then redis.call('HSET', k.buyers, buyer, used + qty) end
   end
 elseif kind == 'refund' then
+  local used = 0
+  if buyer ~= '' then used = tonumber(redis.call('HGET', k.buyers, buyer) or '0') end
   if qty > consumed then
     status = 'refund_exceeds_consumed'
+  elseif limit and buyer ~= '' and qty > used then
+    -- Where a limit keeps every buyer's units, a refund naming one returns no more than
+    -- theirs (bought and held: what the buyers hash keeps): never another buyer's.
+    status, remaining = 'refund_exceeds_consumed', used
   else
     new_consumed = consumed - qty
     give_back(k.buyers, buyer, qty)  -- the buyer's allowance back, as far as they used it

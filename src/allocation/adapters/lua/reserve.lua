@@ -24,7 +24,9 @@
 -- crashed coordinator's steps are resumed by a retry of the same request; untouched, its holds
 -- end at their expiry.
 -- Returns {status, state, created, expires, sku, detail, replayed, figures...} where figures
--- are, per home line, {total, consumed, held, seq, gen, limit}.
+-- are, per home line, {total, consumed, held, seq, gen, limit}. A hold refused as
+-- too_many_open_reservations answers the cap as detail, and (where the buyer's open
+-- reservations are counted here) now as created, the earliest of their expiries as expires.
 local op, rid, ns, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, buyer, fp = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local keep, refusal_keep, whole = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10] == '1'
@@ -105,13 +107,17 @@ if op == 'hold' then
     end
   end
   for i, k in ipairs(lines) do expire_due(k, figs[i], now, 1000, channel) end
+  -- At the cap the request is not processed, and not remembered under its key: once one of
+  -- the buyer's reservations ends, the same request holds.
   if buyer ~= '' and open_cap < 0 then  -- counted in its own slot (claim.lua): at the cap
-    return refuse('too_many_open_reservations', '', -open_cap, figs)
+    return answer('too_many_open_reservations', {}, '', -open_cap, false, figs)
   end
   if buyer ~= '' and open_cap > 0 then
     redis.call('ZREMRANGEBYSCORE', open, '-inf', now)
     if redis.call('ZCARD', open) >= open_cap then
-      return refuse('too_many_open_reservations', '', open_cap, figs)
+      local first = redis.call('ZRANGE', open, 0, 0, 'WITHSCORES')
+      return answer('too_many_open_reservations', {created = now, expires = first[2]}, '',
+                    open_cap, false, figs)
     end
   end
   local reason, at, detail = refusal_of(lines, figs, buyer)
