@@ -130,8 +130,8 @@ class InventoryManager:
 
     def modification_adjust(self, item_id: ItemId, delta: int,
                             idempotency_key: str | None = None) -> Figures:
-        """Change the total by ``delta`` (|delta| <= 1_000_000_000); raises ``BelowConsumed``
-        or ``NotFound``."""
+        """Change the total by ``delta`` (|delta| <= 1_000_000_000); raises ``BelowConsumed``,
+        ``TotalExceedsMaximum`` (past 1_000_000_000) or ``NotFound``."""
         outcome = self.bus.handle(commands.AdjustTotal(
             self.prefix, _sku(item_id), schemas.check_delta(delta), _key(idempotency_key)))
         return _figures(outcome.raise_for_status().figures)
