@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
@@ -14,6 +15,7 @@ from werkzeug.test import Client
 
 from allocation.adapters.token_store import Grant, digest
 from allocation.entrypoints import openapi, schemas
+from allocation.entrypoints.movement_requests import MAX_BODY
 from allocation.entrypoints.route_table import (
     BY_NAME,
     ROUTES,
@@ -23,7 +25,9 @@ from allocation.entrypoints.route_table import (
     canonical,
     openapi_path,
 )
+from allocation.entrypoints.rsgi_bridge import RsgiBridge
 from allocation.entrypoints.tokens import LOOKUPS, TokenCache
+from tests.unit.test_bridge_polls import Protocol, Scope
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -420,3 +424,56 @@ def test_the_table_declares_the_query_its_handlers_validate_and_the_document_sho
         operation = paths.get(openapi_path(route.path), {}).get(route.method.lower(), {})
         assert [p["name"] for p in operation.get("parameters", [])
                 if p["in"] == "query"] == list(route.query), route.name
+
+
+@pytest.mark.parametrize("authorization", ["Bearer \u00e9t\u00e9", "B\u00e9arer x",
+                                           f"Bearer {tok('admin-all')}\u00e9"])
+def test_an_authorization_header_that_is_not_ascii_is_401_with_www_authenticate(
+        store: FakeStore, authorization: str) -> None:
+    client, behind, _ = guarded(store)
+    response = client.get("/v1/a/items/x", headers={"Authorization": authorization})
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert behind.reached == 0
+
+
+class LeftOut(dict[str, str]):
+    """granian's headers: a value that is not visible ASCII is left out of ``items()``, its
+    name kept in ``keys()``."""
+
+    def __init__(self, read: dict[str, str], *left_out: str) -> None:
+        super().__init__(read)
+        self.left_out = left_out
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        return [*super().keys(), *self.left_out]
+
+
+def test_through_rsgi_an_authorization_header_granian_leaves_out_is_401(
+        store: FakeStore) -> None:
+    client, behind, cache = guarded(store)
+    guard = client.application
+    assert isinstance(guard, AccessGuard)
+    bridge = RsgiBridge(guard, threads=1, body_timeout=5, max_body=MAX_BODY, guard=guard,
+                        tokens=cache)
+
+    def sent(path: str, headers: LeftOut) -> tuple[int, list[tuple[str, str]], bytes]:
+        protocol = Protocol()
+        asyncio.run(bridge.__rsgi__(Scope("GET", path, headers),  # type: ignore[arg-type]
+                                    protocol))  # type: ignore[arg-type]
+        assert protocol.sent is not None
+        return protocol.sent
+
+    try:
+        status, headers, data = sent("/v1/a/items/x", LeftOut({}, "authorization"))
+        assert status == 401 and json.loads(data)["error"] == "unauthorized"
+        assert dict(headers)["WWW-Authenticate"].startswith("Bearer")
+        assert behind.reached == 0
+        # A route that needs no token ignores it; another header left out is still 400.
+        assert sent("/healthz", LeftOut({}, "authorization"))[0] == 200
+        assert behind.reached == 1
+        status, _, data = sent("/v1/a/items/x", LeftOut(bearer("read-a"), "idempotency-key"))
+        assert status == 400 and json.loads(data)["field"] == "idempotency-key"
+        assert sent("/v1/a/items/x", LeftOut(bearer("read-a")))[0] == 200
+    finally:
+        bridge.pool.shutdown()

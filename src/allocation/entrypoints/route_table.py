@@ -234,6 +234,9 @@ TABLE = RouteTable(ROUTES)
 CHECKED = "allocation.access_checked"
 # The Grant a request was let through on (set by the guard): streams count and end by its id.
 GRANT = "allocation.grant"
+# Set by a server that was sent an Authorization header it cannot hand over (rsgi_bridge: granian
+# leaves out a value that is not visible ASCII): no token can be read from it, 401.
+UNREADABLE_TOKEN = "allocation.unreadable_token"
 RANK = {"read": 0, "sell": 1, "admin": 2}
 
 
@@ -282,7 +285,10 @@ class Access:
 
     def _refusal(self, path: str, need: str, environ: WSGIEnvironment, tokens: TokenCache,
                  wait: float | None) -> Reply | None:
-        token = _bearer(environ.get("HTTP_AUTHORIZATION"))
+        authorization = environ.get("HTTP_AUTHORIZATION")
+        if environ.get(UNREADABLE_TOKEN) or (authorization and not authorization.isascii()):
+            return _unauthorized("the Authorization header must be printable ASCII")
+        token = _bearer(authorization)
         if token is None:
             return _unauthorized("this request needs an Authorization: Bearer token")
         try:

@@ -82,14 +82,20 @@ class RsgiBridge:
         # sends its next request down a connection that is gone.
         announced = bool(length) or (length is None and scope.method not in _NO_BODY)
         unread = set(scope.headers.keys()) - {name for name, _ in headers}
+        # granian leaves out a header whose value is not visible ASCII. An Authorization header
+        # left out carries no token anyone was given: the guard answers it 401 (API.md).
+        unreadable_token = "authorization" in unread
+        unread.discard("authorization")
         if unread:
-            # granian leaves out a header whose value is not visible ASCII: an Idempotency-Key
-            # of that kind would vanish, and an adjustment be applied without its key. Refuse.
+            # Any other: an Idempotency-Key of that kind would vanish, and an adjustment be
+            # applied without its key. Refuse.
             field = sorted(unread)[0]
             return _reply(protocol, replies.error(
                 400, "invalid_field", f"header {field}: must be printable ASCII",
                 field=field), close=announced)
         environ = _environ(scope, headers)
+        if unreadable_token:
+            environ[route_table.UNREADABLE_TOKEN] = True
         loop = asyncio.get_running_loop()
         if self.guard is not None:
             refusal = await self.guard.refusal_soon(environ)
