@@ -11,6 +11,7 @@ import json
 import os
 import random
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -27,6 +29,7 @@ from sqlalchemy.engine import make_url
 
 from allocation.adapters.token_store import TokenStore, checking_engine
 from allocation.config import Config
+from allocation.entrypoints.route_table import ROUTES
 from tests.helpers.cli_runs import run_cli
 from tests.helpers.processes import (
     free_port,
@@ -149,6 +152,110 @@ def test_a_path_is_decoded_once(front_end: str, store: TokenStore, namespace: st
     assert send(front_end, "PUT", f"/v1/{namespace}/items/tee", admin, {"total": 5}) == 201
     assert send(front_end, "GET", f"/v1/{namespace}/items/t%65e", admin) == 200  # once: tee
     assert send(front_end, "GET", f"/v1/{namespace}/items/te%2565", admin) in (400, 404)
+
+
+def send_raw(base: str, method: str, target: str, headers: dict[str, str],
+             body: dict[str, object] | None = None) -> tuple[int, dict[str, str], Any]:
+    """One request written byte for byte, its target and headers as UTF-8 (http.client refuses
+    what is not ASCII): the status, the headers (names lower case) and the JSON body, if any."""
+    where = urlsplit(base)
+    data = b"" if body is None else json.dumps(body).encode()
+    head = "".join(f"{name}: {value}\r\n" for name, value in {
+        "Host": where.netloc, "Connection": "close", "Content-Type": "application/json",
+        "Content-Length": str(len(data)), **headers}.items())
+    with socket.create_connection((where.hostname or "", where.port or 80), timeout=10) as conn:
+        conn.sendall(f"{method} {target} HTTP/1.1\r\n{head}\r\n".encode() + data)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    top, _, content = answer.partition(b"\r\n\r\n")
+    status_line, *lines = top.decode("latin-1").split("\r\n")
+    answered = {name.lower(): value.strip() for name, _, value in
+                (line.partition(":") for line in lines)}
+    is_json = answered.get("content-type", "").startswith("application/json")
+    return int(status_line.split()[1]), answered, json.loads(content) if is_json else None
+
+
+def concrete(path: str, values: dict[str, str]) -> str:
+    for name, value in values.items():
+        path = path.replace(f"<{name}>", value)
+    return path
+
+
+def test_a_query_parameter_a_route_does_not_define_or_cannot_read_is_400_on_every_route(
+        front_end: str, namespace: str, admin_token: str) -> None:
+    """Every route of the table, through both front ends: an unknown query parameter, and one
+    whose name or value is not ASCII or not UTF-8, is 400 naming it, and changes nothing."""
+    admin = {"Authorization": f"Bearer {admin_token}"}  # of every namespace: /metrics too
+    item = f"{front_end}/v1/{namespace}/items/tee"
+    assert requests.put(item, json={"total": 50}, headers=admin, timeout=10).status_code == 201
+    assert requests.put(f"{front_end}/v1/{namespace}/items/cap", json={"total": 5},
+                        headers=admin, timeout=10).status_code == 201
+    sale = f"{front_end}/v1/{namespace}/sales/drop"
+    assert requests.put(sale, json={"skus": ["cap"]}, headers=admin, timeout=10).ok
+    ticket = requests.post(f"{sale}/queue", json={"buyer": "ann"}, headers=admin,
+                           timeout=10).json()["ticket"]
+    held = requests.post(f"{front_end}/v1/{namespace}/reservations", timeout=10, json={
+        "lines": [{"sku": "tee", "qty": 2}]}, headers={**admin, "Idempotency-Key": "q-hold"})
+    assert held.status_code == 201
+    reservation = f"{front_end}/v1/{namespace}/reservations/{held.json()['id']}"
+
+    def state() -> list[Any]:
+        answers = [requests.get(url, headers=admin, timeout=10).json() for url in (
+            item, f"{item}/ledger", reservation, f"{front_end}/v1/{namespace}/items")]
+        drop = requests.get(sale, headers=admin, timeout=10).json()
+        return [*answers, (drop["state"], drop["waiting"] + drop["admitted"])]
+
+    wait_until(lambda: len(requests.get(f"{item}/ledger", headers=admin, timeout=10).json()[
+        "entries"]) == 2, 10, "the ledger to have the init and the hold")
+    before = state()
+    values = {"namespace": namespace, "sku": "tee", "sale": "drop", "ticket": ticket,
+              "reservation_id": held.json()["id"]}
+    bodies: dict[str, dict[str, object]] = {
+        "init_item": {"total": 99}, "set_limit": {"limit_per_buyer": 1},
+        "adjust": {"delta": 5}, "decrement": {"qty": 1}, "refund": {"qty": 1},
+        "reserve": {"lines": [{"sku": "tee", "qty": 1}]}, "extend": {"ttl_seconds": 60},
+        "put_sale": {"skus": ["tee"]}, "join_queue": {"buyer": "bob"}}
+    checked = 0
+    for route in ROUTES:
+        path = concrete(route.path, {**values, "name": "swagger-ui.css" if route.path.startswith(
+            "/docs") else "dashboard.css"})
+        queries = [("bogus=1", "bogus"), ("x", "x"), ("\u00e9=1", "\u00e9"),
+                   ("%C3%A9=1", "\u00e9"), ("\uff15=1", "\uff15"), ("%FF=1", "\ufffd"),
+                   (f"{route.query[0]}=1&bogus=2" if route.query else "bogus=%FF", "bogus")]
+        for name in route.query:  # its own, with a value no one could mean
+            queries += [(f"{name}=%FF", name), (f"{name}=\u00e9", name),
+                        (f"{name}=\uff15", name)]
+        for query, field in queries:
+            status, _, answer = send_raw(front_end, route.method, f"{path}?{query}", {
+                **admin, "Idempotency-Key": "q-query"}, bodies.get(route.name))
+            assert (status, (answer or {}).get("field")) == (400, field), (
+                route.name, query, status, answer)
+            assert answer["error"] == "invalid_field"
+            checked += 1
+    assert checked > 7 * len(ROUTES)
+    assert state() == before
+    # The probe's own: what was a 500 through granian.
+    for target, field in ((f"/v1/{namespace}/items?after=\u00e9", "after"),
+                          (f"/v1/{namespace}/items/tee/ledger?after_seq=\u00e9", "after_seq"),
+                          (f"/v1/{namespace}/items?limit=\uff15", "limit")):
+        status, _, answer = send_raw(front_end, "GET", target, admin)
+        assert (status, answer["field"]) == (400, field), target
+    assert send_raw(front_end, "GET", f"/v1/{namespace}/items?limit=1&after=a", admin)[0] == 200
+
+
+@pytest.mark.parametrize("authorization", ["Bearer \u00e9t\u00e9", "B\u00e9arer x",
+                                           "Bearer alloc_\u00e9"])
+def test_an_authorization_header_that_is_not_ascii_is_401_with_www_authenticate(
+        front_end: str, namespace: str, authorization: str) -> None:
+    for method, path in (("GET", f"/v1/{namespace}/items/tee"),
+                         ("POST", f"/v1/{namespace}/items/tee/decrements"),
+                         ("GET", "/metrics")):
+        status, headers, answer = send_raw(front_end, method, path, {
+            "Authorization": authorization, "Idempotency-Key": "q-auth"}, {"qty": 1})
+        assert (status, answer["error"]) == (401, "unauthorized"), (method, path, answer)
+        assert headers["www-authenticate"].startswith("Bearer")
+    assert send_raw(front_end, "GET", "/healthz", {"Authorization": authorization})[0] == 200
 
 
 # --- A server whose database connection goes through a proxy that can stop forwarding ---

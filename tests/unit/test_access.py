@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import threading
 import time
 from collections.abc import Iterable
@@ -12,8 +14,20 @@ import pytest
 from werkzeug.test import Client
 
 from allocation.adapters.token_store import Grant, digest
-from allocation.entrypoints.route_table import TABLE, AccessGuard, canonical
+from allocation.entrypoints import openapi, schemas
+from allocation.entrypoints.movement_requests import MAX_BODY
+from allocation.entrypoints.route_table import (
+    BY_NAME,
+    ROUTES,
+    TABLE,
+    AccessGuard,
+    Route,
+    canonical,
+    openapi_path,
+)
+from allocation.entrypoints.rsgi_bridge import RsgiBridge
 from allocation.entrypoints.tokens import LOOKUPS, TokenCache
+from tests.unit.test_bridge_polls import Protocol, Scope
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -317,3 +331,149 @@ def test_a_first_check_without_a_database_is_503_not_401(store: FakeStore) -> No
     client, behind, _ = guarded(store)
     response = client.get("/v1/a/items/x", headers=bearer("read-a"))
     assert response.status_code == 503 and behind.reached == 0
+
+
+# --- Query strings: declared per route in the table, checked where access is decided ---
+
+def concrete(path: str) -> str:
+    """A request path of a route's template: each parameter a plain name."""
+    return re.sub(r"<\w+>", "a", path)
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=[route.name for route in ROUTES])
+@pytest.mark.parametrize("auth", ["required", "off"])
+def test_a_query_parameter_a_route_does_not_define_is_400_naming_it_and_reaches_nothing(
+        store: FakeStore, route: Route, auth: str) -> None:
+    behind = Behind()
+    cache = TokenCache(store) if auth == "required" else None
+    if cache is not None:
+        cache._reload()
+    client = Client(AccessGuard(behind, cache))
+    path = concrete(route.path)
+    for query, field in (("bogus=1", "bogus"), ("x", "x"), ("%C3%A9=1", "\u00e9"),
+                         ("\u00c3\u00a9=1", "\u00e9"),  # raw UTF-8 é, as WSGI has it
+                         ("\u00e9=1", "\ufffd"),  # the raw byte E9: not UTF-8
+                         ("%FF=1", "\ufffd"), (f"{route.query[0]}=1&bogus=2", "bogus")
+                         if route.query else ("bogus=", "bogus")):
+        response = client.open(path, method=route.method, json={"qty": 1},
+                               headers=bearer("admin-all"),
+                               environ_overrides={"QUERY_STRING": query})
+        answer = response.json
+        assert response.status_code == 400 and answer is not None, (query, response.data)
+        assert answer == {"error": "invalid_field", "field": field, "message": answer["message"]}
+        assert field in answer["message"]
+    assert behind.reached == 0
+    # Its own parameters (values are its handler's to check), and an empty query, pass.
+    for query in ("", "&", *(f"{name}=1" for name in route.query)):
+        response = client.open(path, method=route.method, json={"qty": 1},
+                               headers=bearer("admin-all"),
+                               environ_overrides={"QUERY_STRING": query})
+        assert response.status_code == 200, (query, response.data)
+
+
+@pytest.mark.parametrize("query", ["after=%FF", "after=\u00e9", "limit=1&after=%C3"])
+def test_a_defined_query_parameter_whose_value_is_not_utf8_is_400_naming_it(
+        store: FakeStore, query: str) -> None:
+    client, behind, _ = guarded(store)
+    response = client.get("/v1/a/items", headers=bearer("read-a"),
+                          environ_overrides={"QUERY_STRING": query})
+    assert response.status_code == 400
+    assert response.json is not None and response.json["field"] == "after"
+    assert behind.reached == 0
+    for fine in ("after=%C3%A9", "after=\u00c3\u00a9", "limit=+5"):  # the route's to refuse
+        assert client.get("/v1/a/items", headers=bearer("read-a"),
+                          environ_overrides={"QUERY_STRING": fine}).status_code == 200
+    # Text no WSGI server hands over (not bytes as latin-1) is refused, not failed on.
+    refusal = TABLE.query_refusal("GET", "/v1/a/items", "after=\u0100")
+    assert refusal is not None and (refusal.status, refusal.body["field"]) == (400, "after")
+
+
+def test_access_is_decided_before_the_query_and_an_unrouted_path_keeps_its_404(
+        store: FakeStore) -> None:
+    client, behind, _ = guarded(store)
+    assert client.get("/v1/a/items/x?bogus=1").status_code == 401
+    assert client.get("/v1/b/items/x?bogus=1", headers=bearer("read-a")).status_code == 403
+    assert client.get("/v1/a/items/x/?bogus=1", headers=bearer("read-a")).status_code == 404
+    # No route of the path and method: the router answers (404, 405), not the query check.
+    assert client.get("/v1/a/nothing?bogus=1", headers=bearer("read-a")).status_code == 200
+    assert client.delete("/v1/a/items/x?bogus=1", headers=bearer("admin-all")
+                         ).status_code == 200
+    assert behind.reached == 2
+
+
+def test_an_empty_query_string_costs_no_look_up(store: FakeStore,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    client, behind, _ = guarded(store)
+
+    def looked_up(*_: object) -> None:
+        raise AssertionError("an empty query string was looked at")
+
+    monkeypatch.setattr(TABLE, "query_refusal", looked_up)
+    for path in ("/v1/a/items/x", "/v1/a/items/x/decrements", "/healthz"):
+        method = "POST" if path.endswith("decrements") else "GET"
+        assert client.open(path, method=method, json={"qty": 1},
+                           headers=bearer("sell-a")).status_code == 200
+    assert behind.reached == 3
+
+
+def test_the_table_declares_the_query_its_handlers_validate_and_the_document_shows() -> None:
+    assert BY_NAME["list_items"].query == tuple(schemas.ListQuery.model_fields)
+    assert BY_NAME["ledger"].query == tuple(schemas.LedgerQuery.model_fields)
+    paths = openapi.document()["paths"]
+    for route in ROUTES:
+        operation = paths.get(openapi_path(route.path), {}).get(route.method.lower(), {})
+        assert [p["name"] for p in operation.get("parameters", [])
+                if p["in"] == "query"] == list(route.query), route.name
+
+
+@pytest.mark.parametrize("authorization", ["Bearer \u00e9t\u00e9", "B\u00e9arer x",
+                                           f"Bearer {tok('admin-all')}\u00e9"])
+def test_an_authorization_header_that_is_not_ascii_is_401_with_www_authenticate(
+        store: FakeStore, authorization: str) -> None:
+    client, behind, _ = guarded(store)
+    response = client.get("/v1/a/items/x", headers={"Authorization": authorization})
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert behind.reached == 0
+
+
+class LeftOut(dict[str, str]):
+    """granian's headers: a value that is not visible ASCII is left out of ``items()``, its
+    name kept in ``keys()``."""
+
+    def __init__(self, read: dict[str, str], *left_out: str) -> None:
+        super().__init__(read)
+        self.left_out = left_out
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        return [*super().keys(), *self.left_out]
+
+
+def test_through_rsgi_an_authorization_header_granian_leaves_out_is_401(
+        store: FakeStore) -> None:
+    client, behind, cache = guarded(store)
+    guard = client.application
+    assert isinstance(guard, AccessGuard)
+    bridge = RsgiBridge(guard, threads=1, body_timeout=5, max_body=MAX_BODY, guard=guard,
+                        tokens=cache)
+
+    def sent(path: str, headers: LeftOut) -> tuple[int, list[tuple[str, str]], bytes]:
+        protocol = Protocol()
+        asyncio.run(bridge.__rsgi__(Scope("GET", path, headers),  # type: ignore[arg-type]
+                                    protocol))  # type: ignore[arg-type]
+        assert protocol.sent is not None
+        return protocol.sent
+
+    try:
+        status, headers, data = sent("/v1/a/items/x", LeftOut({}, "authorization"))
+        assert status == 401 and json.loads(data)["error"] == "unauthorized"
+        assert dict(headers)["WWW-Authenticate"].startswith("Bearer")
+        assert behind.reached == 0
+        # A route that needs no token ignores it; another header left out is still 400.
+        assert sent("/healthz", LeftOut({}, "authorization"))[0] == 200
+        assert behind.reached == 1
+        status, _, data = sent("/v1/a/items/x", LeftOut(bearer("read-a"), "idempotency-key"))
+        assert status == 400 and json.loads(data)["field"] == "idempotency-key"
+        assert sent("/v1/a/items/x", LeftOut(bearer("read-a")))[0] == 200
+    finally:
+        bridge.pool.shutdown()

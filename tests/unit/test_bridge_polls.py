@@ -47,22 +47,26 @@ class Protocol:
         return b""
 
 
-def bridged(shop: FakeApp, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
+def bridged(shop: FakeApp, path: str, query: str = "") -> tuple[int, list[tuple[str, str]], bytes]:
+    """``query`` as granian hands it: as sent (percent-encoded or not), decoded as UTF-8."""
     guard = shop.app.wsgi_app
     assert isinstance(guard, AccessGuard)
     bridge = RsgiBridge(shop.app, threads=2, body_timeout=5, max_body=MAX_BODY,
                         application=shop.application, guard=guard)
     protocol = Protocol()
     try:
-        asyncio.run(bridge.__rsgi__(Scope("GET", path), protocol))  # type: ignore[arg-type]
+        scope = Scope("GET", path, query_string=query)
+        asyncio.run(bridge.__rsgi__(scope, protocol))  # type: ignore[arg-type]
     finally:
         bridge.pool.shutdown()
     assert protocol.sent is not None
     return protocol.sent
 
 
-def flasks(shop: FakeApp, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
-    response = shop.client.get(path)
+def flasks(shop: FakeApp, path: str, query: str = ""
+           ) -> tuple[int, list[tuple[str, str]], bytes]:
+    """``query``'s UTF-8 bytes as a WSGI server hands them (as latin-1)."""
+    response = shop.client.get(path, query_string=query)
     return response.status_code, list(response.headers), response.data
 
 
@@ -138,3 +142,45 @@ def test_a_closed_sales_tickets_read_closed_on_the_loop(shop: FakeApp) -> None:
     answer = bridged(shop, f"{SALE}/queue/{dan}")
     assert body_of(answer) == {"ticket": dan, "state": "closed", "position": None}
     assert calls == Counter() and answer == flasks(shop, f"{SALE}/queue/{dan}")
+
+
+# (path, query, status, the field named, whether a route's view ran)
+@pytest.mark.parametrize(("path", "query", "status", "field", "viewed"), [
+    (f"/v1/{NS}/items", "after=\u00e9", 400, "after", True),  # a name the schema refuses
+    (f"/v1/{NS}/items", "limit=\uff15", 400, "limit", True),  # fullwidth 5: not plain digits
+    (f"/v1/{NS}/items", "after=%FF", 400, "after", False),  # not UTF-8
+    (f"/v1/{NS}/items", "\u00e9=1", 400, "\u00e9", False),  # not a parameter of the route
+    (f"/v1/{NS}/items", "limit=1&x", 400, "x", False),
+    (f"/v1/{NS}/items", "limit=1&after=a", 200, None, True),
+    (f"/v1/{NS}/items/a/ledger", "after_seq=\u00e9", 400, "after_seq", True),
+    (f"/v1/{NS}/items/a/ledger", "after=1", 400, "after", False),
+    (f"/v1/{NS}/items/a", "x=1", 400, "x", False),  # the fast lane's
+    (f"/v1/{NS}/items/a", "\u00e9", 400, "\u00e9", False),
+    (SALE, "x=1", 400, "x", False),
+    (f"/v1/{NS}/stats", "x=1", 400, "x", False),
+    ("/healthz", "x=1", 400, "x", False),  # the bridge answers /healthz itself, unless a query
+    ("/readyz", "\u00e9", 400, "\u00e9", False),
+    ("/openapi.json", "v=2", 400, "v", False),
+])
+def test_a_query_is_read_as_sent_and_checked_on_both_front_ends(
+        shop: FakeApp, path: str, query: str, status: int, field: str | None,
+        viewed: bool) -> None:
+    calls = count_views(shop)
+    answers = [bridged(shop, path, query), flasks(shop, path, query)]
+    for answer in answers:
+        assert answer[0] == status, (answer, path, query)
+        if field is not None:
+            assert body_of(answer)["field"] == field
+    assert body_of(answers[0]) == body_of(answers[1])
+    assert sum(calls.values()) == (2 if viewed else 0)
+
+
+def test_a_polls_query_is_refused_before_the_loop_answers_it(shop: FakeApp) -> None:
+    dan = tickets(shop, "ann", "bob", "cat", "dan")[3]
+    calls = count_views(shop)
+    for query in ("x=1", "\u00e9=1", "ticket=%FF"):
+        answer = bridged(shop, f"{SALE}/queue/{dan}", query)
+        assert answer[0] == 400 and body_of(answer)["error"] == "invalid_field", query
+        assert body_of(answer) == body_of(flasks(shop, f"{SALE}/queue/{dan}", query))
+    assert calls == Counter()
+    assert body_of(bridged(shop, f"{SALE}/queue/{dan}"))["state"] == "waiting"

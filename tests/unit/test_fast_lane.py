@@ -201,3 +201,25 @@ def test_a_content_length_that_is_not_a_number_is_left_to_flask(length: str) -> 
             "CONTENT_LENGTH": length})
         answers.append(answer(response))
     assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("query", ["x=1", "qty=2", "buyer=b1", "%C3%A9=1", "k", "a=%FF"])
+def test_a_query_the_lanes_routes_do_not_define_is_400_naming_it_and_changes_nothing(
+        query: str) -> None:
+    answers = []
+    for app in pair():
+        calls = count_views(app)
+        before = app.snapshot()
+        answered = [answer(app.client.open(f"{path}?{query}", method=method, json=data,
+                                           headers={"Idempotency-Key": "q"}))
+                    for method, path, data in (
+                        ("POST", "/v1/ns/items/a/decrements", {"qty": 1}),
+                        ("POST", "/v1/ns/items/a/refunds", {"qty": 1}),
+                        ("GET", "/v1/ns/items/a", None),
+                        ("POST", "/v1/ns/sales/a/queue", {"buyer": "ann"}))]
+        assert {status for status, _, _ in answered} == {"400 BAD REQUEST"}
+        assert app.snapshot() == before and calls == Counter()
+        answers.append(answered)
+    assert answers[0] == answers[1]
+    field = answers[0][0][2].decode()
+    assert '"error":"invalid_field"' in field and '"field":' in field

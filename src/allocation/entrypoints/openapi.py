@@ -114,11 +114,16 @@ def _reservation_step(summary: str, refusals: str,
 
 def _paths(operations: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The document's paths, in the route table's order: each route that has an operation here
-    (named as in the table); a public route's asks for no token."""
+    (named as in the table), with the query parameters the table gives it; a public route's
+    asks for no token."""
     paths: dict[str, dict[str, Any]] = {}
     for route in route_table.ROUTES:
         operation = operations.pop(route.name, None)
         if operation is not None:
+            query = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+            if query != list(route.query):
+                raise ValueError(f"{route.name}: the table's query is {list(route.query)}, "
+                                 f"the document's {query}")
             if route.access == "public":
                 operation.pop("security", None)
             paths.setdefault(route_table.openapi_path(route.path), {})[

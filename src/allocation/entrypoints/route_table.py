@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import unquote_to_bytes
 
 from allocation.adapters.token_store import ANY_NAMESPACE
 from allocation.domain import errors
@@ -48,6 +49,9 @@ class Route:
     stream: bool = False  # after its first event the RSGI bridge serves the rest itself
     # The RSGI bridge answers it on its event loop where the answer needs no I/O (else the app)
     loop: bool = False
+    # The query parameters it defines (their values are the handler's to check): any other is
+    # 400 before the handler runs.
+    query: tuple[str, ...] = ()
 
 
 ITEM = "/v1/<namespace>/items/<sku>"
@@ -59,7 +63,8 @@ ROUTES: tuple[Route, ...] = (
     Route("init_item", "PUT", ITEM, "init_item", "admin"),
     Route("set_limit", "PATCH", ITEM, "set_limit", "admin"),
     Route("get_item", "GET", ITEM, "get_item", "read", fast=True),
-    Route("list_items", "GET", "/v1/<namespace>/items", "list_items", "read"),
+    Route("list_items", "GET", "/v1/<namespace>/items", "list_items", "read",
+          query=("after", "limit")),
     Route("adjust", "POST", f"{ITEM}/adjustments", "move", "admin"),
     Route("decrement", "POST", f"{ITEM}/decrements", "move", "sell", fast=True),
     Route("refund", "POST", f"{ITEM}/refunds", "move", "sell", fast=True),
@@ -69,7 +74,7 @@ ROUTES: tuple[Route, ...] = (
     Route("release", "POST", f"{RESERVATION}/release", "end_reservation", "sell"),
     Route("extend", "POST", f"{RESERVATION}/extend", "end_reservation", "sell"),
     Route("stream", "GET", f"{ITEM}/stream", "stream", "read", stream=True),
-    Route("ledger", "GET", f"{ITEM}/ledger", "ledger", "read"),
+    Route("ledger", "GET", f"{ITEM}/ledger", "ledger", "read", query=("after_seq", "limit")),
     Route("refresh_item", "POST", f"{ITEM}/refresh", "refresh_item", "admin"),
     Route("refresh_namespace", "POST", "/v1/<namespace>/refresh", "refresh_namespace", "admin"),
     Route("stats", "GET", "/v1/<namespace>/stats", "stats", "read"),
@@ -143,6 +148,13 @@ class RouteTable:
         found = self._index(path)
         return None if found is None else self._at[found[0]].get(_as_get(method))
 
+    def query_refusal(self, method: str, path: str, query: str) -> Reply | None:
+        """400 naming the first parameter of ``query`` (a non-empty QUERY_STRING) that the
+        route of this request does not define, or whose name or value is not UTF-8 text; None
+        if there is none, or no route (the router answers 404 or 405)."""
+        route = self.find(method, path)
+        return None if route is None else query_refusal(route.query, query)
+
     def _access(self, method: str, path: str) -> Need:
         found = self._index(path)
         if found is not None:
@@ -182,6 +194,39 @@ def _otherwise(at: dict[str, Route]) -> Need | None:
     return kinds.pop() if len(kinds) == 1 and kinds <= {"public", "operator"} else None
 
 
+def query_refusal(defined: tuple[str, ...], query: str) -> Reply | None:
+    """``RouteTable.query_refusal`` for a route that defines ``defined``. ``query`` is as WSGI
+    has it, its bytes as latin-1 (PEP 3333), split and decoded as Werkzeug's ``request.args``
+    reads it, but strictly: a byte that is not UTF-8, raw or percent-encoded, is refused here
+    rather than fail (or be kept encoded) in the handler."""
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        raw_name, _, raw_value = pair.partition("=")
+        name = _query_text(raw_name)
+        if name is None:
+            shown = _query_text(raw_name, "replace")
+            return _bad_query(shown or raw_name, f"{shown}: a query parameter's name must be "
+                                                 "UTF-8 text")
+        if name not in defined:
+            return _bad_query(name, f"{name}: is not a query parameter of this request")
+        if _query_text(raw_value) is None:
+            return _bad_query(name, f"{name}: must be UTF-8 text")
+    return None
+
+
+def _query_text(part: str, errors: str = "strict") -> str | None:
+    try:
+        return unquote_to_bytes(part.replace("+", " ").encode("latin-1", errors)).decode(
+            "utf-8", errors)
+    except UnicodeError:  # not bytes as latin-1 (a server's bug), or not UTF-8
+        return None
+
+
+def _bad_query(field: str, message: str) -> Reply:
+    return replies.error(400, "invalid_field", message, field=field)
+
+
 TABLE = RouteTable(ROUTES)
 
 
@@ -189,6 +234,9 @@ TABLE = RouteTable(ROUTES)
 CHECKED = "allocation.access_checked"
 # The Grant a request was let through on (set by the guard): streams count and end by its id.
 GRANT = "allocation.grant"
+# Set by a server that was sent an Authorization header it cannot hand over (rsgi_bridge: granian
+# leaves out a value that is not visible ASCII): no token can be read from it, 401.
+UNREADABLE_TOKEN = "allocation.unreadable_token"
 RANK = {"read": 0, "sell": 1, "admin": 2}
 
 
@@ -220,20 +268,27 @@ class Access:
         path = environ.get("PATH_INFO", "")
         started = time.perf_counter()
         method = environ.get("REQUEST_METHOD", "")
+        refusal: Reply | None = None
         if not canonical(path):
-            refusal: Reply | None = replies.error(404, "not_found", "no such path")
-        elif self._tokens is None or (need := TABLE.access(method, path)) == "public":
-            return None
-        else:
+            refusal = replies.error(404, "not_found", "no such path")
+        elif self._tokens is not None and (need := TABLE.access(method, path)) != "public":
             refusal = self._refusal(path, need, environ, self._tokens, wait)
-        if refusal is not None:
-            metrics.count_request(method, "access", refusal.status,
-                                  time.perf_counter() - started)
+        if refusal is None:
+            query = environ.get("QUERY_STRING")
+            if not query:  # as nearly every request has it: nothing more to decide
+                return None
+            refusal = TABLE.query_refusal(method, path, query)
+            if refusal is None:
+                return None
+        metrics.count_request(method, "access", refusal.status, time.perf_counter() - started)
         return refusal
 
     def _refusal(self, path: str, need: str, environ: WSGIEnvironment, tokens: TokenCache,
                  wait: float | None) -> Reply | None:
-        token = _bearer(environ.get("HTTP_AUTHORIZATION"))
+        authorization = environ.get("HTTP_AUTHORIZATION")
+        if environ.get(UNREADABLE_TOKEN) or (authorization and not authorization.isascii()):
+            return _unauthorized("the Authorization header must be printable ASCII")
+        token = _bearer(authorization)
         if token is None:
             return _unauthorized("this request needs an Authorization: Bearer token")
         try:

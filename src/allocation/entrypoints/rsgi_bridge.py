@@ -68,7 +68,9 @@ class RsgiBridge:
     async def __rsgi__(self, scope: Scope, protocol: HTTPProtocol) -> None:
         if scope.proto != "http":
             return  # no websockets here
-        if scope.method == "GET" and scope.path in _HEALTH and self.application is not None:
+        # (With a query string, the guard below refuses it: the health routes define none.)
+        if scope.method == "GET" and scope.path in _HEALTH and self.application is not None and (
+                not scope.query_string):
             started = time.perf_counter()
             reply = await self._health(scope.path, self.application)
             metrics.count_request("GET", scope.path, reply.status, time.perf_counter() - started)
@@ -80,14 +82,20 @@ class RsgiBridge:
         # sends its next request down a connection that is gone.
         announced = bool(length) or (length is None and scope.method not in _NO_BODY)
         unread = set(scope.headers.keys()) - {name for name, _ in headers}
+        # granian leaves out a header whose value is not visible ASCII. An Authorization header
+        # left out carries no token anyone was given: the guard answers it 401 (API.md).
+        unreadable_token = "authorization" in unread
+        unread.discard("authorization")
         if unread:
-            # granian leaves out a header whose value is not visible ASCII: an Idempotency-Key
-            # of that kind would vanish, and an adjustment be applied without its key. Refuse.
+            # Any other: an Idempotency-Key of that kind would vanish, and an adjustment be
+            # applied without its key. Refuse.
             field = sorted(unread)[0]
             return _reply(protocol, replies.error(
                 400, "invalid_field", f"header {field}: must be printable ASCII",
                 field=field), close=announced)
         environ = _environ(scope, headers)
+        if unreadable_token:
+            environ[route_table.UNREADABLE_TOKEN] = True
         loop = asyncio.get_running_loop()
         if self.guard is not None:
             refusal = await self.guard.refusal_soon(environ)
@@ -275,9 +283,13 @@ def _environ(scope: Scope, headers: Headers) -> WSGIEnvironment:
     environ: dict[str, Any] = {
         "REQUEST_METHOD": scope.method, "SCRIPT_NAME": "",
         # granian hands the path decoded once (as UTF-8): PEP 3333 wants those bytes as
-        # latin-1, and no second decoding (``te%2565`` is not ``tee``).
+        # latin-1, and no second decoding (``te%2565`` is not ``tee``). The query string it
+        # hands as sent (not percent-decoded), its bytes decoded as UTF-8: as latin-1 too, or
+        # Werkzeug reads ``é`` as the byte E9 and fails on it (a 500), and a character past
+        # latin-1 fails before any route is reached.
         "PATH_INFO": scope.path.encode("utf-8", "surrogateescape").decode("latin-1"),
-        "QUERY_STRING": scope.query_string, "SERVER_NAME": host, "SERVER_PORT": port,
+        "QUERY_STRING": scope.query_string.encode("utf-8", "surrogateescape").decode("latin-1"),
+        "SERVER_NAME": host, "SERVER_PORT": port,
         "SERVER_PROTOCOL": f"HTTP/{scope.http_version}", "REMOTE_ADDR": client,
         "REMOTE_PORT": client_port, "wsgi.version": (1, 0), "wsgi.url_scheme": scope.scheme,
         "wsgi.input": io.BytesIO(), "wsgi.input_terminated": True,
