@@ -59,6 +59,11 @@ class TestPutSale:
         again = put(shop)
         assert not again.created and again.sale == first.sale
 
+    def test_the_same_skus_in_another_order_are_the_same_sale(self, shop: FakeApp) -> None:
+        first = put(shop)
+        again = put(shop, skus=("b", "a"))
+        assert not again.created and again.sale == first.sale  # the kept order stands
+
     def test_other_terms_under_the_name_are_refused(self, shop: FakeApp) -> None:
         put(shop)
         with pytest.raises(errors.AlreadyExists):
