@@ -52,30 +52,43 @@ def _put_sale(cmd: commands.PutSale, services: Services) -> SaleAnswer:
     with services.uow_factory() as uow:
         kept = uow.sales.get(cmd.namespace, cmd.sale)
         if kept is not None:
-            same = sale if cmd.opens_at_ms is not None else replace(
-                sale, opens_at_ms=kept.opens_at_ms)
-            if not kept.same_terms(same):
-                raise errors.AlreadyExists(f"sale {cmd.sale} exists with other terms")
-            return _answer(services, kept)
+            return _repeated(services, cmd, sale, kept)
         found = uow.items.many(cmd.namespace, cmd.skus)
         for sku in cmd.skus:
             if sku not in found:
                 raise errors.NotFound(f"no item {sku} in {cmd.namespace}", sku=sku)
-        _not_gated(uow.sales.gating(cmd.namespace, cmd.skus))
-        try:
-            uow.sales.add(sale)
-            uow.commit()
-        except Conflict:
-            # Another request won the race for the name or a sku: answer as if it came first.
-            with services.uow_factory() as again:
-                if again.sales.get(cmd.namespace, cmd.sale) is not None:
-                    raise errors.AlreadyExists(f"sale {cmd.sale} exists") from None
+        gating = uow.sales.gating(cmd.namespace, cmd.skus)
+        # A sku gated by this very sale: a request alike made it since the read above.
+        created = cmd.sale not in gating.values()
+        if created:
+            _not_gated(gating)
+            try:
+                uow.sales.add(sale)
+                uow.commit()
+            except Conflict:  # another request won the race for the name or a sku
+                created = False
+    if not created:
+        # Answer as if the winner came first: the same sale again is 200, as a repeat is.
+        with services.uow_factory() as again:
+            kept = again.sales.get(cmd.namespace, cmd.sale)
+            if kept is None:
                 _not_gated(again.sales.gating(cmd.namespace, cmd.skus))
-            raise
+                raise errors.Unavailable(f"sale {cmd.sale} was contended; retry",
+                                         retry_after=1)
+        return _repeated(services, cmd, sale, kept)
     services.sale_queue.gate(sale, True)  # first: a sale in Redis always has its gates
     services.sale_queue.put(sale)
     services.sales.known(sale)
     return _answer(services, sale, created=True)
+
+
+def _repeated(services: Services, cmd: commands.PutSale, sale: Sale, kept: Sale) -> SaleAnswer:
+    """A PUT of a sale the record has: 200 with it where the terms are the same (a PUT with no
+    ``opens_at`` takes the kept one), else ``AlreadyExists``."""
+    same = sale if cmd.opens_at_ms is not None else replace(sale, opens_at_ms=kept.opens_at_ms)
+    if not kept.same_terms(same):
+        raise errors.AlreadyExists(f"sale {cmd.sale} exists with other terms")
+    return _answer(services, kept)
 
 
 def _not_gated(gating: dict[str, str]) -> None:
