@@ -46,6 +46,14 @@ def poll(shop: FakeApp, ticket: str) -> sales.TicketAnswer:
     return sales.poll_ticket(shop.bus.services, NS, "drop", ticket)
 
 
+def lost(shop: FakeApp) -> None:
+    """Redis loses every key of the app (a restart without persistence), its clock kept."""
+    client = shop.counter.client
+    for key in client.scan_iter(match=f"{shop.counter.keys.prefix}:*", count=10_000):
+        client.delete(key)
+    shop.now = shop.now
+
+
 def decrement(shop: FakeApp, buyer: str | None, sale_pass: str | None, key: str,
               sku: str = "a") -> object:
     return shop.bus.handle(commands.Decrement(NS, sku, 1, key, buyer, sale_pass))
@@ -104,6 +112,19 @@ class TestQueue:
         assert [s.state for s in states] == ["admitted"] * 3 + ["waiting"] * 2
         assert [s.position for s in states[3:]] == [0, 1]
         assert all(s.sale_pass for s in states[:3])
+
+    def test_after_redis_lost_its_data_the_loop_rebuilds_the_items_and_admits(
+            self, shop: FakeApp) -> None:
+        """Probe 7: the sale admitted nobody until someone read a gated item."""
+        put(shop, admit_factor=1)  # 3 units: 3 admitted
+        shop.drain()
+        lost(shop)
+        room = shop.bus.services.sales
+        room.refresh()  # the sale's loop, once
+        advanced = room.figures(room.open_sales()[0])
+        assert (advanced.available, advanced.missing) == (3, ())
+        assert shop.counter.read(NS, "a") is not None  # nobody read it
+        assert poll(shop, join(shop, "ann").ticket).state == "admitted"
 
     def test_a_forged_ticket_or_another_sales_is_not_found(self, shop: FakeApp) -> None:
         put(shop)

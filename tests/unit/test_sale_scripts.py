@@ -197,7 +197,7 @@ class TestPasses:
         sale = self.opened(room, buyers=10)  # 5 units, factor 1: 5 admitted
         read_units = room.queue._units
 
-        def a_use_lands_meanwhile(of: Sale) -> tuple[int, int]:
+        def a_use_lands_meanwhile(of: Sale) -> tuple[int, int, tuple[str, ...]]:
             units = read_units(of)  # 5 available: the sale below has not reached the items
             assert room.queue.claim(NS, "drop", 0, 2) == "ok"
             room.queue.resolve(NS, "drop", 0, used=True)

@@ -84,12 +84,12 @@ class RedisSaleQueue:
             # The epoch first, then the items: a use resolved after this read may not show
             # in the units read, so the script counts its units as gone.
             epoch = int(self.client.hget(sale_key, "epoch") or 0)
-            available, held = self._units(sale)
+            available, held, missing = self._units(sale)
             reply = self._advance(keys=[sale_key, outstanding, claims, passes, resolved, holds],
                                   args=[available, held, epoch, _order_key(), most,
                                         self.events_channel])
         if not reply:
-            return Advanced(None, available, held, 0)
+            return Advanced(None, available, held, 0, missing)
         (joined, serving, prequeue, order_key, out, used, expired, sold_out, closed, _,
          now, *ended) = reply
         if ended:
@@ -100,24 +100,26 @@ class RedisSaleQueue:
             prequeue=int(prequeue_text) if prequeue_text else None,
             order_key=_text(order_key).encode(), outstanding=int(out), used=int(used),
             expired=int(expired), sold_out=bool(int(sold_out)), closed=bool(int(closed)))
-        return Advanced(figures, available, held, int(now))
+        return Advanced(figures, available, held, int(now), missing)
 
-    def _units(self, sale: Sale) -> tuple[int, int]:
-        """The skus' available and held units, each read in its own slot. An item missing
-        from Redis (to be rebuilt) counts as nothing available and something held: it admits
-        nobody and does not make the sale sold out."""
+    def _units(self, sale: Sale) -> tuple[int, int, tuple[str, ...]]:
+        """The skus' available and held units, each read in its own slot, and the skus
+        missing. An item missing from Redis (to be rebuilt) counts as nothing available and
+        something held: it admits nobody and does not make the sale sold out."""
         pipe = self.client.pipeline(transaction=False)
         for sku in sale.skus:
             pipe.hmget(self.keys.item(sale.namespace, sku), "total", "consumed", "held")
         available = held = 0
-        for total, consumed, holding in pipe.execute():
+        missing: list[str] = []
+        for sku, (total, consumed, holding) in zip(sale.skus, pipe.execute(), strict=True):
             if total is None:
                 held += 1
+                missing.append(sku)
                 continue
             taken = int(consumed or 0) + int(holding or 0)
             available += max(int(total) - taken, 0)
             held += int(holding or 0)
-        return available, held
+        return available, held, tuple(missing)
 
     def _holds_ended(self, sale: Sale, rids: list[str], now_ms: int) -> None:
         """Ask each reservation past the end the sale recorded for its hold how it stands

@@ -65,6 +65,9 @@ class Advanced:
     available: int
     held: int
     now_ms: int
+    # Skus the store lost (their items are missing: counted as nothing available and
+    # something held, so the sale admits nobody on them until they are rebuilt).
+    missing: tuple[str, ...] = ()
 
 
 class SaleQueue(Protocol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as WaitedOut
 from dataclasses import dataclass
@@ -61,6 +61,9 @@ class SaleRoom:
         self._reading = threading.Lock()
         self._reads: dict[tuple[str, str], Future[Sale | None]] = {}  # read_sale's in flight
         self._advancing: dict[tuple[str, str], threading.Lock] = {}
+        # Rebuilds a namespace's items Redis lost, as a read of each would (bootstrap sets it:
+        # ``sales.restore_items``); None: a sale waits for a read of them.
+        self.restore: Callable[[str, Sequence[str]], None] | None = None
 
     def recorded(self, call: Callable[[], T]) -> T:
         """``call`` (the record's part of a request) within ``record_wait``, else 503. A call
@@ -204,8 +207,25 @@ class SaleRoom:
             self._sales = {(s.namespace, s.sale): s for s in open_sales}
             self.gated = {(s.namespace, sku): s for s in open_sales for sku in s.skus}
         for sale in open_sales:
-            self.figures(sale, fresh=True)
+            missing = self.figures(sale, fresh=True).missing
+            if missing:
+                self._restore(sale, missing)
         return self.window / 2
+
+    def _restore(self, sale: Sale, missing: Sequence[str]) -> None:
+        """Redis lost items of an open sale: they count as nothing available, so it admits
+        nobody on them until they are back. Rebuild them now (one process's rebuild stands
+        for the others', under the items' locks) rather than when someone reads one, and step
+        the queue on with them."""
+        if self.restore is None:
+            return
+        try:
+            self.restore(sale.namespace, missing)
+        except errors.Unavailable as exc:  # the ledger behind, say: the next refresh
+            logger.warning("items of the sale %s/%s not rebuilt yet (%s)", sale.namespace,
+                           sale.sale, exc)
+            return
+        self.figures(sale, fresh=True)
 
     def run(self, stopping: threading.Event) -> None:
         """Refresh until ``stopping``; an outage keeps what was last read and is retried."""

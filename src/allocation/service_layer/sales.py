@@ -4,7 +4,9 @@ here they are put together with the record, the queue and the signing."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from allocation.adapters.sale_queue import Advanced, PassClaim, TicketClaim
@@ -18,6 +20,7 @@ from allocation.domain.sale import (
     sale_state,
     ticket_state,
 )
+from allocation.service_layer import rebuild
 from allocation.service_layer.services import Services
 from allocation.service_layer.unit_of_work import Conflict
 
@@ -89,6 +92,15 @@ def _repeated(services: Services, cmd: commands.PutSale, sale: Sale, kept: Sale)
     if not kept.same_terms(same):
         raise errors.AlreadyExists(f"sale {cmd.sale} exists with other terms")
     return _answer(services, kept)
+
+
+def restore_items(services: Services, namespace: str, skus: Sequence[str]) -> None:
+    """Items of an open sale that Redis lost, rebuilt from the record as a read of each would
+    (``rebuild.refresh``): the sale's loop calls it, so that the sale admits again without
+    anyone reading a gated item. An item the record no longer has is left out."""
+    for sku in skus:
+        with contextlib.suppress(errors.NotFound):
+            rebuild.refresh(commands.Refresh(namespace, sku), services)
 
 
 def _not_gated(gating: dict[str, str]) -> None:
