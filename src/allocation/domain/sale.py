@@ -71,6 +71,10 @@ class QueueFigures:
     expired: int
     sold_out: bool
     closed: bool
+    # The queue's incarnation: drawn where its state is made, again where Redis lost it
+    # (docs/adr/0046). Numbers and places are of one incarnation: a ticket or pass of another
+    # is not of this queue.
+    incarnation: str = ""
 
 
 def admission_room(available: int, pending_units: int, outstanding: int, admit_factor: float,

@@ -138,10 +138,14 @@ def join_queue(cmd: commands.JoinQueue, services: Services) -> TicketAnswer:
         joined = services.sale_queue.join(cmd.namespace, cmd.sale, cmd.buyer)
     if joined.status == "closed":
         raise errors.SaleClosed(f"the sale {cmd.sale} is closed")
-    claim = TicketClaim(cmd.buyer, joined.number, joined.joined_at_ms)
+    claim = TicketClaim(cmd.buyer, joined.number, joined.joined_at_ms, joined.incarnation)
     ticket = services.signing.ticket(cmd.namespace, cmd.sale, claim)
     # The ticket's state from the claim it was just signed for: no need to read it back.
-    return _poll(services, sale, claim, ticket, joined=joined.status == "joined")
+    try:
+        return _poll(services, sale, claim, ticket, joined=joined.status == "joined")
+    except errors.NotFound:  # Redis lost the queue since the join numbered it
+        raise errors.Unavailable("the sale's queue was restored meanwhile; join again",
+                                 retry_after=1) from None
 
 
 def sale(services: Services, namespace: str, name: str) -> SaleAnswer:
@@ -160,7 +164,8 @@ def poll_ticket(services: Services, namespace: str, name: str, ticket: str) -> T
 def _poll(services: Services, sale: Sale, claim: TicketClaim, ticket: str,
           joined: bool = False) -> TicketAnswer:
     namespace, name = sale.namespace, sale.sale
-    figures = None if sale.closed else services.sales.figures(sale).figures
+    # Not of the queue's incarnation now (Redis lost the one that numbered it): 404.
+    figures = None if sale.closed else services.sales.figures_of(sale, claim.incarnation)
     unadmitted = _unadmitted(ticket, claim.number, sale, figures, joined)
     if unadmitted is not None:
         return unadmitted
@@ -168,12 +173,13 @@ def _poll(services: Services, sale: Sale, claim: TicketClaim, ticket: str,
         raise errors.Unavailable("the sale's queue is being restored; retry")
     where = place(claim.number, figures)
     assert where is not None  # admitted: the pre-queue was drawn
-    pass_state, expires = services.sale_queue.pass_at(namespace, name, where)
+    pass_state, expires = services.sale_queue.pass_at(namespace, name, where,
+                                                      incarnation=claim.incarnation)
     view = ticket_state(claim.number, figures, pass_state)
     if view.state != "admitted" or pass_state is None:
         return TicketAnswer(ticket, view.state, view.position, joined=joined)
-    sale_pass = services.signing.pass_(namespace, name, PassClaim(claim.buyer, claim.number,
-                                                                  expires))
+    sale_pass = services.signing.pass_(namespace, name, PassClaim(
+        claim.buyer, claim.number, expires, claim.incarnation))
     return TicketAnswer(ticket, "admitted", 0, sale_pass, expires, joined)
 
 
@@ -192,7 +198,10 @@ def poll_at_once(services: Services, namespace: str, name: str,
     if claim is None:
         return None
     advanced = None if sale.closed else services.sales.last_figures(sale)
-    return _unadmitted(ticket, claim.number, sale, None if advanced is None else advanced.figures)
+    figures = None if advanced is None else advanced.figures
+    if figures is not None and figures.incarnation != claim.incarnation:
+        return None  # another incarnation's ticket, or figures older than it: poll_ticket
+    return _unadmitted(ticket, claim.number, sale, figures)
 
 
 def _unadmitted(ticket: str, number: int, sale: Sale, figures: QueueFigures | None,
