@@ -32,7 +32,7 @@ from allocation.adapters.sql_unit_of_work import SqlAlchemyUnitOfWork
 from allocation.adapters.token_store import TokenStore
 from allocation.config import Config
 from allocation.domain import events
-from allocation.service_layer import handlers
+from allocation.service_layer import handlers, sales
 from allocation.service_layer.durability import Durability
 from allocation.service_layer.messagebus import MessageBus
 from allocation.service_layer.sale_room import SaleRoom
@@ -131,6 +131,8 @@ def bootstrap(
         sale_queue=sale_queue, sales=SaleRoom(uow_factory, sale_queue),
         signing=SaleSigning.from_secret(config.sale_secret, required=config.auth == "required"),
         record_drift=health.record_drift)
+    # The sales' loop rebuilds items of an open sale that Redis lost (a sale admits again).
+    services.sales.restore = functools.partial(sales.restore_items, services)
     bus = MessageBus(services, handlers.COMMAND_HANDLERS)
     return Application(
         config=config, bus=bus, uow_factory=uow_factory, counter=counter, outbox=outbox,

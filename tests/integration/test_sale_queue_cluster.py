@@ -38,13 +38,15 @@ def test_a_sale_over_skus_on_several_masters(redis_cluster: LocalCluster) -> Non
     advanced = queue.advance(sale)
     assert advanced.figures is not None
     assert (advanced.available, advanced.figures.serving) == (12, 12)
-    assert queue.claim("ns", "drop", 3, 1) == "ok"
+    inc = advanced.figures.incarnation
+    assert inc and queue.join("ns", "drop", "b3").incarnation == inc
+    assert queue.claim("ns", "drop", 3, 1, incarnation=inc) == "ok"
     outcome = counter.apply("ns", "s3", "decrement", 1, "k1", buyer="b3", sale="drop")
     assert outcome.ok
     refused = counter.apply("ns", "s4", "decrement", 1, "k2", buyer="x")
     assert refused.status == "pass_required"  # the gate, in the item's own slot
-    queue.resolve("ns", "drop", 3, used=True)
-    assert queue.pass_at("ns", "drop", 3)[0] == "used"
+    queue.resolve("ns", "drop", 3, used=True, incarnation=inc)
+    assert queue.pass_at("ns", "drop", 3, incarnation=inc)[0] == "used"
     figures = queue.advance(sale).figures
     assert figures is not None and (figures.used, figures.outstanding) == (1, 11)
     assert queue.now_ms("ns", "drop") == T0

@@ -61,3 +61,39 @@ def test_two_sales_racing_for_a_sku_one_wins(app: Application, namespace: str) -
     assert sorted(type(a).__name__ for a in answers) == ["SaleAnswer", "SkuGated"]
     with app.uow_factory() as uow:
         assert len(uow.sales.gating(namespace, ["a", "b", "c"])) == 2
+
+
+def test_identical_puts_at_once_make_it_once_and_find_it_the_same(
+        app: Application, service_config: Config, namespace: str) -> None:
+    """API.md: a PUT of the same sale is 200. Racing ones were 409 (already_exists, or
+    sku_gated naming the sale being made): whichever loses answers the winner's sale."""
+    other = bootstrap(service_config)  # two processes' worth of record calls (4 each)
+    try:
+        for sku in ("a", "b"):
+            app.bus.handle(commands.InitInventory(namespace, sku, 5))
+        for round_ in range(5):
+            name = f"drop{round_}"
+            start = threading.Barrier(8)
+            answers: list[object] = []
+
+            def put(one: Application, skus: tuple[str, ...], name: str = name,
+                    start: threading.Barrier = start, answers: list[object] = answers) -> None:
+                start.wait()
+                try:
+                    answers.append(one.bus.handle(commands.PutSale(
+                        namespace, name, skus, 1_900_000_000_000)))
+                except Exception as refused:  # noqa: BLE001 - the assertion names it
+                    answers.append(refused)
+
+            threads = [threading.Thread(target=put, args=(
+                (app, other)[n % 2], ("a", "b") if n % 3 else ("b", "a"))) for n in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert all(type(a).__name__ == "SaleAnswer" for a in answers), answers
+            assert sum(a.created for a in answers) == 1  # type: ignore[attr-defined]
+            app.bus.handle(commands.CloseSale(namespace, name))
+    finally:
+        assert other.engine is not None
+        other.engine.dispose()

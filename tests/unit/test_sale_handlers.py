@@ -8,10 +8,12 @@ from typing import NoReturn
 
 import pytest
 
+from allocation.adapters.sale_queue import Advanced
 from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, errors
 from allocation.domain.errors import PassInvalid, PassRequired, SaleClosed, SkuGated
+from allocation.domain.sale import Sale
 from allocation.service_layer import sales
 from tests.helpers.apps import FakeApp
 from tests.helpers.fakes import FakeUnitOfWork
@@ -46,6 +48,14 @@ def poll(shop: FakeApp, ticket: str) -> sales.TicketAnswer:
     return sales.poll_ticket(shop.bus.services, NS, "drop", ticket)
 
 
+def lost(shop: FakeApp) -> None:
+    """Redis loses every key of the app (a restart without persistence), its clock kept."""
+    client = shop.counter.client
+    for key in client.scan_iter(match=f"{shop.counter.keys.prefix}:*", count=10_000):
+        client.delete(key)
+    shop.now = shop.now
+
+
 def decrement(shop: FakeApp, buyer: str | None, sale_pass: str | None, key: str,
               sku: str = "a") -> object:
     return shop.bus.handle(commands.Decrement(NS, sku, 1, key, buyer, sale_pass))
@@ -58,6 +68,11 @@ class TestPutSale:
         assert first.advanced.available == 3
         again = put(shop)
         assert not again.created and again.sale == first.sale
+
+    def test_the_same_skus_in_another_order_are_the_same_sale(self, shop: FakeApp) -> None:
+        first = put(shop)
+        again = put(shop, skus=("b", "a"))
+        assert not again.created and again.sale == first.sale  # the kept order stands
 
     def test_other_terms_under_the_name_are_refused(self, shop: FakeApp) -> None:
         put(shop)
@@ -100,6 +115,19 @@ class TestQueue:
         assert [s.position for s in states[3:]] == [0, 1]
         assert all(s.sale_pass for s in states[:3])
 
+    def test_after_redis_lost_its_data_the_loop_rebuilds_the_items_and_admits(
+            self, shop: FakeApp) -> None:
+        """Probe 7: the sale admitted nobody until someone read a gated item."""
+        put(shop, admit_factor=1)  # 3 units: 3 admitted
+        shop.drain()
+        lost(shop)
+        room = shop.bus.services.sales
+        room.refresh()  # the sale's loop, once
+        advanced = room.figures(room.open_sales()[0])
+        assert (advanced.available, advanced.missing) == (3, ())
+        assert shop.counter.read(NS, "a") is not None  # nobody read it
+        assert poll(shop, join(shop, "ann").ticket).state == "admitted"
+
     def test_a_forged_ticket_or_another_sales_is_not_found(self, shop: FakeApp) -> None:
         put(shop)
         put(shop, "other", ("c",))
@@ -120,6 +148,69 @@ class TestQueue:
     def test_an_unknown_sale(self, shop: FakeApp) -> None:
         with pytest.raises(errors.NotFound):
             join(shop, "ann", "nope")
+
+
+class TestRedisLostTheQueue:
+    """Probe 6: the queue Redis lost and the one made again numbered from 0 alike, so old
+    tickets and passes were taken for new ones (two buyers admitted on one number, a pass
+    "used" by another buyer). Each incarnation of a queue has its id, and tickets and passes
+    carry it (docs/adr/0046)."""
+
+    def test_old_tickets_and_passes_are_not_the_new_queues(self, shop: FakeApp) -> None:
+        put(shop, max_admitted=1)
+        old = {b: join(shop, b).ticket for b in ("ann", "bob", "cat")}
+        old_pass = poll(shop, old["ann"]).sale_pass
+        assert old_pass is not None
+        shop.drain()
+        lost(shop)
+        dan = join(shop, "dan")  # number 0 again, of the new queue
+        shop.bus.services.sales.refresh()
+        dan_pass = poll(shop, dan.ticket).sale_pass
+        assert dan_pass is not None
+        for ticket in old.values():
+            with pytest.raises(errors.NotFound):
+                poll(shop, ticket)
+        with pytest.raises(PassInvalid) as refused:
+            decrement(shop, "ann", old_pass, "k1")
+        assert "join again" in refused.value.message
+        assert decrement(shop, "dan", dan_pass, "k2").ok  # type: ignore[attr-defined]
+        again = join(shop, "ann")  # one valid ticket: the new one
+        assert again.joined and again.ticket != old["ann"] and again.state == "waiting"
+        with pytest.raises(errors.NotFound):
+            poll(shop, old["ann"])
+
+    def test_a_retry_of_a_sale_under_an_old_pass_is_answered_as_it_was(
+            self, shop: FakeApp) -> None:
+        put(shop)
+        sale_pass = poll(shop, join(shop, "ann").ticket).sale_pass
+        first = decrement(shop, "ann", sale_pass, "k1")
+        shop.drain()
+        lost(shop)
+        shop.bus.services.sales.refresh()
+        replay = decrement(shop, "ann", sale_pass, "k1")
+        assert replay.replayed and replay.figures[:2] == first.figures[:2]  # type: ignore[attr-defined]
+        with pytest.raises(PassInvalid):
+            decrement(shop, "ann", sale_pass, "k2")
+        assert shop.counter.read(NS, "a").consumed == 1  # type: ignore[union-attr]
+
+    def test_a_poll_of_an_old_ticket_steps_the_queue_on_once(self, shop: FakeApp) -> None:
+        put(shop)
+        old = join(shop, "ann").ticket
+        lost(shop)
+        join(shop, "bob")
+        room = shop.bus.services.sales
+        steps: list[Sale] = []
+        advance = room.queue.advance
+
+        def counted(sale: Sale, most: int = 1000) -> Advanced:
+            steps.append(sale)
+            return advance(sale, most)
+
+        room.queue.advance = counted  # type: ignore[method-assign]
+        for _ in range(5):
+            with pytest.raises(errors.NotFound):
+                sales.poll_ticket(shop.bus.services, NS, "drop", old)
+        assert len(steps) <= 2  # the window's step and the one that found the ticket old
 
 
 class TestGate:

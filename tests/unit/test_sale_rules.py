@@ -125,6 +125,10 @@ class TestSaleTerms:
         assert self.sale().same_terms(self.sale(closed=True))
         assert not self.sale().same_terms(self.sale(admit_factor=3))
 
+    def test_same_terms_takes_the_skus_as_a_set(self) -> None:
+        assert self.sale().same_terms(Sale("ns", "drop", ("b", "a"), 1000))
+        assert not self.sale().same_terms(Sale("ns", "drop", ("a",), 1000))
+
 
 class TestTicketState:
     def test_before_the_opening_a_ticket_is_scheduled(self) -> None:

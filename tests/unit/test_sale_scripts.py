@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from allocation.adapters.redis_counter import RedisCounter
 from allocation.adapters.redis_sale import CLAIM_LEASE_MS, RedisSaleQueue
 from allocation.adapters.sale_queue import HoldLink
+from allocation.domain import errors
 from allocation.domain.outcome import Figures
 from allocation.domain.sale import Sale, admission_room, ticket_state
 from tests.helpers.counter_contract import set_clock
@@ -38,6 +39,21 @@ class Room:
         self.queue.put(sale)
         return sale
 
+    def incarnation(self, name: str = "drop") -> str:
+        inc = self.counter.client.hget(self.queue.keys.sale(NS, name)[0], "inc")
+        return (inc or b"").decode()
+
+    # The queue's calls on its incarnation now, as a ticket of it would make them.
+    def claim(self, ns: str, name: str, place: int, qty: int, key: str | None = None) -> str:
+        return self.queue.claim(ns, name, place, qty, key, incarnation=self.incarnation(name))
+
+    def resolve(self, ns: str, name: str, place: int, used: bool,
+                hold: HoldLink | None = None) -> None:
+        self.queue.resolve(ns, name, place, used, hold, incarnation=self.incarnation(name))
+
+    def pass_at(self, ns: str, name: str, place: int) -> tuple[str | None, int]:
+        return self.queue.pass_at(ns, name, place, incarnation=self.incarnation(name))
+
 
 @pytest.fixture
 def room() -> Room:
@@ -47,6 +63,46 @@ def room() -> Room:
     room.stock("a", 3)
     room.stock("b", 2)
     return room
+
+
+class TestIncarnation:
+    """docs/adr/0046: a queue's state made again (Redis lost it) is another incarnation."""
+
+    def lose(self, room: Room, *which: int) -> None:
+        keys = room.queue.keys.sale(NS, "drop")
+        room.counter.client.delete(*(keys[i] for i in which))
+
+    def test_a_put_draws_one_and_a_put_again_keeps_it(self, room: Room) -> None:
+        sale = room.sale()
+        first = room.incarnation()
+        assert first and room.queue.join(NS, "drop", "ann").incarnation == first
+        room.queue.put(sale)
+        assert room.incarnation() == first
+        assert room.queue.join(NS, "drop", "ann").number == 0
+
+    def test_a_queue_made_again_is_another_and_keeps_nothing_of_the_last(
+            self, room: Room) -> None:
+        sale = room.sale(admit_factor=1)
+        for n in range(3):
+            room.queue.join(NS, "drop", f"b{n}")
+        room.at(T0)
+        assert room.queue.advance(sale).figures.serving == 3  # type: ignore[union-attr]
+        old = room.incarnation()
+        assert room.claim(NS, "drop", 0, 1) == "ok"
+        self.lose(room, 0)  # the sale's hash only: its buyers, passes, claims left over
+        room.queue.put(sale)
+        new = room.incarnation()
+        assert new and new != old
+        joined = room.queue.join(NS, "drop", "b2")
+        assert (joined.status, joined.number, joined.incarnation) == ("joined", 0, new)
+        room.queue.resolve(NS, "drop", 0, used=True, incarnation=old)  # nothing: not of it
+        figures = room.queue.advance(sale).figures
+        assert figures is not None and figures.incarnation == new
+        assert (figures.joined, figures.used, figures.serving) == (1, 0, 1)
+        assert room.queue.claim(NS, "drop", 0, 1, incarnation=old) == "other"
+        with pytest.raises(errors.NotFound):
+            room.queue.pass_at(NS, "drop", 0, incarnation=old)
+        assert room.claim(NS, "drop", 0, 1) == "ok"
 
 
 class TestJoin:
@@ -105,7 +161,7 @@ class TestAdvance:
         figures = room.queue.advance(sale).figures
         assert figures is not None
         assert (figures.expired, figures.serving, figures.outstanding) == (5, 8, 3)
-        assert room.queue.pass_at(NS, "drop", 0) == ("expired", 0)
+        assert room.pass_at(NS, "drop", 0) == ("expired", 0)
 
     def test_sold_out_with_nothing_available_nor_held_and_back_again(self, room: Room) -> None:
         sale = room.sale()
@@ -131,76 +187,76 @@ class TestPasses:
 
     def test_a_claim_used_spends_the_pass_once(self, room: Room) -> None:
         self.opened(room)
-        assert room.queue.claim(NS, "drop", 1, 1) == "ok"
-        assert room.queue.claim(NS, "drop", 1, 1) == "busy"
-        room.queue.resolve(NS, "drop", 1, used=True)
-        assert room.queue.claim(NS, "drop", 1, 1) == "used"
-        assert room.queue.pass_at(NS, "drop", 1)[0] == "used"
+        assert room.claim(NS, "drop", 1, 1) == "ok"
+        assert room.claim(NS, "drop", 1, 1) == "busy"
+        room.resolve(NS, "drop", 1, used=True)
+        assert room.claim(NS, "drop", 1, 1) == "used"
+        assert room.pass_at(NS, "drop", 1)[0] == "used"
 
     def test_the_key_that_spent_a_pass_comes_through_again_and_no_other(self,
                                                                       room: Room) -> None:
         sale = self.opened(room)
-        assert room.queue.claim(NS, "drop", 1, 1, "k1") == "ok"
-        assert room.queue.claim(NS, "drop", 1, 1, "k1") == "busy"  # still in flight
-        room.queue.resolve(NS, "drop", 1, used=True)
-        assert [room.queue.claim(NS, "drop", 1, 1, k) for k in ("k1", "k2", None)] == [
+        assert room.claim(NS, "drop", 1, 1, "k1") == "ok"
+        assert room.claim(NS, "drop", 1, 1, "k1") == "busy"  # still in flight
+        room.resolve(NS, "drop", 1, used=True)
+        assert [room.claim(NS, "drop", 1, 1, k) for k in ("k1", "k2", None)] == [
             "replay", "used", "used"]
-        assert room.queue.claim(NS, "drop", 2, 1, "k3") == "ok"  # and one that lapses
+        assert room.claim(NS, "drop", 2, 1, "k3") == "ok"  # and one that lapses
         room.at(T0 + CLAIM_LEASE_MS)
         room.queue.advance(sale)
-        assert [room.queue.claim(NS, "drop", 2, 1, k) for k in ("k3", "k1")] == [
+        assert [room.claim(NS, "drop", 2, 1, k) for k in ("k3", "k1")] == [
             "replay", "used"]
 
     def test_a_hold_keeps_the_pass_until_it_is_settled(self, room: Room) -> None:
         sale = self.opened(room)
-        assert room.queue.claim(NS, "drop", 1, 1, "r1") == "ok"
-        room.queue.resolve(NS, "drop", 1, used=False, hold=HoldLink("0.r1", T0 + 60_000))
-        assert [room.queue.claim(NS, "drop", 1, 1, k) for k in ("r1", "r2")] == [
+        assert room.claim(NS, "drop", 1, 1, "r1") == "ok"
+        room.resolve(NS, "drop", 1, used=False, hold=HoldLink("0.r1", T0 + 60_000))
+        assert [room.claim(NS, "drop", 1, 1, k) for k in ("r1", "r2")] == [
             "replay", "held"]
-        assert room.queue.pass_at(NS, "drop", 1)[0] == "outstanding"
+        assert room.pass_at(NS, "drop", 1)[0] == "outstanding"
         figures = room.queue.advance(sale).figures
         assert figures is not None and (figures.outstanding, figures.used) == (3, 0)  # kept
         room.queue.settle(NS, "drop", "0.r1", "back")
-        assert room.queue.claim(NS, "drop", 1, 1, "k2") == "ok"
-        room.queue.resolve(NS, "drop", 1, used=False, hold=HoldLink("0.r2", T0 + 60_000))
+        assert room.claim(NS, "drop", 1, 1, "k2") == "ok"
+        room.resolve(NS, "drop", 1, used=False, hold=HoldLink("0.r2", T0 + 60_000))
         room.queue.settle(NS, "drop", "0.r2", "used")
         room.queue.settle(NS, "drop", "0.r2", "back")  # settled once: no more
-        assert room.queue.claim(NS, "drop", 1, 1, "k3") == "used"
+        assert room.claim(NS, "drop", 1, 1, "k3") == "used"
         figures = room.queue.advance(sale).figures
         assert figures is not None and (figures.outstanding, figures.used) == (2, 1)
 
     def test_a_refused_movement_gives_the_pass_back(self, room: Room) -> None:
         self.opened(room)
-        assert room.queue.claim(NS, "drop", 0, 1) == "ok"
-        room.queue.resolve(NS, "drop", 0, used=False)
-        assert room.queue.claim(NS, "drop", 0, 1) == "ok"
+        assert room.claim(NS, "drop", 0, 1) == "ok"
+        room.resolve(NS, "drop", 0, used=False)
+        assert room.claim(NS, "drop", 0, 1) == "ok"
 
     def test_no_pass_where_nobody_was_admitted(self, room: Room) -> None:
         self.opened(room)
-        assert room.queue.claim(NS, "drop", 7, 1) == "unknown"
-        assert room.queue.pass_at(NS, "drop", 7) == (None, 0)
+        assert room.claim(NS, "drop", 7, 1) == "unknown"
+        assert room.pass_at(NS, "drop", 7) == (None, 0)
 
     def test_an_expired_pass_is_refused(self, room: Room) -> None:
         self.opened(room)
         room.at(T0 + 300_000)
-        assert room.queue.claim(NS, "drop", 0, 1) == "expired"
+        assert room.claim(NS, "drop", 0, 1) == "expired"
 
     def test_a_claim_that_never_answers_counts_as_used(self, room: Room) -> None:
         sale = self.opened(room)
-        assert room.queue.claim(NS, "drop", 2, 1) == "ok"
+        assert room.claim(NS, "drop", 2, 1) == "ok"
         room.at(T0 + CLAIM_LEASE_MS)
         figures = room.queue.advance(sale).figures
         assert figures is not None and figures.used == 1
-        assert room.queue.claim(NS, "drop", 2, 1) == "used"
+        assert room.claim(NS, "drop", 2, 1) == "used"
 
     def test_units_used_while_the_figures_are_read_count_as_gone(self, room: Room) -> None:
         sale = self.opened(room, buyers=10)  # 5 units, factor 1: 5 admitted
         read_units = room.queue._units
 
-        def a_use_lands_meanwhile(of: Sale) -> tuple[int, int]:
+        def a_use_lands_meanwhile(of: Sale) -> tuple[int, int, tuple[str, ...]]:
             units = read_units(of)  # 5 available: the sale below has not reached the items
-            assert room.queue.claim(NS, "drop", 0, 2) == "ok"
-            room.queue.resolve(NS, "drop", 0, used=True)
+            assert room.claim(NS, "drop", 0, 2) == "ok"
+            room.resolve(NS, "drop", 0, used=True)
             return units
 
         setattr(room.queue, "_units", a_use_lands_meanwhile)  # noqa: B010 - the race, staged
@@ -211,10 +267,10 @@ class TestPasses:
 
     def test_units_of_a_claim_in_flight_count_as_gone(self, room: Room) -> None:
         sale = self.opened(room, buyers=10)
-        assert room.queue.claim(NS, "drop", 0, 1) == "ok"
-        room.queue.resolve(NS, "drop", 1, used=False)  # no claim there: changes nothing
-        room.queue.claim(NS, "drop", 1, 1)
-        room.queue.resolve(NS, "drop", 1, used=True)
+        assert room.claim(NS, "drop", 0, 1) == "ok"
+        room.resolve(NS, "drop", 1, used=False)  # no claim there: changes nothing
+        room.claim(NS, "drop", 1, 1)
+        room.resolve(NS, "drop", 1, used=True)
         # Available still 5 (nothing sold in the items): one claim in flight (1 unit) leaves
         # room for 1 x (5 - 1) = 4 outstanding; 4 are (one used), so nobody new.
         figures = room.queue.advance(sale).figures
@@ -248,8 +304,8 @@ def test_the_scripts_follow_the_rules(ops: list[tuple[str, int]], factor: float,
             room.at(now)
         elif op == "use" and figures.serving:
             place = n % figures.serving
-            if room.queue.claim(NS, "drop", place, 1) == "ok":
-                room.queue.resolve(NS, "drop", place, used=True)
+            if room.claim(NS, "drop", place, 1) == "ok":
+                room.resolve(NS, "drop", place, used=True)
         before = room.queue.advance(sale, most=0).figures  # expiries only, nothing admitted
         after = room.queue.advance(sale)
         assert before is not None and after.figures is not None

@@ -28,6 +28,18 @@ class TestTickets:
                                   "0123456789-_.")
         assert signing.read_ticket("n" * 64, "s" * 64, ticket) == claim
 
+    def test_the_queues_incarnation_reads_back_and_none_is_a_ticket_from_before(
+            self, signing: SaleSigning) -> None:
+        claim = TicketClaim("ann", 3, NOW, "0123456789abcdef")
+        assert signing.read_ticket("ns", "drop", signing.ticket("ns", "drop", claim)) == claim
+        before = signing._serializer("ticket", "ns", "drop").dumps(["ann", 3, NOW])
+        assert signing.read_ticket("ns", "drop", before) == TicketClaim("ann", 3, NOW, "")
+        for odd in (["ann", 3, NOW, 7], ["ann", 3, NOW, "x", "y"]):
+            odd_ticket = signing._serializer("ticket", "ns", "drop").dumps(odd)
+            assert signing.read_ticket("ns", "drop", odd_ticket) is None
+        sale_pass = signing.pass_("ns", "drop", PassClaim("ann", 3, NOW + 1, "fedcba"))
+        assert signing.read_pass("ns", "drop", "ann", sale_pass, NOW).incarnation == "fedcba"
+
     def test_another_sale_or_namespace_does_not_read_it(self, signing: SaleSigning) -> None:
         ticket = signing.ticket("ns", "drop", TicketClaim("ann", 3, NOW))
         assert signing.read_ticket("ns", "other", ticket) is None

@@ -7,6 +7,7 @@ import asyncio
 
 import fakeredis
 
+from allocation.domain import errors
 from allocation.entrypoints import replies
 from allocation.entrypoints.stock_stream import Stream, serve
 from allocation.entrypoints.ticket_stream import StreamHub, ticket_key
@@ -68,5 +69,37 @@ def test_a_junk_ticket_takes_no_slot_and_one_ticket_holds_at_most_the_cap() -> N
         again = hub.open(ticket_key("ns", "drop", "t1"), None)
         assert isinstance(again, Stream)
         assert isinstance(hub.open(ticket_key("ns", "drop", "t1"), None), replies.Reply)
+
+    on_loop(test)
+
+
+def test_a_ticket_no_longer_of_its_sale_ends_its_streams() -> None:
+    """Redis lost the queue that numbered it (docs/adr/0046): its reconnect is 404."""
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        now: dict[str, bytes | None] = {"event": WAITING}
+
+        def read(*_: str) -> bytes | None:
+            if now["event"] is None:
+                raise errors.NotFound("no such ticket of the sale drop")
+            return now["event"]
+
+        hub = StreamHub(fakeredis.FakeRedis(), embedded_counter(), "events", loop,
+                        per_token=5, per_process=5, tickets=read)
+        key = ticket_key("ns", "drop", "t1")
+        stream = hub.open(key, None)
+        assert isinstance(stream, Stream)
+        sent: list[bytes] = []
+
+        async def send(data: bytes) -> None:
+            sent.append(data)
+
+        served = loop.create_task(serve(hub, stream, WAITING, send, loop.create_future()))
+        await until(lambda: key in hub.watched)
+        await hub._read_tickets([key])
+        assert not stream.ended
+        now["event"] = None
+        await hub._read_tickets([key])
+        await asyncio.wait_for(served, 5)  # ended by the server
+        assert stream.ended and sent == [WAITING]
 
     on_loop(test)

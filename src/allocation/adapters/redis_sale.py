@@ -17,6 +17,7 @@ from allocation.adapters.sale_queue import (
     Joined,
     JoinStatus,
 )
+from allocation.domain import errors
 from allocation.domain.sale import PassState, QueueFigures, Sale
 
 # How long a movement that claimed a pass may take to say how it ended; past it the claim
@@ -30,6 +31,12 @@ def _text(value: Any) -> str:
 
 def _order_key() -> str:
     return secrets.token_hex(16)
+
+
+def _incarnation() -> str:
+    """A queue's incarnation id: drawn each time its state is made, so one Redis lost is told
+    from the one made again (64 random bits: two alike are not to be met)."""
+    return secrets.token_hex(8)
 
 
 class RedisSaleQueue:
@@ -53,12 +60,12 @@ class RedisSaleQueue:
             return int(self._now(keys=[self.keys.sale(namespace, sale)[0]]))
 
     def put(self, sale: Sale) -> None:
-        sale_key = self.keys.sale(sale.namespace, sale.sale)[0]
+        keys = list(self.keys.sale(sale.namespace, sale.sale))
         with unavailable_on_connection_error():
-            self._put(keys=[sale_key], args=[
+            self._put(keys=keys, args=[
                 sale.opens_at_ms, repr(sale.admit_factor), sale.max_admitted or 0,
                 sale.pass_ttl_seconds * 1000, "1" if sale.closed else "0", " ".join(sale.skus),
-                sale.namespace, sale.sale, self.events_channel])
+                sale.namespace, sale.sale, self.events_channel, _incarnation()])
 
     def gate(self, sale: Sale, gated: bool) -> None:
         with unavailable_on_connection_error():
@@ -73,9 +80,10 @@ class RedisSaleQueue:
 
     def join(self, namespace: str, sale: str, buyer: str) -> Joined:
         sale_key, buyers, *_ = self.keys.sale(namespace, sale)
-        status, number, joined_at = self._join(keys=[sale_key, buyers],
-                                               args=[buyer, _order_key(), self.events_channel])
-        return Joined(cast(JoinStatus, _text(status)), int(number), int(joined_at))
+        status, number, joined_at, incarnation = self._join(
+            keys=[sale_key, buyers], args=[buyer, _order_key(), self.events_channel])
+        return Joined(cast(JoinStatus, _text(status)), int(number), int(joined_at),
+                      _text(incarnation))
 
     def advance(self, sale: Sale, most: int = 1000) -> Advanced:
         sale_key, _, outstanding, claims, passes, resolved, holds = self.keys.sale(
@@ -84,14 +92,14 @@ class RedisSaleQueue:
             # The epoch first, then the items: a use resolved after this read may not show
             # in the units read, so the script counts its units as gone.
             epoch = int(self.client.hget(sale_key, "epoch") or 0)
-            available, held = self._units(sale)
+            available, held, missing = self._units(sale)
             reply = self._advance(keys=[sale_key, outstanding, claims, passes, resolved, holds],
                                   args=[available, held, epoch, _order_key(), most,
                                         self.events_channel])
         if not reply:
-            return Advanced(None, available, held, 0)
+            return Advanced(None, available, held, 0, missing)
         (joined, serving, prequeue, order_key, out, used, expired, sold_out, closed, _,
-         now, *ended) = reply
+         now, incarnation, *ended) = reply
         if ended:
             self._holds_ended(sale, [_text(rid) for rid in ended], int(now))
         prequeue_text = _text(prequeue)
@@ -99,25 +107,28 @@ class RedisSaleQueue:
             joined=int(joined), serving=int(serving),
             prequeue=int(prequeue_text) if prequeue_text else None,
             order_key=_text(order_key).encode(), outstanding=int(out), used=int(used),
-            expired=int(expired), sold_out=bool(int(sold_out)), closed=bool(int(closed)))
-        return Advanced(figures, available, held, int(now))
+            expired=int(expired), sold_out=bool(int(sold_out)), closed=bool(int(closed)),
+            incarnation=_text(incarnation))
+        return Advanced(figures, available, held, int(now), missing)
 
-    def _units(self, sale: Sale) -> tuple[int, int]:
-        """The skus' available and held units, each read in its own slot. An item missing
-        from Redis (to be rebuilt) counts as nothing available and something held: it admits
-        nobody and does not make the sale sold out."""
+    def _units(self, sale: Sale) -> tuple[int, int, tuple[str, ...]]:
+        """The skus' available and held units, each read in its own slot, and the skus
+        missing. An item missing from Redis (to be rebuilt) counts as nothing available and
+        something held: it admits nobody and does not make the sale sold out."""
         pipe = self.client.pipeline(transaction=False)
         for sku in sale.skus:
             pipe.hmget(self.keys.item(sale.namespace, sku), "total", "consumed", "held")
         available = held = 0
-        for total, consumed, holding in pipe.execute():
+        missing: list[str] = []
+        for sku, (total, consumed, holding) in zip(sale.skus, pipe.execute(), strict=True):
             if total is None:
                 held += 1
+                missing.append(sku)
                 continue
             taken = int(consumed or 0) + int(holding or 0)
             available += max(int(total) - taken, 0)
             held += int(holding or 0)
-        return available, held
+        return available, held, tuple(missing)
 
     def _holds_ended(self, sale: Sale, rids: list[str], now_ms: int) -> None:
         """Ask each reservation past the end the sale recorded for its hold how it stands
@@ -149,26 +160,31 @@ class RedisSaleQueue:
                          args=[rid, end, expires_ms])
 
     def claim(self, namespace: str, sale: str, place: int, qty: int,
-              key: str | None = None) -> ClaimStatus:
+              key: str | None = None, *, incarnation: str) -> ClaimStatus:
         sale_key, _, outstanding, claims, passes, *_ = self.keys.sale(namespace, sale)
         with unavailable_on_connection_error():
             status = self._claim(keys=[sale_key, outstanding, claims, passes],
-                                 args=[place, qty, CLAIM_LEASE_MS, key or ""])
+                                 args=[place, qty, CLAIM_LEASE_MS, key or "", incarnation])
         return cast(ClaimStatus, _text(status))
 
     def resolve(self, namespace: str, sale: str, place: int, used: bool,
-                hold: HoldLink | None = None) -> None:
+                hold: HoldLink | None = None, *, incarnation: str) -> None:
         sale_key, _, outstanding, claims, passes, resolved, holds = self.keys.sale(
             namespace, sale)
         outcome = "used" if used else "held" if hold is not None else "back"
         link = [hold.reservation_id, hold.expires_ms] if hold is not None else []
         with unavailable_on_connection_error():
             self._resolve(keys=[sale_key, outstanding, claims, passes, resolved, holds],
-                          args=[place, outcome, *link])
+                          args=[place, outcome, incarnation, *link])
 
-    def pass_at(self, namespace: str, sale: str, place: int) -> tuple[PassState | None, int]:
+    def pass_at(self, namespace: str, sale: str, place: int, *,
+                incarnation: str) -> tuple[PassState | None, int]:
         sale_key, _, outstanding, _, passes, *_ = self.keys.sale(namespace, sale)
         with unavailable_on_connection_error():
-            state, expires = self._pass(keys=[sale_key, outstanding, passes], args=[place])
+            state, expires = self._pass(keys=[sale_key, outstanding, passes],
+                                        args=[place, incarnation])
         text = _text(state)
+        if text == "other":
+            raise errors.NotFound(f"no such ticket of the sale {sale}: its queue was restored "
+                                  "since; join again")
         return (None if text == "none" else cast(PassState, text)), int(expires)

@@ -10,7 +10,7 @@ from allocation.domain.sale import PassState, QueueFigures, Sale
 
 JoinStatus = Literal["joined", "again", "closed", "missing"]
 ClaimStatus = Literal["ok", "replay", "used", "held", "expired", "busy", "unknown", "closed",
-                      "missing"]
+                      "missing", "other"]
 
 HoldEnd = Literal["used", "back", "held"]  # confirmed; released or expired; still held
 
@@ -28,6 +28,9 @@ class TicketClaim:
     buyer: str
     number: int
     joined_at_ms: int
+    # The incarnation of the sale's queue that numbered it (docs/adr/0046; "": a ticket of a
+    # sale put before incarnations were, whose queue has none either).
+    incarnation: str = ""
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class PassClaim:
     buyer: str
     number: int
     expires_at_ms: int
+    incarnation: str = ""  # as the ticket's it was given for
 
 
 class Signing(Protocol):
@@ -55,6 +59,7 @@ class Joined:
     status: JoinStatus
     number: int
     joined_at_ms: int
+    incarnation: str = ""  # of the queue that numbered it
 
 
 @dataclass(frozen=True)
@@ -65,11 +70,15 @@ class Advanced:
     available: int
     held: int
     now_ms: int
+    # Skus the store lost (their items are missing: counted as nothing available and
+    # something held, so the sale admits nobody on them until they are rebuilt).
+    missing: tuple[str, ...] = ()
 
 
 class SaleQueue(Protocol):
     def put(self, sale: Sale) -> None:
-        """Define the sale, or restore its terms, keeping its queue."""
+        """Define the sale, or restore its terms, keeping its queue. Where the store has no
+        terms of it (new, or lost), its queue starts again under a new incarnation."""
 
     def now_ms(self, namespace: str, sale: str) -> int:
         """The clock the sale's scripts read (a sale made with no ``opens_at`` opens now)."""
@@ -85,19 +94,24 @@ class SaleQueue(Protocol):
         skus' units now, and answer the figures."""
 
     def claim(self, namespace: str, sale: str, place: int, qty: int,
-              key: str | None = None) -> ClaimStatus:
-        """Take the pass at ``place`` for a movement of up to ``qty`` units under the
-        idempotency ``key``; "replay" where the movement under that key spent it already."""
+              key: str | None = None, *, incarnation: str) -> ClaimStatus:
+        """Take the pass at ``place`` of the queue's ``incarnation`` for a movement of up to
+        ``qty`` units under the idempotency ``key``; "replay" where the movement under that key
+        spent it already, "other" where the queue is another incarnation now."""
 
     def resolve(self, namespace: str, sale: str, place: int, used: bool,
-                hold: HoldLink | None = None) -> None:
+                hold: HoldLink | None = None, *, incarnation: str) -> None:
         """How the claiming movement ended: sold (the pass is used), held (``hold``: the
-        reservation keeps the pass until it is settled) or neither (it is back)."""
+        reservation keeps the pass until it is settled) or neither (it is back). Nothing
+        where the queue is no longer of the claim's ``incarnation``."""
 
     def settle(self, namespace: str, sale: str, rid: str, end: HoldEnd,
                expires_ms: int = 0) -> None:
         """How the reservation ``rid`` that keeps a pass stands: confirmed (the pass is
         used), ended otherwise (it is back) or held until ``expires_ms``."""
 
-    def pass_at(self, namespace: str, sale: str, place: int) -> tuple[PassState | None, int]:
-        """The pass at an admitted place and its expiry (ms); None where there is none."""
+    def pass_at(self, namespace: str, sale: str, place: int, *,
+                incarnation: str) -> tuple[PassState | None, int]:
+        """The pass at an admitted place of the queue's ``incarnation`` and its expiry (ms);
+        None where there is none. ``errors.NotFound`` where the queue is another incarnation
+        now (the ticket is not of it)."""

@@ -71,6 +71,10 @@ def _serializer(keys: tuple[str, ...], salt: str) -> URLSafeSerializer:
                        signer_kwargs={"algorithm": _HmacSha1()})
 
 
+def _named(incarnation: str) -> list[str]:
+    return [incarnation] if incarnation else []
+
+
 class SaleSigning:
     """Signs and reads a sale's tickets and passes with the deployment's keys."""
 
@@ -96,25 +100,30 @@ class SaleSigning:
         return _serializer(self.keys, f"{kind}:{namespace}/{sale}")
 
     def ticket(self, namespace: str, sale: str, claim: TicketClaim) -> str:
+        # The queue's incarnation last, where it has one (docs/adr/0046): without, the three
+        # fields servers signed before incarnations were.
         return str(self._serializer("ticket", namespace, sale).dumps(
-            [claim.buyer, claim.number, claim.joined_at_ms]))
+            [claim.buyer, claim.number, claim.joined_at_ms, *_named(claim.incarnation)]))
 
     def read_ticket(self, namespace: str, sale: str, ticket: str) -> TicketClaim | None:
         """The ticket's claim, or None where it is not one of this sale's (forged, altered,
         another sale's, or too long to be one)."""
         if len(ticket) > MAX_LENGTH:
             return None
-        try:
-            buyer, number, joined_at = self._serializer("ticket", namespace, sale).loads(ticket)
+        try:  # three fields: a ticket signed before incarnations were (docs/adr/0046)
+            buyer, number, joined_at, *rest = self._serializer("ticket", namespace,
+                                                               sale).loads(ticket)
         except (BadData, ValueError, TypeError):
             return None
-        if not (isinstance(buyer, str) and type(number) is int and type(joined_at) is int):
+        incarnation = rest[0] if len(rest) == 1 else "" if not rest else None
+        if not (isinstance(buyer, str) and type(number) is int and type(joined_at) is int
+                and isinstance(incarnation, str)):
             return None
-        return TicketClaim(buyer, number, joined_at)
+        return TicketClaim(buyer, number, joined_at, incarnation)
 
     def pass_(self, namespace: str, sale: str, claim: PassClaim) -> str:
         return str(self._serializer("pass", namespace, sale).dumps(
-            [claim.buyer, claim.number, claim.expires_at_ms]))
+            [claim.buyer, claim.number, claim.expires_at_ms, *_named(claim.incarnation)]))
 
     def read_pass(self, namespace: str, sale: str, buyer: str, sale_pass: str,
                   now_ms: int) -> PassClaim:
@@ -124,13 +133,16 @@ class SaleSigning:
         if len(sale_pass) > MAX_LENGTH:
             raise refused
         try:
-            who, number, expires = self._serializer("pass", namespace, sale).loads(sale_pass)
+            who, number, expires, *rest = self._serializer("pass", namespace,
+                                                           sale).loads(sale_pass)
         except (BadData, ValueError, TypeError):
             raise refused from None
-        if not (isinstance(who, str) and type(number) is int and type(expires) is int):
+        incarnation = rest[0] if len(rest) == 1 else "" if not rest else None
+        if not (isinstance(who, str) and type(number) is int and type(expires) is int
+                and isinstance(incarnation, str)):
             raise refused
         if who != buyer:
             raise refused
         if expires <= now_ms:
             raise PassInvalid("the Sale-Pass has expired")
-        return PassClaim(who, number, expires)
+        return PassClaim(who, number, expires, incarnation)

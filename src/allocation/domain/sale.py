@@ -50,10 +50,12 @@ class Sale:
             raise errors.InvalidInput("max_admitted", "max_admitted is 1..1000000 or null")
 
     def same_terms(self, other: Sale) -> bool:
-        """A repeated PUT: the same sale when every term but ``closed`` agrees."""
-        return (self.skus, self.opens_at_ms, self.admit_factor, self.pass_ttl_seconds,
-                self.max_admitted) == (other.skus, other.opens_at_ms, other.admit_factor,
-                                       other.pass_ttl_seconds, other.max_admitted)
+        """A repeated PUT: the same sale when every term but ``closed`` agrees. The skus are a
+        set: the same ones in another order are the same sale (the kept order stands)."""
+        return (frozenset(self.skus), self.opens_at_ms, self.admit_factor,
+                self.pass_ttl_seconds, self.max_admitted) == (
+                    frozenset(other.skus), other.opens_at_ms, other.admit_factor,
+                    other.pass_ttl_seconds, other.max_admitted)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ class QueueFigures:
     expired: int
     sold_out: bool
     closed: bool
+    # The queue's incarnation: drawn where its state is made, again where Redis lost it
+    # (docs/adr/0046). Numbers and places are of one incarnation: a ticket or pass of another
+    # is not of this queue.
+    incarnation: str = ""
 
 
 def admission_room(available: int, pending_units: int, outstanding: int, admit_factor: float,

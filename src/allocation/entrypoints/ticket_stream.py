@@ -5,7 +5,9 @@ items'. A ticket's answer changes with its sale's figures, which this process ke
 watched tickets' answers on its own thread (a waiting one costs no round trip) and sends each
 one that changed. A ticket is the credential of its streams as a token is of the items': a junk
 one is answered 404 before it takes a slot (its signature read on the loop, no I/O), and one
-ticket holds at most ``per_token`` streams."""
+ticket holds at most ``per_token`` streams. A ticket that is no longer its sale's (Redis lost the
+queue that numbered it: docs/adr/0046) ends its streams: the client's reconnect is 404, and it
+joins again."""
 
 from __future__ import annotations
 
@@ -15,12 +17,17 @@ from collections.abc import Callable
 
 from allocation.adapters.counter import Counter
 from allocation.adapters.redis_client import RedisClient
+from allocation.domain import errors
 from allocation.entrypoints import replies
 from allocation.entrypoints.stock_stream import Hub, Key, Stream, event_id, too_many
 
 logger = logging.getLogger(__name__)
-TicketReader = Callable[[str, str, str], bytes | None]  # its event, None: not a ticket now
+# Its event; None: not to be read now. ``errors.NotFound``: not a ticket of the sale (any more).
+TicketReader = Callable[[str, str, str], bytes | None]
 TicketCheck = Callable[[str, str, str], bool]  # signed by this deployment for this sale
+
+
+_GONE = b"\0gone"  # read as no ticket of its sale: its streams end (never an event's bytes)
 
 
 def ticket_key(namespace: str, sale: str, ticket: str) -> Key:
@@ -81,6 +88,10 @@ class StreamHub(Hub):
             self._reading = None
         for key, data in read.items():
             item = self.watched.get(key)
+            if item is not None and data is _GONE:
+                for stream in item.clients:
+                    stream.end()
+                continue
             if item is None or data is None or self._sent.get(key) == data:
                 continue
             self._sent[key] = data
@@ -98,6 +109,8 @@ class StreamHub(Hub):
             assert where is not None
             try:
                 found[key] = self.tickets(*where)
+            except errors.NotFound:  # its sale's queue is another now, or the sale is gone
+                found[key] = _GONE
             except Exception:  # noqa: BLE001 - a ticket that cannot be read now is tried again
                 found[key] = None
         return found

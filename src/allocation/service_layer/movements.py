@@ -43,7 +43,7 @@ def decrement(cmd: commands.Decrement, services: Services) -> Outcome:
                         cmd.idempotency_key, cmd.buyer, claim.sale_of)
         claim.used = outcome.ok and not outcome.replayed
     if claim.replay and outcome.status == "pass_required":
-        raise sale_passes.spent()
+        raise sale_passes.spent(claim)
     if outcome.ok and not outcome.replayed:
         sale_passes.sold(services, sale, [outcome.figures])
     return outcome

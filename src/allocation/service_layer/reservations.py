@@ -81,7 +81,7 @@ def reserve(cmd: commands.Reserve, services: Services) -> Reservation:
             made = hold(claim.sale_of)
         except errors.PassRequired:
             if claim.replay:  # a replay of a reservation the counter no longer has
-                raise sale_passes.spent() from None
+                raise sale_passes.spent(claim) from None
             raise
         if not made.replayed:
             claim.hold = HoldLink(made.id, made.expires_ms)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from allocation.adapters.sale_queue import HoldLink
+from allocation.adapters.sale_queue import ClaimStatus, HoldLink
 from allocation.domain import errors
 from allocation.domain.errors import PassInvalid, PassRequired
 from allocation.domain.outcome import Figures
@@ -26,7 +26,8 @@ REFUSED = {"used": "the Sale-Pass has been used", "expired": "the Sale-Pass has 
            "busy": "the Sale-Pass is in use by another request",
            "held": "the Sale-Pass is kept by the buyer's reservation until it ends",
            "unknown": "the Sale-Pass is not one this sale gave",
-           "closed": "the sale is closed", "missing": "the sale is not running"}
+           "closed": "the sale is closed", "missing": "the sale is not running",
+           "other": "the Sale-Pass is of the sale's queue before it was restored: join again"}
 
 
 @dataclass
@@ -35,6 +36,9 @@ class Claim:
     used: bool = False  # set by the caller once the movement sold
     hold: HoldLink | None = None  # set by the caller once a reservation held: it keeps the pass
     replay: bool = False  # a retry of the movement that spent the pass: run it passless
+    # Passless because the pass is of a queue Redis lost (docs/adr/0046), not known spent: a
+    # movement the counter does not remember is refused as that, not as "used".
+    other: bool = False
 
     @property
     def sale_of(self) -> str:
@@ -52,23 +56,34 @@ def claimed(services: Services, sale: Sale, buyer: str | None, sale_pass: str | 
         raise PassInvalid("a Sale-Pass needs the buyer it was given to")
     claim = services.signing.read_pass(sale.namespace, sale.sale, buyer, sale_pass,
                                        int(time.time() * 1000))
-    figures = services.sales.figures(sale).figures
-    where = None if figures is None else place(claim.number, figures)
-    if where is None:
-        raise PassInvalid(REFUSED["unknown"])
-    status = services.sale_queue.claim(sale.namespace, sale.sale, where, qty, key)
-    if status == "replay":
-        yield Claim(replay=True)
+    incarnation = claim.incarnation
+    status: ClaimStatus
+    try:
+        figures = services.sales.figures_of(sale, incarnation)
+    except errors.NotFound:  # Redis lost the queue that gave the pass (docs/adr/0046)
+        status, where = "other", None
+    else:
+        where = None if figures is None else place(claim.number, figures)
+        if where is None:
+            raise PassInvalid(REFUSED["unknown"])
+        status = services.sale_queue.claim(sale.namespace, sale.sale, where, qty, key,
+                                           incarnation=incarnation)
+    if status == "replay" or (status == "other" and key):
+        # "other": its places are not this queue's. A retry of the movement the pass spent is
+        # answered as it first was (the counter keeps its key); any other is refused passless.
+        yield Claim(replay=True, other=status == "other")
         return
-    if status != "ok":
+    if status != "ok" or where is None:
         raise PassInvalid(REFUSED[status])
     held = Claim(sale.sale)
     try:
         yield held
     except errors.DomainError:  # refused: nothing was taken
-        services.sale_queue.resolve(sale.namespace, sale.sale, where, False)
+        services.sale_queue.resolve(sale.namespace, sale.sale, where, False,
+                                    incarnation=incarnation)
         raise
-    services.sale_queue.resolve(sale.namespace, sale.sale, where, held.used, held.hold)
+    services.sale_queue.resolve(sale.namespace, sale.sale, where, held.used, held.hold,
+                                incarnation=incarnation)
 
 
 def settled(services: Services, namespace: str, rid: str, skus: Iterable[str],
@@ -93,9 +108,9 @@ def sold(services: Services, sale: Sale, figures: Iterable[Figures]) -> None:
         services.sales.figures(sale, fresh=True)
 
 
-def spent() -> PassInvalid:
+def spent(claim: Claim | None = None) -> PassInvalid:
     """A replay the counter did not remember (it answered ``pass_required``)."""
-    return PassInvalid(REFUSED["used"])
+    return PassInvalid(REFUSED["other" if claim is not None and claim.other else "used"])
 
 
 def gating(services: Services, namespace: str, skus: Iterable[str]) -> Sale | None:

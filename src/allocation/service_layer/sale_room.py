@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as WaitedOut
 from dataclasses import dataclass
@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from allocation.adapters.sale_queue import Advanced, SaleQueue
 from allocation.domain import errors
-from allocation.domain.sale import Sale
+from allocation.domain.sale import QueueFigures, Sale
 from allocation.runtime.supervised import Backoff, supervise
 from allocation.service_layer.unit_of_work import AbstractUnitOfWork
 
@@ -61,6 +61,12 @@ class SaleRoom:
         self._reading = threading.Lock()
         self._reads: dict[tuple[str, str], Future[Sale | None]] = {}  # read_sale's in flight
         self._advancing: dict[tuple[str, str], threading.Lock] = {}
+        # Per sale: its queue's incarnation as last stepped on, and incarnations found not to
+        # be it since (tickets and passes of a queue Redis lost: answered with no I/O).
+        self._foreign: dict[tuple[str, str], tuple[str, frozenset[str]]] = {}
+        # Rebuilds a namespace's items Redis lost, as a read of each would (bootstrap sets it:
+        # ``sales.restore_items``); None: a sale waits for a read of them.
+        self.restore: Callable[[str, Sequence[str]], None] | None = None
 
     def recorded(self, call: Callable[[], T]) -> T:
         """``call`` (the record's part of a request) within ``record_wait``, else 503. A call
@@ -176,8 +182,8 @@ class SaleRoom:
             try:
                 advanced = self.queue.advance(sale)
                 if advanced.figures is None:  # Redis lost it: its terms come from the record
+                    self.queue.gate(sale, True)  # first, as a put does: then its queue anew
                     self.queue.put(sale)
-                    self.queue.gate(sale, True)
                     advanced = self.queue.advance(sale)
             except errors.Unavailable:
                 if seen is not None and not fresh:  # a poll may lag: the last figures it is
@@ -188,6 +194,28 @@ class SaleRoom:
             return advanced
         finally:
             lock.release()
+
+    def figures_of(self, sale: Sale, incarnation: str) -> QueueFigures | None:
+        """The sale's figures (as ``figures``) where ``incarnation``, a ticket's or a pass's, is
+        its queue's; ``errors.NotFound`` where it is not (Redis lost the queue that gave it:
+        docs/adr/0046). Figures of another incarnation are stepped on again first (they may
+        be older than the ticket), once per incarnation found foreign: a client polling an
+        old ticket costs a look-up."""
+        figures = self.figures(sale).figures
+        if figures is None or figures.incarnation == incarnation:
+            return figures
+        key = (sale.namespace, sale.sale)
+        current, foreign = self._foreign.get(key, ("", frozenset()))
+        if current != figures.incarnation or incarnation not in foreign:
+            figures = self.figures(sale, fresh=True).figures
+            if figures is None or figures.incarnation == incarnation:
+                return figures
+            # Stepped on after the ticket was made, the queue is another: an older one's.
+            known = foreign if current == figures.incarnation and len(foreign) < 64 else (
+                frozenset())
+            self._foreign[key] = (figures.incarnation, known | {incarnation})
+        raise errors.NotFound(f"no such ticket of the sale {sale.sale}: its queue was "
+                              "restored since; join again")
 
     def last_figures(self, sale: Sale) -> Advanced | None:
         """The sale's queue figures if at most ``window`` old (no I/O), else None."""
@@ -204,8 +232,25 @@ class SaleRoom:
             self._sales = {(s.namespace, s.sale): s for s in open_sales}
             self.gated = {(s.namespace, sku): s for s in open_sales for sku in s.skus}
         for sale in open_sales:
-            self.figures(sale, fresh=True)
+            missing = self.figures(sale, fresh=True).missing
+            if missing:
+                self._restore(sale, missing)
         return self.window / 2
+
+    def _restore(self, sale: Sale, missing: Sequence[str]) -> None:
+        """Redis lost items of an open sale: they count as nothing available, so it admits
+        nobody on them until they are back. Rebuild them now (one process's rebuild stands
+        for the others', under the items' locks) rather than when someone reads one, and step
+        the queue on with them."""
+        if self.restore is None:
+            return
+        try:
+            self.restore(sale.namespace, missing)
+        except errors.Unavailable as exc:  # the ledger behind, say: the next refresh
+            logger.warning("items of the sale %s/%s not rebuilt yet (%s)", sale.namespace,
+                           sale.sale, exc)
+            return
+        self.figures(sale, fresh=True)
 
     def run(self, stopping: threading.Event) -> None:
         """Refresh until ``stopping``; an outage keeps what was last read and is retried."""

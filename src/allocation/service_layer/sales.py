@@ -4,7 +4,9 @@ here they are put together with the record, the queue and the signing."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from allocation.adapters.sale_queue import Advanced, PassClaim, TicketClaim
@@ -18,6 +20,7 @@ from allocation.domain.sale import (
     sale_state,
     ticket_state,
 )
+from allocation.service_layer import rebuild
 from allocation.service_layer.services import Services
 from allocation.service_layer.unit_of_work import Conflict
 
@@ -52,30 +55,52 @@ def _put_sale(cmd: commands.PutSale, services: Services) -> SaleAnswer:
     with services.uow_factory() as uow:
         kept = uow.sales.get(cmd.namespace, cmd.sale)
         if kept is not None:
-            same = sale if cmd.opens_at_ms is not None else replace(
-                sale, opens_at_ms=kept.opens_at_ms)
-            if not kept.same_terms(same):
-                raise errors.AlreadyExists(f"sale {cmd.sale} exists with other terms")
-            return _answer(services, kept)
+            return _repeated(services, cmd, sale, kept)
         found = uow.items.many(cmd.namespace, cmd.skus)
         for sku in cmd.skus:
             if sku not in found:
                 raise errors.NotFound(f"no item {sku} in {cmd.namespace}", sku=sku)
-        _not_gated(uow.sales.gating(cmd.namespace, cmd.skus))
-        try:
-            uow.sales.add(sale)
-            uow.commit()
-        except Conflict:
-            # Another request won the race for the name or a sku: answer as if it came first.
-            with services.uow_factory() as again:
-                if again.sales.get(cmd.namespace, cmd.sale) is not None:
-                    raise errors.AlreadyExists(f"sale {cmd.sale} exists") from None
+        gating = uow.sales.gating(cmd.namespace, cmd.skus)
+        # A sku gated by this very sale: a request alike made it since the read above.
+        created = cmd.sale not in gating.values()
+        if created:
+            _not_gated(gating)
+            try:
+                uow.sales.add(sale)
+                uow.commit()
+            except Conflict:  # another request won the race for the name or a sku
+                created = False
+    if not created:
+        # Answer as if the winner came first: the same sale again is 200, as a repeat is.
+        with services.uow_factory() as again:
+            kept = again.sales.get(cmd.namespace, cmd.sale)
+            if kept is None:
                 _not_gated(again.sales.gating(cmd.namespace, cmd.skus))
-            raise
+                raise errors.Unavailable(f"sale {cmd.sale} was contended; retry",
+                                         retry_after=1)
+        return _repeated(services, cmd, sale, kept)
     services.sale_queue.gate(sale, True)  # first: a sale in Redis always has its gates
     services.sale_queue.put(sale)
     services.sales.known(sale)
     return _answer(services, sale, created=True)
+
+
+def _repeated(services: Services, cmd: commands.PutSale, sale: Sale, kept: Sale) -> SaleAnswer:
+    """A PUT of a sale the record has: 200 with it where the terms are the same (a PUT with no
+    ``opens_at`` takes the kept one), else ``AlreadyExists``."""
+    same = sale if cmd.opens_at_ms is not None else replace(sale, opens_at_ms=kept.opens_at_ms)
+    if not kept.same_terms(same):
+        raise errors.AlreadyExists(f"sale {cmd.sale} exists with other terms")
+    return _answer(services, kept)
+
+
+def restore_items(services: Services, namespace: str, skus: Sequence[str]) -> None:
+    """Items of an open sale that Redis lost, rebuilt from the record as a read of each would
+    (``rebuild.refresh``): the sale's loop calls it, so that the sale admits again without
+    anyone reading a gated item. An item the record no longer has is left out."""
+    for sku in skus:
+        with contextlib.suppress(errors.NotFound):
+            rebuild.refresh(commands.Refresh(namespace, sku), services)
 
 
 def _not_gated(gating: dict[str, str]) -> None:
@@ -113,10 +138,14 @@ def join_queue(cmd: commands.JoinQueue, services: Services) -> TicketAnswer:
         joined = services.sale_queue.join(cmd.namespace, cmd.sale, cmd.buyer)
     if joined.status == "closed":
         raise errors.SaleClosed(f"the sale {cmd.sale} is closed")
-    claim = TicketClaim(cmd.buyer, joined.number, joined.joined_at_ms)
+    claim = TicketClaim(cmd.buyer, joined.number, joined.joined_at_ms, joined.incarnation)
     ticket = services.signing.ticket(cmd.namespace, cmd.sale, claim)
     # The ticket's state from the claim it was just signed for: no need to read it back.
-    return _poll(services, sale, claim, ticket, joined=joined.status == "joined")
+    try:
+        return _poll(services, sale, claim, ticket, joined=joined.status == "joined")
+    except errors.NotFound:  # Redis lost the queue since the join numbered it
+        raise errors.Unavailable("the sale's queue was restored meanwhile; join again",
+                                 retry_after=1) from None
 
 
 def sale(services: Services, namespace: str, name: str) -> SaleAnswer:
@@ -135,7 +164,8 @@ def poll_ticket(services: Services, namespace: str, name: str, ticket: str) -> T
 def _poll(services: Services, sale: Sale, claim: TicketClaim, ticket: str,
           joined: bool = False) -> TicketAnswer:
     namespace, name = sale.namespace, sale.sale
-    figures = None if sale.closed else services.sales.figures(sale).figures
+    # Not of the queue's incarnation now (Redis lost the one that numbered it): 404.
+    figures = None if sale.closed else services.sales.figures_of(sale, claim.incarnation)
     unadmitted = _unadmitted(ticket, claim.number, sale, figures, joined)
     if unadmitted is not None:
         return unadmitted
@@ -143,12 +173,13 @@ def _poll(services: Services, sale: Sale, claim: TicketClaim, ticket: str,
         raise errors.Unavailable("the sale's queue is being restored; retry")
     where = place(claim.number, figures)
     assert where is not None  # admitted: the pre-queue was drawn
-    pass_state, expires = services.sale_queue.pass_at(namespace, name, where)
+    pass_state, expires = services.sale_queue.pass_at(namespace, name, where,
+                                                      incarnation=claim.incarnation)
     view = ticket_state(claim.number, figures, pass_state)
     if view.state != "admitted" or pass_state is None:
         return TicketAnswer(ticket, view.state, view.position, joined=joined)
-    sale_pass = services.signing.pass_(namespace, name, PassClaim(claim.buyer, claim.number,
-                                                                  expires))
+    sale_pass = services.signing.pass_(namespace, name, PassClaim(
+        claim.buyer, claim.number, expires, claim.incarnation))
     return TicketAnswer(ticket, "admitted", 0, sale_pass, expires, joined)
 
 
@@ -167,7 +198,10 @@ def poll_at_once(services: Services, namespace: str, name: str,
     if claim is None:
         return None
     advanced = None if sale.closed else services.sales.last_figures(sale)
-    return _unadmitted(ticket, claim.number, sale, None if advanced is None else advanced.figures)
+    figures = None if advanced is None else advanced.figures
+    if figures is not None and figures.incarnation != claim.incarnation:
+        return None  # another incarnation's ticket, or figures older than it: poll_ticket
+    return _unadmitted(ticket, claim.number, sale, figures)
 
 
 def _unadmitted(ticket: str, number: int, sale: Sale, figures: QueueFigures | None,

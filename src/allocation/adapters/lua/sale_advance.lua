@@ -78,7 +78,7 @@ end
 local figures = sale_figures(sale, outstanding, now)
 local kept = redis.call('HGETALL', KEYS[6])
 for i = 1, #kept, 2 do
-  if tonumber(string.match(kept[i + 1], '|(%d+)$')) <= now and #figures < 111 then
+  if tonumber(string.match(kept[i + 1], '|(%d+)$')) <= now and #figures < 112 then
     figures[#figures + 1] = kept[i]  -- at most 100 a step on
   end
 end

@@ -1,6 +1,7 @@
 -- Shared by the sale's scripts (prepended after lib.lua). A sale's keys share one hash tag:
 -- sale: the hash of its terms and figures {opens_at, factor, max (0: none), ttl_ms, closed,
---   skus, joined, serving, prequeue, order_key, sold_out, used, expired, epoch};
+--   skus, joined, serving, prequeue, order_key, sold_out, used, expired, epoch, inc (the
+--   incarnation: drawn where the queue starts, again after Redis lost it: sale_put.lua)};
 -- buyers: buyer -> "number|joined_at_ms" (one place per buyer);
 -- outstanding: places holding a pass, scored by the pass's expiry (ms);
 -- claims: place -> "qty|lease_until_ms|key", a pass taken by a movement still in flight
@@ -42,8 +43,14 @@ end
 -- The sale's figures, as allocation.adapters.redis_sale reads them.
 local function sale_figures(sale, outstanding, now)
   local f = redis.call('HMGET', sale, 'joined', 'serving', 'prequeue', 'order_key', 'used',
-                       'expired', 'sold_out', 'closed', 'epoch')
+                       'expired', 'sold_out', 'closed', 'epoch', 'inc')
   return {tonumber(f[1] or 0), tonumber(f[2] or 0), f[3] or '', f[4] or '',
           redis.call('ZCARD', outstanding), tonumber(f[5] or 0), tonumber(f[6] or 0),
-          tonumber(f[7] or 0), tonumber(f[8] or 0), tonumber(f[9] or 0), now}
+          tonumber(f[7] or 0), tonumber(f[8] or 0), tonumber(f[9] or 0), now, f[10] or ''}
+end
+
+-- Whether a ticket's or a pass's incarnation is the sale's queue's now ("" for a sale put
+-- before incarnations were: its tickets carry none either).
+local function of_this_queue(sale, inc)
+  return (redis.call('HGET', sale, 'inc') or '') == (inc or '')
 end

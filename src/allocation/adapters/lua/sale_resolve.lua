@@ -3,19 +3,21 @@
 -- stays outstanding, kept by the reservation until it is confirmed, which spends it, or ends
 -- otherwise, which gives it back: sale_settle.lua) or "back" (it was refused: the pass is the
 -- buyer's again, and ends at its expiry as before).
--- KEYS: sale, outstanding, claims, passes, resolved, holds. ARGV: place, outcome, and for
--- "held" the reservation's id and its expiry (ms).
--- Returns 1, or 0 where the claim had ended already (its lease ran out: counted as used).
+-- KEYS: sale, outstanding, claims, passes, resolved, holds. ARGV: place, outcome, the claimed
+-- pass's incarnation, and for "held" the reservation's id and its expiry (ms).
+-- Returns 1, or 0 where the claim had ended already (its lease ran out: counted as used), or
+-- is of another incarnation (Redis lost the queue meanwhile: the place may be another's now).
 local sale, outstanding, claims, passes, resolved = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local place, outcome = ARGV[1], ARGV[2]
+if not of_this_queue(sale, ARGV[3]) then return 0 end
 local claim = redis.call('HGET', claims, place)
 if not claim then return 0 end
 redis.call('HDEL', claims, place)
 if outcome == 'back' then return 1 end
 local qty, key = string.match(claim, '^(%d+)|%d+|(.*)$')
 if outcome == 'held' then
-  redis.call('HSET', passes, place, 'h|' .. qty .. '|' .. ARGV[3] .. '|' .. key)
-  redis.call('HSET', KEYS[6], ARGV[3], place .. '|' .. ARGV[4])
+  redis.call('HSET', passes, place, 'h|' .. qty .. '|' .. ARGV[4] .. '|' .. key)
+  redis.call('HSET', KEYS[6], ARGV[4], place .. '|' .. ARGV[5])
 else
   redis.call('ZREM', outstanding, place)
   redis.call('HSET', passes, place, 'u|' .. qty .. '|' .. key)
