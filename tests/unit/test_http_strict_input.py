@@ -135,3 +135,63 @@ def test_the_docs_page_runs_only_its_own_files_and_no_site_frames_it(shop: FakeA
     assert f"/docs/{openapi.DOCS_INIT}" in html
     dashboard = shop.client.get("/dashboard")
     assert "frame-ancestors 'none'" in dashboard.headers["Content-Security-Policy"]
+
+
+# The operations that take no body (API.md): the reservation's confirm and release, a sale's
+# close, an item's and a namespace's refresh.
+NO_BODY = ["/v1/ns/reservations/{rid}/confirm", "/v1/ns/reservations/{rid}/release",
+           "/v1/ns/sales/s/close", "/v1/ns/items/a/refresh", "/v1/ns/refresh"]
+
+
+def states(shop: FakeApp) -> tuple[object, ...]:
+    """What a refused request to one of ``NO_BODY`` must leave as it was."""
+    held = body(shop.client.get(f"/v1/ns/reservations/{shop.rid}"))  # type: ignore[attr-defined]
+    sale = body(shop.client.get("/v1/ns/sales/s"))
+    return shop.snapshot(), held["state"], sale["state"]
+
+
+@pytest.fixture
+def with_sale(shop: FakeApp) -> FakeApp:
+    shop.client.put("/v1/ns/items/g", json={"total": 1})
+    made = shop.client.put("/v1/ns/sales/s", json={"skus": ["g"],
+                                                   "opens_at": "2030-01-01T00:00:00+00:00"})
+    assert made.status_code == 201, made.get_json()
+    shop.drain()  # a refresh waits for the ledger
+    return shop
+
+
+@pytest.mark.parametrize("path", NO_BODY, ids=[p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1]
+                                               for p in NO_BODY])
+@pytest.mark.parametrize("sent, content_type, status, field", [
+    (b'{"bogus": 1}', "application/json", 400, "bogus"),
+    (b'{"a": 1, "a": 2}', "application/json", 400, "a"),
+    (b"{}{}", "application/json", 400, None),
+    (b"not json", "application/json", 400, None),
+    (b"{}", "text/plain", 415, None),
+    (b'{"bogus": 1}', None, 415, None),
+], ids=["a field", "a repeated key", "two objects", "not JSON", "text/plain",
+        "no type"])
+def test_an_operation_that_takes_no_body_refuses_one_and_changes_nothing(
+        with_sale: FakeApp, path: str, sent: bytes, content_type: str | None, status: int,
+        field: str | None) -> None:
+    before = states(with_sale)
+    response = with_sale.client.post(path.format(rid=with_sale.rid),  # type: ignore[attr-defined]
+                                     data=sent, content_type=content_type)
+    assert response.status_code == status, response.get_json()
+    assert body(response).get("field") == field
+    if field is not None:
+        assert field in body(response)["message"]
+    assert states(with_sale) == before
+
+
+@pytest.mark.parametrize("path", NO_BODY, ids=[p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1]
+                                               for p in NO_BODY])
+@pytest.mark.parametrize("sent, content_type", [
+    (b"", None), (b"", "application/json"), (b"", "text/plain"), (b"{}", "application/json"),
+    (b' { } ', "application/json; charset=utf-8")], ids=["none", "empty JSON", "empty text",
+                                                          "{}", "{} spaced"])
+def test_an_operation_that_takes_no_body_is_done_without_one_or_with_an_empty_object(
+        with_sale: FakeApp, path: str, sent: bytes, content_type: str | None) -> None:
+    response = with_sale.client.post(path.format(rid=with_sale.rid),  # type: ignore[attr-defined]
+                                     data=sent, content_type=content_type)
+    assert response.status_code == 200, response.get_json()

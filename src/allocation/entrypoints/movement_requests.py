@@ -139,6 +139,14 @@ def json_object(content_type: str, content_length: int | None, body: bytes) -> d
     return data
 
 
+def no_body(content_type: str, content_length: int | None, body: bytes) -> None:
+    """An operation that takes no body: none, an empty one (whatever its type) or ``{}``.
+    Anything else is refused as any body is (415 not JSON, 400 malformed, a repeated key, a
+    field named), before the operation is done."""
+    if body or content_length:
+        validate(schemas.NoBody, json_object(content_type, content_length, body))
+
+
 class _RepeatedKey(ValueError):
     def __init__(self, key: str) -> None:
         super().__init__(key)

@@ -123,6 +123,11 @@ def _decimal(value: object) -> object:
 QueryInt = Annotated[int, BeforeValidator(_decimal)]
 
 
+class NoBody(Model):
+    """The body of an operation that takes none (confirm, release, close, refresh): ``{}`` at
+    most, so a field sent to it is refused by name rather than ignored."""
+
+
 class ItemPath(Model):
     namespace: Name
     sku: Name
