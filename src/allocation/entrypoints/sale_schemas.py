@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BeforeValidator, Field
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
 from allocation.entrypoints.schemas import Answer, Buyer, Model, Name
 
@@ -19,6 +19,15 @@ def _text_time(value: object) -> object:
     if not isinstance(value, str):
         raise ValueError("must be an ISO 8601 time with an offset, as text")
     return value
+
+
+def _in_utc(value: datetime) -> datetime:
+    """The time in UTC, as it is kept: one a datetime cannot hold once there (year 10000, or
+    0) is refused here rather than failing where it is stored."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be a time between years 1 and 9999 once in UTC") from None
 
 
 def _number(value: object) -> object:
@@ -41,7 +50,8 @@ class TicketPath(Model):
 
 class SaleBody(Model):
     skus: Annotated[list[Name], Field(min_length=1, max_length=100)]
-    opens_at: Annotated[AwareDatetime, BeforeValidator(_text_time)] | None = None
+    opens_at: Annotated[AwareDatetime, BeforeValidator(_text_time),
+                        AfterValidator(_in_utc)] | None = None
     admit_factor: Annotated[float, BeforeValidator(_number), Field(ge=1, le=10)] = 2.0
     pass_ttl_seconds: Annotated[int, Field(strict=True, ge=30, le=3600)] = 300
     max_admitted: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] | None = None
