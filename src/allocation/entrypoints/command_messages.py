@@ -50,7 +50,9 @@ class Publisher(Protocol):
 def parse(raw: bytes | str) -> commands.Command:
     """A message as a command; raises ``ValueError`` naming what is wrong."""
     try:
-        data = json.loads(raw)
+        data = schemas.strict_json(raw)
+    except schemas.RepeatedKey as exc:
+        raise ValueError(f"the message repeats the key {exc.key!r}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
     except RecursionError:

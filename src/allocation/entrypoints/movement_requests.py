@@ -7,7 +7,6 @@ command, one answer, so the two cannot answer the same request differently.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -126,8 +125,8 @@ def json_object(content_type: str, content_length: int | None, body: bytes) -> d
     if len(body) > MAX_BODY:
         raise BadRequest("payload_too_large", "the body is over 64 KiB", status=413)
     try:
-        data = json.loads(body, object_pairs_hook=_unique_keys)
-    except _RepeatedKey as exc:
+        data = schemas.strict_json(body)
+    except schemas.RepeatedKey as exc:
         raise BadRequest("malformed_json", f"the body repeats the key {exc.key!r}",
                          field=exc.key) from None
     except (ValueError, UnicodeDecodeError):
@@ -145,21 +144,3 @@ def no_body(content_type: str, content_length: int | None, body: bytes) -> None:
     field named), before the operation is done."""
     if body or content_length:
         validate(schemas.NoBody, json_object(content_type, content_length, body))
-
-
-class _RepeatedKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # A proxy that reads the first of two equal keys would disagree with one reading the last.
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _RepeatedKey(key)
-            seen.add(key)
-    return found

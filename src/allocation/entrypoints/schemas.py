@@ -3,8 +3,9 @@ these same models."""
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -97,6 +98,32 @@ def _check(rule: TypeAdapter[_T], value: object, field: str, pattern: str = "") 
         shown = repr(value)
         shown = shown if len(shown) <= 40 else f"{shown[:37]}..."
         raise errors.InvalidInput(field, f"{field}: {message}, got {shown}") from None
+
+
+class RepeatedKey(ValueError):
+    """JSON naming one key twice in an object."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def strict_json(raw: bytes | str) -> Any:
+    """JSON as every entry point reads it (HTTP bodies, command messages): ``json.loads``, but
+    an object naming a key twice raises ``RepeatedKey``. A reader taking the first of two equal
+    keys (a proxy, an audit log) would disagree with one taking the last."""
+    return json.loads(raw, object_pairs_hook=_unique_keys)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise RepeatedKey(key)
+            seen.add(key)
+    return found
 
 
 class Model(BaseModel):
