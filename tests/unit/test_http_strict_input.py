@@ -62,6 +62,20 @@ def test_a_field_the_operation_does_not_define_is_400_naming_it(
     assert shop.snapshot() == before
 
 
+@pytest.mark.parametrize("path, headers", [
+    ("/v1/ns/items/a/decrements", KEY), ("/v1/ns/items/a/adjustments", KEY),
+    ("/v1/ns/reservations", {"Idempotency-Key": "cart-4"}), ("/v1/ns/sales/s/queue", {})])
+@pytest.mark.parametrize("sent", [b"[]", b"null", b"1", b'"qty"'])
+def test_a_body_that_is_not_an_object_is_400_naming_the_body(
+        shop: FakeApp, path: str, headers: dict[str, str], sent: bytes) -> None:
+    before = shop.snapshot()
+    response = shop.client.post(path, data=sent, content_type="application/json",
+                                headers=headers)
+    assert response.status_code == 400, response.get_json()
+    assert (body(response)["error"], body(response)["field"]) == ("invalid_field", "body")
+    assert shop.snapshot() == before
+
+
 @pytest.mark.parametrize("query, field", [
     ("limit=+5", "limit"), ("limit=5.0", "limit"), ("limit=1_0", "limit"),
     ("limit=%205", "limit"), ("limit=%EF%BC%95", "limit"), ("limit=-1", "limit"),
@@ -167,9 +181,10 @@ def with_sale(shop: FakeApp) -> FakeApp:
     (b'{"a": 1, "a": 2}', "application/json", 400, "a"),
     (b"{}{}", "application/json", 400, None),
     (b"not json", "application/json", 400, None),
+    (b"[]", "application/json", 400, "body"),
     (b"{}", "text/plain", 415, None),
     (b'{"bogus": 1}', None, 415, None),
-], ids=["a field", "a repeated key", "two objects", "not JSON", "text/plain",
+], ids=["a field", "a repeated key", "two objects", "not JSON", "not an object", "text/plain",
         "no type"])
 def test_an_operation_that_takes_no_body_refuses_one_and_changes_nothing(
         with_sale: FakeApp, path: str, sent: bytes, content_type: str | None, status: int,

@@ -134,7 +134,7 @@ def json_object(content_type: str, content_length: int | None, body: bytes) -> d
     except RecursionError:
         raise BadRequest("malformed_json", "the body is nested too deeply") from None
     if not isinstance(data, dict):
-        raise BadRequest("invalid_field", "the body must be a JSON object")
+        raise BadRequest("invalid_field", "body: must be a JSON object", field="body")
     return data
 
 
