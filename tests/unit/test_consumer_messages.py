@@ -333,3 +333,33 @@ def test_a_message_naming_a_key_twice_is_rejected_as_http_refuses_it(
     [answer] = recorder.messages
     assert (answer["event"], answer["reason"]) == ("CommandRejected", "invalid_message")
     assert fake_app.snapshot() == before
+
+
+def test_an_unknown_command_is_told_every_command_there_is() -> None:
+    with pytest.raises(ValueError) as refused:
+        parse(b'{"command": "Nope", "namespace": "ns"}')
+    for command in ("InitInventory", "AdjustTotal", "Decrement", "Refund", "Reserve",
+                    "ConfirmReservation", "ReleaseReservation", "JoinQueue"):
+        assert command in str(refused.value)
+    assert str(refused.value).startswith("command: ")
+    with pytest.raises(ValueError, match=r"^command: is required"):
+        parse(b'{"namespace": "ns"}')
+
+
+@pytest.mark.parametrize("raw, complaint", [
+    (_reserve(lines=["a"]), "lines.0: must be a JSON object"),
+    (b'"Decrement"', "the message must be a JSON object"),
+    (json.dumps({"command": "Decrement", "namespace": "ns", "sku": "s", "qty": 1,
+                 "idempotency_key": "k", "buyer": None}), "buyer: must not be null"),
+    (json.dumps({"command": "Refund", "namespace": "ns", "sku": "s", "qty": 1,
+                 "idempotency_key": "k", "buyer": None}), "buyer: must not be null"),
+    (_reserve().replace('"idempotency_key"', '"buyer": null, "idempotency_key"'),
+     "buyer: must not be null"),
+    (json.dumps({"command": "JoinQueue", "namespace": "ns", "sale": "s", "buyer": None}),
+     "buyer: "),
+])
+def test_complaints_name_the_field_and_no_class_of_ours(raw: Any, complaint: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        parse(raw)
+    assert str(refused.value).startswith(complaint), refused.value
+    assert "Line" not in str(refused.value) and "instance" not in str(refused.value)

@@ -210,3 +210,40 @@ def test_an_operation_that_takes_no_body_is_done_without_one_or_with_an_empty_ob
     response = with_sale.client.post(path.format(rid=with_sale.rid),  # type: ignore[attr-defined]
                                      data=sent, content_type=content_type)
     assert response.status_code == 200, response.get_json()
+
+
+@pytest.mark.parametrize("path, sent, headers", [
+    ("/v1/ns/items/a/decrements", {"qty": 1, "buyer": None}, KEY),
+    ("/v1/ns/items/a/refunds", {"qty": 1, "buyer": None}, KEY),
+    ("/v1/ns/reservations", {"lines": [{"sku": "a", "qty": 1}], "buyer": None},
+     {"Idempotency-Key": "cart-5"}),
+], ids=["decrement", "refund", "reserve"])
+def test_a_null_buyer_is_refused_not_read_as_none(shop: FakeApp, path: str, sent: dict[str, Any],
+                                                 headers: dict[str, str]) -> None:
+    before = shop.snapshot()
+    response = shop.client.post(path, json=sent, headers=headers)
+    assert response.status_code == 400, response.get_json()
+    assert body(response)["field"] == "buyer" and "null" in body(response)["message"]
+    assert shop.snapshot() == before
+
+
+@pytest.mark.parametrize("sent, field", [
+    ({"lines": ["a"]}, "lines.0"), ({"lines": [["a", 1]]}, "lines.0"),
+    ({"lines": {"sku": "a", "qty": 1}}, "lines")])
+def test_a_message_names_no_class_of_ours(shop: FakeApp, sent: dict[str, Any],
+                                          field: str) -> None:
+    response = shop.client.post("/v1/ns/reservations", json=sent,
+                                headers={"Idempotency-Key": "cart-6"})
+    assert response.status_code == 400, response.get_json()
+    assert body(response)["field"] == field
+    message = body(response)["message"]
+    assert "Line" not in message and "instance" not in message and "Value error" not in message
+
+
+def test_an_item_that_exists_otherwise_is_described_without_none(shop: FakeApp) -> None:
+    clash = shop.client.put("/v1/ns/items/a", json={"total": 6})
+    assert clash.status_code == 409
+    assert body(clash)["message"] == "ns/a exists with total 5 and no limit per buyer"
+    shop.client.patch("/v1/ns/items/a", json={"limit_per_buyer": 2})
+    clash = shop.client.put("/v1/ns/items/a", json={"total": 6})
+    assert body(clash)["message"] == "ns/a exists with total 5 and limit per buyer 2"
