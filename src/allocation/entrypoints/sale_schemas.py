@@ -15,10 +15,15 @@ TICKET_PATTERN = r"^[A-Za-z0-9_.-]{1,512}$"
 
 
 def _text_time(value: object) -> object:
-    """A time is ISO 8601 text with an offset (a number is not read as seconds)."""
+    """A time is ISO 8601 text with an offset: neither a number nor digits as text is read as
+    seconds since 1970 (pydantic's own parsing would read "1796684268" so)."""
     if not isinstance(value, str):
         raise ValueError("must be an ISO 8601 time with an offset, as text")
-    return value
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be an ISO 8601 time with an offset, as "
+                         "2027-01-01T00:00:00+00:00") from None
 
 
 def _in_utc(value: datetime) -> datetime:
