@@ -178,8 +178,7 @@ def judge(raw: bytes | str, bus: Bus) -> Verdict:
     try:
         command = parse(raw)
     except ValueError as exc:
-        logger.warning("rejected malformed message %r: %s", raw[:200], exc)
-        return Verdict(INVALID, "invalid_message", rejection(raw, "invalid_message", str(exc)))
+        return invalid(raw, str(exc))
     try:
         result = bus.handle(command)
     except errors.DomainError as exc:  # a reservation's refusals, among others, are raised
@@ -203,6 +202,12 @@ def judge(raw: bytes | str, bus: Bus) -> Verdict:
             "buyer": command.buyer, "ticket": result.ticket, "state": result.state,
             "position": result.position, "joined": result.joined},))
     return Verdict(APPLIED, "ok", replayed=_first_answer(command, result))
+
+
+def invalid(raw: bytes | str, complaint: str) -> Verdict:
+    """A malformed message's verdict (final: no retry makes it right), logged."""
+    logger.warning("rejected malformed message %r: %s", raw[:200], complaint)
+    return Verdict(INVALID, "invalid_message", rejection(raw, "invalid_message", complaint))
 
 
 def _first_answer(command: commands.Command, result: Any) -> tuple[dict[str, Any], ...]:
