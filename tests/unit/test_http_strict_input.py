@@ -247,3 +247,26 @@ def test_an_item_that_exists_otherwise_is_described_without_none(shop: FakeApp) 
     shop.client.patch("/v1/ns/items/a", json={"limit_per_buyer": 2})
     clash = shop.client.put("/v1/ns/items/a", json={"total": 6})
     assert body(clash)["message"] == "ns/a exists with total 5 and limit per buyer 2"
+
+
+@pytest.mark.parametrize("key", ["a b", " a b c ", "order 17 / line 2", "~!@#$%^&*()"])
+def test_a_key_is_printable_ascii_but_the_comma_spaces_inside_it_too(shop: FakeApp,
+                                                                    key: str) -> None:
+    sold = shop.client.post("/v1/ns/items/a/decrements", json={"qty": 1},
+                            headers={"Idempotency-Key": key})
+    assert sold.status_code == 200, sold.get_json()
+    again = shop.client.post("/v1/ns/items/a/decrements", json={"qty": 1},
+                             headers={"Idempotency-Key": key})
+    assert again.headers.get("Idempotent-Replayed") == "true"
+
+
+@pytest.mark.parametrize("key, complaint", [("", "empty"), ("a,b", "comma"),
+                                            ("a\tb", "printable"), ("k" * 129, "128")])
+def test_a_key_that_is_not_one_is_400_saying_why(shop: FakeApp, key: str,
+                                                  complaint: str) -> None:
+    before = shop.snapshot()
+    refused = shop.client.post("/v1/ns/items/a/decrements", json={"qty": 1},
+                               headers={"Idempotency-Key": key})
+    assert refused.status_code == 400, refused.get_json()
+    assert body(refused)["field"] == "Idempotency-Key" and complaint in body(refused)["message"]
+    assert shop.snapshot() == before

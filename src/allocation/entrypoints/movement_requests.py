@@ -102,6 +102,9 @@ def idempotency_key(value: str | None, required: bool) -> str | None:
             raise BadRequest("idempotency_key_required", "this request needs an "
                              "Idempotency-Key header", field="Idempotency-Key")
         return None
+    if not value:  # spaces inside a key are kept; those around it are not part of it (HTTP)
+        raise BadRequest("invalid_field", "Idempotency-Key is empty (the spaces around a "
+                         "header's value are not part of it)", field="Idempotency-Key")
     if schemas.KEY.fullmatch(value) is None:
         raise BadRequest("invalid_field", "Idempotency-Key must be one header of 1 to 128 "
                          "printable ASCII characters other than the comma",
