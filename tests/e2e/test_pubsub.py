@@ -326,3 +326,38 @@ def test_two_deployments_on_one_redis_never_hear_each_others_commands(
             consumer.stop()
         for c in clients:
             c.close()
+
+
+def test_a_repeated_key_or_message_field_is_invalid_and_changes_nothing(
+        consumer: Process, channels: Channels, namespace: str) -> None:
+    """As HTTP refuses a body naming a key twice: a reader taking the first of the two would
+    disagree with one taking the last. Likewise a stream entry naming ``message`` twice."""
+    wait_until(lambda: channels.listeners() > 0, 15, "the consumer to subscribe")
+    channels.send(command="InitInventory", namespace=namespace, sku="s", total=5)
+    channels.wait_for(event="InventoryInitialized", namespace=namespace)
+    channels.send_raw(f'{{"command": "Decrement", "namespace": "{namespace}", "sku": "s", '
+                      '"qty": 1, "qty": 2, "idempotency_key": "twice"}')
+    refused = channels.wait_for(event="CommandRejected", idempotency_key="twice")
+    assert refused["reason"] == "invalid_message" and "'qty'" in refused["message"]
+    channels.send(command="Decrement", namespace=namespace, sku="s", qty=1, buyer=None,
+                  idempotency_key="null-buyer")
+    refused = channels.wait_for(event="CommandRejected", idempotency_key="null-buyer")
+    assert refused["reason"] == "invalid_message" and "buyer" in refused["message"]
+    channels.send(command="Explode", namespace=namespace)
+    unknown = channels.wait_for(event="CommandRejected", command="Explode")
+    assert "JoinQueue" in unknown["message"] and "tag" not in unknown["message"]
+    client = channels.client
+    stream = channels.config.commands_stream
+    client.execute_command(
+        "XADD", stream, "*",
+        "message", json.dumps({"command": "Decrement", "namespace": namespace, "sku": "s",
+                               "qty": 1, "idempotency_key": "two-fields"}),
+        "message", json.dumps({"command": "Decrement", "namespace": namespace, "sku": "s",
+                               "qty": 3, "idempotency_key": "two-fields"}))
+    two = channels.wait_for(event="CommandRejected", idempotency_key="two-fields")
+    assert two["reason"] == "invalid_message" and "message field" in two["message"]
+    # Nothing was sold: the next decrement answers with every unit still there.
+    channels.send(command="Decrement", namespace=namespace, sku="s", qty=1,
+                  idempotency_key="after")
+    assert channels.wait_for(event="Decremented", idempotency_key="after")["available"] == 4
+    assert consumer.alive()

@@ -431,3 +431,31 @@ def test_readiness_names_the_loop_that_is_down() -> None:
         assert requests.get(f"{base}/nothing", timeout=5).status_code == 404
     finally:
         server.stop()
+
+
+def test_an_entry_naming_message_twice_is_invalid_and_neither_command_is_applied(
+        client: redis.Redis[bytes]) -> None:
+    """redis-py folds an entry's fields into a dict, the last of two winning."""
+    publisher = Recorder()
+    bus = ScriptedBus(APPLIED)
+    consumer = stream_consumer(client, bus, publisher)
+    client.execute_command("XADD", STREAM, "*", "message", DECREMENT, "message",
+                           DECREMENT.replace('"qty": 1', '"qty": 2'))
+    client.xadd(STREAM, {"message": DECREMENT.replace("k1", "k2")})
+    consumer.poll(block_ms=0)
+    assert [(m["event"], m["reason"]) for m in publisher.messages] == [
+        ("CommandRejected", "invalid_message")]
+    assert "more than one message field" in publisher.messages[0]["message"]
+    assert len(bus.seen) == 1  # the second entry only
+    assert (client.xlen(STREAM), pending(client)) == (0, 0)
+
+
+def test_an_entry_with_a_repeated_key_is_invalid(client: redis.Redis[bytes]) -> None:
+    publisher = Recorder()
+    bus = ScriptedBus(APPLIED)
+    consumer = stream_consumer(client, bus, publisher)
+    client.xadd(STREAM, {"message": DECREMENT.replace('"qty": 1', '"qty": 1, "qty": 2')})
+    consumer.poll(block_ms=0)
+    assert [(m["reason"], m["message"]) for m in publisher.messages] == [
+        ("invalid_message", "the message repeats the key 'qty'")]
+    assert bus.seen == [] and (client.xlen(STREAM), pending(client)) == (0, 0)

@@ -309,3 +309,57 @@ def test_a_message_with_a_field_its_command_does_not_define_is_rejected(
         "CommandRejected", "invalid_message", message["command"])
     assert field in answer["message"] and "not a field" in answer["message"]
     assert fake_app.snapshot() == before
+
+
+@pytest.mark.parametrize("raw, key", [
+    (b'{"command": "Decrement", "namespace": "ns", "sku": "s", "qty": 1, "qty": 2, '
+     b'"idempotency_key": "k"}', "qty"),
+    (b'{"command": "Decrement", "namespace": "ns", "sku": "s", "qty": 1, '
+     b'"idempotency_key": "k", "idempotency_key": "k2"}', "idempotency_key"),
+    (b'{"command": "Reserve", "namespace": "ns", "lines": [{"sku": "s", "qty": 1, "qty": 4}], '
+     b'"idempotency_key": "c"}', "qty"),
+    (b'{"command": "Refund", "command": "Decrement", "namespace": "ns", "sku": "s", "qty": 1, '
+     b'"idempotency_key": "k"}', "command"),
+])
+def test_a_message_naming_a_key_twice_is_rejected_as_http_refuses_it(
+        fake_app: FakeApp, raw: bytes, key: str) -> None:
+    """A reader taking the first of two equal keys would disagree with one taking the last."""
+    fake_app.client.put("/v1/ns/items/s", json={"total": 5})
+    with pytest.raises(ValueError, match=f"repeats the key '{key}'"):
+        parse(raw)
+    recorder = Recorder()
+    before = fake_app.snapshot()
+    handle_message(raw, fake_app.bus, recorder)  # type: ignore[arg-type]
+    [answer] = recorder.messages
+    assert (answer["event"], answer["reason"]) == ("CommandRejected", "invalid_message")
+    assert fake_app.snapshot() == before
+
+
+def test_an_unknown_command_is_told_every_command_there_is() -> None:
+    with pytest.raises(ValueError) as refused:
+        parse(b'{"command": "Nope", "namespace": "ns"}')
+    for command in ("InitInventory", "AdjustTotal", "Decrement", "Refund", "Reserve",
+                    "ConfirmReservation", "ReleaseReservation", "JoinQueue"):
+        assert command in str(refused.value)
+    assert str(refused.value).startswith("command: ")
+    with pytest.raises(ValueError, match=r"^command: is required"):
+        parse(b'{"namespace": "ns"}')
+
+
+@pytest.mark.parametrize("raw, complaint", [
+    (_reserve(lines=["a"]), "lines.0: must be a JSON object"),
+    (b'"Decrement"', "the message must be a JSON object"),
+    (json.dumps({"command": "Decrement", "namespace": "ns", "sku": "s", "qty": 1,
+                 "idempotency_key": "k", "buyer": None}), "buyer: must not be null"),
+    (json.dumps({"command": "Refund", "namespace": "ns", "sku": "s", "qty": 1,
+                 "idempotency_key": "k", "buyer": None}), "buyer: must not be null"),
+    (_reserve().replace('"idempotency_key"', '"buyer": null, "idempotency_key"'),
+     "buyer: must not be null"),
+    (json.dumps({"command": "JoinQueue", "namespace": "ns", "sale": "s", "buyer": None}),
+     "buyer: "),
+])
+def test_complaints_name_the_field_and_no_class_of_ours(raw: Any, complaint: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        parse(raw)
+    assert str(refused.value).startswith(complaint), refused.value
+    assert "Line" not in str(refused.value) and "instance" not in str(refused.value)

@@ -62,6 +62,20 @@ def test_a_field_the_operation_does_not_define_is_400_naming_it(
     assert shop.snapshot() == before
 
 
+@pytest.mark.parametrize("path, headers", [
+    ("/v1/ns/items/a/decrements", KEY), ("/v1/ns/items/a/adjustments", KEY),
+    ("/v1/ns/reservations", {"Idempotency-Key": "cart-4"}), ("/v1/ns/sales/s/queue", {})])
+@pytest.mark.parametrize("sent", [b"[]", b"null", b"1", b'"qty"'])
+def test_a_body_that_is_not_an_object_is_400_naming_the_body(
+        shop: FakeApp, path: str, headers: dict[str, str], sent: bytes) -> None:
+    before = shop.snapshot()
+    response = shop.client.post(path, data=sent, content_type="application/json",
+                                headers=headers)
+    assert response.status_code == 400, response.get_json()
+    assert (body(response)["error"], body(response)["field"]) == ("invalid_field", "body")
+    assert shop.snapshot() == before
+
+
 @pytest.mark.parametrize("query, field", [
     ("limit=+5", "limit"), ("limit=5.0", "limit"), ("limit=1_0", "limit"),
     ("limit=%205", "limit"), ("limit=%EF%BC%95", "limit"), ("limit=-1", "limit"),
@@ -135,3 +149,124 @@ def test_the_docs_page_runs_only_its_own_files_and_no_site_frames_it(shop: FakeA
     assert f"/docs/{openapi.DOCS_INIT}" in html
     dashboard = shop.client.get("/dashboard")
     assert "frame-ancestors 'none'" in dashboard.headers["Content-Security-Policy"]
+
+
+# The operations that take no body (API.md): the reservation's confirm and release, a sale's
+# close, an item's and a namespace's refresh.
+NO_BODY = ["/v1/ns/reservations/{rid}/confirm", "/v1/ns/reservations/{rid}/release",
+           "/v1/ns/sales/s/close", "/v1/ns/items/a/refresh", "/v1/ns/refresh"]
+
+
+def states(shop: FakeApp) -> tuple[object, ...]:
+    """What a refused request to one of ``NO_BODY`` must leave as it was."""
+    held = body(shop.client.get(f"/v1/ns/reservations/{shop.rid}"))  # type: ignore[attr-defined]
+    sale = body(shop.client.get("/v1/ns/sales/s"))
+    return shop.snapshot(), held["state"], sale["state"]
+
+
+@pytest.fixture
+def with_sale(shop: FakeApp) -> FakeApp:
+    shop.client.put("/v1/ns/items/g", json={"total": 1})
+    made = shop.client.put("/v1/ns/sales/s", json={"skus": ["g"],
+                                                   "opens_at": "2030-01-01T00:00:00+00:00"})
+    assert made.status_code == 201, made.get_json()
+    shop.drain()  # a refresh waits for the ledger
+    return shop
+
+
+@pytest.mark.parametrize("path", NO_BODY, ids=[p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1]
+                                               for p in NO_BODY])
+@pytest.mark.parametrize("sent, content_type, status, field", [
+    (b'{"bogus": 1}', "application/json", 400, "bogus"),
+    (b'{"a": 1, "a": 2}', "application/json", 400, "a"),
+    (b"{}{}", "application/json", 400, None),
+    (b"not json", "application/json", 400, None),
+    (b"[]", "application/json", 400, "body"),
+    (b"{}", "text/plain", 415, None),
+    (b'{"bogus": 1}', None, 415, None),
+], ids=["a field", "a repeated key", "two objects", "not JSON", "not an object", "text/plain",
+        "no type"])
+def test_an_operation_that_takes_no_body_refuses_one_and_changes_nothing(
+        with_sale: FakeApp, path: str, sent: bytes, content_type: str | None, status: int,
+        field: str | None) -> None:
+    before = states(with_sale)
+    response = with_sale.client.post(path.format(rid=with_sale.rid),  # type: ignore[attr-defined]
+                                     data=sent, content_type=content_type)
+    assert response.status_code == status, response.get_json()
+    assert body(response).get("field") == field
+    if field is not None:
+        assert field in body(response)["message"]
+    assert states(with_sale) == before
+
+
+@pytest.mark.parametrize("path", NO_BODY, ids=[p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1]
+                                               for p in NO_BODY])
+@pytest.mark.parametrize("sent, content_type", [
+    (b"", None), (b"", "application/json"), (b"", "text/plain"), (b"{}", "application/json"),
+    (b' { } ', "application/json; charset=utf-8")], ids=["none", "empty JSON", "empty text",
+                                                          "{}", "{} spaced"])
+def test_an_operation_that_takes_no_body_is_done_without_one_or_with_an_empty_object(
+        with_sale: FakeApp, path: str, sent: bytes, content_type: str | None) -> None:
+    response = with_sale.client.post(path.format(rid=with_sale.rid),  # type: ignore[attr-defined]
+                                     data=sent, content_type=content_type)
+    assert response.status_code == 200, response.get_json()
+
+
+@pytest.mark.parametrize("path, sent, headers", [
+    ("/v1/ns/items/a/decrements", {"qty": 1, "buyer": None}, KEY),
+    ("/v1/ns/items/a/refunds", {"qty": 1, "buyer": None}, KEY),
+    ("/v1/ns/reservations", {"lines": [{"sku": "a", "qty": 1}], "buyer": None},
+     {"Idempotency-Key": "cart-5"}),
+], ids=["decrement", "refund", "reserve"])
+def test_a_null_buyer_is_refused_not_read_as_none(shop: FakeApp, path: str, sent: dict[str, Any],
+                                                 headers: dict[str, str]) -> None:
+    before = shop.snapshot()
+    response = shop.client.post(path, json=sent, headers=headers)
+    assert response.status_code == 400, response.get_json()
+    assert body(response)["field"] == "buyer" and "null" in body(response)["message"]
+    assert shop.snapshot() == before
+
+
+@pytest.mark.parametrize("sent, field", [
+    ({"lines": ["a"]}, "lines.0"), ({"lines": [["a", 1]]}, "lines.0"),
+    ({"lines": {"sku": "a", "qty": 1}}, "lines")])
+def test_a_message_names_no_class_of_ours(shop: FakeApp, sent: dict[str, Any],
+                                          field: str) -> None:
+    response = shop.client.post("/v1/ns/reservations", json=sent,
+                                headers={"Idempotency-Key": "cart-6"})
+    assert response.status_code == 400, response.get_json()
+    assert body(response)["field"] == field
+    message = body(response)["message"]
+    assert "Line" not in message and "instance" not in message and "Value error" not in message
+
+
+def test_an_item_that_exists_otherwise_is_described_without_none(shop: FakeApp) -> None:
+    clash = shop.client.put("/v1/ns/items/a", json={"total": 6})
+    assert clash.status_code == 409
+    assert body(clash)["message"] == "ns/a exists with total 5 and no limit per buyer"
+    shop.client.patch("/v1/ns/items/a", json={"limit_per_buyer": 2})
+    clash = shop.client.put("/v1/ns/items/a", json={"total": 6})
+    assert body(clash)["message"] == "ns/a exists with total 5 and limit per buyer 2"
+
+
+@pytest.mark.parametrize("key", ["a b", " a b c ", "order 17 / line 2", "~!@#$%^&*()"])
+def test_a_key_is_printable_ascii_but_the_comma_spaces_inside_it_too(shop: FakeApp,
+                                                                    key: str) -> None:
+    sold = shop.client.post("/v1/ns/items/a/decrements", json={"qty": 1},
+                            headers={"Idempotency-Key": key})
+    assert sold.status_code == 200, sold.get_json()
+    again = shop.client.post("/v1/ns/items/a/decrements", json={"qty": 1},
+                             headers={"Idempotency-Key": key})
+    assert again.headers.get("Idempotent-Replayed") == "true"
+
+
+@pytest.mark.parametrize("key, complaint", [("", "empty"), ("a,b", "comma"),
+                                            ("a\tb", "printable"), ("k" * 129, "128")])
+def test_a_key_that_is_not_one_is_400_saying_why(shop: FakeApp, key: str,
+                                                  complaint: str) -> None:
+    before = shop.snapshot()
+    refused = shop.client.post("/v1/ns/items/a/decrements", json={"qty": 1},
+                               headers={"Idempotency-Key": key})
+    assert refused.status_code == 400, refused.get_json()
+    assert body(refused)["field"] == "Idempotency-Key" and complaint in body(refused)["message"]
+    assert shop.snapshot() == before

@@ -74,6 +74,9 @@ class TestSales:
         ("admit_factor", "2"), ("admit_factor", True), ("admit_factor", 0.5),
         ("admit_factor", 11), ("pass_ttl_seconds", 29), ("pass_ttl_seconds", 30.0),
         ("max_admitted", 0), ("opens_at", 1_900_000_000), ("opens_at", "2030-01-01T00:00:00"),
+        ("opens_at", "9999-12-31T23:59:59-23:59"), ("opens_at", "0001-01-01T00:00:00+23:59"),
+        ("opens_at", "1796684268"), ("opens_at", "1796684268.5"), ("opens_at", "2027-01-01"),
+        ("opens_at", " 2027-01-01T00:00:00+00:00"), ("opens_at", "tomorrow"),
         ("skus", []), ("skus", ["a", "a"]), ("skus", ["bad name"]), ("extra", 1)])
     def test_bad_input_names_the_field_and_changes_nothing(self, shop: FakeApp, field: str,
                                                            value: Any) -> None:
@@ -82,6 +85,18 @@ class TestSales:
         assert refused.status_code == 400, refused.data
         assert body(refused)["field"].split(".")[0] == field
         assert shop.store.sales == {} and shop.snapshot() == before
+
+    @pytest.mark.parametrize(("sent", "kept"), [
+        ("9999-12-31T23:59:59+00:00", "9999-12-31T23:59:59+00:00"),
+        ("9999-12-31T23:00:00-00:59", "9999-12-31T23:59:00+00:00"),
+        ("0001-01-01T00:00:00-01:00", "0001-01-01T01:00:00+00:00"),
+        ("2027-01-01T00:00:00Z", "2027-01-01T00:00:00+00:00"),
+        ("2027-01-01T02:30:00.25+02:30", "2027-01-01T00:00:00.250000+00:00")])
+    def test_a_time_at_the_ends_of_the_range_is_kept_in_utc(self, shop: FakeApp, sent: str,
+                                                              kept: str) -> None:
+        made = shop.client.put(SALE, json={"skus": ["a"], "opens_at": sent})
+        assert made.status_code == 201, made.data
+        assert body(made)["opens_at"] == kept
 
 
 class TestQueue:

@@ -9,11 +9,12 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import redis
 from prometheus_client import Counter
-from pydantic import ValidationError
+from pydantic import Field, RootModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from allocation.adapters.event_publisher import event_message
 from allocation.adapters.outages import is_outage
@@ -39,6 +40,12 @@ CONSUMER_COMMANDS = Counter("allocation_consumer_commands_total",
                             ["channel", "outcome"])
 
 
+class CommandEnvelope(RootModel[Annotated[schemas.CommandMessage | JoinQueueMessage,
+                                          Field(discriminator="command")]]):
+    """Any one command message (API.md, "Redis pub/sub" and "Waiting room"), told apart by its
+    ``command``."""
+
+
 class Bus(Protocol):
     def handle(self, message: Any) -> Any: ...
 
@@ -50,22 +57,19 @@ class Publisher(Protocol):
 def parse(raw: bytes | str) -> commands.Command:
     """A message as a command; raises ``ValueError`` naming what is wrong."""
     try:
-        data = json.loads(raw)
+        data = schemas.strict_json(raw)
+    except schemas.RepeatedKey as exc:
+        raise ValueError(f"the message repeats the key {exc.key!r}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
     except RecursionError:
         raise ValueError("not JSON: nested too deeply") from None
     try:
-        if isinstance(data, dict) and data.get("command") == "JoinQueue":
-            joining = JoinQueueMessage.model_validate(data)
-            return commands.JoinQueue(joining.namespace, joining.sale, joining.buyer)
-        message = schemas.CommandEnvelope.model_validate(data).root
+        message = CommandEnvelope.model_validate(data).root
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
-            first["msg"] = "is not a field of this command"
-        raise ValueError(f"{where}: {first['msg']}" if where else first["msg"]) from None
+        raise ValueError(_complaint(exc.errors()[0], data)) from None
+    if isinstance(message, JoinQueueMessage):
+        return commands.JoinQueue(message.namespace, message.sale, message.buyer)
     if isinstance(message, schemas.InitMessage):
         return commands.InitInventory(message.namespace, message.sku, message.total)
     if isinstance(message, schemas.AdjustMessage):
@@ -84,6 +88,21 @@ def parse(raw: bytes | str) -> commands.Command:
         return commands.ReleaseReservation(message.namespace, message.reservation_id)
     return commands.Refund(message.namespace, message.sku, message.qty, message.idempotency_key,
                            message.buyer)
+
+
+def _complaint(error: ErrorDetails, data: Any) -> str:
+    """A message's first problem, naming its field as an HTTP answer does (``lines.0.qty``,
+    without the command's name pydantic puts first)."""
+    kind, where = error["type"], error["loc"]
+    if kind == "union_tag_not_found":
+        return "command: is required"
+    if kind == "union_tag_invalid":
+        return f"command: must be one of {error['ctx']['expected_tags']}"
+    if where and isinstance(data, dict) and where[0] == data.get("command"):
+        where = where[1:]
+    message = replies.problem(error, "command")
+    field = ".".join(str(p) for p in where)
+    return f"{field}: {message}" if field else f"the message {message}"
 
 
 # What a refusal's details may add to its CommandRejected: a reservation's refusal names the
@@ -159,8 +178,7 @@ def judge(raw: bytes | str, bus: Bus) -> Verdict:
     try:
         command = parse(raw)
     except ValueError as exc:
-        logger.warning("rejected malformed message %r: %s", raw[:200], exc)
-        return Verdict(INVALID, "invalid_message", rejection(raw, "invalid_message", str(exc)))
+        return invalid(raw, str(exc))
     try:
         result = bus.handle(command)
     except errors.DomainError as exc:  # a reservation's refusals, among others, are raised
@@ -184,6 +202,12 @@ def judge(raw: bytes | str, bus: Bus) -> Verdict:
             "buyer": command.buyer, "ticket": result.ticket, "state": result.state,
             "position": result.position, "joined": result.joined},))
     return Verdict(APPLIED, "ok", replayed=_first_answer(command, result))
+
+
+def invalid(raw: bytes | str, complaint: str) -> Verdict:
+    """A malformed message's verdict (final: no retry makes it right), logged."""
+    logger.warning("rejected malformed message %r: %s", raw[:200], complaint)
+    return Verdict(INVALID, "invalid_message", rejection(raw, "invalid_message", complaint))
 
 
 def _first_answer(command: commands.Command, result: Any) -> tuple[dict[str, Any], ...]:

@@ -25,6 +25,7 @@ from allocation.entrypoints.command_messages import (
     STREAM,
     Bus,
     Publisher,
+    invalid,
     judge,
     rejection,
     stream_action,
@@ -39,6 +40,24 @@ DEFAULT_MAX_DELIVERIES = 5
 DEFAULT_CLAIM_IDLE_MS = 30_000
 STREAM_GROUP = "allocation"
 BATCH = 100
+
+# Which entries name the field ``message`` more than once, read as Redis keeps them: redis-py
+# folds an entry's fields into a dict, keeping the last of two of one name, so the consumer would
+# apply one of two commands (a repeated key in one message is refused as well: ``parse``).
+REPEATED_MESSAGE = """
+local repeated = {}
+for _, id in ipairs(ARGV) do
+  local found = redis.call('XRANGE', KEYS[1], id, id)
+  if found[1] then
+    local named, fields = 0, found[1][2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'message' then named = named + 1 end
+    end
+    if named > 1 then repeated[#repeated + 1] = id end
+  end
+end
+return repeated
+"""
 
 CONSUMER_DEAD_LETTERS = Counter("allocation_consumer_dead_letters_total",
                                 "Stream entries moved to the dead-letter stream")
@@ -61,6 +80,7 @@ class StreamConsumer:
         self.state = LoopState(STREAM)
         self._pending_due = 0.0  # monotonic time to look at pending entries again; 0: at once
         self._retry_delay = RETRY_MIN_SECONDS
+        self._repeated_message = client.register_script(REPEATED_MESSAGE)
 
     def run(self) -> None:
         run_reconnecting(self.stopping, self._consume, self.state)
@@ -134,12 +154,15 @@ class StreamConsumer:
         whether any is left to retry."""
         done: list[Any] = []
         retry = False
+        entries = list(entries)
+        repeated = self._repeated(entries)
         try:
             for raw_id, fields in entries:
                 if not fields:  # deleted while pending: nothing to do
                     done.append(raw_id)
                     continue
-                action = self._handle_entry(raw_id, fields, deliveries.get(entry_id(raw_id), 1))
+                action = self._handle_entry(raw_id, fields, deliveries.get(entry_id(raw_id), 1),
+                                            entry_id(raw_id) in repeated)
                 if action == "retry":
                     retry = True
                 else:
@@ -148,7 +171,15 @@ class StreamConsumer:
             self.group.ack(done, forget=self.outages)
         return retry
 
-    def _handle_entry(self, raw_id: Any, fields: Mapping[bytes, bytes], deliveries: int) -> str:
+    def _repeated(self, entries: list[Entry]) -> set[str]:
+        """The ids of those ``entries`` that name ``message`` more than once."""
+        ids = [entry_id(raw_id) for raw_id, fields in entries if fields]
+        if not ids:
+            return set()
+        return {entry_id(i) for i in self._repeated_message(keys=[self.stream], args=ids)}
+
+    def _handle_entry(self, raw_id: Any, fields: Mapping[bytes, bytes], deliveries: int,
+                      repeated: bool = False) -> str:
         raw = fields.get(b"message", b"")
         if deliveries > POISON_DELIVERIES * self.max_deliveries:
             # Delivered that often and never answered: its handling kills the consumer, say.
@@ -156,7 +187,8 @@ class StreamConsumer:
             self._dead_letter(raw_id, raw, f"delivered {deliveries} times without an answer",
                               deliveries)
             return "dead_letter"
-        verdict = judge(raw, self.bus)
+        verdict = (invalid(raw, "the entry has more than one message field") if repeated
+                   else judge(raw, self.bus))
         action = stream_action(verdict, deliveries, self.max_deliveries)
         if action == "ack":
             CONSUMER_COMMANDS.labels(STREAM, verdict.outcome).inc()

@@ -7,7 +7,6 @@ command, one answer, so the two cannot answer the same request differently.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -103,6 +102,9 @@ def idempotency_key(value: str | None, required: bool) -> str | None:
             raise BadRequest("idempotency_key_required", "this request needs an "
                              "Idempotency-Key header", field="Idempotency-Key")
         return None
+    if not value:  # spaces inside a key are kept; those around it are not part of it (HTTP)
+        raise BadRequest("invalid_field", "Idempotency-Key is empty (the spaces around a "
+                         "header's value are not part of it)", field="Idempotency-Key")
     if schemas.KEY.fullmatch(value) is None:
         raise BadRequest("invalid_field", "Idempotency-Key must be one header of 1 to 128 "
                          "printable ASCII characters other than the comma",
@@ -126,8 +128,8 @@ def json_object(content_type: str, content_length: int | None, body: bytes) -> d
     if len(body) > MAX_BODY:
         raise BadRequest("payload_too_large", "the body is over 64 KiB", status=413)
     try:
-        data = json.loads(body, object_pairs_hook=_unique_keys)
-    except _RepeatedKey as exc:
+        data = schemas.strict_json(body)
+    except schemas.RepeatedKey as exc:
         raise BadRequest("malformed_json", f"the body repeats the key {exc.key!r}",
                          field=exc.key) from None
     except (ValueError, UnicodeDecodeError):
@@ -135,23 +137,13 @@ def json_object(content_type: str, content_length: int | None, body: bytes) -> d
     except RecursionError:
         raise BadRequest("malformed_json", "the body is nested too deeply") from None
     if not isinstance(data, dict):
-        raise BadRequest("invalid_field", "the body must be a JSON object")
+        raise BadRequest("invalid_field", "body: must be a JSON object", field="body")
     return data
 
 
-class _RepeatedKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # A proxy that reads the first of two equal keys would disagree with one reading the last.
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _RepeatedKey(key)
-            seen.add(key)
-    return found
+def no_body(content_type: str, content_length: int | None, body: bytes) -> None:
+    """An operation that takes no body: none, an empty one (whatever its type) or ``{}``.
+    Anything else is refused as any body is (415 not JSON, 400 malformed, a repeated key, a
+    field named), before the operation is done."""
+    if body or content_length:
+        validate(schemas.NoBody, json_object(content_type, content_length, body))

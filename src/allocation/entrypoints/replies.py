@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from sqlalchemy import exc as sa_exc
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -71,12 +72,23 @@ class BadRequest(Exception):
         field = ".".join(str(p) for p in first["loc"]) or None
         if field and fields:
             field = fields.get(field, field)
-        message = first["msg"]
-        if first["type"] == "missing":
-            message = "is required"
-        elif first["type"] == "extra_forbidden":
-            message = "is not a field of this request"
+        message = problem(first, "request")
         return cls("invalid_field", f"{field}: {message}" if field else message, field)
+
+
+def problem(error: ErrorDetails, of: str) -> str:
+    """What pydantic found wrong with a field, in the API's words: no class of ours named, no
+    pydantic prefix. ``of``: what the field is part of ("request", "command")."""
+    kind = error["type"]
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return f"is not a field of this {of}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "must be a JSON object"
+    if kind == "value_error" and "error" in error.get("ctx", {}):
+        return str(error["ctx"]["error"])  # our own validator's words
+    return error["msg"]
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> Reply:

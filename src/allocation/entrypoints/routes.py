@@ -31,6 +31,7 @@ from allocation.entrypoints.movement_requests import (
     answer_movement,
     idempotency_key,
     json_object,
+    no_body,
     validate,
 )
 from allocation.service_layer import reservations
@@ -111,8 +112,10 @@ class Routes:
             ttl = _body(schemas.ExtendBody).ttl_seconds
             command = commands.ExtendReservation(path.namespace, path.reservation_id, ttl)
         elif step == "confirm":
+            _no_body()
             command = commands.ConfirmReservation(path.namespace, path.reservation_id)
         else:
+            _no_body()
             command = commands.ReleaseReservation(path.namespace, path.reservation_id)
         try:
             ended: Reservation = self.app.bus.handle(command)
@@ -159,11 +162,13 @@ class Routes:
 
     def refresh_item(self, namespace: str, sku: str) -> Response:
         path = _path(namespace, sku)
+        _no_body()
         figures = self.app.bus.handle(commands.Refresh(path.namespace, path.sku))
         return to_response(replies.item(path.namespace, path.sku, figures))
 
     def refresh_namespace(self, namespace: str) -> Response:
         ns = _path(namespace, "x").namespace
+        _no_body()
         return jsonify({"items": self.app.bus.handle(commands.RefreshAll(ns)).refreshed})
 
     def healthz(self) -> Response:
@@ -239,6 +244,10 @@ def _query(model: type[M]) -> M:
 def _body(model: type[M]) -> M:
     return validate(model, json_object(request.content_type or "", request.content_length,
                                        _raw_body()))
+
+
+def _no_body() -> None:
+    no_body(request.content_type or "", request.content_length, _raw_body())
 
 
 def _raw_body() -> bytes:

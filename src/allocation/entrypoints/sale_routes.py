@@ -10,7 +10,7 @@ from flask import Response, request
 from allocation.domain import commands
 from allocation.entrypoints import replies
 from allocation.entrypoints.http_errors import to_response
-from allocation.entrypoints.movement_requests import json_object, validate
+from allocation.entrypoints.movement_requests import json_object, no_body, validate
 from allocation.entrypoints.sale_replies import sale_body, ticket_body, ticket_event
 from allocation.entrypoints.sale_requests import answer_join
 from allocation.entrypoints.sale_schemas import SaleBody, SalePath, TicketPath
@@ -41,6 +41,7 @@ class SaleRoutes:
 
     def close_sale(self, namespace: str, sale: str) -> Response:
         path = validate(SalePath, {"namespace": namespace, "sale": sale})
+        no_body(request.content_type or "", request.content_length, request.get_data(cache=True))
         answer: SaleAnswer = self.app.bus.handle(commands.CloseSale(path.namespace, path.sale))
         return to_response(replies.Reply(200, sale_body(answer)))
 

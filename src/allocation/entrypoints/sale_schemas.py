@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BeforeValidator, Field
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
 from allocation.entrypoints.schemas import Answer, Buyer, Model, Name
 
@@ -15,10 +15,24 @@ TICKET_PATTERN = r"^[A-Za-z0-9_.-]{1,512}$"
 
 
 def _text_time(value: object) -> object:
-    """A time is ISO 8601 text with an offset (a number is not read as seconds)."""
+    """A time is ISO 8601 text with an offset: neither a number nor digits as text is read as
+    seconds since 1970 (pydantic's own parsing would read "1796684268" so)."""
     if not isinstance(value, str):
         raise ValueError("must be an ISO 8601 time with an offset, as text")
-    return value
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be an ISO 8601 time with an offset, as "
+                         "2027-01-01T00:00:00+00:00") from None
+
+
+def _in_utc(value: datetime) -> datetime:
+    """The time in UTC, as it is kept: one a datetime cannot hold once there (year 10000, or
+    0) is refused here rather than failing where it is stored."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be a time between years 1 and 9999 once in UTC") from None
 
 
 def _number(value: object) -> object:
@@ -41,7 +55,8 @@ class TicketPath(Model):
 
 class SaleBody(Model):
     skus: Annotated[list[Name], Field(min_length=1, max_length=100)]
-    opens_at: Annotated[AwareDatetime, BeforeValidator(_text_time)] | None = None
+    opens_at: Annotated[AwareDatetime, BeforeValidator(_text_time),
+                        AfterValidator(_in_utc)] | None = None
     admit_factor: Annotated[float, BeforeValidator(_number), Field(ge=1, le=10)] = 2.0
     pass_ttl_seconds: Annotated[int, Field(strict=True, ge=30, le=3600)] = 300
     max_admitted: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] | None = None

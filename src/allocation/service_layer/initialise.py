@@ -30,9 +30,10 @@ def _init(cmd: commands.InitInventory, services: Services) -> Outcome:
             # the item, the row's (the next movement or read rebuilds it).
             now = counter.read(cmd.namespace, cmd.sku) or item.figures()
             if (now.total, item.limit_per_buyer) != (cmd.total, cmd.limit_per_buyer):
+                limit = ("no limit per buyer" if item.limit_per_buyer is None
+                         else f"limit per buyer {item.limit_per_buyer}")
                 raise errors.AlreadyExists(
-                    f"{cmd.namespace}/{cmd.sku} exists with total {now.total} and limit per "
-                    f"buyer {item.limit_per_buyer}")
+                    f"{cmd.namespace}/{cmd.sku} exists with total {now.total} and {limit}")
             return Outcome(OK, Figures(now.total, now.consumed, now.held, item.limit_per_buyer))
         item = InventoryItem.initialise(cmd.namespace, cmd.sku, cmd.total, cmd.limit_per_buyer)
         item.counter_gen = new_generation()
