@@ -29,8 +29,12 @@ def test_create_show_close_and_exit_codes(service_config: Config, namespace: str
     unknown = cli(service_config, "sale", "create", namespace, "other", "--sku", "nope")
     assert unknown.returncode == 1 and "not_found" in unknown.stderr
     assert cli(service_config, "sale", "show", namespace, "bad name").returncode == 2
-    assert cli(service_config, "sale", "create", namespace, "x", "--sku", "tee",
-               "--opens-at", "tomorrow").returncode == 2
+    for opens_at in ("tomorrow", "2030-01-01T00:00:00", "9999-12-31T23:59:59-23:59"):
+        refused = cli(service_config, "sale", "create", namespace, "x", "--sku", "tee",
+                      "--opens-at", opens_at)
+        # The HTTP API's check (400 naming opens_at), as a usage error: no traceback.
+        assert (refused.returncode, "Traceback" in refused.stderr) == (2, False), refused.stderr
+        assert "opens_at" in refused.stderr, refused.stderr
     assert cli(service_config, "sale", "create", namespace, "x", "--sku", "tee",
                "--admit-factor", "20").returncode == 2
     assert cli(service_config, "sale", "show", namespace, "nope").returncode == 1

@@ -4,14 +4,16 @@ same bus and answers as ``PUT/GET /v1/{ns}/sales/{sale}`` and ``.../close``)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
 
 import click
 
 from allocation.domain import commands, errors
 from allocation.entrypoints import schemas
 from allocation.entrypoints.cli_params import application, domain_exit
+from allocation.entrypoints.movement_requests import validate
+from allocation.entrypoints.replies import BadRequest
 from allocation.entrypoints.sale_replies import sale_body
+from allocation.entrypoints.sale_schemas import SaleBody
 from allocation.service_layer import sales
 from allocation.service_layer.sales import SaleAnswer
 
@@ -45,19 +47,13 @@ def create(namespace: str, name: str, skus: tuple[str, ...], opens_at: str | Non
            admit_factor: float, pass_ttl: int, max_admitted: int | None) -> None:
     """Make the sale NAME gating each --sku of NAMESPACE; print it."""
     namespace, name = _names(namespace, name)
-    for sku in skus:
-        _names(namespace, sku)
-    opens_ms = None
-    if opens_at is not None:
-        try:
-            moment = datetime.fromisoformat(opens_at)
-        except ValueError:
-            raise click.UsageError(f"--opens-at: not an ISO 8601 time: {opens_at!r}") from None
-        if moment.tzinfo is None:
-            raise click.UsageError("--opens-at needs an offset (e.g. +00:00)")
-        opens_ms = int(moment.timestamp() * 1000)
-    _print(application().bus.handle(commands.PutSale(
-        namespace, name, skus, opens_ms, admit_factor, pass_ttl, max_admitted)))
+    try:  # the terms checked as the HTTP API checks them
+        terms = validate(SaleBody, {
+            "skus": list(skus), "opens_at": opens_at, "admit_factor": admit_factor,
+            "pass_ttl_seconds": pass_ttl, "max_admitted": max_admitted})
+    except BadRequest as exc:
+        raise click.UsageError(f"invalid {exc.message}") from None
+    _print(application().bus.handle(terms.command(namespace, name)))
 
 
 @sale.command()

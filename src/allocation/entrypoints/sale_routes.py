@@ -27,11 +27,8 @@ class SaleRoutes:
 
     def put_sale(self, namespace: str, sale: str) -> Response:
         path = validate(SalePath, {"namespace": namespace, "sale": sale})
-        body = validate(SaleBody, _json())
-        opens_at = None if body.opens_at is None else int(body.opens_at.timestamp() * 1000)
-        answer: SaleAnswer = self.app.bus.handle(commands.PutSale(
-            path.namespace, path.sale, tuple(body.skus), opens_at, body.admit_factor,
-            body.pass_ttl_seconds, body.max_admitted))
+        answer: SaleAnswer = self.app.bus.handle(
+            validate(SaleBody, _json()).command(path.namespace, path.sale))
         return to_response(replies.Reply(201 if answer.created else 200, sale_body(answer)))
 
     def get_sale(self, namespace: str, sale: str) -> Response:

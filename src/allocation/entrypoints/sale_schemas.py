@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
+from allocation.domain import commands
 from allocation.entrypoints.schemas import Answer, Buyer, Model, Name
 
 # URL-safe base64 and the signature's dot (adapters/sale_signing.py), at most 512 characters.
@@ -60,6 +61,12 @@ class SaleBody(Model):
     admit_factor: Annotated[float, BeforeValidator(_number), Field(ge=1, le=10)] = 2.0
     pass_ttl_seconds: Annotated[int, Field(strict=True, ge=30, le=3600)] = 300
     max_admitted: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] | None = None
+
+    def command(self, namespace: str, sale: str) -> commands.PutSale:
+        """The sale these terms ask for (HTTP's PUT and ``allocation sale create`` alike)."""
+        opens_at = None if self.opens_at is None else int(self.opens_at.timestamp() * 1000)
+        return commands.PutSale(namespace, sale, tuple(self.skus), opens_at, self.admit_factor,
+                                self.pass_ttl_seconds, self.max_admitted)
 
 
 class JoinBody(Model):
