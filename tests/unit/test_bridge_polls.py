@@ -140,8 +140,26 @@ def test_a_closed_sales_tickets_read_closed_on_the_loop(shop: FakeApp) -> None:
     shop.client.post(f"{SALE}/close")
     calls = count_views(shop)
     answer = bridged(shop, f"{SALE}/queue/{dan}")
-    assert body_of(answer) == {"ticket": dan, "state": "closed", "position": None}
+    assert body_of(answer) == {"ticket": dan, "state": "closed", "position": 0}
     assert calls == Counter() and answer == flasks(shop, f"{SALE}/queue/{dan}")
+
+
+def test_sold_out_tickets_keep_their_places_on_the_loop_as_in_flask(shop: FakeApp) -> None:
+    """API.md: a position is null only while scheduled. Sold out, a waiting ticket keeps the
+    place it waits at again when stock comes back, and both front ends say so alike."""
+    dan, eve = tickets(shop, "ann", "bob", "cat", "dan", "eve")[3:]
+    for sku, units in (("a", 2), ("b", 1)):  # every gated unit gone, nothing held
+        moved = shop.client.post(f"/v1/{NS}/items/{sku}/adjustments", json={"delta": -units},
+                                 headers={"Idempotency-Key": f"gone-{sku}"})
+        assert moved.status_code == 200, moved.data
+    fresh(shop)
+    flasks(shop, f"{SALE}/queue/{dan}")  # steps the queue on: it reads sold out
+    calls = count_views(shop)
+    for ticket, position in ((dan, 0), (eve, 1)):
+        answer = bridged(shop, f"{SALE}/queue/{ticket}")
+        assert body_of(answer) == {"ticket": ticket, "state": "sold_out", "position": position}
+        assert answer == flasks(shop, f"{SALE}/queue/{ticket}")
+    assert calls == Counter({POLL: 2})  # Flask's own two answers, for the comparison alone
 
 
 # (path, query, status, the field named, whether a route's view ran)

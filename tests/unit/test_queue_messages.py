@@ -35,3 +35,16 @@ def test_bad_ones_are_rejected(fake_app: FakeApp) -> None:
     assert [(a["event"], a["reason"]) for a in answers] == [
         ("CommandRejected", "invalid_message"), ("CommandRejected", "invalid_message"),
         ("CommandRejected", "not_found")]
+
+
+def test_a_sold_out_sales_joiner_is_told_its_place_as_a_poll_tells_it(fake_app: FakeApp) -> None:
+    """API.md: a position is null only while scheduled; sold out, a ticket keeps its place."""
+    fake_app.client.put("/v1/ns/items/s", json={"total": 0})  # nothing to sell, nothing held
+    assert fake_app.client.put("/v1/ns/sales/drop", json={"skus": ["s"]}).status_code == 201
+    first = fake_app.client.post("/v1/ns/sales/drop/queue", json={"buyer": "bob"}).get_json()
+    (joined,) = judge(json.dumps(JOIN), fake_app.bus).answers
+    assert (first["state"], first["position"]) == ("sold_out", 0)
+    assert (joined["event"], joined["state"], joined["position"]) == ("QueueJoined",
+                                                                      "sold_out", 1)
+    polled = fake_app.client.get(f"/v1/ns/sales/drop/queue/{joined['ticket']}").get_json()
+    assert (polled["state"], polled["position"]) == ("sold_out", 1)

@@ -264,6 +264,33 @@ class TestGate:
             hold("r2")
         assert shop.counter.read(NS, "a").held == 1  # type: ignore[union-attr]
 
+    def test_a_reservations_pass_refusals_name_the_gated_line(self, shop: FakeApp) -> None:
+        """As the reservation's other refusals do (probe finding 13): the first gated line's
+        sku, whatever refused the pass; lines of a second sale name that sale's first line."""
+        put(shop)
+        sale_pass = self.admitted(shop, "ann")
+
+        def hold(key: str, buyer: str | None, with_pass: str | None,
+                 lines: tuple[tuple[str, int], ...] = (("c", 1), ("b", 1), ("a", 1))
+                 ) -> errors.DomainError:
+            with pytest.raises((PassRequired, PassInvalid)) as refused:
+                shop.bus.handle(commands.Reserve(NS, lines, key, 60, buyer, with_pass))
+            return refused.value
+
+        assert decrement(shop, "ann", sale_pass, "k1").ok  # type: ignore[attr-defined]
+        refusals = [hold("r1", "ann", None), hold("r2", None, sale_pass),
+                    hold("r3", "ann", sale_pass[:-3] + "abc"), hold("r4", "bob", sale_pass),
+                    hold("r5", "ann", sale_pass)]  # spent by the decrement
+        assert [(r.code, r.details) for r in refusals] == [
+            ("pass_required", {"sku": "b"})] + [("pass_invalid", {"sku": "b"})] * 4
+        put(shop, "other", ("c",))
+        both = hold("r6", "ann", sale_pass, (("a", 1), ("b", 1), ("c", 1)))
+        assert (both.code, both.details) == ("pass_invalid", {"sku": "c"})
+        with pytest.raises(PassRequired) as bare:  # a decrement's path names its sku
+            decrement(shop, "ann", None, "k2")
+        assert bare.value.details == {}
+        assert [shop.counter.read(NS, sku).held for sku in "abc"] == [0, 0, 0]  # type: ignore[union-attr]
+
     def test_a_refused_movement_gives_the_pass_back(self, shop: FakeApp) -> None:
         put(shop, skus=("b",))
         first, second = self.admitted(shop, "ann"), self.admitted(shop, "bob")

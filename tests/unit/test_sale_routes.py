@@ -176,11 +176,13 @@ class TestGatedReservations:
         sale_pass = self.admitted(shop, "ann")
         refused = self.reserve(shop, "r0", 1)
         assert (refused.status_code, body(refused)["error"]) == (403, "pass_required")
+        assert body(refused)["sku"] == "b"  # the gated line, as other refusals name theirs
         assert self.reserve(shop, "r1", 2, sale_pass).status_code == 409  # only 1 of b
         held = self.reserve(shop, "r2", 1, sale_pass)  # the refusal gave the pass back
         assert held.status_code == 201, held.data
         again = self.reserve(shop, "r3", 1, sale_pass)
-        assert (again.status_code, body(again)["error"]) == (403, "pass_invalid")
+        assert (again.status_code, body(again)["error"], body(again)["sku"]) == (
+            403, "pass_invalid", "b")
         assert body(shop.client.get(f"/v1/{NS}/items/b"))["held"] == 1
 
 

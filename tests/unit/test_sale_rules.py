@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 
 from allocation.domain import errors, prequeue
 from allocation.domain.sale import (
+    PassState,
     QueueFigures,
     Sale,
+    TicketView,
     admission_room,
     admit,
     is_sold_out,
@@ -159,6 +161,22 @@ class TestTicketState:
 
     def test_closed_wins(self) -> None:
         assert ticket_state(2, figures(closed=True)).state == "closed"
+
+    def test_a_position_is_null_only_while_scheduled(self) -> None:
+        """API.md: the tickets ahead still waiting, null while scheduled. A sold-out ticket
+        keeps its place (it waits again in that order); the rest have nobody ahead."""
+        assert ticket_state(3, figures(prequeue=None)).position is None
+        sold_out = figures(serving=4, sold_out=True)
+        assert [ticket_state(n, sold_out).position for n in (4, 5, 7)] == [0, 1, 3]
+        again = figures(serving=4)  # stock came back: the same places, waiting
+        assert [ticket_state(n, again) for n in (4, 7)] == [
+            TicketView("waiting", 0), TicketView("waiting", 3)]
+        passes: tuple[PassState | None, ...] = (None, "outstanding", "used", "expired")
+        for pass_state in passes:
+            assert ticket_state(2, sold_out, pass_state).position == 0
+        closed = figures(serving=4, closed=True)
+        assert {ticket_state(n, closed) for n in (2, 7)} == {TicketView("closed", 0)}
+        assert ticket_state(3, figures(prequeue=None, closed=True)) == TicketView("closed", 0)
 
     def test_every_prequeue_place_is_ahead_of_every_later_one(self) -> None:
         drawn = figures(prequeue=50, joined=80)

@@ -15,7 +15,7 @@ from allocation.adapters.redis_sale import CLAIM_LEASE_MS, RedisSaleQueue
 from allocation.adapters.sale_queue import HoldLink
 from allocation.domain import errors
 from allocation.domain.outcome import Figures
-from allocation.domain.sale import Sale, admission_room, ticket_state
+from allocation.domain.sale import Sale, admission_room, is_sold_out, ticket_state
 from tests.helpers.counter_contract import set_clock
 from tests.helpers.embedded import embedded_counter
 
@@ -278,13 +278,15 @@ class TestPasses:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.sampled_from(["join", "advance", "use", "stock", "time"]),
+@given(st.lists(st.tuples(st.sampled_from(["join", "advance", "use", "stock", "time",
+                                           "empty"]),
                           st.integers(0, 20)), max_size=40),
        st.sampled_from([1.0, 1.5, 2.0, 3.0]), st.one_of(st.none(), st.integers(1, 12)))
 def test_the_scripts_follow_the_rules(ops: list[tuple[str, int]], factor: float,
                                       most: int | None) -> None:
-    """Joins, steps on, passes used, stock changed and time moved, in any order: the serving
-    figure and the passes outstanding are what the domain's rules make of the same figures."""
+    """Joins, steps on, passes used, stock changed or sold out and time moved, in any order:
+    the serving figure, the passes outstanding, sold out and the tickets' positions are what
+    the domain's rules make of the same figures."""
     counter = embedded_counter()
     room = Room(counter, RedisSaleQueue(counter.client, counter.keys))
     now = T0
@@ -299,6 +301,9 @@ def test_the_scripts_follow_the_rules(ops: list[tuple[str, int]], factor: float,
             room.queue.join(NS, "drop", f"b{n}")
         elif op == "stock":
             room.stock("a", n)
+        elif op == "empty":  # every unit gone: sold out, until "stock" brings some back
+            room.stock("a", 0)
+            room.stock("b", 0)
         elif op == "time":
             now += n * 5_000
             room.at(now)
@@ -317,9 +322,15 @@ def test_the_scripts_follow_the_rules(ops: list[tuple[str, int]], factor: float,
         if admitted:
             assert after.figures.outstanding <= factor * after.available
         figures = after.figures
-        for number in range(figures.joined):
-            view = ticket_state(number, figures)
-            assert view.state in ("admitted", "waiting", "sold_out")
+        assert figures.sold_out == is_sold_out(after.available, after.held)
+        views = [ticket_state(number, figures) for number in range(figures.joined)]
+        assert {view.state for view in views} <= {"admitted", "waiting", "sold_out"}
+        # Every ticket not admitted has a place of its own, sold out or not: 0, 1, 2, ...
+        # ahead of it, as many as the scripts count waiting (joined - serving).
+        ahead = sorted(v.position for v in views if v.state != "admitted"
+                       and v.position is not None)
+        assert ahead == list(range(figures.joined - figures.serving))
+        assert all(v.position == 0 for v in views if v.state == "admitted")
 
 
 def test_the_scripts_announce_opening_selling_out_and_closing(room: Room) -> None:

@@ -121,7 +121,10 @@ def place(number: int, figures: QueueFigures) -> int | None:
 @dataclass(frozen=True)
 class TicketView:
     state: TicketState
-    position: int | None  # tickets ahead still waiting (None unless waiting)
+    # Tickets ahead still waiting: None while scheduled (no place drawn yet), an integer in
+    # every other state. A sold-out ticket keeps its place (it waits again in that order when
+    # stock comes back); one given a pass, or of a closed sale, has nobody ahead: 0.
+    position: int | None
 
 
 def ticket_state(number: int, figures: QueueFigures,
@@ -130,14 +133,13 @@ def ticket_state(number: int, figures: QueueFigures,
     for an admitted place (below the serving figure; "admitted" without it means: read the
     pass): the common poll, of a waiting ticket, needs nothing but the figures."""
     if figures.closed:
-        return TicketView("closed", None)
+        return TicketView("closed", 0)
     where = place(number, figures)
     if where is None:
         return TicketView("scheduled", None)
     if where >= figures.serving:
-        if figures.sold_out:
-            return TicketView("sold_out", None)
-        return TicketView("waiting", where - figures.serving)
+        ahead = where - figures.serving
+        return TicketView("sold_out" if figures.sold_out else "waiting", ahead)
     # Given a pass, a place keeps its pass's state: sold out is news for the waiting only (a
     # pass still outstanding may buy what a refund brings back).
     if pass_state == "used":

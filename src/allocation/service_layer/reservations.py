@@ -73,10 +73,12 @@ def reserve(cmd: commands.Reserve, services: Services) -> Reservation:
             sale = services.sales.gating(cmd.namespace, str(refused.details.get("sku", "")))
             if sale is None:
                 raise
-    # The hold keeps the pass; its confirm spends it (docs/adr/0034).
+    # The hold keeps the pass; its confirm spends it (docs/adr/0034). A refusal of the pass
+    # names the first gated line's sku.
     gated = sum(qty for sku, qty in lines if sku in sale.skus)
-    with sale_passes.claimed(services, sale, cmd.buyer, cmd.sale_pass, gated,
-                             cmd.idempotency_key) as claim:
+    first = next((sku for sku, _ in lines if sku in sale.skus), lines[0][0])
+    with sale_passes.naming(first), sale_passes.claimed(
+            services, sale, cmd.buyer, cmd.sale_pass, gated, cmd.idempotency_key) as claim:
         try:
             made = hold(claim.sale_of)
         except errors.PassRequired:

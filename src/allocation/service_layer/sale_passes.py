@@ -86,6 +86,18 @@ def claimed(services: Services, sale: Sale, buyer: str | None, sale_pass: str | 
                                 incarnation=incarnation)
 
 
+@contextmanager
+def naming(sku: str) -> Iterator[None]:
+    """A refusal of the pass (``PassRequired``, ``PassInvalid``) names ``sku``, the gated line
+    of a reservation, as the reservation's other refusals name theirs (a decrement's path names
+    its sku); one that names a sku already keeps it."""
+    try:
+        yield
+    except (PassRequired, PassInvalid) as refused:
+        refused.details.setdefault("sku", sku)
+        raise
+
+
 def settled(services: Services, namespace: str, rid: str, skus: Iterable[str],
             state: str, figures: Iterable[Figures]) -> None:
     """A reservation of a gated sku was confirmed (its pass is used) or released (its pass is
@@ -116,8 +128,13 @@ def spent(claim: Claim | None = None) -> PassInvalid:
 def gating(services: Services, namespace: str, skus: Iterable[str]) -> Sale | None:
     """The one sale gating any of ``skus`` (as this process knows); lines of two sales' skus
     would need two passes: refused."""
-    found = {(s.namespace, s.sale): s for sku in skus
-             if (s := services.sales.gated.get((namespace, sku))) is not None}
-    if len(found) > 1:
-        raise PassInvalid("these lines are gated by more than one sale: one pass covers one")
+    found: dict[tuple[str, str], Sale] = {}
+    for sku in skus:
+        sale = services.sales.gated.get((namespace, sku))
+        if sale is None:
+            continue
+        found.setdefault((sale.namespace, sale.sale), sale)
+        if len(found) > 1:  # this line is the first of a second sale: it is named
+            raise PassInvalid("these lines are gated by more than one sale: one pass covers "
+                              "one", sku=sku)
     return next(iter(found.values()), None)

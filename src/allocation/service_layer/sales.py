@@ -208,8 +208,8 @@ def _unadmitted(ticket: str, number: int, sale: Sale, figures: QueueFigures | No
                 joined: bool = False) -> TicketAnswer | None:
     """A ticket's answer from the figures alone (closed, scheduled, waiting, sold out); None
     where it needs more: its pass's state (admitted), or figures there are none of."""
-    if sale.closed:
-        return TicketAnswer(ticket, "closed", None, joined=joined)
+    if sale.closed:  # nobody waits in a closed sale: nobody is ahead (domain.sale.TicketView)
+        return TicketAnswer(ticket, "closed", 0, joined=joined)
     if figures is None:
         return None
     view = ticket_state(number, figures)
