@@ -76,12 +76,7 @@ class RsgiBridge:
             metrics.count_request("GET", scope.path, reply.status, time.perf_counter() - started)
             return _reply(protocol, reply)
         headers = scope.headers.items()
-        try:
-            length = _content_length(headers)
-        except _TwoFramings:
-            return _reply(protocol, replies.error(
-                400, "invalid_field", "Content-Length and Transfer-Encoding together: send one",
-                field="Transfer-Encoding"), close=True)
+        length = _content_length(headers)
         # A body is announced. Every answer below is given before it is read whole, and granian
         # then closes the connection, not always saying so: the answer says so, or the client
         # sends its next request down a connection that is gone.
@@ -274,22 +269,11 @@ if {name for name, route in route_table.BY_NAME.items() if route.loop} != set(_A
     raise ValueError("the bridge answers on its loop the table's loop routes, and no other")
 
 
-class _TwoFramings(Exception):
-    """Content-Length beside Transfer-Encoding: a front proxy may frame the body by the one and
-    this server by the other (request smuggling, RFC 9112 6.3). Refused."""
-
-
 def _content_length(headers: Headers) -> int | None:
-    length, chunked = None, False
     for name, value in headers:
-        lowered = name.lower()
-        if lowered == "content-length":
-            length = int(value) if value.isascii() and value.isdecimal() else None
-        elif lowered == "transfer-encoding":
-            chunked = True
-    if chunked and length is not None:
-        raise _TwoFramings
-    return length
+        if name.lower() == "content-length":
+            return int(value) if value.isascii() and value.isdecimal() else None
+    return None
 
 
 def _environ(scope: Scope, headers: Headers) -> WSGIEnvironment:
