@@ -82,3 +82,12 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
+    """A Redis of the module's own, to cut, partition or restart."""
+    server = PrivateRedis(tmp_path_factory.mktemp("own-redis"))
+    server.start()
+    yield server
+    server.stop()

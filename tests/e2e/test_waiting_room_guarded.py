@@ -33,14 +33,6 @@ DEADLINE = 8.0  # seconds: a request waits out one Redis socket timeout (5 s), n
 
 
 @pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path_factory.mktemp("wr-redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def proxy(own_redis: PrivateRedis) -> Iterator[TcpProxy]:
     with proxy_to(own_redis.port) as proxy:
         yield proxy

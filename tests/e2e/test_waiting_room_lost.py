@@ -24,14 +24,6 @@ SECRET = "wr-lost-" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path_factory.mktemp("wr-lost-redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def sale_api(service_config: Config, own_redis: PrivateRedis) -> Iterator[str]:
     yield from serve(dataclasses.replace(service_config, redis_url=own_redis.url),
                      extra_env={"SALE_SECRET": SECRET})
