@@ -139,6 +139,10 @@ def test_after_seq_is_bounded_to_a_bigint(fake_app: FakeApp) -> None:
     assert ok.status_code == 200 and body(ok)["entries"] == []
     r = fake_app.client.get("/v1/ns/items/a/ledger", query_string={"after_seq": 2**63})
     assert (r.status_code, body(r)["field"]) == (400, "after_seq")
+    # Digits past any bound are said to be too large, not to be something other than digits.
+    huge = fake_app.client.get("/v1/ns/items/a/ledger", query_string={"after_seq": "9" * 23})
+    assert (huge.status_code, body(huge)["field"]) == (400, "after_seq")
+    assert "too large" in body(huge)["message"] and "digits" not in body(huge)["message"]
 
 
 def test_a_limit_per_buyer_through_the_routes(fake_app: FakeApp) -> None:
