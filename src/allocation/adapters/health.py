@@ -92,6 +92,11 @@ class HealthChecks:
         self.probes.update(database=Probe("database", self._ping_database),
                            redis=Probe("redis", lambda: self.counter.ping()))
 
+    def warm_up(self) -> None:
+        """Start the first database check now (a server process, as it starts): its first
+        run imports Alembic to read the schema's revision, longer than a poll waits."""
+        self.probes["database"].future()
+
     def readiness(self, lag_threshold: float) -> dict[str, str]:
         """The parts /readyz reports, each within the readiness deadline (a request thread
         waits at most that)."""
