@@ -1,10 +1,12 @@
-"""Settings from the environment. Reading them connects to nothing."""
+"""Settings from the environment. Reading them connects to nothing; a value that cannot be read
+raises ``ValueError`` naming its variable."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -59,34 +61,27 @@ class Config:
             env.get("REDIS_KEY_PREFIX") or defaults.redis_key_prefix, env.get("REDIS_URL"))
         return cls(
             database_url=env.get("DATABASE_URL") or defaults.database_url,
-            redis_url=env.get("REDIS_URL") or None,
+            redis_url=redis_url(env.get("REDIS_URL") or None),
             commands_channel=env.get("COMMANDS_CHANNEL") or channel,
             events_channel=env.get("EVENTS_CHANNEL") or events,
             commands_stream=env.get("COMMANDS_STREAM") or stream,
             redis_key_prefix=env.get("REDIS_KEY_PREFIX") or defaults.redis_key_prefix,
-            partitions=int(env.get("REDIS_PARTITIONS") or defaults.partitions),
-            idempotency_ttl_seconds=int(
-                env.get("IDEMPOTENCY_TTL_SECONDS") or defaults.idempotency_ttl_seconds),
-            refusal_ttl_seconds=int(
-                env.get("REFUSAL_TTL_SECONDS") or defaults.refusal_ttl_seconds),
-            db_pool_size=int(env.get("DB_POOL_SIZE") or defaults.db_pool_size),
+            partitions=number(env, "REDIS_PARTITIONS", defaults.partitions),
+            idempotency_ttl_seconds=number(env, "IDEMPOTENCY_TTL_SECONDS",
+                                           defaults.idempotency_ttl_seconds),
+            refusal_ttl_seconds=number(env, "REFUSAL_TTL_SECONDS", defaults.refusal_ttl_seconds),
+            db_pool_size=number(env, "DB_POOL_SIZE", defaults.db_pool_size),
             durability=durability(env.get("DURABILITY") or defaults.durability),
-            sync_wait_seconds=float(env.get("SYNC_WAIT_SECONDS")
-                                    or defaults.sync_wait_seconds),
-            ledger_wait_seconds=float(env.get("LEDGER_WAIT_SECONDS")
-                                      or defaults.ledger_wait_seconds),
-            ledger_lag_threshold_seconds=float(env.get("LEDGER_LAG_THRESHOLD_SECONDS")
-                                               or defaults.ledger_lag_threshold_seconds),
-            ledger_claim_idle_ms=int(env.get("LEDGER_CLAIM_IDLE_MS")
-                                     or defaults.ledger_claim_idle_ms),
-            body_timeout_seconds=float(env.get("BODY_TIMEOUT_SECONDS")
-                                       or defaults.body_timeout_seconds),
-            max_open_reservations_per_buyer=int(
-                env.get("MAX_OPEN_RESERVATIONS_PER_BUYER")
-                or defaults.max_open_reservations_per_buyer),
-            max_open_reservations_per_token=int(
-                env.get("MAX_OPEN_RESERVATIONS_PER_TOKEN")
-                or defaults.max_open_reservations_per_token),
+            sync_wait_seconds=number(env, "SYNC_WAIT_SECONDS", defaults.sync_wait_seconds),
+            ledger_wait_seconds=number(env, "LEDGER_WAIT_SECONDS", defaults.ledger_wait_seconds),
+            ledger_lag_threshold_seconds=number(env, "LEDGER_LAG_THRESHOLD_SECONDS",
+                                                defaults.ledger_lag_threshold_seconds),
+            ledger_claim_idle_ms=number(env, "LEDGER_CLAIM_IDLE_MS", defaults.ledger_claim_idle_ms),
+            body_timeout_seconds=number(env, "BODY_TIMEOUT_SECONDS", defaults.body_timeout_seconds),
+            max_open_reservations_per_buyer=number(env, "MAX_OPEN_RESERVATIONS_PER_BUYER",
+                                                   defaults.max_open_reservations_per_buyer),
+            max_open_reservations_per_token=number(env, "MAX_OPEN_RESERVATIONS_PER_TOKEN",
+                                                   defaults.max_open_reservations_per_token),
             auth=choice("AUTH", env.get("AUTH") or ("required" if with_services else "off"),
                         ("required", "off")),
             streams_per_token=positive("STREAMS_PER_TOKEN", env.get("STREAMS_PER_TOKEN")
@@ -121,6 +116,32 @@ def redis_db(url: str | None) -> int:
     path = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
     number = query[0] if query else path
     return int(number) if number.isdigit() else 0
+
+
+# The schemes redis-py reads, and the cluster's (adapters/redis_client.CLUSTER_SCHEMES).
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def redis_url(value: str | None) -> str | None:
+    if value is not None and urlsplit(value).scheme not in REDIS_SCHEMES:
+        raise ValueError(f"REDIS_URL must be a URL of scheme "
+                         f"{', '.join(s + '://' for s in REDIS_SCHEMES)}, not {value!r}")
+    return value
+
+
+N = TypeVar("N", int, float)
+
+
+def number(env: Mapping[str, str], name: str, default: N) -> N:
+    """``name``'s value as ``default``'s type (the default where unset or empty)."""
+    value = env.get(name)
+    if not value:
+        return default
+    try:
+        return type(default)(value)
+    except ValueError:
+        kind = "an integer" if isinstance(default, int) else "a number"
+        raise ValueError(f"{name} must be {kind}, not {value!r}") from None
 
 
 def durability(value: str) -> str:

@@ -27,6 +27,8 @@ from allocation.domain import errors
 logger = logging.getLogger(__name__)
 OK = "ok"
 UNAVAILABLE = "unavailable"
+# The database answers but lacks the schema this code expects: every /v1 request would fail.
+UNMIGRATED = "unmigrated"
 # A readiness poll answers within this: an orchestrator's probe (1-2 s) must never time out on
 # a dependency that does not answer (a partition drops packets: nothing fails, all waits).
 READY_DEADLINE_SECONDS = 0.4
@@ -89,6 +91,11 @@ class HealthChecks:
     def __post_init__(self) -> None:
         self.probes.update(database=Probe("database", self._ping_database),
                            redis=Probe("redis", lambda: self.counter.ping()))
+
+    def warm_up(self) -> None:
+        """Start the first database check now (a server process, as it starts): its first
+        run imports Alembic to read the schema's revision, longer than a poll waits."""
+        self.probes["database"].future()
 
     def readiness(self, lag_threshold: float) -> dict[str, str]:
         """The parts /readyz reports, each within the readiness deadline (a request thread
@@ -169,10 +176,18 @@ class HealthChecks:
                     "max": sum(int(n.get("maxmemory", 0)) for n in nodes)}
         return None
 
-    def _ping_database(self) -> None:
+    def _ping_database(self) -> str | None:
+        # Imported here: Alembic would double the start-up of every command that bootstraps.
+        from allocation.adapters import migrate
+
         if self.engine is not None:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+                if not migrate.at_head(conn):
+                    logger.warning("the database's schema is missing or behind this release's: "
+                                   "run `allocation migrate` (with this DATABASE_URL)")
+                    return UNMIGRATED
+        return None
 
 
 def _result(future: Future[str], timeout: float) -> str:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
 
@@ -28,3 +32,15 @@ def upgrade_on(connection: Connection, revision: str = "head") -> None:
     """Upgrade through a connection the caller holds (and commits)."""
     command.upgrade(alembic_config(connection.engine.url.render_as_string(hide_password=False),
                                    connection), revision)
+
+
+@functools.cache
+def _heads() -> frozenset[str]:
+    """The revisions the code expects (read from the migration scripts once)."""
+    return frozenset(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+
+
+def at_head(connection: Connection) -> bool:
+    """Has the database the schema this code expects (``allocation migrate`` brought it to the
+    latest revision)? False for a database never migrated or migrated by an older release."""
+    return frozenset(MigrationContext.configure(connection).get_current_heads()) == _heads()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import click
 
@@ -39,6 +40,11 @@ def _app() -> Application:
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Flash-sale inventory: a Redis fast path over a PostgreSQL ledger."""
+    try:
+        Config.from_env()  # a bad setting is the user's to fix: a line naming it, exit 2
+    except ValueError as exc:
+        click.echo(f"invalid setting: {exc}", err=True)
+        sys.exit(2)
     ctx.obj = _app  # how a command builds the application (cli_params.application)
 
 

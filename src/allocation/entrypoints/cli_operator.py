@@ -14,6 +14,7 @@ from allocation.entrypoints.cli_params import application, checked, domain_exit,
 
 
 @click.command()
+@domain_exit
 def migrate() -> None:
     """Bring the database schema to the latest revision (Alembic)."""
     # Imported here, as serve's app is: Alembic and Flask would double every other command's

@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 
 import click
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import exc as sa_exc
 
+from allocation.adapters.outages import database_down
 from allocation.bootstrap import Application
 from allocation.domain import errors
 from allocation.domain.outcome import Figures
@@ -144,7 +146,23 @@ def domain_exit(fn: F) -> F:
         except errors.Unavailable as exc:
             click.echo(f"unavailable: {exc.message}", err=True)
             sys.exit(3)
+        except sa_exc.SQLAlchemyError as exc:  # a command on the database itself (token, migrate)
+            if database_down(exc):
+                click.echo("unavailable: database unavailable", err=True)
+                sys.exit(3)
+            if schema_missing(exc):
+                click.echo("unavailable: database unmigrated: its tables are missing; run "
+                           "`allocation migrate`", err=True)
+                sys.exit(3)
+            raise
     return wrapper  # type: ignore[return-value]
+
+
+def schema_missing(exc: BaseException) -> bool:
+    """Is this a statement on a table the schema lacks (a database never migrated)?"""
+    orig = getattr(exc, "orig", None)
+    return (getattr(orig, "pgcode", None) == "42P01"  # PostgreSQL's undefined_table
+            or (isinstance(exc, sa_exc.OperationalError) and "no such table" in str(orig)))
 
 
 def log_to_stderr() -> None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -24,11 +26,12 @@ logger = logging.getLogger(__name__)
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", type=int, default=None,
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="the IP address to listen on (granian binds no host names)")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", type=click.IntRange(1, 1024), default=None,
               help="worker processes (default: the cores; 1 in the embedded mode)")
-@click.option("--threads", type=int, default=8, show_default=True,
+@click.option("--threads", type=click.IntRange(1, 1024), default=8, show_default=True,
               help="threads per worker running requests")
 @click.option("--pin-workers", is_flag=True,
               help="hold each worker process to a core of its own (Linux); off where the "
@@ -42,7 +45,21 @@ def serve(host: str, port: int, workers: int | None, threads: int, pin_workers: 
     """Serve the HTTP API with granian (its RSGI interface; WSGI behind a buffering proxy)."""
     if pin_workers and not cpu_pinning.supported():
         raise click.UsageError("--pin-workers needs Linux (sched_setaffinity, /proc)")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise click.BadParameter(f"{host!r} is not an IP address", param_hint="--host") from None
+    # granian's workers each bind the port with SO_REUSEPORT, so they would share it with a
+    # server already there (another deployment's, another database's) rather than fail.
+    check_free(host, port, "--port", "--host")
     config = Config.from_env()
+    if not os.environ.get("DATABASE_URL"):
+        # The embedded SQLite file, made or brought up to date here (as `make run` does): else
+        # the server looks ready and answers every request 503.
+        from allocation.adapters import migrate as migrations
+
+        migrations.upgrade(config.database_url)
+        click.echo(f"migrated {config.database_url}", err=True)
     _raise_open_file_limit()
     if config.embedded:
         workers = 1  # the embedded Redis is one process's own
@@ -78,6 +95,30 @@ def serve(host: str, port: int, workers: int | None, threads: int, pin_workers: 
             "--access-log" if os.environ.get("ACCESS_LOG") else "--no-access-log",
             f"allocation.entrypoints.flask_app:{factory}"]
     os.execv(sys.executable, argv)
+
+
+def check_free(host: str, port: int, option: str, host_option: str) -> None:
+    """A usage error (exit 2) unless this process could listen on ``host:port``: the host is not
+    one of this machine's addresses, or another process listens there."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise click.BadParameter(f"cannot listen on {host!r}: {exc}",
+                                 param_hint=host_option) from None
+    with socket.socket(family, kind, proto) as probe:
+        # As granian's and http.server's listeners do: a closed connection's TIME_WAIT is no
+        # obstacle, a listener is. No SO_REUSEPORT: that would share the port with it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            why = ("another process listens there" if exc.errno == errno.EADDRINUSE
+                   else exc.strerror or str(exc))
+            raise click.BadParameter(
+                f"cannot listen on {host}:{port}: {why}",
+                param_hint=host_option if exc.errno == errno.EADDRNOTAVAIL else option
+            ) from None
 
 
 def _raise_open_file_limit() -> None:
@@ -118,6 +159,8 @@ def consume(name: str | None, health_port: int | None, health_host: str, max_del
     events channel."""
     from allocation.entrypoints import redis_consumer
 
+    if health_port is not None:
+        check_free(health_host, health_port, "--health-port", "--health-host")
     log_to_stderr()
     redis_consumer.run(application(), name or f"{socket.gethostname()}-{os.getpid()}",
                        max_deliveries=max_deliveries, claim_idle_ms=claim_idle_ms,

@@ -5,11 +5,12 @@ read it (``get``, ``ledger``)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 import uuid
 from collections.abc import Callable
-from typing import TextIO
+from typing import BinaryIO
 
 import click
 
@@ -151,13 +152,14 @@ def ledger(namespace: str, sku: str, after_seq: int, limit: int) -> None:
 
 @click.command("import")
 @click.argument("namespace")
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", type=click.File("rb"))
 @domain_exit
-def import_items(namespace: str, file: TextIO) -> None:
-    """Initialise many items from a CSV of `sku,total` rows (a header row is allowed).
-    Every row is checked first; one bad row or clash and nothing is imported."""
+def import_items(namespace: str, file: BinaryIO) -> None:
+    """Initialise many items from a CSV of `sku,total` rows in UTF-8 (a header row and a
+    byte-order mark are allowed). Every row is checked first; one bad row or clash and nothing
+    is imported."""
     checked(namespace)
-    rows = list(csv.reader(file))
+    rows = list(csv.reader(io.StringIO(_text(file), newline="")))
     if rows and rows[0] and rows[0][0].strip().lower() == "sku":
         rows = [["sku", "total"], *rows[1:]]
         start = 2
@@ -180,6 +182,18 @@ def import_items(namespace: str, file: TextIO) -> None:
         sys.exit(2)
     created = application().bus.handle(commands.InitMany(namespace, tuple(items.items())))
     click.echo(f"imported {len(items)} items into {namespace} ({created} new)")
+
+
+def _text(file: BinaryIO) -> str:
+    """The file's text: UTF-8, with or without the byte-order mark spreadsheets write first
+    (else it is read as part of the first sku); bytes that are not UTF-8 are a usage error."""
+    data = file.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise click.UsageError(f"{file.name}: line {line}: not UTF-8 text (byte "
+                               f"0x{data[exc.start]:02x}); save it as UTF-8 CSV") from None
 
 
 def _row_problem(row: list[str], seen: dict[str, int]) -> str | None:

@@ -42,6 +42,7 @@ def create_server_app() -> RsgiBridge:
     app = bootstrap()
     flask = create_app(application=app)
     _follow_sales(app)
+    app.health.warm_up()
     worker_start.announce()
     guard = flask.wsgi_app if isinstance(flask.wsgi_app, route_table.AccessGuard) else None
     return RsgiBridge(flask, threads=int(os.environ.get(THREADS_ENV) or 8),
@@ -55,6 +56,7 @@ def create_wsgi_server_app() -> Flask:
     app = bootstrap()
     flask = create_app(application=app)
     _follow_sales(app)
+    app.health.warm_up()
     worker_start.announce()
     return flask
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 
 import click
 
@@ -11,6 +12,10 @@ from allocation.adapters.token_store import ANY_NAMESPACE, ROLES, Revocations, T
 from allocation.bootstrap import build_engine
 from allocation.config import Config
 from allocation.entrypoints import schemas
+from allocation.entrypoints.cli_params import domain_exit
+
+# Control characters (tab, newline, ...) and the line and paragraph separators.
+_LINE_BREAKING = ("Cc", "Zl", "Zp")
 
 
 def _store() -> TokenStore:
@@ -35,10 +40,14 @@ def token() -> None:
 @click.option("--embedded", is_flag=True,
               help="write into the embedded SQLite file (no DATABASE_URL): its API runs with "
                    "AUTH=off unless AUTH=required is set")
+@domain_exit
 def create(namespace: str, role: str, name: str, embedded: bool) -> None:
     """Make a token for NAMESPACE ('*' for every namespace); print it (it is shown once)."""
     if len(name) > 200:
         raise click.UsageError("--name: at most 200 characters")
+    if any(unicodedata.category(c) in _LINE_BREAKING for c in name):
+        # `token list` prints a token a line, its fields between tabs: scripts split on them.
+        raise click.UsageError(f"--name: no control characters or line breaks, got {name!r}")
     if not os.environ.get("DATABASE_URL") and not embedded:
         # Else the token lands in a local SQLite file no deployed server reads, and the
         # operator holds a token that every server answers 401.
@@ -50,6 +59,7 @@ def create(namespace: str, role: str, name: str, embedded: bool) -> None:
 
 @token.command("list")
 @click.argument("namespace", required=False)
+@domain_exit
 def list_tokens(namespace: str | None) -> None:
     """A token a line: id, namespace, role, name, made, last used (never the token)."""
     for row in _store().rows(None if namespace is None else _namespace(namespace)):
@@ -61,6 +71,7 @@ def list_tokens(namespace: str | None) -> None:
 
 @token.command()
 @click.argument("token_id")
+@domain_exit
 def revoke(token_id: str) -> None:
     """Revoke a token by its id: every server refuses it within seconds."""
     if not _store().revoke(token_id):
