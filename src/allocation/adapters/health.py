@@ -183,7 +183,7 @@ class HealthChecks:
         if self.engine is not None:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-                if not migrate.at_head(conn):
+                if not migrate.is_current(conn):
                     logger.warning("the database's schema is missing or behind this release's: "
                                    "run `allocation migrate` (with this DATABASE_URL)")
                     return UNMIGRATED

@@ -35,12 +35,16 @@ def upgrade_on(connection: Connection, revision: str = "head") -> None:
 
 
 @functools.cache
-def _heads() -> frozenset[str]:
-    """The revisions the code expects (read from the migration scripts once)."""
-    return frozenset(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+def _revisions() -> tuple[frozenset[str], frozenset[str]]:
+    """Every revision the code knows, and its heads (read from the migration scripts once)."""
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return frozenset(r.revision for r in scripts.walk_revisions()), frozenset(scripts.get_heads())
 
 
-def at_head(connection: Connection) -> bool:
-    """Has the database the schema this code expects (``allocation migrate`` brought it to the
-    latest revision)? False for a database never migrated or migrated by an older release."""
-    return frozenset(MigrationContext.configure(connection).get_current_heads()) == _heads()
+def is_current(connection: Connection) -> bool:
+    """Has the database the schema this code needs? False for one never migrated, or migrated
+    only as far as an older release; a revision this code does not know is a newer release's
+    (migrated ahead of a rolling deploy, which the older servers must go on serving)."""
+    current = frozenset(MigrationContext.configure(connection).get_current_heads())
+    known, heads = _revisions()
+    return bool(current) and not (current & known) - heads
