@@ -213,8 +213,8 @@ def invalid(raw: bytes | str, complaint: str) -> Verdict:
 def _first_answer(command: commands.Command, result: Any) -> tuple[dict[str, Any], ...]:
     """A repeated command's first answer, marked ``replayed``; nothing for a first one. A
     movement's replay carries the figures of its first answer (the counter keeps them with the
-    key); a reservation's, its lines and where it stands now (the items' figures of the moment
-    it was held are not kept)."""
+    key); a reservation's (held, confirmed, released), its lines and where it stands now (the
+    items' figures of the moment it was held or ended are not kept)."""
     if isinstance(result, Outcome) and result.replayed:
         if isinstance(command, commands.AdjustTotal):
             kind, qty, buyer = "adjust", command.delta, None
@@ -234,7 +234,23 @@ def _first_answer(command: commands.Command, result: Any) -> tuple[dict[str, Any
                       "idempotency_key": command.idempotency_key, "state": result.state,
                       "expires_at": result.expires_at.isoformat(), "replayed": True}
                      for sku, qty in result.lines)
+    if isinstance(result, Reservation) and result.replayed and isinstance(
+            command, commands.ConfirmReservation | commands.ReleaseReservation):
+        # Confirmed, released, or expired (a release of an expired one answers it so): each
+        # line's end, as its first answer published it.
+        ended = _ENDED.get(result.state)
+        if ended is None:
+            return ()
+        return tuple({"event": ended, "namespace": result.namespace, "sku": sku,
+                      "reservation_id": result.id, "qty": qty, "state": result.state,
+                      "replayed": True}
+                     for sku, qty in result.lines)
     return ()
+
+
+# The event each line's end published, by the state the reservation ended in.
+_ENDED = {"confirmed": "ReservationConfirmed", "released": "ReservationReleased",
+          "expired": "ReservationExpired"}
 
 
 def _failure(raw: bytes | str, command: commands.Command, exc: Exception) -> Verdict:
