@@ -243,6 +243,29 @@ def test_malformed_messages_are_answered_and_the_consumer_keeps_running(
     assert consumer.alive()
 
 
+def test_a_message_not_in_utf8_is_invalid_and_sells_nothing(consumer: Process,
+                                                            channels: Channels,
+                                                            namespace: str) -> None:
+    """JSON is UTF-8 (API.md): a message in UTF-16 or UTF-32 (which ``json.loads`` on bytes
+    would guess and read) is refused, its answer naming no codec of Python's."""
+    wait_until(lambda: channels.listeners() > 0, 15, "the consumer to subscribe")
+    channels.send(command="InitInventory", namespace=namespace, sku="s", total=5)
+    channels.wait_for(event="InventoryInitialized", namespace=namespace)
+    message = json.dumps({"command": "Decrement", "namespace": namespace, "sku": "s", "qty": 1,
+                          "idempotency_key": "wide"})
+    for encoding in ("utf-16", "utf-32"):
+        channels.client.publish(channels.config.commands_channel, message.encode(encoding))
+        refused = channels.wait_for(event="CommandRejected", reason="invalid_message",
+                                    command=None)
+        assert "UTF-8" in refused["message"] and "codec" not in refused["message"]
+        channels.received.remove(refused)
+    channels.send(command="Decrement", namespace=namespace, sku="s", qty=1,
+                  idempotency_key="narrow")
+    assert channels.wait_for(event="Decremented", idempotency_key="narrow")["available"] == 4
+    assert not [e for e in channels.received if e.get("idempotency_key") == "wide"]
+    assert consumer.alive()
+
+
 def test_a_killed_consumer_restarts_and_resumes(consumer: Process, channels: Channels,
                                                 namespace: str) -> None:
     wait_until(lambda: channels.listeners() > 0, 15, "the consumer to subscribe")

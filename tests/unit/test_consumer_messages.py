@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -41,6 +42,39 @@ def test_each_command_message_becomes_its_command() -> None:
 def test_malformed_messages_are_refused_with_a_reason(raw: Any, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
         parse(raw)
+
+
+DECREMENT = json.dumps({"command": "Decrement", "namespace": "ns", "sku": "a", "qty": 1,
+                        "idempotency_key": "wide", "buyer": "ann"})
+
+
+@pytest.mark.parametrize("raw", [
+    *(DECREMENT.encode(encoding) for encoding in
+      ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be")),
+    DECREMENT.replace("ann", "\xe9").encode("latin-1"),
+    b"\xef\xbb\xbf\xef\xbb\xbf" + DECREMENT.encode()],
+    ids=["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be", "latin-1",
+         "two byte order marks"])
+def test_a_message_not_in_utf8_is_invalid_and_changes_nothing(shop: FakeApp, raw: bytes) -> None:
+    """JSON is UTF-8 (API.md): ``json.loads`` on bytes would guess UTF-16 or UTF-32 and apply
+    what another reader takes for junk. The answer names no codec of Python's, and echoes no
+    field read by such a guess."""
+    with pytest.raises(ValueError, match=r"^not JSON") as refused:
+        parse(raw)
+    assert not re.search(r"codec|decode|position|utf-8-sig|utf-16|utf-32|0x",
+                         str(refused.value))
+    recorder, before = Recorder(), shop.snapshot()
+    handle_message(raw, shop.bus, recorder)  # type: ignore[arg-type]
+    [rejected] = recorder.messages
+    assert (rejected["event"], rejected["reason"], rejected["command"],
+            rejected["idempotency_key"]) == ("CommandRejected", "invalid_message", None, None)
+    assert shop.snapshot() == before and figures(shop, "a") == (0, 0, 10)
+
+
+def test_a_message_in_utf8_is_read_with_or_without_a_byte_order_mark(shop: FakeApp) -> None:
+    recorder = Recorder()
+    handle_message(b"\xef\xbb\xbf" + DECREMENT.encode(), shop.bus, recorder)  # type: ignore[arg-type]
+    assert recorder.messages == [] and figures(shop, "a") == (1, 0, 9)
 
 
 class Recorder:

@@ -60,7 +60,7 @@ def parse(raw: bytes | str) -> commands.Command:
         data = schemas.strict_json(raw)
     except schemas.RepeatedKey as exc:
         raise ValueError(f"the message repeats the key {exc.key!r}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # NotUtf8 among them: its text is ours, not the codec's
         raise ValueError(f"not JSON: {exc}") from None
     except RecursionError:
         raise ValueError("not JSON: nested too deeply") from None
@@ -135,10 +135,11 @@ def rejection(raw: Any, reason: str, message: str, outcome: Outcome | None = Non
 
 
 def _loose(raw: Any) -> dict[str, Any]:
-    """Whatever fields of a rejected message can be echoed back."""
+    """Whatever fields of a rejected message can be echoed back (none of one that is not
+    UTF-8: what ``json.loads`` would guess it says is no answer to give)."""
     try:
-        data = json.loads(raw)
-    except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
+        data = json.loads(schemas.json_text(raw))
+    except (ValueError, TypeError, AttributeError, RecursionError):
         return {}
     if not isinstance(data, dict):
         return {}
