@@ -169,6 +169,52 @@ def test_a_command_repeated_with_its_key_publishes_its_first_answer_again(
     assert (after["total"], after["consumed"], after["held"]) == (4, 1, 1)
 
 
+def test_a_confirm_or_release_repeated_publishes_its_first_answer_again(
+        consumer: Process, channels: Channels, namespace: str) -> None:
+    """The publisher that saw no answer publishes again: the repeat answers as the first did
+    (each line's event, marked ``replayed``), as over HTTP a repeat answers 200, and changes
+    nothing; a confirm of a released one is still refused."""
+    wait_until(lambda: channels.listeners() > 0, 15, "the consumer to subscribe")
+    for sku in ("a", "b"):
+        channels.send(command="InitInventory", namespace=namespace, sku=sku, total=3)
+        channels.wait_for(event="InventoryInitialized", namespace=namespace, sku=sku)
+
+    def reserve(key: str, lines: list[tuple[str, int]]) -> str:
+        channels.send(command="Reserve", namespace=namespace, idempotency_key=key,
+                      lines=[{"sku": sku, "qty": qty} for sku, qty in lines], ttl_seconds=60)
+        return str(channels.wait_for(event="Reserved", idempotency_key=key)["reservation_id"])
+
+    def twice(command: str, rid: str, event: str, skus: tuple[str, ...]
+              ) -> list[dict[str, Any]]:
+        channels.send(command=command, namespace=namespace, reservation_id=rid)
+        for sku in skus:
+            first = channels.wait_for(event=event, reservation_id=rid, sku=sku)
+            assert "replayed" not in first
+        channels.send(command=command, namespace=namespace, reservation_id=rid)
+        return [channels.wait_for(event=event, reservation_id=rid, sku=sku, replayed=True)
+                for sku in skus]
+
+    bought = reserve("cart-1", [("a", 2), ("b", 1)])
+    again = twice("ConfirmReservation", bought, "ReservationConfirmed", ("a", "b"))
+    assert [(e["namespace"], e["qty"], e["state"]) for e in again] == [
+        (namespace, 2, "confirmed"), (namespace, 1, "confirmed")]
+    dropped = reserve("cart-2", [("b", 1)])
+    [released] = twice("ReleaseReservation", dropped, "ReservationReleased", ("b",))
+    assert (released["qty"], released["state"]) == (1, "released")
+    channels.send(command="ConfirmReservation", namespace=namespace, reservation_id=dropped)
+    late = channels.wait_for(event="CommandRejected", reservation_id=dropped)
+    assert late["reason"] == "reservation_released"
+    # Each applied once: one first answer a line, and the figures say so.
+    for rid, event, lines in ((bought, "ReservationConfirmed", 2),
+                              (dropped, "ReservationReleased", 1)):
+        assert len([e for e in channels.received if e.get("reservation_id") == rid
+                    and e["event"] == event and not e.get("replayed")]) == lines
+    for sku, consumed in (("a", 2), ("b", 1)):
+        channels.send(command="AdjustTotal", namespace=namespace, sku=sku, delta=0)
+        after = channels.wait_for(event="TotalAdjusted", namespace=namespace, sku=sku)
+        assert (after["total"], after["consumed"], after["held"]) == (3, consumed, 0)
+
+
 def test_malformed_messages_are_answered_and_the_consumer_keeps_running(
         consumer: Process, channels: Channels, namespace: str) -> None:
     wait_until(lambda: channels.listeners() > 0, 15, "the consumer to subscribe")
@@ -194,6 +240,29 @@ def test_malformed_messages_are_answered_and_the_consumer_keeps_running(
         "not_found")
     channels.send(command="InitInventory", namespace=namespace, sku="after", total=1)
     assert channels.wait_for(event="InventoryInitialized", sku="after")["total"] == 1
+    assert consumer.alive()
+
+
+def test_a_message_not_in_utf8_is_invalid_and_sells_nothing(consumer: Process,
+                                                            channels: Channels,
+                                                            namespace: str) -> None:
+    """JSON is UTF-8 (API.md): a message in UTF-16 or UTF-32 (which ``json.loads`` on bytes
+    would guess and read) is refused, its answer naming no codec of Python's."""
+    wait_until(lambda: channels.listeners() > 0, 15, "the consumer to subscribe")
+    channels.send(command="InitInventory", namespace=namespace, sku="s", total=5)
+    channels.wait_for(event="InventoryInitialized", namespace=namespace)
+    message = json.dumps({"command": "Decrement", "namespace": namespace, "sku": "s", "qty": 1,
+                          "idempotency_key": "wide"})
+    for encoding in ("utf-16", "utf-32"):
+        channels.client.publish(channels.config.commands_channel, message.encode(encoding))
+        refused = channels.wait_for(event="CommandRejected", reason="invalid_message",
+                                    command=None)
+        assert "UTF-8" in refused["message"] and "codec" not in refused["message"]
+        channels.received.remove(refused)
+    channels.send(command="Decrement", namespace=namespace, sku="s", qty=1,
+                  idempotency_key="narrow")
+    assert channels.wait_for(event="Decremented", idempotency_key="narrow")["available"] == 4
+    assert not [e for e in channels.received if e.get("idempotency_key") == "wide"]
     assert consumer.alive()
 
 

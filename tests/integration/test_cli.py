@@ -6,6 +6,7 @@ import dataclasses
 import json
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,25 @@ def test_drift_reports_items_missing_from_redis_and_repair_restores_them(
     live = app.counter.read(namespace, "b")
     assert live is not None and (live.total, live.consumed, live.held) == (10, 0, 3)
     assert app.bus.handle(commands.ConfirmReservation(namespace, made.id)).state == "confirmed"
+    assert cli(async_config, "drift", namespace).returncode == 0
+
+
+def test_drift_is_not_a_due_hold_that_no_sweeper_ended(own_config: Config,
+                                                       namespace: str) -> None:
+    """A hold past its expiry that nothing has ended yet: the check's own read ends it (as
+    every step touching the item does), and that end is not drift, on the first check either.
+    (A key space of its own: the sweeper's due index may list the item a while after, and a
+    sweep test counts what it visits.)"""
+    async_config = dataclasses.replace(own_config, durability="async")
+    app = bootstrap(async_config)
+    app.bus.handle(commands.InitInventory(namespace, "a", 10))
+    app.bus.handle(commands.Reserve(namespace, (("a", 2),), "r", 1, None))
+    drain(app)  # the record holds 2
+    time.sleep(1.1)  # due; no sweeper runs
+    found = cli(async_config, "drift", namespace)
+    assert found.returncode == 0, found.stdout
+    live = app.counter.read(namespace, "a")
+    assert live is not None and (live.total, live.consumed, live.held) == (10, 0, 0)
     assert cli(async_config, "drift", namespace).returncode == 0
 
 

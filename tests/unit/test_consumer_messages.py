@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -41,6 +42,39 @@ def test_each_command_message_becomes_its_command() -> None:
 def test_malformed_messages_are_refused_with_a_reason(raw: Any, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
         parse(raw)
+
+
+DECREMENT = json.dumps({"command": "Decrement", "namespace": "ns", "sku": "a", "qty": 1,
+                        "idempotency_key": "wide", "buyer": "ann"})
+
+
+@pytest.mark.parametrize("raw", [
+    *(DECREMENT.encode(encoding) for encoding in
+      ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be")),
+    DECREMENT.replace("ann", "\xe9").encode("latin-1"),
+    b"\xef\xbb\xbf\xef\xbb\xbf" + DECREMENT.encode()],
+    ids=["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be", "latin-1",
+         "two byte order marks"])
+def test_a_message_not_in_utf8_is_invalid_and_changes_nothing(shop: FakeApp, raw: bytes) -> None:
+    """JSON is UTF-8 (API.md): ``json.loads`` on bytes would guess UTF-16 or UTF-32 and apply
+    what another reader takes for junk. The answer names no codec of Python's, and echoes no
+    field read by such a guess."""
+    with pytest.raises(ValueError, match=r"^not JSON") as refused:
+        parse(raw)
+    assert not re.search(r"codec|decode|position|utf-8-sig|utf-16|utf-32|0x",
+                         str(refused.value))
+    recorder, before = Recorder(), shop.snapshot()
+    handle_message(raw, shop.bus, recorder)  # type: ignore[arg-type]
+    [rejected] = recorder.messages
+    assert (rejected["event"], rejected["reason"], rejected["command"],
+            rejected["idempotency_key"]) == ("CommandRejected", "invalid_message", None, None)
+    assert shop.snapshot() == before and figures(shop, "a") == (0, 0, 10)
+
+
+def test_a_message_in_utf8_is_read_with_or_without_a_byte_order_mark(shop: FakeApp) -> None:
+    recorder = Recorder()
+    handle_message(b"\xef\xbb\xbf" + DECREMENT.encode(), shop.bus, recorder)  # type: ignore[arg-type]
+    assert recorder.messages == [] and figures(shop, "a") == (1, 0, 9)
 
 
 class Recorder:
@@ -176,8 +210,14 @@ def test_a_reservation_is_held_and_confirmed_over_pubsub(shop: FakeApp) -> None:
     assert (figures(shop, "a"), figures(shop, "b")) == ((0, 2, 8), (0, 1, 1))
 
     send(shop, recorder, command="ConfirmReservation", namespace="ns", reservation_id=rid)
+    assert recorder.messages == []  # applied: only the events speak
     send(shop, recorder, command="ConfirmReservation", namespace="ns", reservation_id=rid)
-    assert recorder.messages == []  # a confirm repeats safely
+    # A confirm repeats safely, and its first answer comes again (the publisher may have
+    # missed it: it publishes again when no event comes).
+    assert recorder.messages == [
+        {"event": "ReservationConfirmed", "namespace": "ns", "sku": sku, "reservation_id": rid,
+         "qty": qty, "state": "confirmed", "replayed": True} for sku, qty in (("a", 2), ("b", 1))]
+    recorder.messages.clear()
     confirmed = [e for e in shop.published if type(e).__name__ == "ReservationConfirmed"]
     assert [(e.sku, e.qty, e.reservation_id) for e in confirmed] == [  # type: ignore[attr-defined]
         ("a", 2, rid), ("b", 1, rid)]
@@ -202,9 +242,36 @@ def test_a_released_reservation_puts_the_units_back(shop: FakeApp) -> None:
     assert recorder.messages == []
     assert [type(e).__name__ for e in shop.published][-1] == "ReservationReleased"
     assert figures(shop, "b") == (0, 0, 2)
+    published = len(shop.published)
+    send(shop, recorder, command="ReleaseReservation", namespace="ns", reservation_id=rid)
+    assert recorder.messages == [{  # its first answer again, and nothing more changes
+        "event": "ReservationReleased", "namespace": "ns", "sku": "b", "reservation_id": rid,
+        "qty": 2, "state": "released", "replayed": True}]
+    assert len(shop.published) == published and figures(shop, "b") == (0, 0, 2)
+    recorder.messages.clear()
     send(shop, recorder, command="ConfirmReservation", namespace="ns", reservation_id=rid)
     assert [(m["reason"], m["reservation_id"]) for m in recorder.messages] == [
         ("reservation_released", rid)]
+
+
+def test_a_release_of_an_expired_reservation_repeats_its_answer(shop: FakeApp) -> None:
+    recorder = Recorder()
+    shop.now = 1_000_000
+    send(shop, recorder, command="Reserve", namespace="ns", idempotency_key="cart-3",
+         lines=[{"sku": "a", "qty": 1}, {"sku": "b", "qty": 1}], ttl_seconds=5)
+    [rid] = {e.reservation_id for e in shop.published  # type: ignore[attr-defined]
+             if type(e).__name__ == "Reserved"}
+    shop.now += 6_000
+    send(shop, recorder, command="ReleaseReservation", namespace="ns", reservation_id=rid)
+    assert recorder.messages == []  # the release expired it: the events say so
+    send(shop, recorder, command="ReleaseReservation", namespace="ns", reservation_id=rid)
+    assert [(m["event"], m["sku"], m["state"], m["replayed"]) for m in recorder.messages] == [
+        ("ReservationExpired", "a", "expired", True), ("ReservationExpired", "b", "expired", True)]
+    recorder.messages.clear()
+    send(shop, recorder, command="ConfirmReservation", namespace="ns", reservation_id=rid)
+    assert [(m["event"], m["reason"]) for m in recorder.messages] == [
+        ("CommandRejected", "reservation_expired")]
+    assert (figures(shop, "a"), figures(shop, "b")) == ((0, 0, 10), (0, 0, 2))
 
 
 def test_reservation_refusals_name_the_line_that_failed(shop: FakeApp) -> None:

@@ -7,6 +7,7 @@ from allocation.bootstrap import Application, bootstrap
 from allocation.config import Config
 from allocation.domain import commands, events
 from allocation.domain.outcome import Figures
+from tests.helpers.counter_contract import set_clock
 from tests.helpers.embedded import embedded_counter
 from tests.helpers.fakes import FakeStore, FakeUnitOfWork
 from tests.helpers.ledger import drain
@@ -45,3 +46,26 @@ def test_a_repair_rebuilds_what_differs_or_is_missing_from_the_record() -> None:
     for sku in ("a", "b"):
         live = app.counter.read("ns", sku)
         assert live is not None and (live.total, live.consumed) == (10, 0)
+
+
+def test_a_hold_due_but_not_yet_ended_is_not_drift() -> None:
+    """No sweeper ran: the check's own read ends the due hold (as every step touching an item
+    does), after the check read the outbox. That end is not drift, on the first check or any."""
+    store = FakeStore()
+    app = bootstrap(Config(), uow_factory=lambda: FakeUnitOfWork(store),
+                    counter=embedded_counter(), publish=lambda event: None)
+    set_clock(app.counter, 1_000_000)
+    app.bus.handle(commands.InitInventory("ns", "a", 10))
+    app.bus.handle(commands.InitInventory("ns", "b", 10))
+    drain(app)
+    app.bus.handle(commands.Reserve("ns", (("a", 2),), "r", 60, None))  # in the outbox yet
+    set_clock(app.counter, 1_000_000 + 61_000)  # due, and nothing has ended it
+    report = app.bus.handle(commands.CheckDrift("ns"))
+    assert report.found == () and app.health.drift() == {"ns": 0}
+    a = app.counter.read("ns", "a")
+    assert a is not None and (a.total, a.consumed, a.held) == (10, 0, 0)  # ended by the read
+    assert app.bus.handle(commands.CheckDrift("ns")).found == ()
+    drain(app)
+    assert app.bus.handle(commands.CheckDrift("ns")).found == ()
+    app.counter.load("ns", "b", Figures(10, 7, seq=1))  # and real drift is still found
+    assert [d.sku for d in app.bus.handle(commands.CheckDrift("ns")).found] == ["b"]

@@ -270,3 +270,43 @@ def test_a_key_that_is_not_one_is_400_saying_why(shop: FakeApp, key: str,
     assert refused.status_code == 400, refused.get_json()
     assert body(refused)["field"] == "Idempotency-Key" and complaint in body(refused)["message"]
     assert shop.snapshot() == before
+
+
+# JSON is UTF-8 (API.md): json.loads on bytes would guess UTF-16 or UTF-32 from the first bytes
+# and apply what another reader (a proxy, an audit log) reads as junk.
+WIDE = ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le")
+NOT_UTF8 = [(path, sent.encode(encoding), headers, f"{what} {encoding}")
+            for path, sent, headers, what in (
+                ("/v1/ns/items/a/decrements", '{"qty": 1}', KEY, "decrement"),
+                ("/v1/ns/items/a/adjustments", '{"delta": -1}', KEY, "adjust"),
+                ("/v1/ns/reservations", '{"lines": [{"sku": "a", "qty": 1}]}',
+                 {"Idempotency-Key": "c5"}, "reserve"),
+                ("/v1/ns/sales/s/queue", '{"buyer": "ann"}', {}, "join"))
+            for encoding in WIDE] + [
+    ("/v1/ns/items/a/decrements", '{"qty": 1, "buyer": "é"}'.encode("latin-1"), KEY,
+     "decrement latin-1")]
+
+
+@pytest.mark.parametrize("path, sent, headers", [case[:3] for case in NOT_UTF8],
+                         ids=[case[3] for case in NOT_UTF8])
+def test_a_body_not_in_utf8_is_malformed_json_and_changes_nothing(
+        shop: FakeApp, path: str, sent: bytes, headers: dict[str, str]) -> None:
+    before = shop.snapshot()
+    response = shop.client.post(path, data=sent, content_type="application/json",
+                                headers=headers)
+    assert response.status_code == 400, response.get_json()
+    assert body(response)["error"] == "malformed_json"
+    # Not UTF-8, or (UTF-16 and UTF-32 without a byte order mark are UTF-8 bytes: their NULs)
+    # not JSON either.
+    assert re.search("UTF-8|not valid JSON", body(response)["message"])
+    assert not re.search(r"codec|decode|position|byte 0x", body(response)["message"])
+    assert shop.snapshot() == before
+
+
+def test_a_body_in_utf8_is_read_with_or_without_a_byte_order_mark(shop: FakeApp) -> None:
+    for key, sent in (("u1", b'{"qty": 1}'), ("u2", b"\xef\xbb\xbf" + b'{"qty": 1}')):
+        response = shop.client.post("/v1/ns/items/a/decrements", data=sent,
+                                    content_type="application/json",
+                                    headers={"Idempotency-Key": key})
+        assert response.status_code == 200, response.get_json()
+    assert body(shop.client.get("/v1/ns/items/a"))["consumed"] == 2

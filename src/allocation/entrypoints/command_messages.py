@@ -60,7 +60,7 @@ def parse(raw: bytes | str) -> commands.Command:
         data = schemas.strict_json(raw)
     except schemas.RepeatedKey as exc:
         raise ValueError(f"the message repeats the key {exc.key!r}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # NotUtf8 among them: its text is ours, not the codec's
         raise ValueError(f"not JSON: {exc}") from None
     except RecursionError:
         raise ValueError("not JSON: nested too deeply") from None
@@ -135,10 +135,11 @@ def rejection(raw: Any, reason: str, message: str, outcome: Outcome | None = Non
 
 
 def _loose(raw: Any) -> dict[str, Any]:
-    """Whatever fields of a rejected message can be echoed back."""
+    """Whatever fields of a rejected message can be echoed back (none of one that is not
+    UTF-8: what ``json.loads`` would guess it says is no answer to give)."""
     try:
-        data = json.loads(raw)
-    except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
+        data = json.loads(schemas.json_text(raw))
+    except (ValueError, TypeError, AttributeError, RecursionError):
         return {}
     if not isinstance(data, dict):
         return {}
@@ -213,8 +214,8 @@ def invalid(raw: bytes | str, complaint: str) -> Verdict:
 def _first_answer(command: commands.Command, result: Any) -> tuple[dict[str, Any], ...]:
     """A repeated command's first answer, marked ``replayed``; nothing for a first one. A
     movement's replay carries the figures of its first answer (the counter keeps them with the
-    key); a reservation's, its lines and where it stands now (the items' figures of the moment
-    it was held are not kept)."""
+    key); a reservation's (held, confirmed, released), its lines and where it stands now (the
+    items' figures of the moment it was held or ended are not kept)."""
     if isinstance(result, Outcome) and result.replayed:
         if isinstance(command, commands.AdjustTotal):
             kind, qty, buyer = "adjust", command.delta, None
@@ -234,7 +235,23 @@ def _first_answer(command: commands.Command, result: Any) -> tuple[dict[str, Any
                       "idempotency_key": command.idempotency_key, "state": result.state,
                       "expires_at": result.expires_at.isoformat(), "replayed": True}
                      for sku, qty in result.lines)
+    if isinstance(result, Reservation) and result.replayed and isinstance(
+            command, commands.ConfirmReservation | commands.ReleaseReservation):
+        # Confirmed, released, or expired (a release of an expired one answers it so): each
+        # line's end, as its first answer published it.
+        ended = _ENDED.get(result.state)
+        if ended is None:
+            return ()
+        return tuple({"event": ended, "namespace": result.namespace, "sku": sku,
+                      "reservation_id": result.id, "qty": qty, "state": result.state,
+                      "replayed": True}
+                     for sku, qty in result.lines)
     return ()
+
+
+# The event each line's end published, by the state the reservation ended in.
+_ENDED = {"confirmed": "ReservationConfirmed", "released": "ReservationReleased",
+          "expired": "ReservationExpired"}
 
 
 def _failure(raw: bytes | str, command: commands.Command, exc: Exception) -> Verdict:

@@ -132,7 +132,10 @@ def json_object(content_type: str, content_length: int | None, body: bytes) -> d
     except schemas.RepeatedKey as exc:
         raise BadRequest("malformed_json", f"the body repeats the key {exc.key!r}",
                          field=exc.key) from None
-    except (ValueError, UnicodeDecodeError):
+    except schemas.NotUtf8:
+        raise BadRequest("malformed_json", "the body is not UTF-8 (JSON is sent as UTF-8)"
+                         ) from None
+    except ValueError:
         raise BadRequest("malformed_json", "the body is not valid JSON") from None
     except RecursionError:
         raise BadRequest("malformed_json", "the body is nested too deeply") from None

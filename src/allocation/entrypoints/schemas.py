@@ -107,11 +107,36 @@ class RepeatedKey(ValueError):
         self.key = key
 
 
+class NotUtf8(ValueError):
+    """JSON whose bytes are not UTF-8."""
+
+    def __init__(self) -> None:
+        super().__init__("not UTF-8 (JSON is sent as UTF-8)")
+
+
 def strict_json(raw: bytes | str) -> Any:
     """JSON as every entry point reads it (HTTP bodies, command messages): ``json.loads``, but
-    an object naming a key twice raises ``RepeatedKey``. A reader taking the first of two equal
-    keys (a proxy, an audit log) would disagree with one taking the last."""
-    return json.loads(raw, object_pairs_hook=_unique_keys)
+    an object naming a key twice raises ``RepeatedKey``, and bytes are UTF-8 or ``NotUtf8``
+    (``json.loads`` would guess UTF-16 or UTF-32 from the first bytes and apply what another
+    reader takes for junk). A reader taking the first of two equal keys (a proxy, an audit log)
+    would disagree with one taking the last. A UTF-8 byte order mark is passed over, as
+    ``json.loads`` did (RFC 8259 lets a reader ignore it)."""
+    return json.loads(json_text(raw), object_pairs_hook=_unique_keys)
+
+
+def json_text(raw: bytes | str) -> str:
+    """JSON's bytes as text: UTF-8 (strictly: a byte that is not is ``NotUtf8``), a leading
+    byte order mark passed over."""
+    if isinstance(raw, str):
+        text = raw
+    else:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise NotUtf8() from None
+    if text.startswith("\ufeff"):  # json.loads would name Python's codec for it
+        raise ValueError("a byte order mark inside the JSON")
+    return text
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
