@@ -245,15 +245,21 @@ class LimitContract(abc.ABC):
         assert self.counter.apply(self.ns, "sku", "decrement", 1, "a5",
                                   buyer="ann").status == "limit_exceeded"
 
-    def test_a_refund_naming_the_buyer_counts_what_they_hold(self) -> None:
-        self.counter.load_allowances(self.ns, {"sku": (5, {})})
+    def test_a_refund_naming_the_buyer_returns_only_what_they_bought(self) -> None:
+        # Units a buyer only holds are not theirs to refund: ann, holding 3, refunding bob's 3,
+        # then confirming her hold, would otherwise buy 3 more past a limit of 3.
+        self.counter.load_allowances(self.ns, {"sku": (3, {})})
         assert self.counter.apply(self.ns, "sku", "decrement", 3, "b1", buyer="bob").ok
         rid = self.counter.reservation_id(self.ns, "h")
-        assert self.counter.reservation_step("hold", self.ns, rid, [("sku", 2)], ttl_ms=60_000,
+        assert self.counter.reservation_step("hold", self.ns, rid, [("sku", 3)], ttl_ms=60_000,
                                              buyer="ann", fingerprint="f").ok
-        # ann's units are what the buyers' hash keeps: bought and held together (a hold not yet
-        # sold counts; telling them apart would need the hash to keep them apart).
-        assert self.counter.apply(self.ns, "sku", "refund", 3, "r1", buyer="ann").remaining == 2
+        refused = self.counter.apply(self.ns, "sku", "refund", 3, "r1", buyer="ann")
+        assert (refused.status, refused.remaining, refused.figures.consumed) == (
+            "refund_exceeds_consumed", 0, 3)
+        assert self.counter.reservation_step("confirm", self.ns, rid, [("sku", 3)]).ok
+        assert self.counter.apply(self.ns, "sku", "refund", 3, "r2", buyer="ann").ok  # sold now
+        assert self.counter.apply(self.ns, "sku", "decrement", 1, "a1",
+                                  buyer="ann").ok  # her allowance back, within the limit
 
     def test_without_a_limit_a_refund_naming_a_buyer_gives_back_what_they_took(
             self) -> None:
@@ -637,7 +643,10 @@ def counter_machine(make_counter: type[Counter] | object) -> type[RuleBasedState
                     rules.buyer_within_limit(self.limit, buyer, used, qty)
                 after = self.after(kind, qty)
                 if kind == "refund":
-                    rules.refund_must_not_exceed_the_buyers(self.limit, buyer, used, qty)
+                    held_by = sum(q for q, who, _, _, open_ in self.holds.values()
+                                  if open_ and who == buyer)
+                    rules.refund_must_not_exceed_the_buyers(self.limit, buyer, used - held_by,
+                                                            qty)
                 self.model = after
                 self.seq += 1
                 if buyer:

@@ -43,14 +43,16 @@ def refund_must_not_exceed_consumed(consumed: int, qty: int) -> None:
         )
 
 
-def refund_must_not_exceed_the_buyers(limit: int | None, buyer: str | None, used: int,
+def refund_must_not_exceed_the_buyers(limit: int | None, buyer: str | None, bought: int,
                                       qty: int) -> None:
-    """Where the item has a limit, every buyer's units are kept (``used``: bought and held), and
-    a refund naming a buyer returns no more than theirs; without a limit, or naming nobody,
-    only what the item consumed bounds it."""
-    if limit is not None and buyer is not None and qty > used:
+    """Where the item has a limit, every buyer's units are kept, and a refund naming a buyer
+    returns no more than they ``bought`` (their units less those they only hold): a buyer who
+    holds units could otherwise refund another's sale, then buy past the limit. Without a
+    limit, or naming nobody, only what the item consumed bounds it."""
+    if limit is not None and buyer is not None and qty > bought:
         raise errors.RefundExceedsConsumed(
-            f"refund of {qty} exceeds the {used} units of buyer {buyer}", remaining=used)
+            f"refund of {qty} exceeds the {bought} units buyer {buyer} bought",
+            remaining=max(bought, 0))
 
 
 def total_must_not_drop_below_consumed(total: int, consumed: int, delta: int,

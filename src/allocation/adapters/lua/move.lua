@@ -80,14 +80,22 @@ elseif kind == 'decrement' then
     if buyer ~= '' then redis.call('HSET', k.buyers, buyer, used + qty) end
   end
 elseif kind == 'refund' then
-  local used = 0
-  if buyer ~= '' then used = tonumber(redis.call('HGET', k.buyers, buyer) or '0') end
+  local bought = 0
+  if limit and buyer ~= '' then
+    -- Where a limit keeps every buyer's units (bought and held together), a refund naming one
+    -- returns no more than they bought: never another buyer's, nor units they only hold
+    -- (those would come back to them again at the hold's end). Refunds are rare: the item's
+    -- open holds are read here rather than a held count kept on every hold.
+    bought = tonumber(redis.call('HGET', k.buyers, buyer) or '0')
+    for _, hold in ipairs(redis.call('HVALS', k.holds)) do
+      local qty_held, who = string.match(hold, '^(%d+)|[^|]*|(.*)$')
+      if who == buyer then bought = bought - tonumber(qty_held) end
+    end
+  end
   if qty > consumed then
     status = 'refund_exceeds_consumed'
-  elseif limit and buyer ~= '' and qty > used then
-    -- Where a limit keeps every buyer's units, a refund naming one returns no more than
-    -- theirs (bought and held: what the buyers hash keeps): never another buyer's.
-    status, remaining = 'refund_exceeds_consumed', used
+  elseif limit and buyer ~= '' and qty > bought then
+    status, remaining = 'refund_exceeds_consumed', math.max(bought, 0)
   else
     new_consumed = consumed - qty
     give_back(k.buyers, buyer, qty)  -- the buyer's allowance back, as far as they used it
