@@ -3,6 +3,7 @@ raises ``ValueError`` naming its variable."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -79,9 +80,9 @@ class Config:
             ledger_claim_idle_ms=number(env, "LEDGER_CLAIM_IDLE_MS", defaults.ledger_claim_idle_ms),
             body_timeout_seconds=number(env, "BODY_TIMEOUT_SECONDS", defaults.body_timeout_seconds),
             max_open_reservations_per_buyer=number(env, "MAX_OPEN_RESERVATIONS_PER_BUYER",
-                                                   defaults.max_open_reservations_per_buyer),
+                                                   defaults.max_open_reservations_per_buyer, 0),
             max_open_reservations_per_token=number(env, "MAX_OPEN_RESERVATIONS_PER_TOKEN",
-                                                   defaults.max_open_reservations_per_token),
+                                                   defaults.max_open_reservations_per_token, 0),
             auth=choice("AUTH", env.get("AUTH") or ("required" if with_services else "off"),
                         ("required", "off")),
             streams_per_token=positive("STREAMS_PER_TOKEN", env.get("STREAMS_PER_TOKEN")
@@ -132,16 +133,25 @@ def redis_url(value: str | None) -> str | None:
 N = TypeVar("N", int, float)
 
 
-def number(env: Mapping[str, str], name: str, default: N) -> N:
-    """``name``'s value as ``default``'s type (the default where unset or empty)."""
+def number(env: Mapping[str, str], name: str, default: N, least: N | None = None) -> N:
+    """``name``'s value as ``default``'s type (the default where unset or empty), finite and
+    at least ``least`` (for a count or a time: above 0 where ``least`` is None). A TTL of 0
+    failed every movement, 0 partitions divided by zero on every request, a negative body
+    timeout timed every body out."""
     value = env.get(name)
     if not value:
         return default
+    kind = "an integer" if isinstance(default, int) else "a number"
     try:
-        return type(default)(value)
+        read = type(default)(value)
     except ValueError:
-        kind = "an integer" if isinstance(default, int) else "a number"
         raise ValueError(f"{name} must be {kind}, not {value!r}") from None
+    if least is None:
+        if not (math.isfinite(read) and read > 0):
+            raise ValueError(f"{name} must be {kind} above 0, not {value!r}")
+    elif not (math.isfinite(read) and read >= least):
+        raise ValueError(f"{name} must be {kind} of at least {least}, not {value!r}")
+    return read
 
 
 def durability(value: str) -> str:

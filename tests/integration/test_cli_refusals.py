@@ -35,7 +35,11 @@ def plain_env(**settings: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(("setting", "value"), [
     ("REDIS_URL", "notaurl"), ("DURABILITY", "bogus"), ("AUTH", "maybe"),
-    ("STREAMS_PER_TOKEN", "-1"), ("REDIS_PARTITIONS", "many"), ("SYNC_WAIT_SECONDS", "soon")])
+    ("STREAMS_PER_TOKEN", "-1"), ("REDIS_PARTITIONS", "many"), ("SYNC_WAIT_SECONDS", "soon"),
+    # Numbers that parse but cannot work: a TTL of 0 failed every movement, 0 partitions
+    # divided by zero on every request, a negative timeout timed every body out.
+    ("IDEMPOTENCY_TTL_SECONDS", "0"), ("REDIS_PARTITIONS", "0"), ("BODY_TIMEOUT_SECONDS", "-1"),
+    ("SYNC_WAIT_SECONDS", "nan"), ("MAX_OPEN_RESERVATIONS_PER_BUYER", "-1")])
 @pytest.mark.parametrize("command", [["get", "shop", "a"], ["token", "list"], ["migrate"],
                                      ["serve"]])
 def test_a_bad_setting_is_a_usage_error_naming_it(setting: str, value: str,
