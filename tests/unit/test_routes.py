@@ -120,6 +120,9 @@ def test_a_body_shorter_than_its_content_length_is_incomplete(fake_app: FakeApp)
     ("PUT", "/v1/ns/items/a", '{"total": 9}'),
     ("PATCH", "/v1/ns/items/a", '{"limit_per_buyer": 1}'),
     ("POST", "/v1/ns/reservations", '{"lines": [{"sku": "a", "qty": 1}]}'),
+    ("PUT", "/v1/ns/sales/s", '{"skus": ["a"]}'),
+    ("POST", "/v1/ns/sales/s/close", "{}"),
+    ("POST", "/v1/ns/items/a/refresh", "{}"),
 ])
 def test_every_body_shorter_than_its_content_length_is_incomplete(
         fake_app: FakeApp, method: str, path: str, sent: str) -> None:

@@ -112,10 +112,10 @@ class Routes:
             ttl = _body(schemas.ExtendBody).ttl_seconds
             command = commands.ExtendReservation(path.namespace, path.reservation_id, ttl)
         elif step == "confirm":
-            _no_body()
+            no_request_body()
             command = commands.ConfirmReservation(path.namespace, path.reservation_id)
         else:
-            _no_body()
+            no_request_body()
             command = commands.ReleaseReservation(path.namespace, path.reservation_id)
         try:
             ended: Reservation = self.app.bus.handle(command)
@@ -141,7 +141,7 @@ class Routes:
         kind = KINDS[request.path.rsplit("/", 1)[-1]]
         return to_response(answer_movement(self.app, MovementRequest(
             kind, namespace, sku, request.headers.get("Idempotency-Key"),
-            request.content_type or "", request.content_length, _raw_body(),
+            request.content_type or "", request.content_length, raw_body(),
             request.headers.get("Sale-Pass"))))
 
     def stream(self, namespace: str, sku: str) -> Response:
@@ -162,13 +162,13 @@ class Routes:
 
     def refresh_item(self, namespace: str, sku: str) -> Response:
         path = _path(namespace, sku)
-        _no_body()
+        no_request_body()
         figures = self.app.bus.handle(commands.Refresh(path.namespace, path.sku))
         return to_response(replies.item(path.namespace, path.sku, figures))
 
     def refresh_namespace(self, namespace: str) -> Response:
         ns = _path(namespace, "x").namespace
-        _no_body()
+        no_request_body()
         return jsonify({"items": self.app.bus.handle(commands.RefreshAll(ns)).refreshed})
 
     def healthz(self) -> Response:
@@ -243,14 +243,15 @@ def _query(model: type[M]) -> M:
 
 def _body(model: type[M]) -> M:
     return validate(model, json_object(request.content_type or "", request.content_length,
-                                       _raw_body()))
+                                       raw_body()))
 
 
-def _no_body() -> None:
-    no_body(request.content_type or "", request.content_length, _raw_body())
+def no_request_body() -> None:
+    no_body(request.content_type or "", request.content_length, raw_body())
 
 
-def _raw_body() -> bytes:
+def raw_body() -> bytes:
+    """The request's body, as far as it came (a short one is refused by what reads it)."""
     try:
         return request.get_data(cache=True)
     except ClientDisconnected:

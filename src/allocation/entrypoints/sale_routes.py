@@ -10,7 +10,8 @@ from flask import Response, request
 from allocation.domain import commands
 from allocation.entrypoints import replies
 from allocation.entrypoints.http_errors import to_response
-from allocation.entrypoints.movement_requests import json_object, no_body, validate
+from allocation.entrypoints.movement_requests import json_object, validate
+from allocation.entrypoints.routes import no_request_body, raw_body
 from allocation.entrypoints.sale_replies import sale_body, ticket_body, ticket_event
 from allocation.entrypoints.sale_requests import answer_join
 from allocation.entrypoints.sale_schemas import SaleBody, SalePath, TicketPath
@@ -38,14 +39,14 @@ class SaleRoutes:
 
     def close_sale(self, namespace: str, sale: str) -> Response:
         path = validate(SalePath, {"namespace": namespace, "sale": sale})
-        no_body(request.content_type or "", request.content_length, request.get_data(cache=True))
+        no_request_body()
         answer: SaleAnswer = self.app.bus.handle(commands.CloseSale(path.namespace, path.sale))
         return to_response(replies.Reply(200, sale_body(answer)))
 
     def join_queue(self, namespace: str, sale: str) -> Response:
         return to_response(answer_join(self.app, namespace, sale, request.content_type or "",
                                        request.content_length,
-                                       lambda: request.get_data(cache=True)))
+                                       raw_body))
 
     def poll_ticket(self, namespace: str, sale: str, ticket: str) -> Response:
         return to_response(replies.Reply(200, ticket_body(self._ticket(namespace, sale,
@@ -66,5 +67,4 @@ class SaleRoutes:
 
 
 def _json() -> Any:
-    return json_object(request.content_type or "", request.content_length,
-                       request.get_data(cache=True))
+    return json_object(request.content_type or "", request.content_length, raw_body())
