@@ -87,6 +87,9 @@ class HealthChecks:
     redis: RedisClient | None
     keys: KeySpace
     probes: dict[str, Probe] = field(default_factory=dict, compare=False)
+    # The schema, once found current, stays so (migrations only move it on): later polls ping
+    # and no more. Until then the warning is logged once, not at every poll of every worker.
+    _schema: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         self.probes.update(database=Probe("database", self._ping_database),
@@ -183,10 +186,16 @@ class HealthChecks:
         if self.engine is not None:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-                if not migrate.is_current(conn):
+                if self._schema.get("state") == OK:
+                    return None
+                if migrate.is_current(conn):
+                    self._schema["state"] = OK
+                    return None
+                if self._schema.get("state") != UNMIGRATED:
                     logger.warning("the database's schema is missing or behind this release's: "
                                    "run `allocation migrate` (with this DATABASE_URL)")
-                    return UNMIGRATED
+                self._schema["state"] = UNMIGRATED
+                return UNMIGRATED
         return None
 
 
