@@ -208,6 +208,8 @@ def query_refusal(defined: tuple[str, ...], query: str) -> Reply | None:
             shown = _query_text(raw_name, "replace")
             return _bad_query(shown or raw_name, f"{shown}: a query parameter's name must be "
                                                  "UTF-8 text")
+        if not name:
+            return _bad_query("query", "query: a parameter has no name")
         if name not in defined:
             return _bad_query(name, f"{name}: is not a query parameter of this request")
         if _query_text(raw_value) is None:
