@@ -37,6 +37,23 @@ def until(condition: Any, seconds: float = 10) -> None:
         time.sleep(0.001)
 
 
+def queued_behind_one(batcher: HeldBatcher, caller: Any, queued: int) -> None:
+    """Call once and hold that round trip, queue ``queued`` more calls behind it, then let the
+    round trip go; every caller must wake."""
+    first = threading.Thread(target=caller, args=(0,), daemon=True)
+    first.start()
+    until(lambda: batcher._in_flight)
+    rest = [threading.Thread(target=caller, args=(n,), daemon=True)
+            for n in range(1, queued + 1)]
+    for thread in rest:
+        thread.start()
+    until(lambda: len(batcher._queue) == queued)
+    batcher.gate.set()
+    for thread in [first, *rest]:
+        thread.join(10)
+        assert not thread.is_alive(), "a caller was never woken"
+
+
 @pytest.mark.parametrize("fail", [False, True])
 def test_each_caller_of_a_batch_wakes_with_its_own_answer(fail: bool) -> None:
     batcher = HeldBatcher(fail)
@@ -48,17 +65,7 @@ def test_each_caller_of_a_batch_wakes_with_its_own_answer(fail: bool) -> None:
         except ConnectionError as exc:
             answers[n] = exc
 
-    first = threading.Thread(target=caller, args=(0,), daemon=True)
-    first.start()
-    until(lambda: batcher._in_flight)
-    rest = [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(1, 32)]
-    for thread in rest:
-        thread.start()
-    until(lambda: len(batcher._queue) == 31)
-    batcher.gate.set()
-    for thread in [first, *rest]:
-        thread.join(10)
-        assert not thread.is_alive(), "a caller was never woken"
+    queued_behind_one(batcher, caller, 31)
     assert batcher.sizes == [1, 31]
     if fail:
         assert all(isinstance(a, ConnectionError) for a in answers.values())
@@ -139,17 +146,7 @@ def test_calls_queued_behind_a_round_trip_redis_did_not_answer_hear_it_at_once()
         except errors.Unavailable as exc:
             answers[n] = exc.__cause__
 
-    first = threading.Thread(target=caller, args=(0,), daemon=True)
-    first.start()
-    until(lambda: batcher._in_flight)
-    rest = [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(1, 8)]
-    for thread in rest:
-        thread.start()
-    until(lambda: len(batcher._queue) == 7)
-    batcher.gate.set()
-    for thread in [first, *rest]:
-        thread.join(10)
-        assert not thread.is_alive(), "a caller was never woken"
+    queued_behind_one(batcher, caller, 7)
     assert batcher.sizes == [1]  # one round trip: the queued calls were never sent
     assert len(answers) == 8 and all(isinstance(a, redis.TimeoutError) for a in answers.values())
     assert not batcher._in_flight and not batcher._queue
